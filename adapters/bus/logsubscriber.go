@@ -1,0 +1,297 @@
+// Package bus wires waqueue's messaging onto watermill: a watermill Subscriber that reads the
+// event store's global log (the hot event path reads the store directly, never watermill's SQL
+// subscriber), and the publishers for integration events.
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+)
+
+// Metadata keys set on every message produced by LogSubscriber.
+const (
+	// MetaLastPosition holds the Position of the last event of the batch ("commit/prepare").
+	MetaLastPosition = "waqueue_last_position"
+	// MetaCount holds the number of events in the batch.
+	MetaCount = "waqueue_event_count"
+)
+
+// LogSubscriberConfig configures a LogSubscriber. The zero value of optional fields is replaced
+// by a default.
+type LogSubscriberConfig struct {
+	// Store is the event store whose global log is read. Required.
+	Store eventstore.Store
+	// Checkpoint returns where the consumer of topic left off; the subscription starts strictly
+	// after it. Required: a consumer that forgets its checkpoint would replay from Start.
+	Checkpoint func(ctx context.Context, topic string) (eventstore.Position, error)
+	// Filter returns the events topic wants. Optional: nil means every event.
+	Filter func(topic string) eventstore.Filter
+	// BatchSize is the most events put in one message. Default 512.
+	BatchSize int
+	// RedeliveryDelay is the first pause before a nacked batch is delivered again; it doubles up
+	// to MaxRedeliveryDelay. Defaults 100ms and 30s.
+	RedeliveryDelay    time.Duration
+	MaxRedeliveryDelay time.Duration
+	// Logger defaults to watermill.NopLogger.
+	Logger watermill.LoggerAdapter
+}
+
+func (c *LogSubscriberConfig) setDefaults() {
+	if c.BatchSize <= 0 {
+		c.BatchSize = 512
+	}
+	if c.RedeliveryDelay <= 0 {
+		c.RedeliveryDelay = 100 * time.Millisecond
+	}
+	if c.MaxRedeliveryDelay <= 0 {
+		c.MaxRedeliveryDelay = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = watermill.NopLogger{}
+	}
+	if c.Filter == nil {
+		c.Filter = func(string) eventstore.Filter { return eventstore.Filter{} }
+	}
+}
+
+// Validate reports every missing required field.
+func (c LogSubscriberConfig) Validate() error {
+	var errs []error
+	if c.Store == nil {
+		errs = append(errs, errors.New("bus: LogSubscriberConfig.Store is nil"))
+	}
+	if c.Checkpoint == nil {
+		errs = append(errs, errors.New("bus: LogSubscriberConfig.Checkpoint is nil"))
+	}
+	return errors.Join(errs...)
+}
+
+// LogSubscriber is a watermill message.Subscriber over the event store's global log. Each topic
+// is one consumer (a projection or process manager). Subscribe starts after the consumer's
+// checkpoint and emits batches of events in global order: one message holds up to BatchSize
+// events (JSON array of eventstore.RecordedEvent; decode with DecodeBatch).
+//
+// Ordering and delivery: a message is emitted only after the previous one was acked, so a
+// consumer sees batches strictly in order. A nacked batch is delivered again, unchanged, after a
+// growing delay (never skipped: an ordered read model must not lose an event), so a handler that
+// keeps failing holds its own topic back and nothing else. Delivery is at least once: the
+// consumer stores its checkpoint with its rows and ignores what it has already applied.
+type LogSubscriber struct {
+	cfg    LogSubscriberConfig
+	mu     sync.Mutex
+	closed bool
+	cancel []context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+var _ message.Subscriber = (*LogSubscriber)(nil)
+
+// NewLogSubscriber validates cfg and returns a subscriber.
+func NewLogSubscriber(cfg LogSubscriberConfig) (*LogSubscriber, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &LogSubscriber{cfg: cfg}, nil
+}
+
+// Subscribe implements message.Subscriber. The returned channel is closed when ctx is done or the
+// subscriber is closed.
+func (s *LogSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errors.New("bus: log subscriber closed")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s.cancel = append(s.cancel, cancel)
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	after, err := s.cfg.Checkpoint(ctx, topic)
+	if err != nil {
+		cancel()
+		s.wg.Done()
+		return nil, fmt.Errorf("bus: checkpoint of %q: %w", topic, err)
+	}
+	out := make(chan *message.Message)
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		s.run(ctx, topic, after, out)
+	}()
+	return out, nil
+}
+
+// run feeds out until ctx is done; the store subscription restarts from the last acked position
+// when it fails (for example while the database is down).
+func (s *LogSubscriber) run(ctx context.Context, topic string, after eventstore.Position, out chan<- *message.Message) {
+	log := s.cfg.Logger.With(watermill.LogFields{"topic": topic})
+	filter := s.cfg.Filter(topic)
+	backoff := s.cfg.RedeliveryDelay
+	for ctx.Err() == nil {
+		subCtx, stop := context.WithCancel(ctx)
+		events := make(chan eventstore.RecordedEvent, s.cfg.BatchSize)
+		subErr := make(chan error, 1)
+		go func() {
+			defer close(events)
+			subErr <- s.cfg.Store.Subscribe(subCtx, after, filter, func(e eventstore.RecordedEvent) error {
+				select {
+				case events <- e:
+					return nil
+				case <-subCtx.Done():
+					return subCtx.Err()
+				}
+			})
+		}()
+		next, ok := s.deliver(subCtx, topic, events, out)
+		if ok {
+			after = next
+			backoff = s.cfg.RedeliveryDelay
+		}
+		stop()
+		for range events { // drain so the store goroutine can finish
+		}
+		err := <-subErr
+		if ctx.Err() != nil {
+			return
+		}
+		if !ok && err != nil {
+			log.Error("log subscription failed; resubscribing", err, watermill.LogFields{"after": after.String(), "delay": backoff})
+		}
+		if !sleep(ctx, backoff) {
+			return
+		}
+		backoff = min(backoff*2, s.cfg.MaxRedeliveryDelay)
+	}
+}
+
+// deliver batches events into messages until the event channel closes or ctx is done. It returns
+// the position of the last acked event and whether any was acked.
+func (s *LogSubscriber) deliver(ctx context.Context, topic string, events <-chan eventstore.RecordedEvent, out chan<- *message.Message) (eventstore.Position, bool) {
+	var last eventstore.Position
+	acked := false
+	batch := make([]eventstore.RecordedEvent, 0, s.cfg.BatchSize)
+	for {
+		batch = batch[:0]
+		select {
+		case e, ok := <-events:
+			if !ok {
+				return last, acked
+			}
+			batch = append(batch, e)
+		case <-ctx.Done():
+			return last, acked
+		}
+	fill:
+		for len(batch) < s.cfg.BatchSize {
+			select {
+			case e, ok := <-events:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, e)
+			default:
+				break fill
+			}
+		}
+		msg, err := EncodeBatch(batch)
+		if err != nil { // cannot happen for RecordedEvent values; refuse to skip them silently
+			s.cfg.Logger.Error("bus: encode batch", err, watermill.LogFields{"topic": topic})
+			return last, acked
+		}
+		if !s.sendUntilAcked(ctx, msg, out) {
+			return last, acked
+		}
+		last, acked = batch[len(batch)-1].Position, true
+	}
+}
+
+// sendUntilAcked delivers msg and redelivers copies of it after nacks. It reports whether it was
+// acked before ctx ended.
+func (s *LogSubscriber) sendUntilAcked(ctx context.Context, msg *message.Message, out chan<- *message.Message) bool {
+	delay := s.cfg.RedeliveryDelay
+	for {
+		m := msg.Copy()
+		m.SetContext(ctx)
+		select {
+		case out <- m:
+		case <-ctx.Done():
+			return false
+		}
+		select {
+		case <-m.Acked():
+			return true
+		case <-m.Nacked():
+			if !sleep(ctx, delay) {
+				return false
+			}
+			delay = min(delay*2, s.cfg.MaxRedeliveryDelay)
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// Close stops every subscription and waits for them to end.
+func (s *LogSubscriber) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for _, c := range s.cancel {
+		c()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// EncodeBatch builds the message that carries batch. Its UUID is the last event's id, so a
+// redelivered batch is recognisable in logs.
+func EncodeBatch(batch []eventstore.RecordedEvent) (*message.Message, error) {
+	if len(batch) == 0 {
+		return nil, errors.New("bus: empty batch")
+	}
+	payload, err := json.Marshal(batch)
+	if err != nil {
+		return nil, fmt.Errorf("bus: encode batch: %w", err)
+	}
+	last := batch[len(batch)-1]
+	m := message.NewMessage(last.ID.String(), payload)
+	m.Metadata.Set(MetaLastPosition, last.Position.String())
+	m.Metadata.Set(MetaCount, strconv.Itoa(len(batch)))
+	return m, nil
+}
+
+// DecodeBatch returns the events carried by a message of LogSubscriber.
+func DecodeBatch(m *message.Message) ([]eventstore.RecordedEvent, error) {
+	var batch []eventstore.RecordedEvent
+	if err := json.Unmarshal(m.Payload, &batch); err != nil {
+		return nil, fmt.Errorf("bus: decode batch %s: %w", m.UUID, err)
+	}
+	return batch, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,339 @@
+// Package projections keeps waqueue's read models and process managers from the event log.
+//
+// Every projection is fed by the event store's global log through watermill (a
+// bus.LogSubscriber topic per projection, handled by a watermill Router). It applies each batch
+// of events in one read-model transaction that also stores its checkpoint, so a crash between
+// the two is impossible: a redelivered batch is recognised by the checkpoint and its events
+// already applied are skipped. Projections are therefore idempotent, and rebuildable from zero
+// by deleting their rows and checkpoint (Runner.Rebuild).
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/waqueue/waqueue/adapters/bus"
+	"github.com/waqueue/waqueue/adapters/eventstore"
+)
+
+// Projection is a read model or process manager kept from the global log.
+type Projection interface {
+	// Name is the projection's stable name; it keys its checkpoint.
+	Name() string
+	// Filter selects the events the projection needs.
+	Filter() eventstore.Filter
+	// Apply applies events, in global order, inside tx. Events at or before the checkpoint are
+	// never passed. An error rolls the whole batch back; it is delivered again later.
+	Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error
+	// Reset deletes every row the projection owns, inside tx (used by rebuild).
+	Reset(ctx context.Context, tx *Tx) error
+}
+
+// Status is a projection's health as seen by the runner.
+type Status struct {
+	Name       string
+	Checkpoint eventstore.Position
+	// Applied counts events applied since start.
+	Applied uint64
+	// Failures counts consecutive failed batches; zero when healthy.
+	Failures  int
+	LastError string
+	// FailingSince is when the current run of failures began (zero when healthy).
+	FailingSince time.Time
+}
+
+// RunnerConfig configures a Runner.
+type RunnerConfig struct {
+	// DB holds the read models and checkpoints. Required.
+	DB *DB
+	// Store is the event store. Required.
+	Store eventstore.Store
+	// Projections to run. Required, names unique.
+	Projections []Projection
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// BatchSize is the most events applied in one transaction. Default 512.
+	BatchSize int
+	// Middleware is added to the watermill router (for example metrics). Optional.
+	Middleware []message.HandlerMiddleware
+	// RouterPlugin hooks (for example watermill's Prometheus metrics builder). Optional.
+	ConfigureRouter func(*message.Router)
+	// Now is the clock for status times. Default time.Now.
+	Now func() time.Time
+}
+
+// Runner runs projections on a watermill router fed by the event log.
+type Runner struct {
+	cfg  RunnerConfig
+	mu   sync.Mutex
+	stat map[string]*Status
+	cond *sync.Cond
+}
+
+// NewRunner validates cfg and returns a runner. Call Migrate before Run.
+func NewRunner(cfg RunnerConfig) (*Runner, error) {
+	var errs []error
+	if cfg.DB == nil {
+		errs = append(errs, errors.New("projections: RunnerConfig.DB is nil"))
+	}
+	if cfg.Store == nil {
+		errs = append(errs, errors.New("projections: RunnerConfig.Store is nil"))
+	}
+	if len(cfg.Projections) == 0 {
+		errs = append(errs, errors.New("projections: RunnerConfig.Projections is empty"))
+	}
+	seen := map[string]bool{}
+	for _, p := range cfg.Projections {
+		if seen[p.Name()] {
+			errs = append(errs, fmt.Errorf("projections: duplicate projection name %q", p.Name()))
+		}
+		seen[p.Name()] = true
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 512
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	r := &Runner{cfg: cfg, stat: map[string]*Status{}}
+	r.cond = sync.NewCond(&r.mu)
+	for _, p := range cfg.Projections {
+		r.stat[p.Name()] = &Status{Name: p.Name()}
+	}
+	return r, nil
+}
+
+// Run runs every projection until ctx is done. It returns nil after a clean stop.
+func (r *Runner) Run(ctx context.Context) error {
+	wlog := watermill.NewSlogLogger(r.cfg.Logger)
+	byName := map[string]Projection{}
+	for _, p := range r.cfg.Projections {
+		byName[p.Name()] = p
+		cp, err := r.Checkpoint(ctx, p.Name())
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.stat[p.Name()].Checkpoint = cp
+		r.mu.Unlock()
+	}
+	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
+		Store:      r.cfg.Store,
+		Checkpoint: r.Checkpoint,
+		Filter:     func(topic string) eventstore.Filter { return byName[topic].Filter() },
+		BatchSize:  r.cfg.BatchSize,
+		Logger:     wlog,
+	})
+	if err != nil {
+		return err
+	}
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, wlog)
+	if err != nil {
+		return fmt.Errorf("projections: router: %w", err)
+	}
+	router.AddMiddleware(middleware.Recoverer)
+	router.AddMiddleware(r.cfg.Middleware...)
+	if r.cfg.ConfigureRouter != nil {
+		r.cfg.ConfigureRouter(router)
+	}
+	for _, p := range r.cfg.Projections {
+		p := p
+		router.AddConsumerHandler(p.Name(), p.Name(), sub, func(m *message.Message) error {
+			return r.handle(m.Context(), p, m)
+		})
+	}
+	err = router.Run(ctx)
+	_ = sub.Close()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// handle applies one batch in one transaction with the checkpoint.
+func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (err error) {
+	events, err := bus.DecodeBatch(m)
+	if err != nil {
+		return err
+	}
+	defer func() { r.record(p.Name(), err) }()
+	tx, err := r.cfg.DB.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	cp, err := readCheckpoint(ctx, tx, p.Name(), r.cfg.DB.Dialect == Postgres)
+	if err != nil {
+		return err
+	}
+	fresh := events[:0:0]
+	for _, e := range events {
+		if cp.Less(e.Position) {
+			fresh = append(fresh, e)
+		}
+	}
+	if len(fresh) == 0 {
+		_ = tx.Rollback()
+		return nil
+	}
+	if err = p.Apply(ctx, tx, fresh); err != nil {
+		return fmt.Errorf("projections: %s: apply batch ending at %s: %w", p.Name(), fresh[len(fresh)-1].Position, err)
+	}
+	last := fresh[len(fresh)-1].Position
+	if err = writeCheckpoint(ctx, tx, p.Name(), last, r.cfg.Now()); err != nil {
+		return err
+	}
+	if err = tx.Commit(); err != nil {
+		return fmt.Errorf("projections: %s: commit: %w", p.Name(), err)
+	}
+	r.mu.Lock()
+	st := r.stat[p.Name()]
+	st.Checkpoint = last
+	st.Applied += uint64(len(fresh))
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *Runner) record(name string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.stat[name]
+	if err == nil {
+		st.Failures, st.LastError, st.FailingSince = 0, "", time.Time{}
+		return
+	}
+	if st.Failures == 0 {
+		st.FailingSince = r.cfg.Now()
+	}
+	st.Failures++
+	st.LastError = err.Error()
+	r.cfg.Logger.Error("projection batch failed; it will be delivered again", "projection", name, "failures", st.Failures, "err", err)
+}
+
+// Statuses returns a snapshot of every projection's status.
+func (r *Runner) Statuses() []Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Status, 0, len(r.cfg.Projections))
+	for _, p := range r.cfg.Projections {
+		out = append(out, *r.stat[p.Name()])
+	}
+	return out
+}
+
+// WaitFor blocks until each named projection's checkpoint is at or after pos, or ctx is done.
+// pos must be the position of an event every named projection's filter selects (a projection's
+// checkpoint only moves on events it receives). Used for read-your-writes in tests and tools.
+func (r *Runner) WaitFor(ctx context.Context, names []string, pos eventstore.Position) error {
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	defer stop()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		done := true
+		for _, n := range names {
+			st, ok := r.stat[n]
+			if !ok {
+				return fmt.Errorf("projections: unknown projection %q", n)
+			}
+			if st.Checkpoint.Less(pos) {
+				done = false
+			}
+		}
+		if done {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		r.cond.Wait()
+	}
+}
+
+// Checkpoint returns the position after which the projection resumes.
+func (r *Runner) Checkpoint(ctx context.Context, name string) (eventstore.Position, error) {
+	var c, p int64
+	err := r.cfg.DB.QueryRowContext(ctx, `SELECT commit_pos, prepare_pos FROM projection_checkpoints WHERE name = $1`, name).Scan(&c, &p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return eventstore.Start, nil
+	}
+	if err != nil {
+		return eventstore.Start, fmt.Errorf("projections: read checkpoint of %q: %w", name, err)
+	}
+	return eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}, nil
+}
+
+// Rebuild deletes a projection's rows and checkpoint in one transaction, so that the next Run
+// rebuilds it from the start of the log. Run it while the runner is stopped.
+func (r *Runner) Rebuild(ctx context.Context, name string) error {
+	for _, p := range r.cfg.Projections {
+		if p.Name() != name {
+			continue
+		}
+		tx, err := r.cfg.DB.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		if err := p.Reset(ctx, tx); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("projections: reset %s: %w", name, err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM projection_checkpoints WHERE name = $1`, name); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("projections: reset checkpoint of %s: %w", name, err)
+		}
+		return tx.Commit()
+	}
+	return fmt.Errorf("projections: unknown projection %q", name)
+}
+
+func readCheckpoint(ctx context.Context, tx *Tx, name string, lock bool) (eventstore.Position, error) {
+	q := `SELECT commit_pos, prepare_pos FROM projection_checkpoints WHERE name = $1`
+	if lock {
+		q += ` FOR UPDATE`
+	}
+	var c, p int64
+	err := tx.QueryRowContext(ctx, q, name).Scan(&c, &p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return eventstore.Start, nil
+	}
+	if err != nil {
+		return eventstore.Start, fmt.Errorf("projections: read checkpoint of %q: %w", name, err)
+	}
+	return eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}, nil
+}
+
+func writeCheckpoint(ctx context.Context, tx *Tx, name string, pos eventstore.Position, now time.Time) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO projection_checkpoints (name, commit_pos, prepare_pos, updated_at_us)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (name) DO UPDATE SET commit_pos = excluded.commit_pos, prepare_pos = excluded.prepare_pos, updated_at_us = excluded.updated_at_us`,
+		name, int64(pos.Commit), int64(pos.Prepare), now.UnixMicro())
+	if err != nil {
+		return fmt.Errorf("projections: write checkpoint of %q: %w", name, err)
+	}
+	return nil
+}
