@@ -2,32 +2,92 @@
 // its own tests:
 //
 //	func TestConformance(t *testing.T) {
-//		storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store { ... })
+//		storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store {
+//			...
+//		}, storetest.Options{Short: testing.Short()})
 //	}
 //
 // The factory returns a store that records times with clock. It may return the same underlying
 // database for every call: the suite names streams uniquely per test (see TestID) and filters
 // the global log by those names, so its tests run in parallel against a shared database.
 // The factory registers cleanup with t.Cleanup.
+//
+// The suite is production code imported only by tests; it uses the standard testing package and
+// nothing else, so importing it pulls no test library into a binary.
 package storetest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 )
 
-// Factory builds a store for one test.
+// Factory builds a store for one test. clock is the store's clock; the store must stamp every
+// event it writes with clock() (the suite's clocks return UTC times truncated to the
+// microsecond, so any adapter that keeps at least microsecond precision round-trips them).
 type Factory func(t *testing.T, clock eventstore.Clock) eventstore.Store
 
 // Options tunes the suite for an adapter.
 type Options struct {
-	// Short runs the large-volume tests (100k events) with smaller volumes; set from testing.Short().
+	// Short runs the large-volume tests (100k events) with smaller volumes (10k); set it from
+	// testing.Short().
 	Short bool
+	// Timeout bounds every wait of the suite for an event to arrive through Subscribe. It is a
+	// generous upper bound for a failure to show, never an assertion of speed. Zero means 30s.
+	Timeout time.Duration
 }
 
-// Run runs the whole suite against the adapter built by f.
+func (o *Options) setDefaults() {
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
+}
+
+// Run runs the whole suite against the adapter built by f. Every subtest calls t.Parallel.
 func Run(t *testing.T, f Factory, opts Options) {
 	t.Helper()
-	// Filled in by the suite implementation.
+	opts.setDefaults()
+	s := &suite{factory: f, opts: opts}
+	tests := []struct {
+		name string
+		fn   func(t *testing.T)
+	}{
+		{"ExpectedRevision", s.testExpectedRevision},
+		{"ExpectedRevisionAfterAppends", s.testExpectedRevisionAfterAppends},
+		{"EmptyAppend", s.testEmptyAppend},
+		{"ConcurrentWritersOneWins", s.testConcurrentWritersOneWins},
+		{"ConcurrentCreateOneWins", s.testConcurrentCreateOneWins},
+		{"IdempotentReappend", s.testIdempotentReappend},
+		{"IdempotentReappendPrefix", s.testIdempotentReappendPrefix},
+		{"DuplicateEventID", s.testDuplicateEventID},
+		{"FailedBatchLeavesNothing", s.testFailedBatchLeavesNothing},
+		{"InvalidInput", s.testInvalidInput},
+		{"RecordedFields", s.testRecordedFields},
+		{"ReadStream", s.testReadStream},
+		{"ReadStreamNotFound", s.testReadStreamNotFound},
+		{"VolumeOneStream", s.testVolumeOneStream},
+		{"VolumeManyStreams", s.testVolumeManyStreams},
+		{"GlobalOrderConcurrent", s.testGlobalOrderConcurrent},
+		{"HappensBefore", s.testHappensBefore},
+		{"ReadAllFilters", s.testReadAllFilters},
+		{"ReadAllAfterAndLimit", s.testReadAllAfterAndLimit},
+		{"SubscribeCatchUpThenLive", s.testSubscribeCatchUpThenLive},
+		{"SubscribeFromPosition", s.testSubscribeFromPosition},
+		{"SubscribeFilter", s.testSubscribeFilter},
+		{"SubscribeResumeExactlyOnce", s.testSubscribeResumeExactlyOnce},
+		{"SubscribeHandleError", s.testSubscribeHandleError},
+		{"SubscribeCancel", s.testSubscribeCancel},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.fn(t)
+		})
+	}
+}
+
+type suite struct {
+	factory Factory
+	opts    Options
 }
