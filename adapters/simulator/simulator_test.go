@@ -1,0 +1,366 @@
+package simulator_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/adapters/transport/transporttest"
+)
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func TestConformance(t *testing.T) {
+	transporttest.Run(t, transporttest.Harness{
+		New: func(t *testing.T) transport.Transport {
+			s := simulator.New(simulator.Options{Seed: 1})
+			t.Cleanup(s.Close)
+			return s
+		},
+		CanPair:   true,
+		Simulated: true,
+	})
+}
+
+// newConnected returns a simulator on a manual clock with one paired, connected connection.
+func newConnected(t *testing.T, opts simulator.Options, sc simulator.Script) (*simulator.Simulator, *transporttest.ManualClock, *transporttest.Recorder, string) {
+	t.Helper()
+	clock := transporttest.NewManualClock(t0)
+	opts.Clock = clock
+	s := simulator.New(opts)
+	t.Cleanup(s.Close)
+	rec := transporttest.NewRecorder()
+	s.SetHandler(rec.Handle)
+	id := transporttest.ID(t, "c")
+	s.SetScript(id, sc)
+	if _, err := s.PairQR(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	transporttest.WaitType[transport.Connected](t, rec, 0, id)
+	return s, clock, rec, id
+}
+
+// outcomes sends n messages and returns the sentinel each produced ("ok" for success).
+func outcomes(t *testing.T, s *simulator.Simulator, id string, n int) []string {
+	t.Helper()
+	out := make([]string, n)
+	for i := range out {
+		_, err := s.Send(context.Background(), transporttest.Request(id))
+		switch {
+		case err == nil:
+			out[i] = "ok"
+		case errors.Is(err, transport.ErrRateLimited):
+			out[i] = "rate"
+		case errors.Is(err, transport.ErrRejected):
+			out[i] = "rejected"
+		case errors.Is(err, transport.ErrOutcomeUnknown):
+			out[i] = "unknown"
+		default:
+			t.Fatalf("send %d: unexpected error %v", i, err)
+		}
+	}
+	return out
+}
+
+func TestScriptedOutcomesAreSeededAndRecorded(t *testing.T) {
+	sc := simulator.Script{RateLimitRate: 0.2, RateLimitRetryAfter: time.Second, RejectRate: 0.1, UnknownRate: 0.1}
+	run := func(seed uint64) ([]string, *simulator.Simulator) {
+		clock := transporttest.NewManualClock(t0)
+		s := simulator.New(simulator.Options{Seed: seed, Clock: clock, Default: sc, AssumePaired: true})
+		t.Cleanup(s.Close)
+		if err := s.Connect(context.Background(), "conn-1"); err != nil {
+			t.Fatal(err)
+		}
+		return outcomes(t, s, "conn-1", 400), s
+	}
+	a, s := run(7)
+	b, _ := run(7)
+	if fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Fatalf("same seed gave different outcome sequences:\n%v\n%v", a, b)
+	}
+	counts := map[string]int{}
+	for _, o := range a {
+		counts[o]++
+	}
+	for _, k := range []string{"ok", "rate", "rejected", "unknown"} {
+		if counts[k] == 0 {
+			t.Fatalf("400 sends produced no %q outcome: %v", k, counts)
+		}
+	}
+	// Only handed-over messages (ok, unknown) are recorded, each exactly once.
+	recs := s.Sends()
+	if len(recs) != counts["ok"]+counts["unknown"] {
+		t.Fatalf("recorded %d sends, want ok %d + unknown %d", len(recs), counts["ok"], counts["unknown"])
+	}
+	unknown := 0
+	for _, r := range recs {
+		if s.SendCount(r.MessageID) != 1 || !r.Simulated || r.WAMessageID != transport.WAMessageID(r.MessageID) || !r.At.Equal(t0) {
+			t.Fatalf("record %+v: want count 1, simulated, derived WA id, clock time", r)
+		}
+		if r.OutcomeUnknown {
+			unknown++
+		}
+	}
+	if unknown != counts["unknown"] {
+		t.Fatalf("%d records marked unknown, want %d", unknown, counts["unknown"])
+	}
+}
+
+func TestRateLimitedCarriesRetryAfterAndSendsNothing(t *testing.T) {
+	s, _, _, id := newConnected(t, simulator.Options{}, simulator.Script{RateLimitRate: 1, RateLimitRetryAfter: 3 * time.Second})
+	req := transporttest.Request(id)
+	_, err := s.Send(context.Background(), req)
+	transporttest.CheckSendError(t, err, transport.ErrRateLimited, req)
+	var se *transport.SendError
+	if !errors.As(err, &se) || se.RetryAfter != 3*time.Second {
+		t.Fatalf("rate-limit error %v: want RetryAfter 3s", err)
+	}
+	if n := s.SendCount(req.MessageID); n != 0 {
+		t.Fatalf("rate-limited message recorded %d times, want 0", n)
+	}
+}
+
+func TestTemporaryBanAfterNMessagesLiftsAtExpiry(t *testing.T) {
+	ban := simulator.Ban{Code: 102, Expire: 2 * time.Hour}
+	s, clock, rec, id := newConnected(t, simulator.Options{}, simulator.Script{BanAfter: 3, Ban: ban})
+	if got := outcomes(t, s, id, 3); fmt.Sprint(got) != "[ok ok ok]" {
+		t.Fatalf("first three sends = %v, want all ok", got)
+	}
+	tb, i := transporttest.WaitType[transport.TemporaryBan](t, rec, 0, id)
+	if tb.Code != 102 || tb.Expire != 2*time.Hour || !tb.ExpiresAt.Equal(t0.Add(2*time.Hour)) || !tb.Simulated {
+		t.Fatalf("TemporaryBan = %+v, want code 102 expiring at %v", tb, t0.Add(2*time.Hour))
+	}
+	req := transporttest.Request(id)
+	_, err := s.Send(context.Background(), req)
+	transporttest.CheckSendError(t, err, transport.ErrNotConnected, req)
+	if st := s.Status(id); st.State != transport.StateTemporarilyBanned || !st.BanExpiresAt.Equal(tb.ExpiresAt) {
+		t.Fatalf("Status during ban = %+v", st)
+	}
+	clock.Advance(time.Hour)
+	if st := s.Status(id); st.State != transport.StateTemporarilyBanned {
+		t.Fatalf("ban lifted early: %+v", st)
+	}
+	clock.Advance(time.Hour)
+	transporttest.WaitType[transport.BanLifted](t, rec, i, id)
+	if st := s.Status(id); st.State != transport.StateConnected {
+		t.Fatalf("Status after lift = %s, want connected", st.State)
+	}
+	if _, err := s.Send(context.Background(), req); err != nil {
+		t.Fatalf("send after lift: %v", err)
+	}
+}
+
+func TestBanAtTimeIsPermanent(t *testing.T) {
+	s, clock, rec, id := newConnected(t, simulator.Options{}, simulator.Script{BanAt: t0.Add(time.Minute), Ban: simulator.Ban{Permanent: true}})
+	outcomes(t, s, id, 2)
+	clock.Advance(time.Minute)
+	pb, _ := transporttest.WaitType[transport.PermanentBan](t, rec, 0, id)
+	if pb.Reason != 406 {
+		t.Fatalf("PermanentBan.Reason = %d, want 406", pb.Reason)
+	}
+	if err := s.Connect(context.Background(), id); !errors.Is(err, transport.ErrNotPaired) {
+		t.Fatalf("Connect after a permanent ban = %v, want ErrNotPaired", err)
+	}
+	if err := s.LiftBan(id); !errors.Is(err, simulator.ErrNotBanned) {
+		t.Fatalf("LiftBan after a permanent ban = %v, want ErrNotBanned", err)
+	}
+}
+
+func TestManualControls(t *testing.T) {
+	s, _, rec, id := newConnected(t, simulator.Options{}, simulator.Script{})
+	if err := s.Ban(id, simulator.Ban{Expire: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	_, i := transporttest.WaitType[transport.TemporaryBan](t, rec, 0, id)
+	if err := s.LiftBan(id); err != nil {
+		t.Fatal(err)
+	}
+	_, i = transporttest.WaitType[transport.BanLifted](t, rec, i, id)
+	if err := s.LiftBan(id); !errors.Is(err, simulator.ErrNotBanned) {
+		t.Fatalf("second LiftBan = %v, want ErrNotBanned", err)
+	}
+	if err := s.Logout(id, 402); err == nil {
+		t.Fatal("Logout with reason 402 accepted")
+	}
+	if err := s.Logout(id, 403); err != nil {
+		t.Fatal(err)
+	}
+	si, _ := transporttest.WaitType[transport.SessionInvalidated](t, rec, i, id)
+	if si.Reason != 403 {
+		t.Fatalf("SessionInvalidated.Reason = %d, want 403", si.Reason)
+	}
+	if err := s.Ban(id, simulator.Ban{}); !errors.Is(err, simulator.ErrNotLoggedIn) {
+		t.Fatalf("Ban after logout = %v, want ErrNotLoggedIn", err)
+	}
+	// Pairing again works after a logout.
+	if _, err := s.PairQR(context.Background(), id); err != nil {
+		t.Fatalf("PairQR after logout: %v", err)
+	}
+}
+
+func TestLogoutAfterN(t *testing.T) {
+	s, _, rec, id := newConnected(t, simulator.Options{}, simulator.Script{LogoutAfter: 2})
+	outcomes(t, s, id, 2)
+	si, _ := transporttest.WaitType[transport.SessionInvalidated](t, rec, 0, id)
+	if si.Reason != 401 {
+		t.Fatalf("SessionInvalidated.Reason = %d, want 401", si.Reason)
+	}
+	req := transporttest.Request(id)
+	_, err := s.Send(context.Background(), req)
+	transporttest.CheckSendError(t, err, transport.ErrNotConnected, req)
+}
+
+func TestReceiptsAfterDelays(t *testing.T) {
+	sc := simulator.Script{Receipts: simulator.Receipts{Delivered: true, DeliveredAfter: time.Second, Read: true, ReadAfter: time.Minute}}
+	s, clock, rec, id := newConnected(t, simulator.Options{}, sc)
+	req := transporttest.Request(id)
+	if _, err := s.Send(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if !clock.WaitForTimers(2, transporttest.WaitLimit) {
+		t.Fatal("receipt timers not scheduled")
+	}
+	clock.Advance(time.Second)
+	d, i := transporttest.WaitType[transport.Receipt](t, rec, 0, id)
+	if d.Kind != transport.ReceiptDelivered || len(d.MessageIDs) != 1 || d.MessageIDs[0] != req.MessageID || !d.Timestamp.Equal(t0.Add(time.Second)) {
+		t.Fatalf("first receipt = %+v, want delivered for %v at +1s", d, req.MessageID)
+	}
+	for _, e := range rec.Events()[i+1:] {
+		if _, ok := e.(transport.Receipt); ok {
+			t.Fatalf("read receipt before its delay: %+v", e)
+		}
+	}
+	clock.Advance(time.Minute)
+	r, _ := transporttest.WaitType[transport.Receipt](t, rec, i+1, id)
+	if r.Kind != transport.ReceiptRead || r.MessageIDs[0] != req.MessageID {
+		t.Fatalf("second receipt = %+v, want read", r)
+	}
+}
+
+func TestLatencyCancelledIsUnknownButRecorded(t *testing.T) {
+	s, clock, _, id := newConnected(t, simulator.Options{}, simulator.Script{Latency: 5 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	req := transporttest.Request(id)
+	errc := make(chan error, 1)
+	go func() { _, err := s.Send(ctx, req); errc <- err }()
+	if !clock.WaitForTimers(1, transporttest.WaitLimit) {
+		t.Fatal("send did not start waiting for its acknowledgement")
+	}
+	cancel()
+	transporttest.CheckSendError(t, <-errc, transport.ErrOutcomeUnknown, req)
+	if n := s.SendCount(req.MessageID); n != 1 {
+		t.Fatalf("message handed over %d times, want 1", n)
+	}
+	// With the acknowledgement arriving, the send succeeds.
+	req2 := transporttest.Request(id)
+	go func() { _, err := s.Send(context.Background(), req2); errc <- err }()
+	if !clock.WaitForTimers(1, transporttest.WaitLimit) {
+		t.Fatal("second send did not start waiting")
+	}
+	clock.Advance(5 * time.Second)
+	if err := <-errc; err != nil {
+		t.Fatalf("send with latency: %v", err)
+	}
+}
+
+func TestSendIsSerializedPerConnection(t *testing.T) {
+	s, clock, _, id := newConnected(t, simulator.Options{}, simulator.Script{Latency: time.Second})
+	const n = 5
+	var done atomic.Int32
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Send(context.Background(), transporttest.Request(id)); err != nil {
+				t.Error(err)
+			}
+			done.Add(1)
+		}()
+	}
+	for i := range n {
+		// Exactly one send waits for its acknowledgement at a time.
+		if !clock.WaitForTimers(1, transporttest.WaitLimit) {
+			t.Fatalf("send %d never waited", i)
+		}
+		if p := clock.Pending(); p != 1 {
+			t.Fatalf("%d sends in flight on one connection, want 1", p)
+		}
+		clock.Advance(time.Second)
+		for done.Load() != int32(i+1) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wg.Wait()
+	if got := len(s.Sends()); got != n {
+		t.Fatalf("%d sends recorded, want %d", got, n)
+	}
+}
+
+func TestManyConnectionsZeroLatency(t *testing.T) {
+	conns, per := 1000, 5
+	if testing.Short() {
+		conns = 100
+	}
+	s := simulator.New(simulator.Options{Seed: 3, AssumePaired: true})
+	t.Cleanup(s.Close)
+	var wg sync.WaitGroup
+	for c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("bulk-%d", c)
+			if err := s.Connect(context.Background(), id); err != nil {
+				t.Error(err)
+				return
+			}
+			for range per {
+				if _, err := s.Send(context.Background(), transporttest.Request(id)); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[uuid.UUID]bool{}
+	for _, r := range s.Sends() {
+		if seen[r.MessageID] {
+			t.Fatalf("message %v recorded twice", r.MessageID)
+		}
+		seen[r.MessageID] = true
+	}
+	if len(seen) != conns*per {
+		t.Fatalf("%d distinct sends recorded, want %d", len(seen), conns*per)
+	}
+}
+
+func BenchmarkSend1000Connections(b *testing.B) {
+	s := simulator.New(simulator.Options{Seed: 1, AssumePaired: true})
+	defer s.Close()
+	const conns = 1000
+	ids := make([]string, conns)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("bench-%d", i)
+		if err := s.Connect(context.Background(), ids[i]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Int64
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id := ids[next.Add(1)%conns]
+			if _, err := s.Send(context.Background(), transporttest.Request(id)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
