@@ -31,9 +31,9 @@ func TestParseWAMessageIDRefusesForeignIDs(t *testing.T) {
 	for _, s := range []string{
 		"", "3EB0", "3EB0ABCDEF", // too short
 		"3EB0C767D26A1B2B0C3F5D0E9E2D7A8B9C0D1E2F", // whatsmeow's own 40-char id
-		strings.ToLower(id),                         // lower case
-		"ABCD" + id[4:],                             // other prefix
-		id[:35] + "G",                               // not hex
+		strings.ToLower(id),                        // lower case
+		"ABCD" + id[4:],                            // other prefix
+		id[:35] + "G",                              // not hex
 	} {
 		if got, ok := transport.ParseWAMessageID(s); ok {
 			t.Errorf("ParseWAMessageID(%q) = %v, true; want false", s, got)
