@@ -1,0 +1,189 @@
+// Package auth holds waqueue's rights, roles and principals: who may do what inside a tenant.
+//
+// It is pure (no I/O). Commands and queries authorize with Principal.Authorize before they load
+// anything; tenant isolation (G9) is checked against the tenant of the resource being touched.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// Right is a permission. The set is closed: the only Rights are the exported variables below;
+// the zero Right grants nothing.
+type Right struct{ s string }
+
+// The rights of waqueue. ConnectionEdit includes Clear Queue, hold and resume.
+var (
+	ConnectionView = Right{"connection.view"}
+	ConnectionEdit = Right{"connection.edit"}
+	MessageSend    = Right{"message.send"}
+	BroadcastMgmt  = Right{"broadcast.manage"}
+	AuditRead      = Right{"audit.read"}
+	AnalyticsRead  = Right{"analytics.read"}
+	Admin          = Right{"admin"}
+)
+
+var allRights = []Right{ConnectionView, ConnectionEdit, MessageSend, BroadcastMgmt, AuditRead, AnalyticsRead, Admin}
+
+// Rights returns every right, in a stable order.
+func Rights() []Right { return slices.Clone(allRights) }
+
+// ParseRight returns the Right named s ("connection.edit", ...), or an error wrapping ErrUnknownRight.
+func ParseRight(s string) (Right, error) {
+	for _, r := range allRights {
+		if r.s == s {
+			return r, nil
+		}
+	}
+	return Right{}, fmt.Errorf("%w: %q", ErrUnknownRight, s)
+}
+
+// String returns the right's stable name.
+func (r Right) String() string { return r.s }
+
+// IsZero reports whether r is the zero Right.
+func (r Right) IsZero() bool { return r.s == "" }
+
+// Role is a named set of rights. The set is closed: the only Roles are the exported variables below.
+type Role struct{ s string }
+
+// The roles of waqueue and the rights they grant:
+//   - RoleAdmin: every right;
+//   - RoleOperator: connection.view, connection.edit, message.send, broadcast.manage;
+//   - RoleSender: connection.view, message.send, broadcast.manage (a backend service's API key);
+//   - RoleAuditor: connection.view, audit.read;
+//   - RoleAnalyst: connection.view, analytics.read.
+var (
+	RoleAdmin    = Role{"admin"}
+	RoleOperator = Role{"operator"}
+	RoleSender   = Role{"sender"}
+	RoleAuditor  = Role{"auditor"}
+	RoleAnalyst  = Role{"analyst"}
+)
+
+var roleRights = map[Role][]Right{
+	RoleAdmin:    allRights,
+	RoleOperator: {ConnectionView, ConnectionEdit, MessageSend, BroadcastMgmt},
+	RoleSender:   {ConnectionView, MessageSend, BroadcastMgmt},
+	RoleAuditor:  {ConnectionView, AuditRead},
+	RoleAnalyst:  {ConnectionView, AnalyticsRead},
+}
+
+var allRoles = []Role{RoleAdmin, RoleOperator, RoleSender, RoleAuditor, RoleAnalyst}
+
+// Roles returns every role, in a stable order.
+func Roles() []Role { return slices.Clone(allRoles) }
+
+// ParseRole returns the Role named s ("operator", ...), or an error wrapping ErrUnknownRole.
+func ParseRole(s string) (Role, error) {
+	for _, r := range allRoles {
+		if r.s == s {
+			return r, nil
+		}
+	}
+	return Role{}, fmt.Errorf("%w: %q", ErrUnknownRole, s)
+}
+
+// String returns the role's stable name.
+func (r Role) String() string { return r.s }
+
+// IsZero reports whether r is the zero Role, which grants nothing.
+func (r Role) IsZero() bool { return r.s == "" }
+
+// Rights returns the rights r grants (none for the zero Role).
+func (r Role) Rights() []Right { return slices.Clone(roleRights[r]) }
+
+// Grants reports whether r grants right. The admin role grants every right.
+func (r Role) Grants(right Right) bool {
+	if right.IsZero() {
+		return false
+	}
+	return slices.Contains(roleRights[r], right)
+}
+
+// MarshalText encodes r as its name.
+func (r Role) MarshalText() ([]byte, error) { return []byte(r.s), nil }
+
+// UnmarshalText decodes a role name; an unknown name is an error wrapping ErrUnknownRole.
+func (r *Role) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*r = Role{}
+		return nil
+	}
+	v, err := ParseRole(string(b))
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+// Principal is the caller of a command or query: an employee or a service's API key, acting
+// inside exactly one tenant.
+type Principal struct {
+	// TenantID is the tenant the principal belongs to; it can touch nothing of another tenant.
+	TenantID string `json:"tenant_id"`
+	// ID identifies the principal (user id or API key id); events record it as the actor.
+	ID string `json:"id"`
+	// Role determines the principal's rights.
+	Role Role `json:"role"`
+}
+
+// Can reports whether p holds right. A principal without a tenant or id holds no right.
+func (p Principal) Can(right Right) bool {
+	if p.TenantID == "" || p.ID == "" {
+		return false
+	}
+	return p.Role.Grants(right)
+}
+
+// Authorize returns nil if p holds right inside tenantID, and a *DeniedError otherwise
+// (errors.Is(err, ErrForbidden) for a missing right, errors.Is(err, ErrWrongTenant) when the
+// resource belongs to another tenant). Check the tenant of the resource actually touched, not a
+// tenant taken from the request.
+func (p Principal) Authorize(tenantID string, right Right) error {
+	if tenantID == "" || p.TenantID != tenantID {
+		return &DeniedError{Principal: p, Right: right, TenantID: tenantID, wrongTenant: true}
+	}
+	if !p.Can(right) {
+		return &DeniedError{Principal: p, Right: right, TenantID: tenantID}
+	}
+	return nil
+}
+
+// Sentinel errors. Match with errors.Is.
+var (
+	// ErrForbidden: the principal lacks the right.
+	ErrForbidden = errors.New("auth: forbidden")
+	// ErrWrongTenant: the resource belongs to another tenant. The HTTP layer answers it as
+	// "not found" so that no tenant learns about another's resources.
+	ErrWrongTenant  = errors.New("auth: resource of another tenant")
+	ErrUnknownRight = errors.New("auth: unknown right")
+	ErrUnknownRole  = errors.New("auth: unknown role")
+)
+
+// DeniedError is a refused authorization.
+type DeniedError struct {
+	Principal Principal
+	Right     Right
+	// TenantID is the tenant of the resource.
+	TenantID    string
+	wrongTenant bool
+}
+
+func (e *DeniedError) Error() string {
+	if e.wrongTenant {
+		return fmt.Sprintf("auth: principal %q of tenant %q may not touch tenant %q", e.Principal.ID, e.Principal.TenantID, e.TenantID)
+	}
+	return fmt.Sprintf("auth: principal %q (role %q) lacks right %q", e.Principal.ID, e.Principal.Role, e.Right)
+}
+
+// Is makes errors.Is match ErrWrongTenant or ErrForbidden, whichever applies.
+func (e *DeniedError) Is(target error) bool {
+	if e.wrongTenant {
+		return target == ErrWrongTenant
+	}
+	return target == ErrForbidden
+}

@@ -1,0 +1,413 @@
+package connection
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Connection is the aggregate of one connection stream: a WhatsApp number of a tenant, its link
+// status and its outgoing queue.
+//
+// # Decisions
+//
+// Decisions are methods such as Enqueue(cmd, now) that validate a command against the current
+// state and return the events to append, without mutating the Connection; the caller (the
+// command handler) appends them at the expected revision Version() and, on success, may Apply
+// them. A decision that returns an error returns no events. Decisions are deterministic: the
+// same state, command and now give the same events (now is the injected clock; the domain never
+// reads the time itself), so a retried decision yields the same event ids (EventID).
+//
+// # Small state
+//
+// The Connection never holds the messages: loading a stream of a million events costs O(1)
+// memory per message. What it keeps is bounded by the number of messages in flight, of
+// broadcasts with pending messages and of the ranges purged by a clear not yet passed over:
+//
+//   - every MessageQueued gets the next queue position Seq (1, 2, 3, …) from the aggregate;
+//   - the queue is worked strictly in order: the dispatch cursor is the highest Seq disposed
+//     of (dispatched, expired, or purged by a clear). Dispatch and Expire accept only the head,
+//     the first Seq after the cursor that no clear purged; so a message is disposed of exactly
+//     once, and no message can be skipped and forgotten;
+//   - a clear of the whole queue moves the cursor to the last Seq queued before the request
+//     (UpToSeq): everything at or below it was dispatched, expired or is now purged — this is
+//     the G1 fence, enforced by the store's optimistic concurrency because Dispatch appends at
+//     the revision the state was loaded at;
+//   - a clear of one broadcast records the broadcast's pending range (its messages are
+//     contiguous in Seq, being appended in one atomic batch); the cursor jumps over it when it
+//     reaches it;
+//   - the messages in flight (dispatched, not yet acknowledged) are kept by id, so that an
+//     acknowledgement is recorded once and a clear reports them.
+//
+// The pending queue itself (which message id and recipient is at which Seq) is a projection
+// of the MessageQueued events; the dispatcher reads the head there and asks the aggregate.
+//
+// A Connection is not safe for concurrent use. The zero value is not usable; use New or Restore.
+type Connection struct {
+	version int64 // revision of the last event applied; -1 for none
+
+	id      string
+	tenant  string
+	phone   string
+	region  string
+	onBan   OnBanPolicy
+	regAt   time.Time
+	link    LinkStatus
+	linkAt  time.Time
+	ban     *BanInfo
+	hold    *HoldInfo
+	clear   *ClearQueueRequested // clear in progress
+	last    *ClearQueueRequested // most recent clear requested (in progress or completed)
+	lastSeq uint64
+	cursor  uint64
+	ahead   []purgedRange // purged by scoped clears, above the cursor, sorted, disjoint
+	bcasts  []BroadcastRange
+	flight  map[uuid.UUID]uint64 // in-flight message id → Seq
+	count   Counters
+}
+
+type purgedRange struct {
+	SeqRange
+	ClearID uuid.UUID `json:"clear_id"`
+}
+
+// BroadcastRange is the queue positions of a broadcast with pending messages.
+type BroadcastRange struct {
+	BroadcastID uuid.UUID `json:"broadcast_id"`
+	FirstSeq    uint64    `json:"first_seq"`
+	LastSeq     uint64    `json:"last_seq"`
+}
+
+// BanInfo describes the current ban.
+type BanInfo struct {
+	Kind       BanKind   `json:"kind"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+	ReasonCode string    `json:"reason_code"`
+	Since      time.Time `json:"since"`
+}
+
+// HoldInfo describes the current hold.
+type HoldInfo struct {
+	Reason HoldReason `json:"reason"`
+	Actor  string     `json:"actor"`
+	Since  time.Time  `json:"since"`
+}
+
+// Counters count the connection's messages. They reconcile (G3):
+//
+//	Queued   == Pending + Dispatched + Expired + Purged
+//	Dispatched == InFlight + Acknowledged
+//
+// Purged counts a clear's messages when the clear is requested (the purged set is fixed then).
+// Acknowledged counts in-flight messages that got their first acknowledgement (sent, delivered,
+// read, failed or outcome unknown); Sent, Delivered, Read, Failed and Unknown count the events.
+type Counters struct {
+	Queued       uint64 `json:"queued"`
+	Dispatched   uint64 `json:"dispatched"`
+	Expired      uint64 `json:"expired"`
+	Purged       uint64 `json:"purged"`
+	Acknowledged uint64 `json:"acknowledged"`
+	Sent         uint64 `json:"sent"`
+	Delivered    uint64 `json:"delivered"`
+	Read         uint64 `json:"read"`
+	Failed       uint64 `json:"failed"`
+	Unknown      uint64 `json:"unknown"`
+	Broadcasts   uint64 `json:"broadcasts"`
+	Clears       uint64 `json:"clears"`
+}
+
+// New returns the state of a connection stream with no events (not registered).
+func New() *Connection {
+	return &Connection{version: -1, flight: map[uuid.UUID]uint64{}}
+}
+
+// Load returns the state after applying events (in stream order) to New().
+func Load(events ...Event) (*Connection, error) {
+	c := New()
+	for _, e := range events {
+		if err := c.Apply(e); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Version returns the revision of the last event applied (-1 for none): the expected revision
+// of the next append.
+func (c *Connection) Version() int64 { return c.version }
+
+// Registered reports whether the connection has been registered.
+func (c *Connection) Registered() bool { return !c.link.IsZero() }
+
+// ID returns the connection id ("" before registration).
+func (c *Connection) ID() string { return c.id }
+
+// TenantID returns the tenant the connection belongs to.
+func (c *Connection) TenantID() string { return c.tenant }
+
+// Phone returns the connection's own number in E.164.
+func (c *Connection) Phone() string { return c.phone }
+
+// OnBanPolicy returns the connection's policy for automatically held queues.
+func (c *Connection) OnBanPolicy() OnBanPolicy { return c.onBan }
+
+// LinkStatus returns the link status (zero before registration).
+func (c *Connection) LinkStatus() LinkStatus { return c.link }
+
+// CurrentBan returns the current ban, if the link is banned.
+func (c *Connection) CurrentBan() (BanInfo, bool) {
+	if c.ban == nil {
+		return BanInfo{}, false
+	}
+	return *c.ban, true
+}
+
+// CurrentHold returns the current hold, if the queue is held (also while clearing).
+func (c *Connection) CurrentHold() (HoldInfo, bool) {
+	if c.hold == nil {
+		return HoldInfo{}, false
+	}
+	return *c.hold, true
+}
+
+// QueueStatus returns clearing while a clear is in progress, else held if held, else open.
+func (c *Connection) QueueStatus() QueueStatus {
+	switch {
+	case !c.Registered():
+		return QueueStatus{}
+	case c.clear != nil:
+		return QueueStatusClearing
+	case c.hold != nil:
+		return QueueStatusHeld
+	default:
+		return QueueStatusOpen
+	}
+}
+
+// CurrentClear returns the request of the clear in progress, if any.
+func (c *Connection) CurrentClear() (ClearQueueRequested, bool) {
+	if c.clear == nil {
+		return ClearQueueRequested{}, false
+	}
+	return cloneClear(*c.clear), true
+}
+
+// LastSeq returns the Seq of the last message queued (0 for none).
+func (c *Connection) LastSeq() uint64 { return c.lastSeq }
+
+// Cursor returns the dispatch cursor: every message with Seq <= Cursor was dispatched, expired
+// or purged.
+func (c *Connection) Cursor() uint64 { return c.cursor }
+
+// Head returns the Seq of the next message to dispatch or expire, and false if none is pending.
+func (c *Connection) Head() (uint64, bool) {
+	if c.cursor >= c.lastSeq {
+		return 0, false
+	}
+	return c.cursor + 1, true
+}
+
+// Pending returns the number of messages queued and not yet dispatched, expired or purged.
+func (c *Connection) Pending() uint64 {
+	n := c.lastSeq - c.cursor
+	for _, r := range c.ahead {
+		n -= r.Len()
+	}
+	return n
+}
+
+// InFlight returns the messages dispatched and not yet acknowledged, by Seq.
+func (c *Connection) InFlight() []InFlightMessage {
+	out := make([]InFlightMessage, 0, len(c.flight))
+	for id, seq := range c.flight {
+		out = append(out, InFlightMessage{MessageID: id, Seq: seq})
+	}
+	slices.SortFunc(out, func(a, b InFlightMessage) int { return cmpU64(a.Seq, b.Seq) })
+	return out
+}
+
+// PendingBroadcasts returns the broadcasts that still have messages above the cursor and were
+// not cleared, in Seq order.
+func (c *Connection) PendingBroadcasts() []BroadcastRange { return slices.Clone(c.bcasts) }
+
+// Counters returns the message counters.
+func (c *Connection) Counters() Counters { return c.count }
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// ApplyError reports an event that cannot be applied.
+type ApplyError struct {
+	ConnectionID string
+	Version      int64
+	Type         string
+	Reason       string
+}
+
+func (e *ApplyError) Error() string {
+	return fmt.Sprintf("connection: apply %s to %q at version %d: %s", e.Type, e.ConnectionID, e.Version, e.Reason)
+}
+
+// Apply evolves the state by one event, the next one of the stream (revision Version()+1).
+// Events must be applied in stream order, each once. Apply accepts the event values returned
+// by Decode and by the decisions; it returns an *ApplyError for a nil or pointer event, for an
+// event before ConnectionRegistered and for a second ConnectionRegistered, and leaves the state
+// unchanged then. Otherwise it trusts the history: events were decided against the state they
+// follow.
+func (c *Connection) Apply(e Event) error {
+	fail := func(reason string) error {
+		t := "<nil>"
+		if e != nil {
+			t = e.EventType()
+		}
+		return &ApplyError{ConnectionID: c.id, Version: c.version, Type: t, Reason: reason}
+	}
+	if e == nil {
+		return fail("nil event")
+	}
+	if reg, ok := e.(ConnectionRegistered); ok {
+		if c.Registered() {
+			return fail("already registered")
+		}
+		c.id, c.tenant, c.phone, c.region = reg.ConnectionID, reg.TenantID, reg.Phone, regionOf(reg.Phone)
+		c.onBan = reg.OnBan
+		if c.onBan.IsZero() {
+			c.onBan = OnBanHold
+		}
+		c.regAt = reg.RegisteredAt
+		c.link, c.linkAt = LinkStatusUnpaired, reg.RegisteredAt
+		c.version++
+		return nil
+	}
+	if !c.Registered() {
+		return fail("connection not registered")
+	}
+	switch e := e.(type) {
+	case OnBanPolicyChanged:
+		c.onBan = e.Policy
+	case SessionPaired:
+		c.link, c.linkAt, c.ban = LinkStatusActive, e.PairedAt, nil
+	case SessionInvalidated:
+		c.link, c.linkAt, c.ban = LinkStatusSessionInvalid, e.InvalidatedAt, nil
+	case ConnectionBanned:
+		c.link, c.linkAt = LinkStatusBanned, e.BannedAt
+		c.ban = &BanInfo{Kind: e.Kind, ExpiresAt: e.ExpiresAt, ReasonCode: e.ReasonCode, Since: e.BannedAt}
+	case BanLifted:
+		c.link, c.linkAt, c.ban = LinkStatusActive, e.LiftedAt, nil
+	case QueueHeld:
+		c.hold = &HoldInfo{Reason: e.Reason, Actor: e.Actor, Since: e.HeldAt}
+	case QueueResumed:
+		c.hold = nil
+	case MessageQueued:
+		c.lastSeq = max(c.lastSeq, e.Seq)
+		c.count.Queued++
+	case BroadcastStarted:
+		c.bcasts = append(c.bcasts, BroadcastRange{BroadcastID: e.BroadcastID, FirstSeq: e.FirstSeq, LastSeq: e.LastSeq()})
+		c.count.Broadcasts++
+	case MessageDispatched:
+		c.cursor = max(c.cursor, e.Seq)
+		c.flight[e.MessageID] = e.Seq
+		c.count.Dispatched++
+		c.normalize()
+	case MessageExpired:
+		c.cursor = max(c.cursor, e.Seq)
+		c.count.Expired++
+		c.normalize()
+	case MessageSent:
+		c.ack(e.MessageID)
+		c.count.Sent++
+	case MessageDelivered:
+		c.ack(e.MessageID)
+		c.count.Delivered++
+	case MessageRead:
+		c.ack(e.MessageID)
+		c.count.Read++
+	case MessageFailed:
+		c.ack(e.MessageID)
+		c.count.Failed++
+	case MessageOutcomeUnknown:
+		c.ack(e.MessageID)
+		c.count.Unknown++
+	case ClearQueueRequested:
+		req := cloneClear(e)
+		c.clear, c.last = &req, &req
+		c.count.Purged += e.PurgeCount
+		c.count.Clears++
+		if e.Scope.IsWholeQueue() {
+			c.cursor = max(c.cursor, e.UpToSeq)
+			c.ahead = slices.DeleteFunc(c.ahead, func(r purgedRange) bool { return r.To <= e.UpToSeq })
+		} else {
+			c.bcasts = slices.DeleteFunc(c.bcasts, func(b BroadcastRange) bool { return b.BroadcastID == e.Scope.BroadcastID })
+			for _, r := range e.Purge {
+				c.ahead = append(c.ahead, purgedRange{SeqRange: r, ClearID: e.ClearID})
+			}
+			slices.SortFunc(c.ahead, func(a, b purgedRange) int { return cmpU64(a.From, b.From) })
+		}
+		c.normalize()
+	case QueueCleared:
+		if c.clear != nil && c.clear.ClearID == e.ClearID {
+			c.clear = nil
+		}
+	default:
+		return fail(fmt.Sprintf("unsupported event value %T", e))
+	}
+	c.version++
+	return nil
+}
+
+// ack removes a message from the in-flight set and counts its first acknowledgement.
+func (c *Connection) ack(id uuid.UUID) {
+	if _, ok := c.flight[id]; ok {
+		delete(c.flight, id)
+		c.count.Acknowledged++
+	}
+}
+
+// normalize moves the cursor over purged ranges that start right after it and forgets what
+// the cursor has passed.
+func (c *Connection) normalize() {
+	for len(c.ahead) > 0 && c.ahead[0].From <= c.cursor+1 {
+		c.cursor = max(c.cursor, c.ahead[0].To)
+		c.ahead = c.ahead[1:]
+	}
+	if len(c.ahead) == 0 {
+		c.ahead = nil
+	}
+	c.bcasts = slices.DeleteFunc(c.bcasts, func(b BroadcastRange) bool { return b.LastSeq <= c.cursor })
+	if len(c.bcasts) == 0 {
+		c.bcasts = nil
+	}
+}
+
+// purgedBy returns the clear that purged seq, if the aggregate still knows it: a scoped purge
+// the cursor has not passed, or the most recent clear.
+func (c *Connection) purgedBy(seq uint64) (uuid.UUID, bool) {
+	for _, r := range c.ahead {
+		if r.Contains(seq) {
+			return r.ClearID, true
+		}
+	}
+	if c.last != nil {
+		for _, r := range c.last.Purge {
+			if r.Contains(seq) {
+				return c.last.ClearID, true
+			}
+		}
+	}
+	return uuid.Nil, false
+}
+
+func cloneClear(e ClearQueueRequested) ClearQueueRequested {
+	e.Purge = slices.Clone(e.Purge)
+	e.InFlight = slices.Clone(e.InFlight)
+	return e
+}

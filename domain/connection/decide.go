@@ -1,0 +1,693 @@
+package connection
+
+import (
+	"errors"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Actor names used by decisions the system takes on its own.
+const (
+	// SystemActor is the actor of holds and resumes the domain records as a consequence of a
+	// ban, a session loss or a lift.
+	SystemActor = "system"
+)
+
+func (c *Connection) mustBeRegistered(op string) error {
+	if !c.Registered() {
+		return &Error{Op: op, ConnectionID: c.id, Err: ErrNotRegistered}
+	}
+	return nil
+}
+
+func (c *Connection) notClearing(op string) error {
+	if c.clear != nil {
+		return &ClearingError{ConnectionID: c.id, Op: op, ClearID: c.clear.ClearID, Since: c.clear.RequestedAt}
+	}
+	return nil
+}
+
+// RegisterConnection registers a WhatsApp number of a tenant.
+type RegisterConnection struct {
+	ConnectionID string
+	TenantID     string
+	// Phone is the connection's own number, in international format ("+49 170 1234567").
+	Phone string
+	// OnBan is the policy for queues held by a ban or session loss; zero means OnBanHold.
+	OnBan OnBanPolicy
+	Actor string
+}
+
+// Register decides ConnectionRegistered. The phone is normalised to E.164. It fails with
+// ErrAlreadyRegistered on a registered connection.
+func (c *Connection) Register(cmd RegisterConnection, now time.Time) ([]Event, error) {
+	if c.Registered() {
+		return nil, &Error{Op: "register", ConnectionID: c.id, Err: ErrAlreadyRegistered}
+	}
+	if err := ValidateID("connection_id", cmd.ConnectionID); err != nil {
+		return nil, err
+	}
+	if err := ValidateID("tenant_id", cmd.TenantID); err != nil {
+		return nil, err
+	}
+	phone, err := NormalizePhone("phone", cmd.Phone, "")
+	if err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	policy := cmd.OnBan
+	if policy.IsZero() {
+		policy = OnBanHold
+	}
+	return []Event{ConnectionRegistered{
+		ConnectionID: cmd.ConnectionID, TenantID: cmd.TenantID, Phone: phone, OnBan: policy,
+		RegisteredBy: cmd.Actor, RegisteredAt: now.UTC(),
+	}}, nil
+}
+
+// SetOnBanPolicy changes the connection's on_ban policy.
+type SetOnBanPolicy struct {
+	Policy OnBanPolicy
+	Actor  string
+}
+
+// ChangeOnBanPolicy decides OnBanPolicyChanged. Setting the current policy again is a no-op:
+// no events and no error.
+func (c *Connection) ChangeOnBanPolicy(cmd SetOnBanPolicy, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("set on_ban policy"); err != nil {
+		return nil, err
+	}
+	if cmd.Policy.IsZero() {
+		return nil, invalid(CodeInvalidPolicy, "on_ban", "must be hold or resume")
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if cmd.Policy == c.onBan {
+		return nil, nil
+	}
+	return []Event{OnBanPolicyChanged{Policy: cmd.Policy, ChangedBy: cmd.Actor, ChangedAt: now.UTC()}}, nil
+}
+
+// PairSession records a WhatsApp session paired with the number.
+type PairSession struct {
+	JID   string
+	Actor string
+}
+
+// Pair decides SessionPaired, from unpaired or session_invalid (else *LinkStatusError). When
+// the queue is held because of the session loss and the policy is OnBanResume, it also decides
+// QueueResumed (reason session_paired).
+func (c *Connection) Pair(cmd PairSession, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("pair"); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if err := validateNote("jid", cmd.JID, false); err != nil {
+		return nil, err
+	}
+	if c.link != LinkStatusUnpaired && c.link != LinkStatusSessionInvalid {
+		return nil, &LinkStatusError{ConnectionID: c.id, Op: "pair", Status: c.link}
+	}
+	at := now.UTC()
+	events := []Event{SessionPaired{JID: cmd.JID, Actor: cmd.Actor, PairedAt: at}}
+	if c.onBan == OnBanResume && c.hold != nil && c.hold.Reason == HoldOnSessionInvalid {
+		events = append(events, QueueResumed{Reason: ResumeOnSessionPair, Actor: SystemActor, ResumedAt: at})
+	}
+	return events, nil
+}
+
+// InvalidateSession records a session logged out.
+type InvalidateSession struct {
+	Reason string
+	Actor  string
+}
+
+// InvalidateSession decides SessionInvalidated, from active (else *LinkStatusError), and
+// QueueHeld (reason session_invalid) unless the queue is already held (G7).
+func (c *Connection) InvalidateSession(cmd InvalidateSession, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("invalidate session"); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if err := validateNote("reason", cmd.Reason, false); err != nil {
+		return nil, err
+	}
+	if c.link != LinkStatusActive {
+		return nil, &LinkStatusError{ConnectionID: c.id, Op: "invalidate session", Status: c.link}
+	}
+	at := now.UTC()
+	events := []Event{SessionInvalidated{Reason: cmd.Reason, Actor: cmd.Actor, InvalidatedAt: at}}
+	if c.hold == nil {
+		events = append(events, QueueHeld{Reason: HoldOnSessionInvalid, Note: cmd.Reason, Actor: SystemActor, HeldAt: at})
+	}
+	return events, nil
+}
+
+// BanConnection records a ban.
+type BanConnection struct {
+	Kind BanKind
+	// ExpiresAt is required for a temporary ban and must be zero for a permanent one.
+	ExpiresAt  time.Time
+	ReasonCode string
+	Actor      string
+}
+
+// Ban decides ConnectionBanned, from active or banned (a renewed or escalated ban; else
+// *LinkStatusError), and QueueHeld (reason banned) unless the queue is already held (G7).
+func (c *Connection) Ban(cmd BanConnection, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("ban"); err != nil {
+		return nil, err
+	}
+	switch {
+	case cmd.Kind == BanTemporary && cmd.ExpiresAt.IsZero():
+		return nil, invalid(CodeInvalidBan, "expires_at", "a temporary ban needs an expiry")
+	case cmd.Kind == BanPermanent && !cmd.ExpiresAt.IsZero():
+		return nil, invalid(CodeInvalidBan, "expires_at", "a permanent ban has no expiry")
+	case cmd.Kind.IsZero():
+		return nil, invalid(CodeInvalidBan, "kind", "must be temporary or permanent")
+	}
+	if err := validateNote("reason_code", cmd.ReasonCode, true); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if c.link != LinkStatusActive && c.link != LinkStatusBanned {
+		return nil, &LinkStatusError{ConnectionID: c.id, Op: "ban", Status: c.link}
+	}
+	at := now.UTC()
+	var expires time.Time
+	if !cmd.ExpiresAt.IsZero() {
+		expires = cmd.ExpiresAt.UTC()
+	}
+	events := []Event{ConnectionBanned{Kind: cmd.Kind, ExpiresAt: expires, ReasonCode: cmd.ReasonCode, Actor: cmd.Actor, BannedAt: at}}
+	if c.hold == nil {
+		events = append(events, QueueHeld{Reason: HoldOnBan, Note: cmd.ReasonCode, Actor: SystemActor, HeldAt: at})
+	}
+	return events, nil
+}
+
+// LiftBan records the end of a ban.
+type LiftBan struct {
+	Reason string
+	Actor  string
+}
+
+// LiftBan decides BanLifted, from banned (else *LinkStatusError). It does not resume the queue
+// (G7), unless the policy is OnBanResume and the queue is held because of the ban: then it
+// also decides QueueResumed (reason ban_lifted).
+func (c *Connection) LiftBan(cmd LiftBan, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("lift ban"); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if err := validateNote("reason", cmd.Reason, false); err != nil {
+		return nil, err
+	}
+	if c.link != LinkStatusBanned {
+		return nil, &LinkStatusError{ConnectionID: c.id, Op: "lift ban", Status: c.link}
+	}
+	at := now.UTC()
+	events := []Event{BanLifted{Reason: cmd.Reason, Actor: cmd.Actor, LiftedAt: at}}
+	if c.onBan == OnBanResume && c.hold != nil && c.hold.Reason == HoldOnBan {
+		events = append(events, QueueResumed{Reason: ResumeOnBanLifted, Actor: SystemActor, ResumedAt: at})
+	}
+	return events, nil
+}
+
+// HoldQueue holds the queue by an operator's decision.
+type HoldQueue struct {
+	Note  string
+	Actor string
+}
+
+// Hold decides QueueHeld (reason operator). It fails with ErrAlreadyHeld on a held queue. A
+// queue can be held while clearing: it is held when the clear completes.
+func (c *Connection) Hold(cmd HoldQueue, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("hold"); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if err := validateNote("note", cmd.Note, false); err != nil {
+		return nil, err
+	}
+	if c.hold != nil {
+		return nil, &Error{Op: "hold", ConnectionID: c.id, Err: ErrAlreadyHeld}
+	}
+	return []Event{QueueHeld{Reason: HoldByOperator, Note: cmd.Note, Actor: cmd.Actor, HeldAt: now.UTC()}}, nil
+}
+
+// ResumeQueue resumes a held queue by an operator's decision.
+type ResumeQueue struct {
+	Note  string
+	Actor string
+}
+
+// Resume decides QueueResumed (reason operator). It fails with ErrNotHeld on a queue that is
+// not held. Resuming does not make a banned link send: dispatch also needs an active link.
+func (c *Connection) Resume(cmd ResumeQueue, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("resume"); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if err := validateNote("note", cmd.Note, false); err != nil {
+		return nil, err
+	}
+	if c.hold == nil {
+		return nil, &Error{Op: "resume", ConnectionID: c.id, Err: ErrNotHeld}
+	}
+	return []Event{QueueResumed{Reason: ResumeByOperator, Note: cmd.Note, Actor: cmd.Actor, ResumedAt: now.UTC()}}, nil
+}
+
+// EnqueueMessage queues one 1:1 message.
+type EnqueueMessage struct {
+	// IdempotencyKey makes the enqueue idempotent: the message id is
+	// MessageIDFor(tenant, connection, key), so a retry decides the same MessageQueued id
+	// and the store recognises the duplicate (see EventID).
+	IdempotencyKey string
+	// Recipient is a phone number; without a leading '+' it is read in the region of the
+	// connection's own number.
+	Recipient string
+	Text      string
+	// TTL, if positive, makes the message expire instead of being sent after now+TTL.
+	TTL   time.Duration
+	Actor string
+}
+
+// Enqueue decides MessageQueued at the next Seq. It fails with a *ValidationError for a bad
+// command and a *ClearingError while clearing (G2). Enqueue is accepted whatever the link
+// status and while held: the message waits.
+func (c *Connection) Enqueue(cmd EnqueueMessage, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("enqueue"); err != nil {
+		return nil, err
+	}
+	if cmd.IdempotencyKey == "" || len(cmd.IdempotencyKey) > MaxKeyLen {
+		return nil, invalid(CodeMissingIdempotencyKey, "idempotency_key", "must be 1 to %d bytes", MaxKeyLen)
+	}
+	recipient, err := NormalizePhone("recipient", cmd.Recipient, c.region)
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidateText(cmd.Text); err != nil {
+		return nil, err
+	}
+	if err := ValidateTTL(cmd.TTL); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if err := c.notClearing("enqueue"); err != nil {
+		return nil, err
+	}
+	at := now.UTC()
+	return []Event{MessageQueued{
+		MessageID:      MessageIDFor(c.tenant, c.id, cmd.IdempotencyKey),
+		Seq:            c.lastSeq + 1,
+		Recipient:      recipient,
+		Text:           cmd.Text,
+		IdempotencyKey: cmd.IdempotencyKey,
+		ExpiresAt:      expiry(at, cmd.TTL),
+		QueuedBy:       cmd.Actor,
+		QueuedAt:       at,
+	}}, nil
+}
+
+func expiry(at time.Time, ttl time.Duration) time.Time {
+	if ttl <= 0 {
+		return time.Time{}
+	}
+	return at.Add(ttl)
+}
+
+// StartBroadcast queues one text to many recipients.
+type StartBroadcast struct {
+	// BroadcastID identifies the broadcast (e.g. BroadcastIDFor(tenant, connection, key));
+	// message ids derive from it (BroadcastMessageID), so a retry decides the same events.
+	BroadcastID uuid.UUID
+	// Recipients are 1 to MaxRecipients phone numbers, each at most once.
+	Recipients []string
+	Text       string
+	TTL        time.Duration
+	Actor      string
+}
+
+// StartBroadcast decides BroadcastStarted followed by one MessageQueued per recipient, in
+// recipient order, at consecutive Seqs. The caller must append them in one atomic batch (see
+// BroadcastStarted for why). It fails with a *ValidationError naming the first bad recipient
+// (1-based) and a *ClearingError while clearing (G2).
+func (c *Connection) StartBroadcast(cmd StartBroadcast, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("start broadcast"); err != nil {
+		return nil, err
+	}
+	if cmd.BroadcastID == uuid.Nil {
+		return nil, invalid(CodeInvalidID, "broadcast_id", "must not be empty")
+	}
+	switch n := len(cmd.Recipients); {
+	case n == 0:
+		return nil, invalid(CodeNoRecipients, "recipients", "at least one recipient")
+	case n > MaxRecipients:
+		return nil, invalid(CodeTooManyRecipients, "recipients", "%d recipients, at most %d", n, MaxRecipients)
+	}
+	if err := ValidateText(cmd.Text); err != nil {
+		return nil, err
+	}
+	if err := ValidateTTL(cmd.TTL); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	normalized := make([]string, len(cmd.Recipients))
+	seen := make(map[string]int, len(cmd.Recipients))
+	for i, raw := range cmd.Recipients {
+		p, err := NormalizePhone("recipients", raw, c.region)
+		if err != nil {
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				ve.Recipient = i + 1
+			}
+			return nil, err
+		}
+		if first, dup := seen[p]; dup {
+			return nil, &ValidationError{Code: CodeDuplicateRecipient, Field: "recipients", Recipient: i + 1,
+				Detail: "same number as recipient " + strconv.Itoa(first+1)}
+		}
+		seen[p] = i
+		normalized[i] = p
+	}
+	if err := c.notClearing("start broadcast"); err != nil {
+		return nil, err
+	}
+	at := now.UTC()
+	exp := expiry(at, cmd.TTL)
+	first := c.lastSeq + 1
+	events := make([]Event, 0, len(normalized)+1)
+	events = append(events, BroadcastStarted{
+		BroadcastID: cmd.BroadcastID, Text: cmd.Text, FirstSeq: first, Count: len(normalized),
+		ExpiresAt: exp, StartedBy: cmd.Actor, StartedAt: at,
+	})
+	for i, p := range normalized {
+		events = append(events, MessageQueued{
+			MessageID:      BroadcastMessageID(cmd.BroadcastID, i),
+			Seq:            first + uint64(i),
+			Recipient:      p,
+			BroadcastID:    cmd.BroadcastID,
+			BroadcastIndex: i,
+			ExpiresAt:      exp,
+			QueuedBy:       cmd.Actor,
+			QueuedAt:       at,
+		})
+	}
+	return events, nil
+}
+
+// DispatchMessage asks to hand the head of the queue to WhatsApp. The dispatcher takes the
+// message from the pending-queue projection.
+type DispatchMessage struct {
+	MessageID uuid.UUID
+	Seq       uint64
+	// ExpiresAt is the message's expiry from its MessageQueued (zero for none).
+	ExpiresAt time.Time
+}
+
+// Dispatch decides MessageDispatched. The caller appends it at the expected revision Version()
+// and calls the transport only after the append succeeded: a concurrent clear or dispatch makes
+// the append fail, and the retry, on the reloaded state, refuses (G1, G5). Refusals, in order:
+//   - *ClearingError while clearing (G1, G2);
+//   - *QueueHeldError while held (G7);
+//   - *LinkStatusError unless the link is active (G7);
+//   - *MessagePurgedError for a message purged by a clear (G1);
+//   - *SequenceError unless cmd.Seq is the head of the queue: ErrAlreadyDisposed for a message
+//     already dispatched, expired or purged (G5), ErrNotNext, ErrUnknownMessage;
+//   - *ExpiredError (ErrMessageExpired) when now is at or past ExpiresAt: decide Expire instead.
+//
+// The aggregate does not keep message ids of queued messages; it trusts that cmd.MessageID is
+// the one queued at cmd.Seq (both come from the projection of this stream).
+func (c *Connection) Dispatch(cmd DispatchMessage, now time.Time) ([]Event, error) {
+	const op = "dispatch"
+	if err := c.mustBeRegistered(op); err != nil {
+		return nil, err
+	}
+	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
+		return nil, invalid(CodeMissingMessage, "message", "message id and seq are required")
+	}
+	if err := c.notClearing(op); err != nil {
+		return nil, err
+	}
+	if c.hold != nil {
+		return nil, &QueueHeldError{ConnectionID: c.id, Reason: c.hold.Reason, Since: c.hold.Since}
+	}
+	if c.link != LinkStatusActive {
+		return nil, &LinkStatusError{ConnectionID: c.id, Op: op, Status: c.link}
+	}
+	if err := c.checkHead(op, cmd.MessageID, cmd.Seq); err != nil {
+		return nil, err
+	}
+	if !cmd.ExpiresAt.IsZero() && !now.Before(cmd.ExpiresAt) {
+		return nil, &ExpiredError{ConnectionID: c.id, MessageID: cmd.MessageID, ExpiresAt: cmd.ExpiresAt, Now: now, Expired: true}
+	}
+	return []Event{MessageDispatched{MessageID: cmd.MessageID, Seq: cmd.Seq, DispatchedAt: now.UTC()}}, nil
+}
+
+func (c *Connection) checkHead(op string, id uuid.UUID, seq uint64) error {
+	if clearID, purged := c.purgedBy(seq); purged {
+		return &MessagePurgedError{ConnectionID: c.id, MessageID: id, Seq: seq, ClearID: clearID}
+	}
+	head, _ := c.Head()
+	if seq != head || head == 0 {
+		return &SequenceError{ConnectionID: c.id, Op: op, MessageID: id, Seq: seq, Next: head, Last: c.lastSeq}
+	}
+	return nil
+}
+
+// ExpireMessage records that the head of the queue outlived its TTL.
+type ExpireMessage struct {
+	MessageID uuid.UUID
+	Seq       uint64
+	// ExpiresAt is the message's expiry from its MessageQueued.
+	ExpiresAt time.Time
+}
+
+// Expire decides MessageExpired for the head of the queue whose ExpiresAt is at or before now.
+// It is allowed in every queue and link status (an expired message never goes out). Refusals:
+// *MessagePurgedError, *SequenceError as for Dispatch; *ExpiredError (ErrNotExpired) when the
+// message has no expiry or it is still in the future.
+func (c *Connection) Expire(cmd ExpireMessage, now time.Time) ([]Event, error) {
+	const op = "expire"
+	if err := c.mustBeRegistered(op); err != nil {
+		return nil, err
+	}
+	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
+		return nil, invalid(CodeMissingMessage, "message", "message id and seq are required")
+	}
+	if err := c.checkHead(op, cmd.MessageID, cmd.Seq); err != nil {
+		return nil, err
+	}
+	if cmd.ExpiresAt.IsZero() || now.Before(cmd.ExpiresAt) {
+		return nil, &ExpiredError{ConnectionID: c.id, MessageID: cmd.MessageID, ExpiresAt: cmd.ExpiresAt, Now: now}
+	}
+	return []Event{MessageExpired{MessageID: cmd.MessageID, Seq: cmd.Seq, ExpiresAt: cmd.ExpiresAt.UTC(), ExpiredAt: now.UTC()}}, nil
+}
+
+// Outcome is the transport's report about a dispatched message.
+type Outcome struct {
+	MessageID uuid.UUID
+	Seq       uint64
+	// Kind is one of MessageStatusSent, MessageStatusDelivered, MessageStatusRead,
+	// MessageStatusFailed, MessageStatusUnknown.
+	Kind MessageStatus
+	// ServerID is WhatsApp's id of a sent message, if any.
+	ServerID string
+	// Code and Detail describe a failure (Code required for failed); Detail is the cause of an
+	// unknown outcome.
+	Code   string
+	Detail string
+}
+
+// RecordOutcome decides MessageSent, MessageDelivered, MessageRead, MessageFailed or
+// MessageOutcomeUnknown. It is allowed in every queue and link status.
+//
+// Sent, failed and unknown acknowledge a message in flight and are refused for any other
+// (*NotInFlightError): each is recorded at most once and only one of them per message (failed
+// and unknown are final). Delivered and read receipts are accepted for a message in flight (they
+// acknowledge it) or already dispatched (Seq at or below the cursor, not purged); each is
+// recorded at most once per message by its event id (EventID).
+func (c *Connection) RecordOutcome(o Outcome, now time.Time) ([]Event, error) {
+	op := "record " + o.Kind.String()
+	if err := c.mustBeRegistered(op); err != nil {
+		return nil, err
+	}
+	if o.MessageID == uuid.Nil || o.Seq == 0 {
+		return nil, invalid(CodeMissingMessage, "message", "message id and seq are required")
+	}
+	if err := validateNote("detail", o.Detail, false); err != nil {
+		return nil, err
+	}
+	if err := validateNote("server_id", o.ServerID, false); err != nil {
+		return nil, err
+	}
+	seq, inFlight := c.flight[o.MessageID]
+	inFlight = inFlight && seq == o.Seq
+	notInFlight := &NotInFlightError{ConnectionID: c.id, Op: op, MessageID: o.MessageID, Seq: o.Seq}
+	at := now.UTC()
+	switch o.Kind {
+	case MessageStatusSent:
+		if !inFlight {
+			return nil, notInFlight
+		}
+		return []Event{MessageSent{MessageID: o.MessageID, Seq: o.Seq, ServerID: o.ServerID, SentAt: at}}, nil
+	case MessageStatusFailed:
+		if err := validateNote("code", o.Code, true); err != nil {
+			return nil, err
+		}
+		if !inFlight {
+			return nil, notInFlight
+		}
+		return []Event{MessageFailed{MessageID: o.MessageID, Seq: o.Seq, Code: o.Code, Detail: o.Detail, FailedAt: at}}, nil
+	case MessageStatusUnknown:
+		if !inFlight {
+			return nil, notInFlight
+		}
+		return []Event{MessageOutcomeUnknown{MessageID: o.MessageID, Seq: o.Seq, Cause: o.Detail, At: at}}, nil
+	case MessageStatusDelivered, MessageStatusRead:
+		if !inFlight {
+			if _, purged := c.purgedBy(o.Seq); purged || o.Seq > c.cursor {
+				return nil, notInFlight
+			}
+		}
+		if o.Kind == MessageStatusDelivered {
+			return []Event{MessageDelivered{MessageID: o.MessageID, Seq: o.Seq, DeliveredAt: at}}, nil
+		}
+		return []Event{MessageRead{MessageID: o.MessageID, Seq: o.Seq, ReadAt: at}}, nil
+	default:
+		return nil, invalid(CodeMissingMessage, "kind", "outcome %q is not sent, delivered, read, failed or unknown", o.Kind)
+	}
+}
+
+// RequestClear asks to clear the queue or one broadcast.
+type RequestClear struct {
+	// ClearID identifies the clear (e.g. ClearIDFor(tenant, connection, key)).
+	ClearID uuid.UUID
+	Scope   ClearScope
+	Reason  string
+	Actor   string
+}
+
+// RequestClear decides ClearQueueRequested, which flips the queue to clearing and fixes the
+// exact purged set (see ClearQueueRequested):
+//   - whole queue: every pending message, i.e. Seqs (Cursor, LastSeq] minus those purged by a
+//     scoped clear already;
+//   - one broadcast: the broadcast's Seqs above the cursor; refused with
+//     *BroadcastNotPendingError if the broadcast has no pending message.
+//
+// It is allowed in every link status and while held (the queue is held again after the
+// clear). A second clear while clearing is refused with *ClearingError (ErrQueueClearing),
+// except that a request with the ClearID of the clear in progress is an idempotent no-op (no
+// events, nil error).
+func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, error) {
+	const op = "clear"
+	if err := c.mustBeRegistered(op); err != nil {
+		return nil, err
+	}
+	if cmd.ClearID == uuid.Nil {
+		return nil, invalid(CodeInvalidID, "clear_id", "must not be empty")
+	}
+	if err := validateNote("reason", cmd.Reason, true); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if c.clear != nil && c.clear.ClearID == cmd.ClearID {
+		return nil, nil
+	}
+	if err := c.notClearing(op); err != nil {
+		return nil, err
+	}
+	var purge []SeqRange
+	var inFlight []InFlightMessage
+	if cmd.Scope.IsWholeQueue() {
+		from := c.cursor + 1
+		for _, r := range c.ahead {
+			if r.From > from {
+				purge = append(purge, SeqRange{From: from, To: r.From - 1})
+			}
+			from = r.To + 1
+		}
+		if from <= c.lastSeq {
+			purge = append(purge, SeqRange{From: from, To: c.lastSeq})
+		}
+		inFlight = c.InFlight()
+	} else {
+		i := slices.IndexFunc(c.bcasts, func(b BroadcastRange) bool { return b.BroadcastID == cmd.Scope.BroadcastID })
+		if i < 0 {
+			return nil, &BroadcastNotPendingError{ConnectionID: c.id, BroadcastID: cmd.Scope.BroadcastID}
+		}
+		b := c.bcasts[i]
+		purge = []SeqRange{{From: max(b.FirstSeq, c.cursor+1), To: b.LastSeq}}
+		for _, m := range c.InFlight() {
+			if m.Seq >= b.FirstSeq && m.Seq <= b.LastSeq {
+				inFlight = append(inFlight, m)
+			}
+		}
+	}
+	var count uint64
+	for _, r := range purge {
+		count += r.Len()
+	}
+	if purge == nil {
+		purge = []SeqRange{}
+	}
+	if inFlight == nil {
+		inFlight = []InFlightMessage{}
+	}
+	return []Event{ClearQueueRequested{
+		ClearID: cmd.ClearID, Scope: cmd.Scope, RequestedBy: cmd.Actor, Reason: cmd.Reason, RequestedAt: now.UTC(),
+		UpToSeq: c.lastSeq, Purge: purge, PurgeCount: count, InFlight: inFlight,
+	}}, nil
+}
+
+// CompleteClear ends the clear in progress; the clearing process sends it once its read models
+// have marked the purged messages.
+type CompleteClear struct {
+	ClearID uuid.UUID
+	Actor   string
+}
+
+// CompleteClear decides QueueCleared, the clear's report, repeating the request's exact figures
+// with the completion time. It fails with ErrNoClearInProgress when no clear with cmd.ClearID is
+// in progress (e.g. it was completed already).
+func (c *Connection) CompleteClear(cmd CompleteClear, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("complete clear"); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if c.clear == nil || c.clear.ClearID != cmd.ClearID {
+		return nil, &Error{Op: "complete clear " + cmd.ClearID.String(), ConnectionID: c.id, Err: ErrNoClearInProgress}
+	}
+	r := cloneClear(*c.clear)
+	return []Event{QueueCleared{
+		ClearID: r.ClearID, Scope: r.Scope, RequestedBy: r.RequestedBy, Reason: r.Reason, RequestedAt: r.RequestedAt,
+		Purged: r.Purge, PurgedCount: r.PurgeCount, InFlight: r.InFlight, InFlightCount: len(r.InFlight),
+		CompletedBy: cmd.Actor, CompletedAt: now.UTC(),
+	}}, nil
+}

@@ -1,0 +1,221 @@
+package connection
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Sentinel errors. Match with errors.Is; the typed errors below carry the values and match the
+// sentinel named in their doc comment.
+var (
+	// ErrInvalidCommand: a command failed validation (*ValidationError).
+	ErrInvalidCommand = errors.New("connection: invalid command")
+	// ErrNotRegistered: the connection has no ConnectionRegistered (the stream is empty).
+	ErrNotRegistered = errors.New("connection: not registered")
+	// ErrAlreadyRegistered: Register on a registered connection.
+	ErrAlreadyRegistered = errors.New("connection: already registered")
+	// ErrQueueClearing: the queue is clearing (*ClearingError). HTTP 409, code queue_clearing.
+	ErrQueueClearing = errors.New("connection: queue clearing")
+	// ErrQueueHeld: dispatch refused because the queue is held (*QueueHeldError).
+	ErrQueueHeld = errors.New("connection: queue held")
+	// ErrAlreadyHeld: Hold on a held queue.
+	ErrAlreadyHeld = errors.New("connection: queue already held")
+	// ErrNotHeld: Resume on a queue that is not held.
+	ErrNotHeld = errors.New("connection: queue not held")
+	// ErrLinkStatus: the operation is not allowed in the connection's link status
+	// (*LinkStatusError); dispatch needs an active link.
+	ErrLinkStatus = errors.New("connection: not allowed in this link status")
+	// ErrNoClearInProgress: CompleteClear while no clear is in progress, or for another clear id.
+	ErrNoClearInProgress = errors.New("connection: no such clear in progress")
+	// ErrBroadcastNotPending: a clear scoped to a broadcast that has no pending message on the
+	// connection (unknown, fully dispatched, or already cleared) (*BroadcastNotPendingError).
+	ErrBroadcastNotPending = errors.New("connection: broadcast has no pending message")
+	// ErrAlreadyDisposed: dispatch or expiry of a message that was already dispatched, expired
+	// or purged (*SequenceError). Together with the store's event ids this is G5.
+	ErrAlreadyDisposed = errors.New("connection: message already dispatched, expired or purged")
+	// ErrNotNext: dispatch or expiry of a message that is not the head of the queue
+	// (*SequenceError); the queue is worked strictly in order.
+	ErrNotNext = errors.New("connection: message is not the head of the queue")
+	// ErrUnknownMessage: a Seq beyond the last queued message (*SequenceError).
+	ErrUnknownMessage = errors.New("connection: no message queued at this position")
+	// ErrMessagePurged: dispatch of a message a clear has purged (*MessagePurgedError) (G1).
+	ErrMessagePurged = errors.New("connection: message purged by a clear")
+	// ErrMessageExpired: dispatch of a message whose TTL has passed (*ExpiredError); record
+	// Expire instead.
+	ErrMessageExpired = errors.New("connection: message expired")
+	// ErrNotExpired: Expire of a message whose TTL has not passed (*ExpiredError).
+	ErrNotExpired = errors.New("connection: message not expired")
+	// ErrNotInFlight: an acknowledgement (sent, failed, outcome unknown) for a message that is
+	// not dispatched-and-unacknowledged (*NotInFlightError).
+	ErrNotInFlight = errors.New("connection: message not in flight")
+)
+
+// Error is an operation on a connection that failed for a plain reason (Err, a sentinel).
+type Error struct {
+	Op           string
+	ConnectionID string
+	Err          error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("connection: %s %q: %v", e.Op, e.ConnectionID, e.Err)
+}
+
+// Unwrap returns the sentinel.
+func (e *Error) Unwrap() error { return e.Err }
+
+// ClearingError refuses an operation while a clear is in progress. errors.Is(err, ErrQueueClearing).
+type ClearingError struct {
+	ConnectionID string
+	Op           string
+	ClearID      uuid.UUID
+	// Since is when the clear was requested.
+	Since time.Time
+}
+
+func (e *ClearingError) Error() string {
+	return fmt.Sprintf("connection: %s %q: queue clearing since %s (clear %s)", e.Op, e.ConnectionID,
+		e.Since.UTC().Format(time.RFC3339), e.ClearID)
+}
+
+// Is makes errors.Is(err, ErrQueueClearing) true.
+func (e *ClearingError) Is(target error) bool { return target == ErrQueueClearing }
+
+// QueueHeldError refuses a dispatch from a held queue. errors.Is(err, ErrQueueHeld).
+type QueueHeldError struct {
+	ConnectionID string
+	Reason       HoldReason
+	Since        time.Time
+}
+
+func (e *QueueHeldError) Error() string {
+	return fmt.Sprintf("connection: dispatch %q: queue held (%s) since %s", e.ConnectionID, e.Reason,
+		e.Since.UTC().Format(time.RFC3339))
+}
+
+// Is makes errors.Is(err, ErrQueueHeld) true.
+func (e *QueueHeldError) Is(target error) bool { return target == ErrQueueHeld }
+
+// LinkStatusError refuses an operation in the connection's link status. errors.Is(err, ErrLinkStatus).
+type LinkStatusError struct {
+	ConnectionID string
+	Op           string
+	Status       LinkStatus
+}
+
+func (e *LinkStatusError) Error() string {
+	return fmt.Sprintf("connection: %s %q: not allowed while link is %s", e.Op, e.ConnectionID, e.Status)
+}
+
+// Is makes errors.Is(err, ErrLinkStatus) true.
+func (e *LinkStatusError) Is(target error) bool { return target == ErrLinkStatus }
+
+// BroadcastNotPendingError refuses a clear of a broadcast with nothing pending.
+// errors.Is(err, ErrBroadcastNotPending).
+type BroadcastNotPendingError struct {
+	ConnectionID string
+	BroadcastID  uuid.UUID
+}
+
+func (e *BroadcastNotPendingError) Error() string {
+	return fmt.Sprintf("connection: clear %q: broadcast %s has no pending message", e.ConnectionID, e.BroadcastID)
+}
+
+// Is makes errors.Is(err, ErrBroadcastNotPending) true.
+func (e *BroadcastNotPendingError) Is(target error) bool { return target == ErrBroadcastNotPending }
+
+// SequenceError refuses to dispatch or expire a message out of queue order. It matches
+// ErrAlreadyDisposed (Seq < Next), ErrNotNext (Next < Seq <= Last) or ErrUnknownMessage
+// (Seq > Last, or no message pending).
+type SequenceError struct {
+	ConnectionID string
+	Op           string
+	MessageID    uuid.UUID
+	Seq          uint64
+	// Next is the Seq of the head of the queue (0 if nothing is pending).
+	Next uint64
+	// Last is the Seq of the last message queued.
+	Last uint64
+}
+
+func (e *SequenceError) Error() string {
+	return fmt.Sprintf("connection: %s %q: message %s at seq %d: %v (head %d, last %d)", e.Op, e.ConnectionID,
+		e.MessageID, e.Seq, e.sentinel(), e.Next, e.Last)
+}
+
+func (e *SequenceError) sentinel() error {
+	switch {
+	case e.Seq == 0 || e.Seq > e.Last:
+		return ErrUnknownMessage
+	case e.Next == 0 || e.Seq < e.Next:
+		return ErrAlreadyDisposed
+	default:
+		return ErrNotNext
+	}
+}
+
+// Is makes errors.Is match the sentinel that applies.
+func (e *SequenceError) Is(target error) bool { return target == e.sentinel() }
+
+// MessagePurgedError refuses to dispatch a purged message. errors.Is(err, ErrMessagePurged).
+type MessagePurgedError struct {
+	ConnectionID string
+	MessageID    uuid.UUID
+	Seq          uint64
+	ClearID      uuid.UUID
+}
+
+func (e *MessagePurgedError) Error() string {
+	return fmt.Sprintf("connection: dispatch %q: message %s at seq %d purged by clear %s", e.ConnectionID,
+		e.MessageID, e.Seq, e.ClearID)
+}
+
+// Is makes errors.Is(err, ErrMessagePurged) true.
+func (e *MessagePurgedError) Is(target error) bool { return target == ErrMessagePurged }
+
+// ExpiredError refuses to dispatch an expired message (Expired true, errors.Is(err,
+// ErrMessageExpired)) or to expire a message that is not expired (Expired false,
+// errors.Is(err, ErrNotExpired)).
+type ExpiredError struct {
+	ConnectionID string
+	MessageID    uuid.UUID
+	ExpiresAt    time.Time
+	Now          time.Time
+	Expired      bool
+}
+
+func (e *ExpiredError) Error() string {
+	if e.Expired {
+		return fmt.Sprintf("connection: dispatch %q: message %s expired at %s", e.ConnectionID, e.MessageID,
+			e.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return fmt.Sprintf("connection: expire %q: message %s expires only at %s", e.ConnectionID, e.MessageID,
+		e.ExpiresAt.UTC().Format(time.RFC3339))
+}
+
+// Is makes errors.Is match ErrMessageExpired or ErrNotExpired, whichever applies.
+func (e *ExpiredError) Is(target error) bool {
+	if e.Expired {
+		return target == ErrMessageExpired
+	}
+	return target == ErrNotExpired
+}
+
+// NotInFlightError refuses an acknowledgement of a message that is not in flight.
+// errors.Is(err, ErrNotInFlight).
+type NotInFlightError struct {
+	ConnectionID string
+	Op           string
+	MessageID    uuid.UUID
+	Seq          uint64
+}
+
+func (e *NotInFlightError) Error() string {
+	return fmt.Sprintf("connection: %s %q: message %s at seq %d is not in flight", e.Op, e.ConnectionID, e.MessageID, e.Seq)
+}
+
+// Is makes errors.Is(err, ErrNotInFlight) true.
+func (e *NotInFlightError) Is(target error) bool { return target == ErrNotInFlight }

@@ -1,0 +1,7 @@
+// Package domain is waqueue's pure domain model: no I/O, no clock reads, no goroutines,
+// deterministic. Its subpackages are:
+//
+//   - connection: the connection aggregate (link status, queue, Clear Queue), its events with
+//     stable type names, their codec, decisions and deterministic ids;
+//   - auth: rights, roles and principals.
+package domain
