@@ -1,0 +1,192 @@
+package sqlite_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
+	"github.com/waqueue/waqueue/adapters/eventstore/storetest"
+	"github.com/waqueue/waqueue/adapters/sqlitedb"
+)
+
+func openDB(t *testing.T) *sql.DB {
+	t.Helper()
+	db, err := sqlitedb.Open(filepath.Join(t.TempDir(), "events.db"))
+	if err != nil {
+		t.Fatalf("sqlitedb.Open: %v", err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// TestConformance runs the port's suite with every test's store on one shared database file,
+// as the embedded mode shares one file between all its parts.
+func TestConformance(t *testing.T) {
+	db := openDB(t)
+	storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store {
+		s, err := sqlite.New(t.Context(), db, sqlite.Options{Clock: clock})
+		if err != nil {
+			t.Fatalf("sqlite.New: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}, storetest.Options{Short: testing.Short()})
+}
+
+// TestCrossProcessWakeUp: a subscriber on one Store sees events appended through another Store
+// on the same file (as another process would) through the fallback poll.
+func TestCrossProcessWakeUp(t *testing.T) {
+	db := openDB(t)
+	ctx := t.Context()
+	reader, err := sqlite.New(ctx, db, sqlite.Options{PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	writer, err := sqlite.New(ctx, db, sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close()
+
+	got := make(chan eventstore.RecordedEvent, 1)
+	subCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- reader.Subscribe(subCtx, eventstore.Start, eventstore.Filter{}, func(e eventstore.RecordedEvent) error {
+			got <- e
+			return nil
+		})
+	}()
+	ev := eventstore.EventData{ID: uuid.New(), Type: "Other", Data: []byte(`{}`)}
+	if _, err := writer.Append(ctx, "other-process", eventstore.NoStream, ev); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-got:
+		if e.ID != ev.ID {
+			t.Fatalf("subscriber: got event %s, want %s", e.ID, ev.ID)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("subscriber on another Store: got no event within 30s, want the appended one")
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Subscribe after cancel: got %v, want context.Canceled", err)
+	}
+}
+
+// TestClose: after Close every call fails with ErrClosed and running subscriptions end.
+func TestClose(t *testing.T) {
+	ctx := t.Context()
+	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "close.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- s.Subscribe(ctx, eventstore.Start, eventstore.Filter{}, func(eventstore.RecordedEvent) error { return nil })
+	}()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, eventstore.ErrClosed) {
+			t.Fatalf("Subscribe after Close: got %v, want ErrClosed", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Subscribe did not return within 30s of Close")
+	}
+	_, err = s.Append(ctx, "s", eventstore.Any, eventstore.EventData{ID: uuid.New(), Type: "T"})
+	if !errors.Is(err, eventstore.ErrClosed) {
+		t.Fatalf("Append after Close: got %v, want ErrClosed", err)
+	}
+	if _, err := s.ReadAll(ctx, eventstore.Start, 0, eventstore.Filter{}); !errors.Is(err, eventstore.ErrClosed) {
+		t.Fatalf("ReadAll after Close: got %v, want ErrClosed", err)
+	}
+	if _, err := s.ReadStream(ctx, "s", eventstore.Forwards, 0, 0); !errors.Is(err, eventstore.ErrClosed) {
+		t.Fatalf("ReadStream after Close: got %v, want ErrClosed", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: got %v, want nil", err)
+	}
+}
+
+// TestDurableAcrossReopen: appended events survive closing and reopening the file, and the
+// migration is not applied twice.
+func TestDurableAcrossReopen(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "reopen.db")
+	s, err := sqlite.Open(ctx, path, sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := eventstore.EventData{ID: uuid.New(), Type: "Kept", Data: []byte(`{"a":1}`)}
+	res, err := s.Append(ctx, "kept", eventstore.NoStream, ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = sqlite.Open(ctx, path, sqlite.Options{})
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s.Close()
+	evs, err := s.ReadStream(ctx, "kept", eventstore.Forwards, 0, 0)
+	if err != nil || len(evs) != 1 || evs[0].ID != ev.ID || evs[0].Position != res.Position {
+		t.Fatalf("after reopen: got %d events, %v, want the event %s at %s", len(evs), err, ev.ID, res.Position)
+	}
+	// The next append continues the positions.
+	res2, err := s.Append(ctx, "kept", eventstore.Exact(0), eventstore.EventData{ID: uuid.New(), Type: "Kept"})
+	if err != nil || !res.Position.Less(res2.Position) {
+		t.Fatalf("append after reopen: got %+v, %v, want a position after %s", res2, err, res.Position)
+	}
+}
+
+// TestSparseFilterScansForward: a subscription whose filter matches rarely still sees a
+// matching event that follows far more unmatched events than one scan window holds.
+func TestSparseFilterScansForward(t *testing.T) {
+	ctx := t.Context()
+	opts := sqlite.Options{PageSize: 100}
+	sqlite.SetScanWindow(&opts, 500)
+	s, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "sparse.db"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const noise = 3_000 // six scan windows
+	batch := make([]eventstore.EventData, 100)
+	for i := 0; i < noise/len(batch); i++ {
+		for j := range batch {
+			batch[j] = eventstore.EventData{ID: uuid.New(), Type: "Noise"}
+		}
+		if _, err := s.Append(ctx, "noise", eventstore.Any, batch...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rare := eventstore.EventData{ID: uuid.New(), Type: "Rare"}
+	if _, err := s.Append(ctx, "rare", eventstore.NoStream, rare); err != nil {
+		t.Fatal(err)
+	}
+	subCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	var got []eventstore.RecordedEvent
+	stop := errors.New("stop")
+	err = s.Subscribe(subCtx, eventstore.Start, eventstore.Filter{EventTypes: []string{"Rare"}}, func(e eventstore.RecordedEvent) error {
+		got = append(got, e)
+		return stop
+	})
+	if !errors.Is(err, stop) || len(got) != 1 || got[0].ID != rare.ID {
+		t.Fatalf("sparse subscription: got %d events, error %v, want the one Rare event %s and the handler's error", len(got), err, rare.ID)
+	}
+}
