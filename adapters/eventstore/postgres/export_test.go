@@ -1,0 +1,51 @@
+package postgres
+
+import (
+	"context"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+)
+
+// HeldAppend is an append whose transaction is still open: its events are inserted (with their
+// final positions) but not committed.
+type HeldAppend struct {
+	Result eventstore.AppendResult
+	finish func(ctx context.Context, commit bool) error
+}
+
+// Commit commits the held transaction, notifies like Append, and releases its connection.
+func (h *HeldAppend) Commit(ctx context.Context) error { return h.finish(ctx, true) }
+
+// Rollback rolls the held transaction back and releases its connection.
+func (h *HeldAppend) Rollback(ctx context.Context) error { return h.finish(ctx, false) }
+
+// AppendHeld runs Append's transaction up to, not including, COMMIT.
+func (s *Store) AppendHeld(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (*HeldAppend, error) {
+	if err := eventstore.Validate(stream, events); err != nil {
+		return nil, err
+	}
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.write(ctx, c.Conn(), stream, expected, events, false)
+	if err != nil {
+		rollback(c.Conn())
+		c.Release()
+		return nil, err
+	}
+	return &HeldAppend{Result: res, finish: func(ctx context.Context, commit bool) error {
+		defer c.Release()
+		if !commit {
+			_, err := c.Exec(ctx, "ROLLBACK")
+			return err
+		}
+		if _, err := c.Exec(ctx, "COMMIT"); err != nil {
+			return err
+		}
+		if _, err := c.Exec(ctx, sqlNotify, NotifyChannel); err != nil {
+			return err
+		}
+		return nil
+	}}, nil
+}

@@ -1,0 +1,327 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+)
+
+const eventColumns = `tx_id, seq, id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at`
+
+// visible is the xid8 snapshot condition: only events of transactions older than every
+// transaction still running (see the package doc).
+const visible = `tx_id < pg_snapshot_xmin(pg_current_snapshot())`
+
+// ReadStream implements eventstore.Store.
+func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Direction, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if s.isClosed() {
+		return nil, eventstore.ErrClosed
+	}
+	q := `SELECT ` + eventColumns + ` FROM waqueue_events WHERE stream = $1 AND revision >= $2 ORDER BY revision`
+	if dir == eventstore.Backwards {
+		q = `SELECT ` + eventColumns + ` FROM waqueue_events WHERE stream = $1 AND revision <= $2 ORDER BY revision DESC`
+	}
+	// Revisions are bigint: clamp from (End is MaxUint64).
+	bound := int64(math.MaxInt64)
+	if from < math.MaxInt64 {
+		bound = int64(from)
+	}
+	args := []any{stream, bound}
+	if limit > 0 {
+		q += ` LIMIT $3`
+		args = append(args, limit)
+	}
+	evs, err := s.query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read stream %q: %w", stream, err)
+	}
+	if len(evs) == 0 {
+		var exists bool
+		if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM waqueue_events WHERE stream = $1)`, stream).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("postgres: read stream %q: %w", stream, err)
+		}
+		if !exists {
+			return nil, fmt.Errorf("%w: %q", eventstore.ErrStreamNotFound, stream)
+		}
+	}
+	return evs, nil
+}
+
+// ReadAll implements eventstore.Store. It returns only events below the snapshot horizon
+// (see the package doc): an event is not returned while a transaction older than it is open,
+// and neither is anything after it. So that a caller reads its own writes, ReadAll first waits
+// (polling with a short backoff, at most Options.ReadWait) for the transactions that hold
+// back events committed before the call to end; appends take milliseconds, so this wait is
+// short unless some transaction of the cluster stays open, in which case ReadAll returns the
+// events before it once ReadWait has passed.
+func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit int, filter eventstore.Filter) ([]eventstore.RecordedEvent, error) {
+	if s.isClosed() {
+		return nil, eventstore.ErrClosed
+	}
+	if err := s.waitForHorizon(ctx, after); err != nil {
+		return nil, fmt.Errorf("postgres: read all after %s: %w", after, err)
+	}
+	args := []any{after.Commit, clampSeq(after.Prepare)}
+	cond := filterSQL(filter, &args)
+	q := `SELECT ` + eventColumns + ` FROM waqueue_events
+WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND ` + visible + cond + `
+ORDER BY tx_id, seq`
+	if limit > 0 {
+		args = append(args, limit)
+		q += ` LIMIT $` + strconv.Itoa(len(args))
+	}
+	evs, err := s.query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read all after %s: %w", after, err)
+	}
+	return evs, nil
+}
+
+// waitForHorizon waits, at most Options.ReadWait, until the snapshot horizon has passed the
+// last event committed now (if that event is after the position after).
+func (s *Store) waitForHorizon(ctx context.Context, after eventstore.Position) error {
+	var lastTx *uint64
+	var lastSeq *int64
+	var xmin uint64
+	err := s.pool.QueryRow(ctx, `SELECT e.tx_id, e.seq, pg_snapshot_xmin(pg_current_snapshot())
+FROM (SELECT 1) one LEFT JOIN LATERAL (
+  SELECT tx_id, seq FROM waqueue_events ORDER BY tx_id DESC, seq DESC LIMIT 1) e ON true`).Scan(&lastTx, &lastSeq, &xmin)
+	if err != nil {
+		return err
+	}
+	if lastTx == nil || *lastTx < xmin || !after.Less(eventstore.Position{Commit: *lastTx, Prepare: uint64(*lastSeq)}) {
+		return nil
+	}
+	target := *lastTx
+	deadline := time.Now().Add(s.opts.ReadWait)
+	backoff := time.Millisecond
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 50*time.Millisecond)
+		if err := s.pool.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())`).Scan(&xmin); err != nil {
+			return err
+		}
+		if target < xmin {
+			return nil
+		}
+	}
+	return nil
+}
+
+func clampSeq(p uint64) int64 {
+	if p > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(p)
+}
+
+// filterSQL renders f as " AND ..." conditions, appending its parameters to args.
+func filterSQL(f eventstore.Filter, args *[]any) string {
+	var b strings.Builder
+	if len(f.StreamPrefixes) > 0 {
+		pats := make([]string, len(f.StreamPrefixes))
+		for i, p := range f.StreamPrefixes {
+			pats[i] = likeEscape(p) + "%"
+		}
+		*args = append(*args, pats)
+		b.WriteString(` AND stream LIKE ANY ($` + strconv.Itoa(len(*args)) + `::text[])`)
+	}
+	if len(f.EventTypes) > 0 {
+		*args = append(*args, f.EventTypes)
+		b.WriteString(` AND type = ANY ($` + strconv.Itoa(len(*args)) + `::text[])`)
+	}
+	return b.String()
+}
+
+// likeEscape escapes LIKE's wildcards (with the default escape character, backslash).
+func likeEscape(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(s)
+}
+
+// query runs q and scans events.
+func (s *Store) query(ctx context.Context, q string, args ...any) ([]eventstore.RecordedEvent, error) {
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	return scanEvents(rows)
+}
+
+func scanEvents(rows pgx.Rows) ([]eventstore.RecordedEvent, error) {
+	defer rows.Close()
+	var evs []eventstore.RecordedEvent
+	for rows.Next() {
+		var e eventstore.RecordedEvent
+		var seq, rev int64
+		var data []byte
+		if err := rows.Scan(&e.Position.Commit, &seq, (*[16]byte)(&e.ID), &e.Stream, &rev, &e.Type, &data,
+			&e.Metadata.TenantID, &e.Metadata.Actor, &e.Metadata.CorrelationID, &e.Metadata.CausationID, &e.RecordedAt); err != nil {
+			return nil, err
+		}
+		e.Position.Prepare = uint64(seq)
+		e.Revision = uint64(rev)
+		if len(data) > 0 {
+			e.Data = data
+		}
+		e.RecordedAt = e.RecordedAt.UTC()
+		evs = append(evs, e)
+	}
+	return evs, rows.Err()
+}
+
+// page is one step of a subscription's scan of the global log.
+type page struct {
+	events []eventstore.RecordedEvent
+	// cursor is where the next page starts: the last event scanned, matching or not, or a
+	// point just below the snapshot horizon when the scan reached it.
+	cursor eventstore.Position
+	// more is true when the page was full: more events are visible right now.
+	more bool
+	// pending is true when committed events exist past the horizon, held back by an older
+	// open transaction.
+	pending bool
+}
+
+// scanPage reads the next page after cursor. Unfiltered, it reads up to PageSize visible
+// events. Filtered, it first bounds the page at PageSize events of the whole log and then
+// fetches the matching ones within it, so a filter that rarely matches does not make every
+// wake-up rescan the log from the last matching event.
+func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (page, error) {
+	n := s.opts.PageSize
+	if len(filter.StreamPrefixes) == 0 && len(filter.EventTypes) == 0 {
+		evs, err := s.query(ctx, `SELECT `+eventColumns+` FROM waqueue_events
+WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND `+visible+`
+ORDER BY tx_id, seq LIMIT $3`, cursor.Commit, clampSeq(cursor.Prepare), n)
+		if err != nil {
+			return page{}, err
+		}
+		pg := page{events: evs, cursor: cursor, more: len(evs) == n}
+		if len(evs) > 0 {
+			pg.cursor = evs[len(evs)-1].Position
+		}
+		if !pg.more {
+			// Anything past the cursor now is either held back or committed since the read.
+			err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM waqueue_events WHERE (tx_id, seq) > ($1::xid8, $2::bigint))`,
+				pg.cursor.Commit, clampSeq(pg.cursor.Prepare)).Scan(&pg.pending)
+			if err != nil {
+				return page{}, err
+			}
+		}
+		return pg, nil
+	}
+
+	// The horizon and, if the page would be full, its last position, in one snapshot.
+	var xmin uint64
+	var lastCommit *uint64
+	var lastSeq *int64
+	var pending bool
+	err := s.pool.QueryRow(ctx, `
+SELECT h.xmin, p.tx_id, p.seq,
+       EXISTS (SELECT 1 FROM waqueue_events WHERE tx_id >= h.xmin AND (tx_id, seq) > ($1::xid8, $2::bigint))
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+LEFT JOIN LATERAL (
+  SELECT tx_id, seq FROM waqueue_events
+  WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND tx_id < h.xmin
+  ORDER BY tx_id, seq OFFSET $3 LIMIT 1) p ON true`,
+		cursor.Commit, clampSeq(cursor.Prepare), n-1).Scan(&xmin, &lastCommit, &lastSeq, &pending)
+	if err != nil {
+		return page{}, err
+	}
+	var pg page
+	var bound eventstore.Position
+	if lastCommit != nil {
+		bound = eventstore.Position{Commit: *lastCommit, Prepare: uint64(*lastSeq)}
+		pg.more = true
+	} else {
+		// Everything below the horizon: every transaction id below xmin has ended.
+		bound = eventstore.Position{Commit: xmin - 1, Prepare: math.MaxInt64}
+		pg.pending = pending
+	}
+	if !cursor.Less(bound) {
+		return page{cursor: cursor, pending: pending}, nil
+	}
+	args := []any{cursor.Commit, clampSeq(cursor.Prepare), bound.Commit, clampSeq(bound.Prepare)}
+	cond := filterSQL(filter, &args)
+	pg.events, err = s.query(ctx, `SELECT `+eventColumns+` FROM waqueue_events
+WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND (tx_id, seq) <= ($3::xid8, $4::bigint)`+cond+`
+ORDER BY tx_id, seq`, args...)
+	if err != nil {
+		return page{}, err
+	}
+	pg.cursor = bound
+	return pg, nil
+}
+
+// Subscribe implements eventstore.Store. Catch-up reads pages of Options.PageSize events;
+// live delivery waits for a notification, polling with backoff only while committed events
+// are held back by an older open transaction (see the package doc).
+func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter eventstore.Filter, handle func(eventstore.RecordedEvent) error) error {
+	if err := s.ensureListener(); err != nil {
+		return err
+	}
+	cursor := after
+	backoff := s.opts.PendingPoll
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		// Take the wake-up channel before reading, so a commit during the read is not missed.
+		wake := s.wake.wait()
+		pg, err := s.scanPage(ctx, cursor, filter)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if s.isClosed() {
+				return eventstore.ErrClosed
+			}
+			return fmt.Errorf("postgres: subscribe after %s: %w", cursor, err)
+		}
+		for _, e := range pg.events {
+			if err := handle(e); err != nil {
+				return fmt.Errorf("postgres: subscription handler at %s: %w", e.Position, err)
+			}
+		}
+		cursor = pg.cursor
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if pg.more {
+			continue
+		}
+		wait := s.opts.IdlePoll
+		if pg.pending {
+			wait = backoff
+			backoff = min(2*backoff, s.opts.MaxPendingPoll)
+		} else {
+			backoff = s.opts.PendingPoll
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wake:
+			if s.isClosed() {
+				return eventstore.ErrClosed
+			}
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
