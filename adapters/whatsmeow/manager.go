@@ -394,9 +394,11 @@ func (m *Manager) Send(ctx context.Context, req transport.SendRequest) (transpor
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	c.mu.Lock()
-	client, banned, closed := c.client, !c.banExpiresAt.IsZero(), c.closed
+	client, banned, closed, pairing := c.client, !c.banExpiresAt.IsZero(), c.closed, c.pairing
 	c.mu.Unlock()
 	switch {
+	case pairing:
+		return fail(transport.ErrNotConnected, "connection is pairing", nil)
 	case closed:
 		return fail(transport.ErrNotConnected, "connection was disconnected", nil)
 	case banned:

@@ -17,8 +17,10 @@ import (
 	"go.mau.fi/whatsmeow"
 	waBinary "go.mau.fi/whatsmeow/binary"
 	"go.mau.fi/whatsmeow/proto/waAdv"
+	"go.mau.fi/whatsmeow/proto/waE2E"
 	"go.mau.fi/whatsmeow/types"
 	"go.mau.fi/whatsmeow/types/events"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
@@ -460,6 +462,28 @@ func TestSendWithoutLoggedInClientIsNotConnected(t *testing.T) {
 	if st := f.m.Status(id); st.State != transport.StateDisconnected || st.Phone == "" {
 		t.Fatalf("Status = %+v, want disconnected with the paired phone", st)
 	}
+}
+
+// TestWhatsmeowNotLoggedInIsNotConnected sends through a real client on a device that was never
+// paired: whatsmeow refuses before anything leaves, and that is ErrNotConnected.
+func TestWhatsmeowNotLoggedInIsNotConnected(t *testing.T) {
+	f := newFixture(t, backends[0])
+	client := whatsmeow.NewClient(f.m.container.NewDevice(), nil)
+	_, err := client.SendMessage(context.Background(), types.NewJID("4915112345678", types.DefaultUserServer), &waE2E.Message{Conversation: proto.String("hi")})
+	if kind, reason := classifySendError(err); kind != transport.ErrNotConnected || !strings.Contains(reason, "logged-in") {
+		t.Fatalf("SendMessage on an unpaired client: %v classified %v (%q), want ErrNotConnected", err, kind, reason)
+	}
+}
+
+func TestSendWhilePairingIsNotConnected(t *testing.T) {
+	f := newFixture(t, backends[0])
+	id := transporttest.ID(t, "c")
+	if _, err := f.m.PairQR(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	req := transporttest.Request(id)
+	_, err := f.m.Send(context.Background(), req)
+	transporttest.CheckSendError(t, err, transport.ErrNotConnected, req)
 }
 
 func TestClassifySendError(t *testing.T) {
