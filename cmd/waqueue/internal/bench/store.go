@@ -1,0 +1,584 @@
+package bench
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
+	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
+	"github.com/waqueue/waqueue/adapters/pgcluster"
+	"github.com/waqueue/waqueue/adapters/sqlitedb"
+)
+
+// Adapter names accepted in Config.Adapters.
+const (
+	AdapterPostgres = "postgres"
+	AdapterSQLite   = "sqlite"
+)
+
+// Config configures the store benchmark. The zero value measures both adapters at full size
+// on a throwaway PostgreSQL cluster and a temporary SQLite file.
+type Config struct {
+	// DatabaseURL is the PostgreSQL database to measure. It must be a scratch database: the
+	// benchmark appends events to it and creates (then drops) the table bench_plain. Empty
+	// means a throwaway cluster started with pgcluster (durable settings).
+	DatabaseURL string
+	// SQLitePath is the SQLite file to measure (a scratch file). Empty means a file in Dir.
+	SQLitePath string
+	// Dir is where temporary files go. Empty means os.TempDir().
+	Dir string
+	// CatchUpEvents is how many events the catch-up figure reads through Subscribe.
+	// Zero means 1,000,000.
+	CatchUpEvents int
+	// BatchEvents is how many events the batch-append figure writes, in batches of
+	// BatchSize. Zero means 200,000.
+	BatchEvents int
+	// BatchSize is the number of events per batch append. Zero means 1,000.
+	BatchSize int
+	// SingleEvents is how many single-event appends the single-append figure makes, spread
+	// over Writers. Zero means 8,000.
+	SingleEvents int
+	// Writers is the number of concurrent writers (each to its own stream) for single
+	// appends and their baseline. Zero means 32.
+	Writers int
+	// Adapters lists the adapters to measure (AdapterPostgres, AdapterSQLite). Empty means both.
+	Adapters []string
+}
+
+func (c *Config) setDefaults() {
+	if c.Dir == "" {
+		c.Dir = os.TempDir()
+	}
+	if c.CatchUpEvents <= 0 {
+		c.CatchUpEvents = 1_000_000
+	}
+	if c.BatchEvents <= 0 {
+		c.BatchEvents = 200_000
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 1000
+	}
+	if c.SingleEvents <= 0 {
+		c.SingleEvents = 8000
+	}
+	if c.Writers <= 0 {
+		c.Writers = 32
+	}
+	if len(c.Adapters) == 0 {
+		c.Adapters = []string{AdapterPostgres, AdapterSQLite}
+	}
+}
+
+// Validate reports every problem of the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	for _, a := range c.Adapters {
+		if a != AdapterPostgres && a != AdapterSQLite {
+			errs = append(errs, fmt.Errorf("bench: unknown adapter %q (want %s or %s)", a, AdapterPostgres, AdapterSQLite))
+		}
+	}
+	if c.BatchSize > 0 && c.BatchEvents > 0 && c.BatchEvents < c.BatchSize {
+		errs = append(errs, fmt.Errorf("bench: BatchEvents %d is less than one batch of %d", c.BatchEvents, c.BatchSize))
+	}
+	return errors.Join(errs...)
+}
+
+// Store measures the event store adapters and writes BENCH lines to w: for each adapter,
+// append-batch (baseline: the same rows copied into a plain table with the same indexes —
+// COPY on PostgreSQL, INSERTs in one transaction on SQLite), append-single (baseline:
+// single-row INSERT commits at the same concurrency) and catch-up through Subscribe
+// (baseline: a plain SELECT of the same rows).
+func Store(ctx context.Context, cfg Config, w io.Writer) error {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	for _, a := range cfg.Adapters {
+		var err error
+		switch a {
+		case AdapterPostgres:
+			err = benchPostgres(ctx, cfg, w)
+		case AdapterSQLite:
+			err = benchSQLite(ctx, cfg, w)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// workload builds the events the benchmark appends: realistic message-queue events with a
+// JSON body of about 200 bytes and full metadata.
+type workload struct {
+	run string // unique per run, so streams never collide with an earlier run's
+}
+
+func newWorkload() workload { return workload{run: uuid.NewString()[:8]} }
+
+func (wl workload) stream(kind string, i int) string {
+	return fmt.Sprintf("bench-%s-%s-%d", wl.run, kind, i)
+}
+
+func (wl workload) events(n int) []eventstore.EventData {
+	evs := make([]eventstore.EventData, n)
+	for i := range evs {
+		id := uuid.New()
+		evs[i] = eventstore.EventData{
+			ID:   id,
+			Type: "MessageQueued",
+			Data: json.RawMessage(fmt.Sprintf(`{"message_id":"%s","to":"+4915112345678","text":"Hello, this is message %d of the benchmark run %s.","ttl_s":86400}`, id, i, wl.run)),
+			Metadata: eventstore.Metadata{
+				TenantID: "tenant-bench", Actor: "api-key:bench", CorrelationID: id.String(), CausationID: id.String(),
+			},
+		}
+	}
+	return evs
+}
+
+// appendPhases measures batch and single appends through st; it returns the results without
+// baselines, which the adapter-specific code fills in.
+func appendBatches(ctx context.Context, st eventstore.Store, wl workload, cfg Config, stream string) (result, eventstore.Position, error) {
+	batches := cfg.BatchEvents / cfg.BatchSize
+	all := make([][]eventstore.EventData, batches)
+	for i := range all {
+		all[i] = wl.events(cfg.BatchSize)
+	}
+	var last eventstore.Position
+	exp := eventstore.NoStream
+	start := time.Now()
+	for _, b := range all {
+		res, err := st.Append(ctx, stream, exp, b...)
+		if err != nil {
+			return result{}, last, fmt.Errorf("bench: batch append: %w", err)
+		}
+		exp = eventstore.Exact(res.NextExpectedRevision)
+		last = res.Position
+	}
+	return result{events: batches * cfg.BatchSize, elapsed: time.Since(start)}, last, nil
+}
+
+// concurrently runs fn(writer, i) for i in [0, n/writers) on each of writers goroutines and
+// returns the number of calls and the elapsed time. It stops at the first error.
+func concurrently(ctx context.Context, writers, n int, fn func(ctx context.Context, w, i int) error) (int, time.Duration, error) {
+	per := max(n/writers, 1)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	start := time.Now()
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				if err := fn(ctx, w, i); err != nil {
+					once.Do(func() { first = err; cancel() })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return per * writers, time.Since(start), first
+}
+
+func appendSingles(ctx context.Context, st eventstore.Store, wl workload, cfg Config) (result, error) {
+	evs := make([][]eventstore.EventData, cfg.Writers)
+	per := max(cfg.SingleEvents/cfg.Writers, 1)
+	for w := range evs {
+		evs[w] = wl.events(per)
+	}
+	n, d, err := concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
+		exp := eventstore.NoStream
+		if i > 0 {
+			exp = eventstore.Exact(uint64(i - 1))
+		}
+		if _, err := st.Append(ctx, wl.stream("single", w), exp, evs[w][i]); err != nil {
+			return fmt.Errorf("bench: single append: %w", err)
+		}
+		return nil
+	})
+	return result{events: n, elapsed: d}, err
+}
+
+// catchUp loads cfg.CatchUpEvents events (in batches) and then reads them through Subscribe
+// from the position before them. It returns the result and that position.
+func catchUp(ctx context.Context, st eventstore.Store, wl workload, cfg Config, before eventstore.Position) (result, error) {
+	left := cfg.CatchUpEvents
+	for i := 0; left > 0; i++ {
+		n := min(left, cfg.BatchSize)
+		if _, err := st.Append(ctx, wl.stream("catchup", i), eventstore.NoStream, wl.events(n)...); err != nil {
+			return result{}, fmt.Errorf("bench: load catch-up events: %w", err)
+		}
+		left -= n
+	}
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	count := 0
+	var elapsed time.Duration
+	start := time.Now()
+	err := st.Subscribe(subCtx, before, eventstore.Filter{}, func(e eventstore.RecordedEvent) error {
+		count++
+		if count == cfg.CatchUpEvents {
+			elapsed = time.Since(start)
+			cancel()
+		}
+		return nil
+	})
+	if count < cfg.CatchUpEvents {
+		return result{}, fmt.Errorf("bench: catch-up delivered %d of %d events: %w", count, cfg.CatchUpEvents, err)
+	}
+	return result{events: count, elapsed: elapsed}, nil
+}
+
+// ---- PostgreSQL ----
+
+const pgPlainTable = `CREATE TABLE bench_plain (
+    tx_id          xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    seq            bigserial   NOT NULL,
+    id             uuid        NOT NULL,
+    stream         text        NOT NULL,
+    revision       bigint      NOT NULL,
+    type           text        NOT NULL,
+    data           json,
+    tenant_id      text        NOT NULL DEFAULT '',
+    actor          text        NOT NULL DEFAULT '',
+    correlation_id text        NOT NULL DEFAULT '',
+    causation_id   text        NOT NULL DEFAULT '',
+    recorded_at    timestamptz NOT NULL,
+    PRIMARY KEY (tx_id, seq),
+    UNIQUE (stream, revision),
+    UNIQUE (id)
+)`
+
+var pgPlainColumns = []string{"id", "stream", "revision", "type", "data", "tenant_id", "actor", "correlation_id", "causation_id", "recorded_at"}
+
+func pgRow(e eventstore.EventData, stream string, rev int, now time.Time) []any {
+	return []any{[16]byte(e.ID), stream, int64(rev), e.Type, []byte(e.Data),
+		e.Metadata.TenantID, e.Metadata.Actor, e.Metadata.CorrelationID, e.Metadata.CausationID, now}
+}
+
+func benchPostgres(ctx context.Context, cfg Config, w io.Writer) (err error) {
+	url := cfg.DatabaseURL
+	if url == "" {
+		cluster, err := pgcluster.Start(ctx, pgcluster.Options{ParentDir: cfg.Dir})
+		if err != nil {
+			return fmt.Errorf("bench: start PostgreSQL: %w", err)
+		}
+		defer func() {
+			if cerr := cluster.Close(); err == nil && cerr != nil {
+				err = cerr
+			}
+		}()
+		if err := cluster.CreateDatabase(ctx, "bench"); err != nil {
+			return err
+		}
+		url = cluster.URL("bench")
+	}
+	st, err := postgres.Open(ctx, url, postgres.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := st.Migrate(ctx); err != nil {
+		return err
+	}
+	basePool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return fmt.Errorf("bench: baseline pool: %w", err)
+	}
+	defer basePool.Close()
+	if _, err := basePool.Exec(ctx, "DROP TABLE IF EXISTS bench_plain; "+pgPlainTable); err != nil {
+		return fmt.Errorf("bench: create bench_plain: %w", err)
+	}
+	defer basePool.Exec(context.WithoutCancel(ctx), "DROP TABLE IF EXISTS bench_plain")
+	wl := newWorkload()
+
+	// Batch appends, then the same rows' worth of COPY into the plain table.
+	batch, _, err := appendBatches(ctx, st, wl, cfg, wl.stream("batch", 0))
+	if err != nil {
+		return err
+	}
+	batch.name, batch.baseline = "store/postgres/append-batch", "copy"
+	batches := cfg.BatchEvents / cfg.BatchSize
+	rows := make([][]eventstore.EventData, batches)
+	for i := range rows {
+		rows[i] = wl.events(cfg.BatchSize)
+	}
+	now := time.Now().UTC()
+	start := time.Now()
+	for b, evs := range rows {
+		stream := wl.stream("plain-batch", 0)
+		_, err := basePool.CopyFrom(ctx, pgx.Identifier{"bench_plain"}, pgPlainColumns,
+			pgx.CopyFromSlice(len(evs), func(i int) ([]any, error) { return pgRow(evs[i], stream, b*cfg.BatchSize+i, now), nil }))
+		if err != nil {
+			return fmt.Errorf("bench: baseline copy: %w", err)
+		}
+	}
+	batch.baseEvents, batch.baseElapsed = batches*cfg.BatchSize, time.Since(start)
+	if err := batch.print(w); err != nil {
+		return err
+	}
+
+	// Single appends from concurrent writers, then single-row INSERT commits.
+	single, err := appendSingles(ctx, st, wl, cfg)
+	if err != nil {
+		return err
+	}
+	single.name, single.baseline = "store/postgres/append-single", "insert"
+	per := max(cfg.SingleEvents/cfg.Writers, 1)
+	singles := make([][]eventstore.EventData, cfg.Writers)
+	for i := range singles {
+		singles[i] = wl.events(per)
+	}
+	insert := `INSERT INTO bench_plain (` + joinColumns(pgPlainColumns) + `) VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8, $9, $10)`
+	single.baseEvents, single.baseElapsed, err = concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
+		_, err := basePool.Exec(ctx, insert, pgRow(singles[w][i], wl.stream("plain-single", w), i, time.Now().UTC())...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("bench: baseline insert: %w", err)
+	}
+	if err := single.print(w); err != nil {
+		return err
+	}
+
+	// Catch-up through Subscribe, then a plain SELECT of the same rows.
+	before, err := pgLastPosition(ctx, basePool)
+	if err != nil {
+		return err
+	}
+	cu, err := catchUp(ctx, st, wl, cfg, before)
+	if err != nil {
+		return err
+	}
+	cu.name, cu.baseline = "store/postgres/catch-up", "select"
+	start = time.Now()
+	rs, err := basePool.Query(ctx, `SELECT tx_id, seq, id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at
+FROM waqueue_events WHERE (tx_id, seq) > ($1::xid8, $2::bigint) ORDER BY tx_id, seq`, before.Commit, int64(before.Prepare))
+	if err != nil {
+		return fmt.Errorf("bench: baseline select: %w", err)
+	}
+	n := 0
+	for rs.Next() {
+		var e eventstore.RecordedEvent
+		var seq, rev int64
+		var data []byte
+		if err := rs.Scan(&e.Position.Commit, &seq, (*[16]byte)(&e.ID), &e.Stream, &rev, &e.Type, &data,
+			&e.Metadata.TenantID, &e.Metadata.Actor, &e.Metadata.CorrelationID, &e.Metadata.CausationID, &e.RecordedAt); err != nil {
+			rs.Close()
+			return fmt.Errorf("bench: baseline select: %w", err)
+		}
+		n++
+	}
+	if err := rs.Err(); err != nil {
+		return fmt.Errorf("bench: baseline select: %w", err)
+	}
+	cu.baseEvents, cu.baseElapsed = n, time.Since(start)
+	return cu.print(w)
+}
+
+func pgLastPosition(ctx context.Context, pool *pgxpool.Pool) (eventstore.Position, error) {
+	var p eventstore.Position
+	var seq int64
+	err := pool.QueryRow(ctx, `SELECT tx_id, seq FROM waqueue_events ORDER BY tx_id DESC, seq DESC LIMIT 1`).Scan(&p.Commit, &seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return eventstore.Start, nil
+	}
+	if err != nil {
+		return p, fmt.Errorf("bench: last position: %w", err)
+	}
+	p.Prepare = uint64(seq)
+	return p, nil
+}
+
+func joinColumns(cols []string) string {
+	s := ""
+	for i, c := range cols {
+		if i > 0 {
+			s += ", "
+		}
+		s += c
+	}
+	return s
+}
+
+// ---- SQLite ----
+
+const sqlitePlainTable = `CREATE TABLE bench_plain (
+    position    INTEGER PRIMARY KEY,
+    stream      TEXT    NOT NULL,
+    revision    INTEGER NOT NULL,
+    id          BLOB    NOT NULL UNIQUE,
+    type        TEXT    NOT NULL,
+    data        BLOB,
+    metadata    TEXT,
+    recorded_at INTEGER NOT NULL,
+    UNIQUE (stream, revision)
+) STRICT`
+
+const sqlitePlainInsert = `INSERT INTO bench_plain (stream, revision, id, type, data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)`
+
+func sqliteArgs(e eventstore.EventData, stream string, rev int) ([]any, error) {
+	md, err := json.Marshal(e.Metadata)
+	if err != nil {
+		return nil, err
+	}
+	return []any{stream, rev, e.ID[:], e.Type, []byte(e.Data), string(md), time.Now().UnixNano()}, nil
+}
+
+func benchSQLite(ctx context.Context, cfg Config, w io.Writer) (err error) {
+	path := cfg.SQLitePath
+	if path == "" {
+		dir, err := os.MkdirTemp(cfg.Dir, "waqueue-bench-")
+		if err != nil {
+			return fmt.Errorf("bench: temp dir: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		path = filepath.Join(dir, "events.db")
+	}
+	st, err := sqlite.Open(ctx, path, sqlite.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	db, err := sqlitedb.Open(path)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS bench_plain"); err != nil {
+		return fmt.Errorf("bench: drop bench_plain: %w", err)
+	}
+	if _, err := db.ExecContext(ctx, sqlitePlainTable); err != nil {
+		return fmt.Errorf("bench: create bench_plain: %w", err)
+	}
+	defer db.ExecContext(context.WithoutCancel(ctx), "DROP TABLE IF EXISTS bench_plain")
+	wl := newWorkload()
+
+	batch, _, err := appendBatches(ctx, st, wl, cfg, wl.stream("batch", 0))
+	if err != nil {
+		return err
+	}
+	batch.name, batch.baseline = "store/sqlite/append-batch", "insert-tx"
+	batches := cfg.BatchEvents / cfg.BatchSize
+	rows := make([][]eventstore.EventData, batches)
+	for i := range rows {
+		rows[i] = wl.events(cfg.BatchSize)
+	}
+	start := time.Now()
+	for b, evs := range rows {
+		if err := sqliteInsertTx(ctx, db, evs, wl.stream("plain-batch", 0), b*cfg.BatchSize); err != nil {
+			return err
+		}
+	}
+	batch.baseEvents, batch.baseElapsed = batches*cfg.BatchSize, time.Since(start)
+	if err := batch.print(w); err != nil {
+		return err
+	}
+
+	single, err := appendSingles(ctx, st, wl, cfg)
+	if err != nil {
+		return err
+	}
+	single.name, single.baseline = "store/sqlite/append-single", "insert"
+	per := max(cfg.SingleEvents/cfg.Writers, 1)
+	singles := make([][]eventstore.EventData, cfg.Writers)
+	for i := range singles {
+		singles[i] = wl.events(per)
+	}
+	single.baseEvents, single.baseElapsed, err = concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
+		args, err := sqliteArgs(singles[w][i], wl.stream("plain-single", w), i)
+		if err != nil {
+			return err
+		}
+		_, err = db.ExecContext(ctx, sqlitePlainInsert, args...)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("bench: baseline insert: %w", err)
+	}
+	if err := single.print(w); err != nil {
+		return err
+	}
+
+	var last sql.NullInt64
+	if err := db.QueryRowContext(ctx, "SELECT max(position) FROM events").Scan(&last); err != nil {
+		return fmt.Errorf("bench: last position: %w", err)
+	}
+	before := eventstore.Position{Commit: uint64(last.Int64), Prepare: uint64(last.Int64)}
+	cu, err := catchUp(ctx, st, wl, cfg, before)
+	if err != nil {
+		return err
+	}
+	cu.name, cu.baseline = "store/sqlite/catch-up", "select"
+	start = time.Now()
+	rs, err := db.QueryContext(ctx, `SELECT position, stream, revision, id, type, data, metadata, recorded_at FROM events WHERE position > ? ORDER BY position`, last.Int64)
+	if err != nil {
+		return fmt.Errorf("bench: baseline select: %w", err)
+	}
+	defer rs.Close()
+	n := 0
+	for rs.Next() {
+		var pos, rev, at int64
+		var stream, typ string
+		var id, data []byte
+		var md sql.NullString
+		if err := rs.Scan(&pos, &stream, &rev, &id, &typ, &data, &md, &at); err != nil {
+			return fmt.Errorf("bench: baseline select: %w", err)
+		}
+		var meta eventstore.Metadata
+		if md.Valid {
+			if err := json.Unmarshal([]byte(md.String), &meta); err != nil {
+				return fmt.Errorf("bench: baseline select: metadata: %w", err)
+			}
+		}
+		n++
+	}
+	if err := rs.Err(); err != nil {
+		return fmt.Errorf("bench: baseline select: %w", err)
+	}
+	cu.baseEvents, cu.baseElapsed = n, time.Since(start)
+	return cu.print(w)
+}
+
+func sqliteInsertTx(ctx context.Context, db *sql.DB, evs []eventstore.EventData, stream string, first int) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("bench: baseline begin: %w", err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, sqlitePlainInsert)
+	if err != nil {
+		return fmt.Errorf("bench: baseline prepare: %w", err)
+	}
+	defer stmt.Close()
+	for i, e := range evs {
+		args, err := sqliteArgs(e, stream, first+i)
+		if err != nil {
+			return err
+		}
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("bench: baseline insert: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("bench: baseline commit: %w", err)
+	}
+	return nil
+}
