@@ -114,9 +114,9 @@ var (
 
 // Simulator is the simulated transport. It is safe for concurrent use; Close releases its timers.
 type Simulator struct {
-	opts  Options
-	clock transport.Clock
-	*transport.EventQueue
+	opts   Options
+	clock  transport.Clock
+	events *transport.EventQueue
 
 	mu    sync.Mutex
 	conns map[string]*conn
@@ -151,11 +151,11 @@ func New(opts Options) *Simulator {
 		clock = transport.SystemClock{}
 	}
 	return &Simulator{
-		opts:       opts,
-		clock:      clock,
-		EventQueue: transport.NewEventQueue(),
-		conns:      make(map[string]*conn),
-		counts:     make(map[uuid.UUID]int),
+		opts:   opts,
+		clock:  clock,
+		events: transport.NewEventQueue(),
+		conns:  make(map[string]*conn),
+		counts: make(map[uuid.UUID]int),
 	}
 }
 
@@ -171,7 +171,7 @@ func (s *Simulator) Close() {
 		c.mu.Unlock()
 	}
 	s.mu.Unlock()
-	s.EventQueue.Close()
+	s.events.Close()
 }
 
 // conn returns the connection, creating it (unpaired) when create is set.
@@ -323,7 +323,7 @@ func (s *Simulator) scheduleReceiptsLocked(c *conn, msgID uuid.UUID, to string) 
 	emit := func(kind transport.ReceiptKind) func() {
 		return func() {
 			h := s.header(c.id)
-			s.Emit(transport.Receipt{EventHeader: h, MessageIDs: []uuid.UUID{msgID}, Kind: kind,
+			s.events.Emit(transport.Receipt{EventHeader: h, MessageIDs: []uuid.UUID{msgID}, Kind: kind,
 				Timestamp: h.At, From: to[1:] + "@s.whatsapp.net"})
 		}
 	}
@@ -347,7 +347,7 @@ func (s *Simulator) banLocked(c *conn, b Ban) {
 	c.stopTimers()
 	if b.Permanent {
 		c.state, c.jid, c.phone = transport.StateUnpaired, "", ""
-		s.Emit(transport.PermanentBan{EventHeader: s.header(c.id), Reason: 406, Description: "simulated permanent ban"})
+		s.events.Emit(transport.PermanentBan{EventHeader: s.header(c.id), Reason: 406, Description: "simulated permanent ban"})
 		return
 	}
 	code, expire := b.Code, b.Expire
@@ -359,7 +359,7 @@ func (s *Simulator) banLocked(c *conn, b Ban) {
 	}
 	h := s.header(c.id)
 	c.state, c.banExpiresAt = transport.StateTemporarilyBanned, h.At.Add(expire)
-	s.Emit(transport.TemporaryBan{EventHeader: h, Code: code, Description: "simulated temporary ban",
+	s.events.Emit(transport.TemporaryBan{EventHeader: h, Code: code, Description: "simulated temporary ban",
 		Expire: expire, ExpiresAt: c.banExpiresAt})
 	s.scheduleBanExpiryLocked(c, expire)
 }
@@ -381,7 +381,7 @@ func (s *Simulator) liftLocked(c *conn) {
 		c.banTimer = nil
 	}
 	c.state, c.banExpiresAt = transport.StateConnected, time.Time{}
-	s.Emit(transport.BanLifted{EventHeader: s.header(c.id)})
+	s.events.Emit(transport.BanLifted{EventHeader: s.header(c.id)})
 }
 
 func (s *Simulator) logoutLocked(c *conn, reason int) {
@@ -391,7 +391,7 @@ func (s *Simulator) logoutLocked(c *conn, reason int) {
 	if reason == 403 {
 		desc = "simulated main device gone"
 	}
-	s.Emit(transport.SessionInvalidated{EventHeader: s.header(c.id), Reason: reason, Description: desc})
+	s.events.Emit(transport.SessionInvalidated{EventHeader: s.header(c.id), Reason: reason, Description: desc})
 }
 
 // Ban bans a connected (or already temporarily banned) connection by hand.
@@ -483,7 +483,7 @@ func (s *Simulator) Connect(ctx context.Context, connID string) error {
 		if now.Before(c.banExpiresAt) {
 			c.state = transport.StateTemporarilyBanned
 			h := s.header(c.id)
-			s.Emit(transport.TemporaryBan{EventHeader: h, Code: 101, Description: "simulated temporary ban",
+			s.events.Emit(transport.TemporaryBan{EventHeader: h, Code: 101, Description: "simulated temporary ban",
 				Expire: c.banExpiresAt.Sub(now), ExpiresAt: c.banExpiresAt})
 			if c.banTimer == nil {
 				s.scheduleBanExpiryLocked(c, c.banExpiresAt.Sub(now))
@@ -494,7 +494,7 @@ func (s *Simulator) Connect(ctx context.Context, connID string) error {
 		return nil
 	}
 	c.state = transport.StateConnected
-	s.Emit(transport.Connected{EventHeader: s.header(c.id)})
+	s.events.Emit(transport.Connected{EventHeader: s.header(c.id)})
 	return nil
 }
 
@@ -518,8 +518,8 @@ func (s *Simulator) Disconnect(ctx context.Context, connID string) error {
 func (s *Simulator) pairLocked(c *conn, phone string) {
 	c.jid, c.phone = phone[1:]+":1@s.whatsapp.net", phone
 	c.state, c.handedOver, c.banExpiresAt = transport.StateConnected, 0, time.Time{}
-	s.Emit(transport.Paired{EventHeader: s.header(c.id), JID: c.jid, Phone: c.phone})
-	s.Emit(transport.Connected{EventHeader: s.header(c.id)})
+	s.events.Emit(transport.Paired{EventHeader: s.header(c.id), JID: c.jid, Phone: c.phone})
+	s.events.Emit(transport.Connected{EventHeader: s.header(c.id)})
 }
 
 // simulatedPhone derives a stable fictional number (+1 555 01xx xxxx style) for a connection.
@@ -542,7 +542,7 @@ func (s *Simulator) PairQR(ctx context.Context, connID string) (<-chan string, e
 	ch := make(chan string, 1)
 	ch <- code
 	close(ch)
-	s.Emit(transport.QRCode{EventHeader: s.header(connID), Codes: []string{code}})
+	s.events.Emit(transport.QRCode{EventHeader: s.header(connID), Codes: []string{code}})
 	s.pairLocked(c, simulatedPhone(connID))
 	return ch, nil
 }
@@ -561,7 +561,7 @@ func (s *Simulator) PairPhone(ctx context.Context, connID, phone string) (string
 	h := fnv.New32a()
 	h.Write([]byte(connID + phone))
 	code := fmt.Sprintf("SIM%01d-%04d", h.Sum32()%10, (h.Sum32()/10)%10_000)
-	s.Emit(transport.PairingCode{EventHeader: s.header(connID), Code: code})
+	s.events.Emit(transport.PairingCode{EventHeader: s.header(connID), Code: code})
 	s.pairLocked(c, phone)
 	return code, nil
 }
@@ -581,3 +581,6 @@ func (s *Simulator) Status(connID string) transport.Status {
 	}
 	return st
 }
+
+// SetHandler registers the event handler; see transport.Transport.
+func (s *Simulator) SetHandler(h transport.Handler) { s.events.SetHandler(h) }

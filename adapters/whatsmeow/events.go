@@ -20,7 +20,7 @@ func (m *Manager) header(connID string) transport.EventHeader {
 func (m *Manager) eventHandler(c *conn) func(any) {
 	return func(raw any) {
 		if e, ok := m.mapEvent(c, raw); ok {
-			m.Emit(e)
+			m.events.Emit(e)
 		}
 	}
 }

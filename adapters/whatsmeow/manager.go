@@ -87,7 +87,7 @@ func (c Config) Validate() error {
 type Manager struct {
 	cfg       Config
 	container *sqlstore.Container
-	*transport.EventQueue
+	events    *transport.EventQueue
 
 	// connect starts a client's connection; tests replace it so nothing dials WhatsApp.
 	connect func(*whatsmeow.Client) error
@@ -126,22 +126,22 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("wmtransport: upgrade session store: %w", err)
 	}
 	m := &Manager{
-		cfg:        cfg,
-		container:  container,
-		EventQueue: transport.NewEventQueue(),
-		conns:      make(map[string]*conn),
+		cfg:       cfg,
+		container: container,
+		events:    transport.NewEventQueue(),
+		conns:     make(map[string]*conn),
 	}
 	m.connect = func(c *whatsmeow.Client) error { return c.Connect() }
 	if _, err := cfg.DB.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS wmtransport_connection (
 		connection_id TEXT PRIMARY KEY,
 		jid           TEXT NOT NULL UNIQUE
 	)`); err != nil {
-		m.EventQueue.Close()
+		m.events.Close()
 		return nil, fmt.Errorf("wmtransport: create connection table: %w", err)
 	}
 	paired, err := m.loadPaired(ctx)
 	if err != nil {
-		m.EventQueue.Close()
+		m.events.Close()
 		return nil, err
 	}
 	m.paired = paired
@@ -160,7 +160,7 @@ func (m *Manager) Close() {
 	for _, c := range conns {
 		c.shutdown()
 	}
-	m.EventQueue.Close()
+	m.events.Close()
 }
 
 func (m *Manager) q(query string) string {
@@ -450,3 +450,6 @@ func classifySendError(err error) (kind error, reason string) {
 		return transport.ErrOutcomeUnknown, "cannot prove the message was not sent"
 	}
 }
+
+// SetHandler registers the event handler; see transport.Transport.
+func (m *Manager) SetHandler(h transport.Handler) { m.events.SetHandler(h) }

@@ -55,7 +55,7 @@ func (m *Manager) PairQR(ctx context.Context, connID string) (<-chan string, err
 	go func() {
 		defer close(out)
 		m.followPairing(c, items, func(code string) {
-			m.Emit(transport.QRCode{EventHeader: m.header(c.id), Codes: []string{code}})
+			m.events.Emit(transport.QRCode{EventHeader: m.header(c.id), Codes: []string{code}})
 			select {
 			case out <- code:
 			default: // the caller stopped reading; the QRCode event still carries the code
@@ -99,7 +99,7 @@ func (m *Manager) PairPhone(ctx context.Context, connID, phone string) (string, 
 		m.drop(c)
 		return "", fmt.Errorf("wmtransport: pair %s: request pairing code: %w", connID, err)
 	}
-	m.Emit(transport.PairingCode{EventHeader: m.header(connID), Code: code})
+	m.events.Emit(transport.PairingCode{EventHeader: m.header(connID), Code: code})
 	go m.followPairing(c, items, func(string) {}) // later QR codes are irrelevant when pairing by code
 	return code, nil
 }
@@ -117,7 +117,7 @@ func (m *Manager) followPairing(c *conn, items <-chan whatsmeow.QRChannelItem, o
 			c.mu.Unlock()
 			return
 		default:
-			m.Emit(transport.PairingFailed{EventHeader: m.header(c.id), Reason: pairingFailure(item)})
+			m.events.Emit(transport.PairingFailed{EventHeader: m.header(c.id), Reason: pairingFailure(item)})
 			m.drop(c)
 			return
 		}
