@@ -1,0 +1,134 @@
+package connection_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// stream generates a connection stream of n events after registration and pairing: 1:1
+// messages queued, dispatched, sent and delivered, with a broadcast of 3 every 100 messages, a
+// scoped clear of every other broadcast, and a whole-queue clear every 10,000 messages. It
+// calls yield with each event in order, so that a million events need no memory.
+func stream(n int, yield func(connection.Event)) {
+	ids := make([]uuid.UUID, 64)
+	for i := range ids {
+		ids[i] = connection.MessageIDFor(tenant, connID, fmt.Sprint(i))
+	}
+	emitted := 0
+	emit := func(e connection.Event) bool {
+		if emitted >= n {
+			return false
+		}
+		yield(e)
+		emitted++
+		return true
+	}
+	emit(reg)
+	emit(paired())
+	var seq uint64
+	for k := 0; emitted < n; k++ {
+		id := ids[k%len(ids)]
+		seq++
+		if !emit(connection.MessageQueued{MessageID: id, Seq: seq, Recipient: alice, Text: "hi", QueuedBy: "svc", QueuedAt: t0}) ||
+			!emit(connection.MessageDispatched{MessageID: id, Seq: seq, DispatchedAt: t0}) ||
+			!emit(connection.MessageSent{MessageID: id, Seq: seq, SentAt: t0}) ||
+			!emit(connection.MessageDelivered{MessageID: id, Seq: seq, DeliveredAt: t0}) {
+			return
+		}
+		if k%100 == 99 {
+			b := connection.BroadcastIDFor(tenant, connID, fmt.Sprint(k))
+			for _, e := range broadcast(b, seq+1) {
+				if !emit(e) {
+					return
+				}
+			}
+			seq += 3
+			clear := connection.ClearQueueRequested{ClearID: b, Scope: connection.BroadcastScope(b), RequestedBy: "op", Reason: "r",
+				RequestedAt: t0, UpToSeq: seq, Purge: []connection.SeqRange{{From: seq - 2, To: seq}}, PurgeCount: 3,
+				InFlight: []connection.InFlightMessage{}}
+			if k%200 == 199 {
+				clear.Scope = connection.WholeQueue
+			}
+			if !emit(clear) || !emit(cleared(clear)) {
+				return
+			}
+		}
+	}
+}
+
+// TestStateStaysSmall checks that the aggregate's state does not grow with the number of
+// messages: the snapshot after 400,000 events is no larger than after 4,000.
+func TestStateStaysSmall(t *testing.T) {
+	size := func(n int) int {
+		c := connection.New()
+		stream(n, func(e connection.Event) {
+			if err := c.Apply(e); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if c.Version() != int64(n-1) {
+			t.Fatalf("version %d after %d events", c.Version(), n)
+		}
+		snap, err := c.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(snap)
+	}
+	big := 400_000
+	if testing.Short() {
+		big = 100_000
+	}
+	small, large := size(4_000), size(big)
+	// The only growth allowed is the decimal width of counters and positions.
+	if large > small+200 || large > 4096 {
+		t.Fatalf("snapshot grew from %d bytes (4,000 events) to %d bytes (%d events)", small, large, big)
+	}
+}
+
+// BenchmarkLoad applies streams of growing length to show that loading cost per event and the
+// state's size stay flat: compare ns/event and state-bytes across the sizes.
+func BenchmarkLoad(b *testing.B) {
+	for _, n := range []int{10_000, 100_000, 1_000_000} {
+		events := make([]connection.Event, 0, n)
+		stream(n, func(e connection.Event) { events = append(events, e) })
+		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			var c *connection.Connection
+			for b.Loop() {
+				c = connection.New()
+				for _, e := range events {
+					if err := c.Apply(e); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			snap, err := c.Snapshot()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/event")
+			b.ReportMetric(float64(len(snap)), "state-bytes")
+		})
+	}
+}
+
+// BenchmarkRestoreSnapshot shows the cost of loading from a cached snapshot instead.
+func BenchmarkRestoreSnapshot(b *testing.B) {
+	c := connection.New()
+	stream(1_000_000, func(e connection.Event) { _ = c.Apply(e) })
+	snap, err := c.Snapshot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := connection.Restore(snap); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
