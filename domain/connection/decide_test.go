@@ -474,7 +474,9 @@ func TestClear(t *testing.T) {
 		}
 	}
 	r := func(from, to uint64) connection.SeqRange { return connection.SeqRange{From: from, To: to} }
-	fl := func(seq uint64) connection.InFlightMessage { return connection.InFlightMessage{MessageID: msgID(seq), Seq: seq} }
+	fl := func(seq uint64) connection.InFlightMessage {
+		return connection.InFlightMessage{MessageID: msgID(seq), Seq: seq}
+	}
 	whole3 := clearRequested(connection.WholeQueue, 3, []connection.SeqRange{r(1, 3)}, nil)
 	scoped := clearRequested(connection.BroadcastScope(bcastID), 5, []connection.SeqRange{r(2, 4)}, nil)
 	runDecisions(t, []decision{
