@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/google/uuid"
@@ -22,17 +23,39 @@ const (
 	// its snapshot is taken after the lock was granted and sees the previous writer's events.
 	sqlLastRevision = `SELECT revision FROM waqueue_events WHERE stream = $1 ORDER BY revision DESC LIMIT 1`
 
-	sqlInsertOne = `INSERT INTO waqueue_events
-  (id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at)
-VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8, $9, $10)`
+	// sqlCurrent is the stream's last revision, -1 when it has none; the CTEs below share it.
+	sqlCurrent = `WITH cur AS (
+  SELECT coalesce((SELECT revision FROM waqueue_events WHERE stream = $1 ORDER BY revision DESC LIMIT 1), -1) AS rev
+), `
+	// sqlExpected checks the expected revision ($2 kind, $3 revision; see expectArgs) in SQL.
+	sqlExpected = `CASE $2::int WHEN 0 THEN true WHEN 1 THEN cur.rev = -1 WHEN 2 THEN cur.rev >= 0 ELSE cur.rev = $3::bigint END`
+	// sqlResult returns the revision found and, if the insert happened, the position of the
+	// last event inserted.
+	sqlResult = `
+SELECT cur.rev, (SELECT tx_id FROM ins LIMIT 1), (SELECT max(seq) FROM ins) FROM cur`
 
-	// sqlInsertMany inserts a small batch from arrays; seq follows the array order.
-	sqlInsertMany = `INSERT INTO waqueue_events
-  (id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at)
-SELECT u.id, $1, $2 + u.ord - 1, u.type, u.data::json, u.tenant_id, u.actor, u.correlation_id, u.causation_id, $3
-FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-  WITH ORDINALITY AS u(id, type, data, tenant_id, actor, correlation_id, causation_id, ord)
-ORDER BY u.ord`
+	// sqlInsertOne reads the revision, checks the expectation and inserts one event, in one
+	// statement (so with one snapshot, taken after sqlLock was granted).
+	sqlInsertOne = sqlCurrent + `ins AS (
+  INSERT INTO waqueue_events
+    (id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at)
+  SELECT $4, $1, cur.rev + 1, $5, $6::json, $7, $8, $9, $10, $11 FROM cur
+  WHERE ` + sqlExpected + `
+  RETURNING tx_id, seq
+)` + sqlResult
+
+	// sqlInsertMany is sqlInsertOne for a small batch given as arrays; seq follows the array
+	// order, as does the revision.
+	sqlInsertMany = sqlCurrent + `ins AS (
+  INSERT INTO waqueue_events
+    (id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at)
+  SELECT u.id, $1, cur.rev + u.ord, u.type, u.data::json, u.tenant_id, u.actor, u.correlation_id, u.causation_id, $4
+  FROM cur, unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+    WITH ORDINALITY AS u(id, type, data, tenant_id, actor, correlation_id, causation_id, ord)
+  WHERE ` + sqlExpected + `
+  ORDER BY u.ord
+  RETURNING tx_id, seq
+)` + sqlResult
 
 	// sqlPosition returns the position of the last event this transaction inserted.
 	sqlPosition = `SELECT pg_current_xact_id(), currval('waqueue_events_seq_seq')`
@@ -85,10 +108,88 @@ func (s *Store) appendNothing(ctx context.Context, stream string, expected event
 	return eventstore.AppendResult{NextExpectedRevision: uint64(max(actual, 0))}, nil
 }
 
+// expectArgs encodes expected for sqlExpected.
+func expectArgs(expected eventstore.ExpectedRevision) (kind int, rev int64) {
+	switch {
+	case expected.IsNoStream():
+		return 1, 0
+	case expected.IsStreamExists():
+		return 2, 0
+	default:
+		if r, ok := expected.Revision(); ok {
+			if r > math.MaxInt64 {
+				return 3, -2 // matches no stream
+			}
+			return 3, int64(r)
+		}
+		return 0, 0
+	}
+}
+
 // write runs the append transaction on conn. With commit false it leaves the transaction open
 // after the insert (for tests that hold a transaction open); the caller then sends COMMIT or
 // ROLLBACK. On error the transaction may be open or aborted: the caller rolls back.
+//
+// Below CopyThreshold events it is one round trip: BEGIN, lock, one statement that reads the
+// revision, checks it and inserts, COMMIT, NOTIFY — pipelined. Each statement of the pipeline
+// takes its snapshot when the server reaches it, so the insert sees the stream as the previous
+// lock holder left it. From CopyThreshold on, the revision is read first, then the events are
+// copied, then the position is read and the transaction committed.
 func (s *Store) write(ctx context.Context, conn *pgx.Conn, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData, commit bool) (eventstore.AppendResult, error) {
+	if len(events) >= s.opts.CopyThreshold {
+		return s.writeCopy(ctx, conn, stream, expected, events, commit)
+	}
+	now := s.opts.Clock()
+	kind, rev := expectArgs(expected)
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(sqlLock, stream)
+	if len(events) == 1 {
+		e := events[0]
+		b.Queue(sqlInsertOne, stream, kind, rev, [16]byte(e.ID), e.Type, jsonArg(e.Data),
+			e.Metadata.TenantID, e.Metadata.Actor, e.Metadata.CorrelationID, e.Metadata.CausationID, now)
+	} else {
+		b.Queue(sqlInsertMany, manyArgs(stream, kind, rev, now, events)...)
+	}
+	if commit {
+		b.Queue("COMMIT")
+		// Outside the appending transaction: see the package doc.
+		b.Queue(sqlNotify, NotifyChannel)
+	}
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: begin: %w", stream, err)
+	}
+	if _, err := br.Exec(); err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: lock stream: %w", stream, err)
+	}
+	var actual int64
+	var txID *uint64
+	var seq *int64
+	if err := br.QueryRow().Scan(&actual, &txID, &seq); err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: insert: %w", stream, err)
+	}
+	if commit {
+		if _, err := br.Exec(); err != nil {
+			return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: commit: %w", stream, err)
+		}
+		// The events are durable; a failed notification only delays other processes'
+		// subscribers until their idle poll.
+		_, _ = br.Exec()
+	}
+	if txID == nil || seq == nil {
+		// Nothing inserted: the expectation failed (the COMMIT committed nothing).
+		return eventstore.AppendResult{}, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: actual}
+	}
+	return eventstore.AppendResult{
+		NextExpectedRevision: uint64(actual) + uint64(len(events)),
+		Position:             eventstore.Position{Commit: *txID, Prepare: uint64(*seq)},
+	}, nil
+}
+
+// writeCopy is write for large batches, through COPY.
+func (s *Store) writeCopy(ctx context.Context, conn *pgx.Conn, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData, commit bool) (eventstore.AppendResult, error) {
 	// Round trip 1: begin, take the stream lock, read the revision.
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
@@ -118,33 +219,18 @@ func (s *Store) write(ctx context.Context, conn *pgx.Conn, stream string, expect
 
 	first := uint64(actual + 1)
 	now := s.opts.Clock()
-	b = &pgx.Batch{}
-	switch {
-	case len(events) >= s.opts.CopyThreshold:
-		if _, err := conn.CopyFrom(ctx, pgx.Identifier{"waqueue_events"}, copyColumns, copyRows(stream, first, now, events)); err != nil {
-			return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: copy: %w", stream, err)
-		}
-	case len(events) == 1:
-		e := events[0]
-		b.Queue(sqlInsertOne, [16]byte(e.ID), stream, int64(first), e.Type, jsonArg(e.Data),
-			e.Metadata.TenantID, e.Metadata.Actor, e.Metadata.CorrelationID, e.Metadata.CausationID, now)
-	default:
-		b.Queue(sqlInsertMany, manyArgs(stream, first, now, events)...)
+	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"waqueue_events"}, copyColumns, copyRows(stream, first, now, events)); err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: copy: %w", stream, err)
 	}
+	b = &pgx.Batch{}
 	b.Queue(sqlPosition)
 	if commit {
 		b.Queue("COMMIT")
-		// Outside the appending transaction: see the package doc.
 		b.Queue(sqlNotify, NotifyChannel)
 	}
-	// Round trip 2 (after COPY's own): insert, read the position, commit, notify.
+	// Last round trip: read the position, commit, notify.
 	br = conn.SendBatch(ctx, b)
 	defer br.Close()
-	if len(events) < s.opts.CopyThreshold {
-		if _, err := br.Exec(); err != nil {
-			return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: insert: %w", stream, err)
-		}
-	}
 	var pos eventstore.Position
 	var seq int64
 	if err := br.QueryRow().Scan(&pos.Commit, &seq); err != nil {
@@ -155,12 +241,7 @@ func (s *Store) write(ctx context.Context, conn *pgx.Conn, stream string, expect
 		if _, err := br.Exec(); err != nil {
 			return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: commit: %w", stream, err)
 		}
-		// The events are durable; a failed notification only delays other processes'
-		// subscribers until their idle poll.
 		_, _ = br.Exec()
-	}
-	if err := br.Close(); err != nil && !commit {
-		return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: %w", stream, err)
 	}
 	return eventstore.AppendResult{NextExpectedRevision: first + uint64(len(events)) - 1, Position: pos}, nil
 }
@@ -172,7 +253,7 @@ func jsonArg(data []byte) any {
 	return string(data)
 }
 
-func manyArgs(stream string, first uint64, now time.Time, events []eventstore.EventData) []any {
+func manyArgs(stream string, kind int, rev int64, now time.Time, events []eventstore.EventData) []any {
 	n := len(events)
 	ids := make([][16]byte, n)
 	types := make([]string, n)
@@ -193,7 +274,7 @@ func manyArgs(stream string, first uint64, now time.Time, events []eventstore.Ev
 		corrs[i] = e.Metadata.CorrelationID
 		causes[i] = e.Metadata.CausationID
 	}
-	return []any{stream, int64(first), now, ids, types, data, tenants, actors, corrs, causes}
+	return []any{stream, kind, rev, now, ids, types, data, tenants, actors, corrs, causes}
 }
 
 func copyRows(stream string, first uint64, now time.Time, events []eventstore.EventData) pgx.CopyFromSource {

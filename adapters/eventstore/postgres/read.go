@@ -152,16 +152,21 @@ func likeEscape(s string) string {
 
 // query runs q and scans events.
 func (s *Store) query(ctx context.Context, q string, args ...any) ([]eventstore.RecordedEvent, error) {
+	return s.queryN(ctx, 0, q, args...)
+}
+
+// queryN is query with room for n events preallocated.
+func (s *Store) queryN(ctx context.Context, n int, q string, args ...any) ([]eventstore.RecordedEvent, error) {
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
-	return scanEvents(rows)
+	return scanEvents(rows, n)
 }
 
-func scanEvents(rows pgx.Rows) ([]eventstore.RecordedEvent, error) {
+func scanEvents(rows pgx.Rows, n int) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
-	var evs []eventstore.RecordedEvent
+	evs := make([]eventstore.RecordedEvent, 0, n)
 	for rows.Next() {
 		var e eventstore.RecordedEvent
 		var seq, rev int64
@@ -201,7 +206,7 @@ type page struct {
 func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (page, error) {
 	n := s.opts.PageSize
 	if len(filter.StreamPrefixes) == 0 && len(filter.EventTypes) == 0 {
-		evs, err := s.query(ctx, `SELECT `+eventColumns+` FROM waqueue_events
+		evs, err := s.queryN(ctx, n, `SELECT `+eventColumns+` FROM waqueue_events
 WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND `+visible+`
 ORDER BY tx_id, seq LIMIT $3`, cursor.Commit, clampSeq(cursor.Prepare), n)
 		if err != nil {
@@ -271,14 +276,36 @@ func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter
 	if err := s.ensureListener(); err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	cursor := after
 	backoff := s.opts.PendingPoll
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	// While catching up, the next page is fetched while the handler works on the current one.
+	type fetched struct {
+		pg   page
+		err  error
+		wake <-chan struct{}
+	}
+	var prefetch chan fetched
+	defer func() {
+		if prefetch != nil {
+			cancel()
+			<-prefetch
+		}
+	}()
 	for {
-		// Take the wake-up channel before reading, so a commit during the read is not missed.
-		wake := s.wake.wait()
-		pg, err := s.scanPage(ctx, cursor, filter)
+		var f fetched
+		if prefetch != nil {
+			f = <-prefetch
+			prefetch = nil
+		} else {
+			// Take the wake-up channel before reading, so a commit during the read is not missed.
+			f.wake = s.wake.wait()
+			f.pg, f.err = s.scanPage(ctx, cursor, filter)
+		}
+		pg, err, wake := f.pg, f.err, f.wake
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -287,6 +314,14 @@ func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter
 				return eventstore.ErrClosed
 			}
 			return fmt.Errorf("postgres: subscribe after %s: %w", cursor, err)
+		}
+		if pg.more {
+			prefetch = make(chan fetched, 1)
+			go func(from eventstore.Position, out chan<- fetched) {
+				wake := s.wake.wait()
+				pg, err := s.scanPage(ctx, from, filter)
+				out <- fetched{pg: pg, err: err, wake: wake}
+			}(pg.cursor, prefetch)
 		}
 		for _, e := range pg.events {
 			if err := handle(e); err != nil {

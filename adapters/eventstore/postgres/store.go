@@ -36,13 +36,15 @@
 //
 // # Appends
 //
-// An append is one transaction in three pipelined round trips: BEGIN + lock + read revision;
-// the insert (one INSERT for one event, a multi-row INSERT from arrays for small batches, COPY
-// for batches of CopyThreshold events or more) + read the position + COMMIT; then a
-// NOTIFY, sent after the commit in its own implicit transaction — a NOTIFY inside the
-// appending transaction would serialise all commits on the notify queue lock and defeat group
-// commit. Duplicate ids surface as a unique violation on the id index; the store then looks
-// the ids up in a fresh statement to tell an idempotent retry from a duplicate.
+// An append below Options.CopyThreshold events is one transaction in one round trip, pipelined:
+// BEGIN; the stream lock; one statement that reads the stream's revision, checks the
+// expectation and inserts (one row, or rows unnested from arrays); COMMIT; and a NOTIFY, sent
+// after the commit in its own implicit transaction — a NOTIFY inside the appending transaction
+// would hold the notify queue's lock across the commit's WAL flush and serialise all commits,
+// defeating group commit. Larger batches read the revision first, COPY the events, then read
+// the position and commit: three exchanges, amortised over the batch. Duplicate ids surface as
+// a unique violation on the id index; the store then looks the ids up in a fresh statement to
+// tell an idempotent retry from a duplicate. Append returns after the commit is flushed.
 //
 // # Subscriptions
 //

