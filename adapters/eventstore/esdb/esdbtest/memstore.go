@@ -4,11 +4,22 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 )
+
+// NewMemoryStore returns a small in-memory eventstore.Store, the default backing of the
+// server. Give the same store to several servers in turn to simulate a node restart that
+// keeps its data. It stamps events with clock (nil means time.Now).
+func NewMemoryStore(clock eventstore.Clock) eventstore.Store {
+	if clock == nil {
+		clock = time.Now
+	}
+	return newMemStore(clock)
+}
 
 // memStore is a small in-memory eventstore.Store used as the default backing of the test server.
 // It serializes appends under one mutex, so Position order is commit order. Positions are
