@@ -39,7 +39,8 @@ import (
 //     contiguous in Seq, being appended in one atomic batch); the cursor jumps over it when it
 //     reaches it;
 //   - the messages in flight (dispatched, not yet acknowledged) are kept by id, so that an
-//     acknowledgement is recorded once and a clear reports them.
+//     acknowledgement is recorded once and a clear reports them; Dispatch keeps them at most
+//     MaxInFlight.
 //
 // The pending queue itself (which message id and recipient is at which Seq) is a projection
 // of the MessageQueued events; the dispatcher reads the head there and asks the aggregate.

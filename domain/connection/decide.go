@@ -436,6 +436,7 @@ type DispatchMessage struct {
 //   - *MessagePurgedError for a message purged by a clear (G1);
 //   - *SequenceError unless cmd.Seq is the head of the queue: ErrAlreadyDisposed for a message
 //     already dispatched, expired or purged (G5), ErrNotNext, ErrUnknownMessage;
+//   - ErrInFlightLimit when MaxInFlight messages await their outcome;
 //   - *ExpiredError (ErrMessageExpired) when now is at or past ExpiresAt: decide Expire instead.
 //
 // The aggregate does not keep message ids of queued messages; it trusts that cmd.MessageID is
@@ -459,6 +460,9 @@ func (c *Connection) Dispatch(cmd DispatchMessage, now time.Time) ([]Event, erro
 	}
 	if err := c.checkHead(op, cmd.MessageID, cmd.Seq); err != nil {
 		return nil, err
+	}
+	if len(c.flight) >= MaxInFlight {
+		return nil, &Error{Op: op, ConnectionID: c.id, Err: ErrInFlightLimit}
 	}
 	if !cmd.ExpiresAt.IsZero() && !now.Before(cmd.ExpiresAt) {
 		return nil, &ExpiredError{ConnectionID: c.id, MessageID: cmd.MessageID, ExpiresAt: cmd.ExpiresAt, Now: now, Expired: true}

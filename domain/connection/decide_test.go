@@ -166,7 +166,7 @@ func TestLinkLifecycle(t *testing.T) {
 	})
 }
 
-func enq(key, to, text string) func(*connection.Connection) ([]connection.Event, error) {
+func enq(key, to, text string) when {
 	return func(c *connection.Connection) ([]connection.Event, error) {
 		return c.Enqueue(connection.EnqueueMessage{IdempotencyKey: key, Recipient: to, Text: text, Actor: "svc"}, t0)
 	}

@@ -48,6 +48,9 @@ var (
 	ErrMessageExpired = errors.New("connection: message expired")
 	// ErrNotExpired: Expire of a message whose TTL has not passed (*ExpiredError).
 	ErrNotExpired = errors.New("connection: message not expired")
+	// ErrInFlightLimit: dispatch refused because MaxInFlight messages are dispatched and not
+	// yet acknowledged; record their outcomes (or MessageOutcomeUnknown) first.
+	ErrInFlightLimit = errors.New("connection: too many messages in flight")
 	// ErrNotInFlight: an acknowledgement (sent, failed, outcome unknown) for a message that is
 	// not dispatched-and-unacknowledged (*NotInFlightError).
 	ErrNotInFlight = errors.New("connection: message not in flight")

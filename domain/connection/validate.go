@@ -21,6 +21,9 @@ const (
 	MaxIDLen = 64
 	// MaxKeyLen is the longest idempotency key.
 	MaxKeyLen = 255
+	// MaxInFlight bounds the messages dispatched and not yet acknowledged on one connection,
+	// and so the aggregate's in-flight set (WhatsApp sends one message at a time per client).
+	MaxInFlight = 256
 	// MaxNoteLen is the longest free text (reason, note, actor).
 	MaxNoteLen = 1024
 )
