@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,6 +55,9 @@ type Config struct {
 	// Writers is the number of concurrent writers (each to its own stream) for single
 	// appends and their baseline. Zero means 32.
 	Writers int
+	// Rounds is how many times each figure and its baseline are measured, alternately; the
+	// best rate of each is reported, which damps the noise of a shared machine. Zero means 3.
+	Rounds int
 	// Adapters lists the adapters to measure (AdapterPostgres, AdapterSQLite). Empty means both.
 	Adapters []string
 }
@@ -76,6 +80,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Writers <= 0 {
 		c.Writers = 32
+	}
+	if c.Rounds <= 0 {
+		c.Rounds = 3
 	}
 	if len(c.Adapters) == 0 {
 		c.Adapters = []string{AdapterPostgres, AdapterSQLite}
@@ -149,26 +156,57 @@ func (wl workload) events(n int) []eventstore.EventData {
 	return evs
 }
 
-// appendPhases measures batch and single appends through st; it returns the results without
-// baselines, which the adapter-specific code fills in.
-func appendBatches(ctx context.Context, st eventstore.Store, wl workload, cfg Config, stream string) (result, eventstore.Position, error) {
-	batches := cfg.BatchEvents / cfg.BatchSize
-	all := make([][]eventstore.EventData, batches)
+// measure runs one round of a figure or a baseline: it returns how many events it handled
+// and how long that took.
+type measure func(ctx context.Context, round int) (events int, elapsed time.Duration, err error)
+
+// best runs m and its baseline b alternately for rounds rounds and keeps the best rate of each.
+func best(ctx context.Context, rounds int, name, baseline string, m, b measure) (result, error) {
+	r := result{name: name, baseline: baseline}
+	for i := range rounds {
+		n, d, err := m(ctx, i)
+		if err != nil {
+			return r, fmt.Errorf("bench: %s: %w", name, err)
+		}
+		if perSecond(n, d) > perSecond(r.events, r.elapsed) {
+			r.events, r.elapsed = n, d
+		}
+		n, d, err = b(ctx, i)
+		if err != nil {
+			return r, fmt.Errorf("bench: %s baseline %s: %w", name, baseline, err)
+		}
+		if perSecond(n, d) > perSecond(r.baseEvents, r.baseElapsed) {
+			r.baseEvents, r.baseElapsed = n, d
+		}
+	}
+	return r, nil
+}
+
+// batchAppends returns a measure appending cfg.BatchEvents events to one stream per round,
+// cfg.BatchSize at a time, each batch at the exact expected revision.
+func batchAppends(st eventstore.Store, wl workload, cfg Config) measure {
+	return func(ctx context.Context, round int) (int, time.Duration, error) {
+		batches := wl.batches(cfg)
+		stream := wl.stream("batch", round)
+		exp := eventstore.NoStream
+		start := time.Now()
+		for _, b := range batches {
+			res, err := st.Append(ctx, stream, exp, b...)
+			if err != nil {
+				return 0, 0, err
+			}
+			exp = eventstore.Exact(res.NextExpectedRevision)
+		}
+		return len(batches) * cfg.BatchSize, time.Since(start), nil
+	}
+}
+
+func (wl workload) batches(cfg Config) [][]eventstore.EventData {
+	all := make([][]eventstore.EventData, cfg.BatchEvents/cfg.BatchSize)
 	for i := range all {
 		all[i] = wl.events(cfg.BatchSize)
 	}
-	var last eventstore.Position
-	exp := eventstore.NoStream
-	start := time.Now()
-	for _, b := range all {
-		res, err := st.Append(ctx, stream, exp, b...)
-		if err != nil {
-			return result{}, last, fmt.Errorf("bench: batch append: %w", err)
-		}
-		exp = eventstore.Exact(res.NextExpectedRevision)
-		last = res.Position
-	}
-	return result{events: batches * cfg.BatchSize, elapsed: time.Since(start)}, last, nil
+	return all
 }
 
 // concurrently runs fn(writer, i) for i in [0, n/writers) on each of writers goroutines and
@@ -197,53 +235,65 @@ func concurrently(ctx context.Context, writers, n int, fn func(ctx context.Conte
 	return per * writers, time.Since(start), first
 }
 
-func appendSingles(ctx context.Context, st eventstore.Store, wl workload, cfg Config) (result, error) {
+// singles makes the events of one round of single appends: per writer, n/writers events.
+func (wl workload) singles(cfg Config) [][]eventstore.EventData {
 	evs := make([][]eventstore.EventData, cfg.Writers)
-	per := max(cfg.SingleEvents/cfg.Writers, 1)
 	for w := range evs {
-		evs[w] = wl.events(per)
+		evs[w] = wl.events(max(cfg.SingleEvents/cfg.Writers, 1))
 	}
-	n, d, err := concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
-		exp := eventstore.NoStream
-		if i > 0 {
-			exp = eventstore.Exact(uint64(i - 1))
-		}
-		if _, err := st.Append(ctx, wl.stream("single", w), exp, evs[w][i]); err != nil {
-			return fmt.Errorf("bench: single append: %w", err)
-		}
-		return nil
-	})
-	return result{events: n, elapsed: d}, err
+	return evs
 }
 
-// catchUp loads cfg.CatchUpEvents events (in batches) and then reads them through Subscribe
-// from the position before them. It returns the result and that position.
-func catchUp(ctx context.Context, st eventstore.Store, wl workload, cfg Config, before eventstore.Position) (result, error) {
+// singleAppends returns a measure of cfg.Writers concurrent writers, each appending single
+// events to a stream of its own at the exact expected revision.
+func singleAppends(st eventstore.Store, wl workload, cfg Config) measure {
+	return func(ctx context.Context, round int) (int, time.Duration, error) {
+		evs := wl.singles(cfg)
+		return concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
+			exp := eventstore.NoStream
+			if i > 0 {
+				exp = eventstore.Exact(uint64(i - 1))
+			}
+			_, err := st.Append(ctx, wl.stream(fmt.Sprintf("single-%d", round), w), exp, evs[w][i])
+			return err
+		})
+	}
+}
+
+// loadCatchUp appends cfg.CatchUpEvents events in batches of cfg.BatchSize.
+func loadCatchUp(ctx context.Context, st eventstore.Store, wl workload, cfg Config) error {
 	left := cfg.CatchUpEvents
 	for i := 0; left > 0; i++ {
 		n := min(left, cfg.BatchSize)
 		if _, err := st.Append(ctx, wl.stream("catchup", i), eventstore.NoStream, wl.events(n)...); err != nil {
-			return result{}, fmt.Errorf("bench: load catch-up events: %w", err)
+			return fmt.Errorf("bench: load catch-up events: %w", err)
 		}
 		left -= n
 	}
-	subCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	count := 0
-	var elapsed time.Duration
-	start := time.Now()
-	err := st.Subscribe(subCtx, before, eventstore.Filter{}, func(e eventstore.RecordedEvent) error {
-		count++
-		if count == cfg.CatchUpEvents {
-			elapsed = time.Since(start)
-			cancel()
+	return nil
+}
+
+// catchUp returns a measure reading cfg.CatchUpEvents events through Subscribe from before.
+func catchUp(st eventstore.Store, cfg Config, before eventstore.Position) measure {
+	return func(ctx context.Context, _ int) (int, time.Duration, error) {
+		subCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		count := 0
+		var elapsed time.Duration
+		start := time.Now()
+		err := st.Subscribe(subCtx, before, eventstore.Filter{}, func(e eventstore.RecordedEvent) error {
+			count++
+			if count == cfg.CatchUpEvents {
+				elapsed = time.Since(start)
+				cancel()
+			}
+			return nil
+		})
+		if count < cfg.CatchUpEvents {
+			return 0, 0, fmt.Errorf("catch-up delivered %d of %d events: %w", count, cfg.CatchUpEvents, err)
 		}
-		return nil
-	})
-	if count < cfg.CatchUpEvents {
-		return result{}, fmt.Errorf("bench: catch-up delivered %d of %d events: %w", count, cfg.CatchUpEvents, err)
+		return count, elapsed, nil
 	}
-	return result{events: count, elapsed: elapsed}, nil
 }
 
 // ---- PostgreSQL ----
@@ -315,87 +365,76 @@ func benchPostgres(ctx context.Context, cfg Config, w io.Writer) (err error) {
 	defer basePool.Exec(context.WithoutCancel(ctx), "DROP TABLE IF EXISTS bench_plain")
 	wl := newWorkload()
 
-	// Batch appends, then the same rows' worth of COPY into the plain table.
-	batch, _, err := appendBatches(ctx, st, wl, cfg, wl.stream("batch", 0))
+	batch, err := best(ctx, cfg.Rounds, "store/postgres/append-batch", "copy", batchAppends(st, wl, cfg),
+		func(ctx context.Context, round int) (int, time.Duration, error) {
+			batches := wl.batches(cfg)
+			stream := wl.stream("plain-batch", round)
+			now := time.Now().UTC()
+			start := time.Now()
+			for b, evs := range batches {
+				_, err := basePool.CopyFrom(ctx, pgx.Identifier{"bench_plain"}, pgPlainColumns,
+					pgx.CopyFromSlice(len(evs), func(i int) ([]any, error) { return pgRow(evs[i], stream, b*cfg.BatchSize+i, now), nil }))
+				if err != nil {
+					return 0, 0, err
+				}
+			}
+			return len(batches) * cfg.BatchSize, time.Since(start), nil
+		})
 	if err != nil {
 		return err
 	}
-	batch.name, batch.baseline = "store/postgres/append-batch", "copy"
-	batches := cfg.BatchEvents / cfg.BatchSize
-	rows := make([][]eventstore.EventData, batches)
-	for i := range rows {
-		rows[i] = wl.events(cfg.BatchSize)
-	}
-	now := time.Now().UTC()
-	start := time.Now()
-	for b, evs := range rows {
-		stream := wl.stream("plain-batch", 0)
-		_, err := basePool.CopyFrom(ctx, pgx.Identifier{"bench_plain"}, pgPlainColumns,
-			pgx.CopyFromSlice(len(evs), func(i int) ([]any, error) { return pgRow(evs[i], stream, b*cfg.BatchSize+i, now), nil }))
-		if err != nil {
-			return fmt.Errorf("bench: baseline copy: %w", err)
-		}
-	}
-	batch.baseEvents, batch.baseElapsed = batches*cfg.BatchSize, time.Since(start)
 	if err := batch.print(w); err != nil {
 		return err
 	}
 
-	// Single appends from concurrent writers, then single-row INSERT commits.
-	single, err := appendSingles(ctx, st, wl, cfg)
+	insert := `INSERT INTO bench_plain (` + strings.Join(pgPlainColumns, ", ") + `) VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8, $9, $10)`
+	single, err := best(ctx, cfg.Rounds, "store/postgres/append-single", "insert", singleAppends(st, wl, cfg),
+		func(ctx context.Context, round int) (int, time.Duration, error) {
+			evs := wl.singles(cfg)
+			return concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
+				_, err := basePool.Exec(ctx, insert, pgRow(evs[w][i], wl.stream(fmt.Sprintf("plain-single-%d", round), w), i, time.Now().UTC())...)
+				return err
+			})
+		})
 	if err != nil {
 		return err
-	}
-	single.name, single.baseline = "store/postgres/append-single", "insert"
-	per := max(cfg.SingleEvents/cfg.Writers, 1)
-	singles := make([][]eventstore.EventData, cfg.Writers)
-	for i := range singles {
-		singles[i] = wl.events(per)
-	}
-	insert := `INSERT INTO bench_plain (` + joinColumns(pgPlainColumns) + `) VALUES ($1, $2, $3, $4, $5::json, $6, $7, $8, $9, $10)`
-	single.baseEvents, single.baseElapsed, err = concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
-		_, err := basePool.Exec(ctx, insert, pgRow(singles[w][i], wl.stream("plain-single", w), i, time.Now().UTC())...)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("bench: baseline insert: %w", err)
 	}
 	if err := single.print(w); err != nil {
 		return err
 	}
 
-	// Catch-up through Subscribe, then a plain SELECT of the same rows.
 	before, err := pgLastPosition(ctx, basePool)
 	if err != nil {
 		return err
 	}
-	cu, err := catchUp(ctx, st, wl, cfg, before)
+	if err := loadCatchUp(ctx, st, wl, cfg); err != nil {
+		return err
+	}
+	cu, err := best(ctx, cfg.Rounds, "store/postgres/catch-up", "select", catchUp(st, cfg, before),
+		func(ctx context.Context, _ int) (int, time.Duration, error) {
+			start := time.Now()
+			rs, err := basePool.Query(ctx, `SELECT tx_id, seq, id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at
+FROM waqueue_events WHERE (tx_id, seq) > ($1::xid8, $2::bigint) ORDER BY tx_id, seq`, before.Commit, int64(before.Prepare))
+			if err != nil {
+				return 0, 0, err
+			}
+			defer rs.Close()
+			n := 0
+			for rs.Next() {
+				var e eventstore.RecordedEvent
+				var seq, rev int64
+				var data []byte
+				if err := rs.Scan(&e.Position.Commit, &seq, (*[16]byte)(&e.ID), &e.Stream, &rev, &e.Type, &data,
+					&e.Metadata.TenantID, &e.Metadata.Actor, &e.Metadata.CorrelationID, &e.Metadata.CausationID, &e.RecordedAt); err != nil {
+					return 0, 0, err
+				}
+				n++
+			}
+			return n, time.Since(start), rs.Err()
+		})
 	if err != nil {
 		return err
 	}
-	cu.name, cu.baseline = "store/postgres/catch-up", "select"
-	start = time.Now()
-	rs, err := basePool.Query(ctx, `SELECT tx_id, seq, id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at
-FROM waqueue_events WHERE (tx_id, seq) > ($1::xid8, $2::bigint) ORDER BY tx_id, seq`, before.Commit, int64(before.Prepare))
-	if err != nil {
-		return fmt.Errorf("bench: baseline select: %w", err)
-	}
-	n := 0
-	for rs.Next() {
-		var e eventstore.RecordedEvent
-		var seq, rev int64
-		var data []byte
-		if err := rs.Scan(&e.Position.Commit, &seq, (*[16]byte)(&e.ID), &e.Stream, &rev, &e.Type, &data,
-			&e.Metadata.TenantID, &e.Metadata.Actor, &e.Metadata.CorrelationID, &e.Metadata.CausationID, &e.RecordedAt); err != nil {
-			rs.Close()
-			return fmt.Errorf("bench: baseline select: %w", err)
-		}
-		n++
-	}
-	if err := rs.Err(); err != nil {
-		return fmt.Errorf("bench: baseline select: %w", err)
-	}
-	cu.baseEvents, cu.baseElapsed = n, time.Since(start)
 	return cu.print(w)
 }
 
@@ -411,17 +450,6 @@ func pgLastPosition(ctx context.Context, pool *pgxpool.Pool) (eventstore.Positio
 	}
 	p.Prepare = uint64(seq)
 	return p, nil
-}
-
-func joinColumns(cols []string) string {
-	s := ""
-	for i, c := range cols {
-		if i > 0 {
-			s += ", "
-		}
-		s += c
-	}
-	return s
 }
 
 // ---- SQLite ----
@@ -477,47 +505,38 @@ func benchSQLite(ctx context.Context, cfg Config, w io.Writer) (err error) {
 	defer db.ExecContext(context.WithoutCancel(ctx), "DROP TABLE IF EXISTS bench_plain")
 	wl := newWorkload()
 
-	batch, _, err := appendBatches(ctx, st, wl, cfg, wl.stream("batch", 0))
+	batch, err := best(ctx, cfg.Rounds, "store/sqlite/append-batch", "insert-tx", batchAppends(st, wl, cfg),
+		func(ctx context.Context, round int) (int, time.Duration, error) {
+			batches := wl.batches(cfg)
+			start := time.Now()
+			for b, evs := range batches {
+				if err := sqliteInsertTx(ctx, db, evs, wl.stream("plain-batch", round), b*cfg.BatchSize); err != nil {
+					return 0, 0, err
+				}
+			}
+			return len(batches) * cfg.BatchSize, time.Since(start), nil
+		})
 	if err != nil {
 		return err
 	}
-	batch.name, batch.baseline = "store/sqlite/append-batch", "insert-tx"
-	batches := cfg.BatchEvents / cfg.BatchSize
-	rows := make([][]eventstore.EventData, batches)
-	for i := range rows {
-		rows[i] = wl.events(cfg.BatchSize)
-	}
-	start := time.Now()
-	for b, evs := range rows {
-		if err := sqliteInsertTx(ctx, db, evs, wl.stream("plain-batch", 0), b*cfg.BatchSize); err != nil {
-			return err
-		}
-	}
-	batch.baseEvents, batch.baseElapsed = batches*cfg.BatchSize, time.Since(start)
 	if err := batch.print(w); err != nil {
 		return err
 	}
 
-	single, err := appendSingles(ctx, st, wl, cfg)
+	single, err := best(ctx, cfg.Rounds, "store/sqlite/append-single", "insert", singleAppends(st, wl, cfg),
+		func(ctx context.Context, round int) (int, time.Duration, error) {
+			evs := wl.singles(cfg)
+			return concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
+				args, err := sqliteArgs(evs[w][i], wl.stream(fmt.Sprintf("plain-single-%d", round), w), i)
+				if err != nil {
+					return err
+				}
+				_, err = db.ExecContext(ctx, sqlitePlainInsert, args...)
+				return err
+			})
+		})
 	if err != nil {
 		return err
-	}
-	single.name, single.baseline = "store/sqlite/append-single", "insert"
-	per := max(cfg.SingleEvents/cfg.Writers, 1)
-	singles := make([][]eventstore.EventData, cfg.Writers)
-	for i := range singles {
-		singles[i] = wl.events(per)
-	}
-	single.baseEvents, single.baseElapsed, err = concurrently(ctx, cfg.Writers, cfg.SingleEvents, func(ctx context.Context, w, i int) error {
-		args, err := sqliteArgs(singles[w][i], wl.stream("plain-single", w), i)
-		if err != nil {
-			return err
-		}
-		_, err = db.ExecContext(ctx, sqlitePlainInsert, args...)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("bench: baseline insert: %w", err)
 	}
 	if err := single.print(w); err != nil {
 		return err
@@ -528,38 +547,39 @@ func benchSQLite(ctx context.Context, cfg Config, w io.Writer) (err error) {
 		return fmt.Errorf("bench: last position: %w", err)
 	}
 	before := eventstore.Position{Commit: uint64(last.Int64), Prepare: uint64(last.Int64)}
-	cu, err := catchUp(ctx, st, wl, cfg, before)
+	if err := loadCatchUp(ctx, st, wl, cfg); err != nil {
+		return err
+	}
+	cu, err := best(ctx, cfg.Rounds, "store/sqlite/catch-up", "select", catchUp(st, cfg, before),
+		func(ctx context.Context, _ int) (int, time.Duration, error) {
+			start := time.Now()
+			rs, err := db.QueryContext(ctx, `SELECT position, stream, revision, id, type, data, metadata, recorded_at FROM events WHERE position > ? ORDER BY position`, last.Int64)
+			if err != nil {
+				return 0, 0, err
+			}
+			defer rs.Close()
+			n := 0
+			for rs.Next() {
+				var pos, rev, at int64
+				var stream, typ string
+				var id, data []byte
+				var md sql.NullString
+				if err := rs.Scan(&pos, &stream, &rev, &id, &typ, &data, &md, &at); err != nil {
+					return 0, 0, err
+				}
+				var meta eventstore.Metadata
+				if md.Valid {
+					if err := json.Unmarshal([]byte(md.String), &meta); err != nil {
+						return 0, 0, fmt.Errorf("metadata: %w", err)
+					}
+				}
+				n++
+			}
+			return n, time.Since(start), rs.Err()
+		})
 	if err != nil {
 		return err
 	}
-	cu.name, cu.baseline = "store/sqlite/catch-up", "select"
-	start = time.Now()
-	rs, err := db.QueryContext(ctx, `SELECT position, stream, revision, id, type, data, metadata, recorded_at FROM events WHERE position > ? ORDER BY position`, last.Int64)
-	if err != nil {
-		return fmt.Errorf("bench: baseline select: %w", err)
-	}
-	defer rs.Close()
-	n := 0
-	for rs.Next() {
-		var pos, rev, at int64
-		var stream, typ string
-		var id, data []byte
-		var md sql.NullString
-		if err := rs.Scan(&pos, &stream, &rev, &id, &typ, &data, &md, &at); err != nil {
-			return fmt.Errorf("bench: baseline select: %w", err)
-		}
-		var meta eventstore.Metadata
-		if md.Valid {
-			if err := json.Unmarshal([]byte(md.String), &meta); err != nil {
-				return fmt.Errorf("bench: baseline select: metadata: %w", err)
-			}
-		}
-		n++
-	}
-	if err := rs.Err(); err != nil {
-		return fmt.Errorf("bench: baseline select: %w", err)
-	}
-	cu.baseEvents, cu.baseElapsed = n, time.Since(start)
 	return cu.print(w)
 }
 
