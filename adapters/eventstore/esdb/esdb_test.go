@@ -190,7 +190,7 @@ func TestResubscribeAfterDrop(t *testing.T) {
 // to give up (which closes a v4.2.0 client for good) and comes back on the same address with
 // its data; the store recovers and a running subscription continues without gaps.
 func TestReconnectAfterServerRestart(t *testing.T) {
-	backing := esdbtest.NewMemoryStore(nil)
+	backing := esdbtest.NewSQLiteStore(t, nil)
 	srv := esdbtest.StartServer(t, esdbtest.Options{Store: backing})
 	addr := srv.Addr()
 	conn := "esdb://" + addr + "?tls=false&maxDiscoverAttempts=2&discoveryInterval=20&gossipTimeout=1"

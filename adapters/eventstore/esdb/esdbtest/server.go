@@ -4,8 +4,8 @@
 // where the tests run; it lets the esdb adapter be exercised through the real
 // EventStore-Client-Go v4 client and real gRPC, end to end.
 //
-// The server is backed by one of the project's own eventstore.Store implementations (an
-// in-memory store by default, or any store given in Options). Each EventStoreDB event is kept in
+// The server is backed by one of the project's own eventstore.Store implementations: the
+// SQLite adapter on a temporary file by default, or any store given in Options. Each EventStoreDB event is kept in
 // the backing store under its own stream name, type and id, with its body, custom metadata and
 // content type wrapped in a JSON envelope as the backing event's data, so binary bodies and
 // arbitrary metadata round-trip byte for byte. Positions are the backing store's, 1:1.
@@ -40,11 +40,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/serverfeatures"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
@@ -55,6 +55,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 )
 
 // ServerVersion is the EventStoreDB version the server announces through server features.
@@ -65,11 +66,11 @@ const pageSize = 512
 
 // Options configures a Server.
 type Options struct {
-	// Store backs the server. Nil means a fresh in-memory store. The server closes it on Close
-	// only if it created it.
+	// Store backs the server; the server never closes it. NewServer requires it; StartServer
+	// uses a fresh SQLite store in t.TempDir() when it is nil.
 	Store eventstore.Store
-	// Clock stamps the events of the in-memory store (their EventStoreDB "created" time).
-	// Nil means time.Now.
+	// Clock stamps the events of the SQLite store StartServer creates (their EventStoreDB
+	// "created" time). Nil means time.Now.
 	Clock eventstore.Clock
 	// Addr is the TCP address to listen on. Empty means 127.0.0.1 on a free port.
 	Addr string
@@ -77,10 +78,9 @@ type Options struct {
 
 // Server is an in-process EventStoreDB gRPC endpoint. Methods are safe for concurrent use.
 type Server struct {
-	store     eventstore.Store
-	ownsStore bool
-	lis       net.Listener
-	grpc      *grpc.Server
+	store eventstore.Store
+	lis   net.Listener
+	grpc  *grpc.Server
 
 	mu     sync.Mutex
 	wake   chan struct{} // closed and replaced after every successful append
@@ -88,8 +88,8 @@ type Server struct {
 	closed bool
 }
 
-// Start starts a server backed by a fresh in-memory store, stops it when t ends, and returns
-// its connection string (esdb://127.0.0.1:PORT?tls=false).
+// Start starts a server backed by a fresh SQLite store, stops it when t ends, and returns its
+// connection string (esdb://127.0.0.1:PORT?tls=false).
 func Start(t testing.TB) string {
 	t.Helper()
 	return StartServer(t, Options{}).ConnString()
@@ -98,6 +98,9 @@ func Start(t testing.TB) string {
 // StartServer starts a server with opts and stops it when t ends.
 func StartServer(t testing.TB, opts Options) *Server {
 	t.Helper()
+	if opts.Store == nil {
+		opts.Store = NewSQLiteStore(t, opts.Clock)
+	}
 	s, err := NewServer(opts)
 	if err != nil {
 		t.Fatalf("esdbtest: %v", err)
@@ -106,8 +109,24 @@ func StartServer(t testing.TB, opts Options) *Server {
 	return s
 }
 
-// NewServer starts serving on opts.Addr. The caller must Close it.
+// NewSQLiteStore opens a SQLite event store in t.TempDir(), stamping events with clock (nil
+// means time.Now), and closes it when t ends. Give the same store to several servers in turn
+// to simulate a node restart that keeps its data.
+func NewSQLiteStore(t testing.TB, clock eventstore.Clock) eventstore.Store {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "esdb.sqlite"), sqlite.Options{Clock: clock})
+	if err != nil {
+		t.Fatalf("esdbtest: open sqlite store: %v", err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+// NewServer starts serving opts.Store on opts.Addr. The caller must Close it.
 func NewServer(opts Options) (*Server, error) {
+	if opts.Store == nil {
+		return nil, errors.New("esdbtest: NewServer: nil Store")
+	}
 	addr := opts.Addr
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -122,13 +141,6 @@ func NewServer(opts Options) (*Server, error) {
 		grpc:  grpc.NewServer(),
 		wake:  make(chan struct{}),
 		subs:  make(map[*struct{}]context.CancelFunc),
-	}
-	if s.store == nil {
-		clock := opts.Clock
-		if clock == nil {
-			clock = time.Now
-		}
-		s.store, s.ownsStore = newMemStore(clock), true
 	}
 	api.RegisterStreamsServer(s.grpc, &streamsService{s: s})
 	serverfeatures.RegisterServerFeaturesServer(s.grpc, featuresService{})
@@ -156,8 +168,7 @@ func (s *Server) DropSubscriptions() int {
 	return n
 }
 
-// Close stops the server at once, ending open calls, and closes the backing store if the
-// server created it.
+// Close stops the server at once, ending open calls. It does not close the backing store.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -167,9 +178,6 @@ func (s *Server) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.grpc.Stop()
-	if s.ownsStore {
-		return s.store.Close()
-	}
 	return nil
 }
 
