@@ -151,6 +151,10 @@ func (c *Connection) TenantID() string { return c.tenant }
 // Phone returns the connection's own number in E.164.
 func (c *Connection) Phone() string { return c.phone }
 
+// Region returns the ISO 3166-1 region of the connection's own number ("" if unknown): the
+// region national recipient numbers are read in.
+func (c *Connection) Region() string { return c.region }
+
 // OnBanPolicy returns the connection's policy for automatically held queues.
 func (c *Connection) OnBanPolicy() OnBanPolicy { return c.onBan }
 

@@ -352,66 +352,111 @@ type StartBroadcast struct {
 // recipient order, at consecutive Seqs. The caller must append them in one atomic batch (see
 // BroadcastStarted for why). It fails with a *ValidationError naming the first bad recipient
 // (1-based) and a *ClearingError while clearing (G2).
+//
+// Validating 100,000 numbers takes seconds; a command handler that retries on a wrong expected
+// revision should call PrepareBroadcast once and StartPreparedBroadcast in its retry loop.
 func (c *Connection) StartBroadcast(cmd StartBroadcast, now time.Time) ([]Event, error) {
 	if err := c.mustBeRegistered("start broadcast"); err != nil {
 		return nil, err
 	}
+	p, err := PrepareBroadcast(cmd, c.region)
+	if err != nil {
+		return nil, err
+	}
+	return c.StartPreparedBroadcast(p, now)
+}
+
+// PreparedBroadcast is a validated StartBroadcast with its recipients in E.164. Only
+// PrepareBroadcast makes one.
+type PreparedBroadcast struct {
+	cmd        StartBroadcast
+	region     string
+	recipients []string
+}
+
+// BroadcastID returns the prepared broadcast's id.
+func (p PreparedBroadcast) BroadcastID() uuid.UUID { return p.cmd.BroadcastID }
+
+// Recipients returns the normalised recipients, in order.
+func (p PreparedBroadcast) Recipients() []string { return slices.Clone(p.recipients) }
+
+// PrepareBroadcast validates cmd and normalises its recipients to E.164, reading national
+// numbers in region (the connection's Region()). It is the expensive, state-independent part of
+// StartBroadcast: call it once, outside the load-decide-append retry loop. Errors are
+// *ValidationError (Recipient names the first bad recipient, 1-based).
+func PrepareBroadcast(cmd StartBroadcast, region string) (PreparedBroadcast, error) {
 	if cmd.BroadcastID == uuid.Nil {
-		return nil, invalid(CodeInvalidID, "broadcast_id", "must not be empty")
+		return PreparedBroadcast{}, invalid(CodeInvalidID, "broadcast_id", "must not be empty")
 	}
 	switch n := len(cmd.Recipients); {
 	case n == 0:
-		return nil, invalid(CodeNoRecipients, "recipients", "at least one recipient")
+		return PreparedBroadcast{}, invalid(CodeNoRecipients, "recipients", "at least one recipient")
 	case n > MaxRecipients:
-		return nil, invalid(CodeTooManyRecipients, "recipients", "%d recipients, at most %d", n, MaxRecipients)
+		return PreparedBroadcast{}, invalid(CodeTooManyRecipients, "recipients", "%d recipients, at most %d", n, MaxRecipients)
 	}
 	if err := ValidateText(cmd.Text); err != nil {
-		return nil, err
+		return PreparedBroadcast{}, err
 	}
 	if err := ValidateTTL(cmd.TTL); err != nil {
-		return nil, err
+		return PreparedBroadcast{}, err
 	}
 	if err := validateActor(cmd.Actor); err != nil {
-		return nil, err
+		return PreparedBroadcast{}, err
 	}
 	normalized := make([]string, len(cmd.Recipients))
 	seen := make(map[string]int, len(cmd.Recipients))
 	for i, raw := range cmd.Recipients {
-		p, err := NormalizePhone("recipients", raw, c.region)
+		p, err := NormalizePhone("recipients", raw, region)
 		if err != nil {
 			var ve *ValidationError
 			if errors.As(err, &ve) {
 				ve.Recipient = i + 1
 			}
-			return nil, err
+			return PreparedBroadcast{}, err
 		}
 		if first, dup := seen[p]; dup {
-			return nil, &ValidationError{Code: CodeDuplicateRecipient, Field: "recipients", Recipient: i + 1,
+			return PreparedBroadcast{}, &ValidationError{Code: CodeDuplicateRecipient, Field: "recipients", Recipient: i + 1,
 				Detail: "same number as recipient " + strconv.Itoa(first+1)}
 		}
 		seen[p] = i
 		normalized[i] = p
 	}
+	cmd.Recipients = nil // the normalised list replaces them
+	return PreparedBroadcast{cmd: cmd, region: region, recipients: normalized}, nil
+}
+
+// StartPreparedBroadcast decides what StartBroadcast decides, for a broadcast prepared by
+// PrepareBroadcast with this connection's Region(). It costs O(recipients) without parsing a
+// number. It fails with ErrInvalidCommand for a zero or foreign-region PreparedBroadcast and a
+// *ClearingError while clearing (G2).
+func (c *Connection) StartPreparedBroadcast(p PreparedBroadcast, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("start broadcast"); err != nil {
+		return nil, err
+	}
+	if len(p.recipients) == 0 || p.region != c.region {
+		return nil, invalid(CodeNoRecipients, "recipients", "broadcast not prepared for this connection")
+	}
 	if err := c.notClearing("start broadcast"); err != nil {
 		return nil, err
 	}
 	at := now.UTC()
-	exp := expiry(at, cmd.TTL)
+	exp := expiry(at, p.cmd.TTL)
 	first := c.lastSeq + 1
-	events := make([]Event, 0, len(normalized)+1)
+	id := p.cmd.BroadcastID
+	events := make([]Event, 0, len(p.recipients)+1)
 	events = append(events, BroadcastStarted{
-		BroadcastID: cmd.BroadcastID, Text: cmd.Text, FirstSeq: first, Count: len(normalized),
-		ExpiresAt: exp, StartedBy: cmd.Actor, StartedAt: at,
+		BroadcastID: id, Text: p.cmd.Text, FirstSeq: first, Count: len(p.recipients),
+		ExpiresAt: exp, StartedBy: p.cmd.Actor, StartedAt: at,
 	})
-	for i, p := range normalized {
+	for i, r := range p.recipients {
 		events = append(events, MessageQueued{
-			MessageID:      BroadcastMessageID(cmd.BroadcastID, i),
+			MessageID:      BroadcastMessageID(id, i),
 			Seq:            first + uint64(i),
-			Recipient:      p,
-			BroadcastID:    cmd.BroadcastID,
+			Recipient:      r,
+			BroadcastID:    id,
 			BroadcastIndex: i,
 			ExpiresAt:      exp,
-			QueuedBy:       cmd.Actor,
+			QueuedBy:       p.cmd.Actor,
 			QueuedAt:       at,
 		})
 	}

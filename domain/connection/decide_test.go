@@ -557,3 +557,37 @@ func TestClear(t *testing.T) {
 			err: connection.ErrNoClearInProgress},
 	})
 }
+
+func TestPreparedBroadcast(t *testing.T) {
+	c := load(t, base)
+	cmd := connection.StartBroadcast{BroadcastID: bcastID, Recipients: []string{alice, bob, carol}, Text: "sale", Actor: "svc"}
+	p, err := connection.PrepareBroadcast(cmd, c.Region())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Region() != "DE" || p.BroadcastID() != bcastID || len(p.Recipients()) != 3 {
+		t.Fatalf("region %q prepared %v %v", c.Region(), p.BroadcastID(), p.Recipients())
+	}
+	direct, err := c.StartBroadcast(cmd, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runDecisions(t, []decision{
+		{name: "prepared equals direct", given: base, when: func(c *connection.Connection) ([]connection.Event, error) {
+			return c.StartPreparedBroadcast(p, t0)
+		}, then: direct},
+		{name: "prepared, then the queue is clearing (G2)", given: history(base, clearRequested(connection.WholeQueue, 0, nil, nil)),
+			when: func(c *connection.Connection) ([]connection.Event, error) { return c.StartPreparedBroadcast(p, t0) },
+			err:  connection.ErrQueueClearing},
+		{name: "zero prepared broadcast", given: base, when: func(c *connection.Connection) ([]connection.Event, error) {
+			return c.StartPreparedBroadcast(connection.PreparedBroadcast{}, t0)
+		}, err: connection.ErrInvalidCommand},
+		{name: "prepared for another region", given: base, when: func(c *connection.Connection) ([]connection.Event, error) {
+			other, err := connection.PrepareBroadcast(cmd, "US")
+			if err != nil {
+				return nil, err
+			}
+			return c.StartPreparedBroadcast(other, t0)
+		}, err: connection.ErrInvalidCommand},
+	})
+}

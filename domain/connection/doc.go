@@ -18,6 +18,9 @@
 //	store.Append(ctx, stream, eventstore.Exact(c.Version()) /* NoStream when -1 */, …)
 //	on ErrWrongExpectedRevision: reload and decide again.
 //
+// Broadcasts: validating 100,000 numbers takes seconds, so call PrepareBroadcast once before
+// the retry loop and StartPreparedBroadcast inside it (a cheap, O(recipients) decision).
+//
 // A decision returning no events and no error means "nothing to do" (an idempotent no-op).
 // eventstore.ErrDuplicateEventID on MessageQueued means the message (same idempotency key) was
 // enqueued already: answer with the same message id. On RequestClear it means the clear of that

@@ -69,7 +69,7 @@ func TestEventID(t *testing.T) {
 		t.Fatal("a second MessageDispatched of one message gets a new id: the store would not refuse it")
 	}
 	h := opHeld()
-	if connection.EventID(stream, 5, h) != connection.EventID(stream, 5, h) {
+	if connection.EventID(stream, 5, h) != connection.EventID(stream, 5, opHeld()) {
 		t.Fatal("EventID is not deterministic")
 	}
 	if connection.EventID(stream, 5, h) == connection.EventID(stream, 6, h) {

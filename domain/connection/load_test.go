@@ -132,3 +132,34 @@ func BenchmarkRestoreSnapshot(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkStartBroadcast measures a broadcast of MaxRecipients recipients: "prepare"
+// validates and normalises every number (once per command), "decide" is the part a command
+// handler repeats on a wrong expected revision.
+func BenchmarkStartBroadcast(b *testing.B) {
+	c := load(b, base)
+	rcpts := make([]string, connection.MaxRecipients)
+	for i := range rcpts {
+		rcpts[i] = fmt.Sprintf("+49 170 1%06d", i)
+	}
+	cmd := connection.StartBroadcast{BroadcastID: bcastID, Recipients: rcpts, Text: "sale", Actor: "svc"}
+	var p connection.PreparedBroadcast
+	b.Run("prepare", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var err error
+			if p, err = connection.PrepareBroadcast(cmd, c.Region()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decide", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			events, err := c.StartPreparedBroadcast(p, t0)
+			if err != nil || len(events) != len(rcpts)+1 {
+				b.Fatalf("%d events, %v", len(events), err)
+			}
+		}
+	})
+}
