@@ -3,6 +3,7 @@ package connection
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -64,8 +65,11 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	return fmt.Sprintf("connection: %s %q: %v", e.Op, e.ConnectionID, e.Err)
+	return fmt.Sprintf("connection: %s %q: %s", e.Op, e.ConnectionID, bare(e.Err))
 }
+
+// bare returns err's text without this package's prefix, to nest it in another message.
+func bare(err error) string { return strings.TrimPrefix(err.Error(), "connection: ") }
 
 // Unwrap returns the sentinel.
 func (e *Error) Unwrap() error { return e.Err }
@@ -145,8 +149,8 @@ type SequenceError struct {
 }
 
 func (e *SequenceError) Error() string {
-	return fmt.Sprintf("connection: %s %q: message %s at seq %d: %v (head %d, last %d)", e.Op, e.ConnectionID,
-		e.MessageID, e.Seq, e.sentinel(), e.Next, e.Last)
+	return fmt.Sprintf("connection: %s %q: message %s at seq %d: %s (head %d, last %d)", e.Op, e.ConnectionID,
+		e.MessageID, e.Seq, bare(e.sentinel()), e.Next, e.Last)
 }
 
 func (e *SequenceError) sentinel() error {

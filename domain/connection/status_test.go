@@ -2,6 +2,7 @@ package connection_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -133,5 +134,18 @@ func must(t *testing.T, c *connection.Connection) func([]connection.Event, error
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+func TestErrorText(t *testing.T) {
+	c := load(t, history(base, queued(1), dispatched(msgID(1), 1)))
+	_, err := c.Resume(connection.ResumeQueue{Actor: "op"}, t0)
+	if got, want := err.Error(), `connection: resume "c1": queue not held`; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	_, err = c.Dispatch(connection.DispatchMessage{MessageID: msgID(1), Seq: 1}, t0)
+	if got := err.Error(); !strings.HasPrefix(got, `connection: dispatch "c1": message `) || strings.Count(got, "connection:") != 1 ||
+		!strings.Contains(got, "already dispatched, expired or purged (head 0, last 1)") {
+		t.Errorf("Error() = %q", got)
 	}
 }
