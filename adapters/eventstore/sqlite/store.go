@@ -48,7 +48,9 @@ var migrationFiles embed.FS
 var migrateMu sync.Mutex
 
 // Migrate brings the event store schema of db up to date. New calls it; it is exported for
-// tools that migrate without opening a store.
+// tools that migrate without opening a store. Migrations are serialized within the process;
+// goose takes no lock on SQLite, so two processes must not run a first migration of the same
+// file at the same moment.
 func Migrate(ctx context.Context, db *sql.DB) error {
 	migrateMu.Lock()
 	defer migrateMu.Unlock()

@@ -38,6 +38,9 @@ func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter
 			if ctxErr := ctx.Err(); ctxErr != nil {
 				return ctxErr
 			}
+			if s.closed.Load() {
+				return eventstore.ErrClosed
+			}
 			return fmt.Errorf("sqlite: subscribe after %s: %w", scanned, err)
 		}
 		for _, e := range evs {

@@ -301,8 +301,20 @@ func (s *suite) testDuplicateEventID(t *testing.T) {
 
 	got := readStream(t, st, a)
 	wantIDs(t, "stream after rejected duplicate appends", got, recIDs(want))
-	if n := len(readOwn(t, st, prefix, 0)); n != 3 {
-		t.Fatalf("global log after rejected duplicate appends: got %d events, want 3", n)
+
+	// The whole stored batch at the end of its stream plus a new event: the batch is not
+	// entirely stored, so it is no retry.
+	c := prefix + "c"
+	stored := newEvents(2, "C")
+	mustAppend(t, st, c, eventstore.NoStream, stored...)
+	_, err = st.Append(ctxT(t), c, eventstore.NoStream, append(append([]eventstore.EventData(nil), stored...), newEvents(1, "New")...)...)
+	if !errors.Is(err, eventstore.ErrDuplicateEventID) {
+		t.Fatalf("re-append of a whole stream's events plus a new one: got error %v, want ErrDuplicateEventID", err)
+	}
+	wantIDs(t, "stream after a rejected extended re-append", readStream(t, st, c), ids(stored))
+
+	if n := len(readOwn(t, st, prefix, 0)); n != 5 {
+		t.Fatalf("global log after rejected duplicate appends: got %d events, want 5", n)
 	}
 }
 

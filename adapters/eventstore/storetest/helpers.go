@@ -127,6 +127,30 @@ func readStream(t *testing.T, st eventstore.Store, stream string) []eventstore.R
 	return evs
 }
 
+// readAll calls ReadAll and checks what every ReadAll result must satisfy: at most limit
+// events, positions strictly after `after` and strictly increasing, every event matching f.
+func readAll(t *testing.T, st eventstore.Store, after eventstore.Position, limit int, f eventstore.Filter) []eventstore.RecordedEvent {
+	t.Helper()
+	evs, err := st.ReadAll(ctxT(t), after, limit, f)
+	if err != nil {
+		t.Fatalf("ReadAll(after %s, limit %d, %+v): got error %v, want success", after, limit, f, err)
+	}
+	if limit > 0 && len(evs) > limit {
+		t.Fatalf("ReadAll(after %s, limit %d): got %d events, want at most %d", after, limit, len(evs), limit)
+	}
+	prev := after
+	for i, e := range evs {
+		if !prev.Less(e.Position) {
+			t.Fatalf("ReadAll(after %s, limit %d): event %d (%s) at position %s, want a position after %s", after, limit, i, e.ID, e.Position, prev)
+		}
+		if !f.Match(e) {
+			t.Fatalf("ReadAll(%+v): event %s (stream %q, type %q) does not match the filter", f, e.ID, e.Stream, e.Type)
+		}
+		prev = e.Position
+	}
+	return evs
+}
+
 // readOwn reads every event of the global log whose stream starts with prefix, paging by
 // page events (0 = one unlimited read).
 func readOwn(t *testing.T, st eventstore.Store, prefix string, page int) []eventstore.RecordedEvent {
@@ -135,10 +159,7 @@ func readOwn(t *testing.T, st eventstore.Store, prefix string, page int) []event
 	after := eventstore.Start
 	f := eventstore.Filter{StreamPrefixes: []string{prefix}}
 	for {
-		evs, err := st.ReadAll(ctxT(t), after, page, f)
-		if err != nil {
-			t.Fatalf("ReadAll(after %s, limit %d, prefix %q): got error %v, want success", after, page, prefix, err)
-		}
+		evs := readAll(t, st, after, page, f)
 		out = append(out, evs...)
 		if page <= 0 || len(evs) < page {
 			return out
