@@ -26,11 +26,16 @@
 //   - A failed node discovery (server down for longer than the discovery attempts) closes the
 //     client for good: every later call fails with ErrorCodeConnectionClosed. The Store then
 //     replaces the client with a fresh one, so that reads, appends and resubscriptions work again
-//     once the server is back.
-//   - After an Unavailable error the client sends on its internal channel; if the client was
-//     closed meanwhile this panics with "send on closed channel". Close therefore cancels every
-//     running call and waits for them before closing the client, and every call into the client
-//     runs under recover, turning such a panic into an error instead of a crash.
+//     once the server is back. Calls that were waiting for a connection while discovery failed
+//     stay blocked forever inside that client, on a send that no context can interrupt: every
+//     call that may wait for a connection therefore runs on its own goroutine, and the caller
+//     stops waiting for it when its context ends or when the client is replaced (then it
+//     retries or resubscribes on the new client). The dead client is not closed: closing it
+//     would make those blocked sends panic.
+//   - Every client call sends on the client's internal channel, which Client.Close closes, so
+//     a call racing with Close panics with "send on closed channel". Close therefore cancels
+//     every running call and waits for them before closing the client, and every call into the
+//     client runs under recover, turning such a panic into an error instead of a crash.
 //   - A read that receives a message the client does not know panics ("unreachable code");
 //     the same recover covers it.
 package esdb
@@ -103,12 +108,21 @@ type Store struct {
 	cancel context.CancelFunc
 
 	mu     sync.Mutex
-	client *esdb.Client
+	gen    *generation // the client in use
 	closed bool
 	calls  sync.WaitGroup // running calls; Close waits for them before closing the client
 }
 
 var _ eventstore.Store = (*Store)(nil)
+
+// generation is one client; gone is closed when the Store replaces it.
+type generation struct {
+	client *esdb.Client
+	gone   chan struct{}
+}
+
+// errClientReplaced ends a call still waiting on a client the Store has replaced.
+var errClientReplaced = errors.New("esdb: client replaced after its connection closed")
 
 // New returns a Store for connString, an EventStoreDB connection string such as
 // "esdb://localhost:2113?tls=false" or "esdb+discover://node1:2113,node2:2113?tls=true".
@@ -147,7 +161,7 @@ func New(ctx context.Context, connString string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("esdb: new client: %w", err)
 	}
-	s := &Store{opts: opts, config: config, client: client}
+	s := &Store{opts: opts, config: config, gen: &generation{client: client, gone: make(chan struct{})}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -179,12 +193,12 @@ func (s *Store) Close() error {
 	s.calls.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.client.Close()
+	return s.gen.client.Close()
 }
 
 // begin registers a call: it returns the current client and a context cancelled when ctx is
 // done or the store closes. end must be called when the call returns.
-func (s *Store) begin(ctx context.Context) (*esdb.Client, context.Context, func(), error) {
+func (s *Store) begin(ctx context.Context) (*generation, context.Context, func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -193,31 +207,31 @@ func (s *Store) begin(ctx context.Context) (*esdb.Client, context.Context, func(
 	s.calls.Add(1)
 	cctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.ctx, cancel)
-	return s.client, cctx, func() {
+	return s.gen, cctx, func() {
 		stop()
 		cancel()
 		s.calls.Done()
 	}, nil
 }
 
-// renew replaces client with a fresh one if it reported itself closed while the store is
+// renew replaces gen's client with a fresh one if err says it closed itself while the store is
 // open (see the package doc). It is a no-op if another call already replaced it.
-func (s *Store) renew(client *esdb.Client, err error) {
+func (s *Store) renew(gen *generation, err error) {
 	var ee *esdb.Error
 	if !errors.As(err, &ee) || ee.Code() != esdb.ErrorCodeConnectionClosed {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.client != client {
+	if s.closed || s.gen != gen {
 		return
 	}
 	fresh, nerr := esdb.NewClient(s.config)
 	if nerr != nil {
 		return
 	}
-	_ = client.Close()
-	s.client = fresh
+	close(gen.gone)
+	s.gen = &generation{client: fresh, gone: make(chan struct{})}
 	s.opts.Logger.Warn("esdb: client connection closed after failed discovery; using a new client")
 }
 
@@ -229,6 +243,34 @@ func guard(op string, fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// open runs fn, a client call that may wait for a connection beyond any context (see the
+// package doc), on its own goroutine under guard, and waits for it, for ctx or for gen to be
+// replaced. What an abandoned fn returns is released by the cancellation of ctx.
+func open[T any](ctx context.Context, gen *generation, op string, fn func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = guard(op, func() (err error) {
+			r.v, err = fn()
+			return err
+		})
+		ch <- r
+	}()
+	var zero T
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	case <-gen.gone:
+		return zero, errClientReplaced
+	}
 }
 
 // closedErr returns eventstore.ErrClosed if the store closed during a call, else err.
@@ -291,15 +333,13 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		data[i] = esdb.EventData{EventID: e.ID, EventType: e.Type, ContentType: esdb.ContentTypeJson, Data: body, Metadata: md}
 	}
 
-	client, cctx, end, err := s.begin(ctx)
+	gen, cctx, end, err := s.begin(ctx)
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
 	defer end()
-	var res *esdb.WriteResult
-	err = guard("append", func() (err error) {
-		res, err = client.AppendToStream(cctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: toExpected(expected)}, data...)
-		return err
+	res, err := open(cctx, gen, "append", func() (*esdb.WriteResult, error) {
+		return gen.client.AppendToStream(cctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: toExpected(expected)}, data...)
 	})
 	if err == nil {
 		return eventstore.AppendResult{
@@ -307,7 +347,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 			Position:             eventstore.Position{Commit: res.CommitPosition, Prepare: res.PreparePosition},
 		}, nil
 	}
-	s.renew(client, err)
+	s.renew(gen, err)
 	var ee *esdb.Error
 	if errors.As(err, &ee) && ee.Code() == esdb.ErrorCodeWrongExpectedVersion {
 		actual, ok := parseCurrent(ee)
@@ -387,34 +427,20 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 	if limit > 0 {
 		count = uint64(limit)
 	}
-	client, cctx, end, err := s.begin(ctx)
+	gen, cctx, end, err := s.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
 	var out []eventstore.RecordedEvent
-	err = guard("read stream", func() error {
-		rs, err := client.ReadStream(cctx, stream, opts, count)
-		if err != nil {
-			return err
-		}
-		defer rs.Close()
-		for {
-			ev, err := rs.Recv()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if ev.Event == nil {
-				continue
-			}
-			out = append(out, toRecorded(ev.Event))
-		}
+	rs, err := open(cctx, gen, "read stream", func() (*esdb.ReadStream, error) {
+		return gen.client.ReadStream(cctx, stream, opts, count)
 	})
+	if err == nil {
+		err = drain("read stream", rs, func(e eventstore.RecordedEvent) { out = append(out, e) })
+	}
 	if err != nil {
-		s.renew(client, err)
+		s.renew(gen, err)
 		var ee *esdb.Error
 		if errors.As(err, &ee) && ee.Code() == esdb.ErrorCodeResourceNotFound {
 			return nil, fmt.Errorf("esdb: read %q: %w", stream, eventstore.ErrStreamNotFound)
@@ -428,7 +454,7 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 // the event at after is skipped. Filters and the exclusion of system events are applied by
 // the adapter while paging through $all.
 func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit int, filter eventstore.Filter) ([]eventstore.RecordedEvent, error) {
-	client, cctx, end, err := s.begin(ctx)
+	gen, cctx, end, err := s.begin(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -441,39 +467,21 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 			from = esdb.Position{Commit: cursor.Commit, Prepare: cursor.Prepare}
 		}
 		n := 0
-		err := guard("read $all", func() error {
-			rs, err := client.ReadAll(cctx, esdb.ReadAllOptions{Direction: esdb.Forwards, From: from}, uint64(s.opts.PageSize)+1)
-			if err != nil {
-				return err
+		err := s.readAllPage(cctx, gen, from, func(e eventstore.RecordedEvent) {
+			n++
+			if !cursor.Less(e.Position) {
+				return // the inclusive start, or an event already seen
 			}
-			defer rs.Close()
-			for {
-				ev, err := rs.Recv()
-				if errors.Is(err, io.EOF) {
-					return nil
-				}
-				if err != nil {
-					return err
-				}
-				if ev.Event == nil {
-					continue
-				}
-				n++
-				e := toRecorded(ev.Event)
-				if !cursor.Less(e.Position) {
-					continue // the inclusive start, or an event already seen
-				}
-				cursor = e.Position
-				if isSystem(e.Type) || !filter.Match(e) {
-					continue
-				}
-				if limit <= 0 || len(out) < limit {
-					out = append(out, e)
-				}
+			cursor = e.Position
+			if isSystem(e.Type) || !filter.Match(e) {
+				return
+			}
+			if limit <= 0 || len(out) < limit {
+				out = append(out, e)
 			}
 		})
 		if err != nil {
-			s.renew(client, err)
+			s.renew(gen, err)
 			return nil, fmt.Errorf("esdb: read $all after %s: %w", after, s.closedErr(cctx, err))
 		}
 		if n < s.opts.PageSize+1 {
@@ -481,6 +489,36 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 		}
 	}
 	return out, nil
+}
+
+// readAllPage reads one page of $all forwards from (inclusive) and hands each event to fn.
+func (s *Store) readAllPage(ctx context.Context, gen *generation, from esdb.AllPosition, fn func(eventstore.RecordedEvent)) error {
+	rs, err := open(ctx, gen, "read $all", func() (*esdb.ReadStream, error) {
+		return gen.client.ReadAll(ctx, esdb.ReadAllOptions{Direction: esdb.Forwards, From: from}, uint64(s.opts.PageSize)+1)
+	})
+	if err != nil {
+		return err
+	}
+	return drain("read $all", rs, fn)
+}
+
+// drain hands every event of rs to fn until the end of the read, then closes rs.
+func drain(op string, rs *esdb.ReadStream, fn func(eventstore.RecordedEvent)) error {
+	defer rs.Close()
+	return guard(op, func() error {
+		for {
+			ev, err := rs.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if ev.Event != nil {
+				fn(toRecorded(ev.Event))
+			}
+		}
+	})
 }
 
 func isSystem(eventType string) bool { return strings.HasPrefix(eventType, "$") }
@@ -557,7 +595,7 @@ func permanent(err error) bool {
 
 // subscribeOnce runs one subscription until it drops, returning why.
 func (s *Store) subscribeOnce(ctx context.Context, last *eventstore.Position, filter eventstore.Filter, handle func(eventstore.RecordedEvent) error, backoff *time.Duration) error {
-	client, cctx, end, err := s.begin(ctx)
+	gen, cctx, end, err := s.begin(ctx)
 	if err != nil {
 		return err
 	}
@@ -566,13 +604,11 @@ func (s *Store) subscribeOnce(ctx context.Context, last *eventstore.Position, fi
 	if !last.IsZero() {
 		opts.From = esdb.Position{Commit: last.Commit, Prepare: last.Prepare}
 	}
-	var sub *esdb.Subscription
-	err = guard("subscribe", func() (err error) {
-		sub, err = client.SubscribeToAll(cctx, opts)
-		return err
+	sub, err := open(cctx, gen, "subscribe", func() (*esdb.Subscription, error) {
+		return gen.client.SubscribeToAll(cctx, opts)
 	})
 	if err != nil {
-		s.renew(client, err)
+		s.renew(gen, err)
 		return err
 	}
 	// Close before end() cancels the call context: the subscription owns its own cancel.
