@@ -1,0 +1,149 @@
+// Package config holds waqueue's runtime configuration: flags with environment variables of the
+// same meaning, defaults, and validation that names every problem at start.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// Transport names.
+const (
+	TransportSimulator = "simulator"
+	TransportWhatsmeow = "whatsmeow"
+)
+
+// Config is the configuration of `waqueue serve` and the other subcommands that open stores.
+type Config struct {
+	// DataDir holds the SQLite database, the first admin key and other local state
+	// (--data-dir, WAQUEUE_DATA_DIR). Default ".data".
+	DataDir string
+	// DB is where events, read models and WhatsApp sessions live: "sqlite://PATH" (the embedded
+	// default, PATH relative to the working directory) or "postgres://…" (--db, WAQUEUE_DB).
+	// Default sqlite://DATA_DIR/waqueue.db.
+	DB string
+	// EventStore optionally moves the events to EventStoreDB/KurrentDB: "esdb://host:2113?tls=…"
+	// or "kurrentdb://…" (--eventstore, WAQUEUE_EVENTSTORE). Read models stay in DB, which must
+	// then be PostgreSQL.
+	EventStore string
+	// Transport is "simulator" (default) or "whatsmeow" (--transport, WAQUEUE_TRANSPORT).
+	Transport string
+	// Broker is empty for the in-process bus, or "nats://host:4222" for NATS JetStream
+	// (--broker, WAQUEUE_BROKER).
+	Broker string
+	// Listen is the HTTP address (--listen, WAQUEUE_LISTEN). Default 127.0.0.1:8080.
+	Listen string
+	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
+	SimulatorSeed int64
+	// LogLevel is debug, info, warn or error (--log-level, WAQUEUE_LOG_LEVEL). Default info.
+	LogLevel string
+}
+
+// env maps each flag to its environment variable.
+var env = map[string]string{
+	"data-dir":   "WAQUEUE_DATA_DIR",
+	"db":         "WAQUEUE_DB",
+	"eventstore": "WAQUEUE_EVENTSTORE",
+	"transport":  "WAQUEUE_TRANSPORT",
+	"broker":     "WAQUEUE_BROKER",
+	"listen":     "WAQUEUE_LISTEN",
+	"sim-seed":   "WAQUEUE_SIM_SEED",
+	"log-level":  "WAQUEUE_LOG_LEVEL",
+}
+
+// Bind registers the flags on fs, with defaults.
+func (c *Config) Bind(fs *pflag.FlagSet) {
+	fs.StringVar(&c.DataDir, "data-dir", ".data", "directory for the SQLite database and local state ($WAQUEUE_DATA_DIR)")
+	fs.StringVar(&c.DB, "db", "", "sqlite://PATH or postgres://… (default sqlite://DATA_DIR/waqueue.db) ($WAQUEUE_DB)")
+	fs.StringVar(&c.EventStore, "eventstore", "", "esdb://host:2113?tls=… to keep events in EventStoreDB ($WAQUEUE_EVENTSTORE)")
+	fs.StringVar(&c.Transport, "transport", TransportSimulator, "simulator or whatsmeow ($WAQUEUE_TRANSPORT)")
+	fs.StringVar(&c.Broker, "broker", "", "empty for in-process, or nats://host:4222 ($WAQUEUE_BROKER)")
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "HTTP listen address ($WAQUEUE_LISTEN)")
+	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error ($WAQUEUE_LOG_LEVEL)")
+}
+
+// ApplyEnv sets every flag not given on the command line from its environment variable.
+func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	var errs []error
+	for name, key := range env {
+		f := fs.Lookup(name)
+		if f == nil || f.Changed {
+			continue
+		}
+		if v, ok := lookup(key); ok {
+			if err := fs.Set(name, v); err != nil {
+				errs = append(errs, fmt.Errorf("config: %s=%q: %w", key, v, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Engine is the database engine DB names.
+func (c *Config) Engine() string {
+	if strings.HasPrefix(c.DB, "postgres://") || strings.HasPrefix(c.DB, "postgresql://") {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// SQLitePath is the file of a sqlite:// DB.
+func (c *Config) SQLitePath() string {
+	return strings.TrimPrefix(c.DB, "sqlite://")
+}
+
+// Validate fills derived defaults and reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("config: --data-dir is empty"))
+	}
+	if c.DB == "" {
+		c.DB = "sqlite://" + filepath.Join(c.DataDir, "waqueue.db")
+	}
+	switch {
+	case strings.HasPrefix(c.DB, "sqlite://"):
+		if c.SQLitePath() == "" {
+			errs = append(errs, errors.New("config: WAQUEUE_DB sqlite:// needs a file path, e.g. sqlite://.data/waqueue.db"))
+		}
+	case strings.HasPrefix(c.DB, "postgres://"), strings.HasPrefix(c.DB, "postgresql://"):
+		if _, err := url.Parse(c.DB); err != nil {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_DB is not a valid postgres URL: %w", err))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_DB %q: want sqlite://PATH or postgres://…", c.DB))
+	}
+	if c.EventStore != "" {
+		if !strings.HasPrefix(c.EventStore, "esdb://") && !strings.HasPrefix(c.EventStore, "kurrentdb://") &&
+			!strings.HasPrefix(c.EventStore, "esdb+discover://") && !strings.HasPrefix(c.EventStore, "kurrentdb+discover://") {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_EVENTSTORE %q: want esdb://host:2113?tls=… or kurrentdb://…", c.EventStore))
+		}
+		if c.Engine() != "postgres" {
+			errs = append(errs, errors.New("config: WAQUEUE_EVENTSTORE needs WAQUEUE_DB=postgres://… for the read models"))
+		}
+	}
+	switch c.Transport {
+	case TransportSimulator, TransportWhatsmeow:
+	default:
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_TRANSPORT %q: want simulator or whatsmeow", c.Transport))
+	}
+	if c.Broker != "" && !strings.HasPrefix(c.Broker, "nats://") {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_BROKER %q: want empty (in-process) or nats://host:4222", c.Broker))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_LISTEN %q: %w", c.Listen, err))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
