@@ -305,8 +305,9 @@ func rollback(conn *pgx.Conn) {
 // resolve turns a failed append into its result. A wrong expected revision or a unique
 // violation on the id index may be an idempotent retry of an append that already succeeded:
 // the ids are looked up in a fresh statement and, if all are stored in order at a place the
-// expectation is compatible with, the original result is returned. Otherwise an id stored
-// elsewhere yields a *DuplicateEventError; other errors pass through.
+// expectation is compatible with, the original result is returned. Otherwise an id already
+// stored yields a *DuplicateEventError (also when the expectation failed); other errors pass
+// through.
 func (s *Store) resolve(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData, cause error) (eventstore.AppendResult, error) {
 	var wrong *eventstore.WrongExpectedRevisionError
 	var pgErr *pgconn.PgError
@@ -370,14 +371,14 @@ func (s *Store) resolve(ctx context.Context, stream string, expected eventstore.
 			return eventstore.AppendResult{NextExpectedRevision: uint64(last.rev), Position: last.pos}, nil
 		}
 	}
-	if isWrong {
-		return eventstore.AppendResult{}, cause
-	}
+	// Not a retry: an id already stored anywhere makes it a duplicate, even when the
+	// expectation failed too.
 	for _, e := range events {
 		if _, ok := stored[e.ID]; ok {
 			return eventstore.AppendResult{}, &eventstore.DuplicateEventError{ID: e.ID, Stream: stream}
 		}
 	}
-	// The conflicting row is gone (its transaction rolled back): report the violation as is.
+	// A wrong expected revision with fresh ids; or the row behind a unique violation is gone
+	// (its transaction rolled back): report the failure as is.
 	return eventstore.AppendResult{}, cause
 }
