@@ -250,6 +250,7 @@ func TestSystemEventsExcluded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Logger = client.NoopLogging()
 	raw, err := client.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -299,6 +300,7 @@ func TestForeignEventsRecordedAt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Logger = client.NoopLogging()
 	raw, err := client.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
