@@ -1,0 +1,153 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// QueuedMessage is a message waiting in a connection's queue, as the pending-queue projection
+// knows it.
+type QueuedMessage struct {
+	MessageID uuid.UUID
+	Seq       uint64
+	// Recipient is the recipient's number in E.164.
+	Recipient string
+	// Text is the text to send (a broadcast message's is its broadcast's text).
+	Text        string
+	BroadcastID uuid.UUID
+	// ExpiresAt is zero for a message that never expires.
+	ExpiresAt time.Time
+}
+
+// QueuedMessages finds a queued message by its queue position. The pending-queue projection
+// implements it for DispatchNext; it must know every message queued at or before the stream
+// revision the caller's state includes (a projection that lags returns an error and DispatchNext
+// fails without recording anything).
+type QueuedMessages interface {
+	QueuedMessage(ctx context.Context, connectionID string, seq uint64) (QueuedMessage, error)
+}
+
+// CodeNothingToDispatch is the NotDispatchableError code when no message is pending.
+const CodeNothingToDispatch connection.Code = "nothing_to_dispatch"
+
+// ErrNotDispatchable: DispatchNext recorded nothing (*NotDispatchableError).
+var ErrNotDispatchable = errors.New("commands: nothing dispatchable")
+
+// NotDispatchableError says why DispatchNext recorded nothing: Code is CodeNothingToDispatch
+// (Err is ErrNothingToDispatch) or the domain's refusal code (queue_clearing, queue_held,
+// link_status, in_flight_limit, ...; Err is the domain error, so errors.Is(err,
+// connection.ErrQueueHeld) works).
+type NotDispatchableError struct {
+	ConnectionID string
+	Code         connection.Code
+	Err          error
+}
+
+func (e *NotDispatchableError) Error() string {
+	return fmt.Sprintf("commands: connection %q: nothing dispatchable (%s): %v", e.ConnectionID, e.Code, e.Err)
+}
+
+// Is makes errors.Is(err, ErrNotDispatchable) true.
+func (e *NotDispatchableError) Is(target error) bool { return target == ErrNotDispatchable }
+
+// Unwrap returns the reason.
+func (e *NotDispatchableError) Unwrap() error { return e.Err }
+
+// DispatchNext takes the head of the connection's queue for sending. It records
+// MessageDispatched at the expected revision BEFORE anything is handed to the transport (G1, G5):
+// the caller sends DispatchNextResult.Message only when Outcome is DispatchSend, and then
+// records the outcome (RecordSent, RecordFailed, RecordOutcomeUnknown). A head whose TTL has
+// passed is recorded MessageExpired instead (Outcome DispatchExpired: send nothing).
+// Transport-originated: it needs admin (SystemPrincipal).
+type DispatchNext struct {
+	ConnectionID string `json:"connection_id"`
+}
+
+// DispatchOutcome says what DispatchNext recorded.
+type DispatchOutcome int
+
+const (
+	// DispatchSend: MessageDispatched was recorded; hand the message to the transport.
+	DispatchSend DispatchOutcome = iota + 1
+	// DispatchExpired: the head had expired; MessageExpired was recorded; send nothing.
+	DispatchExpired
+)
+
+func (o DispatchOutcome) String() string {
+	switch o {
+	case DispatchSend:
+		return "send"
+	case DispatchExpired:
+		return "expired"
+	}
+	return "unknown"
+}
+
+// DispatchNextResult is the outcome of DispatchNext.
+type DispatchNextResult struct {
+	Result
+	Outcome DispatchOutcome
+	Message QueuedMessage
+}
+
+// DispatchNextHandler handles DispatchNext.
+type DispatchNextHandler struct {
+	repo     *Repository
+	messages QueuedMessages
+	now      Clock
+}
+
+// NewDispatchNextHandler returns a handler; no argument may be nil.
+func NewDispatchNextHandler(repo *Repository, messages QueuedMessages, now Clock) (*DispatchNextHandler, error) {
+	if repo == nil || messages == nil || now == nil {
+		return nil, errors.New("commands: NewDispatchNextHandler: nil dependency")
+	}
+	return &DispatchNextHandler{repo: repo, messages: messages, now: now}, nil
+}
+
+// Handle records the dispatch (or expiry) of the head, or returns a *NotDispatchableError.
+func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (DispatchNextResult, error) {
+	var (
+		msg     QueuedMessage
+		outcome DispatchOutcome
+	)
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+		seq, ok := c.Head()
+		if !ok {
+			return nil, &NotDispatchableError{ConnectionID: cmd.ConnectionID, Code: CodeNothingToDispatch, Err: ErrNothingToDispatch}
+		}
+		if msg.Seq != seq {
+			m, err := h.messages.QueuedMessage(ctx, cmd.ConnectionID, seq)
+			if err != nil {
+				return nil, fmt.Errorf("commands: dispatch %q: message at seq %d: %w", cmd.ConnectionID, seq, err)
+			}
+			if m.Seq != seq {
+				return nil, fmt.Errorf("commands: dispatch %q: asked for seq %d, got %d", cmd.ConnectionID, seq, m.Seq)
+			}
+			msg = m
+		}
+		now := h.now()
+		events, err := c.Dispatch(connection.DispatchMessage{MessageID: msg.MessageID, Seq: msg.Seq, ExpiresAt: msg.ExpiresAt}, now)
+		if errors.Is(err, connection.ErrMessageExpired) {
+			outcome = DispatchExpired
+			return c.Expire(connection.ExpireMessage{MessageID: msg.MessageID, Seq: msg.Seq, ExpiresAt: msg.ExpiresAt}, now)
+		}
+		if err != nil {
+			code, _ := connection.ErrorCode(err)
+			return nil, &NotDispatchableError{ConnectionID: cmd.ConnectionID, Code: code, Err: err}
+		}
+		outcome = DispatchSend
+		return events, nil
+	})
+	if err != nil {
+		return DispatchNextResult{}, err
+	}
+	return DispatchNextResult{Result: resultOf(a), Outcome: outcome, Message: msg}, nil
+}

@@ -1,0 +1,426 @@
+package commands
+
+import (
+	"container/list"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// SnapshotPrefix starts the name of every snapshot stream. It deliberately does not start with
+// connection.StreamPrefix, so subscribers of connection streams never see snapshots.
+const SnapshotPrefix = "snapshot-"
+
+// SnapshotEventType is the type of the events of a snapshot stream.
+const SnapshotEventType = "ConnectionSnapshot"
+
+// SnapshotStream returns the name of the snapshot stream of connection id:
+// "snapshot-connection-<id>".
+func SnapshotStream(id string) string { return SnapshotPrefix + connection.StreamName(id) }
+
+// snapshotRecord is the body of a snapshot event.
+type snapshotRecord struct {
+	// Version is the revision of the connection stream the state includes.
+	Version int64           `json:"version"`
+	State   json.RawMessage `json:"state"`
+}
+
+// RepositoryOptions configures a Repository. The zero value is usable.
+type RepositoryOptions struct {
+	// CacheSize is how many connection states the in-memory LRU cache keeps. Default 10,000;
+	// negative disables the cache (every Update loads from the snapshot and the stream).
+	CacheSize int
+	// SnapshotEvery writes a snapshot whenever an append takes the stream across a multiple of
+	// it. Default 1,000; negative disables snapshots (neither read nor written).
+	SnapshotEvery int
+	// MaxAttempts bounds the appends of one Update that lose to concurrent writers. Default 10.
+	MaxAttempts int
+	// RetryBackoff is the base of the jittered pause between attempts. Default 2ms.
+	RetryBackoff time.Duration
+	// PageSize is how many events one stream read returns while loading. Default 4,096.
+	PageSize int
+	// Logger reports failed snapshot writes (which never fail a command). Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *RepositoryOptions) setDefaults() {
+	if o.CacheSize == 0 {
+		o.CacheSize = 10_000
+	}
+	if o.SnapshotEvery == 0 {
+		o.SnapshotEvery = 1_000
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 10
+	}
+	if o.RetryBackoff <= 0 {
+		o.RetryBackoff = 2 * time.Millisecond
+	}
+	if o.PageSize <= 0 {
+		o.PageSize = 4096
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Repository loads connection aggregates and appends their decisions: the load → decide →
+// append at the expected revision → retry on conflict loop, in one place. It is safe for
+// concurrent use. Updates of one connection through one Repository are serialized in process
+// (which avoids most conflicts); Updates through other Repositories or processes are ordered by
+// the store's optimistic concurrency.
+type Repository struct {
+	store eventstore.Store
+	opts  RepositoryOptions
+
+	mu    sync.Mutex
+	lru   *list.List // of *entry, most recently used first
+	byID  map[string]*list.Element
+	fence bool // false only in tests that show what breaks without the G1 fence
+}
+
+// entry is one cached connection. lock (a 1-slot channel, so waiting honours ctx) guards state.
+type entry struct {
+	id    string
+	lock  chan struct{}
+	state *connection.Connection // nil: not loaded (or unknown after a failed append)
+}
+
+// NewRepository returns a Repository on store.
+func NewRepository(store eventstore.Store, opts RepositoryOptions) (*Repository, error) {
+	if store == nil {
+		return nil, errors.New("commands: NewRepository: nil store")
+	}
+	opts.setDefaults()
+	return &Repository{store: store, opts: opts, lru: list.New(), byID: map[string]*list.Element{}, fence: true}, nil
+}
+
+// Decision decides the events of a command on the current state c. It must not mutate or keep
+// c, and may be called several times (once per attempt) with newer states. Returning no events
+// and no error is an idempotent no-op: nothing is appended.
+type Decision func(c *connection.Connection) ([]connection.Event, error)
+
+// Appended describes the outcome of a successful Update.
+type Appended struct {
+	// Events are the events appended, in order (none for a no-op).
+	Events []connection.Event
+	// FirstRevision is the stream revision of Events[0].
+	FirstRevision uint64
+	// Version is the stream's last revision after the Update (-1 for an empty stream).
+	Version int64
+	// Position is the global position of the last event appended (zero for a no-op).
+	Position eventstore.Position
+}
+
+// Update runs decide on the connection's current state and appends its events at the expected
+// revision (NoStream for an empty stream), with metadata (tenant, actor, correlation and
+// causation ids from ctx) and deterministic ids (connection.EventID). When another writer
+// appended first, Update reads the new events and decides again, up to MaxAttempts times with a
+// jittered pause, then fails with a *ConflictError. An error of decide, or of the store (for
+// example eventstore.ErrDuplicateEventID), is returned as is and nothing is appended. The events
+// are durable when Update returns (G6).
+func (r *Repository) Update(ctx context.Context, connID string, actor string, decide Decision) (Appended, error) {
+	e, err := r.acquire(ctx, connID)
+	if err != nil {
+		return Appended{}, err
+	}
+	defer r.release(e)
+
+	stream := connection.StreamName(connID)
+	var lastConflict error
+	for attempt := 1; ; attempt++ {
+		if err := r.catchUp(ctx, e, lastConflict != nil); err != nil {
+			return Appended{}, err
+		}
+		c := e.state
+		events, err := decide(c)
+		if err != nil {
+			return Appended{}, err
+		}
+		if len(events) == 0 {
+			return Appended{Version: c.Version()}, nil
+		}
+		data, err := r.encode(ctx, stream, c, actor, events)
+		if err != nil {
+			return Appended{}, err
+		}
+		expected := eventstore.NoStream
+		if c.Version() >= 0 {
+			expected = eventstore.Exact(uint64(c.Version()))
+		}
+		if !r.fence {
+			expected = eventstore.Any
+		}
+		res, err := r.store.Append(ctx, stream, expected, data...)
+		switch {
+		case err == nil:
+			first := uint64(c.Version() + 1)
+			r.applyAppended(e, events, res)
+			r.maybeSnapshot(ctx, e, first, res.NextExpectedRevision)
+			return Appended{Events: events, FirstRevision: first, Version: int64(res.NextExpectedRevision), Position: res.Position}, nil
+		case errors.Is(err, eventstore.ErrWrongExpectedRevision):
+			lastConflict = err
+			if attempt >= r.opts.MaxAttempts {
+				return Appended{}, &ConflictError{ConnectionID: connID, Attempts: attempt, Err: err}
+			}
+			if err := sleep(ctx, r.backoff(attempt)); err != nil {
+				return Appended{}, err
+			}
+		case errors.Is(err, eventstore.ErrDuplicateEventID):
+			// The cached state may be behind the stream: read forwards before the next use.
+			e.state = nil
+			return Appended{}, err
+		default:
+			// The append may or may not have been written: forget the state, reload next time.
+			e.state = nil
+			return Appended{}, fmt.Errorf("commands: append to %q: %w", stream, err)
+		}
+	}
+}
+
+// View calls fn with the connection's current state, read from the store (catching up the cached
+// state). fn must not mutate or keep c.
+func (r *Repository) View(ctx context.Context, connID string, fn func(c *connection.Connection) error) error {
+	e, err := r.acquire(ctx, connID)
+	if err != nil {
+		return err
+	}
+	defer r.release(e)
+	if err := r.catchUp(ctx, e, true); err != nil {
+		return err
+	}
+	return fn(e.state)
+}
+
+func (r *Repository) encode(ctx context.Context, stream string, c *connection.Connection, actor string, events []connection.Event) ([]eventstore.EventData, error) {
+	tenant := c.TenantID()
+	if reg, ok := events[0].(connection.ConnectionRegistered); ok {
+		tenant = reg.TenantID
+	}
+	md := eventstore.Metadata{
+		TenantID:      tenant,
+		Actor:         actor,
+		CorrelationID: CorrelationIDFromContext(ctx),
+		CausationID:   CausationIDFromContext(ctx),
+	}
+	out := make([]eventstore.EventData, len(events))
+	for i, ev := range events {
+		typ, body, err := connection.Encode(ev)
+		if err != nil {
+			return nil, fmt.Errorf("commands: encode %T: %w", ev, err)
+		}
+		rev := uint64(c.Version() + 1 + int64(i))
+		out[i] = eventstore.EventData{ID: connection.EventID(stream, rev, ev), Type: typ, Data: body, Metadata: md}
+	}
+	return out, nil
+}
+
+// applyAppended moves the cached state past the events just appended. If the store put them
+// elsewhere than expected (only possible without the fence) or they do not apply, the state is
+// dropped and reloaded on next use: the cache never serves a state older than an append.
+func (r *Repository) applyAppended(e *entry, events []connection.Event, res eventstore.AppendResult) {
+	want := uint64(e.state.Version() + int64(len(events)))
+	if res.NextExpectedRevision != want {
+		e.state = nil
+		return
+	}
+	for _, ev := range events {
+		if err := e.state.Apply(ev); err != nil {
+			e.state = nil
+			return
+		}
+	}
+}
+
+// catchUp makes e.state current: a cold entry is loaded from the latest snapshot and the events
+// after it; a cached one reads the events after its version when force is set (after a conflict,
+// and for View). Without force the cached state is used as is: the append's expected revision
+// detects any staleness.
+func (r *Repository) catchUp(ctx context.Context, e *entry, force bool) error {
+	if e.state == nil {
+		c, err := r.loadCold(ctx, e.id)
+		if err != nil {
+			return err
+		}
+		e.state = c
+		return nil
+	}
+	if !force {
+		return nil
+	}
+	return r.readForwards(ctx, e.id, e.state)
+}
+
+// loadCold builds a state from the latest usable snapshot plus the events after it.
+func (r *Repository) loadCold(ctx context.Context, id string) (*connection.Connection, error) {
+	c := connection.New()
+	if r.opts.SnapshotEvery > 0 {
+		recs, err := r.store.ReadStream(ctx, SnapshotStream(id), eventstore.Backwards, eventstore.End, 1)
+		switch {
+		case err == nil && len(recs) == 1:
+			var rec snapshotRecord
+			if json.Unmarshal(recs[0].Data, &rec) == nil {
+				if s, err := connection.Restore(rec.State); err == nil && s.Version() == rec.Version {
+					c = s
+				}
+			}
+		case err != nil && !errors.Is(err, eventstore.ErrStreamNotFound):
+			return nil, fmt.Errorf("commands: read snapshot of %q: %w", id, err)
+		}
+	}
+	if err := r.readForwards(ctx, id, c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// readForwards applies to c every event of the stream after c.Version().
+func (r *Repository) readForwards(ctx context.Context, id string, c *connection.Connection) error {
+	stream := connection.StreamName(id)
+	for {
+		recs, err := r.store.ReadStream(ctx, stream, eventstore.Forwards, uint64(c.Version()+1), r.opts.PageSize)
+		if errors.Is(err, eventstore.ErrStreamNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("commands: read %q: %w", stream, err)
+		}
+		for _, rec := range recs {
+			ev, err := connection.Decode(rec.Type, rec.Data)
+			if err != nil {
+				return fmt.Errorf("commands: %q revision %d: %w", stream, rec.Revision, err)
+			}
+			if err := c.Apply(ev); err != nil {
+				return fmt.Errorf("commands: %q revision %d: %w", stream, rec.Revision, err)
+			}
+		}
+		if len(recs) < r.opts.PageSize {
+			return nil
+		}
+	}
+}
+
+// maybeSnapshot writes a snapshot when the append [first, last] crossed a multiple of
+// SnapshotEvery. A failure is logged, never returned: snapshots only speed up loading.
+func (r *Repository) maybeSnapshot(ctx context.Context, e *entry, first, last uint64) {
+	every := uint64(r.opts.SnapshotEvery)
+	// The stream held first events before the append and last+1 after it.
+	if r.opts.SnapshotEvery <= 0 || e.state == nil || (last+1)/every == first/every {
+		return
+	}
+	if err := r.writeSnapshot(ctx, e.id, e.state); err != nil {
+		r.opts.Logger.WarnContext(ctx, "commands: snapshot not written", "connection", e.id, "version", e.state.Version(), "error", err)
+	}
+}
+
+func (r *Repository) writeSnapshot(ctx context.Context, id string, c *connection.Connection) error {
+	state, err := c.Snapshot()
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(snapshotRecord{Version: c.Version(), State: state})
+	if err != nil {
+		return err
+	}
+	stream := SnapshotStream(id)
+	evID := uuid.NewSHA1(connection.Namespace, []byte(stream+"/"+strconv.FormatInt(c.Version(), 10)))
+	_, err = r.store.Append(ctx, stream, eventstore.Any, eventstore.EventData{
+		ID: evID, Type: SnapshotEventType, Data: body,
+		Metadata: eventstore.Metadata{TenantID: c.TenantID(), Actor: connection.SystemActor},
+	})
+	if errors.Is(err, eventstore.ErrDuplicateEventID) {
+		return nil // another writer saved the same version
+	}
+	return err
+}
+
+// acquire returns the locked cache entry of id, creating it if needed.
+func (r *Repository) acquire(ctx context.Context, id string) (*entry, error) {
+	if err := connection.ValidateID("connection_id", id); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	var e *entry
+	if el, ok := r.byID[id]; ok {
+		r.lru.MoveToFront(el)
+		e = el.Value.(*entry)
+	} else {
+		e = &entry{id: id, lock: make(chan struct{}, 1)}
+		if r.opts.CacheSize > 0 {
+			r.byID[id] = r.lru.PushFront(e)
+			for r.lru.Len() > r.opts.CacheSize {
+				last := r.lru.Back()
+				r.lru.Remove(last)
+				delete(r.byID, last.Value.(*entry).id)
+			}
+		}
+	}
+	r.mu.Unlock()
+	select {
+	case e.lock <- struct{}{}:
+		return e, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (r *Repository) release(e *entry) { <-e.lock }
+
+func (r *Repository) backoff(attempt int) time.Duration {
+	base := r.opts.RetryBackoff << min(attempt-1, 6)
+	return base/2 + rand.N(base)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// findBackwards reads the stream from its end towards its start, at most limit events, and
+// returns the first event (the latest) for which match returns true.
+func (r *Repository) findBackwards(ctx context.Context, connID string, limit int, match func(connection.Event) bool) (connection.Event, uint64, bool, error) {
+	stream := connection.StreamName(connID)
+	from := eventstore.End
+	for read := 0; read < limit; {
+		n := min(r.opts.PageSize, limit-read)
+		recs, err := r.store.ReadStream(ctx, stream, eventstore.Backwards, from, n)
+		if errors.Is(err, eventstore.ErrStreamNotFound) {
+			return nil, 0, false, nil
+		}
+		if err != nil {
+			return nil, 0, false, fmt.Errorf("commands: read %q: %w", stream, err)
+		}
+		for _, rec := range recs {
+			ev, err := connection.Decode(rec.Type, rec.Data)
+			if err != nil {
+				return nil, 0, false, err
+			}
+			if match(ev) {
+				return ev, rec.Revision, true, nil
+			}
+		}
+		read += len(recs)
+		if len(recs) < n || recs[len(recs)-1].Revision == 0 {
+			break
+		}
+		from = recs[len(recs)-1].Revision - 1
+	}
+	return nil, 0, false, nil
+}

@@ -1,0 +1,101 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// StartBroadcast queues one text to up to connection.MaxRecipients recipients: BroadcastStarted
+// and one MessageQueued per recipient, in one atomic append. It needs broadcast.manage. The
+// broadcast id is connection.BroadcastIDFor(tenant, connection, key): a retry queues nothing and
+// answers with the same id (Replayed). While the queue is clearing it fails with
+// *connection.ClearingError (G2).
+type StartBroadcast struct {
+	ConnectionID   string        `json:"connection_id"`
+	IdempotencyKey string        `json:"idempotency_key"`
+	Recipients     []string      `json:"recipients"`
+	Text           string        `json:"text"`
+	TTL            time.Duration `json:"ttl,omitempty"`
+}
+
+// StartBroadcastResult is the outcome of StartBroadcast.
+type StartBroadcastResult struct {
+	Result
+	BroadcastID uuid.UUID
+	// Count is the number of messages queued; FirstSeq the queue position of the first (message
+	// i is at FirstSeq+i, id connection.BroadcastMessageID(BroadcastID, i)). Both are 0 on a
+	// replay whose original lies further back than ReplayScan events.
+	Count    int
+	FirstSeq uint64
+	Replayed bool
+}
+
+// StartBroadcastHandler handles StartBroadcast.
+type StartBroadcastHandler struct {
+	repo *Repository
+	now  Clock
+}
+
+// NewStartBroadcastHandler returns a handler; repo and now must not be nil.
+func NewStartBroadcastHandler(repo *Repository, now Clock) (*StartBroadcastHandler, error) {
+	if repo == nil || now == nil {
+		return nil, errors.New("commands: NewStartBroadcastHandler: nil dependency")
+	}
+	return &StartBroadcastHandler{repo: repo, now: now}, nil
+}
+
+// Handle validates the recipients once (seconds for 100,000 numbers), then decides and appends
+// in the retry loop.
+func (h *StartBroadcastHandler) Handle(ctx context.Context, cmd StartBroadcast) (StartBroadcastResult, error) {
+	p, err := principal(ctx, auth.BroadcastMgmt)
+	if err != nil {
+		return StartBroadcastResult{}, err
+	}
+	if err := requireKey(cmd.IdempotencyKey); err != nil {
+		return StartBroadcastResult{}, err
+	}
+	var region string
+	if err := h.repo.View(ctx, cmd.ConnectionID, func(c *connection.Connection) error {
+		region = c.Region()
+		return visible(p, cmd.ConnectionID, c)
+	}); err != nil {
+		return StartBroadcastResult{}, err
+	}
+	id := connection.BroadcastIDFor(p.TenantID, cmd.ConnectionID, cmd.IdempotencyKey)
+	prepared, err := connection.PrepareBroadcast(connection.StartBroadcast{
+		BroadcastID: id, Recipients: cmd.Recipients, Text: cmd.Text, TTL: cmd.TTL, Actor: p.ID,
+	}, region)
+	if err != nil {
+		return StartBroadcastResult{}, err
+	}
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.BroadcastMgmt, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+		return c.StartPreparedBroadcast(prepared, h.now())
+	})
+	if errors.Is(err, eventstore.ErrDuplicateEventID) {
+		ev, _, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, func(e connection.Event) bool {
+			b, ok := e.(connection.BroadcastStarted)
+			return ok && b.BroadcastID == id
+		})
+		if ferr != nil {
+			return StartBroadcastResult{}, ferr
+		}
+		res := StartBroadcastResult{BroadcastID: id, Replayed: true}
+		if found {
+			b := ev.(connection.BroadcastStarted)
+			res.Count, res.FirstSeq = b.Count, b.FirstSeq
+		}
+		return res, nil
+	}
+	if err != nil {
+		return StartBroadcastResult{}, err
+	}
+	b := a.Events[0].(connection.BroadcastStarted)
+	return StartBroadcastResult{Result: resultOf(a), BroadcastID: id, Count: b.Count, FirstSeq: b.FirstSeq}, nil
+}
