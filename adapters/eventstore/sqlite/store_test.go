@@ -28,8 +28,17 @@ func openDB(t *testing.T) *sql.DB {
 
 // TestConformance runs the port's suite with every test's store on one shared database file,
 // as the embedded mode shares one file between all its parts.
+//
+// Under the race detector the volume tests use the short volumes (10k events): the race build
+// instruments SQLite itself (modernc's C translated to Go, with checkptr), which makes the
+// 100k-event runs take minutes without checking any more concurrency. Run the full volumes
+// with `go test ./adapters/eventstore/sqlite/` (no -race, no -short).
 func TestConformance(t *testing.T) {
 	db := openDB(t)
+	short := testing.Short() || raceEnabled
+	if short && !testing.Short() {
+		t.Log("race detector on: volume tests use 10k events; run without -race for 100k")
+	}
 	storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store {
 		s, err := sqlite.New(t.Context(), db, sqlite.Options{Clock: clock})
 		if err != nil {
@@ -37,7 +46,7 @@ func TestConformance(t *testing.T) {
 		}
 		t.Cleanup(func() { s.Close() })
 		return s
-	}, storetest.Options{Short: testing.Short()})
+	}, storetest.Options{Short: short})
 }
 
 // TestCrossProcessWakeUp: a subscriber on one Store sees events appended through another Store

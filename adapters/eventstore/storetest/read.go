@@ -160,9 +160,6 @@ func (s *suite) testVolumeOneStream(t *testing.T) {
 		reversed[len(back)-1-i] = e
 	}
 	wantIDs(t, "stream read backwards in pages of 4096, reversed", reversed, want)
-
-	// The global log agrees.
-	wantIDs(t, "global log filtered by the stream", readOwn(t, st, stream, 5000), want)
 }
 
 // testVolumeManyStreams writes volume() events across volume()/100 streams from 4 concurrent
@@ -215,6 +212,9 @@ func (s *suite) testVolumeManyStreams(t *testing.T) {
 	}
 	for i := range streams {
 		wantIDs(t, "global log events of "+name(i), byStream[name(i)], ids(written[i]))
+		if i%10 != 0 {
+			continue // ReadStream on every tenth stream is enough; the global log checked all
+		}
 		got := readStream(t, st, name(i))
 		wantIDs(t, "ReadStream "+name(i), got, ids(written[i]))
 		for j, e := range got {
