@@ -1,0 +1,276 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/cqrs"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// MetaCredential is the metadata key of a bus command's credential (an API key or a token that
+// the Authenticator turns into a principal). The principal itself never travels on the bus: a
+// message cannot claim one.
+const MetaCredential = "waqueue_credential"
+
+// Authenticator turns the credential of a bus command into the principal it stands for. The
+// HTTP/API-key layer implements it; an unknown or expired credential is an error.
+type Authenticator interface {
+	Authenticate(ctx context.Context, credential string) (auth.Principal, error)
+}
+
+// marshaler names commands by CommandName, never by reflection.
+var marshaler = cqrs.JSONMarshaler{GenerateName: func(v any) string {
+	if c, ok := v.(Command); ok {
+		return c.CommandName()
+	}
+	return "" // refused by CommandBus.Send before it gets here
+}}
+
+// topic is the topic of a command name.
+func topic(commandName string) string { return commandName }
+
+// NewInProcessPubSub returns the default in-process pub/sub for commands: a watermill GoChannel
+// that does not persist messages (a broker replaces it in a scale-out deployment).
+func NewInProcessPubSub(logger watermill.LoggerAdapter) *gochannel.GoChannel {
+	return gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 1024}, logger)
+}
+
+// CommandBus sends commands to the processor over a message.Publisher.
+type CommandBus struct {
+	bus *cqrs.CommandBus
+}
+
+// NewCommandBus returns a bus publishing on pub (a GoChannel from NewInProcessPubSub, or a
+// broker's publisher). logger may be nil.
+func NewCommandBus(pub message.Publisher, logger watermill.LoggerAdapter) (*CommandBus, error) {
+	if pub == nil {
+		return nil, errors.New("commands: NewCommandBus: nil publisher")
+	}
+	b, err := cqrs.NewCommandBusWithConfig(pub, cqrs.CommandBusConfig{
+		GeneratePublishTopic: func(p cqrs.CommandBusGeneratePublishTopicParams) (string, error) {
+			return topic(p.CommandName), nil
+		},
+		Marshaler: marshaler,
+		Logger:    logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("commands: NewCommandBus: %w", err)
+	}
+	return &CommandBus{bus: b}, nil
+}
+
+// Send publishes cmd with the caller's credential and the correlation id of ctx (a new one if
+// ctx has none). It returns once the publisher accepted the message; the command is handled
+// asynchronously, and its refusals are logged by the processor, not returned here. A caller that
+// needs the answer (an HTTP request that must get 409 while clearing) calls the handler
+// synchronously instead.
+func (b *CommandBus) Send(ctx context.Context, credential string, cmd Command) error {
+	if cmd == nil || cmd.CommandName() == "" {
+		return errors.New("commands: Send: command without a name")
+	}
+	corr := CorrelationIDFromContext(ctx)
+	if corr == "" {
+		corr = watermill.NewUUID()
+	}
+	return b.bus.SendWithModifiedMessage(ctx, cmd, func(m *message.Message) error {
+		m.Metadata.Set(MetaCredential, credential)
+		middleware.SetCorrelationID(corr, m)
+		return nil
+	})
+}
+
+// Handlers are the handlers the processor serves; a nil one is not served. They are the same
+// handler values the synchronous path (HTTP) calls. DispatchNext is deliberately absent: its
+// answer (what to send) is the point of the command, and a bus message has nobody to answer to;
+// the dispatcher calls its handler directly.
+type Handlers struct {
+	RegisterConnection   *RegisterConnectionHandler
+	SetOnBanPolicy       *SetOnBanPolicyHandler
+	PairingSucceeded     *PairingSucceededHandler
+	SessionInvalidated   *SessionInvalidatedHandler
+	ReportBan            *ReportBanHandler
+	LiftBan              *LiftBanHandler
+	EnqueueMessage       *EnqueueMessageHandler
+	StartBroadcast       *StartBroadcastHandler
+	RecordSent           *RecordSentHandler
+	RecordDelivered      *RecordDeliveredHandler
+	RecordRead           *RecordReadHandler
+	RecordFailed         *RecordFailedHandler
+	RecordOutcomeUnknown *RecordOutcomeUnknownHandler
+	ExpireMessage        *ExpireMessageHandler
+	HoldQueue            *HoldQueueHandler
+	ResumeQueue          *ResumeQueueHandler
+	RequestClear         *RequestClearHandler
+	CompleteClear        *CompleteClearHandler
+}
+
+// ProcessorConfig configures RegisterProcessor.
+type ProcessorConfig struct {
+	// Router the processor's handlers are added to; NewRouter makes one with the recommended
+	// middleware. Required.
+	Router *message.Router
+	// Subscriber delivers the commands (the GoChannel the CommandBus publishes on, or a broker's
+	// subscriber). Required.
+	Subscriber message.Subscriber
+	// Authenticator turns each message's credential into its principal. Required.
+	Authenticator Authenticator
+	// Handlers to serve; at least one.
+	Handlers Handlers
+	// Logger; nil means no logging.
+	Logger watermill.LoggerAdapter
+}
+
+// Validate reports every problem of the config.
+func (c ProcessorConfig) Validate() error {
+	var err error
+	if c.Router == nil {
+		err = errors.Join(err, errors.New("commands: ProcessorConfig: missing Router"))
+	}
+	if c.Subscriber == nil {
+		err = errors.Join(err, errors.New("commands: ProcessorConfig: missing Subscriber"))
+	}
+	if c.Authenticator == nil {
+		err = errors.Join(err, errors.New("commands: ProcessorConfig: missing Authenticator"))
+	}
+	return err
+}
+
+// NewRouter returns a watermill router with the middleware the command processor wants:
+// Recoverer (a panicking handler nacks its message instead of killing the process),
+// CorrelationID (carried to anything the handler publishes) and Retry of transient failures
+// (store errors; never refusals, which the processor acknowledges). Run it with Run(ctx).
+func NewRouter(logger watermill.LoggerAdapter) (*message.Router, error) {
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	r, err := message.NewRouter(message.RouterConfig{}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("commands: NewRouter: %w", err)
+	}
+	r.AddMiddleware(
+		middleware.Recoverer,
+		middleware.CorrelationID,
+		middleware.Retry{MaxRetries: 3, InitialInterval: 50 * time.Millisecond, Multiplier: 2, Logger: logger}.Middleware,
+	)
+	return r, nil
+}
+
+// RegisterProcessor adds a CQRS command processor serving cfg.Handlers to cfg.Router. For each
+// message it authenticates the credential (MetaCredential), puts the principal, the correlation
+// id and the causation id (the message's UUID) in the context and calls the handler. Refusals
+// (authentication, authorization, not found, domain refusals, conflicts that outlasted the
+// handler's retries) are logged and the message is acknowledged, since redelivering it cannot
+// change the answer; other errors nack it for redelivery.
+func RegisterProcessor(cfg ProcessorConfig) (*cqrs.CommandProcessor, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	hs := cqrsHandlers(cfg.Handlers)
+	if len(hs) == 0 {
+		return nil, errors.New("commands: RegisterProcessor: no handlers")
+	}
+	p, err := cqrs.NewCommandProcessorWithConfig(cfg.Router, cqrs.CommandProcessorConfig{
+		GenerateSubscribeTopic: func(p cqrs.CommandProcessorGenerateSubscribeTopicParams) (string, error) {
+			return topic(p.CommandName), nil
+		},
+		SubscriberConstructor: func(cqrs.CommandProcessorSubscriberConstructorParams) (message.Subscriber, error) {
+			return cfg.Subscriber, nil
+		},
+		Marshaler: marshaler,
+		Logger:    logger,
+		OnHandle: func(p cqrs.CommandProcessorOnHandleParams) error {
+			ctx := p.Message.Context()
+			principal, err := cfg.Authenticator.Authenticate(ctx, p.Message.Metadata.Get(MetaCredential))
+			if err != nil {
+				logger.Error("commands: bus command refused", fmt.Errorf("%w: %w", ErrUnauthenticated, err),
+					watermill.LogFields{"command": p.CommandName, "message_uuid": p.Message.UUID})
+				return nil
+			}
+			ctx = WithPrincipal(ctx, principal)
+			ctx = WithCorrelationID(ctx, middleware.MessageCorrelationID(p.Message))
+			ctx = WithCausationID(ctx, p.Message.UUID)
+			err = p.Handler.Handle(ctx, p.Command)
+			if err != nil && IsRefusal(err) {
+				logger.Info("commands: bus command refused", watermill.LogFields{
+					"command": p.CommandName, "message_uuid": p.Message.UUID, "error": err.Error()})
+				return nil
+			}
+			return err
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("commands: RegisterProcessor: %w", err)
+	}
+	if err := p.AddHandlers(hs...); err != nil {
+		return nil, fmt.Errorf("commands: RegisterProcessor: %w", err)
+	}
+	return p, nil
+}
+
+// IsRefusal reports whether err is a final answer to a command (retrying the same command cannot
+// change it): unauthenticated, forbidden, not found, a domain refusal, a duplicate event id,
+// nothing dispatchable, or a conflict that outlasted the handler's retries.
+func IsRefusal(err error) bool {
+	if _, ok := connection.ErrorCode(err); ok {
+		return true
+	}
+	for _, target := range []error{ErrUnauthenticated, ErrNotFound, ErrConflict, ErrNotDispatchable,
+		auth.ErrForbidden, auth.ErrWrongTenant, eventstore.ErrDuplicateEventID, connection.ErrInvalidCommand} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
+}
+
+func handler[C Command, R any](h interface {
+	Handle(context.Context, C) (R, error)
+}) cqrs.CommandHandler {
+	var zero C
+	return cqrs.NewCommandHandler(zero.CommandName(), func(ctx context.Context, cmd *C) error {
+		_, err := h.Handle(ctx, *cmd)
+		return err
+	})
+}
+
+func cqrsHandlers(h Handlers) []cqrs.CommandHandler {
+	var out []cqrs.CommandHandler
+	add := func(ok bool, ch func() cqrs.CommandHandler) {
+		if ok {
+			out = append(out, ch())
+		}
+	}
+	add(h.RegisterConnection != nil, func() cqrs.CommandHandler { return handler[RegisterConnection](h.RegisterConnection) })
+	add(h.SetOnBanPolicy != nil, func() cqrs.CommandHandler { return handler[SetOnBanPolicy](h.SetOnBanPolicy) })
+	add(h.PairingSucceeded != nil, func() cqrs.CommandHandler { return handler[PairingSucceeded](h.PairingSucceeded) })
+	add(h.SessionInvalidated != nil, func() cqrs.CommandHandler { return handler[SessionInvalidated](h.SessionInvalidated) })
+	add(h.ReportBan != nil, func() cqrs.CommandHandler { return handler[ReportBan](h.ReportBan) })
+	add(h.LiftBan != nil, func() cqrs.CommandHandler { return handler[LiftBan](h.LiftBan) })
+	add(h.EnqueueMessage != nil, func() cqrs.CommandHandler { return handler[EnqueueMessage](h.EnqueueMessage) })
+	add(h.StartBroadcast != nil, func() cqrs.CommandHandler { return handler[StartBroadcast](h.StartBroadcast) })
+	add(h.RecordSent != nil, func() cqrs.CommandHandler { return handler[RecordSent](h.RecordSent) })
+	add(h.RecordDelivered != nil, func() cqrs.CommandHandler { return handler[RecordDelivered](h.RecordDelivered) })
+	add(h.RecordRead != nil, func() cqrs.CommandHandler { return handler[RecordRead](h.RecordRead) })
+	add(h.RecordFailed != nil, func() cqrs.CommandHandler { return handler[RecordFailed](h.RecordFailed) })
+	add(h.RecordOutcomeUnknown != nil, func() cqrs.CommandHandler { return handler[RecordOutcomeUnknown](h.RecordOutcomeUnknown) })
+	add(h.ExpireMessage != nil, func() cqrs.CommandHandler { return handler[ExpireMessage](h.ExpireMessage) })
+	add(h.HoldQueue != nil, func() cqrs.CommandHandler { return handler[HoldQueue](h.HoldQueue) })
+	add(h.ResumeQueue != nil, func() cqrs.CommandHandler { return handler[ResumeQueue](h.ResumeQueue) })
+	add(h.RequestClear != nil, func() cqrs.CommandHandler { return handler[RequestClear](h.RequestClear) })
+	add(h.CompleteClear != nil, func() cqrs.CommandHandler { return handler[CompleteClear](h.CompleteClear) })
+	return out
+}
