@@ -424,25 +424,24 @@ func (svc *streamsService) readStream(srv api.Streams_ReadServer, so *api.ReadRe
 	return nil
 }
 
-// before returns the Position immediately before p in (Commit, Prepare) order, so that an
-// exclusive read after it includes p (EventStoreDB reads $all forwards inclusively).
+// before returns a Position from which an exclusive read of the backing store includes p and
+// may include earlier events of p's commit, which the caller skips (EventStoreDB reads $all
+// forwards inclusively). Stepping back a whole commit keeps this right for backing stores that
+// compare positions by Commit only.
 func before(p eventstore.Position) eventstore.Position {
-	switch {
-	case p.Prepare > 0:
-		return eventstore.Position{Commit: p.Commit, Prepare: p.Prepare - 1}
-	case p.Commit > 0:
-		return eventstore.Position{Commit: p.Commit - 1, Prepare: ^uint64(0)}
-	default:
+	if p.Commit == 0 {
 		return eventstore.Start
 	}
+	return eventstore.Position{Commit: p.Commit - 1, Prepare: ^uint64(0)}
 }
 
 func (svc *streamsService) readAll(srv api.Streams_ReadServer, ao *api.ReadReq_Options_AllOptions, count uint64, match func(eventstore.RecordedEvent) bool, structured bool) error {
 	ctx := srv.Context()
-	var after eventstore.Position
+	var after, from eventstore.Position
 	switch v := ao.GetAllOption().(type) {
 	case *api.ReadReq_Options_AllOptions_Position:
-		after = before(eventstore.Position{Commit: v.Position.GetCommitPosition(), Prepare: v.Position.GetPreparePosition()})
+		from = eventstore.Position{Commit: v.Position.GetCommitPosition(), Prepare: v.Position.GetPreparePosition()}
+		after = before(from)
 	case *api.ReadReq_Options_AllOptions_End:
 		return nil // forwards from the end reads nothing
 	}
@@ -453,7 +452,7 @@ func (svc *streamsService) readAll(srv api.Streams_ReadServer, ao *api.ReadReq_O
 		}
 		for _, e := range evs {
 			after = e.Position
-			if !match(e) {
+			if e.Position.Less(from) || !match(e) {
 				continue
 			}
 			if err := sendEvent(srv, e, structured); err != nil {
