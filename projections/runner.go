@@ -38,6 +38,17 @@ type Projection interface {
 	Reset(ctx context.Context, tx *Tx) error
 }
 
+// AfterCommitter is an optional interface of a Projection. The runner calls AfterCommit after
+// a batch's transaction has committed, with the events applied, from the projection's handler
+// goroutine; it must return quickly (wake a worker, do not do I/O). Process managers use it to
+// act on what is now durably in the read model, outside the transaction: an action inside
+// Apply would hold the read model's write lock while it runs, which on the embedded SQLite
+// database (one file for events and read models) blocks the event store append the action
+// makes.
+type AfterCommitter interface {
+	AfterCommit(events []eventstore.RecordedEvent)
+}
+
 // Status is a projection's health as seen by the runner.
 type Status struct {
 	Name       string
@@ -211,6 +222,9 @@ func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (
 	st.Applied += uint64(len(fresh))
 	r.cond.Broadcast()
 	r.mu.Unlock()
+	if ac, ok := p.(AfterCommitter); ok {
+		ac.AfterCommit(fresh)
+	}
 	return nil
 }
 

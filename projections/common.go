@@ -1,0 +1,109 @@
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// ErrNotFound is returned by queries for a row that does not exist or belongs to another
+// tenant (G9: another tenant's id is indistinguishable from an unknown one).
+var ErrNotFound = errors.New("projections: not found")
+
+// connectionFilter selects the given event types of connection streams.
+func connectionFilter(types ...string) eventstore.Filter {
+	return eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}, EventTypes: types}
+}
+
+// decodeConn decodes a connection event. ok is false for events that are not connection events
+// (another stream or an unknown type); an undecodable body is an error, so the batch fails and
+// the failure is visible in the runner's status.
+func decodeConn(e eventstore.RecordedEvent) (connID string, ev connection.Event, ok bool, err error) {
+	connID, isConn := connection.IDFromStream(e.Stream)
+	if !isConn || !connection.IsKnownType(e.Type) {
+		return "", nil, false, nil
+	}
+	ev, err = connection.Decode(e.Type, e.Data)
+	if err != nil {
+		return "", nil, false, fmt.Errorf("event %s (%s at %s): %w", e.ID, e.Type, e.Position, err)
+	}
+	return connID, ev, true, nil
+}
+
+// us converts a time to unix microseconds; the zero time is 0.
+func us(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
+}
+
+// fromUS converts unix microseconds to a UTC time; 0 is the zero time.
+func fromUS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(v).UTC()
+}
+
+// idText is a uuid as stored: "" for the zero uuid.
+func idText(id uuid.UUID) string {
+	if id == uuid.Nil {
+		return ""
+	}
+	return id.String()
+}
+
+// parseID reads a stored uuid ("" is the zero uuid).
+func parseID(s string) (uuid.UUID, error) {
+	if s == "" {
+		return uuid.Nil, nil
+	}
+	return uuid.Parse(s)
+}
+
+// execer is what Tx and DB share.
+type execer interface {
+	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+}
+
+var (
+	_ execer = (*DB)(nil)
+	_ execer = (*Tx)(nil)
+)
+
+// tenantOf returns the tenant of connID from table (a conn_id → tenant_id table the projection
+// keeps from ConnectionRegistered), or fallback (the event's metadata) when unknown.
+func tenantOf(ctx context.Context, q execer, table, connID, fallback string, cache map[string]string) (string, error) {
+	if t, ok := cache[connID]; ok {
+		return t, nil
+	}
+	var t string
+	err := q.QueryRowContext(ctx, `SELECT tenant_id FROM `+table+` WHERE conn_id = $1`, connID).Scan(&t)
+	if errors.Is(err, sql.ErrNoRows) {
+		t = fallback
+	} else if err != nil {
+		return "", fmt.Errorf("tenant of %q: %w", connID, err)
+	}
+	cache[connID] = t
+	return t, nil
+}
+
+// execAll runs statements in order, stopping at the first error.
+func execAll(ctx context.Context, tx *Tx, stmts ...string) error {
+	for _, s := range stmts {
+		if _, err := tx.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,446 @@
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// MessageStatusName is the name (and checkpoint key) of the message-status projection.
+const MessageStatusName = "message_status"
+
+// MessageStatus is the read model of every message's lifecycle (one row per message with the
+// time of each status) and of each broadcast's progress (counts per status).
+//
+// A clear does not rewrite its purged messages (G4): ClearQueueRequested records its Purge
+// ranges and moves the broadcasts' counts in O(ranges); queries resolve a message still marked
+// queued inside a range as purged; Collect then materializes the status in chunks.
+type MessageStatus struct{}
+
+// NewMessageStatus returns the message-status projection.
+func NewMessageStatus() *MessageStatus { return &MessageStatus{} }
+
+var _ Projection = (*MessageStatus)(nil)
+
+// Name implements Projection.
+func (*MessageStatus) Name() string { return MessageStatusName }
+
+// Filter implements Projection.
+func (*MessageStatus) Filter() eventstore.Filter {
+	return connectionFilter(
+		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeBroadcastStarted,
+		connection.TypeMessageDispatched, connection.TypeMessageSent, connection.TypeMessageDelivered,
+		connection.TypeMessageRead, connection.TypeMessageFailed, connection.TypeMessageExpired,
+		connection.TypeMessageOutcomeUnknown, connection.TypeClearQueueRequested,
+	)
+}
+
+// Reset implements Projection.
+func (*MessageStatus) Reset(ctx context.Context, tx *Tx) error {
+	return execAll(ctx, tx, `DELETE FROM status_purges`, `DELETE FROM status_broadcasts`,
+		`DELETE FROM status_messages`, `DELETE FROM status_conns`)
+}
+
+type statusBatch struct {
+	tx      *Tx
+	tenants map[string]string
+	rows    []statusRow
+	// bcast holds per broadcast the deltas of its status counts.
+	bcast map[string]map[string]int64
+}
+
+type statusRow struct {
+	tenant, conn string
+	m            connection.MessageQueued
+}
+
+// Apply implements Projection.
+func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
+	b := &statusBatch{tx: tx, tenants: map[string]string{}, bcast: map[string]map[string]int64{}}
+	for _, e := range events {
+		connID, ev, ok, err := decodeConn(e)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		if mq, isQueued := ev.(connection.MessageQueued); isQueued {
+			tenant, err := tenantOf(ctx, tx, "status_conns", connID, e.Metadata.TenantID, b.tenants)
+			if err != nil {
+				return err
+			}
+			b.rows = append(b.rows, statusRow{tenant, connID, mq})
+			if len(b.rows) >= maxInsertRows {
+				if err := b.flushRows(ctx); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err := b.flushRows(ctx); err != nil {
+			return err
+		}
+		if err := b.apply(ctx, e, connID, ev); err != nil {
+			return fmt.Errorf("event %s (%s): %w", e.ID, e.Type, err)
+		}
+	}
+	if err := b.flushRows(ctx); err != nil {
+		return err
+	}
+	return b.flushCounts(ctx)
+}
+
+func (b *statusBatch) count(bid, status string, d int64) {
+	m := b.bcast[bid]
+	if m == nil {
+		m = map[string]int64{}
+		b.bcast[bid] = m
+	}
+	m[status] += d
+}
+
+func (b *statusBatch) apply(ctx context.Context, e eventstore.RecordedEvent, connID string, ev connection.Event) error {
+	tx := b.tx
+	switch ev := ev.(type) {
+	case connection.ConnectionRegistered:
+		b.tenants[connID] = ev.TenantID
+		_, err := tx.ExecContext(ctx, `INSERT INTO status_conns (conn_id, tenant_id) VALUES ($1, $2)
+ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, ev.TenantID)
+		return err
+	case connection.BroadcastStarted:
+		tenant, err := tenantOf(ctx, tx, "status_conns", connID, e.Metadata.TenantID, b.tenants)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO status_broadcasts (broadcast_id, tenant_id, conn_id, total, first_seq, started_at_us)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (broadcast_id) DO NOTHING`,
+			ev.BroadcastID.String(), tenant, connID, int64(ev.Count), int64(ev.FirstSeq), us(ev.StartedAt))
+		return err
+	case connection.ClearQueueRequested:
+		return b.clearRequested(ctx, connID, ev)
+	}
+	me, ok := connection.MessageEventOf(ev)
+	if !ok {
+		return nil
+	}
+	var cur, bid string
+	err := tx.QueryRowContext(ctx, `SELECT status, broadcast_id FROM status_messages WHERE message_id = $1`, me.MessageID.String()).Scan(&cur, &bid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("message %s (seq %d) was never queued", me.MessageID, me.Seq)
+	}
+	if err != nil {
+		return err
+	}
+	var old connection.MessageStatus
+	if err := old.UnmarshalText([]byte(cur)); err != nil {
+		return err
+	}
+	next := me.Status.String()
+	at := us(eventTime(ev, e.RecordedAt))
+	set := `status = CASE WHEN $3 = 1 THEN $2 ELSE status END,
+` + next + `_at_us = CASE WHEN ` + next + `_at_us = 0 THEN $4 ELSE ` + next + `_at_us END`
+	args := []any{me.MessageID.String(), next, 0, at}
+	if old.CanBecome(me.Status) {
+		args[2] = 1
+		if bid != "" {
+			b.count(bid, cur, -1)
+			b.count(bid, next, +1)
+		}
+	}
+	switch ev := ev.(type) {
+	case connection.MessageFailed:
+		set += `, fail_code = $5, detail = $6`
+		args = append(args, ev.Code, ev.Detail)
+	case connection.MessageOutcomeUnknown:
+		set += `, detail = $5`
+		args = append(args, ev.Cause)
+	case connection.MessageSent:
+		set += `, server_id = $5`
+		args = append(args, ev.ServerID)
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE status_messages SET `+set+` WHERE message_id = $1`, args...)
+	return err
+}
+
+// eventTime is the business time a message event carries.
+func eventTime(ev connection.Event, fallback time.Time) time.Time {
+	var t time.Time
+	switch ev := ev.(type) {
+	case connection.MessageQueued:
+		t = ev.QueuedAt
+	case connection.MessageDispatched:
+		t = ev.DispatchedAt
+	case connection.MessageSent:
+		t = ev.SentAt
+	case connection.MessageDelivered:
+		t = ev.DeliveredAt
+	case connection.MessageRead:
+		t = ev.ReadAt
+	case connection.MessageFailed:
+		t = ev.FailedAt
+	case connection.MessageExpired:
+		t = ev.ExpiredAt
+	case connection.MessageOutcomeUnknown:
+		t = ev.At
+	}
+	if t.IsZero() {
+		return fallback
+	}
+	return t
+}
+
+func (b *statusBatch) clearRequested(ctx context.Context, connID string, ev connection.ClearQueueRequested) error {
+	tx := b.tx
+	for _, r := range ev.Purge {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO status_purges (conn_id, from_seq, to_seq, clear_id, purged_at_us, gc_next)
+VALUES ($1, $2, $3, $4, $5, $2) ON CONFLICT (conn_id, from_seq) DO NOTHING`,
+			connID, int64(r.From), int64(r.To), ev.ClearID.String(), us(ev.RequestedAt)); err != nil {
+			return err
+		}
+	}
+	if len(ev.Purge) == 0 {
+		return nil
+	}
+	lo, hi := ev.Purge[0].From, ev.Purge[len(ev.Purge)-1].To
+	rows, err := tx.QueryContext(ctx, `SELECT broadcast_id, first_seq, total FROM status_broadcasts
+WHERE conn_id = $1 AND first_seq <= $2 AND first_seq + total - 1 >= $3`, connID, int64(hi), int64(lo))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var bid string
+		var first, total int64
+		if err := rows.Scan(&bid, &first, &total); err != nil {
+			return err
+		}
+		n := int64(overlap(ev.Purge, uint64(first), uint64(first+total-1)))
+		b.count(bid, "queued", -n)
+		b.count(bid, "purged", +n)
+	}
+	return rows.Err()
+}
+
+func (b *statusBatch) flushRows(ctx context.Context) error {
+	if len(b.rows) == 0 {
+		return nil
+	}
+	var sb strings.Builder
+	sb.WriteString(`INSERT INTO status_messages (message_id, tenant_id, conn_id, seq, broadcast_id, recipient, status, queued_at_us) VALUES `)
+	args := make([]any, 0, len(b.rows)*8)
+	for i, r := range b.rows {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		n := len(args)
+		fmt.Fprintf(&sb, "($%d,$%d,$%d,$%d,$%d,$%d,'queued',$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
+		args = append(args, r.m.MessageID.String(), r.tenant, r.conn, int64(r.m.Seq), idText(r.m.BroadcastID), r.m.Recipient, us(r.m.QueuedAt))
+		if r.m.BroadcastID != uuid.Nil {
+			b.count(r.m.BroadcastID.String(), "queued", +1)
+		}
+	}
+	if _, err := b.tx.ExecContext(ctx, sb.String(), args...); err != nil {
+		return fmt.Errorf("insert %d message statuses: %w", len(b.rows), err)
+	}
+	b.rows = b.rows[:0]
+	return nil
+}
+
+// statusColumns are the message statuses, each a column of status_broadcasts and, with
+// suffix _at_us, of status_messages.
+var statusColumns = []string{"queued", "dispatched", "sent", "delivered", "read", "failed", "purged", "expired", "unknown"}
+
+func (b *statusBatch) flushCounts(ctx context.Context) error {
+	for bid, m := range b.bcast {
+		var sets []string
+		args := []any{bid}
+		for _, c := range statusColumns {
+			if d := m[c]; d != 0 {
+				args = append(args, d)
+				sets = append(sets, fmt.Sprintf("%s = %s + $%d", c, c, len(args)))
+			}
+		}
+		if len(sets) == 0 {
+			continue
+		}
+		if _, err := b.tx.ExecContext(ctx, `UPDATE status_broadcasts SET `+strings.Join(sets, ", ")+` WHERE broadcast_id = $1`, args...); err != nil {
+			return fmt.Errorf("update progress of broadcast %s: %w", bid, err)
+		}
+	}
+	return nil
+}
+
+// StatusChange is one step of a message's lifecycle.
+type StatusChange struct {
+	Status connection.MessageStatus
+	At     time.Time
+}
+
+// MessageView is a message's status as the API shows it.
+type MessageView struct {
+	MessageID    uuid.UUID
+	TenantID     string
+	ConnectionID string
+	Seq          uint64
+	BroadcastID  uuid.UUID
+	Recipient    string
+	Status       connection.MessageStatus
+	// History lists each status the message reached, with its time, in lifecycle order.
+	History []StatusChange
+	// ClearID is the clear that purged the message (zero unless purged).
+	ClearID uuid.UUID
+	// FailureCode and Detail describe a failed or unknown outcome.
+	FailureCode string
+	Detail      string
+	// ServerID is WhatsApp's id of a sent message.
+	ServerID string
+}
+
+// Message returns message id of tenant; ErrNotFound when unknown or another tenant's.
+func (s *MessageStatus) Message(ctx context.Context, db *DB, tenant string, id uuid.UUID) (MessageView, error) {
+	v := MessageView{MessageID: id, TenantID: tenant}
+	times := make([]int64, len(statusColumns))
+	dest := []any{&v.ConnectionID, new(int64), new(string), &v.Recipient, new(string), new(string), &v.FailureCode, &v.Detail, &v.ServerID, new(sql.NullString), new(sql.NullInt64)}
+	for i := range times {
+		dest = append(dest, &times[i])
+	}
+	cols := make([]string, len(statusColumns))
+	for i, c := range statusColumns {
+		cols[i] = "m." + c + "_at_us"
+	}
+	err := db.QueryRowContext(ctx, `SELECT m.conn_id, m.seq, m.broadcast_id, m.recipient, m.status, m.clear_id, m.fail_code, m.detail,
+m.server_id, p.clear_id, p.purged_at_us, `+strings.Join(cols, ", ")+`
+FROM status_messages m LEFT JOIN status_purges p ON m.status = 'queued' AND p.conn_id = m.conn_id AND p.from_seq <= m.seq AND p.to_seq >= m.seq
+WHERE m.message_id = $1 AND m.tenant_id = $2`, id.String(), tenant).Scan(dest...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return v, fmt.Errorf("projections: message %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return v, fmt.Errorf("projections: message %s: %w", id, err)
+	}
+	v.Seq = uint64(*dest[1].(*int64))
+	if v.BroadcastID, err = parseID(*dest[2].(*string)); err != nil {
+		return v, err
+	}
+	if err := v.Status.UnmarshalText([]byte(*dest[4].(*string))); err != nil {
+		return v, err
+	}
+	clearID := *dest[5].(*string)
+	if pc := dest[9].(*sql.NullString); pc.Valid {
+		// Covered by a clear not yet materialized.
+		v.Status, clearID = connection.MessageStatusPurged, pc.String
+		times[slices.Index(statusColumns, "purged")] = dest[10].(*sql.NullInt64).Int64
+	}
+	if v.ClearID, err = parseID(clearID); err != nil {
+		return v, err
+	}
+	for i, c := range statusColumns {
+		if times[i] == 0 {
+			continue
+		}
+		var st connection.MessageStatus
+		if err := st.UnmarshalText([]byte(c)); err != nil {
+			return v, err
+		}
+		v.History = append(v.History, StatusChange{Status: st, At: fromUS(times[i])})
+	}
+	return v, nil
+}
+
+// BroadcastProgress counts a broadcast's messages by current status.
+type BroadcastProgress struct {
+	BroadcastID  uuid.UUID
+	ConnectionID string
+	StartedAt    time.Time
+	// Count is the number of recipients; the other fields sum to it once every message is queued.
+	Count, Queued, Dispatched, Sent, Delivered, Read, Failed, Purged, Expired, Unknown uint64
+}
+
+// Broadcast returns the progress of broadcast id of tenant; ErrNotFound when unknown or another
+// tenant's.
+func (s *MessageStatus) Broadcast(ctx context.Context, db *DB, tenant string, id uuid.UUID) (BroadcastProgress, error) {
+	p := BroadcastProgress{BroadcastID: id}
+	var started int64
+	n := make([]int64, 10)
+	err := db.QueryRowContext(ctx, `SELECT conn_id, started_at_us, total, queued, dispatched, sent, delivered, read, failed, purged, expired, unknown
+FROM status_broadcasts WHERE broadcast_id = $1 AND tenant_id = $2`, id.String(), tenant).Scan(
+		&p.ConnectionID, &started, &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9])
+	if errors.Is(err, sql.ErrNoRows) {
+		return p, fmt.Errorf("projections: broadcast %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return p, fmt.Errorf("projections: broadcast %s: %w", id, err)
+	}
+	p.StartedAt = fromUS(started)
+	p.Count, p.Queued, p.Dispatched, p.Sent, p.Delivered = uint64(n[0]), uint64(n[1]), uint64(n[2]), uint64(n[3]), uint64(n[4])
+	p.Read, p.Failed, p.Purged, p.Expired, p.Unknown = uint64(n[5]), uint64(n[6]), uint64(n[7]), uint64(n[8]), uint64(n[9])
+	return p, nil
+}
+
+// Collect implements Collector: it marks up to maxRows positions of purged messages purged in
+// their rows, and drops the purge ranges it has finished.
+func (s *MessageStatus) Collect(ctx context.Context, db *DB, maxRows int) (int, error) {
+	if maxRows <= 0 {
+		maxRows = 10_000
+	}
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = tx.Rollback() }()
+	rows, err := tx.QueryContext(ctx, `SELECT conn_id, from_seq, to_seq, gc_next, clear_id, purged_at_us FROM status_purges ORDER BY conn_id, from_seq LIMIT 16`)
+	if err != nil {
+		return 0, fmt.Errorf("projections: materialize purges: %w", err)
+	}
+	type rng struct {
+		conn, clear            string
+		from, to, gcNext, when int64
+	}
+	var todo []rng
+	for rows.Next() {
+		var r rng
+		if err := rows.Scan(&r.conn, &r.from, &r.to, &r.gcNext, &r.clear, &r.when); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		todo = append(todo, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	done := 0
+	for _, r := range todo {
+		if done >= maxRows {
+			break
+		}
+		end := min(r.to, r.gcNext+int64(maxRows-done)-1)
+		if _, err := tx.ExecContext(ctx, `UPDATE status_messages SET status = 'purged', purged_at_us = $4, clear_id = $5
+WHERE conn_id = $1 AND seq >= $2 AND seq <= $3 AND status = 'queued'`, r.conn, r.gcNext, end, r.when, r.clear); err != nil {
+			return 0, fmt.Errorf("projections: materialize purges: %w", err)
+		}
+		done += int(end - r.gcNext + 1)
+		if end >= r.to {
+			_, err = tx.ExecContext(ctx, `DELETE FROM status_purges WHERE conn_id = $1 AND from_seq = $2`, r.conn, r.from)
+		} else {
+			_, err = tx.ExecContext(ctx, `UPDATE status_purges SET gc_next = $3 WHERE conn_id = $1 AND from_seq = $2`, r.conn, r.from, end+1)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("projections: materialize purges: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("projections: materialize purges: %w", err)
+	}
+	return done, nil
+}
