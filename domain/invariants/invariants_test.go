@@ -1,0 +1,142 @@
+package invariants_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/domain/invariants"
+)
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func mid(i int) uuid.UUID { return uuid.NewSHA1(uuid.Nil, []byte{byte(i)}) }
+
+// hist builds a history with consecutive revisions.
+type hist []invariants.Recorded
+
+func (h hist) add(evs ...connection.Event) hist {
+	for _, e := range evs {
+		h = append(h, invariants.Recorded{Revision: uint64(len(h)), Event: e})
+	}
+	return h
+}
+
+func q(i int) connection.MessageQueued {
+	return connection.MessageQueued{MessageID: mid(i), Seq: uint64(i), Recipient: "+491701234567", Text: "x"}
+}
+func d(i int) connection.MessageDispatched { return connection.MessageDispatched{MessageID: mid(i), Seq: uint64(i)} }
+func sent(i int) connection.MessageSent    { return connection.MessageSent{MessageID: mid(i), Seq: uint64(i)} }
+
+var clearID = uuid.MustParse("00000000-0000-0000-0000-0000000000c1")
+
+// active is a registered, paired connection with messages 1..3 queued.
+func active() hist {
+	return hist{}.add(
+		connection.ConnectionRegistered{ConnectionID: "c", TenantID: "t"},
+		connection.SessionPaired{},
+		q(1), q(2), q(3),
+	)
+}
+
+// clear requests a clear of the whole queue covering from..to with the given in-flight messages.
+func clear(from, to uint64, inFlight ...connection.InFlightMessage) connection.ClearQueueRequested {
+	return connection.ClearQueueRequested{ClearID: clearID, UpToSeq: to, Purge: []connection.SeqRange{{From: from, To: to}},
+		PurgeCount: to - from + 1, InFlight: inFlight}
+}
+
+func cleared(r connection.ClearQueueRequested) connection.QueueCleared {
+	return connection.QueueCleared{ClearID: r.ClearID, Purged: r.Purge, PurgedCount: r.PurgeCount, InFlight: r.InFlight, InFlightCount: len(r.InFlight)}
+}
+
+func TestValidHistoryPasses(t *testing.T) {
+	req := clear(3, 3, connection.InFlightMessage{MessageID: mid(2), Seq: 2})
+	h := active().add(d(1), sent(1), d(2), req, cleared(req), connection.MessageFailed{MessageID: mid(2), Seq: 2, Code: "x"}, q(4), d(4))
+	r := invariants.Check(h, []invariants.Send{{MessageID: mid(1)}, {MessageID: mid(2)}, {MessageID: mid(4)}})
+	if !r.OK() {
+		t.Fatalf("violations on a valid history: %v", r.Violations)
+	}
+	if r.Queued != 4 || r.Purged != 1 || r.Acknowledged != 2 || len(r.InFlight) != 1 || r.InFlight[0] != mid(4) || len(r.Pending) != 0 {
+		t.Fatalf("report = %+v, want 4 queued, 1 purged, 2 acknowledged, in flight [%s], none pending", r, mid(4))
+	}
+}
+
+func TestCheckerCatchesEachViolation(t *testing.T) {
+	req := clear(1, 3)
+	tests := []struct {
+		name  string
+		h     hist
+		sends []invariants.Send
+		want  invariants.Kind
+		g     invariants.Guarantee
+	}{
+		{"G1 dispatch of a purged message after the request", active().add(req, cleared(req), d(1)), nil, invariants.KindDispatchPurged, invariants.G1},
+		{"G1 send of a purged message", active().add(req), []invariants.Send{{MessageID: mid(2)}}, invariants.KindSentPurged, invariants.G1},
+		{"G2 enqueue while clearing", active().add(req, q(4)), nil, invariants.KindQueuedWhileClearing, invariants.G2},
+		{"G2 broadcast while clearing", active().add(req, connection.BroadcastStarted{BroadcastID: mid(99)}), nil, invariants.KindQueuedWhileClearing, invariants.G2},
+		{"G2 dispatch while clearing", active().add(clear(2, 3), d(1)), nil, invariants.KindDispatchClearing, invariants.G2},
+		{"G3 purge count overstated", active().add(connection.ClearQueueRequested{ClearID: clearID, Purge: []connection.SeqRange{{From: 1, To: 3}}, PurgeCount: 4}), nil, invariants.KindPurgeCount, invariants.G3},
+		{"G3 pending message left out of the purge", active().add(clear(1, 2)), nil, invariants.KindPendingNotPurged, invariants.G3},
+		{"G3 purge covers a dispatched message", active().add(d(1), clear(1, 3)), nil, invariants.KindPurgeNotPending, invariants.G3},
+		{"G3 in-flight list wrong", active().add(d(1), clear(2, 3)), nil, invariants.KindInFlightMismatch, invariants.G3},
+		{"G3 cleared report differs", active().add(req, connection.QueueCleared{ClearID: clearID, Purged: []connection.SeqRange{{From: 1, To: 2}}, PurgedCount: 2}), nil, invariants.KindClearedMismatch, invariants.G3},
+		{"G3 cleared without request", active().add(cleared(req)), nil, invariants.KindClearedNoRequest, invariants.G3},
+		{"G3 second terminal state", active().add(d(1), sent(1), connection.MessageFailed{MessageID: mid(1), Seq: 1}), nil, invariants.KindAckNotInFlight, invariants.G3},
+		{"G3 expired after dispatch", active().add(d(1), connection.MessageExpired{MessageID: mid(1), Seq: 1}), nil, invariants.KindExpiredTwice, invariants.G3},
+		{"G3 event about an unknown message", active().add(d(7)), nil, invariants.KindUnknownMessage, invariants.G3},
+		{"G5 dispatched twice", active().add(d(1), d(1)), nil, invariants.KindDispatchedTwice, invariants.G5},
+		{"G5 sent twice", active().add(d(1)), []invariants.Send{{MessageID: mid(1)}, {MessageID: mid(1), Order: 1}}, invariants.KindSentTwice, invariants.G5},
+		{"G5 sent without dispatch", active(), []invariants.Send{{MessageID: mid(1)}}, invariants.KindSentUndispatched, invariants.G5},
+		{"G7 dispatch while banned", active().add(connection.ConnectionBanned{}, d(1)), nil, invariants.KindDispatchUnlinked, invariants.G7},
+		{"G7 dispatch while session invalid", active().add(connection.SessionInvalidated{}, d(1)), nil, invariants.KindDispatchUnlinked, invariants.G7},
+		{"G7 dispatch while held", active().add(connection.QueueHeld{}, d(1)), nil, invariants.KindDispatchHeld, invariants.G7},
+		{"G7 dispatch after lift before resume", active().add(connection.ConnectionBanned{}, connection.BanLifted{}, d(1)), nil, invariants.KindDispatchAfterLift, invariants.G7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := invariants.Check(tt.h, tt.sends)
+			for _, v := range r.Violations {
+				if v.Kind == tt.want && v.Guarantee == tt.g {
+					return
+				}
+			}
+			t.Fatalf("want a %s %s violation, got %v", tt.g, tt.want, r.Violations)
+		})
+	}
+}
+
+func TestLiftThenResumeOrClearAllowsDispatch(t *testing.T) {
+	req := clear(2, 3, connection.InFlightMessage{MessageID: mid(1), Seq: 1})
+	for name, tail := range map[string][]connection.Event{
+		"resume": {connection.QueueHeld{}, connection.BanLifted{}, connection.QueueResumed{}, d(2)},
+		"clear":  {connection.BanLifted{}, req, cleared(req), q(4), d(4)},
+	} {
+		h := active().add(d(1), connection.ConnectionBanned{}).add(tail...)
+		if r := invariants.Check(h, nil); !r.OK() {
+			t.Errorf("%s: violations %v", name, r.Violations)
+		}
+		// Without the resume or the clear the same dispatch is a G7 violation.
+		cut := h[:len(h)-1-len(tail)+1].add(tail[len(tail)-1])
+		if r := invariants.Check(cut, nil); r.OK() {
+			t.Errorf("%s: dispatch right after the lift passed", name)
+		}
+	}
+}
+
+func TestOutOfOrderHistory(t *testing.T) {
+	h := active()
+	h[3].Revision = 1
+	if r := invariants.Check(h, nil); !r.Has(invariants.KindOutOfOrder) {
+		t.Fatalf("want %s, got %v", invariants.KindOutOfOrder, r.Violations)
+	}
+}
+
+func TestViolationString(t *testing.T) {
+	v := invariants.Violation{Guarantee: invariants.G5, Kind: invariants.KindSentTwice, Revision: 7, MessageID: mid(1), Seq: 1}
+	want := "G5 sent_twice at revision 7 message " + mid(1).String() + " seq 1"
+	if got := v.String(); got != want {
+		t.Fatalf("String() = %q, want %q", got, want)
+	}
+}
