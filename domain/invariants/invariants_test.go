@@ -27,8 +27,12 @@ func (h hist) add(evs ...connection.Event) hist {
 func q(i int) connection.MessageQueued {
 	return connection.MessageQueued{MessageID: mid(i), Seq: uint64(i), Recipient: "+491701234567", Text: "x"}
 }
-func d(i int) connection.MessageDispatched { return connection.MessageDispatched{MessageID: mid(i), Seq: uint64(i)} }
-func sent(i int) connection.MessageSent    { return connection.MessageSent{MessageID: mid(i), Seq: uint64(i)} }
+func d(i int) connection.MessageDispatched {
+	return connection.MessageDispatched{MessageID: mid(i), Seq: uint64(i)}
+}
+func sent(i int) connection.MessageSent {
+	return connection.MessageSent{MessageID: mid(i), Seq: uint64(i)}
+}
 
 var clearID = uuid.MustParse("00000000-0000-0000-0000-0000000000c1")
 
