@@ -45,6 +45,20 @@ func (o *Options) setDefaults() {
 }
 
 // Run runs the whole suite against the adapter built by f. Every subtest calls t.Parallel.
+//
+// What it holds an adapter to, beyond the port's doc comments:
+//   - errors: wrong expectations as *eventstore.WrongExpectedRevisionError with the stream's
+//     actual revision; ids stored elsewhere as *eventstore.DuplicateEventError naming the id
+//     (a batch whose stored prefix is followed by new events may fail either way);
+//   - RecordedAt is a time the injected clock returned, in UTC (time.UTC location);
+//   - Data round-trips as equal JSON (formatting may change), Metadata exactly;
+//   - a stream that was never written reads as ErrStreamNotFound, also after empty appends;
+//   - positions strictly increase in ReadAll and Subscribe, agree with revision order and with
+//     happens-before, also across two stores from the factory;
+//   - Subscribe delivers what a later ReadAll returns, in the same order, exactly once across
+//     stops and resumes from the last handled Position, while writers append concurrently.
+//
+// Subtests never assert speed: waits for events end only after Options.Timeout.
 func Run(t *testing.T, f Factory, opts Options) {
 	t.Helper()
 	opts.setDefaults()
