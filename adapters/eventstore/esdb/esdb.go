@@ -214,11 +214,18 @@ func (s *Store) begin(ctx context.Context) (*generation, context.Context, func()
 	}, nil
 }
 
-// renew replaces gen's client with a fresh one if err says it closed itself while the store is
-// open (see the package doc). It is a no-op if another call already replaced it.
+// renew replaces gen's client with a fresh one if err shows that it closed itself while the
+// store is open (see the package doc): either the failed discovery itself, reported to the call
+// that started it, or ErrorCodeConnectionClosed, reported to every later call. Replacing it at
+// the discovery failure releases at once the calls queued behind that discovery. It is a no-op
+// if another call already replaced it.
 func (s *Store) renew(gen *generation, err error) {
 	var ee *esdb.Error
-	if !errors.As(err, &ee) || ee.Code() != esdb.ErrorCodeConnectionClosed {
+	if !errors.As(err, &ee) {
+		return
+	}
+	discoveryFailed := ee.Err() != nil && strings.Contains(ee.Err().Error(), "maximum discovery attempt count reached")
+	if ee.Code() != esdb.ErrorCodeConnectionClosed && !discoveryFailed {
 		return
 	}
 	s.mu.Lock()
