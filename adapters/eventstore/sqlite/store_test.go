@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -197,5 +198,58 @@ func TestSparseFilterScansForward(t *testing.T) {
 	})
 	if !errors.Is(err, stop) || len(got) != 1 || got[0].ID != rare.ID {
 		t.Fatalf("sparse subscription: got %d events, error %v, want the one Rare event %s and the handler's error", len(got), err, rare.ID)
+	}
+}
+
+// TestTwoHandlesRace races appends at one expected revision through two database handles on
+// one file, standing in for two processes: they share no mutex, only SQLite's write lock.
+// Exactly one wins; the others see the winner's revision, and none fails with SQLITE_BUSY.
+func TestTwoHandlesRace(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "two.db")
+	var stores []*sqlite.Store
+	for range 2 {
+		s, err := sqlite.Open(ctx, path, sqlite.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		stores = append(stores, s)
+	}
+	if _, err := stores[0].Append(ctx, "race", eventstore.NoStream, eventstore.EventData{ID: uuid.New(), Type: "First"}); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 8
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			evs := []eventstore.EventData{{ID: uuid.New(), Type: "W"}, {ID: uuid.New(), Type: "W"}}
+			_, errs[i] = stores[i%2].Append(ctx, "race", eventstore.Exact(0), evs...)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	wins := 0
+	for i, err := range errs {
+		var we *eventstore.WrongExpectedRevisionError
+		switch {
+		case err == nil:
+			wins++
+		case errors.As(err, &we) && we.Actual == 2:
+		default:
+			t.Fatalf("writer %d: got error %v (busy: %v), want success or a wrong expected revision at 2", i, err, sqlitedb.IsBusy(err))
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("writers through two handles: got %d winners, want exactly 1", wins)
+	}
+	evs, err := stores[1].ReadStream(ctx, "race", eventstore.Forwards, 0, 0)
+	if err != nil || len(evs) != 3 {
+		t.Fatalf("stream after the race: got %d events, %v, want 3", len(evs), err)
 	}
 }
