@@ -28,6 +28,14 @@
 //     transaction that never takes the write lock), for reads; many readers run concurrently;
 //   - writers in one process may additionally serialize themselves (the event store does, with a
 //     mutex) so that they do not spin in SQLite's busy handler.
+//
+// # Sharing the file
+//
+// Each package keeps its own tables and its own migration history (for goose, its own version
+// table name). whatsmeow's session store takes the same handle:
+// sqlstore.NewWithDB(db, "sqlite3", log) and then Container.Upgrade; it needs the foreign keys
+// Open turns on. Use a file (t.TempDir() in tests), not :memory:, which would give every
+// connection of the pool its own empty database.
 package sqlitedb
 
 import (
