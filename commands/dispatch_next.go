@@ -120,6 +120,11 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 	)
 	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		seq, ok := c.Head()
+		if clr, clearing := c.CurrentClear(); !ok && clearing {
+			// Report the clear rather than an empty queue: it is why nothing is pending.
+			err := &connection.ClearingError{ConnectionID: cmd.ConnectionID, Op: "dispatch", ClearID: clr.ClearID, Since: clr.RequestedAt}
+			return nil, &NotDispatchableError{ConnectionID: cmd.ConnectionID, Code: connection.CodeQueueClearing, Err: err}
+		}
 		if !ok {
 			return nil, &NotDispatchableError{ConnectionID: cmd.ConnectionID, Code: CodeNothingToDispatch, Err: ErrNothingToDispatch}
 		}

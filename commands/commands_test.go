@@ -1,0 +1,456 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// call is one command run against connection id.
+type call struct {
+	name  string
+	right auth.Right
+	run   func(ctx context.Context, h *handlers, id string) error
+}
+
+func calls() []call {
+	ref := func(id string) MessageRef { return MessageRef{ConnectionID: id, MessageID: uuid.New(), Seq: 1} }
+	return []call{
+		{"register", auth.ConnectionEdit, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.register.Handle(ctx, RegisterConnection{ConnectionID: id, Phone: phone})
+			return err
+		}},
+		{"set policy", auth.ConnectionEdit, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.policy.Handle(ctx, SetOnBanPolicy{ConnectionID: id, Policy: connection.OnBanResume})
+			return err
+		}},
+		{"pairing succeeded", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.pair.Handle(ctx, PairingSucceeded{ConnectionID: id})
+			return err
+		}},
+		{"session invalidated", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.invalidate.Handle(ctx, SessionInvalidated{ConnectionID: id, Reason: "401"})
+			return err
+		}},
+		{"report ban", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.ban.Handle(ctx, ReportBan{ConnectionID: id, Kind: connection.BanPermanent, ReasonCode: "406"})
+			return err
+		}},
+		{"lift ban", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.lift.Handle(ctx, LiftBan{ConnectionID: id})
+			return err
+		}},
+		{"enqueue", auth.MessageSend, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.enqueue.Handle(ctx, EnqueueMessage{ConnectionID: id, IdempotencyKey: "k", Recipient: "+491709999999", Text: "hi"})
+			return err
+		}},
+		{"start broadcast", auth.BroadcastMgmt, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.broadcast.Handle(ctx, StartBroadcast{ConnectionID: id, IdempotencyKey: "b", Recipients: []string{"+491709999999"}, Text: "hi"})
+			return err
+		}},
+		{"dispatch next", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.dispatch.Handle(ctx, DispatchNext{ConnectionID: id})
+			return err
+		}},
+		{"record sent", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.sent.Handle(ctx, RecordSent{MessageRef: ref(id)})
+			return err
+		}},
+		{"record delivered", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.delivered.Handle(ctx, RecordDelivered{MessageRef: ref(id)})
+			return err
+		}},
+		{"record read", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.read.Handle(ctx, RecordRead{MessageRef: ref(id)})
+			return err
+		}},
+		{"record failed", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.failed.Handle(ctx, RecordFailed{MessageRef: ref(id), Code: "x"})
+			return err
+		}},
+		{"record outcome unknown", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.unknown.Handle(ctx, RecordOutcomeUnknown{MessageRef: ref(id), Cause: "timeout"})
+			return err
+		}},
+		{"expire", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.expire.Handle(ctx, ExpireMessage{ConnectionID: id, MessageID: uuid.New(), Seq: 1, ExpiresAt: t0})
+			return err
+		}},
+		{"hold", auth.ConnectionEdit, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.hold.Handle(ctx, HoldQueue{ConnectionID: id})
+			return err
+		}},
+		{"resume", auth.ConnectionEdit, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.resume.Handle(ctx, ResumeQueue{ConnectionID: id})
+			return err
+		}},
+		{"request clear", auth.ConnectionEdit, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.requestClear.Handle(ctx, RequestClear{ConnectionID: id, IdempotencyKey: "c", Reason: "ban"})
+			return err
+		}},
+		{"complete clear", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.complete.Handle(ctx, CompleteClear{ConnectionID: id, ClearID: uuid.New()})
+			return err
+		}},
+	}
+}
+
+// lacking returns a principal of tenant without right (every right but admin is lacked by some
+// role; admin by every role but admin).
+func lacking(right auth.Right) auth.Principal {
+	for _, r := range auth.Roles() {
+		if !r.Grants(right) {
+			return auth.Principal{TenantID: tenant, ID: "p-" + r.String(), Role: r}
+		}
+	}
+	panic("every role grants " + right.String())
+}
+
+func streamLen(t *testing.T, ctx context.Context, store eventstore.Store, id string) int {
+	t.Helper()
+	h, _ := history(t, ctx, store, id)
+	return len(h)
+}
+
+func TestAuthorization(t *testing.T) {
+	ctx := testCtx(t)
+	store := openSQLite(t)
+	clock := &fixedClock{now: t0}
+	h := newHandlers(t, store, RepositoryOptions{}, clock.Now)
+	h.registerActive(t, ctx, "c-1")
+	before := streamLen(t, ctx, store, "c-1")
+
+	other := auth.Principal{TenantID: "tenant-b", ID: "admin-b", Role: auth.RoleAdmin}
+	for _, c := range calls() {
+		t.Run(c.name, func(t *testing.T) {
+			p := lacking(c.right)
+			err := c.run(as(ctx, p), h, "c-1")
+			if !errors.Is(err, auth.ErrForbidden) {
+				t.Errorf("role %s lacking %s: err = %v, want auth.ErrForbidden", p.Role, c.right, err)
+			}
+			if err := c.run(ctx, h, "c-1"); !errors.Is(err, ErrUnauthenticated) {
+				t.Errorf("no principal: err = %v, want ErrUnauthenticated", err)
+			}
+			if c.name == "register" {
+				if err := c.run(as(ctx, other), h, "c-1"); !errors.Is(err, connection.ErrAlreadyRegistered) {
+					t.Errorf("other tenant registering a taken id: err = %v, want ErrAlreadyRegistered", err)
+				}
+				return
+			}
+			// Another tenant's connection answers exactly like a missing one (G9).
+			errOther := c.run(as(ctx, other), h, "c-1")
+			errMissing := c.run(as(ctx, other), h, "c-missing")
+			var nf1, nf2 *NotFoundError
+			if !errors.As(errOther, &nf1) || !errors.As(errMissing, &nf2) {
+				t.Fatalf("other tenant: err = %v; missing: err = %v; want *NotFoundError for both", errOther, errMissing)
+			}
+			if nf1.ConnectionID != "c-1" || fmt.Sprint(errMissing) != fmt.Sprint(&NotFoundError{ConnectionID: "c-missing"}) {
+				t.Errorf("not-found errors differ in more than the id: %v / %v", errOther, errMissing)
+			}
+		})
+	}
+	if after := streamLen(t, ctx, store, "c-1"); after != before {
+		t.Fatalf("refused commands wrote %d events", after-before)
+	}
+	if n := streamLen(t, ctx, store, "c-missing"); n != 0 {
+		t.Fatalf("refused commands created a stream of %d events", n)
+	}
+}
+
+func TestConstructorsRefuseNil(t *testing.T) {
+	if _, err := NewRepository(nil, RepositoryOptions{}); err == nil {
+		t.Error("NewRepository(nil) succeeded")
+	}
+	repo := must(NewRepository(openSQLite(t), RepositoryOptions{}))
+	errs := []error{
+		second(NewRegisterConnectionHandler(nil, SystemClock)), second(NewEnqueueMessageHandler(repo, nil)),
+		second(NewDispatchNextHandler(repo, nil, SystemClock)), second(NewCompleteClearHandler(nil, SystemClock)),
+		second(NewRecordSentHandler(repo, nil)), second(NewStartBroadcastHandler(nil, nil)),
+		second(NewCommandBus(nil, nil)),
+	}
+	for i, err := range errs {
+		if err == nil {
+			t.Errorf("constructor %d accepted a nil dependency", i)
+		}
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
+
+func TestEnqueueIsIdempotent(t *testing.T) {
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			store := s.open(t)
+			h := newHandlers(t, store, RepositoryOptions{}, (&fixedClock{now: t0}).Now)
+			h.registerActive(t, ctx, "c-1")
+			cmd := EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "order-7", Recipient: "+491709999999", Text: "hi"}
+			first, err := h.enqueue.Handle(as(ctx, sender), cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first.Replayed || first.Seq != 1 || first.Position.IsZero() {
+				t.Fatalf("first enqueue = %+v, want seq 1, not replayed, a position", first)
+			}
+			// Another message in between, then the retry through a cold repository too.
+			if _, err := h.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "other", Recipient: "+491709999998", Text: "x"}); err != nil {
+				t.Fatal(err)
+			}
+			cold := newHandlers(t, store, RepositoryOptions{}, (&fixedClock{now: t0.Add(time.Minute)}).Now)
+			for _, hh := range []*handlers{h, cold} {
+				again, err := hh.enqueue.Handle(as(ctx, sender), cmd)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !again.Replayed || again.MessageID != first.MessageID || again.Seq != first.Seq {
+					t.Fatalf("retry = %+v, want replay of %s at seq %d", again, first.MessageID, first.Seq)
+				}
+			}
+			hist, _ := history(t, ctx, store, "c-1")
+			if n := countTypes(hist)[connection.TypeMessageQueued]; n != 2 {
+				t.Fatalf("%d MessageQueued, want 2", n)
+			}
+		})
+	}
+}
+
+func TestClearIsIdempotentAndCompletesOnce(t *testing.T) {
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			store := s.open(t)
+			h := newHandlers(t, store, RepositoryOptions{}, (&fixedClock{now: t0}).Now)
+			h.registerActive(t, ctx, "c-1")
+			for i := range 3 {
+				if _, err := h.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: fmt.Sprint(i), Recipient: "+491709999999", Text: "x"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cmd := RequestClear{ConnectionID: "c-1", IdempotencyKey: "clear-1", Reason: "banned mid-broadcast"}
+			req, err := h.requestClear.Handle(as(ctx, operator), cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if req.Replayed || req.Requested.PurgeCount != 3 || req.Requested.ClearID != req.ClearID {
+				t.Fatalf("request = %+v, want 3 purged", req)
+			}
+			again, err := h.requestClear.Handle(as(ctx, operator), cmd)
+			if err != nil || !again.Replayed || again.ClearID != req.ClearID || again.Requested.PurgeCount != 3 {
+				t.Fatalf("retried request = %+v, %v; want replay of %s", again, err, req.ClearID)
+			}
+			// G2 while clearing.
+			_, err = h.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "late", Recipient: "+491709999999", Text: "x"})
+			if code, _ := connection.ErrorCode(err); code != connection.CodeQueueClearing {
+				t.Fatalf("enqueue while clearing: err = %v, want code %s", err, connection.CodeQueueClearing)
+			}
+			done, err := h.complete.Handle(as(ctx, system), CompleteClear{ConnectionID: "c-1", ClearID: req.ClearID})
+			if err != nil || done.AlreadyCompleted || done.Cleared.PurgedCount != 3 {
+				t.Fatalf("complete = %+v, %v", done, err)
+			}
+			// Called again (the clearing process restarted): the same report, nothing written.
+			for _, hh := range []*handlers{h, newHandlers(t, store, RepositoryOptions{}, SystemClock)} {
+				twice, err := hh.complete.Handle(as(ctx, system), CompleteClear{ConnectionID: "c-1", ClearID: req.ClearID})
+				if err != nil || !twice.AlreadyCompleted || twice.Cleared.ClearID != req.ClearID || twice.Cleared.PurgedCount != 3 {
+					t.Fatalf("second complete = %+v, %v; want the recorded report", twice, err)
+				}
+			}
+			// A request with the same key after completion is a replay too.
+			late, err := h.requestClear.Handle(as(ctx, operator), cmd)
+			if err != nil || !late.Replayed || late.Requested.PurgeCount != 3 {
+				t.Fatalf("request after completion = %+v, %v; want replay", late, err)
+			}
+			hist, _ := history(t, ctx, store, "c-1")
+			n := countTypes(hist)
+			if n[connection.TypeClearQueueRequested] != 1 || n[connection.TypeQueueCleared] != 1 {
+				t.Fatalf("events %v, want exactly one ClearQueueRequested and one QueueCleared", n)
+			}
+			// A never-requested clear is refused.
+			if _, err := h.complete.Handle(as(ctx, system), CompleteClear{ConnectionID: "c-1", ClearID: uuid.New()}); !errors.Is(err, connection.ErrNoClearInProgress) {
+				t.Fatalf("complete of an unknown clear: err = %v", err)
+			}
+		})
+	}
+}
+
+func TestFailedCommandWritesNothing(t *testing.T) {
+	ctx := testCtx(t)
+	store := openSQLite(t)
+	h := newHandlers(t, store, RepositoryOptions{}, (&fixedClock{now: t0}).Now)
+	h.registerActive(t, ctx, "c-1")
+	before := streamLen(t, ctx, store, "c-1")
+	failing := []error{
+		second(h.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k", Recipient: "not a phone", Text: "x"})),
+		second(h.broadcast.Handle(as(ctx, sender), StartBroadcast{ConnectionID: "c-1", IdempotencyKey: "b", Recipients: []string{"+491709999999", "bad"}, Text: "x"})),
+		second(h.resume.Handle(as(ctx, operator), ResumeQueue{ConnectionID: "c-1"})),
+		second(h.lift.Handle(as(ctx, system), LiftBan{ConnectionID: "c-1"})),
+		second(h.register.Handle(as(ctx, operator), RegisterConnection{ConnectionID: "c-1", Phone: phone})),
+		second(h.requestClear.Handle(as(ctx, operator), RequestClear{ConnectionID: "c-1", Reason: "no key"})),
+	}
+	for i, err := range failing {
+		if _, ok := connection.ErrorCode(err); !ok {
+			t.Errorf("command %d: err = %v, want a domain refusal", i, err)
+		}
+	}
+	var de *NotDispatchableError
+	if _, err := h.dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"}); !errors.As(err, &de) || de.Code != CodeNothingToDispatch || !errors.Is(err, ErrNothingToDispatch) {
+		t.Errorf("dispatch of an empty queue: err = %v, want nothing to dispatch", err)
+	}
+	if after := streamLen(t, ctx, store, "c-1"); after != before {
+		t.Fatalf("failed commands wrote %d events", after-before)
+	}
+}
+
+// TestRetriesOnConflict runs concurrent writers through separate repositories (as separate
+// processes would): every enqueue must land, each at a distinct Seq, after retrying on conflict.
+func TestRetriesOnConflict(t *testing.T) {
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			store := s.open(t)
+			const writers, each = 6, 15
+			hs := make([]*handlers, writers)
+			for i := range hs {
+				hs[i] = newHandlers(t, store, RepositoryOptions{MaxAttempts: 200, RetryBackoff: time.Millisecond}, SystemClock)
+			}
+			hs[0].registerActive(t, ctx, "c-1")
+			var wg sync.WaitGroup
+			var seqs sync.Map
+			var failures atomic.Int32
+			for w := range writers {
+				wg.Go(func() {
+					for i := range each {
+						r, err := hs[w].enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: fmt.Sprintf("%d-%d", w, i), Recipient: "+491709999999", Text: "x"})
+						if err != nil {
+							t.Errorf("writer %d: %v", w, err)
+							failures.Add(1)
+							return
+						}
+						if _, dup := seqs.LoadOrStore(r.Seq, r.MessageID); dup {
+							t.Errorf("seq %d given twice", r.Seq)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			hist, _ := history(t, ctx, store, "c-1")
+			if n := countTypes(hist)[connection.TypeMessageQueued]; n != writers*each {
+				t.Fatalf("%d MessageQueued, want %d", n, writers*each)
+			}
+			// Every repository's cache saw or catches up to the same state.
+			for i, h := range hs {
+				var last uint64
+				if err := h.repo.View(ctx, "c-1", func(c *connection.Connection) error { last = c.LastSeq(); return nil }); err != nil {
+					t.Fatal(err)
+				}
+				if last != writers*each {
+					t.Fatalf("repository %d sees last seq %d, want %d", i, last, writers*each)
+				}
+			}
+		})
+	}
+}
+
+func TestConflictGivesUpAfterMaxAttempts(t *testing.T) {
+	ctx := testCtx(t)
+	store := openSQLite(t)
+	h := newHandlers(t, store, RepositoryOptions{MaxAttempts: 3, RetryBackoff: time.Microsecond}, SystemClock)
+	h.registerActive(t, ctx, "c-1")
+	other := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+	attempts := 0
+	_, err := h.repo.Update(ctx, "c-1", "test", func(c *connection.Connection) ([]connection.Event, error) {
+		attempts++
+		// Another writer appends between every load and append.
+		if _, err := other.hold.Handle(as(ctx, operator), HoldQueue{ConnectionID: "c-1"}); err != nil {
+			if _, err := other.resume.Handle(as(ctx, operator), ResumeQueue{ConnectionID: "c-1"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return c.ChangeOnBanPolicy(connection.SetOnBanPolicy{Policy: connection.OnBanResume, Actor: "test"}, t0)
+	})
+	var ce *ConflictError
+	if !errors.As(err, &ce) || ce.Attempts != 3 || attempts != 3 || !errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+		t.Fatalf("err = %v after %d attempts, want *ConflictError after 3", err, attempts)
+	}
+}
+
+func TestMetadataOnEveryEvent(t *testing.T) {
+	ctx := testCtx(t)
+	store := openSQLite(t)
+	h := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+	h.registerActive(t, ctx, "c-1")
+	cctx := WithCausationID(WithCorrelationID(as(ctx, operator), "corr-1"), "cause-1")
+	if _, err := h.hold.Handle(cctx, HoldQueue{ConnectionID: "c-1", Note: "n"}); err != nil {
+		t.Fatal(err)
+	}
+	_, recs := history(t, ctx, store, "c-1")
+	last := recs[len(recs)-1]
+	want := eventstore.Metadata{TenantID: tenant, Actor: operator.ID, CorrelationID: "corr-1", CausationID: "cause-1"}
+	if last.Metadata != want {
+		t.Fatalf("metadata = %+v, want %+v", last.Metadata, want)
+	}
+	for _, r := range recs {
+		if r.Metadata.TenantID != tenant || r.Metadata.Actor == "" {
+			t.Fatalf("revision %d metadata %+v lacks tenant or actor", r.Revision, r.Metadata)
+		}
+	}
+}
+
+// TestDispatchFlow dispatches, expires and records outcomes, and checks that a stale dispatcher
+// (another repository whose cache predates a clear) cannot dispatch a purged message (G1).
+func TestDispatchFlow(t *testing.T) {
+	ctx := testCtx(t)
+	store := openSQLite(t)
+	clock := &fixedClock{now: t0}
+	h := newHandlers(t, store, RepositoryOptions{}, clock.Now)
+	h.registerActive(t, ctx, "c-1")
+	for i, ttl := range []time.Duration{0, time.Minute, 0} {
+		if _, err := h.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: fmt.Sprint(i), Recipient: "+491709999999", Text: fmt.Sprint("m", i), TTL: ttl}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := h.dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"})
+	if err != nil || d.Outcome != DispatchSend || d.Message.Seq != 1 || d.Message.Text != "m0" {
+		t.Fatalf("dispatch = %+v, %v; want seq 1 to send", d, err)
+	}
+	if _, err := h.sent.Handle(as(ctx, system), RecordSent{MessageRef: MessageRef{ConnectionID: "c-1", MessageID: d.Message.MessageID, Seq: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.sent.Handle(as(ctx, system), RecordSent{MessageRef: MessageRef{ConnectionID: "c-1", MessageID: d.Message.MessageID, Seq: 1}}); !errors.Is(err, connection.ErrNotInFlight) {
+		t.Fatalf("second sent: err = %v, want ErrNotInFlight", err)
+	}
+	clock.mu.Lock()
+	clock.now = t0.Add(2 * time.Minute)
+	clock.mu.Unlock()
+	d, err = h.dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"})
+	if err != nil || d.Outcome != DispatchExpired || d.Message.Seq != 2 {
+		t.Fatalf("dispatch of the expired head = %+v, %v; want expired seq 2", d, err)
+	}
+	// A second dispatcher warms its cache, then a clear lands through the first.
+	stale := newHandlers(t, store, RepositoryOptions{}, clock.Now)
+	if err := stale.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.requestClear.Handle(as(ctx, operator), RequestClear{ConnectionID: "c-1", IdempotencyKey: "c", Reason: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stale.dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"})
+	if !errors.Is(err, connection.ErrQueueClearing) || !errors.Is(err, ErrNotDispatchable) {
+		t.Fatalf("stale dispatcher after a clear: err = %v, want not dispatchable (queue clearing)", err)
+	}
+	hist, _ := history(t, ctx, store, "c-1")
+	if n := countTypes(hist)[connection.TypeMessageDispatched]; n != 1 {
+		t.Fatalf("%d MessageDispatched, want 1 (the purged seq 3 must never be dispatched)", n)
+	}
+}
