@@ -1,0 +1,231 @@
+package projections_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
+	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
+	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/adapters/sqlitedb"
+	"github.com/waqueue/waqueue/projections"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// quietLogger keeps warnings and errors only: watermill logs every handler start at info.
+var quietLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+// env is one engine's event store and read-model database.
+type env struct {
+	store eventstore.Store
+	db    *projections.DB
+}
+
+// eachEngine runs body against SQLite (events and read models in one file, as in the embedded
+// mode) and PostgreSQL (one fresh database).
+func eachEngine(t *testing.T, body func(t *testing.T, e *env)) {
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		ctx := context.Background()
+		path := filepath.Join(t.TempDir(), "waqueue.db")
+		store, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = store.Close() })
+		sdb, err := sqlitedb.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sdb.Close() })
+		db := &projections.DB{SQL: sdb, Dialect: projections.SQLite}
+		if err := projections.Migrate(ctx, db); err != nil {
+			t.Fatal(err)
+		}
+		body(t, &env{store: store, db: db})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		ctx := context.Background()
+		url := pgtest.URL(t)
+		pool, err := pgxpool.New(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		if err := postgres.Migrate(ctx, pool); err != nil {
+			t.Fatal(err)
+		}
+		store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond})
+		t.Cleanup(func() { _ = store.Close() })
+		sdb, err := sql.Open("pgx", url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sdb.Close() })
+		db := &projections.DB{SQL: sdb, Dialect: projections.Postgres}
+		if err := projections.Migrate(ctx, db); err != nil {
+			t.Fatal(err)
+		}
+		body(t, &env{store: store, db: db})
+	})
+}
+
+// running is a Runner started in the background.
+type running struct {
+	runner *projections.Runner
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startRunner(t *testing.T, e *env, ps ...projections.Projection) *running {
+	t.Helper()
+	r, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store, Projections: ps, BatchSize: 64,
+		Logger: quietLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	run := &running{runner: r, cancel: cancel, done: make(chan error, 1)}
+	go func() { run.done <- r.Run(ctx) }()
+	t.Cleanup(run.stop)
+	return run
+}
+
+func (r *running) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+	r.cancel = nil
+}
+
+// startProcess runs a ClearProcess in the background until the test ends or stop is called.
+func startProcess(t *testing.T, e *env, q *projections.Queue, c projections.ClearCompleter) (*projections.ClearProcess, func()) {
+	t.Helper()
+	p, err := projections.NewClearProcess(projections.ClearProcessConfig{DB: e.db, Store: e.store, Queue: q, Completer: c,
+		RetryInterval: 100 * time.Millisecond, Logger: quietLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.Run(ctx); close(done) }()
+	var once atomic.Bool
+	stop := func() {
+		if once.CompareAndSwap(false, true) {
+			cancel()
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	return p, stop
+}
+
+// waitFor waits until every projection has applied the store's last event it selects.
+func (r *running) waitFor(t *testing.T, e *env, ps ...projections.Projection) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, p := range ps {
+		evs, err := e.store.ReadAll(ctx, eventstore.Start, 0, p.Filter())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 0 {
+			continue
+		}
+		if err := r.runner.WaitFor(ctx, []string{p.Name()}, evs[len(evs)-1].Position); err != nil {
+			t.Fatalf("%s did not catch up: %v (statuses %+v)", p.Name(), err, r.runner.Statuses())
+		}
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok, err := cond()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// dump returns the rows of tables, sorted, as text: the state a rebuild must reproduce.
+func dump(t *testing.T, db *projections.DB, tables ...string) string {
+	t.Helper()
+	var out []string
+	for _, tbl := range tables {
+		rows, err := db.QueryContext(context.Background(), `SELECT * FROM `+tbl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rows.Columns()
+		var lines []string
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			var b strings.Builder
+			for i, v := range vals {
+				if bs, ok := v.([]byte); ok {
+					v = string(bs)
+				}
+				fmt.Fprintf(&b, "%s=%v ", cols[i], v)
+			}
+			lines = append(lines, b.String())
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		sort.Strings(lines)
+		out = append(out, fmt.Sprintf("== %s (%d rows)", tbl, len(lines)))
+		out = append(out, lines...)
+	}
+	return strings.Join(out, "\n")
+}
+
+// countEvents counts the events of type typ in stream.
+func countEvents(t *testing.T, e *env, stream, typ string) int {
+	t.Helper()
+	evs, err := e.store.ReadStream(context.Background(), stream, eventstore.Forwards, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, ev := range evs {
+		if ev.Type == typ {
+			n++
+		}
+	}
+	return n
+}
