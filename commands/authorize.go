@@ -3,6 +3,8 @@ package commands
 import (
 	"context"
 
+	"github.com/google/uuid"
+
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -35,16 +37,22 @@ func visible(p auth.Principal, connID string, c *connection.Connection) error {
 // repository, refusing connections the caller cannot see.
 func update(ctx context.Context, repo *Repository, connID string, right auth.Right,
 	decide func(p auth.Principal, c *connection.Connection) ([]connection.Event, error)) (Appended, error) {
+	return claimUpdate(ctx, repo, connID, right, uuid.Nil, decide)
+}
+
+// claimUpdate is update with a claim (see Repository.update).
+func claimUpdate(ctx context.Context, repo *Repository, connID string, right auth.Right, claim uuid.UUID,
+	decide func(p auth.Principal, c *connection.Connection) ([]connection.Event, error)) (Appended, error) {
 	p, err := principal(ctx, right)
 	if err != nil {
 		return Appended{}, err
 	}
-	return repo.Update(ctx, connID, p.ID, func(c *connection.Connection) ([]connection.Event, error) {
+	return repo.update(ctx, connID, p.ID, func(c *connection.Connection) ([]connection.Event, error) {
 		if err := visible(p, connID, c); err != nil {
 			return nil, err
 		}
 		return decide(p, c)
-	})
+	}, claim)
 }
 
 // Result is what every command returns besides its own figures.

@@ -454,3 +454,40 @@ func TestDispatchFlow(t *testing.T) {
 		t.Fatalf("%d MessageDispatched, want 1 (the purged seq 3 must never be dispatched)", n)
 	}
 }
+
+// TestTwoDispatchersNeverShareAMessage: two dispatchers (separate repositories, like two
+// instances) whose caches hold the same state decide the same dispatch. The store would take
+// the second identical batch for a retry of the first and report success to both; the
+// per-call claim makes the second lose the append, reload and take the next message (G5).
+func TestTwoDispatchersNeverShareAMessage(t *testing.T) {
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			store := s.open(t)
+			a := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+			b := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+			a.registerActive(t, ctx, "c-1")
+			for i := range 2 {
+				if _, err := a.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: fmt.Sprint(i), Recipient: "+491709999999", Text: "x"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, h := range []*handlers{a, b} {
+				if err := h.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			da, err := a.dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			db, err := b.dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if da.Message.MessageID == db.Message.MessageID || da.Message.Seq != 1 || db.Message.Seq != 2 {
+				t.Fatalf("dispatcher a got seq %d (%s), b got seq %d (%s): want 1 and 2", da.Message.Seq, da.Message.MessageID, db.Message.Seq, db.Message.MessageID)
+			}
+		})
+	}
+}

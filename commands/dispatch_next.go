@@ -118,7 +118,9 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 		msg     QueuedMessage
 		outcome DispatchOutcome
 	)
-	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	// A claim unique to this call: a concurrent dispatcher deciding the same dispatch on the
+	// same state must lose the append, not be told it won (see Repository.update).
+	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.Admin, uuid.New(), func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		seq, ok := c.Head()
 		if clr, clearing := c.CurrentClear(); !ok && clearing {
 			// Report the clear rather than an empty queue: it is why nothing is pending.

@@ -131,6 +131,18 @@ type Appended struct {
 // example eventstore.ErrDuplicateEventID), is returned as is and nothing is appended. The events
 // are durable when Update returns (G6).
 func (r *Repository) Update(ctx context.Context, connID string, actor string, decide Decision) (Appended, error) {
+	return r.update(ctx, connID, actor, decide, uuid.Nil)
+}
+
+// update is Update; a non-nil claim derives every event id from connection.EventID and claim.
+//
+// Why a claim: deterministic ids make the store treat the same batch appended at the same place
+// as a retry of one append ("idempotent success, writes nothing"). Two dispatchers deciding the
+// dispatch of the same head on the same state produce the same batch, so without a claim both
+// would be told they appended, and both would hand the message to WhatsApp (G5). DispatchNext
+// therefore appends with a claim unique to its call: the loser of the race gets a wrong expected
+// revision, reloads, and is refused by the domain.
+func (r *Repository) update(ctx context.Context, connID string, actor string, decide Decision, claim uuid.UUID) (Appended, error) {
 	e, err := r.acquire(ctx, connID)
 	if err != nil {
 		return Appended{}, err
@@ -151,7 +163,7 @@ func (r *Repository) Update(ctx context.Context, connID string, actor string, de
 		if len(events) == 0 {
 			return Appended{Version: c.Version()}, nil
 		}
-		data, err := r.encode(ctx, stream, c, actor, events)
+		data, err := r.encode(ctx, stream, c, actor, events, claim)
 		if err != nil {
 			return Appended{}, err
 		}
@@ -203,7 +215,7 @@ func (r *Repository) View(ctx context.Context, connID string, fn func(c *connect
 	return fn(e.state)
 }
 
-func (r *Repository) encode(ctx context.Context, stream string, c *connection.Connection, actor string, events []connection.Event) ([]eventstore.EventData, error) {
+func (r *Repository) encode(ctx context.Context, stream string, c *connection.Connection, actor string, events []connection.Event, claim uuid.UUID) ([]eventstore.EventData, error) {
 	tenant := c.TenantID()
 	if reg, ok := events[0].(connection.ConnectionRegistered); ok {
 		tenant = reg.TenantID
@@ -221,7 +233,11 @@ func (r *Repository) encode(ctx context.Context, stream string, c *connection.Co
 			return nil, fmt.Errorf("commands: encode %T: %w", ev, err)
 		}
 		rev := uint64(c.Version() + 1 + int64(i))
-		out[i] = eventstore.EventData{ID: connection.EventID(stream, rev, ev), Type: typ, Data: body, Metadata: md}
+		id := connection.EventID(stream, rev, ev)
+		if claim != uuid.Nil {
+			id = uuid.NewSHA1(claim, id[:])
+		}
+		out[i] = eventstore.EventData{ID: id, Type: typ, Data: body, Metadata: md}
 	}
 	return out, nil
 }

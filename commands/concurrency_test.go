@@ -1,0 +1,328 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/domain/invariants"
+)
+
+// Environment switches of TestConcurrencyInvariants.
+const (
+	// envSeed overrides the run's seed (the default is fixed, so a run is repeatable in what it
+	// asks for; the interleaving is up to the scheduler).
+	envSeed = "WAQUEUE_CONCURRENCY_SEED"
+	// envUnfenced=1 makes the dispatchers append MessageDispatched with eventstore.Any instead of
+	// the expected revision: the G1 fence is gone, and the checker must report violations (the
+	// test then fails, which is the point of the switch).
+	envUnfenced = "WAQUEUE_UNFENCED_DISPATCH"
+)
+
+// recordingTransport is the WhatsApp stand-in: it records every message handed to it.
+type recordingTransport struct {
+	mu    sync.Mutex
+	sends []invariants.Send
+}
+
+func (r *recordingTransport) Send(id uuid.UUID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sends = append(r.sends, invariants.Send{MessageID: id, Order: len(r.sends)})
+}
+
+// TestConcurrencyInvariants runs many concurrent enqueuers and broadcasters, two dispatchers
+// (each on its own repository, like two instances), and an operator and a transport doing bans,
+// lifts, session losses, holds, resumes and clears at random, with a clearing loop completing the
+// clears — through several repositories sharing one store, so that the store's optimistic
+// concurrency, not an in-process lock, orders them. The invariant checker then verifies G1, G2,
+// G3, G5 and G7 over the whole history and every recorded send.
+func TestConcurrencyInvariants(t *testing.T) {
+	seed := uint64(20261125)
+	if s := os.Getenv(envSeed); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", envSeed, s, err)
+		}
+		seed = v
+	}
+	target := 10_000
+	if testing.Short() {
+		target = 2_000
+	}
+	unfenced := os.Getenv(envUnfenced) == "1"
+	t.Logf("seed %d (override with %s), %d messages, unfenced dispatch %v", seed, envSeed, target, unfenced)
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			runConcurrency(t, s.open(t), seed, target, unfenced)
+		})
+	}
+}
+
+func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target int, unfenced bool) {
+	ctx := testCtx(t)
+	const conn = "c-stress"
+	opts := RepositoryOptions{MaxAttempts: 1000, RetryBackoff: 200 * time.Microsecond, SnapshotEvery: 500}
+	nodes := make([]*handlers, 3)
+	for i := range nodes {
+		nodes[i] = newHandlers(t, store, opts, SystemClock)
+	}
+	dispatchers := make([]*handlers, 2)
+	for i := range dispatchers {
+		dispatchers[i] = newHandlers(t, store, opts, SystemClock)
+		dispatchers[i].repo.fence = !unfenced
+	}
+	nodes[0].registerActive(t, ctx, conn)
+
+	var (
+		transport                    recordingTransport
+		queued                       atomic.Int64
+		enqueueDone, dispatchersStop atomic.Bool
+		stats                        sync.Map // name → *atomic.Int64
+		wg, workers                  sync.WaitGroup
+	)
+	count := func(name string) {
+		v, _ := stats.LoadOrStore(name, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	}
+	// unexpected reports an error that no correct run produces (refusals are expected).
+	unexpected := func(who string, err error) {
+		if err == nil || IsRefusal(err) || errors.Is(err, context.Canceled) {
+			return
+		}
+		t.Errorf("%s: %v", who, err)
+	}
+	rng := func(stream uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, stream)) }
+
+	// Enqueuers: 1:1 messages (some re-sent with the same key, some with a short TTL) and
+	// broadcasts, until target messages were queued.
+	for g := range 3 {
+		workers.Go(func() {
+			r, h := rng(uint64(g)), nodes[g]
+			sctx := as(ctx, sender)
+			var keys []string
+			for i := 0; queued.Load() < int64(target) && ctx.Err() == nil; i++ {
+				switch {
+				case r.IntN(10) < 3:
+					n := 20 + r.IntN(130)
+					rcpt := make([]string, n)
+					base := r.IntN(9_000_000)
+					for j := range rcpt {
+						rcpt[j] = fmt.Sprintf("+49170%07d", base+j)
+					}
+					res, err := h.broadcast.Handle(sctx, StartBroadcast{ConnectionID: conn, IdempotencyKey: fmt.Sprintf("b-%d-%d", g, i), Recipients: rcpt, Text: "promo"})
+					if err == nil {
+						queued.Add(int64(res.Count))
+						count("broadcasts")
+					}
+					unexpected("broadcast", err)
+				default:
+					key := fmt.Sprintf("m-%d-%d", g, i)
+					if len(keys) > 0 && r.IntN(5) == 0 {
+						key = keys[r.IntN(len(keys))]
+					}
+					var ttl time.Duration
+					if r.IntN(10) == 0 {
+						ttl = time.Duration(1+r.IntN(5)) * time.Millisecond
+					}
+					res, err := h.enqueue.Handle(sctx, EnqueueMessage{ConnectionID: conn, IdempotencyKey: key, Recipient: fmt.Sprintf("+49171%07d", r.IntN(9_000_000)), Text: "hello", TTL: ttl})
+					switch {
+					case err == nil && res.Replayed:
+						count("enqueue replays")
+					case err == nil:
+						queued.Add(1)
+						keys = append(keys, key)
+					}
+					unexpected("enqueue", err)
+				}
+			}
+		})
+	}
+
+	// Dispatchers: dispatch next → transport → record the outcome.
+	for g, h := range dispatchers {
+		wg.Go(func() {
+			r := rng(10 + uint64(g))
+			sys := as(ctx, system)
+			for !dispatchersStop.Load() && ctx.Err() == nil {
+				d, err := h.dispatch.Handle(sys, DispatchNext{ConnectionID: conn})
+				if err != nil {
+					if errors.Is(err, ErrNotDispatchable) {
+						time.Sleep(time.Duration(100+r.IntN(500)) * time.Microsecond)
+					}
+					unexpected("dispatch", err)
+					continue
+				}
+				if d.Outcome == DispatchExpired {
+					count("expired by dispatch")
+					continue
+				}
+				transport.Send(d.Message.MessageID)
+				ref := MessageRef{ConnectionID: conn, MessageID: d.Message.MessageID, Seq: d.Message.Seq}
+				switch n := r.IntN(20); {
+				case n == 0:
+					_, err = h.failed.Handle(sys, RecordFailed{MessageRef: ref, Code: "not_on_whatsapp"})
+				case n == 1:
+					_, err = h.unknown.Handle(sys, RecordOutcomeUnknown{MessageRef: ref, Cause: "timeout"})
+				default:
+					_, err = h.sent.Handle(sys, RecordSent{MessageRef: ref, ServerID: "srv"})
+					if err == nil && n == 2 {
+						_, err = h.delivered.Handle(sys, RecordDelivered{MessageRef: ref})
+					}
+				}
+				if err != nil && !unfenced {
+					t.Errorf("record outcome of %s: %v", ref.MessageID, err)
+				}
+			}
+		})
+	}
+
+	// Clearing process: completes every clear, sometimes twice.
+	wg.Go(func() {
+		r := rng(20)
+		h := nodes[1]
+		for !dispatchersStop.Load() && ctx.Err() == nil {
+			var clr connection.ClearQueueRequested
+			var clearing bool
+			if err := h.repo.View(ctx, conn, func(c *connection.Connection) error { clr, clearing = c.CurrentClear(); return nil }); err != nil {
+				t.Errorf("view: %v", err)
+				return
+			}
+			if !clearing {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			time.Sleep(time.Duration(r.IntN(2000)) * time.Microsecond)
+			for range 1 + r.IntN(2) {
+				res, err := h.complete.Handle(as(ctx, system), CompleteClear{ConnectionID: conn, ClearID: clr.ClearID})
+				if err != nil {
+					t.Errorf("complete clear %s: %v", clr.ClearID, err)
+					return
+				}
+				if res.AlreadyCompleted {
+					count("clear completed twice")
+				}
+			}
+		}
+	})
+
+	// Operator and transport events at random.
+	wg.Go(func() {
+		r := rng(30)
+		var bcasts []uuid.UUID
+		for i := 0; !enqueueDone.Load() && ctx.Err() == nil; i++ {
+			time.Sleep(time.Duration(2000+r.IntN(8000)) * time.Microsecond)
+			h := nodes[r.IntN(len(nodes))]
+			op, sys := as(ctx, operator), as(ctx, system)
+			var err error
+			var what string
+			switch n := r.IntN(100); {
+			case n < 5:
+				what = "ban"
+				_, err = h.ban.Handle(sys, ReportBan{ConnectionID: conn, Kind: connection.BanTemporary, ExpiresAt: time.Now().Add(time.Hour), ReasonCode: "101"})
+			case n < 20:
+				what = "lift"
+				_, err = h.lift.Handle(sys, LiftBan{ConnectionID: conn, Reason: "expired"})
+			case n < 23:
+				what = "session invalidated"
+				_, err = h.invalidate.Handle(sys, SessionInvalidated{ConnectionID: conn, Reason: "401"})
+			case n < 33:
+				what = "pair"
+				_, err = h.pair.Handle(sys, PairingSucceeded{ConnectionID: conn})
+			case n < 37:
+				what = "hold"
+				_, err = h.hold.Handle(op, HoldQueue{ConnectionID: conn})
+			case n < 85:
+				what = "resume"
+				_, err = h.resume.Handle(op, ResumeQueue{ConnectionID: conn})
+			case n < 88:
+				what = "policy"
+				p := connection.OnBanHold
+				if r.IntN(2) == 0 {
+					p = connection.OnBanResume
+				}
+				_, err = h.policy.Handle(op, SetOnBanPolicy{ConnectionID: conn, Policy: p})
+			default:
+				what = "clear"
+				cmd := RequestClear{ConnectionID: conn, IdempotencyKey: fmt.Sprint("clear-", i), Reason: "chaos"}
+				if len(bcasts) > 0 && r.IntN(4) == 0 {
+					cmd.BroadcastID = bcasts[r.IntN(len(bcasts))]
+				}
+				var res RequestClearResult
+				res, err = h.requestClear.Handle(op, cmd)
+				if err == nil && r.IntN(3) == 0 { // the operator's retry
+					again, err2 := h.requestClear.Handle(op, cmd)
+					if err2 != nil || again.ClearID != res.ClearID {
+						t.Errorf("retried clear: %+v, %v", again, err2)
+					}
+				}
+			}
+			if err == nil {
+				count(what)
+			}
+			unexpected(what, err)
+			if i%20 == 0 {
+				bcasts = append(bcasts, connection.BroadcastIDFor(tenant, conn, fmt.Sprintf("b-%d-%d", r.IntN(3), r.IntN(i+1))))
+			}
+		}
+	})
+
+	workers.Wait()
+	enqueueDone.Store(true)
+	// Let the link and queue recover so the dispatchers drain some of what is left.
+	h := nodes[2]
+	_, _ = h.lift.Handle(as(ctx, system), LiftBan{ConnectionID: conn})
+	_, _ = h.pair.Handle(as(ctx, system), PairingSucceeded{ConnectionID: conn})
+	_, _ = h.resume.Handle(as(ctx, operator), ResumeQueue{ConnectionID: conn})
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		var pending uint64
+		_ = h.repo.View(ctx, conn, func(c *connection.Connection) error { pending = c.Pending(); return nil })
+		if pending == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	dispatchersStop.Store(true)
+	wg.Wait()
+
+	hist, _ := history(t, ctx, store, conn)
+	transport.mu.Lock()
+	sends := transport.sends
+	transport.mu.Unlock()
+	rep := invariants.Check(hist, sends)
+	var summary []string
+	stats.Range(func(k, v any) bool {
+		summary = append(summary, fmt.Sprintf("%s=%d", k, v.(*atomic.Int64).Load()))
+		return true
+	})
+	t.Logf("%d events; queued %d, sends %d, purged %d, expired %d, acknowledged %d, pending %d, in flight %d; %v",
+		len(hist), rep.Queued, rep.Sends, rep.Purged, rep.Expired, rep.Acknowledged, len(rep.Pending), len(rep.InFlight), summary)
+	for i, v := range rep.Violations {
+		if i == 20 {
+			t.Errorf("... and %d more violations", len(rep.Violations)-20)
+			break
+		}
+		t.Errorf("violation: %v", v)
+	}
+	if rep.Queued < target {
+		t.Errorf("queued %d messages, want at least %d", rep.Queued, target)
+	}
+	if rep.Sends == 0 || rep.Purged == 0 {
+		t.Errorf("the run exercised too little: %d sends, %d purged", rep.Sends, rep.Purged)
+	}
+	if len(rep.InFlight) != 0 && !unfenced {
+		t.Errorf("%d messages left in flight, but every dispatch recorded its outcome", len(rep.InFlight))
+	}
+}
