@@ -94,8 +94,16 @@ type running struct {
 
 func startRunner(t *testing.T, e *env, ps ...projections.Projection) *running {
 	t.Helper()
+	return startRunnerLogged(t, e, quietLogger, ps...)
+}
+
+// silentLogger is for tests that inject failures on purpose.
+var silentLogger = slog.New(slog.DiscardHandler)
+
+func startRunnerLogged(t *testing.T, e *env, logger *slog.Logger, ps ...projections.Projection) *running {
+	t.Helper()
 	r, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store, Projections: ps, BatchSize: 64,
-		Logger: quietLogger})
+		Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
