@@ -17,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 )
 
@@ -29,17 +30,22 @@ type AuditRule struct {
 	StreamPrefix string
 	EventTypes   []string
 	// TenantFromStream takes the tenant from the stream name after StreamPrefix (for streams
-	// named "tenant-<id>") when the event's metadata names none.
+	// named "tenant-<id>") when the event's metadata and body name none.
 	TenantFromStream bool
+	// RedactFields are top-level body fields left out of the entry's details (secrets, hashes
+	// of secrets).
+	RedactFields []string
 }
 
-// DefaultAuditRules returns the audited connection events (G8): registrations, policy changes,
-// pairings, session losses, bans, lifts, holds, resumes, clear requests and QueueCleared.
-// Rights changes are audited by adding one rule, for example
-//
-//	AuditRule{StreamPrefix: "tenant-", TenantFromStream: true, EventTypes: []string{"APIKeyCreated", "APIKeyRevoked", "APIKeyRoleChanged"}}
+// DefaultAuditRules returns the audited events (G8): of connection streams, registrations,
+// policy changes, pairings, session losses, bans, lifts, holds, resumes, clear requests and
+// QueueCleared; of tenant streams, the rights changes (API keys created, revoked, role changed;
+// the key hash is redacted). Another audited event is one more rule (or one more type).
 func DefaultAuditRules() []AuditRule {
 	return []AuditRule{{
+		StreamPrefix: auth.TenantStreamPrefix, TenantFromStream: true,
+		EventTypes: auth.KeyEventTypes(), RedactFields: []string{"key_hash"},
+	}, {
 		StreamPrefix: connection.StreamPrefix,
 		EventTypes: []string{
 			connection.TypeConnectionRegistered, connection.TypeOnBanPolicyChanged, connection.TypeSessionPaired,
@@ -174,6 +180,16 @@ func auditEntryOf(e eventstore.RecordedEvent, rule AuditRule) (AuditEntry, error
 	en.Details = body.Bytes()
 	var fields map[string]any
 	_ = json.Unmarshal(en.Details, &fields) // a non-object body has no actor or reason fields
+	if len(rule.RedactFields) > 0 && fields != nil {
+		for _, f := range rule.RedactFields {
+			delete(fields, f)
+		}
+		redacted, err := json.Marshal(fields) // map keys sorted: deterministic
+		if err != nil {
+			return en, fmt.Errorf("audit event %s: redact: %w", e.ID, err)
+		}
+		en.Details = redacted
+	}
 	en.Actor = firstString(fields, actorKeys)
 	if en.Actor == "" {
 		en.Actor = e.Metadata.Actor

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/clearkit"
@@ -187,6 +188,22 @@ func TestAuditTamperDetected(t *testing.T) {
 		v, err := audit.Verify(ctx, e.db, tenantA)
 		if err != nil || !v.OK || v.Checked != 6 || v.Head == "" {
 			t.Fatalf("verify before tampering = %+v, %v", v, err)
+		}
+		// A rights change on the tenant stream, audited with its key hash redacted.
+		typ, body, err := auth.EncodeKeyEvent(auth.APIKeyCreated{KeyID: "key-1", TenantID: tenantA, Role: auth.RoleAdmin,
+			Label: "ops", KeyHash: "secret-hash", CreatedBy: "root", CreatedAt: at(5)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.Append(ctx, auth.TenantStream(tenantA), eventstore.Any,
+			eventstore.EventData{ID: uuid.New(), Type: typ, Data: body}); err != nil {
+			t.Fatal(err)
+		}
+		r.waitFor(t, e, audit)
+		keys, err := audit.Entries(ctx, e.db, tenantA, projections.AuditFilter{EventType: auth.TypeAPIKeyCreated})
+		if err != nil || len(keys.Entries) != 1 || keys.Entries[0].Actor != "root" || keys.Entries[0].Seq != 7 ||
+			strings.Contains(string(keys.Entries[0].Details), "secret-hash") || !strings.Contains(string(keys.Entries[0].Details), "key-1") {
+			t.Fatalf("key entries = %+v, %v", keys.Entries, err)
 		}
 		page, _ := audit.Entries(ctx, e.db, tenantA, projections.AuditFilter{Actor: "bob"})
 		if len(page.Entries) != 2 || page.Entries[0].EventType != connection.TypeBanLifted || page.Entries[0].Reason != "appeal" {
