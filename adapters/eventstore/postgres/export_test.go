@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"sync"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 )
@@ -11,13 +12,21 @@ import (
 type HeldAppend struct {
 	Result eventstore.AppendResult
 	finish func(ctx context.Context, commit bool) error
+	once   sync.Once
 }
 
 // Commit commits the held transaction, notifies like Append, and releases its connection.
-func (h *HeldAppend) Commit(ctx context.Context) error { return h.finish(ctx, true) }
+func (h *HeldAppend) Commit(ctx context.Context) error { return h.end(ctx, true) }
 
-// Rollback rolls the held transaction back and releases its connection.
-func (h *HeldAppend) Rollback(ctx context.Context) error { return h.finish(ctx, false) }
+// Rollback rolls the held transaction back and releases its connection. After Commit or
+// Rollback it does nothing.
+func (h *HeldAppend) Rollback(ctx context.Context) error { return h.end(ctx, false) }
+
+func (h *HeldAppend) end(ctx context.Context, commit bool) error {
+	var err error
+	h.once.Do(func() { err = h.finish(ctx, commit) })
+	return err
+}
 
 // AppendHeld runs Append's transaction up to, not including, COMMIT.
 func (s *Store) AppendHeld(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (*HeldAppend, error) {

@@ -62,6 +62,18 @@ func events(n int, typ string) []eventstore.EventData {
 	return evs
 }
 
+// hold runs an append up to its commit; the transaction is rolled back when the test ends
+// unless the test committed it (a failing test must not leave the pool waiting for it).
+func hold(t *testing.T, st *postgres.Store, stream string, exp eventstore.ExpectedRevision, evs ...eventstore.EventData) *postgres.HeldAppend {
+	t.Helper()
+	h, err := st.AppendHeld(context.Background(), stream, exp, evs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Rollback(context.Background()) })
+	return h
+}
+
 // collector records what a subscription delivers.
 type collector struct {
 	mu  sync.Mutex
@@ -128,14 +140,8 @@ func TestOutOfOrderCommit(t *testing.T) {
 	onlyA := subscribe(t, st, eventstore.Filter{StreamPrefixes: []string{"a-"}})
 
 	evA, evB := events(2, "A"), events(3, "B")
-	heldA, err := st.AppendHeld(ctx, "a-1", eventstore.NoStream, evA...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	heldB, err := st.AppendHeld(ctx, "b-1", eventstore.NoStream, evB...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	heldA := hold(t, st, "a-1", eventstore.NoStream, evA...)
+	heldB := hold(t, st, "b-1", eventstore.NoStream, evB...)
 	if !heldA.Result.Position.Less(heldB.Result.Position) {
 		t.Fatalf("A began first: want A's position %s < B's %s", heldA.Result.Position, heldB.Result.Position)
 	}
@@ -195,10 +201,7 @@ func TestRolledBackTransactionReleasesLaterCommits(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, pgtest.URL(t), postgres.Options{})
 	all := subscribe(t, st, eventstore.Filter{})
-	heldA, err := st.AppendHeld(ctx, "a", eventstore.NoStream, events(2, "A")...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	heldA := hold(t, st, "a", eventstore.NoStream, events(2, "A")...)
 	evB := events(1, "B")
 	if _, err := st.Append(ctx, "b", eventstore.NoStream, evB...); err != nil {
 		t.Fatal(err)
@@ -227,10 +230,7 @@ func TestRolledBackTransactionReleasesLaterCommits(t *testing.T) {
 func TestSameStreamWritersOrdered(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t, pgtest.URL(t), postgres.Options{})
-	held, err := st.AppendHeld(ctx, "s", eventstore.NoStream, events(1, "First")...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	held := hold(t, st, "s", eventstore.NoStream, events(1, "First")...)
 	second := make(chan error, 1)
 	var res eventstore.AppendResult
 	go func() {
