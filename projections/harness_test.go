@@ -42,7 +42,7 @@ func eachEngine(t *testing.T, body func(t *testing.T, e *env)) {
 		t.Parallel()
 		ctx := context.Background()
 		path := filepath.Join(t.TempDir(), "waqueue.db")
-		store, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 50 * time.Millisecond})
+		store, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 50 * time.Millisecond, Clock: storeClock})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,7 +70,7 @@ func eachEngine(t *testing.T, body func(t *testing.T, e *env)) {
 		if err := postgres.Migrate(ctx, pool); err != nil {
 			t.Fatal(err)
 		}
-		store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond})
+		store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: storeClock})
 		t.Cleanup(func() { _ = store.Close() })
 		sdb, err := sql.Open("pgx", url)
 		if err != nil {
@@ -237,3 +237,7 @@ func countEvents(t *testing.T, e *env, stream, typ string) int {
 	}
 	return n
 }
+
+// storeClock stamps every event's RecordedAt: a fixed time keeps the analytics days (and the
+// audit times) deterministic, whatever the hour the tests run at.
+func storeClock() time.Time { return t0.Add(12 * time.Hour) }

@@ -388,7 +388,7 @@ func (q *Queue) NextPending(ctx context.Context, db *DB, connID string, afterSeq
 			}
 		}
 		want := limit - len(out)
-		got, err := q.scan(ctx, db, `WHERE m.conn_id = $1 AND m.seq > $2 AND ($3 = 0 OR m.seq < $3) AND m.dispatched_at_us = 0
+		got, err := q.scan(ctx, db, `WHERE m.conn_id = $1 AND m.seq > $2 AND (m.seq < $3 OR $3 = 0) AND m.dispatched_at_us = 0
 ORDER BY m.seq LIMIT $4`, connID, int64(lo), int64(upper), want)
 		if err != nil {
 			return nil, fmt.Errorf("projections: next pending of %q: %w", connID, err)
