@@ -1,0 +1,155 @@
+package dispatcher
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/commands"
+)
+
+// Defaults. The pacing defaults err on the safe side: WhatsApp publishes no limits for
+// unofficial clients, and bulk messages a few seconds apart with a daily cap are the commonly
+// reported safe practice.
+const (
+	DefaultMinInterval     = 3 * time.Second
+	DefaultJitter          = 2 * time.Second
+	DefaultDailyCap        = 1000
+	DefaultSendTimeout     = 60 * time.Second
+	DefaultRetryBackoff    = time.Second
+	DefaultMaxRetryBackoff = 5 * time.Minute
+	DefaultMaxSendAttempts = 6
+)
+
+// Pacing spaces the messages of one connection. See the package doc for the policy.
+type Pacing struct {
+	// Unpaced disables MinInterval, Jitter and DailyCap: messages go out as fast as the
+	// transport takes them. For tests and benchmarks; never for real numbers.
+	Unpaced bool
+	// MinInterval is the least time between two messages handed to the transport on one
+	// connection. Default DefaultMinInterval (3s).
+	MinInterval time.Duration
+	// Jitter is the largest random time added to MinInterval (drawn uniformly in [0, Jitter]
+	// from a generator seeded with Config.Seed). Default DefaultJitter (2s); negative means none.
+	Jitter time.Duration
+	// DailyCap is the most messages dispatched per connection and UTC day. Default
+	// DefaultDailyCap (1,000); negative means no cap.
+	DailyCap int
+}
+
+// Config configures a Dispatcher.
+type Config struct {
+	// Store is the event store: its global log wakes loops, and connection streams are read to
+	// rebuild the daily counts. Required.
+	Store eventstore.Store
+	// Repository loads connections and appends their decisions. Required.
+	Repository *commands.Repository
+	// Messages finds the head of a queue (the pending-queue projection, see QueueMessages).
+	// Required.
+	Messages commands.QueuedMessages
+	// Transport sends the messages and reports connection events. Required. Run registers the
+	// Dispatcher as its only event handler.
+	Transport transport.Transport
+	// Locator finds the queue position of a message for a receipt the Dispatcher cannot place
+	// otherwise (see StatusLocator). Optional: without it receipts for messages dispatched
+	// before this process started and no longer in flight are ignored.
+	Locator MessageLocator
+	// Clock drives pacing, the daily cap and retry backoff, and stamps decisions. Default
+	// transport.SystemClock. (Send timeouts and projection-lag polling use real time: they wait
+	// for I/O, not for a schedule.)
+	Clock transport.Clock
+	// Pacing spaces messages; see Pacing.
+	Pacing Pacing
+	// Seed seeds the jitter generator. Zero means a seed drawn at start.
+	Seed uint64
+	// SendTimeout bounds one Send; when it passes the outcome is unknown and recorded so.
+	// Default DefaultSendTimeout (60s).
+	SendTimeout time.Duration
+	// RetryBackoff is the first pause before retrying a Send refused with ErrRateLimited or
+	// ErrNotConnected; it doubles per attempt up to MaxRetryBackoff. A SendError.RetryAfter
+	// hint, when longer, is used instead. Defaults DefaultRetryBackoff (1s) and
+	// DefaultMaxRetryBackoff (5min).
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// MaxSendAttempts bounds the Sends of one message refused as retryable; after the last the
+	// message is recorded failed ("not_sent"). Default DefaultMaxSendAttempts (6).
+	MaxSendAttempts int
+	// Registerer receives the Dispatcher's metrics (see Metrics). Optional: nil registers none
+	// (the metrics are still kept).
+	Registerer prometheus.Registerer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Clock == nil {
+		c.Clock = transport.SystemClock{}
+	}
+	if !c.Pacing.Unpaced {
+		if c.Pacing.MinInterval == 0 {
+			c.Pacing.MinInterval = DefaultMinInterval
+		}
+		if c.Pacing.Jitter == 0 {
+			c.Pacing.Jitter = DefaultJitter
+		}
+		if c.Pacing.DailyCap == 0 {
+			c.Pacing.DailyCap = DefaultDailyCap
+		}
+	}
+	if c.Pacing.Jitter < 0 {
+		c.Pacing.Jitter = 0
+	}
+	if c.SendTimeout == 0 {
+		c.SendTimeout = DefaultSendTimeout
+	}
+	if c.RetryBackoff == 0 {
+		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.MaxRetryBackoff == 0 {
+		c.MaxRetryBackoff = DefaultMaxRetryBackoff
+	}
+	if c.MaxSendAttempts == 0 {
+		c.MaxSendAttempts = DefaultMaxSendAttempts
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports every problem of the config (after defaults), joined.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Store == nil {
+		errs = append(errs, errors.New("dispatcher: Config.Store is nil"))
+	}
+	if c.Repository == nil {
+		errs = append(errs, errors.New("dispatcher: Config.Repository is nil"))
+	}
+	if c.Messages == nil {
+		errs = append(errs, errors.New("dispatcher: Config.Messages is nil"))
+	}
+	if c.Transport == nil {
+		errs = append(errs, errors.New("dispatcher: Config.Transport is nil"))
+	}
+	if c.Pacing.MinInterval < 0 {
+		errs = append(errs, fmt.Errorf("dispatcher: Pacing.MinInterval %s is negative", c.Pacing.MinInterval))
+	}
+	if c.SendTimeout < 0 {
+		errs = append(errs, fmt.Errorf("dispatcher: SendTimeout %s is negative", c.SendTimeout))
+	}
+	if c.RetryBackoff < 0 || c.MaxRetryBackoff < 0 {
+		errs = append(errs, fmt.Errorf("dispatcher: retry backoff %s/%s is negative", c.RetryBackoff, c.MaxRetryBackoff))
+	}
+	if c.RetryBackoff > 0 && c.MaxRetryBackoff > 0 && c.MaxRetryBackoff < c.RetryBackoff {
+		errs = append(errs, fmt.Errorf("dispatcher: MaxRetryBackoff %s is below RetryBackoff %s", c.MaxRetryBackoff, c.RetryBackoff))
+	}
+	if c.MaxSendAttempts < 0 {
+		errs = append(errs, fmt.Errorf("dispatcher: MaxSendAttempts %d is negative", c.MaxSendAttempts))
+	}
+	return errors.Join(errs...)
+}

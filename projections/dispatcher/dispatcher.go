@@ -1,0 +1,402 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// WakeEventTypes are the connection events that can make a queue dispatchable; the Dispatcher
+// subscribes to them.
+var WakeEventTypes = []string{
+	connection.TypeConnectionRegistered,
+	connection.TypeMessageQueued,
+	connection.TypeBroadcastStarted,
+	connection.TypeQueueResumed,
+	connection.TypeBanLifted,
+	connection.TypeSessionPaired,
+	connection.TypeQueueCleared,
+}
+
+// ErrAlreadyRunning: Run was called on a Dispatcher that runs or ran already.
+var ErrAlreadyRunning = errors.New("dispatcher: already running")
+
+// Failure codes the Dispatcher records with MessageFailed.
+const (
+	// CodeRejected: the transport refused the message for good (ErrRejected).
+	CodeRejected = "rejected"
+	// CodeNotSent: the transport refused every attempt before sending (rate limited, not
+	// connected), or the link or queue stopped being sendable between attempts.
+	CodeNotSent = "not_sent"
+)
+
+// Causes the Dispatcher records with MessageOutcomeUnknown.
+const (
+	CauseTimeout  = "timeout"  // SendTimeout passed while waiting for the acknowledgement
+	CauseUnknown  = "unknown"  // the transport answered ErrOutcomeUnknown
+	CauseShutdown = "shutdown" // the Dispatcher stopped while the send was in progress
+	CauseRestart  = "restart"  // found in flight when a loop first started in this process
+)
+
+// Internal timings of projection-lag and store-failure retries (real time: they wait for I/O).
+const (
+	lagBackoffMin = 5 * time.Millisecond
+	lagBackoffMax = time.Second
+	recordTimeout = 10 * time.Second
+	recentSize    = 1 << 16
+)
+
+// Stats counts what a Dispatcher did since it was made.
+type Stats struct {
+	// Dispatched counts MessageDispatched recorded; Expired MessageExpired recorded.
+	Dispatched, Expired uint64
+	// Sent, Failed and Unknown count the outcomes recorded (Unknown includes Recovered).
+	Sent, Failed, Unknown uint64
+	// Recovered counts messages found in flight at start and recorded unknown.
+	Recovered uint64
+	// Retries counts Sends repeated after a retryable refusal.
+	Retries uint64
+}
+
+// Dispatcher sends queued messages and records the transport's events; see the package doc.
+// Make one with New and run it with Run. Its methods are safe for concurrent use.
+type Dispatcher struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+
+	dispatch *commands.DispatchNextHandler
+	sent     *commands.RecordSentHandler
+	failed   *commands.RecordFailedHandler
+	unknown  *commands.RecordOutcomeUnknownHandler
+	deliv    *commands.RecordDeliveredHandler
+	read     *commands.RecordReadHandler
+	pair     *commands.PairingSucceededHandler
+	invalid  *commands.SessionInvalidatedHandler
+	ban      *commands.ReportBanHandler
+	lift     *commands.LiftBanHandler
+
+	started atomic.Bool
+
+	mu      sync.Mutex
+	ctx     context.Context // Run's context; nil before Run
+	conns   map[string]*connState
+	loops   int
+	seen    eventstore.Position
+	changed chan struct{} // closed and replaced when loops or seen change
+	rng     *rand.Rand
+	recent  map[uuid.UUID]recentRef // messages dispatched here, for their receipts
+	ring    []uuid.UUID
+	ringAt  int
+	wg      sync.WaitGroup
+
+	stats struct {
+		dispatched, expired, sent, failed, unknown, recovered, retries atomic.Uint64
+	}
+}
+
+// connState is what the Dispatcher keeps per connection seen. Guarded by Dispatcher.mu except
+// the fields only its single loop touches (marked).
+type connState struct {
+	running, dirty bool
+	tenant         string
+	capTimer       transport.Timer
+	// Touched only by the connection's loop:
+	recovered  bool
+	nextAt     time.Time
+	day        time.Time
+	dayCount   int
+	lagBackoff time.Duration
+}
+
+// New validates cfg, applies its defaults and returns a Dispatcher (not yet running).
+func New(cfg Config) (*Dispatcher, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	d := &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatcher"), m: m,
+		conns: map[string]*connState{}, changed: make(chan struct{}),
+		rng:    rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		recent: make(map[uuid.UUID]recentRef), ring: make([]uuid.UUID, recentSize)}
+	now := func() time.Time { return cfg.Clock.Now().UTC() }
+	repo := cfg.Repository
+	var errs []error
+	must := func(err error) { errs = append(errs, err) }
+	d.dispatch, err = commands.NewDispatchNextHandler(repo, cfg.Messages, now)
+	must(err)
+	d.sent, err = commands.NewRecordSentHandler(repo, now)
+	must(err)
+	d.failed, err = commands.NewRecordFailedHandler(repo, now)
+	must(err)
+	d.unknown, err = commands.NewRecordOutcomeUnknownHandler(repo, now)
+	must(err)
+	d.deliv, err = commands.NewRecordDeliveredHandler(repo, now)
+	must(err)
+	d.read, err = commands.NewRecordReadHandler(repo, now)
+	must(err)
+	d.pair, err = commands.NewPairingSucceededHandler(repo, now)
+	must(err)
+	d.invalid, err = commands.NewSessionInvalidatedHandler(repo, now)
+	must(err)
+	d.ban, err = commands.NewReportBanHandler(repo, now)
+	must(err)
+	d.lift, err = commands.NewLiftBanHandler(repo, now)
+	must(err)
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("dispatcher: %w", err)
+	}
+	return d, nil
+}
+
+// Run registers the Dispatcher as the transport's event handler, subscribes to the event log
+// from its start (so connections with work left by a previous process are found and their
+// in-flight messages recovered) and runs loops until ctx is done. It then waits for the loops
+// to stop (a send in progress ends with ctx and is recorded unknown), unregisters the handler
+// (events arriving later are kept by the transport for the next handler) and returns nil.
+// Store subscription failures are logged and the subscription is resumed. Run may be called
+// once.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	if !d.started.CompareAndSwap(false, true) {
+		return ErrAlreadyRunning
+	}
+	d.mu.Lock()
+	d.ctx = ctx
+	d.mu.Unlock()
+	d.cfg.Transport.SetHandler(d.handleEvent)
+	defer func() {
+		d.cfg.Transport.SetHandler(nil)
+		d.wg.Wait()
+	}()
+
+	filter := eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}, EventTypes: WakeEventTypes}
+	after := eventstore.Start
+	backoff := lagBackoffMin
+	for {
+		err := d.cfg.Store.Subscribe(ctx, after, filter, func(e eventstore.RecordedEvent) error {
+			if id, ok := connection.IDFromStream(e.Stream); ok {
+				d.Wake(id)
+			}
+			after = e.Position
+			d.mu.Lock()
+			d.seen = e.Position
+			d.notifyLocked()
+			d.mu.Unlock()
+			backoff = lagBackoffMin
+			return nil
+		})
+		if ctx.Err() != nil {
+			return nil
+		}
+		d.log.Error("event log subscription failed; resuming", "after", after.String(), "err", err)
+		if !sleepReal(ctx, backoff) {
+			return nil
+		}
+		backoff = min(2*backoff, lagBackoffMax)
+	}
+}
+
+// Wake makes the connection's loop run (starting it if none runs). The event log wakes loops
+// by itself; Wake is for callers that know of work earlier. Before Run, or after its context
+// ended, Wake does nothing.
+func (d *Dispatcher) Wake(connID string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ctx := d.ctx
+	if ctx == nil || ctx.Err() != nil {
+		return
+	}
+	st := d.stateLocked(connID)
+	if st.running {
+		st.dirty = true
+		return
+	}
+	st.running = true
+	d.loops++
+	d.m.activeLoops.Inc()
+	d.notifyLocked()
+	d.wg.Add(1)
+	go d.loop(ctx, connID, st)
+}
+
+// ActiveLoops returns the number of connections whose loop is running now.
+func (d *Dispatcher) ActiveLoops() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.loops
+}
+
+// Stats returns the counts so far.
+func (d *Dispatcher) Stats() Stats {
+	return Stats{
+		Dispatched: d.stats.dispatched.Load(), Expired: d.stats.expired.Load(),
+		Sent: d.stats.sent.Load(), Failed: d.stats.failed.Load(), Unknown: d.stats.unknown.Load(),
+		Recovered: d.stats.recovered.Load(), Retries: d.stats.retries.Load(),
+	}
+}
+
+// WaitIdle blocks until the Dispatcher's subscription has handled the event at pos and no loop
+// runs, or ctx is done. pos must be the position of a connection event of one of the
+// WakeEventTypes (for example the Result.Position of EnqueueMessage or StartBroadcast). Idle
+// means every connection's queue is empty or not dispatchable (held, clearing, link not
+// active, daily cap reached): a benchmark that waits for all its messages to be sent
+// waits for the position of its last enqueue and then checks Stats or the history.
+func (d *Dispatcher) WaitIdle(ctx context.Context, pos eventstore.Position) error {
+	for {
+		d.mu.Lock()
+		done := !d.seen.Less(pos) && d.loops == 0
+		ch := d.changed
+		d.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (d *Dispatcher) notifyLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+func (d *Dispatcher) stateLocked(connID string) *connState {
+	st := d.conns[connID]
+	if st == nil {
+		st = &connState{}
+		d.conns[connID] = st
+	}
+	return st
+}
+
+// remember indexes a dispatched message for its receipts, evicting the oldest beyond recentSize.
+func (d *Dispatcher) remember(connID string, id uuid.UUID, seq uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old := d.ring[d.ringAt]; old != uuid.Nil {
+		delete(d.recent, old)
+	}
+	d.ring[d.ringAt] = id
+	d.ringAt = (d.ringAt + 1) % len(d.ring)
+	d.recent[id] = recentRef{connID: connID, seq: seq}
+}
+
+// recentRef places a message dispatched here.
+type recentRef struct {
+	connID string
+	seq    uint64
+}
+
+func (d *Dispatcher) recentSeq(connID string, id uuid.UUID) (uint64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r, ok := d.recent[id]
+	return r.seq, ok && r.connID == connID
+}
+
+// tenant returns the connection's tenant, loading it once; ErrNotFound-matching error for a
+// connection this store does not know.
+func (d *Dispatcher) tenant(ctx context.Context, connID string) (string, error) {
+	d.mu.Lock()
+	st := d.stateLocked(connID)
+	t := st.tenant
+	d.mu.Unlock()
+	if t != "" {
+		return t, nil
+	}
+	err := d.cfg.Repository.View(ctx, connID, func(c *connection.Connection) error {
+		if !c.Registered() {
+			return &commands.NotFoundError{ConnectionID: connID}
+		}
+		t = c.TenantID()
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	d.mu.Lock()
+	st.tenant = t
+	d.mu.Unlock()
+	return t, nil
+}
+
+// asSystem returns ctx acting as the system principal of the connection's tenant.
+func (d *Dispatcher) asSystem(ctx context.Context, connID string) (context.Context, error) {
+	t, err := d.tenant(ctx, connID)
+	if err != nil {
+		return nil, err
+	}
+	return commands.WithPrincipal(ctx, commands.SystemPrincipal(t)), nil
+}
+
+// jitter draws the pause after a message handed over.
+func (d *Dispatcher) interval() time.Duration {
+	p := d.cfg.Pacing
+	if p.Unpaced {
+		return 0
+	}
+	iv := p.MinInterval
+	if p.Jitter > 0 {
+		d.mu.Lock()
+		iv += time.Duration(d.rng.Int64N(int64(p.Jitter) + 1))
+		d.mu.Unlock()
+	}
+	return iv
+}
+
+// waitClock waits d on the injected clock; false when ctx ended first.
+func (d *Dispatcher) waitClock(ctx context.Context, dur time.Duration) bool {
+	if dur <= 0 {
+		return ctx.Err() == nil
+	}
+	ch := make(chan struct{})
+	t := d.cfg.Clock.AfterFunc(dur, func() { close(ch) })
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		t.Stop()
+		return false
+	}
+}
+
+// sleepReal waits d of real time; false when ctx ended first.
+func sleepReal(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// startOfDay returns midnight UTC of t's day.
+func startOfDay(t time.Time) time.Time {
+	y, m, dd := t.UTC().Date()
+	return time.Date(y, m, dd, 0, 0, 0, 0, time.UTC)
+}

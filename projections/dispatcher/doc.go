@@ -1,0 +1,74 @@
+// Package dispatcher is the process manager that sends queued messages through WhatsApp and
+// feeds what the transport observes about a connection back into the event history.
+//
+// # Loops
+//
+// A Dispatcher runs at most one loop (a goroutine) per connection, and only while the
+// connection has work: idle connections cost a map entry, no goroutine and no polling.
+// Wake-ups come from the event log: the Dispatcher subscribes to the store's global log,
+// filtered to connection streams and to the event types that can make a queue dispatchable
+// (WakeEventTypes: MessageQueued, BroadcastStarted, QueueResumed, BanLifted, SessionPaired,
+// QueueCleared, ConnectionRegistered). A wake for a connection whose loop is running only marks
+// it dirty; a loop exits when DispatchNext finds nothing dispatchable (empty queue, held,
+// clearing, link not active) and no wake arrived meanwhile.
+//
+// Each turn of a loop calls commands.DispatchNextHandler, which records MessageDispatched at
+// the expected revision BEFORE the transport is called (G1: a concurrent ClearQueueRequested
+// makes the append fail and the retry refuses), or MessageExpired for an expired head (sent to
+// nobody). Only after the append succeeded is the message handed to the transport, and its
+// outcome recorded: MessageSent, MessageFailed (ErrRejected), or MessageOutcomeUnknown
+// (ErrOutcomeUnknown, a send timeout, a shutdown mid-send).
+//
+// # At most once (G5)
+//
+// A message whose outcome is unknown is recorded unknown and never sent again automatically.
+// When a loop starts for a connection for the first time in this process, every message the
+// aggregate holds in flight (dispatched, unacknowledged) was dispatched by a previous process
+// that died before recording the outcome: it is recorded unknown (cause "restart"), never
+// resent. This requires that only one Dispatcher works a connection at a time (one process, or
+// per-connection leases in a scale-out deployment; leases are not implemented here).
+//
+// The domain has no "undo dispatch": a message stays dispatched once MessageDispatched is
+// recorded. When Send answers ErrRateLimited or ErrNotConnected (transport.Retryable: provably
+// nothing was sent), the loop calls Send again for the same dispatched message id, after an
+// exponential backoff (honouring SendError.RetryAfter), up to Config.MaxSendAttempts. That is
+// safe because the refused attempt handed nothing over. Before every retry the loop reloads the
+// connection: if the link is no longer active or the queue is no longer open (a ban, a session
+// loss, a hold or a clear arrived meanwhile), or the attempts are exhausted, the message is
+// recorded failed with code "not_sent" (provably never handed over) instead of being sent into
+// a banned or cleared connection.
+//
+// # Pacing
+//
+// The domain works the queue strictly in order (only the head can be dispatched), so 1:1
+// messages cannot overtake a broadcast queued before them. The policy is therefore one pace per
+// connection for every message: after each message handed to the transport the next dispatch
+// waits Pacing.MinInterval plus a uniformly drawn jitter in [0, Pacing.Jitter] (seeded), and at
+// most Pacing.DailyCap messages are dispatched per connection and UTC day (counted, when a loop
+// first starts in this process, from the MessageDispatched events of the day in the stream,
+// then in memory). A connection at its cap is woken by a timer at the next UTC midnight; its loop
+// exits meanwhile. Expired messages do not consume pace or cap. Pacing{Unpaced: true} disables
+// both, for tests and benchmarks.
+//
+// # Transport events
+//
+// Run registers the Dispatcher as the transport's event handler and turns events into
+// commands, acting as commands.SystemPrincipal of the connection's tenant:
+//
+//	Paired              → PairingSucceeded (JID)
+//	SessionInvalidated  → SessionInvalidated (reason "401"/"403": queue held, G7)
+//	PermanentBan        → ReportBan permanent (queue held)
+//	TemporaryBan        → ReportBan temporary with its code and expiry (queue held)
+//	BanLifted           → LiftBan (the queue stays held unless the connection's policy is resume)
+//	Receipt             → RecordDelivered / RecordRead for each message id
+//	StreamReplaced, ClientOutdated, KeepAliveTimeout, ConnectFailure
+//	                    → logged and counted (metric); the domain has no event for them yet
+//	Connected, QRCode, PairingCode, PairingFailed → ignored (pairing is the API's business)
+//
+// Refusals by the domain (a ban reported twice, a receipt for a purged or unknown message, an
+// event for a connection this store does not know) are counted and logged at debug level, not
+// as errors. Receipts need the message's queue position: it is taken from the aggregate's
+// in-flight set, from a bounded in-memory index of messages this process dispatched, or from
+// Config.Locator (the message-status projection, see StatusLocator); a receipt no source knows
+// is ignored.
+package dispatcher

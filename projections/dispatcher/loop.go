@@ -1,0 +1,326 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// loop works one connection's queue until nothing is dispatchable and no wake arrived.
+func (d *Dispatcher) loop(ctx context.Context, connID string, st *connState) {
+	defer d.wg.Done()
+	for {
+		more := ctx.Err() == nil && d.turn(ctx, connID, st)
+		if more {
+			continue
+		}
+		d.mu.Lock()
+		if st.dirty && ctx.Err() == nil {
+			st.dirty = false
+			d.mu.Unlock()
+			continue
+		}
+		st.running = false
+		d.loops--
+		d.m.activeLoops.Dec()
+		d.notifyLocked()
+		d.mu.Unlock()
+		return
+	}
+}
+
+// turn does one step and reports whether the loop should go on at once.
+func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) bool {
+	if !st.recovered {
+		err := d.recover(ctx, connID, st)
+		switch {
+		case errors.Is(err, commands.ErrNotFound):
+			return false
+		case err != nil:
+			return d.lag(ctx, connID, st, "recover", err)
+		}
+	}
+	if wait := st.nextAt.Sub(d.cfg.Clock.Now()); wait > 0 {
+		if !d.waitClock(ctx, wait) {
+			return false
+		}
+	}
+	if capped := d.capReached(connID, st); capped {
+		return false
+	}
+	pctx, err := d.asSystem(ctx, connID)
+	if err != nil {
+		return !errors.Is(err, commands.ErrNotFound) && d.lag(ctx, connID, st, "load", err)
+	}
+	d.mu.Lock()
+	st.dirty = false // a wake from here on is seen by the next turn
+	d.mu.Unlock()
+	res, err := d.dispatch.Handle(pctx, commands.DispatchNext{ConnectionID: connID})
+	var nd *commands.NotDispatchableError
+	switch {
+	case errors.As(err, &nd):
+		if nd.Code == connection.CodeInFlightLimit {
+			d.log.Warn("dispatch refused: too many messages in flight", "connection", connID)
+		}
+		return false
+	case err != nil:
+		return d.lag(ctx, connID, st, "dispatch", err)
+	}
+	st.lagBackoff = 0
+	if res.Outcome == commands.DispatchExpired {
+		d.stats.expired.Add(1)
+		d.m.sends.WithLabelValues(OutcomeExpired).Inc()
+		return true
+	}
+	d.stats.dispatched.Add(1)
+	st.dayCount++
+	d.send(ctx, pctx, connID, st, res.Message)
+	return true
+}
+
+// lag logs a transient failure (projection lag, store error) and waits a growing real-time
+// pause before the next turn.
+func (d *Dispatcher) lag(ctx context.Context, connID string, st *connState, op string, err error) bool {
+	st.lagBackoff = min(max(2*st.lagBackoff, lagBackoffMin), lagBackoffMax)
+	if errors.Is(err, ErrNotProjected) {
+		d.log.Debug("waiting for the pending-queue projection", "connection", connID, "err", err)
+	} else {
+		d.log.Warn("dispatch step failed; retrying", "op", op, "connection", connID, "backoff", st.lagBackoff, "err", err)
+	}
+	return sleepReal(ctx, st.lagBackoff)
+}
+
+// recover records every message in flight unknown (they were dispatched by a process that died)
+// and rebuilds the daily count. It runs once per connection and process, before the first
+// dispatch.
+func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) error {
+	var inFlight []connection.InFlightMessage
+	err := d.cfg.Repository.View(ctx, connID, func(c *connection.Connection) error {
+		if !c.Registered() {
+			return &commands.NotFoundError{ConnectionID: connID}
+		}
+		inFlight = c.InFlight()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	pctx, err := d.asSystem(ctx, connID)
+	if err != nil {
+		return err
+	}
+	for _, m := range inFlight {
+		_, err := d.unknown.Handle(pctx, commands.RecordOutcomeUnknown{
+			MessageRef: commands.MessageRef{ConnectionID: connID, MessageID: m.MessageID, Seq: m.Seq}, Cause: CauseRestart})
+		if err != nil && !errors.Is(err, connection.ErrNotInFlight) {
+			return err
+		}
+		if err == nil {
+			d.stats.recovered.Add(1)
+			d.stats.unknown.Add(1)
+			d.m.sends.WithLabelValues(OutcomeRecovered).Inc()
+			d.log.Info("message found in flight at start recorded unknown", "connection", connID, "message", m.MessageID, "seq", m.Seq)
+		}
+	}
+	if d.cfg.Pacing.DailyCap > 0 && !d.cfg.Pacing.Unpaced {
+		day := startOfDay(d.cfg.Clock.Now())
+		n, err := d.countDispatched(ctx, connID, day)
+		if err != nil {
+			return err
+		}
+		st.day, st.dayCount = day, n
+	}
+	st.recovered = true
+	return nil
+}
+
+// countDispatched counts the connection's MessageDispatched events of the UTC day starting at
+// day, reading its stream backwards until a dispatch before the day (or an event recorded more
+// than a day before it, which tolerates skew between the store's clock and ours).
+func (d *Dispatcher) countDispatched(ctx context.Context, connID string, day time.Time) (int, error) {
+	stream := connection.StreamName(connID)
+	from, n := eventstore.End, 0
+	floor := day.Add(-24 * time.Hour)
+	for {
+		evs, err := d.cfg.Store.ReadStream(ctx, stream, eventstore.Backwards, from, 4096)
+		if errors.Is(err, eventstore.ErrStreamNotFound) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range evs {
+			if e.RecordedAt.Before(floor) {
+				return n, nil
+			}
+			if e.Type != connection.TypeMessageDispatched {
+				continue
+			}
+			ev, err := connection.Decode(e.Type, e.Data)
+			if err != nil {
+				return 0, err
+			}
+			if ev.(connection.MessageDispatched).DispatchedAt.Before(day) {
+				return n, nil
+			}
+			n++
+		}
+		if len(evs) == 0 || evs[len(evs)-1].Revision == 0 {
+			return n, nil
+		}
+		from = evs[len(evs)-1].Revision - 1
+	}
+}
+
+// capReached reports whether the connection reached its daily cap; if so it schedules a wake
+// at the next UTC midnight (a timer, no goroutine) and the loop exits.
+func (d *Dispatcher) capReached(connID string, st *connState) bool {
+	p := d.cfg.Pacing
+	if p.Unpaced || p.DailyCap <= 0 {
+		return false
+	}
+	now := d.cfg.Clock.Now()
+	if day := startOfDay(now); day.After(st.day) {
+		st.day, st.dayCount = day, 0
+	}
+	if st.dayCount < p.DailyCap {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if st.capTimer == nil {
+		wait := st.day.Add(24 * time.Hour).Sub(now)
+		d.log.Info("daily cap reached; pausing until the next UTC day", "connection", connID, "cap", p.DailyCap, "resume_in", wait)
+		st.capTimer = d.cfg.Clock.AfterFunc(wait, func() {
+			d.mu.Lock()
+			st.capTimer = nil
+			d.mu.Unlock()
+			d.Wake(connID)
+		})
+	}
+	return true
+}
+
+// send hands a dispatched message to the transport and records its outcome.
+func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connState, msg commands.QueuedMessage) {
+	ref := commands.MessageRef{ConnectionID: connID, MessageID: msg.MessageID, Seq: msg.Seq}
+	d.remember(connID, msg.MessageID, msg.Seq)
+	// Outcomes are recorded even when ctx ends (a shutdown mid-send): what happened is known.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(pctx), recordTimeout)
+	defer cancel()
+	req := transport.SendRequest{ConnectionID: connID, MessageID: msg.MessageID, To: msg.Recipient, Text: msg.Text}
+	backoff := d.cfg.RetryBackoff
+	for attempt := 1; ; attempt++ {
+		sctx, scancel := context.WithTimeout(ctx, d.cfg.SendTimeout)
+		start := time.Now()
+		res, err := d.cfg.Transport.Send(sctx, req)
+		timedOut := errors.Is(sctx.Err(), context.DeadlineExceeded)
+		scancel()
+		switch {
+		case err == nil:
+			d.m.latency.Observe(time.Since(start).Seconds())
+			d.pace(st)
+			d.record(rctx, OutcomeSent, ref, func() error {
+				_, err := d.sent.Handle(rctx, commands.RecordSent{MessageRef: ref, ServerID: res.WAMessageID})
+				return err
+			})
+			return
+		case transport.Retryable(err):
+			label := OutcomeRateLimited
+			if errors.Is(err, transport.ErrNotConnected) {
+				label = OutcomeNotConnected
+			}
+			d.m.sends.WithLabelValues(label).Inc()
+			wait := backoff
+			var se *transport.SendError
+			if errors.As(err, &se) && se.RetryAfter > wait {
+				wait = se.RetryAfter
+			}
+			backoff = min(2*backoff, d.cfg.MaxRetryBackoff)
+			if attempt >= d.cfg.MaxSendAttempts || !d.waitClock(ctx, wait) || !d.sendable(rctx, connID) {
+				d.recordFailed(rctx, ref, CodeNotSent, err.Error())
+				return
+			}
+			d.stats.retries.Add(1)
+		case errors.Is(err, transport.ErrRejected):
+			d.pace(st)
+			d.recordFailed(rctx, ref, CodeRejected, err.Error())
+			return
+		default: // ErrOutcomeUnknown, or an adapter error outside the contract: never resend.
+			d.m.latency.Observe(time.Since(start).Seconds())
+			d.pace(st)
+			cause := CauseUnknown
+			switch {
+			case ctx.Err() != nil:
+				cause = CauseShutdown
+			case timedOut:
+				cause = CauseTimeout
+			}
+			d.record(rctx, OutcomeUnknown, ref, func() error {
+				_, err := d.unknown.Handle(rctx, commands.RecordOutcomeUnknown{MessageRef: ref, Cause: cause})
+				return err
+			})
+			return
+		}
+	}
+}
+
+// sendable reports whether a dispatched message may still be handed over: the link is active
+// and the queue open (no ban, session loss, hold or clear arrived since it was dispatched).
+func (d *Dispatcher) sendable(ctx context.Context, connID string) bool {
+	ok := false
+	err := d.cfg.Repository.View(ctx, connID, func(c *connection.Connection) error {
+		ok = c.LinkStatus() == connection.LinkStatusActive && c.QueueStatus() == connection.QueueStatusOpen
+		return nil
+	})
+	return err == nil && ok
+}
+
+func (d *Dispatcher) pace(st *connState) {
+	if iv := d.interval(); iv > 0 {
+		st.nextAt = d.cfg.Clock.Now().Add(iv)
+	}
+}
+
+func (d *Dispatcher) recordFailed(ctx context.Context, ref commands.MessageRef, code, detail string) {
+	if len(detail) > connection.MaxNoteLen {
+		detail = detail[:connection.MaxNoteLen]
+	}
+	label := OutcomeFailed
+	if code == CodeNotSent {
+		label = OutcomeNotSent
+	}
+	d.record(ctx, label, ref, func() error {
+		_, err := d.failed.Handle(ctx, commands.RecordFailed{MessageRef: ref, Code: code, Detail: detail})
+		return err
+	})
+}
+
+// record runs an outcome command, counting it. A refusal because the message is no longer in
+// flight (a receipt acknowledged it first) is not an error. Any other failure leaves the
+// message in flight: the next start records it unknown.
+func (d *Dispatcher) record(ctx context.Context, label string, ref commands.MessageRef, do func() error) {
+	d.m.sends.WithLabelValues(label).Inc()
+	switch label {
+	case OutcomeSent:
+		d.stats.sent.Add(1)
+	case OutcomeUnknown:
+		d.stats.unknown.Add(1)
+	default:
+		d.stats.failed.Add(1)
+	}
+	err := do()
+	switch {
+	case err == nil:
+	case errors.Is(err, connection.ErrNotInFlight):
+		d.log.Debug("outcome already acknowledged", "outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID)
+	default:
+		d.log.Error("recording a send outcome failed; the message stays in flight until the next start records it unknown",
+			"outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID, "seq", ref.Seq, "err", err)
+	}
+}

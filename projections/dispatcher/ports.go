@@ -1,0 +1,82 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/projections"
+)
+
+// ErrNotProjected: the pending-queue projection does not show the message the aggregate asks
+// for yet (it lags the stream). DispatchNext then records nothing and the loop retries shortly.
+var ErrNotProjected = errors.New("dispatcher: message not in the pending-queue projection yet")
+
+// NotProjectedError carries the message the projection does not show.
+type NotProjectedError struct {
+	ConnectionID string
+	Seq          uint64
+}
+
+func (e *NotProjectedError) Error() string {
+	return fmt.Sprintf("dispatcher: connection %q: no pending message at seq %d in the projection yet", e.ConnectionID, e.Seq)
+}
+
+// Is makes errors.Is(err, ErrNotProjected) true.
+func (e *NotProjectedError) Is(target error) bool { return target == ErrNotProjected }
+
+// QueueMessages implements commands.QueuedMessages over the pending-queue projection.
+type QueueMessages struct {
+	DB    *projections.DB
+	Queue *projections.Queue
+}
+
+var _ commands.QueuedMessages = QueueMessages{}
+
+// QueuedMessage returns the pending message at seq, or a *NotProjectedError when the projection
+// does not show it (yet).
+func (m QueueMessages) QueuedMessage(ctx context.Context, connID string, seq uint64) (commands.QueuedMessage, error) {
+	if seq == 0 {
+		return commands.QueuedMessage{}, &NotProjectedError{ConnectionID: connID, Seq: seq}
+	}
+	ps, err := m.Queue.NextPending(ctx, m.DB, connID, seq-1, 1)
+	if err != nil {
+		return commands.QueuedMessage{}, fmt.Errorf("dispatcher: pending message %q/%d: %w", connID, seq, err)
+	}
+	if len(ps) == 0 || ps[0].Seq != seq {
+		return commands.QueuedMessage{}, &NotProjectedError{ConnectionID: connID, Seq: seq}
+	}
+	p := ps[0]
+	return commands.QueuedMessage{MessageID: p.MessageID, Seq: p.Seq, Recipient: p.Recipient, Text: p.Text,
+		BroadcastID: p.BroadcastID, ExpiresAt: p.ExpiresAt}, nil
+}
+
+// MessageLocator finds the queue position of one of a connection's messages, for receipts.
+// It returns an error matching projections.ErrNotFound (or any error) when it does not know it.
+type MessageLocator interface {
+	MessageSeq(ctx context.Context, tenant, connID string, id uuid.UUID) (uint64, error)
+}
+
+// StatusLocator implements MessageLocator over the message-status projection.
+type StatusLocator struct {
+	DB     *projections.DB
+	Status *projections.MessageStatus
+}
+
+var _ MessageLocator = StatusLocator{}
+
+// MessageSeq returns the message's Seq, or projections.ErrNotFound for an unknown message or one
+// of another connection.
+func (l StatusLocator) MessageSeq(ctx context.Context, tenant, connID string, id uuid.UUID) (uint64, error) {
+	v, err := l.Status.Message(ctx, l.DB, tenant, id)
+	if err != nil {
+		return 0, err
+	}
+	if v.ConnectionID != connID {
+		return 0, fmt.Errorf("dispatcher: message %s belongs to connection %q, not %q: %w", id, v.ConnectionID, connID, projections.ErrNotFound)
+	}
+	return v.Seq, nil
+}
