@@ -461,3 +461,10 @@ func (k *Keys) Rebuild(ctx context.Context) error {
 	k.mu.Unlock()
 	return k.Sync(ctx)
 }
+
+// AuditRule is the audit projection's rule for rights changes (G8): the key events of the
+// tenant streams, with the tenant taken from the stream name. Add it to
+// projections.DefaultAuditRules() when building the audit projection.
+func AuditRule() projections.AuditRule {
+	return projections.AuditRule{StreamPrefix: auth.TenantStreamPrefix, EventTypes: auth.KeyEventTypes(), TenantFromStream: true}
+}

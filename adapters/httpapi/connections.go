@@ -1,0 +1,336 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	wmtransport "github.com/waqueue/waqueue/adapters/whatsmeow"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/projections"
+)
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+	return nil
+}
+
+// settle waits, at most Limits.ReadYourWrites, for the named projections to include the event
+// at pos, so that a read right after this write sees it. It never fails the request.
+func (s *server) settle(ctx context.Context, pos eventstore.Position, names ...string) {
+	if pos.IsZero() || s.d.Limits.ReadYourWrites < 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.d.Limits.ReadYourWrites)
+	defer cancel()
+	if err := s.d.Runner.WaitFor(ctx, names, pos); err != nil {
+		s.log.DebugContext(ctx, "read models lag behind a write", "position", pos.String(), "error", err)
+	}
+}
+
+// cardView is a connection card as the API shows it.
+type cardView struct {
+	ID            string     `json:"id"`
+	TenantID      string     `json:"tenant_id"`
+	Phone         string     `json:"phone"`
+	OnBan         string     `json:"on_ban"`
+	LinkStatus    string     `json:"link_status"`
+	QueueStatus   string     `json:"queue_status"`
+	Pending       uint64     `json:"pending"`
+	InFlight      uint64     `json:"in_flight"`
+	Ban           *banView   `json:"ban,omitempty"`
+	Hold          *holdView  `json:"hold,omitempty"`
+	Clear         *clearView `json:"clear,omitempty"`
+	LastProblem   string     `json:"last_problem,omitempty"`
+	LastProblemAt time.Time  `json:"last_problem_at,omitzero"`
+	RegisteredAt  time.Time  `json:"registered_at,omitzero"`
+	UpdatedAt     time.Time  `json:"updated_at,omitzero"`
+}
+
+type banView struct {
+	Kind      string    `json:"kind"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Reason    string    `json:"reason,omitempty"`
+	Since     time.Time `json:"since"`
+}
+
+type holdView struct {
+	Reason string    `json:"reason"`
+	Actor  string    `json:"actor"`
+	Note   string    `json:"note,omitempty"`
+	Since  time.Time `json:"since"`
+}
+
+type clearView struct {
+	ClearID     uuid.UUID `json:"clear_id"`
+	RequestedBy string    `json:"requested_by"`
+	RequestedAt time.Time `json:"requested_at"`
+	Scope       string    `json:"scope"`
+}
+
+func viewCard(c projections.Card) cardView {
+	v := cardView{
+		ID: c.ConnectionID, TenantID: c.TenantID, Phone: c.Phone, OnBan: c.OnBan,
+		LinkStatus: c.LinkStatus.String(), QueueStatus: c.QueueStatus.String(), Pending: c.Pending, InFlight: c.InFlight,
+		LastProblem: c.LastProblem, LastProblemAt: c.LastProblemAt, RegisteredAt: c.RegisteredAt, UpdatedAt: c.UpdatedAt,
+	}
+	if c.Ban != nil {
+		v.Ban = &banView{Kind: c.Ban.Kind.String(), ExpiresAt: c.Ban.ExpiresAt, Reason: c.Ban.Reason, Since: c.Ban.Since}
+	}
+	if c.Hold != nil {
+		v.Hold = &holdView{Reason: c.Hold.Reason.String(), Actor: c.Hold.Actor, Note: c.Hold.Note, Since: c.Hold.Since}
+	}
+	if c.Clear != nil {
+		v.Clear = &clearView{ClearID: c.Clear.ClearID, RequestedBy: c.Clear.RequestedBy, RequestedAt: c.Clear.RequestedAt, Scope: c.Clear.Scope}
+	}
+	return v
+}
+
+// card returns connection id of the caller's tenant (ErrNotFound for another tenant's).
+func (s *server) card(r *http.Request, id string) (projections.Card, error) {
+	return s.d.Cards.Card(r.Context(), s.d.DB, principal(r).TenantID, id)
+}
+
+func (s *server) createConnection(w http.ResponseWriter, r *http.Request) error {
+	_, b, err := readBody(w, r, s.d.Limits.MaxJSONBody, "application/json")
+	if err != nil {
+		return err
+	}
+	req, err := decodeCreateConnection(b)
+	if err != nil {
+		return err
+	}
+	id := req.ID
+	if id == "" {
+		id = uuid.NewString()
+	}
+	cmd := commands.RegisterConnection{ConnectionID: id, Phone: req.Phone}
+	if req.OnBan != "" {
+		if cmd.OnBan, err = connection.ParseOnBanPolicy(req.OnBan); err != nil {
+			return err
+		}
+	}
+	res, err := s.d.Handlers.RegisterConnection.Handle(r.Context(), cmd)
+	if err != nil {
+		return err
+	}
+	s.settle(r.Context(), res.Position, projections.CardsName, projections.QueueName)
+	p := principal(r)
+	card, err := s.d.Cards.Card(r.Context(), s.d.DB, p.TenantID, id)
+	if err != nil {
+		// The read model lags: answer with what the command decided.
+		card = projections.Card{TenantID: p.TenantID, ConnectionID: id, Phone: req.Phone,
+			LinkStatus: connection.LinkStatusUnpaired, QueueStatus: connection.QueueStatusOpen}
+	}
+	w.Header().Set("Location", "/v1/connections/"+id)
+	return writeJSON(w, http.StatusCreated, viewCard(card))
+}
+
+func (s *server) listConnections(w http.ResponseWriter, r *http.Request) error {
+	cards, err := s.d.Cards.List(r.Context(), s.d.DB, principal(r).TenantID)
+	if err != nil {
+		return err
+	}
+	out := make([]cardView, 0, len(cards))
+	for _, c := range cards {
+		out = append(out, viewCard(c))
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"connections": out})
+}
+
+func (s *server) getConnection(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.card(r, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, viewCard(c))
+}
+
+// qrPairing follows one QR pairing started through the API: the latest code, and whether the
+// pairing is still running.
+type qrPairing struct {
+	mu      sync.Mutex
+	code    string
+	running bool
+	first   chan struct{} // closed at the first code or at the end
+}
+
+func (q *qrPairing) snapshot() (string, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.code, q.running
+}
+
+// negotiate picks the first of offers that the Accept header accepts ("" when none does).
+// A missing Accept accepts the first offer.
+func negotiate(r *http.Request, offers ...string) string {
+	accept := r.Header.Values("Accept")
+	if len(accept) == 0 {
+		return offers[0]
+	}
+	var ranges []string
+	for _, h := range accept {
+		for _, part := range strings.Split(h, ",") {
+			mr, _, _ := strings.Cut(part, ";")
+			if mr = strings.ToLower(strings.TrimSpace(mr)); mr != "" {
+				ranges = append(ranges, mr)
+			}
+		}
+	}
+	for _, o := range offers {
+		typ, _, _ := strings.Cut(o, "/")
+		for _, mr := range ranges {
+			if mr == o || mr == "*/*" || mr == typ+"/*" {
+				return o
+			}
+		}
+	}
+	return ""
+}
+
+const qrPNGSize = 320
+
+func (s *server) writeQR(w http.ResponseWriter, r *http.Request, id, code string, running bool) error {
+	switch negotiate(r, "application/json", "image/png", "text/plain") {
+	case "application/json":
+		return writeJSON(w, http.StatusOK, map[string]any{"connection_id": id, "code": code, "running": running})
+	case "image/png":
+		png, err := wmtransport.QRPNG(code, qrPNGSize)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "image/png")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(png)
+		return nil
+	case "text/plain":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(code + "\n"))
+		return nil
+	}
+	return &Problem{Status: http.StatusNotAcceptable, Code: CodeNotAcceptable,
+		Detail: "the QR code is available as application/json, image/png or text/plain"}
+}
+
+// startPairQR starts a QR pairing (or joins the one running) and answers with the first code.
+// The pairing outlives the request, bounded by Limits.PairingTimeout; GET shows the latest code.
+func (s *server) startPairQR(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if _, err := s.card(r, id); err != nil {
+		return err
+	}
+	if negotiate(r, "application/json", "image/png", "text/plain") == "" {
+		return s.writeQR(w, r, id, "", false)
+	}
+	s.pairMu.Lock()
+	q, ok := s.pairing[id]
+	start := !ok
+	if ok {
+		_, running := q.snapshot()
+		start = !running
+	}
+	if start {
+		q = &qrPairing{running: true, first: make(chan struct{})}
+		s.pairing[id] = q
+	}
+	s.pairMu.Unlock()
+	if start {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.d.Limits.PairingTimeout)
+		codes, err := s.d.Transport.PairQR(ctx, id)
+		if err != nil {
+			cancel()
+			s.pairMu.Lock()
+			if s.pairing[id] == q {
+				delete(s.pairing, id)
+			}
+			s.pairMu.Unlock()
+			return err
+		}
+		go func() {
+			defer cancel()
+			var once sync.Once
+			for c := range codes {
+				q.mu.Lock()
+				q.code = c
+				q.mu.Unlock()
+				once.Do(func() { close(q.first) })
+			}
+			q.mu.Lock()
+			q.running = false
+			q.mu.Unlock()
+			once.Do(func() { close(q.first) })
+		}()
+	}
+	select {
+	case <-q.first:
+	case <-r.Context().Done():
+		return r.Context().Err()
+	case <-time.After(30 * time.Second):
+	}
+	code, running := q.snapshot()
+	if code == "" {
+		return &Problem{Status: http.StatusConflict, Code: CodeNoPairing, Detail: "the pairing ended without a QR code; see the connection's status"}
+	}
+	return s.writeQR(w, r, id, code, running)
+}
+
+func (s *server) getPairQR(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if _, err := s.card(r, id); err != nil {
+		return err
+	}
+	s.pairMu.Lock()
+	q, ok := s.pairing[id]
+	s.pairMu.Unlock()
+	if !ok {
+		return &Problem{Status: http.StatusNotFound, Code: CodeNoPairing, Detail: "no QR pairing was started for this connection; POST first"}
+	}
+	code, running := q.snapshot()
+	if code == "" {
+		return &Problem{Status: http.StatusNotFound, Code: CodeNoPairing, Detail: "no QR code yet"}
+	}
+	return s.writeQR(w, r, id, code, running)
+}
+
+func (s *server) pairPhone(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	_, b, err := readBody(w, r, s.d.Limits.MaxJSONBody, "application/json")
+	if err != nil {
+		return err
+	}
+	req, err := decodePairPhone(b)
+	if err != nil {
+		return err
+	}
+	c, err := s.card(r, id)
+	if err != nil {
+		return err
+	}
+	phone := req.Phone
+	if phone == "" {
+		phone = c.Phone
+	}
+	e164, err := connection.NormalizePhone("phone", phone, "")
+	if err != nil {
+		return err
+	}
+	code, err := s.d.Transport.PairPhone(context.WithoutCancel(r.Context()), id, e164)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"connection_id": id, "phone": e164, "code": code})
+}

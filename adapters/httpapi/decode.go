@@ -1,0 +1,350 @@
+package httpapi
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// The request bodies. Every decoder is a pure function of the body bytes (plus limits), fuzzed
+// in decode_fuzz_test.go: none may panic, and each returns either a value or a *Problem.
+
+// createConnectionRequest is the body of POST /v1/connections.
+type createConnectionRequest struct {
+	// ID is optional; the server generates one when it is empty. Connection ids are global,
+	// so a client-chosen id already taken (in any tenant) is refused like a conflict.
+	ID    string `json:"id"`
+	Phone string `json:"phone"`
+	// OnBan is "hold" (default) or "resume".
+	OnBan string `json:"on_ban"`
+}
+
+type enqueueRequest struct {
+	Recipient  string `json:"recipient"`
+	Text       string `json:"text"`
+	TTLSeconds int64  `json:"ttl_seconds"`
+}
+
+type broadcastRequest struct {
+	Recipients []string `json:"recipients"`
+	Text       string   `json:"text"`
+	TTLSeconds int64    `json:"ttl_seconds"`
+}
+
+type clearRequest struct {
+	Reason string `json:"reason"`
+	// BroadcastID limits the clear to one broadcast.
+	BroadcastID string `json:"broadcast_id"`
+	// Confirm must equal the connection's own phone number.
+	Confirm string `json:"confirm"`
+}
+
+type noteRequest struct {
+	Note string `json:"note"`
+}
+
+type pairPhoneRequest struct {
+	Phone string `json:"phone"`
+}
+
+type createKeyRequest struct {
+	Role  string `json:"role"`
+	Label string `json:"label"`
+}
+
+type changeKeyRequest struct {
+	Role string `json:"role"`
+}
+
+type revokeKeyRequest struct {
+	Reason string `json:"reason"`
+}
+
+type simBanRequest struct {
+	Kind      string `json:"kind"`
+	ExpiresIn string `json:"expires_in"`
+}
+
+// badJSON returns the invalid_json problem for a decoding error.
+func badJSON(err error) *Problem {
+	var (
+		syn *json.SyntaxError
+		typ *json.UnmarshalTypeError
+	)
+	detail := "the body is not valid JSON for this request"
+	switch {
+	case errors.As(err, &syn):
+		detail = fmt.Sprintf("malformed JSON at byte %d", syn.Offset)
+	case errors.As(err, &typ):
+		detail = fmt.Sprintf("field %q must be %s", typ.Field, typ.Type)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		detail = "the body is empty or truncated"
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		detail = strings.TrimPrefix(err.Error(), "json: ")
+	}
+	return &Problem{Status: http.StatusBadRequest, Code: CodeInvalidJSON, Detail: detail}
+}
+
+// decodeJSON decodes exactly one JSON object into v, refusing unknown fields and trailing data.
+// An empty body decodes as {} when allowEmpty.
+func decodeJSON(body []byte, v any, allowEmpty bool) error {
+	if allowEmpty && len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	if !utf8.Valid(body) {
+		return &Problem{Status: http.StatusBadRequest, Code: CodeInvalidJSON, Detail: "the body is not valid UTF-8"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badJSON(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return &Problem{Status: http.StatusBadRequest, Code: CodeInvalidJSON, Detail: "unexpected data after the JSON object"}
+	}
+	return nil
+}
+
+func invalid(field, detail string) *Problem {
+	return &Problem{Status: http.StatusUnprocessableEntity, Code: CodeInvalidRequest, Field: field, Detail: detail}
+}
+
+func decodeCreateConnection(body []byte) (createConnectionRequest, error) {
+	var req createConnectionRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return req, err
+	}
+	if req.ID != "" {
+		if err := connection.ValidateID("id", req.ID); err != nil {
+			return req, err
+		}
+	}
+	if req.Phone == "" {
+		return req, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidPhone), Field: "phone", Detail: "required"}
+	}
+	switch req.OnBan {
+	case "", "hold", "resume":
+	default:
+		return req, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidPolicy), Field: "on_ban",
+			Detail: `must be "hold" or "resume"`}
+	}
+	return req, nil
+}
+
+// ttl converts ttl_seconds, refusing values the domain would refuse, before multiplying
+// (a huge number of seconds must not overflow into a valid duration).
+func ttl(seconds int64) (time.Duration, error) {
+	if seconds < 0 || seconds > int64(connection.MaxTTL/time.Second) {
+		return 0, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidTTL), Field: "ttl_seconds",
+			Detail: fmt.Sprintf("must be 0 (never expires) to %d", int64(connection.MaxTTL/time.Second))}
+	}
+	return time.Duration(seconds) * time.Second, nil
+}
+
+func decodeEnqueue(body []byte) (enqueueRequest, time.Duration, error) {
+	var req enqueueRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return req, 0, err
+	}
+	d, err := ttl(req.TTLSeconds)
+	return req, d, err
+}
+
+func tooManyRecipients(max int) *Problem {
+	return &Problem{Status: http.StatusUnprocessableEntity, Code: CodeTooManyRecipients, Field: "recipients",
+		Detail: fmt.Sprintf("at most %d recipients per broadcast", max)}
+}
+
+func decodeBroadcastJSON(body []byte, maxRecipients int) (broadcastRequest, time.Duration, error) {
+	var req broadcastRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return req, 0, err
+	}
+	if len(req.Recipients) > maxRecipients {
+		return req, 0, tooManyRecipients(maxRecipients)
+	}
+	d, err := ttl(req.TTLSeconds)
+	return req, d, err
+}
+
+// decodeRecipientsCSV reads one phone number per line (the first field of each record, so a
+// spreadsheet's export with more columns works too). Blank lines are skipped; a first line that
+// holds no digit is taken for a header and skipped.
+func decodeRecipientsCSV(body []byte, maxRecipients int) ([]string, error) {
+	if !utf8.Valid(body) {
+		return nil, &Problem{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Detail: "the CSV is not valid UTF-8"}
+	}
+	body = bytes.TrimPrefix(body, []byte("\xef\xbb\xbf")) // a spreadsheet's byte order mark
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(make([]byte, 0, 4096), 64*1024)
+	var out []string
+	line := 0
+	for sc.Scan() {
+		line++
+		field, _, _ := strings.Cut(sc.Text(), ",")
+		if f2, _, ok := strings.Cut(field, ";"); ok {
+			field = f2
+		}
+		field = strings.TrimSpace(strings.Trim(strings.TrimSpace(field), `"`))
+		if field == "" {
+			continue
+		}
+		if line == 1 && !strings.ContainsAny(field, "0123456789") {
+			continue // header
+		}
+		if len(out) == maxRecipients {
+			return nil, tooManyRecipients(maxRecipients)
+		}
+		out = append(out, field)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, &Problem{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Detail: fmt.Sprintf("CSV line %d: %v", line+1, err)}
+	}
+	return out, nil
+}
+
+func decodeClear(body []byte) (clearRequest, uuid.UUID, error) {
+	var req clearRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return req, uuid.Nil, err
+	}
+	var bid uuid.UUID
+	if req.BroadcastID != "" {
+		id, err := uuid.Parse(req.BroadcastID)
+		if err != nil {
+			return req, uuid.Nil, invalid("broadcast_id", "must be a UUID")
+		}
+		bid = id
+	}
+	if strings.TrimSpace(req.Confirm) == "" {
+		return req, bid, &Problem{Status: http.StatusUnprocessableEntity, Code: CodeConfirmMismatch, Field: "confirm",
+			Detail: "type the connection's phone number to confirm the clear"}
+	}
+	return req, bid, nil
+}
+
+func decodeNote(body []byte) (noteRequest, error) {
+	var req noteRequest
+	err := decodeJSON(body, &req, true)
+	return req, err
+}
+
+func decodePairPhone(body []byte) (pairPhoneRequest, error) {
+	var req pairPhoneRequest
+	err := decodeJSON(body, &req, true)
+	return req, err
+}
+
+func decodeCreateKey(body []byte) (createKeyRequest, auth.Role, error) {
+	var req createKeyRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return req, auth.Role{}, err
+	}
+	role, err := auth.ParseRole(req.Role)
+	if err != nil {
+		return req, auth.Role{}, invalid("role", "must be one of admin, operator, sender, auditor, analyst")
+	}
+	return req, role, nil
+}
+
+func decodeChangeKey(body []byte) (auth.Role, error) {
+	var req changeKeyRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return auth.Role{}, err
+	}
+	role, err := auth.ParseRole(req.Role)
+	if err != nil {
+		return auth.Role{}, invalid("role", "must be one of admin, operator, sender, auditor, analyst")
+	}
+	return role, nil
+}
+
+func decodeRevokeKey(body []byte) (revokeKeyRequest, error) {
+	var req revokeKeyRequest
+	err := decodeJSON(body, &req, true)
+	return req, err
+}
+
+// decodeSimBan decodes {kind: temporary|permanent, expires_in: Go duration like "1h"}.
+func decodeSimBan(body []byte) (permanent bool, expire time.Duration, err error) {
+	var req simBanRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return false, 0, err
+	}
+	switch req.Kind {
+	case "permanent":
+		if req.ExpiresIn != "" {
+			return false, 0, invalid("expires_in", "a permanent ban has no expiry")
+		}
+		return true, 0, nil
+	case "temporary":
+		if req.ExpiresIn == "" {
+			return false, time.Hour, nil
+		}
+		d, err := time.ParseDuration(req.ExpiresIn)
+		if err != nil || d <= 0 || d > 365*24*time.Hour {
+			return false, 0, invalid("expires_in", `must be a positive duration up to 8760h, like "30m" or "2h"`)
+		}
+		return false, d, nil
+	default:
+		return false, 0, invalid("kind", `must be "temporary" or "permanent"`)
+	}
+}
+
+// mediaType returns r's media type, lower-cased, without parameters ("" when absent).
+func mediaType(r *http.Request) string {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return ""
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return "invalid"
+	}
+	return mt
+}
+
+func unsupportedMedia(got string, want ...string) *Problem {
+	return &Problem{Status: http.StatusUnsupportedMediaType, Code: CodeUnsupportedMediaType,
+		Detail: fmt.Sprintf("Content-Type %q is not accepted here; use %s", got, strings.Join(want, " or "))}
+}
+
+// readBody reads a body of the accepted media types, at most max bytes. A missing Content-Type
+// is accepted as JSON when JSON is allowed (curl -d sends form encoding; we refuse that).
+func readBody(w http.ResponseWriter, r *http.Request, max int64, accept ...string) (string, []byte, error) {
+	mt := mediaType(r)
+	if mt == "" && len(accept) > 0 && accept[0] == "application/json" {
+		mt = "application/json"
+	}
+	ok := false
+	for _, a := range accept {
+		if mt == a {
+			ok = true
+		}
+	}
+	if !ok {
+		return mt, nil, unsupportedMedia(mt, accept...)
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return mt, nil, err
+		}
+		return mt, nil, &Problem{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Detail: "could not read the body"}
+	}
+	return mt, b, nil
+}

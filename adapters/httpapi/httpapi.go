@@ -1,0 +1,176 @@
+// Package httpapi is waqueue's HTTP API, versioned under /v1.
+//
+// Every route is declared once in a table (see Routes) with its method and path (net/http
+// ServeMux patterns), the right it needs, and the status codes it answers; the OpenAPI document
+// (docs/openapi.yaml, served at /v1/openapi.yaml) is tested against that table.
+//
+// Callers authenticate with "Authorization: Bearer wq_…" (package apikeys); the key's principal
+// travels in the request context to the command handlers (commands.WithPrincipal). A route first
+// checks the right (403 forbidden), then touches only resources of the principal's tenant: an id
+// of another tenant is answered exactly like an unknown one (404 not_found, G9).
+//
+// Errors are application/problem+json (RFC 9457) with a stable code, mapped from the errors of
+// the lower layers with errors.Is/As in one place (problem.go). One middleware at the edge
+// gives every request an id (X-Request-Id, honoured or generated), logs it with log/slog,
+// counts it in Prometheus and turns a panic into a 500 problem without a stack.
+package httpapi
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/waqueue/waqueue/adapters/apikeys"
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/projections"
+)
+
+// Deps are what the API stands on. New refuses a Deps missing a required field.
+type Deps struct {
+	// Store is the event store (history, clear reports, readiness). Required.
+	Store eventstore.Store
+	// DB is the read-model database the projections below write. Required.
+	DB *projections.DB
+	// Handlers are the command handlers, called synchronously (a caller gets the command's
+	// answer: 409 queue_clearing, 422 invalid_phone, …). RegisterConnection, EnqueueMessage,
+	// StartBroadcast, HoldQueue, ResumeQueue and RequestClear are required.
+	Handlers commands.Handlers
+	// Runner runs the projections; its statuses decide readiness, and commands wait (at most
+	// Limits.ReadYourWrites) for it so that a read right after a write sees it. Required.
+	Runner *projections.Runner
+	// The read models. Required.
+	Cards     *projections.Cards
+	Queue     *projections.Queue
+	Messages  *projections.MessageStatus
+	Audit     *projections.Audit
+	Analytics *projections.Analytics
+	// Keys authenticates callers and serves /v1/keys. Required.
+	Keys *apikeys.Keys
+	// Transport pairs connections (QR code, phone code). Required.
+	Transport transport.Transport
+	// Simulator, if set, enables the simulator-only routes (/simulator/ban, /lift, /logout).
+	Simulator *simulator.Simulator
+	// Registry receives the API's metrics and is served at /metrics. Required.
+	Registry *prometheus.Registry
+	// Logger logs one line per request. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Limits; zero fields take their defaults.
+	Limits Limits
+}
+
+// Limits bound what one request may ask for. Each is answered with its own problem code.
+type Limits struct {
+	// MaxJSONBody is the largest JSON body, in bytes (413 body_too_large). Default 1 MiB.
+	MaxJSONBody int64
+	// MaxCSVBody is the largest CSV body (broadcast upload), in bytes. Default 8 MiB.
+	MaxCSVBody int64
+	// MaxRecipients is the largest broadcast (422 too_many_recipients). Default and maximum
+	// connection.MaxRecipients.
+	MaxRecipients int
+	// ReadYourWrites is how long a command waits for the read models to include its events
+	// before answering (they then show it to the next read). Default 2s; negative disables.
+	// The command is durable either way; a timeout only means the next read may lag.
+	ReadYourWrites time.Duration
+	// PairingTimeout bounds a QR pairing started by the API. Default 3 minutes.
+	PairingTimeout time.Duration
+}
+
+func (l *Limits) setDefaults() {
+	if l.MaxJSONBody <= 0 {
+		l.MaxJSONBody = 1 << 20
+	}
+	if l.MaxCSVBody <= 0 {
+		l.MaxCSVBody = 8 << 20
+	}
+	if l.MaxRecipients <= 0 || l.MaxRecipients > connection.MaxRecipients {
+		l.MaxRecipients = connection.MaxRecipients
+	}
+	if l.ReadYourWrites == 0 {
+		l.ReadYourWrites = 2 * time.Second
+	}
+	if l.PairingTimeout <= 0 {
+		l.PairingTimeout = 3 * time.Minute
+	}
+}
+
+// Validate reports every missing required dependency.
+func (d Deps) Validate() error {
+	var errs []error
+	req := func(ok bool, name string) {
+		if !ok {
+			errs = append(errs, errors.New("httpapi: Deps."+name+" is required"))
+		}
+	}
+	req(d.Store != nil, "Store")
+	req(d.DB != nil && d.DB.SQL != nil, "DB")
+	req(d.Runner != nil, "Runner")
+	req(d.Cards != nil, "Cards")
+	req(d.Queue != nil, "Queue")
+	req(d.Messages != nil, "Messages")
+	req(d.Audit != nil, "Audit")
+	req(d.Analytics != nil, "Analytics")
+	req(d.Keys != nil, "Keys")
+	req(d.Transport != nil, "Transport")
+	req(d.Registry != nil, "Registry")
+	h := d.Handlers
+	req(h.RegisterConnection != nil, "Handlers.RegisterConnection")
+	req(h.EnqueueMessage != nil, "Handlers.EnqueueMessage")
+	req(h.StartBroadcast != nil, "Handlers.StartBroadcast")
+	req(h.HoldQueue != nil, "Handlers.HoldQueue")
+	req(h.ResumeQueue != nil, "Handlers.ResumeQueue")
+	req(h.RequestClear != nil, "Handlers.RequestClear")
+	return errors.Join(errs...)
+}
+
+// server is the API's state.
+type server struct {
+	d       Deps
+	log     *slog.Logger
+	metrics *metrics
+	pairMu  sync.Mutex
+	pairing map[string]*qrPairing // connection id -> the last QR pairing started
+}
+
+// New returns the API handler, or an error naming every missing dependency. The handler is
+// safe for concurrent use. It registers its metrics on d.Registry (reusing them when another
+// handler registered them there first).
+func New(d Deps) (http.Handler, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	d.Limits.setDefaults()
+	s := &server{d: d, log: d.Logger, pairing: map[string]*qrPairing{}}
+	m, err := newMetrics(d.Registry)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	mux := http.NewServeMux()
+	for _, rt := range s.routes() {
+		if rt.simulator && d.Simulator == nil {
+			continue
+		}
+		mux.Handle(rt.Method+" "+rt.Pattern, s.endpoint(rt))
+	}
+	// Unknown paths and methods get problem responses too.
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, r, &Problem{Status: http.StatusNotFound, Code: CodeNotFound, Detail: "no such route"})
+	}))
+	return s.edge(mux), nil
+}

@@ -1,0 +1,110 @@
+package httpapi
+
+import (
+	"net/http"
+	"slices"
+
+	"github.com/waqueue/waqueue/domain/auth"
+)
+
+// Route is one entry of the API's route table.
+type Route struct {
+	// Method and Pattern form the ServeMux pattern ("POST", "/v1/connections/{id}").
+	Method, Pattern string
+	// Right is what the caller's role must grant; ignored for Public routes.
+	Right auth.Right
+	// Public routes need no API key (health, readiness, metrics, the OpenAPI document).
+	Public bool
+	// Statuses are the status codes the route answers, the error statuses included.
+	Statuses []int
+	// simulator routes exist only when Deps.Simulator is set.
+	simulator bool
+	handle    func(s *server, w http.ResponseWriter, r *http.Request) error
+}
+
+// Simulator reports whether the route is served only in simulator mode.
+func (rt Route) Simulator() bool { return rt.simulator }
+
+// Routes returns the API's route table (every route, the simulator-only ones included), in a
+// stable order. The OpenAPI document is tested against it.
+func Routes() []Route { return (*server)(nil).routes() }
+
+const (
+	s200 = http.StatusOK
+	s201 = http.StatusCreated
+	s202 = http.StatusAccepted
+	s204 = http.StatusNoContent
+	s400 = http.StatusBadRequest
+	s401 = http.StatusUnauthorized
+	s403 = http.StatusForbidden
+	s404 = http.StatusNotFound
+	s406 = http.StatusNotAcceptable
+	s409 = http.StatusConflict
+	s413 = http.StatusRequestEntityTooLarge
+	s415 = http.StatusUnsupportedMediaType
+	s422 = http.StatusUnprocessableEntity
+	s500 = http.StatusInternalServerError
+	s503 = http.StatusServiceUnavailable
+)
+
+// authed is the set of statuses every authenticated route may answer besides its own.
+var authed = []int{s401, s403, s500, s503}
+
+// body is the set of statuses of a route that reads a JSON body.
+var body = []int{s400, s413, s415, s422}
+
+func codes(groups ...[]int) []int {
+	var out []int
+	for _, g := range groups {
+		for _, c := range g {
+			if !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (*server) routes() []Route {
+	r := func(method, pattern string, right auth.Right, h func(*server, http.ResponseWriter, *http.Request) error, statuses ...[]int) Route {
+		return Route{Method: method, Pattern: pattern, Right: right, handle: h, Statuses: codes(append(statuses, authed)...)}
+	}
+	sim := func(rt Route) Route { rt.simulator = true; return rt }
+	return []Route{
+		{Method: "GET", Pattern: "/healthz", Public: true, handle: (*server).healthz, Statuses: []int{s200}},
+		{Method: "GET", Pattern: "/readyz", Public: true, handle: (*server).readyz, Statuses: []int{s200, s503}},
+		{Method: "GET", Pattern: "/metrics", Public: true, handle: (*server).metricsHandler, Statuses: []int{s200}},
+		{Method: "GET", Pattern: "/v1/openapi.yaml", Public: true, handle: (*server).openapi, Statuses: []int{s200}},
+
+		r("POST", "/v1/connections", auth.ConnectionEdit, (*server).createConnection, []int{s201, s409}, body),
+		r("GET", "/v1/connections", auth.ConnectionView, (*server).listConnections, []int{s200}),
+		r("GET", "/v1/connections/{id}", auth.ConnectionView, (*server).getConnection, []int{s200, s404}),
+		r("POST", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).startPairQR, []int{s200, s404, s406, s409}),
+		r("GET", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).getPairQR, []int{s200, s404, s406}),
+		r("POST", "/v1/connections/{id}/pairing/phone", auth.ConnectionEdit, (*server).pairPhone, []int{s200, s404, s409}, body),
+		r("POST", "/v1/connections/{id}/messages", auth.MessageSend, (*server).enqueue, []int{s202, s404, s409}, body),
+		r("GET", "/v1/messages/{id}", auth.ConnectionView, (*server).getMessage, []int{s200, s404}),
+		r("POST", "/v1/connections/{id}/broadcasts", auth.BroadcastMgmt, (*server).broadcast, []int{s202, s404, s409}, body),
+		r("GET", "/v1/broadcasts/{id}", auth.ConnectionView, (*server).getBroadcast, []int{s200, s404}),
+		r("GET", "/v1/connections/{id}/queue", auth.ConnectionView, (*server).getQueue, []int{s200, s404}),
+		r("GET", "/v1/connections/{id}/queue/clear-preview", auth.ConnectionView, (*server).clearPreview, []int{s200, s404}),
+		r("POST", "/v1/connections/{id}/queue/clear", auth.ConnectionEdit, (*server).clearQueue, []int{s202, s404, s409}, body),
+		r("GET", "/v1/connections/{id}/clears/{clear_id}", auth.ConnectionView, (*server).getClear, []int{s200, s404}),
+		r("POST", "/v1/connections/{id}/queue/hold", auth.ConnectionEdit, (*server).holdQueue, []int{s200, s404, s409}, body),
+		r("POST", "/v1/connections/{id}/queue/resume", auth.ConnectionEdit, (*server).resumeQueue, []int{s200, s404, s409}, body),
+		r("GET", "/v1/connections/{id}/history", auth.AuditRead, (*server).history, []int{s200, s400, s404}),
+		r("GET", "/v1/audit", auth.AuditRead, (*server).audit, []int{s200, s400}),
+		r("GET", "/v1/audit/verify", auth.AuditRead, (*server).auditVerify, []int{s200}),
+		r("GET", "/v1/analytics/daily", auth.AnalyticsRead, (*server).analyticsDaily, []int{s200, s400}),
+
+		r("POST", "/v1/keys", auth.Admin, (*server).createKey, []int{s201}, body),
+		r("GET", "/v1/keys", auth.Admin, (*server).listKeys, []int{s200}),
+		r("PATCH", "/v1/keys/{id}", auth.Admin, (*server).changeKey, []int{s200, s404, s409}, body),
+		r("DELETE", "/v1/keys/{id}", auth.Admin, (*server).revokeKey, []int{s204, s404, s409}, body),
+
+		sim(r("POST", "/v1/connections/{id}/simulator/ban", auth.Admin, (*server).simBan, []int{s200, s404, s409}, body)),
+		sim(r("POST", "/v1/connections/{id}/simulator/lift", auth.Admin, (*server).simLift, []int{s200, s404, s409})),
+		sim(r("POST", "/v1/connections/{id}/simulator/logout", auth.Admin, (*server).simLogout, []int{s200, s404, s409})),
+	}
+}
