@@ -1,0 +1,349 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/waqueue/waqueue/adapters/broker"
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/projections/integration"
+)
+
+const tenant = "tenant-a"
+
+// startNATS runs a real NATS server with JetStream in process, on a random port.
+func startNATS(t *testing.T) string {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s.ClientURL()
+}
+
+// keys is a real Authenticator over a map of credentials.
+type keys map[string]auth.Principal
+
+var errUnknownKey = errors.New("unknown api key")
+
+func (k keys) Authenticate(_ context.Context, credential string) (auth.Principal, error) {
+	p, ok := k[credential]
+	if !ok {
+		return auth.Principal{}, errUnknownKey
+	}
+	return p, nil
+}
+
+// recLogger is a watermill logger that keeps what the processor reports.
+type recLogger struct {
+	watermill.NopLogger
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *recLogger) Error(msg string, err error, f watermill.LogFields) { l.add(msg, err, f) }
+func (l *recLogger) Info(msg string, f watermill.LogFields)             { l.add(msg, nil, f) }
+func (l *recLogger) With(watermill.LogFields) watermill.LoggerAdapter   { return l }
+func (l *recLogger) add(msg string, err error, f watermill.LogFields) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf("%s %v %v", msg, err, f))
+}
+func (l *recLogger) count(substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.lines {
+		if strings.Contains(s, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func openStore(t *testing.T) eventstore.Store {
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "events.db"), sqlite.Options{PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+func openNATS(t *testing.T, url string) (message.Publisher, message.Subscriber) {
+	t.Helper()
+	pub, sub, closer, err := broker.OpenConfig(testCtx(t), broker.Config{
+		URL: url, AckWait: 5 * time.Second, MaxDeliver: 3, NakDelay: 20 * time.Millisecond, MaxNakDelay: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = closer.Close() })
+	return pub, sub
+}
+
+// waitFor polls cond until it holds or the test's deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// streamTypes reads the event types of a connection's stream.
+func streamTypes(t *testing.T, st eventstore.Store, connID string) []eventstore.RecordedEvent {
+	evs, err := st.ReadStream(context.Background(), connection.StreamName(connID), eventstore.Forwards, 0, 0)
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+func countType(evs []eventstore.RecordedEvent, typ string) int {
+	n := 0
+	for _, e := range evs {
+		if e.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+func TestCommandsOverNATS(t *testing.T) {
+	ctx := testCtx(t)
+	url := startNATS(t)
+	pub, sub := openNATS(t, url)
+	st := openStore(t)
+	repo, err := commands.NewRepository(st, commands.RepositoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) }
+	var h commands.Handlers
+	if h.RegisterConnection, err = commands.NewRegisterConnectionHandler(repo, now); err != nil {
+		t.Fatal(err)
+	}
+	if h.EnqueueMessage, err = commands.NewEnqueueMessageHandler(repo, now); err != nil {
+		t.Fatal(err)
+	}
+	if h.StartBroadcast, err = commands.NewStartBroadcastHandler(repo, now); err != nil {
+		t.Fatal(err)
+	}
+	if h.RequestClear, err = commands.NewRequestClearHandler(repo, now); err != nil {
+		t.Fatal(err)
+	}
+	log := &recLogger{}
+	router, err := commands.NewRouter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authn := keys{
+		"ops-key":     {TenantID: tenant, ID: "svc-ops", Role: auth.RoleOperator},
+		"service-key": {TenantID: tenant, ID: "svc-send", Role: auth.RoleSender},
+	}
+	if _, err := commands.RegisterProcessor(commands.ProcessorConfig{
+		Router: router, Subscriber: sub, Authenticator: authn, Handlers: h, Logger: log,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- router.Run(runCtx) }()
+	t.Cleanup(func() { stop(); <-done })
+	<-router.Running()
+
+	bus, err := commands.NewCommandBus(pub, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const conn = "conn-1"
+	send := func(cred string, cmd commands.Command) {
+		t.Helper()
+		if err := bus.Send(ctx, cred, cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("ops-key", commands.RegisterConnection{ConnectionID: conn, Phone: "+491701234567"})
+	waitFor(t, "registration", func() bool { return countType(streamTypes(t, st, conn), connection.TypeConnectionRegistered) == 1 })
+
+	// A backend service enqueues and broadcasts with its key; a forged key and a replay are refused.
+	send("service-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "k1", Recipient: "+491701111111", Text: "hi"})
+	send("forged-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "forged", Recipient: "+491702222222", Text: "x"})
+	send("service-key", commands.StartBroadcast{ConnectionID: conn, IdempotencyKey: "b1", Recipients: []string{"+491703333333", "+491704444444"}, Text: "promo"})
+	waitFor(t, "enqueue and broadcast", func() bool {
+		return countType(streamTypes(t, st, conn), connection.TypeMessageQueued) >= 3
+	})
+	// The sender role lacks connection.edit: its clear is refused like HTTP would refuse it.
+	send("service-key", commands.RequestClear{ConnectionID: conn, IdempotencyKey: "c-low", Reason: "nope"})
+	waitFor(t, "two refusals reported", func() bool { return log.count("refused") >= 2 })
+	send("ops-key", commands.RequestClear{ConnectionID: conn, IdempotencyKey: "c1", Reason: "banned mid-broadcast"})
+	waitFor(t, "clear", func() bool { return countType(streamTypes(t, st, conn), connection.TypeClearQueueRequested) == 1 })
+
+	evs := streamTypes(t, st, conn)
+	if got := countType(evs, connection.TypeMessageQueued); got != 3 {
+		t.Errorf("MessageQueued = %d, want 3 (the forged key's message must not be queued)", got)
+	}
+	if got := countType(evs, connection.TypeBroadcastStarted); got != 1 {
+		t.Errorf("BroadcastStarted = %d, want 1", got)
+	}
+	for _, e := range evs {
+		if e.Type == connection.TypeClearQueueRequested {
+			ev, err := connection.Decode(e.Type, e.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := ev.(connection.ClearQueueRequested); c.RequestedBy != "svc-ops" || c.PurgeCount != 3 {
+				t.Errorf("clear by %q purging %d; want svc-ops purging 3", c.RequestedBy, c.PurgeCount)
+			}
+		}
+		if e.Metadata.Actor == "svc-send" && e.Type == connection.TypeClearQueueRequested {
+			t.Errorf("the low-privilege clear was recorded: %+v", e)
+		}
+	}
+	if n := log.count(errUnknownKey.Error()); n != 1 {
+		t.Errorf("unknown-key refusals logged = %d, want 1", n)
+	}
+	if n := log.count("lacks right"); n != 1 {
+		t.Errorf("authorization refusals logged = %d, want 1; log: %v", n, log.lines)
+	}
+
+	// Every command was acknowledged, refusals included: the work-queue stream is empty and
+	// nothing is pending or redelivered.
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "commands stream drained", func() bool {
+		s, err := js.Stream(ctx, broker.CommandsStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs == 0
+	})
+	for _, name := range []string{"waqueue_waqueue_EnqueueMessage", "waqueue_waqueue_RequestClear"} {
+		c, err := js.Consumer(ctx, broker.CommandsStream, name)
+		if err != nil {
+			t.Fatalf("consumer %s: %v", name, err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumAckPending != 0 || info.NumRedelivered != 0 || info.Delivered.Consumer != 2 {
+			t.Errorf("%s: ack pending %d, redelivered %d, delivered %d; want 0, 0, 2",
+				name, info.NumAckPending, info.NumRedelivered, info.Delivered.Consumer)
+		}
+	}
+}
+
+func TestPoisonMessageIsTerminated(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub := openNATS(t, startNATS(t))
+	msgs, err := sub.Subscribe(ctx, "poison")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish("poison", message.NewMessage(watermill.NewUUID(), []byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	deliveries := 0
+	quiet := time.NewTimer(time.Hour)
+	for {
+		select {
+		case m := <-msgs:
+			deliveries++
+			m.Nack()
+			quiet.Reset(time.Second) // MaxNakDelay is 50ms: a further delivery would come well within
+		case <-quiet.C:
+			if deliveries != 3 {
+				t.Fatalf("deliveries = %d, want MaxDeliver = 3", deliveries)
+			}
+			return
+		case <-ctx.Done():
+			t.Fatalf("deliveries = %d: %v", deliveries, ctx.Err())
+		}
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	for _, c := range []struct{ topic, typ, want string }{
+		{commands.NameEnqueueMessage, "", "waqueue.commands.EnqueueMessage"},
+		{integration.Topic, integration.TypeClearCompleted, "waqueue.events.clear.completed.v1"},
+		{"orders created", "", "waqueue.topics.orders_created"},
+		{"a.b*>", "", "waqueue.topics.a_b__"},
+	} {
+		if got := broker.Subject(c.topic, c.typ); got != c.want {
+			t.Errorf("Subject(%q, %q) = %q, want %q", c.topic, c.typ, got, c.want)
+		}
+	}
+}
+
+func TestInProcessWhenURLEmpty(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub, closer, err := broker.Open(ctx, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	ch, err := sub.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := message.NewMessage("id-1", []byte("p"))
+	if err := pub.Publish("t", m); err != nil {
+		t.Fatal(err)
+	}
+	got := <-ch
+	got.Ack()
+	if got.UUID != "id-1" || string(got.Payload) != "p" {
+		t.Fatalf("got %s %q", got.UUID, got.Payload)
+	}
+	if _, _, _, err := broker.Open(ctx, "kafka://x:9092", nil); !errors.Is(err, broker.ErrUnsupportedURL) {
+		t.Fatalf("kafka url: %v, want ErrUnsupportedURL", err)
+	}
+}

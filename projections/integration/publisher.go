@@ -1,0 +1,96 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/projections"
+)
+
+// PublisherName is the projection name (and checkpoint key) of the Publisher.
+const PublisherName = "integration_publisher"
+
+// Publisher is a process manager (a projections.Projection without rows) that publishes the
+// integration event of every domain event it is given on Topic.
+//
+// At least once: Apply publishes each event before the runner commits the batch's checkpoint,
+// and a failed publish fails the batch, which the runner delivers again. A crash after a
+// publish and before the commit republishes the same events with the same ids (the message
+// UUID is the integration event id), so consumers must dedupe on the id; NATS JetStream does so
+// itself within its duplicate window (adapters/broker sets Nats-Msg-Id from the UUID).
+//
+// Publishing inside Apply holds the read-model transaction for the publish's duration; on the
+// embedded SQLite database keep the publisher fast (the in-process GoChannel is, and a JetStream
+// publish is one round trip).
+type Publisher struct {
+	pub message.Publisher
+}
+
+var _ projections.Projection = (*Publisher)(nil)
+
+// NewPublisher returns the projection publishing on pub.
+func NewPublisher(pub message.Publisher) (*Publisher, error) {
+	if pub == nil {
+		return nil, errors.New("integration: NewPublisher: nil publisher")
+	}
+	return &Publisher{pub: pub}, nil
+}
+
+// Name implements projections.Projection.
+func (p *Publisher) Name() string { return PublisherName }
+
+// Filter implements projections.Projection.
+func (p *Publisher) Filter() eventstore.Filter { return Filter() }
+
+// Apply publishes the integration events of events, in order, one message each.
+func (p *Publisher) Apply(ctx context.Context, _ *projections.Tx, events []eventstore.RecordedEvent) error {
+	for _, e := range events {
+		ie, ok, err := Translate(e)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		m, err := NewMessage(ie)
+		if err != nil {
+			return err
+		}
+		m.SetContext(ctx)
+		if err := p.pub.Publish(Topic, m); err != nil {
+			return fmt.Errorf("integration: publish %s %s: %w", ie.Type, ie.ID, err)
+		}
+	}
+	return nil
+}
+
+// Reset implements projections.Projection: the publisher owns no rows. A rebuild republishes
+// every integration event with its original id.
+func (p *Publisher) Reset(context.Context, *projections.Tx) error { return nil }
+
+// NewMessage returns the watermill message carrying ie: its UUID is ie.ID, its payload ie's JSON,
+// and its metadata MetaType and MetaTenant.
+func NewMessage(ie Event) (*message.Message, error) {
+	body, err := json.Marshal(ie)
+	if err != nil {
+		return nil, fmt.Errorf("integration: encode %s: %w", ie.ID, err)
+	}
+	m := message.NewMessage(ie.ID.String(), body)
+	m.Metadata.Set(MetaType, ie.Type)
+	m.Metadata.Set(MetaTenant, ie.TenantID)
+	return m, nil
+}
+
+// Decode reads an integration event from a message published by Publisher.
+func Decode(m *message.Message) (Event, error) {
+	var ie Event
+	if err := json.Unmarshal(m.Payload, &ie); err != nil {
+		return Event{}, fmt.Errorf("integration: decode message %s: %w", m.UUID, err)
+	}
+	return ie, nil
+}
