@@ -491,3 +491,26 @@ func TestTwoDispatchersNeverShareAMessage(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusalNeverFromStaleCache: a repository whose cache predates another writer's events
+// must not refuse (or no-op) on the stale state: an operator resumes through node b a queue
+// that node a held after b cached it.
+func TestRefusalNeverFromStaleCache(t *testing.T) {
+	ctx := testCtx(t)
+	store := openSQLite(t)
+	a := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+	b := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+	a.registerActive(t, ctx, "c-1")
+	if err := b.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.hold.Handle(as(ctx, operator), HoldQueue{ConnectionID: "c-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.resume.Handle(as(ctx, operator), ResumeQueue{ConnectionID: "c-1"}); err != nil {
+		t.Fatalf("resume through a node with a stale cache: %v", err)
+	}
+	if _, err := b.resume.Handle(as(ctx, operator), ResumeQueue{ConnectionID: "c-1"}); !errors.Is(err, connection.ErrNotHeld) {
+		t.Fatalf("second resume: err = %v, want ErrNotHeld", err)
+	}
+}

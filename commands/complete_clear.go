@@ -50,10 +50,7 @@ func (h *CompleteClearHandler) Handle(ctx context.Context, cmd CompleteClear) (C
 		return c.CompleteClear(connection.CompleteClear{ClearID: cmd.ClearID, Actor: p.ID}, h.now())
 	})
 	if errors.Is(err, connection.ErrNoClearInProgress) || errors.Is(err, eventstore.ErrDuplicateEventID) {
-		ev, _, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, func(e connection.Event) bool {
-			q, ok := e.(connection.QueueCleared)
-			return ok && q.ClearID == cmd.ClearID
-		})
+		ev, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, connection.QueueCleared{ClearID: cmd.ClearID})
 		if ferr != nil {
 			return CompleteClearResult{}, ferr
 		}

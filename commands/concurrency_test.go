@@ -222,38 +222,56 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 		r := rng(30)
 		var bcasts []uuid.UUID
 		for i := 0; !enqueueDone.Load() && ctx.Err() == nil; i++ {
-			time.Sleep(time.Duration(2000+r.IntN(8000)) * time.Microsecond)
+			time.Sleep(time.Duration(5000+r.IntN(20000)) * time.Microsecond)
 			h := nodes[r.IntN(len(nodes))]
 			op, sys := as(ctx, operator), as(ctx, system)
+			var (
+				link     connection.LinkStatus
+				held     bool
+				clearing bool
+			)
+			if err := h.repo.View(ctx, conn, func(c *connection.Connection) error {
+				link = c.LinkStatus()
+				_, held = c.CurrentHold()
+				_, clearing = c.CurrentClear()
+				return nil
+			}); err != nil {
+				t.Errorf("view: %v", err)
+				return
+			}
 			var err error
 			var what string
+			// Recover an impaired connection most of the time, so that messages flow between the
+			// disruptions; otherwise disrupt it at random (the state may change meanwhile: every
+			// command is still decided on the current state, refusals are expected).
+			impaired := link != connection.LinkStatusActive || held
 			switch n := r.IntN(100); {
-			case n < 5:
-				what = "ban"
-				_, err = h.ban.Handle(sys, ReportBan{ConnectionID: conn, Kind: connection.BanTemporary, ExpiresAt: time.Now().Add(time.Hour), ReasonCode: "101"})
-			case n < 20:
+			case impaired && n < 75 && link == connection.LinkStatusBanned:
 				what = "lift"
 				_, err = h.lift.Handle(sys, LiftBan{ConnectionID: conn, Reason: "expired"})
-			case n < 23:
-				what = "session invalidated"
-				_, err = h.invalidate.Handle(sys, SessionInvalidated{ConnectionID: conn, Reason: "401"})
-			case n < 33:
+			case impaired && n < 75 && link == connection.LinkStatusSessionInvalid:
 				what = "pair"
 				_, err = h.pair.Handle(sys, PairingSucceeded{ConnectionID: conn})
-			case n < 37:
-				what = "hold"
-				_, err = h.hold.Handle(op, HoldQueue{ConnectionID: conn})
-			case n < 85:
+			case impaired && n < 75:
 				what = "resume"
 				_, err = h.resume.Handle(op, ResumeQueue{ConnectionID: conn})
-			case n < 88:
+			case n < 20:
+				what = "ban"
+				_, err = h.ban.Handle(sys, ReportBan{ConnectionID: conn, Kind: connection.BanTemporary, ExpiresAt: time.Now().Add(time.Hour), ReasonCode: "101"})
+			case n < 30:
+				what = "session invalidated"
+				_, err = h.invalidate.Handle(sys, SessionInvalidated{ConnectionID: conn, Reason: "401"})
+			case n < 45:
+				what = "hold"
+				_, err = h.hold.Handle(op, HoldQueue{ConnectionID: conn})
+			case n < 52:
 				what = "policy"
 				p := connection.OnBanHold
 				if r.IntN(2) == 0 {
 					p = connection.OnBanResume
 				}
 				_, err = h.policy.Handle(op, SetOnBanPolicy{ConnectionID: conn, Policy: p})
-			default:
+			case n < 75 && !clearing:
 				what = "clear"
 				cmd := RequestClear{ConnectionID: conn, IdempotencyKey: fmt.Sprint("clear-", i), Reason: "chaos"}
 				if len(bcasts) > 0 && r.IntN(4) == 0 {
@@ -267,6 +285,8 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 						t.Errorf("retried clear: %+v, %v", again, err2)
 					}
 				}
+			default:
+				continue
 			}
 			if err == nil {
 				count(what)

@@ -61,10 +61,7 @@ func (h *EnqueueMessageHandler) Handle(ctx context.Context, cmd EnqueueMessage) 
 	if errors.Is(err, eventstore.ErrDuplicateEventID) {
 		p, _ := PrincipalFromContext(ctx) // update authorized it and checked the tenant
 		id := connection.MessageIDFor(p.TenantID, cmd.ConnectionID, cmd.IdempotencyKey)
-		ev, _, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, func(e connection.Event) bool {
-			q, ok := e.(connection.MessageQueued)
-			return ok && q.MessageID == id
-		})
+		ev, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, connection.MessageQueued{MessageID: id})
 		if ferr != nil {
 			return EnqueueResult{}, ferr
 		}

@@ -152,11 +152,24 @@ func (r *Repository) update(ctx context.Context, connID string, actor string, de
 	stream := connection.StreamName(connID)
 	var lastConflict error
 	for attempt := 1; ; attempt++ {
-		if err := r.catchUp(ctx, e, lastConflict != nil); err != nil {
+		fresh, err := r.catchUp(ctx, e, lastConflict != nil)
+		if err != nil {
 			return Appended{}, err
 		}
 		c := e.state
 		events, err := decide(c)
+		if (err != nil || len(events) == 0) && !fresh {
+			// A refusal or a no-op must not come from a cached state that other writers have
+			// moved past (no append would reveal it): read forwards, decide again if needed.
+			v := c.Version()
+			if err := r.readForwards(ctx, e.id, c); err != nil {
+				e.state = nil
+				return Appended{}, err
+			}
+			if c.Version() != v {
+				events, err = decide(c)
+			}
+		}
 		if err != nil {
 			return Appended{}, err
 		}
@@ -209,7 +222,7 @@ func (r *Repository) View(ctx context.Context, connID string, fn func(c *connect
 		return err
 	}
 	defer r.release(e)
-	if err := r.catchUp(ctx, e, true); err != nil {
+	if _, err := r.catchUp(ctx, e, true); err != nil {
 		return err
 	}
 	return fn(e.state)
@@ -262,20 +275,25 @@ func (r *Repository) applyAppended(e *entry, events []connection.Event, res even
 // catchUp makes e.state current: a cold entry is loaded from the latest snapshot and the events
 // after it; a cached one reads the events after its version when force is set (after a conflict,
 // and for View). Without force the cached state is used as is: the append's expected revision
-// detects any staleness.
-func (r *Repository) catchUp(ctx context.Context, e *entry, force bool) error {
+// detects any staleness, and Update reads forwards before answering a refusal or a no-op. It
+// reports whether the state was read from the store (fresh).
+func (r *Repository) catchUp(ctx context.Context, e *entry, force bool) (fresh bool, err error) {
 	if e.state == nil {
 		c, err := r.loadCold(ctx, e.id)
 		if err != nil {
-			return err
+			return false, err
 		}
 		e.state = c
-		return nil
+		return true, nil
 	}
 	if !force {
-		return nil
+		return false, nil
 	}
-	return r.readForwards(ctx, e.id, e.state)
+	if err := r.readForwards(ctx, e.id, e.state); err != nil {
+		e.state = nil
+		return false, err
+	}
+	return true, nil
 }
 
 // loadCold builds a state from the latest usable snapshot plus the events after it.
@@ -410,27 +428,31 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // findBackwards reads the stream from its end towards its start, at most limit events, and
-// returns the first event (the latest) for which match returns true.
-func (r *Repository) findBackwards(ctx context.Context, connID string, limit int, match func(connection.Event) bool) (connection.Event, uint64, bool, error) {
+// returns the event whose store id is the natural-key id of probe (connection.EventID of an
+// event carrying only the message, broadcast or clear id: such ids do not depend on the
+// revision). Only the match is decoded.
+func (r *Repository) findBackwards(ctx context.Context, connID string, limit int, probe connection.Event) (connection.Event, bool, error) {
 	stream := connection.StreamName(connID)
+	want := connection.EventID(stream, 0, probe)
 	from := eventstore.End
 	for read := 0; read < limit; {
 		n := min(r.opts.PageSize, limit-read)
 		recs, err := r.store.ReadStream(ctx, stream, eventstore.Backwards, from, n)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
-			return nil, 0, false, nil
+			return nil, false, nil
 		}
 		if err != nil {
-			return nil, 0, false, fmt.Errorf("commands: read %q: %w", stream, err)
+			return nil, false, fmt.Errorf("commands: read %q: %w", stream, err)
 		}
 		for _, rec := range recs {
+			if rec.ID != want {
+				continue
+			}
 			ev, err := connection.Decode(rec.Type, rec.Data)
 			if err != nil {
-				return nil, 0, false, err
+				return nil, false, fmt.Errorf("commands: %q revision %d: %w", stream, rec.Revision, err)
 			}
-			if match(ev) {
-				return ev, rec.Revision, true, nil
-			}
+			return ev, true, nil
 		}
 		read += len(recs)
 		if len(recs) < n || recs[len(recs)-1].Revision == 0 {
@@ -438,5 +460,5 @@ func (r *Repository) findBackwards(ctx context.Context, connID string, limit int
 		}
 		from = recs[len(recs)-1].Revision - 1
 	}
-	return nil, 0, false, nil
+	return nil, false, nil
 }

@@ -70,10 +70,7 @@ func (h *RequestClearHandler) Handle(ctx context.Context, cmd RequestClear) (Req
 	switch {
 	case errors.Is(err, eventstore.ErrDuplicateEventID):
 		// Requested (and probably completed) already.
-		ev, _, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, func(e connection.Event) bool {
-			r, ok := e.(connection.ClearQueueRequested)
-			return ok && r.ClearID == id
-		})
+		ev, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, connection.ClearQueueRequested{ClearID: id})
 		if ferr != nil {
 			return RequestClearResult{}, ferr
 		}

@@ -79,10 +79,7 @@ func (h *StartBroadcastHandler) Handle(ctx context.Context, cmd StartBroadcast) 
 		return c.StartPreparedBroadcast(prepared, h.now())
 	})
 	if errors.Is(err, eventstore.ErrDuplicateEventID) {
-		ev, _, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, func(e connection.Event) bool {
-			b, ok := e.(connection.BroadcastStarted)
-			return ok && b.BroadcastID == id
-		})
+		ev, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, connection.BroadcastStarted{BroadcastID: id})
 		if ferr != nil {
 			return StartBroadcastResult{}, ferr
 		}
