@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -106,4 +107,23 @@ func execAll(ctx context.Context, tx *Tx, stmts ...string) error {
 		}
 	}
 	return nil
+}
+
+// valuesRow appends to sb one row "(p1,p2,…)" of n placeholders numbered from first+1. On SQLite it writes
+// anonymous "?" placeholders: the driver looks every numbered parameter up by name, a cost
+// that grows with the statement's parameter count, so multi-row INSERTs with numbered
+// parameters are quadratic there.
+func valuesRow(sb *strings.Builder, d Dialect, first, n int) {
+	sb.WriteByte('(')
+	for i := range n {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		if d == SQLite {
+			sb.WriteByte('?')
+		} else {
+			fmt.Fprintf(sb, "$%d", first+i+1)
+		}
+	}
+	sb.WriteByte(')')
 }

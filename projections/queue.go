@@ -290,8 +290,7 @@ func (b *queueBatch) flushRows(ctx context.Context) error {
 		if i > 0 {
 			sb.WriteByte(',')
 		}
-		n := len(args)
-		fmt.Fprintf(&sb, "($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
+		valuesRow(&sb, b.tx.Dialect, len(args), 8)
 		connID := b.rowConn[i]
 		args = append(args, connID, int64(m.Seq), m.MessageID.String(), idText(m.BroadcastID), m.Recipient, m.Text, us(m.ExpiresAt), us(m.QueuedAt))
 		b.pending[connID]++

@@ -236,15 +236,14 @@ func (b *statusBatch) flushRows(ctx context.Context) error {
 		return nil
 	}
 	var sb strings.Builder
-	sb.WriteString(`INSERT INTO status_messages (message_id, tenant_id, conn_id, seq, broadcast_id, recipient, status, queued_at_us) VALUES `)
+	sb.WriteString(`INSERT INTO status_messages (message_id, tenant_id, conn_id, seq, broadcast_id, recipient, queued_at_us, status) VALUES `)
 	args := make([]any, 0, len(b.rows)*8)
 	for i, r := range b.rows {
 		if i > 0 {
 			sb.WriteByte(',')
 		}
-		n := len(args)
-		fmt.Fprintf(&sb, "($%d,$%d,$%d,$%d,$%d,$%d,'queued',$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
-		args = append(args, r.m.MessageID.String(), r.tenant, r.conn, int64(r.m.Seq), idText(r.m.BroadcastID), r.m.Recipient, us(r.m.QueuedAt))
+		valuesRow(&sb, b.tx.Dialect, len(args), 8)
+		args = append(args, r.m.MessageID.String(), r.tenant, r.conn, int64(r.m.Seq), idText(r.m.BroadcastID), r.m.Recipient, us(r.m.QueuedAt), "queued")
 		if r.m.BroadcastID != uuid.Nil {
 			b.count(r.m.BroadcastID.String(), "queued", +1)
 		}
