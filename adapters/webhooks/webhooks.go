@@ -1,0 +1,335 @@
+// Package webhooks delivers waqueue's integration events (projections/integration) to HTTP
+// endpoints that tenants register, signed, retried with exponential backoff, at least once, with
+// a delivery log.
+//
+// # Why an outbox projection
+//
+// Deliveries are fed by the event log itself, not by the broker: Outbox is a
+// projections.Projection that turns each domain event into its integration event
+// (integration.Translate, the same JSON the broker carries) and writes one row per subscribed
+// webhook into webhook_deliveries, in the same read-model transaction as its checkpoint. An event
+// is therefore either not yet seen (and will be, after a crash) or durably in the outbox; no
+// broker message can be lost between the two, and the in-process GoChannel's lack of persistence
+// does not matter. A webhook receives the events recorded after its registration.
+//
+// # Delivery
+//
+// Worker sends the due rows: POST of the integration event's JSON with the headers
+// Waqueue-Event-Id, Waqueue-Event-Type and Waqueue-Signature ("t=<unix>,v1=<hex>", see Sign).
+// A 2xx answer marks the row delivered; anything else (status, network error, timeout) is logged
+// as an attempt and the row is retried after Backoff·2^(attempts-1), capped at MaxBackoff, for
+// ever: a receiver that is down loses nothing, and a restarted worker resumes from the rows. A
+// row is claimed (claimed_until) before it is sent, so several workers do not send it at once;
+// a crash between the send and the bookkeeping resends it (at least once: receivers dedupe on
+// Waqueue-Event-Id, the integration event id).
+package webhooks
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/projections"
+	"github.com/waqueue/waqueue/projections/integration"
+)
+
+// Header names of a delivery.
+const (
+	HeaderSignature = "Waqueue-Signature"
+	HeaderEventID   = "Waqueue-Event-Id"
+	HeaderEventType = "Waqueue-Event-Type"
+)
+
+// DefaultPageSize is the number of deliveries one Deliveries call returns.
+const DefaultPageSize = 50
+
+// Errors. Match with errors.Is.
+var (
+	// ErrNotFound: no such webhook in the tenant (another tenant's is indistinguishable, G9).
+	ErrNotFound = errors.New("webhooks: webhook not found")
+	// ErrInvalid: a registration with a bad URL or event types (*InvalidError says which).
+	ErrInvalid = errors.New("webhooks: invalid webhook")
+	// ErrBadSignature: Verify refused a signature.
+	ErrBadSignature = errors.New("webhooks: bad signature")
+)
+
+// InvalidError reports a refused registration field.
+type InvalidError struct {
+	Field, Value, Reason string
+}
+
+func (e *InvalidError) Error() string {
+	return fmt.Sprintf("webhooks: invalid %s %q: %s", e.Field, e.Value, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrInvalid) true.
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+// Webhook is a registered endpoint. Its secret is never returned after Register.
+type Webhook struct {
+	ID         string
+	TenantID   string
+	URL        string
+	EventTypes []string
+	CreatedAt  time.Time
+}
+
+// Attempt is one try of a delivery.
+type Attempt struct {
+	N  int
+	At time.Time
+	// StatusCode is the receiver's HTTP status; 0 when no answer came (Error says why).
+	StatusCode int
+	Error      string
+}
+
+// Delivery is one event to deliver to one webhook, with its log.
+type Delivery struct {
+	ID        int64
+	WebhookID string
+	EventID   string
+	EventType string
+	CreatedAt time.Time
+	// Attempts made so far, oldest first.
+	Attempts []Attempt
+	// LastStatus and LastError are those of the last attempt.
+	LastStatus int
+	LastError  string
+	// NextAttemptAt is when the next attempt is due; zero once delivered.
+	NextAttemptAt time.Time
+	// DeliveredAt is when a 2xx answer came; zero while pending.
+	DeliveredAt time.Time
+}
+
+// Service registers, lists and deletes webhooks and reads their delivery logs; it is the Go API
+// the HTTP layer mounts. Every call is scoped to a tenant.
+type Service struct {
+	db   *projections.DB
+	now  func() time.Time
+	rand io.Reader
+}
+
+// NewService returns a Service over db (migrated with Migrate). now is the clock (nil: the wall
+// clock, UTC).
+func NewService(db *projections.DB, now func() time.Time) (*Service, error) {
+	if db == nil {
+		return nil, errors.New("webhooks: NewService: nil db")
+	}
+	if now == nil {
+		now = func() time.Time { return time.Now().UTC() }
+	}
+	return &Service{db: db, now: now, rand: rand.Reader}, nil
+}
+
+// Register registers url for the given integration event types in tenant and returns the
+// webhook's id and its signing secret. The secret is shown only here: store it.
+// url must be an absolute http(s) URL; types must be non-empty and integration types.
+func (s *Service) Register(ctx context.Context, tenant, rawURL string, types []string) (id, secret string, err error) {
+	if tenant == "" {
+		return "", "", &InvalidError{Field: "tenant", Reason: "empty"}
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", "", &InvalidError{Field: "url", Value: rawURL, Reason: "must be an absolute http or https URL"}
+	}
+	if len(types) == 0 {
+		return "", "", &InvalidError{Field: "event_types", Reason: "at least one event type is required"}
+	}
+	seen := map[string]bool{}
+	var clean []string
+	for _, t := range types {
+		if !integration.IsKnownType(t) {
+			return "", "", &InvalidError{Field: "event_types", Value: t, Reason: "unknown integration event type"}
+		}
+		if !seen[t] {
+			seen[t] = true
+			clean = append(clean, t)
+		}
+	}
+	raw := make([]byte, 32)
+	if _, err := io.ReadFull(s.rand, raw); err != nil {
+		return "", "", fmt.Errorf("webhooks: secret: %w", err)
+	}
+	secret = "whsec_" + hex.EncodeToString(raw)
+	id = uuid.NewString()
+	_, err = s.db.ExecContext(ctx, `INSERT INTO webhooks (id, tenant_id, url, event_types, secret, created_at_us) VALUES ($1, $2, $3, $4, $5, $6)`,
+		id, tenant, u.String(), strings.Join(clean, ","), secret, s.now().UnixMicro())
+	if err != nil {
+		return "", "", fmt.Errorf("webhooks: register: %w", err)
+	}
+	return id, secret, nil
+}
+
+// List returns tenant's webhooks, oldest first.
+func (s *Service) List(ctx context.Context, tenant string) ([]Webhook, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, tenant_id, url, event_types, created_at_us FROM webhooks
+WHERE tenant_id = $1 AND deleted_at_us = 0 ORDER BY created_at_us, id`, tenant)
+	if err != nil {
+		return nil, fmt.Errorf("webhooks: list: %w", err)
+	}
+	defer rows.Close()
+	var out []Webhook
+	for rows.Next() {
+		var w Webhook
+		var types string
+		var created int64
+		if err := rows.Scan(&w.ID, &w.TenantID, &w.URL, &types, &created); err != nil {
+			return nil, fmt.Errorf("webhooks: list: %w", err)
+		}
+		w.EventTypes, w.CreatedAt = strings.Split(types, ","), time.UnixMicro(created).UTC()
+		out = append(out, w)
+	}
+	return out, rows.Err()
+}
+
+// Delete removes tenant's webhook id: nothing more is delivered to it (pending deliveries
+// stop); its delivery log stays readable. An unknown id is ErrNotFound.
+func (s *Service) Delete(ctx context.Context, tenant, id string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE webhooks SET deleted_at_us = $1 WHERE id = $2 AND tenant_id = $3 AND deleted_at_us = 0`,
+		s.now().UnixMicro(), id, tenant)
+	if err != nil {
+		return fmt.Errorf("webhooks: delete %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("webhooks: delete %s: %w", id, err)
+	} else if n == 0 {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return nil
+}
+
+// Deliveries returns a page of the delivery log of tenant's webhook (deleted ones included),
+// newest first, starting after cursor ("" for the first page), and the cursor of the next page
+// ("" when there is none). A malformed cursor is ErrInvalid.
+func (s *Service) Deliveries(ctx context.Context, tenant, webhookID, cursor string) ([]Delivery, string, error) {
+	var owner string
+	err := s.db.QueryRowContext(ctx, `SELECT tenant_id FROM webhooks WHERE id = $1`, webhookID).Scan(&owner)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && owner != tenant) {
+		return nil, "", fmt.Errorf("%w: %s", ErrNotFound, webhookID)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("webhooks: deliveries of %s: %w", webhookID, err)
+	}
+	before := int64(1<<63 - 1)
+	if cursor != "" {
+		if before, err = strconv.ParseInt(cursor, 10, 64); err != nil || before <= 0 {
+			return nil, "", &InvalidError{Field: "cursor", Value: cursor, Reason: "not a cursor of this API"}
+		}
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id, event_id, event_type, created_at_us, attempts, next_attempt_at_us, last_status, last_error, delivered_at_us
+FROM webhook_deliveries WHERE webhook_id = $1 AND tenant_id = $2 AND id < $3 ORDER BY id DESC LIMIT $4`,
+		webhookID, tenant, before, DefaultPageSize+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("webhooks: deliveries of %s: %w", webhookID, err)
+	}
+	var out []Delivery
+	for rows.Next() {
+		d := Delivery{WebhookID: webhookID}
+		var created, next, delivered int64
+		var attempts int
+		if err := rows.Scan(&d.ID, &d.EventID, &d.EventType, &created, &attempts, &next, &d.LastStatus, &d.LastError, &delivered); err != nil {
+			rows.Close()
+			return nil, "", fmt.Errorf("webhooks: deliveries of %s: %w", webhookID, err)
+		}
+		d.CreatedAt = fromUS(created)
+		if delivered != 0 {
+			d.DeliveredAt = fromUS(delivered)
+		} else {
+			d.NextAttemptAt = fromUS(next)
+		}
+		out = append(out, d)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("webhooks: deliveries of %s: %w", webhookID, err)
+	}
+	next := ""
+	if len(out) > DefaultPageSize {
+		out = out[:DefaultPageSize]
+		next = strconv.FormatInt(out[len(out)-1].ID, 10)
+	}
+	for i := range out {
+		if out[i].Attempts, err = s.attempts(ctx, out[i].ID); err != nil {
+			return nil, "", err
+		}
+	}
+	return out, next, nil
+}
+
+func (s *Service) attempts(ctx context.Context, deliveryID int64) ([]Attempt, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT attempt, at_us, status_code, error FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt`, deliveryID)
+	if err != nil {
+		return nil, fmt.Errorf("webhooks: attempts of delivery %d: %w", deliveryID, err)
+	}
+	defer rows.Close()
+	var out []Attempt
+	for rows.Next() {
+		var a Attempt
+		var at int64
+		if err := rows.Scan(&a.N, &at, &a.StatusCode, &a.Error); err != nil {
+			return nil, fmt.Errorf("webhooks: attempts of delivery %d: %w", deliveryID, err)
+		}
+		a.At = fromUS(at)
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+func fromUS(v int64) time.Time { return time.UnixMicro(v).UTC() }
+
+// Sign returns the Waqueue-Signature header value of body sent at t with secret:
+// "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<unix seconds>.<body>")>".
+func Sign(secret string, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	return "t=" + ts + ",v1=" + hex.EncodeToString(mac(secret, ts, body))
+}
+
+func mac(secret, ts string, body []byte) []byte {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(ts))
+	m.Write([]byte("."))
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+// Verify checks a Waqueue-Signature header against body and secret, and that its time is within
+// tolerance of now (replay protection; tolerance <= 0 skips that check). Receivers use it; any
+// failure is ErrBadSignature.
+func Verify(secret, header string, body []byte, now time.Time, tolerance time.Duration) error {
+	var ts, sig string
+	for _, part := range strings.Split(header, ",") {
+		k, v, _ := strings.Cut(part, "=")
+		switch k {
+		case "t":
+			ts = v
+		case "v1":
+			sig = v
+		}
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || sig == "" {
+		return fmt.Errorf("%w: malformed header %q", ErrBadSignature, header)
+	}
+	got, err := hex.DecodeString(sig)
+	if err != nil || !hmac.Equal(got, mac(secret, ts, body)) {
+		return fmt.Errorf("%w: signature mismatch", ErrBadSignature)
+	}
+	if tolerance > 0 {
+		if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
+			return fmt.Errorf("%w: timestamp %d outside tolerance %s", ErrBadSignature, sec, tolerance)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,237 @@
+package webhooks
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/waqueue/waqueue/projections"
+)
+
+// WorkerConfig configures a Worker.
+type WorkerConfig struct {
+	// DB is the read-model database holding the outbox. Required.
+	DB *projections.DB
+	// Client sends the requests. Default: an http.Client with Timeout.
+	Client *http.Client
+	// Now is the clock deciding what is due and stamping the log. Default: the wall clock, UTC.
+	Now func() time.Time
+	// Timeout bounds one request. Default 10s.
+	Timeout time.Duration
+	// Backoff is the delay after the first failed attempt; it doubles per attempt up to
+	// MaxBackoff. Defaults 5s and 1h.
+	Backoff, MaxBackoff time.Duration
+	// Batch is the most deliveries one RunOnce sends. Default 100.
+	Batch int
+	// PollInterval is how often Run looks for due rows when not woken. Default 1s.
+	PollInterval time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *WorkerConfig) setDefaults() {
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Client == nil {
+		c.Client = &http.Client{Timeout: c.Timeout}
+	}
+	if c.Now == nil {
+		c.Now = func() time.Time { return time.Now().UTC() }
+	}
+	if c.Backoff <= 0 {
+		c.Backoff = 5 * time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = time.Hour
+	}
+	if c.Batch <= 0 {
+		c.Batch = 100
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Worker sends the outbox's due deliveries. Several workers (processes) may run on one database.
+type Worker struct {
+	cfg  WorkerConfig
+	wake chan struct{}
+}
+
+// NewWorker returns a worker; cfg.DB is required.
+func NewWorker(cfg WorkerConfig) (*Worker, error) {
+	if cfg.DB == nil {
+		return nil, errors.New("webhooks: NewWorker: nil DB")
+	}
+	cfg.setDefaults()
+	return &Worker{cfg: cfg, wake: make(chan struct{}, 1)}, nil
+}
+
+// Wake makes a running Run look for due rows now. It never blocks.
+func (w *Worker) Wake() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run sends due deliveries until ctx is done, then returns nil. A database error is logged and
+// retried at the next poll.
+func (w *Worker) Run(ctx context.Context) error {
+	t := time.NewTicker(w.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		n, err := w.RunOnce(ctx)
+		if err != nil && ctx.Err() == nil {
+			w.cfg.Logger.Error("webhooks: delivery round failed", "err", err)
+		}
+		if n == w.cfg.Batch {
+			continue // more may be due
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.wake:
+		case <-t.C:
+		}
+	}
+}
+
+type due struct {
+	id                           int64
+	attempts                     int
+	eventID, eventType, url, sec string
+	payload                      string
+}
+
+// RunOnce sends the deliveries due at Now (up to Batch), one after another, and records each
+// attempt. It returns how many it attempted.
+func (w *Worker) RunOnce(ctx context.Context) (int, error) {
+	now := w.cfg.Now()
+	rows, err := w.cfg.DB.QueryContext(ctx, `SELECT d.id, d.attempts, d.event_id, d.event_type, d.payload, h.url, h.secret
+FROM webhook_deliveries d JOIN webhooks h ON h.id = d.webhook_id
+WHERE d.delivered_at_us = 0 AND h.deleted_at_us = 0 AND d.next_attempt_at_us <= $1 AND d.claimed_until_us <= $1
+ORDER BY d.next_attempt_at_us, d.id LIMIT $2`, now.UnixMicro(), w.cfg.Batch)
+	if err != nil {
+		return 0, fmt.Errorf("webhooks: due deliveries: %w", err)
+	}
+	var list []due
+	for rows.Next() {
+		var d due
+		if err := rows.Scan(&d.id, &d.attempts, &d.eventID, &d.eventType, &d.payload, &d.url, &d.sec); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("webhooks: due deliveries: %w", err)
+		}
+		list = append(list, d)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("webhooks: due deliveries: %w", err)
+	}
+	n := 0
+	for _, d := range list {
+		if ctx.Err() != nil {
+			return n, nil
+		}
+		ok, err := w.claim(ctx, d.id, now)
+		if err != nil {
+			return n, err
+		}
+		if !ok {
+			continue // another worker has it
+		}
+		n++
+		if err := w.deliver(ctx, d); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// claim reserves a row for one request's worth of time (twice the timeout).
+func (w *Worker) claim(ctx context.Context, id int64, now time.Time) (bool, error) {
+	res, err := w.cfg.DB.ExecContext(ctx, `UPDATE webhook_deliveries SET claimed_until_us = $1
+WHERE id = $2 AND delivered_at_us = 0 AND claimed_until_us <= $3`, now.Add(2*w.cfg.Timeout).UnixMicro(), id, now.UnixMicro())
+	if err != nil {
+		return false, fmt.Errorf("webhooks: claim delivery %d: %w", id, err)
+	}
+	k, err := res.RowsAffected()
+	return k == 1, err
+}
+
+// deliver sends one delivery and records the attempt.
+func (w *Worker) deliver(ctx context.Context, d due) error {
+	status, sendErr := w.send(ctx, d)
+	at := w.cfg.Now()
+	attempt := d.attempts + 1
+	errText := ""
+	if sendErr != nil {
+		errText = sendErr.Error()
+	}
+	tx, err := w.cfg.DB.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO webhook_attempts (delivery_id, attempt, at_us, status_code, error) VALUES ($1, $2, $3, $4, $5)`,
+		d.id, attempt, at.UnixMicro(), status, errText); err != nil {
+		return fmt.Errorf("webhooks: log attempt %d of delivery %d: %w", attempt, d.id, err)
+	}
+	delivered, next := int64(0), at.Add(w.backoff(attempt)).UnixMicro()
+	if sendErr == nil {
+		delivered, next = at.UnixMicro(), 0
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET attempts = $1, last_status = $2, last_error = $3,
+delivered_at_us = $4, next_attempt_at_us = $5, claimed_until_us = 0 WHERE id = $6`,
+		attempt, status, errText, delivered, next, d.id); err != nil {
+		return fmt.Errorf("webhooks: update delivery %d: %w", d.id, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("webhooks: commit delivery %d: %w", d.id, err)
+	}
+	return nil
+}
+
+// backoff is the delay after the attempt-th failed attempt.
+func (w *Worker) backoff(attempt int) time.Duration {
+	d := w.cfg.Backoff
+	for i := 1; i < attempt && d < w.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, w.cfg.MaxBackoff)
+}
+
+// send POSTs the delivery; a non-2xx status is an error.
+func (w *Worker) send(ctx context.Context, d due) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+	defer cancel()
+	body := []byte(d.payload)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "waqueue-webhooks/1")
+	req.Header.Set(HeaderEventID, d.eventID)
+	req.Header.Set(HeaderEventType, d.eventType)
+	req.Header.Set(HeaderSignature, Sign(d.sec, w.cfg.Now(), body))
+	resp, err := w.cfg.Client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return resp.StatusCode, fmt.Errorf("webhooks: receiver answered %s", resp.Status)
+	}
+	return resp.StatusCode, nil
+}
