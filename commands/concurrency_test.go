@@ -329,9 +329,16 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 	})
 	t.Logf("%d events; queued %d, sends %d, purged %d, expired %d, acknowledged %d, pending %d, in flight %d; %v",
 		len(hist), rep.Queued, rep.Sends, rep.Purged, rep.Expired, rep.Acknowledged, len(rep.Pending), len(rep.InFlight), summary)
+	if len(rep.Violations) > 0 {
+		byKind := map[string]int{}
+		for _, v := range rep.Violations {
+			byKind[string(v.Guarantee)+" "+string(v.Kind)]++
+		}
+		t.Errorf("%d violations by kind: %v", len(rep.Violations), byKind)
+	}
 	for i, v := range rep.Violations {
-		if i == 20 {
-			t.Errorf("... and %d more violations", len(rep.Violations)-20)
+		if i == 40 {
+			t.Errorf("... and %d more violations", len(rep.Violations)-40)
 			break
 		}
 		t.Errorf("violation: %v", v)
