@@ -56,6 +56,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock of commands and keys. Default time.Now in UTC.
 	Now func() time.Time
+	// ManualClears does not run the clearing process: clears stay pending (the queue clearing)
+	// until the test calls Server.Clears.Sweep, so that what happens while clearing is testable
+	// without racing the process.
+	ManualClears bool
 }
 
 // Server is a running API server with everything under it.
@@ -80,6 +84,8 @@ type Server struct {
 	Messages  *projections.MessageStatus
 	Audit     *projections.Audit
 	Analytics *projections.Analytics
+	// Clears is the clearing process (not running under Options.ManualClears).
+	Clears *projections.ClearProcess
 
 	// Tenant is the bootstrap tenant and AdminKey its admin key.
 	Tenant   string
@@ -165,16 +171,25 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if s.Handlers, err = NewHandlers(s.Repo, opts.Now); err != nil {
 		return nil, err
 	}
-	clears, err := projections.NewClearProcess(projections.ClearProcessConfig{DB: s.DB, Store: store, Queue: s.Queue,
+	s.Clears, err = projections.NewClearProcess(projections.ClearProcessConfig{DB: s.DB, Store: store, Queue: s.Queue,
 		Completer: &Completer{Repo: s.Repo, Handler: s.Handlers.CompleteClear}, Logger: opts.Logger, RetryInterval: 100 * time.Millisecond})
 	if err != nil {
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)
+	workers := 1
 	go func() { _ = s.Runner.Run(runCtx); done <- struct{}{} }()
-	go func() { _ = clears.Run(runCtx); done <- struct{}{} }()
-	s.closers = append(s.closers, func() { cancel(); <-done; <-done })
+	if !opts.ManualClears {
+		workers++
+		go func() { _ = s.Clears.Run(runCtx); done <- struct{}{} }()
+	}
+	s.closers = append(s.closers, func() {
+		cancel()
+		for range workers {
+			<-done
+		}
+	})
 
 	s.Simulator = simulator.New(simulator.Options{Seed: 1, AssumePaired: true})
 	s.closers = append(s.closers, s.Simulator.Close)
