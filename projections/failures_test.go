@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -153,6 +154,20 @@ func TestClearSurvivesCrash(t *testing.T) {
 		if completer.Calls() != 1 {
 			t.Errorf("completer called %d times after restart, want 1 (conn-x only)", completer.Calls())
 		}
+		// The purged rows go in the background, in chunks.
+		cctx, stopCollector := context.WithCancel(ctx)
+		collected := make(chan struct{})
+		go func() {
+			projections.RunCollector(cctx, e.db, silentLogger, 10*time.Millisecond, 7, q2)
+			close(collected)
+		}()
+		waitUntil(t, "purged rows collected", func() (bool, error) {
+			var n int
+			err := e.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM queue_messages`).Scan(&n)
+			return n == 0, err
+		})
+		stopCollector()
+		<-collected
 	})
 }
 
