@@ -167,9 +167,7 @@ func TestDeliveriesSurviveFailuresAndDowntime(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rcv.mu.Lock()
-		rcv.secret = secret
-		rcv.mu.Unlock()
+		rcv.setSecret(secret)
 		// Another tenant's webhook on the same receiver never gets tenant-a's events (its
 		// signature would not verify with tenant-a's secret either).
 		if _, _, err := svc.Register(ctx, "tenant-b", "http://"+rcv.addr+"/hook", types); err != nil {
