@@ -230,3 +230,7 @@ func countTypes(h []invariants.Recorded) map[string]int {
 	}
 	return n
 }
+
+func sqliteOpen(ctx context.Context, dir string) (*sqlite.Store, error) {
+	return sqlite.Open(ctx, filepath.Join(dir, "events.db"), sqlite.Options{})
+}
