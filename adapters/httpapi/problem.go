@@ -61,7 +61,9 @@ type Problem struct {
 	Extra map[string]any `json:"-"`
 }
 
-func (p *Problem) Error() string { return fmt.Sprintf("httpapi: %d %s: %s", p.Status, p.Code, p.Detail) }
+func (p *Problem) Error() string {
+	return fmt.Sprintf("httpapi: %d %s: %s", p.Status, p.Code, p.Detail)
+}
 
 // MarshalJSON adds Extra's members to the document.
 func (p *Problem) MarshalJSON() ([]byte, error) {

@@ -1,0 +1,167 @@
+package httpapi_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/waqueue/waqueue/adapters/httpapi"
+	"github.com/waqueue/waqueue/domain/auth"
+)
+
+// fixture is one connection of the default tenant with a message, a broadcast and a completed
+// clear, and a key: real ids for every path parameter.
+type fixture struct {
+	conn, phone, message, broadcast, clear string
+}
+
+func newFixture(t *testing.T, e *env) fixture {
+	t.Helper()
+	op := e.key(e.Tenant, auth.RoleOperator)
+	var f fixture
+	f.conn, f.phone = e.register(op)
+	m := e.do(op, "POST", "/v1/connections/"+f.conn+"/messages", map[string]any{"recipient": newPhone(), "text": "x"}, nil)
+	wantStatus(t, m, 202)
+	f.message = str(m.Map(), "message_id")
+	b := e.do(op, "POST", "/v1/connections/"+f.conn+"/broadcasts", map[string]any{"recipients": []string{newPhone()}, "text": "y"}, nil)
+	wantStatus(t, b, 202)
+	f.broadcast = str(b.Map(), "broadcast_id")
+	c := e.do(op, "POST", "/v1/connections/"+f.conn+"/queue/clear", map[string]any{"reason": "fixture", "confirm": f.phone}, nil)
+	wantStatus(t, c, 202)
+	f.clear = str(c.Map(), "clear_id")
+	e.sync()
+	return f
+}
+
+// request returns a valid request for route rt on the fixture's resources: path and body.
+// Every route must have an entry, so that a new route cannot escape the access tests.
+func (f fixture) request(t *testing.T, e *env, rt httpapi.Route) (string, any) {
+	t.Helper()
+	path := strings.ReplaceAll(rt.Pattern, "{clear_id}", f.clear)
+	switch {
+	case strings.HasPrefix(rt.Pattern, "/v1/messages/"):
+		path = strings.ReplaceAll(path, "{id}", f.message)
+	case strings.HasPrefix(rt.Pattern, "/v1/broadcasts/"):
+		path = strings.ReplaceAll(path, "{id}", f.broadcast)
+	case strings.HasPrefix(rt.Pattern, "/v1/keys/"):
+		k, err := e.Keys.Create(e.ctx, e.Tenant, auth.RoleSender, "target", "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		path = strings.ReplaceAll(path, "{id}", k.ID)
+	default:
+		path = strings.ReplaceAll(path, "{id}", f.conn)
+	}
+	bodies := map[string]any{
+		"POST /v1/connections":                         map[string]any{"phone": newPhone()},
+		"GET /v1/connections":                          nil,
+		"GET /v1/connections/{id}":                     nil,
+		"POST /v1/connections/{id}/pairing/qr":         nil,
+		"GET /v1/connections/{id}/pairing/qr":          nil,
+		"POST /v1/connections/{id}/pairing/phone":      map[string]any{},
+		"POST /v1/connections/{id}/messages":           map[string]any{"recipient": newPhone(), "text": "hi"},
+		"GET /v1/messages/{id}":                        nil,
+		"POST /v1/connections/{id}/broadcasts":         map[string]any{"recipients": []string{newPhone()}, "text": "hi"},
+		"GET /v1/broadcasts/{id}":                      nil,
+		"GET /v1/connections/{id}/queue":               nil,
+		"GET /v1/connections/{id}/queue/clear-preview": nil,
+		"POST /v1/connections/{id}/queue/clear":        map[string]any{"reason": "r", "confirm": f.phone},
+		"GET /v1/connections/{id}/clears/{clear_id}":   nil,
+		"POST /v1/connections/{id}/queue/hold":         map[string]any{},
+		"POST /v1/connections/{id}/queue/resume":       map[string]any{},
+		"GET /v1/connections/{id}/history":             nil,
+		"GET /v1/audit":                                nil,
+		"GET /v1/audit/verify":                         nil,
+		"GET /v1/analytics/daily":                      nil,
+		"POST /v1/keys":                                map[string]any{"role": "auditor"},
+		"GET /v1/keys":                                 nil,
+		"PATCH /v1/keys/{id}":                          map[string]any{"role": "analyst"},
+		"DELETE /v1/keys/{id}":                         nil,
+		"POST /v1/connections/{id}/simulator/ban":      map[string]any{"kind": "temporary"},
+		"POST /v1/connections/{id}/simulator/lift":     nil,
+		"POST /v1/connections/{id}/simulator/logout":   nil,
+	}
+	key := rt.Method + " " + rt.Pattern
+	body, ok := bodies[key]
+	if !ok {
+		t.Fatalf("no test request for route %s: add one", key)
+	}
+	return path, body
+}
+
+// TestRoleMatrix sends every authenticated route with the key of every role: a role that grants
+// the route's right is never refused (neither 401 nor 403), any other gets 403 forbidden.
+func TestRoleMatrix(t *testing.T) {
+	e := start(t, apitestOptions())
+	f := newFixture(t, e)
+	for _, rt := range httpapi.Routes() {
+		if rt.Public {
+			continue
+		}
+		for _, role := range auth.Roles() {
+			path, body := f.request(t, e, rt)
+			r := e.do(e.key(e.Tenant, role), rt.Method, path, body, nil)
+			if role.Grants(rt.Right) {
+				if r.Status == 401 || r.Status == 403 {
+					t.Errorf("%s %s as %s (has %s): %d %s", rt.Method, rt.Pattern, role, rt.Right, r.Status, r.Body)
+				}
+			} else if r.Status != 403 || str(r.Map(), "code") != "forbidden" {
+				t.Errorf("%s %s as %s (lacks %s): %d %s, want 403 forbidden", rt.Method, rt.Pattern, role, rt.Right, r.Status, r.Body)
+			}
+		}
+	}
+}
+
+// TestOtherTenantIsNotFound sends every route that names a resource with another tenant's
+// admin key: each answers 404 not_found, exactly like an unknown id (G9). Routes without ids
+// do not show the other tenant's resources.
+func TestOtherTenantIsNotFound(t *testing.T) {
+	e := start(t, apitestOptions())
+	f := newFixture(t, e)
+	other := e.key(otherTenant, auth.RoleAdmin)
+	for _, rt := range httpapi.Routes() {
+		if rt.Public || !strings.Contains(rt.Pattern, "{") {
+			continue
+		}
+		path, body := f.request(t, e, rt)
+		r := e.do(other, rt.Method, path, body, nil)
+		if r.Status != 404 || str(r.Map(), "code") != "not_found" {
+			t.Errorf("%s %s with another tenant's ids: %d %s, want 404 not_found", rt.Method, path, r.Status, r.Body)
+		}
+	}
+	e.sync()
+	// The fixture is untouched: still registered, its clear done, nothing queued by the other tenant.
+	q := e.do(e.admin(), "GET", "/v1/connections/"+f.conn+"/queue", nil, nil)
+	if m := q.Map(); num(m, "pending") != 0 || str(m, "status") != "open" {
+		t.Fatalf("fixture queue changed by another tenant: %s", q.Body)
+	}
+	for _, path := range []string{"/v1/connections", "/v1/audit", "/v1/analytics/daily", "/v1/keys", "/v1/audit?format=jsonl"} {
+		r := e.do(other, "GET", path, nil, nil)
+		wantStatus(t, r, 200)
+		for _, leak := range []string{f.conn, f.message, f.broadcast, f.clear, principalID(t, e, e.admin())} {
+			if strings.Contains(string(r.Body), leak) {
+				t.Errorf("GET %s as another tenant shows %s: %s", path, leak, r.Body)
+			}
+		}
+	}
+	// The same route works for the owner, so the 404s above are about the tenant.
+	wantStatus(t, e.do(e.admin(), "GET", "/v1/messages/"+f.message, nil, nil), 200)
+}
+
+// TestAuthentication covers missing, malformed, unknown and revoked keys, and public routes.
+func TestAuthentication(t *testing.T) {
+	e := start(t, apitestOptions())
+	for name, h := range map[string]map[string]string{
+		"none":      nil,
+		"basic":     {"Authorization": "Basic dXNlcjpwYXNz"},
+		"malformed": {"Authorization": "Bearer not-a-key"},
+		"unknown":   {"Authorization": "Bearer wq_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+	} {
+		r := e.do("", "GET", "/v1/connections", nil, h)
+		if r.Status != 401 || str(r.Map(), "code") != "unauthorized" {
+			t.Errorf("%s credential: %d %s", name, r.Status, r.Body)
+		}
+	}
+	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/v1/openapi.yaml"} {
+		wantStatus(t, e.do("", "GET", p, nil, nil), 200)
+	}
+}
