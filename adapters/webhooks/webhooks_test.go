@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -227,7 +228,7 @@ func TestDeliveriesSurviveFailuresAndDowntime(t *testing.T) {
 
 		// The outbox projection, run by the real runner.
 		runner, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store,
-			Projections: []projections.Projection{webhooks.NewOutbox(nil)}})
+			Projections: []projections.Projection{webhooks.NewOutbox(nil)}, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,12 +2,14 @@ package webhooks
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/waqueue/waqueue/projections"
@@ -28,6 +30,9 @@ type WorkerConfig struct {
 	Backoff, MaxBackoff time.Duration
 	// Batch is the most deliveries one RunOnce sends. Default 100.
 	Batch int
+	// Concurrency is how many requests one worker has in flight, so that a slow receiver does
+	// not hold up the others. Default 4.
+	Concurrency int
 	// PollInterval is how often Run looks for due rows when not woken. Default 1s.
 	PollInterval time.Duration
 	// Logger defaults to slog.Default().
@@ -52,6 +57,9 @@ func (c *WorkerConfig) setDefaults() {
 	}
 	if c.Batch <= 0 {
 		c.Batch = 100
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 4
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = time.Second
@@ -113,8 +121,9 @@ type due struct {
 	payload                      string
 }
 
-// RunOnce sends the deliveries due at Now (up to Batch), one after another, and records each
-// attempt. It returns how many it attempted.
+// RunOnce sends the deliveries due at Now (up to Batch), Concurrency at a time, and records each
+// attempt. It returns how many it attempted (rows claimed by another worker are skipped) and the
+// first database error.
 func (w *Worker) RunOnce(ctx context.Context) (int, error) {
 	now := w.cfg.Now()
 	rows, err := w.cfg.DB.QueryContext(ctx, `SELECT d.id, d.attempts, d.event_id, d.event_type, d.payload, h.url, h.secret
@@ -137,24 +146,37 @@ ORDER BY d.next_attempt_at_us, d.id LIMIT $2`, now.UnixMicro(), w.cfg.Batch)
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("webhooks: due deliveries: %w", err)
 	}
-	n := 0
+	var (
+		mu       sync.Mutex
+		n        int
+		firstErr error
+		wg       sync.WaitGroup
+		slots    = make(chan struct{}, w.cfg.Concurrency)
+	)
 	for _, d := range list {
 		if ctx.Err() != nil {
-			return n, nil
+			break
 		}
-		ok, err := w.claim(ctx, d.id, now)
-		if err != nil {
-			return n, err
-		}
-		if !ok {
-			continue // another worker has it
-		}
-		n++
-		if err := w.deliver(ctx, d); err != nil {
-			return n, err
-		}
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			ok, err := w.claim(ctx, d.id, now)
+			if err == nil && ok {
+				mu.Lock()
+				n++
+				mu.Unlock()
+				err = w.deliver(ctx, d)
+			}
+			if err != nil {
+				mu.Lock()
+				firstErr = cmp.Or(firstErr, err)
+				mu.Unlock()
+			}
+		}()
 	}
-	return n, nil
+	wg.Wait()
+	return n, firstErr
 }
 
 // claim reserves a row for one request's worth of time (twice the timeout).
