@@ -21,9 +21,9 @@
 // Open creates or updates both streams. Consumers are durable, named Config.DurablePrefix plus
 // the topic, with explicit acks, an ack wait (Config.AckWait) and a bounded number of deliveries
 // (Config.MaxDeliver). A durable created for the first time starts with the oldest message its
-// stream holds (for EventsStream: up to EventRetention back). A message nacked by its handler (a transient failure) is redelivered
-// after an exponential delay; after MaxDeliver deliveries it is terminated and logged, so a poison
-// message never loops forever. Refused commands (commands.IsRefusal) are acknowledged by the
+// stream holds (for EventsStream: up to EventRetention back). A message nacked by its handler (a
+// transient failure) is redelivered after an exponential delay; after MaxDeliver deliveries it is
+// terminated and logged, so a poison message never loops forever. Refused commands (commands.IsRefusal) are acknowledged by the
 // command processor itself, exactly as HTTP answers them once.
 //
 // Deduplication: the publisher sets the message's UUID as Nats-Msg-Id, so JetStream drops a
