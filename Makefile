@@ -16,9 +16,13 @@ build:
 run:
 	$(GO) run ./cmd/waqueue serve --data-dir $(DATA_DIR)
 
-## test: vet, then every test under the race detector (starts its own throwaway PostgreSQL).
+## test: vet; every test under the race detector (volumes reduced with -short where the race
+## detector makes them slow); then the full-volume tests without it; then a short run of every fuzz
+## target. Tests start their own throwaway PostgreSQL (or use TEST_DATABASE_URL).
 test: vet
-	$(GO) test -race -timeout $(TEST_TIMEOUT) $(PKGS)
+	$(GO) test -race -short -timeout $(TEST_TIMEOUT) $(PKGS)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	./scripts/fuzz-short.sh
 
 ## test-short: the quick loop (smaller volumes).
 test-short:
