@@ -220,7 +220,9 @@ func (k *Keys) Create(ctx context.Context, tenantID string, role auth.Role, labe
 }
 
 // Revoke revokes key keyID of tenantID on behalf of actor, recording APIKeyRevoked. A key of
-// another tenant is ErrNotFound; a revoked one ErrRevoked.
+// another tenant is ErrNotFound; a key seen revoked already ErrRevoked. Concurrent revocations
+// of one key record one event (its id is derived from the key, and the store takes the same
+// event at the same place as an idempotent retry), and each of them returns nil or ErrRevoked.
 func (k *Keys) Revoke(ctx context.Context, tenantID, keyID, actor, reason string) error {
 	key, err := k.Get(ctx, tenantID, keyID)
 	if err != nil {
@@ -232,8 +234,8 @@ func (k *Keys) Revoke(ctx context.Context, tenantID, keyID, actor, reason string
 	if len(reason) > connection.MaxNoteLen {
 		return &ValidationError{Field: "reason", Detail: fmt.Sprintf("at most %d bytes", connection.MaxNoteLen)}
 	}
-	// One revocation per key: the event id is derived from the key, so a concurrent second
-	// revocation is refused by the store as a duplicate.
+	// One revocation per key: the event id is derived from the key, so a racing second
+	// revocation is either an idempotent retry of the same append or a duplicate elsewhere.
 	id := uuid.NewSHA1(connection.Namespace, []byte("apikey-revoked:"+keyID))
 	err = k.append(ctx, tenantID, actor, id, auth.APIKeyRevoked{KeyID: keyID, Reason: reason, RevokedBy: actor, RevokedAt: k.now().UTC()})
 	if errors.Is(err, eventstore.ErrDuplicateEventID) {
