@@ -71,7 +71,9 @@ func TestConcurrencyInvariants(t *testing.T) {
 }
 
 func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target int, unfenced bool) {
-	ctx := testCtx(t)
+	// A generous bound: the run takes well under a minute per store, but the machine is shared.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	const conn = "c-stress"
 	opts := RepositoryOptions{MaxAttempts: 1000, RetryBackoff: 200 * time.Microsecond, SnapshotEvery: 500}
 	nodes := make([]*handlers, 3)
@@ -129,8 +131,8 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 					unexpected("broadcast", err)
 				default:
 					key := fmt.Sprintf("m-%d-%d", g, i)
-					if len(keys) > 0 && r.IntN(5) == 0 {
-						key = keys[r.IntN(len(keys))]
+					if len(keys) > 0 && r.IntN(10) == 0 { // a client's retry, usually of a recent key
+						key = keys[max(0, len(keys)-1-r.IntN(50))]
 					}
 					var ttl time.Duration
 					if r.IntN(10) == 0 {

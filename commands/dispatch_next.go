@@ -29,7 +29,8 @@ type QueuedMessage struct {
 // QueuedMessages finds a queued message by its queue position. The pending-queue projection
 // implements it for DispatchNext; it must know every message queued at or before the stream
 // revision the caller's state includes (a projection that lags returns an error and DispatchNext
-// fails without recording anything).
+// fails without recording anything). It is called while the connection is locked in the
+// Repository, so it must not call the Repository itself.
 type QueuedMessages interface {
 	QueuedMessage(ctx context.Context, connectionID string, seq uint64) (QueuedMessage, error)
 }

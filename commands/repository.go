@@ -435,8 +435,9 @@ func (r *Repository) findBackwards(ctx context.Context, connID string, limit int
 	stream := connection.StreamName(connID)
 	want := connection.EventID(stream, 0, probe)
 	from := eventstore.End
-	for read := 0; read < limit; {
-		n := min(r.opts.PageSize, limit-read)
+	page := min(256, r.opts.PageSize) // replays are usually recent: start small, then grow
+	for read := 0; read < limit; page = min(2*page, r.opts.PageSize) {
+		n := min(page, limit-read)
 		recs, err := r.store.ReadStream(ctx, stream, eventstore.Backwards, from, n)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
 			return nil, false, nil
