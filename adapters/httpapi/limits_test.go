@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/httpapi"
@@ -220,5 +221,37 @@ func TestBootstrap(t *testing.T) {
 	again, err := apikeys.Bootstrap(t.Context(), s.Keys, dir, &out)
 	if err != nil || again != nil || out.Len() != 0 {
 		t.Fatalf("second bootstrap created %v (%v), printed %q", again, err, out.String())
+	}
+}
+
+// TestNotReadyWhileProjectionFails: a projection that keeps failing makes /readyz 503 and names it.
+func TestNotReadyWhileProjectionFails(t *testing.T) {
+	e := start(t, apitestOptions())
+	if _, err := e.DB.ExecContext(e.ctx, `DROP TABLE analytics_daily`); err != nil {
+		t.Fatal(err)
+	}
+	r := e.do(e.admin(), "POST", "/v1/connections", map[string]any{"phone": newPhone()}, nil)
+	wantStatus(t, r, 201)
+	// A queued message is counted by analytics, whose table is gone.
+	wantStatus(t, e.do(e.admin(), "POST", "/v1/connections/"+str(r.Map(), "id")+"/messages",
+		map[string]any{"recipient": newPhone(), "text": "x"}, nil), 202)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := e.do("", "GET", "/readyz", nil, nil)
+		if r.Status == 503 {
+			if !strings.Contains(string(r.Body), `"name":"projection:analytics","ok":false`) {
+				t.Fatalf("readyz does not name the failing projection: %s", r.Body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still ready with a failing projection: %d %s", r.Status, r.Body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m := e.do("", "GET", "/metrics", nil, nil)
+	wantStatus(t, m, 200)
+	if !strings.Contains(string(m.Body), `waqueue_http_requests_total{code="201",route="POST /v1/connections"} 1`) {
+		t.Fatalf("metrics lack the request count:\n%s", m.Body)
 	}
 }

@@ -185,7 +185,7 @@ func toProblem(err error) *Problem {
 func unavailable(err error) bool {
 	var netErr net.Error
 	return errors.Is(err, eventstore.ErrClosed) || errors.Is(err, driver.ErrBadConn) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) || sqlitedb.IsBusy(err) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.As(err, &netErr) || sqlitedb.IsBusy(err) ||
 		chainHasText(err, sqlDBClosed)
 }
 
