@@ -161,7 +161,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 				d, err := h.dispatch.Handle(sys, DispatchNext{ConnectionID: conn})
 				if err != nil {
 					if errors.Is(err, ErrNotDispatchable) {
-						time.Sleep(time.Duration(100+r.IntN(500)) * time.Microsecond)
+						time.Sleep(time.Duration(500+r.IntN(2000)) * time.Microsecond)
 					}
 					unexpected("dispatch", err)
 					continue
