@@ -2,7 +2,6 @@ package invariants_test
 
 import (
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 
@@ -10,7 +9,6 @@ import (
 	"github.com/waqueue/waqueue/domain/invariants"
 )
 
-var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
 func mid(i int) uuid.UUID { return uuid.NewSHA1(uuid.Nil, []byte{byte(i)}) }
 
