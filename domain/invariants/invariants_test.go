@@ -9,7 +9,6 @@ import (
 	"github.com/waqueue/waqueue/domain/invariants"
 )
 
-
 func mid(i int) uuid.UUID { return uuid.NewSHA1(uuid.Nil, []byte{byte(i)}) }
 
 // hist builds a history with consecutive revisions.
