@@ -148,7 +148,7 @@ func (c ProcessorConfig) Validate() error {
 // NewRouter returns a watermill router with the middleware the command processor wants:
 // Recoverer (a panicking handler nacks its message instead of killing the process),
 // CorrelationID (carried to anything the handler publishes) and Retry of transient failures
-// (store errors; never refusals, which the processor acknowledges). Run it with Run(ctx).
+// (store errors and exhausted conflicts; never refusals, which the processor acknowledges). Run it with Run(ctx).
 func NewRouter(logger watermill.LoggerAdapter) (*message.Router, error) {
 	if logger == nil {
 		logger = watermill.NopLogger{}
@@ -168,9 +168,10 @@ func NewRouter(logger watermill.LoggerAdapter) (*message.Router, error) {
 // RegisterProcessor adds a CQRS command processor serving cfg.Handlers to cfg.Router. For each
 // message it authenticates the credential (MetaCredential), puts the principal, the correlation
 // id and the causation id (the message's UUID) in the context and calls the handler. Refusals
-// (authentication, authorization, not found, domain refusals, conflicts that outlasted the
-// handler's retries) are logged and the message is acknowledged, since redelivering it cannot
-// change the answer; other errors nack it for redelivery.
+// (authentication, authorization, not found, domain refusals) are logged and the message is
+// acknowledged, since redelivering it cannot change the answer; other errors (store failures,
+// conflicts that outlasted the handler's own retries) nack it, and the router's Retry
+// middleware (NewRouter) or the broker redelivers it.
 func RegisterProcessor(cfg ProcessorConfig) (*cqrs.CommandProcessor, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -222,13 +223,13 @@ func RegisterProcessor(cfg ProcessorConfig) (*cqrs.CommandProcessor, error) {
 }
 
 // IsRefusal reports whether err is a final answer to a command (retrying the same command cannot
-// change it): unauthenticated, forbidden, not found, a domain refusal, a duplicate event id,
-// nothing dispatchable, or a conflict that outlasted the handler's retries.
+// change it): unauthenticated, forbidden, not found, a domain refusal, a duplicate event id or
+// nothing dispatchable. A *ConflictError is not a refusal: a later attempt may succeed.
 func IsRefusal(err error) bool {
 	if _, ok := connection.ErrorCode(err); ok {
 		return true
 	}
-	for _, target := range []error{ErrUnauthenticated, ErrNotFound, ErrConflict, ErrNotDispatchable,
+	for _, target := range []error{ErrUnauthenticated, ErrNotFound, ErrNotDispatchable,
 		auth.ErrForbidden, auth.ErrWrongTenant, eventstore.ErrDuplicateEventID, connection.ErrInvalidCommand} {
 		if errors.Is(err, target) {
 			return true
