@@ -1,14 +1,19 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/waqueue/waqueue/cmd/waqueue/internal/app"
+	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/cmd/waqueue/internal/config"
 )
 
@@ -29,16 +34,31 @@ func withConfig(cmd *cobra.Command, run func(cmd *cobra.Command, cfg *config.Con
 	return cmd
 }
 
+func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
+	o := server.Options{
+		DataDir:         cfg.DataDir,
+		DB:              cfg.DB,
+		EventStore:      cfg.EventStore,
+		Transport:       cfg.Transport,
+		SimulatorRoutes: cfg.Transport == config.TransportSimulator,
+		Broker:          cfg.Broker,
+		Logger:          log,
+	}
+	o.Simulator.Seed = uint64(cfg.SimulatorSeed)
+	if cfg.NoPacing {
+		o.NoPacing = true
+	}
+	return o
+}
+
 func newMigrateCmd() *cobra.Command {
 	return withConfig(&cobra.Command{
 		Use:   "migrate",
-		Short: "Create or upgrade the event store and read-model schemas, then exit",
+		Short: "Create or upgrade every schema (event store, read models, keys, webhooks), then exit",
 	}, func(c *cobra.Command, cfg *config.Config) error {
-		st, err := app.OpenStores(c.Context(), cfg, func() time.Time { return time.Now().UTC() })
-		if err != nil {
+		if err := server.Migrate(c.Context(), serverOptions(cfg, newLogger(cfg.LogLevel))); err != nil {
 			return err
 		}
-		defer st.Close()
 		fmt.Fprintf(c.OutOrStdout(), "waqueue: schemas up to date (%s)\n", cfg.Engine())
 		return nil
 	})
@@ -50,8 +70,54 @@ func newServeCmd() *cobra.Command {
 		Short: "Serve the HTTP API, run projections and dispatch messages",
 	}, func(c *cobra.Command, cfg *config.Config) error {
 		log := newLogger(cfg.LogLevel)
-		return app.Serve(c.Context(), cfg, log, c.OutOrStdout())
+		return serve(c.Context(), cfg, log, c.OutOrStdout())
 	})
+}
+
+func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Writer) error {
+	o := serverOptions(cfg, log)
+	o.BootstrapOut = out
+	node, err := server.New(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	if err := node.Start(ctx); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{Handler: node.Handler, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	transport := cfg.Transport
+	if transport == config.TransportSimulator {
+		transport = "simulator (SIMULATED WhatsApp: nothing is sent to real numbers)"
+	}
+	log.Info("waqueue serving", "addr", "http://"+ln.Addr().String(), "db", cfg.Engine(), "transport", transport, "broker", cmpOr(cfg.Broker, "in-process"))
+	fmt.Fprintf(out, "waqueue: serving http://%s (store %s, transport %s)\n", ln.Addr(), cfg.Engine(), transport)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	case err := <-node.Errors():
+		log.Error("stopping: a background component failed", "err", err)
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func newLogger(level string) *slog.Logger {

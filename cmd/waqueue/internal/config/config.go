@@ -41,6 +41,9 @@ type Config struct {
 	Listen string
 	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
 	SimulatorSeed int64
+	// NoPacing sends as fast as the transport takes messages (--no-pacing, WAQUEUE_NO_PACING).
+	// For the simulator and benchmarks only: real numbers get banned without pacing.
+	NoPacing bool
 	// LogLevel is debug, info, warn or error (--log-level, WAQUEUE_LOG_LEVEL). Default info.
 	LogLevel string
 }
@@ -55,6 +58,7 @@ var env = map[string]string{
 	"listen":     "WAQUEUE_LISTEN",
 	"sim-seed":   "WAQUEUE_SIM_SEED",
 	"log-level":  "WAQUEUE_LOG_LEVEL",
+	"no-pacing":  "WAQUEUE_NO_PACING",
 }
 
 // Bind registers the flags on fs, with defaults.
@@ -66,6 +70,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Broker, "broker", "", "empty for in-process, or nats://host:4222 ($WAQUEUE_BROKER)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "HTTP listen address ($WAQUEUE_LISTEN)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
+	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error ($WAQUEUE_LOG_LEVEL)")
 }
 

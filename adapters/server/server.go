@@ -1,0 +1,439 @@
+// Package server assembles a complete waqueue node — stores, projections, the clearing process,
+// command handlers and the command bus, API keys, webhooks, the transport and its dispatcher, and
+// the HTTP API — from one Options value. `waqueue serve` and the end-to-end tests and benchmarks
+// build their node here, so what is tested is what runs.
+package server
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/waqueue/waqueue/adapters/apikeys"
+	"github.com/waqueue/waqueue/adapters/broker"
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/eventstore/esdb"
+	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
+	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
+	"github.com/waqueue/waqueue/adapters/httpapi"
+	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/adapters/sqlitedb"
+	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/adapters/webhooks"
+	wmtransport "github.com/waqueue/waqueue/adapters/whatsmeow"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/projections"
+	"github.com/waqueue/waqueue/projections/dispatcher"
+	"github.com/waqueue/waqueue/projections/integration"
+)
+
+// Transport names.
+const (
+	TransportSimulator = "simulator"
+	TransportWhatsmeow = "whatsmeow"
+)
+
+// Options configure a Node. Zero fields take the defaults documented on each.
+type Options struct {
+	// DataDir holds the SQLite database (when DB is empty or sqlite://) and the first admin key.
+	// Required.
+	DataDir string
+	// DB is "sqlite://PATH", "postgres://…", or empty for sqlite://DATA_DIR/waqueue.db.
+	DB string
+	// EventStore, if set ("esdb://…" or "kurrentdb://…"), keeps the events in EventStoreDB; the
+	// read models stay in DB.
+	EventStore string
+	// Transport is TransportSimulator (default) or TransportWhatsmeow.
+	Transport string
+	// Simulator configures the simulator transport; Seed defaults to 1 and AssumePaired is
+	// forced on, so a fresh connection can send without a pairing step.
+	Simulator simulator.Options
+	// SimulatorRoutes enables the simulator's control routes in the API (ban, lift, logout).
+	// Ignored unless Transport is the simulator.
+	SimulatorRoutes bool
+	// Broker is empty for the in-process command bus or "nats://host:4222".
+	Broker string
+	// Pacing of the dispatcher; the zero value takes dispatcher's safe defaults. Set
+	// NoPacing for tests and benchmarks.
+	Pacing   dispatcher.Pacing
+	NoPacing bool
+	// NoDispatcher leaves the dispatcher off (messages stay queued).
+	NoDispatcher bool
+	// Limits of the HTTP API.
+	Limits httpapi.Limits
+	// Logger defaults to a JSON logger on stderr.
+	Logger *slog.Logger
+	// Now is the clock of commands, keys and events. Default time.Now in UTC.
+	Now func() time.Time
+	// BootstrapOut receives the first admin key when one is created. Default os.Stdout.
+	BootstrapOut io.Writer
+	// ProjectionBatch is the most events a projection applies per transaction. Default 512.
+	ProjectionBatch int
+	// ClearRetryInterval is how often the clearing process looks for open clears without a
+	// wake-up. Default 1s.
+	ClearRetryInterval time.Duration
+}
+
+// Node is an assembled waqueue server. Start runs its background work; Handler serves its API.
+type Node struct {
+	Options Options
+
+	Events     eventstore.Store
+	DB         *projections.DB
+	SQL        *sql.DB
+	Registry   *prometheus.Registry
+	Keys       *apikeys.Keys
+	Repo       *commands.Repository
+	Handlers   commands.Handlers
+	Runner     *projections.Runner
+	Queue      *projections.Queue
+	Cards      *projections.Cards
+	Messages   *projections.MessageStatus
+	Audit      *projections.Audit
+	Analytics  *projections.Analytics
+	Clears     *projections.ClearProcess
+	Webhooks   *webhooks.Service
+	Transport  transport.Transport
+	Simulator  *simulator.Simulator
+	Dispatcher *dispatcher.Dispatcher
+	Handler    http.Handler
+	// AdminKey is the key Bootstrap created on this start (empty when keys existed).
+	AdminKey string
+	// Tenant is the bootstrap tenant.
+	Tenant string
+
+	log      *slog.Logger
+	projs    []projections.Projection
+	pub      message.Publisher
+	sub      message.Subscriber
+	webhookW *webhooks.Worker
+	closers  []func() error
+	mu       sync.Mutex
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	runErrs  chan error
+}
+
+// New opens the stores, runs every migration, and assembles the node. Nothing runs in the
+// background until Start. Close releases everything.
+func New(ctx context.Context, o Options) (_ *Node, err error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	n := &Node{Options: o, log: o.Logger, Tenant: apikeys.DefaultTenant, runErrs: make(chan error, 16)}
+	defer func() {
+		if err != nil {
+			_ = n.Close()
+		}
+	}()
+	if err := n.openStores(ctx); err != nil {
+		return nil, err
+	}
+	if n.Keys, err = apikeys.New(n.Events, n.DB, o.Now); err != nil {
+		return nil, err
+	}
+	created, err := apikeys.Bootstrap(ctx, n.Keys, o.DataDir, o.BootstrapOut)
+	if err != nil {
+		return nil, err
+	}
+	if created != nil {
+		n.AdminKey = created.Secret
+	}
+
+	n.Registry = prometheus.NewRegistry()
+	n.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if n.Repo, err = commands.NewRepository(n.Events, commands.RepositoryOptions{Logger: o.Logger}); err != nil {
+		return nil, err
+	}
+	if n.Handlers, err = commands.NewHandlers(n.Repo, commands.Clock(o.Now)); err != nil {
+		return nil, err
+	}
+
+	wlog := watermill.NewSlogLogger(o.Logger)
+	n.pub, n.sub, err = n.openBroker(ctx, wlog)
+	if err != nil {
+		return nil, err
+	}
+	n.Cards, n.Queue, n.Messages = projections.NewCards(), projections.NewQueue(), projections.NewMessageStatus()
+	n.Audit = projections.NewAudit(append(projections.DefaultAuditRules(), apikeys.AuditRule())...)
+	n.Analytics = projections.NewAnalytics()
+	if n.webhookW, err = webhooks.NewWorker(webhooks.WorkerConfig{DB: n.DB, Logger: o.Logger}); err != nil {
+		return nil, err
+	}
+	if n.Webhooks, err = webhooks.NewService(n.DB, o.Now); err != nil {
+		return nil, err
+	}
+	integ, err := integration.NewPublisher(n.pub)
+	if err != nil {
+		return nil, err
+	}
+	n.projs = []projections.Projection{n.Cards, n.Queue, n.Messages, n.Audit, n.Analytics, integ, webhooks.NewOutbox(n.webhookW.Wake)}
+	if n.Runner, err = projections.NewRunner(projections.RunnerConfig{
+		DB: n.DB, Store: n.Events, Projections: n.projs, Logger: o.Logger, BatchSize: o.ProjectionBatch,
+	}); err != nil {
+		return nil, err
+	}
+	if n.Clears, err = projections.NewClearProcess(projections.ClearProcessConfig{
+		DB: n.DB, Store: n.Events, Queue: n.Queue, Logger: o.Logger, RetryInterval: o.ClearRetryInterval,
+		Completer: commands.NewClearCompleter(n.Repo, n.Handlers.CompleteClear),
+	}); err != nil {
+		return nil, err
+	}
+	if err := n.openTransport(ctx); err != nil {
+		return nil, err
+	}
+	if !o.NoDispatcher {
+		pacing := o.Pacing
+		if o.NoPacing {
+			pacing = dispatcher.Pacing{Unpaced: true}
+		}
+		if n.Dispatcher, err = dispatcher.New(dispatcher.Config{
+			Store: n.Events, Repository: n.Repo, Transport: n.Transport,
+			Messages:   dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
+			Locator:    dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
+			Pacing:     pacing,
+			Registerer: n.Registry,
+			Logger:     o.Logger,
+		}); err != nil {
+			return nil, err
+		}
+	}
+	deps := httpapi.Deps{
+		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
+		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
+		Keys: n.Keys, Transport: n.Transport, Registry: n.Registry, Logger: o.Logger, Now: o.Now, Limits: o.Limits,
+	}
+	if n.Simulator != nil && o.SimulatorRoutes {
+		deps.Simulator = n.Simulator
+	}
+	if n.Handler, err = httpapi.New(deps); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+func (o *Options) setDefaults() error {
+	var errs []error
+	if o.DataDir == "" {
+		errs = append(errs, errors.New("server: Options.DataDir is empty"))
+	}
+	if o.DB == "" {
+		o.DB = "sqlite://" + filepath.Join(o.DataDir, "waqueue.db")
+	}
+	if o.Transport == "" {
+		o.Transport = TransportSimulator
+	}
+	if o.Transport != TransportSimulator && o.Transport != TransportWhatsmeow {
+		errs = append(errs, fmt.Errorf("server: transport %q: want simulator or whatsmeow", o.Transport))
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	if o.Now == nil {
+		o.Now = func() time.Time { return time.Now().UTC() }
+	}
+	if o.BootstrapOut == nil {
+		o.BootstrapOut = os.Stdout
+	}
+	if o.Simulator.Seed == 0 {
+		o.Simulator.Seed = 1
+	}
+	o.Simulator.AssumePaired = true
+	return errors.Join(errs...)
+}
+
+// IsPostgres reports whether the read models (and events, unless EventStore is set) are in
+// PostgreSQL.
+func (o *Options) IsPostgres() bool {
+	return strings.HasPrefix(o.DB, "postgres://") || strings.HasPrefix(o.DB, "postgresql://")
+}
+
+func (n *Node) openStores(ctx context.Context) error {
+	o := n.Options
+	clock := eventstore.Clock(o.Now)
+	if o.IsPostgres() {
+		pcfg, err := postgres.PoolConfig(o.DB)
+		if err != nil {
+			return err
+		}
+		pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+		if err != nil {
+			return fmt.Errorf("server: connect to PostgreSQL: %w", err)
+		}
+		n.closers = append(n.closers, func() error { pool.Close(); return nil })
+		n.SQL = stdlib.OpenDBFromPool(pool)
+		n.closers = append(n.closers, n.SQL.Close)
+		n.DB = &projections.DB{SQL: n.SQL, Dialect: projections.Postgres}
+		if o.EventStore == "" {
+			es := postgres.New(pool, postgres.Options{Clock: clock})
+			if err := es.Migrate(ctx); err != nil {
+				return err
+			}
+			n.Events = es
+		}
+	} else {
+		path := strings.TrimPrefix(o.DB, "sqlite://")
+		if path == "" {
+			return errors.New("server: sqlite:// needs a file path")
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return fmt.Errorf("server: data directory: %w", err)
+		}
+		db, err := sqlitedb.Open(path)
+		if err != nil {
+			return err
+		}
+		n.SQL = db
+		n.closers = append(n.closers, db.Close)
+		n.DB = &projections.DB{SQL: db, Dialect: projections.SQLite}
+		if o.EventStore == "" {
+			es, err := sqlite.New(ctx, db, sqlite.Options{Clock: clock, PollInterval: 250 * time.Millisecond})
+			if err != nil {
+				return err
+			}
+			n.Events = es
+		}
+	}
+	if o.EventStore != "" {
+		es, err := esdb.New(ctx, o.EventStore, esdb.Options{Clock: clock, Logger: o.Logger})
+		if err != nil {
+			return err
+		}
+		n.Events = es
+	}
+	n.closers = append(n.closers, n.Events.Close)
+	if err := projections.Migrate(ctx, n.DB); err != nil {
+		return err
+	}
+	if err := apikeys.Migrate(ctx, n.DB); err != nil {
+		return err
+	}
+	return webhooks.Migrate(ctx, n.DB)
+}
+
+// Migrate opens the stores of o, brings every schema (event store, read models, API keys,
+// webhooks) up to date, and closes them. It creates no key and starts nothing.
+func Migrate(ctx context.Context, o Options) error {
+	if err := o.setDefaults(); err != nil {
+		return err
+	}
+	n := &Node{Options: o, log: o.Logger}
+	err := n.openStores(ctx)
+	return errors.Join(err, n.Close())
+}
+
+func (n *Node) openBroker(ctx context.Context, wlog watermill.LoggerAdapter) (message.Publisher, message.Subscriber, error) {
+	pub, sub, closer, err := broker.Open(ctx, n.Options.Broker, wlog)
+	if err != nil {
+		return nil, nil, err
+	}
+	n.closers = append(n.closers, closer.Close)
+	return pub, sub, nil
+}
+
+func (n *Node) openTransport(ctx context.Context) error {
+	switch n.Options.Transport {
+	case TransportWhatsmeow:
+		dialect := wmtransport.DialectSQLite
+		if n.Options.IsPostgres() {
+			dialect = wmtransport.DialectPostgres
+		}
+		m, err := wmtransport.New(ctx, wmtransport.Config{DB: n.SQL, Dialect: dialect})
+		if err != nil {
+			return err
+		}
+		n.closers = append(n.closers, func() error { m.Close(); return nil })
+		n.Transport = m
+	default:
+		n.Simulator = simulator.New(n.Options.Simulator)
+		n.closers = append(n.closers, func() error { n.Simulator.Close(); return nil })
+		n.Transport = n.Simulator
+	}
+	return nil
+}
+
+// Start runs the background work: projections, the clearing process, the collector of purged
+// rows, the webhook worker, the command processor and the dispatcher. It returns at once; the
+// work stops at Close or when ctx is done.
+func (n *Node) Start(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cancel != nil {
+		return errors.New("server: node already started")
+	}
+	ctx, n.cancel = context.WithCancel(ctx)
+	wlog := watermill.NewSlogLogger(n.log)
+	router, err := commands.NewRouter(wlog)
+	if err != nil {
+		return err
+	}
+	if _, err := commands.RegisterProcessor(commands.ProcessorConfig{
+		Router: router, Subscriber: n.sub, Authenticator: n.Keys, Handlers: n.Handlers, Logger: wlog,
+	}); err != nil {
+		return err
+	}
+	n.goRun("projections", func() error { return n.Runner.Run(ctx) })
+	n.goRun("clearing", func() error { return n.Clears.Run(ctx) })
+	n.goRun("collector", func() error {
+		projections.RunCollector(ctx, n.DB, n.log, 2*time.Second, 5000, n.Queue, n.Messages)
+		return nil
+	})
+	n.goRun("webhooks", func() error { return n.webhookW.Run(ctx) })
+	n.goRun("command-processor", func() error { return router.Run(ctx) })
+	if n.Dispatcher != nil {
+		n.goRun("dispatcher", func() error { return n.Dispatcher.Run(ctx) })
+	}
+	return nil
+}
+
+func (n *Node) goRun(name string, f func() error) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := f(); err != nil && !errors.Is(err, context.Canceled) {
+			n.log.Error("background work stopped", "component", name, "err", err)
+			select {
+			case n.runErrs <- fmt.Errorf("server: %s: %w", name, err):
+			default:
+			}
+		}
+	}()
+}
+
+// Errors delivers the error of any background component that stopped on its own.
+func (n *Node) Errors() <-chan error { return n.runErrs }
+
+// Close stops the background work and releases every store, newest first. It is idempotent.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.cancel != nil {
+		n.cancel()
+	}
+	n.mu.Unlock()
+	n.wg.Wait()
+	var errs []error
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		if err := n.closers[i](); err != nil && !errors.Is(err, eventstore.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	n.closers = nil
+	return errors.Join(errs...)
+}
