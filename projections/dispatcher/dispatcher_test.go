@@ -53,9 +53,7 @@ func TestMessageLifecycle(t *testing.T) {
 	h.clock.Advance(3 * time.Second)
 	h.eventually("3 read", func() bool { return count[connection.MessageRead](h.history("c1")) == 3 })
 	pos := h.lastPosition("c1", connection.TypeMessageRead)
-	if err := h.runner.WaitFor(context.Background(), []string{projections.MessageStatusName}, pos); err != nil {
-		t.Fatal(err)
-	}
+	h.waitProjections(pos, projections.MessageStatusName)
 	want := []connection.MessageStatus{connection.MessageStatusQueued, connection.MessageStatusDispatched,
 		connection.MessageStatusSent, connection.MessageStatusDelivered, connection.MessageStatusRead}
 	for _, id := range ids {

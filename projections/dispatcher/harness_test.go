@@ -391,3 +391,13 @@ func (h *harness) lastPosition(connID string, types ...string) eventstore.Positi
 	return evs[len(evs)-1].Position
 }
 
+
+// waitProjections waits until the named projections have applied pos.
+func (h *harness) waitProjections(pos eventstore.Position, names ...string) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := h.runner.WaitFor(ctx, names, pos); err != nil {
+		h.t.Fatalf("projections %v did not reach %s: %v; statuses %+v", names, pos, err, h.runner.Statuses())
+	}
+}
