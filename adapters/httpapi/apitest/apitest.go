@@ -1,7 +1,7 @@
-// Package apitest starts a complete waqueue API server for tests, benchmarks and tools: a SQLite
-// event store and read models in one file under a directory, the projections runner and the
-// clearing process running, the command handlers, API keys, and the simulator as the transport
-// (its control routes enabled). Nothing is mocked.
+// Package apitest starts a complete waqueue API server for tests, benchmarks and tools. It is
+// the node of package server (the composition `waqueue serve` runs) on a SQLite database in one
+// directory, with the simulator as the transport (its control routes enabled) and the dispatcher
+// off, so queued messages stay queued until a test sends them on. Nothing is mocked.
 //
 // It does not import package testing: Start takes the small T interface that *testing.T and
 // *testing.B satisfy, and New works without any.
@@ -17,21 +17,17 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/eventstore"
-	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/httpapi"
+	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
-	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
-	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -58,11 +54,13 @@ type Options struct {
 	Now func() time.Time
 	// ManualClears does not run the clearing process: clears stay pending (the queue clearing)
 	// until the test calls Server.Clears.Sweep, so that what happens while clearing is testable
-	// without racing the process.
+	// without racing the process. Only the projections run in the background then (the node is
+	// not started: package server has no option to start it without its clearing process).
 	ManualClears bool
 }
 
-// Server is a running API server with everything under it.
+// Server is a running API server with everything under it. The fields other than URL and HTTP
+// are those of Node, named as before the node existed.
 type Server struct {
 	// URL is the server's base URL ("http://127.0.0.1:port").
 	URL string
@@ -70,6 +68,8 @@ type Server struct {
 	HTTP *httptest.Server
 	// Handler is the API handler (as httpapi.New returned it).
 	Handler http.Handler
+	// Node is the assembled node under the server.
+	Node *server.Node
 
 	Store     eventstore.Store
 	DB        *projections.DB
@@ -91,8 +91,7 @@ type Server struct {
 	Tenant   string
 	AdminKey string
 
-	projections []projections.Projection
-	closers     []func()
+	closers []func()
 }
 
 // Start starts a Server for a test; it is closed when the test ends. Any failure is fatal.
@@ -117,92 +116,39 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.Now == nil {
-		opts.Now = func() time.Time { return time.Now().UTC() }
+	node, err := server.New(ctx, server.Options{
+		DataDir:            opts.Dir,
+		SimulatorRoutes:    !opts.NoSimulatorRoutes,
+		NoDispatcher:       true,
+		Limits:             opts.Limits,
+		Logger:             opts.Logger,
+		Now:                opts.Now,
+		BootstrapOut:       io.Discard,
+		ProjectionBatch:    256,
+		ClearRetryInterval: 100 * time.Millisecond,
+	})
+	if err != nil {
+		return nil, err
 	}
-	s := &Server{Tenant: apikeys.DefaultTenant}
+	s := &Server{
+		Node: node, Handler: node.Handler,
+		Store: node.Events, DB: node.DB, Keys: node.Keys, Runner: node.Runner, Handlers: node.Handlers,
+		Repo: node.Repo, Simulator: node.Simulator, Registry: node.Registry,
+		Cards: node.Cards, Queue: node.Queue, Messages: node.Messages, Audit: node.Audit, Analytics: node.Analytics,
+		Clears: node.Clears, Tenant: node.Tenant, AdminKey: node.AdminKey,
+		closers: []func(){func() { _ = node.Close() }},
+	}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-	path := filepath.Join(opts.Dir, "waqueue.db")
-	store, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 50 * time.Millisecond})
-	if err != nil {
-		return nil, err
-	}
-	s.Store = store
-	s.closers = append(s.closers, func() { _ = store.Close() })
-	sdb, err := sqlitedb.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	s.closers = append(s.closers, func() { _ = sdb.Close() })
-	s.DB = &projections.DB{SQL: sdb, Dialect: projections.SQLite}
-	if err := projections.Migrate(ctx, s.DB); err != nil {
-		return nil, err
-	}
-	if err := apikeys.Migrate(ctx, s.DB); err != nil {
-		return nil, err
-	}
-	if s.Keys, err = apikeys.New(store, s.DB, opts.Now); err != nil {
-		return nil, err
-	}
-	created, err := apikeys.Bootstrap(ctx, s.Keys, opts.Dir, io.Discard)
-	if err != nil {
-		return nil, err
-	}
-	if created != nil {
-		s.AdminKey = created.Secret
-	}
-
-	s.Cards, s.Queue, s.Messages = projections.NewCards(), projections.NewQueue(), projections.NewMessageStatus()
-	s.Audit = projections.NewAudit(append(projections.DefaultAuditRules(), apikeys.AuditRule())...)
-	s.Analytics = projections.NewAnalytics()
-	s.projections = []projections.Projection{s.Cards, s.Queue, s.Messages, s.Audit, s.Analytics}
-	s.Runner, err = projections.NewRunner(projections.RunnerConfig{DB: s.DB, Store: store, Projections: s.projections,
-		Logger: opts.Logger, BatchSize: 256})
-	if err != nil {
-		return nil, err
-	}
-	if s.Repo, err = commands.NewRepository(store, commands.RepositoryOptions{Logger: opts.Logger}); err != nil {
-		return nil, err
-	}
-	if s.Handlers, err = NewHandlers(s.Repo, opts.Now); err != nil {
-		return nil, err
-	}
-	s.Clears, err = projections.NewClearProcess(projections.ClearProcessConfig{DB: s.DB, Store: store, Queue: s.Queue,
-		Completer: &Completer{Repo: s.Repo, Handler: s.Handlers.CompleteClear}, Logger: opts.Logger, RetryInterval: 100 * time.Millisecond})
-	if err != nil {
-		return nil, err
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	workers := 1
-	go func() { _ = s.Runner.Run(runCtx); done <- struct{}{} }()
-	if !opts.ManualClears {
-		workers++
-		go func() { _ = s.Clears.Run(runCtx); done <- struct{}{} }()
-	}
-	s.closers = append(s.closers, func() {
-		cancel()
-		for range workers {
-			<-done
-		}
-	})
-
-	s.Simulator = simulator.New(simulator.Options{Seed: 1, AssumePaired: true})
-	s.closers = append(s.closers, s.Simulator.Close)
-	s.Registry = prometheus.NewRegistry()
-	deps := httpapi.Deps{
-		Store: store, DB: s.DB, Handlers: s.Handlers, Runner: s.Runner,
-		Cards: s.Cards, Queue: s.Queue, Messages: s.Messages, Audit: s.Audit, Analytics: s.Analytics,
-		Keys: s.Keys, Transport: s.Simulator, Registry: s.Registry, Logger: opts.Logger, Now: opts.Now, Limits: opts.Limits,
-	}
-	if !opts.NoSimulatorRoutes {
-		deps.Simulator = s.Simulator
-	}
-	if s.Handler, err = httpapi.New(deps); err != nil {
+	if opts.ManualClears {
+		runCtx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = node.Runner.Run(runCtx) }()
+		s.closers = append(s.closers, func() { cancel(); <-done })
+	} else if err := node.Start(context.Background()); err != nil {
 		return nil, err
 	}
 	s.HTTP = httptest.NewServer(s.Handler)
@@ -219,62 +165,6 @@ func (s *Server) Close() {
 	s.closers = nil
 }
 
-// NewHandlers builds every command handler the API and the clearing process use on repo.
-func NewHandlers(repo *commands.Repository, now func() time.Time) (commands.Handlers, error) {
-	var (
-		h    commands.Handlers
-		errs []error
-	)
-	c := commands.Clock(now)
-	must := func(err error) { errs = append(errs, err) }
-	var err error
-	h.RegisterConnection, err = commands.NewRegisterConnectionHandler(repo, c)
-	must(err)
-	h.SetOnBanPolicy, err = commands.NewSetOnBanPolicyHandler(repo, c)
-	must(err)
-	h.PairingSucceeded, err = commands.NewPairingSucceededHandler(repo, c)
-	must(err)
-	h.SessionInvalidated, err = commands.NewSessionInvalidatedHandler(repo, c)
-	must(err)
-	h.ReportBan, err = commands.NewReportBanHandler(repo, c)
-	must(err)
-	h.LiftBan, err = commands.NewLiftBanHandler(repo, c)
-	must(err)
-	h.EnqueueMessage, err = commands.NewEnqueueMessageHandler(repo, c)
-	must(err)
-	h.StartBroadcast, err = commands.NewStartBroadcastHandler(repo, c)
-	must(err)
-	h.HoldQueue, err = commands.NewHoldQueueHandler(repo, c)
-	must(err)
-	h.ResumeQueue, err = commands.NewResumeQueueHandler(repo, c)
-	must(err)
-	h.RequestClear, err = commands.NewRequestClearHandler(repo, c)
-	must(err)
-	h.CompleteClear, err = commands.NewCompleteClearHandler(repo, c)
-	must(err)
-	return h, errors.Join(errs...)
-}
-
-// Completer is the projections.ClearCompleter of the clearing process, through the command
-// handler: it acts as the system principal of the connection's tenant.
-type Completer struct {
-	Repo    *commands.Repository
-	Handler *commands.CompleteClearHandler
-}
-
-var _ projections.ClearCompleter = (*Completer)(nil)
-
-// CompleteClear implements projections.ClearCompleter. A clear completed already is a no-op.
-func (c *Completer) CompleteClear(ctx context.Context, connID string, clearID uuid.UUID) error {
-	var tenant string
-	if err := c.Repo.View(ctx, connID, func(cn *connection.Connection) error { tenant = cn.TenantID(); return nil }); err != nil {
-		return err
-	}
-	_, err := c.Handler.Handle(commands.WithPrincipal(ctx, commands.SystemPrincipal(tenant)),
-		commands.CompleteClear{ConnectionID: connID, ClearID: clearID})
-	return err
-}
-
 // Key creates a key of role in tenant (created by "apitest") and returns its secret.
 func (s *Server) Key(ctx context.Context, tenant string, role auth.Role) (string, error) {
 	c, err := s.Keys.Create(ctx, tenant, role, "apitest "+role.String(), "apitest")
@@ -283,7 +173,7 @@ func (s *Server) Key(ctx context.Context, tenant string, role auth.Role) (string
 
 // Sync waits until every projection has applied the last event of the store it selects.
 func (s *Server) Sync(ctx context.Context) error {
-	for _, p := range s.projections {
+	for _, p := range []projections.Projection{s.Cards, s.Queue, s.Messages, s.Audit, s.Analytics} {
 		evs, err := lastMatching(ctx, s.Store, p.Filter())
 		if err != nil {
 			return err
