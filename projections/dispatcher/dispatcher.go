@@ -137,7 +137,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatcher"), m: m,
 		conns: map[string]*connState{}, changed: make(chan struct{}),
-		rng:    rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		rng:    newRand(seed),
 		recent: make(map[uuid.UUID]recentRef), ring: make([]uuid.UUID, recentSize)}
 	now := func() time.Time { return cfg.Clock.Now().UTC() }
 	repo := cfg.Repository
@@ -394,6 +394,8 @@ func sleepReal(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)) }
 
 // startOfDay returns midnight UTC of t's day.
 func startOfDay(t time.Time) time.Time {

@@ -442,3 +442,38 @@ func TestIdleConnectionsRunNoLoops(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// The daily cap counts the day's dispatches of an earlier process from the history: a restarted
+// dispatcher does not start the day's count again from zero.
+func TestDailyCapSurvivesRestart(t *testing.T) {
+	h := newHarness(t, openSQLite)
+	h.autoAdvance(time.Millisecond)
+	pacing := func(c *dispatcher.Config) {
+		c.Pacing = dispatcher.Pacing{MinInterval: time.Millisecond, Jitter: -1, DailyCap: 3}
+	}
+	d1 := h.start(pacing)
+	h.registerPaired("c1", d1)
+	h.enqueueOne("c1", "a", 0)
+	h.enqueueOne("c1", "bb", 0)
+	h.eventually("two sent", func() bool { return len(h.sends("c1")) == 2 })
+	h.idle(d1, h.lastPosition("c1", connection.TypeMessageQueued))
+	d1.stop()
+
+	d2 := h.start(pacing)
+	for _, k := range []string{"ccc", "dddd", "eeeee"} {
+		h.enqueueOne("c1", k, 0)
+	}
+	h.eventually("cap reached", func() bool { return len(h.sends("c1")) == 3 })
+	h.idle(d2, h.lastPosition("c1", connection.TypeMessageQueued))
+	if got := len(h.sends("c1")); got != 3 {
+		t.Fatalf("sent %d today across the restart, want the cap 3", got)
+	}
+	if day := startOfDayUTC(h.clock.Now()); !day.Equal(startOfDayUTC(t0)) {
+		t.Fatalf("the test clock ran into the next day (%s): the cap was not exercised", h.clock.Now())
+	}
+}
+
+func startOfDayUTC(t time.Time) time.Time {
+	y, m, d := t.UTC().Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+}

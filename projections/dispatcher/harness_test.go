@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
@@ -390,7 +390,6 @@ func (h *harness) lastPosition(connID string, types ...string) eventstore.Positi
 	}
 	return evs[len(evs)-1].Position
 }
-
 
 // waitProjections waits until the named projections have applied pos.
 func (h *harness) waitProjections(pos eventstore.Position, names ...string) {

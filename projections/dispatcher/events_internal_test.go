@@ -1,0 +1,117 @@
+package dispatcher
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
+	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/projections"
+)
+
+// Events the domain has no event for are counted as ignored; a receipt for a message nobody
+// can place is ignored; an event for a connection the store does not know is refused; none of
+// them is an error.
+func TestEventsWithoutDomainEvent(t *testing.T) {
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "w.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	repo, err := commands.NewRepository(store, commands.RepositoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := commands.NewRegisterConnectionHandler(repo, commands.SystemClock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := commands.WithPrincipal(ctx, auth.Principal{TenantID: "t1", ID: "op", Role: auth.RoleAdmin})
+	if _, err := reg.Handle(op, commands.RegisterConnection{ConnectionID: "c1", Phone: "+4915112345678"}); err != nil {
+		t.Fatal(err)
+	}
+	sim := simulator.New(simulator.Options{})
+	t.Cleanup(sim.Close)
+	promReg := prometheus.NewRegistry()
+	d, err := New(Config{Store: store, Repository: repo, Messages: QueueMessages{Queue: projections.NewQueue()},
+		Transport: sim, Registerer: promReg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ctx = ctx
+	h := transport.EventHeader{ConnectionID: "c1", At: time.Now()}
+	for _, e := range []transport.Event{
+		transport.StreamReplaced{EventHeader: h},
+		transport.ClientOutdated{EventHeader: h},
+		transport.KeepAliveTimeout{EventHeader: h, ErrorCount: 3},
+		transport.ConnectFailure{EventHeader: h, Reason: 500},
+		transport.Receipt{EventHeader: h, Kind: transport.ReceiptDelivered, MessageIDs: []uuid.UUID{uuid.New()}},
+		transport.BanLifted{EventHeader: h}, // the link was never banned: refused
+		transport.Paired{EventHeader: transport.EventHeader{ConnectionID: "nobody"}},
+	} {
+		d.handleEvent(e)
+	}
+	for _, c := range []struct{ typ, result string }{
+		{"stream_replaced", eventIgnored}, {"client_outdated", eventIgnored}, {"keepalive_timeout", eventIgnored},
+		{"connect_failure", eventIgnored}, {"receipt_delivered", eventIgnored}, {"ban_lifted", eventRefused},
+		{"paired", eventRefused},
+	} {
+		if got := counterValue(t, promReg, "waqueue_dispatcher_transport_events_total", c.typ, c.result); got != 1 {
+			t.Errorf("%s/%s counted %v, want 1", c.typ, c.result, got)
+		}
+	}
+	if got := counterValue(t, promReg, "waqueue_dispatcher_transport_events_total", "ban_lifted", eventError); got != 0 {
+		t.Errorf("a refused lift counted as an error")
+	}
+}
+
+// counterValue returns the value of the counter name{type, result} gathered from reg (0 if absent).
+func counterValue(t *testing.T, reg *prometheus.Registry, name, typ, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["type"] == typ && labels["result"] == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func TestStartOfDayAndInterval(t *testing.T) {
+	at := time.Date(2030, 1, 2, 23, 59, 59, 0, time.FixedZone("x", -3600))
+	if got, want := startOfDay(at), time.Date(2030, 1, 3, 0, 0, 0, 0, time.UTC); !got.Equal(want) {
+		t.Errorf("startOfDay(%s) = %s, want %s", at, got, want)
+	}
+	d := &Dispatcher{cfg: Config{Pacing: Pacing{MinInterval: time.Second, Jitter: 500 * time.Millisecond}}}
+	d.rng = newRand(1)
+	for range 1000 {
+		if iv := d.interval(); iv < time.Second || iv > 1500*time.Millisecond {
+			t.Fatalf("interval %s outside [1s, 1.5s]", iv)
+		}
+	}
+	d.cfg.Pacing.Unpaced = true
+	if iv := d.interval(); iv != 0 {
+		t.Errorf("unpaced interval %s, want 0", iv)
+	}
+}
