@@ -76,8 +76,10 @@ type Config struct {
 	// DefaultMaxRetryBackoff (5min).
 	RetryBackoff    time.Duration
 	MaxRetryBackoff time.Duration
-	// MaxSendAttempts bounds the Sends of one message refused as retryable; after the last the
-	// message is recorded failed ("not_sent"). Default DefaultMaxSendAttempts (6).
+	// MaxSendAttempts bounds the Sends of one message refused with ErrRateLimited; after the
+	// last the message is recorded failed ("not_sent"). ErrNotConnected refusals are retried
+	// without this bound for as long as the link is active and the queue open in the domain.
+	// Default DefaultMaxSendAttempts (6).
 	MaxSendAttempts int
 	// Registerer receives the Dispatcher's metrics (see Metrics). Optional: nil registers none
 	// (the metrics are still kept).

@@ -477,3 +477,45 @@ func startOfDayUTC(t time.Time) time.Time {
 	y, m, d := t.UTC().Date()
 	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
 }
+
+// Not connected (nothing sent): the dispatched message waits for the connection and goes out
+// once when it is back; an operator's hold ends such a wait with the message failed "not_sent",
+// never handed over.
+func TestNotConnectedWaitsForConnection(t *testing.T) {
+	h := newHarness(t, openSQLite)
+	h.autoAdvance(time.Second)
+	d := h.start(func(c *dispatcher.Config) { c.MaxSendAttempts = 1 }) // not-connected is not bounded by it
+	h.registerPaired("c1", d)
+	if err := h.sim.Disconnect(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	m := h.enqueueOne("c1", "a", 0)
+	h.eventually("retrying", func() bool { return d.Stats().Retries >= 3 })
+	if n := h.sim.SendCount(m.MessageID); n != 0 {
+		t.Fatalf("handed over %d times while disconnected", n)
+	}
+	if err := h.sim.Connect(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("sent after reconnect", func() bool { return count[connection.MessageSent](h.history("c1")) == 1 })
+
+	if err := h.sim.Disconnect(context.Background(), "c1"); err != nil {
+		t.Fatal(err)
+	}
+	before := d.Stats().Retries
+	m2 := h.enqueueOne("c1", "bb", 0)
+	h.eventually("retrying again", func() bool { return d.Stats().Retries >= before+2 })
+	if _, err := h.hold.Handle(h.op(), commands.HoldQueue{ConnectionID: "c1", Note: "stop it"}); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("failed not_sent", func() bool { return count[connection.MessageFailed](h.history("c1")) == 1 })
+	for _, r := range h.history("c1") {
+		if f, ok := r.Event.(connection.MessageFailed); ok && (f.MessageID != m2.MessageID || f.Code != dispatcher.CodeNotSent) {
+			t.Errorf("failed %s with %q, want %s with %q", f.MessageID, f.Code, m2.MessageID, dispatcher.CodeNotSent)
+		}
+	}
+	if h.sim.SendCount(m.MessageID) != 1 || h.sim.SendCount(m2.MessageID) != 0 {
+		t.Errorf("send counts %d, %d; want 1, 0", h.sim.SendCount(m.MessageID), h.sim.SendCount(m2.MessageID))
+	}
+	h.checkInvariants("c1")
+}

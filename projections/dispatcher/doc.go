@@ -31,8 +31,10 @@
 // The domain has no "undo dispatch": a message stays dispatched once MessageDispatched is
 // recorded. When Send answers ErrRateLimited or ErrNotConnected (transport.Retryable: provably
 // nothing was sent), the loop calls Send again for the same dispatched message id, after an
-// exponential backoff (honouring SendError.RetryAfter), up to Config.MaxSendAttempts. That is
-// safe because the refused attempt handed nothing over. Before every retry the loop reloads the
+// exponential backoff (honouring SendError.RetryAfter); rate-limit refusals up to
+// Config.MaxSendAttempts, not-connected refusals for as long as the domain says the link is
+// active and the queue open (an outage must not drain the queue into failures). That is safe
+// because the refused attempt handed nothing over. Before every retry the loop reloads the
 // connection: if the link is no longer active or the queue is no longer open (a ban, a session
 // loss, a hold or a clear arrived meanwhile), or the attempts are exhausted, the message is
 // recorded failed with code "not_sent" (provably never handed over) instead of being sent into

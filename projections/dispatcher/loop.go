@@ -242,7 +242,12 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 				wait = se.RetryAfter
 			}
 			backoff = min(2*backoff, d.cfg.MaxRetryBackoff)
-			if attempt >= d.cfg.MaxSendAttempts || !d.waitClock(ctx, wait) || !d.sendable(rctx, connID) {
+			// Rate-limit refusals are bounded by MaxSendAttempts. Not-connected refusals are not:
+			// a network outage must not drain the queue into failures; the message waits for the
+			// connection until the link or queue stops being sendable (ban, session loss, hold or
+			// clear: an operator can always end the wait by holding the queue).
+			exhausted := label == OutcomeRateLimited && attempt >= d.cfg.MaxSendAttempts
+			if exhausted || !d.waitClock(ctx, wait) || !d.sendable(rctx, connID) {
 				d.recordFailed(rctx, ref, CodeNotSent, err.Error())
 				return
 			}
