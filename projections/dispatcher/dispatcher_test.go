@@ -2,11 +2,13 @@ package dispatcher_test
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/transport"
@@ -424,12 +426,20 @@ func TestIdleConnectionsRunNoLoops(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d := h.start(nil)
+	reg := prometheus.NewRegistry()
+	before := runtime.NumGoroutine()
+	d := h.start(func(c *dispatcher.Config) { c.Registerer = reg })
 	h.eventually("all paired", func() bool { return h.linkStatus("idle-"+itoa(n-1)) == connection.LinkStatusActive })
 	h.idle(d, h.lastPosition("idle-"+itoa(n-1), connection.TypeSessionPaired))
 	if got := d.ActiveLoops(); got != 0 {
 		t.Fatalf("%d loops with no work, want 0", got)
 	}
+	if got := gaugeValue(t, reg, "waqueue_dispatcher_active_loops"); got != 0 {
+		t.Fatalf("active_loops gauge %v, want 0", got)
+	}
+	// The dispatcher's own goroutines (Run, the subscription) stay a small constant, far below
+	// one per connection.
+	h.eventually("goroutines settle", func() bool { return runtime.NumGoroutine()-before < n/4 })
 	m := h.enqueueOne("idle-7", "a", 0)
 	h.eventually("sent", func() bool { return h.sim.SendCount(m.MessageID) == 1 })
 	h.idle(d, h.lastPosition("idle-7", connection.TypeMessageQueued))
@@ -518,4 +528,20 @@ func TestNotConnectedWaitsForConnection(t *testing.T) {
 		t.Errorf("send counts %d, %d; want 1, 0", h.sim.SendCount(m.MessageID), h.sim.SendCount(m2.MessageID))
 	}
 	h.checkInvariants("c1")
+}
+
+// gaugeValue returns the value of the unlabelled gauge name gathered from reg.
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("gauge %s not registered", name)
+	return 0
 }
