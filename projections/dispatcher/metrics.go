@@ -31,7 +31,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "waqueue", Subsystem: "dispatcher", Name: "send_latency_seconds",
-			Help:    "Time from MessageDispatched being recorded to the transport's answer, per attempt that handed the message over.",
+			Help:    "Duration of transport Send calls that handed the message over (answered sent or outcome unknown), measured in real time.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 15),
 		}),
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
