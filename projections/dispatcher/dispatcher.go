@@ -352,7 +352,7 @@ func (d *Dispatcher) asSystem(ctx context.Context, connID string) (context.Conte
 	return commands.WithPrincipal(ctx, commands.SystemPrincipal(t)), nil
 }
 
-// jitter draws the pause after a message handed over.
+// interval draws the pause after a message handed over: MinInterval plus a jitter in [0, Jitter].
 func (d *Dispatcher) interval() time.Duration {
 	p := d.cfg.Pacing
 	if p.Unpaced {
