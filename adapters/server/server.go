@@ -399,6 +399,7 @@ func (n *Node) Start(ctx context.Context) error {
 	n.goRun("command-processor", func() error { return router.Run(ctx) })
 	if n.Dispatcher != nil {
 		n.goRun("dispatcher", func() error { return n.Dispatcher.Run(ctx) })
+		n.goRun("connector", func() error { return connectAll(ctx, n.Events, n.Transport, n.log) })
 	}
 	return nil
 }
