@@ -184,7 +184,11 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.projs = []projections.Projection{n.Cards, n.Queue, n.Messages, n.Audit, n.Analytics, integ, webhooks.NewOutbox(n.webhookW.Wake)}
+	metrics, err := projections.NewMetrics(n.Registry, n.DB)
+	if err != nil {
+		return nil, err
+	}
+	n.projs = []projections.Projection{n.Cards, n.Queue, n.Messages, n.Audit, n.Analytics, metrics, integ, webhooks.NewOutbox(n.webhookW.Wake)}
 	if n.Runner, err = projections.NewRunner(projections.RunnerConfig{
 		DB: n.DB, Store: n.Events, Projections: n.projs, Logger: o.Logger, BatchSize: o.ProjectionBatch,
 	}); err != nil {

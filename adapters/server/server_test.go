@@ -127,6 +127,28 @@ func TestStory(t *testing.T) {
 					t.Errorf("audit trail lacks %s; has %v", want, seen)
 				}
 			}
+			// The metrics tell the same story: one clear, its purged messages, the ban, the depth.
+			var metrics []byte
+			waitFor(t, ctx, "clear in /metrics", func() bool {
+				res, err := http.Get(srv.URL + "/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				metrics, _ = io.ReadAll(res.Body)
+				res.Body.Close()
+				return strings.Contains(string(metrics), "waqueue_clear_duration_seconds_count 1")
+			})
+			for _, want := range []string{
+				`waqueue_clears_total{scope="queue"} 1`,
+				fmt.Sprintf("waqueue_purged_messages_total %d", purged),
+				`waqueue_bans_total{kind="temporary"} 1`,
+				`waqueue_queue_depth{connection="shop-1",tenant="default"} 0`,
+				"waqueue_clear_duration_seconds_count 1",
+			} {
+				if !strings.Contains(string(metrics), want) {
+					t.Errorf("/metrics lacks %q", want)
+				}
+			}
 			var verify map[string]any
 			c.do("GET", "/v1/audit/verify", nil, nil, 200, &verify)
 			if verify["ok"] != true {
