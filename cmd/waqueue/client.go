@@ -1,6 +1,126 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
 
-// clientCommands are the subcommands that talk to a running server over the API.
-func clientCommands() []*cobra.Command { return nil }
+	"github.com/spf13/cobra"
+
+	"github.com/waqueue/waqueue/cmd/waqueue/internal/client"
+)
+
+// Defaults of the client flags.
+const (
+	defaultServer  = "http://127.0.0.1:8080"
+	defaultDataDir = ".data"
+)
+
+// clientCommands are the subcommands that talk to a running server over the API, plus
+// `projections`, which works on the database of a stopped server.
+func clientCommands() []*cobra.Command {
+	cf := &clientFlags{}
+	groups := []*cobra.Command{
+		newKeysCmd(cf), newConnectionsCmd(cf), newQueueCmd(cf), newBroadcastCmd(cf), newSendCmd(cf), newAuditCmd(cf),
+	}
+	for _, g := range groups {
+		cf.bind(g)
+	}
+	return append(groups, newProjectionsCmd())
+}
+
+// clientFlags are the flags every API command takes. Each value comes from its flag, else its
+// environment variable, else its default.
+type clientFlags struct {
+	server, key, dataDir string
+	json                 bool
+}
+
+// bind adds the client flags to cmd and its subcommands.
+func (cf *clientFlags) bind(cmd *cobra.Command) {
+	f := cmd.PersistentFlags()
+	f.StringVar(&cf.server, "server", defaultServer, "base URL of the waqueue server ($WAQUEUE_SERVER)")
+	f.StringVar(&cf.key, "key", "", "API key ($WAQUEUE_KEY; default: the contents of DATA_DIR/admin.key)")
+	f.StringVar(&cf.dataDir, "data-dir", defaultDataDir, "data directory holding admin.key, the key used when --key is not set ($WAQUEUE_DATA_DIR)")
+}
+
+// addJSON adds --json (print the server's JSON answer as is) to a list or show command.
+func (cf *clientFlags) addJSON(cmd *cobra.Command) *cobra.Command {
+	cmd.Flags().BoolVar(&cf.json, "json", false, "print the server's JSON answer instead of a table")
+	return cmd
+}
+
+// fromEnv returns the value of flag name of cmd: the flag when set, else env when set, else
+// the flag's default in cur.
+func fromEnv(cmd *cobra.Command, name, env, cur string) string {
+	if cmd.Flags().Changed(name) {
+		return cur
+	}
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		return v
+	}
+	return cur
+}
+
+// client builds the API client of cmd's flags.
+func (cf *clientFlags) client(cmd *cobra.Command) (*client.Client, error) {
+	server := fromEnv(cmd, "server", "WAQUEUE_SERVER", cf.server)
+	key := fromEnv(cmd, "key", "WAQUEUE_KEY", cf.key)
+	if key == "" {
+		dir := fromEnv(cmd, "data-dir", "WAQUEUE_DATA_DIR", cf.dataDir)
+		b, err := os.ReadFile(filepath.Join(dir, "admin.key"))
+		switch {
+		case err == nil:
+			key = strings.TrimSpace(string(b))
+		case errors.Is(err, os.ErrNotExist):
+			return nil, fmt.Errorf("no API key: set --key or WAQUEUE_KEY (or run where %s exists)", filepath.Join(dir, "admin.key"))
+		default:
+			return nil, fmt.Errorf("read the admin key: %w", err)
+		}
+	}
+	return client.New(server, key, nil)
+}
+
+// printJSON writes the raw answer b, indented, to w.
+func printJSON(w io.Writer, b json.RawMessage) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		_, err = fmt.Fprintf(w, "%s\n", b)
+		return err
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// table writes rows under header, aligned in columns.
+func table(w io.Writer, header []string, rows [][]string) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+// when formats t for a table ("-" when zero).
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// dash returns s, or "-" when empty.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

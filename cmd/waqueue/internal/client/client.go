@@ -1,0 +1,190 @@
+// Package client is the HTTP client of the waqueue API used by the waqueue command line: one
+// method per call the tools make, API problems (application/problem+json) returned as *Problem.
+//
+// Methods that read return the raw JSON body besides (or instead of) a decoded value, so a tool
+// can print exactly what the server answered.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Client calls one waqueue server with one API key. It is safe for concurrent use.
+type Client struct {
+	base *url.URL
+	key  string
+	http *http.Client
+}
+
+// New returns a Client of the server at baseURL ("http://127.0.0.1:8080") that authenticates
+// with key (none when empty). hc defaults to a client without a timeout: exports and uploads
+// can take long, and callers bound each call with its context.
+func New(baseURL, key string, hc *http.Client) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("client: server URL %q: %w", baseURL, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("client: server URL %q: want http(s)://host[:port]", baseURL)
+	}
+	if hc == nil {
+		hc = &http.Client{}
+	}
+	return &Client{base: u, key: key, http: hc}, nil
+}
+
+// Problem is an error the API answered (RFC 9457 problem details with waqueue's stable code).
+type Problem struct {
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail,omitempty"`
+	Code     string `json:"code"`
+	Field    string `json:"field,omitempty"`
+	Instance string `json:"instance,omitempty"`
+}
+
+// Error is "<title>: <detail> (<code>)".
+func (p *Problem) Error() string {
+	title := p.Title
+	if title == "" {
+		title = http.StatusText(p.Status)
+	}
+	detail := p.Detail
+	if p.Field != "" {
+		detail = p.Field + ": " + detail
+	}
+	if detail == "" {
+		return fmt.Sprintf("%s (%s)", title, p.Code)
+	}
+	return fmt.Sprintf("%s: %s (%s)", title, detail, p.Code)
+}
+
+// StatusError is a failed response that is not a problem document (a proxy's error page, say).
+type StatusError struct {
+	Method, URL string
+	Status      int
+	Body        string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("client: %s %s: %d %s: %q", e.Method, e.URL, e.Status, http.StatusText(e.Status), e.Body)
+}
+
+// request describes one call.
+type request struct {
+	method, path string
+	query        url.Values
+	body         io.Reader
+	contentType  string
+	header       map[string]string
+	length       int64 // of body when known (> 0)
+}
+
+// do sends rq and returns the successful response, whose body the caller closes. A failed
+// response is returned as *Problem (or *StatusError).
+func (c *Client) do(ctx context.Context, rq request) (*http.Response, error) {
+	u := *c.base
+	u.Path = c.base.Path + rq.path
+	u.RawQuery = rq.query.Encode()
+	req, err := http.NewRequestWithContext(ctx, rq.method, u.String(), rq.body)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	if rq.length > 0 {
+		req.ContentLength = rq.length
+	}
+	if c.key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.key)
+	}
+	if rq.contentType != "" {
+		req.Header.Set("Content-Type", rq.contentType)
+	}
+	for k, v := range rq.header {
+		if v != "" {
+			req.Header.Set(k, v)
+		}
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	if resp.StatusCode < 300 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "application/problem+json" {
+		p := &Problem{}
+		if json.Unmarshal(b, p) == nil && p.Code != "" {
+			if p.Status == 0 {
+				p.Status = resp.StatusCode
+			}
+			return nil, p
+		}
+	}
+	return nil, &StatusError{Method: rq.method, URL: u.String(), Status: resp.StatusCode, Body: string(b)}
+}
+
+// raw sends rq and returns the whole response body.
+func (c *Client) raw(ctx context.Context, rq request) (json.RawMessage, error) {
+	resp, err := c.do(ctx, rq)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("client: read %s %s: %w", rq.method, rq.path, err)
+	}
+	return b, nil
+}
+
+// call sends rq and decodes the JSON answer into out (unless out is nil), returning the body.
+func (c *Client) call(ctx context.Context, rq request, out any) (json.RawMessage, error) {
+	b, err := c.raw(ctx, rq)
+	if err != nil || out == nil || len(b) == 0 {
+		return b, err
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return b, fmt.Errorf("client: decode answer of %s %s: %w", rq.method, rq.path, err)
+	}
+	return b, nil
+}
+
+func jsonBody(v any) (io.Reader, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("client: encode request: %w", err)
+	}
+	return bytes.NewReader(b), nil
+}
+
+func (c *Client) postJSON(ctx context.Context, path string, in any, header map[string]string, out any) (json.RawMessage, error) {
+	body, err := jsonBody(in)
+	if err != nil {
+		return nil, err
+	}
+	return c.call(ctx, request{method: http.MethodPost, path: path, body: body, contentType: "application/json", header: header}, out)
+}
+
+func (c *Client) get(ctx context.Context, path string, q url.Values, out any) (json.RawMessage, error) {
+	return c.call(ctx, request{method: http.MethodGet, path: path, query: q}, out)
+}
+
+func seg(s string) string { return url.PathEscape(s) }
+
+// IsCode reports whether err is a *Problem with the given code.
+func IsCode(err error, code string) bool {
+	var p *Problem
+	return errors.As(err, &p) && p.Code == code
+}
