@@ -1,34 +1,178 @@
 package main
 
 import (
+	"context"
+	"os"
+	"strings"
+
 	"github.com/spf13/cobra"
 
 	"github.com/waqueue/waqueue/cmd/waqueue/internal/bench"
 )
 
+// benchFlags are the flags shared by every bench subcommand, and the sizes of each.
+type benchFlags struct {
+	env      bench.EnvConfig
+	store    bench.Config
+	clear    bench.ClearConfig
+	dispatch bench.DispatchConfig
+	api      bench.APIConfig
+	quick    bool
+	doc      string
+}
+
+// applyQuick sets the small sizes of --quick wherever the user gave no size.
+func (f *benchFlags) applyQuick() {
+	if !f.quick {
+		return
+	}
+	if f.store.CatchUpEvents == 0 {
+		f.store.CatchUpEvents = 100_000
+	}
+	if f.store.BatchEvents == 0 {
+		f.store.BatchEvents = 20_000
+	}
+	if f.store.SingleEvents == 0 {
+		f.store.SingleEvents = 2000
+	}
+	if len(f.clear.Sizes) == 0 {
+		f.clear.Sizes = bench.QuickSizes
+	}
+	if len(f.dispatch.Conns) == 0 {
+		f.dispatch.Conns = []int{100, 1000}
+	}
+	if f.dispatch.Messages == 0 {
+		f.dispatch.Messages = 5000
+	}
+	if f.api.Requests == 0 {
+		f.api.Requests = 1600
+	}
+}
+
+func (f *benchFlags) envConfig() bench.EnvConfig { return f.env }
+
+func withEnv(ctx context.Context, f *benchFlags, run func(*bench.Env) error) (err error) {
+	f.applyQuick()
+	env, err := bench.NewEnv(f.envConfig())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := env.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	return run(env)
+}
+
 func newBenchCmd() *cobra.Command {
+	var f benchFlags
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Run benchmarks; each prints BENCH lines with a same-run baseline and ratio",
+		Long: `Run benchmarks against a throwaway durable PostgreSQL cluster (or the scratch database
+given with --db) and a temporary SQLite file. Every figure is printed as one BENCH line with a
+baseline measured in the same run and the ratio between them, plus the peak RSS (rss_mib).`,
 	}
-	var storeCfg bench.Config
-	var adapters []string
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.env.DatabaseURL, "db", "", "scratch PostgreSQL database URL (default: a throwaway cluster)")
+	pf.StringVar(&f.env.Dir, "dir", "", "directory for temporary files")
+	pf.StringSliceVar(&f.env.Adapters, "adapter", nil, "engines to measure: postgres, sqlite (default both)")
+	pf.BoolVar(&f.quick, "quick", false, "small sizes (a few minutes in all)")
+
 	store := &cobra.Command{
 		Use:   "store",
 		Short: "Event store appends (single, batch) and catch-up against COPY/INSERT/SELECT baselines",
 		RunE: func(c *cobra.Command, _ []string) error {
-			storeCfg.Adapters = adapters
-			return bench.Store(c.Context(), storeCfg, c.OutOrStdout())
+			f.applyQuick()
+			f.store.DatabaseURL, f.store.Dir, f.store.Adapters = f.env.DatabaseURL, f.env.Dir, f.env.Adapters
+			return bench.Store(c.Context(), f.store, c.OutOrStdout())
 		},
 	}
-	f := store.Flags()
-	f.StringVar(&storeCfg.DatabaseURL, "db", "", "scratch PostgreSQL database URL (default: a throwaway cluster)")
-	f.StringVar(&storeCfg.Dir, "dir", "", "directory for temporary files")
-	f.IntVar(&storeCfg.CatchUpEvents, "catch-up-events", 0, "events read by the catch-up figure (default 1,000,000)")
-	f.IntVar(&storeCfg.BatchEvents, "batch-events", 0, "events written by the batch figure (default 200,000)")
-	f.IntVar(&storeCfg.SingleEvents, "single-events", 0, "single-event appends (default 8,000)")
-	f.IntVar(&storeCfg.Rounds, "rounds", 0, "rounds per figure (default 3)")
-	f.StringSliceVar(&adapters, "adapter", nil, "adapters to measure: postgres, sqlite (default both)")
-	cmd.AddCommand(store)
+	storeFlags(store, &f)
+
+	clear := &cobra.Command{
+		Use:   "clear",
+		Short: "Clear latency at 1k/100k/1M pending against a plain DELETE; projection catch-up against Subscribe",
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withEnv(c.Context(), &f, func(env *bench.Env) error { return bench.Clear(c.Context(), env, f.clear, c.OutOrStdout()) })
+		},
+	}
+	clearFlags(clear, &f)
+
+	dispatch := &cobra.Command{
+		Use:   "dispatch",
+		Short: "Dispatcher throughput over 100/1k/10k connections against single-row INSERT commits",
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withEnv(c.Context(), &f, func(env *bench.Env) error {
+				return bench.Dispatch(c.Context(), env, f.dispatch, c.OutOrStdout())
+			})
+		},
+	}
+	dispatchFlags(dispatch, &f)
+
+	api := &cobra.Command{
+		Use:   "api",
+		Short: "HTTP enqueue with 64 clients against the store's single-event appends",
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withEnv(c.Context(), &f, func(env *bench.Env) error { return bench.API(c.Context(), env, f.api, c.OutOrStdout()) })
+		},
+	}
+	apiFlags(api, &f)
+
+	all := &cobra.Command{
+		Use:   "all",
+		Short: "store, clear (with catch-up), dispatch and api; writes the results table into docs/benchmarks.md",
+		RunE: func(c *cobra.Command, _ []string) error {
+			f.applyQuick()
+			return bench.All(c.Context(), bench.AllConfig{
+				Env: f.envConfig(), Store: f.store, Clear: f.clear, Dispatch: f.dispatch, API: f.api,
+				DocPath: f.doc, Command: commandLine(os.Args),
+			}, c.OutOrStdout())
+		},
+	}
+	storeFlags(all, &f)
+	clearFlags(all, &f)
+	dispatchFlags(all, &f)
+	apiFlags(all, &f)
+	all.Flags().StringVar(&f.doc, "doc", "docs/benchmarks.md", "Markdown file whose bench:begin/bench:end section receives the results (empty: none)")
+
+	cmd.AddCommand(store, clear, dispatch, api, all)
 	return cmd
 }
+
+func storeFlags(c *cobra.Command, f *benchFlags) {
+	fl := c.Flags()
+	fl.IntVar(&f.store.CatchUpEvents, "catch-up-events", 0, "events read by the store catch-up figure (default 1,000,000)")
+	fl.IntVar(&f.store.BatchEvents, "batch-events", 0, "events written by the batch figure (default 200,000)")
+	fl.IntVar(&f.store.SingleEvents, "single-events", 0, "single-event appends (default 8,000)")
+	fl.IntVar(&f.store.Rounds, "rounds", 0, "rounds per store figure (default 3)")
+}
+
+func clearFlags(c *cobra.Command, f *benchFlags) {
+	fl := c.Flags()
+	fl.IntSliceVar(&f.clear.Sizes, "sizes", nil, "pending messages per clear figure (default 1000,100000,1000000; --quick 1000,10000)")
+	fl.IntVar(&f.clear.Clears, "clears", 0, "clears per size (default 5 below 100k, 3 below 1M, 2 at 1M and above)")
+}
+
+func dispatchFlags(c *cobra.Command, f *benchFlags) {
+	fl := c.Flags()
+	fl.IntSliceVar(&f.dispatch.Conns, "conns", nil, "connection counts (default 100,1000,10000; --quick 100,1000)")
+	fl.IntVar(&f.dispatch.Messages, "messages", 0, "messages per dispatch figure, spread over the connections (default 20,000)")
+}
+
+func apiFlags(c *cobra.Command, f *benchFlags) {
+	fl := c.Flags()
+	fl.IntVar(&f.api.Clients, "clients", 0, "concurrent HTTP clients (default 64)")
+	fl.IntVar(&f.api.Requests, "requests", 0, "enqueue requests measured (default 6,400)")
+}
+
+// commandLine renders the command as run, for the results document ("waqueue bench all …").
+func commandLine(args []string) string {
+	out := []string{"waqueue"}
+	if len(args) > 1 {
+		out = append(out, args[1:]...)
+	}
+	return strings.Join(out, " ")
+}
+

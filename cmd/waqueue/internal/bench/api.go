@@ -1,0 +1,146 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/server"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/auth"
+)
+
+// APIConfig configures the API benchmark.
+type APIConfig struct {
+	// Clients is the number of concurrent HTTP clients, each enqueuing to a connection of its
+	// own. Zero means 64.
+	Clients int
+	// Requests is the number of enqueue requests measured (spread over the clients). Zero
+	// means 6,400.
+	Requests int
+}
+
+// API measures, per engine, POST /v1/connections/{id}/messages through a real listener and
+// net/http clients against a node with every background process running (dispatcher off, so
+// the messages stay queued), and the store's single-event append at the same concurrency in
+// the same run. It prints
+//
+//	BENCH api/<engine>/enqueue req_per_s=… p99_ms=… baseline=append-single baseline_per_s=… ratio=… rss_mib=…
+func API(ctx context.Context, env *Env, cfg APIConfig, w io.Writer) error {
+	if cfg.Clients <= 0 {
+		cfg.Clients = 64
+	}
+	if cfg.Requests <= 0 {
+		cfg.Requests = 6400
+	}
+	for _, engine := range env.Adapters {
+		if err := apiOnce(ctx, env, engine, cfg, w); err != nil {
+			return fmt.Errorf("bench: api/%s: %w", engine, err)
+		}
+	}
+	return nil
+}
+
+func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.Writer) (err error) {
+	node, err := env.node(ctx, engine, func(o *server.Options) { o.NoDispatcher = true })
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := node.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := node.Start(runCtx); err != nil {
+		return err
+	}
+	key, err := node.Keys.Create(ctx, node.Tenant, auth.RoleAdmin, "bench", "bench")
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{Handler: node.Handler, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	base := "http://" + ln.Addr().String()
+	client := &http.Client{
+		Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients},
+		Timeout:   time.Minute,
+	}
+	defer client.CloseIdleConnections()
+
+	op := operator(ctx, node)
+	run := uuid.NewString()[:8]
+	conn := func(c int) string { return fmt.Sprintf("api-%s-%d", run, c) }
+	if err := parallel(ctx, 16, cfg.Clients, func(ctx context.Context, c int) error {
+		_, err := node.Handlers.RegisterConnection.Handle(op, commands.RegisterConnection{ConnectionID: conn(c), Phone: fmt.Sprintf("+49152%08d", c)})
+		return err
+	}); err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+	enqueue := func(ctx context.Context, c, i int) error {
+		body := fmt.Sprintf(`{"recipient":"+49151%08d","text":"Hello, this is message %d of the API benchmark."}`, i, i)
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/connections/"+conn(c)+"/messages", bytes.NewBufferString(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+key.Secret)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", fmt.Sprintf("bench-%d-%d", c, i))
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return fmt.Errorf("enqueue answered %d: %s", resp.StatusCode, b)
+		}
+		return nil
+	}
+	// Warm up the connections and caches (untimed).
+	if err := parallel(ctx, cfg.Clients, cfg.Clients, func(ctx context.Context, c int) error { return enqueue(ctx, c, 9_000_000+c) }); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	lat := make([][]time.Duration, cfg.Clients)
+	var mu sync.Mutex
+	n, elapsed, err := concurrently(ctx, cfg.Clients, cfg.Requests, func(ctx context.Context, c, i int) error {
+		t := time.Now()
+		if err := enqueue(ctx, c, i); err != nil {
+			return err
+		}
+		d := time.Since(t)
+		mu.Lock()
+		lat[c] = append(lat[c], d)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	// Baseline: single-event appends by as many writers, each to a stream of its own.
+	bn, bd, err := singleAppends(node.Events, newWorkload(), Config{Writers: cfg.Clients, SingleEvents: cfg.Requests})(ctx, 0)
+	if err != nil {
+		return fmt.Errorf("append-single baseline: %w", err)
+	}
+	rate, baseRate := perSecond(n, elapsed), perSecond(bn, bd)
+	return emit(w, fmt.Sprintf("api/%s/enqueue", engine),
+		"req_per_s", rate, "p50_ms", ms(percentile(all, 50)), "p99_ms", ms(percentile(all, 99)), "clients", cfg.Clients,
+		"baseline", "append-single", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate))
+}
