@@ -302,6 +302,35 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 
 	workers.Wait()
 	enqueueDone.Store(true)
+	// Whatever the random walk did, end with a clear that has something to purge, so that every
+	// run exercises purging: the random clears may all have met an empty or impaired queue. Hold
+	// the queue, queue a few messages (nothing can dispatch them while held), clear.
+	{
+		h := nodes[0]
+		op := as(ctx, operator)
+		for ctx.Err() == nil {
+			var clearing bool
+			_ = h.repo.View(ctx, conn, func(c *connection.Connection) error { _, clearing = c.CurrentClear(); return nil })
+			if !clearing {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if _, err := h.hold.Handle(op, HoldQueue{ConnectionID: conn}); err != nil && !errors.Is(err, connection.ErrAlreadyHeld) {
+			t.Errorf("final hold: %v", err)
+		}
+		for i := range 3 {
+			if _, err := h.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: conn, IdempotencyKey: fmt.Sprint("final-", i),
+				Recipient: fmt.Sprintf("+49171%07d", i), Text: "final"}); err != nil {
+				t.Errorf("final enqueue: %v", err)
+			}
+		}
+		if _, err := h.requestClear.Handle(op, RequestClear{ConnectionID: conn, IdempotencyKey: "final-clear", Reason: "final"}); err != nil {
+			t.Errorf("final clear: %v", err)
+		} else {
+			count("clear")
+		}
+	}
 	// Let the link and queue recover so the dispatchers drain some of what is left.
 	h := nodes[2]
 	_, _ = h.lift.Handle(as(ctx, system), LiftBan{ConnectionID: conn})
