@@ -45,6 +45,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/serverfeatures"
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
@@ -52,6 +53,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
@@ -138,9 +140,16 @@ func NewServer(opts Options) (*Server, error) {
 	s := &Server{
 		store: opts.Store,
 		lis:   lis,
-		grpc:  grpc.NewServer(),
-		wake:  make(chan struct{}),
-		subs:  make(map[*struct{}]context.CancelFunc),
+		grpc: grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			// The client pings every KeepAliveInterval (10s by default) even without an open
+			// call, and EventStoreDB accepts that. gRPC-Go's default policy (at most one ping per
+			// 5 minutes) would answer GOAWAY "too_many_pings" after a few of them and drop every
+			// subscription of a long-running client.
+			MinTime:             time.Second,
+			PermitWithoutStream: true,
+		})),
+		wake: make(chan struct{}),
+		subs: make(map[*struct{}]context.CancelFunc),
 	}
 	api.RegisterStreamsServer(s.grpc, &streamsService{s: s})
 	serverfeatures.RegisterServerFeaturesServer(s.grpc, featuresService{})
