@@ -99,6 +99,9 @@ func newAuditCmd(cf *clientFlags) *cobra.Command {
 	return cmd
 }
 
+// auditPageSize is how many entries an export reads per request (the API's maximum).
+var auditPageSize = 1000
+
 // auditCSVHeader are the columns of a CSV export, those of the server's own export.
 var auditCSVHeader = []string{"seq", "at", "event_type", "connection_id", "actor", "reason", "stream", "event_id", "details", "prev_hash", "hash"}
 
@@ -112,7 +115,7 @@ func exportAudit(c *cobra.Command, cl *client.Client, f client.AuditFilter, form
 	}
 	n, cursor := 0, ""
 	for {
-		page, err := cl.AuditPage(c.Context(), f, cursor, 1000)
+		page, err := cl.AuditPage(c.Context(), f, cursor, auditPageSize)
 		if err != nil {
 			return n, err
 		}

@@ -122,14 +122,15 @@ func clearQueue(ctx context.Context, cl *client.Client, conn string, o clearOpti
 		return err
 	}
 	printPreview(out, p, o.broadcast)
-	confirm := p.Confirm
+	// The API confirms a clear with the connection's phone number.
+	confirm := p.Phone
 	if !o.yes {
-		fmt.Fprintf(progress, "Type the connection's phone number (%s) to confirm: ", p.Confirm)
+		fmt.Fprintf(progress, "Type the connection's phone number (%s) to confirm: ", p.Phone)
 		line, err := bufio.NewReader(in).ReadString('\n')
 		if err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("read the confirmation: %w", err)
 		}
-		if strings.TrimSpace(line) != p.Confirm {
+		if strings.TrimSpace(line) != p.Phone {
 			return errAborted
 		}
 		confirm = strings.TrimSpace(line)

@@ -135,7 +135,7 @@ type ClearPreview struct {
 	Total        uint64           `json:"total"`
 	InFlight     uint64           `json:"in_flight"`
 	Broadcasts   []BroadcastQueue `json:"broadcasts"`
-	// Confirm is the value a clear request must carry as its confirmation (the phone number).
+	// Confirm tells how to confirm a clear (with Phone as ClearRequest.Confirm).
 	Confirm string `json:"confirm"`
 }
 
