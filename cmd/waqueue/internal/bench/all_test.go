@@ -1,0 +1,220 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+)
+
+// figureFormats are the BENCH line shapes of each benchmark: the numeric fields listed must
+// be positive.
+var figureFormats = []struct {
+	name     *regexp.Regexp
+	fields   *regexp.Regexp
+	positive []string
+}{
+	{regexp.MustCompile(`^store/(postgres|sqlite)/(append-batch|append-single|catch-up)$`),
+		regexp.MustCompile(`^events_per_s=\d+ baseline=\S+ baseline_per_s=\d+ ratio=\d+\.\d\d rss_mib=\d+\.\d$`),
+		[]string{"events_per_s", "baseline_per_s"}},
+	{regexp.MustCompile(`^clear/(postgres|sqlite)/pending=\d+$`),
+		regexp.MustCompile(`^p50_ms=[\d.]+ p99_ms=[\d.]+ clears=\d+ baseline=delete baseline_ms=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		[]string{"p50_ms", "p99_ms", "clears", "baseline_ms"}},
+	{regexp.MustCompile(`^catchup/(postgres|sqlite)/events=\d+$`),
+		regexp.MustCompile(`^events_per_s=[\d.]+ baseline=subscribe baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		[]string{"events_per_s", "baseline_per_s"}},
+	{regexp.MustCompile(`^dispatch/(postgres|sqlite)/conns=\d+$`),
+		regexp.MustCompile(`^msgs_per_s=[\d.]+ msgs=\d+ events_per_msg=[\d.]+ writers=\d+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		[]string{"msgs_per_s", "events_per_msg", "baseline_per_s"}},
+	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue$`),
+		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ baseline=append-single baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		[]string{"req_per_s", "p99_ms", "baseline_per_s", "rss_mib"}},
+}
+
+// checkLine fails t unless s is a BENCH line of a known benchmark with positive figures.
+func checkLine(t *testing.T, s string) Line {
+	t.Helper()
+	l, ok := ParseLine(s)
+	if !ok {
+		t.Fatalf("%q is not a BENCH line", s)
+	}
+	rest := strings.TrimPrefix(s, "BENCH "+l.Name+" ")
+	for _, f := range figureFormats {
+		if !f.name.MatchString(l.Name) {
+			continue
+		}
+		if !f.fields.MatchString(rest) {
+			t.Fatalf("line %q: fields do not match %s", s, f.fields)
+		}
+		for _, k := range f.positive {
+			if v, err := strconv.ParseFloat(l.Field(k), 64); err != nil || v <= 0 {
+				t.Fatalf("line %q: %s=%q is not positive", s, k, l.Field(k))
+			}
+		}
+		return l
+	}
+	t.Fatalf("line %q names no known figure", s)
+	return l
+}
+
+// TestAllTiny runs every benchmark at tiny sizes on both engines so that none can rot, and
+// checks the output and the results document. It never checks a speed.
+func TestAllTiny(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	doc := filepath.Join(t.TempDir(), "benchmarks.md")
+	const intro, outro = "# Benchmarks\n\nHand-written analysis.\n\n", "\n## After\n\nMore text.\n"
+	if err := os.WriteFile(doc, []byte(intro+DocBegin+"\nold results\n"+DocEnd+outro), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := AllConfig{
+		Env:      EnvConfig{DatabaseURL: pgtest.URL(t), Dir: t.TempDir()},
+		Store:    Config{CatchUpEvents: 300, BatchEvents: 100, BatchSize: 50, SingleEvents: 16, Writers: 4, Rounds: 1},
+		Clear:    ClearConfig{Sizes: []int{50, 120}, Clears: 2},
+		Dispatch: DispatchConfig{Conns: []int{3}, Messages: 30, SetupWorkers: 3},
+		API:      APIConfig{Clients: 4, Requests: 24},
+		DocPath:  doc,
+		Command:  "waqueue bench all --tiny",
+		Now:      func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) },
+	}
+	var out bytes.Buffer
+	if err := All(ctx, cfg, &out); err != nil {
+		t.Fatalf("All: %v\noutput so far:\n%s", err, out.String())
+	}
+	seen := map[string]Line{}
+	for _, s := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		l := checkLine(t, s)
+		if _, dup := seen[l.Name]; dup {
+			t.Fatalf("figure %s printed twice", l.Name)
+		}
+		seen[l.Name] = l
+	}
+	for _, e := range []string{"postgres", "sqlite"} {
+		for _, name := range []string{"store/" + e + "/append-batch", "store/" + e + "/append-single", "store/" + e + "/catch-up",
+			"clear/" + e + "/pending=50", "clear/" + e + "/pending=120", "dispatch/" + e + "/conns=3", "api/" + e + "/enqueue"} {
+			if _, ok := seen[name]; !ok {
+				t.Errorf("figure %s missing:\n%s", name, out.String())
+			}
+		}
+		if l := seen["clear/"+e+"/pending=120"]; l.Field("clears") != "2" {
+			t.Errorf("clear/%s/pending=120 measured %s clears, want 2", e, l.Field("clears"))
+		}
+		// Every message of the dispatch figure was sent: 3 connections × 10 messages.
+		if l := seen["dispatch/"+e+"/conns=3"]; l.Field("msgs") != "30" {
+			t.Errorf("dispatch/%s/conns=3 sent %s messages, want 30", e, l.Field("msgs"))
+		}
+	}
+	var catchups int
+	for name := range seen {
+		if strings.HasPrefix(name, "catchup/") {
+			catchups++
+		}
+	}
+	if catchups != 4 {
+		t.Errorf("%d catch-up figures, want one per engine and clear size (4)", catchups)
+	}
+
+	b, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(b)
+	if !strings.HasPrefix(got, intro+DocBegin+"\n") || !strings.HasSuffix(got, DocEnd+outro) {
+		t.Fatalf("the text around the markers changed:\n%s", got)
+	}
+	if strings.Contains(got, "old results") {
+		t.Errorf("the old section was not replaced:\n%s", got)
+	}
+	for _, want := range []string{"`waqueue bench all --tiny`", "2026-11-25", "| clear/postgres/pending=120 |", "| api/sqlite/enqueue |", "PostgreSQL " + pgMajor(t, got)} {
+		if !strings.Contains(got, want) {
+			t.Errorf("document lacks %q:\n%s", want, got)
+		}
+	}
+	if n := strings.Count(got, "| store/") + strings.Count(got, "| clear/") + strings.Count(got, "| catchup/") +
+		strings.Count(got, "| dispatch/") + strings.Count(got, "| api/"); n != len(seen) {
+		t.Errorf("document has %d figure rows, output %d lines", n, len(seen))
+	}
+}
+
+// pgMajor returns the PostgreSQL version the document names, failing if it names none.
+func pgMajor(t *testing.T, doc string) string {
+	t.Helper()
+	m := regexp.MustCompile(`PostgreSQL (\d+(\.\d+)?)`).FindStringSubmatch(doc)
+	if m == nil {
+		t.Fatalf("document names no PostgreSQL version:\n%s", doc)
+	}
+	return m[1]
+}
+
+func TestWriteDoc(t *testing.T) {
+	dir := t.TempDir()
+	// A file without markers gets them appended; a second write replaces only the section.
+	p := filepath.Join(dir, "a.md")
+	if err := os.WriteFile(p, []byte("# Title"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, section := range []string{"first\n", "second\n"} {
+		if err := WriteDoc(p, section); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := os.ReadFile(p)
+	if want := "# Title\n\n" + DocBegin + "\nsecond\n" + DocEnd + "\n"; string(b) != want {
+		t.Errorf("document = %q, want %q", b, want)
+	}
+	// A missing file is created.
+	q := filepath.Join(dir, "new.md")
+	if err := WriteDoc(q, "x\n"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(q); !bytes.Contains(b, []byte(DocBegin+"\nx\n"+DocEnd)) {
+		t.Errorf("new document = %q", b)
+	}
+	// A broken section (end before begin) is refused, the file left alone.
+	r := filepath.Join(dir, "broken.md")
+	broken := DocEnd + "\n" + DocBegin + "\n"
+	if err := os.WriteFile(r, []byte(broken), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteDoc(r, "y\n"); err == nil {
+		t.Error("WriteDoc accepted a section whose end marker comes first")
+	}
+	if b, _ := os.ReadFile(r); string(b) != broken {
+		t.Errorf("broken document was changed to %q", b)
+	}
+}
+
+func TestParseLineAndPercentile(t *testing.T) {
+	l, ok := ParseLine("BENCH clear/sqlite/pending=10 p50_ms=1.50 baseline=delete ratio=2.00")
+	if !ok || l.Name != "clear/sqlite/pending=10" || l.Field("p50_ms") != "1.50" || l.Field("baseline") != "delete" || l.Field("nope") != "" {
+		t.Fatalf("ParseLine = %+v, %v", l, ok)
+	}
+	if l.String() != "BENCH clear/sqlite/pending=10 p50_ms=1.50 baseline=delete ratio=2.00" {
+		t.Errorf("String() = %q", l.String())
+	}
+	for _, s := range []string{"PASS", "BENCH", "BENCH x novalue"} {
+		if _, ok := ParseLine(s); ok {
+			t.Errorf("ParseLine(%q) accepted it", s)
+		}
+	}
+	ds := make([]time.Duration, 100)
+	for i := range ds {
+		ds[i] = time.Duration(100-i) * time.Millisecond // unsorted on purpose
+	}
+	if p := percentile(ds, 50); p != 50*time.Millisecond {
+		t.Errorf("p50 = %v, want 50ms", p)
+	}
+	if p := percentile(ds, 99); p != 99*time.Millisecond {
+		t.Errorf("p99 = %v, want 99ms", p)
+	}
+	if p := percentile(ds[:2], 99); p != 100*time.Millisecond {
+		t.Errorf("p99 of two = %v, want the larger (100ms)", p)
+	}
+}
