@@ -175,4 +175,3 @@ func commandLine(args []string) string {
 	}
 	return strings.Join(out, " ")
 }
-
