@@ -165,6 +165,7 @@ func apiFlags(c *cobra.Command, f *benchFlags) {
 	fl := c.Flags()
 	fl.IntVar(&f.api.Clients, "clients", 0, "concurrent HTTP clients (default 64)")
 	fl.IntVar(&f.api.Requests, "requests", 0, "enqueue requests measured (default 6,400)")
+	fl.DurationVar(&f.api.ReadYourWrites, "read-your-writes", 0, "API read-your-writes wait (default the server's; negative disables it: figure api/<engine>/enqueue-no-ryw)")
 }
 
 // commandLine renders the command as run, for the results document ("waqueue bench all …").

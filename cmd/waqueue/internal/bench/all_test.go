@@ -33,7 +33,7 @@ var figureFormats = []struct {
 	{regexp.MustCompile(`^dispatch/(postgres|sqlite)/conns=\d+$`),
 		regexp.MustCompile(`^msgs_per_s=[\d.]+ msgs=\d+ events_per_msg=[\d.]+ writers=\d+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"msgs_per_s", "events_per_msg", "baseline_per_s"}},
-	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue$`),
+	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue(-no-ryw)?$`),
 		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ baseline=append-single baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"req_per_s", "p99_ms", "baseline_per_s", "rss_mib"}},
 }
@@ -216,5 +216,23 @@ func TestParseLineAndPercentile(t *testing.T) {
 	}
 	if p := percentile(ds[:2], 99); p != 100*time.Millisecond {
 		t.Errorf("p99 of two = %v, want the larger (100ms)", p)
+	}
+}
+
+// TestAPIWithoutReadYourWrites runs the diagnostic API figure (no read-your-writes wait).
+func TestAPIWithoutReadYourWrites(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	env, err := NewEnv(EnvConfig{Dir: t.TempDir(), Adapters: []string{AdapterSQLite}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	var out bytes.Buffer
+	if err := API(ctx, env, APIConfig{Clients: 3, Requests: 9, ReadYourWrites: -1}, &out); err != nil {
+		t.Fatalf("API: %v\n%s", err, out.String())
+	}
+	if l := checkLine(t, strings.TrimSpace(out.String())); l.Name != "api/sqlite/enqueue-no-ryw" {
+		t.Errorf("figure %s, want api/sqlite/enqueue-no-ryw", l.Name)
 	}
 }

@@ -25,6 +25,11 @@ type APIConfig struct {
 	// Requests is the number of enqueue requests measured (spread over the clients). Zero
 	// means 6,400.
 	Requests int
+	// ReadYourWrites is passed to the API's Limits: how long an enqueue waits for the read
+	// models to show it before answering. Zero means the server's default; negative disables
+	// the wait, and the figure is then named api/<engine>/enqueue-no-ryw (a diagnostic: it
+	// shows what the wait costs).
+	ReadYourWrites time.Duration
 }
 
 // API measures, per engine, POST /v1/connections/{id}/messages through a real listener and
@@ -49,7 +54,10 @@ func API(ctx context.Context, env *Env, cfg APIConfig, w io.Writer) error {
 }
 
 func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.Writer) (err error) {
-	node, err := env.node(ctx, engine, func(o *server.Options) { o.NoDispatcher = true })
+	node, err := env.node(ctx, engine, func(o *server.Options) {
+		o.NoDispatcher = true
+		o.Limits.ReadYourWrites = cfg.ReadYourWrites
+	})
 	if err != nil {
 		return err
 	}
@@ -140,7 +148,11 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 		return fmt.Errorf("append-single baseline: %w", err)
 	}
 	rate, baseRate := perSecond(n, elapsed), perSecond(bn, bd)
-	return emit(w, fmt.Sprintf("api/%s/enqueue", engine),
+	name := fmt.Sprintf("api/%s/enqueue", engine)
+	if cfg.ReadYourWrites < 0 {
+		name += "-no-ryw"
+	}
+	return emit(w, name,
 		"req_per_s", rate, "p50_ms", ms(percentile(all, 50)), "p99_ms", ms(percentile(all, 99)), "clients", cfg.Clients,
 		"baseline", "append-single", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate))
 }
