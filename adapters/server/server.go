@@ -75,6 +75,10 @@ type Options struct {
 	NoPacing bool
 	// NoDispatcher leaves the dispatcher off (messages stay queued).
 	NoDispatcher bool
+	// NoClearing does not run the clearing process: Node.Clears is built, and clears stay
+	// pending (the queue clearing) until the caller runs Node.Clears.Sweep. For tests of what
+	// happens while a queue is clearing.
+	NoClearing bool
 	// Limits of the HTTP API.
 	Limits httpapi.Limits
 	// Logger defaults to a JSON logger on stderr.
@@ -223,6 +227,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
 		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
 		Keys: n.Keys, Transport: n.Transport, Registry: n.Registry, Logger: o.Logger, Now: o.Now, Limits: o.Limits,
+		Webhooks: n.Webhooks,
 	}
 	if n.Simulator != nil && o.SimulatorRoutes {
 		deps.Simulator = n.Simulator
@@ -394,7 +399,9 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.goRun("projections", func() error { return n.Runner.Run(ctx) })
-	n.goRun("clearing", func() error { return n.Clears.Run(ctx) })
+	if !n.Options.NoClearing {
+		n.goRun("clearing", func() error { return n.Clears.Run(ctx) })
+	}
 	n.goRun("collector", func() error {
 		projections.RunCollector(ctx, n.DB, n.log, 2*time.Second, 5000, n.Queue, n.Messages)
 		return nil

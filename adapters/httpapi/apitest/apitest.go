@@ -54,8 +54,7 @@ type Options struct {
 	Now func() time.Time
 	// ManualClears does not run the clearing process: clears stay pending (the queue clearing)
 	// until the test calls Server.Clears.Sweep, so that what happens while clearing is testable
-	// without racing the process. Only the projections run in the background then (the node is
-	// not started: package server has no option to start it without its clearing process).
+	// without racing the process (server.Options.NoClearing).
 	ManualClears bool
 }
 
@@ -120,6 +119,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		DataDir:            opts.Dir,
 		SimulatorRoutes:    !opts.NoSimulatorRoutes,
 		NoDispatcher:       true,
+		NoClearing:         opts.ManualClears,
 		Limits:             opts.Limits,
 		Logger:             opts.Logger,
 		Now:                opts.Now,
@@ -143,12 +143,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 			s.Close()
 		}
 	}()
-	if opts.ManualClears {
-		runCtx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = node.Runner.Run(runCtx) }()
-		s.closers = append(s.closers, func() { cancel(); <-done })
-	} else if err := node.Start(context.Background()); err != nil {
+	if err := node.Start(context.Background()); err != nil {
 		return nil, err
 	}
 	s.HTTP = httptest.NewServer(s.Handler)
