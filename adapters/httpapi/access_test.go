@@ -6,6 +6,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/httpapi"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/projections/integration"
 )
 
 // fixture is one connection of the default tenant with a message, a broadcast and a completed
@@ -48,6 +49,10 @@ func (f fixture) request(t *testing.T, e *env, rt httpapi.Route) (string, any) {
 			t.Fatal(err)
 		}
 		path = strings.ReplaceAll(path, "{id}", k.ID)
+	case strings.HasPrefix(rt.Pattern, "/v1/webhooks/"):
+		// A fresh webhook per request, so that a DELETE that succeeded does not turn the next
+		// role's request into a 404.
+		path = strings.ReplaceAll(path, "{id}", e.webhook(e.Tenant))
 	default:
 		path = strings.ReplaceAll(path, "{id}", f.conn)
 	}
@@ -76,6 +81,10 @@ func (f fixture) request(t *testing.T, e *env, rt httpapi.Route) (string, any) {
 		"GET /v1/keys":                                 nil,
 		"PATCH /v1/keys/{id}":                          map[string]any{"role": "analyst"},
 		"DELETE /v1/keys/{id}":                         nil,
+		"POST /v1/webhooks":                            map[string]any{"url": deadURL, "event_types": []string{integration.TypeConnectionBanned}},
+		"GET /v1/webhooks":                             nil,
+		"DELETE /v1/webhooks/{id}":                     nil,
+		"GET /v1/webhooks/{id}/deliveries":             nil,
 		"POST /v1/connections/{id}/simulator/ban":      map[string]any{"kind": "temporary"},
 		"POST /v1/connections/{id}/simulator/lift":     nil,
 		"POST /v1/connections/{id}/simulator/logout":   nil,
@@ -115,6 +124,10 @@ var wantRight = map[string]auth.Right{
 	"GET /v1/keys":                                 auth.Admin,
 	"PATCH /v1/keys/{id}":                          auth.Admin,
 	"DELETE /v1/keys/{id}":                         auth.Admin,
+	"POST /v1/webhooks":                            auth.Admin,
+	"GET /v1/webhooks":                             auth.Admin,
+	"DELETE /v1/webhooks/{id}":                     auth.Admin,
+	"GET /v1/webhooks/{id}/deliveries":             auth.Admin,
 	"POST /v1/connections/{id}/simulator/ban":      auth.Admin,
 	"POST /v1/connections/{id}/simulator/lift":     auth.Admin,
 	"POST /v1/connections/{id}/simulator/logout":   auth.Admin,
@@ -176,10 +189,11 @@ func TestOtherTenantIsNotFound(t *testing.T) {
 	if m := q.Map(); num(m, "pending") != 0 || str(m, "status") != "open" {
 		t.Fatalf("fixture queue changed by another tenant: %s", q.Body)
 	}
-	for _, path := range []string{"/v1/connections", "/v1/audit", "/v1/analytics/daily", "/v1/keys", "/v1/audit?format=jsonl"} {
+	hook := e.webhook(e.Tenant)
+	for _, path := range []string{"/v1/connections", "/v1/audit", "/v1/analytics/daily", "/v1/keys", "/v1/audit?format=jsonl", "/v1/webhooks"} {
 		r := e.do(other, "GET", path, nil, nil)
 		wantStatus(t, r, 200)
-		for _, leak := range []string{f.conn, f.message, f.broadcast, f.clear, principalID(t, e, e.admin())} {
+		for _, leak := range []string{f.conn, f.message, f.broadcast, f.clear, principalID(t, e, e.admin()), hook} {
 			if strings.Contains(string(r.Body), leak) {
 				t.Errorf("GET %s as another tenant shows %s: %s", path, leak, r.Body)
 			}

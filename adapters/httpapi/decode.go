@@ -73,6 +73,18 @@ type revokeKeyRequest struct {
 	Reason string `json:"reason"`
 }
 
+// createWebhookRequest is the body of POST /v1/webhooks.
+type createWebhookRequest struct {
+	URL        string   `json:"url"`
+	EventTypes []string `json:"event_types"`
+}
+
+// Bounds of a webhook registration, checked before the webhooks service sees it.
+const (
+	maxWebhookURL        = 2048
+	maxWebhookEventTypes = 64
+)
+
 type simBanRequest struct {
 	Kind      string `json:"kind"`
 	ExpiresIn string `json:"expires_in"`
@@ -276,6 +288,30 @@ func decodeRevokeKey(body []byte) (revokeKeyRequest, error) {
 	var req revokeKeyRequest
 	err := decodeJSON(body, &req, true)
 	return req, err
+}
+
+// decodeCreateWebhook decodes {url, event_types}. It checks presence and size only; whether the
+// URL is an absolute http(s) URL and the types are integration event types is the webhooks
+// service's to say (422 invalid_webhook either way).
+func decodeCreateWebhook(body []byte) (createWebhookRequest, error) {
+	var req createWebhookRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return req, err
+	}
+	webhookInvalid := func(field, detail string) *Problem {
+		return &Problem{Status: http.StatusUnprocessableEntity, Code: CodeInvalidWebhook, Field: field, Detail: detail}
+	}
+	switch {
+	case req.URL == "":
+		return req, webhookInvalid("url", "is required")
+	case len(req.URL) > maxWebhookURL:
+		return req, webhookInvalid("url", fmt.Sprintf("is longer than %d bytes", maxWebhookURL))
+	case len(req.EventTypes) == 0:
+		return req, webhookInvalid("event_types", "at least one event type is required")
+	case len(req.EventTypes) > maxWebhookEventTypes:
+		return req, webhookInvalid("event_types", fmt.Sprintf("at most %d event types", maxWebhookEventTypes))
+	}
+	return req, nil
 }
 
 // decodeSimBan decodes {kind: temporary|permanent, expires_in: Go duration like "1h"}.

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/domain/connection"
 )
 
@@ -122,6 +123,16 @@ func FuzzDecodeRevokeKey(f *testing.F) {
 	})
 }
 
+func FuzzDecodeCreateWebhook(f *testing.F) {
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := decodeCreateWebhook(body)
+		wantClientError(t, body, err)
+		if err == nil && (req.URL == "" || len(req.URL) > maxWebhookURL || len(req.EventTypes) == 0 || len(req.EventTypes) > maxWebhookEventTypes) {
+			t.Fatalf("accepted %q as %+v", body, req)
+		}
+	})
+}
+
 func FuzzDecodeSimBan(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		permanent, expire, err := decodeSimBan(body)
@@ -143,6 +154,10 @@ func TestProblemMapping(t *testing.T) {
 		{&connection.ValidationError{Code: connection.CodeInvalidPhone, Field: "recipient"}, http.StatusUnprocessableEntity, "invalid_phone"},
 		{&connection.ValidationError{Code: connection.CodeTextTooLong, Field: "text"}, http.StatusUnprocessableEntity, "text_too_long"},
 		{&http.MaxBytesError{Limit: 10}, http.StatusRequestEntityTooLarge, "body_too_large"},
+		{&webhooks.InvalidError{Field: "url", Reason: "r"}, http.StatusUnprocessableEntity, "invalid_webhook"},
+		{&webhooks.InvalidError{Field: "cursor", Reason: "r"}, http.StatusBadRequest, "invalid_request"},
+		{webhooks.ErrInvalid, http.StatusUnprocessableEntity, "invalid_webhook"},
+		{webhooks.ErrNotFound, http.StatusNotFound, "not_found"},
 		{errString("anything else"), http.StatusInternalServerError, "internal"},
 	} {
 		p := toProblem(wrap(c.err))

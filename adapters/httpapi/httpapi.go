@@ -28,6 +28,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
@@ -58,6 +59,9 @@ type Deps struct {
 	Transport transport.Transport
 	// Simulator, if set, enables the simulator-only routes (/simulator/ban, /lift, /logout).
 	Simulator *simulator.Simulator
+	// Webhooks, if set, enables the /v1/webhooks routes (register, list, delete, delivery log).
+	// Without it those paths answer 404 not_found like any unknown route.
+	Webhooks *webhooks.Service
 	// Registry receives the API's metrics and is served at /metrics. Required.
 	Registry *prometheus.Registry
 	// Logger logs one line per request. Default slog.Default().
@@ -163,7 +167,7 @@ func New(d Deps) (http.Handler, error) {
 	s.metrics = m
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
-		if rt.simulator && d.Simulator == nil {
+		if (rt.simulator && d.Simulator == nil) || (rt.webhook && d.Webhooks == nil) {
 			continue
 		}
 		mux.Handle(rt.Method+" "+rt.Pattern, s.endpoint(rt))

@@ -14,6 +14,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -40,6 +41,7 @@ const (
 	CodePairingInProgress    = "pairing_in_progress"
 	CodeNoPairing            = "no_pairing"
 	CodeSimulatorState       = "simulator_state"
+	CodeInvalidWebhook       = "invalid_webhook"
 	CodeServiceUnavailable   = "service_unavailable"
 	CodeInternal             = "internal"
 )
@@ -124,6 +126,7 @@ func toProblem(err error) *Problem {
 		clearing *connection.ClearingError
 		valErr   *connection.ValidationError
 		keyVal   *apikeys.ValidationError
+		hookVal  *webhooks.InvalidError
 		maxBytes *http.MaxBytesError
 	)
 	switch {
@@ -132,7 +135,7 @@ func toProblem(err error) *Problem {
 	case errors.Is(err, commands.ErrUnauthenticated), errors.Is(err, apikeys.ErrInvalidKey):
 		return mk(http.StatusUnauthorized, CodeUnauthorized, "a valid API key is required (Authorization: Bearer wq_…)")
 	case errors.Is(err, auth.ErrWrongTenant), errors.Is(err, commands.ErrNotFound), errors.Is(err, projections.ErrNotFound),
-		errors.Is(err, apikeys.ErrNotFound), errors.Is(err, connection.ErrNotRegistered):
+		errors.Is(err, apikeys.ErrNotFound), errors.Is(err, connection.ErrNotRegistered), errors.Is(err, webhooks.ErrNotFound):
 		// Another tenant's resource is indistinguishable from a missing one (G9).
 		return mk(http.StatusNotFound, CodeNotFound, "no such resource")
 	case errors.Is(err, auth.ErrForbidden):
@@ -155,6 +158,18 @@ func toProblem(err error) *Problem {
 		p := mk(http.StatusUnprocessableEntity, CodeInvalidRequest, keyVal.Error())
 		p.Field = keyVal.Field
 		return p
+	case errors.As(err, &hookVal) && hookVal.Field == "cursor":
+		// The delivery log's cursor is a query parameter: a malformed one is a bad request, as
+		// for every other cursor of the API.
+		p := mk(http.StatusBadRequest, CodeInvalidRequest, "not a cursor this API produced")
+		p.Field = "cursor"
+		return p
+	case errors.As(err, &hookVal):
+		p := mk(http.StatusUnprocessableEntity, CodeInvalidWebhook, hookVal.Field+": "+hookVal.Reason)
+		p.Field = hookVal.Field
+		return p
+	case errors.Is(err, webhooks.ErrInvalid):
+		return mk(http.StatusUnprocessableEntity, CodeInvalidWebhook, "the webhook registration is invalid")
 	case errors.Is(err, apikeys.ErrRevoked):
 		return mk(http.StatusConflict, CodeKeyRevoked, "the key is revoked")
 	case errors.Is(err, transport.ErrAlreadyPaired):

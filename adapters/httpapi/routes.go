@@ -19,13 +19,18 @@ type Route struct {
 	Statuses []int
 	// simulator routes exist only when Deps.Simulator is set.
 	simulator bool
-	handle    func(s *server, w http.ResponseWriter, r *http.Request) error
+	// webhook routes exist only when Deps.Webhooks is set.
+	webhook bool
+	handle  func(s *server, w http.ResponseWriter, r *http.Request) error
 }
 
 // Simulator reports whether the route is served only in simulator mode.
 func (rt Route) Simulator() bool { return rt.simulator }
 
-// Routes returns the API's route table (every route, the simulator-only ones included), in a
+// Webhook reports whether the route is served only when Deps.Webhooks is set.
+func (rt Route) Webhook() bool { return rt.webhook }
+
+// Routes returns the API's route table (every route, the simulator and webhook ones included), in a
 // stable order. The OpenAPI document is tested against it.
 func Routes() []Route { return (*server)(nil).routes() }
 
@@ -71,6 +76,7 @@ func (*server) routes() []Route {
 		return Route{Method: method, Pattern: pattern, Right: right, handle: h, Statuses: codes(append(statuses, authed)...)}
 	}
 	sim := func(rt Route) Route { rt.simulator = true; return rt }
+	hook := func(rt Route) Route { rt.webhook = true; return rt }
 	return []Route{
 		{Method: "GET", Pattern: "/healthz", Public: true, handle: (*server).healthz, Statuses: []int{s200}},
 		{Method: "GET", Pattern: "/readyz", Public: true, handle: (*server).readyz, Statuses: []int{s200, s503}},
@@ -102,6 +108,11 @@ func (*server) routes() []Route {
 		r("GET", "/v1/keys", auth.Admin, (*server).listKeys, []int{s200}),
 		r("PATCH", "/v1/keys/{id}", auth.Admin, (*server).changeKey, []int{s200, s404, s409}, body),
 		r("DELETE", "/v1/keys/{id}", auth.Admin, (*server).revokeKey, []int{s204, s404, s409}, body),
+
+		hook(r("POST", "/v1/webhooks", auth.Admin, (*server).registerWebhook, []int{s201}, body)),
+		hook(r("GET", "/v1/webhooks", auth.Admin, (*server).listWebhooks, []int{s200})),
+		hook(r("DELETE", "/v1/webhooks/{id}", auth.Admin, (*server).deleteWebhook, []int{s204, s404})),
+		hook(r("GET", "/v1/webhooks/{id}/deliveries", auth.Admin, (*server).webhookDeliveries, []int{s200, s400, s404})),
 
 		sim(r("POST", "/v1/connections/{id}/simulator/ban", auth.Admin, (*server).simBan, []int{s200, s404, s409}, body)),
 		sim(r("POST", "/v1/connections/{id}/simulator/lift", auth.Admin, (*server).simLift, []int{s200, s404, s409})),
