@@ -155,7 +155,13 @@ func New(ctx context.Context, connString string, opts Options) (*Store, error) {
 		case esdb.LogError:
 			lvl = slog.LevelError
 		}
-		logger.Log(context.Background(), lvl, "esdb client: "+fmt.Sprintf(format, args...))
+		msg := fmt.Sprintf(format, args...)
+		if lvl > slog.LevelDebug && strings.Contains(msg, "code = Canceled") {
+			// The client reports every subscription it closes as "dropped" at error level,
+			// including the adapter's own Close after the caller cancelled: not a problem.
+			lvl = slog.LevelDebug
+		}
+		logger.Log(context.Background(), lvl, "esdb client: "+msg)
 	}
 	client, err := esdb.NewClient(config)
 	if err != nil {

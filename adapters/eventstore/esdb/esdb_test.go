@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"testing"
@@ -395,5 +396,63 @@ func TestCloseEndsSubscriptions(t *testing.T) {
 	}
 	if _, err := st.Append(ctxT(t), "close-1", eventstore.Any, events(1, "X")...); !errors.Is(err, eventstore.ErrClosed) {
 		t.Fatalf("Append after Close: got %v, want ErrClosed", err)
+	}
+}
+
+// levelRecorder is a slog.Handler that keeps the messages logged at error level.
+type levelRecorder struct {
+	mu     sync.Mutex
+	errors []string
+}
+
+func (r *levelRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *levelRecorder) Handle(_ context.Context, rec slog.Record) error {
+	if rec.Level >= slog.LevelError {
+		r.mu.Lock()
+		r.errors = append(r.errors, rec.Message)
+		r.mu.Unlock()
+	}
+	return nil
+}
+func (r *levelRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *levelRecorder) WithGroup(string) slog.Handler      { return r }
+
+// TestCancelledSubscriptionLogsNoError: a subscription ended by its caller (every projection at
+// every shutdown) is not logged as an error; the client reports it as "dropped".
+func TestCancelledSubscriptionLogsNoError(t *testing.T) {
+	srv := esdbtest.StartServer(t, esdbtest.Options{})
+	rec := &levelRecorder{}
+	st, err := esdb.New(context.Background(), srv.ConnString(), esdb.Options{Logger: slog.New(rec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	for range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		c := newCollector()
+		done := make(chan error, 1)
+		go func() {
+			done <- st.Subscribe(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{"cancel-"}}, c.handle)
+		}()
+		if _, err := st.Append(ctxT(t), "cancel-1", eventstore.Any, events(1, "X")...); err != nil {
+			t.Fatalf("Append: %v", err)
+		}
+		c.waitFor(t, 1)
+		cancel()
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Subscribe after cancel: %v, want context.Canceled", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Subscribe did not return after cancel")
+		}
+	}
+	// The client logs from its own goroutines; give a late line the chance to arrive.
+	time.Sleep(100 * time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.errors) > 0 {
+		t.Fatalf("cancelled subscriptions logged %d errors: %q", len(rec.errors), rec.errors)
 	}
 }
