@@ -12,7 +12,8 @@ import (
 )
 
 // openESDB opens the EventStoreDB adapter on the in-process esdbtest server (real client, real
-// gRPC, SQLite behind the server), or on the server in ESDB_URL when that is set. Every command
+// gRPC, SQLite behind the server), or on the server in ESDB_URL when that is set (an empty node:
+// the run's connection id is fixed, so a second run on the same data is refused). Every command
 // of the run then goes through the adapter's expected-revision mapping and wrong-expected-version
 // answers, which is what the G1 fence rests on.
 func openESDB(t testing.TB) eventstore.Store {
