@@ -350,10 +350,10 @@ type client struct {
 	key  string
 }
 
+// response is an answer with the expected status.
 type response struct {
-	t      *testing.T
-	status int
-	body   []byte
+	t    *testing.T
+	body []byte
 }
 
 func (r response) decode(v any) {
@@ -397,7 +397,7 @@ func (c *client) want(status int, method, path string, body any, headers map[str
 	if res.StatusCode != status {
 		c.t.Fatalf("%s %s: status %d, want %d: %s", method, path, res.StatusCode, status, b)
 	}
-	return response{t: c.t, status: res.StatusCode, body: b}
+	return response{t: c.t, body: b}
 }
 
 // eventually polls cond until it holds, failing the test after patience.
