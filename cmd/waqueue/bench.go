@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -137,7 +138,36 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	apiFlags(all, &f)
 	all.Flags().StringVar(&f.doc, "doc", "docs/benchmarks.md", "Markdown file whose bench:begin/bench:end section receives the results (empty: none)")
 
-	cmd.AddCommand(store, clear, dispatch, api, all)
+	var from, pgVersion, command, loadBefore string
+	doc := &cobra.Command{
+		Use:   "doc",
+		Short: "Write the results section of docs/benchmarks.md from saved BENCH output (of runs made part by part)",
+		RunE: func(c *cobra.Command, _ []string) error {
+			in, err := os.Open(from)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			lines, err := bench.ReadLines(in)
+			if err != nil {
+				return err
+			}
+			m := bench.ThisMachine(time.Now())
+			m.PostgreSQL, m.Command = pgVersion, command
+			if loadBefore != "" {
+				m.LoadBefore = loadBefore
+			}
+			return bench.WriteDoc(f.doc, bench.RenderTable(m, lines))
+		},
+	}
+	doc.Flags().StringVar(&from, "from", "", "file holding the BENCH lines (required)")
+	doc.Flags().StringVar(&pgVersion, "postgres-version", "", "PostgreSQL version measured")
+	doc.Flags().StringVar(&command, "command", "waqueue bench all", "command line the lines came from")
+	doc.Flags().StringVar(&loadBefore, "load-before", "", "load average when the runs started")
+	doc.Flags().StringVar(&f.doc, "doc", "docs/benchmarks.md", "Markdown file whose bench:begin/bench:end section receives the results")
+	_ = doc.MarkFlagRequired("from")
+
+	cmd.AddCommand(store, clear, dispatch, api, all, doc)
 	return cmd
 }
 

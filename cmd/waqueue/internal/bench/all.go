@@ -224,3 +224,25 @@ func loadAvg() string {
 	}
 	return strings.Join(f[:3], " ")
 }
+
+// ReadLines returns the BENCH lines of r (other lines are skipped), for a results document
+// assembled from the output of separate runs.
+func ReadLines(r io.Reader) ([]Line, error) {
+	var out []Line
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if l, ok := ParseLine(sc.Text()); ok {
+			out = append(out, l)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("bench: read BENCH lines: %w", err)
+	}
+	return out, nil
+}
+
+// ThisMachine describes the machine now: CPU, cores, Go version, load average and date. The
+// PostgreSQL version is left empty (the caller knows which server was measured).
+func ThisMachine(now time.Time) Machine {
+	return Machine{CPU: cpuModel(), Cores: runtime.NumCPU(), Go: runtime.Version(), Date: now.UTC(), LoadBefore: loadAvg(), LoadAfter: loadAvg()}
+}

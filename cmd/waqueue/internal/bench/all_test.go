@@ -25,7 +25,7 @@ var figureFormats = []struct {
 		regexp.MustCompile(`^events_per_s=\d+ baseline=\S+ baseline_per_s=\d+ ratio=\d+\.\d\d rss_mib=\d+\.\d$`),
 		[]string{"events_per_s", "baseline_per_s"}},
 	{regexp.MustCompile(`^clear/(postgres|sqlite)/pending=\d+$`),
-		regexp.MustCompile(`^p50_ms=[\d.]+ p99_ms=[\d.]+ clears=\d+ baseline=delete baseline_ms=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		regexp.MustCompile(`^p50_ms=[\d.]+ p99_ms=[\d.]+ dropped_p99_ms=[\d.]+ clears=\d+ baseline=delete baseline_ms=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"p50_ms", "p99_ms", "clears", "baseline_ms"}},
 	{regexp.MustCompile(`^catchup/(postgres|sqlite)/events=\d+$`),
 		regexp.MustCompile(`^events_per_s=[\d.]+ baseline=subscribe baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
@@ -234,5 +234,29 @@ func TestAPIWithoutReadYourWrites(t *testing.T) {
 	}
 	if l := checkLine(t, strings.TrimSpace(out.String())); l.Name != "api/sqlite/enqueue-no-ryw" {
 		t.Errorf("figure %s, want api/sqlite/enqueue-no-ryw", l.Name)
+	}
+}
+
+func TestReadLinesRendersEveryFigure(t *testing.T) {
+	in := "waqueue: starting\nBENCH clear/sqlite/pending=10 p50_ms=1.50 p99_ms=2.00 baseline=delete baseline_ms=4.00 ratio=0.50 rss_mib=9.0\nok\n" +
+		"BENCH api/sqlite/enqueue req_per_s=100 p99_ms=3.00 baseline=append-single baseline_per_s=200 ratio=0.50 rss_mib=9.5\n"
+	lines, err := ReadLines(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) != 2 || lines[0].Name != "clear/sqlite/pending=10" || lines[1].Field("req_per_s") != "100" {
+		t.Fatalf("ReadLines = %+v", lines)
+	}
+	m := ThisMachine(time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC))
+	m.Command = "waqueue bench api"
+	table := RenderTable(m, lines)
+	for _, want := range []string{
+		"| clear/sqlite/pending=10 | p50_ms=1.50 p99_ms=2.00 | delete | baseline_ms=4.00 | 0.50 | 9.0 |",
+		"| api/sqlite/enqueue | req_per_s=100 p99_ms=3.00 | append-single | baseline_per_s=200 | 0.50 | 9.5 |",
+		"2026-01-02 03:04 UTC", "`waqueue bench api`", "PostgreSQL not measured",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q:\n%s", want, table)
+		}
 	}
 }
