@@ -45,9 +45,8 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 		Logger:          log,
 	}
 	o.Simulator.Seed = uint64(cfg.SimulatorSeed)
-	if cfg.NoPacing {
-		o.NoPacing = true
-	}
+	o.NoPacing = cfg.NoPacing
+	o.NoDispatcher = cfg.NoDispatcher
 	return o
 }
 

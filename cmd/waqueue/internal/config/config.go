@@ -44,21 +44,26 @@ type Config struct {
 	// NoPacing sends as fast as the transport takes messages (--no-pacing, WAQUEUE_NO_PACING).
 	// For the simulator and benchmarks only: real numbers get banned without pacing.
 	NoPacing bool
+	// NoDispatcher serves the API and runs projections without dispatching messages
+	// (--no-dispatcher, WAQUEUE_NO_DISPATCHER): for extra API-only instances, since only one
+	// process may dispatch for a connection at a time.
+	NoDispatcher bool
 	// LogLevel is debug, info, warn or error (--log-level, WAQUEUE_LOG_LEVEL). Default info.
 	LogLevel string
 }
 
 // env maps each flag to its environment variable.
 var env = map[string]string{
-	"data-dir":   "WAQUEUE_DATA_DIR",
-	"db":         "WAQUEUE_DB",
-	"eventstore": "WAQUEUE_EVENTSTORE",
-	"transport":  "WAQUEUE_TRANSPORT",
-	"broker":     "WAQUEUE_BROKER",
-	"listen":     "WAQUEUE_LISTEN",
-	"sim-seed":   "WAQUEUE_SIM_SEED",
-	"log-level":  "WAQUEUE_LOG_LEVEL",
-	"no-pacing":  "WAQUEUE_NO_PACING",
+	"data-dir":      "WAQUEUE_DATA_DIR",
+	"db":            "WAQUEUE_DB",
+	"eventstore":    "WAQUEUE_EVENTSTORE",
+	"transport":     "WAQUEUE_TRANSPORT",
+	"broker":        "WAQUEUE_BROKER",
+	"listen":        "WAQUEUE_LISTEN",
+	"sim-seed":      "WAQUEUE_SIM_SEED",
+	"log-level":     "WAQUEUE_LOG_LEVEL",
+	"no-pacing":     "WAQUEUE_NO_PACING",
+	"no-dispatcher": "WAQUEUE_NO_DISPATCHER",
 }
 
 // Bind registers the flags on fs, with defaults.
@@ -71,6 +76,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "HTTP listen address ($WAQUEUE_LISTEN)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
+	fs.BoolVar(&c.NoDispatcher, "no-dispatcher", false, "serve the API without dispatching (extra API-only instances) ($WAQUEUE_NO_DISPATCHER)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error ($WAQUEUE_LOG_LEVEL)")
 }
 

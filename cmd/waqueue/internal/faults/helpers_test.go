@@ -1,0 +1,262 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/domain/invariants"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// api is a client of one node's HTTP API with one key.
+type api struct {
+	base, key string
+	http      *http.Client
+}
+
+func newAPI(base, key string) *api {
+	// Generous: a loaded 2-core machine is slow, but a request must never hang forever.
+	return &api{base: base, key: key, http: &http.Client{Timeout: 60 * time.Second}}
+}
+
+// response is one answer of the API.
+type response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (r response) decode(out any) error {
+	if err := json.Unmarshal(r.Body, out); err != nil {
+		return fmt.Errorf("decode %q: %w", r.Body, err)
+	}
+	return nil
+}
+
+// call sends one request; err is a transport error (no answer), never a status.
+func (a *api) call(ctx context.Context, method, path string, body any, headers map[string]string) (response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return response{}, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, a.base+path, rd)
+	if err != nil {
+		return response{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+a.key)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	res, err := a.http.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		return response{}, err
+	}
+	return response{Status: res.StatusCode, Header: res.Header, Body: b}, nil
+}
+
+// must sends one request and fails t unless the answer has status want; out, if not nil, receives
+// the decoded body.
+func (a *api) must(t testing.TB, ctx context.Context, method, path string, body any, headers map[string]string, want int, out any) response {
+	t.Helper()
+	res, err := a.call(ctx, method, path, body, headers)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	if res.Status != want {
+		t.Fatalf("%s %s: status %d, want %d: %s", method, path, res.Status, want, res.Body)
+	}
+	if out != nil {
+		if err := res.decode(out); err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+	}
+	return res
+}
+
+// card is the part of a connection card the tests read.
+type card struct {
+	LinkStatus  string `json:"link_status"`
+	QueueStatus string `json:"queue_status"`
+	Pending     uint64 `json:"pending"`
+	InFlight    uint64 `json:"in_flight"`
+}
+
+func (a *api) card(t testing.TB, ctx context.Context, id string) card {
+	t.Helper()
+	var c card
+	a.must(t, ctx, "GET", "/v1/connections/"+id, nil, nil, http.StatusOK, &c)
+	return c
+}
+
+// register creates connection id with phone and waits until its link is active (the simulator
+// pairs new connections silently).
+func (a *api) register(t testing.TB, ctx context.Context, id, phone string) {
+	t.Helper()
+	a.must(t, ctx, "POST", "/v1/connections", map[string]any{"id": id, "phone": phone}, nil, http.StatusCreated, nil)
+	waitFor(t, ctx, id+" active", func() bool { return a.card(t, ctx, id).LinkStatus == "active" })
+}
+
+// recorded is one event of a connection's history as the API returns it, decoded.
+type recorded struct {
+	Revision   uint64
+	Type       string
+	RecordedAt time.Time
+	Event      connection.Event
+}
+
+// history reads connection id's whole event history through GET …/history and decodes it.
+func (a *api) history(t testing.TB, ctx context.Context, id string) []recorded {
+	t.Helper()
+	var out []recorded
+	cursor := "0"
+	for cursor != "" {
+		var page struct {
+			Events []struct {
+				Revision   uint64          `json:"revision"`
+				Type       string          `json:"type"`
+				RecordedAt time.Time       `json:"recorded_at"`
+				Data       json.RawMessage `json:"data"`
+			} `json:"events"`
+			NextCursor string `json:"next_cursor"`
+		}
+		a.must(t, ctx, "GET", "/v1/connections/"+id+"/history?limit=1000&cursor="+cursor, nil, nil, http.StatusOK, &page)
+		for _, e := range page.Events {
+			ev, err := connection.Decode(e.Type, e.Data)
+			if err != nil {
+				t.Fatalf("history of %s: revision %d: %v", id, e.Revision, err)
+			}
+			out = append(out, recorded{Revision: e.Revision, Type: e.Type, RecordedAt: e.RecordedAt, Event: ev})
+		}
+		cursor = page.NextCursor
+	}
+	return out
+}
+
+// check runs invariants.Check over h and sends and fails t with every violation.
+func check(t testing.TB, id string, h []recorded, sends []invariants.Send) invariants.Report {
+	t.Helper()
+	in := make([]invariants.Recorded, len(h))
+	for i, e := range h {
+		in[i] = invariants.Recorded{Revision: e.Revision, Event: e.Event}
+	}
+	rep := invariants.Check(in, sends)
+	for i, v := range rep.Violations {
+		if i == 20 {
+			t.Errorf("%s: … %d violations in all", id, len(rep.Violations))
+			break
+		}
+		t.Errorf("%s: %v", id, v)
+	}
+	return rep
+}
+
+// settled reports whether every message of the report reached an end: nothing pending, nothing in
+// flight, and the ends add up to what was queued (G3).
+func settled(rep invariants.Report) error {
+	if len(rep.Pending) > 0 || len(rep.InFlight) > 0 {
+		return fmt.Errorf("%d pending, %d in flight", len(rep.Pending), len(rep.InFlight))
+	}
+	if got := rep.Purged + rep.Expired + rep.Acknowledged; got != rep.Queued {
+		return fmt.Errorf("purged %d + expired %d + acknowledged %d = %d, queued %d",
+			rep.Purged, rep.Expired, rep.Acknowledged, got, rep.Queued)
+	}
+	return nil
+}
+
+// count returns how many events of h have type typ.
+func count(h []recorded, typ string) int {
+	n := 0
+	for _, e := range h {
+		if e.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+// ack returns the Seq of a message event and whether the event ends a dispatch (sent, failed
+// or outcome unknown); ok is false for events that are neither a dispatch nor an ack.
+func ack(ev connection.Event) (seq uint64, isDispatch, isAck bool) {
+	switch e := ev.(type) {
+	case connection.MessageDispatched:
+		return e.Seq, true, false
+	case connection.MessageSent:
+		return e.Seq, false, true
+	case connection.MessageFailed:
+		return e.Seq, false, true
+	case connection.MessageOutcomeUnknown:
+		return e.Seq, false, true
+	}
+	return 0, false, false
+}
+
+// terminal are the message statuses the API reports for a message that reached an end.
+var terminal = map[string]bool{"sent": true, "delivered": true, "read": true, "failed": true,
+	"purged": true, "expired": true, "unknown": true}
+
+// waitFor polls cond until it holds, failing t when ctx ends first.
+func waitFor(t testing.TB, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// freeAddr returns a 127.0.0.1 address with a port that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// problem is an application/problem+json body.
+type problem struct {
+	Status int    `json:"status"`
+	Code   string `json:"code"`
+	Detail string `json:"detail"`
+}
+
+var errNoProblem = errors.New("not a problem+json body")
+
+func asProblem(r response) (problem, error) {
+	var p problem
+	if ct := r.Header.Get("Content-Type"); len(ct) < 24 || ct[:24] != "application/problem+json" {
+		return p, fmt.Errorf("%w: content type %q", errNoProblem, ct)
+	}
+	if err := json.Unmarshal(r.Body, &p); err != nil {
+		return p, fmt.Errorf("%w: %v", errNoProblem, err)
+	}
+	return p, nil
+}
