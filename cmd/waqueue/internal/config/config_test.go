@@ -1,0 +1,81 @@
+package config
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func parse(t *testing.T, args []string, env map[string]string) (*Config, error) {
+	t.Helper()
+	c := &Config{}
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	c.Bind(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %v: %v", args, err)
+	}
+	if err := ApplyEnv(fs, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := parse(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DB != "sqlite://.data/waqueue.db" || c.Engine() != "sqlite" || c.SQLitePath() != ".data/waqueue.db" {
+		t.Errorf("DB = %q (engine %s, path %s), want the embedded default under .data", c.DB, c.Engine(), c.SQLitePath())
+	}
+	if c.Transport != TransportSimulator || c.Listen != "127.0.0.1:8080" || c.NoPacing || c.NoDispatcher {
+		t.Errorf("defaults: %+v", c)
+	}
+}
+
+func TestFlagsBeatEnvironment(t *testing.T) {
+	env := map[string]string{"WAQUEUE_DB": "postgres://env@localhost/db", "WAQUEUE_LISTEN": "127.0.0.1:9000",
+		"WAQUEUE_NO_PACING": "true", "WAQUEUE_NO_DISPATCHER": "1"}
+	c, err := parse(t, []string{"--listen", "127.0.0.1:7000"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:7000" {
+		t.Errorf("Listen = %q, want the flag's value", c.Listen)
+	}
+	if c.DB != env["WAQUEUE_DB"] || c.Engine() != "postgres" || !c.NoPacing || !c.NoDispatcher {
+		t.Errorf("environment not applied: %+v", c)
+	}
+}
+
+func TestInvalidConfigurationNamesEveryProblem(t *testing.T) {
+	env := map[string]string{"WAQUEUE_DB": "mysql://x", "WAQUEUE_TRANSPORT": "telegram", "WAQUEUE_BROKER": "kafka://k",
+		"WAQUEUE_LISTEN": "nohostport", "WAQUEUE_LOG_LEVEL": "loud", "WAQUEUE_EVENTSTORE": "http://esdb"}
+	_, err := parse(t, nil, env)
+	if err == nil {
+		t.Fatal("invalid configuration accepted")
+	}
+	for _, want := range []string{"WAQUEUE_DB", "WAQUEUE_TRANSPORT", "WAQUEUE_BROKER", "WAQUEUE_LISTEN", "WAQUEUE_LOG_LEVEL", "WAQUEUE_EVENTSTORE"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
+}
+
+func TestEventStoreNeedsPostgresReadModels(t *testing.T) {
+	_, err := parse(t, []string{"--eventstore", "esdb://localhost:2113?tls=false"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "postgres") {
+		t.Fatalf("esdb with SQLite read models: err = %v, want a postgres requirement", err)
+	}
+	if _, err := parse(t, []string{"--eventstore", "kurrentdb://localhost:2113", "--db", "postgres://u@h/d"}, nil); err != nil {
+		t.Fatalf("kurrentdb with postgres read models refused: %v", err)
+	}
+}
+
+func TestBadBooleanInEnvironment(t *testing.T) {
+	_, err := parse(t, nil, map[string]string{"WAQUEUE_NO_PACING": "perhaps"})
+	if err == nil || !strings.Contains(err.Error(), "WAQUEUE_NO_PACING") {
+		t.Fatalf("err = %v, want WAQUEUE_NO_PACING named", err)
+	}
+}
