@@ -380,11 +380,3 @@ func TestKillMidClear(t *testing.T) {
 		}
 	}
 }
-
-// tail returns the last n bytes of s.
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[len(s)-n:]
-}

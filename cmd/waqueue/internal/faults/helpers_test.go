@@ -10,8 +10,11 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -259,4 +262,31 @@ func asProblem(r response) (problem, error) {
 		return p, fmt.Errorf("%w: %v", errNoProblem, err)
 	}
 	return p, nil
+}
+
+// messageQueued returns the id of the message a MessageQueued event queues.
+func messageQueued(e recorded) (uuid.UUID, bool) {
+	q, ok := e.Event.(connection.MessageQueued)
+	return q.MessageID, ok
+}
+
+// errorLines returns up to n distinct "error" values of a JSON log, for failure messages.
+func errorLines(logs string, n int) string {
+	seen := map[string]bool{}
+	var out []string
+	for _, line := range strings.Split(logs, "\n") {
+		var rec struct {
+			Msg   string `json:"msg"`
+			Error string `json:"error"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil || rec.Error == "" {
+			continue
+		}
+		k := rec.Msg + ": " + rec.Error
+		if !seen[k] && len(out) < n {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return strings.Join(out, "\n")
 }
