@@ -5,7 +5,7 @@ DATA_DIR  ?= .data
 STATICCHECK_VERSION ?= v0.7.0
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build run test test-short test-race fuzz bench lint fmt vet clean
+.PHONY: all build run test test-short test-race test-faults fuzz bench lint fmt vet clean
 
 all: build
 
@@ -23,6 +23,12 @@ test: vet
 	$(GO) test -race -short -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	./scripts/fuzz-short.sh
+
+## test-faults: the fault tests that take minutes, behind the build tag "faults": the real binary
+## killed with SIGKILL mid-broadcast and mid-clear and restarted (SQLite and PostgreSQL), PostgreSQL
+## stopped under load; plus the package's other fault tests at full volume. See docs/reliability.md.
+test-faults:
+	$(GO) test -tags faults -count=1 -timeout $(TEST_TIMEOUT) ./cmd/waqueue/internal/faults/
 
 ## test-short: the quick loop (smaller volumes).
 test-short:
