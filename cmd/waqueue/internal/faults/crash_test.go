@@ -318,6 +318,7 @@ func TestKillMidClear(t *testing.T) {
 				p.kill(t)
 				first, ok := <-answered
 				t.Logf("clear answered before the kill: %v (status %d)", ok, first.Status)
+				restartedAt := time.Now()
 
 				p = serve(t, ctx, bin, dir, dbURL)
 				var clr struct {
@@ -370,6 +371,16 @@ func TestKillMidClear(t *testing.T) {
 					t.Errorf("clear %s: %d requests and %d reports (all clears: %d requested, %d cleared), want exactly one each",
 						clr.ClearID, requests, reports, count(h, connection.TypeClearQueueRequested), count(h, connection.TypeQueueCleared))
 				}
+				landed := "before the request was durable"
+				for _, e := range h {
+					if e.RecordedAt.Before(restartedAt) && e.Type == connection.TypeClearQueueRequested {
+						landed = "after the request, before the report"
+					}
+					if e.RecordedAt.Before(restartedAt) && e.Type == connection.TypeQueueCleared {
+						landed = "after the report"
+					}
+				}
+				t.Logf("the kill landed %s", landed)
 				if n := count(h, connection.TypeMessageDispatched); n != 0 {
 					t.Errorf("%d messages dispatched from a held queue", n)
 				}
