@@ -209,7 +209,8 @@ func TestConnectionsSendBroadcastAndClear(t *testing.T) {
 			t.Fatalf("clear output lacks %q:\n%s", want, out)
 		}
 	}
-	if q := queueOf(t, srv, dir, "shop-1"); q.Pending != 1 || q.Status != "open" {
+	// The report comes from the event stream; the queue read model follows it shortly after.
+	if q := queueEventually(t, srv, dir, "shop-1", func(q client.Queue) bool { return q.Status == "open" }); q.Pending != 1 || q.Status != "open" {
 		t.Fatalf("after the broadcast clear: %+v, want 1 pending, open", q)
 	}
 
@@ -218,8 +219,8 @@ func TestConnectionsSendBroadcastAndClear(t *testing.T) {
 	if !strings.Contains(out, "purged:       1 messages") || !strings.Contains(out, "reason:       banned") {
 		t.Fatalf("clear --yes printed:\n%s", out)
 	}
-	if q := queueOf(t, srv, dir, "shop-1"); q.Pending != 0 {
-		t.Fatalf("after clear --yes: %+v, want nothing pending", q)
+	if q := queueEventually(t, srv, dir, "shop-1", func(q client.Queue) bool { return q.Status == "open" }); q.Pending != 0 || q.Status != "open" {
+		t.Fatalf("after clear --yes: %+v, want nothing pending, open", q)
 	}
 }
 
@@ -333,6 +334,20 @@ func queueOf(t *testing.T, srv *apitest.Server, dir, conn string) client.Queue {
 		t.Fatal(err)
 	}
 	return q
+}
+
+// queueEventually shows the queue until done accepts it or 30 s have passed, and returns the last
+// one seen (the caller's assertions then fail with its values).
+func queueEventually(t *testing.T, srv *apitest.Server, dir, conn string, done func(client.Queue) bool) client.Queue {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		q := queueOf(t, srv, dir, conn)
+		if done(q) || time.Now().After(deadline) {
+			return q
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func lineWith(out, s string) string {
