@@ -167,6 +167,9 @@ func check(t testing.TB, id string, h []recorded, sends []invariants.Send) invar
 		in[i] = invariants.Recorded{Revision: e.Revision, Event: e.Event}
 	}
 	rep := invariants.Check(in, sends)
+	if len(rep.Violations) > 0 {
+		t.Errorf("%s: history before the first violation:\n%s", id, window(h, rep.Violations[0].Revision, 25))
+	}
 	for i, v := range rep.Violations {
 		if i == 20 {
 			t.Errorf("%s: … %d violations in all", id, len(rep.Violations))
@@ -289,4 +292,29 @@ func errorLines(logs string, n int) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// window renders the link and queue events of h up to revision rev (the last n of them) and the
+// event at rev, for failure messages.
+func window(h []recorded, rev uint64, n int) string {
+	var lines []string
+	for _, e := range h {
+		if e.Revision > rev {
+			break
+		}
+		switch e.Event.(type) {
+		case connection.MessageQueued, connection.MessageSent, connection.MessageDelivered, connection.MessageRead,
+			connection.MessageFailed, connection.MessageOutcomeUnknown, connection.MessageExpired:
+			continue // message traffic; the link and queue events say why a dispatch was allowed
+		case connection.MessageDispatched:
+			if e.Revision != rev {
+				continue
+			}
+		}
+		lines = append(lines, fmt.Sprintf("  %d %s %+v", e.Revision, e.Type, e.Event))
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
