@@ -34,6 +34,7 @@ func oneOfEach() []connection.Event {
 		req,
 		cleared(req),
 		clearRequested(connection.WholeQueue, 0, nil, nil),
+		connection.TransportProblemObserved{Kind: connection.ProblemStreamReplaced, Reason: "conflict", Detail: "d", ObservedAt: t0},
 	)
 }
 
@@ -68,7 +69,7 @@ func TestStableTypeNames(t *testing.T) {
 	want := []string{"BanLifted", "BroadcastStarted", "ClearQueueRequested", "ConnectionBanned", "ConnectionRegistered",
 		"MessageDelivered", "MessageDispatched", "MessageExpired", "MessageFailed", "MessageOutcomeUnknown", "MessageQueued",
 		"MessageRead", "MessageSent", "OnBanPolicyChanged", "QueueCleared", "QueueHeld", "QueueResumed", "SessionInvalidated",
-		"SessionPaired"}
+		"SessionPaired", "TransportProblemObserved"}
 	if got := connection.EventTypes(); !slices.Equal(got, want) {
 		t.Fatalf("EventTypes() = %v\nwant %v", got, want)
 	}

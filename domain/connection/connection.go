@@ -308,6 +308,8 @@ func (c *Connection) Apply(e Event) error {
 		c.ban = &BanInfo{Kind: e.Kind, ExpiresAt: e.ExpiresAt, ReasonCode: e.ReasonCode, Since: e.BannedAt}
 	case BanLifted:
 		c.link, c.linkAt, c.ban = LinkStatusActive, e.LiftedAt, nil
+	case TransportProblemObserved:
+		// An observation only: no link or queue state changes (see the event's doc).
 	case QueueHeld:
 		c.hold = &HoldInfo{Reason: e.Reason, Actor: e.Actor, Since: e.HeldAt}
 	case QueueResumed:

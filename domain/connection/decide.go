@@ -227,6 +227,34 @@ func (c *Connection) LiftBan(cmd LiftBan, now time.Time) ([]Event, error) {
 	return events, nil
 }
 
+// ObserveTransportProblem records a connection problem the transport observed.
+type ObserveTransportProblem struct {
+	// Kind must be one of the TransportProblemKind values (the zero kind is refused).
+	Kind   TransportProblemKind
+	Reason string
+	Detail string
+}
+
+// ObserveTransportProblem decides TransportProblemObserved, in any link and queue status of a
+// registered connection (ErrNotRegistered otherwise): the transport may observe a problem while
+// unpaired (a failed connect), banned or clearing. It changes no state. A zero Kind, or a
+// Reason or Detail longer than MaxNoteLen bytes or not UTF-8, is a *ValidationError.
+func (c *Connection) ObserveTransportProblem(cmd ObserveTransportProblem, now time.Time) ([]Event, error) {
+	if err := c.mustBeRegistered("observe transport problem"); err != nil {
+		return nil, err
+	}
+	if !slices.Contains(transportProblemKinds, cmd.Kind) {
+		return nil, invalid(CodeInvalidProblemKind, "kind", "must be one of stream_replaced, client_outdated, keepalive_timeout, connect_failure")
+	}
+	if err := validateNote("reason", cmd.Reason, false); err != nil {
+		return nil, err
+	}
+	if err := validateNote("detail", cmd.Detail, false); err != nil {
+		return nil, err
+	}
+	return []Event{TransportProblemObserved{Kind: cmd.Kind, Reason: cmd.Reason, Detail: cmd.Detail, ObservedAt: now.UTC()}}, nil
+}
+
 // HoldQueue holds the queue by an operator's decision.
 type HoldQueue struct {
 	Note  string

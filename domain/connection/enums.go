@@ -145,6 +145,28 @@ func (r ResumeReason) String() string { return r.s }
 // IsZero reports whether r is the zero ResumeReason.
 func (r ResumeReason) IsZero() bool { return r.s == "" }
 
+// TransportProblemKind says which connection problem the transport observed
+// (TransportProblemObserved). The set is closed.
+type TransportProblemKind struct{ s string }
+
+var (
+	// ProblemStreamReplaced: another client connected with the same session and replaced this one.
+	ProblemStreamReplaced = TransportProblemKind{"stream_replaced"}
+	// ProblemClientOutdated: WhatsApp refused the client version.
+	ProblemClientOutdated = TransportProblemKind{"client_outdated"}
+	// ProblemKeepAliveTimeout: the connection's keep-alive pings went unanswered.
+	ProblemKeepAliveTimeout = TransportProblemKind{"keepalive_timeout"}
+	// ProblemConnectFailure: WhatsApp refused or failed the connection attempt.
+	ProblemConnectFailure = TransportProblemKind{"connect_failure"}
+)
+
+var transportProblemKinds = []TransportProblemKind{ProblemStreamReplaced, ProblemClientOutdated, ProblemKeepAliveTimeout, ProblemConnectFailure}
+
+func (k TransportProblemKind) String() string { return k.s }
+
+// IsZero reports whether k is the zero TransportProblemKind.
+func (k TransportProblemKind) IsZero() bool { return k.s == "" }
+
 // enumText implements MarshalText/UnmarshalText for the closed enums above, so that events and
 // snapshots carry their stable names and decoding refuses names outside the set.
 func parseEnum[T ~struct{ s string }](kind string, all []T, b []byte) (T, error) {
@@ -206,5 +228,10 @@ func (r *HoldReason) UnmarshalText(b []byte) (err error) {
 func (r ResumeReason) MarshalText() ([]byte, error) { return []byte(r.s), nil }
 func (r *ResumeReason) UnmarshalText(b []byte) (err error) {
 	*r, err = parseEnum("resume reason", []ResumeReason{ResumeByOperator, ResumeOnBanLifted, ResumeOnSessionPair}, b)
+	return err
+}
+func (k TransportProblemKind) MarshalText() ([]byte, error) { return []byte(k.s), nil }
+func (k *TransportProblemKind) UnmarshalText(b []byte) (err error) {
+	*k, err = parseEnum("transport problem kind", transportProblemKinds, b)
 	return err
 }

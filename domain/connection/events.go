@@ -40,6 +40,8 @@ const (
 	TypeQueueResumed          = "QueueResumed"
 	TypeClearQueueRequested   = "ClearQueueRequested"
 	TypeQueueCleared          = "QueueCleared"
+	// TypeTransportProblemObserved names TransportProblemObserved.
+	TypeTransportProblemObserved = "TransportProblemObserved"
 )
 
 // ConnectionRegistered opens a connection stream: a WhatsApp number of a tenant, not paired yet.
@@ -100,6 +102,20 @@ type BanLifted struct {
 	Reason   string    `json:"reason,omitempty"`
 	Actor    string    `json:"actor"`
 	LiftedAt time.Time `json:"lifted_at"`
+}
+
+// TransportProblemObserved records a connection problem the WhatsApp transport observed that
+// is neither a ban nor a session loss: the stream was replaced by another client, the client
+// is outdated, the keep-alive timed out, or connecting failed. It is an observation for
+// operators (the connection card, the audit trail): it changes neither the link status nor the
+// queue status, and the aggregate keeps no state for it.
+type TransportProblemObserved struct {
+	Kind TransportProblemKind `json:"kind"`
+	// Reason is the transport's short reason (e.g. a WhatsApp failure code), if any.
+	Reason string `json:"reason,omitempty"`
+	// Detail is free text from the transport (e.g. an error message), if any.
+	Detail     string    `json:"detail,omitempty"`
+	ObservedAt time.Time `json:"observed_at"`
 }
 
 // MessageQueued puts one message at the end of the queue.
@@ -342,42 +358,44 @@ type QueueCleared struct {
 	CompletedAt time.Time `json:"completed_at"`
 }
 
-func (ConnectionRegistered) EventType() string  { return TypeConnectionRegistered }
-func (OnBanPolicyChanged) EventType() string    { return TypeOnBanPolicyChanged }
-func (SessionPaired) EventType() string         { return TypeSessionPaired }
-func (SessionInvalidated) EventType() string    { return TypeSessionInvalidated }
-func (ConnectionBanned) EventType() string      { return TypeConnectionBanned }
-func (BanLifted) EventType() string             { return TypeBanLifted }
-func (MessageQueued) EventType() string         { return TypeMessageQueued }
-func (BroadcastStarted) EventType() string      { return TypeBroadcastStarted }
-func (MessageDispatched) EventType() string     { return TypeMessageDispatched }
-func (MessageSent) EventType() string           { return TypeMessageSent }
-func (MessageDelivered) EventType() string      { return TypeMessageDelivered }
-func (MessageRead) EventType() string           { return TypeMessageRead }
-func (MessageFailed) EventType() string         { return TypeMessageFailed }
-func (MessageExpired) EventType() string        { return TypeMessageExpired }
-func (MessageOutcomeUnknown) EventType() string { return TypeMessageOutcomeUnknown }
-func (QueueHeld) EventType() string             { return TypeQueueHeld }
-func (QueueResumed) EventType() string          { return TypeQueueResumed }
-func (ClearQueueRequested) EventType() string   { return TypeClearQueueRequested }
-func (QueueCleared) EventType() string          { return TypeQueueCleared }
+func (ConnectionRegistered) EventType() string     { return TypeConnectionRegistered }
+func (OnBanPolicyChanged) EventType() string       { return TypeOnBanPolicyChanged }
+func (SessionPaired) EventType() string            { return TypeSessionPaired }
+func (SessionInvalidated) EventType() string       { return TypeSessionInvalidated }
+func (ConnectionBanned) EventType() string         { return TypeConnectionBanned }
+func (BanLifted) EventType() string                { return TypeBanLifted }
+func (MessageQueued) EventType() string            { return TypeMessageQueued }
+func (BroadcastStarted) EventType() string         { return TypeBroadcastStarted }
+func (MessageDispatched) EventType() string        { return TypeMessageDispatched }
+func (MessageSent) EventType() string              { return TypeMessageSent }
+func (MessageDelivered) EventType() string         { return TypeMessageDelivered }
+func (MessageRead) EventType() string              { return TypeMessageRead }
+func (MessageFailed) EventType() string            { return TypeMessageFailed }
+func (MessageExpired) EventType() string           { return TypeMessageExpired }
+func (MessageOutcomeUnknown) EventType() string    { return TypeMessageOutcomeUnknown }
+func (QueueHeld) EventType() string                { return TypeQueueHeld }
+func (QueueResumed) EventType() string             { return TypeQueueResumed }
+func (ClearQueueRequested) EventType() string      { return TypeClearQueueRequested }
+func (QueueCleared) EventType() string             { return TypeQueueCleared }
+func (TransportProblemObserved) EventType() string { return TypeTransportProblemObserved }
 
-func (e ConnectionRegistered) naturalKey() string  { return "connection/" + e.ConnectionID }
-func (OnBanPolicyChanged) naturalKey() string      { return "" }
-func (SessionPaired) naturalKey() string           { return "" }
-func (SessionInvalidated) naturalKey() string      { return "" }
-func (ConnectionBanned) naturalKey() string        { return "" }
-func (BanLifted) naturalKey() string               { return "" }
-func (e MessageQueued) naturalKey() string         { return e.MessageID.String() }
-func (e BroadcastStarted) naturalKey() string      { return e.BroadcastID.String() }
-func (e MessageDispatched) naturalKey() string     { return e.MessageID.String() }
-func (e MessageSent) naturalKey() string           { return e.MessageID.String() }
-func (e MessageDelivered) naturalKey() string      { return e.MessageID.String() }
-func (e MessageRead) naturalKey() string           { return e.MessageID.String() }
-func (e MessageFailed) naturalKey() string         { return e.MessageID.String() }
-func (e MessageExpired) naturalKey() string        { return e.MessageID.String() }
-func (e MessageOutcomeUnknown) naturalKey() string { return e.MessageID.String() }
-func (QueueHeld) naturalKey() string               { return "" }
-func (QueueResumed) naturalKey() string            { return "" }
-func (e ClearQueueRequested) naturalKey() string   { return e.ClearID.String() }
-func (e QueueCleared) naturalKey() string          { return e.ClearID.String() }
+func (e ConnectionRegistered) naturalKey() string   { return "connection/" + e.ConnectionID }
+func (OnBanPolicyChanged) naturalKey() string       { return "" }
+func (SessionPaired) naturalKey() string            { return "" }
+func (SessionInvalidated) naturalKey() string       { return "" }
+func (ConnectionBanned) naturalKey() string         { return "" }
+func (BanLifted) naturalKey() string                { return "" }
+func (e MessageQueued) naturalKey() string          { return e.MessageID.String() }
+func (e BroadcastStarted) naturalKey() string       { return e.BroadcastID.String() }
+func (e MessageDispatched) naturalKey() string      { return e.MessageID.String() }
+func (e MessageSent) naturalKey() string            { return e.MessageID.String() }
+func (e MessageDelivered) naturalKey() string       { return e.MessageID.String() }
+func (e MessageRead) naturalKey() string            { return e.MessageID.String() }
+func (e MessageFailed) naturalKey() string          { return e.MessageID.String() }
+func (e MessageExpired) naturalKey() string         { return e.MessageID.String() }
+func (e MessageOutcomeUnknown) naturalKey() string  { return e.MessageID.String() }
+func (QueueHeld) naturalKey() string                { return "" }
+func (QueueResumed) naturalKey() string             { return "" }
+func (e ClearQueueRequested) naturalKey() string    { return e.ClearID.String() }
+func (e QueueCleared) naturalKey() string           { return e.ClearID.String() }
+func (TransportProblemObserved) naturalKey() string { return "" }

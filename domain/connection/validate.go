@@ -49,6 +49,7 @@ const (
 	CodeInvalidBan            Code = "invalid_ban"
 	CodeInvalidPolicy         Code = "invalid_policy"
 	CodeMissingMessage        Code = "missing_message"
+	CodeInvalidProblemKind    Code = "invalid_problem_kind"
 )
 
 // ValidationError is a command that failed validation. errors.Is(err, ErrInvalidCommand).
