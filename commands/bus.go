@@ -94,24 +94,25 @@ func (b *CommandBus) Send(ctx context.Context, credential string, cmd Command) e
 // answer (what to send) is the point of the command, and a bus message has nobody to answer to;
 // the dispatcher calls its handler directly.
 type Handlers struct {
-	RegisterConnection   *RegisterConnectionHandler
-	SetOnBanPolicy       *SetOnBanPolicyHandler
-	PairingSucceeded     *PairingSucceededHandler
-	SessionInvalidated   *SessionInvalidatedHandler
-	ReportBan            *ReportBanHandler
-	LiftBan              *LiftBanHandler
-	EnqueueMessage       *EnqueueMessageHandler
-	StartBroadcast       *StartBroadcastHandler
-	RecordSent           *RecordSentHandler
-	RecordDelivered      *RecordDeliveredHandler
-	RecordRead           *RecordReadHandler
-	RecordFailed         *RecordFailedHandler
-	RecordOutcomeUnknown *RecordOutcomeUnknownHandler
-	ExpireMessage        *ExpireMessageHandler
-	HoldQueue            *HoldQueueHandler
-	ResumeQueue          *ResumeQueueHandler
-	RequestClear         *RequestClearHandler
-	CompleteClear        *CompleteClearHandler
+	RegisterConnection     *RegisterConnectionHandler
+	SetOnBanPolicy         *SetOnBanPolicyHandler
+	PairingSucceeded       *PairingSucceededHandler
+	SessionInvalidated     *SessionInvalidatedHandler
+	ReportBan              *ReportBanHandler
+	LiftBan                *LiftBanHandler
+	EnqueueMessage         *EnqueueMessageHandler
+	StartBroadcast         *StartBroadcastHandler
+	RecordSent             *RecordSentHandler
+	RecordDelivered        *RecordDeliveredHandler
+	RecordRead             *RecordReadHandler
+	RecordFailed           *RecordFailedHandler
+	RecordOutcomeUnknown   *RecordOutcomeUnknownHandler
+	ExpireMessage          *ExpireMessageHandler
+	HoldQueue              *HoldQueueHandler
+	ResumeQueue            *ResumeQueueHandler
+	RequestClear           *RequestClearHandler
+	CompleteClear          *CompleteClearHandler
+	RecordTransportProblem *RecordTransportProblemHandler
 }
 
 // ProcessorConfig configures RegisterProcessor.
@@ -273,5 +274,8 @@ func cqrsHandlers(h Handlers) []cqrs.CommandHandler {
 	add(h.ResumeQueue != nil, func() cqrs.CommandHandler { return handler[ResumeQueue](h.ResumeQueue) })
 	add(h.RequestClear != nil, func() cqrs.CommandHandler { return handler[RequestClear](h.RequestClear) })
 	add(h.CompleteClear != nil, func() cqrs.CommandHandler { return handler[CompleteClear](h.CompleteClear) })
+	add(h.RecordTransportProblem != nil, func() cqrs.CommandHandler {
+		return handler[RecordTransportProblem](h.RecordTransportProblem)
+	})
 	return out
 }

@@ -88,7 +88,8 @@ func TestCommandNamesAreExplicitAndUnique(t *testing.T) {
 	// Pointers, as the processor's handlers make them (NewCommand returns *T).
 	cmds := []Command{&RegisterConnection{}, &SetOnBanPolicy{}, &PairingSucceeded{}, &SessionInvalidated{}, &ReportBan{}, &LiftBan{},
 		&EnqueueMessage{}, &StartBroadcast{}, &DispatchNext{}, &RecordSent{}, &RecordDelivered{}, &RecordRead{}, &RecordFailed{},
-		&RecordOutcomeUnknown{}, &ExpireMessage{}, &HoldQueue{}, &ResumeQueue{}, &RequestClear{}, &CompleteClear{}}
+		&RecordOutcomeUnknown{}, &ExpireMessage{}, &HoldQueue{}, &ResumeQueue{}, &RequestClear{}, &CompleteClear{},
+		&RecordTransportProblem{}}
 	seen := map[string]bool{}
 	for _, c := range cmds {
 		n := c.CommandName()

@@ -104,6 +104,10 @@ func calls() []call {
 			_, err := h.complete.Handle(ctx, CompleteClear{ConnectionID: id, ClearID: uuid.New()})
 			return err
 		}},
+		{"record transport problem", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.problem.Handle(ctx, RecordTransportProblem{ConnectionID: id, Kind: connection.ProblemStreamReplaced})
+			return err
+		}},
 	}
 }
 

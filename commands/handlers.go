@@ -55,6 +55,8 @@ func NewHandlers(repo *Repository, now Clock) (Handlers, error) {
 	add(err)
 	h.CompleteClear, err = NewCompleteClearHandler(repo, now)
 	add(err)
+	h.RecordTransportProblem, err = NewRecordTransportProblemHandler(repo, now)
+	add(err)
 	return h, errors.Join(errs...)
 }
 

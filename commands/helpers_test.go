@@ -104,6 +104,7 @@ type handlers struct {
 	resume       *ResumeQueueHandler
 	requestClear *RequestClearHandler
 	complete     *CompleteClearHandler
+	problem      *RecordTransportProblemHandler
 }
 
 func must[T any](v T, err error) T {
@@ -141,6 +142,7 @@ func newHandlers(t testing.TB, store eventstore.Store, opts RepositoryOptions, n
 		resume:       must(NewResumeQueueHandler(repo, now)),
 		requestClear: must(NewRequestClearHandler(repo, now)),
 		complete:     must(NewCompleteClearHandler(repo, now)),
+		problem:      must(NewRecordTransportProblemHandler(repo, now)),
 	}
 }
 

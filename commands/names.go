@@ -9,43 +9,45 @@ type Command interface {
 
 // Stable command names. Never change one: brokers hold messages carrying them.
 const (
-	NameRegisterConnection   = "waqueue.RegisterConnection"
-	NameSetOnBanPolicy       = "waqueue.SetOnBanPolicy"
-	NamePairingSucceeded     = "waqueue.PairingSucceeded"
-	NameSessionInvalidated   = "waqueue.SessionInvalidated"
-	NameReportBan            = "waqueue.ReportBan"
-	NameLiftBan              = "waqueue.LiftBan"
-	NameEnqueueMessage       = "waqueue.EnqueueMessage"
-	NameStartBroadcast       = "waqueue.StartBroadcast"
-	NameDispatchNext         = "waqueue.DispatchNext" // not served by the bus (see Handlers)
-	NameRecordSent           = "waqueue.RecordSent"
-	NameRecordDelivered      = "waqueue.RecordDelivered"
-	NameRecordRead           = "waqueue.RecordRead"
-	NameRecordFailed         = "waqueue.RecordFailed"
-	NameRecordOutcomeUnknown = "waqueue.RecordOutcomeUnknown"
-	NameExpireMessage        = "waqueue.ExpireMessage"
-	NameHoldQueue            = "waqueue.HoldQueue"
-	NameResumeQueue          = "waqueue.ResumeQueue"
-	NameRequestClear         = "waqueue.RequestClear"
-	NameCompleteClear        = "waqueue.CompleteClear"
+	NameRegisterConnection     = "waqueue.RegisterConnection"
+	NameSetOnBanPolicy         = "waqueue.SetOnBanPolicy"
+	NamePairingSucceeded       = "waqueue.PairingSucceeded"
+	NameSessionInvalidated     = "waqueue.SessionInvalidated"
+	NameReportBan              = "waqueue.ReportBan"
+	NameLiftBan                = "waqueue.LiftBan"
+	NameEnqueueMessage         = "waqueue.EnqueueMessage"
+	NameStartBroadcast         = "waqueue.StartBroadcast"
+	NameDispatchNext           = "waqueue.DispatchNext" // not served by the bus (see Handlers)
+	NameRecordSent             = "waqueue.RecordSent"
+	NameRecordDelivered        = "waqueue.RecordDelivered"
+	NameRecordRead             = "waqueue.RecordRead"
+	NameRecordFailed           = "waqueue.RecordFailed"
+	NameRecordOutcomeUnknown   = "waqueue.RecordOutcomeUnknown"
+	NameExpireMessage          = "waqueue.ExpireMessage"
+	NameHoldQueue              = "waqueue.HoldQueue"
+	NameResumeQueue            = "waqueue.ResumeQueue"
+	NameRequestClear           = "waqueue.RequestClear"
+	NameCompleteClear          = "waqueue.CompleteClear"
+	NameRecordTransportProblem = "waqueue.RecordTransportProblem"
 )
 
-func (RegisterConnection) CommandName() string   { return NameRegisterConnection }
-func (SetOnBanPolicy) CommandName() string       { return NameSetOnBanPolicy }
-func (PairingSucceeded) CommandName() string     { return NamePairingSucceeded }
-func (SessionInvalidated) CommandName() string   { return NameSessionInvalidated }
-func (ReportBan) CommandName() string            { return NameReportBan }
-func (LiftBan) CommandName() string              { return NameLiftBan }
-func (EnqueueMessage) CommandName() string       { return NameEnqueueMessage }
-func (StartBroadcast) CommandName() string       { return NameStartBroadcast }
-func (DispatchNext) CommandName() string         { return NameDispatchNext }
-func (RecordSent) CommandName() string           { return NameRecordSent }
-func (RecordDelivered) CommandName() string      { return NameRecordDelivered }
-func (RecordRead) CommandName() string           { return NameRecordRead }
-func (RecordFailed) CommandName() string         { return NameRecordFailed }
-func (RecordOutcomeUnknown) CommandName() string { return NameRecordOutcomeUnknown }
-func (ExpireMessage) CommandName() string        { return NameExpireMessage }
-func (HoldQueue) CommandName() string            { return NameHoldQueue }
-func (ResumeQueue) CommandName() string          { return NameResumeQueue }
-func (RequestClear) CommandName() string         { return NameRequestClear }
-func (CompleteClear) CommandName() string        { return NameCompleteClear }
+func (RegisterConnection) CommandName() string     { return NameRegisterConnection }
+func (SetOnBanPolicy) CommandName() string         { return NameSetOnBanPolicy }
+func (PairingSucceeded) CommandName() string       { return NamePairingSucceeded }
+func (SessionInvalidated) CommandName() string     { return NameSessionInvalidated }
+func (ReportBan) CommandName() string              { return NameReportBan }
+func (LiftBan) CommandName() string                { return NameLiftBan }
+func (EnqueueMessage) CommandName() string         { return NameEnqueueMessage }
+func (StartBroadcast) CommandName() string         { return NameStartBroadcast }
+func (DispatchNext) CommandName() string           { return NameDispatchNext }
+func (RecordSent) CommandName() string             { return NameRecordSent }
+func (RecordDelivered) CommandName() string        { return NameRecordDelivered }
+func (RecordRead) CommandName() string             { return NameRecordRead }
+func (RecordFailed) CommandName() string           { return NameRecordFailed }
+func (RecordOutcomeUnknown) CommandName() string   { return NameRecordOutcomeUnknown }
+func (ExpireMessage) CommandName() string          { return NameExpireMessage }
+func (HoldQueue) CommandName() string              { return NameHoldQueue }
+func (ResumeQueue) CommandName() string            { return NameResumeQueue }
+func (RequestClear) CommandName() string           { return NameRequestClear }
+func (CompleteClear) CommandName() string          { return NameCompleteClear }
+func (RecordTransportProblem) CommandName() string { return NameRecordTransportProblem }
