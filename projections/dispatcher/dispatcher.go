@@ -87,6 +87,7 @@ type Dispatcher struct {
 	invalid  *commands.SessionInvalidatedHandler
 	ban      *commands.ReportBanHandler
 	lift     *commands.LiftBanHandler
+	problem  *commands.RecordTransportProblemHandler
 
 	started atomic.Bool
 
@@ -162,6 +163,8 @@ func New(cfg Config) (*Dispatcher, error) {
 	d.ban, err = commands.NewReportBanHandler(repo, now)
 	must(err)
 	d.lift, err = commands.NewLiftBanHandler(repo, now)
+	must(err)
+	d.problem, err = commands.NewRecordTransportProblemHandler(repo, now)
 	must(err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)

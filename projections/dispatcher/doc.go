@@ -63,9 +63,15 @@
 //	TemporaryBan        → ReportBan temporary with its code and expiry (queue held)
 //	BanLifted           → LiftBan (the queue stays held unless the connection's policy is resume)
 //	Receipt             → RecordDelivered / RecordRead for each message id
-//	StreamReplaced, ClientOutdated, KeepAliveTimeout, ConnectFailure
-//	                    → logged and counted (metric); the domain has no event for them yet
+//	StreamReplaced      → RecordTransportProblem stream_replaced (link and queue unchanged)
+//	ClientOutdated      → RecordTransportProblem client_outdated, reason "405"
+//	KeepAliveTimeout    → RecordTransportProblem keepalive_timeout, once per streak of failures
+//	                      (ErrorCount <= 1; later failures of the streak are only counted)
+//	ConnectFailure      → RecordTransportProblem connect_failure, reason the code, detail the message
 //	Connected, QRCode, PairingCode, PairingFailed → ignored (pairing is the API's business)
+//
+// The four problems are also logged and counted (metric); their detail is cut to
+// connection.MaxNoteLen bytes of valid UTF-8, and the connection card shows the last one.
 //
 // Refusals by the domain (a ban reported twice, a receipt for a purged or unknown message, an
 // event for a connection this store does not know) are counted and logged at debug level, not

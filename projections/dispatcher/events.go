@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -90,16 +93,24 @@ func (d *Dispatcher) apply(ctx context.Context, e transport.Event) (string, erro
 		return "receipt_" + ev.Kind.String(), d.receipt(ctx, id, ev)
 	case transport.StreamReplaced:
 		d.log.Warn("another client took over the session; not reconnecting", "connection", id)
-		return "stream_replaced", errIgnored
+		return "stream_replaced", d.problemObserved(ctx, id, connection.ProblemStreamReplaced, "", "another client took over the session")
 	case transport.ClientOutdated:
 		d.log.Error("WhatsApp refuses this client version; not reconnecting", "connection", id)
-		return "client_outdated", errIgnored
+		return "client_outdated", d.problemObserved(ctx, id, connection.ProblemClientOutdated, "405", "WhatsApp refuses this client version")
 	case transport.KeepAliveTimeout:
 		d.log.Warn("keepalive failing", "connection", id, "errors", ev.ErrorCount, "last_success", ev.LastSuccess)
-		return "keepalive_timeout", errIgnored
+		if ev.ErrorCount > 1 {
+			// Recorded once per streak of failures: the transport reports every failed ping.
+			return "keepalive_timeout", errIgnored
+		}
+		detail := "keepalive pings failing"
+		if !ev.LastSuccess.IsZero() {
+			detail += "; last success " + ev.LastSuccess.UTC().Format(time.RFC3339)
+		}
+		return "keepalive_timeout", d.problemObserved(ctx, id, connection.ProblemKeepAliveTimeout, "", detail)
 	case transport.ConnectFailure:
 		d.log.Warn("login refused", "connection", id, "reason", ev.Reason, "message", ev.Message)
-		return "connect_failure", errIgnored
+		return "connect_failure", d.problemObserved(ctx, id, connection.ProblemConnectFailure, strconv.Itoa(ev.Reason), ev.Message)
 	case transport.Connected:
 		return "connected", errIgnored
 	case transport.QRCode:
@@ -110,6 +121,29 @@ func (d *Dispatcher) apply(ctx context.Context, e transport.Event) (string, erro
 		return "pairing_failed", errIgnored
 	}
 	return fmt.Sprintf("%T", e), errIgnored
+}
+
+// problemObserved records a TransportProblemObserved through RecordTransportProblem. detail is
+// made valid UTF-8 and cut to connection.MaxNoteLen bytes: the transport's text must not make
+// the domain refuse the observation.
+func (d *Dispatcher) problemObserved(ctx context.Context, connID string, kind connection.TransportProblemKind, reason, detail string) error {
+	return d.as(ctx, connID, func(pctx context.Context) error {
+		_, err := d.problem.Handle(pctx, commands.RecordTransportProblem{ConnectionID: connID, Kind: kind,
+			Reason: reason, Detail: clip(detail, connection.MaxNoteLen)})
+		return err
+	})
+}
+
+// clip returns s as valid UTF-8 of at most n bytes, cut at a rune boundary.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // as runs do acting as the system principal of the connection's tenant.

@@ -3,24 +3,28 @@ package dispatcher
 import (
 	"context"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 )
 
-// Events the domain has no event for are counted as ignored; a receipt for a message nobody
-// can place is ignored; an event for a connection the store does not know is refused; none of
-// them is an error.
-func TestEventsWithoutDomainEvent(t *testing.T) {
+// Connection problems are recorded as TransportProblemObserved (a keep-alive streak once); a
+// receipt for a message nobody can place is ignored; an event for a connection the store does
+// not know is refused; none of them is an error.
+func TestEventsWithoutLinkChange(t *testing.T) {
 	ctx := context.Background()
 	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "w.db"), sqlite.Options{})
 	if err != nil {
@@ -49,25 +53,61 @@ func TestEventsWithoutDomainEvent(t *testing.T) {
 	}
 	d.ctx = ctx
 	h := transport.EventHeader{ConnectionID: "c1", At: time.Now()}
+	lastPing := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, e := range []transport.Event{
 		transport.StreamReplaced{EventHeader: h},
 		transport.ClientOutdated{EventHeader: h},
-		transport.KeepAliveTimeout{EventHeader: h, ErrorCount: 3},
-		transport.ConnectFailure{EventHeader: h, Reason: 500},
+		transport.KeepAliveTimeout{EventHeader: h, ErrorCount: 1, LastSuccess: lastPing},
+		transport.KeepAliveTimeout{EventHeader: h, ErrorCount: 3, LastSuccess: lastPing}, // same streak: not recorded again
+		transport.ConnectFailure{EventHeader: h, Reason: 500, Message: strings.Repeat("é", connection.MaxNoteLen)},
+		transport.StreamReplaced{EventHeader: transport.EventHeader{ConnectionID: "nobody"}},
 		transport.Receipt{EventHeader: h, Kind: transport.ReceiptDelivered, MessageIDs: []uuid.UUID{uuid.New()}},
 		transport.BanLifted{EventHeader: h}, // the link was never banned: refused
 		transport.Paired{EventHeader: transport.EventHeader{ConnectionID: "nobody"}},
 	} {
 		d.handleEvent(e)
 	}
-	for _, c := range []struct{ typ, result string }{
-		{"stream_replaced", eventIgnored}, {"client_outdated", eventIgnored}, {"keepalive_timeout", eventIgnored},
-		{"connect_failure", eventIgnored}, {"receipt_delivered", eventIgnored}, {"ban_lifted", eventRefused},
-		{"paired", eventRefused},
+	for _, c := range []struct {
+		typ, result string
+		n           float64
+	}{
+		{"stream_replaced", eventRecorded, 1}, {"stream_replaced", eventRefused, 1}, {"client_outdated", eventRecorded, 1},
+		{"keepalive_timeout", eventRecorded, 1}, {"keepalive_timeout", eventIgnored, 1}, {"connect_failure", eventRecorded, 1},
+		{"receipt_delivered", eventIgnored, 1}, {"ban_lifted", eventRefused, 1}, {"paired", eventRefused, 1},
 	} {
-		if got := counterValue(t, promReg, "waqueue_dispatcher_transport_events_total", c.typ, c.result); got != 1 {
-			t.Errorf("%s/%s counted %v, want 1", c.typ, c.result, got)
+		if got := counterValue(t, promReg, "waqueue_dispatcher_transport_events_total", c.typ, c.result); got != c.n {
+			t.Errorf("%s/%s counted %v, want %v", c.typ, c.result, got, c.n)
 		}
+	}
+	recs, err := store.ReadStream(ctx, connection.StreamName("c1"), eventstore.Forwards, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []connection.TransportProblemObserved
+	for _, r := range recs {
+		if r.Type != connection.TypeTransportProblemObserved {
+			continue
+		}
+		e, err := connection.Decode(r.Type, r.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := e.(connection.TransportProblemObserved)
+		if p.ObservedAt.IsZero() || r.Metadata.Actor != commands.SystemPrincipal("t1").ID {
+			t.Fatalf("problem %+v recorded at %v by %q", p, p.ObservedAt, r.Metadata.Actor)
+		}
+		p.ObservedAt = time.Time{}
+		got = append(got, p)
+	}
+	clipped := strings.Repeat("é", connection.MaxNoteLen/2)
+	want := []connection.TransportProblemObserved{
+		{Kind: connection.ProblemStreamReplaced, Detail: "another client took over the session"},
+		{Kind: connection.ProblemClientOutdated, Reason: "405", Detail: "WhatsApp refuses this client version"},
+		{Kind: connection.ProblemKeepAliveTimeout, Detail: "keepalive pings failing; last success 2030-01-02T03:04:05Z"},
+		{Kind: connection.ProblemConnectFailure, Reason: "500", Detail: clipped},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("recorded problems:\n got %+v\nwant %+v", got, want)
 	}
 	if got := counterValue(t, promReg, "waqueue_dispatcher_transport_events_total", "ban_lifted", eventError); got != 0 {
 		t.Errorf("a refused lift counted as an error")
@@ -113,5 +153,19 @@ func TestStartOfDayAndInterval(t *testing.T) {
 	d.cfg.Pacing.Unpaced = true
 	if iv := d.interval(); iv != 0 {
 		t.Errorf("unpaced interval %s, want 0", iv)
+	}
+}
+
+func TestClip(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"abc", 5, "abc"}, {"abcdef", 3, "abc"}, {"aé", 2, "a"}, {"aé", 3, "aé"}, {"a\xffb", 10, "a\uFFFDb"}, {"", 0, ""},
+	} {
+		if got := clip(c.in, c.n); got != c.want {
+			t.Errorf("clip(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
+		}
 	}
 }
