@@ -38,8 +38,8 @@ type AuditRule struct {
 }
 
 // DefaultAuditRules returns the audited events (G8): of connection streams, registrations,
-// policy changes, pairings, session losses, bans, lifts, holds, resumes, clear requests and
-// QueueCleared; of tenant streams, the rights changes (API keys created, revoked, role changed;
+// policy changes, pairings, session losses, bans, lifts, transport problems observed
+// (TransportProblemObserved), holds, resumes, clear requests and QueueCleared; of tenant streams, the rights changes (API keys created, revoked, role changed;
 // the key hash is redacted). Another audited event is one more rule (or one more type).
 func DefaultAuditRules() []AuditRule {
 	return []AuditRule{{
@@ -51,7 +51,7 @@ func DefaultAuditRules() []AuditRule {
 			connection.TypeConnectionRegistered, connection.TypeOnBanPolicyChanged, connection.TypeSessionPaired,
 			connection.TypeSessionInvalidated, connection.TypeConnectionBanned, connection.TypeBanLifted,
 			connection.TypeQueueHeld, connection.TypeQueueResumed, connection.TypeClearQueueRequested,
-			connection.TypeQueueCleared,
+			connection.TypeQueueCleared, connection.TypeTransportProblemObserved,
 		},
 	}}
 }

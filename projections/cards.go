@@ -28,8 +28,8 @@ var _ Projection = (*Cards)(nil)
 // Name implements Projection.
 func (*Cards) Name() string { return CardsName }
 
-// Filter implements Projection: every connection event (problems reported by the dispatcher
-// will be connection events too).
+// Filter implements Projection: every connection event, TransportProblemObserved included
+// (the filter names no types, so every new connection event type reaches the cards).
 func (*Cards) Filter() eventstore.Filter {
 	return eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}}
 }
@@ -79,7 +79,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (conn_id) DO NOTHING`,
 	case connection.OnBanPolicyChanged:
 		return exec(`UPDATE card_connections SET on_ban = $2 WHERE conn_id = $1`, policyText(ev.Policy))
 	case connection.SessionPaired:
-		return exec(`UPDATE card_connections SET link_status = $2 WHERE conn_id = $1`, connection.LinkStatusActive.String())
+		// A (re)paired link starts with a clean slate: the problem that broke it is resolved.
+		return exec(`UPDATE card_connections SET link_status = $2, last_problem = '', last_problem_at_us = 0 WHERE conn_id = $1`,
+			connection.LinkStatusActive.String())
 	case connection.SessionInvalidated:
 		return exec(`UPDATE card_connections SET link_status = $2, last_problem = $3, last_problem_at_us = $4 WHERE conn_id = $1`,
 			connection.LinkStatusSessionInvalid.String(), "session_invalidated: "+ev.Reason, us(ev.InvalidatedAt))
@@ -88,8 +90,12 @@ VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (conn_id) DO NOTHING`,
 ban_since_us = CASE WHEN ban_since_us = 0 THEN $6 ELSE ban_since_us END WHERE conn_id = $1`,
 			connection.LinkStatusBanned.String(), ev.Kind.String(), us(ev.ExpiresAt), ev.ReasonCode, us(ev.BannedAt))
 	case connection.BanLifted:
+		// As on pairing, the link is active again: the last problem is cleared.
 		return exec(`UPDATE card_connections SET link_status = $2, ban_kind = '', ban_expires_at_us = 0, ban_reason = '',
-ban_since_us = 0 WHERE conn_id = $1`, connection.LinkStatusActive.String())
+ban_since_us = 0, last_problem = '', last_problem_at_us = 0 WHERE conn_id = $1`, connection.LinkStatusActive.String())
+	case connection.TransportProblemObserved:
+		return exec(`UPDATE card_connections SET last_problem = $2, last_problem_at_us = $3 WHERE conn_id = $1`,
+			problemText(ev), us(ev.ObservedAt))
 	case connection.QueueHeld:
 		return exec(`UPDATE card_connections SET held = 1, hold_reason = $2, hold_actor = $3, hold_note = $4, hold_since_us = $5
 WHERE conn_id = $1`, ev.Reason.String(), ev.Actor, ev.Note, us(ev.HeldAt))
@@ -133,6 +139,14 @@ WHERE conn_id = $1 AND clear_id = $2`, ev.ClearID.String())
 	return nil
 }
 
+// problemText is a card's text for a transport problem: "kind: reason", or the kind alone.
+func problemText(p connection.TransportProblemObserved) string {
+	if p.Reason == "" {
+		return p.Kind.String()
+	}
+	return p.Kind.String() + ": " + p.Reason
+}
+
 func policyText(p connection.OnBanPolicy) string {
 	if p.IsZero() {
 		return connection.OnBanHold.String()
@@ -156,8 +170,9 @@ type Card struct {
 	Hold *CardHold
 	// Clear is set while a clear is in progress.
 	Clear *CardClear
-	// LastProblem is the last transport problem reported ("session_invalidated: 401",
-	// "message_failed: not_on_whatsapp", ...), empty if none.
+	// LastProblem is the last problem reported ("session_invalidated: 401",
+	// "message_failed: not_on_whatsapp", "stream_replaced", "connect_failure: 500", ...), empty
+	// if none. Pairing the session and lifting a ban clear it.
 	LastProblem   string
 	LastProblemAt time.Time
 	RegisteredAt  time.Time
