@@ -204,8 +204,8 @@ func count(h []recorded, typ string) int {
 	return n
 }
 
-// ack returns the Seq of a message event and whether the event ends a dispatch (sent, failed
-// or outcome unknown); ok is false for events that are neither a dispatch nor an ack.
+// ack returns the Seq of a message event and whether it is a MessageDispatched or an event that
+// acknowledges one (sent, failed or outcome unknown); both are false for any other event.
 func ack(ev connection.Event) (seq uint64, isDispatch, isAck bool) {
 	switch e := ev.(type) {
 	case connection.MessageDispatched:
@@ -317,4 +317,22 @@ func window(h []recorded, rev uint64, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// unacknowledged lists the messages of h dispatched and never acknowledged, with the time of
+// their MessageDispatched, for failure messages.
+func unacknowledged(h []recorded) string {
+	open := map[uint64]recorded{}
+	for _, e := range h {
+		if seq, d, a := ack(e.Event); d {
+			open[seq] = e
+		} else if a {
+			delete(open, seq)
+		}
+	}
+	var out []string
+	for seq, e := range open {
+		out = append(out, fmt.Sprintf("seq %d (revision %d, recorded %s)", seq, e.Revision, e.RecordedAt.Format(time.RFC3339Nano)))
+	}
+	return "[" + strings.Join(out, ", ") + "]"
 }

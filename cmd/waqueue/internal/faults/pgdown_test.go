@@ -136,7 +136,8 @@ func TestPostgresDownUnderLoad(t *testing.T) {
 		}
 		cancelDrain()
 		if c.Pending > 0 || c.InFlight > 0 {
-			t.Errorf("%s did not drain in 2 minutes after the restart: %+v; node log:\n%s", id, c, errorLines(n.logs.String(), 8))
+			t.Errorf("%s did not drain in 2 minutes after the restart: %+v; dispatched, never acknowledged: %s; node log:\n%s",
+				id, c, unacknowledged(a.history(t, ctx, id)), errorLines(n.logs.String(), 8))
 			continue
 		}
 		h := a.history(t, ctx, id)
