@@ -1,8 +1,12 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
+	"syscall"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -158,6 +162,14 @@ func TestProblemMapping(t *testing.T) {
 		{&webhooks.InvalidError{Field: "cursor", Reason: "r"}, http.StatusBadRequest, "invalid_request"},
 		{webhooks.ErrInvalid, http.StatusUnprocessableEntity, "invalid_webhook"},
 		{webhooks.ErrNotFound, http.StatusNotFound, "not_found"},
+		// The database going away (seen in the PostgreSQL-outage fault test) is 503, never 500.
+		{&pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}, http.StatusServiceUnavailable, "service_unavailable"},
+		{&pgconn.PgError{Code: "57P03", Message: "the database system is starting up"}, http.StatusServiceUnavailable, "service_unavailable"},
+		{&pgconn.PgError{Code: "08006"}, http.StatusServiceUnavailable, "service_unavailable"},
+		{fmt.Errorf("commands: append: %w", syscall.EPIPE), http.StatusServiceUnavailable, "service_unavailable"},
+		{fmt.Errorf("apikeys: authenticate: %w", syscall.ECONNRESET), http.StatusServiceUnavailable, "service_unavailable"},
+		{errString("read snapshot: write failed: broken pipe"), http.StatusServiceUnavailable, "service_unavailable"},
+		{&pgconn.PgError{Code: "23505"}, http.StatusInternalServerError, "internal"},
 		{errString("anything else"), http.StatusInternalServerError, "internal"},
 	} {
 		p := toProblem(wrap(c.err))

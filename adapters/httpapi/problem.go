@@ -6,8 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/eventstore"
@@ -196,12 +201,33 @@ func toProblem(err error) *Problem {
 	return mk(http.StatusInternalServerError, CodeInternal, "internal error; see the server log for this request id")
 }
 
-// unavailable reports errors that mean the store or database cannot be reached right now.
+// unavailable reports errors that mean the store or database cannot be reached right now:
+// a closed store, a broken or refused connection, PostgreSQL shutting down or starting
+// (SQLSTATE classes 57P and 08, too many connections), a busy SQLite, a deadline.
 func unavailable(err error) bool {
 	var netErr net.Error
-	return errors.Is(err, eventstore.ErrClosed) || errors.Is(err, driver.ErrBadConn) ||
+	if errors.Is(err, eventstore.ErrClosed) || errors.Is(err, driver.ErrBadConn) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.As(err, &netErr) || sqlitedb.IsBusy(err) ||
-		chainHasText(err, sqlDBClosed)
+		chainHasText(err, sqlDBClosed) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "57P") || strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "53300"
+	}
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) || pgconn.Timeout(err) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNREFUSED) {
+		return true
+	}
+	// Some drivers flatten the cause into text; these are connection failures whatever wraps them.
+	msg := err.Error()
+	for _, s := range []string{"broken pipe", "connection reset by peer", "connection refused", "conn closed", "unexpected EOF", "the database system is shutting down", "the database system is starting up"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // sqlDBClosed is database/sql's error text for a closed *sql.DB, which has no exported sentinel.
