@@ -286,7 +286,10 @@ type ResumeQueue struct {
 }
 
 // Resume decides QueueResumed (reason operator). It fails with ErrNotHeld on a queue that is
-// not held. Resuming does not make a banned link send: dispatch also needs an active link.
+// not held, and with a *LinkStatusError while the link is banned or its session invalid (G7):
+// an operator's resume is a decision about a working link, so it waits for the lift or the new
+// pairing; otherwise the whole queue would go out at the moment the ban lifts, unreviewed.
+// Clearing remains possible at any time.
 func (c *Connection) Resume(cmd ResumeQueue, now time.Time) ([]Event, error) {
 	if err := c.mustBeRegistered("resume"); err != nil {
 		return nil, err
@@ -299,6 +302,9 @@ func (c *Connection) Resume(cmd ResumeQueue, now time.Time) ([]Event, error) {
 	}
 	if c.hold == nil {
 		return nil, &Error{Op: "resume", ConnectionID: c.id, Err: ErrNotHeld}
+	}
+	if c.link == LinkStatusBanned || c.link == LinkStatusSessionInvalid {
+		return nil, &LinkStatusError{ConnectionID: c.id, Op: "resume", Status: c.link}
 	}
 	return []Event{QueueResumed{Reason: ResumeByOperator, Note: cmd.Note, Actor: cmd.Actor, ResumedAt: now.UTC()}}, nil
 }

@@ -447,13 +447,12 @@ func TestHoldResume(t *testing.T) {
 			}},
 		{name: "resume", given: history(base, opHeld()), when: resume,
 			then: []connection.Event{connection.QueueResumed{Reason: connection.ResumeByOperator, Actor: "op", ResumedAt: at(1)}}},
-		{name: "resume a ban hold (operator's decision, link still banned)", given: history(base, banned()), when: resume,
-			then: []connection.Event{connection.QueueResumed{Reason: connection.ResumeByOperator, Actor: "op", ResumedAt: at(1)}},
-			check: func(t *testing.T, c *connection.Connection, _ error) {
-				if c.QueueStatus() != connection.QueueStatusOpen || c.LinkStatus() != connection.LinkStatusBanned {
-					t.Fatalf("queue %v link %v", c.QueueStatus(), c.LinkStatus())
-				}
-			}},
+		// G7: an operator's resume waits for the lift or the new pairing; otherwise the whole
+		// queue would go out unreviewed the moment the ban lifts.
+		{name: "resume while banned is refused", given: history(base, banned()), when: resume,
+			err: connection.ErrLinkStatus},
+		{name: "resume after the lift", given: history(base, banned(), connection.BanLifted{Actor: "system", LiftedAt: at(0)}), when: resume,
+			then: []connection.Event{connection.QueueResumed{Reason: connection.ResumeByOperator, Actor: "op", ResumedAt: at(1)}}},
 		{name: "resume an open queue", given: base, when: resume, err: connection.ErrNotHeld},
 		{name: "hold without actor", given: base, when: func(c *connection.Connection) ([]connection.Event, error) {
 			return c.Hold(connection.HoldQueue{}, at(1))

@@ -1,6 +1,7 @@
 package connection_test
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -211,6 +212,12 @@ func simulate(t *testing.T, seed uint64, steps int) connection.Counters {
 			}
 		case op < 78:
 			if _, held := c.CurrentHold(); held {
+				if l := c.LinkStatus(); l == connection.LinkStatusBanned || l == connection.LinkStatusSessionInvalid {
+					if _, err := c.Resume(connection.ResumeQueue{Actor: "op"}, now); !errors.Is(err, connection.ErrLinkStatus) {
+						t.Fatalf("resume while %v: err = %v, want ErrLinkStatus (G7)", l, err)
+					}
+					break
+				}
 				must(c.Resume(connection.ResumeQueue{Actor: "op"}, now))
 			} else {
 				must(c.Hold(connection.HoldQueue{Actor: "op"}, now))
