@@ -48,6 +48,9 @@ const (
 	CauseUnknown  = "unknown"  // the transport answered ErrOutcomeUnknown
 	CauseShutdown = "shutdown" // the Dispatcher stopped while the send was in progress
 	CauseRestart  = "restart"  // found in flight when a loop first started in this process
+	// CauseStoreError: found in flight when the loop ran the recovery again after a store
+	// failure of a dispatch step (the MessageDispatched was written though the append failed).
+	CauseStoreError = "store_error"
 )
 
 // Internal timings of projection-lag and store-failure retries (real time: they wait for I/O).
@@ -115,7 +118,8 @@ type connState struct {
 	tenant         string
 	capTimer       transport.Timer
 	// Touched only by the connection's loop:
-	recovered  bool
+	recovered  bool // the in-flight recovery ran since the start or the last store failure
+	startedUp  bool // the first recovery in this process ran (later ones are after store failures)
 	nextAt     time.Time
 	day        time.Time
 	dayCount   int

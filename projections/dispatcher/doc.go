@@ -28,6 +28,16 @@
 // resent. This requires that only one Dispatcher works a connection at a time (one process, or
 // per-connection leases in a scale-out deployment; leases are not implemented here).
 //
+// Store failures. An outcome (sent, failed, unknown) that cannot be recorded because the store
+// fails is not dropped: it is recorded again, with a growing pause, until the store takes it or
+// Run's context ends (then the next process's start records the message unknown). The loop of
+// the connection waits meanwhile, so nothing else is dispatched on it. When a dispatch step
+// fails with a store error, the MessageDispatched may have been written even though the append
+// reported an error; the loop therefore runs the in-flight recovery again before its next
+// dispatch and records every message in flight unknown (cause "store_error"), never resent.
+// Sends are synchronous within the loop, so at that point this process has no outstanding send
+// on the connection: every message in flight is one whose outcome nobody will record.
+//
 // The domain has no "undo dispatch": a message stays dispatched once MessageDispatched is
 // recorded. When Send answers ErrRateLimited or ErrNotConnected (transport.Retryable: provably
 // nothing was sent), the loop calls Send again for the same dispatched message id, after an

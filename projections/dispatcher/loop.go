@@ -69,6 +69,11 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 		}
 		return false
 	case err != nil:
+		if !errors.Is(err, ErrNotProjected) {
+			// The MessageDispatched may be written even though the append failed: recover the
+			// messages in flight (none is being sent here) before the next dispatch.
+			st.recovered = false
+		}
 		return d.lag(ctx, connID, st, "dispatch", err)
 	}
 	st.lagBackoff = 0
@@ -95,10 +100,17 @@ func (d *Dispatcher) lag(ctx context.Context, connID string, st *connState, op s
 	return sleepReal(ctx, st.lagBackoff)
 }
 
-// recover records every message in flight unknown (they were dispatched by a process that died)
-// and rebuilds the daily count. It runs once per connection and process, before the first
-// dispatch.
+// recover records every message in flight unknown and rebuilds the daily count. It runs before
+// the first dispatch of a connection in this process (the messages in flight were dispatched by
+// a process that died: cause CauseRestart), and again after a dispatch step failed on a store
+// error (a MessageDispatched written though its append reported a failure: CauseStoreError).
+// It runs on the connection's loop, which sends synchronously, so no message in flight has an
+// outstanding send in this process: none is resent, none has an outcome still to be recorded.
 func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) error {
+	cause := CauseRestart
+	if st.startedUp {
+		cause = CauseStoreError
+	}
 	var inFlight []connection.InFlightMessage
 	err := d.cfg.Repository.View(ctx, connID, func(c *connection.Connection) error {
 		if !c.Registered() {
@@ -116,7 +128,7 @@ func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) 
 	}
 	for _, m := range inFlight {
 		_, err := d.unknown.Handle(pctx, commands.RecordOutcomeUnknown{
-			MessageRef: commands.MessageRef{ConnectionID: connID, MessageID: m.MessageID, Seq: m.Seq}, Cause: CauseRestart})
+			MessageRef: commands.MessageRef{ConnectionID: connID, MessageID: m.MessageID, Seq: m.Seq}, Cause: cause})
 		if err != nil && !errors.Is(err, connection.ErrNotInFlight) {
 			return err
 		}
@@ -124,7 +136,7 @@ func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) 
 			d.stats.recovered.Add(1)
 			d.stats.unknown.Add(1)
 			d.m.sends.WithLabelValues(OutcomeRecovered).Inc()
-			d.log.Info("message found in flight at start recorded unknown", "connection", connID, "message", m.MessageID, "seq", m.Seq)
+			d.log.Info("message found in flight recorded unknown", "cause", cause, "connection", connID, "message", m.MessageID, "seq", m.Seq)
 		}
 	}
 	if d.cfg.Pacing.DailyCap > 0 && !d.cfg.Pacing.Unpaced {
@@ -135,7 +147,7 @@ func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) 
 		}
 		st.day, st.dayCount = day, n
 	}
-	st.recovered = true
+	st.recovered, st.startedUp = true, true
 	return nil
 }
 
@@ -211,8 +223,7 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 	ref := commands.MessageRef{ConnectionID: connID, MessageID: msg.MessageID, Seq: msg.Seq}
 	d.remember(connID, msg.MessageID, msg.Seq)
 	// Outcomes are recorded even when ctx ends (a shutdown mid-send): what happened is known.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(pctx), recordTimeout)
-	defer cancel()
+	wctx := context.WithoutCancel(pctx)
 	req := transport.SendRequest{ConnectionID: connID, MessageID: msg.MessageID, To: msg.Recipient, Text: msg.Text}
 	backoff := d.cfg.RetryBackoff
 	for attempt := 1; ; attempt++ {
@@ -225,7 +236,7 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 		case err == nil:
 			d.m.latency.Observe(time.Since(start).Seconds())
 			d.pace(st)
-			d.record(rctx, OutcomeSent, ref, func() error {
+			d.record(ctx, wctx, OutcomeSent, ref, func(rctx context.Context) error {
 				_, err := d.sent.Handle(rctx, commands.RecordSent{MessageRef: ref, ServerID: res.WAMessageID})
 				return err
 			})
@@ -247,14 +258,14 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 			// connection until the link or queue stops being sendable (ban, session loss, hold or
 			// clear: an operator can always end the wait by holding the queue).
 			exhausted := label == OutcomeRateLimited && attempt >= d.cfg.MaxSendAttempts
-			if exhausted || !d.waitClock(ctx, wait) || !d.sendable(rctx, connID) {
-				d.recordFailed(rctx, ref, CodeNotSent, err.Error())
+			if exhausted || !d.waitClock(ctx, wait) || !d.sendable(wctx, connID) {
+				d.recordFailed(ctx, wctx, ref, CodeNotSent, err.Error())
 				return
 			}
 			d.stats.retries.Add(1)
 		case errors.Is(err, transport.ErrRejected):
 			d.pace(st)
-			d.recordFailed(rctx, ref, CodeRejected, err.Error())
+			d.recordFailed(ctx, wctx, ref, CodeRejected, err.Error())
 			return
 		default: // ErrOutcomeUnknown, or an adapter error outside the contract: never resend.
 			d.m.latency.Observe(time.Since(start).Seconds())
@@ -266,7 +277,7 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 			case timedOut:
 				cause = CauseTimeout
 			}
-			d.record(rctx, OutcomeUnknown, ref, func() error {
+			d.record(ctx, wctx, OutcomeUnknown, ref, func(rctx context.Context) error {
 				_, err := d.unknown.Handle(rctx, commands.RecordOutcomeUnknown{MessageRef: ref, Cause: cause})
 				return err
 			})
@@ -278,6 +289,8 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 // sendable reports whether a dispatched message may still be handed over: the link is active
 // and the queue open (no ban, session loss, hold or clear arrived since it was dispatched).
 func (d *Dispatcher) sendable(ctx context.Context, connID string) bool {
+	ctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	defer cancel()
 	ok := false
 	err := d.cfg.Repository.View(ctx, connID, func(c *connection.Connection) error {
 		ok = c.LinkStatus() == connection.LinkStatusActive && c.QueueStatus() == connection.QueueStatusOpen
@@ -292,7 +305,8 @@ func (d *Dispatcher) pace(st *connState) {
 	}
 }
 
-func (d *Dispatcher) recordFailed(ctx context.Context, ref commands.MessageRef, code, detail string) {
+// recordFailed records a MessageFailed through record.
+func (d *Dispatcher) recordFailed(ctx, wctx context.Context, ref commands.MessageRef, code, detail string) {
 	if len(detail) > connection.MaxNoteLen {
 		detail = detail[:connection.MaxNoteLen]
 	}
@@ -300,16 +314,21 @@ func (d *Dispatcher) recordFailed(ctx context.Context, ref commands.MessageRef, 
 	if code == CodeNotSent {
 		label = OutcomeNotSent
 	}
-	d.record(ctx, label, ref, func() error {
-		_, err := d.failed.Handle(ctx, commands.RecordFailed{MessageRef: ref, Code: code, Detail: detail})
+	d.record(ctx, wctx, label, ref, func(rctx context.Context) error {
+		_, err := d.failed.Handle(rctx, commands.RecordFailed{MessageRef: ref, Code: code, Detail: detail})
 		return err
 	})
 }
 
-// record runs an outcome command, counting it. A refusal because the message is no longer in
-// flight (a receipt acknowledged it first) is not an error. Any other failure leaves the
-// message in flight: the next start records it unknown.
-func (d *Dispatcher) record(ctx context.Context, label string, ref commands.MessageRef, do func() error) {
+// record runs an outcome command, counting it. Each attempt gets a context derived from wctx
+// (which must not be cancelled: the outcome is known and is recorded even at shutdown) with
+// recordTimeout. A refusal because the message is no longer in flight (a receipt acknowledged
+// it first, or an earlier attempt was written though it reported a failure) is not an error;
+// another refusal by the domain is logged and not retried. Any other failure (the store is
+// unreachable) is retried with a growing real-time pause for as long as ctx, Run's context,
+// lasts: the outcome known now is still the right one once the store is back. If ctx ends
+// first, the message stays in flight and the next process's start records it unknown.
+func (d *Dispatcher) record(ctx, wctx context.Context, label string, ref commands.MessageRef, do func(context.Context) error) {
 	d.m.sends.WithLabelValues(label).Inc()
 	switch label {
 	case OutcomeSent:
@@ -319,13 +338,35 @@ func (d *Dispatcher) record(ctx context.Context, label string, ref commands.Mess
 	default:
 		d.stats.failed.Add(1)
 	}
-	err := do()
-	switch {
-	case err == nil:
-	case errors.Is(err, connection.ErrNotInFlight):
-		d.log.Debug("outcome already acknowledged", "outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID)
-	default:
-		d.log.Error("recording a send outcome failed; the message stays in flight until the next start records it unknown",
-			"outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID, "seq", ref.Seq, "err", err)
+	backoff := time.Duration(0)
+	for attempt := 1; ; attempt++ {
+		rctx, cancel := context.WithTimeout(wctx, recordTimeout)
+		err := do(rctx)
+		cancel()
+		switch {
+		case err == nil:
+			if attempt > 1 {
+				d.log.Info("send outcome recorded after store failures", "outcome", label, "connection", ref.ConnectionID,
+					"message", ref.MessageID, "attempts", attempt)
+			}
+			return
+		case errors.Is(err, connection.ErrNotInFlight):
+			d.log.Debug("outcome already acknowledged", "outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID)
+			return
+		case commands.IsRefusal(err):
+			d.log.Error("recording a send outcome refused by the domain", "outcome", label, "connection", ref.ConnectionID,
+				"message", ref.MessageID, "seq", ref.Seq, "err", err)
+			return
+		}
+		backoff = min(max(2*backoff, lagBackoffMin), lagBackoffMax)
+		if ctx.Err() != nil || !sleepReal(ctx, backoff) {
+			d.log.Error("recording a send outcome failed at shutdown; the message stays in flight until the next start records it unknown",
+				"outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID, "seq", ref.Seq, "attempts", attempt, "err", err)
+			return
+		}
+		if attempt == 1 || attempt%20 == 0 {
+			d.log.Warn("recording a send outcome failed; retrying", "outcome", label, "connection", ref.ConnectionID,
+				"message", ref.MessageID, "seq", ref.Seq, "attempts", attempt, "backoff", backoff, "err", err)
+		}
 	}
 }
