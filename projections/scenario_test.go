@@ -8,7 +8,6 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/clearkit"
@@ -183,13 +182,4 @@ func seqs(ms []projections.PendingMessage) []uint64 {
 		out = append(out, m.Seq)
 	}
 	return out
-}
-
-func lastPosition(t *testing.T, e *env, f eventstore.Filter) eventstore.Position {
-	t.Helper()
-	evs, err := e.store.ReadAll(context.Background(), eventstore.Start, 0, f)
-	if err != nil || len(evs) == 0 {
-		t.Fatalf("no events (%v)", err)
-	}
-	return evs[len(evs)-1].Position
 }

@@ -426,6 +426,8 @@ func (m *Manager) Send(ctx context.Context, req transport.SendRequest) (transpor
 
 // classifySendError maps an error of whatsmeow's SendMessage to a transport outcome; see the
 // package doc. Only errors that prove nothing was sent are retryable.
+//
+//lint:ignore ST1008 kind is the sentinel naming the outcome, not a failure of this function
 func classifySendError(err error) (kind error, reason string) {
 	var iqErr *whatsmeow.IQError
 	switch {
