@@ -5,7 +5,7 @@ DATA_DIR  ?= .data
 STATICCHECK_VERSION ?= v0.7.0
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build run test test-short test-race test-faults fuzz bench lint fmt vet clean
+.PHONY: all build run hygiene test test-short test-race test-faults fuzz bench lint fmt vet clean
 
 all: build
 
@@ -19,7 +19,7 @@ run:
 ## test: vet; every test under the race detector (volumes reduced with -short where the race
 ## detector makes them slow); then the full-volume tests without it; then a short run of every fuzz
 ## target. Tests start their own throwaway PostgreSQL (or use TEST_DATABASE_URL).
-test: vet
+test: hygiene vet
 	$(GO) test -race -short -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	./scripts/fuzz-short.sh
@@ -37,6 +37,10 @@ test-short:
 ## bench: every benchmark against a throwaway durable PostgreSQL and SQLite; BENCH lines on stdout.
 bench:
 	$(GO) run ./cmd/waqueue bench all
+
+## hygiene: nothing built goes into git (tracked binaries, files over 1 MiB outside vendor/ and fuzz corpora).
+hygiene:
+	./scripts/check-repo.sh
 
 vet:
 	$(GO) vet $(PKGS)
