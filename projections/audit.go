@@ -3,9 +3,7 @@ package projections
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/auditchain"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 )
@@ -59,9 +58,31 @@ func DefaultAuditRules() []AuditRule {
 // Audit is the audit trail (G8): one row per audited event, with tenant, connection, actor,
 // reason, time and details (the event body), never updated after insert. Rows are chained per
 // tenant: seq is 1, 2, 3, … and hash = SHA-256(prev_hash || canonical entry bytes), hex-encoded,
-// so Verify detects any row altered, removed or inserted.
+// so Verify detects any row altered, removed or inserted. It also keeps the chain's signed
+// checkpoints (audit_checkpoints, from the AuditCheckpointSigned events AuditCheckpointer
+// appends), so that a rewritten chain or a cut tail is detected too (VerifySince).
 type Audit struct {
 	rules []AuditRule
+	wake  func()
+}
+
+// OnCommit sets f (typically AuditCheckpointer.Wake) to be called after a batch that added
+// entries has committed. Call it before the runner starts.
+func (a *Audit) OnCommit(f func()) { a.wake = f }
+
+var _ AfterCommitter = (*Audit)(nil)
+
+// AfterCommit implements AfterCommitter.
+func (a *Audit) AfterCommit(events []eventstore.RecordedEvent) {
+	if a.wake == nil {
+		return
+	}
+	for _, e := range events {
+		if _, ok := a.rule(e); ok {
+			a.wake()
+			return
+		}
+	}
 }
 
 // NewAudit returns the audit projection for rules (DefaultAuditRules when none).
@@ -85,17 +106,18 @@ func (a *Audit) Filter() eventstore.Filter {
 		f.StreamPrefixes = append(f.StreamPrefixes, r.StreamPrefix)
 		f.EventTypes = append(f.EventTypes, r.EventTypes...)
 	}
-	f.StreamPrefixes = append(f.StreamPrefixes, connection.StreamPrefix)
-	f.EventTypes = append(f.EventTypes, connection.TypeConnectionRegistered)
+	f.StreamPrefixes = append(f.StreamPrefixes, connection.StreamPrefix, auditchain.StreamPrefix)
+	f.EventTypes = append(f.EventTypes, connection.TypeConnectionRegistered, auditchain.TypeCheckpointSigned)
 	slices.Sort(f.StreamPrefixes)
 	slices.Sort(f.EventTypes)
 	f.StreamPrefixes, f.EventTypes = slices.Compact(f.StreamPrefixes), slices.Compact(f.EventTypes)
 	return f
 }
 
-// Reset implements Projection. Rebuilding recreates the same chain from the same log.
+// Reset implements Projection. Rebuilding recreates the same chain from the same log, so the
+// checkpoints (rebuilt from their events) still match it.
 func (*Audit) Reset(ctx context.Context, tx *Tx) error {
-	return execAll(ctx, tx, `DELETE FROM audit_entries`, `DELETE FROM audit_conns`)
+	return execAll(ctx, tx, `DELETE FROM audit_entries`, `DELETE FROM audit_conns`, `DELETE FROM audit_checkpoints`)
 }
 
 func (a *Audit) rule(e eventstore.RecordedEvent) (AuditRule, bool) {
@@ -117,6 +139,12 @@ func (a *Audit) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 	tenants := map[string]string{}
 	heads := map[string]chainHead{}
 	for _, e := range events {
+		if e.Type == auditchain.TypeCheckpointSigned && strings.HasPrefix(e.Stream, auditchain.StreamPrefix) {
+			if err := insertCheckpoint(ctx, tx, e); err != nil {
+				return err
+			}
+			continue
+		}
 		connID, isConn := connection.IDFromStream(e.Stream)
 		if isConn && e.Type == connection.TypeConnectionRegistered {
 			var reg connection.ConnectionRegistered
@@ -236,27 +264,15 @@ type AuditEntry struct {
 	PrevHash, Hash string
 }
 
-// chainHash returns hex(SHA-256(PrevHash || canonical bytes)). The canonical bytes are the JSON
-// encoding of the entry's stored fields in a fixed order (encoding/json writes struct fields in
-// declaration order and escapes strings deterministically).
-func (en AuditEntry) chainHash() string {
-	canon, _ := json.Marshal(struct {
-		Tenant     string `json:"tenant"`
-		Seq        uint64 `json:"seq"`
-		EventID    string `json:"event_id"`
-		Stream     string `json:"stream"`
-		Connection string `json:"connection"`
-		Type       string `json:"type"`
-		Actor      string `json:"actor"`
-		Reason     string `json:"reason"`
-		AtUS       int64  `json:"at_us"`
-		Details    string `json:"details"`
-	}{en.TenantID, en.Seq, en.EventID.String(), en.Stream, en.ConnectionID, en.EventType, en.Actor, en.Reason, us(en.At), string(en.Details)})
-	h := sha256.New()
-	h.Write([]byte(en.PrevHash))
-	h.Write(canon)
-	return hex.EncodeToString(h.Sum(nil))
+// Link returns what the entry's hash covers.
+func (en AuditEntry) Link() auditchain.Link {
+	return auditchain.Link{Tenant: en.TenantID, Seq: en.Seq, EventID: en.EventID.String(), Stream: en.Stream,
+		Connection: en.ConnectionID, Type: en.EventType, Actor: en.Actor, Reason: en.Reason, AtUS: us(en.At),
+		Details: string(en.Details), PrevHash: en.PrevHash}
 }
+
+// chainHash returns hex(SHA-256(PrevHash || canonical bytes)) (auditchain.Link.Hash).
+func (en AuditEntry) chainHash() string { return en.Link().Hash() }
 
 // AuditFilter narrows an audit query; zero fields do not filter.
 type AuditFilter struct {
