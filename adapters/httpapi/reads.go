@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/docs"
+	"github.com/waqueue/waqueue/domain/auditchain"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/projections"
 )
@@ -88,7 +90,7 @@ func (s *server) audit(w http.ResponseWriter, r *http.Request) error {
 		for _, e := range page.Entries {
 			out = append(out, viewAudit(e))
 		}
-		return writeJSON(w, http.StatusOK, map[string]any{"entries": out, "next_cursor": page.NextCursor})
+		return writeJSONVerbatim(w, http.StatusOK, map[string]any{"entries": out, "next_cursor": page.NextCursor})
 	case "csv", "jsonl":
 	default:
 		return &Problem{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Field: "format", Detail: `must be "json", "csv" or "jsonl"`}
@@ -106,6 +108,7 @@ func (s *server) audit(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusOK)
 	cw := csv.NewWriter(w)
 	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // details byte for byte as hashed (see writeJSONVerbatim)
 	if format == "csv" {
 		_ = cw.Write([]string{"seq", "at", "event_type", "connection_id", "actor", "reason", "stream", "event_id", "details", "prev_hash", "hash"})
 	}
@@ -130,6 +133,22 @@ func (s *server) audit(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
+// writeJSONVerbatim is writeJSON without HTML escaping: an entry's details (raw JSON) then
+// reach the client byte for byte as stored and hashed, so a verifier recomputes the same hash
+// (json.Marshal would turn a stored "<", ">" or "&" into \u003c…).
+func writeJSONVerbatim(w http.ResponseWriter, status int, v any) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+	return nil
+}
+
 func badCursor(err error) error {
 	if errors.Is(err, projections.ErrBadCursor) {
 		return &Problem{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Field: "cursor", Detail: "not a cursor this API produced"}
@@ -144,6 +163,23 @@ func (s *server) auditVerify(w http.ResponseWriter, r *http.Request) error {
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"ok": v.OK, "checked": v.Checked, "first_bad_seq": v.FirstBadSeq,
 		"problem": v.Problem, "head": v.Head})
+}
+
+// auditCheckpoints answers a page of the tenant's signed audit checkpoints, newest first.
+func (s *server) auditCheckpoints(w http.ResponseWriter, r *http.Request) error {
+	limit, err := queryInt(r, "limit", 100, 1000)
+	if err != nil {
+		return err
+	}
+	page, err := s.d.Audit.Checkpoints(r.Context(), s.d.DB, principal(r).TenantID, r.URL.Query().Get("cursor"), int(limit))
+	if err != nil {
+		return badCursor(err)
+	}
+	out := page.Checkpoints
+	if out == nil {
+		out = []auditchain.Checkpoint{}
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"checkpoints": out, "next_cursor": page.NextCursor})
 }
 
 func (s *server) analyticsDaily(w http.ResponseWriter, r *http.Request) error {

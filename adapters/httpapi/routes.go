@@ -102,6 +102,7 @@ func (*server) routes() []Route {
 		r("GET", "/v1/connections/{id}/history", auth.AuditRead, (*server).history, []int{s200, s400, s404}),
 		r("GET", "/v1/audit", auth.AuditRead, (*server).audit, []int{s200, s400}),
 		r("GET", "/v1/audit/verify", auth.AuditRead, (*server).auditVerify, []int{s200}),
+		r("GET", "/v1/audit/checkpoints", auth.AuditRead, (*server).auditCheckpoints, []int{s200, s400}),
 		r("GET", "/v1/analytics/daily", auth.AnalyticsRead, (*server).analyticsDaily, []int{s200, s400}),
 
 		r("POST", "/v1/keys", auth.Admin, (*server).createKey, []int{s201}, body),

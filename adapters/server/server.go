@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
+	"github.com/waqueue/waqueue/adapters/auditkey"
 	"github.com/waqueue/waqueue/adapters/broker"
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/esdb"
@@ -92,31 +93,42 @@ type Options struct {
 	// ClearRetryInterval is how often the clearing process looks for open clears without a
 	// wake-up. Default 1s.
 	ClearRetryInterval time.Duration
+	// AuditKey is the file of the Ed25519 key signing the audit checkpoints, created (0600)
+	// when missing. Default DataDir/audit-key.pem.
+	AuditKey string
+	// AuditCheckpointEvery and AuditCheckpointInterval make a tenant's audit checkpoint due
+	// (projections.AuditCheckpointerConfig Every and Interval; defaults 100 and 5m).
+	AuditCheckpointEvery    int
+	AuditCheckpointInterval time.Duration
 }
 
 // Node is an assembled waqueue server. Start runs its background work; Handler serves its API.
 type Node struct {
 	Options Options
 
-	Events     eventstore.Store
-	DB         *projections.DB
-	SQL        *sql.DB
-	Registry   *prometheus.Registry
-	Keys       *apikeys.Keys
-	Repo       *commands.Repository
-	Handlers   commands.Handlers
-	Runner     *projections.Runner
-	Queue      *projections.Queue
-	Cards      *projections.Cards
-	Messages   *projections.MessageStatus
-	Audit      *projections.Audit
-	Analytics  *projections.Analytics
-	Clears     *projections.ClearProcess
-	Webhooks   *webhooks.Service
-	Transport  transport.Transport
-	Simulator  *simulator.Simulator
-	Dispatcher *dispatcher.Dispatcher
-	Handler    http.Handler
+	Events    eventstore.Store
+	DB        *projections.DB
+	SQL       *sql.DB
+	Registry  *prometheus.Registry
+	Keys      *apikeys.Keys
+	Repo      *commands.Repository
+	Handlers  commands.Handlers
+	Runner    *projections.Runner
+	Queue     *projections.Queue
+	Cards     *projections.Cards
+	Messages  *projections.MessageStatus
+	Audit     *projections.Audit
+	Analytics *projections.Analytics
+	Clears    *projections.ClearProcess
+	// AuditCheckpoints signs the audit chain's checkpoints; its PublicKey is what verifiers need.
+	AuditCheckpoints *projections.AuditCheckpointer
+	// AuditKeyCreated is true when this start created the audit key file.
+	AuditKeyCreated bool
+	Webhooks        *webhooks.Service
+	Transport       transport.Transport
+	Simulator       *simulator.Simulator
+	Dispatcher      *dispatcher.Dispatcher
+	Handler         http.Handler
 	// AdminKey is the key Bootstrap created on this start (empty when keys existed).
 	AdminKey string
 	// Tenant is the bootstrap tenant.
@@ -178,6 +190,18 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	n.Cards, n.Queue, n.Messages = projections.NewCards(), projections.NewQueue(), projections.NewMessageStatus()
 	n.Audit = projections.NewAudit(append(projections.DefaultAuditRules(), apikeys.AuditRule())...)
 	n.Analytics = projections.NewAnalytics()
+	auditKey, keyCreated, err := auditkey.LoadOrCreate(o.AuditKey)
+	if err != nil {
+		return nil, err
+	}
+	n.AuditKeyCreated = keyCreated
+	if n.AuditCheckpoints, err = projections.NewAuditCheckpointer(projections.AuditCheckpointerConfig{
+		DB: n.DB, Store: n.Events, Key: auditKey, Every: o.AuditCheckpointEvery, Interval: o.AuditCheckpointInterval,
+		Now: o.Now, Logger: o.Logger,
+	}); err != nil {
+		return nil, err
+	}
+	n.Audit.OnCommit(n.AuditCheckpoints.Wake)
 	if n.webhookW, err = webhooks.NewWorker(webhooks.WorkerConfig{DB: n.DB, Logger: o.Logger}); err != nil {
 		return nil, err
 	}
@@ -248,6 +272,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Transport == "" {
 		o.Transport = TransportSimulator
+	}
+	if o.AuditKey == "" {
+		o.AuditKey = filepath.Join(o.DataDir, auditkey.FileName)
 	}
 	if o.Transport != TransportSimulator && o.Transport != TransportWhatsmeow {
 		errs = append(errs, fmt.Errorf("server: transport %q: want simulator or whatsmeow", o.Transport))
@@ -407,6 +434,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return nil
 	})
 	n.goRun("webhooks", func() error { return n.webhookW.Run(ctx) })
+	n.goRun("audit-checkpoints", func() error { return n.AuditCheckpoints.Run(ctx) })
 	n.goRun("command-processor", func() error { return router.Run(ctx) })
 	if n.Dispatcher != nil {
 		n.goRun("dispatcher", func() error { return n.Dispatcher.Run(ctx) })

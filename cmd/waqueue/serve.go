@@ -15,6 +15,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/cmd/waqueue/internal/config"
+	"github.com/waqueue/waqueue/domain/auditchain"
 )
 
 // withConfig binds the server configuration to cmd's flags and fills cfg (flags, then
@@ -47,6 +48,9 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	o.Simulator.Seed = uint64(cfg.SimulatorSeed)
 	o.NoPacing = cfg.NoPacing
 	o.NoDispatcher = cfg.NoDispatcher
+	o.AuditKey = cfg.AuditKey
+	o.AuditCheckpointEvery = cfg.AuditCheckpointEvery
+	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval
 	return o
 }
 
@@ -97,6 +101,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Wri
 	}
 	log.Info("waqueue serving", "addr", "http://"+ln.Addr().String(), "db", cfg.Engine(), "transport", transport, "broker", cmpOr(cfg.Broker, "in-process"))
 	fmt.Fprintf(out, "waqueue: serving http://%s (store %s, transport %s)\n", ln.Addr(), cfg.Engine(), transport)
+	auditPub := node.AuditCheckpoints.PublicKey()
+	log.Info("audit checkpoints signed", "key_id", auditchain.KeyID(auditPub), "public_key", auditchain.EncodePublicKey(auditPub),
+		"key_file", cfg.AuditKey, "key_created", node.AuditKeyCreated)
+	fmt.Fprintf(out, "waqueue: audit checkpoints signed by %s (key file %s); verify with --public-key %s\n",
+		auditchain.KeyID(auditPub), cfg.AuditKey, auditchain.EncodePublicKey(auditPub))
 	select {
 	case <-ctx.Done():
 	case err := <-errc:

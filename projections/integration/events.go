@@ -15,11 +15,13 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/auditchain"
 	"github.com/waqueue/waqueue/domain/connection"
 )
 
@@ -54,12 +56,16 @@ const (
 	TypeClearRequested = "waqueue.clear.requested.v1"
 	// TypeClearCompleted: a Clear Queue completed, with its exact report.
 	TypeClearCompleted = "waqueue.clear.completed.v1"
+	// TypeAuditCheckpoint: the tenant's audit chain head was signed (G8). Its Data is the
+	// auditchain.Checkpoint; keep it outside the machine to detect a later rewrite or cut of
+	// the audit trail (`waqueue audit verify --since`). ConnectionID is empty.
+	TypeAuditCheckpoint = "waqueue.audit.checkpoint.v1"
 )
 
 // Types returns every integration event type, in a fixed order.
 func Types() []string {
 	return []string{TypeMessageStatusChanged, TypeConnectionLinkStatusChanged, TypeConnectionBanned,
-		TypeConnectionBanLifted, TypeConnectionQueueStatusChanged, TypeClearRequested, TypeClearCompleted}
+		TypeConnectionBanLifted, TypeConnectionQueueStatusChanged, TypeClearRequested, TypeClearCompleted, TypeAuditCheckpoint}
 }
 
 // IsKnownType reports whether t is one of Types.
@@ -97,7 +103,7 @@ type Event struct {
 	// connection it orders events.
 	Position string `json:"position"`
 	// Data is the type's body: MessageStatusChanged, LinkStatusChanged, Banned, BanLifted,
-	// QueueStatusChanged, ClearRequested or ClearCompleted.
+	// QueueStatusChanged, ClearRequested, ClearCompleted or auditchain.Checkpoint.
 	Data json.RawMessage `json:"data"`
 }
 
@@ -203,15 +209,20 @@ func SourceTypes() []string {
 	}
 }
 
-// Filter selects SourceTypes of connection streams.
+// Filter selects SourceTypes of connection streams and the audit checkpoints of the
+// auditcheckpoint streams.
 func Filter() eventstore.Filter {
-	return eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}, EventTypes: SourceTypes()}
+	return eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix, auditchain.StreamPrefix},
+		EventTypes: append(SourceTypes(), auditchain.TypeCheckpointSigned)}
 }
 
 // Translate returns the integration event of a recorded domain event, and false for an event
 // that has none (another stream, or a type outside SourceTypes). It is a pure function of e: the
 // same recorded event always gives the same integration event, byte for byte.
 func Translate(e eventstore.RecordedEvent) (Event, bool, error) {
+	if e.Type == auditchain.TypeCheckpointSigned && strings.HasPrefix(e.Stream, auditchain.StreamPrefix) {
+		return translateCheckpoint(e)
+	}
 	connID, isConn := connection.IDFromStream(e.Stream)
 	if !isConn || !connection.IsKnownType(e.Type) {
 		return Event{}, false, nil
@@ -231,6 +242,22 @@ func Translate(e eventstore.RecordedEvent) (Event, bool, error) {
 	return Event{
 		ID: EventID(e.ID, typ), Type: typ, OccurredAt: at.UTC(),
 		TenantID: e.Metadata.TenantID, ConnectionID: connID, Position: e.Position.String(), Data: data,
+	}, true, nil
+}
+
+// translateCheckpoint: the body is the checkpoint's JSON, passed on compacted, unchanged.
+func translateCheckpoint(e eventstore.RecordedEvent) (Event, bool, error) {
+	var cp auditchain.Checkpoint
+	if err := json.Unmarshal(e.Data, &cp); err != nil {
+		return Event{}, false, fmt.Errorf("integration: event %s (%s at %s): %w", e.ID, e.Type, e.Position, err)
+	}
+	data, err := json.Marshal(cp)
+	if err != nil {
+		return Event{}, false, fmt.Errorf("integration: encode checkpoint of event %s: %w", e.ID, err)
+	}
+	return Event{
+		ID: EventID(e.ID, TypeAuditCheckpoint), Type: TypeAuditCheckpoint, OccurredAt: cp.At.UTC(),
+		TenantID: cp.TenantID, Position: e.Position.String(), Data: data,
 	}, true, nil
 }
 

@@ -56,6 +56,9 @@ type Options struct {
 	// until the test calls Server.Clears.Sweep, so that what happens while clearing is testable
 	// without racing the process (server.Options.NoClearing).
 	ManualClears bool
+	// AuditCheckpointEvery signs a tenant's audit checkpoint after this many new entries
+	// (server.Options.AuditCheckpointEvery; default 100).
+	AuditCheckpointEvery int
 }
 
 // Server is a running API server with everything under it. The fields other than URL and HTTP
@@ -116,16 +119,17 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	node, err := server.New(ctx, server.Options{
-		DataDir:            opts.Dir,
-		SimulatorRoutes:    !opts.NoSimulatorRoutes,
-		NoDispatcher:       true,
-		NoClearing:         opts.ManualClears,
-		Limits:             opts.Limits,
-		Logger:             opts.Logger,
-		Now:                opts.Now,
-		BootstrapOut:       io.Discard,
-		ProjectionBatch:    256,
-		ClearRetryInterval: 100 * time.Millisecond,
+		DataDir:              opts.Dir,
+		SimulatorRoutes:      !opts.NoSimulatorRoutes,
+		NoDispatcher:         true,
+		NoClearing:           opts.ManualClears,
+		Limits:               opts.Limits,
+		Logger:               opts.Logger,
+		Now:                  opts.Now,
+		BootstrapOut:         io.Discard,
+		ProjectionBatch:      256,
+		ClearRetryInterval:   100 * time.Millisecond,
+		AuditCheckpointEvery: opts.AuditCheckpointEvery,
 	})
 	if err != nil {
 		return nil, err

@@ -329,6 +329,27 @@ func (c *Client) VerifyAudit(ctx context.Context) (AuditVerification, json.RawMe
 	return v, b, err
 }
 
+// CheckpointPage is one page of the tenant's signed audit checkpoints, newest first.
+type CheckpointPage struct {
+	Checkpoints []json.RawMessage `json:"checkpoints"`
+	NextCursor  string            `json:"next_cursor"`
+}
+
+// AuditCheckpoints reads the page of at most limit checkpoints older than cursor ("" for the
+// newest) (GET /v1/audit/checkpoints).
+func (c *Client) AuditCheckpoints(ctx context.Context, cursor string, limit int) (CheckpointPage, error) {
+	q := url.Values{}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var p CheckpointPage
+	_, err := c.get(ctx, "/v1/audit/checkpoints", q, &p)
+	return p, err
+}
+
 // AuditEntry is one entry of the audit trail.
 type AuditEntry struct {
 	Seq          uint64          `json:"seq"`

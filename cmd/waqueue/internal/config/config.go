@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -50,6 +51,18 @@ type Config struct {
 	NoDispatcher bool
 	// LogLevel is debug, info, warn or error (--log-level, WAQUEUE_LOG_LEVEL). Default info.
 	LogLevel string
+	// AuditKey is the file of the Ed25519 key that signs the audit chain's checkpoints
+	// (--audit-key, WAQUEUE_AUDIT_KEY), created (0600) at first start when missing. The
+	// database never holds it. Default DATA_DIR/audit-key.pem; with the embedded SQLite
+	// database in the same directory, put it elsewhere to keep it from whoever can write the
+	// database file.
+	AuditKey string
+	// AuditCheckpointEvery is how many new audit entries of a tenant make a checkpoint due
+	// (--audit-checkpoint-every, WAQUEUE_AUDIT_CHECKPOINT_EVERY). Default 100.
+	AuditCheckpointEvery int
+	// AuditCheckpointInterval is the longest an audit entry waits for a checkpoint
+	// (--audit-checkpoint-interval, WAQUEUE_AUDIT_CHECKPOINT_INTERVAL). Default 5m.
+	AuditCheckpointInterval time.Duration
 }
 
 // env maps each flag to its environment variable.
@@ -64,6 +77,10 @@ var env = map[string]string{
 	"log-level":     "WAQUEUE_LOG_LEVEL",
 	"no-pacing":     "WAQUEUE_NO_PACING",
 	"no-dispatcher": "WAQUEUE_NO_DISPATCHER",
+
+	"audit-key":                 "WAQUEUE_AUDIT_KEY",
+	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
+	"audit-checkpoint-interval": "WAQUEUE_AUDIT_CHECKPOINT_INTERVAL",
 }
 
 // Bind registers the flags on fs, with defaults.
@@ -78,6 +95,9 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
 	fs.BoolVar(&c.NoDispatcher, "no-dispatcher", false, "serve the API without dispatching (extra API-only instances) ($WAQUEUE_NO_DISPATCHER)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error ($WAQUEUE_LOG_LEVEL)")
+	fs.StringVar(&c.AuditKey, "audit-key", "", "Ed25519 key file signing audit checkpoints, created if missing (default DATA_DIR/audit-key.pem) ($WAQUEUE_AUDIT_KEY)")
+	fs.IntVar(&c.AuditCheckpointEvery, "audit-checkpoint-every", 100, "sign an audit checkpoint after this many new entries of a tenant ($WAQUEUE_AUDIT_CHECKPOINT_EVERY)")
+	fs.DurationVar(&c.AuditCheckpointInterval, "audit-checkpoint-interval", 5*time.Minute, "longest an audit entry waits for a signed checkpoint ($WAQUEUE_AUDIT_CHECKPOINT_INTERVAL)")
 }
 
 // ApplyEnv sets every flag not given on the command line from its environment variable.
@@ -118,6 +138,15 @@ func (c *Config) Validate() error {
 	}
 	if c.DB == "" {
 		c.DB = "sqlite://" + filepath.Join(c.DataDir, "waqueue.db")
+	}
+	if c.AuditKey == "" {
+		c.AuditKey = filepath.Join(c.DataDir, "audit-key.pem")
+	}
+	if c.AuditCheckpointEvery < 1 {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_AUDIT_CHECKPOINT_EVERY %d: want at least 1", c.AuditCheckpointEvery))
+	}
+	if c.AuditCheckpointInterval < time.Second {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_AUDIT_CHECKPOINT_INTERVAL %s: want at least 1s", c.AuditCheckpointInterval))
 	}
 	switch {
 	case strings.HasPrefix(c.DB, "sqlite://"):

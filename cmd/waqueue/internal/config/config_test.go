@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -31,6 +32,27 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.Transport != TransportSimulator || c.Listen != "127.0.0.1:8080" || c.NoPacing || c.NoDispatcher {
 		t.Errorf("defaults: %+v", c)
+	}
+	if c.AuditKey != ".data/audit-key.pem" || c.AuditCheckpointEvery != 100 || c.AuditCheckpointInterval != 5*time.Minute {
+		t.Errorf("audit defaults: key %q, every %d, interval %s", c.AuditKey, c.AuditCheckpointEvery, c.AuditCheckpointInterval)
+	}
+}
+
+func TestAuditKeyAndCheckpointsFromEnvironment(t *testing.T) {
+	env := map[string]string{"WAQUEUE_AUDIT_KEY": "/etc/waqueue/audit.pem", "WAQUEUE_AUDIT_CHECKPOINT_EVERY": "10",
+		"WAQUEUE_AUDIT_CHECKPOINT_INTERVAL": "30s"}
+	c, err := parse(t, []string{"--audit-checkpoint-every", "20"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AuditKey != "/etc/waqueue/audit.pem" || c.AuditCheckpointEvery != 20 || c.AuditCheckpointInterval != 30*time.Second {
+		t.Errorf("audit settings: key %q, every %d, interval %s", c.AuditKey, c.AuditCheckpointEvery, c.AuditCheckpointInterval)
+	}
+	_, err = parse(t, nil, map[string]string{"WAQUEUE_AUDIT_CHECKPOINT_EVERY": "0", "WAQUEUE_AUDIT_CHECKPOINT_INTERVAL": "1ms"})
+	for _, want := range []string{"WAQUEUE_AUDIT_CHECKPOINT_EVERY", "WAQUEUE_AUDIT_CHECKPOINT_INTERVAL"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want %s named", err, want)
+		}
 	}
 }
 
