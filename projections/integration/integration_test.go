@@ -3,6 +3,7 @@ package integration_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/auditchain"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/integration"
@@ -194,5 +196,32 @@ func TestPublisherAtLeastOnce(t *testing.T) {
 	}
 	if fp.failures.Load() >= 0 {
 		t.Errorf("the failing publishes were not exercised")
+	}
+}
+
+func TestTranslateAuditCheckpoint(t *testing.T) {
+	seed := make([]byte, ed25519.SeedSize)
+	k := ed25519.NewKeyFromSeed(seed)
+	cp := auditchain.Sign(k, "tenant-a", 12, "abc", at)
+	body, _ := json.Marshal(cp)
+	re := eventstore.RecordedEvent{ID: uuid.New(), Stream: auditchain.StreamName("tenant-a"), Type: auditchain.TypeCheckpointSigned,
+		Data: body, Metadata: eventstore.Metadata{TenantID: "tenant-a"}, Position: eventstore.Position{Commit: 9, Prepare: 9}}
+	if !integration.Filter().Match(re) {
+		t.Fatal("the integration filter does not select checkpoint events")
+	}
+	ie, ok, err := integration.Translate(re)
+	if err != nil || !ok || ie.Type != integration.TypeAuditCheckpoint || ie.TenantID != "tenant-a" || ie.ConnectionID != "" ||
+		!ie.OccurredAt.Equal(cp.At) || ie.ID != integration.EventID(re.ID, integration.TypeAuditCheckpoint) || !integration.IsKnownType(ie.Type) {
+		t.Fatalf("Translate = %+v, %v, %v", ie, ok, err)
+	}
+	whole, _ := json.Marshal(ie)
+	got, err := auditchain.ParseCheckpoint(whole)
+	if err != nil || got.Verify(k.Public().(ed25519.PublicKey)) != nil {
+		t.Fatalf("the event's checkpoint does not verify: %+v, %v", got, err)
+	}
+	other := re
+	other.Stream = "conn-x"
+	if _, ok, _ := integration.Translate(other); ok {
+		t.Error("a checkpoint type on a connection stream was translated")
 	}
 }
