@@ -391,8 +391,9 @@ type VerifyResult struct {
 }
 
 // Verify recomputes tenant's chain from the first entry. A row altered, removed or inserted
-// after the fact makes OK false and names the first bad seq; a truncated tail is detectable
-// only by comparing Head with a copy kept elsewhere.
+// after the fact makes OK false and names the first bad seq. It trusts the database: a chain
+// recomputed after an edit, or a cut tail, verifies here; VerifySince (anchored at a signed
+// checkpoint) detects those.
 func (a *Audit) Verify(ctx context.Context, db *DB, tenant string) (VerifyResult, error) {
 	rows, err := db.QueryContext(ctx, `SELECT `+auditColumns+` FROM audit_entries WHERE tenant_id = $1 ORDER BY seq`, tenant)
 	if err != nil {
