@@ -348,15 +348,17 @@ func (c *AuditCheckpointer) verifyFrom(ctx context.Context, tenant string, prev 
 	}
 	defer rows.Close()
 	want, hash := prev.Seq+1, prev.Head
+	anchored := prev.Seq == 0
 	for rows.Next() {
 		en, err := scanAudit(rows)
 		if err != nil {
 			return "", fmt.Errorf("projections: audit of %q: %w", tenant, err)
 		}
-		if prev.Seq > 0 && en.Seq == prev.Seq {
-			if en.Hash != prev.Head || en.chainHash() != en.Hash {
-				return "", fmt.Errorf("projections: audit chain of %q not signed: entry %d no longer matches its checkpoint", tenant, en.Seq)
+		if !anchored {
+			if en.Seq != prev.Seq || en.Hash != prev.Head || en.chainHash() != en.Hash {
+				return "", fmt.Errorf("projections: audit chain of %q not signed: entry %d no longer matches its checkpoint", tenant, prev.Seq)
 			}
+			anchored = true
 			continue
 		}
 		switch {

@@ -3,6 +3,7 @@ package projections_test
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -298,4 +299,66 @@ func rewrite(t *testing.T, e *env, audit *projections.Audit, from uint64) {
 		}
 		prev = en.Hash
 	}
+}
+
+// TestAuditCheckpointersRace is two nodes' checkpointers signing the same heads at once: the
+// stream's expected revision lets exactly one checkpoint per head through.
+func TestAuditCheckpointersRace(t *testing.T) {
+	eachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		auditHistory(t, e)
+		audit := projections.NewAudit()
+		r := startRunner(t, e, audit)
+		r.waitFor(t, e, audit)
+		var nodes []*projections.AuditCheckpointer
+		for range 2 {
+			c, err := projections.NewAuditCheckpointer(projections.AuditCheckpointerConfig{DB: e.db, Store: e.store, Key: testKey(7),
+				Every: 1, Now: storeClock, Logger: quietLogger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes = append(nodes, c)
+		}
+		for round := range 3 {
+			if round > 0 {
+				appendKeyEvent(t, e, tenantA, uuid.NewString())
+				r.waitFor(t, e, audit)
+			}
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			signed := make([][]auditchain.Checkpoint, len(nodes))
+			for i, c := range nodes {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					var err error
+					if signed[i], err = c.Tick(ctx); err != nil {
+						t.Errorf("node %d: %v", i, err)
+					}
+				}()
+			}
+			close(start)
+			wg.Wait()
+			// Both may sign the same head (the same deterministic event id); the stream holds one.
+			evs, err := e.store.ReadStream(ctx, auditchain.StreamName(tenantA), eventstore.Forwards, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(evs) != round+1 {
+				t.Fatalf("round %d: %d checkpoint events of %s, want %d (signed %+v)", round, len(evs), tenantA, round+1, signed)
+			}
+			seen := map[uint64]bool{}
+			for _, ev := range evs {
+				var c auditchain.Checkpoint
+				if err := json.Unmarshal(ev.Data, &c); err != nil {
+					t.Fatal(err)
+				}
+				if seen[c.Seq] {
+					t.Fatalf("two checkpoints at seq %d", c.Seq)
+				}
+				seen[c.Seq] = true
+			}
+		}
+	})
 }
