@@ -10,13 +10,22 @@
 //
 // The lifecycle of keys is recorded as events on the tenant's stream (auth.TenantStream:
 // APIKeyCreated, APIKeyRevoked, APIKeyRoleChanged), so every rights change is audited (G8).
-// The authenticator reads the table api_keys in the read-model database. An event store and a
-// read-model database cannot share a transaction, so the table is a projection of the key
-// events that Keys keeps synchronously: every change appends its event, then catches the
-// table up to the log (Sync) before it returns. If the process dies in between, the next Sync
-// (at start, or by any later change) applies the missing events: the table never holds a key
-// the log does not, and a change that returned is visible to every instance sharing the
-// database. Rebuild recreates the table from the log.
+// The authenticator reads the table api_keys in the read-model database on every call (nothing
+// is cached). An event store and a read-model database cannot share a transaction, so the
+// table is a projection of the key events that Keys keeps synchronously: every change appends
+// its event, then catches the table up with the tenant's own stream (read by revision, which
+// no other transaction can hold back) before it returns. So a change that returned is in
+// effect for every instance sharing the read-model database, at once — also on PostgreSQL
+// while an older transaction is open, which holds back the global log ($all) but not a
+// stream read.
+//
+// Instances with a read-model database of their own, and changes whose event was recorded by
+// a request that then failed (a crash between the append and the table write), are caught up
+// by Run: every interval it applies what the global log shows and re-reads the stream of
+// every tenant the table knows. Sync and Rebuild do the same on demand. Applying is
+// idempotent and ordered by the stream's revisions (api_keys_streams keeps, per tenant, the
+// next revision to apply), so the synchronous path, Run and Sync on any number of instances
+// never apply an older event over a newer one.
 package apikeys
 
 import (
@@ -101,7 +110,10 @@ type Keys struct {
 	store eventstore.Store
 	db    *projections.DB
 	now   func() time.Time
-	mu    sync.Mutex // serializes Sync in process
+	mu    sync.Mutex // serializes syncTenant in process
+
+	errMu   sync.Mutex
+	lastErr error
 }
 
 var _ commands.Authenticator = (*Keys)(nil)
@@ -137,6 +149,12 @@ func Migrate(ctx context.Context, db *projections.DB) error {
 			pos_commit BIGINT NOT NULL,
 			pos_prepare BIGINT NOT NULL)`,
 		`INSERT INTO api_keys_checkpoint (id, pos_commit, pos_prepare) VALUES (1, 0, 0) ON CONFLICT (id) DO NOTHING`,
+		// The next revision of each tenant stream to apply. A tenant known from an older
+		// table starts at 0: replaying its stream in order is idempotent.
+		`CREATE TABLE IF NOT EXISTS api_keys_streams (
+			tenant_id TEXT PRIMARY KEY,
+			next_rev BIGINT NOT NULL)`,
+		`INSERT INTO api_keys_streams (tenant_id, next_rev) SELECT DISTINCT tenant_id, 0 FROM api_keys WHERE true ON CONFLICT (tenant_id) DO NOTHING`,
 	} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("apikeys: migrate: %w", err)
@@ -280,7 +298,9 @@ func (k *Keys) append(ctx context.Context, tenantID, actor string, id uuid.UUID,
 	if err != nil {
 		return fmt.Errorf("apikeys: record %s: %w", typ, err)
 	}
-	return k.Sync(ctx)
+	// The tenant's own stream, not the global log: an older open transaction cannot hold it
+	// back, so the change is in effect before the caller is answered.
+	return k.syncTenant(ctx, tenantID)
 }
 
 // Get returns key keyID of tenantID (revoked or not); ErrNotFound when unknown or another
@@ -354,39 +374,60 @@ func Filter() eventstore.Filter {
 	return eventstore.Filter{StreamPrefixes: []string{auth.TenantStreamPrefix}, EventTypes: auth.KeyEventTypes()}
 }
 
-// Sync applies to the table every key event recorded after its checkpoint, in one transaction
-// per page that also moves the checkpoint. It is idempotent and safe to call concurrently (also
-// from several processes sharing the database).
+// Sync applies to the table every key event recorded after its checkpoint of the global log,
+// each by catching up its tenant's stream, and then re-reads the stream of every tenant the
+// table knows (which the global log may hold back on PostgreSQL). It is idempotent and safe to
+// call concurrently (also from several processes sharing the database).
 func (k *Keys) Sync(ctx context.Context) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
 	for {
 		n, err := k.syncPage(ctx, 1000)
 		if err != nil {
 			return err
 		}
 		if n == 0 {
-			return nil
+			break
 		}
+	}
+	return k.syncKnownTenants(ctx)
+}
+
+// Run keeps the table caught up until ctx is done: every interval it runs Sync. It bounds how
+// long a key change recorded elsewhere takes to be in effect here (see the package doc) and
+// returns ctx.Err(); a failing Sync is retried at the next tick, its error kept for Err.
+func (k *Keys) Run(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		return errors.New("apikeys: Run: interval must be positive")
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		err := k.Sync(ctx)
+		k.errMu.Lock()
+		k.lastErr = err
+		k.errMu.Unlock()
 	}
 }
 
+// Err returns the error of Run's last Sync (nil when it succeeded or Run never synced).
+func (k *Keys) Err() error {
+	k.errMu.Lock()
+	defer k.errMu.Unlock()
+	return k.lastErr
+}
+
+// syncPage reads a page of key events of the global log after its checkpoint, catches up the
+// stream of each tenant they belong to, and moves the checkpoint.
 func (k *Keys) syncPage(ctx context.Context, limit int) (int, error) {
-	tx, err := k.db.Begin(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("apikeys: sync: %w", err)
-	}
-	defer func() { _ = tx.Rollback() }()
-	lock := ""
-	if k.db.Dialect == projections.Postgres {
-		lock = " FOR UPDATE"
-	}
-	var after eventstore.Position
 	var c, p int64
-	if err := tx.QueryRowContext(ctx, `SELECT pos_commit, pos_prepare FROM api_keys_checkpoint WHERE id = 1`+lock).Scan(&c, &p); err != nil {
+	if err := k.db.QueryRowContext(ctx, `SELECT pos_commit, pos_prepare FROM api_keys_checkpoint WHERE id = 1`).Scan(&c, &p); err != nil {
 		return 0, fmt.Errorf("apikeys: sync: read checkpoint: %w", err)
 	}
-	after = eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}
+	after := eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}
 	events, err := k.store.ReadAll(ctx, after, limit, Filter())
 	if err != nil {
 		return 0, fmt.Errorf("apikeys: sync: read log: %w", err)
@@ -394,18 +435,113 @@ func (k *Keys) syncPage(ctx context.Context, limit int) (int, error) {
 	if len(events) == 0 {
 		return 0, nil
 	}
+	seen := map[string]bool{}
 	for _, e := range events {
+		tenant, ok := auth.TenantFromStream(e.Stream)
+		if !ok || seen[tenant] {
+			continue
+		}
+		seen[tenant] = true
+		if err := k.syncTenant(ctx, tenant); err != nil {
+			return 0, err
+		}
+	}
+	// Another instance may have moved the checkpoint further meanwhile: never move it back.
+	last := events[len(events)-1].Position
+	if _, err := k.db.ExecContext(ctx, `UPDATE api_keys_checkpoint SET pos_commit = $1, pos_prepare = $2
+		WHERE id = 1 AND (pos_commit < $1 OR (pos_commit = $1 AND pos_prepare < $2))`,
+		int64(last.Commit), int64(last.Prepare)); err != nil {
+		return 0, fmt.Errorf("apikeys: sync: checkpoint: %w", err)
+	}
+	return len(events), nil
+}
+
+// syncKnownTenants catches up the stream of every tenant in api_keys_streams.
+func (k *Keys) syncKnownTenants(ctx context.Context) error {
+	rows, err := k.db.QueryContext(ctx, `SELECT tenant_id FROM api_keys_streams ORDER BY tenant_id`)
+	if err != nil {
+		return fmt.Errorf("apikeys: sync: tenants: %w", err)
+	}
+	var tenants []string
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			_ = rows.Close()
+			return fmt.Errorf("apikeys: sync: tenants: %w", err)
+		}
+		tenants = append(tenants, t)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("apikeys: sync: tenants: %w", err)
+	}
+	for _, t := range tenants {
+		if err := k.syncTenant(ctx, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncTenant applies the events of tenantID's stream from the tenant's next revision on, in
+// revision order, page by page; each page and the tenant's next revision commit together. On
+// PostgreSQL the tenant's row is locked for the page, so instances sharing the database apply
+// each event once and in order; in process, k.mu serializes it.
+func (k *Keys) syncTenant(ctx context.Context, tenantID string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	const page = 1000
+	for {
+		n, err := k.syncTenantPage(ctx, tenantID, page)
+		if err != nil {
+			return err
+		}
+		if n < page {
+			return nil
+		}
+	}
+}
+
+func (k *Keys) syncTenantPage(ctx context.Context, tenantID string, limit int) (int, error) {
+	tx, err := k.db.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO api_keys_streams (tenant_id, next_rev) VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING`, tenantID); err != nil {
+		return 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
+	}
+	lock := ""
+	if k.db.Dialect == projections.Postgres {
+		lock = " FOR UPDATE"
+	}
+	var next int64
+	if err := tx.QueryRowContext(ctx, `SELECT next_rev FROM api_keys_streams WHERE tenant_id = $1`+lock, tenantID).Scan(&next); err != nil {
+		return 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
+	}
+	events, err := k.store.ReadStream(ctx, auth.TenantStream(tenantID), eventstore.Forwards, uint64(next), limit)
+	if errors.Is(err, eventstore.ErrStreamNotFound) {
+		return 0, tx.Commit()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("apikeys: sync %s: read stream: %w", tenantID, err)
+	}
+	if len(events) == 0 {
+		return 0, tx.Commit()
+	}
+	for _, e := range events {
+		if !Filter().Match(e) {
+			continue
+		}
 		if err := applyEvent(ctx, tx, e); err != nil {
 			return 0, err
 		}
 	}
-	last := events[len(events)-1].Position
-	if _, err := tx.ExecContext(ctx, `UPDATE api_keys_checkpoint SET pos_commit = $1, pos_prepare = $2 WHERE id = 1`,
-		int64(last.Commit), int64(last.Prepare)); err != nil {
-		return 0, fmt.Errorf("apikeys: sync: checkpoint: %w", err)
+	last := events[len(events)-1].Revision
+	if _, err := tx.ExecContext(ctx, `UPDATE api_keys_streams SET next_rev = $1 WHERE tenant_id = $2`, int64(last)+1, tenantID); err != nil {
+		return 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("apikeys: sync: commit: %w", err)
+		return 0, fmt.Errorf("apikeys: sync %s: commit: %w", tenantID, err)
 	}
 	return len(events), nil
 }
@@ -451,7 +587,8 @@ func (k *Keys) Rebuild(ctx context.Context) error {
 	}
 	_, err1 := tx.ExecContext(ctx, `DELETE FROM api_keys`)
 	_, err2 := tx.ExecContext(ctx, `UPDATE api_keys_checkpoint SET pos_commit = 0, pos_prepare = 0 WHERE id = 1`)
-	if err := errors.Join(err1, err2); err != nil {
+	_, err3 := tx.ExecContext(ctx, `DELETE FROM api_keys_streams`)
+	if err := errors.Join(err1, err2, err3); err != nil {
 		_ = tx.Rollback()
 		k.mu.Unlock()
 		return fmt.Errorf("apikeys: rebuild: %w", err)

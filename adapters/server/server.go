@@ -100,6 +100,11 @@ type Options struct {
 	// (projections.AuditCheckpointerConfig Every and Interval; defaults 100 and 5m).
 	AuditCheckpointEvery    int
 	AuditCheckpointInterval time.Duration
+	// KeySyncInterval bounds how long an API key change recorded by another instance with a
+	// read-model database of its own (or by a request that failed after recording it) takes to
+	// be in effect here (apikeys.Keys.Run). Instances sharing the read-model database see a
+	// change at once. Default 5s.
+	KeySyncInterval time.Duration
 }
 
 // Node is an assembled waqueue server. Start runs its background work; Handler serves its API.
@@ -292,6 +297,9 @@ func (o *Options) setDefaults() error {
 		o.Simulator.Seed = 1
 	}
 	o.Simulator.AssumePaired = true
+	if o.KeySyncInterval <= 0 {
+		o.KeySyncInterval = 5 * time.Second
+	}
 	return errors.Join(errs...)
 }
 
@@ -426,6 +434,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	n.goRun("projections", func() error { return n.Runner.Run(ctx) })
+	n.goRun("api-keys", func() error { return n.Keys.Run(ctx, n.Options.KeySyncInterval) })
 	if !n.Options.NoClearing {
 		n.goRun("clearing", func() error { return n.Clears.Run(ctx) })
 	}
