@@ -89,10 +89,12 @@ func (b *CommandBus) Send(ctx context.Context, credential string, cmd Command) e
 	})
 }
 
-// Handlers are the handlers the processor serves; a nil one is not served. They are the same
-// handler values the synchronous path (HTTP) calls. DispatchNext is deliberately absent: its
-// answer (what to send) is the point of the command, and a bus message has nobody to answer to;
-// the dispatcher calls its handler directly.
+// Handlers holds every command handler; NewHandlers builds them. The processor serves only the
+// commands of BusCommandNames (a nil handler is not served): the transport-originated ones are
+// in the struct for the node's own processes (the clearing process completes clears with
+// CompleteClear) and are never subscribed to, whatever the processor is given. DispatchNext is
+// absent: its answer (what to send) is the point of the command; the dispatcher calls its
+// handler directly.
 type Handlers struct {
 	RegisterConnection     *RegisterConnectionHandler
 	SetOnBanPolicy         *SetOnBanPolicyHandler
@@ -197,6 +199,11 @@ func RegisterProcessor(cfg ProcessorConfig) (*cqrs.CommandProcessor, error) {
 		OnHandle: func(p cqrs.CommandProcessorOnHandleParams) error {
 			ctx := p.Message.Context()
 			principal, err := cfg.Authenticator.Authenticate(ctx, p.Message.Metadata.Get(MetaCredential))
+			if err == nil && principal.IsSystem() {
+				// An Authenticator must never yield the node's own principal; refuse rather
+				// than let a message act as the node.
+				err = errors.New("commands: a bus credential authenticated as the system principal")
+			}
 			if err != nil {
 				logger.Error("commands: bus command refused", fmt.Errorf("%w: %w", ErrUnauthenticated, err),
 					watermill.LogFields{"command": p.CommandName, "message_uuid": p.Message.UUID})
@@ -249,6 +256,8 @@ func handler[C Command, R any](h interface {
 	})
 }
 
+// cqrsHandlers returns the processor's handlers: the commands of BusCommandNames whose handler
+// is set. Transport-originated handlers are ignored on purpose (see Handlers).
 func cqrsHandlers(h Handlers) []cqrs.CommandHandler {
 	var out []cqrs.CommandHandler
 	add := func(ok bool, ch func() cqrs.CommandHandler) {
@@ -258,24 +267,10 @@ func cqrsHandlers(h Handlers) []cqrs.CommandHandler {
 	}
 	add(h.RegisterConnection != nil, func() cqrs.CommandHandler { return handler[RegisterConnection](h.RegisterConnection) })
 	add(h.SetOnBanPolicy != nil, func() cqrs.CommandHandler { return handler[SetOnBanPolicy](h.SetOnBanPolicy) })
-	add(h.PairingSucceeded != nil, func() cqrs.CommandHandler { return handler[PairingSucceeded](h.PairingSucceeded) })
-	add(h.SessionInvalidated != nil, func() cqrs.CommandHandler { return handler[SessionInvalidated](h.SessionInvalidated) })
-	add(h.ReportBan != nil, func() cqrs.CommandHandler { return handler[ReportBan](h.ReportBan) })
-	add(h.LiftBan != nil, func() cqrs.CommandHandler { return handler[LiftBan](h.LiftBan) })
 	add(h.EnqueueMessage != nil, func() cqrs.CommandHandler { return handler[EnqueueMessage](h.EnqueueMessage) })
 	add(h.StartBroadcast != nil, func() cqrs.CommandHandler { return handler[StartBroadcast](h.StartBroadcast) })
-	add(h.RecordSent != nil, func() cqrs.CommandHandler { return handler[RecordSent](h.RecordSent) })
-	add(h.RecordDelivered != nil, func() cqrs.CommandHandler { return handler[RecordDelivered](h.RecordDelivered) })
-	add(h.RecordRead != nil, func() cqrs.CommandHandler { return handler[RecordRead](h.RecordRead) })
-	add(h.RecordFailed != nil, func() cqrs.CommandHandler { return handler[RecordFailed](h.RecordFailed) })
-	add(h.RecordOutcomeUnknown != nil, func() cqrs.CommandHandler { return handler[RecordOutcomeUnknown](h.RecordOutcomeUnknown) })
-	add(h.ExpireMessage != nil, func() cqrs.CommandHandler { return handler[ExpireMessage](h.ExpireMessage) })
 	add(h.HoldQueue != nil, func() cqrs.CommandHandler { return handler[HoldQueue](h.HoldQueue) })
 	add(h.ResumeQueue != nil, func() cqrs.CommandHandler { return handler[ResumeQueue](h.ResumeQueue) })
 	add(h.RequestClear != nil, func() cqrs.CommandHandler { return handler[RequestClear](h.RequestClear) })
-	add(h.CompleteClear != nil, func() cqrs.CommandHandler { return handler[CompleteClear](h.CompleteClear) })
-	add(h.RecordTransportProblem != nil, func() cqrs.CommandHandler {
-		return handler[RecordTransportProblem](h.RecordTransportProblem)
-	})
 	return out
 }

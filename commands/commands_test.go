@@ -36,19 +36,19 @@ func calls() []call {
 			_, err := h.policy.Handle(ctx, SetOnBanPolicy{ConnectionID: id, Policy: connection.OnBanResume})
 			return err
 		}},
-		{"pairing succeeded", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"pairing succeeded", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.pair.Handle(ctx, PairingSucceeded{ConnectionID: id})
 			return err
 		}},
-		{"session invalidated", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"session invalidated", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.invalidate.Handle(ctx, SessionInvalidated{ConnectionID: id, Reason: "401"})
 			return err
 		}},
-		{"report ban", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"report ban", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.ban.Handle(ctx, ReportBan{ConnectionID: id, Kind: connection.BanPermanent, ReasonCode: "406"})
 			return err
 		}},
-		{"lift ban", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"lift ban", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.lift.Handle(ctx, LiftBan{ConnectionID: id})
 			return err
 		}},
@@ -60,31 +60,31 @@ func calls() []call {
 			_, err := h.broadcast.Handle(ctx, StartBroadcast{ConnectionID: id, IdempotencyKey: "b", Recipients: []string{"+491709999999"}, Text: "hi"})
 			return err
 		}},
-		{"dispatch next", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"dispatch next", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.dispatch.Handle(ctx, DispatchNext{ConnectionID: id})
 			return err
 		}},
-		{"record sent", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"record sent", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.sent.Handle(ctx, RecordSent{MessageRef: ref(id)})
 			return err
 		}},
-		{"record delivered", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"record delivered", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.delivered.Handle(ctx, RecordDelivered{MessageRef: ref(id)})
 			return err
 		}},
-		{"record read", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"record read", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.read.Handle(ctx, RecordRead{MessageRef: ref(id)})
 			return err
 		}},
-		{"record failed", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"record failed", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.failed.Handle(ctx, RecordFailed{MessageRef: ref(id), Code: "x"})
 			return err
 		}},
-		{"record outcome unknown", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"record outcome unknown", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.unknown.Handle(ctx, RecordOutcomeUnknown{MessageRef: ref(id), Cause: "timeout"})
 			return err
 		}},
-		{"expire", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"expire", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.expire.Handle(ctx, ExpireMessage{ConnectionID: id, MessageID: uuid.New(), Seq: 1, ExpiresAt: t0})
 			return err
 		}},
@@ -100,11 +100,11 @@ func calls() []call {
 			_, err := h.requestClear.Handle(ctx, RequestClear{ConnectionID: id, IdempotencyKey: "c", Reason: "ban"})
 			return err
 		}},
-		{"complete clear", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"complete clear", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.complete.Handle(ctx, CompleteClear{ConnectionID: id, ClearID: uuid.New()})
 			return err
 		}},
-		{"record transport problem", auth.Admin, func(ctx context.Context, h *handlers, id string) error {
+		{"record transport problem", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.problem.Handle(ctx, RecordTransportProblem{ConnectionID: id, Kind: connection.ProblemStreamReplaced})
 			return err
 		}},
@@ -112,7 +112,7 @@ func calls() []call {
 }
 
 // lacking returns a principal of tenant without right (every right but admin is lacked by some
-// role; admin by every role but admin).
+// role; admin by every role but admin; auth.System by every role, admin first).
 func lacking(right auth.Right) auth.Principal {
 	for _, r := range auth.Roles() {
 		if !r.Grants(right) {
@@ -153,7 +153,12 @@ func TestAuthorization(t *testing.T) {
 				}
 				return
 			}
-			// Another tenant's connection answers exactly like a missing one (G9).
+			// Another tenant's connection answers exactly like a missing one (G9), also to
+			// another tenant's system principal.
+			other := other
+			if c.right == auth.System {
+				other = SystemPrincipal("tenant-b")
+			}
 			errOther := c.run(as(ctx, other), h, "c-1")
 			errMissing := c.run(as(ctx, other), h, "c-missing")
 			var nf1, nf2 *NotFoundError

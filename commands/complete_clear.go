@@ -15,7 +15,7 @@ import (
 // process sends it once its read models have marked the purged messages. It is idempotent:
 // exactly one QueueCleared is recorded per clear, however often it is called (also after a
 // crash between the append and the answer); a repeated call answers AlreadyCompleted with the
-// recorded report. Transport-originated: it needs admin (SystemPrincipal).
+// recorded report. Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type CompleteClear struct {
 	ConnectionID string    `json:"connection_id"`
 	ClearID      uuid.UUID `json:"clear_id"`
@@ -46,7 +46,7 @@ func NewCompleteClearHandler(repo *Repository, now Clock) (*CompleteClearHandler
 // Handle records QueueCleared, or finds the one recorded already. A clear that was never
 // requested fails with connection.ErrNoClearInProgress.
 func (h *CompleteClearHandler) Handle(ctx context.Context, cmd CompleteClear) (CompleteClearResult, error) {
-	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.System, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.CompleteClear(connection.CompleteClear{ClearID: cmd.ClearID, Actor: p.ID}, h.now())
 	})
 	if errors.Is(err, connection.ErrNoClearInProgress) || errors.Is(err, eventstore.ErrDuplicateEventID) {

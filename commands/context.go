@@ -52,10 +52,11 @@ func CausationIDFromContext(ctx context.Context) string {
 }
 
 // SystemPrincipal returns the principal waqueue's own processes (dispatcher, transport event
-// handler, clearing process) act as inside tenantID. It holds the admin role, which is what the
-// transport-originated commands require; its ID is connection.SystemActor, recorded as the actor.
+// handler, clearing process) act as inside tenantID (auth.SystemPrincipal). It alone holds
+// auth.System, which the transport-originated commands require; no API key and no bus message
+// can obtain it. Its ID is connection.SystemActor, recorded as the actor.
 func SystemPrincipal(tenantID string) auth.Principal {
-	return auth.Principal{TenantID: tenantID, ID: connection.SystemActor, Role: auth.RoleAdmin}
+	return auth.SystemPrincipal(tenantID, connection.SystemActor)
 }
 
 // Clock returns the current time. Handlers take one so that tests control the times decided.

@@ -66,7 +66,7 @@ func (e *NotDispatchableError) Unwrap() error { return e.Err }
 // the caller sends DispatchNextResult.Message only when Outcome is DispatchSend, and then
 // records the outcome (RecordSent, RecordFailed, RecordOutcomeUnknown). A head whose TTL has
 // passed is recorded MessageExpired instead (Outcome DispatchExpired: send nothing).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type DispatchNext struct {
 	ConnectionID string `json:"connection_id"`
 }
@@ -121,7 +121,7 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 	)
 	// A claim unique to this call: a concurrent dispatcher deciding the same dispatch on the
 	// same state must lose the append, not be told it won (see Repository.update).
-	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.Admin, uuid.New(), func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.System, uuid.New(), func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		seq, ok := c.Head()
 		if clr, clearing := c.CurrentClear(); !ok && clearing {
 			// Report the clear rather than an empty queue: it is why nothing is pending.

@@ -17,8 +17,9 @@
 // principal's right (errors.Is(err, auth.ErrForbidden)), then loads the connection; a connection
 // of another tenant is answered exactly like a missing one, with a *NotFoundError (G9).
 // Transport-originated commands (pairing, session loss, bans, dispatch, outcomes, expiry and the
-// completion of a clear) need the admin right, which the in-process system principal
-// (SystemPrincipal) holds.
+// completion of a clear) need auth.System, which only the in-process system principal
+// (SystemPrincipal) holds: no API key of any role, and no bus message, can issue them. The
+// command processor does not even subscribe to them (BusCommandNames).
 //
 // # The command bus
 //

@@ -12,7 +12,7 @@ import (
 )
 
 // ExpireMessage records that the head of the queue outlived its TTL (MessageExpired).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type ExpireMessage struct {
 	ConnectionID string    `json:"connection_id"`
 	MessageID    uuid.UUID `json:"message_id"`
@@ -37,7 +37,7 @@ func NewExpireMessageHandler(repo *Repository, now Clock) (*ExpireMessageHandler
 
 // Handle records the decision of ExpireMessage; see the type's doc.
 func (h *ExpireMessageHandler) Handle(ctx context.Context, cmd ExpireMessage) (Result, error) {
-	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.System, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.Expire(connection.ExpireMessage{MessageID: cmd.MessageID, Seq: cmd.Seq, ExpiresAt: cmd.ExpiresAt}, h.now())
 	})
 	if err != nil {

@@ -9,7 +9,7 @@ import (
 )
 
 // LiftBan records the end of a ban (BanLifted; the queue stays held unless the policy is resume:
-// G7). Transport-originated: it needs admin (SystemPrincipal).
+// G7). Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type LiftBan struct {
 	ConnectionID string `json:"connection_id"`
 	Reason       string `json:"reason,omitempty"`
@@ -31,7 +31,7 @@ func NewLiftBanHandler(repo *Repository, now Clock) (*LiftBanHandler, error) {
 
 // Handle records the decision of LiftBan; see the type's doc.
 func (h *LiftBanHandler) Handle(ctx context.Context, cmd LiftBan) (Result, error) {
-	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.System, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.LiftBan(connection.LiftBan{Reason: cmd.Reason, Actor: p.ID}, h.now())
 	})
 	if err != nil {

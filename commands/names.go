@@ -31,6 +31,15 @@ const (
 	NameRecordTransportProblem = "waqueue.RecordTransportProblem"
 )
 
+// BusCommandNames returns the commands the command processor serves, in a stable order: those
+// an API key may issue. Transport-originated commands (pairing, session loss, bans, dispatch,
+// outcomes, expiry, clear completion, transport problems) are never among them: only the node's
+// own transport, dispatcher and processes issue those, in process, as SystemPrincipal.
+func BusCommandNames() []string {
+	return []string{NameRegisterConnection, NameSetOnBanPolicy, NameEnqueueMessage, NameStartBroadcast,
+		NameHoldQueue, NameResumeQueue, NameRequestClear}
+}
+
 func (RegisterConnection) CommandName() string     { return NameRegisterConnection }
 func (SetOnBanPolicy) CommandName() string         { return NameSetOnBanPolicy }
 func (PairingSucceeded) CommandName() string       { return NamePairingSucceeded }

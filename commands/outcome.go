@@ -27,7 +27,7 @@ func newOutcomeHandler(name string, repo *Repository, now Clock) (outcomeHandler
 // (sent, failed, unknown: *connection.NotInFlightError) or by the store (a receipt's event id is
 // keyed by the message: eventstore.ErrDuplicateEventID); nothing is written twice.
 func (h outcomeHandler) record(ctx context.Context, connID string, o connection.Outcome) (Result, error) {
-	a, err := update(ctx, h.repo, connID, auth.Admin, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := update(ctx, h.repo, connID, auth.System, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.RecordOutcome(o, h.now())
 	})
 	if err != nil {

@@ -9,7 +9,7 @@ import (
 )
 
 // PairingSucceeded records that a WhatsApp session was paired with the number (SessionPaired,
-// plus QueueResumed under the resume policy). Transport-originated: it needs admin (SystemPrincipal).
+// plus QueueResumed under the resume policy). Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type PairingSucceeded struct {
 	ConnectionID string `json:"connection_id"`
 	// JID is the WhatsApp device JID of the session, if known.
@@ -32,7 +32,7 @@ func NewPairingSucceededHandler(repo *Repository, now Clock) (*PairingSucceededH
 
 // Handle records the decision of PairingSucceeded; see the type's doc.
 func (h *PairingSucceededHandler) Handle(ctx context.Context, cmd PairingSucceeded) (Result, error) {
-	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.System, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.Pair(connection.PairSession{JID: cmd.JID, Actor: p.ID}, h.now())
 	})
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 )
 
 // RecordDelivered records a delivery receipt (MessageDelivered).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type RecordDelivered struct {
 	MessageRef
 }

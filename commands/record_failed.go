@@ -7,7 +7,7 @@ import (
 )
 
 // RecordFailed records that WhatsApp refused a dispatched message (MessageFailed, final).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type RecordFailed struct {
 	MessageRef
 	// Code is a stable failure code (e.g. "not_on_whatsapp"); required.

@@ -8,7 +8,7 @@ import (
 
 // RecordOutcomeUnknown records that a dispatched message was never acknowledged
 // (MessageOutcomeUnknown, final: it is never sent again).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type RecordOutcomeUnknown struct {
 	MessageRef
 	// Cause says why the outcome is unknown (e.g. "timeout", "restart").

@@ -7,7 +7,7 @@ import (
 )
 
 // RecordRead records a read receipt (MessageRead).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type RecordRead struct {
 	MessageRef
 }

@@ -7,7 +7,7 @@ import (
 )
 
 // RecordSent records WhatsApp's server acknowledgement of a dispatched message (MessageSent).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type RecordSent struct {
 	MessageRef
 	// ServerID is the id WhatsApp assigned, if any.

@@ -12,7 +12,7 @@ import (
 // neither a ban nor a session loss (TransportProblemObserved: stream replaced, client outdated,
 // keep-alive timeout, connect failure). It changes no link or queue state; it is recorded so
 // operators see it on the connection card and in the audit trail.
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type RecordTransportProblem struct {
 	ConnectionID string                          `json:"connection_id"`
 	Kind         connection.TransportProblemKind `json:"kind"`
@@ -38,7 +38,7 @@ func NewRecordTransportProblemHandler(repo *Repository, now Clock) (*RecordTrans
 
 // Handle records the decision of RecordTransportProblem; see the type's doc.
 func (h *RecordTransportProblemHandler) Handle(ctx context.Context, cmd RecordTransportProblem) (Result, error) {
-	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.System, func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.ObserveTransportProblem(connection.ObserveTransportProblem{Kind: cmd.Kind, Reason: cmd.Reason, Detail: cmd.Detail}, h.now())
 	})
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 )
 
 // ReportBan records a ban of the number (ConnectionBanned, plus QueueHeld: G7).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type ReportBan struct {
 	ConnectionID string             `json:"connection_id"`
 	Kind         connection.BanKind `json:"kind"`
@@ -36,7 +36,7 @@ func NewReportBanHandler(repo *Repository, now Clock) (*ReportBanHandler, error)
 
 // Handle records the decision of ReportBan; see the type's doc.
 func (h *ReportBanHandler) Handle(ctx context.Context, cmd ReportBan) (Result, error) {
-	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.System, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.Ban(connection.BanConnection{Kind: cmd.Kind, ExpiresAt: cmd.ExpiresAt, ReasonCode: cmd.ReasonCode, Actor: p.ID}, h.now())
 	})
 	if err != nil {

@@ -9,7 +9,7 @@ import (
 )
 
 // SessionInvalidated records a session logged out (SessionInvalidated, plus QueueHeld: G7).
-// Transport-originated: it needs admin (SystemPrincipal).
+// Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type SessionInvalidated struct {
 	ConnectionID string `json:"connection_id"`
 	// Reason is the transport's reason (e.g. a logout reason code).
@@ -32,7 +32,7 @@ func NewSessionInvalidatedHandler(repo *Repository, now Clock) (*SessionInvalida
 
 // Handle records the decision of SessionInvalidated; see the type's doc.
 func (h *SessionInvalidatedHandler) Handle(ctx context.Context, cmd SessionInvalidated) (Result, error) {
-	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.Admin, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.System, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.InvalidateSession(connection.InvalidateSession{Reason: cmd.Reason, Actor: p.ID}, h.now())
 	})
 	if err != nil {

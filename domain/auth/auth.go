@@ -25,6 +25,14 @@ var (
 	Admin          = Right{"admin"}
 )
 
+// System is the right to record facts that only the node itself may assert: what WhatsApp
+// reports through the node's own transport (pairing, session loss, bans and their lifting,
+// sent/delivered/read/failed/unknown outcomes, transport problems) and the results of the node's
+// own processes (dispatch, expiry, the completion of a clear). No Role grants it, so no API key
+// holds it, whatever its role; only the principal SystemPrincipal returns does (G9). It is not
+// among Rights and ParseRight does not know its name.
+var System = Right{"system"}
+
 var allRights = []Right{ConnectionView, ConnectionEdit, MessageSend, BroadcastMgmt, AuditRead, AnalyticsRead, Admin}
 
 // Rights returns every right, in a stable order.
@@ -121,7 +129,7 @@ func (r *Role) UnmarshalText(b []byte) error {
 }
 
 // Principal is the caller of a command or query: an employee or a service's API key, acting
-// inside exactly one tenant.
+// inside exactly one tenant — or the node itself (SystemPrincipal).
 type Principal struct {
 	// TenantID is the tenant the principal belongs to; it can touch nothing of another tenant.
 	TenantID string `json:"tenant_id"`
@@ -129,12 +137,30 @@ type Principal struct {
 	ID string `json:"id"`
 	// Role determines the principal's rights.
 	Role Role `json:"role"`
+	// system marks the node's own principal. Unexported: no literal outside this package, no
+	// decoder (JSON or otherwise) and no API key or message can set it.
+	system bool
 }
 
-// Can reports whether p holds right. A principal without a tenant or id holds no right.
+// SystemPrincipal returns the principal the node's own transport, dispatcher and processes act
+// as inside tenantID, recorded as actor id. It alone holds the System right (and every right of
+// RoleAdmin). Only code of the node calls it, never with anything taken from a request or a
+// message as a reason to: a test of this package lists the packages allowed to call it.
+func SystemPrincipal(tenantID, id string) Principal {
+	return Principal{TenantID: tenantID, ID: id, Role: RoleAdmin, system: true}
+}
+
+// IsSystem reports whether p is the node's own principal (SystemPrincipal).
+func (p Principal) IsSystem() bool { return p.system }
+
+// Can reports whether p holds right. A principal without a tenant or id holds no right; the
+// System right is held by the system principal only.
 func (p Principal) Can(right Right) bool {
 	if p.TenantID == "" || p.ID == "" {
 		return false
+	}
+	if right == System {
+		return p.system
 	}
 	return p.Role.Grants(right)
 }
