@@ -118,4 +118,3 @@ func TestTransportCommandsAreNotOnTheBus(t *testing.T) {
 }
 
 func first[A, B any](a A, _ B) A { return a }
-
