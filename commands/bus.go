@@ -17,15 +17,37 @@ import (
 	"github.com/waqueue/waqueue/domain/connection"
 )
 
-// MetaCredential is the metadata key of a bus command's credential (an API key or a token that
-// the Authenticator turns into a principal). The principal itself never travels on the bus: a
-// message cannot claim one.
-const MetaCredential = "waqueue_credential"
+// Metadata keys of a bus command.
+const (
+	// MetaCredential holds the command's credential: a short-lived broker token minted for a
+	// principal (adapters/apikeys.Tokens), never an API key, since brokers persist messages.
+	// The principal itself never travels on the bus: a message cannot claim one.
+	MetaCredential = "waqueue_credential"
+	// MetaTenant holds the tenant the command is for. A broker sets it on delivery from where
+	// the message arrived (on NATS the tenant token of its subject, which the server's
+	// permissions guard), overwriting whatever the publisher wrote; the processor refuses a
+	// command whose principal belongs to another tenant, or that names none.
+	MetaTenant = "waqueue_tenant"
+	// MetaStoredAt holds when the broker stored the message (RFC 3339, set on delivery by the
+	// broker, never by the publisher). A credential is judged as of that time, so a command
+	// accepted by the broker while its token was valid is not refused for waiting in the queue.
+	MetaStoredAt = "waqueue_stored_at"
+)
 
-// Authenticator turns the credential of a bus command into the principal it stands for. The
-// HTTP/API-key layer implements it; an unknown or expired credential is an error.
+// Credential is what a bus message offers to authenticate its command.
+type Credential struct {
+	// Token is the MetaCredential metadata.
+	Token string
+	// At is when the broker stored the message (MetaStoredAt), or when the processor received
+	// it if the broker does not say.
+	At time.Time
+}
+
+// Authenticator turns the credential of a bus command into the principal it stands for; an
+// unknown, expired or revoked credential is an error. It must never return the system
+// principal (the processor refuses it).
 type Authenticator interface {
-	Authenticate(ctx context.Context, credential string) (auth.Principal, error)
+	AuthenticateCommand(ctx context.Context, c Credential) (auth.Principal, error)
 }
 
 // marshaler names commands by CommandName, never by reflection.
@@ -69,14 +91,18 @@ func NewCommandBus(pub message.Publisher, logger watermill.LoggerAdapter) (*Comm
 	return &CommandBus{bus: b}, nil
 }
 
-// Send publishes cmd with the caller's credential and the correlation id of ctx (a new one if
-// ctx has none). It returns once the publisher accepted the message; the command is handled
+// Send publishes cmd for tenantID with the caller's credential (a broker token: never an API
+// key, which the broker would persist) and the correlation id of ctx (a new one if ctx has
+// none). It returns once the publisher accepted the message; the command is handled
 // asynchronously, and its refusals are logged by the processor, not returned here. A caller that
 // needs the answer (an HTTP request that must get 409 while clearing) calls the handler
 // synchronously instead.
-func (b *CommandBus) Send(ctx context.Context, credential string, cmd Command) error {
+func (b *CommandBus) Send(ctx context.Context, tenantID, credential string, cmd Command) error {
 	if cmd == nil || cmd.CommandName() == "" {
 		return errors.New("commands: Send: command without a name")
+	}
+	if tenantID == "" {
+		return errors.New("commands: Send: no tenant")
 	}
 	corr := CorrelationIDFromContext(ctx)
 	if corr == "" {
@@ -84,6 +110,7 @@ func (b *CommandBus) Send(ctx context.Context, credential string, cmd Command) e
 	}
 	return b.bus.SendWithModifiedMessage(ctx, cmd, func(m *message.Message) error {
 		m.Metadata.Set(MetaCredential, credential)
+		m.Metadata.Set(MetaTenant, tenantID)
 		middleware.SetCorrelationID(corr, m)
 		return nil
 	})
@@ -198,12 +225,7 @@ func RegisterProcessor(cfg ProcessorConfig) (*cqrs.CommandProcessor, error) {
 		Logger:    logger,
 		OnHandle: func(p cqrs.CommandProcessorOnHandleParams) error {
 			ctx := p.Message.Context()
-			principal, err := cfg.Authenticator.Authenticate(ctx, p.Message.Metadata.Get(MetaCredential))
-			if err == nil && principal.IsSystem() {
-				// An Authenticator must never yield the node's own principal; refuse rather
-				// than let a message act as the node.
-				err = errors.New("commands: a bus credential authenticated as the system principal")
-			}
+			principal, err := authenticate(ctx, cfg.Authenticator, p.Message)
 			if err != nil {
 				logger.Error("commands: bus command refused", fmt.Errorf("%w: %w", ErrUnauthenticated, err),
 					watermill.LogFields{"command": p.CommandName, "message_uuid": p.Message.UUID})
@@ -226,6 +248,36 @@ func RegisterProcessor(cfg ProcessorConfig) (*cqrs.CommandProcessor, error) {
 	}
 	if err := p.AddHandlers(hs...); err != nil {
 		return nil, fmt.Errorf("commands: RegisterProcessor: %w", err)
+	}
+	return p, nil
+}
+
+// authenticate returns the principal of m's credential, refusing one of another tenant than
+// the one m arrived for (MetaTenant) and the system principal.
+func authenticate(ctx context.Context, a Authenticator, m *message.Message) (auth.Principal, error) {
+	tenant := m.Metadata.Get(MetaTenant)
+	if tenant == "" {
+		return auth.Principal{}, errors.New("commands: bus command without a tenant")
+	}
+	at := time.Now().UTC()
+	if s := m.Metadata.Get(MetaStoredAt); s != "" {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return auth.Principal{}, fmt.Errorf("commands: bus command stored at %q: %w", s, err)
+		}
+		at = t
+	}
+	p, err := a.AuthenticateCommand(ctx, Credential{Token: m.Metadata.Get(MetaCredential), At: at})
+	if err != nil {
+		return auth.Principal{}, err
+	}
+	if p.IsSystem() {
+		// An Authenticator must never yield the node's own principal; refuse rather than let
+		// a message act as the node.
+		return auth.Principal{}, errors.New("commands: a bus credential authenticated as the system principal")
+	}
+	if p.TenantID != tenant {
+		return auth.Principal{}, fmt.Errorf("commands: a credential of tenant %q on a command for tenant %q", p.TenantID, tenant)
 	}
 	return p, nil
 }

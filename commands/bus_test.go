@@ -13,8 +13,8 @@ import (
 // keys is a test Authenticator: API key → principal.
 type keys map[string]auth.Principal
 
-func (k keys) Authenticate(_ context.Context, credential string) (auth.Principal, error) {
-	p, ok := k[credential]
+func (k keys) AuthenticateCommand(_ context.Context, c Credential) (auth.Principal, error) {
+	p, ok := k[c.Token]
 	if !ok {
 		return auth.Principal{}, errors.New("unknown api key")
 	}
@@ -48,16 +48,20 @@ func TestCommandSentOnTheBusIsApplied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	send := func(cred string, cmd Command) {
+	sendFor := func(tn, cred string, cmd Command) {
 		t.Helper()
-		if err := bus.Send(WithCorrelationID(ctx, "corr-bus"), cred, cmd); err != nil {
+		if err := bus.Send(WithCorrelationID(ctx, "corr-bus"), tn, cred, cmd); err != nil {
 			t.Fatal(err)
 		}
 	}
+	send := func(cred string, cmd Command) { t.Helper(); sendFor(tenant, cred, cmd) }
 	// Refused ones first (unknown key, a role without the right, a domain refusal): acknowledged,
 	// nothing written; then the accepted one. The processor handles one topic's messages in order,
 	// and the refused enqueues share the accepted one's topic.
 	send("no-such-key", EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k0", Recipient: "+491709999999", Text: "x"})
+	// A valid credential on a message for another tenant than its own is refused before any
+	// handler runs (on NATS the tenant is the subject's).
+	sendFor("tenant-b", "key-sender", EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "kb", Recipient: "+491709999999", Text: "x"})
 	send("key-auditor", EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k1", Recipient: "+491709999999", Text: "x"})
 	send("key-sender", EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k2", Recipient: "not a number", Text: "x"})
 	send("key-sender", EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k3", Recipient: "+491709999999", Text: "via bus"})

@@ -25,6 +25,7 @@
 //
 // CommandBus and RegisterProcessor put the same handlers behind watermill's CQRS component, on any
 // message.Publisher/Subscriber (an in-process GoChannel by default). Command names are explicit
-// and stable (CommandName); the caller's credential travels in the message metadata and an
-// Authenticator turns it into a principal.
+// and stable (CommandName); the caller's credential (a short-lived broker token, never an API
+// key) and the tenant travel in the message metadata, and an Authenticator turns the credential
+// into a principal, which must belong to that tenant.
 package commands

@@ -99,7 +99,7 @@ func TestTransportCommandsAreNotOnTheBus(t *testing.T) {
 	bus := must(NewCommandBus(pubsub, nil))
 	for _, cmd := range []Command{LiftBan{ConnectionID: "c-1"}, ResumeQueue{ConnectionID: "c-1"},
 		SetOnBanPolicy{ConnectionID: "c-1", Policy: connection.OnBanResume}} {
-		if err := bus.Send(ctx, "admin-key", cmd); err != nil {
+		if err := bus.Send(ctx, tenant, "admin-key", cmd); err != nil {
 			t.Fatal(err)
 		}
 	}

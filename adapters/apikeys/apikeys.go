@@ -116,8 +116,6 @@ type Keys struct {
 	lastErr error
 }
 
-var _ commands.Authenticator = (*Keys)(nil)
-
 // New returns the registry on store and db; Migrate must have run on db. now is the clock of
 // the recorded times (nil means UTC wall clock).
 func New(store eventstore.Store, db *projections.DB, now func() time.Time) (*Keys, error) {

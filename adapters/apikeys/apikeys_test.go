@@ -20,7 +20,7 @@ import (
 
 var fixed = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func open(t *testing.T) (*apikeys.Keys, eventstore.Store, *projections.DB) {
+func open(t testing.TB) (*apikeys.Keys, eventstore.Store, *projections.DB) {
 	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "waqueue.db")

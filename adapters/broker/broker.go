@@ -4,27 +4,40 @@
 //
 // # Subjects and streams (NATS)
 //
-// A watermill topic is mapped to a NATS subject by Subject:
+// Every tenant has its own subjects, "waqueue.<tenant>.…", where <tenant> is TenantToken of the
+// tenant id (the id with each '.' written '~', which no tenant id holds). A watermill topic is
+// mapped to a NATS subject by Subject, from the message's tenant (metadata commands.MetaTenant,
+// the same key as integration.MetaTenant); a command or integration event without a tenant is
+// not published:
 //
-//   - a command topic (commands.Name…, "waqueue.<Command>") → "waqueue.commands.<Command>", in the
-//     stream CommandsStream ("WAQUEUE_COMMANDS", work-queue retention: a command is removed once
-//     acknowledged; several waqueue instances share one durable consumer per command, so each
-//     command is handled by one of them);
-//   - integration.Topic ("waqueue.events") → "waqueue.events.<type without "waqueue.">", one subject
-//     per integration event type (for example "waqueue.events.message.status_changed.v1"), in the
-//     stream EventsStream ("WAQUEUE", limits retention, MaxAge EventRetention). A subscriber of
-//     integration.Topic receives every type ("waqueue.events.>"); outside consumers can filter
-//     on one type's subject;
-//   - any other topic → "waqueue.topics.<topic>" (characters NATS forbids replaced by '_'), in
+//   - a command topic (commands.Name…, "waqueue.<Command>") → "waqueue.<tenant>.commands.<Command>",
+//     in the stream CommandsStream ("WAQUEUE_COMMANDS", work-queue retention: a command is
+//     removed once acknowledged; several waqueue instances share one durable consumer per
+//     command, filtered on "waqueue.*.commands.<Command>", so each command is handled by one of
+//     them);
+//   - integration.Topic ("waqueue.events") → "waqueue.<tenant>.events.<type without "waqueue.">",
+//     for example "waqueue.tenant-a.events.message.status_changed.v1", in the stream
+//     EventsStream ("WAQUEUE", limits retention, MaxAge EventRetention). A tenant's consumer
+//     filters on "waqueue.<tenant>.events.>" (or one type's subject);
+//   - any other topic → "waqueue-topics.<topic>" (characters NATS forbids replaced by '_'), in
 //     EventsStream too.
 //
-// Open creates or updates both streams. Consumers are durable, named Config.DurablePrefix plus
-// the topic, with explicit acks, an ack wait (Config.AckWait) and a bounded number of deliveries
-// (Config.MaxDeliver). A durable created for the first time starts with the oldest message its
-// stream holds (for EventsStream: up to EventRetention back). A message nacked by its handler (a
-// transient failure) is redelivered after an exponential delay; after MaxDeliver deliveries it is
-// terminated and logged, so a poison message never loops forever. Refused commands (commands.IsRefusal) are acknowledged by the
-// command processor itself, exactly as HTTP answers them once.
+// On delivery the subscriber sets commands.MetaTenant from the subject the message arrived on
+// and commands.MetaStoredAt from the time JetStream stored it, overwriting whatever the
+// publisher wrote: the NATS server's permissions decide who may publish on a tenant's subjects
+// (docs/operations.md), and the command processor refuses a credential of another tenant.
+// Commands carry a short-lived broker token (adapters/apikeys.Tokens), never an API key.
+//
+// Open creates or updates both streams. A stream still holding the layout before per-tenant
+// subjects ("waqueue.commands.>", "waqueue.events.>") is purged of those subjects first: their
+// commands carried API keys and their events mixed tenants. Consumers are durable, named
+// Config.DurablePrefix plus the topic, with explicit acks, an ack wait (Config.AckWait) and a
+// bounded number of deliveries (Config.MaxDeliver). A durable created for the first time starts
+// with the oldest message its stream holds (for EventsStream: up to EventRetention back). A
+// message nacked by its handler (a transient failure) is redelivered after an exponential delay;
+// after MaxDeliver deliveries it is terminated and logged, so a poison message never loops
+// forever. Refused commands (commands.IsRefusal) are acknowledged by the command processor
+// itself, exactly as HTTP answers them once.
 //
 // Deduplication: the publisher sets the message's UUID as Nats-Msg-Id, so JetStream drops a
 // republished message with the same UUID within Config.DuplicateWindow. Integration events have
@@ -59,14 +72,46 @@ import (
 	"github.com/waqueue/waqueue/projections/integration"
 )
 
-// Stream names and subject prefixes on NATS.
+// Stream names and subject parts on NATS.
 const (
-	CommandsStream  = "WAQUEUE_COMMANDS"
-	EventsStream    = "WAQUEUE"
-	CommandsSubject = "waqueue.commands"
-	EventsSubject   = "waqueue.events"
-	TopicsSubject   = "waqueue.topics"
+	CommandsStream = "WAQUEUE_COMMANDS"
+	EventsStream   = "WAQUEUE"
+	// SubjectRoot starts every tenant subject: "waqueue.<tenant>.commands.…" and
+	// "waqueue.<tenant>.events.…".
+	SubjectRoot = "waqueue"
+	// TopicsSubject starts the subjects of other topics; no tenant subject starts with it.
+	TopicsSubject = "waqueue-topics"
+
+	commandsPart = "commands"
+	eventsPart   = "events"
+	// Subjects of the layout before per-tenant subjects, purged by Open.
+	legacyCommands = "waqueue.commands.>"
+	legacyEvents   = "waqueue.events.>"
+	legacyTopics   = "waqueue.topics.>"
 )
+
+// TenantToken returns the subject token of tenantID: the id with each '.' written '~' (tenant
+// ids hold letters, digits, '-', '_' and '.', so the mapping is one to one).
+func TenantToken(tenantID string) string { return strings.ReplaceAll(tenantID, ".", "~") }
+
+// tenantFromToken reverses TenantToken.
+func tenantFromToken(tok string) string { return strings.ReplaceAll(tok, "~", ".") }
+
+// CommandsPrefix returns the subject prefix of tenantID's commands,
+// "waqueue.<tenant>.commands.": a command named waqueue.<Command> goes to the prefix plus
+// <Command>.
+func CommandsPrefix(tenantID string) string {
+	return SubjectRoot + "." + TenantToken(tenantID) + "." + commandsPart + "."
+}
+
+// EventsPrefix returns the subject prefix of tenantID's integration events,
+// "waqueue.<tenant>.events.".
+func EventsPrefix(tenantID string) string {
+	return SubjectRoot + "." + TenantToken(tenantID) + "." + eventsPart + "."
+}
+
+// ErrNoTenant: a command or integration event without a tenant cannot be published.
+var ErrNoTenant = errors.New("broker: message without a tenant")
 
 // ErrUnsupportedURL is returned by Open for a URL whose scheme is not nats (or empty).
 var ErrUnsupportedURL = errors.New("broker: unsupported broker URL")
@@ -191,6 +236,7 @@ func openNATS(ctx context.Context, cfg Config) (message.Publisher, message.Subsc
 		AckWaitTimeout:      cfg.AckWait,
 		ResourceInitializer: durableConsumer(cfg),
 		NakDelay:            backoff{first: cfg.NakDelay, max: cfg.MaxNakDelay, maxDeliver: cfg.MaxDeliver},
+		Unmarshaler:         unmarshaler{},
 	})
 	if err != nil {
 		pubConn.Close()
@@ -201,22 +247,26 @@ func openNATS(ctx context.Context, cfg Config) (message.Publisher, message.Subsc
 	return pub, sub, closers{sub, pub}, nil
 }
 
-// ensureStreams creates or updates CommandsStream and EventsStream.
+// ensureStreams creates or updates CommandsStream and EventsStream, first purging the subjects
+// of the layout before per-tenant subjects from a stream that still has them.
 func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	for _, sc := range []jetstream.StreamConfig{
 		{
-			Name: CommandsStream, Subjects: []string{CommandsSubject + ".>"},
+			Name: CommandsStream, Subjects: []string{SubjectRoot + ".*." + commandsPart + ".>"},
 			Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
 			Duplicates: cfg.DuplicateWindow, Replicas: cfg.Replicas,
-			Description: "waqueue commands from backend services",
+			Description: "waqueue commands from backend services, per tenant",
 		},
 		{
-			Name: EventsStream, Subjects: []string{EventsSubject + ".>", TopicsSubject + ".>"},
+			Name: EventsStream, Subjects: []string{SubjectRoot + ".*." + eventsPart + ".>", TopicsSubject + ".>"},
 			Retention: jetstream.LimitsPolicy, Storage: jetstream.FileStorage, MaxAge: cfg.EventRetention,
 			Duplicates: cfg.DuplicateWindow, Replicas: cfg.Replicas,
-			Description: "waqueue integration events",
+			Description: "waqueue integration events, per tenant",
 		},
 	} {
+		if err := purgeLegacy(ctx, js, sc.Name); err != nil {
+			return err
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("broker: stream %s: %w", sc.Name, err)
 		}
@@ -224,32 +274,98 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, cfg Config) erro
 	return nil
 }
 
-// Subject returns the NATS subject of a message on topic whose integration event type (the
-// integration.MetaType metadata) is eventType; eventType matters only for integration.Topic.
-func Subject(topic, eventType string) string {
+// purgeLegacy removes the messages of the old shared subjects from stream, if it still lists
+// them: old commands carry API keys in their metadata, old events mix tenants.
+func purgeLegacy(ctx context.Context, js jetstream.JetStream, name string) error {
+	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("broker: stream %s: %w", name, err)
+	}
+	for _, subj := range s.CachedInfo().Config.Subjects {
+		if subj != legacyCommands && subj != legacyEvents && subj != legacyTopics {
+			continue
+		}
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return fmt.Errorf("broker: purge %s of %s: %w", subj, name, err)
+		}
+	}
+	return nil
+}
+
+// Subject returns the NATS subject of a message on topic for tenantID whose integration event
+// type (the integration.MetaType metadata) is eventType; eventType matters only for
+// integration.Topic, tenantID not for other topics. It returns ErrNoTenant for a command or an
+// integration event without a tenant.
+func Subject(topic, tenantID, eventType string) (string, error) {
 	switch {
 	case topic == integration.Topic:
-		if eventType == "" {
-			return EventsSubject + ".unknown"
+		if tenantID == "" {
+			return "", ErrNoTenant
 		}
-		return EventsSubject + "." + token(strings.TrimPrefix(eventType, "waqueue."), true)
-	case strings.HasPrefix(topic, "waqueue.") && !strings.Contains(strings.TrimPrefix(topic, "waqueue."), "."):
-		return CommandsSubject + "." + token(strings.TrimPrefix(topic, "waqueue."), false)
+		if eventType == "" {
+			return EventsPrefix(tenantID) + "unknown", nil
+		}
+		return EventsPrefix(tenantID) + token(strings.TrimPrefix(eventType, "waqueue."), true), nil
+	case isCommandTopic(topic):
+		if tenantID == "" {
+			return "", ErrNoTenant
+		}
+		return CommandsPrefix(tenantID) + token(strings.TrimPrefix(topic, "waqueue."), false), nil
 	default:
-		return TopicsSubject + "." + token(topic, false)
+		return TopicsSubject + "." + token(topic, false), nil
 	}
 }
 
-// filterSubject is the subject filter of a subscription to topic.
+func isCommandTopic(topic string) bool {
+	return strings.HasPrefix(topic, "waqueue.") && !strings.Contains(strings.TrimPrefix(topic, "waqueue."), ".")
+}
+
+// filterSubject is the stream and subject filter of a subscription to topic: every tenant's
+// subjects of it.
 func filterSubject(topic string) (stream, filter string) {
-	if topic == integration.Topic {
-		return EventsStream, EventsSubject + ".>"
+	switch {
+	case topic == integration.Topic:
+		return EventsStream, SubjectRoot + ".*." + eventsPart + ".>"
+	case isCommandTopic(topic):
+		return CommandsStream, SubjectRoot + ".*." + commandsPart + "." + token(strings.TrimPrefix(topic, "waqueue."), false)
+	default:
+		return EventsStream, TopicsSubject + "." + token(topic, false)
 	}
-	s := Subject(topic, "")
-	if strings.HasPrefix(s, CommandsSubject+".") {
-		return CommandsStream, s
+}
+
+// tenantOfSubject returns the tenant of a tenant subject ("waqueue.<tenant>.commands|events.…").
+func tenantOfSubject(subject string) (string, bool) {
+	parts := strings.SplitN(subject, ".", 4)
+	if len(parts) < 4 || parts[0] != SubjectRoot || (parts[2] != commandsPart && parts[2] != eventsPart) || parts[1] == "" {
+		return "", false
 	}
-	return EventsStream, s
+	return tenantFromToken(parts[1]), true
+}
+
+// unmarshaler is watermill-nats' default unmarshaler plus the metadata only the broker may
+// set: commands.MetaTenant from the subject the message arrived on (removed for a subject of
+// no tenant) and commands.MetaStoredAt from the time JetStream stored it. What a publisher
+// wrote under those keys is overwritten.
+type unmarshaler struct{}
+
+func (unmarshaler) Unmarshal(msg jetstream.Msg) (*message.Message, error) {
+	m, err := wmjs.DefaultUnmarshaler{}.Unmarshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	if tenant, ok := tenantOfSubject(msg.Subject()); ok {
+		m.Metadata.Set(commands.MetaTenant, tenant)
+	} else {
+		delete(m.Metadata, commands.MetaTenant)
+	}
+	delete(m.Metadata, commands.MetaStoredAt)
+	if md, err := msg.Metadata(); err == nil && !md.Timestamp.IsZero() {
+		m.Metadata.Set(commands.MetaStoredAt, md.Timestamp.UTC().Format(time.RFC3339Nano))
+	}
+	return m, nil
 }
 
 // token replaces the characters a NATS subject token may not hold; dots are kept (as token
@@ -332,8 +448,8 @@ func (b backoff) WaitTime(delivered uint64) time.Duration {
 }
 
 // Publisher publishes watermill messages on NATS JetStream, on the subject Subject maps their
-// topic to, with their UUID as Nats-Msg-Id (JetStream drops duplicates within its window).
-// Publish returns once JetStream stored each message.
+// topic and tenant (commands.MetaTenant) to, with their UUID as Nats-Msg-Id (JetStream drops
+// duplicates within its window). Publish returns once JetStream stored each message.
 type Publisher struct {
 	inner *wmjs.Publisher
 }
@@ -344,8 +460,11 @@ var _ message.Publisher = (*Publisher)(nil)
 // error the ones before it are published.
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	for _, m := range msgs {
+		subject, err := Subject(topic, m.Metadata.Get(commands.MetaTenant), m.Metadata.Get(integration.MetaType))
+		if err != nil {
+			return fmt.Errorf("broker: publish %s on %s: %w", m.UUID, topic, err)
+		}
 		m.Metadata.Set(nats.MsgIdHdr, m.UUID)
-		subject := Subject(topic, m.Metadata.Get(integration.MetaType))
 		if err := p.inner.Publish(subject, m); err != nil {
 			return fmt.Errorf("broker: publish %s to %s: %w", m.UUID, subject, err)
 		}

@@ -49,8 +49,8 @@ type keys map[string]auth.Principal
 
 var errUnknownKey = errors.New("unknown api key")
 
-func (k keys) Authenticate(_ context.Context, credential string) (auth.Principal, error) {
-	p, ok := k[credential]
+func (k keys) AuthenticateCommand(_ context.Context, c commands.Credential) (auth.Principal, error) {
+	p, ok := k[c.Token]
 	if !ok {
 		return auth.Principal{}, errUnknownKey
 	}
@@ -195,7 +195,7 @@ func TestCommandsOverNATS(t *testing.T) {
 	const conn = "conn-1"
 	send := func(cred string, cmd commands.Command) {
 		t.Helper()
-		if err := bus.Send(ctx, cred, cmd); err != nil {
+		if err := bus.Send(ctx, tenant, cred, cmd); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -311,15 +311,24 @@ func TestPoisonMessageIsTerminated(t *testing.T) {
 }
 
 func TestSubjects(t *testing.T) {
-	for _, c := range []struct{ topic, typ, want string }{
-		{commands.NameEnqueueMessage, "", "waqueue.commands.EnqueueMessage"},
-		{integration.Topic, integration.TypeClearCompleted, "waqueue.events.clear.completed.v1"},
-		{"orders created", "", "waqueue.topics.orders_created"},
-		{"a.b*>", "", "waqueue.topics.a_b__"},
+	for _, c := range []struct{ topic, tenant, typ, want string }{
+		{commands.NameEnqueueMessage, "tenant-a", "", "waqueue.tenant-a.commands.EnqueueMessage"},
+		{commands.NameEnqueueMessage, "acme.eu", "", "waqueue.acme~eu.commands.EnqueueMessage"},
+		{integration.Topic, "tenant-a", integration.TypeClearCompleted, "waqueue.tenant-a.events.clear.completed.v1"},
+		{"orders created", "", "", "waqueue-topics.orders_created"},
+		{"a.b*>", "tenant-a", "", "waqueue-topics.a_b__"},
 	} {
-		if got := broker.Subject(c.topic, c.typ); got != c.want {
-			t.Errorf("Subject(%q, %q) = %q, want %q", c.topic, c.typ, got, c.want)
+		if got, err := broker.Subject(c.topic, c.tenant, c.typ); err != nil || got != c.want {
+			t.Errorf("Subject(%q, %q, %q) = %q, %v; want %q", c.topic, c.tenant, c.typ, got, err, c.want)
 		}
+	}
+	for _, topic := range []string{commands.NameEnqueueMessage, integration.Topic} {
+		if _, err := broker.Subject(topic, "", integration.TypeClearCompleted); !errors.Is(err, broker.ErrNoTenant) {
+			t.Errorf("Subject(%q) without a tenant: %v, want ErrNoTenant", topic, err)
+		}
+	}
+	if commands.MetaTenant != integration.MetaTenant {
+		t.Errorf("commands and integration events name their tenant differently: %q, %q", commands.MetaTenant, integration.MetaTenant)
 	}
 }
 

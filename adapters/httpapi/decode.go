@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 )
@@ -84,6 +85,10 @@ const (
 	maxWebhookURL        = 2048
 	maxWebhookEventTypes = 64
 )
+
+type brokerTokenRequest struct {
+	TTL string `json:"ttl"`
+}
 
 type simBanRequest struct {
 	Kind      string `json:"kind"`
@@ -282,6 +287,22 @@ func decodeChangeKey(body []byte) (auth.Role, error) {
 		return auth.Role{}, invalid("role", "must be one of admin, operator, sender, auditor, analyst")
 	}
 	return role, nil
+}
+
+// decodeBrokerToken decodes {ttl}; an empty body or ttl takes the default lifetime.
+func decodeBrokerToken(body []byte) (time.Duration, error) {
+	var req brokerTokenRequest
+	if err := decodeJSON(body, &req, true); err != nil {
+		return 0, err
+	}
+	if req.TTL == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(req.TTL)
+	if err != nil || d < time.Minute || d > apikeys.MaxTokenTTL {
+		return 0, invalid("ttl", fmt.Sprintf(`must be a duration from 1m to %s, like "15m"`, apikeys.MaxTokenTTL))
+	}
+	return d, nil
 }
 
 func decodeRevokeKey(body []byte) (revokeKeyRequest, error) {

@@ -5,9 +5,11 @@ import (
 	"net/http"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/domain/connection"
 )
@@ -190,3 +192,16 @@ type wrapped struct{ err error }
 
 func (w *wrapped) Error() string { return "layer: " + w.err.Error() }
 func (w *wrapped) Unwrap() error { return w.err }
+
+func FuzzDecodeBrokerToken(f *testing.F) {
+	for _, s := range []string{``, `{}`, `{"ttl":"15m"}`, `{"ttl":"2h"}`, `{"ttl":"-1m"}`, `{"ttl":5}`, `{"x":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ttl, err := decodeBrokerToken(body)
+		wantClientError(t, body, err)
+		if err == nil && ttl != 0 && (ttl < time.Minute || ttl > apikeys.MaxTokenTTL) {
+			t.Fatalf("accepted ttl %s", ttl)
+		}
+	})
+}

@@ -55,6 +55,9 @@ type Deps struct {
 	Analytics *projections.Analytics
 	// Keys authenticates callers and serves /v1/keys. Required.
 	Keys *apikeys.Keys
+	// Tokens mints broker tokens (POST /v1/broker/tokens): what a command sent through the
+	// broker carries instead of an API key. Required.
+	Tokens *apikeys.Tokens
 	// Transport pairs connections (QR code, phone code). Required.
 	Transport transport.Transport
 	// Simulator, if set, enables the simulator-only routes (/simulator/ban, /lift, /logout).
@@ -124,6 +127,7 @@ func (d Deps) Validate() error {
 	req(d.Audit != nil, "Audit")
 	req(d.Analytics != nil, "Analytics")
 	req(d.Keys != nil, "Keys")
+	req(d.Tokens != nil, "Tokens")
 	req(d.Transport != nil, "Transport")
 	req(d.Registry != nil, "Registry")
 	h := d.Handlers

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
+	"github.com/waqueue/waqueue/adapters/broker"
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/docs"
@@ -222,6 +223,28 @@ func (s *server) createKey(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	return writeJSON(w, http.StatusCreated, created)
+}
+
+// mintBrokerToken answers a broker token standing for the caller's key (apikeys.Tokens), and the
+// subject prefix its commands go to on NATS.
+func (s *server) mintBrokerToken(w http.ResponseWriter, r *http.Request) error {
+	_, b, err := readBody(w, r, s.d.Limits.MaxJSONBody, "application/json")
+	if err != nil {
+		return err
+	}
+	ttl, err := decodeBrokerToken(b)
+	if err != nil {
+		return err
+	}
+	tok, err := s.d.Tokens.Mint(r.Context(), principal(r), ttl)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return writeJSON(w, http.StatusCreated, map[string]any{
+		"token": tok.Token, "expires_at": tok.ExpiresAt, "tenant_id": tok.TenantID, "key_id": tok.KeyID,
+		"commands_subject_prefix": broker.CommandsPrefix(tok.TenantID),
+	})
 }
 
 func (s *server) listKeys(w http.ResponseWriter, r *http.Request) error {

@@ -109,6 +109,7 @@ func (*server) routes() []Route {
 		r("GET", "/v1/keys", auth.Admin, (*server).listKeys, []int{s200}),
 		r("PATCH", "/v1/keys/{id}", auth.Admin, (*server).changeKey, []int{s200, s404, s409}, body),
 		r("DELETE", "/v1/keys/{id}", auth.Admin, (*server).revokeKey, []int{s204, s404, s409}, body),
+		r("POST", "/v1/broker/tokens", auth.ConnectionView, (*server).mintBrokerToken, []int{s201, s404, s409}, body),
 
 		hook(r("POST", "/v1/webhooks", auth.Admin, (*server).registerWebhook, []int{s201}, body)),
 		hook(r("GET", "/v1/webhooks", auth.Admin, (*server).listWebhooks, []int{s200})),

@@ -253,7 +253,7 @@ func TestWebhookRoutesNeedTheService(t *testing.T) {
 	h, err := httpapi.New(httpapi.Deps{
 		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
 		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
-		Keys: n.Keys, Transport: n.Transport, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler),
+		Keys: n.Keys, Tokens: n.Tokens, Transport: n.Transport, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)

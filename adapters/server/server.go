@@ -70,6 +70,10 @@ type Options struct {
 	SimulatorRoutes bool
 	// Broker is empty for the in-process command bus or "nats://host:4222".
 	Broker string
+	// BrokerTokenSecretFile holds the secret that signs broker tokens (apikeys.Tokens); it is
+	// created if missing. Every node of a deployment must share its content. Default
+	// DATA_DIR/broker-token.key.
+	BrokerTokenSecretFile string
 	// Pacing of the dispatcher; the zero value takes dispatcher's safe defaults. Set
 	// NoPacing for tests and benchmarks.
 	Pacing   dispatcher.Pacing
@@ -116,6 +120,7 @@ type Node struct {
 	SQL       *sql.DB
 	Registry  *prometheus.Registry
 	Keys      *apikeys.Keys
+	Tokens    *apikeys.Tokens
 	Repo      *commands.Repository
 	Handlers  commands.Handlers
 	Runner    *projections.Runner
@@ -175,6 +180,13 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	}
 	if created != nil {
 		n.AdminKey = created.Secret
+	}
+	secret, err := apikeys.LoadOrCreateTokenSecret(o.BrokerTokenSecretFile)
+	if err != nil {
+		return nil, err
+	}
+	if n.Tokens, err = apikeys.NewTokens(n.Keys, secret, o.Now); err != nil {
+		return nil, err
 	}
 
 	n.Registry = prometheus.NewRegistry()
@@ -255,7 +267,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	deps := httpapi.Deps{
 		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
 		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
-		Keys: n.Keys, Transport: n.Transport, Registry: n.Registry, Logger: o.Logger, Now: o.Now, Limits: o.Limits,
+		Keys: n.Keys, Tokens: n.Tokens, Transport: n.Transport, Registry: n.Registry, Logger: o.Logger, Now: o.Now, Limits: o.Limits,
 		Webhooks: n.Webhooks,
 	}
 	if n.Simulator != nil && o.SimulatorRoutes {
@@ -297,6 +309,9 @@ func (o *Options) setDefaults() error {
 		o.Simulator.Seed = 1
 	}
 	o.Simulator.AssumePaired = true
+	if o.BrokerTokenSecretFile == "" && o.DataDir != "" {
+		o.BrokerTokenSecretFile = filepath.Join(o.DataDir, "broker-token.key")
+	}
 	if o.KeySyncInterval <= 0 {
 		o.KeySyncInterval = 5 * time.Second
 	}
@@ -429,7 +444,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return err
 	}
 	if _, err := commands.RegisterProcessor(commands.ProcessorConfig{
-		Router: router, Subscriber: n.sub, Authenticator: n.Keys, Handlers: n.Handlers, Logger: wlog,
+		Router: router, Subscriber: n.sub, Authenticator: n.Tokens, Handlers: n.Handlers, Logger: wlog,
 	}); err != nil {
 		return err
 	}

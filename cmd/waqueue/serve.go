@@ -44,6 +44,8 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 		SimulatorRoutes: cfg.Transport == config.TransportSimulator,
 		Broker:          cfg.Broker,
 		Logger:          log,
+
+		BrokerTokenSecretFile: cfg.BrokerTokenKey,
 	}
 	o.Simulator.Seed = uint64(cfg.SimulatorSeed)
 	o.NoPacing = cfg.NoPacing

@@ -38,6 +38,10 @@ type Config struct {
 	// Broker is empty for the in-process bus, or "nats://host:4222" for NATS JetStream
 	// (--broker, WAQUEUE_BROKER).
 	Broker string
+	// BrokerTokenKey is the file holding the secret that signs broker tokens, shared by every
+	// node (--broker-token-key, WAQUEUE_BROKER_TOKEN_KEY). Default DATA_DIR/broker-token.key,
+	// created if missing.
+	BrokerTokenKey string
 	// Listen is the HTTP address (--listen, WAQUEUE_LISTEN). Default 127.0.0.1:8080.
 	Listen string
 	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
@@ -67,16 +71,17 @@ type Config struct {
 
 // env maps each flag to its environment variable.
 var env = map[string]string{
-	"data-dir":      "WAQUEUE_DATA_DIR",
-	"db":            "WAQUEUE_DB",
-	"eventstore":    "WAQUEUE_EVENTSTORE",
-	"transport":     "WAQUEUE_TRANSPORT",
-	"broker":        "WAQUEUE_BROKER",
-	"listen":        "WAQUEUE_LISTEN",
-	"sim-seed":      "WAQUEUE_SIM_SEED",
-	"log-level":     "WAQUEUE_LOG_LEVEL",
-	"no-pacing":     "WAQUEUE_NO_PACING",
-	"no-dispatcher": "WAQUEUE_NO_DISPATCHER",
+	"data-dir":         "WAQUEUE_DATA_DIR",
+	"db":               "WAQUEUE_DB",
+	"eventstore":       "WAQUEUE_EVENTSTORE",
+	"transport":        "WAQUEUE_TRANSPORT",
+	"broker":           "WAQUEUE_BROKER",
+	"broker-token-key": "WAQUEUE_BROKER_TOKEN_KEY",
+	"listen":           "WAQUEUE_LISTEN",
+	"sim-seed":         "WAQUEUE_SIM_SEED",
+	"log-level":        "WAQUEUE_LOG_LEVEL",
+	"no-pacing":        "WAQUEUE_NO_PACING",
+	"no-dispatcher":    "WAQUEUE_NO_DISPATCHER",
 
 	"audit-key":                 "WAQUEUE_AUDIT_KEY",
 	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
@@ -90,6 +95,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.EventStore, "eventstore", "", "esdb://host:2113?tls=… to keep events in EventStoreDB ($WAQUEUE_EVENTSTORE)")
 	fs.StringVar(&c.Transport, "transport", TransportSimulator, "simulator or whatsmeow ($WAQUEUE_TRANSPORT)")
 	fs.StringVar(&c.Broker, "broker", "", "empty for in-process, or nats://host:4222 ($WAQUEUE_BROKER)")
+	fs.StringVar(&c.BrokerTokenKey, "broker-token-key", "", "file of the secret signing broker tokens, the same on every node (default DATA_DIR/broker-token.key) ($WAQUEUE_BROKER_TOKEN_KEY)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "HTTP listen address ($WAQUEUE_LISTEN)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
