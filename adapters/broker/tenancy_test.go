@@ -275,6 +275,48 @@ func TestBrokerCommandsAreTenantScoped(t *testing.T) {
 	if n := countType(streamTypes(t, e.store, "b-1"), connection.TypeMessageQueued); n != 0 {
 		t.Fatalf("%d messages queued on b-1", n)
 	}
+	// Transport facts are not on the broker: no consumer takes a LiftBan (or any of them), so an
+	// admin's LiftBan stays unconsumed in the stream and nothing is lifted.
+	admin, err := e.keys.Create(ctx, "tenant-a", auth.RoleAdmin, "admin", "setup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminTok, err := e.tokens.Mint(ctx, auth.Principal{TenantID: "tenant-a", ID: admin.ID, Role: auth.RoleAdmin}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Send(ctx, "tenant-a", adminTok.Token, commands.LiftBan{ConnectionID: "a-1"}); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, broker.CommandsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for info := range stream.ListConsumers(ctx).Info() {
+		for _, name := range []string{commands.NameLiftBan, commands.NameReportBan, commands.NamePairingSucceeded,
+			commands.NameRecordDelivered, commands.NameRecordRead, commands.NameRecordSent, commands.NameCompleteClear} {
+			if strings.HasSuffix(info.Config.FilterSubject, "."+strings.TrimPrefix(name, "waqueue.")) {
+				t.Errorf("consumer %s takes %s from the broker", info.Name, name)
+			}
+		}
+	}
+	waitFor(t, "only the unconsumed LiftBan left in the stream", func() bool {
+		msgs := storedMessages(t, e.url, broker.CommandsStream)
+		return len(msgs) == 1 && strings.HasSuffix(msgs[0].Subject, ".LiftBan")
+	})
+	if n := countType(streamTypes(t, e.store, "a-1"), connection.TypeBanLifted); n != 0 {
+		t.Fatal("a ban was lifted over the broker")
+	}
+
 	// A revoked key's tokens stop working at once.
 	if err := e.keys.Revoke(ctx, "tenant-a", e.keyA.ID, "setup", "test"); err != nil {
 		t.Fatal(err)
