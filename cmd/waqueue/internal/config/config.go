@@ -71,21 +71,22 @@ type Config struct {
 
 // env maps each flag to its environment variable.
 var env = map[string]string{
-	"data-dir":         "WAQUEUE_DATA_DIR",
-	"db":               "WAQUEUE_DB",
-	"eventstore":       "WAQUEUE_EVENTSTORE",
-	"transport":        "WAQUEUE_TRANSPORT",
-	"broker":           "WAQUEUE_BROKER",
-	"broker-token-key": "WAQUEUE_BROKER_TOKEN_KEY",
-	"listen":           "WAQUEUE_LISTEN",
-	"sim-seed":         "WAQUEUE_SIM_SEED",
-	"log-level":        "WAQUEUE_LOG_LEVEL",
-	"no-pacing":        "WAQUEUE_NO_PACING",
-	"no-dispatcher":    "WAQUEUE_NO_DISPATCHER",
+	"data-dir":      "WAQUEUE_DATA_DIR",
+	"db":            "WAQUEUE_DB",
+	"eventstore":    "WAQUEUE_EVENTSTORE",
+	"transport":     "WAQUEUE_TRANSPORT",
+	"broker":        "WAQUEUE_BROKER",
+	"listen":        "WAQUEUE_LISTEN",
+	"sim-seed":      "WAQUEUE_SIM_SEED",
+	"log-level":     "WAQUEUE_LOG_LEVEL",
+	"no-pacing":     "WAQUEUE_NO_PACING",
+	"no-dispatcher": "WAQUEUE_NO_DISPATCHER",
 
 	"audit-key":                 "WAQUEUE_AUDIT_KEY",
 	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
 	"audit-checkpoint-interval": "WAQUEUE_AUDIT_CHECKPOINT_INTERVAL",
+
+	"broker-token-key": "WAQUEUE_BROKER_TOKEN_KEY",
 }
 
 // Bind registers the flags on fs, with defaults.
