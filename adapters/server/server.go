@@ -391,7 +391,8 @@ func (n *Node) openTransport(ctx context.Context) error {
 		if n.Options.IsPostgres() {
 			dialect = wmtransport.DialectPostgres
 		}
-		m, err := wmtransport.New(ctx, wmtransport.Config{DB: n.SQL, Dialect: dialect})
+		m, err := wmtransport.New(ctx, wmtransport.Config{DB: n.SQL, Dialect: dialect,
+			Log: wmtransport.SlogLogger(n.log.With("component", "whatsmeow"))})
 		if err != nil {
 			return err
 		}
