@@ -90,6 +90,9 @@ type Options struct {
 	BootstrapOut io.Writer
 	// ProjectionBatch is the most events a projection applies per transaction. Default 512.
 	ProjectionBatch int
+	// WebhookEgress is the policy of the addresses webhooks may reach; the zero value reaches
+	// public addresses only (see webhooks.Egress).
+	WebhookEgress webhooks.EgressConfig
 	// ClearRetryInterval is how often the clearing process looks for open clears without a
 	// wake-up. Default 1s.
 	ClearRetryInterval time.Duration
@@ -202,10 +205,11 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.Audit.OnCommit(n.AuditCheckpoints.Wake)
-	if n.webhookW, err = webhooks.NewWorker(webhooks.WorkerConfig{DB: n.DB, Logger: o.Logger}); err != nil {
+	egress := webhooks.NewEgress(o.WebhookEgress)
+	if n.webhookW, err = webhooks.NewWorker(webhooks.WorkerConfig{DB: n.DB, Logger: o.Logger, Egress: egress, Registerer: n.Registry}); err != nil {
 		return nil, err
 	}
-	if n.Webhooks, err = webhooks.NewService(n.DB, o.Now); err != nil {
+	if n.Webhooks, err = webhooks.NewService(n.DB, o.Now, egress); err != nil {
 		return nil, err
 	}
 	integ, err := integration.NewPublisher(n.pub)

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/waqueue/waqueue/adapters/server"
+	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/cmd/waqueue/internal/config"
 	"github.com/waqueue/waqueue/domain/auditchain"
 )
@@ -51,6 +52,7 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	o.AuditKey = cfg.AuditKey
 	o.AuditCheckpointEvery = cfg.AuditCheckpointEvery
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval
+	o.WebhookEgress = webhooks.EgressConfig{AllowPrivate: cfg.WebhookAllowPrivate, AllowCIDRs: cfg.WebhookAllowPrefixes}
 	return o
 }
 

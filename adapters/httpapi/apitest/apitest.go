@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/httpapi"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/projections"
@@ -59,6 +61,10 @@ type Options struct {
 	// AuditCheckpointEvery signs a tenant's audit checkpoint after this many new entries
 	// (server.Options.AuditCheckpointEvery; default 100).
 	AuditCheckpointEvery int
+	// WebhookEgress is the webhook egress policy. Nil allows loopback (127.0.0.0/8, ::1)
+	// explicitly, because test receivers listen there; every other non-public class stays
+	// refused as in production.
+	WebhookEgress *webhooks.EgressConfig
 }
 
 // Server is a running API server with everything under it. The fields other than URL and HTTP
@@ -118,6 +124,10 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	egress := webhooks.EgressConfig{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+	if opts.WebhookEgress != nil {
+		egress = *opts.WebhookEgress
+	}
 	node, err := server.New(ctx, server.Options{
 		DataDir:              opts.Dir,
 		SimulatorRoutes:      !opts.NoSimulatorRoutes,
@@ -130,6 +140,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		ProjectionBatch:      256,
 		ClearRetryInterval:   100 * time.Millisecond,
 		AuditCheckpointEvery: opts.AuditCheckpointEvery,
+		WebhookEgress:        egress,
 	})
 	if err != nil {
 		return nil, err

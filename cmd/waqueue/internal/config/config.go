@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -63,6 +64,15 @@ type Config struct {
 	// AuditCheckpointInterval is the longest an audit entry waits for a checkpoint
 	// (--audit-checkpoint-interval, WAQUEUE_AUDIT_CHECKPOINT_INTERVAL). Default 5m.
 	AuditCheckpointInterval time.Duration
+	// WebhookAllowPrivate lets webhooks reach loopback, private, link-local, metadata and other
+	// non-public addresses (--webhook-allow-private, WAQUEUE_WEBHOOK_ALLOW_PRIVATE). Default
+	// false: public addresses only. Prefer WebhookAllowCIDRs.
+	WebhookAllowPrivate bool
+	// WebhookAllowCIDRs are non-public networks webhooks may reach nonetheless, comma-separated
+	// (--webhook-allow-cidrs, WAQUEUE_WEBHOOK_ALLOW_CIDRS), e.g. "10.20.0.0/16,fd00:1::/64".
+	WebhookAllowCIDRs []string
+	// WebhookAllowPrefixes is WebhookAllowCIDRs parsed by Validate.
+	WebhookAllowPrefixes []netip.Prefix
 }
 
 // env maps each flag to its environment variable.
@@ -81,6 +91,8 @@ var env = map[string]string{
 	"audit-key":                 "WAQUEUE_AUDIT_KEY",
 	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
 	"audit-checkpoint-interval": "WAQUEUE_AUDIT_CHECKPOINT_INTERVAL",
+	"webhook-allow-private":     "WAQUEUE_WEBHOOK_ALLOW_PRIVATE",
+	"webhook-allow-cidrs":       "WAQUEUE_WEBHOOK_ALLOW_CIDRS",
 }
 
 // Bind registers the flags on fs, with defaults.
@@ -98,6 +110,8 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.AuditKey, "audit-key", "", "Ed25519 key file signing audit checkpoints, created if missing (default DATA_DIR/audit-key.pem) ($WAQUEUE_AUDIT_KEY)")
 	fs.IntVar(&c.AuditCheckpointEvery, "audit-checkpoint-every", 100, "sign an audit checkpoint after this many new entries of a tenant ($WAQUEUE_AUDIT_CHECKPOINT_EVERY)")
 	fs.DurationVar(&c.AuditCheckpointInterval, "audit-checkpoint-interval", 5*time.Minute, "longest an audit entry waits for a signed checkpoint ($WAQUEUE_AUDIT_CHECKPOINT_INTERVAL)")
+	fs.BoolVar(&c.WebhookAllowPrivate, "webhook-allow-private", false, "let webhooks reach loopback, private and other non-public addresses ($WAQUEUE_WEBHOOK_ALLOW_PRIVATE)")
+	fs.StringSliceVar(&c.WebhookAllowCIDRs, "webhook-allow-cidrs", nil, "non-public networks webhooks may reach, comma-separated CIDRs ($WAQUEUE_WEBHOOK_ALLOW_CIDRS)")
 }
 
 // ApplyEnv sets every flag not given on the command line from its environment variable.
@@ -179,6 +193,15 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("config: WAQUEUE_LISTEN %q: %w", c.Listen, err))
+	}
+	c.WebhookAllowPrefixes = nil
+	for _, cidr := range c.WebhookAllowCIDRs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(cidr))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_WEBHOOK_ALLOW_CIDRS %q: %w", cidr, err))
+			continue
+		}
+		c.WebhookAllowPrefixes = append(c.WebhookAllowPrefixes, p.Masked())
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
