@@ -110,6 +110,8 @@ func (*server) routes() []Route {
 		r("PATCH", "/v1/keys/{id}", auth.Admin, (*server).changeKey, []int{s200, s404, s409}, body),
 		r("DELETE", "/v1/keys/{id}", auth.Admin, (*server).revokeKey, []int{s204, s404, s409}, body),
 
+		r("GET", "/v1/admin/health", auth.Admin, (*server).adminHealth, []int{s200, s404}),
+
 		hook(r("POST", "/v1/webhooks", auth.Admin, (*server).registerWebhook, []int{s201}, body)),
 		hook(r("GET", "/v1/webhooks", auth.Admin, (*server).listWebhooks, []int{s200})),
 		hook(r("DELETE", "/v1/webhooks/{id}", auth.Admin, (*server).deleteWebhook, []int{s204, s404})),
