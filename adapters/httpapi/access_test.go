@@ -221,7 +221,10 @@ func TestAuthentication(t *testing.T) {
 			t.Errorf("%s credential: %d %s", name, r.Status, r.Body)
 		}
 	}
-	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/v1/openapi.yaml"} {
+	for _, p := range []string{"/healthz", "/readyz", "/v1/openapi.yaml"} {
 		wantStatus(t, e.do("", "GET", p, nil, nil), 200)
 	}
+	// Metrics are never served on the API's port (issue 11.4), with or without a key.
+	wantProblem(t, e.do("", "GET", "/metrics", nil, nil), 404, httpapi.CodeNotFound)
+	wantProblem(t, e.do(e.admin(), "GET", "/metrics", nil, nil), 404, httpapi.CodeNotFound)
 }

@@ -62,7 +62,8 @@ type Deps struct {
 	// Webhooks, if set, enables the /v1/webhooks routes (register, list, delete, delivery log).
 	// Without it those paths answer 404 not_found like any unknown route.
 	Webhooks *webhooks.Service
-	// Registry receives the API's metrics and is served at /metrics. Required.
+	// Registry receives the API's metrics. Required. The API does not serve it: MetricsHandler
+	// does, on a listener of its own.
 	Registry *prometheus.Registry
 	// PlatformTenant is the platform operator's tenant: its admin keys, and only those, read
 	// GET /v1/admin/health. Default apikeys.DefaultTenant (the bootstrap key's tenant).

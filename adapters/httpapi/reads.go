@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/simulator"
@@ -328,11 +327,6 @@ func (s *server) simLogout(w http.ResponseWriter, r *http.Request) error {
 
 func (s *server) healthz(w http.ResponseWriter, _ *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-}
-
-func (s *server) metricsHandler(w http.ResponseWriter, r *http.Request) error {
-	promhttp.HandlerFor(s.d.Registry, promhttp.HandlerOpts{}).ServeHTTP(w, r)
-	return nil
 }
 
 func (s *server) openapi(w http.ResponseWriter, _ *http.Request) error {

@@ -13,7 +13,7 @@ type Route struct {
 	Method, Pattern string
 	// Right is what the caller's role must grant; ignored for Public routes.
 	Right auth.Right
-	// Public routes need no API key (health, readiness, metrics, the OpenAPI document).
+	// Public routes need no API key (health, readiness, the OpenAPI document).
 	Public bool
 	// Statuses are the status codes the route answers, the error statuses included.
 	Statuses []int
@@ -80,7 +80,6 @@ func (*server) routes() []Route {
 	return []Route{
 		{Method: "GET", Pattern: "/healthz", Public: true, handle: (*server).healthz, Statuses: []int{s200}},
 		{Method: "GET", Pattern: "/readyz", Public: true, handle: (*server).readyz, Statuses: []int{s200, s503}},
-		{Method: "GET", Pattern: "/metrics", Public: true, handle: (*server).metricsHandler, Statuses: []int{s200}},
 		{Method: "GET", Pattern: "/v1/openapi.yaml", Public: true, handle: (*server).openapi, Statuses: []int{s200}},
 
 		r("POST", "/v1/connections", auth.ConnectionEdit, (*server).createConnection, []int{s201, s409}, body),

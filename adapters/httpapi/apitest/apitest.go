@@ -74,6 +74,9 @@ type Server struct {
 	URL string
 	// HTTP is the test server.
 	HTTP *httptest.Server
+	// MetricsURL is the base URL of the node's metrics handler, served apart from the API as
+	// `waqueue serve` does (GET MetricsURL+"/metrics").
+	MetricsURL string
 	// Handler is the API handler (as httpapi.New returned it).
 	Handler http.Handler
 	// Node is the assembled node under the server.
@@ -164,6 +167,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	s.HTTP = httptest.NewServer(s.Handler)
 	s.URL = s.HTTP.URL
 	s.closers = append(s.closers, s.HTTP.Close)
+	msrv := httptest.NewServer(node.MetricsHandler)
+	s.MetricsURL = msrv.URL
+	s.closers = append(s.closers, msrv.Close)
 	return s, nil
 }
 

@@ -41,6 +41,17 @@ type Config struct {
 	Broker string
 	// Listen is the HTTP address (--listen, WAQUEUE_LISTEN). Default 127.0.0.1:8080.
 	Listen string
+	// MetricsListen is the address of the Prometheus metrics listener, apart from the API
+	// (--metrics-listen, WAQUEUE_METRICS_LISTEN). Default 127.0.0.1:9090; empty turns the
+	// metrics listener off. It must differ from Listen: metrics are never on the API's port.
+	MetricsListen string
+	// MetricsToken, if set, is the bearer token the metrics listener requires
+	// (--metrics-token, WAQUEUE_METRICS_TOKEN; prefer the environment, flags show in ps).
+	MetricsToken string
+	// MetricsTenantTop, if positive, breaks the queue depths down by tenant for that many
+	// tenants with the most pending messages, the rest summed (--metrics-tenant-top,
+	// WAQUEUE_METRICS_TENANT_TOP). Default 0: no tenant label. At most 100.
+	MetricsTenantTop int
 	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
 	SimulatorSeed int64
 	// NoPacing sends as fast as the transport takes messages (--no-pacing, WAQUEUE_NO_PACING).
@@ -77,16 +88,20 @@ type Config struct {
 
 // env maps each flag to its environment variable.
 var env = map[string]string{
-	"data-dir":      "WAQUEUE_DATA_DIR",
-	"db":            "WAQUEUE_DB",
-	"eventstore":    "WAQUEUE_EVENTSTORE",
-	"transport":     "WAQUEUE_TRANSPORT",
-	"broker":        "WAQUEUE_BROKER",
-	"listen":        "WAQUEUE_LISTEN",
-	"sim-seed":      "WAQUEUE_SIM_SEED",
-	"log-level":     "WAQUEUE_LOG_LEVEL",
-	"no-pacing":     "WAQUEUE_NO_PACING",
-	"no-dispatcher": "WAQUEUE_NO_DISPATCHER",
+	"data-dir":   "WAQUEUE_DATA_DIR",
+	"db":         "WAQUEUE_DB",
+	"eventstore": "WAQUEUE_EVENTSTORE",
+	"transport":  "WAQUEUE_TRANSPORT",
+	"broker":     "WAQUEUE_BROKER",
+	"listen":     "WAQUEUE_LISTEN",
+
+	"metrics-listen":     "WAQUEUE_METRICS_LISTEN",
+	"metrics-token":      "WAQUEUE_METRICS_TOKEN",
+	"metrics-tenant-top": "WAQUEUE_METRICS_TENANT_TOP",
+	"sim-seed":           "WAQUEUE_SIM_SEED",
+	"log-level":          "WAQUEUE_LOG_LEVEL",
+	"no-pacing":          "WAQUEUE_NO_PACING",
+	"no-dispatcher":      "WAQUEUE_NO_DISPATCHER",
 
 	"audit-key":                 "WAQUEUE_AUDIT_KEY",
 	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
@@ -103,6 +118,9 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Transport, "transport", TransportSimulator, "simulator or whatsmeow ($WAQUEUE_TRANSPORT)")
 	fs.StringVar(&c.Broker, "broker", "", "empty for in-process, or nats://host:4222 ($WAQUEUE_BROKER)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "HTTP listen address ($WAQUEUE_LISTEN)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "Prometheus metrics listen address, apart from the API; empty turns it off ($WAQUEUE_METRICS_LISTEN)")
+	fs.StringVar(&c.MetricsToken, "metrics-token", "", "bearer token the metrics listener requires (prefer $WAQUEUE_METRICS_TOKEN)")
+	fs.IntVar(&c.MetricsTenantTop, "metrics-tenant-top", 0, "break queue depths down by tenant for this many tenants, 0 for none, at most 100 ($WAQUEUE_METRICS_TENANT_TOP)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
 	fs.BoolVar(&c.NoDispatcher, "no-dispatcher", false, "serve the API without dispatching (extra API-only instances) ($WAQUEUE_NO_DISPATCHER)")
@@ -129,6 +147,23 @@ func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// MetricsExposed reports whether the metrics listener is configured on a non-loopback address
+// without a token: `waqueue serve` warns about it.
+func (c *Config) MetricsExposed() bool {
+	if c.MetricsListen == "" || c.MetricsToken != "" {
+		return false
+	}
+	host, _, err := net.SplitHostPort(c.MetricsListen)
+	if err != nil {
+		return true
+	}
+	if host == "localhost" {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	return err != nil || !a.IsLoopback()
 }
 
 // Engine is the database engine DB names.
@@ -193,6 +228,16 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("config: WAQUEUE_LISTEN %q: %w", c.Listen, err))
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_LISTEN %q: %w", c.MetricsListen, err))
+		} else if c.MetricsListen == c.Listen {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_LISTEN %q is the API's address: metrics need a listener of their own", c.MetricsListen))
+		}
+	}
+	if c.MetricsTenantTop < 0 || c.MetricsTenantTop > 100 {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_TENANT_TOP %d: want 0 to 100", c.MetricsTenantTop))
 	}
 	c.WebhookAllowPrefixes = nil
 	for _, cidr := range c.WebhookAllowCIDRs {

@@ -107,7 +107,7 @@ func TestProjectionKeepsFailing(t *testing.T) {
 	if !strings.Contains(n.logs.String(), "message_status") {
 		t.Errorf("the log does not name the failing projection:\n%s", tail(n.logs.String(), 4000))
 	}
-	mres, err := http.Get(a.base + "/metrics")
+	mres, err := http.Get(n.metricsURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +115,9 @@ func TestProjectionKeepsFailing(t *testing.T) {
 	mres.Body.Close()
 	if !strings.Contains(string(metrics), `code="503"`) {
 		t.Errorf("/metrics does not count the 503 answers of /readyz")
+	}
+	if !strings.Contains(string(metrics), `waqueue_projection_failures_total{projection="message_status"}`) {
+		t.Errorf("/metrics does not count the failing projection's batches")
 	}
 
 	if _, err := n.node.SQL.ExecContext(ctx, `ALTER TABLE status_messages DROP CONSTRAINT faults_poison`); err != nil {
