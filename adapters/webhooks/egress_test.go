@@ -265,11 +265,18 @@ func TestDeliveryRefusesRebindingName(t *testing.T) {
 		// The operator allows loopback: the same name delivers.
 		allow := webhooks.NewEgress(webhooks.EgressConfig{Resolver: res, AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 		svc2, _ := webhooks.NewService(e.db, func() time.Time { return time.Now().Add(-time.Hour) }, allow)
-		w2, _ := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Egress: allow})
+		reg2 := prometheus.NewRegistry()
+		w2, _ := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Egress: allow, Registerer: reg2})
 		// The refused delivery is not due yet (backoff); only the new one is sent.
 		d = deliverOnce(t, e, svc2, w2, "rb-2", "http://rebind.example:"+port+"/hook2")
 		if d.DeliveredAt.IsZero() || d.Attempts[0].StatusCode != http.StatusNoContent || rcv.n.Load() != 1 {
 			t.Fatalf("allowed delivery %+v, receiver got %d", d, rcv.n.Load())
+		}
+		if got := counterValue(t, reg2, "waqueue_webhook_attempts_total", "delivered"); got != 1 {
+			t.Errorf("attempts_total{result=delivered} = %v, want 1", got)
+		}
+		if n := histogramCount(t, reg2, "waqueue_webhook_attempt_duration_seconds"); n != 1 {
+			t.Errorf("attempt_duration_seconds count %d, want 1", n)
 		}
 	})
 }
