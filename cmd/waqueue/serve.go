@@ -96,23 +96,26 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Wri
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
+	// Metrics on their own listener (loopback by default), never on the API's.
+	var mln net.Listener
+	if cfg.MetricsListen != "" {
+		if mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("metrics: listen on %s: %w", cfg.MetricsListen, err)
+		}
+	}
 	srv := &http.Server{Handler: node.Handler, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
-	// Metrics on their own listener (loopback by default), never on the API's.
 	var msrv *http.Server
-	if cfg.MetricsListen != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsListen)
-		if err != nil {
-			_ = srv.Close()
-			return fmt.Errorf("metrics: listen on %s: %w", cfg.MetricsListen, err)
-		}
+	if mln != nil {
 		msrv = &http.Server{Handler: node.MetricsHandler, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- msrv.Serve(mln) }()
 		if cfg.MetricsExposed() {
 			log.Warn("metrics listener is reachable beyond loopback without a token; set WAQUEUE_METRICS_TOKEN", "addr", mln.Addr().String())
 		}
 		log.Info("metrics serving", "addr", "http://"+mln.Addr().String()+"/metrics", "token", cfg.MetricsToken != "")
+		fmt.Fprintf(out, "waqueue: metrics on http://%s/metrics\n", mln.Addr())
 	}
 	transport := cfg.Transport
 	if transport == config.TransportSimulator {

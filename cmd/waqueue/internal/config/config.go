@@ -230,9 +230,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("config: WAQUEUE_LISTEN %q: %w", c.Listen, err))
 	}
 	if c.MetricsListen != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_LISTEN %q: %w", c.MetricsListen, err))
-		} else if c.MetricsListen == c.Listen {
+		} else if c.MetricsListen == c.Listen && port != "0" {
 			errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_LISTEN %q is the API's address: metrics need a listener of their own", c.MetricsListen))
 		}
 	}
