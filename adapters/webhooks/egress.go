@@ -180,9 +180,6 @@ func (e *Egress) CheckURL(ctx context.Context, raw string) (*url.URL, error) {
 // refused one.
 func (e *Egress) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
-		if a.Zone() != "" {
-			return nil, &EgressError{Host: host, Addr: a, Class: ClassLinkLocal}
-		}
 		if err := e.CheckAddr(host, a); err != nil {
 			return nil, err
 		}

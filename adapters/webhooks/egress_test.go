@@ -152,7 +152,7 @@ func TestEgressAllowList(t *testing.T) {
 		}
 	}
 	all := webhooks.NewEgress(webhooks.EgressConfig{Resolver: testResolver(), AllowPrivate: true})
-	for _, ok := range []string{"http://127.0.0.1/", "http://localhost/", "http://169.254.169.254/", "http://[fe80::1]/"} {
+	for _, ok := range []string{"http://127.0.0.1/", "http://localhost/", "http://169.254.169.254/", "http://[fe80::1]/", "http://[fe80::1%25eth0]/"} {
 		if _, err := all.CheckURL(ctx, ok); err != nil {
 			t.Errorf("%s refused with AllowPrivate: %v", ok, err)
 		}
