@@ -20,6 +20,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waqueue/waqueue/adapters/bus"
 	"github.com/waqueue/waqueue/adapters/eventstore"
@@ -78,16 +79,24 @@ type RunnerConfig struct {
 	Middleware []message.HandlerMiddleware
 	// RouterPlugin hooks (for example watermill's Prometheus metrics builder). Optional.
 	ConfigureRouter func(*message.Router)
-	// Now is the clock for status times. Default time.Now.
+	// Now is the clock for status times and lag. Default time.Now.
 	Now func() time.Time
+	// Registerer, if set, receives the per-projection metrics (waqueue_projection_*: events
+	// applied, failures, redeliveries, lag in events and seconds). Optional.
+	Registerer prometheus.Registerer
+	// LagScanLimit is the most events the lag gauge counts past a checkpoint per scrape.
+	// Default DefaultLagScanLimit.
+	LagScanLimit int
 }
 
 // Runner runs projections on a watermill router fed by the event log.
 type Runner struct {
-	cfg  RunnerConfig
-	mu   sync.Mutex
-	stat map[string]*Status
-	cond *sync.Cond
+	cfg           RunnerConfig
+	mu            sync.Mutex
+	stat          map[string]*Status
+	cond          *sync.Cond
+	metrics       *runnerMetrics
+	lastDelivered map[string]eventstore.Position // end of the last batch delivered, per projection
 }
 
 // NewRunner validates cfg and returns a runner. Call Migrate before Run.
@@ -121,10 +130,18 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	r := &Runner{cfg: cfg, stat: map[string]*Status{}}
+	if cfg.LagScanLimit <= 0 {
+		cfg.LagScanLimit = DefaultLagScanLimit
+	}
+	r := &Runner{cfg: cfg, stat: map[string]*Status{}, metrics: newRunnerMetrics(), lastDelivered: map[string]eventstore.Position{}}
 	r.cond = sync.NewCond(&r.mu)
 	for _, p := range cfg.Projections {
 		r.stat[p.Name()] = &Status{Name: p.Name()}
+	}
+	if cfg.Registerer != nil {
+		if err := r.metrics.register(cfg.Registerer, r); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
 }
@@ -182,6 +199,7 @@ func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (
 	if err != nil {
 		return err
 	}
+	r.observeBatch(p.Name(), events)
 	defer func() { r.record(p.Name(), err) }()
 	tx, err := r.cfg.DB.Begin(ctx)
 	if err != nil {
@@ -220,6 +238,7 @@ func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (
 	st := r.stat[p.Name()]
 	st.Checkpoint = last
 	st.Applied += uint64(len(fresh))
+	r.metrics.applied.WithLabelValues(p.Name()).Add(float64(len(fresh))) // before WaitFor wakes
 	r.cond.Broadcast()
 	r.mu.Unlock()
 	if ac, ok := p.(AfterCommitter); ok {
@@ -236,6 +255,7 @@ func (r *Runner) record(name string, err error) {
 		st.Failures, st.LastError, st.FailingSince = 0, "", time.Time{}
 		return
 	}
+	r.metrics.failures.WithLabelValues(name).Inc()
 	if st.Failures == 0 {
 		st.FailingSince = r.cfg.Now()
 	}

@@ -87,6 +87,7 @@ func (f fixture) request(t *testing.T, e *env, rt httpapi.Route) (string, any) {
 		"GET /v1/webhooks":                             nil,
 		"DELETE /v1/webhooks/{id}":                     nil,
 		"GET /v1/webhooks/{id}/deliveries":             nil,
+		"GET /v1/admin/health":                         nil,
 		"POST /v1/connections/{id}/simulator/ban":      map[string]any{"kind": "temporary"},
 		"POST /v1/connections/{id}/simulator/lift":     nil,
 		"POST /v1/connections/{id}/simulator/logout":   nil,
@@ -132,6 +133,7 @@ var wantRight = map[string]auth.Right{
 	"GET /v1/webhooks":                             auth.Admin,
 	"DELETE /v1/webhooks/{id}":                     auth.Admin,
 	"GET /v1/webhooks/{id}/deliveries":             auth.Admin,
+	"GET /v1/admin/health":                         auth.Admin,
 	"POST /v1/connections/{id}/simulator/ban":      auth.Admin,
 	"POST /v1/connections/{id}/simulator/lift":     auth.Admin,
 	"POST /v1/connections/{id}/simulator/logout":   auth.Admin,
@@ -221,7 +223,10 @@ func TestAuthentication(t *testing.T) {
 			t.Errorf("%s credential: %d %s", name, r.Status, r.Body)
 		}
 	}
-	for _, p := range []string{"/healthz", "/readyz", "/metrics", "/v1/openapi.yaml"} {
+	for _, p := range []string{"/healthz", "/readyz", "/v1/openapi.yaml"} {
 		wantStatus(t, e.do("", "GET", p, nil, nil), 200)
 	}
+	// Metrics are never served on the API's port (issue 11.4), with or without a key.
+	wantProblem(t, e.do("", "GET", "/metrics", nil, nil), 404, httpapi.CodeNotFound)
+	wantProblem(t, e.do(e.admin(), "GET", "/metrics", nil, nil), 404, httpapi.CodeNotFound)
 }

@@ -3,6 +3,8 @@ package httpapi_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
@@ -124,6 +126,22 @@ func start(t *testing.T, opts apitest.Options) *env {
 
 func (e *env) key(tenant string, role auth.Role) string { return e.keys[tenant][role] }
 func (e *env) admin() string                            { return e.key(e.Tenant, auth.RoleAdmin) }
+
+// metrics returns the node's metrics, from the metrics handler (not the API).
+func (e *env) metrics() string {
+	e.t.Helper()
+	req, _ := http.NewRequestWithContext(e.ctx, "GET", e.MetricsURL+"/metrics", nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK {
+		e.t.Fatalf("GET /metrics: %d %s", res.StatusCode, b)
+	}
+	return string(b)
+}
 
 func (e *env) do(key, method, path string, body any, header map[string]string) *apitest.Response {
 	e.t.Helper()

@@ -65,8 +65,12 @@ type Deps struct {
 	// Webhooks, if set, enables the /v1/webhooks routes (register, list, delete, delivery log).
 	// Without it those paths answer 404 not_found like any unknown route.
 	Webhooks *webhooks.Service
-	// Registry receives the API's metrics and is served at /metrics. Required.
+	// Registry receives the API's metrics. Required. The API does not serve it: MetricsHandler
+	// does, on a listener of its own.
 	Registry *prometheus.Registry
+	// PlatformTenant is the platform operator's tenant: its admin keys, and only those, read
+	// GET /v1/admin/health. Default apikeys.DefaultTenant (the bootstrap key's tenant).
+	PlatformTenant string
 	// Logger logs one line per request. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
@@ -161,6 +165,9 @@ func New(d Deps) (http.Handler, error) {
 	}
 	if d.Now == nil {
 		d.Now = time.Now
+	}
+	if d.PlatformTenant == "" {
+		d.PlatformTenant = apikeys.DefaultTenant
 	}
 	d.Limits.setDefaults()
 	s := &server{d: d, log: d.Logger, pairing: map[string]*qrPairing{}}

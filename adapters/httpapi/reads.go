@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"bytes"
-	"context"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -11,15 +10,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/broker"
-	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/docs"
 	"github.com/waqueue/waqueue/domain/auditchain"
-	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -354,52 +350,6 @@ func (s *server) simLogout(w http.ResponseWriter, r *http.Request) error {
 
 func (s *server) healthz(w http.ResponseWriter, _ *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-}
-
-type check struct {
-	Name   string `json:"name"`
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail,omitempty"`
-}
-
-// readyz is ready when the event store and the read-model database answer and no projection is
-// failing.
-func (s *server) readyz(w http.ResponseWriter, r *http.Request) error {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	var checks []check
-	_, err := s.d.Store.ReadAll(ctx, eventstore.Start, 1, eventstore.Filter{StreamPrefixes: []string{auth.TenantStreamPrefix}})
-	checks = append(checks, s.probe(ctx, "event_store", err))
-	checks = append(checks, s.probe(ctx, "read_models", s.d.DB.SQL.PingContext(ctx)))
-	for _, st := range s.d.Runner.Statuses() {
-		c := check{Name: "projection:" + st.Name, OK: st.Failures == 0}
-		if !c.OK {
-			c.Detail = strconv.Itoa(st.Failures) + " failed batches since " + st.FailingSince.Format(time.RFC3339) + ": " + st.LastError
-		}
-		checks = append(checks, c)
-	}
-	status, code := "ready", http.StatusOK
-	for _, c := range checks {
-		if !c.OK {
-			status, code = "not_ready", http.StatusServiceUnavailable
-		}
-	}
-	return writeJSON(w, code, map[string]any{"status": status, "checks": checks})
-}
-
-// probe turns a dependency's error into a check. The error itself is logged, not shown: the
-// route is public.
-func (s *server) probe(ctx context.Context, name string, err error) check {
-	if err == nil {
-		return check{Name: name, OK: true}
-	}
-	s.log.WarnContext(ctx, "readiness check failed", "check", name, "error", err)
-	return check{Name: name, OK: false, Detail: "unreachable"}
-}
-
-func (s *server) metricsHandler(w http.ResponseWriter, r *http.Request) error {
-	promhttp.HandlerFor(s.d.Registry, promhttp.HandlerOpts{}).ServeHTTP(w, r)
-	return nil
 }
 
 func (s *server) openapi(w http.ResponseWriter, _ *http.Request) error {

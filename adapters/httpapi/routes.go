@@ -13,7 +13,7 @@ type Route struct {
 	Method, Pattern string
 	// Right is what the caller's role must grant; ignored for Public routes.
 	Right auth.Right
-	// Public routes need no API key (health, readiness, metrics, the OpenAPI document).
+	// Public routes need no API key (health, readiness, the OpenAPI document).
 	Public bool
 	// Statuses are the status codes the route answers, the error statuses included.
 	Statuses []int
@@ -80,7 +80,6 @@ func (*server) routes() []Route {
 	return []Route{
 		{Method: "GET", Pattern: "/healthz", Public: true, handle: (*server).healthz, Statuses: []int{s200}},
 		{Method: "GET", Pattern: "/readyz", Public: true, handle: (*server).readyz, Statuses: []int{s200, s503}},
-		{Method: "GET", Pattern: "/metrics", Public: true, handle: (*server).metricsHandler, Statuses: []int{s200}},
 		{Method: "GET", Pattern: "/v1/openapi.yaml", Public: true, handle: (*server).openapi, Statuses: []int{s200}},
 
 		r("POST", "/v1/connections", auth.ConnectionEdit, (*server).createConnection, []int{s201, s409}, body),
@@ -110,6 +109,8 @@ func (*server) routes() []Route {
 		r("PATCH", "/v1/keys/{id}", auth.Admin, (*server).changeKey, []int{s200, s404, s409}, body),
 		r("DELETE", "/v1/keys/{id}", auth.Admin, (*server).revokeKey, []int{s204, s404, s409}, body),
 		r("POST", "/v1/broker/tokens", auth.ConnectionView, (*server).mintBrokerToken, []int{s201, s404, s409}, body),
+
+		r("GET", "/v1/admin/health", auth.Admin, (*server).adminHealth, []int{s200, s404}),
 
 		hook(r("POST", "/v1/webhooks", auth.Admin, (*server).registerWebhook, []int{s201}, body)),
 		hook(r("GET", "/v1/webhooks", auth.Admin, (*server).listWebhooks, []int{s200})),

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waqueue/waqueue/adapters/httpapi"
+	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/projections/integration"
@@ -280,5 +281,26 @@ func TestWebhookRoutesNeedTheService(t *testing.T) {
 		if resp.StatusCode != c.status {
 			t.Errorf("%s %s without Deps.Webhooks: %d, want %d", c.method, c.path, resp.StatusCode, c.status)
 		}
+	}
+}
+
+// TestWebhookRegistrationRefusesInternalAddresses: under the production policy (public
+// addresses only) a registration of a loopback, private, link-local or metadata URL is 422
+// invalid_webhook on field url, and nothing is registered.
+func TestWebhookRegistrationRefusesInternalAddresses(t *testing.T) {
+	e := start(t, apitest.Options{WebhookEgress: &webhooks.EgressConfig{}})
+	ok := []string{integration.TypeClearCompleted}
+	for _, u := range []string{deadURL, "http://169.254.169.254/latest/meta-data/", "http://[::ffff:10.0.0.1]/",
+		"http://[fe80::1]/", "http://100.64.0.1/", "http://2130706433/"} {
+		r := e.do(e.admin(), "POST", "/v1/webhooks", map[string]any{"url": u, "event_types": ok}, nil)
+		wantProblem(t, r, 422, httpapi.CodeInvalidWebhook)
+		if got := str(r.Map(), "field"); got != "url" {
+			t.Errorf("%s: field %q, want url; body %s", u, got, r.Body)
+		}
+	}
+	list := e.do(e.admin(), "GET", "/v1/webhooks", nil, nil)
+	wantStatus(t, list, 200)
+	if n := len(list.Map()["webhooks"].([]any)); n != 0 {
+		t.Fatalf("refused registrations left %d webhooks: %s", n, list.Body)
 	}
 }

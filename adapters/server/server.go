@@ -28,6 +28,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/auditkey"
 	"github.com/waqueue/waqueue/adapters/broker"
+	"github.com/waqueue/waqueue/adapters/bus"
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/esdb"
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
@@ -94,6 +95,14 @@ type Options struct {
 	BootstrapOut io.Writer
 	// ProjectionBatch is the most events a projection applies per transaction. Default 512.
 	ProjectionBatch int
+	// MetricsToken, if set, is the bearer token MetricsHandler requires.
+	MetricsToken string
+	// MetricsTenantTop, if positive, breaks the queue depths down by tenant for that many
+	// tenants (projections.MetricsOptions.TenantTop). Default 0: no tenant label.
+	MetricsTenantTop int
+	// WebhookEgress is the policy of the addresses webhooks may reach; the zero value reaches
+	// public addresses only (see webhooks.Egress).
+	WebhookEgress webhooks.EgressConfig
 	// ClearRetryInterval is how often the clearing process looks for open clears without a
 	// wake-up. Default 1s.
 	ClearRetryInterval time.Duration
@@ -138,7 +147,11 @@ type Node struct {
 	Transport       transport.Transport
 	Simulator       *simulator.Simulator
 	Dispatcher      *dispatcher.Dispatcher
-	Handler         http.Handler
+	// Handler serves the HTTP API. It does not serve the metrics.
+	Handler http.Handler
+	// MetricsHandler serves the Prometheus registry at GET /metrics (behind Options.MetricsToken,
+	// if set). Serve it on its own listener (waqueue serve --metrics-listen), never on the API's.
+	MetricsHandler http.Handler
 	// AdminKey is the key Bootstrap created on this start (empty when keys existed).
 	AdminKey string
 	// Tenant is the bootstrap tenant.
@@ -149,11 +162,13 @@ type Node struct {
 	pub      message.Publisher
 	sub      message.Subscriber
 	webhookW *webhooks.Worker
-	closers  []func() error
-	mu       sync.Mutex
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	runErrs  chan error
+	// routerMetrics instrument both watermill routers (projections, command processor).
+	routerMetrics *bus.RouterMetrics
+	closers       []func() error
+	mu            sync.Mutex
+	cancel        context.CancelFunc
+	wg            sync.WaitGroup
+	runErrs       chan error
 }
 
 // New opens the stores, runs every migration, and assembles the node. Nothing runs in the
@@ -219,23 +234,28 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.Audit.OnCommit(n.AuditCheckpoints.Wake)
-	if n.webhookW, err = webhooks.NewWorker(webhooks.WorkerConfig{DB: n.DB, Logger: o.Logger}); err != nil {
+	egress := webhooks.NewEgress(o.WebhookEgress)
+	if n.webhookW, err = webhooks.NewWorker(webhooks.WorkerConfig{DB: n.DB, Logger: o.Logger, Egress: egress, Registerer: n.Registry}); err != nil {
 		return nil, err
 	}
-	if n.Webhooks, err = webhooks.NewService(n.DB, o.Now); err != nil {
+	if n.Webhooks, err = webhooks.NewService(n.DB, o.Now, egress); err != nil {
 		return nil, err
 	}
 	integ, err := integration.NewPublisher(n.pub)
 	if err != nil {
 		return nil, err
 	}
-	metrics, err := projections.NewMetrics(n.Registry, n.DB)
+	metrics, err := projections.NewMetrics(n.Registry, n.DB, projections.MetricsOptions{TenantTop: o.MetricsTenantTop})
 	if err != nil {
 		return nil, err
 	}
 	n.projs = []projections.Projection{n.Cards, n.Queue, n.Messages, n.Audit, n.Analytics, metrics, integ, webhooks.NewOutbox(n.webhookW.Wake)}
+	if n.routerMetrics, err = bus.NewRouterMetrics(n.Registry); err != nil {
+		return nil, err
+	}
 	if n.Runner, err = projections.NewRunner(projections.RunnerConfig{
 		DB: n.DB, Store: n.Events, Projections: n.projs, Logger: o.Logger, BatchSize: o.ProjectionBatch,
+		Registerer: n.Registry, ConfigureRouter: n.routerMetrics.Instrument,
 	}); err != nil {
 		return nil, err
 	}
@@ -276,6 +296,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	if n.Handler, err = httpapi.New(deps); err != nil {
 		return nil, err
 	}
+	n.MetricsHandler = httpapi.MetricsHandler(n.Registry, o.MetricsToken)
 	return n, nil
 }
 
@@ -414,7 +435,8 @@ func (n *Node) openTransport(ctx context.Context) error {
 		if n.Options.IsPostgres() {
 			dialect = wmtransport.DialectPostgres
 		}
-		m, err := wmtransport.New(ctx, wmtransport.Config{DB: n.SQL, Dialect: dialect})
+		m, err := wmtransport.New(ctx, wmtransport.Config{DB: n.SQL, Dialect: dialect,
+			Log: wmtransport.SlogLogger(n.log.With("component", "whatsmeow"))})
 		if err != nil {
 			return err
 		}
@@ -443,6 +465,7 @@ func (n *Node) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.routerMetrics.Instrument(router)
 	if _, err := commands.RegisterProcessor(commands.ProcessorConfig{
 		Router: router, Subscriber: n.sub, Authenticator: n.Tokens, Handlers: n.Handlers, Logger: wlog,
 	}); err != nil {

@@ -44,7 +44,10 @@ func TestStory(t *testing.T) {
 			}
 			srv := httptest.NewServer(node.Handler)
 			defer srv.Close()
+			msrv := httptest.NewServer(node.MetricsHandler) // the private metrics listener
+			defer msrv.Close()
 			c := &client{t: t, base: srv.URL, key: node.AdminKey}
+			c.do("GET", "/metrics", nil, nil, http.StatusNotFound, nil) // never on the API's port
 
 			const phone = "+491701234567"
 			c.do("POST", "/v1/connections", map[string]any{"id": "shop-1", "phone": phone}, nil, http.StatusCreated, nil)
@@ -127,10 +130,11 @@ func TestStory(t *testing.T) {
 					t.Errorf("audit trail lacks %s; has %v", want, seen)
 				}
 			}
-			// The metrics tell the same story: one clear, its purged messages, the ban, the depth.
+			// The metrics tell the same story: one clear, its purged messages, the ban, the depth,
+			// and no series names a connection.
 			var metrics []byte
 			waitFor(t, ctx, "clear in /metrics", func() bool {
-				res, err := http.Get(srv.URL + "/metrics")
+				res, err := http.Get(msrv.URL + "/metrics")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -142,12 +146,18 @@ func TestStory(t *testing.T) {
 				`waqueue_clears_total{scope="queue"} 1`,
 				fmt.Sprintf("waqueue_purged_messages_total %d", purged),
 				`waqueue_bans_total{kind="temporary"} 1`,
-				`waqueue_queue_depth{connection="shop-1",tenant="default"} 0`,
+				"waqueue_queue_depth 0",
 				"waqueue_clear_duration_seconds_count 1",
+				`waqueue_projection_lag_events{projection="cards"}`,
+				`waqueue_projection_events_applied_total{projection="cards"}`,
+				`waqueue_router_messages_total{handler="cards",result="ok"}`,
 			} {
 				if !strings.Contains(string(metrics), want) {
 					t.Errorf("/metrics lacks %q", want)
 				}
+			}
+			if strings.Contains(string(metrics), "shop-1") || strings.Contains(string(metrics), `connection="`) {
+				t.Errorf("/metrics labels a series with a connection id")
 			}
 			var verify map[string]any
 			c.do("GET", "/v1/audit/verify", nil, nil, 200, &verify)

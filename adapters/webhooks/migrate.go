@@ -22,20 +22,28 @@ const MigrationTable = "waqueue_webhooks_migrations"
 // db (the read-model database, where the Outbox projection commits its checkpoint). Safe at
 // every start.
 func Migrate(ctx context.Context, db *projections.DB) error {
+	p, err := migrationProvider(db)
+	if err != nil {
+		return err
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("webhooks: migrate %s: %w", db.Dialect, err)
+	}
+	return nil
+}
+
+func migrationProvider(db *projections.DB) (*goose.Provider, error) {
 	dir, dialect := "migrations/sqlite", goose.DialectSQLite3
 	if db.Dialect == projections.Postgres {
 		dir, dialect = "migrations/postgres", goose.DialectPostgres
 	}
 	sub, err := fs.Sub(migrationFS, dir)
 	if err != nil {
-		return fmt.Errorf("webhooks: migrations: %w", err)
+		return nil, fmt.Errorf("webhooks: migrations: %w", err)
 	}
 	p, err := goose.NewProvider(dialect, db.SQL, sub, goose.WithTableName(MigrationTable), goose.WithDisableGlobalRegistry(true))
 	if err != nil {
-		return fmt.Errorf("webhooks: migrations: %w", err)
+		return nil, fmt.Errorf("webhooks: migrations: %w", err)
 	}
-	if _, err := p.Up(ctx); err != nil {
-		return fmt.Errorf("webhooks: migrate %s: %w", db.Dialect, err)
-	}
-	return nil
+	return p, nil
 }

@@ -16,12 +16,22 @@
 //
 // Worker sends the due rows: POST of the integration event's JSON with the headers
 // Waqueue-Event-Id, Waqueue-Event-Type and Waqueue-Signature ("t=<unix>,v1=<hex>", see Sign).
-// A 2xx answer marks the row delivered; anything else (status, network error, timeout) is logged
-// as an attempt and the row is retried after Backoff·2^(attempts-1), capped at MaxBackoff, for
-// ever: a receiver that is down loses nothing, and a restarted worker resumes from the rows. A
-// row is claimed (claimed_until) before it is sent, so several workers do not send it at once;
-// a crash between the send and the bookkeeping resends it (at least once: receivers dedupe on
+// A 2xx answer marks the row delivered; anything else (another status — a redirect is never
+// followed —, a refused address, a network error, a timeout) is logged as an attempt, with the
+// status code and an error class only (see the Error* constants: never the receiver's body or
+// an internal error text, which would make the log an oracle for probing the network), and the
+// row is retried after Backoff·2^(attempts-1), capped at MaxBackoff, for ever: a receiver that
+// is down loses nothing, and a restarted worker resumes from the rows. A row is claimed
+// (claimed_until) before it is sent, so several workers do not send it at once; a crash between the send and the bookkeeping resends it (at least once: receivers dedupe on
 // Waqueue-Event-Id, the integration event id).
+//
+// # Egress
+//
+// Webhook URLs are chosen by tenants, so the node must not become their way into the operator's
+// network (SSRF). Egress refuses loopback, private, link-local, cloud-metadata, multicast,
+// CGNAT and other non-public addresses, at registration and at every connection (after DNS
+// resolution, on the address actually dialled), unless the operator allows them
+// (EgressConfig.AllowPrivate, AllowCIDRs).
 package webhooks
 
 import (
@@ -34,7 +44,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -68,6 +77,8 @@ var (
 // InvalidError reports a refused registration field.
 type InvalidError struct {
 	Field, Value, Reason string
+	// Err is the cause, if any (an *EgressError for a refused address).
+	Err error
 }
 
 func (e *InvalidError) Error() string {
@@ -76,6 +87,9 @@ func (e *InvalidError) Error() string {
 
 // Is makes errors.Is(err, ErrInvalid) true.
 func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
+
+// Unwrap returns the cause.
+func (e *InvalidError) Unwrap() error { return e.Err }
 
 // Webhook is a registered endpoint. Its secret is never returned after Register.
 type Webhook struct {
@@ -92,7 +106,8 @@ type Attempt struct {
 	At time.Time
 	// StatusCode is the receiver's HTTP status; 0 when no answer came (Error says why).
 	StatusCode int
-	Error      string
+	// Error is the failure's class (one of the Error* constants), empty on success.
+	Error string
 }
 
 // Delivery is one event to deliver to one webhook, with its log.
@@ -116,33 +131,50 @@ type Delivery struct {
 // Service registers, lists and deletes webhooks and reads their delivery logs; it is the Go API
 // the HTTP layer mounts. Every call is scoped to a tenant.
 type Service struct {
-	db   *projections.DB
-	now  func() time.Time
-	rand io.Reader
+	db     *projections.DB
+	now    func() time.Time
+	rand   io.Reader
+	egress *Egress
 }
 
 // NewService returns a Service over db (migrated with Migrate). now is the clock (nil: the wall
-// clock, UTC).
-func NewService(db *projections.DB, now func() time.Time) (*Service, error) {
+// clock, UTC). egress is the policy registrations are checked against (nil: public addresses
+// only, NewEgress(EgressConfig{})); give the Worker the same policy.
+func NewService(db *projections.DB, now func() time.Time, egress *Egress) (*Service, error) {
 	if db == nil {
 		return nil, errors.New("webhooks: NewService: nil db")
 	}
 	if now == nil {
 		now = func() time.Time { return time.Now().UTC() }
 	}
-	return &Service{db: db, now: now, rand: rand.Reader}, nil
+	if egress == nil {
+		egress = NewEgress(EgressConfig{})
+	}
+	return &Service{db: db, now: now, rand: rand.Reader, egress: egress}, nil
 }
 
 // Register registers url for the given integration event types in tenant and returns the
 // webhook's id and its signing secret. The secret is shown only here: store it.
-// url must be an absolute http(s) URL; types must be non-empty and integration types.
+// url must be an absolute http(s) URL without credentials whose host the egress policy allows
+// (a literal address by its class, a name by every address it resolves to now; see
+// Egress.CheckURL); types must be non-empty and integration types. A refused URL is an
+// *InvalidError of field "url" (wrapping the *EgressError when the address was refused).
 func (s *Service) Register(ctx context.Context, tenant, rawURL string, types []string) (id, secret string, err error) {
 	if tenant == "" {
 		return "", "", &InvalidError{Field: "tenant", Reason: "empty"}
 	}
-	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", "", &InvalidError{Field: "url", Value: rawURL, Reason: "must be an absolute http or https URL"}
+	u, err := s.egress.CheckURL(ctx, rawURL)
+	if err != nil {
+		var inv *InvalidError
+		var eg *EgressError
+		switch {
+		case errors.As(err, &inv):
+			return "", "", inv
+		case errors.As(err, &eg):
+			return "", "", &InvalidError{Field: "url", Value: rawURL, Reason: "the host is or resolves to a non-public address (" + eg.Class + "); the operator's egress policy refuses it", Err: eg}
+		default:
+			return "", "", &InvalidError{Field: "url", Value: rawURL, Reason: "the host does not resolve", Err: err}
+		}
 	}
 	if len(types) == 0 {
 		return "", "", &InvalidError{Field: "event_types", Reason: "at least one event type is required"}

@@ -156,7 +156,7 @@ func TestDeliveriesSurviveFailuresAndDowntime(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-		svc, err := webhooks.NewService(e.db, clk.Now)
+		svc, err := webhooks.NewService(e.db, clk.Now, loopbackEgress)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +242,7 @@ func TestDeliveriesSurviveFailuresAndDowntime(t *testing.T) {
 		<-done
 
 		newWorker := func() *webhooks.Worker {
-			w, err := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Now: clk.Now, Backoff: time.Second, MaxBackoff: 8 * time.Second, Timeout: 5 * time.Second})
+			w, err := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Egress: loopbackEgress, Now: clk.Now, Backoff: time.Second, MaxBackoff: 8 * time.Second, Timeout: 5 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}

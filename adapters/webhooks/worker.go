@@ -4,13 +4,19 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waqueue/waqueue/projections"
 )
@@ -19,8 +25,12 @@ import (
 type WorkerConfig struct {
 	// DB is the read-model database holding the outbox. Required.
 	DB *projections.DB
-	// Client sends the requests. Default: an http.Client with Timeout.
-	Client *http.Client
+	// Egress is the policy every connection is checked against (the Service's). Default:
+	// public addresses only. The worker's HTTP client is Egress.Client(Timeout): no proxy, no
+	// redirects followed.
+	Egress *Egress
+	// Registerer receives the delivery metrics (waqueue_webhook_*). Optional.
+	Registerer prometheus.Registerer
 	// Now is the clock deciding what is due and stamping the log. Default: the wall clock, UTC.
 	Now func() time.Time
 	// Timeout bounds one request. Default 10s.
@@ -43,8 +53,8 @@ func (c *WorkerConfig) setDefaults() {
 	if c.Timeout <= 0 {
 		c.Timeout = 10 * time.Second
 	}
-	if c.Client == nil {
-		c.Client = &http.Client{Timeout: c.Timeout}
+	if c.Egress == nil {
+		c.Egress = NewEgress(EgressConfig{})
 	}
 	if c.Now == nil {
 		c.Now = func() time.Time { return time.Now().UTC() }
@@ -71,17 +81,24 @@ func (c *WorkerConfig) setDefaults() {
 
 // Worker sends the outbox's due deliveries. Several workers (processes) may run on one database.
 type Worker struct {
-	cfg  WorkerConfig
-	wake chan struct{}
+	cfg     WorkerConfig
+	client  *http.Client
+	wake    chan struct{}
+	metrics *workerMetrics
 }
 
-// NewWorker returns a worker; cfg.DB is required.
+// NewWorker returns a worker; cfg.DB is required. It registers its metrics on cfg.Registerer,
+// if set (one worker per registerer).
 func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if cfg.DB == nil {
 		return nil, errors.New("webhooks: NewWorker: nil DB")
 	}
 	cfg.setDefaults()
-	return &Worker{cfg: cfg, wake: make(chan struct{}, 1)}, nil
+	m, err := newWorkerMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Worker{cfg: cfg, client: cfg.Egress.Client(cfg.Timeout), wake: make(chan struct{}, 1), metrics: m}, nil
 }
 
 // Wake makes a running Run look for due rows now. It never blocks.
@@ -192,12 +209,21 @@ WHERE id = $2 AND delivered_at_us = 0 AND claimed_until_us <= $3`, now.Add(2*w.c
 
 // deliver sends one delivery and records the attempt.
 func (w *Worker) deliver(ctx context.Context, d due) error {
+	start := time.Now()
 	status, sendErr := w.send(ctx, d)
+	w.metrics.latency.Observe(time.Since(start).Seconds())
 	at := w.cfg.Now()
 	attempt := d.attempts + 1
 	errText := ""
 	if sendErr != nil {
-		errText = sendErr.Error()
+		errText = ErrorClass(status, sendErr)
+		w.metrics.failures.WithLabelValues(errText).Inc()
+		w.metrics.attempts.WithLabelValues("failed").Inc()
+		// The full error stays in the operator's log; the tenant's delivery log gets the class.
+		w.cfg.Logger.Debug("webhooks: delivery attempt failed", "delivery", d.id, "event", d.eventID,
+			"attempt", attempt, "status", status, "class", errText, "err", sendErr)
+	} else {
+		w.metrics.attempts.WithLabelValues("delivered").Inc()
 	}
 	tx, err := w.cfg.DB.Begin(ctx)
 	if err != nil {
@@ -246,14 +272,86 @@ func (w *Worker) send(ctx context.Context, d due) (int, error) {
 	req.Header.Set(HeaderEventID, d.eventID)
 	req.Header.Set(HeaderEventType, d.eventType)
 	req.Header.Set(HeaderSignature, Sign(d.sec, w.cfg.Now(), body))
-	resp, err := w.cfg.Client.Do(req)
+	resp, err := w.client.Do(req)
 	if err != nil {
 		return 0, err
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	_ = resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return resp.StatusCode, fmt.Errorf("webhooks: receiver answered %s", resp.Status)
+		return resp.StatusCode, fmt.Errorf("webhooks: receiver answered %d", resp.StatusCode)
 	}
 	return resp.StatusCode, nil
+}
+
+// Error classes of a failed attempt, as the delivery log and the
+// waqueue_webhook_failures_total{class} metric show them.
+const (
+	ErrorRefused  = "address_refused"       // the egress policy refused the receiver's address
+	ErrorDNS      = "dns_failed"            // the host did not resolve
+	ErrorConnect  = "connect_failed"        // no connection (refused, unreachable, reset)
+	ErrorTimeout  = "timeout"               // no answer within the timeout
+	ErrorTLS      = "tls_failed"            // the TLS handshake or certificate failed
+	ErrorRedirect = "redirect_not_followed" // a 3xx answer: redirects are never followed
+	ErrorStatus   = "http_status"           // any other non-2xx answer (the status code says which)
+	ErrorOther    = "request_failed"        // anything else (the node's log has the detail)
+)
+
+// ErrorClass returns the class of a failed attempt that got status (0 without an answer) and
+// err.
+func ErrorClass(status int, err error) string {
+	var dnsErr *net.DNSError
+	var netErr net.Error
+	var tlsRec tls.RecordHeaderError
+	var certErr *tls.CertificateVerificationError
+	var opErr *net.OpError
+	switch {
+	case status >= 300 && status <= 399:
+		return ErrorRedirect
+	case status != 0:
+		return ErrorStatus
+	case errors.Is(err, ErrEgressRefused):
+		return ErrorRefused
+	case errors.As(err, &dnsErr), errors.Is(err, errUnresolved):
+		return ErrorDNS
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return ErrorTimeout
+	case errors.As(err, &certErr), errors.As(err, &tlsRec), strings.Contains(err.Error(), "tls:"):
+		return ErrorTLS
+	case errors.As(err, &opErr), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF):
+		return ErrorConnect
+	}
+	return ErrorOther
+}
+
+type workerMetrics struct {
+	attempts *prometheus.CounterVec
+	failures *prometheus.CounterVec
+	latency  prometheus.Histogram
+}
+
+func newWorkerMetrics(reg prometheus.Registerer) (*workerMetrics, error) {
+	m := &workerMetrics{
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "waqueue", Subsystem: "webhook", Name: "attempts_total",
+			Help: "Webhook delivery attempts by result (delivered, failed).",
+		}, []string{"result"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "waqueue", Subsystem: "webhook", Name: "failures_total",
+			Help: "Failed webhook delivery attempts by error class (address_refused, dns_failed, connect_failed, timeout, tls_failed, redirect_not_followed, http_status, request_failed).",
+		}, []string{"class"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "waqueue", Subsystem: "webhook", Name: "attempt_duration_seconds",
+			Help:    "Duration of webhook delivery attempts (request to answer or failure), in real time.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 13),
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.attempts, m.failures, m.latency} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("webhooks: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
 }

@@ -85,7 +85,7 @@ func TestConcurrentWorkersSendOnce(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		clk := &clock{t: time.Now().UTC()}
-		svc, _ := webhooks.NewService(e.db, func() time.Time { return clk.Now().Add(-time.Hour) })
+		svc, _ := webhooks.NewService(e.db, func() time.Time { return clk.Now().Add(-time.Hour) }, loopbackEgress)
 		rcv := newReceiver(t, clk, 0)
 		_, secret, err := svc.Register(ctx, "tenant-a", "http://"+rcv.addr, []string{integration.TypeMessageStatusChanged})
 		if err != nil {
@@ -97,7 +97,7 @@ func TestConcurrentWorkersSendOnce(t *testing.T) {
 		var wg sync.WaitGroup
 		attempted := make([]int, 2)
 		for i := range attempted {
-			w, err := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Now: clk.Now, Batch: n})
+			w, err := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Egress: loopbackEgress, Now: clk.Now, Batch: n})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -126,14 +126,14 @@ func TestRunLoopAndPaging(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		clk := &clock{t: time.Now().UTC()}
-		svc, _ := webhooks.NewService(e.db, nil)
+		svc, _ := webhooks.NewService(e.db, nil, loopbackEgress)
 		rcv := newReceiver(t, clk, 3)
 		id, secret, err := svc.Register(ctx, "tenant-a", "http://"+rcv.addr, []string{integration.TypeMessageStatusChanged})
 		if err != nil {
 			t.Fatal(err)
 		}
 		rcv.setSecret(secret)
-		w, err := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Backoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond,
+		w, err := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Egress: loopbackEgress, Backoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond,
 			PollInterval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)

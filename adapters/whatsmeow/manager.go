@@ -37,7 +37,8 @@ type Config struct {
 	Dialect string
 	// Clock schedules the reconnect after a temporary ban; nil means transport.SystemClock.
 	Clock transport.Clock
-	// Log receives whatsmeow's logs; nil discards them.
+	// Log receives whatsmeow's logs (its clients' and its session store's); nil discards
+	// them. The server passes SlogLogger of its own logger.
 	Log waLog.Logger
 	// SendTimeout bounds the wait for the server's acknowledgement of one message; 0 means 75s.
 	SendTimeout time.Duration
@@ -150,6 +151,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 
 // Name returns "whatsmeow".
 func (m *Manager) Name() string { return Name }
+
+// Logger returns the logger the manager gives whatsmeow's clients (Sub(connection id)) and its
+// session store (Sub("sqlstore")): Config.Log, or waLog.Noop when none was set.
+func (m *Manager) Logger() waLog.Logger { return m.cfg.Log }
 
 // Close disconnects every client and stops event delivery. The database stays open.
 func (m *Manager) Close() {

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/waqueue/waqueue/adapters/server"
+	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/cmd/waqueue/internal/config"
 	"github.com/waqueue/waqueue/domain/auditchain"
 )
@@ -53,6 +54,9 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	o.AuditKey = cfg.AuditKey
 	o.AuditCheckpointEvery = cfg.AuditCheckpointEvery
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval
+	o.MetricsToken = cfg.MetricsToken
+	o.MetricsTenantTop = cfg.MetricsTenantTop
+	o.WebhookEgress = webhooks.EgressConfig{AllowPrivate: cfg.WebhookAllowPrivate, AllowCIDRs: cfg.WebhookAllowPrefixes}
 	return o
 }
 
@@ -94,9 +98,27 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Wri
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
+	// Metrics on their own listener (loopback by default), never on the API's.
+	var mln net.Listener
+	if cfg.MetricsListen != "" {
+		if mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("metrics: listen on %s: %w", cfg.MetricsListen, err)
+		}
+	}
 	srv := &http.Server{Handler: node.Handler, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	var msrv *http.Server
+	if mln != nil {
+		msrv = &http.Server{Handler: node.MetricsHandler, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- msrv.Serve(mln) }()
+		if cfg.MetricsExposed() {
+			log.Warn("metrics listener is reachable beyond loopback without a token; set WAQUEUE_METRICS_TOKEN", "addr", mln.Addr().String())
+		}
+		log.Info("metrics serving", "addr", "http://"+mln.Addr().String()+"/metrics", "token", cfg.MetricsToken != "")
+		fmt.Fprintf(out, "waqueue: metrics on http://%s/metrics\n", mln.Addr())
+	}
 	transport := cfg.Transport
 	if transport == config.TransportSimulator {
 		transport = "simulator (SIMULATED WhatsApp: nothing is sent to real numbers)"
@@ -117,6 +139,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Wri
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
+	if msrv != nil {
+		_ = msrv.Shutdown(shutCtx)
+	}
 	if err := srv.Shutdown(shutCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/httpapi"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/projections"
@@ -59,6 +61,10 @@ type Options struct {
 	// AuditCheckpointEvery signs a tenant's audit checkpoint after this many new entries
 	// (server.Options.AuditCheckpointEvery; default 100).
 	AuditCheckpointEvery int
+	// WebhookEgress is the webhook egress policy. Nil allows loopback (127.0.0.0/8, ::1)
+	// explicitly, because test receivers listen there; every other non-public class stays
+	// refused as in production.
+	WebhookEgress *webhooks.EgressConfig
 }
 
 // Server is a running API server with everything under it. The fields other than URL and HTTP
@@ -68,6 +74,9 @@ type Server struct {
 	URL string
 	// HTTP is the test server.
 	HTTP *httptest.Server
+	// MetricsURL is the base URL of the node's metrics handler, served apart from the API as
+	// `waqueue serve` does (GET MetricsURL+"/metrics").
+	MetricsURL string
 	// Handler is the API handler (as httpapi.New returned it).
 	Handler http.Handler
 	// Node is the assembled node under the server.
@@ -118,6 +127,10 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	egress := webhooks.EgressConfig{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+	if opts.WebhookEgress != nil {
+		egress = *opts.WebhookEgress
+	}
 	node, err := server.New(ctx, server.Options{
 		DataDir:              opts.Dir,
 		SimulatorRoutes:      !opts.NoSimulatorRoutes,
@@ -130,6 +143,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		ProjectionBatch:      256,
 		ClearRetryInterval:   100 * time.Millisecond,
 		AuditCheckpointEvery: opts.AuditCheckpointEvery,
+		WebhookEgress:        egress,
 	})
 	if err != nil {
 		return nil, err
@@ -153,6 +167,9 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	s.HTTP = httptest.NewServer(s.Handler)
 	s.URL = s.HTTP.URL
 	s.closers = append(s.closers, s.HTTP.Close)
+	msrv := httptest.NewServer(node.MetricsHandler)
+	s.MetricsURL = msrv.URL
+	s.closers = append(s.closers, msrv.Close)
 	return s, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -44,6 +45,17 @@ type Config struct {
 	BrokerTokenKey string
 	// Listen is the HTTP address (--listen, WAQUEUE_LISTEN). Default 127.0.0.1:8080.
 	Listen string
+	// MetricsListen is the address of the Prometheus metrics listener, apart from the API
+	// (--metrics-listen, WAQUEUE_METRICS_LISTEN). Default 127.0.0.1:9090; empty turns the
+	// metrics listener off. It must differ from Listen: metrics are never on the API's port.
+	MetricsListen string
+	// MetricsToken, if set, is the bearer token the metrics listener requires
+	// (--metrics-token, WAQUEUE_METRICS_TOKEN; prefer the environment, flags show in ps).
+	MetricsToken string
+	// MetricsTenantTop, if positive, breaks the queue depths down by tenant for that many
+	// tenants with the most pending messages, the rest summed (--metrics-tenant-top,
+	// WAQUEUE_METRICS_TENANT_TOP). Default 0: no tenant label. At most 100.
+	MetricsTenantTop int
 	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
 	SimulatorSeed int64
 	// NoPacing sends as fast as the transport takes messages (--no-pacing, WAQUEUE_NO_PACING).
@@ -67,24 +79,39 @@ type Config struct {
 	// AuditCheckpointInterval is the longest an audit entry waits for a checkpoint
 	// (--audit-checkpoint-interval, WAQUEUE_AUDIT_CHECKPOINT_INTERVAL). Default 5m.
 	AuditCheckpointInterval time.Duration
+	// WebhookAllowPrivate lets webhooks reach loopback, private, link-local, metadata and other
+	// non-public addresses (--webhook-allow-private, WAQUEUE_WEBHOOK_ALLOW_PRIVATE). Default
+	// false: public addresses only. Prefer WebhookAllowCIDRs.
+	WebhookAllowPrivate bool
+	// WebhookAllowCIDRs are non-public networks webhooks may reach nonetheless, comma-separated
+	// (--webhook-allow-cidrs, WAQUEUE_WEBHOOK_ALLOW_CIDRS), e.g. "10.20.0.0/16,fd00:1::/64".
+	WebhookAllowCIDRs []string
+	// WebhookAllowPrefixes is WebhookAllowCIDRs parsed by Validate.
+	WebhookAllowPrefixes []netip.Prefix
 }
 
 // env maps each flag to its environment variable.
 var env = map[string]string{
-	"data-dir":      "WAQUEUE_DATA_DIR",
-	"db":            "WAQUEUE_DB",
-	"eventstore":    "WAQUEUE_EVENTSTORE",
-	"transport":     "WAQUEUE_TRANSPORT",
-	"broker":        "WAQUEUE_BROKER",
-	"listen":        "WAQUEUE_LISTEN",
-	"sim-seed":      "WAQUEUE_SIM_SEED",
-	"log-level":     "WAQUEUE_LOG_LEVEL",
-	"no-pacing":     "WAQUEUE_NO_PACING",
-	"no-dispatcher": "WAQUEUE_NO_DISPATCHER",
+	"data-dir":   "WAQUEUE_DATA_DIR",
+	"db":         "WAQUEUE_DB",
+	"eventstore": "WAQUEUE_EVENTSTORE",
+	"transport":  "WAQUEUE_TRANSPORT",
+	"broker":     "WAQUEUE_BROKER",
+	"listen":     "WAQUEUE_LISTEN",
+
+	"metrics-listen":     "WAQUEUE_METRICS_LISTEN",
+	"metrics-token":      "WAQUEUE_METRICS_TOKEN",
+	"metrics-tenant-top": "WAQUEUE_METRICS_TENANT_TOP",
+	"sim-seed":           "WAQUEUE_SIM_SEED",
+	"log-level":          "WAQUEUE_LOG_LEVEL",
+	"no-pacing":          "WAQUEUE_NO_PACING",
+	"no-dispatcher":      "WAQUEUE_NO_DISPATCHER",
 
 	"audit-key":                 "WAQUEUE_AUDIT_KEY",
 	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
 	"audit-checkpoint-interval": "WAQUEUE_AUDIT_CHECKPOINT_INTERVAL",
+	"webhook-allow-private":     "WAQUEUE_WEBHOOK_ALLOW_PRIVATE",
+	"webhook-allow-cidrs":       "WAQUEUE_WEBHOOK_ALLOW_CIDRS",
 
 	"broker-token-key": "WAQUEUE_BROKER_TOKEN_KEY",
 }
@@ -98,6 +125,9 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Broker, "broker", "", "empty for in-process, or nats://host:4222 ($WAQUEUE_BROKER)")
 	fs.StringVar(&c.BrokerTokenKey, "broker-token-key", "", "file of the secret signing broker tokens, the same on every node (default DATA_DIR/broker-token.key) ($WAQUEUE_BROKER_TOKEN_KEY)")
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "HTTP listen address ($WAQUEUE_LISTEN)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "Prometheus metrics listen address, apart from the API; empty turns it off ($WAQUEUE_METRICS_LISTEN)")
+	fs.StringVar(&c.MetricsToken, "metrics-token", "", "bearer token the metrics listener requires (prefer $WAQUEUE_METRICS_TOKEN)")
+	fs.IntVar(&c.MetricsTenantTop, "metrics-tenant-top", 0, "break queue depths down by tenant for this many tenants, 0 for none, at most 100 ($WAQUEUE_METRICS_TENANT_TOP)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
 	fs.BoolVar(&c.NoDispatcher, "no-dispatcher", false, "serve the API without dispatching (extra API-only instances) ($WAQUEUE_NO_DISPATCHER)")
@@ -105,6 +135,8 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.AuditKey, "audit-key", "", "Ed25519 key file signing audit checkpoints, created if missing (default DATA_DIR/audit-key.pem) ($WAQUEUE_AUDIT_KEY)")
 	fs.IntVar(&c.AuditCheckpointEvery, "audit-checkpoint-every", 100, "sign an audit checkpoint after this many new entries of a tenant ($WAQUEUE_AUDIT_CHECKPOINT_EVERY)")
 	fs.DurationVar(&c.AuditCheckpointInterval, "audit-checkpoint-interval", 5*time.Minute, "longest an audit entry waits for a signed checkpoint ($WAQUEUE_AUDIT_CHECKPOINT_INTERVAL)")
+	fs.BoolVar(&c.WebhookAllowPrivate, "webhook-allow-private", false, "let webhooks reach loopback, private and other non-public addresses ($WAQUEUE_WEBHOOK_ALLOW_PRIVATE)")
+	fs.StringSliceVar(&c.WebhookAllowCIDRs, "webhook-allow-cidrs", nil, "non-public networks webhooks may reach, comma-separated CIDRs ($WAQUEUE_WEBHOOK_ALLOW_CIDRS)")
 }
 
 // ApplyEnv sets every flag not given on the command line from its environment variable.
@@ -122,6 +154,23 @@ func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// MetricsExposed reports whether the metrics listener is configured on a non-loopback address
+// without a token: `waqueue serve` warns about it.
+func (c *Config) MetricsExposed() bool {
+	if c.MetricsListen == "" || c.MetricsToken != "" {
+		return false
+	}
+	host, _, err := net.SplitHostPort(c.MetricsListen)
+	if err != nil {
+		return true
+	}
+	if host == "localhost" {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	return err != nil || !a.IsLoopback()
 }
 
 // Engine is the database engine DB names.
@@ -186,6 +235,25 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("config: WAQUEUE_LISTEN %q: %w", c.Listen, err))
+	}
+	if c.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_LISTEN %q: %w", c.MetricsListen, err))
+		} else if c.MetricsListen == c.Listen && port != "0" {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_LISTEN %q is the API's address: metrics need a listener of their own", c.MetricsListen))
+		}
+	}
+	if c.MetricsTenantTop < 0 || c.MetricsTenantTop > 100 {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_TENANT_TOP %d: want 0 to 100", c.MetricsTenantTop))
+	}
+	c.WebhookAllowPrefixes = nil
+	for _, cidr := range c.WebhookAllowCIDRs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(cidr))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_WEBHOOK_ALLOW_CIDRS %q: %w", cidr, err))
+			continue
+		}
+		c.WebhookAllowPrefixes = append(c.WebhookAllowPrefixes, p.Masked())
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -30,7 +30,9 @@ func TestDefaults(t *testing.T) {
 	if c.DB != "sqlite://.data/waqueue.db" || c.Engine() != "sqlite" || c.SQLitePath() != ".data/waqueue.db" {
 		t.Errorf("DB = %q (engine %s, path %s), want the embedded default under .data", c.DB, c.Engine(), c.SQLitePath())
 	}
-	if c.Transport != TransportSimulator || c.Listen != "127.0.0.1:8080" || c.NoPacing || c.NoDispatcher {
+	if c.Transport != TransportSimulator || c.Listen != "127.0.0.1:8080" || c.NoPacing || c.NoDispatcher ||
+		c.WebhookAllowPrivate || len(c.WebhookAllowPrefixes) != 0 || c.MetricsListen != "127.0.0.1:9090" || c.MetricsToken != "" ||
+		c.MetricsTenantTop != 0 || c.MetricsExposed() {
 		t.Errorf("defaults: %+v", c)
 	}
 	if c.AuditKey != ".data/audit-key.pem" || c.AuditCheckpointEvery != 100 || c.AuditCheckpointInterval != 5*time.Minute {
@@ -73,12 +75,14 @@ func TestFlagsBeatEnvironment(t *testing.T) {
 
 func TestInvalidConfigurationNamesEveryProblem(t *testing.T) {
 	env := map[string]string{"WAQUEUE_DB": "mysql://x", "WAQUEUE_TRANSPORT": "telegram", "WAQUEUE_BROKER": "kafka://k",
-		"WAQUEUE_LISTEN": "nohostport", "WAQUEUE_LOG_LEVEL": "loud", "WAQUEUE_EVENTSTORE": "http://esdb"}
+		"WAQUEUE_LISTEN": "nohostport", "WAQUEUE_LOG_LEVEL": "loud", "WAQUEUE_EVENTSTORE": "http://esdb",
+		"WAQUEUE_WEBHOOK_ALLOW_CIDRS": "10.0.0.0/8,not-a-cidr", "WAQUEUE_METRICS_LISTEN": "nohostport", "WAQUEUE_METRICS_TENANT_TOP": "1000"}
 	_, err := parse(t, nil, env)
 	if err == nil {
 		t.Fatal("invalid configuration accepted")
 	}
-	for _, want := range []string{"WAQUEUE_DB", "WAQUEUE_TRANSPORT", "WAQUEUE_BROKER", "WAQUEUE_LISTEN", "WAQUEUE_LOG_LEVEL", "WAQUEUE_EVENTSTORE"} {
+	for _, want := range []string{"WAQUEUE_DB", "WAQUEUE_TRANSPORT", "WAQUEUE_BROKER", "WAQUEUE_LISTEN", "WAQUEUE_LOG_LEVEL", "WAQUEUE_EVENTSTORE", "not-a-cidr",
+		"WAQUEUE_METRICS_LISTEN", "WAQUEUE_METRICS_TENANT_TOP"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not name %s: %v", want, err)
 		}
@@ -99,5 +103,41 @@ func TestBadBooleanInEnvironment(t *testing.T) {
 	_, err := parse(t, nil, map[string]string{"WAQUEUE_NO_PACING": "perhaps"})
 	if err == nil || !strings.Contains(err.Error(), "WAQUEUE_NO_PACING") {
 		t.Fatalf("err = %v, want WAQUEUE_NO_PACING named", err)
+	}
+}
+
+func TestWebhookEgressConfiguration(t *testing.T) {
+	c, err := parse(t, []string{"--webhook-allow-cidrs", "10.20.0.0/16, fd00:1::/64"}, map[string]string{"WAQUEUE_WEBHOOK_ALLOW_PRIVATE": "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.WebhookAllowPrivate || len(c.WebhookAllowPrefixes) != 2 || c.WebhookAllowPrefixes[0].String() != "10.20.0.0/16" ||
+		c.WebhookAllowPrefixes[1].String() != "fd00:1::/64" {
+		t.Errorf("webhook egress: private %v, prefixes %v", c.WebhookAllowPrivate, c.WebhookAllowPrefixes)
+	}
+	c, err = parse(t, nil, map[string]string{"WAQUEUE_WEBHOOK_ALLOW_CIDRS": "192.168.7.9/24"})
+	if err != nil || len(c.WebhookAllowPrefixes) != 1 || c.WebhookAllowPrefixes[0].String() != "192.168.7.0/24" {
+		t.Errorf("env CIDR: %v, %v (want it masked to 192.168.7.0/24)", c.WebhookAllowPrefixes, err)
+	}
+}
+
+func TestMetricsListenerConfiguration(t *testing.T) {
+	c, err := parse(t, []string{"--metrics-listen", "0.0.0.0:9100"}, map[string]string{"WAQUEUE_METRICS_TENANT_TOP": "20"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MetricsListen != "0.0.0.0:9100" || c.MetricsTenantTop != 20 || !c.MetricsExposed() {
+		t.Errorf("metrics: %q top %d exposed %v", c.MetricsListen, c.MetricsTenantTop, c.MetricsExposed())
+	}
+	c, err = parse(t, []string{"--metrics-listen", "0.0.0.0:9100"}, map[string]string{"WAQUEUE_METRICS_TOKEN": "t0ken"})
+	if err != nil || c.MetricsToken != "t0ken" || c.MetricsExposed() {
+		t.Errorf("with a token: %+v, %v", c, err)
+	}
+	if c, err = parse(t, []string{"--metrics-listen", ""}, nil); err != nil || c.MetricsListen != "" || c.MetricsExposed() {
+		t.Errorf("metrics off: %q, %v", c.MetricsListen, err)
+	}
+	if _, err := parse(t, []string{"--listen", "127.0.0.1:8080", "--metrics-listen", "127.0.0.1:8080"}, nil); err == nil ||
+		!strings.Contains(err.Error(), "WAQUEUE_METRICS_LISTEN") {
+		t.Errorf("metrics on the API's address: %v, want refused", err)
 	}
 }

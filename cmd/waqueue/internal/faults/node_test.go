@@ -38,6 +38,8 @@ type inproc struct {
 	node *server.Node
 	api  *api
 	logs *logBuffer
+	// metricsURL is the base URL of the node's metrics handler (apart from the API).
+	metricsURL string
 }
 
 // startNode assembles and starts a node on db ("" for SQLite in a temporary directory) with the
@@ -58,7 +60,9 @@ func startNode(t testing.TB, ctx context.Context, db string) *inproc {
 	}
 	srv := httptest.NewServer(node.Handler)
 	t.Cleanup(srv.Close)
-	return &inproc{node: node, api: newAPI(srv.URL, node.AdminKey), logs: logs}
+	msrv := httptest.NewServer(node.MetricsHandler)
+	t.Cleanup(msrv.Close)
+	return &inproc{node: node, api: newAPI(srv.URL, node.AdminKey), logs: logs, metricsURL: msrv.URL}
 }
 
 // sends returns the simulator's record of connection id's sends, in order.

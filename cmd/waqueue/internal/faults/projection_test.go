@@ -15,7 +15,7 @@ import (
 
 // TestProjectionKeepsFailing makes the message-status read model refuse one event (a CHECK
 // constraint on PostgreSQL rejects the row of one recipient) and checks at the node level that
-// the failure is visible (/readyz 503 naming the projection, a warning in the log, the 503 in
+// the failure is visible (/readyz 503 saying projections fail, /v1/admin/health naming it, a warning in the log, the 503 in
 // /metrics), that the rest keeps working (enqueue 202, the dispatcher sends, the cards follow),
 // and that after the constraint is dropped the projection catches up with no message lost.
 func TestProjectionKeepsFailing(t *testing.T) {
@@ -69,12 +69,23 @@ func TestProjectionKeepsFailing(t *testing.T) {
 	after := []uuid.UUID{enqueue("+491709000002", "k-2"), enqueue("+491709000003", "k-3")}
 
 	var body string
-	waitFor(t, ctx, "/readyz 503 naming message_status", func() bool {
+	waitFor(t, ctx, "/readyz 503 (projections failing)", func() bool {
 		var code int
 		code, body = readyz()
-		return code == http.StatusServiceUnavailable && strings.Contains(body, "projection:message_status")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, `"projections":"failing"`)
 	})
-	t.Logf("/readyz while failing: %s", body)
+	if strings.Contains(body, "message_status") || strings.Contains(body, "faults_poison") {
+		t.Errorf("public /readyz shows internal detail: %s", body)
+	}
+	// The platform admin's health route names the projection and its error.
+	res, err := a.call(ctx, "GET", "/v1/admin/health", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != http.StatusOK || !strings.Contains(string(res.Body), "projection:message_status") || !strings.Contains(string(res.Body), "faults_poison") {
+		t.Errorf("/v1/admin/health: %d %s, want the failing projection and its error", res.Status, res.Body)
+	}
+	t.Logf("/readyz while failing: %s; admin health: %s", body, res.Body)
 	// The rest keeps working: commands are accepted, the dispatcher sends everything (the
 	// simulator's record), and the cards count it.
 	after = append(after, enqueue("+491709000004", "k-4"))
@@ -96,14 +107,17 @@ func TestProjectionKeepsFailing(t *testing.T) {
 	if !strings.Contains(n.logs.String(), "message_status") {
 		t.Errorf("the log does not name the failing projection:\n%s", tail(n.logs.String(), 4000))
 	}
-	res, err := http.Get(a.base + "/metrics")
+	mres, err := http.Get(n.metricsURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics, _ := io.ReadAll(res.Body)
-	res.Body.Close()
+	metrics, _ := io.ReadAll(mres.Body)
+	mres.Body.Close()
 	if !strings.Contains(string(metrics), `code="503"`) {
 		t.Errorf("/metrics does not count the 503 answers of /readyz")
+	}
+	if !strings.Contains(string(metrics), `waqueue_projection_failures_total{projection="message_status"}`) {
+		t.Errorf("/metrics does not count the failing projection's batches")
 	}
 
 	if _, err := n.node.SQL.ExecContext(ctx, `ALTER TABLE status_messages DROP CONSTRAINT faults_poison`); err != nil {
