@@ -114,6 +114,7 @@ var statusOfDomainCode = map[connection.Code]int{
 	connection.CodeNotExpired:          http.StatusConflict,
 	connection.CodeNotInFlight:         http.StatusConflict,
 	connection.CodeInFlightLimit:       http.StatusConflict,
+	connection.CodeSendInterrupted:     http.StatusConflict,
 }
 
 // toProblem maps any error to its problem: the one place where errors become HTTP statuses.

@@ -30,6 +30,8 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeClearQueueRequested:      decodeAs[ClearQueueRequested],
 	TypeQueueCleared:             decodeAs[QueueCleared],
 	TypeTransportProblemObserved: decodeAs[TransportProblemObserved],
+	TypeMessageSendDeferred:      decodeAs[MessageSendDeferred],
+	TypeMessageSendRetried:       decodeAs[MessageSendRetried],
 }
 
 func decodeAs[T Event](data []byte) (Event, error) {

@@ -24,6 +24,8 @@ func oneOfEach() []connection.Event {
 		queuedTTL(1, at(5)),
 		broadcast(bcastID, 2),
 		dispatched(msgID(1), 1),
+		connection.MessageSendDeferred{MessageID: msgID(1), Seq: 1, Attempt: 1, Reason: "not_connected", DeferredAt: t0},
+		connection.MessageSendRetried{MessageID: msgID(1), Seq: 1, Attempt: 2, RetriedAt: t0},
 		connection.MessageSent{MessageID: msgID(1), Seq: 1, ServerID: "3EB0", SentAt: t0},
 		connection.MessageDelivered{MessageID: msgID(1), Seq: 1, DeliveredAt: t0},
 		connection.MessageRead{MessageID: msgID(1), Seq: 1, ReadAt: t0},
@@ -68,7 +70,7 @@ func TestCodecRoundTrip(t *testing.T) {
 func TestStableTypeNames(t *testing.T) {
 	want := []string{"BanLifted", "BroadcastStarted", "ClearQueueRequested", "ConnectionBanned", "ConnectionRegistered",
 		"MessageDelivered", "MessageDispatched", "MessageExpired", "MessageFailed", "MessageOutcomeUnknown", "MessageQueued",
-		"MessageRead", "MessageSent", "OnBanPolicyChanged", "QueueCleared", "QueueHeld", "QueueResumed", "SessionInvalidated",
+		"MessageRead", "MessageSendDeferred", "MessageSendRetried", "MessageSent", "OnBanPolicyChanged", "QueueCleared", "QueueHeld", "QueueResumed", "SessionInvalidated",
 		"SessionPaired", "TransportProblemObserved"}
 	if got := connection.EventTypes(); !slices.Equal(got, want) {
 		t.Fatalf("EventTypes() = %v\nwant %v", got, want)

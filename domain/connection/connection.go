@@ -40,7 +40,15 @@ import (
 //     reaches it;
 //   - the messages in flight (dispatched, not yet acknowledged) are kept by id, so that an
 //     acknowledgement is recorded once and a clear reports them; Dispatch keeps them at most
-//     MaxInFlight.
+//     MaxInFlight. Each knows its hand-over attempt, whether the transport refused it
+//     (MessageSendDeferred: not in WhatsApp's hands) and the revision it was dispatched at;
+//   - the revision of the last clear, hold, ban or session loss, so that a retried hand-over is
+//     refused when one was recorded since the message was dispatched (G1);
+//   - the queue positions handed over and acknowledged as sent (or with an unknown outcome), as
+//     sorted disjoint ranges, so that delivered and read receipts are accepted only for them.
+//     Messages are dispatched in Seq order, so the ranges are few (a gap per clear, run of
+//     expiries or failure); at most MaxReceiptRanges are kept, the oldest forgotten first (a
+//     receipt for a forgotten message is refused: never a false fact, at worst a lost one).
 //
 // The pending queue itself (which message id and recipient is at which Seq) is a projection
 // of the MessageQueued events; the dispatcher reads the head there and asks the aggregate.
@@ -65,8 +73,23 @@ type Connection struct {
 	cursor  uint64
 	ahead   []purgedRange // purged by scoped clears, above the cursor, sorted, disjoint
 	bcasts  []BroadcastRange
-	flight  map[uuid.UUID]uint64 // in-flight message id → Seq
-	count   Counters
+	flight  map[uuid.UUID]flightEntry // in-flight message id → its hand-over state
+	// disrupted is the revision of the last ClearQueueRequested, QueueHeld, ConnectionBanned
+	// or SessionInvalidated (-1 for none).
+	disrupted int64
+	handed    []SeqRange // handed over and acknowledged sent/unknown; sorted, disjoint, capped
+	count     Counters
+}
+
+// flightEntry is the hand-over state of a message in flight.
+type flightEntry struct {
+	Seq uint64 `json:"seq"`
+	// Attempt is the number of the last hand-over fenced (1 by MessageDispatched).
+	Attempt int `json:"attempt"`
+	// Deferred: the transport refused the last hand-over (MessageSendDeferred), no retry since.
+	Deferred bool `json:"deferred,omitempty"`
+	// DispatchedAt is the stream revision of the message's MessageDispatched.
+	DispatchedAt int64 `json:"dispatched_at"`
 }
 
 type purgedRange struct {
@@ -121,7 +144,7 @@ type Counters struct {
 
 // New returns the state of a connection stream with no events (not registered).
 func New() *Connection {
-	return &Connection{version: -1, flight: map[uuid.UUID]uint64{}}
+	return &Connection{version: -1, flight: map[uuid.UUID]flightEntry{}, disrupted: -1}
 }
 
 // Load returns the state after applying events (in stream order) to New().
@@ -223,11 +246,24 @@ func (c *Connection) Pending() uint64 {
 	return n
 }
 
-// InFlight returns the messages dispatched and not yet acknowledged, by Seq.
+// InFlight returns the messages dispatched and not yet acknowledged, by Seq: those handed to
+// the transport and those whose hand-over it refused (SendDeferred).
 func (c *Connection) InFlight() []InFlightMessage {
+	return c.inFlight(func(flightEntry) bool { return true })
+}
+
+// SendDeferred returns the messages in flight whose last hand-over the transport refused
+// (MessageSendDeferred) and that were not retried since, by Seq: WhatsApp does not have them.
+func (c *Connection) SendDeferred() []InFlightMessage {
+	return c.inFlight(func(f flightEntry) bool { return f.Deferred })
+}
+
+func (c *Connection) inFlight(keep func(flightEntry) bool) []InFlightMessage {
 	out := make([]InFlightMessage, 0, len(c.flight))
-	for id, seq := range c.flight {
-		out = append(out, InFlightMessage{MessageID: id, Seq: seq})
+	for id, f := range c.flight {
+		if keep(f) {
+			out = append(out, InFlightMessage{MessageID: id, Seq: f.Seq})
+		}
 	}
 	slices.SortFunc(out, func(a, b InFlightMessage) int { return cmpU64(a.Seq, b.Seq) })
 	return out
@@ -303,8 +339,10 @@ func (c *Connection) Apply(e Event) error {
 		c.link, c.linkAt, c.ban = LinkStatusActive, e.PairedAt, nil
 	case SessionInvalidated:
 		c.link, c.linkAt, c.ban = LinkStatusSessionInvalid, e.InvalidatedAt, nil
+		c.disrupted = c.version + 1
 	case ConnectionBanned:
 		c.link, c.linkAt = LinkStatusBanned, e.BannedAt
+		c.disrupted = c.version + 1
 		c.ban = &BanInfo{Kind: e.Kind, ExpiresAt: e.ExpiresAt, ReasonCode: e.ReasonCode, Since: e.BannedAt}
 	case BanLifted:
 		c.link, c.linkAt, c.ban = LinkStatusActive, e.LiftedAt, nil
@@ -312,6 +350,7 @@ func (c *Connection) Apply(e Event) error {
 		// An observation only: no link or queue state changes (see the event's doc).
 	case QueueHeld:
 		c.hold = &HoldInfo{Reason: e.Reason, Actor: e.Actor, Since: e.HeldAt}
+		c.disrupted = c.version + 1
 	case QueueResumed:
 		c.hold = nil
 	case MessageQueued:
@@ -322,29 +361,40 @@ func (c *Connection) Apply(e Event) error {
 		c.count.Broadcasts++
 	case MessageDispatched:
 		c.cursor = max(c.cursor, e.Seq)
-		c.flight[e.MessageID] = e.Seq
+		c.flight[e.MessageID] = flightEntry{Seq: e.Seq, Attempt: 1, DispatchedAt: c.version + 1}
 		c.count.Dispatched++
 		c.normalize()
+	case MessageSendDeferred:
+		if f, ok := c.flight[e.MessageID]; ok {
+			f.Deferred = true
+			c.flight[e.MessageID] = f
+		}
+	case MessageSendRetried:
+		if f, ok := c.flight[e.MessageID]; ok {
+			f.Deferred, f.Attempt = false, e.Attempt
+			c.flight[e.MessageID] = f
+		}
 	case MessageExpired:
 		c.cursor = max(c.cursor, e.Seq)
 		c.count.Expired++
 		c.normalize()
 	case MessageSent:
-		c.ack(e.MessageID)
+		c.ackHanded(e.MessageID, e.Seq)
 		c.count.Sent++
 	case MessageDelivered:
-		c.ack(e.MessageID)
+		c.ackHanded(e.MessageID, e.Seq)
 		c.count.Delivered++
 	case MessageRead:
-		c.ack(e.MessageID)
+		c.ackHanded(e.MessageID, e.Seq)
 		c.count.Read++
 	case MessageFailed:
 		c.ack(e.MessageID)
 		c.count.Failed++
 	case MessageOutcomeUnknown:
-		c.ack(e.MessageID)
+		c.ackHanded(e.MessageID, e.Seq)
 		c.count.Unknown++
 	case ClearQueueRequested:
+		c.disrupted = c.version + 1
 		req := cloneClear(e)
 		c.clear, c.last = &req, &req
 		c.count.Purged += e.PurgeCount
@@ -377,6 +427,45 @@ func (c *Connection) ack(id uuid.UUID) {
 		delete(c.flight, id)
 		c.count.Acknowledged++
 	}
+}
+
+// ackHanded acknowledges a message that WhatsApp had (sent, outcome unknown, a receipt) and
+// remembers its Seq for later receipts.
+func (c *Connection) ackHanded(id uuid.UUID, seq uint64) {
+	c.ack(id)
+	c.handed = addSeq(c.handed, seq)
+}
+
+// addSeq adds seq to the sorted disjoint ranges rs, merging neighbours, and drops the lowest
+// ranges beyond MaxReceiptRanges.
+func addSeq(rs []SeqRange, seq uint64) []SeqRange {
+	i, _ := slices.BinarySearchFunc(rs, seq, func(r SeqRange, s uint64) int {
+		switch {
+		case r.To < s:
+			return -1
+		case r.From > s:
+			return 1
+		}
+		return 0
+	})
+	switch {
+	case i < len(rs) && rs[i].Contains(seq):
+		return rs
+	case i > 0 && rs[i-1].To+1 == seq:
+		rs[i-1].To = seq
+		if i < len(rs) && rs[i].From == seq+1 {
+			rs[i-1].To = rs[i].To
+			rs = slices.Delete(rs, i, i+1)
+		}
+	case i < len(rs) && rs[i].From == seq+1:
+		rs[i].From = seq
+	default:
+		rs = slices.Insert(rs, i, SeqRange{From: seq, To: seq})
+	}
+	if len(rs) > MaxReceiptRanges {
+		rs = slices.Delete(rs, 0, len(rs)-MaxReceiptRanges)
+	}
+	return rs
 }
 
 // normalize moves the cursor over purged ranges that start right after it and forgets what
@@ -416,5 +505,6 @@ func (c *Connection) purgedBy(seq uint64) (uuid.UUID, bool) {
 func cloneClear(e ClearQueueRequested) ClearQueueRequested {
 	e.Purge = slices.Clone(e.Purge)
 	e.InFlight = slices.Clone(e.InFlight)
+	e.NotSent = slices.Clone(e.NotSent)
 	return e
 }

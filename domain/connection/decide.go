@@ -605,13 +605,20 @@ type Outcome struct {
 }
 
 // RecordOutcome decides MessageSent, MessageDelivered, MessageRead, MessageFailed or
-// MessageOutcomeUnknown. It is allowed in every queue and link status.
+// MessageOutcomeUnknown. It is allowed in every queue and link status. Anything else is refused
+// with a *NotInFlightError:
 //
-// Sent, failed and unknown acknowledge a message in flight and are refused for any other
-// (*NotInFlightError): each is recorded at most once and only one of them per message (failed
-// and unknown are final). Delivered and read receipts are accepted for a message in flight (they
-// acknowledge it) or already dispatched (Seq at or below the cursor, not purged); each is
-// recorded at most once per message by its event id (EventID).
+//   - sent and unknown acknowledge a message in flight that was handed to the transport (not
+//     deferred: a message the transport refused was provably never sent);
+//   - failed acknowledges any message in flight (a deferred one is failed FailureNotSent);
+//   - delivered and read receipts are accepted for a message in flight that was handed over (they
+//     acknowledge it) or one acknowledged sent or unknown before (its Seq is among the ranges the
+//     aggregate remembers, see Connection): never for a message that was never dispatched, was
+//     purged by any clear, expired, failed, or was only deferred.
+//
+// Sent, failed and unknown are recorded at most once and only one of them per message (failed
+// and unknown are final); each receipt is recorded at most once per message by its event id
+// (EventID).
 func (c *Connection) RecordOutcome(o Outcome, now time.Time) ([]Event, error) {
 	op := "record " + o.Kind.String()
 	if err := c.mustBeRegistered(op); err != nil {
@@ -626,13 +633,14 @@ func (c *Connection) RecordOutcome(o Outcome, now time.Time) ([]Event, error) {
 	if err := validateNote("server_id", o.ServerID, false); err != nil {
 		return nil, err
 	}
-	seq, inFlight := c.flight[o.MessageID]
-	inFlight = inFlight && seq == o.Seq
+	f, inFlight := c.flight[o.MessageID]
+	inFlight = inFlight && f.Seq == o.Seq
+	handedOver := inFlight && !f.Deferred
 	notInFlight := &NotInFlightError{ConnectionID: c.id, Op: op, MessageID: o.MessageID, Seq: o.Seq}
 	at := now.UTC()
 	switch o.Kind {
 	case MessageStatusSent:
-		if !inFlight {
+		if !handedOver {
 			return nil, notInFlight
 		}
 		return []Event{MessageSent{MessageID: o.MessageID, Seq: o.Seq, ServerID: o.ServerID, SentAt: at}}, nil
@@ -645,15 +653,13 @@ func (c *Connection) RecordOutcome(o Outcome, now time.Time) ([]Event, error) {
 		}
 		return []Event{MessageFailed{MessageID: o.MessageID, Seq: o.Seq, Code: o.Code, Detail: o.Detail, FailedAt: at}}, nil
 	case MessageStatusUnknown:
-		if !inFlight {
+		if !handedOver {
 			return nil, notInFlight
 		}
 		return []Event{MessageOutcomeUnknown{MessageID: o.MessageID, Seq: o.Seq, Cause: o.Detail, At: at}}, nil
 	case MessageStatusDelivered, MessageStatusRead:
-		if !inFlight {
-			if _, purged := c.purgedBy(o.Seq); purged || o.Seq > c.cursor {
-				return nil, notInFlight
-			}
+		if !handedOver && (inFlight || !c.wasHandedOver(o.Seq)) {
+			return nil, notInFlight
 		}
 		if o.Kind == MessageStatusDelivered {
 			return []Event{MessageDelivered{MessageID: o.MessageID, Seq: o.Seq, DeliveredAt: at}}, nil
@@ -662,6 +668,95 @@ func (c *Connection) RecordOutcome(o Outcome, now time.Time) ([]Event, error) {
 	default:
 		return nil, invalid(CodeMissingMessage, "kind", "outcome %q is not sent, delivered, read, failed or unknown", o.Kind)
 	}
+}
+
+// wasHandedOver reports whether seq is among the positions acknowledged sent or unknown.
+func (c *Connection) wasHandedOver(seq uint64) bool {
+	_, ok := slices.BinarySearchFunc(c.handed, seq, func(r SeqRange, s uint64) int {
+		switch {
+		case r.To < s:
+			return -1
+		case r.From > s:
+			return 1
+		}
+		return 0
+	})
+	return ok
+}
+
+// SendRefused says the transport refused to take a dispatched message (nothing was sent).
+type SendRefused struct {
+	MessageID uuid.UUID
+	Seq       uint64
+	// Reason is the transport's answer, e.g. "not_connected" or "rate_limited"; required.
+	Reason string
+}
+
+// DeferSend decides MessageSendDeferred: the last hand-over of a message in flight was refused
+// by the transport, so WhatsApp does not have it. It is allowed in every queue and link status.
+// It is refused with a *NotInFlightError unless the message is in flight and handed over (not
+// already deferred). Before handing the message over again, decide RetrySend.
+func (c *Connection) DeferSend(cmd SendRefused, now time.Time) ([]Event, error) {
+	const op = "defer send"
+	if err := c.mustBeRegistered(op); err != nil {
+		return nil, err
+	}
+	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
+		return nil, invalid(CodeMissingMessage, "message", "message id and seq are required")
+	}
+	if err := validateNote("reason", cmd.Reason, true); err != nil {
+		return nil, err
+	}
+	f, ok := c.flight[cmd.MessageID]
+	if !ok || f.Seq != cmd.Seq || f.Deferred {
+		return nil, &NotInFlightError{ConnectionID: c.id, Op: op, MessageID: cmd.MessageID, Seq: cmd.Seq}
+	}
+	return []Event{MessageSendDeferred{MessageID: cmd.MessageID, Seq: cmd.Seq, Attempt: f.Attempt, Reason: cmd.Reason, DeferredAt: now.UTC()}}, nil
+}
+
+// RetrySend asks to hand a deferred message to the transport again.
+type RetrySend struct {
+	MessageID uuid.UUID
+	Seq       uint64
+}
+
+// RetrySend decides MessageSendRetried, the fence of a retried hand-over: the caller appends it
+// at the expected revision Version() and calls the transport only after the append succeeded,
+// exactly as after Dispatch. Refusals, in order:
+//   - *NotInFlightError unless the message is in flight and deferred (a clear ended it failed
+//     not_sent, or it was acknowledged);
+//   - *ClearingError while clearing (G1, G2);
+//   - *SendInterruptedError when a clear, hold, ban or session loss was recorded since the
+//     message was dispatched, even if it is over now (G1: what was recorded since wins);
+//   - *QueueHeldError while held, *LinkStatusError unless the link is active (G7).
+//
+// After a refusal the message was never handed over: record it failed FailureNotSent.
+func (c *Connection) RetrySend(cmd RetrySend, now time.Time) ([]Event, error) {
+	const op = "retry send"
+	if err := c.mustBeRegistered(op); err != nil {
+		return nil, err
+	}
+	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
+		return nil, invalid(CodeMissingMessage, "message", "message id and seq are required")
+	}
+	f, ok := c.flight[cmd.MessageID]
+	if !ok || f.Seq != cmd.Seq || !f.Deferred {
+		return nil, &NotInFlightError{ConnectionID: c.id, Op: op, MessageID: cmd.MessageID, Seq: cmd.Seq}
+	}
+	if err := c.notClearing(op); err != nil {
+		return nil, err
+	}
+	if c.disrupted > f.DispatchedAt {
+		return nil, &SendInterruptedError{ConnectionID: c.id, MessageID: cmd.MessageID, Seq: cmd.Seq,
+			DispatchedAt: f.DispatchedAt, Revision: c.disrupted}
+	}
+	if c.hold != nil {
+		return nil, &QueueHeldError{ConnectionID: c.id, Reason: c.hold.Reason, Since: c.hold.Since}
+	}
+	if c.link != LinkStatusActive {
+		return nil, &LinkStatusError{ConnectionID: c.id, Op: op, Status: c.link}
+	}
+	return []Event{MessageSendRetried{MessageID: cmd.MessageID, Seq: cmd.Seq, Attempt: f.Attempt + 1, RetriedAt: now.UTC()}}, nil
 }
 
 // RequestClear asks to clear the queue or one broadcast.
@@ -679,6 +774,11 @@ type RequestClear struct {
 //     scoped clear already;
 //   - one broadcast: the broadcast's Seqs above the cursor; refused with
 //     *BroadcastNotPendingError if the broadcast has no pending message.
+//
+// Messages in flight whose hand-over the transport refused (SendDeferred) are not in flight for
+// the report: WhatsApp never had them. Those of the scope are listed in NotSent and the same
+// decision fails each (MessageFailed, code FailureNotSent), after the request, so no retry can
+// hand them over.
 //
 // It is allowed in every link status and while held (the queue is held again after the
 // clear). A second clear while clearing is refused with *ClearingError (ErrQueueClearing),
@@ -705,7 +805,8 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 		return nil, err
 	}
 	var purge []SeqRange
-	var inFlight []InFlightMessage
+	var inFlight, notSent []InFlightMessage
+	inScope := func(InFlightMessage) bool { return true }
 	if cmd.Scope.IsWholeQueue() {
 		from := c.cursor + 1
 		for _, r := range c.ahead {
@@ -717,7 +818,6 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 		if from <= c.lastSeq {
 			purge = append(purge, SeqRange{From: from, To: c.lastSeq})
 		}
-		inFlight = c.InFlight()
 	} else {
 		i := slices.IndexFunc(c.bcasts, func(b BroadcastRange) bool { return b.BroadcastID == cmd.Scope.BroadcastID })
 		if i < 0 {
@@ -725,10 +825,15 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 		}
 		b := c.bcasts[i]
 		purge = []SeqRange{{From: max(b.FirstSeq, c.cursor+1), To: b.LastSeq}}
-		for _, m := range c.InFlight() {
-			if m.Seq >= b.FirstSeq && m.Seq <= b.LastSeq {
-				inFlight = append(inFlight, m)
-			}
+		inScope = func(m InFlightMessage) bool { return m.Seq >= b.FirstSeq && m.Seq <= b.LastSeq }
+	}
+	for _, m := range c.InFlight() {
+		switch {
+		case !inScope(m):
+		case c.flight[m.MessageID].Deferred:
+			notSent = append(notSent, m)
+		default:
+			inFlight = append(inFlight, m)
 		}
 	}
 	var count uint64
@@ -741,10 +846,16 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 	if inFlight == nil {
 		inFlight = []InFlightMessage{}
 	}
-	return []Event{ClearQueueRequested{
-		ClearID: cmd.ClearID, Scope: cmd.Scope, RequestedBy: cmd.Actor, Reason: cmd.Reason, RequestedAt: now.UTC(),
-		UpToSeq: c.lastSeq, Purge: purge, PurgeCount: count, InFlight: inFlight,
-	}}, nil
+	at := now.UTC()
+	events := []Event{ClearQueueRequested{
+		ClearID: cmd.ClearID, Scope: cmd.Scope, RequestedBy: cmd.Actor, Reason: cmd.Reason, RequestedAt: at,
+		UpToSeq: c.lastSeq, Purge: purge, PurgeCount: count, InFlight: inFlight, NotSent: notSent,
+	}}
+	for _, m := range notSent {
+		events = append(events, MessageFailed{MessageID: m.MessageID, Seq: m.Seq, Code: FailureNotSent,
+			Detail: "cleared before it was handed over (clear " + cmd.ClearID.String() + ")", FailedAt: at})
+	}
+	return events, nil
 }
 
 // CompleteClear ends the clear in progress; the clearing process sends it once its read models
@@ -771,6 +882,6 @@ func (c *Connection) CompleteClear(cmd CompleteClear, now time.Time) ([]Event, e
 	return []Event{QueueCleared{
 		ClearID: r.ClearID, Scope: r.Scope, RequestedBy: r.RequestedBy, Reason: r.Reason, RequestedAt: r.RequestedAt,
 		Purged: r.Purge, PurgedCount: r.PurgeCount, InFlight: r.InFlight, InFlightCount: len(r.InFlight),
-		CompletedBy: cmd.Actor, CompletedAt: now.UTC(),
+		NotSent: r.NotSent, NotSentCount: len(r.NotSent), CompletedBy: cmd.Actor, CompletedAt: now.UTC(),
 	}}, nil
 }

@@ -55,7 +55,35 @@ var (
 	// ErrNotInFlight: an acknowledgement (sent, failed, outcome unknown) for a message that is
 	// not dispatched-and-unacknowledged (*NotInFlightError).
 	ErrNotInFlight = errors.New("connection: message not in flight")
+	// ErrSendInterrupted: the retry of a deferred hand-over is refused because a clear, hold,
+	// ban or session loss was recorded since the message was dispatched (*SendInterruptedError).
+	// The message was never handed over: record it failed FailureNotSent.
+	ErrSendInterrupted = errors.New("connection: send interrupted since dispatch")
 )
+
+// FailureNotSent is the MessageFailed code of a message dispatched but provably never handed
+// to WhatsApp: the transport refused every attempt, or a clear, hold, ban or session loss
+// recorded since its dispatch ended the retries.
+const FailureNotSent = "not_sent"
+
+// SendInterruptedError refuses the retry of a deferred hand-over (G1): Revision is the stream
+// revision of the clear, hold, ban or session loss recorded since the dispatch at DispatchedAt.
+// errors.Is(err, ErrSendInterrupted).
+type SendInterruptedError struct {
+	ConnectionID string
+	MessageID    uuid.UUID
+	Seq          uint64
+	DispatchedAt int64
+	Revision     int64
+}
+
+func (e *SendInterruptedError) Error() string {
+	return fmt.Sprintf("connection: retry send %q: message %s at seq %d dispatched at revision %d, interrupted at revision %d",
+		e.ConnectionID, e.MessageID, e.Seq, e.DispatchedAt, e.Revision)
+}
+
+// Is makes errors.Is(err, ErrSendInterrupted) true.
+func (e *SendInterruptedError) Is(target error) bool { return target == ErrSendInterrupted }
 
 // Error is an operation on a connection that failed for a plain reason (Err, a sentinel).
 type Error struct {

@@ -3,6 +3,7 @@ package connection
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -40,6 +41,10 @@ const (
 	TypeQueueResumed          = "QueueResumed"
 	TypeClearQueueRequested   = "ClearQueueRequested"
 	TypeQueueCleared          = "QueueCleared"
+	// TypeMessageSendDeferred names MessageSendDeferred.
+	TypeMessageSendDeferred = "MessageSendDeferred"
+	// TypeMessageSendRetried names MessageSendRetried.
+	TypeMessageSendRetried = "MessageSendRetried"
 	// TypeTransportProblemObserved names TransportProblemObserved.
 	TypeTransportProblemObserved = "TransportProblemObserved"
 )
@@ -168,6 +173,38 @@ type MessageDispatched struct {
 	MessageID    uuid.UUID `json:"message_id"`
 	Seq          uint64    `json:"seq"`
 	DispatchedAt time.Time `json:"dispatched_at"`
+}
+
+// MessageSendDeferred records that the transport refused a dispatched message before taking it
+// (not connected, rate limited): provably nothing was handed over. It closes the hand-over
+// MessageDispatched (or the last MessageSendRetried) fenced. The message stays in flight but is
+// not in WhatsApp's hands: it is handed over again only after a MessageSendRetried, appended at
+// the expected revision, fences the retry (G1: whatever was recorded since wins), and a clear
+// that covers it meanwhile ends it failed not_sent instead of reporting it in flight (G3).
+//
+// Streams written before this event existed have none; a message without one was handed over
+// at its MessageDispatched.
+type MessageSendDeferred struct {
+	MessageID uuid.UUID `json:"message_id"`
+	Seq       uint64    `json:"seq"`
+	// Attempt is the number of the hand-over refused: 1 for the one MessageDispatched fenced,
+	// then that of the MessageSendRetried.
+	Attempt int `json:"attempt"`
+	// Reason is the transport's answer (e.g. "not_connected", "rate_limited").
+	Reason     string    `json:"reason"`
+	DeferredAt time.Time `json:"deferred_at"`
+}
+
+// MessageSendRetried fences the retry of a deferred message: it is appended, at the expected
+// revision, before the message is handed to the transport again, exactly as MessageDispatched
+// is before the first hand-over. The decision refuses while clearing, held, or unless the link
+// is active, so a clear, hold, ban or session loss recorded since the deferral wins.
+type MessageSendRetried struct {
+	MessageID uuid.UUID `json:"message_id"`
+	Seq       uint64    `json:"seq"`
+	// Attempt is the number of this hand-over (2 for the first retry).
+	Attempt   int       `json:"attempt"`
+	RetriedAt time.Time `json:"retried_at"`
 }
 
 // MessageSent records WhatsApp's server acknowledgement of a dispatched message.
@@ -333,9 +370,14 @@ type ClearQueueRequested struct {
 	Purge []SeqRange `json:"purge"`
 	// PurgeCount is the number of messages in Purge.
 	PurgeCount uint64 `json:"purge_count"`
-	// InFlight lists the messages of the scope dispatched before the request and not yet
+	// InFlight lists the messages of the scope handed to WhatsApp before the request and not yet
 	// acknowledged, by Seq.
 	InFlight []InFlightMessage `json:"in_flight"`
+	// NotSent lists the messages of the scope dispatched before the request whose hand-over the
+	// transport had refused (MessageSendDeferred, not retried since): WhatsApp never had them.
+	// The same decision records each MessageFailed with code FailureNotSent, right after this
+	// event. Absent (empty) in streams written before deferrals existed.
+	NotSent []InFlightMessage `json:"not_sent,omitempty"`
 }
 
 // QueueCleared ends a clear: the queue goes back to open, or to held if it is held. It is the
@@ -353,6 +395,10 @@ type QueueCleared struct {
 	// InFlight are the messages of the scope that were in flight at the request.
 	InFlight      []InFlightMessage `json:"in_flight"`
 	InFlightCount int               `json:"in_flight_count"`
+	// NotSent are the messages of the scope that were dispatched but never handed over at the
+	// request (the request's NotSent), each failed not_sent by the clear.
+	NotSent      []InFlightMessage `json:"not_sent,omitempty"`
+	NotSentCount int               `json:"not_sent_count"`
 	// CompletedBy is the actor that completed the clear (the clearing process).
 	CompletedBy string    `json:"completed_by"`
 	CompletedAt time.Time `json:"completed_at"`
@@ -378,6 +424,8 @@ func (QueueResumed) EventType() string             { return TypeQueueResumed }
 func (ClearQueueRequested) EventType() string      { return TypeClearQueueRequested }
 func (QueueCleared) EventType() string             { return TypeQueueCleared }
 func (TransportProblemObserved) EventType() string { return TypeTransportProblemObserved }
+func (MessageSendDeferred) EventType() string      { return TypeMessageSendDeferred }
+func (MessageSendRetried) EventType() string       { return TypeMessageSendRetried }
 
 func (e ConnectionRegistered) naturalKey() string   { return "connection/" + e.ConnectionID }
 func (OnBanPolicyChanged) naturalKey() string       { return "" }
@@ -399,3 +447,9 @@ func (QueueResumed) naturalKey() string             { return "" }
 func (e ClearQueueRequested) naturalKey() string    { return e.ClearID.String() }
 func (e QueueCleared) naturalKey() string           { return e.ClearID.String() }
 func (TransportProblemObserved) naturalKey() string { return "" }
+func (e MessageSendDeferred) naturalKey() string {
+	return e.MessageID.String() + "/" + strconv.Itoa(e.Attempt)
+}
+func (e MessageSendRetried) naturalKey() string {
+	return e.MessageID.String() + "/" + strconv.Itoa(e.Attempt)
+}

@@ -12,7 +12,7 @@ import (
 
 // SnapshotSchema is the version of the snapshot format. A snapshot of another schema is
 // refused by Restore (ErrSnapshotSchema): rebuild from the events then.
-const SnapshotSchema = 1
+const SnapshotSchema = 2
 
 // ErrSnapshotSchema: a snapshot of an unsupported schema, or an unreadable one.
 var ErrSnapshotSchema = errors.New("connection: unusable snapshot")
@@ -35,8 +35,16 @@ type snapshot struct {
 	Cursor       uint64               `json:"cursor"`
 	Ahead        []purgedRange        `json:"ahead,omitempty"`
 	Broadcasts   []BroadcastRange     `json:"broadcasts,omitempty"`
-	InFlight     []InFlightMessage    `json:"in_flight,omitempty"`
+	InFlight     []flightJSON         `json:"in_flight,omitempty"`
+	Disrupted    int64                `json:"disrupted"`
+	Handed       []SeqRange           `json:"handed,omitempty"`
 	Counters     Counters             `json:"counters"`
+}
+
+// flightJSON is a message in flight in a snapshot.
+type flightJSON struct {
+	MessageID uuid.UUID `json:"message_id"`
+	flightEntry
 }
 
 // Snapshot returns the state as JSON, for a cache: Restore(Snapshot()) is equal to the
@@ -48,7 +56,10 @@ func (c *Connection) Snapshot() ([]byte, error) {
 		Schema: SnapshotSchema, Version: c.version, ID: c.id, Tenant: c.tenant, Phone: c.phone, OnBan: c.onBan,
 		RegisteredAt: c.regAt, Link: c.link, LinkSince: c.linkAt, Ban: c.ban, Hold: c.hold, Clear: c.clear,
 		LastClear: c.last, LastSeq: c.lastSeq, Cursor: c.cursor, Ahead: c.ahead, Broadcasts: c.bcasts,
-		InFlight: c.InFlight(), Counters: c.count,
+		Disrupted: c.disrupted, Handed: c.handed, Counters: c.count,
+	}
+	for _, m := range c.InFlight() {
+		s.InFlight = append(s.InFlight, flightJSON{MessageID: m.MessageID, flightEntry: c.flight[m.MessageID]})
 	}
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -71,16 +82,20 @@ func Restore(data []byte) (*Connection, error) {
 		version: s.Version, id: s.ID, tenant: s.Tenant, phone: s.Phone, region: regionOf(s.Phone), onBan: s.OnBan,
 		regAt: s.RegisteredAt, link: s.Link, linkAt: s.LinkSince, ban: s.Ban, hold: s.Hold, clear: s.Clear,
 		last: s.LastClear, lastSeq: s.LastSeq, cursor: s.Cursor, ahead: s.Ahead, bcasts: s.Broadcasts,
-		flight: make(map[uuid.UUID]uint64, len(s.InFlight)), count: s.Counters,
+		flight: make(map[uuid.UUID]flightEntry, len(s.InFlight)), disrupted: s.Disrupted, handed: s.Handed,
+		count: s.Counters,
 	}
 	if c.clear != nil && c.last != nil && c.clear.ClearID == c.last.ClearID {
 		c.clear = c.last // one request, shared as after Apply
 	}
 	for _, m := range s.InFlight {
-		c.flight[m.MessageID] = m.Seq
+		c.flight[m.MessageID] = m.flightEntry
 	}
 	if c.ahead != nil {
 		c.ahead = slices.Clip(c.ahead)
+	}
+	if c.handed != nil {
+		c.handed = slices.Clip(c.handed)
 	}
 	return c, nil
 }

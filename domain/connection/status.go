@@ -99,6 +99,7 @@ const (
 	CodeNotExpired          Code = "not_expired"
 	CodeNotInFlight         Code = "not_in_flight"
 	CodeInFlightLimit       Code = "in_flight_limit"
+	CodeSendInterrupted     Code = "send_interrupted"
 )
 
 var errorCodes = []struct {
@@ -122,6 +123,7 @@ var errorCodes = []struct {
 	{ErrNotExpired, CodeNotExpired},
 	{ErrNotInFlight, CodeNotInFlight},
 	{ErrInFlightLimit, CodeInFlightLimit},
+	{ErrSendInterrupted, CodeSendInterrupted},
 }
 
 // ErrorCode returns the stable code of a domain refusal anywhere in err's chain: the Code of a

@@ -24,6 +24,9 @@ const (
 	// MaxInFlight bounds the messages dispatched and not yet acknowledged on one connection,
 	// and so the aggregate's in-flight set (WhatsApp sends one message at a time per client).
 	MaxInFlight = 256
+	// MaxReceiptRanges bounds the ranges of queue positions the aggregate remembers as handed
+	// over, for delivered and read receipts (see Connection).
+	MaxReceiptRanges = 1024
 	// MaxNoteLen is the longest free text (reason, note, actor).
 	MaxNoteLen = 1024
 )
