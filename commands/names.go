@@ -29,6 +29,8 @@ const (
 	NameRequestClear           = "waqueue.RequestClear"
 	NameCompleteClear          = "waqueue.CompleteClear"
 	NameRecordTransportProblem = "waqueue.RecordTransportProblem"
+	NameDeferSend              = "waqueue.DeferSend" // not served by the bus (see Handlers)
+	NameRetrySend              = "waqueue.RetrySend" // not served by the bus (see Handlers)
 )
 
 // BusCommandNames returns the commands the command processor serves, in a stable order: those
@@ -60,3 +62,5 @@ func (ResumeQueue) CommandName() string            { return NameResumeQueue }
 func (RequestClear) CommandName() string           { return NameRequestClear }
 func (CompleteClear) CommandName() string          { return NameCompleteClear }
 func (RecordTransportProblem) CommandName() string { return NameRecordTransportProblem }
+func (DeferSend) CommandName() string              { return NameDeferSend }
+func (RetrySend) CommandName() string              { return NameRetrySend }

@@ -102,6 +102,8 @@ type SendRecord struct {
 	// OutcomeUnknown is true when Send reported ErrOutcomeUnknown for it.
 	OutcomeUnknown bool
 	Simulated      bool
+	// Fence is the request's Fence: the stream revision the hand-over was fenced at.
+	Fence uint64
 }
 
 // Errors of the control functions.
@@ -276,7 +278,7 @@ func (s *Simulator) Send(ctx context.Context, req transport.SendRequest) (transp
 	now := s.clock.Now()
 	waID := transport.WAMessageID(req.MessageID)
 	s.record(SendRecord{ConnectionID: req.ConnectionID, MessageID: req.MessageID, WAMessageID: waID,
-		To: req.To, Text: req.Text, At: now, OutcomeUnknown: kind != nil, Simulated: true})
+		To: req.To, Text: req.Text, At: now, OutcomeUnknown: kind != nil, Simulated: true, Fence: req.Fence})
 	c.handedOver++
 	s.scheduleReceiptsLocked(c, req.MessageID, req.To)
 	if sc.BanAfter > 0 && c.handedOver == sc.BanAfter {

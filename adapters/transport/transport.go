@@ -93,6 +93,11 @@ type SendRequest struct {
 	To string
 	// Text is the message body.
 	Text string
+	// Fence is the revision, in the connection's stream, of the record the dispatcher appended
+	// at the expected revision for this very hand-over (MessageDispatched for the first try,
+	// MessageSendRetried for a retry): every hand-over has its own (G1). Adapters do not use it
+	// to send; the simulator records it so tests can order hand-overs against the stream.
+	Fence uint64
 }
 
 // Validate reports what is wrong with the request, joined, or nil.

@@ -37,9 +37,10 @@ var ErrAlreadyRunning = errors.New("dispatcher: already running")
 const (
 	// CodeRejected: the transport refused the message for good (ErrRejected).
 	CodeRejected = "rejected"
-	// CodeNotSent: the transport refused every attempt before sending (rate limited, not
-	// connected), or the link or queue stopped being sendable between attempts.
-	CodeNotSent = "not_sent"
+	// CodeNotSent (connection.FailureNotSent): the transport refused every attempt before
+	// sending (rate limited, not connected), or the domain refused the retry (a clear, hold, ban
+	// or session loss recorded since the dispatch).
+	CodeNotSent = connection.FailureNotSent
 )
 
 // Causes the Dispatcher records with MessageOutcomeUnknown.
@@ -91,6 +92,9 @@ type Dispatcher struct {
 	ban      *commands.ReportBanHandler
 	lift     *commands.LiftBanHandler
 	problem  *commands.RecordTransportProblemHandler
+	// deferSend and retrySend fence the retries of a hand-over the transport refused.
+	deferSend *commands.DeferSendHandler
+	retrySend *commands.RetrySendHandler
 
 	started atomic.Bool
 
@@ -169,6 +173,10 @@ func New(cfg Config) (*Dispatcher, error) {
 	d.lift, err = commands.NewLiftBanHandler(repo, now)
 	must(err)
 	d.problem, err = commands.NewRecordTransportProblemHandler(repo, now)
+	must(err)
+	d.deferSend, err = commands.NewDeferSendHandler(repo, now)
+	must(err)
+	d.retrySend, err = commands.NewRetrySendHandler(repo, now)
 	must(err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)

@@ -179,7 +179,14 @@ func (d *Dispatcher) receipt(ctx context.Context, connID string, r transport.Rec
 		} else {
 			_, err = d.read.Handle(pctx, commands.RecordRead{MessageRef: ref})
 		}
-		if err != nil && !commands.IsRefusal(err) && !errors.Is(err, eventstore.ErrDuplicateEventID) {
+		switch {
+		case err == nil || errors.Is(err, eventstore.ErrDuplicateEventID):
+		case commands.IsRefusal(err):
+			// A receipt for a message WhatsApp never had from us (purged, expired, failed, never
+			// dispatched): not recorded, counted and logged, never fatal.
+			d.m.refused.WithLabelValues(r.Kind.String()).Inc()
+			d.log.Info("receipt refused by the domain", "kind", r.Kind.String(), "connection", connID, "message", id, "seq", seq, "err", err)
+		default:
 			errs = append(errs, err)
 		}
 	}

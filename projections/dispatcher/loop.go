@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/commands"
@@ -84,7 +86,7 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	}
 	d.stats.dispatched.Add(1)
 	st.dayCount++
-	d.send(ctx, pctx, connID, st, res.Message)
+	d.send(ctx, pctx, connID, st, res.Message, res.Version)
 	return true
 }
 
@@ -103,7 +105,10 @@ func (d *Dispatcher) lag(ctx context.Context, connID string, st *connState, op s
 // recover records every message in flight unknown and rebuilds the daily count. It runs before
 // the first dispatch of a connection in this process (the messages in flight were dispatched by
 // a process that died: cause CauseRestart), and again after a dispatch step failed on a store
-// error (a MessageDispatched written though its append reported a failure: CauseStoreError).
+// error (a MessageDispatched or MessageSendRetried written though its append reported a
+// failure: CauseStoreError). A message in flight whose last hand-over the transport refused
+// (MessageSendDeferred, no retry since) was provably never handed over: it is recorded failed
+// not_sent instead.
 // It runs on the connection's loop, which sends synchronously, so no message in flight has an
 // outstanding send in this process: none is resent, none has an outcome still to be recorded.
 func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) error {
@@ -112,11 +117,15 @@ func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) 
 		cause = CauseStoreError
 	}
 	var inFlight []connection.InFlightMessage
+	deferred := map[uuid.UUID]bool{}
 	err := d.cfg.Repository.View(ctx, connID, func(c *connection.Connection) error {
 		if !c.Registered() {
 			return &commands.NotFoundError{ConnectionID: connID}
 		}
 		inFlight = c.InFlight()
+		for _, m := range c.SendDeferred() {
+			deferred[m.MessageID] = true
+		}
 		return nil
 	})
 	if err != nil {
@@ -127,8 +136,21 @@ func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) 
 		return err
 	}
 	for _, m := range inFlight {
-		_, err := d.unknown.Handle(pctx, commands.RecordOutcomeUnknown{
-			MessageRef: commands.MessageRef{ConnectionID: connID, MessageID: m.MessageID, Seq: m.Seq}, Cause: cause})
+		ref := commands.MessageRef{ConnectionID: connID, MessageID: m.MessageID, Seq: m.Seq}
+		if deferred[m.MessageID] {
+			_, err := d.failed.Handle(pctx, commands.RecordFailed{MessageRef: ref, Code: CodeNotSent,
+				Detail: "the transport refused the last hand-over; found deferred (" + cause + ")"})
+			if err != nil && !errors.Is(err, connection.ErrNotInFlight) {
+				return err
+			}
+			if err == nil {
+				d.stats.failed.Add(1)
+				d.m.sends.WithLabelValues(OutcomeNotSent).Inc()
+				d.log.Info("message found deferred recorded failed not_sent", "cause", cause, "connection", connID, "message", m.MessageID, "seq", m.Seq)
+			}
+			continue
+		}
+		_, err := d.unknown.Handle(pctx, commands.RecordOutcomeUnknown{MessageRef: ref, Cause: cause})
 		if err != nil && !errors.Is(err, connection.ErrNotInFlight) {
 			return err
 		}
@@ -218,13 +240,19 @@ func (d *Dispatcher) capReached(connID string, st *connState) bool {
 	return true
 }
 
-// send hands a dispatched message to the transport and records its outcome.
-func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connState, msg commands.QueuedMessage) {
+// send hands a dispatched message to the transport and records its outcome. fence is the stream
+// revision of its MessageDispatched. Every hand-over is fenced by its own record (G1): when the
+// transport refuses one (transport.Retryable: provably nothing was sent), MessageSendDeferred
+// closes it, and a retry is handed over only after RetrySend appended MessageSendRetried at the
+// expected revision; the domain refuses that when a clear, hold, ban or session loss was
+// recorded since the dispatch, and the message is then recorded failed not_sent (or was failed
+// not_sent by the clear already).
+func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connState, msg commands.QueuedMessage, fence int64) {
 	ref := commands.MessageRef{ConnectionID: connID, MessageID: msg.MessageID, Seq: msg.Seq}
 	d.remember(connID, msg.MessageID, msg.Seq)
 	// Outcomes are recorded even when ctx ends (a shutdown mid-send): what happened is known.
 	wctx := context.WithoutCancel(pctx)
-	req := transport.SendRequest{ConnectionID: connID, MessageID: msg.MessageID, To: msg.Recipient, Text: msg.Text}
+	req := transport.SendRequest{ConnectionID: connID, MessageID: msg.MessageID, To: msg.Recipient, Text: msg.Text, Fence: uint64(fence)}
 	backoff := d.cfg.RetryBackoff
 	for attempt := 1; ; attempt++ {
 		sctx, scancel := context.WithTimeout(ctx, d.cfg.SendTimeout)
@@ -247,6 +275,14 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 				label = OutcomeNotConnected
 			}
 			d.m.sends.WithLabelValues(label).Inc()
+			// The hand-over this fence allowed did not happen: say so before anything else, so a
+			// clear from here on fails the message not_sent instead of counting it in flight.
+			if !d.persist(ctx, wctx, "defer send", ref, func(rctx context.Context) error {
+				_, err := d.deferSend.Handle(rctx, commands.DeferSend{MessageRef: ref, Reason: label})
+				return err
+			}) {
+				return
+			}
 			wait := backoff
 			var se *transport.SendError
 			if errors.As(err, &se) && se.RetryAfter > wait {
@@ -255,14 +291,38 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 			backoff = min(2*backoff, d.cfg.MaxRetryBackoff)
 			// Rate-limit refusals are bounded by MaxSendAttempts. Not-connected refusals are not:
 			// a network outage must not drain the queue into failures; the message waits for the
-			// connection until the link or queue stops being sendable (ban, session loss, hold or
-			// clear: an operator can always end the wait by holding the queue).
+			// connection until the domain refuses the retry (a ban, session loss, hold or clear
+			// recorded since the dispatch: an operator can always end the wait by holding the queue).
 			exhausted := label == OutcomeRateLimited && attempt >= d.cfg.MaxSendAttempts
-			if exhausted || !d.waitClock(ctx, wait) || !d.sendable(wctx, connID) {
+			if exhausted || !d.waitClock(ctx, wait) {
 				d.recordFailed(ctx, wctx, ref, CodeNotSent, err.Error())
 				return
 			}
-			d.stats.retries.Add(1)
+			rctx, cancel := context.WithTimeout(wctx, recordTimeout)
+			rr, rerr := d.retrySend.Handle(rctx, commands.RetrySend{MessageRef: ref})
+			cancel()
+			switch {
+			case rerr == nil:
+				req.Fence = uint64(rr.Version)
+				d.stats.retries.Add(1)
+			case errors.Is(rerr, connection.ErrNotInFlight):
+				// A clear failed it not_sent meanwhile: nothing was handed over, nothing to record.
+				d.m.sends.WithLabelValues(OutcomeNotSent).Inc()
+				d.log.Info("deferred message ended by a clear before its retry", "connection", connID, "message", ref.MessageID, "seq", ref.Seq)
+				return
+			case commands.IsRefusal(rerr):
+				d.log.Info("retry refused by the domain; recording not_sent", "connection", connID, "message", ref.MessageID, "seq", ref.Seq, "err", rerr)
+				d.recordFailed(ctx, wctx, ref, CodeNotSent, rerr.Error())
+				return
+			default:
+				// The MessageSendRetried may be written though the append reported a failure: the
+				// recovery decides from the stream (retried: unknown, never resent; still
+				// deferred: failed not_sent).
+				d.log.Warn("fencing a retry failed; recovering the connection's messages in flight", "connection", connID,
+					"message", ref.MessageID, "seq", ref.Seq, "err", rerr)
+				st.recovered = false
+				return
+			}
 		case errors.Is(err, transport.ErrRejected):
 			d.pace(st)
 			d.recordFailed(ctx, wctx, ref, CodeRejected, err.Error())
@@ -286,19 +346,6 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 	}
 }
 
-// sendable reports whether a dispatched message may still be handed over: the link is active
-// and the queue open (no ban, session loss, hold or clear arrived since it was dispatched).
-func (d *Dispatcher) sendable(ctx context.Context, connID string) bool {
-	ctx, cancel := context.WithTimeout(ctx, recordTimeout)
-	defer cancel()
-	ok := false
-	err := d.cfg.Repository.View(ctx, connID, func(c *connection.Connection) error {
-		ok = c.LinkStatus() == connection.LinkStatusActive && c.QueueStatus() == connection.QueueStatusOpen
-		return nil
-	})
-	return err == nil && ok
-}
-
 func (d *Dispatcher) pace(st *connState) {
 	if iv := d.interval(); iv > 0 {
 		st.nextAt = d.cfg.Clock.Now().Add(iv)
@@ -320,14 +367,7 @@ func (d *Dispatcher) recordFailed(ctx, wctx context.Context, ref commands.Messag
 	})
 }
 
-// record runs an outcome command, counting it. Each attempt gets a context derived from wctx
-// (which must not be cancelled: the outcome is known and is recorded even at shutdown) with
-// recordTimeout. A refusal because the message is no longer in flight (a receipt acknowledged
-// it first, or an earlier attempt was written though it reported a failure) is not an error;
-// another refusal by the domain is logged and not retried. Any other failure (the store is
-// unreachable) is retried with a growing real-time pause for as long as ctx, Run's context,
-// lasts: the outcome known now is still the right one once the store is back. If ctx ends
-// first, the message stays in flight and the next process's start records it unknown.
+// record runs an outcome command through persist, counting it.
 func (d *Dispatcher) record(ctx, wctx context.Context, label string, ref commands.MessageRef, do func(context.Context) error) {
 	d.m.sends.WithLabelValues(label).Inc()
 	switch label {
@@ -338,6 +378,19 @@ func (d *Dispatcher) record(ctx, wctx context.Context, label string, ref command
 	default:
 		d.stats.failed.Add(1)
 	}
+	d.persist(ctx, wctx, label, ref, do)
+}
+
+// persist runs a command about a dispatched message and reports whether it was recorded. Each
+// attempt gets a context derived from wctx (which must not be cancelled: what happened is known
+// and is recorded even at shutdown) with recordTimeout. A refusal because the message is no
+// longer in flight (a receipt acknowledged it first, a clear failed it not_sent, or an earlier
+// attempt was written though it reported a failure) is not an error; another refusal by the
+// domain is logged and not retried. Any other failure (the store is unreachable) is retried with
+// a growing real-time pause for as long as ctx, Run's context, lasts: what is known now is still
+// true once the store is back. If ctx ends first, the message stays in flight and the next
+// process's start records it unknown (or failed not_sent if it was deferred).
+func (d *Dispatcher) persist(ctx, wctx context.Context, label string, ref commands.MessageRef, do func(context.Context) error) bool {
 	backoff := time.Duration(0)
 	for attempt := 1; ; attempt++ {
 		rctx, cancel := context.WithTimeout(wctx, recordTimeout)
@@ -349,20 +402,20 @@ func (d *Dispatcher) record(ctx, wctx context.Context, label string, ref command
 				d.log.Info("send outcome recorded after store failures", "outcome", label, "connection", ref.ConnectionID,
 					"message", ref.MessageID, "attempts", attempt)
 			}
-			return
+			return true
 		case errors.Is(err, connection.ErrNotInFlight):
-			d.log.Debug("outcome already acknowledged", "outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID)
-			return
+			d.log.Debug("message no longer in flight", "outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID)
+			return false
 		case commands.IsRefusal(err):
 			d.log.Error("recording a send outcome refused by the domain", "outcome", label, "connection", ref.ConnectionID,
 				"message", ref.MessageID, "seq", ref.Seq, "err", err)
-			return
+			return false
 		}
 		backoff = min(max(2*backoff, lagBackoffMin), lagBackoffMax)
 		if ctx.Err() != nil || !sleepReal(ctx, backoff) {
-			d.log.Error("recording a send outcome failed at shutdown; the message stays in flight until the next start records it unknown",
+			d.log.Error("recording a send outcome failed at shutdown; the message stays in flight until the next start recovers it",
 				"outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID, "seq", ref.Seq, "attempts", attempt, "err", err)
-			return
+			return false
 		}
 		if attempt == 1 || attempt%20 == 0 {
 			d.log.Warn("recording a send outcome failed; retrying", "outcome", label, "connection", ref.ConnectionID,

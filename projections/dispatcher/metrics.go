@@ -25,6 +25,7 @@ type metrics struct {
 	bans        *prometheus.CounterVec
 	activeLoops prometheus.Gauge
 	events      *prometheus.CounterVec
+	refused     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -50,9 +51,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "waqueue", Subsystem: "dispatcher", Name: "transport_events_total",
 			Help: "Transport events handled, by event type and result (recorded, refused, ignored, error).",
 		}, []string{"type", "result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "waqueue", Subsystem: "dispatcher", Name: "receipts_refused_total",
+			Help: "Delivered/read receipts the domain refused for a message it never handed over (purged, expired, failed, never dispatched), by kind.",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.latency, m.sends, m.bans, m.activeLoops, m.events} {
+		for _, c := range []prometheus.Collector{m.latency, m.sends, m.bans, m.activeLoops, m.events, m.refused} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if errors.As(err, &are) {
