@@ -49,5 +49,5 @@ func TestConcurrencyInvariantsESDB(t *testing.T) {
 	}
 	unfenced := os.Getenv(envUnfenced) == "1"
 	t.Logf("seed %d (override with %s), %d messages, unfenced dispatch %v", seed, envSeed, target, unfenced)
-	runConcurrency(t, openESDB(t), seed, target, unfenced)
+	runConcurrency(t, openESDB(t), seed, target, unfenced, os.Getenv(envUnfencedRetry) == "1")
 }

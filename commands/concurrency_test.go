@@ -28,18 +28,36 @@ const (
 	// the expected revision: the G1 fence is gone, and the checker must report violations (the
 	// test then fails, which is the point of the switch).
 	envUnfenced = "WAQUEUE_UNFENCED_DISPATCH"
+	// envUnfencedRetry=1 makes the dispatchers retry a hand-over the transport refused the way
+	// the dispatcher did before issue 10.1: look at the link and queue status, then hand the
+	// message over again on its first fence. The checker must report violations.
+	envUnfencedRetry = "WAQUEUE_UNFENCED_RETRY"
 )
 
-// recordingTransport is the WhatsApp stand-in: it records every message handed to it.
+// recordingTransport is the WhatsApp stand-in: it records every attempt to hand a message to
+// it, with the fence the dispatcher gave and the stream revision it observed at the attempt,
+// and refuses every attempt while disconnected (nothing handed over: not connected).
 type recordingTransport struct {
-	mu    sync.Mutex
-	sends []invariants.Send
+	store        eventstore.Store
+	disconnected atomic.Bool
+	mu           sync.Mutex
+	sends        []invariants.Send
 }
 
-func (r *recordingTransport) Send(id uuid.UUID) {
+// Send attempts to hand message id over on fence; false when refused (disconnected).
+func (r *recordingTransport) Send(ctx context.Context, t *testing.T, connID string, id uuid.UUID, fence int64) bool {
+	// Read the stream's head before deciding: everything at or below it was recorded before
+	// this attempt, which is what the checker orders the hand-over against.
+	evs, err := r.store.ReadStream(ctx, connection.StreamName(connID), eventstore.Backwards, eventstore.End, 1)
+	if err != nil || len(evs) != 1 {
+		t.Errorf("transport: read head: %v", err)
+		return false
+	}
+	refused := r.disconnected.Load()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.sends = append(r.sends, invariants.Send{MessageID: id, Order: len(r.sends)})
+	r.sends = append(r.sends, invariants.Send{MessageID: id, Order: len(r.sends), Fence: uint64(fence), Observed: evs[0].Revision, Refused: refused})
+	return !refused
 }
 
 // TestConcurrencyInvariants runs many concurrent enqueuers and broadcasters, two dispatchers
@@ -62,15 +80,16 @@ func TestConcurrencyInvariants(t *testing.T) {
 		target = 2_000
 	}
 	unfenced := os.Getenv(envUnfenced) == "1"
-	t.Logf("seed %d (override with %s), %d messages, unfenced dispatch %v", seed, envSeed, target, unfenced)
+	unfencedRetry := os.Getenv(envUnfencedRetry) == "1"
+	t.Logf("seed %d (override with %s), %d messages, unfenced dispatch %v, unfenced retry %v", seed, envSeed, target, unfenced, unfencedRetry)
 	for _, s := range stores {
 		t.Run(s.name, func(t *testing.T) {
-			runConcurrency(t, s.open(t), seed, target, unfenced)
+			runConcurrency(t, s.open(t), seed, target, unfenced, unfencedRetry)
 		})
 	}
 }
 
-func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target int, unfenced bool) {
+func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target int, unfenced, unfencedRetry bool) {
 	// A generous bound: the run takes well under a minute per store, but the machine is shared.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -88,7 +107,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 	nodes[0].registerActive(t, ctx, conn)
 
 	var (
-		transport                    recordingTransport
+		transport                    = &recordingTransport{store: store}
 		queued                       atomic.Int64
 		enqueueDone, dispatchersStop atomic.Bool
 		stats                        sync.Map // name → *atomic.Int64
@@ -152,6 +171,58 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 		})
 	}
 
+	// handOver hands a dispatched message to the transport; while it is refused (disconnected),
+	// the refusal is recorded (DeferSend) and the retry fenced (RetrySend) after a pause. It
+	// reports whether the message was handed over; if not, its end is recorded (not_sent) or a
+	// clear recorded it.
+	handOver := func(sys context.Context, h *handlers, r *rand.Rand, ref MessageRef, fence int64) bool {
+		for {
+			if transport.Send(ctx, t, conn, ref.MessageID, fence) {
+				return true
+			}
+			count("refused hand-overs")
+			if unfencedRetry { // the dispatcher before issue 10.1
+				time.Sleep(time.Duration(500+r.IntN(3000)) * time.Microsecond)
+				var ok bool
+				_ = h.repo.View(ctx, conn, func(c *connection.Connection) error {
+					ok = c.LinkStatus() == connection.LinkStatusActive && c.QueueStatus() == connection.QueueStatusOpen
+					return nil
+				})
+				if !ok {
+					_, err := h.failed.Handle(sys, RecordFailed{MessageRef: ref, Code: connection.FailureNotSent})
+					unexpected("record not_sent", err)
+					return false
+				}
+				continue
+			}
+			if _, err := h.deferSend.Handle(sys, DeferSend{MessageRef: ref, Reason: "not_connected"}); err != nil {
+				t.Errorf("defer send of %s: %v", ref.MessageID, err)
+				return false
+			}
+			time.Sleep(time.Duration(500+r.IntN(3000)) * time.Microsecond)
+			res, err := h.retrySend.Handle(sys, RetrySend{MessageRef: ref})
+			switch {
+			case err == nil:
+				fence = res.Version
+				count("fenced retries")
+			case errors.Is(err, connection.ErrNotInFlight):
+				count("deferred, then failed not_sent by a clear")
+				return false
+			case IsRefusal(err):
+				count("retry refused")
+				// A clear may have failed it not_sent meanwhile: refused, or its event id is taken.
+				if _, err := h.failed.Handle(sys, RecordFailed{MessageRef: ref, Code: connection.FailureNotSent}); err != nil &&
+					!errors.Is(err, connection.ErrNotInFlight) && !errors.Is(err, eventstore.ErrDuplicateEventID) {
+					t.Errorf("record not_sent of %s: %v", ref.MessageID, err)
+				}
+				return false
+			default:
+				t.Errorf("retry send of %s: %v", ref.MessageID, err)
+				return false
+			}
+		}
+	}
+
 	// Dispatchers: dispatch next → transport → record the outcome.
 	for g, h := range dispatchers {
 		wg.Go(func() {
@@ -170,8 +241,10 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 					count("expired by dispatch")
 					continue
 				}
-				transport.Send(d.Message.MessageID)
 				ref := MessageRef{ConnectionID: conn, MessageID: d.Message.MessageID, Seq: d.Message.Seq}
+				if !handOver(sys, h, r, ref, d.Version) {
+					continue
+				}
 				switch n := r.IntN(20); {
 				case n == 0:
 					_, err = h.failed.Handle(sys, RecordFailed{MessageRef: ref, Code: "not_on_whatsapp"})
@@ -215,6 +288,22 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 				if res.AlreadyCompleted {
 					count("clear completed twice")
 				}
+			}
+		}
+	})
+
+	// The network: the transport loses and regains its connection at random, so hand-overs are
+	// refused and retried while clears, holds, bans and session losses land (issue 10.1).
+	wg.Go(func() {
+		r := rng(40)
+		for !enqueueDone.Load() && ctx.Err() == nil {
+			time.Sleep(time.Duration(1000+r.IntN(8000)) * time.Microsecond)
+			if transport.disconnected.Load() {
+				transport.disconnected.Store(false)
+				count("reconnect")
+			} else {
+				transport.disconnected.Store(true)
+				count("disconnect")
 			}
 		}
 	})
@@ -332,6 +421,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 		}
 	}
 	// Let the link and queue recover so the dispatchers drain some of what is left.
+	transport.disconnected.Store(false)
 	h := nodes[2]
 	_, _ = h.lift.Handle(as(ctx, system), LiftBan{ConnectionID: conn})
 	_, _ = h.pair.Handle(as(ctx, system), PairingSucceeded{ConnectionID: conn})

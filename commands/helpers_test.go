@@ -105,6 +105,8 @@ type handlers struct {
 	requestClear *RequestClearHandler
 	complete     *CompleteClearHandler
 	problem      *RecordTransportProblemHandler
+	deferSend    *DeferSendHandler
+	retrySend    *RetrySendHandler
 }
 
 func must[T any](v T, err error) T {
@@ -124,6 +126,8 @@ func newHandlers(t testing.TB, store eventstore.Store, opts RepositoryOptions, n
 	return &handlers{
 		repo:         repo,
 		register:     must(NewRegisterConnectionHandler(repo, now)),
+		deferSend:    must(NewDeferSendHandler(repo, now)),
+		retrySend:    must(NewRetrySendHandler(repo, now)),
 		policy:       must(NewSetOnBanPolicyHandler(repo, now)),
 		pair:         must(NewPairingSucceededHandler(repo, now)),
 		invalidate:   must(NewSessionInvalidatedHandler(repo, now)),

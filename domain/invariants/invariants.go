@@ -15,6 +15,15 @@
 //   - G5: no message is handed to the transport twice, and every send has its MessageDispatched;
 //   - G7: no MessageDispatched while the link is banned or session-invalid or the queue is held,
 //     and none after BanLifted until QueueResumed or a clear.
+//
+// Hand-overs are ordered against the stream (G1): every attempt the transport saw carries the
+// revision of the record fenced for it (MessageDispatched, or MessageSendRetried for a retry)
+// and, when the recorder knows it, the stream's last revision it observed at the attempt. Each
+// fence allows one attempt; a retry must have its own fence, decided after the refusal was
+// recorded (MessageSendDeferred) and refused by the domain when a clear, hold, ban or session
+// loss was recorded since the dispatch; and no hand-over may follow such a disruption recorded
+// after its fence was spent by an earlier attempt. A message whose hand-over was refused and
+// not retried is not in flight: a clear reports it not sent (NotSent), never in flight.
 package invariants
 
 import (
@@ -32,11 +41,21 @@ type Recorded struct {
 	Event    connection.Event
 }
 
-// Send is one message the transport was handed, in the order the transport saw them.
+// Send is one attempt to hand a message to the transport, in the order the transport saw them.
 type Send struct {
 	MessageID uuid.UUID
 	// Order is the send's rank in the transport's recording (for reports only).
 	Order int
+	// Fence is the stream revision of the record the dispatcher appended for this attempt
+	// (transport.SendRequest.Fence): a MessageDispatched or MessageSendRetried of the message.
+	Fence uint64
+	// Observed is the stream's last revision the recorder read at the attempt, before the
+	// transport took the message: every event at or below it was recorded before the attempt.
+	// Zero says nothing (revision 0 is the registration).
+	Observed uint64
+	// Refused marks an attempt the transport refused before taking the message (not connected,
+	// rate limited): nothing was handed over. Recorders that only see hand-overs never set it.
+	Refused bool
 }
 
 // Guarantee names a guarantee of the design brief.
@@ -56,30 +75,38 @@ type Kind string
 
 // Violation kinds.
 const (
-	KindOutOfOrder          Kind = "history_out_of_order"         // revisions not strictly increasing
-	KindQueuedTwice         Kind = "queued_twice"                 // G3: a Seq or message id queued twice
-	KindQueuedWhileClearing Kind = "queued_while_clearing"        // G2
-	KindDispatchClearing    Kind = "dispatched_while_clearing"    // G2
-	KindDispatchPurged      Kind = "dispatched_after_purge"       // G1
-	KindSentPurged          Kind = "sent_after_purge"             // G1
-	KindUnknownMessage      Kind = "unknown_message"              // G3: an event about a message never queued
-	KindDispatchedTwice     Kind = "dispatched_twice"             // G5
-	KindDispatchDisposed    Kind = "dispatched_after_expiry"      // G3
-	KindExpiredTwice        Kind = "expired_not_pending"          // G3: expiry of a message not pending
-	KindAckNotInFlight      Kind = "ack_not_in_flight"            // G3: sent/failed/unknown twice or undispatched
-	KindReceiptUndispatched Kind = "receipt_not_dispatched"       // G3
-	KindDispatchUnlinked    Kind = "dispatched_while_unlinked"    // G7: banned or session invalid
-	KindDispatchHeld        Kind = "dispatched_while_held"        // G7
-	KindDispatchAfterLift   Kind = "dispatched_after_lift"        // G7: before QueueResumed or a clear
-	KindClearWhileClearing  Kind = "clear_while_clearing"         // G2
-	KindPurgeNotPending     Kind = "purge_covers_not_pending"     // G3: a covered Seq not pending in scope
-	KindPendingNotPurged    Kind = "pending_not_purged"           // G3: a pending message of the scope left out
-	KindPurgeCount          Kind = "purge_count"                  // G3: stated count != covered != actual
-	KindInFlightMismatch    Kind = "in_flight_mismatch"           // G3
-	KindClearedNoRequest    Kind = "cleared_without_request"      // G3
-	KindClearedMismatch     Kind = "cleared_differs_from_request" // G3
-	KindSentTwice           Kind = "sent_twice"                   // G5
-	KindSentUndispatched    Kind = "sent_without_dispatch"        // G5
+	KindOutOfOrder          Kind = "history_out_of_order"          // revisions not strictly increasing
+	KindQueuedTwice         Kind = "queued_twice"                  // G3: a Seq or message id queued twice
+	KindQueuedWhileClearing Kind = "queued_while_clearing"         // G2
+	KindDispatchClearing    Kind = "dispatched_while_clearing"     // G2
+	KindDispatchPurged      Kind = "dispatched_after_purge"        // G1
+	KindSentPurged          Kind = "sent_after_purge"              // G1
+	KindUnknownMessage      Kind = "unknown_message"               // G3: an event about a message never queued
+	KindDispatchedTwice     Kind = "dispatched_twice"              // G5
+	KindDispatchDisposed    Kind = "dispatched_after_expiry"       // G3
+	KindExpiredTwice        Kind = "expired_not_pending"           // G3: expiry of a message not pending
+	KindAckNotInFlight      Kind = "ack_not_in_flight"             // G3: sent/failed/unknown twice or undispatched
+	KindReceiptUndispatched Kind = "receipt_not_dispatched"        // G3
+	KindDispatchUnlinked    Kind = "dispatched_while_unlinked"     // G7: banned or session invalid
+	KindDispatchHeld        Kind = "dispatched_while_held"         // G7
+	KindDispatchAfterLift   Kind = "dispatched_after_lift"         // G7: before QueueResumed or a clear
+	KindClearWhileClearing  Kind = "clear_while_clearing"          // G2
+	KindPurgeNotPending     Kind = "purge_covers_not_pending"      // G3: a covered Seq not pending in scope
+	KindPendingNotPurged    Kind = "pending_not_purged"            // G3: a pending message of the scope left out
+	KindPurgeCount          Kind = "purge_count"                   // G3: stated count != covered != actual
+	KindInFlightMismatch    Kind = "in_flight_mismatch"            // G3
+	KindClearedNoRequest    Kind = "cleared_without_request"       // G3
+	KindClearedMismatch     Kind = "cleared_differs_from_request"  // G3
+	KindSentTwice           Kind = "sent_twice"                    // G5
+	KindSentUndispatched    Kind = "sent_without_dispatch"         // G5
+	KindHandOverUnfenced    Kind = "hand_over_unfenced"            // G1: its fence is no record of the message
+	KindFenceReused         Kind = "hand_over_fence_reused"        // G1: a retry without a fence of its own
+	KindHandOverDisrupted   Kind = "handed_over_after_disruption"  // G1: clear/hold/ban/session loss since the fence was spent
+	KindRetryDisrupted      Kind = "retry_fenced_after_disruption" // G1: MessageSendRetried after a disruption since dispatch
+	KindRetryNotDeferred    Kind = "retry_not_deferred"            // G5: MessageSendRetried for a message not deferred
+	KindDeferNotInFlight    Kind = "deferred_not_in_flight"        // G3: MessageSendDeferred for a message not handed over
+	KindNotSentMismatch     Kind = "not_sent_mismatch"             // G3: a clear's not-sent list is wrong
+	KindNotSentNotFailed    Kind = "not_sent_not_failed"           // G3: a clear's not-sent message not failed by it
 )
 
 // Violation is one breach of a guarantee, with the values involved.
@@ -153,7 +180,15 @@ type message struct {
 	fate        fate
 	dispatchRev uint64
 	acked       bool
+	deferred    bool // the last hand-over was refused (MessageSendDeferred), no retry since
+	handed      bool // acknowledged sent/unknown/receipt: WhatsApp had it
 	purgedBy    uuid.UUID
+}
+
+// disruption is a ClearQueueRequested, QueueHeld, ConnectionBanned or SessionInvalidated.
+type disruption struct {
+	rev  uint64
+	what string
 }
 
 type checker struct {
@@ -166,12 +201,14 @@ type checker struct {
 	lifted   bool // BanLifted seen, no QueueResumed or clear since
 	clearing *connection.ClearQueueRequested
 	rev      uint64
+	fences   map[uint64]*message // revision of a MessageDispatched/MessageSendRetried → its message
+	disrupts []disruption        // in stream order
 }
 
 // Check verifies the guarantees over history (every event of one connection stream, in stream
 // order) and sends (every message the transport was handed for it, in the transport's order).
 func Check(history []Recorded, sends []Send) Report {
-	c := &checker{bySeq: map[uint64]*message{}, byID: map[uuid.UUID]*message{}}
+	c := &checker{bySeq: map[uint64]*message{}, byID: map[uuid.UUID]*message{}, fences: map[uint64]*message{}}
 	for i, rec := range history {
 		if i > 0 && rec.Revision <= history[i-1].Revision {
 			c.violate(Violation{Guarantee: G3, Kind: KindOutOfOrder, Revision: rec.Revision,
@@ -219,13 +256,16 @@ func (c *checker) apply(e connection.Event) {
 		c.link = connection.LinkStatusActive
 	case connection.SessionInvalidated:
 		c.link = connection.LinkStatusSessionInvalid
+		c.disrupt("session invalidated")
 	case connection.ConnectionBanned:
 		c.link = connection.LinkStatusBanned
+		c.disrupt("banned")
 	case connection.BanLifted:
 		c.link = connection.LinkStatusActive
 		c.lifted = true
 	case connection.QueueHeld:
 		c.held = true
+		c.disrupt("held")
 	case connection.QueueResumed:
 		c.held = false
 		c.lifted = false
@@ -238,12 +278,21 @@ func (c *checker) apply(e connection.Event) {
 		c.queued(e)
 	case connection.MessageDispatched:
 		c.dispatched(e)
+	case connection.MessageSendDeferred:
+		if m := c.msg(e.MessageID, e.Seq); m != nil {
+			if m.fate != fDispatched || m.acked || m.deferred {
+				c.violate(Violation{Guarantee: G3, Kind: KindDeferNotInFlight, Revision: c.rev, MessageID: m.id, Seq: m.seq})
+			}
+			m.deferred = true
+		}
+	case connection.MessageSendRetried:
+		c.retried(e)
 	case connection.MessageSent:
-		c.ack(e.MessageID, e.Seq)
+		c.ack(e.MessageID, e.Seq, true)
 	case connection.MessageFailed:
-		c.ack(e.MessageID, e.Seq)
+		c.ack(e.MessageID, e.Seq, false)
 	case connection.MessageOutcomeUnknown:
-		c.ack(e.MessageID, e.Seq)
+		c.ack(e.MessageID, e.Seq, true)
 	case connection.MessageDelivered:
 		c.receipt(e.MessageID, e.Seq)
 	case connection.MessageRead:
@@ -257,6 +306,7 @@ func (c *checker) apply(e connection.Event) {
 		}
 	case connection.ClearQueueRequested:
 		c.requested(e)
+		c.disrupt("clear " + e.ClearID.String())
 	case connection.QueueCleared:
 		c.cleared(e)
 	}
@@ -310,25 +360,80 @@ func (c *checker) dispatched(e connection.MessageDispatched) {
 		c.violate(v)
 	}
 	m.fate, m.dispatchRev = fDispatched, c.rev
+	c.fences[c.rev] = m
 }
 
-func (c *checker) ack(id uuid.UUID, seq uint64) {
+func (c *checker) disrupt(what string) {
+	c.disrupts = append(c.disrupts, disruption{rev: c.rev, what: what})
+}
+
+// lastDisruption returns the last disruption recorded after revision after, if any.
+func (c *checker) lastDisruption(after uint64) (disruption, bool) {
+	if n := len(c.disrupts); n > 0 && c.disrupts[n-1].rev > after {
+		return c.disrupts[n-1], true
+	}
+	return disruption{}, false
+}
+
+// retried checks a MessageSendRetried as a dispatch of an in-flight, deferred message that no
+// clear, hold, ban or session loss has interrupted since its MessageDispatched.
+func (c *checker) retried(e connection.MessageSendRetried) {
+	v := Violation{Revision: c.rev, MessageID: e.MessageID, Seq: e.Seq}
+	if c.clearing != nil {
+		v.Guarantee, v.Kind, v.ClearID = G2, KindDispatchClearing, c.clearing.ClearID
+		c.violate(v)
+		v.ClearID = uuid.Nil
+	}
+	switch {
+	case c.link != connection.LinkStatusActive:
+		v.Guarantee, v.Kind, v.Detail = G7, KindDispatchUnlinked, "retry while link "+c.link.String()
+		c.violate(v)
+	case c.held:
+		v.Guarantee, v.Kind, v.Detail = G7, KindDispatchHeld, "retry"
+		c.violate(v)
+	}
+	m := c.msg(e.MessageID, e.Seq)
+	if m == nil {
+		return
+	}
+	if m.fate != fDispatched || m.acked || !m.deferred {
+		v.Guarantee, v.Kind, v.Detail = G5, KindRetryNotDeferred, fmt.Sprintf("fate %d acked %v deferred %v", m.fate, m.acked, m.deferred)
+		c.violate(v)
+	}
+	if d, ok := c.lastDisruption(m.dispatchRev); ok {
+		v.Guarantee, v.Kind, v.Detail = G1, KindRetryDisrupted, fmt.Sprintf("dispatched at revision %d, %s at revision %d", m.dispatchRev, d.what, d.rev)
+		c.violate(v)
+	}
+	m.deferred = false
+	c.fences[c.rev] = m
+}
+
+// ack records a sent (handed), unknown (handed) or failed acknowledgement.
+func (c *checker) ack(id uuid.UUID, seq uint64, handed bool) {
 	m := c.msg(id, seq)
 	if m == nil {
 		return
 	}
-	if m.fate != fDispatched || m.acked {
-		c.violate(Violation{Guarantee: G3, Kind: KindAckNotInFlight, Revision: c.rev, MessageID: id, Seq: seq})
+	if m.fate != fDispatched || m.acked || (handed && m.deferred) {
+		c.violate(Violation{Guarantee: G3, Kind: KindAckNotInFlight, Revision: c.rev, MessageID: id, Seq: seq,
+			Detail: fmt.Sprintf("acked %v deferred %v", m.acked, m.deferred)})
 	}
 	m.acked = true
+	m.handed = m.handed || handed
 }
 
+// receipt accepts a delivered or read receipt only for a message WhatsApp had: in flight and
+// not deferred, or acknowledged sent or unknown before.
 func (c *checker) receipt(id uuid.UUID, seq uint64) {
-	if m := c.msg(id, seq); m != nil && m.fate != fDispatched {
-		c.violate(Violation{Guarantee: G3, Kind: KindReceiptUndispatched, Revision: c.rev, MessageID: id, Seq: seq})
-	} else if m != nil {
-		m.acked = true
+	m := c.msg(id, seq)
+	if m == nil {
+		return
 	}
+	if m.fate != fDispatched || m.deferred || (m.acked && !m.handed) {
+		c.violate(Violation{Guarantee: G3, Kind: KindReceiptUndispatched, Revision: c.rev, MessageID: id, Seq: seq})
+		return
+	}
+	m.acked, m.handed = true, true
 }
 
 func inScope(m *message, s connection.ClearScope) bool {
@@ -355,7 +460,7 @@ func (c *checker) requested(e connection.ClearQueueRequested) {
 		}
 	}
 	var pending uint64
-	var inFlight []connection.InFlightMessage
+	var inFlight, notSent []connection.InFlightMessage
 	for _, m := range c.order {
 		if !inScope(m, e.Scope) {
 			continue
@@ -366,9 +471,15 @@ func (c *checker) requested(e connection.ClearQueueRequested) {
 			if !e.Covers(m.seq) {
 				c.violate(Violation{Guarantee: G3, Kind: KindPendingNotPurged, Revision: c.rev, MessageID: m.id, Seq: m.seq, ClearID: e.ClearID})
 			}
+		case m.fate == fDispatched && !m.acked && m.deferred:
+			notSent = append(notSent, connection.InFlightMessage{MessageID: m.id, Seq: m.seq})
 		case m.fate == fDispatched && !m.acked:
 			inFlight = append(inFlight, connection.InFlightMessage{MessageID: m.id, Seq: m.seq})
 		}
+	}
+	if len(notSent) != len(e.NotSent) || (len(notSent) > 0 && !slices.Equal(notSent, e.NotSent)) {
+		c.violate(Violation{Guarantee: G3, Kind: KindNotSentMismatch, Revision: c.rev, ClearID: e.ClearID,
+			Got: uint64(len(e.NotSent)), Want: uint64(len(notSent)), Detail: fmt.Sprintf("stated %v, actual %v", e.NotSent, notSent)})
 	}
 	if e.PurgeCount != covered || covered != pending {
 		c.violate(Violation{Guarantee: G3, Kind: KindPurgeCount, Revision: c.rev, ClearID: e.ClearID, Got: e.PurgeCount, Want: pending,
@@ -412,15 +523,35 @@ func (c *checker) cleared(e connection.QueueCleared) {
 		c.violate(Violation{Guarantee: G3, Kind: KindInFlightMismatch, Revision: c.rev, ClearID: e.ClearID,
 			Got: uint64(e.InFlightCount), Want: uint64(len(req.InFlight))})
 	}
+	if e.NotSentCount != len(e.NotSent) || len(e.NotSent) != len(req.NotSent) || (len(req.NotSent) > 0 && !slices.Equal(e.NotSent, req.NotSent)) {
+		c.violate(Violation{Guarantee: G3, Kind: KindNotSentMismatch, Revision: c.rev, ClearID: e.ClearID,
+			Got: uint64(e.NotSentCount), Want: uint64(len(req.NotSent))})
+	}
+	for _, ns := range req.NotSent {
+		if m := c.byID[ns.MessageID]; m == nil || !m.acked || m.handed {
+			c.violate(Violation{Guarantee: G3, Kind: KindNotSentNotFailed, Revision: c.rev, ClearID: e.ClearID, MessageID: ns.MessageID, Seq: ns.Seq})
+		}
+	}
 	c.clearing = nil
 	c.lifted = false
 }
 
+// spent is the first attempt that used a fence.
+type spent struct {
+	observed uint64 // its Observed
+	order    int
+}
+
 func (c *checker) checkSends(sends []Send) {
 	seen := map[uuid.UUID]int{}
+	fenceUsed := map[uint64]spent{}
 	for _, s := range sends {
-		seen[s.MessageID]++
 		m := c.byID[s.MessageID]
+		c.checkFence(s, m, fenceUsed)
+		if s.Refused {
+			continue
+		}
+		seen[s.MessageID]++
 		switch {
 		case seen[s.MessageID] == 2:
 			v := Violation{Guarantee: G5, Kind: KindSentTwice, MessageID: s.MessageID, Detail: fmt.Sprintf("second send is #%d", s.Order)}
@@ -438,6 +569,40 @@ func (c *checker) checkSends(sends []Send) {
 				}
 			}
 			c.violate(v)
+		}
+	}
+}
+
+// checkFence orders one attempt against the stream: its fence must be a record of its message,
+// used by no earlier attempt; and a hand-over on a fence an earlier attempt spent must not follow
+// a disruption recorded after that attempt (it would have been refused, had it been fenced).
+func (c *checker) checkFence(s Send, m *message, used map[uint64]spent) {
+	if m == nil {
+		return // reported as sent without dispatch
+	}
+	v := Violation{Guarantee: G1, Revision: s.Fence, MessageID: s.MessageID, Seq: m.seq}
+	if fm := c.fences[s.Fence]; fm != m {
+		v.Kind, v.Detail = KindHandOverUnfenced, fmt.Sprintf("send #%d fenced at revision %d, which is no MessageDispatched or MessageSendRetried of the message", s.Order, s.Fence)
+		c.violate(v)
+		return
+	}
+	first, reused := used[s.Fence]
+	if !reused {
+		used[s.Fence] = spent{s.Observed, s.Order}
+		return
+	}
+	v.Kind, v.Detail = KindFenceReused, fmt.Sprintf("send #%d reuses the fence of send #%d", s.Order, first.order)
+	c.violate(v)
+	if s.Refused {
+		return
+	}
+	for _, d := range c.disrupts {
+		if d.rev > max(first.observed, s.Fence) && d.rev <= s.Observed {
+			v.Kind, v.Detail = KindHandOverDisrupted, fmt.Sprintf("send #%d on the fence send #%d spent, after %s at revision %d (observed %d)",
+				s.Order, first.order, d.what, d.rev, s.Observed)
+			v.Revision = d.rev
+			c.violate(v)
+			return
 		}
 	}
 }

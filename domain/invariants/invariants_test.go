@@ -49,13 +49,14 @@ func clear(from, to uint64, inFlight ...connection.InFlightMessage) connection.C
 }
 
 func cleared(r connection.ClearQueueRequested) connection.QueueCleared {
-	return connection.QueueCleared{ClearID: r.ClearID, Purged: r.Purge, PurgedCount: r.PurgeCount, InFlight: r.InFlight, InFlightCount: len(r.InFlight)}
+	return connection.QueueCleared{ClearID: r.ClearID, Purged: r.Purge, PurgedCount: r.PurgeCount, InFlight: r.InFlight, InFlightCount: len(r.InFlight),
+		NotSent: r.NotSent, NotSentCount: len(r.NotSent)}
 }
 
 func TestValidHistoryPasses(t *testing.T) {
 	req := clear(3, 3, connection.InFlightMessage{MessageID: mid(2), Seq: 2})
 	h := active().add(d(1), sent(1), d(2), req, cleared(req), connection.MessageFailed{MessageID: mid(2), Seq: 2, Code: "x"}, q(4), d(4))
-	r := invariants.Check(h, []invariants.Send{{MessageID: mid(1)}, {MessageID: mid(2)}, {MessageID: mid(4)}})
+	r := invariants.Check(h, []invariants.Send{{MessageID: mid(1), Fence: 5}, {MessageID: mid(2), Fence: 7}, {MessageID: mid(4), Fence: 12}})
 	if !r.OK() {
 		t.Fatalf("violations on a valid history: %v", r.Violations)
 	}
@@ -64,8 +65,17 @@ func TestValidHistoryPasses(t *testing.T) {
 	}
 }
 
+func deferred(i, attempt int) connection.MessageSendDeferred {
+	return connection.MessageSendDeferred{MessageID: mid(i), Seq: uint64(i), Attempt: attempt, Reason: "not_connected"}
+}
+func retried(i, attempt int) connection.MessageSendRetried {
+	return connection.MessageSendRetried{MessageID: mid(i), Seq: uint64(i), Attempt: attempt}
+}
+
 func TestCheckerCatchesEachViolation(t *testing.T) {
 	req := clear(1, 3)
+	notSentClear := clear(2, 3)
+	notSentClear.NotSent = []connection.InFlightMessage{{MessageID: mid(1), Seq: 1}}
 	tests := []struct {
 		name  string
 		h     hist
@@ -88,7 +98,21 @@ func TestCheckerCatchesEachViolation(t *testing.T) {
 		{"G3 expired after dispatch", active().add(d(1), connection.MessageExpired{MessageID: mid(1), Seq: 1}), nil, invariants.KindExpiredTwice, invariants.G3},
 		{"G3 event about an unknown message", active().add(d(7)), nil, invariants.KindUnknownMessage, invariants.G3},
 		{"G5 dispatched twice", active().add(d(1), d(1)), nil, invariants.KindDispatchedTwice, invariants.G5},
-		{"G5 sent twice", active().add(d(1)), []invariants.Send{{MessageID: mid(1)}, {MessageID: mid(1), Order: 1}}, invariants.KindSentTwice, invariants.G5},
+		{"G5 sent twice", active().add(d(1)), []invariants.Send{{MessageID: mid(1), Fence: 5}, {MessageID: mid(1), Order: 1, Fence: 5}}, invariants.KindSentTwice, invariants.G5},
+		{"G1 hand-over without a fence", active().add(d(1)), []invariants.Send{{MessageID: mid(1)}}, invariants.KindHandOverUnfenced, invariants.G1},
+		{"G1 hand-over on another message's fence", active().add(d(1), sent(1), d(2)), []invariants.Send{{MessageID: mid(2), Fence: 5}}, invariants.KindHandOverUnfenced, invariants.G1},
+		{"G3 receipt for a failed message", active().add(d(1), connection.MessageFailed{MessageID: mid(1), Seq: 1, Code: "rejected"},
+			connection.MessageDelivered{MessageID: mid(1), Seq: 1}), nil, invariants.KindReceiptUndispatched, invariants.G3},
+		{"G3 receipt for a deferred message", active().add(d(1), deferred(1, 1), connection.MessageRead{MessageID: mid(1), Seq: 1}), nil, invariants.KindReceiptUndispatched, invariants.G3},
+		{"G3 sent for a deferred message", active().add(d(1), deferred(1, 1), sent(1)), nil, invariants.KindAckNotInFlight, invariants.G3},
+		{"G5 retry of a message not deferred", active().add(d(1), retried(1, 2)), nil, invariants.KindRetryNotDeferred, invariants.G5},
+		{"G1 retry fenced after a hold that came and went", active().add(d(1), deferred(1, 1), connection.QueueHeld{}, connection.QueueResumed{}, retried(1, 2)), nil,
+			invariants.KindRetryDisrupted, invariants.G1},
+		{"G2 retry while clearing", active().add(d(1), deferred(1, 1), clear(2, 3), retried(1, 2)), nil, invariants.KindDispatchClearing, invariants.G2},
+		{"G3 deferred message reported in flight", active().add(d(1), deferred(1, 1), clear(2, 3, connection.InFlightMessage{MessageID: mid(1), Seq: 1})), nil,
+			invariants.KindNotSentMismatch, invariants.G3},
+		{"G3 deferred message not failed by the clear", active().add(d(1), deferred(1, 1), notSentClear, cleared(notSentClear)), nil,
+			invariants.KindNotSentNotFailed, invariants.G3},
 		{"G5 sent without dispatch", active(), []invariants.Send{{MessageID: mid(1)}}, invariants.KindSentUndispatched, invariants.G5},
 		{"G7 dispatch while banned", active().add(connection.ConnectionBanned{}, d(1)), nil, invariants.KindDispatchUnlinked, invariants.G7},
 		{"G7 dispatch while session invalid", active().add(connection.SessionInvalidated{}, d(1)), nil, invariants.KindDispatchUnlinked, invariants.G7},
@@ -123,6 +147,54 @@ func TestLiftThenResumeOrClearAllowsDispatch(t *testing.T) {
 		if r := invariants.Check(cut, nil); r.OK() {
 			t.Errorf("%s: dispatch right after the lift passed", name)
 		}
+	}
+}
+
+// A retried hand-over is ordered against the stream (issue 10.1): fenced by its own record it
+// passes; on the fence an earlier, refused attempt spent, after a clear (or a hold) recorded
+// during the backoff, it is a G1 violation — what the dispatcher did before hand-overs were
+// fenced. The first attempt racing a clear appended after its fence is not: the clear saw the
+// message in flight.
+func TestHandOversOrderedAgainstTheStream(t *testing.T) {
+	m1 := connection.InFlightMessage{MessageID: mid(1), Seq: 1}
+	// Revisions: 5 dispatched, 6 deferred, 7 retried, 8 sent.
+	fenced := active().add(d(1), deferred(1, 1), retried(1, 2), sent(1))
+	r := invariants.Check(fenced, []invariants.Send{
+		{MessageID: mid(1), Fence: 5, Observed: 5, Refused: true},
+		{MessageID: mid(1), Order: 1, Fence: 7, Observed: 7},
+	})
+	if !r.OK() || r.Acknowledged != 1 {
+		t.Fatalf("fenced retry: %v, report %+v", r.Violations, r)
+	}
+
+	// The clear (6) lists the message in flight; the race with the first attempt is allowed.
+	req := clear(2, 3, m1)
+	race := active().add(d(1), req, cleared(req), sent(1))
+	if r := invariants.Check(race, []invariants.Send{{MessageID: mid(1), Fence: 5, Observed: 7}}); !r.OK() {
+		t.Fatalf("first attempt racing a clear: %v", r.Violations)
+	}
+
+	// Before the fix: attempt 1 refused (observed 5), a clear requested and completed during the
+	// backoff (6, 7), attempt 2 handed over on the same fence (observed 7).
+	stale := []invariants.Send{
+		{MessageID: mid(1), Fence: 5, Observed: 5, Refused: true},
+		{MessageID: mid(1), Order: 1, Fence: 5, Observed: 7},
+	}
+	r = invariants.Check(active().add(d(1), req, cleared(req), sent(1)), stale)
+	if !r.Has(invariants.KindFenceReused) || !r.Has(invariants.KindHandOverDisrupted) {
+		t.Fatalf("retry after a clear on a spent fence: want %s and %s, got %v", invariants.KindFenceReused, invariants.KindHandOverDisrupted, r.Violations)
+	}
+	// The same with a hold that came and went.
+	r = invariants.Check(active().add(d(1), connection.QueueHeld{}, connection.QueueResumed{}, sent(1)), stale)
+	if !r.Has(invariants.KindHandOverDisrupted) {
+		t.Fatalf("retry after a hold on a spent fence: got %v", r.Violations)
+	}
+	// With the fence: the clear fails the deferred message not_sent; no hand-over follows.
+	ns := clear(2, 3)
+	ns.NotSent = []connection.InFlightMessage{m1}
+	fixed := active().add(d(1), deferred(1, 1), ns, connection.MessageFailed{MessageID: mid(1), Seq: 1, Code: connection.FailureNotSent}, cleared(ns))
+	if r := invariants.Check(fixed, stale[:1]); !r.OK() {
+		t.Fatalf("clear of a deferred message: %v", r.Violations)
 	}
 }
 

@@ -326,7 +326,7 @@ func (h *harness) sends(connID string) []invariants.Send {
 	var out []invariants.Send
 	for i, s := range h.sim.Sends() {
 		if s.ConnectionID == connID {
-			out = append(out, invariants.Send{MessageID: s.MessageID, Order: i})
+			out = append(out, invariants.Send{MessageID: s.MessageID, Order: i, Fence: s.Fence})
 		}
 	}
 	return out

@@ -403,7 +403,9 @@ func (d *Dispatcher) persist(ctx, wctx context.Context, label string, ref comman
 					"message", ref.MessageID, "attempts", attempt)
 			}
 			return true
-		case errors.Is(err, connection.ErrNotInFlight):
+		case errors.Is(err, connection.ErrNotInFlight) || errors.Is(err, eventstore.ErrDuplicateEventID):
+			// Acknowledged already: a receipt, a clear that failed it not_sent (whose MessageFailed
+			// has the same event id), or an earlier attempt written though it reported a failure.
 			d.log.Debug("message no longer in flight", "outcome", label, "connection", ref.ConnectionID, "message", ref.MessageID)
 			return false
 		case commands.IsRefusal(err):

@@ -70,7 +70,7 @@ func (n *inproc) sends(id string) []invariants.Send {
 	var out []invariants.Send
 	for i, r := range n.node.Simulator.Sends() {
 		if r.ConnectionID == id {
-			out = append(out, invariants.Send{MessageID: r.MessageID, Order: i})
+			out = append(out, invariants.Send{MessageID: r.MessageID, Order: i, Fence: r.Fence})
 		}
 	}
 	return out
