@@ -111,7 +111,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 		queued                       atomic.Int64
 		enqueueDone, dispatchersStop atomic.Bool
 		stats                        sync.Map // name → *atomic.Int64
-		wg, workers                  sync.WaitGroup
+		wg, workers, chaos           sync.WaitGroup
 	)
 	count := func(name string) {
 		v, _ := stats.LoadOrStore(name, new(atomic.Int64))
@@ -309,7 +309,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 	})
 
 	// Operator and transport events at random.
-	wg.Go(func() {
+	chaos.Go(func() {
 		r := rng(30)
 		var bcasts []uuid.UUID
 		for i := 0; !enqueueDone.Load() && ctx.Err() == nil; i++ {
@@ -391,6 +391,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 
 	workers.Wait()
 	enqueueDone.Store(true)
+	chaos.Wait() // no operator's clear lands in the final steps below
 	// Whatever the random walk did, end with a clear that has something to purge, so that every
 	// run exercises purging: the random clears may all have met an empty or impaired queue. Hold
 	// the queue, queue a few messages (nothing can dispatch them while held), clear.

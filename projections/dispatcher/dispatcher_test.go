@@ -287,7 +287,7 @@ func TestCrashRecoveryNeverResends(t *testing.T) {
 			}
 			if handedOver {
 				if _, err := h.sim.Send(context.Background(), transport.SendRequest{ConnectionID: "c1",
-					MessageID: res.Message.MessageID, To: res.Message.Recipient, Text: res.Message.Text}); err != nil {
+					MessageID: res.Message.MessageID, To: res.Message.Recipient, Text: res.Message.Text, Fence: uint64(res.Version)}); err != nil {
 					t.Fatal(err)
 				}
 			}

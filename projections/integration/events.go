@@ -178,6 +178,9 @@ type ClearRequested struct {
 	Purge       []SeqRange `json:"purge"`
 	PurgeCount  uint64     `json:"purge_count"`
 	InFlight    []InFlight `json:"in_flight"`
+	// NotSent are the messages dispatched but refused by the transport and not retried, which
+	// the clear fails not_sent (WhatsApp never had them); omitted when none.
+	NotSent []InFlight `json:"not_sent,omitempty"`
 }
 
 // ClearCompleted is the body of TypeClearCompleted: the exact report of the clear.
@@ -192,6 +195,8 @@ type ClearCompleted struct {
 	PurgedCount   uint64     `json:"purged_count"`
 	InFlight      []InFlight `json:"in_flight"`
 	InFlightCount int        `json:"in_flight_count"`
+	NotSent       []InFlight `json:"not_sent,omitempty"`
+	NotSentCount  int        `json:"not_sent_count"`
 	CompletedBy   string     `json:"completed_by"`
 }
 
@@ -281,6 +286,14 @@ func inFlight(ms []connection.InFlightMessage) []InFlight {
 	return out
 }
 
+// notSent is inFlight, nil for none (so the field is omitted).
+func notSent(ms []connection.InFlightMessage) []InFlight {
+	if len(ms) == 0 {
+		return nil
+	}
+	return inFlight(ms)
+}
+
 func scope(s connection.ClearScope) (string, uuid.UUID) {
 	if s.IsWholeQueue() {
 		return "queue", uuid.Nil
@@ -335,13 +348,14 @@ func translate(ev connection.Event) (string, time.Time, any, bool) {
 		s, b := scope(e.Scope)
 		return TypeClearRequested, e.RequestedAt, ClearRequested{
 			ClearID: e.ClearID, Scope: s, BroadcastID: b, RequestedBy: e.RequestedBy, Reason: e.Reason,
-			Purge: ranges(e.Purge), PurgeCount: e.PurgeCount, InFlight: inFlight(e.InFlight)}, true
+			Purge: ranges(e.Purge), PurgeCount: e.PurgeCount, InFlight: inFlight(e.InFlight), NotSent: notSent(e.NotSent)}, true
 	case connection.QueueCleared:
 		s, b := scope(e.Scope)
 		return TypeClearCompleted, e.CompletedAt, ClearCompleted{
 			ClearID: e.ClearID, Scope: s, BroadcastID: b, RequestedBy: e.RequestedBy, Reason: e.Reason,
 			RequestedAt: e.RequestedAt, Purged: ranges(e.Purged), PurgedCount: e.PurgedCount,
-			InFlight: inFlight(e.InFlight), InFlightCount: e.InFlightCount, CompletedBy: e.CompletedBy}, true
+			InFlight: inFlight(e.InFlight), InFlightCount: e.InFlightCount, NotSent: notSent(e.NotSent), NotSentCount: e.NotSentCount,
+			CompletedBy: e.CompletedBy}, true
 	}
 	return "", time.Time{}, nil, false
 }
