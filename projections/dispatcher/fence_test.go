@@ -2,13 +2,23 @@ package dispatcher_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/domain/invariants"
 	"github.com/waqueue/waqueue/projections/dispatcher"
 )
 
@@ -132,4 +142,207 @@ func TestRetryAfterDisruptionDuringBackoffNotHandedOver(t *testing.T) {
 			h.checkInvariants("c1")
 		})
 	}
+}
+
+// attemptRecorder is the simulator with a record of every hand-over attempt: the fence the
+// dispatcher gave, the stream's last revision read just before the simulator decides, and
+// whether the simulator refused it (nothing handed over).
+type attemptRecorder struct {
+	*simulator.Simulator
+	store eventstore.Store
+
+	mu       sync.Mutex
+	n        int
+	attempts map[string][]invariants.Send
+}
+
+func (r *attemptRecorder) Send(ctx context.Context, req transport.SendRequest) (transport.SendResult, error) {
+	var observed uint64
+	evs, err := r.store.ReadStream(context.WithoutCancel(ctx), connection.StreamName(req.ConnectionID), eventstore.Backwards, eventstore.End, 1)
+	if err == nil && len(evs) == 1 {
+		observed = evs[0].Revision
+	}
+	res, serr := r.Simulator.Send(ctx, req)
+	refused := serr != nil && !errors.Is(serr, transport.ErrOutcomeUnknown)
+	r.mu.Lock()
+	r.attempts[req.ConnectionID] = append(r.attempts[req.ConnectionID], invariants.Send{MessageID: req.MessageID, Order: r.n,
+		Fence: req.Fence, Observed: observed, Refused: refused})
+	r.n++
+	r.mu.Unlock()
+	return res, serr
+}
+
+func (r *attemptRecorder) sends(connID string) []invariants.Send {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.attempts[connID])
+}
+
+// The real dispatcher against the simulator, with the network going down and up at random while
+// messages are queued and operators clear, hold, resume and the number gets banned and lifted
+// (issue 10.1). Every hand-over attempt is recorded with its fence and the stream revision seen
+// at it; the invariants checker orders them against each connection's history. With the
+// dispatcher's retry from before hand-overs were fenced it reports hand_over_fence_reused (and,
+// when a clear, hold or ban lands in a backoff, handed_over_after_disruption).
+func TestRandomizedDisconnectsRealDispatcher(t *testing.T) {
+	target := 300 // messages dispatched
+	if testing.Short() {
+		target = 80
+	}
+	for name, open := range map[string]engine{"sqlite": openSQLite, "postgres": openPostgres} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			randomizedDisconnects(t, open, target)
+		})
+	}
+}
+
+func randomizedDisconnects(t *testing.T, open engine, target int) {
+	h := newHarness(t, open)
+	h.autoAdvance(50 * time.Millisecond)
+	rec := &attemptRecorder{Simulator: h.sim, store: h.env.store, attempts: map[string][]invariants.Send{}}
+	d := h.start(func(c *dispatcher.Config) { c.Transport = rec; c.RetryBackoff = 200 * time.Millisecond; c.MaxRetryBackoff = time.Second })
+	conns := []string{"c1", "c2"}
+	for _, id := range conns {
+		h.registerPaired(id, d)
+	}
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(20261201, 7))
+	var (
+		mu       sync.Mutex // guards rng and counts
+		counts   = map[string]int{}
+		done     atomic.Bool
+		enqueued atomic.Int64
+		wg       sync.WaitGroup
+	)
+	note := func(what string) { mu.Lock(); counts[what]++; mu.Unlock() }
+	intn := func(n int) int { mu.Lock(); defer mu.Unlock(); return rng.IntN(n) }
+	// A safety net against a hang, never a speed requirement.
+	deadline := time.Now().Add(4 * time.Minute)
+	for _, id := range conns {
+		wg.Go(func() {
+			for i := 0; d.Stats().Dispatched < uint64(target) && time.Now().Before(deadline); i++ {
+				time.Sleep(time.Duration(500+intn(1500)) * time.Microsecond)
+				var pending uint64
+				_ = h.repo.View(ctx, id, func(c *connection.Connection) error { pending = c.Pending(); return nil })
+				if pending > 40 {
+					continue
+				}
+				if intn(6) == 0 {
+					rs := make([]string, 20+intn(60))
+					for j := range rs {
+						rs[j] = recipient(j)
+					}
+					r, err := h.broadcast.Handle(h.op(), commands.StartBroadcast{ConnectionID: id, IdempotencyKey: fmt.Sprintf("b-%s-%d", id, i), Recipients: rs, Text: "offer"})
+					if err == nil {
+						enqueued.Add(int64(r.Count))
+					} else if !errors.Is(err, connection.ErrQueueClearing) {
+						t.Errorf("broadcast: %v", err)
+					}
+				} else {
+					_, err := h.enqueue.Handle(h.op(), commands.EnqueueMessage{ConnectionID: id, IdempotencyKey: fmt.Sprintf("m-%s-%d", id, i), Recipient: recipient(i), Text: "hi"})
+					if err == nil {
+						enqueued.Add(1)
+					} else if !errors.Is(err, connection.ErrQueueClearing) {
+						t.Errorf("enqueue: %v", err)
+					}
+				}
+			}
+		})
+	}
+	var chaos sync.WaitGroup
+	chaos.Go(func() {
+		for i := 0; !done.Load(); i++ {
+			time.Sleep(time.Duration(2000+intn(6000)) * time.Microsecond)
+			id := conns[intn(len(conns))]
+			var err error
+			what := ""
+			switch n := intn(100); {
+			case n < 35:
+				what, err = "disconnect", h.sim.Disconnect(ctx, id)
+			case n < 70:
+				what, err = "connect", h.sim.Connect(ctx, id)
+			case n < 75:
+				what = "clear"
+				_, err = h.clear.Handle(h.op(), commands.RequestClear{ConnectionID: id, IdempotencyKey: fmt.Sprint("clear-", i), Reason: "chaos"})
+			case n < 79:
+				what = "hold"
+				_, err = h.hold.Handle(h.op(), commands.HoldQueue{ConnectionID: id})
+			case n < 94:
+				what = "resume"
+				_, err = h.resume.Handle(h.op(), commands.ResumeQueue{ConnectionID: id})
+			case n < 96:
+				what, err = "ban", h.sim.Ban(id, simulator.Ban{Expire: time.Minute})
+			default:
+				what, err = "lift", h.sim.LiftBan(id)
+			}
+			if err == nil {
+				note(what)
+			} else if !commands.IsRefusal(err) && !errors.Is(err, simulator.ErrNotBanned) && !errors.Is(err, simulator.ErrNotLoggedIn) {
+				t.Errorf("%s %s: %v", what, id, err)
+			}
+		}
+	})
+	wg.Wait()
+	done.Store(true)
+	chaos.Wait()
+	if s := d.Stats(); s.Dispatched < uint64(target) {
+		t.Fatalf("dispatched %d of %d before the safety limit: %+v; chaos %v", s.Dispatched, target, s, counts)
+	}
+
+	// End: the network is back, and a clear of each queue (retried while another clear runs)
+	// ends whatever is left.
+	for _, id := range conns {
+		_ = h.sim.LiftBan(id)
+		_ = h.sim.Connect(ctx, id)
+		h.eventually("clear accepted on "+id, func() bool {
+			_, err := h.clear.Handle(h.op(), commands.RequestClear{ConnectionID: id, IdempotencyKey: "final", Reason: "end of run"})
+			return err == nil
+		})
+	}
+	for _, id := range conns {
+		h.eventually("final clear completed on "+id, func() bool { return h.queueStatus(id) != connection.QueueStatusClearing })
+		h.eventually("nothing in flight on "+id, func() bool { return len(invariants.Check(h.history(id), nil).InFlight) == 0 })
+	}
+	sends, refused := 0, 0
+	for _, id := range conns {
+		hist := h.history(id)
+		rep := invariants.Check(hist, rec.sends(id))
+		byKind := map[invariants.Kind]int{}
+		for _, v := range rep.Violations {
+			byKind[v.Kind]++
+		}
+		for i, v := range rep.Violations {
+			if i == 20 {
+				break
+			}
+			t.Errorf("%s: violation: %s", id, v)
+		}
+		if len(byKind) > 0 {
+			t.Errorf("%s: violations by kind %v", id, byKind)
+		}
+		sends += rep.Sends
+		for _, s := range rec.sends(id) {
+			if s.Refused {
+				refused++
+			}
+		}
+		t.Logf("%s: %d events, queued %d, purged %d, acknowledged %d, deferred %d, retried %d, not_sent by clears %d",
+			id, len(hist), rep.Queued, rep.Purged, rep.Acknowledged, count[connection.MessageSendDeferred](hist),
+			count[connection.MessageSendRetried](hist), notSentByClears(hist))
+	}
+	t.Logf("%d attempts recorded, %d refused; dispatcher %+v; chaos %v", sends, refused, d.Stats(), counts)
+	if refused == 0 || d.Stats().Retries == 0 {
+		t.Errorf("the run exercised no refused hand-over or retry (refused %d, stats %+v)", refused, d.Stats())
+	}
+}
+
+func notSentByClears(hist []invariants.Recorded) int {
+	n := 0
+	for _, r := range hist {
+		if c, ok := r.Event.(connection.QueueCleared); ok {
+			n += c.NotSentCount
+		}
+	}
+	return n
 }
