@@ -88,7 +88,7 @@ func TestStateStaysSmall(t *testing.T) {
 	if large > mid+200+2*connection.MaxReceiptRanges {
 		t.Fatalf("snapshot grew from %d bytes (%d events) to %d bytes (%d events)", mid, big/2, large, big)
 	}
-	const perRange = len(`{"from":1234567,"to":1234567},`)
+	const perRange = len(`1234567,1234567,`)
 	if limit := small + 200 + connection.MaxReceiptRanges*perRange; large > limit {
 		t.Fatalf("snapshot of %d bytes after %d events, want at most %d", large, big, limit)
 	}

@@ -37,7 +37,8 @@ type snapshot struct {
 	Broadcasts   []BroadcastRange     `json:"broadcasts,omitempty"`
 	InFlight     []flightJSON         `json:"in_flight,omitempty"`
 	Disrupted    int64                `json:"disrupted"`
-	Handed       []SeqRange           `json:"handed,omitempty"`
+	// Handed is the ranges of positions handed over, flattened: from, to, from, to, ...
+	Handed []uint64 `json:"handed,omitempty"`
 	Counters     Counters             `json:"counters"`
 }
 
@@ -56,7 +57,10 @@ func (c *Connection) Snapshot() ([]byte, error) {
 		Schema: SnapshotSchema, Version: c.version, ID: c.id, Tenant: c.tenant, Phone: c.phone, OnBan: c.onBan,
 		RegisteredAt: c.regAt, Link: c.link, LinkSince: c.linkAt, Ban: c.ban, Hold: c.hold, Clear: c.clear,
 		LastClear: c.last, LastSeq: c.lastSeq, Cursor: c.cursor, Ahead: c.ahead, Broadcasts: c.bcasts,
-		Disrupted: c.disrupted, Handed: c.handed, Counters: c.count,
+		Disrupted: c.disrupted, Counters: c.count,
+	}
+	for _, r := range c.handed {
+		s.Handed = append(s.Handed, r.From, r.To)
 	}
 	for _, m := range c.InFlight() {
 		s.InFlight = append(s.InFlight, flightJSON{MessageID: m.MessageID, flightEntry: c.flight[m.MessageID]})
@@ -82,8 +86,16 @@ func Restore(data []byte) (*Connection, error) {
 		version: s.Version, id: s.ID, tenant: s.Tenant, phone: s.Phone, region: regionOf(s.Phone), onBan: s.OnBan,
 		regAt: s.RegisteredAt, link: s.Link, linkAt: s.LinkSince, ban: s.Ban, hold: s.Hold, clear: s.Clear,
 		last: s.LastClear, lastSeq: s.LastSeq, cursor: s.Cursor, ahead: s.Ahead, bcasts: s.Broadcasts,
-		flight: make(map[uuid.UUID]flightEntry, len(s.InFlight)), disrupted: s.Disrupted, handed: s.Handed,
-		count: s.Counters,
+		flight: make(map[uuid.UUID]flightEntry, len(s.InFlight)), disrupted: s.Disrupted, count: s.Counters,
+	}
+	if len(s.Handed)%2 != 0 {
+		return nil, fmt.Errorf("%w: odd number of handed bounds", ErrSnapshotSchema)
+	}
+	if len(s.Handed) > 0 {
+		c.handed = make([]SeqRange, 0, len(s.Handed)/2)
+		for i := 0; i < len(s.Handed); i += 2 {
+			c.handed = append(c.handed, SeqRange{From: s.Handed[i], To: s.Handed[i+1]})
+		}
 	}
 	if c.clear != nil && c.last != nil && c.clear.ClearID == c.last.ClearID {
 		c.clear = c.last // one request, shared as after Apply
@@ -93,9 +105,6 @@ func Restore(data []byte) (*Connection, error) {
 	}
 	if c.ahead != nil {
 		c.ahead = slices.Clip(c.ahead)
-	}
-	if c.handed != nil {
-		c.handed = slices.Clip(c.handed)
 	}
 	return c, nil
 }
