@@ -38,17 +38,19 @@
 // Sends are synchronous within the loop, so at that point this process has no outstanding send
 // on the connection: every message in flight is one whose outcome nobody will record.
 //
-// The domain has no "undo dispatch": a message stays dispatched once MessageDispatched is
-// recorded. When Send answers ErrRateLimited or ErrNotConnected (transport.Retryable: provably
-// nothing was sent), the loop calls Send again for the same dispatched message id, after an
-// exponential backoff (honouring SendError.RetryAfter); rate-limit refusals up to
-// Config.MaxSendAttempts, not-connected refusals for as long as the domain says the link is
-// active and the queue open (an outage must not drain the queue into failures). That is safe
-// because the refused attempt handed nothing over. Before every retry the loop reloads the
-// connection: if the link is no longer active or the queue is no longer open (a ban, a session
-// loss, a hold or a clear arrived meanwhile), or the attempts are exhausted, the message is
-// recorded failed with code "not_sent" (provably never handed over) instead of being sent into
-// a banned or cleared connection.
+// Every hand-over is fenced (G1). When Send answers ErrRateLimited or ErrNotConnected
+// (transport.Retryable: provably nothing was sent), the loop records MessageSendDeferred (the
+// hand-over the fence allowed did not happen: a clear from then on fails the message not_sent
+// instead of reporting it in flight), waits an exponential backoff (honouring
+// SendError.RetryAfter) and then fences the retry with RetrySend: MessageSendRetried appended at
+// the expected revision. The message is handed over again only when that append succeeded, with
+// SendRequest.Fence set to its revision. The domain refuses the retry when a clear, hold, ban or
+// session loss was recorded since the message was dispatched — even one that is over by the time
+// of the retry — and the message is then recorded failed "not_sent" (or was failed not_sent by
+// the clear itself); it was never handed over. Rate-limit refusals are retried up to
+// Config.MaxSendAttempts, not-connected refusals for as long as the domain allows (an outage
+// must not drain the queue into failures; an operator ends the wait by holding the queue).
+// A message found deferred at start (or after a store failure) is recorded failed not_sent.
 //
 // # Pacing
 //
@@ -85,7 +87,9 @@
 //
 // Refusals by the domain (a ban reported twice, a receipt for a purged or unknown message, an
 // event for a connection this store does not know) are counted and logged at debug level, not
-// as errors. Receipts need the message's queue position: it is taken from the aggregate's
+// as errors. A receipt refused for a message WhatsApp never had from us (purged, expired,
+// failed, never dispatched) is also logged at info level and counted in
+// waqueue_dispatcher_receipts_refused_total{kind}. Receipts need the message's queue position: it is taken from the aggregate's
 // in-flight set, from a bounded in-memory index of messages this process dispatched, or from
 // Config.Locator (the message-status projection, see StatusLocator); a receipt no source knows
 // is ignored.
