@@ -201,7 +201,11 @@ func randomizedDisconnects(t *testing.T, open engine, target int) {
 	h := newHarness(t, open)
 	h.autoAdvance(50 * time.Millisecond)
 	rec := &attemptRecorder{Simulator: h.sim, store: h.env.store, attempts: map[string][]invariants.Send{}}
-	d := h.start(func(c *dispatcher.Config) { c.Transport = rec; c.RetryBackoff = 200 * time.Millisecond; c.MaxRetryBackoff = time.Second })
+	d := h.start(func(c *dispatcher.Config) {
+		c.Transport = rec
+		c.RetryBackoff = 200 * time.Millisecond
+		c.MaxRetryBackoff = time.Second
+	})
 	conns := []string{"c1", "c2"}
 	for _, id := range conns {
 		h.registerPaired(id, d)
