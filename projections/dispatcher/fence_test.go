@@ -187,7 +187,7 @@ func (r *attemptRecorder) sends(connID string) []invariants.Send {
 func TestRandomizedDisconnectsRealDispatcher(t *testing.T) {
 	target := 300 // messages dispatched
 	if testing.Short() {
-		target = 80
+		target = 40
 	}
 	for name, open := range map[string]engine{"sqlite": openSQLite, "postgres": openPostgres} {
 		t.Run(name, func(t *testing.T) {
@@ -222,7 +222,7 @@ func randomizedDisconnects(t *testing.T, open engine, target int) {
 	note := func(what string) { mu.Lock(); counts[what]++; mu.Unlock() }
 	intn := func(n int) int { mu.Lock(); defer mu.Unlock(); return rng.IntN(n) }
 	// A safety net against a hang, never a speed requirement.
-	deadline := time.Now().Add(4 * time.Minute)
+	deadline := time.Now().Add(10 * time.Minute)
 	for _, id := range conns {
 		wg.Go(func() {
 			for i := 0; d.Stats().Dispatched < uint64(target) && time.Now().Before(deadline); i++ {
@@ -261,24 +261,30 @@ func randomizedDisconnects(t *testing.T, open engine, target int) {
 			id := conns[intn(len(conns))]
 			var err error
 			what := ""
-			switch n := intn(100); {
-			case n < 35:
-				what, err = "disconnect", h.sim.Disconnect(ctx, id)
-			case n < 70:
-				what, err = "connect", h.sim.Connect(ctx, id)
-			case n < 75:
-				what = "clear"
-				_, err = h.clear.Handle(h.op(), commands.RequestClear{ConnectionID: id, IdempotencyKey: fmt.Sprint("clear-", i), Reason: "chaos"})
-			case n < 79:
-				what = "hold"
-				_, err = h.hold.Handle(h.op(), commands.HoldQueue{ConnectionID: id})
-			case n < 94:
+			// Recover an impaired connection most of the time, so messages flow between the
+			// disruptions; otherwise disrupt at random (refusals are expected).
+			link, qs := h.linkStatus(id), h.queueStatus(id)
+			n := intn(100)
+			switch {
+			case n < 60 && link == connection.LinkStatusBanned:
+				what, err = "lift", h.sim.LiftBan(id)
+			case n < 60 && qs == connection.QueueStatusHeld:
 				what = "resume"
 				_, err = h.resume.Handle(h.op(), commands.ResumeQueue{ConnectionID: id})
+			case n < 35:
+				what, err = "disconnect", h.sim.Disconnect(ctx, id)
+			case n < 75:
+				what, err = "connect", h.sim.Connect(ctx, id)
+			case n < 85:
+				what = "clear"
+				_, err = h.clear.Handle(h.op(), commands.RequestClear{ConnectionID: id, IdempotencyKey: fmt.Sprint("clear-", i), Reason: "chaos"})
+			case n < 92:
+				what = "hold"
+				_, err = h.hold.Handle(h.op(), commands.HoldQueue{ConnectionID: id})
 			case n < 96:
 				what, err = "ban", h.sim.Ban(id, simulator.Ban{Expire: time.Minute})
 			default:
-				what, err = "lift", h.sim.LiftBan(id)
+				continue
 			}
 			if err == nil {
 				note(what)
