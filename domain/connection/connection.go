@@ -439,6 +439,15 @@ func (c *Connection) ackHanded(id uuid.UUID, seq uint64) {
 // addSeq adds seq to the sorted disjoint ranges rs, merging neighbours, and drops the lowest
 // ranges beyond MaxReceiptRanges.
 func addSeq(rs []SeqRange, seq uint64) []SeqRange {
+	if n := len(rs); n > 0 { // the common cases: the last position again, or the next one
+		switch last := &rs[n-1]; {
+		case last.Contains(seq):
+			return rs
+		case last.To+1 == seq:
+			last.To = seq
+			return rs
+		}
+	}
 	i, _ := slices.BinarySearchFunc(rs, seq, func(r SeqRange, s uint64) int {
 		switch {
 		case r.To < s:
