@@ -187,7 +187,7 @@ func TestConstructorsRefuseNil(t *testing.T) {
 		second(NewRegisterConnectionHandler(nil, SystemClock)), second(NewEnqueueMessageHandler(repo, nil)),
 		second(NewDispatchNextHandler(repo, nil, SystemClock)), second(NewCompleteClearHandler(nil, SystemClock)),
 		second(NewRecordSentHandler(repo, nil)), second(NewStartBroadcastHandler(nil, nil)),
-		second(NewCommandBus(nil, nil)),
+		second(NewCommandBus(nil, nil)), second(NewDeferSendHandler(nil, SystemClock)), second(NewRetrySendHandler(repo, nil)),
 	}
 	for i, err := range errs {
 		if err == nil {
@@ -496,6 +496,69 @@ func TestTwoDispatchersNeverShareAMessage(t *testing.T) {
 			}
 			if da.Message.MessageID == db.Message.MessageID || da.Message.Seq != 1 || db.Message.Seq != 2 {
 				t.Fatalf("dispatcher a got seq %d (%s), b got seq %d (%s): want 1 and 2", da.Message.Seq, da.Message.MessageID, db.Message.Seq, db.Message.MessageID)
+			}
+		})
+	}
+}
+
+// TestTwoRetriesOfOneDeferredSend: a deferred message's retry is fenced once. Two nodes (each
+// with its own cached state) deciding the same retry: one appends MessageSendRetried, the other
+// is refused, so only one may hand the message over (G1, G5). The fence of the winner is the
+// stream revision of its MessageSendRetried.
+func TestTwoRetriesOfOneDeferredSend(t *testing.T) {
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			store := s.open(t)
+			a := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+			b := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+			a.registerActive(t, ctx, "c-1")
+			if _, err := a.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k", Recipient: "+491709999999", Text: "x"}); err != nil {
+				t.Fatal(err)
+			}
+			d, err := a.dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := MessageRef{ConnectionID: "c-1", MessageID: d.Message.MessageID, Seq: d.Message.Seq}
+			if _, err := a.retrySend.Handle(as(ctx, system), RetrySend{MessageRef: ref}); !errors.Is(err, connection.ErrNotInFlight) {
+				t.Fatalf("retry before any refusal: %v, want ErrNotInFlight", err)
+			}
+			if _, err := a.deferSend.Handle(as(ctx, system), DeferSend{MessageRef: ref, Reason: "not_connected"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.deferSend.Handle(as(ctx, system), DeferSend{MessageRef: ref, Reason: "not_connected"}); !errors.Is(err, connection.ErrNotInFlight) {
+				t.Fatalf("second deferral: %v, want ErrNotInFlight", err)
+			}
+			for _, h := range []*handlers{a, b} { // both caches at the deferral
+				if err := h.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var (
+				wg   sync.WaitGroup
+				res  [2]Result
+				errs [2]error
+			)
+			for i, h := range []*handlers{a, b} {
+				wg.Go(func() { res[i], errs[i] = h.retrySend.Handle(as(ctx, system), RetrySend{MessageRef: ref}) })
+			}
+			wg.Wait()
+			won := 0
+			for i := range errs {
+				switch {
+				case errs[i] == nil:
+					won++
+					hist, _ := history(t, ctx, store, "c-1")
+					if r, ok := hist[res[i].Version].Event.(connection.MessageSendRetried); !ok || r.MessageID != ref.MessageID || r.Attempt != 2 {
+						t.Fatalf("revision %d holds %#v, want the MessageSendRetried (attempt 2)", res[i].Version, hist[res[i].Version].Event)
+					}
+				case !errors.Is(errs[i], connection.ErrNotInFlight):
+					t.Fatalf("losing retry: %v, want ErrNotInFlight", errs[i])
+				}
+			}
+			if won != 1 {
+				t.Fatalf("%d retries fenced, want exactly 1 (errors %v)", won, errs)
 			}
 		})
 	}
