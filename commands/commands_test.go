@@ -84,6 +84,14 @@ func calls() []call {
 			_, err := h.unknown.Handle(ctx, RecordOutcomeUnknown{MessageRef: ref(id), Cause: "timeout"})
 			return err
 		}},
+		{"defer send", auth.System, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.deferSend.Handle(ctx, DeferSend{MessageRef: ref(id), Reason: "not_connected"})
+			return err
+		}},
+		{"retry send", auth.System, func(ctx context.Context, h *handlers, id string) error {
+			_, err := h.retrySend.Handle(ctx, RetrySend{MessageRef: ref(id)})
+			return err
+		}},
 		{"expire", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.expire.Handle(ctx, ExpireMessage{ConnectionID: id, MessageID: uuid.New(), Seq: 1, ExpiresAt: t0})
 			return err

@@ -18,7 +18,8 @@ import (
 // the domain refuse (connection.ErrSendInterrupted, ErrQueueClearing, ErrQueueHeld,
 // ErrLinkStatus); a message a clear failed not_sent meanwhile is refused with ErrNotInFlight.
 // After a refusal the message was never handed over: record it failed connection.FailureNotSent.
-// Transport-originated: it needs admin (SystemPrincipal). Not served by the command bus.
+// Transport-originated: only the system principal (SystemPrincipal) may issue it. Not served by
+// the command bus.
 type RetrySend struct {
 	MessageRef
 }
@@ -41,7 +42,7 @@ func NewRetrySendHandler(repo *Repository, now Clock) (*RetrySendHandler, error)
 func (h *RetrySendHandler) Handle(ctx context.Context, cmd RetrySend) (Result, error) {
 	// A claim unique to this call, as for DispatchNext: two callers deciding the same retry on
 	// the same state must not both be told they appended it (G5).
-	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.Admin, uuid.New(), func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.System, uuid.New(), func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.RetrySend(connection.RetrySend{MessageID: cmd.MessageID, Seq: cmd.Seq}, h.now())
 	})
 	if err != nil {
