@@ -105,6 +105,12 @@ type AppendResult struct {
 	// Position is the global position of the last event written (zero when none was written
 	// by an empty append).
 	Position Position
+	// Existing is true when the append wrote nothing because the whole batch was stored
+	// already (the idempotent retry described at Store.Append): the result is the original's.
+	// The events stored are the ones with these ids, whose bodies may differ from the batch
+	// given. Adapters that cannot tell (esdb: EventStoreDB answers a retry like a write) leave
+	// it false.
+	Existing bool
 }
 
 // Position is a point in the global log. It mirrors EventStoreDB's (commit, prepare) pair:

@@ -357,6 +357,7 @@ func (c *Connection) Enqueue(cmd EnqueueMessage, now time.Time) ([]Event, error)
 		Recipient:      recipient,
 		Text:           cmd.Text,
 		IdempotencyKey: cmd.IdempotencyKey,
+		Fingerprint:    enqueueFingerprint(recipient, cmd.Text, cmd.TTL),
 		ExpiresAt:      expiry(at, cmd.TTL),
 		QueuedBy:       cmd.Actor,
 		QueuedAt:       at,
@@ -403,10 +404,15 @@ func (c *Connection) StartBroadcast(cmd StartBroadcast, now time.Time) ([]Event,
 // PreparedBroadcast is a validated StartBroadcast with its recipients in E.164. Only
 // PrepareBroadcast makes one.
 type PreparedBroadcast struct {
-	cmd        StartBroadcast
-	region     string
-	recipients []string
+	cmd         StartBroadcast
+	region      string
+	recipients  []string
+	fingerprint string
 }
+
+// Fingerprint returns the fingerprint of the prepared request (normalised recipients in order,
+// text, TTL), recorded in BroadcastStarted.
+func (p PreparedBroadcast) Fingerprint() string { return p.fingerprint }
 
 // BroadcastID returns the prepared broadcast's id.
 func (p PreparedBroadcast) BroadcastID() uuid.UUID { return p.cmd.BroadcastID }
@@ -456,7 +462,8 @@ func PrepareBroadcast(cmd StartBroadcast, region string) (PreparedBroadcast, err
 		normalized[i] = p
 	}
 	cmd.Recipients = nil // the normalised list replaces them
-	return PreparedBroadcast{cmd: cmd, region: region, recipients: normalized}, nil
+	return PreparedBroadcast{cmd: cmd, region: region, recipients: normalized,
+		fingerprint: broadcastFingerprint(normalized, cmd.Text, cmd.TTL)}, nil
 }
 
 // StartPreparedBroadcast decides what StartBroadcast decides, for a broadcast prepared by
@@ -480,7 +487,7 @@ func (c *Connection) StartPreparedBroadcast(p PreparedBroadcast, now time.Time) 
 	events := make([]Event, 0, len(p.recipients)+1)
 	events = append(events, BroadcastStarted{
 		BroadcastID: id, Text: p.cmd.Text, FirstSeq: first, Count: len(p.recipients),
-		ExpiresAt: exp, StartedBy: p.cmd.Actor, StartedAt: at,
+		ExpiresAt: exp, StartedBy: p.cmd.Actor, StartedAt: at, Fingerprint: p.fingerprint,
 	})
 	for i, r := range p.recipients {
 		events = append(events, MessageQueued{
@@ -783,7 +790,8 @@ type RequestClear struct {
 // It is allowed in every link status and while held (the queue is held again after the
 // clear). A second clear while clearing is refused with *ClearingError (ErrQueueClearing),
 // except that a request with the ClearID of the clear in progress is an idempotent no-op (no
-// events, nil error).
+// events, nil error) if its fingerprint (ClearFingerprint) matches the one recorded, and a
+// *KeyReusedError (ErrIdempotencyKeyReused) if not.
 func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, error) {
 	const op = "clear"
 	if err := c.mustBeRegistered(op); err != nil {
@@ -798,8 +806,9 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 	if err := validateActor(cmd.Actor); err != nil {
 		return nil, err
 	}
+	fp := ClearFingerprint(cmd)
 	if c.clear != nil && c.clear.ClearID == cmd.ClearID {
-		return nil, nil
+		return nil, CheckReplay(c.id, "clear", c.clear.Fingerprint, fp)
 	}
 	if err := c.notClearing(op); err != nil {
 		return nil, err
@@ -850,6 +859,7 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 	events := []Event{ClearQueueRequested{
 		ClearID: cmd.ClearID, Scope: cmd.Scope, RequestedBy: cmd.Actor, Reason: cmd.Reason, RequestedAt: at,
 		UpToSeq: c.lastSeq, Purge: purge, PurgeCount: count, InFlight: inFlight, NotSent: notSent,
+		Fingerprint: fp,
 	}}
 	for _, m := range notSent {
 		events = append(events, MessageFailed{MessageID: m.MessageID, Seq: m.Seq, Code: FailureNotSent,

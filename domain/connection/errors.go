@@ -59,6 +59,9 @@ var (
 	// ban or session loss was recorded since the message was dispatched (*SendInterruptedError).
 	// The message was never handed over: record it failed FailureNotSent.
 	ErrSendInterrupted = errors.New("connection: send interrupted since dispatch")
+	// ErrIdempotencyKeyReused: an idempotency key already accepted with another request
+	// (*KeyReusedError). HTTP 422, code idempotency_key_reused.
+	ErrIdempotencyKeyReused = errors.New("connection: idempotency key reused with another request")
 )
 
 // FailureNotSent is the MessageFailed code of a message dispatched but provably never handed
@@ -254,3 +257,18 @@ func (e *NotInFlightError) Error() string {
 
 // Is makes errors.Is(err, ErrNotInFlight) true.
 func (e *NotInFlightError) Is(target error) bool { return target == ErrNotInFlight }
+
+// KeyReusedError refuses a request whose idempotency key was accepted before with a request of
+// another fingerprint (see CheckReplay). errors.Is(err, ErrIdempotencyKeyReused).
+type KeyReusedError struct {
+	ConnectionID string
+	// Route is "enqueue", "broadcast" or "clear".
+	Route string
+}
+
+func (e *KeyReusedError) Error() string {
+	return fmt.Sprintf("connection: %s %q: idempotency key already used with another request", e.Route, e.ConnectionID)
+}
+
+// Is makes errors.Is(err, ErrIdempotencyKeyReused) true.
+func (e *KeyReusedError) Is(target error) bool { return target == ErrIdempotencyKeyReused }

@@ -142,6 +142,9 @@ type MessageQueued struct {
 	BroadcastIndex int `json:"broadcast_index,omitempty"`
 	// IdempotencyKey is the key the 1:1 message was enqueued under.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Fingerprint is the 1:1 request's fingerprint (EnqueueFingerprint), which binds the key to
+	// it; empty for a broadcast message and for messages queued before fingerprints existed.
+	Fingerprint string `json:"fingerprint,omitempty"`
 	// ExpiresAt is when the message expires instead of being sent; zero for never.
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	QueuedBy  string    `json:"queued_by"`
@@ -161,6 +164,9 @@ type BroadcastStarted struct {
 	ExpiresAt   time.Time `json:"expires_at,omitzero"`
 	StartedBy   string    `json:"started_by"`
 	StartedAt   time.Time `json:"started_at"`
+	// Fingerprint binds the broadcast's idempotency key to its request (recipients, text,
+	// TTL); empty for broadcasts started before fingerprints existed.
+	Fingerprint string `json:"fingerprint,omitempty"`
 }
 
 // LastSeq returns the Seq of the broadcast's last message.
@@ -378,6 +384,9 @@ type ClearQueueRequested struct {
 	// The same decision records each MessageFailed with code FailureNotSent, right after this
 	// event. Absent (empty) in streams written before deferrals existed.
 	NotSent []InFlightMessage `json:"not_sent,omitempty"`
+	// Fingerprint binds the clear's idempotency key to its request (ClearFingerprint); empty
+	// for clears requested before fingerprints existed.
+	Fingerprint string `json:"fingerprint,omitempty"`
 }
 
 // QueueCleared ends a clear: the queue goes back to open, or to held if it is held. It is the

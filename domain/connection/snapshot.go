@@ -38,8 +38,8 @@ type snapshot struct {
 	InFlight     []flightJSON         `json:"in_flight,omitempty"`
 	Disrupted    int64                `json:"disrupted"`
 	// Handed is the ranges of positions handed over, flattened: from, to, from, to, ...
-	Handed []uint64 `json:"handed,omitempty"`
-	Counters     Counters             `json:"counters"`
+	Handed   []uint64 `json:"handed,omitempty"`
+	Counters Counters `json:"counters"`
 }
 
 // flightJSON is a message in flight in a snapshot.

@@ -100,6 +100,8 @@ const (
 	CodeNotInFlight         Code = "not_in_flight"
 	CodeInFlightLimit       Code = "in_flight_limit"
 	CodeSendInterrupted     Code = "send_interrupted"
+	// CodeIdempotencyKeyReused: the key was accepted before with another request (HTTP 422).
+	CodeIdempotencyKeyReused Code = "idempotency_key_reused"
 )
 
 var errorCodes = []struct {
@@ -124,6 +126,7 @@ var errorCodes = []struct {
 	{ErrNotInFlight, CodeNotInFlight},
 	{ErrInFlightLimit, CodeInFlightLimit},
 	{ErrSendInterrupted, CodeSendInterrupted},
+	{ErrIdempotencyKeyReused, CodeIdempotencyKeyReused},
 }
 
 // ErrorCode returns the stable code of a domain refusal anywhere in err's chain: the Code of a

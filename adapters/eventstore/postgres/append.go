@@ -368,7 +368,7 @@ func (s *Store) resolve(ctx context.Context, stream string, expected eventstore.
 		}
 		if inOrder && compatible {
 			last := stored[events[len(events)-1].ID]
-			return eventstore.AppendResult{NextExpectedRevision: uint64(last.rev), Position: last.pos}, nil
+			return eventstore.AppendResult{NextExpectedRevision: uint64(last.rev), Position: last.pos, Existing: true}, nil
 		}
 	}
 	// Not a retry: an id already stored anywhere makes it a duplicate, even when the

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
@@ -52,6 +53,23 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 		}
 	}
 	return evs, nil
+}
+
+// ReadEventByID returns the event stored under id, in whichever stream, and false if there is
+// none: one lookup on the id index. Command handlers use it to find the event that accepted an
+// idempotency key without scanning the stream.
+func (s *Store) ReadEventByID(ctx context.Context, id uuid.UUID) (eventstore.RecordedEvent, bool, error) {
+	if s.isClosed() {
+		return eventstore.RecordedEvent{}, false, eventstore.ErrClosed
+	}
+	evs, err := s.query(ctx, `SELECT `+eventColumns+` FROM waqueue_events WHERE id = $1`, [16]byte(id))
+	if err != nil {
+		return eventstore.RecordedEvent{}, false, fmt.Errorf("postgres: read event %s: %w", id, err)
+	}
+	if len(evs) == 0 {
+		return eventstore.RecordedEvent{}, false, nil
+	}
+	return evs[0], true, nil
 }
 
 // ReadAll implements eventstore.Store. It returns only events below the snapshot horizon

@@ -39,7 +39,7 @@ func TestConformance(t *testing.T) {
 	url := pgtest.URL(t)
 	storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store {
 		return openStore(t, url, postgres.Options{Clock: clock})
-	}, storetest.Options{Short: testing.Short()})
+	}, storetest.Options{Short: testing.Short(), ReportsExisting: true})
 }
 
 // TestConformanceSmallPages runs the suite with tiny pages and COPY for every batch of 2 or
@@ -51,7 +51,7 @@ func TestConformanceSmallPages(t *testing.T) {
 	url := pgtest.URL(t)
 	storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store {
 		return openStore(t, url, postgres.Options{Clock: clock, CopyThreshold: 2, PageSize: 100})
-	}, storetest.Options{Short: true})
+	}, storetest.Options{Short: true, ReportsExisting: true})
 }
 
 func events(n int, typ string) []eventstore.EventData {

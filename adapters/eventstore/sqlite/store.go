@@ -309,6 +309,7 @@ func (s *Store) retried(ctx context.Context, tx *sql.Tx, stream string, expected
 	return eventstore.AppendResult{
 		NextExpectedRevision: uint64(foundRev) + uint64(len(events)) - 1,
 		Position:             position(pos),
+		Existing:             true,
 	}, nil
 }
 
@@ -350,6 +351,23 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 		return nil, fmt.Errorf("sqlite: read stream %q: %w", stream, err)
 	}
 	return nil, nil
+}
+
+// ReadEventByID returns the event stored under id, in whichever stream, and false if there is
+// none: one lookup on the id index. Command handlers use it to find the event that accepted an
+// idempotency key without scanning the stream.
+func (s *Store) ReadEventByID(ctx context.Context, id uuid.UUID) (eventstore.RecordedEvent, bool, error) {
+	if s.closed.Load() {
+		return eventstore.RecordedEvent{}, false, eventstore.ErrClosed
+	}
+	evs, err := s.query(ctx, selectEvent+` WHERE id = ?`, id[:])
+	if err != nil {
+		return eventstore.RecordedEvent{}, false, fmt.Errorf("sqlite: read event %s: %w", id, err)
+	}
+	if len(evs) == 0 {
+		return eventstore.RecordedEvent{}, false, nil
+	}
+	return evs[0], true, nil
 }
 
 // ReadAll implements eventstore.Store.

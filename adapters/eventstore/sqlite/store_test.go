@@ -47,7 +47,7 @@ func TestConformance(t *testing.T) {
 		}
 		t.Cleanup(func() { s.Close() })
 		return s
-	}, storetest.Options{Short: short})
+	}, storetest.Options{Short: short, ReportsExisting: true})
 }
 
 // TestCrossProcessWakeUp: a subscriber on one Store sees events appended through another Store

@@ -213,11 +213,18 @@ func (s *suite) testIdempotentReappend(t *testing.T) {
 			}
 			batch := newEvents(3, "Batch")
 			first := mustAppend(t, st, stream, tc.exp, batch...)
+			if first.Existing {
+				t.Fatalf("first append at %s: Existing is set, want it only for a retry", tc.exp)
+			}
 			for attempt := range 2 {
 				again, err := st.Append(ctxT(t), stream, tc.exp, batch...)
 				if err != nil {
 					t.Fatalf("re-append %d of the same batch at %s: got error %v, want idempotent success", attempt, tc.exp, err)
 				}
+				if again.Existing != s.opts.ReportsExisting {
+					t.Fatalf("re-append %d at %s: Existing = %v, want %v", attempt, tc.exp, again.Existing, s.opts.ReportsExisting)
+				}
+				again.Existing = false
 				if again != first {
 					t.Fatalf("re-append %d at %s: got result %+v, want the original %+v", attempt, tc.exp, again, first)
 				}
@@ -228,6 +235,7 @@ func (s *suite) testIdempotentReappend(t *testing.T) {
 			if err != nil {
 				t.Fatalf("re-append at %s after a later append: got error %v, want idempotent success", tc.exp, err)
 			}
+			again.Existing = false
 			if again != first {
 				t.Fatalf("re-append at %s after a later append: got result %+v, want the original %+v", tc.exp, again, first)
 			}

@@ -36,6 +36,9 @@ type Options struct {
 	// Timeout bounds every wait of the suite for an event to arrive through Subscribe. It is a
 	// generous upper bound for a failure to show, never an assertion of speed. Zero means 30s.
 	Timeout time.Duration
+	// ReportsExisting is set for adapters that mark an idempotent retry with
+	// AppendResult.Existing (sqlite, postgres); the suite then requires it.
+	ReportsExisting bool
 }
 
 func (o *Options) setDefaults() {
