@@ -121,6 +121,11 @@ type Appended struct {
 	Version int64
 	// Position is the global position of the last event appended (zero for a no-op).
 	Position eventstore.Position
+	// Existing is true when the store wrote nothing because events with the same ids were
+	// stored at that place already (eventstore.AppendResult.Existing: another node appended the
+	// same decision first). Events are then the events decided, not necessarily the ones stored
+	// (their ids are equal, their bodies may differ); Position and Version are the stored ones'.
+	Existing bool
 }
 
 // Update runs decide on the connection's current state and appends its events at the expected
@@ -189,6 +194,11 @@ func (r *Repository) update(ctx context.Context, connID string, actor string, de
 		}
 		res, err := r.store.Append(ctx, stream, expected, data...)
 		switch {
+		case err == nil && res.Existing:
+			// Another writer stored these ids first; its events may differ from ours.
+			e.state = nil
+			return Appended{Events: events, FirstRevision: uint64(c.Version() + 1), Version: int64(res.NextExpectedRevision),
+				Position: res.Position, Existing: true}, nil
 		case err == nil:
 			first := uint64(c.Version() + 1)
 			r.applyAppended(e, events, res)
@@ -427,11 +437,48 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// eventByID is the optional capability of stores that index event ids (sqlite, postgres): the
+// event stored under id, in whichever stream, in one lookup.
+type eventByID interface {
+	ReadEventByID(ctx context.Context, id uuid.UUID) (eventstore.RecordedEvent, bool, error)
+}
+
+// original returns the event of connID's stream whose store id is the natural-key id of probe
+// (see findBackwards), with its global position: the event that accepted an idempotency key.
+// With a store that indexes ids it is one lookup wherever the event lies; otherwise (esdb) it
+// reads at most ReplayScan of the stream's latest events and reports false for an older one.
+func (r *Repository) original(ctx context.Context, connID string, probe connection.Event) (connection.Event, eventstore.Position, bool, error) {
+	stream := connection.StreamName(connID)
+	byID, ok := r.store.(eventByID)
+	if !ok {
+		ev, rec, found, err := r.findRecordBackwards(ctx, connID, ReplayScan, probe)
+		return ev, rec.Position, found, err
+	}
+	rec, found, err := byID.ReadEventByID(ctx, connection.EventID(stream, 0, probe))
+	if err != nil {
+		return nil, eventstore.Position{}, false, fmt.Errorf("commands: look up %s of %q: %w", probe.EventType(), stream, err)
+	}
+	if !found || rec.Stream != stream || rec.Type != probe.EventType() {
+		return nil, eventstore.Position{}, false, nil
+	}
+	ev, err := connection.Decode(rec.Type, rec.Data)
+	if err != nil {
+		return nil, eventstore.Position{}, false, fmt.Errorf("commands: %q revision %d: %w", stream, rec.Revision, err)
+	}
+	return ev, rec.Position, true, nil
+}
+
 // findBackwards reads the stream from its end towards its start, at most limit events, and
 // returns the event whose store id is the natural-key id of probe (connection.EventID of an
 // event carrying only the message, broadcast or clear id: such ids do not depend on the
 // revision). Only the match is decoded.
 func (r *Repository) findBackwards(ctx context.Context, connID string, limit int, probe connection.Event) (connection.Event, bool, error) {
+	ev, _, found, err := r.findRecordBackwards(ctx, connID, limit, probe)
+	return ev, found, err
+}
+
+// findRecordBackwards is findBackwards that also returns the event's record.
+func (r *Repository) findRecordBackwards(ctx context.Context, connID string, limit int, probe connection.Event) (connection.Event, eventstore.RecordedEvent, bool, error) {
 	stream := connection.StreamName(connID)
 	want := connection.EventID(stream, 0, probe)
 	from := eventstore.End
@@ -440,10 +487,10 @@ func (r *Repository) findBackwards(ctx context.Context, connID string, limit int
 		n := min(page, limit-read)
 		recs, err := r.store.ReadStream(ctx, stream, eventstore.Backwards, from, n)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
-			return nil, false, nil
+			return nil, eventstore.RecordedEvent{}, false, nil
 		}
 		if err != nil {
-			return nil, false, fmt.Errorf("commands: read %q: %w", stream, err)
+			return nil, eventstore.RecordedEvent{}, false, fmt.Errorf("commands: read %q: %w", stream, err)
 		}
 		for _, rec := range recs {
 			if rec.ID != want {
@@ -451,9 +498,9 @@ func (r *Repository) findBackwards(ctx context.Context, connID string, limit int
 			}
 			ev, err := connection.Decode(rec.Type, rec.Data)
 			if err != nil {
-				return nil, false, fmt.Errorf("commands: %q revision %d: %w", stream, rec.Revision, err)
+				return nil, eventstore.RecordedEvent{}, false, fmt.Errorf("commands: %q revision %d: %w", stream, rec.Revision, err)
 			}
-			return ev, true, nil
+			return ev, rec, true, nil
 		}
 		read += len(recs)
 		if len(recs) < n || recs[len(recs)-1].Revision == 0 {
@@ -461,5 +508,5 @@ func (r *Repository) findBackwards(ctx context.Context, connID string, limit int
 		}
 		from = recs[len(recs)-1].Revision - 1
 	}
-	return nil, false, nil
+	return nil, eventstore.RecordedEvent{}, false, nil
 }

@@ -15,8 +15,10 @@ import (
 // needs connection.edit. It records ClearQueueRequested, which fixes the exact purged set and
 // flips the queue to clearing; the clearing process completes it (CompleteClear). The clear id
 // is connection.ClearIDFor(tenant, connection, key): a retry with the same key records nothing
-// and answers with the same clear (Replayed). A different clear while one is in progress fails
-// with *connection.ClearingError.
+// and answers with the same clear (Replayed) in any state — in progress, completed, while
+// another clear is in progress — if its fingerprint (scope, reason) matches the one recorded;
+// another request under the key fails with *connection.KeyReusedError. A different clear while
+// one is in progress fails with *connection.ClearingError.
 type RequestClear struct {
 	ConnectionID   string `json:"connection_id"`
 	IdempotencyKey string `json:"idempotency_key"`
@@ -62,28 +64,40 @@ func (h *RequestClearHandler) Handle(ctx context.Context, cmd RequestClear) (Req
 	if cmd.BroadcastID != uuid.Nil {
 		scope = connection.BroadcastScope(cmd.BroadcastID)
 	}
+	dcmd := connection.RequestClear{Scope: scope, Reason: cmd.Reason}
 	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.ConnectionEdit, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		id = connection.ClearIDFor(p.TenantID, cmd.ConnectionID, cmd.IdempotencyKey)
 		inProgress, _ = c.CurrentClear()
-		return c.RequestClear(connection.RequestClear{ClearID: id, Scope: scope, Reason: cmd.Reason, Actor: p.ID}, h.now())
+		dcmd.ClearID, dcmd.Actor = id, p.ID
+		return c.RequestClear(dcmd, h.now())
 	})
 	switch {
-	case errors.Is(err, eventstore.ErrDuplicateEventID):
-		// Requested (and probably completed) already.
-		ev, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, connection.ClearQueueRequested{ClearID: id})
-		if ferr != nil {
-			return RequestClearResult{}, ferr
-		}
-		res := RequestClearResult{ClearID: id, Replayed: true}
-		if found {
-			res.Requested = ev.(connection.ClearQueueRequested)
-		}
-		return res, nil
-	case err != nil:
+	case err == nil && a.Existing:
+		// Another node recorded a request under this key first: answer it, or refuse below.
+	case err != nil && !mayBeReplay(err):
 		return RequestClearResult{}, err
-	case len(a.Events) == 0:
-		// The same clear is in progress: an idempotent no-op.
+	case err == nil && len(a.Events) == 0:
+		// The same clear is in progress, the same request (the domain checked the fingerprint):
+		// an idempotent no-op.
 		return RequestClearResult{Result: resultOf(a), ClearID: id, Requested: inProgress, Replayed: true}, nil
+	case err == nil:
+		return RequestClearResult{Result: resultOf(a), ClearID: id, Requested: a.Events[0].(connection.ClearQueueRequested)}, nil
 	}
-	return RequestClearResult{Result: resultOf(a), ClearID: id, Requested: a.Events[0].(connection.ClearQueueRequested)}, nil
+	// Requested (and perhaps completed) already, or refused in a state the original may have
+	// led to (another clear in progress, its broadcast no longer pending): answer the original.
+	ev, pos, found, ferr := h.repo.original(ctx, cmd.ConnectionID, connection.ClearQueueRequested{ClearID: id})
+	switch {
+	case ferr != nil:
+		return RequestClearResult{}, ferr
+	case !found && err != nil && !errors.Is(err, eventstore.ErrDuplicateEventID):
+		return RequestClearResult{}, err // a refusal, and the key is new
+	case !found:
+		// Stored, but further back than a store without an id index lets us look.
+		return RequestClearResult{ClearID: id, Replayed: true}, nil
+	}
+	req := ev.(connection.ClearQueueRequested)
+	if err := connection.CheckReplay(cmd.ConnectionID, "clear", req.Fingerprint, connection.ClearFingerprint(dcmd)); err != nil {
+		return RequestClearResult{}, err
+	}
+	return RequestClearResult{Result: Result{Position: pos, Version: a.Version}, ClearID: id, Requested: req, Replayed: true}, nil
 }

@@ -15,7 +15,9 @@ import (
 // StartBroadcast queues one text to up to connection.MaxRecipients recipients: BroadcastStarted
 // and one MessageQueued per recipient, in one atomic append. It needs broadcast.manage. The
 // broadcast id is connection.BroadcastIDFor(tenant, connection, key): a retry queues nothing and
-// answers with the same id (Replayed). While the queue is clearing it fails with
+// answers with the same id (Replayed) in any state, if its fingerprint (normalised recipients in
+// order, text, TTL) matches the one recorded; another request under the key fails with
+// *connection.KeyReusedError. While the queue is clearing a new broadcast fails with
 // *connection.ClearingError (G2).
 type StartBroadcast struct {
 	ConnectionID   string        `json:"connection_id"`
@@ -78,21 +80,27 @@ func (h *StartBroadcastHandler) Handle(ctx context.Context, cmd StartBroadcast) 
 	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.BroadcastMgmt, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		return c.StartPreparedBroadcast(prepared, h.now())
 	})
-	if errors.Is(err, eventstore.ErrDuplicateEventID) {
-		ev, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, connection.BroadcastStarted{BroadcastID: id})
-		if ferr != nil {
-			return StartBroadcastResult{}, ferr
-		}
-		res := StartBroadcastResult{BroadcastID: id, Replayed: true}
-		if found {
-			b := ev.(connection.BroadcastStarted)
-			res.Count, res.FirstSeq = b.Count, b.FirstSeq
-		}
-		return res, nil
+	if err == nil && !a.Existing {
+		b := a.Events[0].(connection.BroadcastStarted)
+		return StartBroadcastResult{Result: resultOf(a), BroadcastID: id, Count: b.Count, FirstSeq: b.FirstSeq}, nil
 	}
-	if err != nil {
+	if err != nil && !mayBeReplay(err) {
 		return StartBroadcastResult{}, err
 	}
-	b := a.Events[0].(connection.BroadcastStarted)
-	return StartBroadcastResult{Result: resultOf(a), BroadcastID: id, Count: b.Count, FirstSeq: b.FirstSeq}, nil
+	// The key may have been accepted before: answer the original in any state (G5).
+	ev, pos, found, ferr := h.repo.original(ctx, cmd.ConnectionID, connection.BroadcastStarted{BroadcastID: id})
+	switch {
+	case ferr != nil:
+		return StartBroadcastResult{}, ferr
+	case !found && err != nil && !errors.Is(err, eventstore.ErrDuplicateEventID):
+		return StartBroadcastResult{}, err // a refusal, and the key is new
+	case !found:
+		// Stored, but further back than a store without an id index lets us look.
+		return StartBroadcastResult{BroadcastID: id, Replayed: true}, nil
+	}
+	b := ev.(connection.BroadcastStarted)
+	if err := connection.CheckReplay(cmd.ConnectionID, "broadcast", b.Fingerprint, prepared.Fingerprint()); err != nil {
+		return StartBroadcastResult{}, err
+	}
+	return StartBroadcastResult{Result: Result{Position: pos, Version: a.Version}, BroadcastID: id, Count: b.Count, FirstSeq: b.FirstSeq, Replayed: true}, nil
 }
