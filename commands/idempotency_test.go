@@ -310,4 +310,3 @@ func TestConcurrentRequestsWithOneKey(t *testing.T) {
 		})
 	}
 }
-
