@@ -214,6 +214,11 @@ func TestCommandsOverNATS(t *testing.T) {
 	waitFor(t, "two refusals reported", func() bool { return log.count("refused") >= 2 })
 	send("ops-key", commands.RequestClear{ConnectionID: conn, IdempotencyKey: "c1", Reason: "banned mid-broadcast"})
 	waitFor(t, "clear", func() bool { return countType(streamTypes(t, st, conn), connection.TypeClearQueueRequested) == 1 })
+	// While clearing, the same enqueue again (a service's retry) is a replay, not a queue_clearing
+	// refusal; the key with another text is refused (HTTP's 422 idempotency_key_reused).
+	send("service-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "k1", Recipient: "+49 170 1111111", Text: "hi"})
+	send("service-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "k1", Recipient: "+491701111111", Text: "other"})
+	waitFor(t, "reused key refused", func() bool { return log.count("idempotency key already used") >= 1 })
 
 	evs := streamTypes(t, st, conn)
 	if got := countType(evs, connection.TypeMessageQueued); got != 3 {
@@ -265,7 +270,16 @@ func TestCommandsOverNATS(t *testing.T) {
 		}
 		return info.State.Msgs == 0
 	})
-	for _, name := range []string{"waqueue_waqueue_EnqueueMessage", "waqueue_waqueue_RequestClear"} {
+	if n := log.count("queue clearing"); n != 0 {
+		t.Errorf("%d commands refused as queue clearing, want 0 (the retry is a replay); log: %v", n, log.lines)
+	}
+	if n := log.count("idempotency key already used"); n != 1 {
+		t.Errorf("reused-key refusals logged = %d, want 1; log: %v", n, log.lines)
+	}
+	if got := countType(streamTypes(t, st, conn), connection.TypeMessageQueued); got != 3 {
+		t.Errorf("MessageQueued = %d after the retries, want 3", got)
+	}
+	for name, delivered := range map[string]uint64{"waqueue_waqueue_EnqueueMessage": 4, "waqueue_waqueue_RequestClear": 2} {
 		c, err := js.Consumer(ctx, broker.CommandsStream, name)
 		if err != nil {
 			t.Fatalf("consumer %s: %v", name, err)
@@ -274,9 +288,9 @@ func TestCommandsOverNATS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.NumAckPending != 0 || info.NumRedelivered != 0 || info.Delivered.Consumer != 2 {
-			t.Errorf("%s: ack pending %d, redelivered %d, delivered %d; want 0, 0, 2",
-				name, info.NumAckPending, info.NumRedelivered, info.Delivered.Consumer)
+		if info.NumAckPending != 0 || info.NumRedelivered != 0 || info.Delivered.Consumer != delivered {
+			t.Errorf("%s: ack pending %d, redelivered %d, delivered %d; want 0, 0, %d",
+				name, info.NumAckPending, info.NumRedelivered, info.Delivered.Consumer, delivered)
 		}
 	}
 }

@@ -131,6 +131,16 @@ func TestAPIProblemCode(t *testing.T) {
 	if !errors.As(err, &p) || p.Code != "invalid_phone" || !strings.HasSuffix(err.Error(), "(invalid_phone)") {
 		t.Fatalf("send to a bad number: err = %v, want invalid_phone", err)
 	}
+	// The --idempotency-key travels with the send: the same send again answers the same
+	// message; the key with another text is refused.
+	first := mustCLI(t, srv, dir, "send", "shop-1", "--to", "+491709876543", "--text", "hi", "--idempotency-key", "k-1")
+	if again := mustCLI(t, srv, dir, "send", "shop-1", "--to", "+49 170 9876543", "--text", "hi", "--idempotency-key", "k-1"); again != first {
+		t.Fatalf("send retried with its key printed %q, want %q", again, first)
+	}
+	_, _, err = cli(t, srv, dir, "", "send", "shop-1", "--to", "+491709876543", "--text", "other", "--idempotency-key", "k-1")
+	if !errors.As(err, &p) || p.Code != "idempotency_key_reused" || p.Status != 422 {
+		t.Fatalf("send with a used key and another text: err = %v, want 422 idempotency_key_reused", err)
+	}
 	_, _, err = cli(t, srv, dir, "", "queue", "show", "nope")
 	if !errors.As(err, &p) || p.Code != "not_found" {
 		t.Fatalf("queue show of an unknown connection: err = %v, want not_found", err)
