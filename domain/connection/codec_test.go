@@ -13,7 +13,8 @@ import (
 func oneOfEach() []connection.Event {
 	req := clearRequested(connection.BroadcastScope(bcastID), 4, []connection.SeqRange{{From: 2, To: 4}},
 		[]connection.InFlightMessage{{MessageID: msgID(1), Seq: 1}})
-	return history(
+	// Fingerprints filled in, so that the round trip and FuzzDecode's seeds cover the field.
+	return withFingerprints(history(
 		registered(connection.OnBanResume),
 		connection.OnBanPolicyChanged{Policy: connection.OnBanHold, ChangedBy: "op", ChangedAt: t0},
 		connection.SessionPaired{JID: "jid", Actor: "op", PairedAt: t0},
@@ -37,7 +38,7 @@ func oneOfEach() []connection.Event {
 		cleared(req),
 		clearRequested(connection.WholeQueue, 0, nil, nil),
 		connection.TransportProblemObserved{Kind: connection.ProblemStreamReplaced, Reason: "conflict", Detail: "d", ObservedAt: t0},
-	)
+	))
 }
 
 func TestCodecRoundTrip(t *testing.T) {

@@ -62,6 +62,21 @@ func FuzzEnqueue(f *testing.F) {
 		if q.MessageID != connection.MessageIDFor(tenant, connID, key) || q.Seq != 1 {
 			t.Fatalf("id %s seq %d", q.MessageID, q.Seq)
 		}
+		// The fingerprint is canonical: the request with the recipient as stored (E.164), under
+		// any key, has the same one, and a changed text has another.
+		if len(q.Fingerprint) != len("fp1:")+64 || !strings.HasPrefix(q.Fingerprint, "fp1:") {
+			t.Fatalf("fingerprint %q", q.Fingerprint)
+		}
+		canon, err := c.EnqueueFingerprint(connection.EnqueueMessage{IdempotencyKey: "other", Recipient: q.Recipient, Text: text, TTL: ttl})
+		if err != nil || canon != q.Fingerprint {
+			t.Fatalf("fingerprint of the normalised request %q (%v), want the event's %q", canon, err, q.Fingerprint)
+		}
+		if changed, _ := c.EnqueueFingerprint(connection.EnqueueMessage{Recipient: q.Recipient, Text: text + ".", TTL: ttl}); changed == q.Fingerprint {
+			t.Fatalf("another text has the same fingerprint %q", changed)
+		}
+		if connection.CheckReplay(connID, "enqueue", q.Fingerprint, canon) != nil {
+			t.Fatalf("CheckReplay refuses the same request")
+		}
 	})
 }
 
