@@ -133,6 +133,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 			r, h := rng(uint64(g)), nodes[g]
 			sctx := as(ctx, sender)
 			var keys []string
+			accepted := map[string]EnqueueMessage{} // key → the request it was accepted with
 			for i := 0; queued.Load() < int64(target) && ctx.Err() == nil; i++ {
 				switch {
 				case r.IntN(10) < 3:
@@ -148,22 +149,43 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 						count("broadcasts")
 					}
 					unexpected("broadcast", err)
+				case len(keys) > 0 && r.IntN(4) == 0:
+					// A client's retry of an accepted key, usually a recent one: the same request
+					// answers the original in any state (also while clearing, held or banned, and
+					// after a send or a purge); another request under the key is refused (G5).
+					key := keys[max(0, len(keys)-1-r.IntN(50))]
+					orig := accepted[key]
+					want := connection.MessageIDFor(tenant, conn, key)
+					if r.IntN(3) == 0 {
+						other := orig
+						other.Text = "hello again"
+						res, err := h.enqueue.Handle(sctx, other)
+						if !errors.Is(err, connection.ErrIdempotencyKeyReused) {
+							t.Errorf("enqueue under the used key %s with another text: %+v, %v; want ErrIdempotencyKeyReused", key, res, err)
+						}
+						count("enqueue keys reused")
+						continue
+					}
+					res, err := h.enqueue.Handle(sctx, orig)
+					if err != nil || !res.Replayed || res.MessageID != want {
+						t.Errorf("retry of the accepted key %s: %+v, %v; want a replay of %s", key, res, err, want)
+					}
+					count("enqueue replays")
 				default:
 					key := fmt.Sprintf("m-%d-%d", g, i)
-					if len(keys) > 0 && r.IntN(10) == 0 { // a client's retry, usually of a recent key
-						key = keys[max(0, len(keys)-1-r.IntN(50))]
-					}
 					var ttl time.Duration
 					if r.IntN(10) == 0 {
 						ttl = time.Duration(1+r.IntN(5)) * time.Millisecond
 					}
-					res, err := h.enqueue.Handle(sctx, EnqueueMessage{ConnectionID: conn, IdempotencyKey: key, Recipient: fmt.Sprintf("+49171%07d", r.IntN(9_000_000)), Text: "hello", TTL: ttl})
-					switch {
-					case err == nil && res.Replayed:
-						count("enqueue replays")
-					case err == nil:
+					cmd := EnqueueMessage{ConnectionID: conn, IdempotencyKey: key, Recipient: fmt.Sprintf("+49171%07d", r.IntN(9_000_000)), Text: "hello", TTL: ttl}
+					res, err := h.enqueue.Handle(sctx, cmd)
+					if err == nil && res.Replayed {
+						t.Errorf("first enqueue under key %s answered as a replay", key)
+					}
+					if err == nil {
 						queued.Add(1)
 						keys = append(keys, key)
+						accepted[key] = cmd
 					}
 					unexpected("enqueue", err)
 				}
