@@ -1,10 +1,13 @@
 package storetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 )
@@ -222,5 +225,38 @@ func (s *suite) testVolumeManyStreams(t *testing.T) {
 				t.Fatalf("%s revision %d: ReadStream position %s, ReadAll position %s, want equal", name(i), j, e.Position, byStream[name(i)][j].Position)
 			}
 		}
+	}
+}
+
+// EventByID is the optional capability of adapters that index event ids (sqlite, postgres):
+// the event stored under id, in whichever stream, and false if there is none. Command handlers
+// use it to find the event that accepted an idempotency key.
+type EventByID interface {
+	ReadEventByID(ctx context.Context, id uuid.UUID) (eventstore.RecordedEvent, bool, error)
+}
+
+// testReadEventByID checks EventByID, for adapters that have it: each stored event is found,
+// as ReadStream returns it; an unknown id is not found.
+func (s *suite) testReadEventByID(t *testing.T) {
+	st, _ := s.newStore(t)
+	byID, ok := st.(EventByID)
+	if !ok {
+		t.Skip("the adapter has no ReadEventByID")
+	}
+	stream := TestID() + "s"
+	mustAppend(t, st, stream, eventstore.NoStream, newEvents(3, "ByID")...)
+	mustAppend(t, st, TestID()+"other", eventstore.NoStream, newEvents(2, "Other")...)
+	for _, want := range readStream(t, st, stream) {
+		got, found, err := byID.ReadEventByID(ctxT(t), want.ID)
+		if err != nil || !found {
+			t.Fatalf("ReadEventByID(%s) = found %v, %v; want the event at revision %d", want.ID, found, err, want.Revision)
+		}
+		if got.Stream != want.Stream || got.Revision != want.Revision || got.Type != want.Type || got.Position != want.Position ||
+			!got.RecordedAt.Equal(want.RecordedAt) || got.Metadata != want.Metadata || !jsonEqual(got.Data, want.Data) {
+			t.Fatalf("ReadEventByID(%s) = %+v, want %+v", want.ID, got, want)
+		}
+	}
+	if _, found, err := byID.ReadEventByID(ctxT(t), uuid.New()); err != nil || found {
+		t.Fatalf("ReadEventByID of an unknown id = found %v, %v; want not found", found, err)
 	}
 }

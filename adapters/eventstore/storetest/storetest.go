@@ -83,6 +83,7 @@ func Run(t *testing.T, f Factory, opts Options) {
 		{"RecordedFields", s.testRecordedFields},
 		{"ReadStream", s.testReadStream},
 		{"ReadStreamNotFound", s.testReadStreamNotFound},
+		{"ReadEventByID", s.testReadEventByID},
 		{"VolumeOneStream", s.testVolumeOneStream},
 		{"VolumeManyStreams", s.testVolumeManyStreams},
 		{"GlobalOrderConcurrent", s.testGlobalOrderConcurrent},
