@@ -20,6 +20,11 @@ import (
 // event that accepted the key (MessageQueued, BroadcastStarted, ClearQueueRequested) and so is
 // durable and rebuilt with the stream. Events recorded before fingerprints existed carry none:
 // an empty stored fingerprint is "unknown" and every request with that key is a replay.
+//
+// Nothing about keys is kept in memory, by the aggregate or elsewhere: the event that accepted a
+// key is found through the event store's id index (its id derives from the key), so a broadcast
+// of 100,000 recipients costs one fingerprint string in one event, and hashing its recipients
+// keeps no copy of them.
 
 // fingerprintVersion starts every fingerprint's input and is its text prefix; a change of the
 // canonical form gets a new version (a stored fingerprint of another version counts as unknown).
