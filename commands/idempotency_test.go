@@ -152,6 +152,13 @@ func TestKeyReusedWithAnotherRequestIsRefused(t *testing.T) {
 				_, err := h.enqueue.Handle(as(ctx, sender), other)
 				reused("enqueue with another "+name, err)
 			}
+			unchanged := func(what string, before int) {
+				t.Helper()
+				if got := streamLen(t, ctx, store, "c-1"); got != before {
+					t.Fatalf("%s: stream has %d events, want %d: a refused request appended", what, got, before)
+				}
+			}
+			unchanged("enqueue under a used key", before)
 			// The same request, the number written differently: a replay.
 			same := enq
 			same.Recipient = "+49 170 9999999"
@@ -168,6 +175,7 @@ func TestKeyReusedWithAnotherRequestIsRefused(t *testing.T) {
 			reused("broadcast with the recipients reordered", err)
 			_, err = h.broadcast.Handle(as(ctx, operator), StartBroadcast{ConnectionID: "c-1", IdempotencyKey: "b", Recipients: bc.Recipients, Text: "other"})
 			reused("broadcast with another text", err)
+			unchanged("broadcast under a used key", before)
 
 			rc := RequestClear{ConnectionID: "c-1", IdempotencyKey: "c", Reason: "ban"}
 			cr, err := h.requestClear.Handle(as(ctx, operator), rc)
