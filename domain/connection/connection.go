@@ -79,6 +79,10 @@ type Connection struct {
 	disrupted int64
 	handed    []SeqRange // handed over and acknowledged sent/unknown; sorted, disjoint, capped
 	count     Counters
+
+	// overruled: a hold, ban or session loss was recorded while the clear in progress ran, so
+	// its then=resume is not applied (the newer fact wins, G7).
+	overruled bool
 }
 
 // flightEntry is the hand-over state of a message in flight.
@@ -340,9 +344,11 @@ func (c *Connection) Apply(e Event) error {
 	case SessionInvalidated:
 		c.link, c.linkAt, c.ban = LinkStatusSessionInvalid, e.InvalidatedAt, nil
 		c.disrupted = c.version + 1
+		c.overruled = c.overruled || c.clear != nil
 	case ConnectionBanned:
 		c.link, c.linkAt = LinkStatusBanned, e.BannedAt
 		c.disrupted = c.version + 1
+		c.overruled = c.overruled || c.clear != nil
 		c.ban = &BanInfo{Kind: e.Kind, ExpiresAt: e.ExpiresAt, ReasonCode: e.ReasonCode, Since: e.BannedAt}
 	case BanLifted:
 		c.link, c.linkAt, c.ban = LinkStatusActive, e.LiftedAt, nil
@@ -351,6 +357,7 @@ func (c *Connection) Apply(e Event) error {
 	case QueueHeld:
 		c.hold = &HoldInfo{Reason: e.Reason, Actor: e.Actor, Since: e.HeldAt}
 		c.disrupted = c.version + 1
+		c.overruled = c.overruled || c.clear != nil
 	case QueueResumed:
 		c.hold = nil
 	case MessageQueued:
@@ -397,6 +404,7 @@ func (c *Connection) Apply(e Event) error {
 		c.disrupted = c.version + 1
 		req := cloneClear(e)
 		c.clear, c.last = &req, &req
+		c.overruled = false
 		c.count.Purged += e.PurgeCount
 		c.count.Clears++
 		if e.Scope.IsWholeQueue() {
@@ -412,7 +420,7 @@ func (c *Connection) Apply(e Event) error {
 		c.normalize()
 	case QueueCleared:
 		if c.clear != nil && c.clear.ClearID == e.ClearID {
-			c.clear = nil
+			c.clear, c.overruled = nil, false
 		}
 	default:
 		return fail(fmt.Sprintf("unsupported event value %T", e))

@@ -773,6 +773,8 @@ type RequestClear struct {
 	Scope   ClearScope
 	Reason  string
 	Actor   string
+	// Then is what the queue becomes when the clear completes; zero means ClearThenKeep.
+	Then ClearThen
 }
 
 // RequestClear decides ClearQueueRequested, which flips the queue to clearing and fixes the
@@ -787,11 +789,14 @@ type RequestClear struct {
 // decision fails each (MessageFailed, code FailureNotSent), after the request, so no retry can
 // hand them over.
 //
-// It is allowed in every link status and while held (the queue is held again after the
-// clear). A second clear while clearing is refused with *ClearingError (ErrQueueClearing),
-// except that a request with the ClearID of the clear in progress is an idempotent no-op (no
-// events, nil error) if its fingerprint (ClearFingerprint) matches the one recorded, and a
-// *KeyReusedError (ErrIdempotencyKeyReused) if not.
+// It is allowed in every link status and while held. What the queue becomes afterwards is
+// cmd.Then (recorded in the event, zero normalised to ClearThenKeep): keep leaves a held queue
+// held; resume is refused with a *LinkStatusError (Op "clear then resume") while the link is
+// banned or its session invalid (G7: sending is never reopened by a clear while WhatsApp
+// refuses the number). A second clear while clearing is refused with *ClearingError
+// (ErrQueueClearing), except that a request with the ClearID of the clear in progress is an
+// idempotent no-op (no events, nil error) if its fingerprint (ClearFingerprint) matches the one
+// recorded, and a *KeyReusedError (ErrIdempotencyKeyReused) if not.
 func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, error) {
 	const op = "clear"
 	if err := c.mustBeRegistered(op); err != nil {
@@ -812,6 +817,10 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 	}
 	if err := c.notClearing(op); err != nil {
 		return nil, err
+	}
+	then := cmd.Then.orKeep()
+	if then == ClearThenResume && (c.link == LinkStatusBanned || c.link == LinkStatusSessionInvalid) {
+		return nil, &LinkStatusError{ConnectionID: c.id, Op: "clear then resume", Status: c.link}
 	}
 	var purge []SeqRange
 	var inFlight, notSent []InFlightMessage
@@ -858,7 +867,7 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 	at := now.UTC()
 	events := []Event{ClearQueueRequested{
 		ClearID: cmd.ClearID, Scope: cmd.Scope, RequestedBy: cmd.Actor, Reason: cmd.Reason, RequestedAt: at,
-		UpToSeq: c.lastSeq, Purge: purge, PurgeCount: count, InFlight: inFlight, NotSent: notSent,
+		UpToSeq: c.lastSeq, Purge: purge, PurgeCount: count, InFlight: inFlight, NotSent: notSent, Then: then,
 		Fingerprint: fp,
 	}}
 	for _, m := range notSent {
@@ -876,8 +885,17 @@ type CompleteClear struct {
 }
 
 // CompleteClear decides QueueCleared, the clear's report, repeating the request's exact figures
-// with the completion time. It fails with ErrNoClearInProgress when no clear with cmd.ClearID is
-// in progress (e.g. it was completed already).
+// with the completion time, and applies the request's Then in the same batch:
+//   - keep (also a request recorded before Then existed): nothing more; the queue is held if it
+//     is held, open otherwise;
+//   - hold: QueueHeld (reason after_clear, actor the clear's requester) unless already held;
+//   - resume: QueueResumed (reason after_clear, actor the requester) if the queue is held, the
+//     link is neither banned nor session_invalid, and no hold, ban or session loss was recorded
+//     since the request (that newer fact wins; G7). Otherwise nothing: the queue stays held.
+//
+// QueueCleared.QueueAfter states the resulting queue status. It fails with
+// ErrNoClearInProgress when no clear with cmd.ClearID is in progress (e.g. it was completed
+// already).
 func (c *Connection) CompleteClear(cmd CompleteClear, now time.Time) ([]Event, error) {
 	if err := c.mustBeRegistered("complete clear"); err != nil {
 		return nil, err
@@ -889,9 +907,30 @@ func (c *Connection) CompleteClear(cmd CompleteClear, now time.Time) ([]Event, e
 		return nil, &Error{Op: "complete clear " + cmd.ClearID.String(), ConnectionID: c.id, Err: ErrNoClearInProgress}
 	}
 	r := cloneClear(*c.clear)
-	return []Event{QueueCleared{
+	at := now.UTC()
+	then := r.Then.orKeep()
+	var after Event
+	held := c.hold != nil
+	switch {
+	case then == ClearThenHold && !held:
+		after = QueueHeld{Reason: HoldAfterClear, Note: "clear " + r.ClearID.String(), Actor: r.RequestedBy, HeldAt: at}
+		held = true
+	case then == ClearThenResume && held && !c.overruled &&
+		c.link != LinkStatusBanned && c.link != LinkStatusSessionInvalid:
+		after = QueueResumed{Reason: ResumeAfterClear, Note: "clear " + r.ClearID.String(), Actor: r.RequestedBy, ResumedAt: at}
+		held = false
+	}
+	queueAfter := QueueStatusOpen
+	if held {
+		queueAfter = QueueStatusHeld
+	}
+	events := []Event{QueueCleared{
 		ClearID: r.ClearID, Scope: r.Scope, RequestedBy: r.RequestedBy, Reason: r.Reason, RequestedAt: r.RequestedAt,
 		Purged: r.Purge, PurgedCount: r.PurgeCount, InFlight: r.InFlight, InFlightCount: len(r.InFlight),
-		NotSent: r.NotSent, NotSentCount: len(r.NotSent), CompletedBy: cmd.Actor, CompletedAt: now.UTC(),
-	}}, nil
+		NotSent: r.NotSent, NotSentCount: len(r.NotSent), CompletedBy: cmd.Actor, CompletedAt: at, Then: then, QueueAfter: queueAfter,
+	}}
+	if after != nil {
+		events = append(events, after)
+	}
+	return events, nil
 }

@@ -522,7 +522,7 @@ func TestClear(t *testing.T) {
 			when: func(c *connection.Connection) ([]connection.Event, error) {
 				return c.RequestClear(connection.RequestClear{ClearID: otherClear, Reason: "ban", Actor: "op"}, t0)
 			}, then: []connection.Event{connection.ClearQueueRequested{ClearID: otherClear, Scope: connection.WholeQueue, RequestedBy: "op",
-				Reason: "ban", RequestedAt: t0, UpToSeq: 5, Purge: []connection.SeqRange{r(1, 1), r(5, 5)}, PurgeCount: 2, InFlight: []connection.InFlightMessage{}}}},
+				Reason: "ban", RequestedAt: t0, UpToSeq: 5, Purge: []connection.SeqRange{r(1, 1), r(5, 5)}, PurgeCount: 2, InFlight: []connection.InFlightMessage{}, Then: connection.ClearThenKeep}}},
 		{name: "while banned: still banned and held after the clear", given: history(base, queued(1), banned()), when: request(connection.WholeQueue),
 			then: []connection.Event{clearRequested(connection.WholeQueue, 1, []connection.SeqRange{r(1, 1)}, nil)},
 			check: func(t *testing.T, c *connection.Connection, _ error) {

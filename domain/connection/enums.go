@@ -120,6 +120,8 @@ var (
 	HoldByOperator       = HoldReason{"operator"}
 	HoldOnBan            = HoldReason{"banned"}
 	HoldOnSessionInvalid = HoldReason{"session_invalid"}
+	// HoldAfterClear: a clear requested with then=hold held the open queue when it completed.
+	HoldAfterClear = HoldReason{"after_clear"}
 )
 
 func (r HoldReason) String() string { return r.s }
@@ -138,12 +140,61 @@ var (
 	ResumeByOperator    = ResumeReason{"operator"}
 	ResumeOnBanLifted   = ResumeReason{"ban_lifted"}
 	ResumeOnSessionPair = ResumeReason{"session_paired"}
+	// ResumeAfterClear: a clear requested with then=resume resumed the held queue when it
+	// completed.
+	ResumeAfterClear = ResumeReason{"after_clear"}
 )
 
 func (r ResumeReason) String() string { return r.s }
 
 // IsZero reports whether r is the zero ResumeReason.
 func (r ResumeReason) IsZero() bool { return r.s == "" }
+
+// ClearThen says what a clear leaves the queue as when it completes (QueueCleared). The set is
+// closed; the zero value (old ClearQueueRequested events carry none) reads as ClearThenKeep.
+type ClearThen struct{ s string }
+
+var (
+	// ClearThenKeep (the default): the queue returns to what it was before the clear: held if
+	// it is held (by an operator, a ban or a session loss), open otherwise.
+	ClearThenKeep = ClearThen{"keep"}
+	// ClearThenHold: the queue is held after the clear (QueueHeld, reason after_clear, unless it
+	// is held already), so that nothing queued after the clear goes out until someone resumes.
+	ClearThenHold = ClearThen{"hold"}
+	// ClearThenResume: a held queue is resumed after the clear (QueueResumed, reason
+	// after_clear). Refused at the request while the link is banned or its session invalid
+	// (G7), and not applied at completion if a hold, ban or session loss was recorded while
+	// clearing: the newer fact wins.
+	ClearThenResume = ClearThen{"resume"}
+)
+
+func (t ClearThen) String() string {
+	if t.s == "" {
+		return ClearThenKeep.s
+	}
+	return t.s
+}
+
+// IsZero reports whether t is the zero ClearThen.
+func (t ClearThen) IsZero() bool { return t.s == "" }
+
+// orKeep returns t, or ClearThenKeep for the zero ClearThen.
+func (t ClearThen) orKeep() ClearThen {
+	if t.IsZero() {
+		return ClearThenKeep
+	}
+	return t
+}
+
+// ParseClearThen returns the ClearThen named s ("keep", "hold" or "resume"; "" is the default,
+// keep). Any other name is a *ValidationError (code invalid_then, field then).
+func ParseClearThen(s string) (ClearThen, error) {
+	var t ClearThen
+	if err := t.UnmarshalText([]byte(s)); err != nil {
+		return ClearThen{}, &ValidationError{Code: CodeInvalidThen, Field: "then", Detail: `must be "keep", "hold" or "resume"`}
+	}
+	return t.orKeep(), nil
+}
 
 // TransportProblemKind says which connection problem the transport observed
 // (TransportProblemObserved). The set is closed.
@@ -222,16 +273,21 @@ func (k *BanKind) UnmarshalText(b []byte) (err error) {
 }
 func (r HoldReason) MarshalText() ([]byte, error) { return []byte(r.s), nil }
 func (r *HoldReason) UnmarshalText(b []byte) (err error) {
-	*r, err = parseEnum("hold reason", []HoldReason{HoldByOperator, HoldOnBan, HoldOnSessionInvalid}, b)
+	*r, err = parseEnum("hold reason", []HoldReason{HoldByOperator, HoldOnBan, HoldOnSessionInvalid, HoldAfterClear}, b)
 	return err
 }
 func (r ResumeReason) MarshalText() ([]byte, error) { return []byte(r.s), nil }
 func (r *ResumeReason) UnmarshalText(b []byte) (err error) {
-	*r, err = parseEnum("resume reason", []ResumeReason{ResumeByOperator, ResumeOnBanLifted, ResumeOnSessionPair}, b)
+	*r, err = parseEnum("resume reason", []ResumeReason{ResumeByOperator, ResumeOnBanLifted, ResumeOnSessionPair, ResumeAfterClear}, b)
 	return err
 }
 func (k TransportProblemKind) MarshalText() ([]byte, error) { return []byte(k.s), nil }
 func (k *TransportProblemKind) UnmarshalText(b []byte) (err error) {
 	*k, err = parseEnum("transport problem kind", transportProblemKinds, b)
+	return err
+}
+func (t ClearThen) MarshalText() ([]byte, error) { return []byte(t.s), nil }
+func (t *ClearThen) UnmarshalText(b []byte) (err error) {
+	*t, err = parseEnum("clear then", []ClearThen{ClearThenKeep, ClearThenHold, ClearThenResume}, b)
 	return err
 }

@@ -387,10 +387,14 @@ type ClearQueueRequested struct {
 	// Fingerprint binds the clear's idempotency key to its request (ClearFingerprint); empty
 	// for clears requested before fingerprints existed.
 	Fingerprint string `json:"fingerprint,omitempty"`
+	// Then is what the queue becomes when the clear completes (keep, hold or resume). Events
+	// recorded before it existed carry none, which reads as keep: the behaviour they had.
+	Then ClearThen `json:"then,omitzero"`
 }
 
-// QueueCleared ends a clear: the queue goes back to open, or to held if it is held. It is the
-// clear's exact report (G3).
+// QueueCleared ends a clear: the queue goes back to what it was (ClearThenKeep: held if it is
+// held, open otherwise), or is held or resumed as the request's Then says. It is the clear's
+// exact report (G3).
 type QueueCleared struct {
 	ClearID     uuid.UUID  `json:"clear_id"`
 	Scope       ClearScope `json:"scope"`
@@ -411,6 +415,12 @@ type QueueCleared struct {
 	// CompletedBy is the actor that completed the clear (the clearing process).
 	CompletedBy string    `json:"completed_by"`
 	CompletedAt time.Time `json:"completed_at"`
+	// Then is the request's Then (zero in reports recorded before it existed: keep).
+	Then ClearThen `json:"then,omitzero"`
+	// QueueAfter is the queue status the clear left: held or open (zero in reports recorded
+	// before it existed). The QueueHeld or QueueResumed that Then caused, if any, follows
+	// QueueCleared in the same batch.
+	QueueAfter QueueStatus `json:"queue_after,omitzero"`
 }
 
 func (ConnectionRegistered) EventType() string     { return TypeConnectionRegistered }

@@ -100,8 +100,9 @@ func broadcastFingerprint(recipientsE164 []string, text string, ttl time.Duratio
 	return f.sum()
 }
 
-// ClearFingerprint returns the fingerprint of cmd: its scope and reason (not its ClearID,
-// which the key determines, nor its actor).
+// ClearFingerprint returns the fingerprint of cmd: its scope, reason and then (not its ClearID,
+// which the key determines, nor its actor). Then enters only when it is not keep (the default),
+// so a request without then has the fingerprint it had before then existed.
 func ClearFingerprint(cmd RequestClear) string {
 	f := newFingerprinter("clear")
 	scope := "queue"
@@ -110,5 +111,8 @@ func ClearFingerprint(cmd RequestClear) string {
 	}
 	f.str(scope)
 	f.str(cmd.Reason)
+	if t := cmd.Then.orKeep(); t != ClearThenKeep {
+		f.str("then/" + t.String())
+	}
 	return f.sum()
 }

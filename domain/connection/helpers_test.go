@@ -90,14 +90,29 @@ func clearRequested(scope connection.ClearScope, upTo uint64, purge []connection
 		inFlight = []connection.InFlightMessage{}
 	}
 	return connection.ClearQueueRequested{ClearID: clearID, Scope: scope, RequestedBy: "op", Reason: "ban",
-		RequestedAt: t0, UpToSeq: upTo, Purge: purge, PurgeCount: n, InFlight: inFlight}
+		RequestedAt: t0, UpToSeq: upTo, Purge: purge, PurgeCount: n, InFlight: inFlight, Then: connection.ClearThenKeep}
+}
+
+// clearRequestedThen is clearRequested with another Then.
+func clearRequestedThen(then connection.ClearThen, upTo uint64, purge []connection.SeqRange) connection.Event {
+	e := clearRequested(connection.WholeQueue, upTo, purge, nil).(connection.ClearQueueRequested)
+	e.Then = then
+	return e
 }
 
 func cleared(req connection.Event) connection.Event {
 	r := req.(connection.ClearQueueRequested)
 	return connection.QueueCleared{ClearID: r.ClearID, Scope: r.Scope, RequestedBy: r.RequestedBy, Reason: r.Reason,
 		RequestedAt: r.RequestedAt, Purged: r.Purge, PurgedCount: r.PurgeCount, InFlight: r.InFlight,
-		InFlightCount: len(r.InFlight), CompletedBy: "clearing-process", CompletedAt: at(1)}
+		InFlightCount: len(r.InFlight), CompletedBy: "clearing-process", CompletedAt: at(1), Then: r.Then,
+		QueueAfter: connection.QueueStatusOpen}
+}
+
+// clearedHeld is cleared(req) for a clear that leaves the queue held.
+func clearedHeld(req connection.Event) connection.Event {
+	e := cleared(req).(connection.QueueCleared)
+	e.QueueAfter = connection.QueueStatusHeld
+	return e
 }
 
 func banned() []connection.Event {
@@ -249,7 +264,7 @@ func withFingerprints(want []connection.Event) []connection.Event {
 			}
 		case connection.ClearQueueRequested:
 			if e.Fingerprint == "" {
-				e.Fingerprint = connection.ClearFingerprint(connection.RequestClear{Scope: e.Scope, Reason: e.Reason})
+				e.Fingerprint = connection.ClearFingerprint(connection.RequestClear{Scope: e.Scope, Reason: e.Reason, Then: e.Then})
 				out[i] = e
 			}
 		}

@@ -40,6 +40,10 @@ type snapshot struct {
 	// Handed is the ranges of positions handed over, flattened: from, to, from, to, ...
 	Handed   []uint64 `json:"handed,omitempty"`
 	Counters Counters `json:"counters"`
+
+	// Overruled is set while clearing once a hold, ban or session loss was recorded since the
+	// request (absent in snapshots taken before it existed: false, as it was).
+	Overruled bool `json:"overruled,omitempty"`
 }
 
 // flightJSON is a message in flight in a snapshot.
@@ -56,7 +60,7 @@ func (c *Connection) Snapshot() ([]byte, error) {
 	s := snapshot{
 		Schema: SnapshotSchema, Version: c.version, ID: c.id, Tenant: c.tenant, Phone: c.phone, OnBan: c.onBan,
 		RegisteredAt: c.regAt, Link: c.link, LinkSince: c.linkAt, Ban: c.ban, Hold: c.hold, Clear: c.clear,
-		LastClear: c.last, LastSeq: c.lastSeq, Cursor: c.cursor, Ahead: c.ahead, Broadcasts: c.bcasts,
+		LastClear: c.last, Overruled: c.overruled, LastSeq: c.lastSeq, Cursor: c.cursor, Ahead: c.ahead, Broadcasts: c.bcasts,
 		Disrupted: c.disrupted, Counters: c.count,
 	}
 	for _, r := range c.handed {
@@ -85,7 +89,7 @@ func Restore(data []byte) (*Connection, error) {
 	c := &Connection{
 		version: s.Version, id: s.ID, tenant: s.Tenant, phone: s.Phone, region: regionOf(s.Phone), onBan: s.OnBan,
 		regAt: s.RegisteredAt, link: s.Link, linkAt: s.LinkSince, ban: s.Ban, hold: s.Hold, clear: s.Clear,
-		last: s.LastClear, lastSeq: s.LastSeq, cursor: s.Cursor, ahead: s.Ahead, bcasts: s.Broadcasts,
+		last: s.LastClear, overruled: s.Overruled, lastSeq: s.LastSeq, cursor: s.Cursor, ahead: s.Ahead, bcasts: s.Broadcasts,
 		flight: make(map[uuid.UUID]flightEntry, len(s.InFlight)), disrupted: s.Disrupted, count: s.Counters,
 	}
 	if len(s.Handed)%2 != 0 {

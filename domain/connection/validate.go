@@ -53,6 +53,8 @@ const (
 	CodeInvalidPolicy         Code = "invalid_policy"
 	CodeMissingMessage        Code = "missing_message"
 	CodeInvalidProblemKind    Code = "invalid_problem_kind"
+	// CodeInvalidThen: a clear's "then" is not keep, hold or resume.
+	CodeInvalidThen Code = "invalid_then"
 )
 
 // ValidationError is a command that failed validation. errors.Is(err, ErrInvalidCommand).

@@ -14,7 +14,8 @@
 //     messages it purged (count and set) and the messages in flight;
 //   - G5: no message is handed to the transport twice, and every send has its MessageDispatched;
 //   - G7: no MessageDispatched while the link is banned or session-invalid or the queue is held,
-//     and none after BanLifted until QueueResumed or a clear.
+//     and none after BanLifted until QueueResumed or a clear; no QueueResumed (by an operator,
+//     a policy or a clear's then=resume) while the link is banned or session-invalid.
 //
 // Hand-overs are ordered against the stream (G1): every attempt the transport saw carries the
 // revision of the record fenced for it (MessageDispatched, or MessageSendRetried for a retry)
@@ -90,6 +91,7 @@ const (
 	KindDispatchUnlinked    Kind = "dispatched_while_unlinked"     // G7: banned or session invalid
 	KindDispatchHeld        Kind = "dispatched_while_held"         // G7
 	KindDispatchAfterLift   Kind = "dispatched_after_lift"         // G7: before QueueResumed or a clear
+	KindResumeUnlinked      Kind = "resumed_while_unlinked"        // G7: QueueResumed while banned or session invalid
 	KindClearWhileClearing  Kind = "clear_while_clearing"          // G2
 	KindPurgeNotPending     Kind = "purge_covers_not_pending"      // G3: a covered Seq not pending in scope
 	KindPendingNotPurged    Kind = "pending_not_purged"            // G3: a pending message of the scope left out
@@ -267,6 +269,10 @@ func (c *checker) apply(e connection.Event) {
 		c.held = true
 		c.disrupt("held")
 	case connection.QueueResumed:
+		if c.link == connection.LinkStatusBanned || c.link == connection.LinkStatusSessionInvalid {
+			c.violate(Violation{Guarantee: G7, Kind: KindResumeUnlinked, Revision: c.rev,
+				Detail: "link " + c.link.String() + ", reason " + e.Reason.String()})
+		}
 		c.held = false
 		c.lifted = false
 	case connection.BroadcastStarted:

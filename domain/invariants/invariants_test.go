@@ -118,6 +118,10 @@ func TestCheckerCatchesEachViolation(t *testing.T) {
 		{"G7 dispatch while session invalid", active().add(connection.SessionInvalidated{}, d(1)), nil, invariants.KindDispatchUnlinked, invariants.G7},
 		{"G7 dispatch while held", active().add(connection.QueueHeld{}, d(1)), nil, invariants.KindDispatchHeld, invariants.G7},
 		{"G7 dispatch after lift before resume", active().add(connection.ConnectionBanned{}, connection.BanLifted{}, d(1)), nil, invariants.KindDispatchAfterLift, invariants.G7},
+		{"G7 clear then=resume reopens a banned connection", active().add(connection.ConnectionBanned{}, connection.QueueHeld{},
+			req, cleared(req), connection.QueueResumed{Reason: connection.ResumeAfterClear}), nil, invariants.KindResumeUnlinked, invariants.G7},
+		{"G7 resume while session invalid", active().add(connection.SessionInvalidated{}, connection.QueueHeld{},
+			connection.QueueResumed{Reason: connection.ResumeByOperator}), nil, invariants.KindResumeUnlinked, invariants.G7},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
