@@ -25,6 +25,9 @@ type RequestClear struct {
 	// BroadcastID limits the clear to one broadcast; zero clears the whole queue.
 	BroadcastID uuid.UUID `json:"broadcast_id,omitzero"`
 	Reason      string    `json:"reason"`
+	// Then is what the queue becomes when the clear completes (keep, hold or resume); zero is
+	// keep. Resume is refused while the link is banned or logged out (*connection.LinkStatusError).
+	Then connection.ClearThen `json:"then,omitzero"`
 }
 
 // RequestClearResult is the outcome of RequestClear.
@@ -64,7 +67,7 @@ func (h *RequestClearHandler) Handle(ctx context.Context, cmd RequestClear) (Req
 	if cmd.BroadcastID != uuid.Nil {
 		scope = connection.BroadcastScope(cmd.BroadcastID)
 	}
-	dcmd := connection.RequestClear{Scope: scope, Reason: cmd.Reason}
+	dcmd := connection.RequestClear{Scope: scope, Reason: cmd.Reason, Then: cmd.Then}
 	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.ConnectionEdit, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		id = connection.ClearIDFor(p.TenantID, cmd.ConnectionID, cmd.IdempotencyKey)
 		inProgress, _ = c.CurrentClear()

@@ -104,11 +104,11 @@ WHERE conn_id = $1`, ev.Reason.String(), ev.Actor, ev.Note, us(ev.HeldAt))
 WHERE conn_id = $1`)
 	case connection.ClearQueueRequested:
 		pending[connID] -= int64(ev.PurgeCount)
-		return exec(`UPDATE card_connections SET clear_id = $2, clear_requested_by = $3, clear_requested_at_us = $4, clear_scope = $5
-WHERE conn_id = $1`, ev.ClearID.String(), ev.RequestedBy, us(ev.RequestedAt), ev.Scope.String())
+		return exec(`UPDATE card_connections SET clear_id = $2, clear_requested_by = $3, clear_requested_at_us = $4, clear_scope = $5,
+clear_then = $6 WHERE conn_id = $1`, ev.ClearID.String(), ev.RequestedBy, us(ev.RequestedAt), ev.Scope.String(), ev.Then.String())
 	case connection.QueueCleared:
-		return exec(`UPDATE card_connections SET clear_id = '', clear_requested_by = '', clear_requested_at_us = 0, clear_scope = ''
-WHERE conn_id = $1 AND clear_id = $2`, ev.ClearID.String())
+		return exec(`UPDATE card_connections SET clear_id = '', clear_requested_by = '', clear_requested_at_us = 0, clear_scope = '',
+clear_then = '' WHERE conn_id = $1 AND clear_id = $2`, ev.ClearID.String())
 	case connection.MessageQueued:
 		pending[connID]++
 	case connection.MessageExpired:
@@ -203,19 +203,21 @@ type CardClear struct {
 	RequestedAt time.Time
 	// Scope is "queue" or "broadcast:<id>" (connection.ClearScope.String).
 	Scope string
+	// Then is what the queue becomes when the clear completes (keep, hold or resume).
+	Then connection.ClearThen
 }
 
 const cardColumns = `tenant_id, conn_id, phone, on_ban, link_status, held, pending, in_flight, ban_kind, ban_expires_at_us,
 ban_reason, ban_since_us, hold_reason, hold_actor, hold_note, hold_since_us, clear_id, clear_requested_by, clear_requested_at_us,
-clear_scope, last_problem, last_problem_at_us, registered_at_us, updated_at_us`
+clear_scope, clear_then, last_problem, last_problem_at_us, registered_at_us, updated_at_us`
 
 func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 	var c Card
-	var link, banKind, banReason, holdReason, holdActor, holdNote, clearID, clearBy, clearScope string
+	var link, banKind, banReason, holdReason, holdActor, holdNote, clearID, clearBy, clearScope, clearThen string
 	var held, pending, inFlight, banExp, banSince, holdSince, clearAt, probAt, regAt, updAt int64
 	if err := row.Scan(&c.TenantID, &c.ConnectionID, &c.Phone, &c.OnBan, &link, &held, &pending, &inFlight, &banKind, &banExp,
 		&banReason, &banSince, &holdReason, &holdActor, &holdNote, &holdSince, &clearID, &clearBy, &clearAt,
-		&clearScope, &c.LastProblem, &probAt, &regAt, &updAt); err != nil {
+		&clearScope, &clearThen, &c.LastProblem, &probAt, &regAt, &updAt); err != nil {
 		return c, err
 	}
 	if err := c.LinkStatus.UnmarshalText([]byte(link)); err != nil {
@@ -242,6 +244,12 @@ func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 			return c, err
 		}
 		c.Clear = &CardClear{ClearID: id, RequestedBy: clearBy, RequestedAt: fromUS(clearAt), Scope: clearScope}
+		if err := c.Clear.Then.UnmarshalText([]byte(clearThen)); err != nil {
+			return c, err
+		}
+		if c.Clear.Then.IsZero() {
+			c.Clear.Then = connection.ClearThenKeep
+		}
 	}
 	return c, nil
 }

@@ -43,15 +43,18 @@ func (s *server) settle(ctx context.Context, pos eventstore.Position, names ...s
 
 // cardView is a connection card as the API shows it.
 type cardView struct {
-	ID            string     `json:"id"`
-	TenantID      string     `json:"tenant_id"`
-	Phone         string     `json:"phone"`
-	OnBan         string     `json:"on_ban"`
-	LinkStatus    string     `json:"link_status"`
-	QueueStatus   string     `json:"queue_status"`
-	Pending       uint64     `json:"pending"`
-	InFlight      uint64     `json:"in_flight"`
-	Ban           *banView   `json:"ban,omitempty"`
+	ID          string   `json:"id"`
+	TenantID    string   `json:"tenant_id"`
+	Phone       string   `json:"phone"`
+	OnBan       string   `json:"on_ban"`
+	LinkStatus  string   `json:"link_status"`
+	QueueStatus string   `json:"queue_status"`
+	Pending     uint64   `json:"pending"`
+	InFlight    uint64   `json:"in_flight"`
+	Ban         *banView `json:"ban,omitempty"`
+	// HeldReason says why the queue is held (banned, session_invalid, operator, after_clear),
+	// also while clearing and after the ban is lifted; "" when not held.
+	HeldReason    string     `json:"held_reason,omitempty"`
 	Hold          *holdView  `json:"hold,omitempty"`
 	Clear         *clearView `json:"clear,omitempty"`
 	LastProblem   string     `json:"last_problem,omitempty"`
@@ -79,6 +82,8 @@ type clearView struct {
 	RequestedBy string    `json:"requested_by"`
 	RequestedAt time.Time `json:"requested_at"`
 	Scope       string    `json:"scope"`
+	// Then is what the queue becomes when the clear completes: keep, hold or resume.
+	Then string `json:"then"`
 }
 
 func viewCard(c projections.Card) cardView {
@@ -92,9 +97,11 @@ func viewCard(c projections.Card) cardView {
 	}
 	if c.Hold != nil {
 		v.Hold = &holdView{Reason: c.Hold.Reason.String(), Actor: c.Hold.Actor, Note: c.Hold.Note, Since: c.Hold.Since}
+		v.HeldReason = v.Hold.Reason
 	}
 	if c.Clear != nil {
-		v.Clear = &clearView{ClearID: c.Clear.ClearID, RequestedBy: c.Clear.RequestedBy, RequestedAt: c.Clear.RequestedAt, Scope: c.Clear.Scope}
+		v.Clear = &clearView{ClearID: c.Clear.ClearID, RequestedBy: c.Clear.RequestedBy, RequestedAt: c.Clear.RequestedAt, Scope: c.Clear.Scope,
+			Then: c.Clear.Then.String()}
 	}
 	return v
 }

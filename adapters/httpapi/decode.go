@@ -51,6 +51,10 @@ type clearRequest struct {
 	BroadcastID string `json:"broadcast_id"`
 	// Confirm must equal the connection's own phone number.
 	Confirm string `json:"confirm"`
+	// Then is what the queue becomes after the clear: "keep" (default), "hold" or "resume".
+	Then string `json:"then"`
+	// then is Then parsed by decodeClear.
+	then connection.ClearThen
 }
 
 type noteRequest struct {
@@ -246,6 +250,11 @@ func decodeClear(body []byte) (clearRequest, uuid.UUID, error) {
 		}
 		bid = id
 	}
+	then, err := connection.ParseClearThen(req.Then)
+	if err != nil {
+		return req, bid, err
+	}
+	req.then = then
 	if strings.TrimSpace(req.Confirm) == "" {
 		return req, bid, &Problem{Status: http.StatusUnprocessableEntity, Code: CodeConfirmMismatch, Field: "confirm",
 			Detail: "type the connection's phone number to confirm the clear"}

@@ -36,7 +36,7 @@ import (
 
 // Deps are what the API stands on. New refuses a Deps missing a required field.
 type Deps struct {
-	// Store is the event store (history, clear reports, readiness). Required.
+	// Store is the event store (a connection's history, readiness). Required.
 	Store eventstore.Store
 	// DB is the read-model database the projections below write. Required.
 	DB *projections.DB
@@ -53,6 +53,7 @@ type Deps struct {
 	Messages  *projections.MessageStatus
 	Audit     *projections.Audit
 	Analytics *projections.Analytics
+	Clears    *projections.Clears
 	// Keys authenticates callers and serves /v1/keys. Required.
 	Keys *apikeys.Keys
 	// Tokens mints broker tokens (POST /v1/broker/tokens): what a command sent through the
@@ -130,6 +131,7 @@ func (d Deps) Validate() error {
 	req(d.Messages != nil, "Messages")
 	req(d.Audit != nil, "Audit")
 	req(d.Analytics != nil, "Analytics")
+	req(d.Clears != nil, "Clears")
 	req(d.Keys != nil, "Keys")
 	req(d.Tokens != nil, "Tokens")
 	req(d.Transport != nil, "Transport")

@@ -116,24 +116,58 @@ func (s *server) clearQueue(w http.ResponseWriter, r *http.Request) error {
 			Detail: "confirm must be the connection's phone number"}
 	}
 	res, err := s.d.Handlers.RequestClear.Handle(r.Context(), commands.RequestClear{
-		ConnectionID: id, IdempotencyKey: idempotencyKey(r), BroadcastID: broadcastID, Reason: req.Reason,
+		ConnectionID: id, IdempotencyKey: idempotencyKey(r), BroadcastID: broadcastID, Reason: req.Reason, Then: req.then,
 	})
 	if err != nil {
 		return err
 	}
-	s.settle(r.Context(), res.Position, projections.CardsName, projections.QueueName)
+	s.settle(r.Context(), res.Position, projections.CardsName, projections.QueueName, projections.ClearsName)
 	markReplay(w, res.Replayed)
 	w.Header().Set("Location", "/v1/connections/"+id+"/clears/"+res.ClearID.String())
 	return writeJSON(w, http.StatusAccepted, clearResponse{ClearID: res.ClearID, ConnectionID: id, Status: "pending"})
 }
 
-// clearScanLimit bounds how many of a connection's latest events GET …/clears/{clear_id} reads
-// to find the clear (its request, or its report, which follows the request).
-const clearScanLimit = 200_000
+type clearReportView struct {
+	ClearID       uuid.UUID                    `json:"clear_id"`
+	ConnectionID  string                       `json:"connection_id"`
+	Status        string                       `json:"status"`
+	Scope         connection.ClearScope        `json:"scope"`
+	RequestedBy   string                       `json:"requested_by"`
+	Reason        string                       `json:"reason"`
+	RequestedAt   time.Time                    `json:"requested_at"`
+	Then          string                       `json:"then"`
+	QueueAfter    string                       `json:"queue_after,omitempty"`
+	UpToSeq       uint64                       `json:"up_to_seq"`
+	PurgedCount   uint64                       `json:"purged_count"`
+	Purged        []connection.SeqRange        `json:"purged"`
+	InFlightCount uint64                       `json:"in_flight_count"`
+	InFlight      []connection.InFlightMessage `json:"in_flight"`
+	CompletedBy   string                       `json:"completed_by,omitempty"`
+	CompletedAt   time.Time                    `json:"completed_at,omitzero"`
+	Request       json.RawMessage              `json:"request,omitempty"`
+	Report        json.RawMessage              `json:"report,omitempty"`
+}
 
-// getClear answers the clear's report (QueueCleared) once it is done, and status pending with
-// the request before. It reads the connection's stream backwards: the report, if any, comes
-// after the request, so the scan stops at whichever of the two it meets first.
+// clearStatus is the API's name of a clear's status: pending until its report is recorded,
+// then done.
+func clearStatus(s string) string {
+	if s == projections.ClearStatusCompleted {
+		return "done"
+	}
+	return "pending"
+}
+
+func viewClearReport(r projections.ClearReport) clearReportView {
+	return clearReportView{ClearID: r.ClearID, ConnectionID: r.ConnectionID, Status: clearStatus(r.Status), Scope: r.Scope,
+		RequestedBy: r.RequestedBy, Reason: r.Reason, RequestedAt: r.RequestedAt, Then: r.Then.String(),
+		QueueAfter: r.QueueAfter.String(), UpToSeq: r.UpToSeq, PurgedCount: r.PurgedCount, Purged: r.Purged,
+		InFlightCount: r.InFlightCount, InFlight: r.InFlight, CompletedBy: r.CompletedBy, CompletedAt: r.CompletedAt,
+		Request: r.Request, Report: r.Report}
+}
+
+// getClear answers a clear from the clears read model: status pending with the request, or
+// done with the report (QueueCleared) as well, and the figures of both flattened. Another
+// connection's or tenant's clear is 404.
 func (s *server) getClear(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	if _, err := s.card(r, id); err != nil {
@@ -143,43 +177,33 @@ func (s *server) getClear(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	stream := connection.StreamName(id)
-	from := eventstore.End
-	const page = 1000
-	for scanned := 0; scanned < clearScanLimit; {
-		evs, err := s.d.Store.ReadStream(r.Context(), stream, eventstore.Backwards, from, page)
-		if errors.Is(err, eventstore.ErrStreamNotFound) {
-			return projections.ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		for _, e := range evs {
-			switch e.Type {
-			case connection.TypeQueueCleared, connection.TypeClearQueueRequested:
-				var probe struct {
-					ClearID uuid.UUID `json:"clear_id"`
-				}
-				if json.Unmarshal(e.Data, &probe) != nil || probe.ClearID != clearID {
-					continue
-				}
-				status := "done"
-				key := "report"
-				if e.Type == connection.TypeClearQueueRequested {
-					status, key = "pending", "request"
-				}
-				return writeJSON(w, http.StatusOK, map[string]any{
-					"clear_id": clearID, "connection_id": id, "status": status, key: e.Data,
-				})
-			}
-		}
-		scanned += len(evs)
-		if len(evs) < page || evs[len(evs)-1].Revision == 0 {
-			break
-		}
-		from = evs[len(evs)-1].Revision - 1
+	rep, err := s.d.Clears.ClearReport(r.Context(), s.d.DB, principal(r).TenantID, id, clearID)
+	if err != nil {
+		return err
 	}
-	return projections.ErrNotFound
+	return writeJSON(w, http.StatusOK, viewClearReport(rep))
+}
+
+// listClears answers a page of the connection's clears, newest first: cursor is a previous
+// page's next_cursor ("" at the end).
+func (s *server) listClears(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	limit, err := queryInt(r, "limit", 50, 1000)
+	if err != nil {
+		return err
+	}
+	if _, err := s.card(r, id); err != nil {
+		return err
+	}
+	page, err := s.d.Clears.ClearReports(r.Context(), s.d.DB, principal(r).TenantID, id, r.URL.Query().Get("cursor"), int(limit))
+	if err != nil {
+		return badCursor(err)
+	}
+	out := make([]clearReportView, 0, len(page.Clears))
+	for _, c := range page.Clears {
+		out = append(out, viewClearReport(c))
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"connection_id": id, "clears": out, "next_cursor": page.NextCursor})
 }
 
 func (s *server) holdQueue(w http.ResponseWriter, r *http.Request) error {

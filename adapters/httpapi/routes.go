@@ -95,6 +95,7 @@ func (*server) routes() []Route {
 		r("GET", "/v1/connections/{id}/queue", auth.ConnectionView, (*server).getQueue, []int{s200, s404}),
 		r("GET", "/v1/connections/{id}/queue/clear-preview", auth.ConnectionView, (*server).clearPreview, []int{s200, s404}),
 		r("POST", "/v1/connections/{id}/queue/clear", auth.ConnectionEdit, (*server).clearQueue, []int{s202, s404, s409}, body),
+		r("GET", "/v1/connections/{id}/clears", auth.ConnectionView, (*server).listClears, []int{s200, s400, s404}),
 		r("GET", "/v1/connections/{id}/clears/{clear_id}", auth.ConnectionView, (*server).getClear, []int{s200, s404}),
 		r("POST", "/v1/connections/{id}/queue/hold", auth.ConnectionEdit, (*server).holdQueue, []int{s200, s404, s409}, body),
 		r("POST", "/v1/connections/{id}/queue/resume", auth.ConnectionEdit, (*server).resumeQueue, []int{s200, s404, s409}, body),

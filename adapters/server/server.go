@@ -143,10 +143,12 @@ type Node struct {
 	AuditCheckpoints *projections.AuditCheckpointer
 	// AuditKeyCreated is true when this start created the audit key file.
 	AuditKeyCreated bool
-	Webhooks        *webhooks.Service
-	Transport       transport.Transport
-	Simulator       *simulator.Simulator
-	Dispatcher      *dispatcher.Dispatcher
+	// ClearReports is the clears read model (a clear's report, a connection's clears).
+	ClearReports *projections.Clears
+	Webhooks     *webhooks.Service
+	Transport    transport.Transport
+	Simulator    *simulator.Simulator
+	Dispatcher   *dispatcher.Dispatcher
 	// Handler serves the HTTP API. It does not serve the metrics.
 	Handler http.Handler
 	// MetricsHandler serves the Prometheus registry at GET /metrics (behind Options.MetricsToken,
@@ -234,6 +236,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		return nil, err
 	}
 	n.Audit.OnCommit(n.AuditCheckpoints.Wake)
+	n.ClearReports = projections.NewClears()
 	egress := webhooks.NewEgress(o.WebhookEgress)
 	if n.webhookW, err = webhooks.NewWorker(webhooks.WorkerConfig{DB: n.DB, Logger: o.Logger, Egress: egress, Registerer: n.Registry}); err != nil {
 		return nil, err
@@ -249,7 +252,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.projs = []projections.Projection{n.Cards, n.Queue, n.Messages, n.Audit, n.Analytics, metrics, integ, webhooks.NewOutbox(n.webhookW.Wake)}
+	n.projs = []projections.Projection{n.Cards, n.Queue, n.Messages, n.Audit, n.Analytics, n.ClearReports, metrics, integ, webhooks.NewOutbox(n.webhookW.Wake)}
 	if n.routerMetrics, err = bus.NewRouterMetrics(n.Registry); err != nil {
 		return nil, err
 	}
@@ -287,7 +290,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	deps := httpapi.Deps{
 		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
 		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
-		Keys: n.Keys, Tokens: n.Tokens, Transport: n.Transport, Registry: n.Registry, Logger: o.Logger, Now: o.Now, Limits: o.Limits,
+		Clears: n.ClearReports, Keys: n.Keys, Tokens: n.Tokens, Transport: n.Transport, Registry: n.Registry, Logger: o.Logger, Now: o.Now, Limits: o.Limits,
 		Webhooks: n.Webhooks,
 	}
 	if n.Simulator != nil && o.SimulatorRoutes {

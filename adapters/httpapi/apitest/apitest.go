@@ -45,6 +45,9 @@ type T interface {
 type Options struct {
 	// Dir holds the database file; New requires it, Start uses t.TempDir() when empty.
 	Dir string
+	// DB is the database URL (server.Options.DB); empty for SQLite in Dir. A postgres:// URL
+	// runs the same API on PostgreSQL (events and read models).
+	DB string
 	// NoSimulatorRoutes serves the API without the simulator control routes (the simulator is
 	// still the transport).
 	NoSimulatorRoutes bool
@@ -97,6 +100,8 @@ type Server struct {
 	Analytics *projections.Analytics
 	// Clears is the clearing process (not running under Options.ManualClears).
 	Clears *projections.ClearProcess
+	// ClearReports is the clears read model.
+	ClearReports *projections.Clears
 
 	// Tenant is the bootstrap tenant and AdminKey its admin key.
 	Tenant   string
@@ -133,6 +138,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	node, err := server.New(ctx, server.Options{
 		DataDir:              opts.Dir,
+		DB:                   opts.DB,
 		SimulatorRoutes:      !opts.NoSimulatorRoutes,
 		NoDispatcher:         true,
 		NoClearing:           opts.ManualClears,
@@ -153,7 +159,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		Store: node.Events, DB: node.DB, Keys: node.Keys, Runner: node.Runner, Handlers: node.Handlers,
 		Repo: node.Repo, Simulator: node.Simulator, Registry: node.Registry,
 		Cards: node.Cards, Queue: node.Queue, Messages: node.Messages, Audit: node.Audit, Analytics: node.Analytics,
-		Clears: node.Clears, Tenant: node.Tenant, AdminKey: node.AdminKey,
+		Clears: node.Clears, ClearReports: node.ClearReports, Tenant: node.Tenant, AdminKey: node.AdminKey,
 		closers: []func(){func() { _ = node.Close() }},
 	}
 	defer func() {
@@ -189,7 +195,7 @@ func (s *Server) Key(ctx context.Context, tenant string, role auth.Role) (string
 
 // Sync waits until every projection has applied the last event of the store it selects.
 func (s *Server) Sync(ctx context.Context) error {
-	for _, p := range []projections.Projection{s.Cards, s.Queue, s.Messages, s.Audit, s.Analytics} {
+	for _, p := range []projections.Projection{s.Cards, s.Queue, s.Messages, s.Audit, s.Analytics, s.ClearReports} {
 		evs, err := lastMatching(ctx, s.Store, p.Filter())
 		if err != nil {
 			return err
