@@ -142,7 +142,7 @@ func clearsIn(s *scenario, id uuid.UUID) int {
 
 func allProjections() (*projections.Queue, []projections.Projection) {
 	q := projections.NewQueue()
-	return q, []projections.Projection{q, projections.NewCards(), projections.NewMessageStatus(), projections.NewAudit(), projections.NewAnalytics()}
+	return q, []projections.Projection{q, projections.NewCards(), projections.NewMessageStatus(), projections.NewAudit(), projections.NewAnalytics(), projections.NewClears()}
 }
 
 var readModelTables = []string{
@@ -151,6 +151,7 @@ var readModelTables = []string{
 	"status_conns", "status_messages", "status_broadcasts", "status_purges",
 	"audit_conns", "audit_entries",
 	"analytics_daily", "analytics_conns",
+	"clear_conns", "clear_reports",
 }
 
 // collectAll runs the collectors until they have nothing left to do.
