@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
+	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/domain/auth"
 )
 
@@ -58,6 +59,7 @@ func collect(reg *prometheus.Registry) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	pgtest.Shutdown()
 	if code == 0 {
 		if problems := undocumentedObserved(); len(problems) > 0 {
 			fmt.Fprintln(os.Stderr, "FAIL: statuses answered by the API but missing from docs/openapi.yaml:")

@@ -129,12 +129,19 @@ func dropDatabase(t testing.TB, base, name string) {
 // Main runs the tests and then closes the shared cluster, if one was started.
 func Main(m *testing.M) {
 	code := m.Run()
+	Shutdown()
+	os.Exit(code)
+}
+
+// Shutdown closes the shared cluster, if one was started. A TestMain that decides its exit code
+// itself calls it after m.Run instead of using Main.
+func Shutdown() {
 	if shared != nil {
 		if err := shared.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "pgtest: close shared cluster:", err)
 		}
+		shared = nil
 	}
-	os.Exit(code)
 }
 
 // sanitize keeps a readable, identifier-safe part of a test name (databases names are limited
