@@ -253,7 +253,7 @@ func TestWebhookRoutesNeedTheService(t *testing.T) {
 	n := e.Node
 	h, err := httpapi.New(httpapi.Deps{
 		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
-		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
+		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics, Clears: n.ClearReports,
 		Keys: n.Keys, Tokens: n.Tokens, Transport: n.Transport, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

@@ -51,11 +51,15 @@ func newQueueCmd(cf *clientFlags) *cobra.Command {
 
 	var o clearOptions
 	clear := &cobra.Command{
-		Use:   "clear CONN --reason R [--broadcast ID] [--yes]",
+		Use:   "clear CONN --reason R [--broadcast ID] [--then keep|hold|resume] [--yes]",
 		Short: "Clear a queue (or one broadcast's pending messages) after confirming with the phone number",
 		Long: `Clear shows what would be purged, asks you to type the connection's phone number to
 confirm (or takes --yes), requests the clear, waits for it to complete and prints its report.
-Messages already in flight are not recalled; the report lists them.`,
+Messages already in flight are not recalled; the report lists them.
+
+--then says what the queue becomes after the clear: keep (default) leaves it as it was, so a
+queue held by a ban stays held after the ban is lifted; resume reopens a held queue (refused
+while the connection is banned or logged out); hold holds it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := cf.client(c)
@@ -68,6 +72,7 @@ Messages already in flight are not recalled; the report lists them.`,
 	f := clear.Flags()
 	f.StringVar(&o.reason, "reason", "", "why the queue is cleared (recorded in the audit trail; required)")
 	f.StringVar(&o.broadcast, "broadcast", "", "clear only this broadcast's pending messages")
+	f.StringVar(&o.then, "then", "", "what the queue becomes after the clear: keep (default), hold or resume")
 	f.BoolVar(&o.yes, "yes", false, "do not ask: confirm with the connection's phone number")
 	f.StringVar(&o.idempotencyKey, "idempotency-key", "", "makes a retried request clear once (default: a new one per run)")
 	f.DurationVar(&o.wait, "wait", 2*time.Minute, "how long to wait for the report (the clear goes on if this runs out)")
@@ -110,9 +115,9 @@ func holdResume(cf *clientFlags, hold bool) *cobra.Command {
 }
 
 type clearOptions struct {
-	reason, broadcast, idempotencyKey string
-	yes                               bool
-	wait                              time.Duration
+	reason, broadcast, idempotencyKey, then string
+	yes                                     bool
+	wait                                    time.Duration
 }
 
 // clearQueue runs the clear dialogue: preview, confirmation, request, progress, report.
@@ -139,7 +144,7 @@ func clearQueue(ctx context.Context, cl *client.Client, conn string, o clearOpti
 	if key == "" {
 		key = "cli-clear-" + uuid.NewString()
 	}
-	acc, err := cl.Clear(ctx, conn, client.ClearRequest{Reason: o.reason, BroadcastID: o.broadcast, Confirm: confirm}, key)
+	acc, err := cl.Clear(ctx, conn, client.ClearRequest{Reason: o.reason, BroadcastID: o.broadcast, Confirm: confirm, Then: o.then}, key)
 	if err != nil {
 		return err
 	}
@@ -216,4 +221,10 @@ func printReport(out io.Writer, r client.ClearReport) {
 	fmt.Fprintf(out, "  requested by: %s at %s\n", r.RequestedBy, when(r.RequestedAt))
 	fmt.Fprintf(out, "  reason:       %s\n", r.Reason)
 	fmt.Fprintf(out, "  completed by: %s at %s\n", r.CompletedBy, when(r.CompletedAt))
+	if r.QueueAfter != "" {
+		fmt.Fprintf(out, "  then:         %s; the queue is %s\n", r.Then, r.QueueAfter)
+	}
+	if r.QueueAfter == "held" {
+		fmt.Fprintln(out, "  nothing is sent until the queue is resumed (waqueue queue resume CONN)")
+	}
 }

@@ -232,6 +232,26 @@ func TestConnectionsSendBroadcastAndClear(t *testing.T) {
 	if q := queueEventually(t, srv, dir, "shop-1", func(q client.Queue) bool { return q.Status == "open" }); q.Pending != 0 || q.Status != "open" {
 		t.Fatalf("after clear --yes: %+v, want nothing pending, open", q)
 	}
+
+	// --then says what comes after: a held queue stays held by default, and the report says so;
+	// resume reopens it; hold holds an open one.
+	mustCLI(t, srv, dir, "queue", "hold", "shop-1")
+	if out := mustCLI(t, srv, dir, "queue", "clear", "shop-1", "--reason", "r", "--yes"); !strings.Contains(out, "then:         keep; the queue is held") ||
+		!strings.Contains(out, "waqueue queue resume") {
+		t.Fatalf("clear of a held queue printed:\n%s", out)
+	}
+	if out := mustCLI(t, srv, dir, "queue", "clear", "shop-1", "--reason", "r", "--then", "resume", "--yes"); !strings.Contains(out, "then:         resume; the queue is open") {
+		t.Fatalf("clear --then resume printed:\n%s", out)
+	}
+	if q := queueEventually(t, srv, dir, "shop-1", func(q client.Queue) bool { return q.Status == "open" }); q.Status != "open" {
+		t.Fatalf("after clear --then resume: %+v, want open", q)
+	}
+	if out := mustCLI(t, srv, dir, "queue", "clear", "shop-1", "--reason", "r", "--then", "hold", "--yes"); !strings.Contains(out, "then:         hold; the queue is held") {
+		t.Fatalf("clear --then hold printed:\n%s", out)
+	}
+	if _, _, err := cli(t, srv, dir, "", "queue", "clear", "shop-1", "--reason", "r", "--then", "later", "--yes"); err == nil || !strings.Contains(err.Error(), "invalid_then") {
+		t.Fatalf("clear --then later: %v, want invalid_then", err)
+	}
 }
 
 func TestAuditExportAndVerify(t *testing.T) {

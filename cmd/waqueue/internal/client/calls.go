@@ -73,6 +73,8 @@ type Card struct {
 	Pending     uint64 `json:"pending"`
 	InFlight    uint64 `json:"in_flight"`
 	Ban         *Ban   `json:"ban,omitempty"`
+	// HeldReason says why the queue is held (banned, session_invalid, operator, after_clear).
+	HeldReason  string `json:"held_reason,omitempty"`
 	LastProblem string `json:"last_problem,omitempty"`
 }
 
@@ -152,6 +154,9 @@ type ClearRequest struct {
 	BroadcastID string `json:"broadcast_id,omitempty"`
 	// Confirm must be the connection's phone number.
 	Confirm string `json:"confirm"`
+	// Then is what the queue becomes after the clear: "keep" (the server's default, also for
+	// ""), "hold" or "resume".
+	Then string `json:"then,omitempty"`
 }
 
 // ClearAccepted is the answer to a clear request.
@@ -184,6 +189,10 @@ type ClearReport struct {
 	InFlightCount int       `json:"in_flight_count"`
 	CompletedBy   string    `json:"completed_by"`
 	CompletedAt   time.Time `json:"completed_at"`
+	// Then is what the clear was asked to leave the queue as; QueueAfter what it left (open or
+	// held); both empty in reports recorded before they existed.
+	Then       string `json:"then,omitempty"`
+	QueueAfter string `json:"queue_after,omitempty"`
 }
 
 // ClearStatus is a clear's status; Report is set once Status is "done".
