@@ -42,7 +42,7 @@ func rebuildProjections(c *cobra.Command, cfg *config.Config, names []string) er
 		return err
 	}
 	defer node.Close()
-	all := []projections.Projection{node.Cards, node.Queue, node.Messages, node.Audit, node.Analytics}
+	all := []projections.Projection{node.Cards, node.Queue, node.Messages, node.Audit, node.Analytics, node.ClearReports}
 	known := make([]string, len(all))
 	for i, p := range all {
 		known[i] = p.Name()
