@@ -352,7 +352,7 @@ func TestProjectionsRebuild(t *testing.T) {
 	}
 	// Rebuilding everything (no names) also succeeds on a live-free database.
 	srv.Close()
-	if out, errOut, err := cli(t, nil, "", "", "projections", "rebuild", "--data-dir", dir); err != nil || strings.Count(out, "rebuilt ") != 5 {
+	if out, errOut, err := cli(t, nil, "", "", "projections", "rebuild", "--data-dir", dir); err != nil || strings.Count(out, "rebuilt ") != 6 {
 		t.Fatalf("rebuild of all: %q, err %v\n%s", out, err, errOut)
 	}
 }
