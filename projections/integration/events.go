@@ -181,6 +181,8 @@ type ClearRequested struct {
 	// NotSent are the messages dispatched but refused by the transport and not retried, which
 	// the clear fails not_sent (WhatsApp never had them); omitted when none.
 	NotSent []InFlight `json:"not_sent,omitempty"`
+	// Then is what the queue becomes after the clear: keep, hold or resume.
+	Then string `json:"then"`
 }
 
 // ClearCompleted is the body of TypeClearCompleted: the exact report of the clear.
@@ -198,6 +200,10 @@ type ClearCompleted struct {
 	NotSent       []InFlight `json:"not_sent,omitempty"`
 	NotSentCount  int        `json:"not_sent_count"`
 	CompletedBy   string     `json:"completed_by"`
+	// Then is the request's then (keep, hold or resume); QueueAfter the queue status the clear
+	// left, open or held ("" for clears recorded before it existed).
+	Then       string `json:"then"`
+	QueueAfter string `json:"queue_after,omitempty"`
 }
 
 // SourceTypes are the domain event types Translate turns into integration events (the filter of
@@ -348,14 +354,15 @@ func translate(ev connection.Event) (string, time.Time, any, bool) {
 		s, b := scope(e.Scope)
 		return TypeClearRequested, e.RequestedAt, ClearRequested{
 			ClearID: e.ClearID, Scope: s, BroadcastID: b, RequestedBy: e.RequestedBy, Reason: e.Reason,
-			Purge: ranges(e.Purge), PurgeCount: e.PurgeCount, InFlight: inFlight(e.InFlight), NotSent: notSent(e.NotSent)}, true
+			Purge: ranges(e.Purge), PurgeCount: e.PurgeCount, InFlight: inFlight(e.InFlight), NotSent: notSent(e.NotSent), Then: e.Then.String()}, true
 	case connection.QueueCleared:
 		s, b := scope(e.Scope)
 		return TypeClearCompleted, e.CompletedAt, ClearCompleted{
 			ClearID: e.ClearID, Scope: s, BroadcastID: b, RequestedBy: e.RequestedBy, Reason: e.Reason,
 			RequestedAt: e.RequestedAt, Purged: ranges(e.Purged), PurgedCount: e.PurgedCount,
 			InFlight: inFlight(e.InFlight), InFlightCount: e.InFlightCount, NotSent: notSent(e.NotSent), NotSentCount: e.NotSentCount,
-			CompletedBy: e.CompletedBy}, true
+			CompletedBy: e.CompletedBy,
+			Then:        e.Then.String(), QueueAfter: e.QueueAfter.String()}, true
 	}
 	return "", time.Time{}, nil, false
 }
