@@ -386,7 +386,8 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 				_, err = h.policy.Handle(op, SetOnBanPolicy{ConnectionID: conn, Policy: p})
 			case n < 75 && !clearing:
 				what = "clear"
-				cmd := RequestClear{ConnectionID: conn, IdempotencyKey: fmt.Sprint("clear-", i), Reason: "chaos"}
+				cmd := RequestClear{ConnectionID: conn, IdempotencyKey: fmt.Sprint("clear-", i), Reason: "chaos",
+					Then: []connection.ClearThen{{}, connection.ClearThenKeep, connection.ClearThenHold, connection.ClearThenResume, connection.ClearThenResume}[r.IntN(5)]}
 				if len(bcasts) > 0 && r.IntN(4) == 0 {
 					cmd.BroadcastID = bcasts[r.IntN(len(bcasts))]
 				}
