@@ -78,7 +78,44 @@ while the connection is banned or logged out); hold holds it.`,
 	f.DurationVar(&o.wait, "wait", 2*time.Minute, "how long to wait for the report (the clear goes on if this runs out)")
 	_ = clear.MarkFlagRequired("reason")
 
-	cmd.AddCommand(cf.addJSON(show), clear, holdResume(cf, true), holdResume(cf, false))
+	var (
+		cursor string
+		limit  int
+	)
+	list := &cobra.Command{
+		Use:   "clears CONN [--limit N] [--cursor C]",
+		Short: "List a connection's clears, newest first: status, who, when, purged, in flight, then",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := cf.client(c)
+			if err != nil {
+				return err
+			}
+			p, raw, err := cl.Clears(c.Context(), args[0], cursor, limit)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(c.OutOrStdout(), raw)
+			}
+			rows := make([][]string, 0, len(p.Clears))
+			for _, r := range p.Clears {
+				rows = append(rows, []string{r.ClearID, r.Status, when(r.RequestedAt), r.RequestedBy, strconv.FormatUint(r.PurgedCount, 10),
+					strconv.Itoa(r.InFlightCount), r.Then, r.QueueAfter})
+			}
+			if err := table(c.OutOrStdout(), []string{"CLEAR", "STATUS", "REQUESTED", "BY", "PURGED", "IN FLIGHT", "THEN", "QUEUE AFTER"}, rows); err != nil {
+				return err
+			}
+			if p.NextCursor != "" {
+				fmt.Fprintf(c.OutOrStdout(), "more: --cursor %s\n", p.NextCursor)
+			}
+			return nil
+		},
+	}
+	list.Flags().StringVar(&cursor, "cursor", "", "continue after a previous page (its \"more: --cursor\" value)")
+	list.Flags().IntVar(&limit, "limit", 0, "clears per page (server default 50, at most 1000)")
+
+	cmd.AddCommand(cf.addJSON(show), clear, cf.addJSON(list), holdResume(cf, true), holdResume(cf, false))
 	return cmd
 }
 

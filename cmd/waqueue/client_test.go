@@ -252,6 +252,12 @@ func TestConnectionsSendBroadcastAndClear(t *testing.T) {
 	if _, _, err := cli(t, srv, dir, "", "queue", "clear", "shop-1", "--reason", "r", "--then", "later", "--yes"); err == nil || !strings.Contains(err.Error(), "invalid_then") {
 		t.Fatalf("clear --then later: %v, want invalid_then", err)
 	}
+	// The connection's clears, newest first: the --then hold one, then the --then resume one.
+	out = mustCLI(t, srv, dir, "queue", "clears", "shop-1", "--limit", "2")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 4 || !strings.Contains(lines[1], "hold") ||
+		!strings.Contains(lines[2], "resume") || !strings.HasPrefix(lines[3], "more: --cursor ") {
+		t.Fatalf("queue clears printed:\n%s", out)
+	}
 }
 
 func TestAuditExportAndVerify(t *testing.T) {

@@ -214,6 +214,32 @@ func (c *Client) ClearStatus(ctx context.Context, conn, clearID string) (ClearSt
 	return s, b, err
 }
 
+// ClearPage is a page of a connection's clears, newest first.
+type ClearPage struct {
+	ConnectionID string `json:"connection_id"`
+	Clears       []struct {
+		ClearReport
+		Status string `json:"status"`
+	} `json:"clears"`
+	// NextCursor continues with older clears; "" on the last page.
+	NextCursor string `json:"next_cursor"`
+}
+
+// Clears reads a page of conn's clears, newest first (GET …/clears); cursor "" starts at the
+// newest, limit 0 takes the server's default.
+func (c *Client) Clears(ctx context.Context, conn, cursor string, limit int) (ClearPage, json.RawMessage, error) {
+	q := url.Values{}
+	if cursor != "" {
+		q.Set("cursor", cursor)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var p ClearPage
+	b, err := c.get(ctx, "/v1/connections/"+seg(conn)+"/clears", q, &p)
+	return p, b, err
+}
+
 // Hold holds conn's queue with an optional note (POST …/queue/hold) and returns the card.
 func (c *Client) Hold(ctx context.Context, conn, note string) (Card, json.RawMessage, error) {
 	var card Card
