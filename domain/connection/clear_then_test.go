@@ -85,6 +85,13 @@ func TestClearThen(t *testing.T) {
 			then: []connection.Event{clearedHeld(hold), heldAfter}, check: wantQueue(connection.QueueStatusHeld, connection.HoldAfterClear)},
 		{name: "hold of a held queue keeps its hold", given: history(base, queued(1), opHeld(), hold), when: complete,
 			then: []connection.Event{clearedHeld(hold)}, check: wantQueue(connection.QueueStatusHeld, connection.HoldByOperator)},
+		{name: "hold of a queue held by a ban makes the hold explicit", given: history(base, queued(1), banned(), hold),
+			when: complete, then: []connection.Event{clearedHeld(hold), heldAfter}, check: wantQueue(connection.QueueStatusHeld, connection.HoldAfterClear)},
+		// Under on_ban resume, the lift resumes a ban's hold, but not the hold a clear asked for.
+		{name: "on_ban resume: the lift does not resume a clear's hold", given: history(registered(connection.OnBanResume), paired(), queued(1), banned(), hold, clearedHeld(hold), heldAfter),
+			when: func(c *connection.Connection) ([]connection.Event, error) {
+				return c.LiftBan(connection.LiftBan{Actor: "system"}, at(2))
+			}, then: []connection.Event{connection.BanLifted{Actor: "system", LiftedAt: at(2)}}, check: wantQueue(connection.QueueStatusHeld, connection.HoldAfterClear)},
 		// The newer fact wins: a ban, a session loss or a hold recorded while clearing.
 		{name: "a ban while clearing stops the resume (G7)", given: history(base, queued(1), opHeld(), resume, banned()[0]),
 			when: complete, then: []connection.Event{clearedHeld(resume)}, check: wantQueue(connection.QueueStatusHeld, connection.HoldByOperator)},

@@ -888,7 +888,9 @@ type CompleteClear struct {
 // with the completion time, and applies the request's Then in the same batch:
 //   - keep (also a request recorded before Then existed): nothing more; the queue is held if it
 //     is held, open otherwise;
-//   - hold: QueueHeld (reason after_clear, actor the clear's requester) unless already held;
+//   - hold: QueueHeld (reason after_clear, actor the clear's requester) unless held by an
+//     operator already; a hold by a ban or session loss becomes this explicit one, so that an
+//     OnBanResume policy does not resume it when the link recovers;
 //   - resume: QueueResumed (reason after_clear, actor the requester) if the queue is held, the
 //     link is neither banned nor session_invalid, and no hold, ban or session loss was recorded
 //     since the request (that newer fact wins; G7). Otherwise nothing: the queue stays held.
@@ -912,7 +914,7 @@ func (c *Connection) CompleteClear(cmd CompleteClear, now time.Time) ([]Event, e
 	var after Event
 	held := c.hold != nil
 	switch {
-	case then == ClearThenHold && !held:
+	case then == ClearThenHold && (!held || c.hold.Reason.IsAutomatic()):
 		after = QueueHeld{Reason: HoldAfterClear, Note: "clear " + r.ClearID.String(), Actor: r.RequestedBy, HeldAt: at}
 		held = true
 	case then == ClearThenResume && held && !c.overruled &&

@@ -158,8 +158,9 @@ var (
 	// ClearThenKeep (the default): the queue returns to what it was before the clear: held if
 	// it is held (by an operator, a ban or a session loss), open otherwise.
 	ClearThenKeep = ClearThen{"keep"}
-	// ClearThenHold: the queue is held after the clear (QueueHeld, reason after_clear, unless it
-	// is held already), so that nothing queued after the clear goes out until someone resumes.
+	// ClearThenHold: the queue is held after the clear (QueueHeld, reason after_clear, unless an
+	// operator holds it already), so that nothing queued after the clear goes out until someone
+	// resumes; not even under the OnBanResume policy when the ban lifts.
 	ClearThenHold = ClearThen{"hold"}
 	// ClearThenResume: a held queue is resumed after the clear (QueueResumed, reason
 	// after_clear). Refused at the request while the link is banned or its session invalid
