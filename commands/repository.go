@@ -213,9 +213,20 @@ func (r *Repository) update(ctx context.Context, connID string, actor string, de
 				return Appended{}, err
 			}
 		case errors.Is(err, eventstore.ErrDuplicateEventID):
-			// The cached state may be behind the stream: read forwards before the next use.
-			e.state = nil
-			return Appended{}, err
+			// A decision taken on a cached state that other writers have moved past can name an
+			// event id already stored: ids of events without a natural key derive from the
+			// revision they would take, where another writer's event of the same type may be.
+			// That is a conflict, not a replay: catch up and decide again. On a current state a
+			// duplicate id is the caller's (a replayed enqueue, a clear completed already).
+			v := c.Version()
+			if rerr := r.readForwards(ctx, e.id, c); rerr != nil {
+				e.state = nil
+				return Appended{}, err
+			}
+			if c.Version() == v || attempt >= r.opts.MaxAttempts {
+				return Appended{}, err
+			}
+			lastConflict = err
 		default:
 			// The append may or may not have been written: forget the state, reload next time.
 			e.state = nil

@@ -58,3 +58,48 @@ func TestRequestClearThen(t *testing.T) {
 		t.Fatalf("queue %v after clear then=resume, want open", status)
 	}
 }
+
+// TestStaleDecisionIDCollisionIsAConflict: an event without a natural key (QueueHeld, …) gets
+// an id from the revision it will take. A decision on a cached state that other writers have
+// moved past can then name an event already stored at that revision, and the store answers
+// "id stored elsewhere" instead of "wrong expected revision". Found by the randomized test once
+// a clear's completion decided QueueCleared + QueueHeld (then=hold): the clearing process's
+// stale node collided with an operator's hold on another node, and the completion failed. The
+// repository must treat it as the conflict it is: catch up and decide again.
+func TestStaleDecisionIDCollisionIsAConflict(t *testing.T) {
+	for _, engine := range []string{"sqlite", "postgres"} {
+		t.Run(engine, func(t *testing.T) {
+			ctx := testCtx(t)
+			store := openSQLite(t)
+			if engine == "postgres" {
+				store = openPostgres(t)
+			}
+			a := newHandlers(t, store, RepositoryOptions{}, SystemClock) // the clearing process's node
+			b := newHandlers(t, store, RepositoryOptions{}, SystemClock) // an operator's node
+			a.registerActive(t, ctx, "c-1")
+			res, err := a.requestClear.Handle(as(ctx, operator), RequestClear{ConnectionID: "c-1", IdempotencyKey: "k", Reason: "r", Then: connection.ClearThenHold})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Node b moves the stream on: one event, then an operator's hold at the revision a's
+			// stale completion would give its QueueHeld.
+			if _, err := b.problem.Handle(as(ctx, system), RecordTransportProblem{ConnectionID: "c-1", Kind: connection.ProblemKeepAliveTimeout}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.hold.Handle(as(ctx, operator), HoldQueue{ConnectionID: "c-1"}); err != nil {
+				t.Fatal(err)
+			}
+			done, err := a.complete.Handle(as(ctx, system), CompleteClear{ConnectionID: "c-1", ClearID: res.ClearID})
+			if err != nil {
+				t.Fatalf("complete on a stale node: %v", err)
+			}
+			if done.AlreadyCompleted || done.Cleared.QueueAfter != connection.QueueStatusHeld {
+				t.Fatalf("complete: %+v", done)
+			}
+			hist, _ := history(t, ctx, store, "c-1")
+			if n := countTypes(hist)[connection.TypeQueueHeld]; n != 1 {
+				t.Fatalf("%d QueueHeld, want the operator's only (the clear's hold is not needed)", n)
+			}
+		})
+	}
+}
