@@ -86,13 +86,18 @@ ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, ev.
 		if err != nil {
 			return err
 		}
+		notSent, err := messages(ev.NotSent)
+		if err != nil {
+			return err
+		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO clear_reports (tenant_id, conn_id, clear_id, request_revision, status, scope,
-broadcast_id, requested_by, reason, requested_at_us, then_action, up_to_seq, purged_count, purged, in_flight_count, in_flight, request)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+broadcast_id, requested_by, reason, requested_at_us, then_action, up_to_seq, purged_count, purged, in_flight_count, in_flight, request,
+not_sent_count, not_sent)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ON CONFLICT (tenant_id, conn_id, clear_id) DO NOTHING`,
 			tenant, connID, ev.ClearID.String(), int64(e.Revision), ClearStatusRequested, scopeKind(ev.Scope),
 			idText(ev.Scope.BroadcastID), ev.RequestedBy, ev.Reason, us(ev.RequestedAt), ev.Then.String(), int64(ev.UpToSeq),
-			int64(ev.PurgeCount), purged, int64(len(ev.InFlight)), inFlight, string(e.Data))
+			int64(ev.PurgeCount), purged, int64(len(ev.InFlight)), inFlight, string(e.Data), int64(len(ev.NotSent)), notSent)
 		return err
 	case connection.QueueCleared:
 		tenant, err := tenantOf(ctx, tx, "clear_conns", connID, e.Metadata.TenantID, tenants)
@@ -103,11 +108,17 @@ ON CONFLICT (tenant_id, conn_id, clear_id) DO NOTHING`,
 		if err != nil {
 			return err
 		}
+		notSent, err := messages(ev.NotSent)
+		if err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `UPDATE clear_reports SET status = $4, purged_count = $5, purged = $6, in_flight_count = $7,
-in_flight = $8, completed_by = $9, completed_at_us = $10, queue_after = $11, then_action = $12, report = $13
+in_flight = $8, completed_by = $9, completed_at_us = $10, queue_after = $11, then_action = $12, report = $13,
+not_sent_count = $14, not_sent = $15
 WHERE tenant_id = $1 AND conn_id = $2 AND clear_id = $3`,
 			tenant, connID, ev.ClearID.String(), ClearStatusCompleted, int64(ev.PurgedCount), purged, int64(ev.InFlightCount),
-			inFlight, ev.CompletedBy, us(ev.CompletedAt), ev.QueueAfter.String(), ev.Then.String(), string(e.Data))
+			inFlight, ev.CompletedBy, us(ev.CompletedAt), ev.QueueAfter.String(), ev.Then.String(), string(e.Data),
+			int64(ev.NotSentCount), notSent)
 		if err != nil {
 			return err
 		}
@@ -138,6 +149,15 @@ func figures(purged []connection.SeqRange, inFlight []connection.InFlightMessage
 		return "", "", err
 	}
 	return string(p), string(f), nil
+}
+
+// messages encodes a list of messages as stored (never null).
+func messages(ms []connection.InFlightMessage) (string, error) {
+	if ms == nil {
+		ms = []connection.InFlightMessage{}
+	}
+	b, err := json.Marshal(ms)
+	return string(b), err
 }
 
 func scopeKind(s connection.ClearScope) string {
@@ -172,6 +192,10 @@ type ClearReport struct {
 	Purged        []connection.SeqRange
 	InFlightCount uint64
 	InFlight      []connection.InFlightMessage
+	// NotSentCount and NotSent are the messages dispatched but never handed over, which the
+	// clear failed not_sent (0 and empty for clears recorded before they existed).
+	NotSentCount uint64
+	NotSent      []connection.InFlightMessage
 	// CompletedBy and CompletedAt are set once completed.
 	CompletedBy string
 	CompletedAt time.Time
@@ -184,14 +208,16 @@ type ClearReport struct {
 }
 
 const clearColumns = `tenant_id, conn_id, clear_id, request_revision, status, scope, broadcast_id, requested_by, reason,
-requested_at_us, then_action, up_to_seq, purged_count, purged, in_flight_count, in_flight, completed_by, completed_at_us, queue_after`
+requested_at_us, then_action, up_to_seq, purged_count, purged, in_flight_count, in_flight, completed_by, completed_at_us, queue_after,
+not_sent_count, not_sent`
 
 func scanClear(row interface{ Scan(...any) error }, raw bool) (ClearReport, error) {
 	var r ClearReport
-	var clearID, scope, bid, then, purged, inFlight, after, request, report string
-	var rev, reqAt, upTo, purgedCount, inFlightCount, doneAt int64
+	var clearID, scope, bid, then, purged, inFlight, after, notSent, request, report string
+	var rev, reqAt, upTo, purgedCount, inFlightCount, doneAt, notSentCount int64
 	dest := []any{&r.TenantID, &r.ConnectionID, &clearID, &rev, &r.Status, &scope, &bid, &r.RequestedBy, &r.Reason,
-		&reqAt, &then, &upTo, &purgedCount, &purged, &inFlightCount, &inFlight, &r.CompletedBy, &doneAt, &after}
+		&reqAt, &then, &upTo, &purgedCount, &purged, &inFlightCount, &inFlight, &r.CompletedBy, &doneAt, &after,
+		&notSentCount, &notSent}
 	if raw {
 		dest = append(dest, &request, &report)
 	}
@@ -221,6 +247,10 @@ func scanClear(row interface{ Scan(...any) error }, raw bool) (ClearReport, erro
 	if err := json.Unmarshal([]byte(inFlight), &r.InFlight); err != nil {
 		return r, err
 	}
+	if err := json.Unmarshal([]byte(notSent), &r.NotSent); err != nil {
+		return r, err
+	}
+	r.NotSentCount = uint64(notSentCount)
 	r.RequestRevision, r.UpToSeq = uint64(rev), uint64(upTo)
 	r.PurgedCount, r.InFlightCount = uint64(purgedCount), uint64(inFlightCount)
 	r.RequestedAt, r.CompletedAt = fromUS(reqAt), fromUS(doneAt)

@@ -46,7 +46,8 @@ func TestClearReports(t *testing.T) {
 			c2.Purged[0] != (connection.SeqRange{From: 2, To: 2}) || c2.Purged[1] != (connection.SeqRange{From: 8, To: 8}) ||
 			c2.InFlightCount != 0 || c2.RequestedBy != "alice" || c2.Reason != "ban risk" || !c2.RequestedAt.Equal(at(10)) ||
 			c2.CompletedAt.IsZero() || c2.CompletedBy == "" || c2.Then != connection.ClearThenKeep ||
-			c2.QueueAfter != connection.QueueStatusHeld || !c2.Scope.IsWholeQueue() || c2.UpToSeq != 8 {
+			c2.QueueAfter != connection.QueueStatusHeld || !c2.Scope.IsWholeQueue() || c2.UpToSeq != 8 ||
+			c2.NotSentCount != 0 || c2.NotSent == nil || len(c2.NotSent) != 0 {
 			t.Errorf("clear2 = %+v", c2)
 		}
 		var report connection.QueueCleared
@@ -94,6 +95,58 @@ func TestClearReports(t *testing.T) {
 		mustNotFound(t, "clear of A under connection B", err)
 		if p, err := clears.ClearReports(ctx, e.db, tenantB, connA, "", 10); err != nil || len(p.Clears) != 0 {
 			t.Errorf("clears of A as tenant B = %+v, %v", p, err)
+		}
+	})
+}
+
+// TestClearReportNotSent: a message dispatched but whose hand-over the transport refused is not
+// in flight for a clear; the read model keeps the report's not-sent list as the event carries it.
+func TestClearReportNotSent(t *testing.T) {
+	eachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		q, clears := projections.NewQueue(), projections.NewClears()
+		r := startRunner(t, e, q, clears)
+		_, _ = startProcess(t, e, q, &clearkit.Completer{Store: e.store})
+		a, err := clearkit.Register(ctx, e.store, tenantA, connA, "+491701234567", at(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		do := func(decide func(c *connection.Connection) ([]connection.Event, error)) {
+			t.Helper()
+			if _, err := a.Do(ctx, "alice", decide); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, k := range []string{"k1", "k2"} {
+			do(func(c *connection.Connection) ([]connection.Event, error) {
+				return c.Enqueue(connection.EnqueueMessage{IdempotencyKey: k, Recipient: "+4915100000001", Text: "hi", Actor: "alice"}, at(1))
+			})
+		}
+		m1 := connection.MessageIDFor(tenantA, connA, "k1")
+		do(func(c *connection.Connection) ([]connection.Event, error) {
+			return c.Pair(connection.PairSession{Actor: "alice"}, at(2))
+		})
+		do(func(c *connection.Connection) ([]connection.Event, error) {
+			return c.Dispatch(connection.DispatchMessage{MessageID: m1, Seq: 1}, at(3))
+		})
+		do(func(c *connection.Connection) ([]connection.Event, error) {
+			return c.DeferSend(connection.SendRefused{MessageID: m1, Seq: 1, Reason: "not_connected"}, at(4))
+		})
+		id := connection.ClearIDFor(tenantA, connA, "c1")
+		do(func(c *connection.Connection) ([]connection.Event, error) {
+			return c.RequestClear(connection.RequestClear{ClearID: id, Reason: "r", Actor: "alice"}, at(5))
+		})
+		waitUntil(t, "QueueCleared", func() (bool, error) {
+			return countEvents(t, e, connection.StreamName(connA), connection.TypeQueueCleared) == 1, nil
+		})
+		r.waitFor(t, e, clears)
+		rep, err := clears.ClearReport(ctx, e.db, tenantA, connA, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Status != projections.ClearStatusCompleted || rep.NotSentCount != 1 || len(rep.NotSent) != 1 || rep.NotSent[0].MessageID != m1 ||
+			rep.InFlightCount != 0 || rep.PurgedCount != 1 {
+			t.Fatalf("report %+v", rep)
 		}
 	})
 }

@@ -142,6 +142,8 @@ type clearReportView struct {
 	Purged        []connection.SeqRange        `json:"purged"`
 	InFlightCount uint64                       `json:"in_flight_count"`
 	InFlight      []connection.InFlightMessage `json:"in_flight"`
+	NotSentCount  uint64                       `json:"not_sent_count"`
+	NotSent       []connection.InFlightMessage `json:"not_sent"`
 	CompletedBy   string                       `json:"completed_by,omitempty"`
 	CompletedAt   time.Time                    `json:"completed_at,omitzero"`
 	Request       json.RawMessage              `json:"request,omitempty"`
@@ -161,7 +163,7 @@ func viewClearReport(r projections.ClearReport) clearReportView {
 	return clearReportView{ClearID: r.ClearID, ConnectionID: r.ConnectionID, Status: clearStatus(r.Status), Scope: r.Scope,
 		RequestedBy: r.RequestedBy, Reason: r.Reason, RequestedAt: r.RequestedAt, Then: r.Then.String(),
 		QueueAfter: r.QueueAfter.String(), UpToSeq: r.UpToSeq, PurgedCount: r.PurgedCount, Purged: r.Purged,
-		InFlightCount: r.InFlightCount, InFlight: r.InFlight, CompletedBy: r.CompletedBy, CompletedAt: r.CompletedAt,
+		InFlightCount: r.InFlightCount, InFlight: r.InFlight, NotSentCount: r.NotSentCount, NotSent: r.NotSent, CompletedBy: r.CompletedBy, CompletedAt: r.CompletedAt,
 		Request: r.Request, Report: r.Report}
 }
 

@@ -255,6 +255,9 @@ func printReport(out io.Writer, r client.ClearReport) {
 	fmt.Fprintf(out, "clear %s done\n", r.ClearID)
 	fmt.Fprintf(out, "  purged:       %d messages\n", r.PurgedCount)
 	fmt.Fprintf(out, "  in flight:    %d (not recalled)\n", r.InFlightCount)
+	if r.NotSentCount > 0 {
+		fmt.Fprintf(out, "  not sent:     %d (never handed to WhatsApp; failed not_sent)\n", r.NotSentCount)
+	}
 	fmt.Fprintf(out, "  requested by: %s at %s\n", r.RequestedBy, when(r.RequestedAt))
 	fmt.Fprintf(out, "  reason:       %s\n", r.Reason)
 	fmt.Fprintf(out, "  completed by: %s at %s\n", r.CompletedBy, when(r.CompletedAt))

@@ -361,8 +361,7 @@ func translate(ev connection.Event) (string, time.Time, any, bool) {
 			ClearID: e.ClearID, Scope: s, BroadcastID: b, RequestedBy: e.RequestedBy, Reason: e.Reason,
 			RequestedAt: e.RequestedAt, Purged: ranges(e.Purged), PurgedCount: e.PurgedCount,
 			InFlight: inFlight(e.InFlight), InFlightCount: e.InFlightCount, NotSent: notSent(e.NotSent), NotSentCount: e.NotSentCount,
-			CompletedBy: e.CompletedBy,
-			Then:        e.Then.String(), QueueAfter: e.QueueAfter.String()}, true
+			CompletedBy: e.CompletedBy, Then: e.Then.String(), QueueAfter: e.QueueAfter.String()}, true
 	}
 	return "", time.Time{}, nil, false
 }

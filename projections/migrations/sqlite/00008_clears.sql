@@ -28,6 +28,10 @@ CREATE TABLE clear_reports (
     purged           TEXT NOT NULL,
     in_flight_count  BIGINT NOT NULL,
     in_flight        TEXT NOT NULL,
+    -- not_sent_count and not_sent (JSON): dispatched but never handed over, failed not_sent by
+    -- the clear (0 and [] for clears recorded before it existed).
+    not_sent_count   BIGINT NOT NULL DEFAULT 0,
+    not_sent         TEXT NOT NULL DEFAULT '[]',
     completed_by     TEXT NOT NULL DEFAULT '',
     completed_at_us  BIGINT NOT NULL DEFAULT 0,
     -- queue_after is the queue status the clear left (held or open); '' until completed and

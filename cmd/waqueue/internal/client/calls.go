@@ -185,10 +185,12 @@ type ClearReport struct {
 		From uint64 `json:"from"`
 		To   uint64 `json:"to"`
 	} `json:"purged"`
-	PurgedCount   uint64    `json:"purged_count"`
-	InFlightCount int       `json:"in_flight_count"`
-	CompletedBy   string    `json:"completed_by"`
-	CompletedAt   time.Time `json:"completed_at"`
+	PurgedCount   uint64 `json:"purged_count"`
+	InFlightCount int    `json:"in_flight_count"`
+	// NotSentCount counts messages dispatched but never handed over, failed not_sent by the clear.
+	NotSentCount int       `json:"not_sent_count,omitempty"`
+	CompletedBy  string    `json:"completed_by"`
+	CompletedAt  time.Time `json:"completed_at"`
 	// Then is what the clear was asked to leave the queue as; QueueAfter what it left (open or
 	// held); both empty in reports recorded before they existed.
 	Then       string `json:"then,omitempty"`
