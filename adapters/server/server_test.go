@@ -104,10 +104,13 @@ func TestStory(t *testing.T) {
 			}
 			purged := intField(t, report, "purged_count")
 			inFlight := intField(t, report, "in_flight_count")
+			notSent := intField(t, report, "not_sent_count")
 			// Messages in flight at the request were handed to the simulator (or not) before the
-			// ban; every other message was either sent before the ban or purged.
-			if purged+sent > total || purged+sent < total-inFlight {
-				t.Fatalf("report does not reconcile: purged %d + sent %d (+ in flight %d) != %d; report %v", purged, sent, inFlight, total, report)
+			// ban; a message whose hand-over the ban refused is failed not_sent by the clear; every
+			// other message was either sent before the ban or purged.
+			if purged+sent+notSent > total || purged+sent+notSent < total-inFlight {
+				t.Fatalf("report does not reconcile: purged %d + sent %d + not sent %d (+ in flight %d) != %d; report %v",
+					purged, sent, notSent, inFlight, total, report)
 			}
 			var seen map[string]bool
 			waitFor(t, ctx, "audit trail complete", func() bool {
