@@ -134,6 +134,16 @@ func TestClearThen(t *testing.T) {
 			t.Fatalf("card after clear (resume): %v", c)
 		}
 
+		// The same Idempotency-Key: with the same then it is the same clear; with another then it
+		// is another request, refused.
+		again := e.do(op, "POST", "/v1/connections/"+id+"/queue/clear", map[string]any{"reason": "test c-resume", "confirm": phone, "then": "resume"},
+			map[string]string{"Idempotency-Key": "c-resume"})
+		if wantStatus(t, again, 202); str(again.Map(), "clear_id") != resume || again.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("replay of the resume clear: %s", again.Body)
+		}
+		wantProblem(t, e.do(op, "POST", "/v1/connections/"+id+"/queue/clear", map[string]any{"reason": "test c-resume", "confirm": phone, "then": "hold"},
+			map[string]string{"Idempotency-Key": "c-resume"}), 422, "idempotency_key_reused")
+
 		// then=hold holds an open queue, and the card says why.
 		hold := e.clear(op, id, phone, "hold", "c-hold")
 		if m := e.do(op, "GET", "/v1/connections/"+id+"/clears/"+hold, nil, nil).Map(); str(m, "queue_after") != "held" {
