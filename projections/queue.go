@@ -401,6 +401,28 @@ ORDER BY m.seq LIMIT $4`, connID, int64(lo), int64(upper), want)
 	return out, nil
 }
 
+// Pending returns connID's pending message at seq (queued, not dispatched, not expired, not
+// purged by a clear), or an error matching ErrNotFound when there is none there (yet). It is what
+// NextPending(seq-1, 1) returns when that message's Seq is seq, read by primary key: its cost is
+// one row whatever the queue's length and whatever plan the database picks. (NextPending's
+// "ORDER BY seq LIMIT n" is planned by PostgreSQL from table statistics; before autovacuum has
+// analysed a freshly filled table it sorts every pending row after afterSeq, so a dispatcher
+// asking for each head in turn read the whole rest of the queue per message: see
+// docs/benchmarks.md.)
+func (q *Queue) Pending(ctx context.Context, db *DB, connID string, seq uint64) (PendingMessage, error) {
+	got, err := q.scan(ctx, db, `WHERE m.conn_id = $1 AND m.seq = $2 AND m.dispatched_at_us = 0
+AND m.seq > COALESCE((SELECT c.purged_upto FROM queue_conns c WHERE c.conn_id = $1), 0)
+AND NOT EXISTS (SELECT 1 FROM queue_purges p WHERE p.conn_id = $1 AND p.from_seq <= $2 AND p.to_seq >= $2)`,
+		connID, int64(seq))
+	if err != nil {
+		return PendingMessage{}, fmt.Errorf("projections: pending message %q/%d: %w", connID, seq, err)
+	}
+	if len(got) == 0 {
+		return PendingMessage{}, fmt.Errorf("projections: pending message %q/%d: %w", connID, seq, ErrNotFound)
+	}
+	return got[0], nil
+}
+
 // InFlight returns connID's messages dispatched and not yet acknowledged, in Seq order.
 func (q *Queue) InFlight(ctx context.Context, db *DB, connID string) ([]PendingMessage, error) {
 	out, err := q.scan(ctx, db, `WHERE m.conn_id = $1 AND m.dispatched_at_us <> 0 ORDER BY m.seq`, connID)

@@ -41,6 +41,7 @@ var t0 = time.Date(2030, 5, 6, 9, 0, 0, 0, time.UTC)
 type env struct {
 	store eventstore.Store
 	db    *projections.DB
+	url   string // PostgreSQL only: the database's URL
 }
 
 func openSQLite(t *testing.T, clock eventstore.Clock) *env {
@@ -87,7 +88,7 @@ func openPostgres(t *testing.T, clock eventstore.Clock) *env {
 	if err := projections.Migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	return &env{store: store, db: db}
+	return &env{store: store, db: db, url: url}
 }
 
 // harness is one "process": an event store, the real projections and clearing process, the

@@ -37,19 +37,19 @@ type QueueMessages struct {
 var _ commands.QueuedMessages = QueueMessages{}
 
 // QueuedMessage returns the pending message at seq, or a *NotProjectedError when the projection
-// does not show it (yet).
+// does not show it (yet). It reads one row (Queue.Pending), whatever the queue's length.
 func (m QueueMessages) QueuedMessage(ctx context.Context, connID string, seq uint64) (commands.QueuedMessage, error) {
 	if seq == 0 {
 		return commands.QueuedMessage{}, &NotProjectedError{ConnectionID: connID, Seq: seq}
 	}
-	ps, err := m.Queue.NextPending(ctx, m.DB, connID, seq-1, 1)
+	// A point read (not NextPending): one row per dispatch, however long the queue.
+	p, err := m.Queue.Pending(ctx, m.DB, connID, seq)
+	if errors.Is(err, projections.ErrNotFound) {
+		return commands.QueuedMessage{}, &NotProjectedError{ConnectionID: connID, Seq: seq}
+	}
 	if err != nil {
 		return commands.QueuedMessage{}, fmt.Errorf("dispatcher: pending message %q/%d: %w", connID, seq, err)
 	}
-	if len(ps) == 0 || ps[0].Seq != seq {
-		return commands.QueuedMessage{}, &NotProjectedError{ConnectionID: connID, Seq: seq}
-	}
-	p := ps[0]
 	return commands.QueuedMessage{MessageID: p.MessageID, Seq: p.Seq, Recipient: p.Recipient, Text: p.Text,
 		BroadcastID: p.BroadcastID, ExpiresAt: p.ExpiresAt}, nil
 }
