@@ -8,6 +8,7 @@ import (
 
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // keys is a test Authenticator: API key → principal.
@@ -66,7 +67,7 @@ func TestCommandSentOnTheBusIsApplied(t *testing.T) {
 	send("key-sender", EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k2", Recipient: "not a number", Text: "x"})
 	send("key-sender", EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k3", Recipient: "+491709999999", Text: "via bus"})
 
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(testwait.Limit)
 	for {
 		hist, recs := history(t, ctx, store, "c-1")
 		n := countTypes(hist)[connection.TypeMessageQueued]

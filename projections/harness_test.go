@@ -21,6 +21,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -148,7 +149,7 @@ func startProcess(t *testing.T, e *env, q *projections.Queue, c projections.Clea
 // waitFor waits until every projection has applied the store's last event it selects.
 func (r *running) waitFor(t *testing.T, e *env, ps ...projections.Projection) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
 	for _, p := range ps {
 		evs, err := e.store.ReadAll(ctx, eventstore.Start, 0, p.Filter())
@@ -166,7 +167,7 @@ func (r *running) waitFor(t *testing.T, e *env, ps ...projections.Projection) {
 
 func waitUntil(t *testing.T, what string, cond func() (bool, error)) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testwait.Limit)
 	for {
 		ok, err := cond()
 		if err != nil {

@@ -11,13 +11,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // observed collects every (route pattern, status) any test server answered, from its metrics,
@@ -110,7 +110,7 @@ func start(t *testing.T, opts apitest.Options) *env {
 	t.Helper()
 	s := apitest.Start(t, opts)
 	t.Cleanup(func() { collect(s.Registry) })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	t.Cleanup(cancel)
 	e := &env{Server: s, t: t, ctx: ctx, keys: map[string]map[auth.Role]string{}}
 	for _, tenant := range []string{s.Tenant, otherTenant} {

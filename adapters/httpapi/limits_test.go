@@ -11,6 +11,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/httpapi"
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestLimits checks each limit with its own problem code, just above and at the limit.
@@ -239,7 +240,7 @@ func TestNotReadyWhileProjectionFails(t *testing.T) {
 	// A queued message is counted by analytics, whose table is gone.
 	wantStatus(t, e.do(e.admin(), "POST", "/v1/connections/"+str(r.Map(), "id")+"/messages",
 		map[string]any{"recipient": newPhone(), "text": "x"}, nil), 202)
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(testwait.Limit)
 	for {
 		r := e.do("", "GET", "/readyz", nil, nil)
 		if r.Status == 503 {

@@ -18,6 +18,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections/integration"
 )
 
@@ -85,7 +86,7 @@ type deliveryPage struct {
 // deliveries polls the delivery log of webhook id until done accepts it (at most 15s).
 func (e *env) deliveries(key, id string, done func(deliveryPage) bool) deliveryPage {
 	e.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(testwait.Limit)
 	for {
 		r := e.do(key, "GET", "/v1/webhooks/"+id+"/deliveries", nil, nil)
 		wantStatus(e.t, r, 200)

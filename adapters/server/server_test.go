@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
@@ -42,7 +43,7 @@ func TestStory(t *testing.T) {
 			if err := node.Start(ctx); err != nil {
 				t.Fatal(err)
 			}
-			srv := httptest.NewServer(node.Handler)
+			srv := httptest.NewServer(contract(t, node.Handler))
 			defer srv.Close()
 			msrv := httptest.NewServer(node.MetricsHandler) // the private metrics listener
 			defer msrv.Close()
@@ -233,3 +234,13 @@ func intField(t *testing.T, m map[string]any, key string) int {
 }
 
 func simScriptLatency(d time.Duration) simulator.Script { return simulator.Script{Latency: d} }
+
+// contract checks every response of h against docs/openapi.yaml (see apitest.Contract).
+func contract(t *testing.T, h http.Handler) http.Handler {
+	t.Helper()
+	c, err := apitest.LoadContract()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Middleware(h, func(err error) { t.Errorf("%v", err) })
+}

@@ -26,6 +26,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/integration"
 )
@@ -153,7 +154,7 @@ func (r *receiver) down() { r.srv.Close() }
 
 func TestDeliveriesSurviveFailuresAndDowntime(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e env) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 		defer cancel()
 		clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 		svc, err := webhooks.NewService(e.db, clk.Now, loopbackEgress)

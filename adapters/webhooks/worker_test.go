@@ -13,6 +13,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/integration"
 )
@@ -82,7 +83,7 @@ func (r *receiver) received() (distinct, total int) {
 // once.
 func TestConcurrentWorkersSendOnce(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e env) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 		defer cancel()
 		clk := &clock{t: time.Now().UTC()}
 		svc, _ := webhooks.NewService(e.db, func() time.Time { return clk.Now().Add(-time.Hour) }, loopbackEgress)
@@ -123,7 +124,7 @@ func TestConcurrentWorkersSendOnce(t *testing.T) {
 // clock, and the log pages with its cursor.
 func TestRunLoopAndPaging(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e env) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 		defer cancel()
 		clk := &clock{t: time.Now().UTC()}
 		svc, _ := webhooks.NewService(e.db, nil, loopbackEgress)

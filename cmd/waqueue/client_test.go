@@ -15,6 +15,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/cmd/waqueue/internal/client"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // cli runs the waqueue root command with args against srv (its URL, and its data directory
@@ -34,7 +35,7 @@ func cli(t *testing.T, srv *apitest.Server, dir, stdin string, args ...string) (
 	root.SetOut(&out)
 	root.SetErr(&errOut)
 	root.SetIn(strings.NewReader(stdin))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
 	err := root.ExecuteContext(ctx)
 	return out.String(), errOut.String(), err
@@ -325,7 +326,7 @@ func TestAuditExportAndVerify(t *testing.T) {
 
 func TestProjectionsRebuild(t *testing.T) {
 	dir := t.TempDir()
-	srv, err := apitest.New(context.Background(), apitest.Options{Dir: dir})
+	srv, err := apitest.New(context.Background(), apitest.Options{Dir: dir, ContractViolation: func(err error) { t.Errorf("%v", err) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,11 +373,11 @@ func queueOf(t *testing.T, srv *apitest.Server, dir, conn string) client.Queue {
 	return q
 }
 
-// queueEventually shows the queue until done accepts it or 30 s have passed, and returns the last
+// queueEventually shows the queue until done accepts it or testwait.Limit has passed, and returns the last
 // one seen (the caller's assertions then fail with its values).
 func queueEventually(t *testing.T, srv *apitest.Server, dir, conn string, done func(client.Queue) bool) client.Queue {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testwait.Limit)
 	for {
 		q := queueOf(t, srv, dir, conn)
 		if done(q) || time.Now().After(deadline) {

@@ -15,6 +15,7 @@ import (
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/domain/invariants"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/dispatcher"
 )
@@ -102,7 +103,7 @@ func TestPacingAndDailyCap(t *testing.T) {
 	sent := func() int { return len(h.sends("c1")) }
 	drive := func(until int) {
 		for sent() < until {
-			if !h.clock.WaitForTimers(1, 30*time.Second) {
+			if !h.clock.WaitForTimers(1, testwait.Limit) {
 				t.Fatalf("no timer pending with %d of %d sent", sent(), until)
 			}
 			h.clock.Advance(step)
@@ -111,7 +112,7 @@ func TestPacingAndDailyCap(t *testing.T) {
 	drive(4)
 	// The fifth waits for the cap: once the pace after the fourth has passed, the loop exits
 	// (no goroutine) leaving a timer at midnight.
-	if !h.clock.WaitForTimers(1, 30*time.Second) {
+	if !h.clock.WaitForTimers(1, testwait.Limit) {
 		t.Fatal("no pacing timer after the fourth send")
 	}
 	h.clock.Advance(minIv + jitter)

@@ -27,6 +27,7 @@ import (
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/domain/invariants"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/dispatcher"
 )
@@ -355,23 +356,26 @@ func (h *harness) checkInvariants(connID string) invariants.Report {
 	return rep
 }
 
-// eventually polls cond until it holds; it fails the test after a generous real-time limit
-// (a deadline for hangs, never a speed assertion).
+// eventually polls cond until it holds; it fails the test after testwait.Limit (a safety net
+// for hangs, never a speed assertion). The pause between polls grows to 50 ms so that an
+// expensive cond (a whole history read) does not take the CPU from what it waits for.
 func (h *harness) eventually(what string, cond func() bool) {
 	h.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	start := time.Now()
+	pause := 2 * time.Millisecond
 	for !cond() {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out waiting for: %s", what)
+		if time.Since(start) > testwait.Limit {
+			h.t.Fatalf("timed out waiting for: %s (after %s)", what, testwait.Limit)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(pause)
+		pause = min(2*pause, 50*time.Millisecond)
 	}
 }
 
 // idle waits until d has seen pos and runs no loop.
 func (h *harness) idle(d *running, pos eventstore.Position) {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
 	if err := d.WaitIdle(ctx, pos); err != nil {
 		h.t.Fatalf("dispatcher not idle: %v (active loops %d)", err, d.ActiveLoops())
@@ -395,7 +399,7 @@ func (h *harness) lastPosition(connID string, types ...string) eventstore.Positi
 // waitProjections waits until the named projections have applied pos.
 func (h *harness) waitProjections(pos eventstore.Position, names ...string) {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
 	if err := h.runner.WaitFor(ctx, names, pos); err != nil {
 		h.t.Fatalf("projections %v did not reach %s: %v; statuses %+v", names, pos, err, h.runner.Statuses())

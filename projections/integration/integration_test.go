@@ -21,6 +21,7 @@ import (
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auditchain"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/integration"
 )
@@ -128,7 +129,7 @@ func (f *flaky) Publish(topic string, msgs ...*message.Message) error {
 // TestPublisherAtLeastOnce: a failed publish fails the batch; the runner delivers it again and
 // every integration event arrives, under its deterministic id.
 func TestPublisherAtLeastOnce(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "w.db")
 	st, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 20 * time.Millisecond})

@@ -18,6 +18,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/esdb"
 	"github.com/waqueue/waqueue/adapters/eventstore/esdb/esdbtest"
 	"github.com/waqueue/waqueue/adapters/eventstore/storetest"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // connString returns ESDB_URL when set (a real EventStoreDB/KurrentDB), else starts the
@@ -52,7 +53,7 @@ func TestConformance(t *testing.T) {
 }
 
 func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -92,7 +93,7 @@ func (c *collector) handle(e eventstore.RecordedEvent) error {
 
 func (c *collector) waitFor(t *testing.T, n int) []eventstore.RecordedEvent {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(testwait.Limit)
 	for {
 		c.mu.Lock()
 		got := append([]eventstore.RecordedEvent(nil), c.got...)
@@ -137,7 +138,7 @@ func runSubscription(t *testing.T, st eventstore.Store, f eventstore.Filter, c *
 			cancel()
 			select {
 			case err = <-done:
-			case <-time.After(30 * time.Second):
+			case <-time.After(testwait.Limit):
 				err = errors.New("Subscribe did not return after cancel")
 			}
 		})
@@ -224,7 +225,7 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 				if err == nil {
 					t.Fatal("ReadStream with the server down: got no error")
 				}
-			case <-time.After(30 * time.Second):
+			case <-time.After(testwait.Limit):
 				t.Fatal("ReadStream with the server down did not return")
 			}
 		}
@@ -391,7 +392,7 @@ func TestCloseEndsSubscriptions(t *testing.T) {
 		if !errors.Is(err, eventstore.ErrClosed) {
 			t.Fatalf("Subscribe after Close: got %v, want ErrClosed", err)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(testwait.Limit):
 		t.Fatal("Subscribe did not return after Close")
 	}
 	if _, err := st.Append(ctxT(t), "close-1", eventstore.Any, events(1, "X")...); !errors.Is(err, eventstore.ErrClosed) {
@@ -444,7 +445,7 @@ func TestCancelledSubscriptionLogsNoError(t *testing.T) {
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("Subscribe after cancel: %v, want context.Canceled", err)
 			}
-		case <-time.After(30 * time.Second):
+		case <-time.After(testwait.Limit):
 			t.Fatal("Subscribe did not return after cancel")
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/eventstore/storetest"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -100,7 +101,7 @@ func (c *collector) snapshot() []eventstore.RecordedEvent {
 
 func (c *collector) waitFor(t *testing.T, n int) []eventstore.RecordedEvent {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(testwait.Limit)
 	for {
 		if got := c.snapshot(); len(got) >= n {
 			return got
@@ -108,7 +109,7 @@ func (c *collector) waitFor(t *testing.T, n int) []eventstore.RecordedEvent {
 		select {
 		case <-c.ch:
 		case <-deadline:
-			t.Fatalf("subscription delivered %d events within 30s, want %d", len(c.snapshot()), n)
+			t.Fatalf("subscription delivered %d events within %s, want %d", len(c.snapshot()), testwait.Limit, n)
 		}
 	}
 }

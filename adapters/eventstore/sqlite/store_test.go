@@ -15,6 +15,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/eventstore/storetest"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 func openDB(t *testing.T) *sql.DB {
@@ -84,7 +85,7 @@ func TestCrossProcessWakeUp(t *testing.T) {
 		if e.ID != ev.ID {
 			t.Fatalf("subscriber: got event %s, want %s", e.ID, ev.ID)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(testwait.Limit):
 		t.Fatalf("subscriber on another Store: got no event within 30s, want the appended one")
 	}
 	cancel()
@@ -112,7 +113,7 @@ func TestClose(t *testing.T) {
 		if !errors.Is(err, eventstore.ErrClosed) {
 			t.Fatalf("Subscribe after Close: got %v, want ErrClosed", err)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(testwait.Limit):
 		t.Fatalf("Subscribe did not return within 30s of Close")
 	}
 	_, err = s.Append(ctx, "s", eventstore.Any, eventstore.EventData{ID: uuid.New(), Type: "T"})
@@ -188,7 +189,7 @@ func TestSparseFilterScansForward(t *testing.T) {
 	if _, err := s.Append(ctx, "rare", eventstore.NoStream, rare); err != nil {
 		t.Fatal(err)
 	}
-	subCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	subCtx, cancel := context.WithTimeout(ctx, testwait.Limit)
 	defer cancel()
 	var got []eventstore.RecordedEvent
 	stop := errors.New("stop")

@@ -36,6 +36,7 @@ import (
 // T is the part of testing.TB that Start uses.
 type T interface {
 	Helper()
+	Errorf(format string, args ...any)
 	Fatalf(format string, args ...any)
 	Cleanup(func())
 	TempDir() string
@@ -68,6 +69,13 @@ type Options struct {
 	// explicitly, because test receivers listen there; every other non-public class stays
 	// refused as in production.
 	WebhookEgress *webhooks.EgressConfig
+	// ContractViolation, when set, receives every response that breaks docs/openapi.yaml (see
+	// Contract.Check): an undocumented route or status, a Content-Type or a body the document
+	// does not allow for it. Start sets it to fail the test (t.Errorf) unless NoContract.
+	ContractViolation func(error)
+	// NoContract turns the check off in Start (for a test that sends what the document forbids
+	// on purpose and looks at nothing but the transport).
+	NoContract bool
 }
 
 // Server is a running API server with everything under it. The fields other than URL and HTTP
@@ -115,6 +123,9 @@ func Start(t T, opts Options) *Server {
 	t.Helper()
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
+	}
+	if opts.ContractViolation == nil && !opts.NoContract {
+		opts.ContractViolation = func(err error) { t.Errorf("%v", err) }
 	}
 	s, err := New(context.Background(), opts)
 	if err != nil {
@@ -170,7 +181,15 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := node.Start(context.Background()); err != nil {
 		return nil, err
 	}
-	s.HTTP = httptest.NewServer(s.Handler)
+	h := s.Handler
+	if opts.ContractViolation != nil {
+		c, err := LoadContract()
+		if err != nil {
+			return nil, err
+		}
+		h = c.Middleware(h, opts.ContractViolation)
+	}
+	s.HTTP = httptest.NewServer(h)
 	s.URL = s.HTTP.URL
 	s.closers = append(s.closers, s.HTTP.Close)
 	msrv := httptest.NewServer(node.MetricsHandler)

@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
-// WaitLimit is how long Recorder waits for an expected event in real time before failing the test.
-var WaitLimit = 10 * time.Second
+// WaitLimit is how long Recorder waits for an expected event in real time before failing the test:
+// testwait.Limit, a safety net for hangs (minutes), never a speed assertion.
+var WaitLimit = testwait.Limit
 
 // Recorder is a transport.Handler that keeps every event for tests.
 type Recorder struct {

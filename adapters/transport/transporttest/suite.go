@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // Harness tells the suite how to build an adapter and what it can do without WhatsApp's servers.
@@ -227,7 +227,7 @@ func Run(t *testing.T, h Harness) {
 		tr := h.New(t)
 		rec := NewRecorder()
 		tr.SetHandler(rec.Handle)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 		defer cancel()
 		a, b := ID(t, "a"), ID(t, "b")
 		for _, id := range []string{a, b} {

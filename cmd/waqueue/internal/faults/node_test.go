@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/domain/invariants"
@@ -58,7 +59,11 @@ func startNode(t testing.TB, ctx context.Context, db string) *inproc {
 	if err := node.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(node.Handler)
+	contract, err := apitest.LoadContract()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(contract.Middleware(node.Handler, func(err error) { t.Errorf("%v", err) }))
 	t.Cleanup(srv.Close)
 	msrv := httptest.NewServer(node.MetricsHandler)
 	t.Cleanup(msrv.Close)
