@@ -8,9 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/waqueue/waqueue/adapters/httpapi"
+	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/docs"
 )
 
@@ -19,35 +18,25 @@ type openAPI struct {
 	paths map[string]map[string][]int
 }
 
+// loadOpenAPI reads the document through kin-openapi (apitest.LoadContract), which refuses a
+// document that is not valid OpenAPI 3.
 func loadOpenAPI() (*openAPI, error) {
-	var raw struct {
-		OpenAPI string                          `yaml:"openapi"`
-		Paths   map[string]map[string]yaml.Node `yaml:"paths"`
+	c, err := apitest.LoadContract()
+	if err != nil {
+		return nil, err
 	}
-	if err := yaml.Unmarshal(docs.OpenAPI, &raw); err != nil {
-		return nil, fmt.Errorf("docs/openapi.yaml: %w", err)
-	}
-	if !strings.HasPrefix(raw.OpenAPI, "3.") {
-		return nil, fmt.Errorf("docs/openapi.yaml: openapi %q, want 3.x", raw.OpenAPI)
+	if !strings.HasPrefix(c.Doc.OpenAPI, "3.") {
+		return nil, fmt.Errorf("docs/openapi.yaml: openapi %q, want 3.x", c.Doc.OpenAPI)
 	}
 	doc := &openAPI{paths: map[string]map[string][]int{}}
-	for path, ops := range raw.Paths {
+	for path, item := range c.Doc.Paths.Map() {
 		doc.paths[path] = map[string][]int{}
-		for method, node := range ops {
-			if method == "parameters" {
-				continue
-			}
-			var op struct {
-				Responses map[string]any `yaml:"responses"`
-			}
-			if err := node.Decode(&op); err != nil {
-				return nil, fmt.Errorf("docs/openapi.yaml: %s %s: %w", method, path, err)
-			}
+		for method, op := range item.Operations() {
 			var codes []int
-			for c := range op.Responses {
-				n, err := strconv.Atoi(c)
+			for code := range op.Responses.Map() {
+				n, err := strconv.Atoi(code)
 				if err != nil {
-					return nil, fmt.Errorf("docs/openapi.yaml: %s %s: response %q is not a status code", method, path, c)
+					return nil, fmt.Errorf("docs/openapi.yaml: %s %s: response %q is not a status code", method, path, code)
 				}
 				codes = append(codes, n)
 			}
@@ -63,7 +52,9 @@ func (d *openAPI) has(method, path string, status int) bool {
 }
 
 // TestOpenAPIMatchesRoutes holds the document and the route table to each other: every route is
-// documented with exactly its statuses, and the document has no operation the API lacks.
+// documented with exactly its statuses, and the document has no operation the API lacks. The
+// router (httpapi.New) registers exactly the routes of this table; every response the API tests
+// see is also checked against the document by apitest (Contract.Middleware).
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	doc, err := loadOpenAPI()
 	if err != nil {
