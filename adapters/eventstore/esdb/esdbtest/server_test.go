@@ -6,12 +6,12 @@ import (
 	"io"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/eventstore/esdb/esdbtest"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // These tests hold the server to EventStoreDB's documented protocol behaviour, through the
@@ -33,7 +33,7 @@ func rawClient(t *testing.T) *esdb.Client {
 }
 
 func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	t.Cleanup(cancel)
 	return ctx
 }
