@@ -3,6 +3,10 @@
 // directory, with the simulator as the transport (its control routes enabled) and the dispatcher
 // off, so queued messages stay queued until a test sends them on. Nothing is mocked.
 //
+// Every response a Server started with Start gives is checked against docs/openapi.yaml
+// (Contract): an undocumented route or status, or a Content-Type or body the document does not
+// allow, fails the test with the method, path, status and broken rule.
+//
 // It does not import package testing: Start takes the small T interface that *testing.T and
 // *testing.B satisfy, and New works without any.
 package apitest
