@@ -32,6 +32,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeTransportProblemObserved: decodeAs[TransportProblemObserved],
 	TypeMessageSendDeferred:      decodeAs[MessageSendDeferred],
 	TypeMessageSendRetried:       decodeAs[MessageSendRetried],
+	TypeMessageCancelled:         decodeAs[MessageCancelled],
 }
 
 func decodeAs[T Event](data []byte) (Event, error) {

@@ -33,6 +33,7 @@ func oneOfEach() []connection.Event {
 		connection.MessageFailed{MessageID: msgID(1), Seq: 1, Code: "c", Detail: "d", FailedAt: t0},
 		connection.MessageExpired{MessageID: msgID(1), Seq: 1, ExpiresAt: t0, ExpiredAt: at(1)},
 		connection.MessageOutcomeUnknown{MessageID: msgID(1), Seq: 1, Cause: "timeout", At: t0},
+		connection.MessageCancelled{MessageID: msgID(2), Seq: 2, Reason: "wrong text", CancelledBy: "op", CancelledAt: t0},
 		connection.QueueResumed{Reason: connection.ResumeOnBanLifted, Note: "n", Actor: "system", ResumedAt: t0},
 		req,
 		cleared(req),
@@ -70,7 +71,7 @@ func TestCodecRoundTrip(t *testing.T) {
 // TestStableTypeNames pins the stored type names: changing one cuts stored events off.
 func TestStableTypeNames(t *testing.T) {
 	want := []string{"BanLifted", "BroadcastStarted", "ClearQueueRequested", "ConnectionBanned", "ConnectionRegistered",
-		"MessageDelivered", "MessageDispatched", "MessageExpired", "MessageFailed", "MessageOutcomeUnknown", "MessageQueued",
+		"MessageCancelled", "MessageDelivered", "MessageDispatched", "MessageExpired", "MessageFailed", "MessageOutcomeUnknown", "MessageQueued",
 		"MessageRead", "MessageSendDeferred", "MessageSendRetried", "MessageSent", "OnBanPolicyChanged", "QueueCleared", "QueueHeld", "QueueResumed", "SessionInvalidated",
 		"SessionPaired", "TransportProblemObserved"}
 	if got := connection.EventTypes(); !slices.Equal(got, want) {

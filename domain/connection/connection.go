@@ -37,7 +37,7 @@ import (
 //     the revision the state was loaded at;
 //   - a clear of one broadcast records the broadcast's pending range (its messages are
 //     contiguous in Seq, being appended in one atomic batch); the cursor jumps over it when it
-//     reaches it;
+//     reaches it; a cancelled message is recorded the same way, as a range of one position;
 //   - the messages in flight (dispatched, not yet acknowledged) are kept by id, so that an
 //     acknowledgement is recorded once and a clear reports them; Dispatch keeps them at most
 //     MaxInFlight. Each knows its hand-over attempt, whether the transport refused it
@@ -96,9 +96,12 @@ type flightEntry struct {
 	DispatchedAt int64 `json:"dispatched_at"`
 }
 
+// purgedRange is a range of pending positions disposed of above the cursor: purged by a scoped
+// clear (ClearID), or one message cancelled (Cancelled, ClearID zero).
 type purgedRange struct {
 	SeqRange
-	ClearID uuid.UUID `json:"clear_id"`
+	ClearID   uuid.UUID `json:"clear_id"`
+	Cancelled bool      `json:"cancelled,omitempty"`
 }
 
 // BroadcastRange is the queue positions of a broadcast with pending messages.
@@ -125,7 +128,7 @@ type HoldInfo struct {
 
 // Counters count the connection's messages. They reconcile (G3):
 //
-//	Queued   == Pending + Dispatched + Expired + Purged
+//	Queued   == Pending + Dispatched + Expired + Purged + Cancelled
 //	Dispatched == InFlight + Acknowledged
 //
 // Purged counts a clear's messages when the clear is requested (the purged set is fixed then).
@@ -136,6 +139,7 @@ type Counters struct {
 	Dispatched   uint64 `json:"dispatched"`
 	Expired      uint64 `json:"expired"`
 	Purged       uint64 `json:"purged"`
+	Cancelled    uint64 `json:"cancelled,omitempty"`
 	Acknowledged uint64 `json:"acknowledged"`
 	Sent         uint64 `json:"sent"`
 	Delivered    uint64 `json:"delivered"`
@@ -385,6 +389,13 @@ func (c *Connection) Apply(e Event) error {
 		c.cursor = max(c.cursor, e.Seq)
 		c.count.Expired++
 		c.normalize()
+	case MessageCancelled:
+		if e.Seq > c.cursor {
+			c.ahead = append(c.ahead, purgedRange{SeqRange: SeqRange{From: e.Seq, To: e.Seq}, Cancelled: true})
+			slices.SortFunc(c.ahead, func(a, b purgedRange) int { return cmpU64(a.From, b.From) })
+		}
+		c.count.Cancelled++
+		c.normalize()
 	case MessageSent:
 		c.ackHanded(e.MessageID, e.Seq)
 		c.count.Sent++
@@ -505,7 +516,7 @@ func (c *Connection) normalize() {
 // the cursor has not passed, or the most recent clear.
 func (c *Connection) purgedBy(seq uint64) (uuid.UUID, bool) {
 	for _, r := range c.ahead {
-		if r.Contains(seq) {
+		if r.Contains(seq) && !r.Cancelled {
 			return r.ClearID, true
 		}
 	}
@@ -517,6 +528,40 @@ func (c *Connection) purgedBy(seq uint64) (uuid.UUID, bool) {
 		}
 	}
 	return uuid.Nil, false
+}
+
+// aheadAt returns the range above the cursor (purged by a scoped clear, or cancelled) that
+// holds seq, if any.
+func (c *Connection) aheadAt(seq uint64) (purgedRange, bool) {
+	for _, r := range c.ahead {
+		if r.Contains(seq) {
+			return r, true
+		}
+	}
+	return purgedRange{}, false
+}
+
+// pendingIn returns the pending positions of from … to (above the cursor, not purged, not
+// cancelled) as sorted disjoint ranges.
+func (c *Connection) pendingIn(from, to uint64) []SeqRange {
+	from = max(from, c.cursor+1)
+	var out []SeqRange
+	for _, r := range c.ahead {
+		if r.To < from {
+			continue
+		}
+		if r.From > to {
+			break
+		}
+		if r.From > from {
+			out = append(out, SeqRange{From: from, To: r.From - 1})
+		}
+		from = r.To + 1
+	}
+	if from <= to {
+		out = append(out, SeqRange{From: from, To: to})
+	}
+	return out
 }
 
 func cloneClear(e ClearQueueRequested) ClearQueueRequested {

@@ -557,6 +557,9 @@ func (c *Connection) Dispatch(cmd DispatchMessage, now time.Time) ([]Event, erro
 }
 
 func (c *Connection) checkHead(op string, id uuid.UUID, seq uint64) error {
+	if r, ok := c.aheadAt(seq); ok && r.Cancelled {
+		return &MessageCancelledError{ConnectionID: c.id, Op: op, MessageID: id, Seq: seq}
+	}
 	if clearID, purged := c.purgedBy(seq); purged {
 		return &MessagePurgedError{ConnectionID: c.id, MessageID: id, Seq: seq, ClearID: clearID}
 	}
@@ -766,6 +769,55 @@ func (c *Connection) RetrySend(cmd RetrySend, now time.Time) ([]Event, error) {
 	return []Event{MessageSendRetried{MessageID: cmd.MessageID, Seq: cmd.Seq, Attempt: f.Attempt + 1, RetriedAt: now.UTC()}}, nil
 }
 
+// CancelMessage cancels one pending message.
+type CancelMessage struct {
+	MessageID uuid.UUID
+	// Seq is the message's queue position, from its MessageQueued.
+	Seq uint64
+	// Reason says why; required.
+	Reason string
+	Actor  string
+}
+
+// Cancel decides MessageCancelled for a message still queued: above the cursor, not purged and
+// not cancelled. It is allowed in every queue and link status. The caller appends it at the
+// expected revision Version(), so a dispatch, expiry or clear of the message recorded meanwhile
+// makes the append fail and the retry refuse (exactly one wins). The dispatch cursor jumps over
+// a cancelled message; a later clear does not count it.
+//
+// Like Dispatch it trusts that cmd.MessageID is the one queued at cmd.Seq (the caller reads the
+// message's MessageQueued). Refusals: *ValidationError (missing message or reason);
+// *SequenceError (ErrUnknownMessage) for a Seq never queued; *MessageNotPendingError for a
+// message dispatched, expired, purged or cancelled (Cancelled set when the aggregate still
+// knows it was cancelled).
+func (c *Connection) Cancel(cmd CancelMessage, now time.Time) ([]Event, error) {
+	const op = "cancel"
+	if err := c.mustBeRegistered(op); err != nil {
+		return nil, err
+	}
+	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
+		return nil, invalid(CodeMissingMessage, "message", "message id and seq are required")
+	}
+	if err := validateNote("reason", cmd.Reason, true); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if cmd.Seq > c.lastSeq {
+		head, _ := c.Head()
+		return nil, &SequenceError{ConnectionID: c.id, Op: op, MessageID: cmd.MessageID, Seq: cmd.Seq, Next: head, Last: c.lastSeq}
+	}
+	if r, ok := c.aheadAt(cmd.Seq); ok {
+		return nil, &MessageNotPendingError{ConnectionID: c.id, MessageID: cmd.MessageID, Seq: cmd.Seq, Cancelled: r.Cancelled}
+	}
+	if cmd.Seq <= c.cursor {
+		return nil, &MessageNotPendingError{ConnectionID: c.id, MessageID: cmd.MessageID, Seq: cmd.Seq}
+	}
+	return []Event{MessageCancelled{MessageID: cmd.MessageID, Seq: cmd.Seq, Reason: cmd.Reason,
+		CancelledBy: cmd.Actor, CancelledAt: now.UTC()}}, nil
+}
+
 // RequestClear asks to clear the queue or one broadcast.
 type RequestClear struct {
 	// ClearID identifies the clear (e.g. ClearIDFor(tenant, connection, key)).
@@ -826,23 +878,14 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 	var inFlight, notSent []InFlightMessage
 	inScope := func(InFlightMessage) bool { return true }
 	if cmd.Scope.IsWholeQueue() {
-		from := c.cursor + 1
-		for _, r := range c.ahead {
-			if r.From > from {
-				purge = append(purge, SeqRange{From: from, To: r.From - 1})
-			}
-			from = r.To + 1
-		}
-		if from <= c.lastSeq {
-			purge = append(purge, SeqRange{From: from, To: c.lastSeq})
-		}
+		purge = c.pendingIn(c.cursor+1, c.lastSeq)
 	} else {
 		i := slices.IndexFunc(c.bcasts, func(b BroadcastRange) bool { return b.BroadcastID == cmd.Scope.BroadcastID })
 		if i < 0 {
 			return nil, &BroadcastNotPendingError{ConnectionID: c.id, BroadcastID: cmd.Scope.BroadcastID}
 		}
 		b := c.bcasts[i]
-		purge = []SeqRange{{From: max(b.FirstSeq, c.cursor+1), To: b.LastSeq}}
+		purge = c.pendingIn(b.FirstSeq, b.LastSeq) // cancelled messages are not pending
 		inScope = func(m InFlightMessage) bool { return m.Seq >= b.FirstSeq && m.Seq <= b.LastSeq }
 	}
 	for _, m := range c.InFlight() {

@@ -46,7 +46,7 @@ func (s QueueStatus) IsZero() bool { return s.s == "" }
 // (see Connection); projections do, from the events. Transitions:
 //
 //	queued → dispatched → sent → delivered → read
-//	queued → purged (QueueCleared) | expired (MessageExpired)
+//	queued → purged (QueueCleared) | expired (MessageExpired) | cancelled (MessageCancelled)
 //	dispatched → failed (MessageFailed) | unknown (MessageOutcomeUnknown)
 type MessageStatus struct{ s string }
 
@@ -60,6 +60,7 @@ var (
 	MessageStatusPurged     = MessageStatus{"purged"}
 	MessageStatusExpired    = MessageStatus{"expired"}
 	MessageStatusUnknown    = MessageStatus{"unknown"}
+	MessageStatusCancelled  = MessageStatus{"cancelled"}
 )
 
 func (s MessageStatus) String() string { return s.s }
@@ -68,10 +69,11 @@ func (s MessageStatus) String() string { return s.s }
 func (s MessageStatus) IsZero() bool { return s.s == "" }
 
 // IsFinal reports whether no further status can follow s (read, failed, purged, expired,
-// unknown). Sent and delivered are not final: receipts may still move them forward.
+// unknown, cancelled). Sent and delivered are not final: receipts may still move them forward.
 func (s MessageStatus) IsFinal() bool {
 	switch s {
-	case MessageStatusRead, MessageStatusFailed, MessageStatusPurged, MessageStatusExpired, MessageStatusUnknown:
+	case MessageStatusRead, MessageStatusFailed, MessageStatusPurged, MessageStatusExpired, MessageStatusUnknown,
+		MessageStatusCancelled:
 		return true
 	}
 	return false
@@ -247,7 +249,7 @@ func (s MessageStatus) MarshalText() ([]byte, error) { return []byte(s.s), nil }
 func (s *MessageStatus) UnmarshalText(b []byte) (err error) {
 	*s, err = parseEnum("message status", []MessageStatus{MessageStatusQueued, MessageStatusDispatched,
 		MessageStatusSent, MessageStatusDelivered, MessageStatusRead, MessageStatusFailed,
-		MessageStatusPurged, MessageStatusExpired, MessageStatusUnknown}, b)
+		MessageStatusPurged, MessageStatusExpired, MessageStatusUnknown, MessageStatusCancelled}, b)
 	return err
 }
 func (p OnBanPolicy) MarshalText() ([]byte, error) { return []byte(p.String()), nil }

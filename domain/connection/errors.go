@@ -62,7 +62,49 @@ var (
 	// ErrIdempotencyKeyReused: an idempotency key already accepted with another request
 	// (*KeyReusedError). HTTP 422, code idempotency_key_reused.
 	ErrIdempotencyKeyReused = errors.New("connection: idempotency key reused with another request")
+	// ErrMessageNotPending: a cancel of a message that is no longer queued — dispatched,
+	// expired, purged or cancelled (*MessageNotPendingError). HTTP 409, code message_not_pending.
+	ErrMessageNotPending = errors.New("connection: message not pending")
+	// ErrMessageCancelled: dispatch or expiry of a cancelled message (*MessageCancelledError).
+	ErrMessageCancelled = errors.New("connection: message cancelled")
 )
+
+// MessageNotPendingError refuses to cancel a message that is not pending any more.
+// errors.Is(err, ErrMessageNotPending). Cancelled is true when the aggregate knows the message
+// was cancelled already (an idempotent caller answers that cancel).
+type MessageNotPendingError struct {
+	ConnectionID string
+	MessageID    uuid.UUID
+	Seq          uint64
+	Cancelled    bool
+}
+
+func (e *MessageNotPendingError) Error() string {
+	what := "dispatched, expired or purged"
+	if e.Cancelled {
+		what = "cancelled"
+	}
+	return fmt.Sprintf("connection: cancel %q: message %s at seq %d is not pending (%s)", e.ConnectionID, e.MessageID, e.Seq, what)
+}
+
+// Is makes errors.Is(err, ErrMessageNotPending) true.
+func (e *MessageNotPendingError) Is(target error) bool { return target == ErrMessageNotPending }
+
+// MessageCancelledError refuses to dispatch or expire a cancelled message.
+// errors.Is(err, ErrMessageCancelled).
+type MessageCancelledError struct {
+	ConnectionID string
+	Op           string
+	MessageID    uuid.UUID
+	Seq          uint64
+}
+
+func (e *MessageCancelledError) Error() string {
+	return fmt.Sprintf("connection: %s %q: message %s at seq %d was cancelled", e.Op, e.ConnectionID, e.MessageID, e.Seq)
+}
+
+// Is makes errors.Is(err, ErrMessageCancelled) true.
+func (e *MessageCancelledError) Is(target error) bool { return target == ErrMessageCancelled }
 
 // FailureNotSent is the MessageFailed code of a message dispatched but provably never handed
 // to WhatsApp: the transport refused every attempt, or a clear, hold, ban or session loss

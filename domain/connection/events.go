@@ -47,6 +47,8 @@ const (
 	TypeMessageSendRetried = "MessageSendRetried"
 	// TypeTransportProblemObserved names TransportProblemObserved.
 	TypeTransportProblemObserved = "TransportProblemObserved"
+	// TypeMessageCancelled names MessageCancelled.
+	TypeMessageCancelled = "MessageCancelled"
 )
 
 // ConnectionRegistered opens a connection stream: a WhatsApp number of a tenant, not paired yet.
@@ -255,6 +257,19 @@ type MessageExpired struct {
 	ExpiredAt time.Time `json:"expired_at"`
 }
 
+// MessageCancelled records that an operator cancelled one pending message: it is never handed
+// over, and the cancel is its terminal state. It is decided at the expected revision, like a
+// clear, so a cancel racing the message's dispatch either lands first (the dispatch then skips
+// the message) or is refused (the message is no longer pending): exactly one wins.
+type MessageCancelled struct {
+	MessageID uuid.UUID `json:"message_id"`
+	Seq       uint64    `json:"seq"`
+	// Reason says why, in the operator's words; required.
+	Reason      string    `json:"reason"`
+	CancelledBy string    `json:"cancelled_by"`
+	CancelledAt time.Time `json:"cancelled_at"`
+}
+
 // MessageOutcomeUnknown records that a dispatched message was never acknowledged (the process
 // died or the transport timed out). It is final: the message is never sent again automatically.
 type MessageOutcomeUnknown struct {
@@ -445,6 +460,7 @@ func (QueueCleared) EventType() string             { return TypeQueueCleared }
 func (TransportProblemObserved) EventType() string { return TypeTransportProblemObserved }
 func (MessageSendDeferred) EventType() string      { return TypeMessageSendDeferred }
 func (MessageSendRetried) EventType() string       { return TypeMessageSendRetried }
+func (MessageCancelled) EventType() string         { return TypeMessageCancelled }
 
 func (e ConnectionRegistered) naturalKey() string   { return "connection/" + e.ConnectionID }
 func (OnBanPolicyChanged) naturalKey() string       { return "" }
@@ -461,6 +477,7 @@ func (e MessageRead) naturalKey() string            { return e.MessageID.String(
 func (e MessageFailed) naturalKey() string          { return e.MessageID.String() }
 func (e MessageExpired) naturalKey() string         { return e.MessageID.String() }
 func (e MessageOutcomeUnknown) naturalKey() string  { return e.MessageID.String() }
+func (e MessageCancelled) naturalKey() string       { return e.MessageID.String() }
 func (QueueHeld) naturalKey() string                { return "" }
 func (QueueResumed) naturalKey() string             { return "" }
 func (e ClearQueueRequested) naturalKey() string    { return e.ClearID.String() }

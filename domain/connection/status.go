@@ -16,7 +16,8 @@ type MessageEvent struct {
 
 // MessageEventOf returns what e means for one message: MessageQueued → queued,
 // MessageDispatched → dispatched, MessageSent → sent, MessageDelivered → delivered, MessageRead
-// → read, MessageFailed → failed, MessageExpired → expired, MessageOutcomeUnknown → unknown.
+// → read, MessageFailed → failed, MessageExpired → expired, MessageOutcomeUnknown → unknown,
+// MessageCancelled → cancelled.
 // It returns false for every other event. Purges are not per-message events: a message is
 // purged when a QueueCleared (or, from the request on, a ClearQueueRequested) Covers its Seq.
 func MessageEventOf(e Event) (MessageEvent, bool) {
@@ -37,6 +38,8 @@ func MessageEventOf(e Event) (MessageEvent, bool) {
 		return MessageEvent{e.MessageID, e.Seq, MessageStatusExpired}, true
 	case MessageOutcomeUnknown:
 		return MessageEvent{e.MessageID, e.Seq, MessageStatusUnknown}, true
+	case MessageCancelled:
+		return MessageEvent{e.MessageID, e.Seq, MessageStatusCancelled}, true
 	}
 	return MessageEvent{}, false
 }
@@ -44,15 +47,16 @@ func MessageEventOf(e Event) (MessageEvent, bool) {
 // CanBecome reports whether a message in status s moves to next. Projections use it to keep a
 // message's status monotonic when receipts arrive late or twice:
 //
-//	queued → dispatched | purged | expired
+//	queued → dispatched | purged | expired | cancelled
 //	dispatched → sent | delivered | read | failed | unknown
 //	sent → delivered | read;  delivered → read
 //
-// Final statuses (read, failed, purged, expired, unknown) never change.
+// Final statuses (read, failed, purged, expired, unknown, cancelled) never change.
 func (s MessageStatus) CanBecome(next MessageStatus) bool {
 	switch s {
 	case MessageStatusQueued:
-		return next == MessageStatusDispatched || next == MessageStatusPurged || next == MessageStatusExpired
+		return next == MessageStatusDispatched || next == MessageStatusPurged || next == MessageStatusExpired ||
+			next == MessageStatusCancelled
 	case MessageStatusDispatched:
 		return next == MessageStatusSent || next == MessageStatusDelivered || next == MessageStatusRead ||
 			next == MessageStatusFailed || next == MessageStatusUnknown
@@ -100,6 +104,10 @@ const (
 	CodeNotInFlight         Code = "not_in_flight"
 	CodeInFlightLimit       Code = "in_flight_limit"
 	CodeSendInterrupted     Code = "send_interrupted"
+	// CodeMessageNotPending: a cancel of a message no longer queued (dispatched, expired, purged).
+	CodeMessageNotPending Code = "message_not_pending"
+	// CodeMessageCancelled: a dispatch or expiry of a cancelled message.
+	CodeMessageCancelled Code = "message_cancelled"
 	// CodeIdempotencyKeyReused: the key was accepted before with another request (HTTP 422).
 	CodeIdempotencyKeyReused Code = "idempotency_key_reused"
 )
@@ -126,6 +134,8 @@ var errorCodes = []struct {
 	{ErrNotInFlight, CodeNotInFlight},
 	{ErrInFlightLimit, CodeInFlightLimit},
 	{ErrSendInterrupted, CodeSendInterrupted},
+	{ErrMessageNotPending, CodeMessageNotPending},
+	{ErrMessageCancelled, CodeMessageCancelled},
 	{ErrIdempotencyKeyReused, CodeIdempotencyKeyReused},
 }
 

@@ -16,6 +16,7 @@ func TestMessageEventOf(t *testing.T) {
 		connection.TypeMessageSent: connection.MessageStatusSent, connection.TypeMessageDelivered: connection.MessageStatusDelivered,
 		connection.TypeMessageRead: connection.MessageStatusRead, connection.TypeMessageFailed: connection.MessageStatusFailed,
 		connection.TypeMessageExpired: connection.MessageStatusExpired, connection.TypeMessageOutcomeUnknown: connection.MessageStatusUnknown,
+		connection.TypeMessageCancelled: connection.MessageStatusCancelled,
 	}
 	for _, e := range oneOfEach() {
 		me, ok := connection.MessageEventOf(e)
@@ -33,9 +34,10 @@ func TestCanBecome(t *testing.T) {
 	q, d, s, dl, r := connection.MessageStatusQueued, connection.MessageStatusDispatched, connection.MessageStatusSent,
 		connection.MessageStatusDelivered, connection.MessageStatusRead
 	f, p, e, u := connection.MessageStatusFailed, connection.MessageStatusPurged, connection.MessageStatusExpired, connection.MessageStatusUnknown
-	all := []connection.MessageStatus{q, d, s, dl, r, f, p, e, u}
+	cx := connection.MessageStatusCancelled
+	all := []connection.MessageStatus{q, d, s, dl, r, f, p, e, u, cx}
 	allowed := map[[2]connection.MessageStatus]bool{
-		{q, d}: true, {q, p}: true, {q, e}: true,
+		{q, d}: true, {q, p}: true, {q, e}: true, {q, cx}: true,
 		{d, s}: true, {d, dl}: true, {d, r}: true, {d, f}: true, {d, u}: true,
 		{s, dl}: true, {s, r}: true, {dl, r}: true,
 	}

@@ -8,8 +8,10 @@
 //   - G1: no message covered by a ClearQueueRequested is dispatched (or sent) after it;
 //   - G2: no MessageQueued, BroadcastStarted or MessageDispatched between a ClearQueueRequested
 //     and its QueueCleared;
-//   - G3: every message ends in at most one terminal state (purged, expired, or dispatched and
-//     acknowledged once as sent, failed or unknown), messages still pending or in flight at the
+//   - G1 for cancels: no message cancelled (MessageCancelled) is dispatched or sent, and a cancel
+//     is recorded only for a message still pending;
+//   - G3: every message ends in at most one terminal state (purged, expired, cancelled, or
+//     dispatched and acknowledged once as sent, failed or unknown), messages still pending or in flight at the
 //     end are reported separately, and every ClearQueueRequested/QueueCleared states exactly the
 //     messages it purged (count and set) and the messages in flight;
 //   - G5: no message is handed to the transport twice, and every send has its MessageDispatched;
@@ -109,6 +111,9 @@ const (
 	KindDeferNotInFlight    Kind = "deferred_not_in_flight"        // G3: MessageSendDeferred for a message not handed over
 	KindNotSentMismatch     Kind = "not_sent_mismatch"             // G3: a clear's not-sent list is wrong
 	KindNotSentNotFailed    Kind = "not_sent_not_failed"           // G3: a clear's not-sent message not failed by it
+	KindCancelNotPending    Kind = "cancelled_not_pending"         // G3: MessageCancelled for a message not pending
+	KindDispatchCancelled   Kind = "dispatched_after_cancel"       // G1
+	KindSentCancelled       Kind = "sent_after_cancel"             // G1
 )
 
 // Violation is one breach of a guarantee, with the values involved.
@@ -147,11 +152,12 @@ func (v Violation) String() string {
 // Report is the checker's result.
 type Report struct {
 	Violations []Violation
-	// Queued is the number of messages queued; Purged, Expired, Acknowledged those that reached
-	// that end; Pending (by Seq) and InFlight (dispatched, unacknowledged) those still open.
+	// Queued is the number of messages queued; Purged, Expired, Cancelled, Acknowledged those
+	// that reached that end; Pending (by Seq) and InFlight (dispatched, unacknowledged) those still open.
 	Queued       int
 	Purged       int
 	Expired      int
+	Cancelled    int
 	Acknowledged int
 	Pending      []uint64
 	InFlight     []uuid.UUID
@@ -173,6 +179,7 @@ const (
 	fDispatched
 	fPurged
 	fExpired
+	fCancelled
 )
 
 type message struct {
@@ -232,6 +239,8 @@ func Check(history []Recorded, sends []Send) Report {
 			c.r.Purged++
 		case m.fate == fExpired:
 			c.r.Expired++
+		case m.fate == fCancelled:
+			c.r.Cancelled++
 		}
 	}
 	c.r.Queued = len(c.order)
@@ -310,6 +319,15 @@ func (c *checker) apply(e connection.Event) {
 			}
 			m.fate = fExpired
 		}
+	case connection.MessageCancelled:
+		if m := c.msg(e.MessageID, e.Seq); m != nil {
+			if m.fate != fPending {
+				c.violate(Violation{Guarantee: G3, Kind: KindCancelNotPending, Revision: c.rev, MessageID: m.id, Seq: m.seq,
+					Detail: fmt.Sprintf("fate %d", m.fate)})
+				return
+			}
+			m.fate = fCancelled
+		}
 	case connection.ClearQueueRequested:
 		c.requested(e)
 		c.disrupt("clear " + e.ClearID.String())
@@ -363,6 +381,9 @@ func (c *checker) dispatched(e connection.MessageDispatched) {
 		return
 	case fExpired:
 		v.Guarantee, v.Kind = G3, KindDispatchDisposed
+		c.violate(v)
+	case fCancelled:
+		v.Guarantee, v.Kind = G1, KindDispatchCancelled
 		c.violate(v)
 	}
 	m.fate, m.dispatchRev = fDispatched, c.rev
@@ -572,6 +593,9 @@ func (c *checker) checkSends(sends []Send) {
 				v.Seq = m.seq
 				if m.fate == fPurged {
 					v.Guarantee, v.Kind, v.ClearID = G1, KindSentPurged, m.purgedBy
+				}
+				if m.fate == fCancelled {
+					v.Guarantee, v.Kind = G1, KindSentCancelled
 				}
 			}
 			c.violate(v)

@@ -217,3 +217,36 @@ func TestViolationString(t *testing.T) {
 		t.Fatalf("String() = %q, want %q", got, want)
 	}
 }
+
+func cancelled(i int) connection.MessageCancelled {
+	return connection.MessageCancelled{MessageID: mid(i), Seq: uint64(i), Reason: "r", CancelledBy: "op"}
+}
+
+func TestCancelledMessageIsTerminal(t *testing.T) {
+	// Valid: message 2 cancelled, 1 and 3 dispatched and sent.
+	h := active().add(cancelled(2), d(1), sent(1), d(3), sent(3))
+	r := invariants.Check(h, []invariants.Send{{MessageID: mid(1), Fence: 6}, {MessageID: mid(3), Fence: 8}})
+	if !r.OK() || r.Cancelled != 1 || r.Acknowledged != 2 || len(r.Pending) != 0 {
+		t.Fatalf("valid history: %+v", r)
+	}
+	tests := []struct {
+		name  string
+		h     hist
+		sends []invariants.Send
+		want  invariants.Kind
+	}{
+		{"dispatched after cancel", active().add(cancelled(1), d(1)), nil, invariants.KindDispatchCancelled},
+		{"cancelled after dispatch", active().add(d(1), cancelled(1)), nil, invariants.KindCancelNotPending},
+		{"cancelled twice", active().add(cancelled(1), cancelled(1)), nil, invariants.KindCancelNotPending},
+		{"expired after cancel", active().add(cancelled(1), connection.MessageExpired{MessageID: mid(1), Seq: 1}), nil, invariants.KindExpiredTwice},
+		{"sent after cancel", active().add(cancelled(1)), []invariants.Send{{MessageID: mid(1), Fence: 5}}, invariants.KindSentCancelled},
+		{"purged after cancel", active().add(cancelled(1), clear(1, 3)), nil, invariants.KindPurgeNotPending},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if r := invariants.Check(tt.h, tt.sends); !r.Has(tt.want) {
+				t.Fatalf("violations %v, want %s", r.Violations, tt.want)
+			}
+		})
+	}
+}
