@@ -140,6 +140,7 @@ type Handlers struct {
 	HoldQueue              *HoldQueueHandler
 	ResumeQueue            *ResumeQueueHandler
 	RequestClear           *RequestClearHandler
+	CancelMessage          *CancelMessageHandler
 	CompleteClear          *CompleteClearHandler
 	RecordTransportProblem *RecordTransportProblemHandler
 }
@@ -324,5 +325,6 @@ func cqrsHandlers(h Handlers) []cqrs.CommandHandler {
 	add(h.HoldQueue != nil, func() cqrs.CommandHandler { return handler[HoldQueue](h.HoldQueue) })
 	add(h.ResumeQueue != nil, func() cqrs.CommandHandler { return handler[ResumeQueue](h.ResumeQueue) })
 	add(h.RequestClear != nil, func() cqrs.CommandHandler { return handler[RequestClear](h.RequestClear) })
+	add(h.CancelMessage != nil, func() cqrs.CommandHandler { return handler[CancelMessage](h.CancelMessage) })
 	return out
 }

@@ -53,6 +53,8 @@ func NewHandlers(repo *Repository, now Clock) (Handlers, error) {
 	add(err)
 	h.RequestClear, err = NewRequestClearHandler(repo, now)
 	add(err)
+	h.CancelMessage, err = NewCancelMessageHandler(repo, now)
+	add(err)
 	h.CompleteClear, err = NewCompleteClearHandler(repo, now)
 	add(err)
 	h.RecordTransportProblem, err = NewRecordTransportProblemHandler(repo, now)

@@ -31,6 +31,7 @@ const (
 	NameRecordTransportProblem = "waqueue.RecordTransportProblem"
 	NameDeferSend              = "waqueue.DeferSend" // not served by the bus (see Handlers)
 	NameRetrySend              = "waqueue.RetrySend" // not served by the bus (see Handlers)
+	NameCancelMessage          = "waqueue.CancelMessage"
 )
 
 // BusCommandNames returns the commands the command processor serves, in a stable order: those
@@ -39,11 +40,12 @@ const (
 // own transport, dispatcher and processes issue those, in process, as SystemPrincipal.
 func BusCommandNames() []string {
 	return []string{NameRegisterConnection, NameSetOnBanPolicy, NameEnqueueMessage, NameStartBroadcast,
-		NameHoldQueue, NameResumeQueue, NameRequestClear}
+		NameHoldQueue, NameResumeQueue, NameRequestClear, NameCancelMessage}
 }
 
 func (RegisterConnection) CommandName() string     { return NameRegisterConnection }
 func (SetOnBanPolicy) CommandName() string         { return NameSetOnBanPolicy }
+func (CancelMessage) CommandName() string          { return NameCancelMessage }
 func (PairingSucceeded) CommandName() string       { return NamePairingSucceeded }
 func (SessionInvalidated) CommandName() string     { return NameSessionInvalidated }
 func (ReportBan) CommandName() string              { return NameReportBan }

@@ -1,0 +1,110 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// CancelMessage cancels one message still waiting in a connection's queue. It needs
+// connection.edit, like a clear: it withdraws a message someone else may have queued, and keys
+// do not own messages (a sender key issues message.send for a whole tenant).
+//
+// It records MessageCancelled (who, why) at the stream's expected revision, so a cancel racing
+// the message's dispatch, expiry or a clear either wins (the dispatcher skips the message, a
+// clear does not count it) or is refused with *connection.MessageNotPendingError (HTTP 409
+// message_not_pending): exactly one wins. A cancel of a message cancelled already records
+// nothing and answers that cancel (Replayed), whatever its reason. A message id unknown on the
+// connection, or the connection of another tenant, fails with *MessageNotFoundError / a
+// *NotFoundError (both ErrNotFound).
+type CancelMessage struct {
+	ConnectionID string    `json:"connection_id"`
+	MessageID    uuid.UUID `json:"message_id"`
+	// Reason says why; required (code missing_reason).
+	Reason string `json:"reason"`
+}
+
+// CancelMessageResult is the outcome of CancelMessage.
+type CancelMessageResult struct {
+	Result
+	// Cancelled is the event recorded (or, on a replay, the one recorded before).
+	Cancelled connection.MessageCancelled
+	Replayed  bool
+}
+
+// MessageNotFoundError reports a message id that was never queued on the connection.
+// errors.Is(err, ErrNotFound): to a caller it is as missing as a foreign connection (G9).
+type MessageNotFoundError struct {
+	ConnectionID string
+	MessageID    uuid.UUID
+}
+
+func (e *MessageNotFoundError) Error() string {
+	return fmt.Sprintf("commands: connection %q: message %s not found", e.ConnectionID, e.MessageID)
+}
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *MessageNotFoundError) Is(target error) bool { return target == ErrNotFound }
+
+// CancelMessageHandler handles CancelMessage.
+type CancelMessageHandler struct {
+	repo *Repository
+	now  Clock
+}
+
+// NewCancelMessageHandler returns a handler; repo and now must not be nil.
+func NewCancelMessageHandler(repo *Repository, now Clock) (*CancelMessageHandler, error) {
+	if repo == nil || now == nil {
+		return nil, errors.New("commands: NewCancelMessageHandler: nil dependency")
+	}
+	return &CancelMessageHandler{repo: repo, now: now}, nil
+}
+
+// Handle records MessageCancelled, or answers the cancel recorded before. The message's queue
+// position comes from its MessageQueued, found by its event id (the store's id index; stores
+// without one look back ReplayScan events).
+func (h *CancelMessageHandler) Handle(ctx context.Context, cmd CancelMessage) (CancelMessageResult, error) {
+	if _, err := principal(ctx, auth.ConnectionEdit); err != nil {
+		return CancelMessageResult{}, err
+	}
+	notFound := &MessageNotFoundError{ConnectionID: cmd.ConnectionID, MessageID: cmd.MessageID}
+	if cmd.MessageID == uuid.Nil {
+		return CancelMessageResult{}, notFound
+	}
+	ev, _, found, err := h.repo.original(ctx, cmd.ConnectionID, connection.MessageQueued{MessageID: cmd.MessageID})
+	switch {
+	case err != nil:
+		return CancelMessageResult{}, err
+	case !found:
+		// Also for a connection that does not exist: the update below would say so, but the
+		// answer is the same 404 either way.
+		return CancelMessageResult{}, notFound
+	}
+	q := ev.(connection.MessageQueued)
+	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.ConnectionEdit, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+		return c.Cancel(connection.CancelMessage{MessageID: q.MessageID, Seq: q.Seq, Reason: cmd.Reason, Actor: p.ID}, h.now())
+	})
+	switch {
+	case err == nil && !a.Existing:
+		return CancelMessageResult{Result: resultOf(a), Cancelled: a.Events[0].(connection.MessageCancelled)}, nil
+	case err != nil && !errors.Is(err, connection.ErrMessageNotPending) && !errors.Is(err, eventstore.ErrDuplicateEventID):
+		return CancelMessageResult{}, err
+	}
+	// Cancelled before (by this caller's retry or another), or not pending for another reason.
+	orig, pos, found, ferr := h.repo.original(ctx, cmd.ConnectionID, connection.MessageCancelled{MessageID: cmd.MessageID})
+	switch {
+	case ferr != nil:
+		return CancelMessageResult{}, ferr
+	case !found && err != nil:
+		return CancelMessageResult{}, err
+	case !found:
+		return CancelMessageResult{}, fmt.Errorf("commands: cancel %s on %q: stored, but not found", cmd.MessageID, cmd.ConnectionID)
+	}
+	return CancelMessageResult{Result: Result{Position: pos, Version: a.Version}, Cancelled: orig.(connection.MessageCancelled), Replayed: true}, nil
+}
