@@ -45,7 +45,7 @@ func (*Analytics) Filter() eventstore.Filter {
 		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeMessageDispatched,
 		connection.TypeMessageSent, connection.TypeMessageDelivered, connection.TypeMessageRead,
 		connection.TypeMessageFailed, connection.TypeMessageExpired, connection.TypeMessageOutcomeUnknown,
-		connection.TypeConnectionBanned, connection.TypeClearQueueRequested,
+		connection.TypeConnectionBanned, connection.TypeClearQueueRequested, connection.TypeMessageCancelled,
 	)
 }
 
@@ -55,13 +55,14 @@ func (*Analytics) Reset(ctx context.Context, tx *Tx) error {
 }
 
 // analyticsColumns are the counters of analytics_daily, in the order of DailyCounts' fields.
-var analyticsColumns = []string{"queued", "dispatched", "sent", "delivered", "read", "failed", "expired", "purged", "unknown", "bans", "clears"}
+var analyticsColumns = []string{"queued", "dispatched", "sent", "delivered", "read", "failed", "expired", "purged", "unknown", "bans", "clears", "cancelled"}
 
 var analyticsColumnOf = map[string]string{
 	connection.TypeMessageQueued: "queued", connection.TypeMessageDispatched: "dispatched",
 	connection.TypeMessageSent: "sent", connection.TypeMessageDelivered: "delivered", connection.TypeMessageRead: "read",
 	connection.TypeMessageFailed: "failed", connection.TypeMessageExpired: "expired",
 	connection.TypeMessageOutcomeUnknown: "unknown", connection.TypeConnectionBanned: "bans",
+	connection.TypeMessageCancelled: "cancelled",
 }
 
 type dayKey struct{ tenant, conn, day string }
@@ -149,6 +150,7 @@ type DailyCounts struct {
 	Day                                                                         time.Time
 	Queued, Dispatched, Sent, Delivered, Read, Failed, Expired, Purged, Unknown uint64
 	Bans, Clears                                                                uint64
+	Cancelled                                                                   uint64
 }
 
 // AnalyticsQuery selects rows of analytics_daily of one tenant.
@@ -198,6 +200,7 @@ func (*Analytics) Daily(ctx context.Context, db *DB, tenant string, q AnalyticsQ
 		}
 		d.Queued, d.Dispatched, d.Sent, d.Delivered, d.Read = uint64(n[0]), uint64(n[1]), uint64(n[2]), uint64(n[3]), uint64(n[4])
 		d.Failed, d.Expired, d.Purged, d.Unknown, d.Bans, d.Clears = uint64(n[5]), uint64(n[6]), uint64(n[7]), uint64(n[8]), uint64(n[9]), uint64(n[10])
+		d.Cancelled = uint64(n[11])
 		out = append(out, d)
 	}
 	return out, rows.Err()

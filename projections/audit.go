@@ -38,7 +38,8 @@ type AuditRule struct {
 
 // DefaultAuditRules returns the audited events (G8): of connection streams, registrations,
 // policy changes, pairings, session losses, bans, lifts, transport problems observed
-// (TransportProblemObserved), holds, resumes, clear requests and QueueCleared; of tenant streams, the rights changes (API keys created, revoked, role changed;
+// (TransportProblemObserved), holds, resumes, clear requests, QueueCleared and cancels of one
+// message (MessageCancelled); of tenant streams, the rights changes (API keys created, revoked, role changed;
 // the key hash is redacted). Another audited event is one more rule (or one more type).
 func DefaultAuditRules() []AuditRule {
 	return []AuditRule{{
@@ -50,7 +51,7 @@ func DefaultAuditRules() []AuditRule {
 			connection.TypeConnectionRegistered, connection.TypeOnBanPolicyChanged, connection.TypeSessionPaired,
 			connection.TypeSessionInvalidated, connection.TypeConnectionBanned, connection.TypeBanLifted,
 			connection.TypeQueueHeld, connection.TypeQueueResumed, connection.TypeClearQueueRequested,
-			connection.TypeQueueCleared, connection.TypeTransportProblemObserved,
+			connection.TypeQueueCleared, connection.TypeTransportProblemObserved, connection.TypeMessageCancelled,
 		},
 	}}
 }
@@ -195,7 +196,7 @@ at_us, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10
 // actorKeys and reasonKeys are the body fields an audited event names its actor and reason in,
 // in order of preference.
 var (
-	actorKeys  = []string{"actor", "completed_by", "requested_by", "registered_by", "changed_by", "revoked_by", "created_by", "started_by"}
+	actorKeys  = []string{"actor", "completed_by", "requested_by", "registered_by", "changed_by", "revoked_by", "created_by", "started_by", "cancelled_by"}
 	reasonKeys = []string{"reason", "reason_code", "note", "cause"}
 )
 

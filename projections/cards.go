@@ -111,7 +111,7 @@ clear_then = $6 WHERE conn_id = $1`, ev.ClearID.String(), ev.RequestedBy, us(ev.
 clear_then = '' WHERE conn_id = $1 AND clear_id = $2`, ev.ClearID.String())
 	case connection.MessageQueued:
 		pending[connID]++
-	case connection.MessageExpired:
+	case connection.MessageExpired, connection.MessageCancelled:
 		pending[connID]--
 	case connection.MessageDispatched:
 		pending[connID]--

@@ -49,7 +49,7 @@ func (q *Queue) Name() string { return QueueName }
 func (q *Queue) Filter() eventstore.Filter {
 	return connectionFilter(
 		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeBroadcastStarted,
-		connection.TypeMessageDispatched, connection.TypeMessageExpired, connection.TypeMessageSent,
+		connection.TypeMessageDispatched, connection.TypeMessageExpired, connection.TypeMessageCancelled, connection.TypeMessageSent,
 		connection.TypeMessageDelivered, connection.TypeMessageRead, connection.TypeMessageFailed,
 		connection.TypeMessageOutcomeUnknown, connection.TypeQueueHeld, connection.TypeQueueResumed,
 		connection.TypeClearQueueRequested, connection.TypeQueueCleared,
@@ -160,10 +160,12 @@ WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0 RETURNING broadcast_id`
 			b.bcast[[2]string{connID, bid}]--
 		}
 		return nil
-	case connection.MessageExpired:
+	case connection.MessageExpired, connection.MessageCancelled:
+		// Both end a message that was never dispatched: it leaves the pending queue.
+		me, _ := connection.MessageEventOf(ev)
 		var bid string
 		err := tx.QueryRowContext(ctx, `DELETE FROM queue_messages WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0
-RETURNING broadcast_id`, connID, int64(ev.Seq)).Scan(&bid)
+RETURNING broadcast_id`, connID, int64(me.Seq)).Scan(&bid)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}

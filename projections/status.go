@@ -40,7 +40,7 @@ func (*MessageStatus) Filter() eventstore.Filter {
 		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeBroadcastStarted,
 		connection.TypeMessageDispatched, connection.TypeMessageSent, connection.TypeMessageDelivered,
 		connection.TypeMessageRead, connection.TypeMessageFailed, connection.TypeMessageExpired,
-		connection.TypeMessageOutcomeUnknown, connection.TypeClearQueueRequested,
+		connection.TypeMessageOutcomeUnknown, connection.TypeClearQueueRequested, connection.TypeMessageCancelled,
 	)
 }
 
@@ -167,6 +167,9 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (broadcast_id) DO NOTHING`,
 	case connection.MessageSent:
 		set += `, server_id = $5`
 		args = append(args, ev.ServerID)
+	case connection.MessageCancelled:
+		set += `, detail = $5`
+		args = append(args, ev.Reason)
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE status_messages SET `+set+` WHERE message_id = $1`, args...)
 	return err
@@ -192,6 +195,8 @@ func eventTime(ev connection.Event, fallback time.Time) time.Time {
 		t = ev.ExpiredAt
 	case connection.MessageOutcomeUnknown:
 		t = ev.At
+	case connection.MessageCancelled:
+		t = ev.CancelledAt
 	}
 	if t.IsZero() {
 		return fallback
@@ -257,7 +262,7 @@ func (b *statusBatch) flushRows(ctx context.Context) error {
 
 // statusColumns are the message statuses, each a column of status_broadcasts and, with
 // suffix _at_us, of status_messages.
-var statusColumns = []string{"queued", "dispatched", "sent", "delivered", "read", "failed", "purged", "expired", "unknown"}
+var statusColumns = []string{"queued", "dispatched", "sent", "delivered", "read", "failed", "purged", "expired", "unknown", "cancelled"}
 
 func (b *statusBatch) flushCounts(ctx context.Context) error {
 	for bid, m := range b.bcast {
@@ -298,7 +303,7 @@ type MessageView struct {
 	History []StatusChange
 	// ClearID is the clear that purged the message (zero unless purged).
 	ClearID uuid.UUID
-	// FailureCode and Detail describe a failed or unknown outcome.
+	// FailureCode and Detail describe a failed or unknown outcome; Detail is a cancel's reason.
 	FailureCode string
 	Detail      string
 	// ServerID is WhatsApp's id of a sent message.
@@ -362,7 +367,7 @@ type BroadcastProgress struct {
 	ConnectionID string
 	StartedAt    time.Time
 	// Count is the number of recipients; the other fields sum to it once every message is queued.
-	Count, Queued, Dispatched, Sent, Delivered, Read, Failed, Purged, Expired, Unknown uint64
+	Count, Queued, Dispatched, Sent, Delivered, Read, Failed, Purged, Expired, Unknown, Cancelled uint64
 }
 
 // Broadcast returns the progress of broadcast id of tenant; ErrNotFound when unknown or another
@@ -370,10 +375,10 @@ type BroadcastProgress struct {
 func (s *MessageStatus) Broadcast(ctx context.Context, db *DB, tenant string, id uuid.UUID) (BroadcastProgress, error) {
 	p := BroadcastProgress{BroadcastID: id}
 	var started int64
-	n := make([]int64, 10)
-	err := db.QueryRowContext(ctx, `SELECT conn_id, started_at_us, total, queued, dispatched, sent, delivered, read, failed, purged, expired, unknown
+	n := make([]int64, 11)
+	err := db.QueryRowContext(ctx, `SELECT conn_id, started_at_us, total, queued, dispatched, sent, delivered, read, failed, purged, expired, unknown, cancelled
 FROM status_broadcasts WHERE broadcast_id = $1 AND tenant_id = $2`, id.String(), tenant).Scan(
-		&p.ConnectionID, &started, &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9])
+		&p.ConnectionID, &started, &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10])
 	if errors.Is(err, sql.ErrNoRows) {
 		return p, fmt.Errorf("projections: broadcast %s: %w", id, ErrNotFound)
 	}
@@ -383,6 +388,7 @@ FROM status_broadcasts WHERE broadcast_id = $1 AND tenant_id = $2`, id.String(),
 	p.StartedAt = fromUS(started)
 	p.Count, p.Queued, p.Dispatched, p.Sent, p.Delivered = uint64(n[0]), uint64(n[1]), uint64(n[2]), uint64(n[3]), uint64(n[4])
 	p.Read, p.Failed, p.Purged, p.Expired, p.Unknown = uint64(n[5]), uint64(n[6]), uint64(n[7]), uint64(n[8]), uint64(n[9])
+	p.Cancelled = uint64(n[10])
 	return p, nil
 }
 

@@ -74,6 +74,11 @@ type changeKeyRequest struct {
 	Role string `json:"role"`
 }
 
+// cancelRequest is the body of DELETE …/messages/{message_id}.
+type cancelRequest struct {
+	Reason string `json:"reason"`
+}
+
 type revokeKeyRequest struct {
 	Reason string `json:"reason"`
 }
@@ -312,6 +317,13 @@ func decodeBrokerToken(body []byte) (time.Duration, error) {
 		return 0, invalid("ttl", fmt.Sprintf(`must be a duration from 1m to %s, like "15m"`, apikeys.MaxTokenTTL))
 	}
 	return d, nil
+}
+
+// decodeCancel decodes {reason}; the domain refuses an empty reason (422 missing_reason).
+func decodeCancel(body []byte) (cancelRequest, error) {
+	var req cancelRequest
+	err := decodeJSON(body, &req, false)
+	return req, err
 }
 
 func decodeRevokeKey(body []byte) (revokeKeyRequest, error) {

@@ -187,6 +187,46 @@ func (s *server) getBroadcast(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]any{
 		"broadcast_id": p.BroadcastID, "connection_id": p.ConnectionID, "started_at": p.StartedAt, "count": p.Count,
 		"queued": p.Queued, "dispatched": p.Dispatched, "sent": p.Sent, "delivered": p.Delivered, "read": p.Read,
-		"failed": p.Failed, "purged": p.Purged, "expired": p.Expired, "unknown": p.Unknown,
+		"failed": p.Failed, "purged": p.Purged, "expired": p.Expired, "unknown": p.Unknown, "cancelled": p.Cancelled,
 	})
+}
+
+// cancelResponse is the body of 200 on DELETE …/messages/{message_id}; a second cancel of the
+// same message answers the first cancel's body (Idempotent-Replayed: true).
+type cancelResponse struct {
+	MessageID    uuid.UUID `json:"message_id"`
+	ConnectionID string    `json:"connection_id"`
+	Seq          uint64    `json:"seq"`
+	Status       string    `json:"status"`
+	Reason       string    `json:"reason"`
+	CancelledBy  string    `json:"cancelled_by"`
+	CancelledAt  time.Time `json:"cancelled_at"`
+}
+
+// cancelMessage cancels one queued message ({"reason": "…"}, required). 409
+// message_not_pending once it was dispatched, expired or purged; 404 for a message unknown on
+// the connection or a connection of another tenant.
+func (s *server) cancelMessage(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	msgID, err := pathUUID(r, "message_id")
+	if err != nil {
+		return err
+	}
+	_, b, err := readBody(w, r, s.d.Limits.MaxJSONBody, "application/json")
+	if err != nil {
+		return err
+	}
+	req, err := decodeCancel(b)
+	if err != nil {
+		return err
+	}
+	res, err := s.d.Handlers.CancelMessage.Handle(r.Context(), commands.CancelMessage{ConnectionID: id, MessageID: msgID, Reason: req.Reason})
+	if err != nil {
+		return err
+	}
+	s.settle(r.Context(), res.Position, projections.MessageStatusName, projections.QueueName, projections.CardsName)
+	markReplay(w, res.Replayed)
+	c := res.Cancelled
+	return writeJSON(w, http.StatusOK, cancelResponse{MessageID: c.MessageID, ConnectionID: id, Seq: c.Seq,
+		Status: connection.MessageStatusCancelled.String(), Reason: c.Reason, CancelledBy: c.CancelledBy, CancelledAt: c.CancelledAt})
 }

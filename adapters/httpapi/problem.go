@@ -115,6 +115,8 @@ var statusOfDomainCode = map[connection.Code]int{
 	connection.CodeNotInFlight:         http.StatusConflict,
 	connection.CodeInFlightLimit:       http.StatusConflict,
 	connection.CodeSendInterrupted:     http.StatusConflict,
+	connection.CodeMessageNotPending:   http.StatusConflict,
+	connection.CodeMessageCancelled:    http.StatusConflict,
 	// The same Idempotency-Key with another request: the request cannot be processed as sent.
 	connection.CodeIdempotencyKeyReused: http.StatusUnprocessableEntity,
 }

@@ -197,7 +197,7 @@ func (s *server) analyticsDaily(w http.ResponseWriter, r *http.Request) error {
 		out = append(out, map[string]any{
 			"day": d.Day.Format(time.DateOnly), "connection_id": d.ConnectionID, "queued": d.Queued, "dispatched": d.Dispatched,
 			"sent": d.Sent, "delivered": d.Delivered, "read": d.Read, "failed": d.Failed, "expired": d.Expired,
-			"purged": d.Purged, "unknown": d.Unknown, "bans": d.Bans, "clears": d.Clears,
+			"purged": d.Purged, "unknown": d.Unknown, "bans": d.Bans, "clears": d.Clears, "cancelled": d.Cancelled,
 		})
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"days": out})

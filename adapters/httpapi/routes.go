@@ -89,6 +89,7 @@ func (*server) routes() []Route {
 		r("GET", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).getPairQR, []int{s200, s404, s406}),
 		r("POST", "/v1/connections/{id}/pairing/phone", auth.ConnectionEdit, (*server).pairPhone, []int{s200, s404, s409}, body),
 		r("POST", "/v1/connections/{id}/messages", auth.MessageSend, (*server).enqueue, []int{s202, s404, s409}, body),
+		r("DELETE", "/v1/connections/{id}/messages/{message_id}", auth.ConnectionEdit, (*server).cancelMessage, []int{s200, s404, s409}, body),
 		r("GET", "/v1/messages/{id}", auth.ConnectionView, (*server).getMessage, []int{s200, s404}),
 		r("POST", "/v1/connections/{id}/broadcasts", auth.BroadcastMgmt, (*server).broadcast, []int{s202, s404, s409}, body),
 		r("GET", "/v1/broadcasts/{id}", auth.ConnectionView, (*server).getBroadcast, []int{s200, s404}),

@@ -40,7 +40,7 @@ const (
 // Stable integration event type names. Never change one; add a new version instead.
 const (
 	// TypeMessageStatusChanged: a message reached a new status (queued, dispatched, sent,
-	// delivered, read, failed, expired, unknown). Purges are reported by TypeClearCompleted.
+	// delivered, read, failed, expired, unknown, cancelled). Purges are reported by TypeClearCompleted.
 	TypeMessageStatusChanged = "waqueue.message.status_changed.v1"
 	// TypeConnectionLinkStatusChanged: pairing, session loss (link status changes other than
 	// bans, which have their own types).
@@ -120,6 +120,9 @@ type MessageStatusChanged struct {
 	FailureCode   string `json:"failure_code,omitempty"`
 	FailureDetail string `json:"failure_detail,omitempty"`
 	Cause         string `json:"cause,omitempty"`
+	// Reason and Actor are set for status cancelled: why, and who cancelled it.
+	Reason string `json:"reason,omitempty"`
+	Actor  string `json:"actor,omitempty"`
 	// ServerID is WhatsApp's id of a sent message, if known.
 	ServerID string `json:"server_id,omitempty"`
 }
@@ -212,7 +215,7 @@ func SourceTypes() []string {
 	return []string{
 		connection.TypeMessageQueued, connection.TypeMessageDispatched, connection.TypeMessageSent,
 		connection.TypeMessageDelivered, connection.TypeMessageRead, connection.TypeMessageFailed,
-		connection.TypeMessageExpired, connection.TypeMessageOutcomeUnknown,
+		connection.TypeMessageExpired, connection.TypeMessageOutcomeUnknown, connection.TypeMessageCancelled,
 		connection.TypeSessionPaired, connection.TypeSessionInvalidated,
 		connection.TypeConnectionBanned, connection.TypeBanLifted,
 		connection.TypeQueueHeld, connection.TypeQueueResumed,
@@ -329,6 +332,8 @@ func translate(ev connection.Event) (string, time.Time, any, bool) {
 			at = e.ExpiredAt
 		case connection.MessageOutcomeUnknown:
 			at, b.Cause = e.At, e.Cause
+		case connection.MessageCancelled:
+			at, b.Reason, b.Actor = e.CancelledAt, e.Reason, e.CancelledBy
 		}
 		return TypeMessageStatusChanged, at, b, true
 	}

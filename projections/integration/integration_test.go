@@ -55,6 +55,7 @@ func TestTranslate(t *testing.T) {
 		{connection.MessageFailed{MessageID: msg, Seq: 1, Code: "not_on_whatsapp", FailedAt: at}, integration.TypeMessageStatusChanged, &integration.MessageStatusChanged{}, "failed"},
 		{connection.MessageExpired{MessageID: msg, Seq: 1, ExpiresAt: at, ExpiredAt: at}, integration.TypeMessageStatusChanged, &integration.MessageStatusChanged{}, "expired"},
 		{connection.MessageOutcomeUnknown{MessageID: msg, Seq: 1, Cause: "crash", At: at}, integration.TypeMessageStatusChanged, &integration.MessageStatusChanged{}, "unknown"},
+		{connection.MessageCancelled{MessageID: msg, Seq: 1, Reason: "typo", CancelledBy: "op", CancelledAt: at}, integration.TypeMessageStatusChanged, &integration.MessageStatusChanged{}, `"reason":"typo"`},
 		{connection.SessionPaired{Actor: "system", PairedAt: at}, integration.TypeConnectionLinkStatusChanged, &integration.LinkStatusChanged{}, "active"},
 		{connection.SessionInvalidated{Reason: "401", Actor: "system", InvalidatedAt: at}, integration.TypeConnectionLinkStatusChanged, &integration.LinkStatusChanged{}, "session_invalid"},
 		{connection.ConnectionBanned{Kind: connection.BanPermanent, ReasonCode: "406", Actor: "system", BannedAt: at}, integration.TypeConnectionBanned, &integration.Banned{}, "permanent"},
