@@ -158,6 +158,31 @@ func (s *server) listConnections(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]any{"connections": out})
 }
 
+// changeConnection changes a connection's settings: today its on_ban policy (recorded as
+// OnBanPolicyChanged, audited; setting the current policy again records nothing). It answers
+// the card.
+func (s *server) changeConnection(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	_, b, err := readBody(w, r, s.d.Limits.MaxJSONBody, "application/json")
+	if err != nil {
+		return err
+	}
+	policy, err := decodeChangeConnection(b)
+	if err != nil {
+		return err
+	}
+	res, err := s.d.Handlers.SetOnBanPolicy.Handle(r.Context(), commands.SetOnBanPolicy{ConnectionID: id, Policy: policy})
+	if err != nil {
+		return err
+	}
+	s.settle(r.Context(), res.Position, projections.CardsName)
+	c, err := s.card(r, id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, viewCard(c))
+}
+
 func (s *server) getConnection(w http.ResponseWriter, r *http.Request) error {
 	c, err := s.card(r, r.PathValue("id"))
 	if err != nil {

@@ -74,6 +74,28 @@ type changeKeyRequest struct {
 	Role string `json:"role"`
 }
 
+// changeConnectionRequest is the body of PATCH /v1/connections/{id}: the settings to change.
+type changeConnectionRequest struct {
+	OnBan *string `json:"on_ban"`
+}
+
+// decodeChangeConnection decodes {on_ban}; on_ban is required (the one setting so far) and must
+// be hold or resume (422 invalid_policy).
+func decodeChangeConnection(body []byte) (connection.OnBanPolicy, error) {
+	var req changeConnectionRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return connection.OnBanPolicy{}, err
+	}
+	if req.OnBan == nil {
+		return connection.OnBanPolicy{}, invalid("on_ban", "required: the setting to change")
+	}
+	if *req.OnBan != "hold" && *req.OnBan != "resume" {
+		return connection.OnBanPolicy{}, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidPolicy), Field: "on_ban",
+			Detail: `must be "hold" or "resume"`}
+	}
+	return connection.ParseOnBanPolicy(*req.OnBan)
+}
+
 // cancelRequest is the body of DELETE …/messages/{message_id}.
 type cancelRequest struct {
 	Reason string `json:"reason"`
