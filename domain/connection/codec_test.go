@@ -18,7 +18,7 @@ func oneOfEach() []connection.Event {
 		registered(connection.OnBanResume),
 		connection.OnBanPolicyChanged{Policy: connection.OnBanHold, ChangedBy: "op", ChangedAt: t0},
 		connection.SessionPaired{JID: "jid", Actor: "op", PairedAt: t0},
-		connection.SessionInvalidated{Reason: "401", Actor: "system", InvalidatedAt: t0},
+		connection.SessionInvalidated{Reason: "401", Cause: connection.ReasonLoggedOut, Actor: "system", InvalidatedAt: t0},
 		banned(),
 		connection.ConnectionBanned{Kind: connection.BanPermanent, ReasonCode: "406", Actor: "system", BannedAt: t0},
 		connection.BanLifted{Reason: "appeal", Actor: "op", LiftedAt: t0},

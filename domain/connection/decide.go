@@ -130,7 +130,8 @@ type InvalidateSession struct {
 	Actor  string
 }
 
-// InvalidateSession decides SessionInvalidated, from active (else *LinkStatusError), and
+// InvalidateSession decides SessionInvalidated (with the reason's stable Cause), from active
+// (else *LinkStatusError), and
 // QueueHeld (reason session_invalid) unless the queue is already held (G7).
 func (c *Connection) InvalidateSession(cmd InvalidateSession, now time.Time) ([]Event, error) {
 	if err := c.mustBeRegistered("invalidate session"); err != nil {
@@ -146,7 +147,7 @@ func (c *Connection) InvalidateSession(cmd InvalidateSession, now time.Time) ([]
 		return nil, &LinkStatusError{ConnectionID: c.id, Op: "invalidate session", Status: c.link}
 	}
 	at := now.UTC()
-	events := []Event{SessionInvalidated{Reason: cmd.Reason, Actor: cmd.Actor, InvalidatedAt: at}}
+	events := []Event{SessionInvalidated{Reason: cmd.Reason, Cause: ExplainLogout(cmd.Reason).Code, Actor: cmd.Actor, InvalidatedAt: at}}
 	if c.hold == nil {
 		events = append(events, QueueHeld{Reason: HoldOnSessionInvalid, Note: cmd.Reason, Actor: SystemActor, HeldAt: at})
 	}
@@ -162,7 +163,7 @@ type BanConnection struct {
 	Actor      string
 }
 
-// Ban decides ConnectionBanned, from active or banned (a renewed or escalated ban; else
+// Ban decides ConnectionBanned (with the reason's stable Cause), from active or banned (a renewed or escalated ban; else
 // *LinkStatusError), and QueueHeld (reason banned) unless the queue is already held (G7).
 func (c *Connection) Ban(cmd BanConnection, now time.Time) ([]Event, error) {
 	if err := c.mustBeRegistered("ban"); err != nil {
@@ -190,7 +191,8 @@ func (c *Connection) Ban(cmd BanConnection, now time.Time) ([]Event, error) {
 	if !cmd.ExpiresAt.IsZero() {
 		expires = cmd.ExpiresAt.UTC()
 	}
-	events := []Event{ConnectionBanned{Kind: cmd.Kind, ExpiresAt: expires, ReasonCode: cmd.ReasonCode, Actor: cmd.Actor, BannedAt: at}}
+	events := []Event{ConnectionBanned{Kind: cmd.Kind, ExpiresAt: expires, ReasonCode: cmd.ReasonCode,
+		Cause: ExplainBan(cmd.Kind, cmd.ReasonCode).Code, Actor: cmd.Actor, BannedAt: at}}
 	if c.hold == nil {
 		events = append(events, QueueHeld{Reason: HoldOnBan, Note: cmd.ReasonCode, Actor: SystemActor, HeldAt: at})
 	}

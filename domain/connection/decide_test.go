@@ -107,7 +107,7 @@ func TestLinkLifecycle(t *testing.T) {
 		}},
 		{name: "permanent ban escalates a temporary one", given: history(base, banned()), when: func(c *connection.Connection) ([]connection.Event, error) {
 			return c.Ban(connection.BanConnection{Kind: connection.BanPermanent, ReasonCode: "406", Actor: "system"}, at(2))
-		}, then: []connection.Event{connection.ConnectionBanned{Kind: connection.BanPermanent, ReasonCode: "406", Actor: "system", BannedAt: at(2)}}},
+		}, then: []connection.Event{connection.ConnectionBanned{Kind: connection.BanPermanent, ReasonCode: "406", Cause: connection.ReasonAccountBanned, Actor: "system", BannedAt: at(2)}}},
 		{name: "temporary ban without expiry", given: base, when: func(c *connection.Connection) ([]connection.Event, error) {
 			return c.Ban(connection.BanConnection{Kind: connection.BanTemporary, ReasonCode: "101", Actor: "system"}, t0)
 		}, err: connection.ErrInvalidCommand, check: wantCode(connection.CodeInvalidBan)},
@@ -144,7 +144,7 @@ func TestLinkLifecycle(t *testing.T) {
 		}, err: connection.ErrLinkStatus},
 		{name: "session loss holds the queue (G7)", given: base, when: func(c *connection.Connection) ([]connection.Event, error) {
 			return c.InvalidateSession(connection.InvalidateSession{Reason: "logged out", Actor: "system"}, t0)
-		}, then: []connection.Event{connection.SessionInvalidated{Reason: "logged out", Actor: "system", InvalidatedAt: t0},
+		}, then: []connection.Event{connection.SessionInvalidated{Reason: "logged out", Cause: connection.ReasonUnspecifiedLogout, Actor: "system", InvalidatedAt: t0},
 			connection.QueueHeld{Reason: connection.HoldOnSessionInvalid, Note: "logged out", Actor: connection.SystemActor, HeldAt: t0}}},
 		{name: "session loss of an unpaired connection", given: history(reg), when: func(c *connection.Connection) ([]connection.Event, error) {
 			return c.InvalidateSession(connection.InvalidateSession{Actor: "system"}, t0)

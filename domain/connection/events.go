@@ -83,7 +83,10 @@ type SessionPaired struct {
 // already held (G7).
 type SessionInvalidated struct {
 	// Reason is the transport's reason, e.g. a WhatsApp logout reason code.
-	Reason        string    `json:"reason,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Cause is Reason as a stable code (ExplainLogout: logged_out, main_device_gone, …); empty
+	// in events recorded before it existed (ExplainLogout(Reason) gives it).
+	Cause         string    `json:"cause,omitempty"`
 	Actor         string    `json:"actor"`
 	InvalidatedAt time.Time `json:"invalidated_at"`
 }
@@ -97,9 +100,12 @@ type ConnectionBanned struct {
 	// still ends only with BanLifted.
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 	// ReasonCode is the transport's reason code (e.g. WhatsApp's TempBanReason number).
-	ReasonCode string    `json:"reason_code"`
-	Actor      string    `json:"actor"`
-	BannedAt   time.Time `json:"banned_at"`
+	ReasonCode string `json:"reason_code"`
+	// Cause is ReasonCode as a stable code (ExplainBan: sent_to_too_many_people, …); empty in
+	// events recorded before it existed (ExplainBan(Kind, ReasonCode) gives it).
+	Cause    string    `json:"cause,omitempty"`
+	Actor    string    `json:"actor"`
+	BannedAt time.Time `json:"banned_at"`
 }
 
 // BanLifted records the end of a ban (banned → active). It does not resume a held queue, unless

@@ -117,7 +117,7 @@ func clearedHeld(req connection.Event) connection.Event {
 
 func banned() []connection.Event {
 	return []connection.Event{
-		connection.ConnectionBanned{Kind: connection.BanTemporary, ExpiresAt: at(60), ReasonCode: "101", Actor: "system", BannedAt: t0},
+		connection.ConnectionBanned{Kind: connection.BanTemporary, ExpiresAt: at(60), ReasonCode: "101", Cause: connection.ReasonSentToTooManyPeople, Actor: "system", BannedAt: t0},
 		connection.QueueHeld{Reason: connection.HoldOnBan, Note: "101", Actor: connection.SystemActor, HeldAt: t0},
 	}
 }
