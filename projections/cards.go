@@ -80,11 +80,11 @@ VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (conn_id) DO NOTHING`,
 		return exec(`UPDATE card_connections SET on_ban = $2 WHERE conn_id = $1`, policyText(ev.Policy))
 	case connection.SessionPaired:
 		// A (re)paired link starts with a clean slate: the problem that broke it is resolved.
-		return exec(`UPDATE card_connections SET link_status = $2, last_problem = '', last_problem_at_us = 0 WHERE conn_id = $1`,
-			connection.LinkStatusActive.String())
+		return exec(`UPDATE card_connections SET link_status = $2, last_problem = '', last_problem_at_us = 0, logout_reason = ''
+WHERE conn_id = $1`, connection.LinkStatusActive.String())
 	case connection.SessionInvalidated:
-		return exec(`UPDATE card_connections SET link_status = $2, last_problem = $3, last_problem_at_us = $4 WHERE conn_id = $1`,
-			connection.LinkStatusSessionInvalid.String(), "session_invalidated: "+ev.Reason, us(ev.InvalidatedAt))
+		return exec(`UPDATE card_connections SET link_status = $2, last_problem = $3, last_problem_at_us = $4, logout_reason = $5
+WHERE conn_id = $1`, connection.LinkStatusSessionInvalid.String(), "session_invalidated: "+ev.Reason, us(ev.InvalidatedAt), ev.Reason)
 	case connection.ConnectionBanned:
 		return exec(`UPDATE card_connections SET link_status = $2, ban_kind = $3, ban_expires_at_us = $4, ban_reason = $5,
 ban_since_us = CASE WHEN ban_since_us = 0 THEN $6 ELSE ban_since_us END WHERE conn_id = $1`,
@@ -166,6 +166,8 @@ type Card struct {
 	InFlight     uint64
 	// Ban is set while the connection is banned.
 	Ban *CardBan
+	// Logout is set while the link is session_invalid.
+	Logout *CardLogout
 	// Hold is set while the queue is held.
 	Hold *CardHold
 	// Clear is set while a clear is in progress.
@@ -184,8 +186,17 @@ type CardBan struct {
 	Kind connection.BanKind
 	// ExpiresAt is zero for a permanent ban.
 	ExpiresAt time.Time
+	// Reason is the transport's reason code ("101"); Explained says it in words.
 	Reason    string
+	Explained connection.Reason
 	Since     time.Time
+}
+
+// CardLogout is why a card's session was lost, while its link is session_invalid.
+type CardLogout struct {
+	// Reason is the transport's reason code ("401"); Explained says it in words.
+	Reason    string
+	Explained connection.Reason
 }
 
 // CardHold is a card's current hold.
@@ -209,15 +220,15 @@ type CardClear struct {
 
 const cardColumns = `tenant_id, conn_id, phone, on_ban, link_status, held, pending, in_flight, ban_kind, ban_expires_at_us,
 ban_reason, ban_since_us, hold_reason, hold_actor, hold_note, hold_since_us, clear_id, clear_requested_by, clear_requested_at_us,
-clear_scope, clear_then, last_problem, last_problem_at_us, registered_at_us, updated_at_us`
+clear_scope, clear_then, last_problem, last_problem_at_us, registered_at_us, updated_at_us, logout_reason`
 
 func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 	var c Card
-	var link, banKind, banReason, holdReason, holdActor, holdNote, clearID, clearBy, clearScope, clearThen string
+	var link, banKind, banReason, holdReason, holdActor, holdNote, clearID, clearBy, clearScope, clearThen, logoutReason string
 	var held, pending, inFlight, banExp, banSince, holdSince, clearAt, probAt, regAt, updAt int64
 	if err := row.Scan(&c.TenantID, &c.ConnectionID, &c.Phone, &c.OnBan, &link, &held, &pending, &inFlight, &banKind, &banExp,
 		&banReason, &banSince, &holdReason, &holdActor, &holdNote, &holdSince, &clearID, &clearBy, &clearAt,
-		&clearScope, &clearThen, &c.LastProblem, &probAt, &regAt, &updAt); err != nil {
+		&clearScope, &clearThen, &c.LastProblem, &probAt, &regAt, &updAt, &logoutReason); err != nil {
 		return c, err
 	}
 	if err := c.LinkStatus.UnmarshalText([]byte(link)); err != nil {
@@ -231,6 +242,10 @@ func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 		if err := c.Ban.Kind.UnmarshalText([]byte(banKind)); err != nil {
 			return c, err
 		}
+		c.Ban.Explained = connection.ExplainBan(c.Ban.Kind, banReason)
+	}
+	if c.LinkStatus == connection.LinkStatusSessionInvalid {
+		c.Logout = &CardLogout{Reason: logoutReason, Explained: connection.ExplainLogout(logoutReason)}
 	}
 	if held != 0 {
 		c.Hold = &CardHold{Actor: holdActor, Note: holdNote, Since: fromUS(holdSince)}

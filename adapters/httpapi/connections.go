@@ -43,15 +43,16 @@ func (s *server) settle(ctx context.Context, pos eventstore.Position, names ...s
 
 // cardView is a connection card as the API shows it.
 type cardView struct {
-	ID          string   `json:"id"`
-	TenantID    string   `json:"tenant_id"`
-	Phone       string   `json:"phone"`
-	OnBan       string   `json:"on_ban"`
-	LinkStatus  string   `json:"link_status"`
-	QueueStatus string   `json:"queue_status"`
-	Pending     uint64   `json:"pending"`
-	InFlight    uint64   `json:"in_flight"`
-	Ban         *banView `json:"ban,omitempty"`
+	ID          string      `json:"id"`
+	TenantID    string      `json:"tenant_id"`
+	Phone       string      `json:"phone"`
+	OnBan       string      `json:"on_ban"`
+	LinkStatus  string      `json:"link_status"`
+	QueueStatus string      `json:"queue_status"`
+	Pending     uint64      `json:"pending"`
+	InFlight    uint64      `json:"in_flight"`
+	Ban         *banView    `json:"ban,omitempty"`
+	Logout      *logoutView `json:"logout,omitempty"`
 	// HeldReason says why the queue is held (banned, session_invalid, operator, after_clear),
 	// also while clearing and after the ban is lifted; "" when not held.
 	HeldReason    string     `json:"held_reason,omitempty"`
@@ -66,8 +67,18 @@ type cardView struct {
 type banView struct {
 	Kind      string    `json:"kind"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
-	Reason    string    `json:"reason,omitempty"`
-	Since     time.Time `json:"since"`
+	// Reason is the transport's code ("101"); Cause the stable code, Description in words.
+	Reason      string    `json:"reason,omitempty"`
+	Cause       string    `json:"cause"`
+	Description string    `json:"description"`
+	Since       time.Time `json:"since"`
+}
+
+// logoutView is why the session was lost, while the link is session_invalid.
+type logoutView struct {
+	Reason      string `json:"reason,omitempty"`
+	Cause       string `json:"cause"`
+	Description string `json:"description"`
 }
 
 type holdView struct {
@@ -93,7 +104,11 @@ func viewCard(c projections.Card) cardView {
 		LastProblem: c.LastProblem, LastProblemAt: c.LastProblemAt, RegisteredAt: c.RegisteredAt, UpdatedAt: c.UpdatedAt,
 	}
 	if c.Ban != nil {
-		v.Ban = &banView{Kind: c.Ban.Kind.String(), ExpiresAt: c.Ban.ExpiresAt, Reason: c.Ban.Reason, Since: c.Ban.Since}
+		v.Ban = &banView{Kind: c.Ban.Kind.String(), ExpiresAt: c.Ban.ExpiresAt, Reason: c.Ban.Reason, Since: c.Ban.Since,
+			Cause: c.Ban.Explained.Code, Description: c.Ban.Explained.Description}
+	}
+	if c.Logout != nil {
+		v.Logout = &logoutView{Reason: c.Logout.Reason, Cause: c.Logout.Explained.Code, Description: c.Logout.Explained.Description}
 	}
 	if c.Hold != nil {
 		v.Hold = &holdView{Reason: c.Hold.Reason.String(), Actor: c.Hold.Actor, Note: c.Hold.Note, Since: c.Hold.Since}

@@ -131,7 +131,10 @@ type MessageStatusChanged struct {
 type LinkStatusChanged struct {
 	LinkStatus string `json:"link_status"`
 	Reason     string `json:"reason,omitempty"`
-	Actor      string `json:"actor"`
+	// Cause and Description explain a session loss's Reason (connection.ExplainLogout).
+	Cause       string `json:"cause,omitempty"`
+	Description string `json:"description,omitempty"`
+	Actor       string `json:"actor"`
 }
 
 // Banned is the body of TypeConnectionBanned.
@@ -140,7 +143,10 @@ type Banned struct {
 	Kind       string    `json:"kind"`
 	ExpiresAt  time.Time `json:"expires_at,omitzero"`
 	ReasonCode string    `json:"reason_code"`
-	Actor      string    `json:"actor"`
+	// Cause is the reason's stable code (connection.ExplainBan), Description it in words.
+	Cause       string `json:"cause"`
+	Description string `json:"description"`
+	Actor       string `json:"actor"`
 }
 
 // BanLifted is the body of TypeConnectionBanLifted.
@@ -342,11 +348,14 @@ func translate(ev connection.Event) (string, time.Time, any, bool) {
 		return TypeConnectionLinkStatusChanged, e.PairedAt,
 			LinkStatusChanged{LinkStatus: connection.LinkStatusActive.String(), Actor: e.Actor}, true
 	case connection.SessionInvalidated:
+		r := connection.ExplainLogout(e.Reason)
 		return TypeConnectionLinkStatusChanged, e.InvalidatedAt,
-			LinkStatusChanged{LinkStatus: connection.LinkStatusSessionInvalid.String(), Reason: e.Reason, Actor: e.Actor}, true
+			LinkStatusChanged{LinkStatus: connection.LinkStatusSessionInvalid.String(), Reason: e.Reason, Cause: r.Code,
+				Description: r.Description, Actor: e.Actor}, true
 	case connection.ConnectionBanned:
+		r := connection.ExplainBan(e.Kind, e.ReasonCode)
 		return TypeConnectionBanned, e.BannedAt,
-			Banned{Kind: e.Kind.String(), ExpiresAt: e.ExpiresAt, ReasonCode: e.ReasonCode, Actor: e.Actor}, true
+			Banned{Kind: e.Kind.String(), ExpiresAt: e.ExpiresAt, ReasonCode: e.ReasonCode, Cause: r.Code, Description: r.Description, Actor: e.Actor}, true
 	case connection.BanLifted:
 		return TypeConnectionBanLifted, e.LiftedAt, BanLifted{Reason: e.Reason, Actor: e.Actor}, true
 	case connection.QueueHeld:
