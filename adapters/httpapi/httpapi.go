@@ -19,6 +19,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -185,9 +186,32 @@ func New(d Deps) (http.Handler, error) {
 		}
 		mux.Handle(rt.Method+" "+rt.Pattern, s.endpoint(rt))
 	}
-	// Unknown paths and methods get problem responses too.
+	// Unknown paths get 404 problems; a known path with another method gets 405 with Allow.
 	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeProblem(w, r, &Problem{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed,
+				Detail: "this route answers " + strings.Join(allow, ", ")})
+			return
+		}
 		writeProblem(w, r, &Problem{Status: http.StatusNotFound, Code: CodeNotFound, Detail: "no such route"})
 	}))
 	return s.edge(mux), nil
+}
+
+// routeMethods are the methods the route table uses, in the order Allow lists them.
+var routeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPatch, http.MethodDelete}
+
+// allowedMethods returns the methods mux serves r's path with (a route of the table, not the
+// catch-all), for the Allow header of a 405.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var out []string
+	for _, m := range routeMethods {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/" {
+			out = append(out, m)
+		}
+	}
+	return out
 }

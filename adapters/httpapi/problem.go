@@ -32,6 +32,7 @@ const (
 	CodeUnauthorized         = "unauthorized"
 	CodeForbidden            = "forbidden"
 	CodeNotFound             = "not_found"
+	CodeMethodNotAllowed     = "method_not_allowed"
 	CodeConflict             = "conflict"
 	CodeInvalidJSON          = "invalid_json"
 	CodeInvalidRequest       = "invalid_request"
