@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/cmd/waqueue/internal/config"
@@ -85,7 +87,8 @@ func newServeCmd() *cobra.Command {
 
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Writer) error {
 	o := serverOptions(cfg, log)
-	o.BootstrapOut = out
+	// The first admin key is printed last, after the start-up lines, not buried under them.
+	o.BootstrapOut = io.Discard
 	node, err := server.New(ctx, o)
 	if err != nil {
 		return err
@@ -130,6 +133,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Wri
 		"key_file", cfg.AuditKey, "key_created", node.AuditKeyCreated)
 	fmt.Fprintf(out, "waqueue: audit checkpoints signed by %s (key file %s); verify with --public-key %s\n",
 		auditchain.KeyID(auditPub), cfg.AuditKey, auditchain.EncodePublicKey(auditPub))
+	if node.AdminKey != "" {
+		fmt.Fprintf(out, "\nwaqueue: created tenant %q and its admin API key, shown this once (also saved to %s):\n\n    %s\n\n",
+			apikeys.DefaultTenant, filepath.Join(cfg.DataDir, apikeys.AdminKeyFile), node.AdminKey)
+	}
 	select {
 	case <-ctx.Done():
 	case err := <-errc:

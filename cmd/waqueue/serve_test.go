@@ -78,6 +78,20 @@ func TestServeMetricsOnTheirOwnListener(t *testing.T) {
 	if api == metrics {
 		t.Fatalf("metrics share the API's address %s", api)
 	}
+	// The first start creates the admin key and prints it after the start-up lines (issue 14.8).
+	for !strings.Contains(out.String(), "admin API key") {
+		select {
+		case err := <-done:
+			t.Fatalf("serve returned early: %v\n%s", err, out.String())
+		case <-ctx.Done():
+			t.Fatalf("admin key never printed:\n%s", out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if o := out.String(); strings.Index(o, "admin API key") < strings.Index(o, "audit checkpoints signed") ||
+		strings.Index(o, "admin API key") < strings.Index(o, "serving http://") {
+		t.Errorf("the admin key is not printed after the start-up lines:\n%s", o)
+	}
 	get := func(url, token string) (int, string) {
 		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 		if token != "" {
