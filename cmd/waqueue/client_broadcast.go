@@ -32,7 +32,7 @@ func newBroadcastCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			bar := &progressReader{r: f, total: fi.Size(), w: c.ErrOrStderr(), label: "uploading " + csvPath}
+			bar := &progressReader{r: f, total: fi.Size(), w: progressOut(c.ErrOrStderr()), label: "uploading " + csvPath}
 			acc, raw, err := cl.ImportBroadcast(c.Context(), args[0], text, bar, fi.Size(), idem)
 			bar.finish()
 			if err != nil {
@@ -113,8 +113,28 @@ func newSendCmd(cf *clientFlags) *cobra.Command {
 	return cf.addJSON(cmd)
 }
 
-// progressReader counts the bytes read through it and draws a progress bar of them on w. It
-// is read by the HTTP transport's goroutine while finish may run on the caller's, hence mu.
+// terminal reports whether w is a terminal (a character device). Progress bars and spinners are
+// drawn only there: piped or redirected output (a log, a CI job) gets no carriage returns.
+func terminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// progressOut returns w for progress drawing if it is a terminal, nil otherwise (draw nothing).
+func progressOut(w io.Writer) io.Writer {
+	if terminal(w) {
+		return w
+	}
+	return nil
+}
+
+// progressReader counts the bytes read through it and draws a progress bar of them on w (none
+// when w is nil). It is read by the HTTP transport's goroutine while finish may run on the
+// caller's, hence mu.
 type progressReader struct {
 	r     io.Reader
 	total int64
@@ -137,6 +157,9 @@ func (p *progressReader) Read(b []byte) (int, error) {
 
 // draw writes the bar when the percentage changed (or always when force). Callers hold mu.
 func (p *progressReader) draw(force bool) {
+	if p.w == nil {
+		return
+	}
 	pct := 100
 	if p.total > 0 {
 		pct = int(p.done * 100 / p.total)
@@ -154,6 +177,9 @@ func (p *progressReader) draw(force bool) {
 func (p *progressReader) finish() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.w == nil {
+		return
+	}
 	p.draw(true)
 	fmt.Fprintln(p.w)
 }

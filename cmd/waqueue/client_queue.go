@@ -186,7 +186,11 @@ func clearQueue(ctx context.Context, cl *client.Client, conn string, o clearOpti
 		return err
 	}
 	fmt.Fprintf(out, "clear %s requested; the queue is clearing\n", acc.ClearID)
-	st, err := waitForClear(ctx, cl, conn, acc.ClearID, o.wait, progress)
+	spinner := io.Discard // the spinner only on a terminal
+	if terminal(progress) {
+		spinner = progress
+	}
+	st, err := waitForClear(ctx, cl, conn, acc.ClearID, o.wait, spinner)
 	if err != nil {
 		return err
 	}

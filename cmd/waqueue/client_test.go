@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -171,8 +172,8 @@ func TestConnectionsSendBroadcastAndClear(t *testing.T) {
 		t.Fatalf("broadcast import printed %q, want its id and 3 recipients", out)
 	}
 	bid := m[1]
-	if !strings.Contains(errOut, "100%") || !strings.Contains(errOut, "uploading "+csvPath) {
-		t.Fatalf("no upload progress on stderr: %q", errOut)
+	if strings.Contains(errOut, "\r") || strings.Contains(errOut, "uploading") {
+		t.Fatalf("a progress bar on a stderr that is no terminal: %q", errOut)
 	}
 	var prog client.BroadcastProgress
 	if err := json.Unmarshal([]byte(mustCLI(t, srv, dir, "broadcast", "show", bid, "--json")), &prog); err != nil || prog.Count != 3 || prog.Queued != 3 {
@@ -429,5 +430,37 @@ func TestClientFlagsFromEnvironment(t *testing.T) {
 	root.SetArgs([]string{"connections", "list"})
 	if err := root.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), "no API key") {
 		t.Fatalf("connections list without a key: err = %v, want 'no API key'", err)
+	}
+}
+
+// TestProgressOnlyOnATerminal: the upload bar draws on a terminal writer and on nothing else.
+func TestProgressOnlyOnATerminal(t *testing.T) {
+	var buf bytes.Buffer
+	if terminal(&buf) || progressOut(&buf) != nil {
+		t.Fatal("a buffer is taken for a terminal")
+	}
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if terminal(f) {
+		t.Fatal("a regular file is taken for a terminal")
+	}
+	p := &progressReader{r: strings.NewReader("0123456789"), total: 10, w: progressOut(&buf), label: "up"}
+	if _, err := io.ReadAll(p); err != nil {
+		t.Fatal(err)
+	}
+	p.finish()
+	if buf.Len() != 0 {
+		t.Fatalf("drew on a non-terminal: %q", buf.String())
+	}
+	p = &progressReader{r: strings.NewReader("0123456789"), total: 10, w: &buf, label: "up"} // as on a terminal
+	if _, err := io.ReadAll(p); err != nil {
+		t.Fatal(err)
+	}
+	p.finish()
+	if !strings.Contains(buf.String(), "100%") {
+		t.Fatalf("no bar drawn on a terminal writer: %q", buf.String())
 	}
 }
