@@ -337,7 +337,7 @@ func (a *Audit) Entries(ctx context.Context, db *DB, tenant string, f AuditFilte
 		where = append(where, fmt.Sprintf(cond, len(args)))
 	}
 	if f.ConnectionID != "" {
-		add("conn_id = $%d", f.ConnectionID)
+		add("conn_id = $%d", connection.Key(tenant, f.ConnectionID))
 	}
 	if f.EventType != "" {
 		add("event_type = $%d", f.EventType)

@@ -16,6 +16,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/docs"
 	"github.com/waqueue/waqueue/domain/auditchain"
+	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -38,7 +39,11 @@ func viewAudit(e projections.AuditEntry) auditEntryView {
 	if len(d) == 0 {
 		d = json.RawMessage("null")
 	}
-	return auditEntryView{Seq: e.Seq, EventID: e.EventID, Stream: e.Stream, ConnectionID: e.ConnectionID, EventType: e.EventType,
+	_, connID := connection.SplitKey(e.ConnectionID) // the audit row keeps the key the chain hashed
+	if e.ConnectionID == "" {
+		connID = ""
+	}
+	return auditEntryView{Seq: e.Seq, EventID: e.EventID, Stream: e.Stream, ConnectionID: connID, EventType: e.EventType,
 		Actor: e.Actor, Reason: e.Reason, At: e.At, Details: d, PrevHash: e.PrevHash, Hash: e.Hash}
 }
 
@@ -112,7 +117,7 @@ func (s *server) audit(w http.ResponseWriter, r *http.Request) error {
 	for {
 		for _, e := range page.Entries {
 			if format == "csv" {
-				_ = cw.Write([]string{strconv.FormatUint(e.Seq, 10), e.At.Format(time.RFC3339Nano), e.EventType, e.ConnectionID,
+				_ = cw.Write([]string{strconv.FormatUint(e.Seq, 10), e.At.Format(time.RFC3339Nano), e.EventType, viewAudit(e).ConnectionID,
 					e.Actor, e.Reason, e.Stream, e.EventID.String(), string(e.Details), e.PrevHash, e.Hash})
 			} else if err := enc.Encode(viewAudit(e)); err != nil {
 				return nil // the client went away; the status is written already
@@ -315,7 +320,7 @@ func (s *server) simBan(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.card(r, id); err != nil {
 		return err
 	}
-	if err := s.d.Simulator.Ban(id, simulator.Ban{Permanent: permanent, Expire: expire}); err != nil {
+	if err := s.d.Simulator.Ban(connKey(r), simulator.Ban{Permanent: permanent, Expire: expire}); err != nil {
 		return err
 	}
 	kind := "temporary"
@@ -331,7 +336,7 @@ func (s *server) simLift(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.card(r, id); err != nil {
 		return err
 	}
-	if err := s.d.Simulator.LiftBan(id); err != nil {
+	if err := s.d.Simulator.LiftBan(connKey(r)); err != nil {
 		return err
 	}
 	return simulated(w, id, "lift", nil)
@@ -342,7 +347,7 @@ func (s *server) simLogout(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.card(r, id); err != nil {
 		return err
 	}
-	if err := s.d.Simulator.Logout(id, 401); err != nil {
+	if err := s.d.Simulator.Logout(connKey(r), 401); err != nil {
 		return err
 	}
 	return simulated(w, id, "logout", map[string]any{"reason": 401})

@@ -446,7 +446,9 @@ func (TransportProblemObserved) EventType() string { return TypeTransportProblem
 func (MessageSendDeferred) EventType() string      { return TypeMessageSendDeferred }
 func (MessageSendRetried) EventType() string       { return TypeMessageSendRetried }
 
-func (e ConnectionRegistered) naturalKey() string   { return "connection/" + e.ConnectionID }
+func (e ConnectionRegistered) naturalKey() string {
+	return "connection/" + Key(e.TenantID, e.ConnectionID)
+}
 func (OnBanPolicyChanged) naturalKey() string       { return "" }
 func (SessionPaired) naturalKey() string            { return "" }
 func (SessionInvalidated) naturalKey() string       { return "" }
