@@ -292,7 +292,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 		for !dispatchersStop.Load() && ctx.Err() == nil {
 			var clr connection.ClearQueueRequested
 			var clearing bool
-			if err := h.repo.View(ctx, conn, func(c *connection.Connection) error { clr, clearing = c.CurrentClear(); return nil }); err != nil {
+			if err := h.repo.View(ctx, connection.Key(tenant, conn), func(c *connection.Connection) error { clr, clearing = c.CurrentClear(); return nil }); err != nil {
 				t.Errorf("view: %v", err)
 				return
 			}
@@ -343,7 +343,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 				held     bool
 				clearing bool
 			)
-			if err := h.repo.View(ctx, conn, func(c *connection.Connection) error {
+			if err := h.repo.View(ctx, connection.Key(tenant, conn), func(c *connection.Connection) error {
 				link = c.LinkStatus()
 				_, held = c.CurrentHold()
 				_, clearing = c.CurrentClear()
@@ -423,7 +423,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 		op := as(ctx, operator)
 		for ctx.Err() == nil {
 			var clearing bool
-			_ = h.repo.View(ctx, conn, func(c *connection.Connection) error { _, clearing = c.CurrentClear(); return nil })
+			_ = h.repo.View(ctx, connection.Key(tenant, conn), func(c *connection.Connection) error { _, clearing = c.CurrentClear(); return nil })
 			if !clearing {
 				break
 			}
@@ -453,7 +453,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
 		var pending uint64
-		_ = h.repo.View(ctx, conn, func(c *connection.Connection) error { pending = c.Pending(); return nil })
+		_ = h.repo.View(ctx, connection.Key(tenant, conn), func(c *connection.Connection) error { pending = c.Pending(); return nil })
 		if pending == 0 {
 			break
 		}

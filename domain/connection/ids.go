@@ -52,6 +52,20 @@ func SplitKey(key string) (tenant, id string) {
 	return DefaultTenant, key
 }
 
+// ValidateKey checks that key is a key as Key makes them: a valid connection id, qualified by a
+// valid tenant id other than DefaultTenant, or bare (ValidateID). Errors are *ValidationError
+// with CodeInvalidID.
+func ValidateKey(field, key string) error {
+	t, id := SplitKey(key)
+	if err := ValidateID(field, t); err != nil {
+		return err
+	}
+	if t == DefaultTenant && strings.Contains(key, KeySep) {
+		return invalid(CodeInvalidID, field, "the default tenant's keys are bare ids")
+	}
+	return ValidateID(field, id)
+}
+
 // StreamName returns the name of the event stream of the connection with key key (see Key):
 // "connection-<tenant>:<id>", or "connection-<id>" for DefaultTenant. The name is unambiguous:
 // neither tenant nor id can contain KeySep.

@@ -54,6 +54,7 @@ func FuzzKey(f *testing.F) {
 	f.Add("a-b", "c", "a", "b-c")
 	f.Add("acme", "default:x", "default", "x")
 	f.Add("t.1", "..", "t", "1..")
+	f.Add("t", "x", "t", "default:x")
 	f.Fuzz(func(t *testing.T, t1, id1, t2, ref string) {
 		valid := func(s string) bool { return connection.ValidateID("x", s) == nil }
 		if !valid(t1) || !valid(t2) {
@@ -64,11 +65,19 @@ func FuzzKey(f *testing.F) {
 			if gt, gid := connection.SplitKey(k); gt != t1 || gid != id1 {
 				t.Fatalf("SplitKey(Key(%q, %q)) = (%q, %q)", t1, id1, gt, gid)
 			}
+			if err := connection.ValidateKey("k", k); err != nil {
+				t.Fatalf("ValidateKey(Key(%q, %q)): %v", t1, id1, err)
+			}
 			if connection.Key(t1, k) != k {
 				t.Fatalf("Key(%q, %q) is not stable for its own key", t1, k)
 			}
 			if valid(ref) && (t1 != t2 || id1 != ref) && connection.Key(t2, ref) == k {
 				t.Fatalf("Key(%q, %q) == Key(%q, %q)", t2, ref, t1, id1)
+			}
+		}
+		if connection.ValidateKey("k", ref) == nil {
+			if gt, gid := connection.SplitKey(ref); connection.Key(gt, gid) != ref {
+				t.Fatalf("valid key %q is not Key(%q, %q)", ref, gt, gid)
 			}
 		}
 		// Whatever a caller of t2 passes, the key never names a connection of another tenant.
