@@ -45,7 +45,7 @@ func contains(s, sub string) bool {
 // simulator after delays on the manual clock.
 func TestMessageLifecycle(t *testing.T) {
 	h := newHarness(t, openSQLite)
-	h.sim.SetScript("c1", simulator.Script{Receipts: simulator.Receipts{Delivered: true, DeliveredAfter: time.Second, Read: true, ReadAfter: 2 * time.Second}})
+	h.sim.SetScript(key("c1"), simulator.Script{Receipts: simulator.Receipts{Delivered: true, DeliveredAfter: time.Second, Read: true, ReadAfter: 2 * time.Second}})
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	var ids []uuid.UUID
@@ -184,7 +184,7 @@ func TestClearRacingDispatcher(t *testing.T) {
 func TestBanHoldsLiftDoesNotResume(t *testing.T) {
 	h := newHarness(t, openSQLite)
 	h.autoAdvance(100 * time.Millisecond)
-	h.sim.SetScript("c1", simulator.Script{BanAfter: 10, Ban: simulator.Ban{Code: 104, Expire: 10_000 * time.Hour}})
+	h.sim.SetScript(key("c1"), simulator.Script{BanAfter: 10, Ban: simulator.Ban{Code: 104, Expire: 10_000 * time.Hour}})
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	const n = 40
@@ -196,7 +196,7 @@ func TestBanHoldsLiftDoesNotResume(t *testing.T) {
 	if got := len(h.sends("c1")); got != 10 {
 		t.Fatalf("sent %d, want exactly the 10 before the ban", got)
 	}
-	if err := h.sim.LiftBan("c1"); err != nil {
+	if err := h.sim.LiftBan(key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("lift recorded", func() bool { return h.linkStatus("c1") == connection.LinkStatusActive })
@@ -230,23 +230,23 @@ func TestTransportEvents(t *testing.T) {
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	h.registerPaired("c2", d)
-	if err := h.sim.Logout("c1", 401); err != nil {
+	if err := h.sim.Logout(key("c1"), 401); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("session invalid", func() bool {
 		return h.linkStatus("c1") == connection.LinkStatusSessionInvalid && h.queueStatus("c1") == connection.QueueStatusHeld
 	})
-	if err := h.sim.Ban("c2", simulator.Ban{Permanent: true}); err != nil {
+	if err := h.sim.Ban(key("c2"), simulator.Ban{Permanent: true}); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("banned", func() bool { return h.linkStatus("c2") == connection.LinkStatusBanned })
 	var ban connection.BanInfo
-	_ = h.repo.View(context.Background(), "c2", func(c *connection.Connection) error { ban, _ = c.CurrentBan(); return nil })
+	_ = h.repo.View(context.Background(), key("c2"), func(c *connection.Connection) error { ban, _ = c.CurrentBan(); return nil })
 	if ban.Kind != connection.BanPermanent {
 		t.Errorf("ban %+v, want permanent", ban)
 	}
 	// Pairing again through the simulator records SessionPaired (the queue stays held: policy hold).
-	if _, err := h.sim.PairQR(context.Background(), "c1"); err != nil {
+	if _, err := h.sim.PairQR(context.Background(), key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("paired again", func() bool { return h.linkStatus("c1") == connection.LinkStatusActive })
@@ -262,7 +262,7 @@ func TestCrashRecoveryNeverResends(t *testing.T) {
 		t.Run(map[bool]string{true: "handed-over", false: "not-handed-over"}[handedOver], func(t *testing.T) {
 			h := newHarness(t, openSQLite)
 			h.registerOnly("c1")
-			if err := h.sim.Connect(context.Background(), "c1"); err != nil { // pairs (AssumePaired); no handler yet
+			if err := h.sim.Connect(context.Background(), key("c1")); err != nil { // pairs (AssumePaired); no handler yet
 				t.Fatal(err)
 			}
 			if _, err := h.pair.Handle(commands.WithPrincipal(context.Background(), commands.SystemPrincipal(tenant)),
@@ -287,7 +287,7 @@ func TestCrashRecoveryNeverResends(t *testing.T) {
 				t.Fatalf("dispatched %s, want the head %s", res.Message.MessageID, first.MessageID)
 			}
 			if handedOver {
-				if _, err := h.sim.Send(context.Background(), transport.SendRequest{ConnectionID: "c1",
+				if _, err := h.sim.Send(context.Background(), transport.SendRequest{ConnectionID: key("c1"),
 					MessageID: res.Message.MessageID, To: res.Message.Recipient, Text: res.Message.Text, Fence: uint64(res.Version)}); err != nil {
 					t.Fatal(err)
 				}
@@ -320,7 +320,7 @@ func TestCrashRecoveryNeverResends(t *testing.T) {
 // unknown and a restarted dispatcher does not send it again.
 func TestShutdownMidSendEndsUnknown(t *testing.T) {
 	h := newHarness(t, openSQLite)
-	h.sim.SetScript("c1", simulator.Script{Latency: time.Hour}) // the manual clock never gets there
+	h.sim.SetScript(key("c1"), simulator.Script{Latency: time.Hour}) // the manual clock never gets there
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	m := h.enqueueOne("c1", "a", 0)
@@ -335,7 +335,7 @@ func TestShutdownMidSendEndsUnknown(t *testing.T) {
 	if cause != dispatcher.CauseShutdown {
 		t.Fatalf("outcome-unknown cause %q, want %q", cause, dispatcher.CauseShutdown)
 	}
-	h.sim.SetScript("c1", simulator.Script{})
+	h.sim.SetScript(key("c1"), simulator.Script{})
 	d2 := h.start(nil)
 	m2 := h.enqueueOne("c1", "bb", 0)
 	h.eventually("next sent", func() bool { return h.sim.SendCount(m2.MessageID) == 1 })
@@ -349,7 +349,7 @@ func TestShutdownMidSendEndsUnknown(t *testing.T) {
 // A send that times out is recorded unknown (cause timeout), never resent.
 func TestSendTimeoutEndsUnknown(t *testing.T) {
 	h := newHarness(t, openSQLite)
-	h.sim.SetScript("c1", simulator.Script{Latency: time.Hour})
+	h.sim.SetScript(key("c1"), simulator.Script{Latency: time.Hour})
 	d := h.start(func(c *dispatcher.Config) { c.SendTimeout = 50 * time.Millisecond })
 	h.registerPaired("c1", d)
 	a := h.enqueueOne("c1", "a", 0)
@@ -370,7 +370,7 @@ func TestSendTimeoutEndsUnknown(t *testing.T) {
 func TestRateLimitRetried(t *testing.T) {
 	h := newHarness(t, openSQLite)
 	h.autoAdvance(time.Second)
-	h.sim.SetScript("c1", simulator.Script{RateLimitRate: 0.5, RateLimitRetryAfter: 2 * time.Second})
+	h.sim.SetScript(key("c1"), simulator.Script{RateLimitRate: 0.5, RateLimitRetryAfter: 2 * time.Second})
 	d := h.start(func(c *dispatcher.Config) { c.MaxSendAttempts = 100 })
 	h.registerPaired("c1", d)
 	const n = 12
@@ -423,7 +423,7 @@ func TestIdleConnectionsRunNoLoops(t *testing.T) {
 	for i := range n {
 		id := "idle-" + itoa(i)
 		h.registerOnly(id)
-		if err := h.sim.Connect(context.Background(), id); err != nil {
+		if err := h.sim.Connect(context.Background(), key(id)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -497,7 +497,7 @@ func TestNotConnectedWaitsForConnection(t *testing.T) {
 	h.autoAdvance(time.Second)
 	d := h.start(func(c *dispatcher.Config) { c.MaxSendAttempts = 1 }) // not-connected is not bounded by it
 	h.registerPaired("c1", d)
-	if err := h.sim.Disconnect(context.Background(), "c1"); err != nil {
+	if err := h.sim.Disconnect(context.Background(), key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	m := h.enqueueOne("c1", "a", 0)
@@ -505,12 +505,12 @@ func TestNotConnectedWaitsForConnection(t *testing.T) {
 	if n := h.sim.SendCount(m.MessageID); n != 0 {
 		t.Fatalf("handed over %d times while disconnected", n)
 	}
-	if err := h.sim.Connect(context.Background(), "c1"); err != nil {
+	if err := h.sim.Connect(context.Background(), key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("sent after reconnect", func() bool { return count[connection.MessageSent](h.history("c1")) == 1 })
 
-	if err := h.sim.Disconnect(context.Background(), "c1"); err != nil {
+	if err := h.sim.Disconnect(context.Background(), key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	before := d.Stats().Retries
