@@ -166,7 +166,7 @@ ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, reg
 			return err
 		}
 		if isConn {
-			entry.ConnectionID = connID
+			_, entry.ConnectionID = connection.SplitKey(connID) // rows are keyed by (tenant_id, conn_id)
 			if entry.TenantID, err = tenantOf(ctx, tx, "audit_conns", connID, entry.TenantID, tenants); err != nil {
 				return err
 			}
@@ -337,7 +337,7 @@ func (a *Audit) Entries(ctx context.Context, db *DB, tenant string, f AuditFilte
 		where = append(where, fmt.Sprintf(cond, len(args)))
 	}
 	if f.ConnectionID != "" {
-		add("conn_id = $%d", connection.Key(tenant, f.ConnectionID))
+		add("conn_id = $%d", f.ConnectionID)
 	}
 	if f.EventType != "" {
 		add("event_type = $%d", f.EventType)

@@ -16,7 +16,6 @@ import (
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/docs"
 	"github.com/waqueue/waqueue/domain/auditchain"
-	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -39,11 +38,7 @@ func viewAudit(e projections.AuditEntry) auditEntryView {
 	if len(d) == 0 {
 		d = json.RawMessage("null")
 	}
-	_, connID := connection.SplitKey(e.ConnectionID) // the audit row keeps the key the chain hashed
-	if e.ConnectionID == "" {
-		connID = ""
-	}
-	return auditEntryView{Seq: e.Seq, EventID: e.EventID, Stream: e.Stream, ConnectionID: connID, EventType: e.EventType,
+	return auditEntryView{Seq: e.Seq, EventID: e.EventID, Stream: e.Stream, ConnectionID: e.ConnectionID, EventType: e.EventType,
 		Actor: e.Actor, Reason: e.Reason, At: e.At, Details: d, PrevHash: e.PrevHash, Hash: e.Hash}
 }
 
@@ -117,7 +112,7 @@ func (s *server) audit(w http.ResponseWriter, r *http.Request) error {
 	for {
 		for _, e := range page.Entries {
 			if format == "csv" {
-				_ = cw.Write([]string{strconv.FormatUint(e.Seq, 10), e.At.Format(time.RFC3339Nano), e.EventType, viewAudit(e).ConnectionID,
+				_ = cw.Write([]string{strconv.FormatUint(e.Seq, 10), e.At.Format(time.RFC3339Nano), e.EventType, e.ConnectionID,
 					e.Actor, e.Reason, e.Stream, e.EventID.String(), string(e.Details), e.PrevHash, e.Hash})
 			} else if err := enc.Encode(viewAudit(e)); err != nil {
 				return nil // the client went away; the status is written already
