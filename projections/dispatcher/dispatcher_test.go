@@ -13,6 +13,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/domain/invariants"
 	"github.com/waqueue/waqueue/internal/testwait"
@@ -545,4 +546,50 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("gauge %s not registered", name)
 	return 0
+}
+
+// The same connection id in two tenants is two connections (G9): the dispatcher runs a loop for
+// each, the transport knows them apart, and holding one never stops the other.
+func TestSameIDInTwoTenants(t *testing.T) {
+	h := newHarness(t, openSQLite)
+	d := h.start(nil)
+	h.registerPaired("c1", d)
+	other := commands.WithPrincipal(context.Background(), auth.Principal{TenantID: "tenant-2", ID: "op-2", Role: auth.RoleAdmin})
+	if _, err := h.register.Handle(other, commands.RegisterConnection{ConnectionID: "c1", Phone: "+4915112345679"}); err != nil {
+		t.Fatalf("tenant-2 registering c1: %v", err)
+	}
+	key2 := connection.Key("tenant-2", "c1")
+	if err := h.sim.Connect(context.Background(), key2); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("tenant-2's link active", func() bool {
+		var ls connection.LinkStatus
+		_ = h.repo.View(context.Background(), key2, func(c *connection.Connection) error { ls = c.LinkStatus(); return nil })
+		return ls == connection.LinkStatusActive
+	})
+	if _, err := h.hold.Handle(h.op(), commands.HoldQueue{ConnectionID: "c1", Note: "only tenant-1"}); err != nil {
+		t.Fatal(err)
+	}
+	held := h.enqueueOne("c1", "k", 0)
+	sent, err := h.enqueue.Handle(other, commands.EnqueueMessage{ConnectionID: "c1", IdempotencyKey: "k", Recipient: recipient(1), Text: "hi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sent.MessageID == held.MessageID {
+		t.Fatal("one idempotency key gave both tenants the same message id")
+	}
+	h.eventually("tenant-2's message sent", func() bool { return h.sim.SendCount(sent.MessageID) == 1 })
+	for _, s := range h.sim.Sends() {
+		if s.MessageID == sent.MessageID && s.ConnectionID != key2 {
+			t.Errorf("tenant-2's message went through %q", s.ConnectionID)
+		}
+	}
+	h.idle(d, h.lastPosition("c1", connection.TypeMessageQueued))
+	if n := h.sim.SendCount(held.MessageID); n != 0 {
+		t.Fatalf("tenant-1's held message handed over %d times", n)
+	}
+	if qs := h.queueStatus("c1"); qs != connection.QueueStatusHeld {
+		t.Fatalf("tenant-1's queue is %s", qs)
+	}
+	h.checkInvariants("c1")
 }
