@@ -201,7 +201,9 @@ func TestCommandsOverNATS(t *testing.T) {
 		}
 	}
 	send("ops-key", commands.RegisterConnection{ConnectionID: conn, Phone: "+491701234567"})
-	waitFor(t, "registration", func() bool { return countType(streamTypes(t, st, connection.Key(tenant, conn)), connection.TypeConnectionRegistered) == 1 })
+	waitFor(t, "registration", func() bool {
+		return countType(streamTypes(t, st, connection.Key(tenant, conn)), connection.TypeConnectionRegistered) == 1
+	})
 
 	// A backend service enqueues and broadcasts with its key; a forged key and a replay are refused.
 	send("service-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "k1", Recipient: "+491701111111", Text: "hi"})
@@ -214,7 +216,9 @@ func TestCommandsOverNATS(t *testing.T) {
 	send("service-key", commands.RequestClear{ConnectionID: conn, IdempotencyKey: "c-low", Reason: "nope"})
 	waitFor(t, "two refusals reported", func() bool { return log.count("refused") >= 2 })
 	send("ops-key", commands.RequestClear{ConnectionID: conn, IdempotencyKey: "c1", Reason: "banned mid-broadcast"})
-	waitFor(t, "clear", func() bool { return countType(streamTypes(t, st, connection.Key(tenant, conn)), connection.TypeClearQueueRequested) == 1 })
+	waitFor(t, "clear", func() bool {
+		return countType(streamTypes(t, st, connection.Key(tenant, conn)), connection.TypeClearQueueRequested) == 1
+	})
 	// While clearing, the same enqueue again (a service's retry) is a replay, not a queue_clearing
 	// refusal; the key with another text is refused (HTTP's 422 idempotency_key_reused).
 	send("service-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "k1", Recipient: "+49 170 1111111", Text: "hi"})

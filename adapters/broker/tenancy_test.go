@@ -264,7 +264,9 @@ func TestBrokerCommandsAreTenantScoped(t *testing.T) {
 	if err := bus.Send(ctx, "tenant-a", e.tokenA, enq("a-1", "ok")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "tenant A's own command", func() bool { return countType(streamTypes(t, e.store, connection.Key("tenant-a", "a-1")), connection.TypeMessageQueued) >= 1 })
+	waitFor(t, "tenant A's own command", func() bool {
+		return countType(streamTypes(t, e.store, connection.Key("tenant-a", "a-1")), connection.TypeMessageQueued) >= 1
+	})
 	evs := streamTypes(t, e.store, connection.Key("tenant-a", "a-1"))
 	if n := countType(evs, connection.TypeMessageQueued); n != 1 {
 		t.Fatalf("%d messages queued on a-1, want only the legitimate one", n)
