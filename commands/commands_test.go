@@ -549,7 +549,7 @@ func TestTwoRetriesOfOneDeferredSend(t *testing.T) {
 				t.Fatalf("second deferral: %v, want ErrNotInFlight", err)
 			}
 			for _, h := range []*handlers{a, b} { // both caches at the deferral
-				if err := h.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+				if err := h.repo.View(ctx, connection.Key(tenant, "c-1"), func(*connection.Connection) error { return nil }); err != nil {
 					t.Fatal(err)
 				}
 			}

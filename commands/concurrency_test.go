@@ -48,7 +48,7 @@ type recordingTransport struct {
 func (r *recordingTransport) Send(ctx context.Context, t *testing.T, connID string, id uuid.UUID, fence int64) bool {
 	// Read the stream's head before deciding: everything at or below it was recorded before
 	// this attempt, which is what the checker orders the hand-over against.
-	evs, err := r.store.ReadStream(ctx, connection.StreamName(connID), eventstore.Backwards, eventstore.End, 1)
+	evs, err := r.store.ReadStream(ctx, connection.StreamName(connection.Key(tenant, connID)), eventstore.Backwards, eventstore.End, 1)
 	if err != nil || len(evs) != 1 {
 		t.Errorf("transport: read head: %v", err)
 		return false
