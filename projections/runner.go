@@ -9,9 +9,9 @@
 //
 // Read models key a connection's rows by its tenant-scoped key (connection.Key, as
 // connection.IDFromStream returns it) in their conn_id columns, beside tenant_id; the audit
-// trail keeps the bare id (its rows are per tenant). Queries the API calls take the tenant and
-// the bare id and answer with bare ids; those the node's own processes call (NextPending,
-// InFlight, the clearing process) take keys.
+// trail and the clear reports keep the bare id (their rows are keyed by tenant_id and conn_id).
+// Queries the API calls take the tenant and the bare id and answer with bare ids; those the
+// node's own processes call (NextPending, InFlight, the clearing process) take keys.
 package projections
 
 import (
