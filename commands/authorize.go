@@ -33,6 +33,14 @@ func visible(p auth.Principal, connID string, c *connection.Connection) error {
 	return nil
 }
 
+// bareID returns the connection id that ref (an id, or a key of p's tenant, see connection.Key)
+// names in p's tenant: the one spelling idempotency ids are derived from, so that a key and
+// its bare id cannot open two idempotency spaces for one connection.
+func bareID(p auth.Principal, ref string) string {
+	_, id := connection.SplitKey(connection.Key(p.TenantID, ref))
+	return id
+}
+
 // update authorizes the caller for right, then runs decide on the connection through the
 // repository, refusing connections the caller cannot see.
 func update(ctx context.Context, repo *Repository, connID string, right auth.Right,
@@ -47,7 +55,7 @@ func claimUpdate(ctx context.Context, repo *Repository, connID string, right aut
 	if err != nil {
 		return Appended{}, err
 	}
-	return repo.update(ctx, connID, p.ID, func(c *connection.Connection) ([]connection.Event, error) {
+	return repo.update(ctx, connection.Key(p.TenantID, connID), p.ID, func(c *connection.Connection) ([]connection.Event, error) {
 		if err := visible(p, connID, c); err != nil {
 			return nil, err
 		}

@@ -156,8 +156,18 @@ func TestAuthorization(t *testing.T) {
 				t.Errorf("no principal: err = %v, want ErrUnauthenticated", err)
 			}
 			if c.name == "register" {
-				if err := c.run(as(ctx, other), h, "c-1"); !errors.Is(err, connection.ErrAlreadyRegistered) {
-					t.Errorf("other tenant registering a taken id: err = %v, want ErrAlreadyRegistered", err)
+				// Ids are scoped to the tenant (G9): a third tenant registers the id that tenant-a
+				// holds as its own, independent connection; only a second try in the same
+				// tenant is refused. (tenant-b must not get one: it checks not-found below.)
+				third := auth.Principal{TenantID: "tenant-c", ID: "admin-c", Role: auth.RoleAdmin}
+				if err := c.run(as(ctx, third), h, "c-1"); err != nil {
+					t.Errorf("another tenant registering a taken id: err = %v, want success", err)
+				}
+				if err := c.run(as(ctx, third), h, "c-1"); !errors.Is(err, connection.ErrAlreadyRegistered) {
+					t.Errorf("registering an id twice in one tenant: err = %v, want ErrAlreadyRegistered", err)
+				}
+				if err := c.run(as(ctx, operator), h, "c-1"); !errors.Is(err, connection.ErrAlreadyRegistered) {
+					t.Errorf("registering an id twice in one tenant: err = %v, want ErrAlreadyRegistered", err)
 				}
 				return
 			}
@@ -368,7 +378,7 @@ func TestRetriesOnConflict(t *testing.T) {
 			// Every repository's cache saw or catches up to the same state.
 			for i, h := range hs {
 				var last uint64
-				if err := h.repo.View(ctx, "c-1", func(c *connection.Connection) error { last = c.LastSeq(); return nil }); err != nil {
+				if err := h.repo.View(ctx, connection.Key(tenant, "c-1"), func(c *connection.Connection) error { last = c.LastSeq(); return nil }); err != nil {
 					t.Fatal(err)
 				}
 				if last != writers*each {
@@ -386,7 +396,7 @@ func TestConflictGivesUpAfterMaxAttempts(t *testing.T) {
 	h.registerActive(t, ctx, "c-1")
 	other := newHandlers(t, store, RepositoryOptions{}, SystemClock)
 	attempts := 0
-	_, err := h.repo.Update(ctx, "c-1", "test", func(c *connection.Connection) ([]connection.Event, error) {
+	_, err := h.repo.Update(ctx, connection.Key(tenant, "c-1"), "test", func(c *connection.Connection) ([]connection.Event, error) {
 		attempts++
 		// Another writer appends between every load and append.
 		if _, err := other.hold.Handle(as(ctx, operator), HoldQueue{ConnectionID: "c-1"}); err != nil {
@@ -456,7 +466,7 @@ func TestDispatchFlow(t *testing.T) {
 	}
 	// A second dispatcher warms its cache, then a clear lands through the first.
 	stale := newHandlers(t, store, RepositoryOptions{}, clock.Now)
-	if err := stale.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+	if err := stale.repo.View(ctx, connection.Key(tenant, "c-1"), func(*connection.Connection) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.requestClear.Handle(as(ctx, operator), RequestClear{ConnectionID: "c-1", IdempotencyKey: "c", Reason: "r"}); err != nil {
@@ -490,7 +500,7 @@ func TestTwoDispatchersNeverShareAMessage(t *testing.T) {
 				}
 			}
 			for _, h := range []*handlers{a, b} {
-				if err := h.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+				if err := h.repo.View(ctx, connection.Key(tenant, "c-1"), func(*connection.Connection) error { return nil }); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -539,7 +549,7 @@ func TestTwoRetriesOfOneDeferredSend(t *testing.T) {
 				t.Fatalf("second deferral: %v, want ErrNotInFlight", err)
 			}
 			for _, h := range []*handlers{a, b} { // both caches at the deferral
-				if err := h.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+				if err := h.repo.View(ctx, connection.Key(tenant, "c-1"), func(*connection.Connection) error { return nil }); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -581,7 +591,7 @@ func TestRefusalNeverFromStaleCache(t *testing.T) {
 	a := newHandlers(t, store, RepositoryOptions{}, SystemClock)
 	b := newHandlers(t, store, RepositoryOptions{}, SystemClock)
 	a.registerActive(t, ctx, "c-1")
-	if err := b.repo.View(ctx, "c-1", func(*connection.Connection) error { return nil }); err != nil {
+	if err := b.repo.View(ctx, connection.Key(tenant, "c-1"), func(*connection.Connection) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.hold.Handle(as(ctx, operator), HoldQueue{ConnectionID: "c-1"}); err != nil {

@@ -50,7 +50,8 @@ func (h *CompleteClearHandler) Handle(ctx context.Context, cmd CompleteClear) (C
 		return c.CompleteClear(connection.CompleteClear{ClearID: cmd.ClearID, Actor: p.ID}, h.now())
 	})
 	if errors.Is(err, connection.ErrNoClearInProgress) || errors.Is(err, eventstore.ErrDuplicateEventID) {
-		ev, found, ferr := h.repo.findBackwards(ctx, cmd.ConnectionID, ReplayScan, connection.QueueCleared{ClearID: cmd.ClearID})
+		p, _ := PrincipalFromContext(ctx) // update authorized it and checked the tenant
+		ev, found, ferr := h.repo.findBackwards(ctx, connection.Key(p.TenantID, cmd.ConnectionID), ReplayScan, connection.QueueCleared{ClearID: cmd.ClearID})
 		if ferr != nil {
 			return CompleteClearResult{}, ferr
 		}

@@ -48,7 +48,7 @@ type recordingTransport struct {
 func (r *recordingTransport) Send(ctx context.Context, t *testing.T, connID string, id uuid.UUID, fence int64) bool {
 	// Read the stream's head before deciding: everything at or below it was recorded before
 	// this attempt, which is what the checker orders the hand-over against.
-	evs, err := r.store.ReadStream(ctx, connection.StreamName(connID), eventstore.Backwards, eventstore.End, 1)
+	evs, err := r.store.ReadStream(ctx, connection.StreamName(connection.Key(tenant, connID)), eventstore.Backwards, eventstore.End, 1)
 	if err != nil || len(evs) != 1 {
 		t.Errorf("transport: read head: %v", err)
 		return false
@@ -292,7 +292,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 		for !dispatchersStop.Load() && ctx.Err() == nil {
 			var clr connection.ClearQueueRequested
 			var clearing bool
-			if err := h.repo.View(ctx, conn, func(c *connection.Connection) error { clr, clearing = c.CurrentClear(); return nil }); err != nil {
+			if err := h.repo.View(ctx, connection.Key(tenant, conn), func(c *connection.Connection) error { clr, clearing = c.CurrentClear(); return nil }); err != nil {
 				t.Errorf("view: %v", err)
 				return
 			}
@@ -343,7 +343,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 				held     bool
 				clearing bool
 			)
-			if err := h.repo.View(ctx, conn, func(c *connection.Connection) error {
+			if err := h.repo.View(ctx, connection.Key(tenant, conn), func(c *connection.Connection) error {
 				link = c.LinkStatus()
 				_, held = c.CurrentHold()
 				_, clearing = c.CurrentClear()
@@ -423,7 +423,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 		op := as(ctx, operator)
 		for ctx.Err() == nil {
 			var clearing bool
-			_ = h.repo.View(ctx, conn, func(c *connection.Connection) error { _, clearing = c.CurrentClear(); return nil })
+			_ = h.repo.View(ctx, connection.Key(tenant, conn), func(c *connection.Connection) error { _, clearing = c.CurrentClear(); return nil })
 			if !clearing {
 				break
 			}
@@ -453,7 +453,7 @@ func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target in
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
 		var pending uint64
-		_ = h.repo.View(ctx, conn, func(c *connection.Connection) error { pending = c.Pending(); return nil })
+		_ = h.repo.View(ctx, connection.Key(tenant, conn), func(c *connection.Connection) error { pending = c.Pending(); return nil })
 		if pending == 0 {
 			break
 		}

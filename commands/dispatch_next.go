@@ -32,7 +32,8 @@ type QueuedMessage struct {
 // fails without recording anything). It is called while the connection is locked in the
 // Repository, so it must not call the Repository itself.
 type QueuedMessages interface {
-	QueuedMessage(ctx context.Context, connectionID string, seq uint64) (QueuedMessage, error)
+	// connKey is the connection's tenant-scoped key (connection.Key).
+	QueuedMessage(ctx context.Context, connKey string, seq uint64) (QueuedMessage, error)
 }
 
 // CodeNothingToDispatch is the NotDispatchableError code when no message is pending.
@@ -121,7 +122,7 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 	)
 	// A claim unique to this call: a concurrent dispatcher deciding the same dispatch on the
 	// same state must lose the append, not be told it won (see Repository.update).
-	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.System, uuid.New(), func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.System, uuid.New(), func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
 		seq, ok := c.Head()
 		if clr, clearing := c.CurrentClear(); !ok && clearing {
 			// Report the clear rather than an empty queue: it is why nothing is pending.
@@ -132,7 +133,7 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 			return nil, &NotDispatchableError{ConnectionID: cmd.ConnectionID, Code: CodeNothingToDispatch, Err: ErrNothingToDispatch}
 		}
 		if msg.Seq != seq {
-			m, err := h.messages.QueuedMessage(ctx, cmd.ConnectionID, seq)
+			m, err := h.messages.QueuedMessage(ctx, connection.Key(p.TenantID, cmd.ConnectionID), seq)
 			if err != nil {
 				return nil, fmt.Errorf("commands: dispatch %q: message at seq %d: %w", cmd.ConnectionID, seq, err)
 			}

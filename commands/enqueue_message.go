@@ -81,8 +81,8 @@ func (h *EnqueueMessageHandler) Handle(ctx context.Context, cmd EnqueueMessage) 
 		return EnqueueResult{}, err
 	}
 	p, _ := PrincipalFromContext(ctx) // update authorized it and checked the tenant
-	id := connection.MessageIDFor(p.TenantID, cmd.ConnectionID, cmd.IdempotencyKey)
-	ev, pos, found, ferr := h.repo.original(ctx, cmd.ConnectionID, connection.MessageQueued{MessageID: id})
+	id := connection.MessageIDFor(p.TenantID, bareID(p, cmd.ConnectionID), cmd.IdempotencyKey)
+	ev, pos, found, ferr := h.repo.original(ctx, connection.Key(p.TenantID, cmd.ConnectionID), connection.MessageQueued{MessageID: id})
 	switch {
 	case ferr != nil:
 		return EnqueueResult{}, ferr

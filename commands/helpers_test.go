@@ -180,7 +180,7 @@ func (x *streamIndex) QueuedMessage(ctx context.Context, connID string, seq uint
 	if x.next == nil {
 		x.next = map[string]uint64{}
 	}
-	recs, err := x.store.ReadStream(ctx, connection.StreamName(connID), eventstore.Forwards, x.next[connID], 0)
+	recs, err := x.store.ReadStream(ctx, connection.StreamName(connection.Key(tenant, connID)), eventstore.Forwards, x.next[connID], 0)
 	if err != nil {
 		return QueuedMessage{}, err
 	}
@@ -210,7 +210,7 @@ func (x *streamIndex) QueuedMessage(ctx context.Context, connID string, seq uint
 // history reads and decodes the whole stream of connection id.
 func history(t testing.TB, ctx context.Context, store eventstore.Store, id string) ([]invariants.Recorded, []eventstore.RecordedEvent) {
 	t.Helper()
-	recs, err := store.ReadStream(ctx, connection.StreamName(id), eventstore.Forwards, 0, 0)
+	recs, err := store.ReadStream(ctx, connection.StreamName(connection.Key(tenant, id)), eventstore.Forwards, 0, 0)
 	if errors.Is(err, eventstore.ErrStreamNotFound) {
 		return nil, nil
 	}

@@ -223,7 +223,7 @@ func TestReplayOfEventWithoutFingerprint(t *testing.T) {
 	store := openSQLite(t)
 	h := newHandlers(t, store, RepositoryOptions{}, (&fixedClock{now: t0}).Now)
 	h.registerActive(t, ctx, "c-1")
-	if _, err := h.repo.Update(as(ctx, sender), "c-1", "svc-1", func(c *connection.Connection) ([]connection.Event, error) {
+	if _, err := h.repo.Update(as(ctx, sender), connection.Key(tenant, "c-1"), "svc-1", func(c *connection.Connection) ([]connection.Event, error) {
 		evs, err := c.Enqueue(connection.EnqueueMessage{IdempotencyKey: "old", Recipient: "+491709999999", Text: "hi", Actor: "svc-1"}, t0)
 		if err != nil {
 			return nil, err

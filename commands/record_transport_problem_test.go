@@ -39,7 +39,7 @@ func TestRecordTransportProblem(t *testing.T) {
 			if res.Position.IsZero() {
 				t.Fatalf("result = %+v, want the appended event's position", res)
 			}
-			err = h.repo.View(ctx, "c-1", func(c *connection.Connection) error {
+			err = h.repo.View(ctx, connection.Key(tenant, "c-1"), func(c *connection.Connection) error {
 				if c.LinkStatus() != connection.LinkStatusActive || c.QueueStatus() != connection.QueueStatusHeld {
 					t.Errorf("after the observation: link %v queue %v, want active/held", c.LinkStatus(), c.QueueStatus())
 				}

@@ -9,8 +9,9 @@ import (
 )
 
 // RegisterConnection registers a WhatsApp number as a connection of the caller's tenant. It needs
-// connection.edit. Connection ids are global: registering an id that exists (in any tenant)
-// fails with connection.ErrAlreadyRegistered.
+// connection.edit. Connection ids are scoped to the tenant (connection.Key): registering an id
+// that exists in the caller's tenant fails with connection.ErrAlreadyRegistered; the same id in
+// another tenant is another connection.
 type RegisterConnection struct {
 	ConnectionID string `json:"connection_id"`
 	// Phone is the connection's own number, in international format.
@@ -39,7 +40,7 @@ func (h *RegisterConnectionHandler) Handle(ctx context.Context, cmd RegisterConn
 	if err != nil {
 		return Result{}, err
 	}
-	a, err := h.repo.Update(ctx, cmd.ConnectionID, p.ID, func(c *connection.Connection) ([]connection.Event, error) {
+	a, err := h.repo.Update(ctx, connection.Key(p.TenantID, cmd.ConnectionID), p.ID, func(c *connection.Connection) ([]connection.Event, error) {
 		return c.Register(connection.RegisterConnection{
 			ConnectionID: cmd.ConnectionID, TenantID: p.TenantID, Phone: cmd.Phone, OnBan: cmd.OnBan, Actor: p.ID,
 		}, h.now())

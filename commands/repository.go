@@ -402,7 +402,7 @@ func (r *Repository) writeSnapshot(ctx context.Context, id string, c *connection
 
 // acquire returns the locked cache entry of id, creating it if needed.
 func (r *Repository) acquire(ctx context.Context, id string) (*entry, error) {
-	if err := connection.ValidateID("connection_id", id); err != nil {
+	if err := connection.ValidateKey("connection_id", id); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()

@@ -39,7 +39,7 @@ func replayed(t testing.TB, ctx context.Context, store eventstore.Store, id stri
 func viewed(t testing.TB, ctx context.Context, repo *Repository, id string) []byte {
 	t.Helper()
 	var b []byte
-	if err := repo.View(ctx, id, func(c *connection.Connection) (err error) { b, err = c.Snapshot(); return err }); err != nil {
+	if err := repo.View(ctx, connection.Key(tenant, id), func(c *connection.Connection) (err error) { b, err = c.Snapshot(); return err }); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -58,7 +58,7 @@ func TestSnapshotsAndColdLoad(t *testing.T) {
 				}
 			}
 			// 37 events (revisions 0..36): snapshots when the stream reached 10, 20 and 30 events.
-			snaps, err := store.ReadStream(ctx, SnapshotStream("c-1"), eventstore.Forwards, 0, 0)
+			snaps, err := store.ReadStream(ctx, SnapshotStream(connection.Key(tenant, "c-1")), eventstore.Forwards, 0, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,7 +97,7 @@ func TestUnusableSnapshotFallsBackToReplay(t *testing.T) {
 	h.registerActive(t, ctx, "c-1")
 	// Another schema, an undecodable state, a record of another shape: each is ignored.
 	for _, body := range []string{`{"version":1,"state":{"schema":999}}`, `{"version":1,"state":null}`, `"not a record"`} {
-		_, err := store.Append(ctx, SnapshotStream("c-1"), eventstore.Any, eventstore.EventData{ID: uuid.New(), Type: SnapshotEventType, Data: json.RawMessage(body)})
+		_, err := store.Append(ctx, SnapshotStream(connection.Key(tenant, "c-1")), eventstore.Any, eventstore.EventData{ID: uuid.New(), Type: SnapshotEventType, Data: json.RawMessage(body)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +146,7 @@ func BenchmarkColdLoad(b *testing.B) {
 	store := must(sqliteOpen(ctx, dir))
 	defer store.Close()
 	const id = "c-bench"
-	stream := connection.StreamName(id)
+	stream := connection.StreamName(connection.Key(tenant, id))
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	c := connection.New()
 	batch := make([]eventstore.EventData, 0, 10_000)
@@ -198,7 +198,7 @@ func BenchmarkColdLoad(b *testing.B) {
 		b.Run(fmt.Sprintf("%s/events=%d", bc.name, n), func(b *testing.B) {
 			for b.Loop() {
 				repo := must(NewRepository(store, bc.opts))
-				if err := repo.View(ctx, id, func(got *connection.Connection) error {
+				if err := repo.View(ctx, connection.Key(tenant, id), func(got *connection.Connection) error {
 					if got.Version() != c.Version() {
 						return fmt.Errorf("loaded version %d, want %d", got.Version(), c.Version())
 					}

@@ -69,7 +69,7 @@ func (h *RequestClearHandler) Handle(ctx context.Context, cmd RequestClear) (Req
 	}
 	dcmd := connection.RequestClear{Scope: scope, Reason: cmd.Reason, Then: cmd.Then}
 	a, err := update(ctx, h.repo, cmd.ConnectionID, auth.ConnectionEdit, func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
-		id = connection.ClearIDFor(p.TenantID, cmd.ConnectionID, cmd.IdempotencyKey)
+		id = connection.ClearIDFor(p.TenantID, bareID(p, cmd.ConnectionID), cmd.IdempotencyKey)
 		inProgress, _ = c.CurrentClear()
 		dcmd.ClearID, dcmd.Actor = id, p.ID
 		return c.RequestClear(dcmd, h.now())
@@ -88,7 +88,8 @@ func (h *RequestClearHandler) Handle(ctx context.Context, cmd RequestClear) (Req
 	}
 	// Requested (and perhaps completed) already, or refused in a state the original may have
 	// led to (another clear in progress, its broadcast no longer pending): answer the original.
-	ev, pos, found, ferr := h.repo.original(ctx, cmd.ConnectionID, connection.ClearQueueRequested{ClearID: id})
+	p, _ := PrincipalFromContext(ctx) // update authorized it and checked the tenant
+	ev, pos, found, ferr := h.repo.original(ctx, connection.Key(p.TenantID, cmd.ConnectionID), connection.ClearQueueRequested{ClearID: id})
 	switch {
 	case ferr != nil:
 		return RequestClearResult{}, ferr

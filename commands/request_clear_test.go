@@ -51,7 +51,7 @@ func TestRequestClearThen(t *testing.T) {
 		t.Fatalf("complete: %+v, %v", done.Cleared, err)
 	}
 	var status connection.QueueStatus
-	if err := h.repo.View(ctx, "c-1", func(c *connection.Connection) error { status = c.QueueStatus(); return nil }); err != nil {
+	if err := h.repo.View(ctx, connection.Key(tenant, "c-1"), func(c *connection.Connection) error { status = c.QueueStatus(); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if status != connection.QueueStatusOpen {

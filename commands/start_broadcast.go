@@ -64,13 +64,13 @@ func (h *StartBroadcastHandler) Handle(ctx context.Context, cmd StartBroadcast) 
 		return StartBroadcastResult{}, err
 	}
 	var region string
-	if err := h.repo.View(ctx, cmd.ConnectionID, func(c *connection.Connection) error {
+	if err := h.repo.View(ctx, connection.Key(p.TenantID, cmd.ConnectionID), func(c *connection.Connection) error {
 		region = c.Region()
 		return visible(p, cmd.ConnectionID, c)
 	}); err != nil {
 		return StartBroadcastResult{}, err
 	}
-	id := connection.BroadcastIDFor(p.TenantID, cmd.ConnectionID, cmd.IdempotencyKey)
+	id := connection.BroadcastIDFor(p.TenantID, bareID(p, cmd.ConnectionID), cmd.IdempotencyKey)
 	prepared, err := connection.PrepareBroadcast(connection.StartBroadcast{
 		BroadcastID: id, Recipients: cmd.Recipients, Text: cmd.Text, TTL: cmd.TTL, Actor: p.ID,
 	}, region)
@@ -88,7 +88,7 @@ func (h *StartBroadcastHandler) Handle(ctx context.Context, cmd StartBroadcast) 
 		return StartBroadcastResult{}, err
 	}
 	// The key may have been accepted before: answer the original in any state (G5).
-	ev, pos, found, ferr := h.repo.original(ctx, cmd.ConnectionID, connection.BroadcastStarted{BroadcastID: id})
+	ev, pos, found, ferr := h.repo.original(ctx, connection.Key(p.TenantID, cmd.ConnectionID), connection.BroadcastStarted{BroadcastID: id})
 	switch {
 	case ferr != nil:
 		return StartBroadcastResult{}, ferr

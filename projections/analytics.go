@@ -166,7 +166,7 @@ func (*Analytics) Daily(ctx context.Context, db *DB, tenant string, q AnalyticsQ
 	where := []string{"tenant_id = $1"}
 	args := []any{tenant}
 	if q.ConnectionID != "" {
-		args = append(args, q.ConnectionID)
+		args = append(args, connection.Key(tenant, q.ConnectionID))
 		where = append(where, fmt.Sprintf("conn_id = $%d", len(args)))
 	}
 	if !q.From.IsZero() {
@@ -195,6 +195,7 @@ func (*Analytics) Daily(ctx context.Context, db *DB, tenant string, q AnalyticsQ
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("projections: analytics of %q: %w", tenant, err)
 		}
+		_, d.ConnectionID = connection.SplitKey(d.ConnectionID)
 		if d.Day, err = time.Parse(time.DateOnly, day); err != nil {
 			return nil, fmt.Errorf("projections: analytics of %q: %w", tenant, err)
 		}

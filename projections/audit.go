@@ -167,7 +167,7 @@ ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, reg
 			return err
 		}
 		if isConn {
-			entry.ConnectionID = connID
+			_, entry.ConnectionID = connection.SplitKey(connID) // rows are keyed by (tenant_id, conn_id)
 			if entry.TenantID, err = tenantOf(ctx, tx, "audit_conns", connID, entry.TenantID, tenants); err != nil {
 				return err
 			}

@@ -231,6 +231,7 @@ func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 		&clearScope, &clearThen, &c.LastProblem, &probAt, &regAt, &updAt, &logoutReason); err != nil {
 		return c, err
 	}
+	_, c.ConnectionID = connection.SplitKey(c.ConnectionID)
 	if err := c.LinkStatus.UnmarshalText([]byte(link)); err != nil {
 		return c, err
 	}
@@ -272,7 +273,7 @@ func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 // Card returns connection connID of tenant; ErrNotFound when unknown or another tenant's.
 func (c *Cards) Card(ctx context.Context, db *DB, tenant, connID string) (Card, error) {
 	card, err := scanCard(db.QueryRowContext(ctx, `SELECT `+cardColumns+` FROM card_connections WHERE conn_id = $1 AND tenant_id = $2`,
-		connID, tenant))
+		connection.Key(tenant, connID), tenant))
 	if errors.Is(err, sql.ErrNoRows) {
 		return card, fmt.Errorf("projections: connection %q: %w", connID, ErrNotFound)
 	}

@@ -16,9 +16,10 @@ import (
 // ClearCompleter completes a clear: it records QueueCleared through the connection aggregate
 // (connection.CompleteClear, appended at the expected revision). It must be idempotent: for a
 // clear that is already complete it does nothing and returns nil. The commands package
-// implements it.
+// implements it. connKey is the connection's tenant-scoped key (connection.Key), as the read
+// models hold it.
 type ClearCompleter interface {
-	CompleteClear(ctx context.Context, connID string, clearID uuid.UUID) error
+	CompleteClear(ctx context.Context, connKey string, clearID uuid.UUID) error
 }
 
 // ClearProcessConfig configures a ClearProcess.

@@ -95,7 +95,7 @@ broadcast_id, requested_by, reason, requested_at_us, then_action, up_to_seq, pur
 not_sent_count, not_sent)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 ON CONFLICT (tenant_id, conn_id, clear_id) DO NOTHING`,
-			tenant, connID, ev.ClearID.String(), int64(e.Revision), ClearStatusRequested, scopeKind(ev.Scope),
+			tenant, bareID(connID), ev.ClearID.String(), int64(e.Revision), ClearStatusRequested, scopeKind(ev.Scope),
 			idText(ev.Scope.BroadcastID), ev.RequestedBy, ev.Reason, us(ev.RequestedAt), ev.Then.String(), int64(ev.UpToSeq),
 			int64(ev.PurgeCount), purged, int64(len(ev.InFlight)), inFlight, string(e.Data), int64(len(ev.NotSent)), notSent)
 		return err
@@ -116,7 +116,7 @@ ON CONFLICT (tenant_id, conn_id, clear_id) DO NOTHING`,
 in_flight = $8, completed_by = $9, completed_at_us = $10, queue_after = $11, then_action = $12, report = $13,
 not_sent_count = $14, not_sent = $15
 WHERE tenant_id = $1 AND conn_id = $2 AND clear_id = $3`,
-			tenant, connID, ev.ClearID.String(), ClearStatusCompleted, int64(ev.PurgedCount), purged, int64(ev.InFlightCount),
+			tenant, bareID(connID), ev.ClearID.String(), ClearStatusCompleted, int64(ev.PurgedCount), purged, int64(ev.InFlightCount),
 			inFlight, ev.CompletedBy, us(ev.CompletedAt), ev.QueueAfter.String(), ev.Then.String(), string(e.Data),
 			int64(ev.NotSentCount), notSent)
 		if err != nil {
@@ -130,6 +130,13 @@ WHERE tenant_id = $1 AND conn_id = $2 AND clear_id = $3`,
 		return nil
 	}
 	return nil
+}
+
+// bareID returns the connection id of a key (connection.SplitKey): clear_reports rows are keyed
+// by (tenant_id, conn_id) with the id as the tenant knows it; clear_conns by the key.
+func bareID(key string) string {
+	_, id := connection.SplitKey(key)
+	return id
 }
 
 // figures encodes a clear's purged ranges and in-flight messages as stored (never null).

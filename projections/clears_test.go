@@ -137,7 +137,7 @@ func TestClearReportNotSent(t *testing.T) {
 			return c.RequestClear(connection.RequestClear{ClearID: id, Reason: "r", Actor: "alice"}, at(5))
 		})
 		waitUntil(t, "QueueCleared", func() (bool, error) {
-			return countEvents(t, e, connection.StreamName(connA), connection.TypeQueueCleared) == 1, nil
+			return countEvents(t, e, connection.StreamName(connection.Key(tenantA, connA)), connection.TypeQueueCleared) == 1, nil
 		})
 		r.waitFor(t, e, clears)
 		rep, err := clears.ClearReport(ctx, e.db, tenantA, connA, id)

@@ -81,7 +81,7 @@ func TestRedeliveredBatchesApplyOnce(t *testing.T) {
 		if once := dump(t, e.db, readModelTables...); once != redelivered {
 			t.Errorf("redelivered batches changed the read models:\nredelivered:\n%s\napplied once:\n%s", redelivered, once)
 		}
-		if n := countEvents(t, e, connection.StreamName(connA), connection.TypeQueueCleared); n != 2 {
+		if n := countEvents(t, e, connection.StreamName(connection.Key(tenantA, connA)), connection.TypeQueueCleared); n != 2 {
 			t.Errorf("QueueCleared events = %d, want 2", n)
 		}
 	})
@@ -117,7 +117,7 @@ func TestClearSurvivesCrash(t *testing.T) {
 		}
 		r.waitFor(t, e, q)
 		for id := range streams {
-			if got, err := q.NextPending(ctx, e.db, id, 0, 10); err != nil || len(got) != 0 {
+			if got, err := q.NextPending(ctx, e.db, connection.Key(tenantA, id), 0, 10); err != nil || len(got) != 0 {
 				t.Fatalf("%s: pending after the clear request = %v (%v)", id, seqs(got), err)
 			}
 		}
@@ -127,7 +127,7 @@ func TestClearSurvivesCrash(t *testing.T) {
 		// before the queue projected it.
 		first := &clearkit.Completer{Store: e.store}
 		for range 2 {
-			if err := first.CompleteClear(ctx, "conn-y", clears["conn-y"]); err != nil {
+			if err := first.CompleteClear(ctx, connection.Key(tenantA, "conn-y"), clears["conn-y"]); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -143,7 +143,7 @@ func TestClearSurvivesCrash(t *testing.T) {
 		})
 		r2.waitFor(t, e, q2)
 		for id := range streams {
-			if n := countEvents(t, e, connection.StreamName(id), connection.TypeQueueCleared); n != 1 {
+			if n := countEvents(t, e, connection.StreamName(connection.Key(tenantA, id)), connection.TypeQueueCleared); n != 1 {
 				t.Errorf("%s: QueueCleared events = %d, want 1", id, n)
 			}
 			sum, err := q2.Summary(ctx, e.db, tenantA, id)
@@ -294,7 +294,7 @@ func TestFailingProjectionIsIsolated(t *testing.T) {
 		banRes := do(func(c *connection.Connection) ([]connection.Event, error) {
 			return c.Ban(connection.BanConnection{Kind: connection.BanPermanent, ReasonCode: "406", Actor: "whatsapp"}, at(2))
 		})
-		banEvents, err := e.store.ReadStream(ctx, connection.StreamName(connA), eventstore.Forwards, banRes.NextExpectedRevision-1, 1)
+		banEvents, err := e.store.ReadStream(ctx, connection.StreamName(connection.Key(tenantA, connA)), eventstore.Forwards, banRes.NextExpectedRevision-1, 1)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -25,7 +25,7 @@ func TestEndToEndThenRebuild(t *testing.T) {
 		buildScenario(t, e, s, checkpoints{
 			afterQueued: func() {
 				r.waitFor(t, e, ps...)
-				got, err := q.NextPending(ctx, e.db, connA, 0, 100)
+				got, err := q.NextPending(ctx, e.db, connection.Key(tenantA, connA), 0, 100)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -35,7 +35,7 @@ func TestEndToEndThenRebuild(t *testing.T) {
 				if got[2].Text != "sale" || got[2].ExpiresAt.IsZero() || got[0].Text != "hello k1" {
 					t.Errorf("pending texts/expiry = %+v", got[:3])
 				}
-				if page, _ := q.NextPending(ctx, e.db, connA, 2, 3); !slices.Equal(seqs(page), []uint64{3, 4, 5}) {
+				if page, _ := q.NextPending(ctx, e.db, connection.Key(tenantA, connA), 2, 3); !slices.Equal(seqs(page), []uint64{3, 4, 5}) {
 					t.Errorf("page after 2 = %v", seqs(page))
 				}
 				sum, err := q.Summary(ctx, e.db, tenantA, connA)
@@ -68,14 +68,14 @@ func TestEndToEndThenRebuild(t *testing.T) {
 			},
 			afterClear1: func() {
 				r.waitFor(t, e, ps...)
-				got, err := q.NextPending(ctx, e.db, connA, 0, 100)
+				got, err := q.NextPending(ctx, e.db, connection.Key(tenantA, connA), 0, 100)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if want := []uint64{2, 8}; !slices.Equal(seqs(got), want) {
 					t.Errorf("pending after broadcast clear = %v, want %v", seqs(got), want)
 				}
-				if got, _ := q.NextPending(ctx, e.db, connA, 2, 1); !slices.Equal(seqs(got), []uint64{8}) {
+				if got, _ := q.NextPending(ctx, e.db, connection.Key(tenantA, connA), 2, 1); !slices.Equal(seqs(got), []uint64{8}) {
 					t.Errorf("next after 2 = %v, want [8] (jumping the purged broadcast)", seqs(got))
 				}
 				p, err := status.Broadcast(ctx, e.db, tenantA, s.bc)
@@ -90,7 +90,7 @@ func TestEndToEndThenRebuild(t *testing.T) {
 		r.waitFor(t, e, ps...)
 
 		// Queue: nothing pending, held again after the clear (the ban held it).
-		if got, _ := q.NextPending(ctx, e.db, connA, 0, 100); len(got) != 0 {
+		if got, _ := q.NextPending(ctx, e.db, connection.Key(tenantA, connA), 0, 100); len(got) != 0 {
 			t.Errorf("pending after whole clear = %v", seqs(got))
 		}
 		sum, err := q.Summary(ctx, e.db, tenantA, connA)
@@ -193,7 +193,7 @@ func TestEndToEndThenRebuild(t *testing.T) {
 		if got := fmt.Sprint(sumA.Queued, sumA.Dispatched, sumA.Sent, sumA.Delivered, sumA.Purged, sumA.Bans, sumA.Clears); got != "8 1 1 1 7 1 2" {
 			t.Errorf("analytics queued dispatched sent delivered purged bans clears = %s, want 8 1 1 1 7 1 2", got)
 		}
-		if n := countEvents(t, e, connection.StreamName(connA), connection.TypeQueueCleared); n != 2 {
+		if n := countEvents(t, e, connection.StreamName(connection.Key(tenantA, connA)), connection.TypeQueueCleared); n != 2 {
 			t.Errorf("QueueCleared events = %d, want 2", n)
 		}
 

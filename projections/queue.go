@@ -510,8 +510,9 @@ type BroadcastQueue struct {
 
 // Summary returns the queue of connection connID of tenant; ErrNotFound when the connection is
 // unknown or belongs to another tenant.
-func (q *Queue) Summary(ctx context.Context, db *DB, tenant, connID string) (QueueSummary, error) {
-	s := QueueSummary{ConnectionID: connID, TenantID: tenant}
+func (q *Queue) Summary(ctx context.Context, db *DB, tenant, id string) (QueueSummary, error) {
+	s := QueueSummary{ConnectionID: id, TenantID: tenant}
+	connID := connection.Key(tenant, id)
 	var held, pending, inFlight, last, upd int64
 	var clearing string
 	err := db.QueryRowContext(ctx, `SELECT held, clearing_id, pending, in_flight, last_seq, updated_at_us FROM queue_conns

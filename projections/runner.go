@@ -6,6 +6,12 @@
 // the two is impossible: a redelivered batch is recognised by the checkpoint and its events
 // already applied are skipped. Projections are therefore idempotent, and rebuildable from zero
 // by deleting their rows and checkpoint (Runner.Rebuild).
+//
+// Read models key a connection's rows by its tenant-scoped key (connection.Key, as
+// connection.IDFromStream returns it) in their conn_id columns, beside tenant_id; the audit
+// trail and the clear reports keep the bare id (their rows are keyed by tenant_id and conn_id).
+// Queries the API calls take the tenant and the bare id and answer with bare ids; those the
+// node's own processes call (NextPending, InFlight, the clearing process) take keys.
 package projections
 
 import (

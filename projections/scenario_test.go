@@ -114,7 +114,7 @@ func buildScenario(t *testing.T, e *env, s *scenario, cp checkpoints) {
 			cp.beforeCompletion(id)
 		}
 		waitUntil(t, "QueueCleared", func() (bool, error) {
-			return countEvents(t, e, connection.StreamName(connA), connection.TypeQueueCleared) >= clearsIn(s, id), nil
+			return countEvents(t, e, connection.StreamName(connection.Key(tenantA, connA)), connection.TypeQueueCleared) >= clearsIn(s, id), nil
 		})
 	}
 	s.clear1 = connection.ClearIDFor(tenantA, connA, "c1")

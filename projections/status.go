@@ -332,6 +332,7 @@ WHERE m.message_id = $1 AND m.tenant_id = $2`, id.String(), tenant).Scan(dest...
 	if err != nil {
 		return v, fmt.Errorf("projections: message %s: %w", id, err)
 	}
+	_, v.ConnectionID = connection.SplitKey(v.ConnectionID)
 	v.Seq = uint64(*dest[1].(*int64))
 	if v.BroadcastID, err = parseID(*dest[2].(*string)); err != nil {
 		return v, err
@@ -386,6 +387,7 @@ FROM status_broadcasts WHERE broadcast_id = $1 AND tenant_id = $2`, id.String(),
 		return p, fmt.Errorf("projections: broadcast %s: %w", id, err)
 	}
 	p.StartedAt = fromUS(started)
+	_, p.ConnectionID = connection.SplitKey(p.ConnectionID)
 	p.Count, p.Queued, p.Dispatched, p.Sent, p.Delivered = uint64(n[0]), uint64(n[1]), uint64(n[2]), uint64(n[3]), uint64(n[4])
 	p.Read, p.Failed, p.Purged, p.Expired, p.Unknown = uint64(n[5]), uint64(n[6]), uint64(n[7]), uint64(n[8]), uint64(n[9])
 	p.Cancelled = uint64(n[10])

@@ -124,9 +124,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// streamTypes reads the event types of a connection's stream.
-func streamTypes(t *testing.T, st eventstore.Store, connID string) []eventstore.RecordedEvent {
-	evs, err := st.ReadStream(context.Background(), connection.StreamName(connID), eventstore.Forwards, 0, 0)
+// streamTypes reads the events of the stream of the connection with key connKey (connection.Key).
+func streamTypes(t *testing.T, st eventstore.Store, connKey string) []eventstore.RecordedEvent {
+	evs, err := st.ReadStream(context.Background(), connection.StreamName(connKey), eventstore.Forwards, 0, 0)
 	if errors.Is(err, eventstore.ErrStreamNotFound) {
 		return nil
 	}
@@ -201,27 +201,31 @@ func TestCommandsOverNATS(t *testing.T) {
 		}
 	}
 	send("ops-key", commands.RegisterConnection{ConnectionID: conn, Phone: "+491701234567"})
-	waitFor(t, "registration", func() bool { return countType(streamTypes(t, st, conn), connection.TypeConnectionRegistered) == 1 })
+	waitFor(t, "registration", func() bool {
+		return countType(streamTypes(t, st, connection.Key(tenant, conn)), connection.TypeConnectionRegistered) == 1
+	})
 
 	// A backend service enqueues and broadcasts with its key; a forged key and a replay are refused.
 	send("service-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "k1", Recipient: "+491701111111", Text: "hi"})
 	send("forged-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "forged", Recipient: "+491702222222", Text: "x"})
 	send("service-key", commands.StartBroadcast{ConnectionID: conn, IdempotencyKey: "b1", Recipients: []string{"+491703333333", "+491704444444"}, Text: "promo"})
 	waitFor(t, "enqueue and broadcast", func() bool {
-		return countType(streamTypes(t, st, conn), connection.TypeMessageQueued) >= 3
+		return countType(streamTypes(t, st, connection.Key(tenant, conn)), connection.TypeMessageQueued) >= 3
 	})
 	// The sender role lacks connection.edit: its clear is refused like HTTP would refuse it.
 	send("service-key", commands.RequestClear{ConnectionID: conn, IdempotencyKey: "c-low", Reason: "nope"})
 	waitFor(t, "two refusals reported", func() bool { return log.count("refused") >= 2 })
 	send("ops-key", commands.RequestClear{ConnectionID: conn, IdempotencyKey: "c1", Reason: "banned mid-broadcast"})
-	waitFor(t, "clear", func() bool { return countType(streamTypes(t, st, conn), connection.TypeClearQueueRequested) == 1 })
+	waitFor(t, "clear", func() bool {
+		return countType(streamTypes(t, st, connection.Key(tenant, conn)), connection.TypeClearQueueRequested) == 1
+	})
 	// While clearing, the same enqueue again (a service's retry) is a replay, not a queue_clearing
 	// refusal; the key with another text is refused (HTTP's 422 idempotency_key_reused).
 	send("service-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "k1", Recipient: "+49 170 1111111", Text: "hi"})
 	send("service-key", commands.EnqueueMessage{ConnectionID: conn, IdempotencyKey: "k1", Recipient: "+491701111111", Text: "other"})
 	waitFor(t, "reused key refused", func() bool { return log.count("idempotency key already used") >= 1 })
 
-	evs := streamTypes(t, st, conn)
+	evs := streamTypes(t, st, connection.Key(tenant, conn))
 	if got := countType(evs, connection.TypeMessageQueued); got != 3 {
 		t.Errorf("MessageQueued = %d, want 3 (the forged key's message must not be queued)", got)
 	}
@@ -277,7 +281,7 @@ func TestCommandsOverNATS(t *testing.T) {
 	if n := log.count("idempotency key already used"); n != 1 {
 		t.Errorf("reused-key refusals logged = %d, want 1; log: %v", n, log.lines)
 	}
-	if got := countType(streamTypes(t, st, conn), connection.TypeMessageQueued); got != 3 {
+	if got := countType(streamTypes(t, st, connection.Key(tenant, conn)), connection.TypeMessageQueued); got != 3 {
 		t.Errorf("MessageQueued = %d after the retries, want 3", got)
 	}
 	for name, delivered := range map[string]uint64{"waqueue_waqueue_EnqueueMessage": 4, "waqueue_waqueue_RequestClear": 2} {

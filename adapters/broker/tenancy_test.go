@@ -264,15 +264,17 @@ func TestBrokerCommandsAreTenantScoped(t *testing.T) {
 	if err := bus.Send(ctx, "tenant-a", e.tokenA, enq("a-1", "ok")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "tenant A's own command", func() bool { return countType(streamTypes(t, e.store, "a-1"), connection.TypeMessageQueued) >= 1 })
-	evs := streamTypes(t, e.store, "a-1")
+	waitFor(t, "tenant A's own command", func() bool {
+		return countType(streamTypes(t, e.store, connection.Key("tenant-a", "a-1")), connection.TypeMessageQueued) >= 1
+	})
+	evs := streamTypes(t, e.store, connection.Key("tenant-a", "a-1"))
 	if n := countType(evs, connection.TypeMessageQueued); n != 1 {
 		t.Fatalf("%d messages queued on a-1, want only the legitimate one", n)
 	}
 	if last := evs[len(evs)-1]; last.Metadata.Actor != e.keyA.ID {
 		t.Errorf("queued by %q, want key %s", last.Metadata.Actor, e.keyA.ID)
 	}
-	if n := countType(streamTypes(t, e.store, "b-1"), connection.TypeMessageQueued); n != 0 {
+	if n := countType(streamTypes(t, e.store, connection.Key("tenant-b", "b-1")), connection.TypeMessageQueued); n != 0 {
 		t.Fatalf("%d messages queued on b-1", n)
 	}
 	// Transport facts are not on the broker: no consumer takes a LiftBan (or any of them), so an
@@ -313,7 +315,7 @@ func TestBrokerCommandsAreTenantScoped(t *testing.T) {
 		msgs := storedMessages(t, e.url, broker.CommandsStream)
 		return len(msgs) == 1 && strings.HasSuffix(msgs[0].Subject, ".LiftBan")
 	})
-	if n := countType(streamTypes(t, e.store, "a-1"), connection.TypeBanLifted); n != 0 {
+	if n := countType(streamTypes(t, e.store, connection.Key("tenant-a", "a-1")), connection.TypeBanLifted); n != 0 {
 		t.Fatal("a ban was lifted over the broker")
 	}
 
@@ -325,7 +327,7 @@ func TestBrokerCommandsAreTenantScoped(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the revoked key's command refused", func() bool { return e.log.count("refused") >= 7 })
-	if n := countType(streamTypes(t, e.store, "a-1"), connection.TypeMessageQueued); n != 1 {
+	if n := countType(streamTypes(t, e.store, connection.Key("tenant-a", "a-1")), connection.TypeMessageQueued); n != 1 {
 		t.Fatalf("%d messages queued on a-1 after the revocation, want 1", n)
 	}
 }
@@ -362,8 +364,8 @@ func TestNoKeyMaterialInJetStream(t *testing.T) {
 	}
 	e.runProcessor(t)
 	waitFor(t, "the stored commands handled", func() bool {
-		return countType(streamTypes(t, e.store, "a-1"), connection.TypeMessageQueued) == 1 &&
-			countType(streamTypes(t, e.store, "b-1"), connection.TypeQueueHeld) == 1
+		return countType(streamTypes(t, e.store, connection.Key("tenant-a", "a-1")), connection.TypeMessageQueued) == 1 &&
+			countType(streamTypes(t, e.store, connection.Key("tenant-b", "b-1")), connection.TypeQueueHeld) == 1
 	})
 }
 

@@ -284,7 +284,7 @@ func (s *server) startPairQR(w http.ResponseWriter, r *http.Request) error {
 		return s.writeQR(w, r, id, "", false)
 	}
 	s.pairMu.Lock()
-	q, ok := s.pairing[id]
+	q, ok := s.pairing[connKey(r)]
 	start := !ok
 	if ok {
 		_, running := q.snapshot()
@@ -292,16 +292,16 @@ func (s *server) startPairQR(w http.ResponseWriter, r *http.Request) error {
 	}
 	if start {
 		q = &qrPairing{running: true, first: make(chan struct{})}
-		s.pairing[id] = q
+		s.pairing[connKey(r)] = q
 	}
 	s.pairMu.Unlock()
 	if start {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.d.Limits.PairingTimeout)
-		codes, err := s.d.Transport.PairQR(ctx, id)
+		codes, err := s.d.Transport.PairQR(ctx, connKey(r))
 		if err != nil {
 			cancel()
 			s.pairMu.Lock()
-			if s.pairing[id] == q {
+			if s.pairing[connKey(r)] == q {
 				delete(s.pairing, id)
 			}
 			s.pairMu.Unlock()
@@ -341,7 +341,7 @@ func (s *server) getPairQR(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.pairMu.Lock()
-	q, ok := s.pairing[id]
+	q, ok := s.pairing[connKey(r)]
 	s.pairMu.Unlock()
 	if !ok {
 		return &Problem{Status: http.StatusNotFound, Code: CodeNoPairing, Detail: "no QR pairing was started for this connection; POST first"}
@@ -375,7 +375,7 @@ func (s *server) pairPhone(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	code, err := s.d.Transport.PairPhone(context.WithoutCancel(r.Context()), id, e164)
+	code, err := s.d.Transport.PairPhone(context.WithoutCancel(r.Context()), connKey(r), e164)
 	if err != nil {
 		return err
 	}

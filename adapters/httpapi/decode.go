@@ -25,8 +25,8 @@ import (
 
 // createConnectionRequest is the body of POST /v1/connections.
 type createConnectionRequest struct {
-	// ID is optional; the server generates one when it is empty. Connection ids are global,
-	// so a client-chosen id already taken (in any tenant) is refused like a conflict.
+	// ID is optional; the server generates one when it is empty. Connection ids are scoped to
+	// the tenant: an id taken in the caller's tenant is a conflict; another tenant's is not seen.
 	ID    string `json:"id"`
 	Phone string `json:"phone"`
 	// OnBan is "hold" (default) or "resume".

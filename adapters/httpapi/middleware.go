@@ -16,6 +16,7 @@ import (
 
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
 )
 
 type ctxKey int
@@ -197,6 +198,13 @@ func (s *server) authenticate(r *http.Request) (auth.Principal, error) {
 func principal(r *http.Request) auth.Principal {
 	p, _ := commands.PrincipalFromContext(r.Context())
 	return p
+}
+
+// connKey returns the tenant-scoped key (connection.Key) of the connection the path's {id}
+// names in the caller's tenant: what the event store, the transports and the simulator know it
+// by. It never names another tenant's connection.
+func connKey(r *http.Request) string {
+	return connection.Key(principal(r).TenantID, r.PathValue("id"))
 }
 
 type metrics struct {

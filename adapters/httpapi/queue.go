@@ -286,7 +286,7 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.card(r, id); err != nil {
 		return err
 	}
-	evs, err := s.d.Store.ReadStream(r.Context(), connection.StreamName(id), eventstore.Forwards, uint64(cursor), int(limit)+1)
+	evs, err := s.d.Store.ReadStream(r.Context(), connection.StreamName(connKey(r)), eventstore.Forwards, uint64(cursor), int(limit)+1)
 	if errors.Is(err, eventstore.ErrStreamNotFound) {
 		return projections.ErrNotFound
 	}

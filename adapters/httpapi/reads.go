@@ -315,7 +315,7 @@ func (s *server) simBan(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.card(r, id); err != nil {
 		return err
 	}
-	if err := s.d.Simulator.Ban(id, simulator.Ban{Permanent: permanent, Expire: expire}); err != nil {
+	if err := s.d.Simulator.Ban(connKey(r), simulator.Ban{Permanent: permanent, Expire: expire}); err != nil {
 		return err
 	}
 	kind := "temporary"
@@ -331,7 +331,7 @@ func (s *server) simLift(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.card(r, id); err != nil {
 		return err
 	}
-	if err := s.d.Simulator.LiftBan(id); err != nil {
+	if err := s.d.Simulator.LiftBan(connKey(r)); err != nil {
 		return err
 	}
 	return simulated(w, id, "lift", nil)
@@ -342,7 +342,7 @@ func (s *server) simLogout(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.card(r, id); err != nil {
 		return err
 	}
-	if err := s.d.Simulator.Logout(id, 401); err != nil {
+	if err := s.d.Simulator.Logout(connKey(r), 401); err != nil {
 		return err
 	}
 	return simulated(w, id, "logout", map[string]any{"reason": 401})

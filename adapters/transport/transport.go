@@ -35,7 +35,9 @@ import (
 )
 
 // Transport is the port the dispatcher and the API use. Implementations manage many connections,
-// identified by the caller's connection id; all methods are safe for concurrent use.
+// identified by the connection's tenant-scoped key (connection.Key: "<tenant>:<id>", the bare id
+// for the default tenant), so the same id in two tenants is two connections; all methods are
+// safe for concurrent use.
 //
 // Send is serialized per connection: two Sends on the same connection never overlap (the second
 // waits for the first), Sends on different connections run in parallel.

@@ -5,8 +5,9 @@
 // # Storage
 //
 // New runs sqlstore's migrations (tables whatsmeow_*) and creates one table of its own,
-// wmtransport_connection, mapping our connection id to the device JID whatsmeow keys its sessions
-// by. SQLite needs foreign keys on (adapters/sqlitedb.Open does that); sqlstore refuses otherwise.
+// wmtransport_connection, mapping our connection's tenant-scoped key (connection.Key; rows of
+// the default tenant written before scoping hold the bare id, which is that tenant's key) to the
+// device JID whatsmeow keys its sessions by. SQLite needs foreign keys on (adapters/sqlitedb.Open does that); sqlstore refuses otherwise.
 // Dialects: "sqlite" (driver "sqlite") and "postgres" (driver "pgx").
 //
 // # Event mapping

@@ -4,7 +4,9 @@
 //
 // # Stream and events
 //
-// Each connection has one stream, StreamName(id) = "connection-<id>". Its events are the
+// Each connection has one stream, StreamName(Key(tenant, id)) = "connection-<tenant>:<id>"
+// ("connection-<id>" for DefaultTenant): ids are scoped to their tenant, and the same id may
+// exist in two tenants, fully independent. Its events are the
 // structs of events.go, each with a stable type name (the Type… constants, never derived by
 // reflection); Encode and Decode convert them to and from the store's (type, JSON) pairs, and
 // EventID gives each a deterministic store id.

@@ -468,7 +468,9 @@ func (MessageSendDeferred) EventType() string      { return TypeMessageSendDefer
 func (MessageSendRetried) EventType() string       { return TypeMessageSendRetried }
 func (MessageCancelled) EventType() string         { return TypeMessageCancelled }
 
-func (e ConnectionRegistered) naturalKey() string   { return "connection/" + e.ConnectionID }
+func (e ConnectionRegistered) naturalKey() string {
+	return "connection/" + Key(e.TenantID, e.ConnectionID)
+}
 func (OnBanPolicyChanged) naturalKey() string       { return "" }
 func (SessionPaired) naturalKey() string            { return "" }
 func (SessionInvalidated) naturalKey() string       { return "" }

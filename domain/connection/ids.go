@@ -2,6 +2,7 @@ package connection
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/google/uuid"
 )
@@ -13,13 +14,65 @@ var Namespace = uuid.MustParse("2c1fed8b-3ded-4105-ab03-9915b3fa7f85")
 // StreamPrefix starts the name of every connection stream; subscribe with it as a stream prefix.
 const StreamPrefix = "connection-"
 
-// StreamName returns the name of the event stream of connection id: "connection-<id>".
-// Connection ids are unique across tenants (ValidateID restricts their characters, so the
-// name is unambiguous).
-func StreamName(id string) string { return StreamPrefix + id }
+// DefaultTenant is the tenant of every connection created before connection ids were scoped to
+// their tenant (the only tenant that existed then). Its keys are the bare ids.
+const DefaultTenant = "default"
 
-// IDFromStream returns the connection id of a stream name built by StreamName, and false for
-// any other stream.
+// KeySep separates the tenant from the id in a key. ValidateID admits neither it nor any
+// character that could be confused with it, in tenant or connection ids.
+const KeySep = ":"
+
+// Key returns the tenant-scoped key of a connection of tenant: "<tenant>:<id>", or the bare id
+// for DefaultTenant (whose streams and read-model rows predate scoping and keep their names, so
+// nothing stored is rewritten; see docs/architecture.md). Keys identify a connection
+// everywhere inside waqueue: its stream (StreamName), the read models' conn_id columns, the
+// dispatcher's loops, the transports; the bare id appears only at the edges (API, broker,
+// integration events), always with the caller's tenant beside it.
+//
+// ref is the id as a caller of tenant names it, or a key of tenant (processes that took it from
+// a stream name pass one back). Whatever ref is, the result names a connection of tenant and
+// never one of another tenant: a ref naming another tenant is qualified again, giving a key that
+// no valid id produces, so it is simply not found. Key is a pure string function; it does not
+// validate (Register does).
+func Key(tenant, ref string) string {
+	if t, id, ok := strings.Cut(ref, KeySep); ok && t == tenant {
+		ref = id
+	}
+	if tenant == DefaultTenant && !strings.Contains(ref, KeySep) {
+		return ref
+	}
+	return tenant + KeySep + ref
+}
+
+// SplitKey returns the tenant and the connection id of key (the inverse of Key).
+func SplitKey(key string) (tenant, id string) {
+	if t, id, ok := strings.Cut(key, KeySep); ok {
+		return t, id
+	}
+	return DefaultTenant, key
+}
+
+// ValidateKey checks that key is a key as Key makes them: a valid connection id, qualified by a
+// valid tenant id other than DefaultTenant, or bare (ValidateID). Errors are *ValidationError
+// with CodeInvalidID.
+func ValidateKey(field, key string) error {
+	t, id := SplitKey(key)
+	if err := ValidateID(field, t); err != nil {
+		return err
+	}
+	if t == DefaultTenant && strings.Contains(key, KeySep) {
+		return invalid(CodeInvalidID, field, "the default tenant's keys are bare ids")
+	}
+	return ValidateID(field, id)
+}
+
+// StreamName returns the name of the event stream of the connection with key key (see Key):
+// "connection-<tenant>:<id>", or "connection-<id>" for DefaultTenant. The name is unambiguous:
+// neither tenant nor id can contain KeySep.
+func StreamName(key string) string { return StreamPrefix + key }
+
+// IDFromStream returns the connection key (see Key and SplitKey) of a stream name built by
+// StreamName, and false for any other stream.
 func IDFromStream(stream string) (string, bool) {
 	if len(stream) <= len(StreamPrefix) || stream[:len(StreamPrefix)] != StreamPrefix {
 		return "", false

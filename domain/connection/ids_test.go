@@ -22,6 +22,71 @@ func TestStreamName(t *testing.T) {
 	}
 }
 
+// TestKeyScopesIDsToTheTenant pins the stream names (stored streams depend on them) and shows
+// that ids containing the old separator '-' cannot make two tenants' streams meet.
+func TestKeyScopesIDsToTheTenant(t *testing.T) {
+	for _, c := range []struct{ tenant, id, stream string }{
+		{"default", "shop-1", "connection-shop-1"}, // legacy streams keep their names
+		{"acme", "shop-1", "connection-acme:shop-1"},
+		{"a-b", "c", "connection-a-b:c"},
+		{"a", "b-c", "connection-a:b-c"},
+		{"default", "default:shop-1", "connection-shop-1"},           // a key of the same tenant
+		{"acme", "acme:shop-1", "connection-acme:shop-1"},            // a key of the same tenant
+		{"default", "acme:shop-1", "connection-default:acme:shop-1"}, // another tenant's key: qualified again
+		{"acme", "default:shop-1", "connection-acme:default:shop-1"},
+		{"acme", "other:x", "connection-acme:other:x"},
+	} {
+		key := connection.Key(c.tenant, c.id)
+		if got := connection.StreamName(key); got != c.stream {
+			t.Errorf("StreamName(Key(%q, %q)) = %q, want %q", c.tenant, c.id, got, c.stream)
+		}
+		if tenant, _ := connection.SplitKey(key); tenant != c.tenant {
+			t.Errorf("SplitKey(%q) tenant = %q, want %q", key, tenant, c.tenant)
+		}
+	}
+}
+
+// FuzzKey: for any tenant and valid id, the key splits back to exactly (tenant, id); keys of
+// different (tenant, id) pairs differ; and no ref a caller of one tenant passes names a
+// connection of another tenant.
+func FuzzKey(f *testing.F) {
+	f.Add("default", "shop-1", "acme", "shop-1")
+	f.Add("a-b", "c", "a", "b-c")
+	f.Add("acme", "default:x", "default", "x")
+	f.Add("t.1", "..", "t", "1..")
+	f.Add("t", "x", "t", "default:x")
+	f.Fuzz(func(t *testing.T, t1, id1, t2, ref string) {
+		valid := func(s string) bool { return connection.ValidateID("x", s) == nil }
+		if !valid(t1) || !valid(t2) {
+			return
+		}
+		if valid(id1) {
+			k := connection.Key(t1, id1)
+			if gt, gid := connection.SplitKey(k); gt != t1 || gid != id1 {
+				t.Fatalf("SplitKey(Key(%q, %q)) = (%q, %q)", t1, id1, gt, gid)
+			}
+			if err := connection.ValidateKey("k", k); err != nil {
+				t.Fatalf("ValidateKey(Key(%q, %q)): %v", t1, id1, err)
+			}
+			if connection.Key(t1, k) != k {
+				t.Fatalf("Key(%q, %q) is not stable for its own key", t1, k)
+			}
+			if valid(ref) && (t1 != t2 || id1 != ref) && connection.Key(t2, ref) == k {
+				t.Fatalf("Key(%q, %q) == Key(%q, %q)", t2, ref, t1, id1)
+			}
+		}
+		if connection.ValidateKey("k", ref) == nil {
+			if gt, gid := connection.SplitKey(ref); connection.Key(gt, gid) != ref {
+				t.Fatalf("valid key %q is not Key(%q, %q)", ref, gt, gid)
+			}
+		}
+		// Whatever a caller of t2 passes, the key never names a connection of another tenant.
+		if gt, gid := connection.SplitKey(connection.Key(t2, ref)); gt != t2 && valid(gid) {
+			t.Fatalf("Key(%q, %q) names tenant %q", t2, ref, gt)
+		}
+	})
+}
+
 // TestDerivedIDsAreStable pins derived ids: stored events depend on them, so a change of the
 // namespace or the derivation must fail here.
 func TestDerivedIDsAreStable(t *testing.T) {

@@ -31,16 +31,17 @@ type Stream struct {
 	c     *connection.Connection
 }
 
-// Load returns the aggregate of connection connID (unregistered if its stream is empty).
-func Load(ctx context.Context, store eventstore.Store, connID string) (*Stream, error) {
-	s := &Stream{store: store, id: connID, c: connection.New()}
+// Load returns the aggregate of the connection with key connKey (connection.Key; unregistered
+// if its stream is empty).
+func Load(ctx context.Context, store eventstore.Store, connKey string) (*Stream, error) {
+	s := &Stream{store: store, id: connKey, c: connection.New()}
 	if err := s.refresh(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// ID returns the connection id.
+// ID returns the connection's key.
 func (s *Stream) ID() string { return s.id }
 
 // State returns the aggregate as of the last decision or refresh. Do not mutate it.
@@ -128,7 +129,7 @@ func (s *Stream) Do(ctx context.Context, actor string, decide func(c *connection
 
 // Register registers connection connID of tenant with phone and returns its Stream.
 func Register(ctx context.Context, store eventstore.Store, tenant, connID, phone string, now time.Time) (*Stream, error) {
-	s, err := Load(ctx, store, connID)
+	s, err := Load(ctx, store, connection.Key(tenant, connID))
 	if err != nil {
 		return nil, err
 	}

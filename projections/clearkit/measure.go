@@ -110,7 +110,7 @@ func MeasureClear(ctx context.Context, cfg MeasureConfig) (ClearTiming, error) {
 	}()
 
 	start = time.Now()
-	last, err := cfg.Store.ReadStream(ctx, connection.StreamName(cfg.ConnectionID), eventstore.Backwards, eventstore.End, 1)
+	last, err := cfg.Store.ReadStream(ctx, connection.StreamName(connection.Key(cfg.Tenant, cfg.ConnectionID)), eventstore.Backwards, eventstore.End, 1)
 	if err != nil {
 		return tm, err
 	}
@@ -128,7 +128,7 @@ func MeasureClear(ctx context.Context, cfg MeasureConfig) (ClearTiming, error) {
 	}
 	for tm.Clear == 0 {
 		if tm.Dropped == 0 {
-			head, err := q.NextPending(ctx, cfg.DB, cfg.ConnectionID, 0, 1)
+			head, err := q.NextPending(ctx, cfg.DB, connection.Key(cfg.Tenant, cfg.ConnectionID), 0, 1)
 			if err != nil {
 				return tm, err
 			}

@@ -50,7 +50,7 @@ func TestQueuedMessageReadsOneRow(t *testing.T) {
 	m := dispatcher.QueueMessages{DB: one, Queue: h.queue}
 	for _, seq := range []uint64{1, n / 2, n} {
 		before := read()
-		got, err := m.QueuedMessage(ctx, "c1", seq)
+		got, err := m.QueuedMessage(ctx, key("c1"), seq)
 		if err != nil {
 			t.Fatalf("seq %d: %v", seq, err)
 		}
@@ -61,7 +61,7 @@ func TestQueuedMessageReadsOneRow(t *testing.T) {
 			t.Errorf("QueuedMessage(seq %d of %d) read %d rows of queue_messages, want at most 10 (a point read)", seq, n, rows)
 		}
 	}
-	if _, err := m.QueuedMessage(ctx, "c1", n+1); !errors.Is(err, dispatcher.ErrNotProjected) {
+	if _, err := m.QueuedMessage(ctx, key("c1"), n+1); !errors.Is(err, dispatcher.ErrNotProjected) {
 		t.Fatalf("seq past the queue: %v, want ErrNotProjected", err)
 	}
 }

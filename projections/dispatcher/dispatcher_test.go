@@ -13,6 +13,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/domain/invariants"
 	"github.com/waqueue/waqueue/internal/testwait"
@@ -45,7 +46,7 @@ func contains(s, sub string) bool {
 // simulator after delays on the manual clock.
 func TestMessageLifecycle(t *testing.T) {
 	h := newHarness(t, openSQLite)
-	h.sim.SetScript("c1", simulator.Script{Receipts: simulator.Receipts{Delivered: true, DeliveredAfter: time.Second, Read: true, ReadAfter: 2 * time.Second}})
+	h.sim.SetScript(key("c1"), simulator.Script{Receipts: simulator.Receipts{Delivered: true, DeliveredAfter: time.Second, Read: true, ReadAfter: 2 * time.Second}})
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	var ids []uuid.UUID
@@ -184,7 +185,7 @@ func TestClearRacingDispatcher(t *testing.T) {
 func TestBanHoldsLiftDoesNotResume(t *testing.T) {
 	h := newHarness(t, openSQLite)
 	h.autoAdvance(100 * time.Millisecond)
-	h.sim.SetScript("c1", simulator.Script{BanAfter: 10, Ban: simulator.Ban{Code: 104, Expire: 10_000 * time.Hour}})
+	h.sim.SetScript(key("c1"), simulator.Script{BanAfter: 10, Ban: simulator.Ban{Code: 104, Expire: 10_000 * time.Hour}})
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	const n = 40
@@ -196,7 +197,7 @@ func TestBanHoldsLiftDoesNotResume(t *testing.T) {
 	if got := len(h.sends("c1")); got != 10 {
 		t.Fatalf("sent %d, want exactly the 10 before the ban", got)
 	}
-	if err := h.sim.LiftBan("c1"); err != nil {
+	if err := h.sim.LiftBan(key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("lift recorded", func() bool { return h.linkStatus("c1") == connection.LinkStatusActive })
@@ -230,23 +231,23 @@ func TestTransportEvents(t *testing.T) {
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	h.registerPaired("c2", d)
-	if err := h.sim.Logout("c1", 401); err != nil {
+	if err := h.sim.Logout(key("c1"), 401); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("session invalid", func() bool {
 		return h.linkStatus("c1") == connection.LinkStatusSessionInvalid && h.queueStatus("c1") == connection.QueueStatusHeld
 	})
-	if err := h.sim.Ban("c2", simulator.Ban{Permanent: true}); err != nil {
+	if err := h.sim.Ban(key("c2"), simulator.Ban{Permanent: true}); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("banned", func() bool { return h.linkStatus("c2") == connection.LinkStatusBanned })
 	var ban connection.BanInfo
-	_ = h.repo.View(context.Background(), "c2", func(c *connection.Connection) error { ban, _ = c.CurrentBan(); return nil })
+	_ = h.repo.View(context.Background(), key("c2"), func(c *connection.Connection) error { ban, _ = c.CurrentBan(); return nil })
 	if ban.Kind != connection.BanPermanent {
 		t.Errorf("ban %+v, want permanent", ban)
 	}
 	// Pairing again through the simulator records SessionPaired (the queue stays held: policy hold).
-	if _, err := h.sim.PairQR(context.Background(), "c1"); err != nil {
+	if _, err := h.sim.PairQR(context.Background(), key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("paired again", func() bool { return h.linkStatus("c1") == connection.LinkStatusActive })
@@ -262,7 +263,7 @@ func TestCrashRecoveryNeverResends(t *testing.T) {
 		t.Run(map[bool]string{true: "handed-over", false: "not-handed-over"}[handedOver], func(t *testing.T) {
 			h := newHarness(t, openSQLite)
 			h.registerOnly("c1")
-			if err := h.sim.Connect(context.Background(), "c1"); err != nil { // pairs (AssumePaired); no handler yet
+			if err := h.sim.Connect(context.Background(), key("c1")); err != nil { // pairs (AssumePaired); no handler yet
 				t.Fatal(err)
 			}
 			if _, err := h.pair.Handle(commands.WithPrincipal(context.Background(), commands.SystemPrincipal(tenant)),
@@ -287,7 +288,7 @@ func TestCrashRecoveryNeverResends(t *testing.T) {
 				t.Fatalf("dispatched %s, want the head %s", res.Message.MessageID, first.MessageID)
 			}
 			if handedOver {
-				if _, err := h.sim.Send(context.Background(), transport.SendRequest{ConnectionID: "c1",
+				if _, err := h.sim.Send(context.Background(), transport.SendRequest{ConnectionID: key("c1"),
 					MessageID: res.Message.MessageID, To: res.Message.Recipient, Text: res.Message.Text, Fence: uint64(res.Version)}); err != nil {
 					t.Fatal(err)
 				}
@@ -320,7 +321,7 @@ func TestCrashRecoveryNeverResends(t *testing.T) {
 // unknown and a restarted dispatcher does not send it again.
 func TestShutdownMidSendEndsUnknown(t *testing.T) {
 	h := newHarness(t, openSQLite)
-	h.sim.SetScript("c1", simulator.Script{Latency: time.Hour}) // the manual clock never gets there
+	h.sim.SetScript(key("c1"), simulator.Script{Latency: time.Hour}) // the manual clock never gets there
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	m := h.enqueueOne("c1", "a", 0)
@@ -335,7 +336,7 @@ func TestShutdownMidSendEndsUnknown(t *testing.T) {
 	if cause != dispatcher.CauseShutdown {
 		t.Fatalf("outcome-unknown cause %q, want %q", cause, dispatcher.CauseShutdown)
 	}
-	h.sim.SetScript("c1", simulator.Script{})
+	h.sim.SetScript(key("c1"), simulator.Script{})
 	d2 := h.start(nil)
 	m2 := h.enqueueOne("c1", "bb", 0)
 	h.eventually("next sent", func() bool { return h.sim.SendCount(m2.MessageID) == 1 })
@@ -349,7 +350,7 @@ func TestShutdownMidSendEndsUnknown(t *testing.T) {
 // A send that times out is recorded unknown (cause timeout), never resent.
 func TestSendTimeoutEndsUnknown(t *testing.T) {
 	h := newHarness(t, openSQLite)
-	h.sim.SetScript("c1", simulator.Script{Latency: time.Hour})
+	h.sim.SetScript(key("c1"), simulator.Script{Latency: time.Hour})
 	d := h.start(func(c *dispatcher.Config) { c.SendTimeout = 50 * time.Millisecond })
 	h.registerPaired("c1", d)
 	a := h.enqueueOne("c1", "a", 0)
@@ -370,7 +371,7 @@ func TestSendTimeoutEndsUnknown(t *testing.T) {
 func TestRateLimitRetried(t *testing.T) {
 	h := newHarness(t, openSQLite)
 	h.autoAdvance(time.Second)
-	h.sim.SetScript("c1", simulator.Script{RateLimitRate: 0.5, RateLimitRetryAfter: 2 * time.Second})
+	h.sim.SetScript(key("c1"), simulator.Script{RateLimitRate: 0.5, RateLimitRetryAfter: 2 * time.Second})
 	d := h.start(func(c *dispatcher.Config) { c.MaxSendAttempts = 100 })
 	h.registerPaired("c1", d)
 	const n = 12
@@ -423,7 +424,7 @@ func TestIdleConnectionsRunNoLoops(t *testing.T) {
 	for i := range n {
 		id := "idle-" + itoa(i)
 		h.registerOnly(id)
-		if err := h.sim.Connect(context.Background(), id); err != nil {
+		if err := h.sim.Connect(context.Background(), key(id)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -497,7 +498,7 @@ func TestNotConnectedWaitsForConnection(t *testing.T) {
 	h.autoAdvance(time.Second)
 	d := h.start(func(c *dispatcher.Config) { c.MaxSendAttempts = 1 }) // not-connected is not bounded by it
 	h.registerPaired("c1", d)
-	if err := h.sim.Disconnect(context.Background(), "c1"); err != nil {
+	if err := h.sim.Disconnect(context.Background(), key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	m := h.enqueueOne("c1", "a", 0)
@@ -505,12 +506,12 @@ func TestNotConnectedWaitsForConnection(t *testing.T) {
 	if n := h.sim.SendCount(m.MessageID); n != 0 {
 		t.Fatalf("handed over %d times while disconnected", n)
 	}
-	if err := h.sim.Connect(context.Background(), "c1"); err != nil {
+	if err := h.sim.Connect(context.Background(), key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("sent after reconnect", func() bool { return count[connection.MessageSent](h.history("c1")) == 1 })
 
-	if err := h.sim.Disconnect(context.Background(), "c1"); err != nil {
+	if err := h.sim.Disconnect(context.Background(), key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	before := d.Stats().Retries
@@ -545,4 +546,50 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("gauge %s not registered", name)
 	return 0
+}
+
+// The same connection id in two tenants is two connections (G9): the dispatcher runs a loop for
+// each, the transport knows them apart, and holding one never stops the other.
+func TestSameIDInTwoTenants(t *testing.T) {
+	h := newHarness(t, openSQLite)
+	d := h.start(nil)
+	h.registerPaired("c1", d)
+	other := commands.WithPrincipal(context.Background(), auth.Principal{TenantID: "tenant-2", ID: "op-2", Role: auth.RoleAdmin})
+	if _, err := h.register.Handle(other, commands.RegisterConnection{ConnectionID: "c1", Phone: "+4915112345679"}); err != nil {
+		t.Fatalf("tenant-2 registering c1: %v", err)
+	}
+	key2 := connection.Key("tenant-2", "c1")
+	if err := h.sim.Connect(context.Background(), key2); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually("tenant-2's link active", func() bool {
+		var ls connection.LinkStatus
+		_ = h.repo.View(context.Background(), key2, func(c *connection.Connection) error { ls = c.LinkStatus(); return nil })
+		return ls == connection.LinkStatusActive
+	})
+	if _, err := h.hold.Handle(h.op(), commands.HoldQueue{ConnectionID: "c1", Note: "only tenant-1"}); err != nil {
+		t.Fatal(err)
+	}
+	held := h.enqueueOne("c1", "k", 0)
+	sent, err := h.enqueue.Handle(other, commands.EnqueueMessage{ConnectionID: "c1", IdempotencyKey: "k", Recipient: recipient(1), Text: "hi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sent.MessageID == held.MessageID {
+		t.Fatal("one idempotency key gave both tenants the same message id")
+	}
+	h.eventually("tenant-2's message sent", func() bool { return h.sim.SendCount(sent.MessageID) == 1 })
+	for _, s := range h.sim.Sends() {
+		if s.MessageID == sent.MessageID && s.ConnectionID != key2 {
+			t.Errorf("tenant-2's message went through %q", s.ConnectionID)
+		}
+	}
+	h.idle(d, h.lastPosition("c1", connection.TypeMessageQueued))
+	if n := h.sim.SendCount(held.MessageID); n != 0 {
+		t.Fatalf("tenant-1's held message handed over %d times", n)
+	}
+	if qs := h.queueStatus("c1"); qs != connection.QueueStatusHeld {
+		t.Fatalf("tenant-1's queue is %s", qs)
+	}
+	h.checkInvariants("c1")
 }

@@ -37,7 +37,7 @@ func endToEnd(t *testing.T, open engine, total, banAfter int) {
 	ctx := context.Background()
 	h := newHarness(t, open)
 	h.autoAdvance(100 * time.Millisecond)
-	h.sim.SetScript("c1", simulator.Script{BanAfter: banAfter, Ban: simulator.Ban{Code: 104, Expire: 10_000 * time.Hour}})
+	h.sim.SetScript(key("c1"), simulator.Script{BanAfter: banAfter, Ban: simulator.Ban{Code: 104, Expire: 10_000 * time.Hour}})
 	d := h.start(nil)
 	h.registerPaired("c1", d)
 	bc := h.startBroadcast("c1", total)
@@ -55,7 +55,7 @@ func endToEnd(t *testing.T, open engine, total, banAfter int) {
 	}
 
 	// The ban lifts: the link is active again, the queue stays held, nothing is sent.
-	if err := h.sim.LiftBan("c1"); err != nil {
+	if err := h.sim.LiftBan(key("c1")); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("lift recorded", func() bool { return h.linkStatus("c1") == connection.LinkStatusActive })

@@ -52,7 +52,7 @@ func TestEventsWithoutLinkChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.ctx = ctx
-	h := transport.EventHeader{ConnectionID: "c1", At: time.Now()}
+	h := transport.EventHeader{ConnectionID: connection.Key("t1", "c1"), At: time.Now()}
 	lastPing := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, e := range []transport.Event{
 		transport.StreamReplaced{EventHeader: h},
@@ -79,7 +79,7 @@ func TestEventsWithoutLinkChange(t *testing.T) {
 			t.Errorf("%s/%s counted %v, want %v", c.typ, c.result, got, c.n)
 		}
 	}
-	recs, err := store.ReadStream(ctx, connection.StreamName("c1"), eventstore.Forwards, 0, 0)
+	recs, err := store.ReadStream(ctx, connection.StreamName(connection.Key("t1", "c1")), eventstore.Forwards, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,7 +90,7 @@ func TestRetryAfterDisruptionDuringBackoffNotHandedOver(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			d := h.start(func(c *dispatcher.Config) { c.Registerer = reg })
 			h.registerPaired("c1", d)
-			if err := h.sim.Disconnect(context.Background(), "c1"); err != nil {
+			if err := h.sim.Disconnect(context.Background(), key("c1")); err != nil {
 				t.Fatal(err)
 			}
 			m := h.enqueueOne("c1", "a", 0)
@@ -102,7 +102,7 @@ func TestRetryAfterDisruptionDuringBackoffNotHandedOver(t *testing.T) {
 				t.Fatal("the dispatcher does not wait for its backoff")
 			}
 			tc.disrupt(h)
-			if err := h.sim.Connect(context.Background(), "c1"); err != nil {
+			if err := h.sim.Connect(context.Background(), key("c1")); err != nil {
 				t.Fatal(err)
 			}
 			h.eventually("link active", func() bool { return h.linkStatus("c1") == connection.LinkStatusActive })
@@ -175,7 +175,7 @@ func (r *attemptRecorder) Send(ctx context.Context, req transport.SendRequest) (
 func (r *attemptRecorder) sends(connID string) []invariants.Send {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return slices.Clone(r.attempts[connID])
+	return slices.Clone(r.attempts[key(connID)])
 }
 
 // The real dispatcher against the simulator, with the network going down and up at random while
@@ -267,14 +267,14 @@ func randomizedDisconnects(t *testing.T, open engine, target int) {
 			n := intn(100)
 			switch {
 			case n < 60 && link == connection.LinkStatusBanned:
-				what, err = "lift", h.sim.LiftBan(id)
+				what, err = "lift", h.sim.LiftBan(key(id))
 			case n < 60 && qs == connection.QueueStatusHeld:
 				what = "resume"
 				_, err = h.resume.Handle(h.op(), commands.ResumeQueue{ConnectionID: id})
 			case n < 35:
-				what, err = "disconnect", h.sim.Disconnect(ctx, id)
+				what, err = "disconnect", h.sim.Disconnect(ctx, key(id))
 			case n < 75:
-				what, err = "connect", h.sim.Connect(ctx, id)
+				what, err = "connect", h.sim.Connect(ctx, key(id))
 			case n < 85:
 				what = "clear"
 				_, err = h.clear.Handle(h.op(), commands.RequestClear{ConnectionID: id, IdempotencyKey: fmt.Sprint("clear-", i), Reason: "chaos"})
@@ -282,7 +282,7 @@ func randomizedDisconnects(t *testing.T, open engine, target int) {
 				what = "hold"
 				_, err = h.hold.Handle(h.op(), commands.HoldQueue{ConnectionID: id})
 			case n < 96:
-				what, err = "ban", h.sim.Ban(id, simulator.Ban{Expire: time.Minute})
+				what, err = "ban", h.sim.Ban(key(id), simulator.Ban{Expire: time.Minute})
 			default:
 				continue
 			}
@@ -303,8 +303,8 @@ func randomizedDisconnects(t *testing.T, open engine, target int) {
 	// End: the network is back, and a clear of each queue (retried while another clear runs)
 	// ends whatever is left.
 	for _, id := range conns {
-		_ = h.sim.LiftBan(id)
-		_ = h.sim.Connect(ctx, id)
+		_ = h.sim.LiftBan(key(id))
+		_ = h.sim.Connect(ctx, key(id))
 		h.eventually("clear accepted on "+id, func() bool {
 			_, err := h.clear.Handle(h.op(), commands.RequestClear{ConnectionID: id, IdempotencyKey: "final", Reason: "end of run"})
 			return err == nil

@@ -36,6 +36,10 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 const tenant = "tenant-1"
 
+// key returns the tenant-scoped key of connection id of the test tenant: what the store, the
+// dispatcher and the simulator know the connection by.
+func key(id string) string { return connection.Key(tenant, id) }
+
 var t0 = time.Date(2030, 5, 6, 9, 0, 0, 0, time.UTC)
 
 // env is one engine's event store and read-model database.
@@ -254,7 +258,7 @@ func (h *harness) autoAdvance(step time.Duration) {
 func (h *harness) registerPaired(connID string, d *running) {
 	h.t.Helper()
 	h.registerOnly(connID)
-	if err := h.sim.Connect(context.Background(), connID); err != nil {
+	if err := h.sim.Connect(context.Background(), key(connID)); err != nil {
 		h.t.Fatal(err)
 	}
 	h.eventually("link active", func() bool { return h.linkStatus(connID) == connection.LinkStatusActive })
@@ -269,13 +273,13 @@ func (h *harness) registerOnly(connID string) {
 
 func (h *harness) linkStatus(connID string) connection.LinkStatus {
 	var ls connection.LinkStatus
-	_ = h.repo.View(context.Background(), connID, func(c *connection.Connection) error { ls = c.LinkStatus(); return nil })
+	_ = h.repo.View(context.Background(), key(connID), func(c *connection.Connection) error { ls = c.LinkStatus(); return nil })
 	return ls
 }
 
 func (h *harness) queueStatus(connID string) connection.QueueStatus {
 	var qs connection.QueueStatus
-	_ = h.repo.View(context.Background(), connID, func(c *connection.Connection) error { qs = c.QueueStatus(); return nil })
+	_ = h.repo.View(context.Background(), key(connID), func(c *connection.Connection) error { qs = c.QueueStatus(); return nil })
 	return qs
 }
 
@@ -308,7 +312,7 @@ func (h *harness) startBroadcast(connID string, n int) commands.StartBroadcastRe
 // history returns the connection's events in stream order.
 func (h *harness) history(connID string) []invariants.Recorded {
 	h.t.Helper()
-	evs, err := h.env.store.ReadStream(context.Background(), connection.StreamName(connID), eventstore.Forwards, 0, 0)
+	evs, err := h.env.store.ReadStream(context.Background(), connection.StreamName(key(connID)), eventstore.Forwards, 0, 0)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -327,7 +331,7 @@ func (h *harness) history(connID string) []invariants.Recorded {
 func (h *harness) sends(connID string) []invariants.Send {
 	var out []invariants.Send
 	for i, s := range h.sim.Sends() {
-		if s.ConnectionID == connID {
+		if s.ConnectionID == key(connID) {
 			out = append(out, invariants.Send{MessageID: s.MessageID, Order: i, Fence: s.Fence})
 		}
 	}
@@ -386,7 +390,7 @@ func (h *harness) idle(d *running, pos eventstore.Position) {
 func (h *harness) lastPosition(connID string, types ...string) eventstore.Position {
 	h.t.Helper()
 	evs, err := h.env.store.ReadAll(context.Background(), eventstore.Start, 0,
-		eventstore.Filter{StreamPrefixes: []string{connection.StreamName(connID)}, EventTypes: types})
+		eventstore.Filter{StreamPrefixes: []string{connection.StreamName(key(connID))}, EventTypes: types})
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -51,11 +51,11 @@ func TestRefusedReceiptCountedNotFatal(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.ctx = ctx
-	d.remember("c1", m.MessageID, m.Seq) // placed, as a message this process knows
-	h := transport.EventHeader{ConnectionID: "c1", At: time.Now()}
+	d.remember(connection.Key("t1", "c1"), m.MessageID, m.Seq) // placed, as a message this process knows
+	h := transport.EventHeader{ConnectionID: connection.Key("t1", "c1"), At: time.Now()}
 	d.handleEvent(transport.Receipt{EventHeader: h, Kind: transport.ReceiptDelivered, MessageIDs: []uuid.UUID{m.MessageID}})
 	d.handleEvent(transport.Receipt{EventHeader: h, Kind: transport.ReceiptRead, MessageIDs: []uuid.UUID{m.MessageID}})
-	recs, err := store.ReadStream(ctx, connection.StreamName("c1"), eventstore.Forwards, 0, 0)
+	recs, err := store.ReadStream(ctx, connection.StreamName(connection.Key("t1", "c1")), eventstore.Forwards, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

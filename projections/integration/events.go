@@ -243,7 +243,8 @@ func Translate(e eventstore.RecordedEvent) (Event, bool, error) {
 	if e.Type == auditchain.TypeCheckpointSigned && strings.HasPrefix(e.Stream, auditchain.StreamPrefix) {
 		return translateCheckpoint(e)
 	}
-	connID, isConn := connection.IDFromStream(e.Stream)
+	key, isConn := connection.IDFromStream(e.Stream)
+	_, connID := connection.SplitKey(key) // consumers see the id as their tenant knows it
 	if !isConn || !connection.IsKnownType(e.Type) {
 		return Event{}, false, nil
 	}

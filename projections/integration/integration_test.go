@@ -40,7 +40,7 @@ func recorded(t *testing.T, stream string, ev connection.Event) eventstore.Recor
 
 func TestTranslate(t *testing.T) {
 	msg, clear, bc := uuid.New(), uuid.New(), uuid.New()
-	stream := connection.StreamName("c1")
+	stream := connection.StreamName(connection.Key("tenant-a", "c1")) // consumers see the bare id beside the tenant
 	cases := []struct {
 		ev      connection.Event
 		typ     string

@@ -100,7 +100,7 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		if _, err := h.StartBroadcast.Handle(op, commands.StartBroadcast{ConnectionID: c, IdempotencyKey: "bench", Recipients: recipients, Text: "bench message"}); err != nil {
 			return fmt.Errorf("fill %s: %w", c, err)
 		}
-		if err := node.Simulator.Connect(ctx, c); err != nil {
+		if err := node.Simulator.Connect(ctx, connection.Key(node.Tenant, c)); err != nil {
 			return fmt.Errorf("connect %s: %w", c, err)
 		}
 		return nil
@@ -112,7 +112,7 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 	for i := range conns {
 		for {
 			var active bool
-			if err := node.Repo.View(ctx, id(i), func(c *connection.Connection) error {
+			if err := node.Repo.View(ctx, connection.Key(node.Tenant, id(i)), func(c *connection.Connection) error {
 				active = c.LinkStatus() == connection.LinkStatusActive
 				return nil
 			}); err != nil {
