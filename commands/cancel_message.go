@@ -70,14 +70,16 @@ func NewCancelMessageHandler(repo *Repository, now Clock) (*CancelMessageHandler
 // position comes from its MessageQueued, found by its event id (the store's id index; stores
 // without one look back ReplayScan events).
 func (h *CancelMessageHandler) Handle(ctx context.Context, cmd CancelMessage) (CancelMessageResult, error) {
-	if _, err := principal(ctx, auth.ConnectionEdit); err != nil {
+	p, err := principal(ctx, auth.ConnectionEdit)
+	if err != nil {
 		return CancelMessageResult{}, err
 	}
+	key := connection.Key(p.TenantID, cmd.ConnectionID)
 	notFound := &MessageNotFoundError{ConnectionID: cmd.ConnectionID, MessageID: cmd.MessageID}
 	if cmd.MessageID == uuid.Nil {
 		return CancelMessageResult{}, notFound
 	}
-	ev, _, found, err := h.repo.original(ctx, cmd.ConnectionID, connection.MessageQueued{MessageID: cmd.MessageID})
+	ev, _, found, err := h.repo.original(ctx, key, connection.MessageQueued{MessageID: cmd.MessageID})
 	switch {
 	case err != nil:
 		return CancelMessageResult{}, err
@@ -97,7 +99,7 @@ func (h *CancelMessageHandler) Handle(ctx context.Context, cmd CancelMessage) (C
 		return CancelMessageResult{}, err
 	}
 	// Cancelled before (by this caller's retry or another), or not pending for another reason.
-	orig, pos, found, ferr := h.repo.original(ctx, cmd.ConnectionID, connection.MessageCancelled{MessageID: cmd.MessageID})
+	orig, pos, found, ferr := h.repo.original(ctx, key, connection.MessageCancelled{MessageID: cmd.MessageID})
 	switch {
 	case ferr != nil:
 		return CancelMessageResult{}, ferr
