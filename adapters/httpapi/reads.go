@@ -16,6 +16,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/docs"
 	"github.com/waqueue/waqueue/domain/auditchain"
+	"github.com/waqueue/waqueue/internal/buildinfo"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -348,8 +349,9 @@ func (s *server) simLogout(w http.ResponseWriter, r *http.Request) error {
 	return simulated(w, id, "logout", map[string]any{"reason": 401})
 }
 
+// healthz is liveness; it also names the build (buildinfo), which is public like the route.
 func (s *server) healthz(w http.ResponseWriter, _ *http.Request) error {
-	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	return writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "build": buildinfo.Read()})
 }
 
 func (s *server) openapi(w http.ResponseWriter, _ *http.Request) error {

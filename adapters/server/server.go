@@ -40,6 +40,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	wmtransport "github.com/waqueue/waqueue/adapters/whatsmeow"
 	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/internal/buildinfo"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/dispatcher"
 	"github.com/waqueue/waqueue/projections/integration"
@@ -208,6 +209,9 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 
 	n.Registry = prometheus.NewRegistry()
 	n.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := buildinfo.Register(n.Registry); err != nil {
+		return nil, err
+	}
 
 	if n.Repo, err = commands.NewRepository(n.Events, commands.RepositoryOptions{Logger: o.Logger}); err != nil {
 		return nil, err

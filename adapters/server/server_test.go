@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -155,6 +156,7 @@ func TestStory(t *testing.T) {
 				`waqueue_projection_lag_events{projection="cards"}`,
 				`waqueue_projection_events_applied_total{projection="cards"}`,
 				`waqueue_router_messages_total{handler="cards",result="ok"}`,
+				"waqueue_build_info{goversion=\"" + runtime.Version() + "\"",
 			} {
 				if !strings.Contains(string(metrics), want) {
 					t.Errorf("/metrics lacks %q", want)

@@ -32,7 +32,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newMigrateCmd(), newBenchCmd())
+	root.AddCommand(newServeCmd(), newMigrateCmd(), newBenchCmd(), newVersionCmd(), newHealthcheckCmd())
 	root.AddCommand(clientCommands()...)
 	return root
 }
