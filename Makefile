@@ -5,14 +5,18 @@ DATA_DIR  ?= .data
 STATICCHECK_VERSION ?= v0.7.0
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build run hygiene test test-short test-race test-faults fuzz bench lint fmt vet clean
+.PHONY: all build build-static run hygiene test test-short test-race test-faults fuzz bench lint fmt vet clean
 
 all: build
 
 build:
 	$(GO) build -o bin/waqueue ./cmd/waqueue
 
-## run: serve the API on localhost with the embedded SQLite store and the WhatsApp simulator.
+## ## build-static: the static binary the container image ships, built as the Dockerfile builds it.
+build-static:
+	./scripts/build-static.sh bin/waqueue-static
+
+run: serve the API on localhost with the embedded SQLite store and the WhatsApp simulator.
 run:
 	$(GO) run ./cmd/waqueue serve --data-dir $(DATA_DIR)
 

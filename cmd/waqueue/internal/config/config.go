@@ -5,6 +5,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -115,6 +116,10 @@ var env = map[string]string{
 
 	"broker-token-key": "WAQUEUE_BROKER_TOKEN_KEY",
 }
+
+// EnvVars returns every environment variable the configuration reads, keyed by flag name (a
+// copy). The packaging tests check docker-compose.yml against it.
+func EnvVars() map[string]string { return maps.Clone(env) }
 
 // Bind registers the flags on fs, with defaults.
 func (c *Config) Bind(fs *pflag.FlagSet) {
