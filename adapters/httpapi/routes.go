@@ -13,7 +13,8 @@ type Route struct {
 	Method, Pattern string
 	// Right is what the caller's role must grant; ignored for Public routes.
 	Right auth.Right
-	// Public routes need no API key (health, readiness, the OpenAPI document).
+	// Public routes need no API key (health, readiness, the OpenAPI document and the reference
+	// page).
 	Public bool
 	// Statuses are the status codes the route answers, the error statuses included.
 	Statuses []int
@@ -81,6 +82,8 @@ func (*server) routes() []Route {
 		{Method: "GET", Pattern: "/healthz", Public: true, handle: (*server).healthz, Statuses: []int{s200}},
 		{Method: "GET", Pattern: "/readyz", Public: true, handle: (*server).readyz, Statuses: []int{s200, s503}},
 		{Method: "GET", Pattern: "/v1/openapi.yaml", Public: true, handle: (*server).openapi, Statuses: []int{s200}},
+		{Method: "GET", Pattern: "/docs", Public: true, handle: (*server).referencePage, Statuses: []int{s200}},
+		{Method: "GET", Pattern: "/docs/redoc.standalone.js", Public: true, handle: (*server).redocJS, Statuses: []int{s200}},
 
 		r("POST", "/v1/connections", auth.ConnectionEdit, (*server).createConnection, []int{s201, s409}, body),
 		r("GET", "/v1/connections", auth.ConnectionView, (*server).listConnections, []int{s200}),
