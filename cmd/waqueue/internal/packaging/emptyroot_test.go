@@ -146,8 +146,8 @@ func TestImageRootServesUntilHealthy(t *testing.T) {
 	bin := staticBinary(t)
 	root := emptyRoot(t, bin)
 	run := jail(t, root)
-	addr := freeAddr(t)
-	env := []string{"PATH=/usr/local/bin", "WAQUEUE_DATA_DIR=/data", "WAQUEUE_LISTEN=" + addr}
+	addr, metricsAddr := freeAddr(t), freeAddr(t)
+	env := []string{"PATH=/usr/local/bin", "WAQUEUE_DATA_DIR=/data", "WAQUEUE_LISTEN=" + addr, "WAQUEUE_METRICS_LISTEN=" + metricsAddr}
 
 	safety := 5 * time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), safety)
@@ -235,6 +235,11 @@ func TestImageRootServesUntilHealthy(t *testing.T) {
 			t.Fatalf("/readyz never 200 within the safety timeout: %d %s", code, body)
 		}
 		waitABit(ctx)
+	}
+	// The metrics listener names the build.
+	if code, body := get(ctx, t, "http://"+metricsAddr+"/metrics"); code != http.StatusOK ||
+		!strings.Contains(body, `waqueue_build_info{goversion="`+ver.GoVersion+`"`) {
+		t.Errorf("metrics: %d, waqueue_build_info with goversion %s missing", code, ver.GoVersion)
 	}
 	// The state went to the volume, owned by the non-root user.
 	st, err := os.Stat(filepath.Join(root, "data", "admin.key"))

@@ -274,6 +274,12 @@ func TestComposeFile(t *testing.T) {
 	if !slices.ContainsFunc(wq.Ports, func(p string) bool { return strings.HasSuffix(p, ":"+port) }) {
 		t.Errorf("waqueue ports %v do not publish the listen port %s", wq.Ports, port)
 	}
+	if cfg.MetricsListen != "" {
+		_, mport, _ := strings.Cut(cfg.MetricsListen, ":")
+		if !slices.ContainsFunc(wq.Ports, func(p string) bool { return strings.HasSuffix(p, ":"+mport) }) {
+			t.Errorf("waqueue ports %v do not publish the metrics port %s", wq.Ports, mport)
+		}
+	}
 	if cfg.Transport != config.TransportSimulator {
 		t.Errorf("compose's default transport is %s; the default must be the simulator (nothing reaches WhatsApp by accident)", cfg.Transport)
 	}
