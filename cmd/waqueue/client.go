@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/waqueue/waqueue/cmd/waqueue/internal/client"
+	"github.com/waqueue/waqueue/client"
 )
 
 // Defaults of the client flags.

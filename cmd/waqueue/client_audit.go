@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/waqueue/waqueue/cmd/waqueue/internal/client"
+	"github.com/waqueue/waqueue/client"
 	"github.com/waqueue/waqueue/domain/auditchain"
 )
 

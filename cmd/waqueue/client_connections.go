@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/waqueue/waqueue/cmd/waqueue/internal/client"
+	"github.com/waqueue/waqueue/client"
 )
 
 func newConnectionsCmd(cf *clientFlags) *cobra.Command {

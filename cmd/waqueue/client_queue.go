@@ -13,7 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
-	"github.com/waqueue/waqueue/cmd/waqueue/internal/client"
+	"github.com/waqueue/waqueue/client"
 )
 
 // errAborted is returned when the operator did not confirm a clear.

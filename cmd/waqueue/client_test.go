@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
-	"github.com/waqueue/waqueue/cmd/waqueue/internal/client"
+	"github.com/waqueue/waqueue/client"
 	"github.com/waqueue/waqueue/internal/testwait"
 )
 

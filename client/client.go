@@ -1,8 +1,12 @@
-// Package client is the HTTP client of the waqueue API used by the waqueue command line: one
-// method per call the tools make, API problems (application/problem+json) returned as *Problem.
+// Package client is the Go client of the waqueue HTTP API, and what the waqueue command line is
+// built on: one method per route (a test holds it to the server's route table), API problems
+// (application/problem+json) returned as *Problem with waqueue's stable code (IsCode), an
+// Idempotency-Key on the calls that take one (NewIdempotencyKey), paged reads as iterators
+// (History, AuditEntries, Checkpoints, WebhookDeliveries: iter.Seq2 that read pages as the
+// loop goes), and webhook signature verification for receivers (VerifyWebhookSignature).
 //
-// Methods that read return the raw JSON body besides (or instead of) a decoded value, so a tool
-// can print exactly what the server answered.
+// Some methods return the raw JSON body besides a decoded value, so a tool can print exactly
+// what the server answered.
 package client
 
 import (
