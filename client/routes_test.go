@@ -32,6 +32,7 @@ var calls = map[string]string{
 	"GET /v1/connections/{id}/queue/clear-preview": "ClearPreview",
 	"POST /v1/connections/{id}/queue/clear":        "Clear",
 	"GET /v1/connections/{id}/clears/{clear_id}":   "ClearStatus",
+	"GET /v1/connections/{id}/clears":              "Clears",
 	"POST /v1/connections/{id}/queue/hold":         "Hold",
 	"POST /v1/connections/{id}/queue/resume":       "Resume",
 	"GET /v1/connections/{id}/history":             "History",
