@@ -210,8 +210,8 @@ func (c *Client) Checkpoints(ctx context.Context, limit int) iter.Seq2[json.RawM
 	})
 }
 
-// pages turns a page reader into an iterator; it stops at an empty next cursor and refuses a
-// cursor that does not move (a server bug would otherwise loop forever).
+// pages turns a page reader into an iterator; it stops at an empty next cursor or an empty
+// page, and refuses a cursor that does not move (a server bug would otherwise loop forever).
 func pages[T any](read func(cursor string) ([]T, string, error)) iter.Seq2[T, error] {
 	return func(yield func(T, error) bool) {
 		cursor := ""
@@ -227,7 +227,7 @@ func pages[T any](read func(cursor string) ([]T, string, error)) iter.Seq2[T, er
 					return
 				}
 			}
-			if next == "" {
+			if next == "" || len(items) == 0 {
 				return
 			}
 			if next == cursor {

@@ -177,43 +177,26 @@ func verifySince(c *cobra.Command, cl *client.Client, asJSON bool, arg string, k
 		return fmt.Errorf("audit verify: %w (forged, altered, or signed by another key)", err)
 	}
 	ctx := c.Context()
-	for cursor := ""; ; {
-		page, err := cl.AuditCheckpoints(ctx, cursor, 1000)
+	for raw, err := range cl.Checkpoints(ctx, 1000) {
 		if err != nil {
 			return err
 		}
-		for _, raw := range page.Checkpoints {
-			var cp auditchain.Checkpoint
-			if err := json.Unmarshal(raw, &cp); err != nil {
-				return fmt.Errorf("audit verify: checkpoint from the server: %w", err)
-			}
-			if cp.TenantID != since.TenantID {
-				return fmt.Errorf("audit verify: the checkpoint is of tenant %q, this key reads tenant %q", since.TenantID, cp.TenantID)
-			}
-			v.Stored(cp)
+		var cp auditchain.Checkpoint
+		if err := json.Unmarshal(raw, &cp); err != nil {
+			return fmt.Errorf("audit verify: checkpoint from the server: %w", err)
 		}
-		if cursor = page.NextCursor; cursor == "" {
-			break
+		if cp.TenantID != since.TenantID {
+			return fmt.Errorf("audit verify: the checkpoint is of tenant %q, this key reads tenant %q", since.TenantID, cp.TenantID)
 		}
+		v.Stored(cp)
 	}
-	for cursor := ""; ; {
-		page, err := cl.AuditPage(ctx, client.AuditFilter{}, cursor, auditPageSize)
+	for e, err := range cl.AuditEntries(ctx, client.AuditFilter{}, auditPageSize) {
 		if err != nil {
-			return err
+			return fmt.Errorf("audit verify: %w", err)
 		}
-		for _, raw := range page.Entries {
-			var e client.AuditEntry
-			if err := json.Unmarshal(raw, &e); err != nil {
-				return fmt.Errorf("audit verify: entry from the server: %w", err)
-			}
-			v.Entry(auditchain.Link{Tenant: since.TenantID, Seq: e.Seq, EventID: e.EventID, Stream: e.Stream, Connection: e.ConnectionID,
-				Type: e.EventType, Actor: e.Actor, Reason: e.Reason, AtUS: e.At.UnixMicro(), Details: string(e.Details),
-				PrevHash: e.PrevHash}, e.Hash)
-		}
-		if page.NextCursor == "" || len(page.Entries) == 0 {
-			break
-		}
-		cursor = page.NextCursor
+		v.Entry(auditchain.Link{Tenant: since.TenantID, Seq: e.Seq, EventID: e.EventID, Stream: e.Stream, Connection: e.ConnectionID,
+			Type: e.EventType, Actor: e.Actor, Reason: e.Reason, AtUS: e.At.UnixMicro(), Details: string(e.Details),
+			PrevHash: e.PrevHash}, e.Hash)
 	}
 	rep := v.Finish()
 	out := c.OutOrStdout()
