@@ -13,13 +13,14 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/client"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestCallsAgainstServer runs the calls the examples do not against a real server and checks
 // what they decode, so a response shape the client misreads fails here.
 func TestCallsAgainstServer(t *testing.T) {
 	srv := apitest.Start(t, apitest.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // safety net only
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit) // safety net only
 	defer cancel()
 	c, err := client.New(srv.URL, srv.AdminKey, nil)
 	if err != nil {

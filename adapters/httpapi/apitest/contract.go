@@ -62,6 +62,9 @@ func loadContract(b []byte) (*Contract, error) {
 func init() {
 	// PNG QR codes are binary bodies (the schema says format: binary); nothing to decode.
 	openapi3filter.RegisterBodyDecoder("image/png", openapi3filter.FileBodyDecoder)
+	// The API reference page and its vendored Redoc bundle are documented as strings.
+	openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.FileBodyDecoder)
+	openapi3filter.RegisterBodyDecoder("text/javascript", openapi3filter.FileBodyDecoder)
 	// JSON Lines exports are documented as a string (OpenAPI 3.0 has no schema per line); each
 	// line must still be one JSON object.
 	openapi3filter.RegisterBodyDecoder("application/x-ndjson", func(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {

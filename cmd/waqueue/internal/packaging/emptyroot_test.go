@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // nonroot is the uid/gid of distroless's "nonroot" user, which the image runs as.
@@ -149,7 +151,7 @@ func TestImageRootServesUntilHealthy(t *testing.T) {
 	addr, metricsAddr := freeAddr(t), freeAddr(t)
 	env := []string{"PATH=/usr/local/bin", "WAQUEUE_DATA_DIR=/data", "WAQUEUE_LISTEN=" + addr, "WAQUEUE_METRICS_LISTEN=" + metricsAddr}
 
-	safety := 5 * time.Minute
+	safety := testwait.Limit
 	ctx, cancel := context.WithTimeout(context.Background(), safety)
 	defer cancel()
 
