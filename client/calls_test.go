@@ -92,14 +92,30 @@ func TestCallsAgainstServer(t *testing.T) {
 	if m, err := c.Message(ctx, acc.MessageID); err != nil || m.ID != acc.MessageID || m.Status != "queued" || len(m.History) == 0 {
 		t.Errorf("Message: %+v %v", m, err)
 	}
+	if card, err := c.SetOnBan(ctx, "shop-1", "resume"); err != nil || card.OnBan != "resume" {
+		t.Errorf("SetOnBan: %+v %v", card, err)
+	}
+	second, _, err := c.Send(ctx, "shop-1", "+4917044440002", "cancel me", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c.CancelMessage(ctx, "shop-1", second.MessageID, "sent by mistake"); err != nil || m.MessageID != second.MessageID || m.Status != "cancelled" || m.Reason != "sent by mistake" {
+		t.Errorf("CancelMessage: %+v %v", m, err)
+	}
+	if _, err := c.CancelMessage(ctx, "shop-1", second.MessageID, ""); !client.IsCode(err, "missing_reason") {
+		t.Errorf("CancelMessage without a reason: %v, want missing_reason", err)
+	}
 
-	select {
-	case ev := <-got:
-		if !strings.HasPrefix(ev, "waqueue.message.status_changed.v1 ") || !strings.Contains(ev, acc.MessageID) {
-			t.Errorf("webhook received %s", ev)
+	for seen := false; !seen; { // every delivery verified by the receiver; wait for the first message's
+		select {
+		case ev := <-got:
+			if !strings.HasPrefix(ev, "waqueue.message.status_changed.v1 ") {
+				t.Errorf("webhook received %s", ev)
+			}
+			seen = strings.Contains(ev, acc.MessageID)
+		case <-ctx.Done():
+			t.Fatal("no signed webhook delivery of the first message within the safety timeout")
 		}
-	case <-ctx.Done():
-		t.Fatal("no signed webhook delivery within the safety timeout")
 	}
 	for delivered := false; !delivered; {
 		for d, err := range c.WebhookDeliveries(ctx, hook.ID) {

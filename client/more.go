@@ -461,3 +461,39 @@ func VerifyWebhookRequest(r *http.Request, secret string, maxBody int64) ([]byte
 	}
 	return body, nil
 }
+
+// SetOnBan changes what connection id's queue does when its number is banned: "hold" or
+// "resume" (PATCH /v1/connections/{id}), and returns the card.
+func (c *Client) SetOnBan(ctx context.Context, id, onBan string) (Card, error) {
+	body, err := jsonBody(map[string]string{"on_ban": onBan})
+	if err != nil {
+		return Card{}, err
+	}
+	var card Card
+	_, err = c.call(ctx, request{method: http.MethodPatch, path: "/v1/connections/" + seg(id), body: body, contentType: "application/json"}, &card)
+	return card, err
+}
+
+// CancelledMessage is the answer to a cancel.
+type CancelledMessage struct {
+	MessageID    string    `json:"message_id"`
+	ConnectionID string    `json:"connection_id"`
+	Seq          uint64    `json:"seq"`
+	Status       string    `json:"status"`
+	Reason       string    `json:"reason"`
+	CancelledBy  string    `json:"cancelled_by"`
+	CancelledAt  time.Time `json:"cancelled_at"`
+}
+
+// CancelMessage cancels queued message messageID of connection conn for reason (required)
+// (DELETE /v1/connections/{id}/messages/{message_id}). A message already dispatched, expired
+// or purged is the problem message_not_pending; cancelling twice answers the first cancel.
+func (c *Client) CancelMessage(ctx context.Context, conn, messageID, reason string) (CancelledMessage, error) {
+	body, err := jsonBody(map[string]string{"reason": reason})
+	if err != nil {
+		return CancelledMessage{}, err
+	}
+	var m CancelledMessage
+	_, err = c.call(ctx, request{method: http.MethodDelete, path: "/v1/connections/" + seg(conn) + "/messages/" + seg(messageID), body: body, contentType: "application/json"}, &m)
+	return m, err
+}
