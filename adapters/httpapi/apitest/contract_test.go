@@ -24,7 +24,7 @@ func TestContractCatchesBreaches(t *testing.T) {
 		body               string
 		want               []string // substrings of the error; none: no error
 	}{
-		{"documented", "GET", "/healthz", 200, jsonCT, `{"status":"ok"}`, nil},
+		{"documented", "GET", "/healthz", 200, jsonCT, `{"status":"ok","build":{"version":"(devel)","modified":false,"go_version":"go1.26.8"}}`, nil},
 		{"catch-all 404", "GET", "/v1/no-such-thing", 404, problemCT, problem, nil},
 		{"undocumented route", "GET", "/v1/no-such-thing", 200, jsonCT, `{}`,
 			[]string{"GET /v1/no-such-thing", "answered 200", "documents no such operation"}},
