@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -387,4 +388,104 @@ ON CONFLICT (name) DO UPDATE SET commit_pos = excluded.commit_pos, prepare_pos =
 		return fmt.Errorf("projections: write checkpoint of %q: %w", name, err)
 	}
 	return nil
+}
+
+// pollReached bounds how long WaitReached sleeps when the store cannot yet say whether the
+// events up to the position are all visible (an older transaction is still committing).
+const pollReached = 10 * time.Millisecond
+
+// WaitReached blocks until each named projection reflects every event at or before pos that its
+// filter selects, or ctx is done (returning ctx.Err()). Unlike WaitFor, pos may be the position of
+// any event, selected by the projection or not: it is what the API's read-your-writes asks for
+// (a client's Waqueue-Min-Position, the position its own write was answered with).
+//
+// A projection whose checkpoint is before pos has reached it when the store shows every event up
+// to pos (a ReadAll after the position just before pos finds an event, so no event at or before
+// pos can appear later) and the first event after the checkpoint that the projection selects lies
+// after pos (or there is none). Checkpoint moves wake the wait; while the store cannot yet show
+// pos it is polled every few milliseconds. A position no event of the store has ever had is
+// never reached: the caller bounds the wait with ctx.
+func (r *Runner) WaitReached(ctx context.Context, names []string, pos eventstore.Position) error {
+	byName := make(map[string]Projection, len(r.cfg.Projections))
+	for _, p := range r.cfg.Projections {
+		byName[p.Name()] = p
+	}
+	for _, n := range names {
+		if byName[n] == nil {
+			return fmt.Errorf("projections: unknown projection %q", n)
+		}
+	}
+	visible := false // the store shows every event at or before pos
+	for {
+		r.mu.Lock()
+		type lagging struct {
+			p  Projection
+			cp eventstore.Position
+		}
+		var behind []lagging
+		for _, n := range names {
+			if cp := r.stat[n].Checkpoint; cp.Less(pos) {
+				behind = append(behind, lagging{byName[n], cp})
+			}
+		}
+		r.mu.Unlock()
+		if len(behind) == 0 {
+			return nil
+		}
+		if !visible {
+			evs, err := r.cfg.Store.ReadAll(ctx, before(pos), 1, eventstore.Filter{})
+			if err != nil {
+				return err
+			}
+			visible = len(evs) > 0
+		}
+		reached := visible
+		for i := 0; reached && i < len(behind); i++ {
+			evs, err := r.cfg.Store.ReadAll(ctx, behind[i].cp, 1, behind[i].p.Filter())
+			if err != nil {
+				return err
+			}
+			reached = len(evs) == 0 || pos.Less(evs[0].Position)
+		}
+		if reached {
+			return nil
+		}
+		if err := r.waitChange(ctx, !visible); err != nil {
+			return err
+		}
+	}
+}
+
+// before returns a Position after which a ReadAll starts at pos's commit: {Commit-1, max}. The
+// first event such a read returns is pos's or one committed with it or after it, and every
+// adapter compares Commit first (sqlite compares only Commit, with Commit = Prepare).
+func before(pos eventstore.Position) eventstore.Position {
+	if pos.Commit == 0 {
+		return eventstore.Start
+	}
+	return eventstore.Position{Commit: pos.Commit - 1, Prepare: math.MaxUint64}
+}
+
+// waitChange waits for the next checkpoint move, at most pollReached when poll is set and
+// 5×pollReached otherwise (a move between the caller's look and this wait is not lost for
+// longer), or for ctx to be done.
+func (r *Runner) waitChange(ctx context.Context, poll bool) error {
+	d := 5 * pollReached
+	if poll {
+		d = pollReached
+	}
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	r.mu.Lock()
+	stop := context.AfterFunc(wctx, func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	if wctx.Err() == nil {
+		r.cond.Wait()
+	}
+	r.mu.Unlock()
+	stop()
+	return ctx.Err()
 }
