@@ -24,8 +24,8 @@ type Route struct {
 	// webhook routes exist only when Deps.Webhooks is set.
 	webhook bool
 	// reads are the projections a read route reads; such a route honours Waqueue-Min-Position.
-	reads []string
-	handle  func(s *server, w http.ResponseWriter, r *http.Request) error
+	reads  []string
+	handle func(s *server, w http.ResponseWriter, r *http.Request) error
 }
 
 // Simulator reports whether the route is served only in simulator mode.
