@@ -105,6 +105,11 @@ type Options struct {
 	// IdlePoll is how often an idle subscription checks for events without being notified
 	// (a safety net for a lost notification). Zero means 2s.
 	IdlePoll time.Duration
+	// GroupCommitters is how many shared transactions of single-event appends may run at once
+	// (group commit, see group.go). Zero means 4; negative appends every event alone.
+	GroupCommitters int
+	// GroupMax is the most appends one shared transaction takes. Zero means 256.
+	GroupMax int
 }
 
 func (o *Options) setDefaults() {
@@ -129,6 +134,12 @@ func (o *Options) setDefaults() {
 	if o.IdlePoll <= 0 {
 		o.IdlePoll = 2 * time.Second
 	}
+	if o.GroupCommitters == 0 {
+		o.GroupCommitters = 4
+	}
+	if o.GroupMax <= 0 {
+		o.GroupMax = 256
+	}
 }
 
 // Store is the PostgreSQL event store. It is safe for concurrent use.
@@ -141,6 +152,7 @@ type Store struct {
 	mu       sync.Mutex
 	closed   bool
 	listener *listener // started by the first Subscribe
+	group    grouper   // single-event appends waiting for a shared transaction
 }
 
 // DefaultMaxConns is the pool size Open uses when the URL sets no pool_max_conns. An append
