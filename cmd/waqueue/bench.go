@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -80,6 +81,26 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	pf.StringVar(&f.env.Dir, "dir", "", "directory for temporary files")
 	pf.StringSliceVar(&f.env.Adapters, "adapter", nil, "engines to measure: postgres, sqlite (default both)")
 	pf.BoolVar(&f.quick, "quick", false, "small sizes (a few minutes in all)")
+	var cpuProfile string
+	pf.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+	var profile *os.File
+	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if cpuProfile == "" {
+			return nil
+		}
+		var err error
+		if profile, err = os.Create(cpuProfile); err != nil {
+			return err
+		}
+		return pprof.StartCPUProfile(profile)
+	}
+	cmd.PersistentPostRunE = func(*cobra.Command, []string) error {
+		if profile == nil {
+			return nil
+		}
+		pprof.StopCPUProfile()
+		return profile.Close()
+	}
 
 	store := &cobra.Command{
 		Use:   "store",
