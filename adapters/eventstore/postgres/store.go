@@ -105,8 +105,11 @@ type Options struct {
 	// IdlePoll is how often an idle subscription checks for events without being notified
 	// (a safety net for a lost notification). Zero means 2s.
 	IdlePoll time.Duration
-	// GroupCommitters is how many shared transactions of single-event appends may run at once
-	// (group commit, see group.go). Zero means 4; negative appends every event alone.
+	// GroupCommitters, when positive, turns group commit of single-event appends on: at most
+	// this many shared transactions run at once (see group.go). Zero or negative appends every
+	// event in a transaction of its own. Off by default: on a 2-core machine under load it
+	// measured no faster than PostgreSQL's own commit grouping (docs/benchmarks.md); measure
+	// with `waqueue bench store --group-commit N` on the target machine before turning it on.
 	GroupCommitters int
 	// GroupMax is the most appends one shared transaction takes. Zero means 256.
 	GroupMax int
@@ -133,9 +136,6 @@ func (o *Options) setDefaults() {
 	}
 	if o.IdlePoll <= 0 {
 		o.IdlePoll = 2 * time.Second
-	}
-	if o.GroupCommitters == 0 {
-		o.GroupCommitters = 4
 	}
 	if o.GroupMax <= 0 {
 		o.GroupMax = 256
