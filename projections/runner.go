@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"sync"
 	"time"
 
@@ -400,11 +399,13 @@ const pollReached = 10 * time.Millisecond
 // (a client's Waqueue-Min-Position, the position its own write was answered with).
 //
 // A projection whose checkpoint is before pos has reached it when the store shows every event up
-// to pos (a ReadAll after the position just before pos finds an event, so no event at or before
-// pos can appear later) and the first event after the checkpoint that the projection selects lies
-// after pos (or there is none). Checkpoint moves wake the wait; while the store cannot yet show
-// pos it is polled every few milliseconds. A position no event of the store has ever had is
-// never reached: the caller bounds the wait with ctx.
+// to pos and the first event after the checkpoint that the projection selects lies after pos (or
+// there is none). The store shows every event up to pos once a ReadAll returns an event at or
+// after pos (no later read can return one before it); WaitReached reads for it from the greatest
+// checkpoint of the runner's projections below pos — a real position, as the Position contract
+// wants, and usually close — at most visibleScan events. Checkpoint moves wake the wait; while
+// the store cannot yet show pos it polls every few milliseconds. A position no event of the store
+// has had is never reached: the caller bounds the wait with ctx.
 func (r *Runner) WaitReached(ctx context.Context, names []string, pos eventstore.Position) error {
 	byName := make(map[string]Projection, len(r.cfg.Projections))
 	for _, p := range r.cfg.Projections {
@@ -433,11 +434,15 @@ func (r *Runner) WaitReached(ctx context.Context, names []string, pos eventstore
 			return nil
 		}
 		if !visible {
-			evs, err := r.cfg.Store.ReadAll(ctx, before(pos), 1, eventstore.Filter{})
-			if err != nil {
-				return err
+			from, passed := r.greatestCheckpointBefore(pos)
+			visible = passed
+			if !visible {
+				evs, err := r.cfg.Store.ReadAll(ctx, from, visibleScan, eventstore.Filter{})
+				if err != nil {
+					return err
+				}
+				visible = len(evs) > 0 && !evs[len(evs)-1].Position.Less(pos)
 			}
-			visible = len(evs) > 0
 		}
 		reached := visible
 		for i := 0; reached && i < len(behind); i++ {
@@ -456,14 +461,25 @@ func (r *Runner) WaitReached(ctx context.Context, names []string, pos eventstore
 	}
 }
 
-// before returns a Position after which a ReadAll starts at pos's commit: {Commit-1, max}. The
-// first event such a read returns is pos's or one committed with it or after it, and every
-// adapter compares Commit first (sqlite compares only Commit, with Commit = Prepare).
-func before(pos eventstore.Position) eventstore.Position {
-	if pos.Commit == 0 {
-		return eventstore.Start
+// visibleScan bounds the events WaitReached reads to see whether the store shows a position.
+const visibleScan = 256
+
+// greatestCheckpointBefore returns the greatest checkpoint of the runner's projections that is
+// before pos (Start when none is), and whether some checkpoint is at or after pos (then the
+// store shows every event up to pos: a projection was handed one at or after it).
+func (r *Runner) greatestCheckpointBefore(pos eventstore.Position) (eventstore.Position, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	best, passed := eventstore.Start, false
+	for _, st := range r.stat {
+		switch {
+		case !st.Checkpoint.Less(pos):
+			passed = true
+		case best.Less(st.Checkpoint):
+			best = st.Checkpoint
+		}
 	}
-	return eventstore.Position{Commit: pos.Commit - 1, Prepare: math.MaxUint64}
+	return best, passed
 }
 
 // waitChange waits for the next checkpoint move, at most pollReached when poll is set and
