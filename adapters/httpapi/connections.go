@@ -141,7 +141,7 @@ func (s *server) createConnection(w http.ResponseWriter, r *http.Request) error 
 	card, err := s.d.Cards.Card(r.Context(), s.d.DB, p.TenantID, id)
 	if err != nil {
 		// The read model lags: answer with what the command decided.
-		card = projections.Card{TenantID: p.TenantID, ConnectionID: id, Phone: req.Phone,
+		card = projections.Card{TenantID: p.TenantID, ConnectionID: id, Phone: req.Phone, OnBan: cmd.OnBan.String(),
 			LinkStatus: connection.LinkStatusUnpaired, QueueStatus: connection.QueueStatusOpen}
 	}
 	w.Header().Set("Location", "/v1/connections/"+id)
