@@ -19,15 +19,77 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 )
 
 // Client calls one waqueue server with one API key. It is safe for concurrent use.
+//
+// Read your writes: the client keeps the greatest Waqueue-Position the server answered (or was
+// given with SetMinPosition) and sends it as Waqueue-Min-Position with every request, so every
+// read reflects the writes made through it before.
 type Client struct {
 	base *url.URL
 	key  string
 	http *http.Client
+
+	mu         sync.Mutex
+	pos        [2]uint64 // greatest position seen (commit, prepare); zero when none
+	onPosition func(string)
 }
+
+// SetMinPosition makes the client ask every read to reflect pos ("<commit>/<prepare>", as the
+// server answers it in Waqueue-Position) unless it has seen a greater one. A malformed pos is
+// ignored. onChange, if not nil, is called with every greater position the server answers
+// later (a tool saves it for its next run).
+func (c *Client) SetMinPosition(pos string, onChange func(string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onPosition = onChange
+	if p, ok := parsePosition(pos); ok && less(c.pos, p) {
+		c.pos = p
+	}
+}
+
+// MinPosition returns the position the client sends as Waqueue-Min-Position ("" when none).
+func (c *Client) MinPosition() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pos == [2]uint64{} {
+		return ""
+	}
+	return fmt.Sprintf("%d/%d", c.pos[0], c.pos[1])
+}
+
+func (c *Client) sawPosition(v string) {
+	p, ok := parsePosition(v)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	greater := less(c.pos, p)
+	if greater {
+		c.pos = p
+	}
+	cb := c.onPosition
+	c.mu.Unlock()
+	if greater && cb != nil {
+		cb(v)
+	}
+}
+
+func parsePosition(s string) ([2]uint64, bool) {
+	a, b, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return [2]uint64{}, false
+	}
+	x, err1 := strconv.ParseUint(a, 10, 64)
+	y, err2 := strconv.ParseUint(b, 10, 64)
+	return [2]uint64{x, y}, err1 == nil && err2 == nil
+}
+
+func less(p, q [2]uint64) bool { return p[0] < q[0] || p[0] == q[0] && p[1] < q[1] }
 
 // New returns a Client of the server at baseURL ("http://127.0.0.1:8080") that authenticates
 // with key (none when empty). hc defaults to a client without a timeout: exports and uploads
@@ -113,6 +175,9 @@ func (c *Client) do(ctx context.Context, rq request) (*http.Response, error) {
 	if rq.contentType != "" {
 		req.Header.Set("Content-Type", rq.contentType)
 	}
+	if pos := c.MinPosition(); pos != "" {
+		req.Header.Set("Waqueue-Min-Position", pos)
+	}
 	for k, v := range rq.header {
 		if v != "" {
 			req.Header.Set(k, v)
@@ -122,6 +187,7 @@ func (c *Client) do(ctx context.Context, rq request) (*http.Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
+	c.sawPosition(resp.Header.Get("Waqueue-Position"))
 	if resp.StatusCode < 300 {
 		return resp, nil
 	}

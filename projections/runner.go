@@ -388,3 +388,120 @@ ON CONFLICT (name) DO UPDATE SET commit_pos = excluded.commit_pos, prepare_pos =
 	}
 	return nil
 }
+
+// pollReached bounds how long WaitReached sleeps when the store cannot yet say whether the
+// events up to the position are all visible (an older transaction is still committing).
+const pollReached = 10 * time.Millisecond
+
+// WaitReached blocks until each named projection reflects every event at or before pos that its
+// filter selects, or ctx is done (returning ctx.Err()). Unlike WaitFor, pos may be the position of
+// any event, selected by the projection or not: it is what the API's read-your-writes asks for
+// (a client's Waqueue-Min-Position, the position its own write was answered with).
+//
+// A projection whose checkpoint is before pos has reached it when the store shows every event up
+// to pos and the first event after the checkpoint that the projection selects lies after pos (or
+// there is none). The store shows every event up to pos once a ReadAll returns an event at or
+// after pos (no later read can return one before it); WaitReached reads for it from the greatest
+// checkpoint of the runner's projections below pos — a real position, as the Position contract
+// wants, and usually close — at most visibleScan events. Checkpoint moves wake the wait; while
+// the store cannot yet show pos it polls every few milliseconds. A position no event of the store
+// has had is never reached: the caller bounds the wait with ctx.
+func (r *Runner) WaitReached(ctx context.Context, names []string, pos eventstore.Position) error {
+	byName := make(map[string]Projection, len(r.cfg.Projections))
+	for _, p := range r.cfg.Projections {
+		byName[p.Name()] = p
+	}
+	for _, n := range names {
+		if byName[n] == nil {
+			return fmt.Errorf("projections: unknown projection %q", n)
+		}
+	}
+	visible := false // the store shows every event at or before pos
+	for {
+		r.mu.Lock()
+		type lagging struct {
+			p  Projection
+			cp eventstore.Position
+		}
+		var behind []lagging
+		for _, n := range names {
+			if cp := r.stat[n].Checkpoint; cp.Less(pos) {
+				behind = append(behind, lagging{byName[n], cp})
+			}
+		}
+		r.mu.Unlock()
+		if len(behind) == 0 {
+			return nil
+		}
+		if !visible {
+			from, passed := r.greatestCheckpointBefore(pos)
+			visible = passed
+			if !visible {
+				evs, err := r.cfg.Store.ReadAll(ctx, from, visibleScan, eventstore.Filter{})
+				if err != nil {
+					return err
+				}
+				visible = len(evs) > 0 && !evs[len(evs)-1].Position.Less(pos)
+			}
+		}
+		reached := visible
+		for i := 0; reached && i < len(behind); i++ {
+			evs, err := r.cfg.Store.ReadAll(ctx, behind[i].cp, 1, behind[i].p.Filter())
+			if err != nil {
+				return err
+			}
+			reached = len(evs) == 0 || pos.Less(evs[0].Position)
+		}
+		if reached {
+			return nil
+		}
+		if err := r.waitChange(ctx, !visible); err != nil {
+			return err
+		}
+	}
+}
+
+// visibleScan bounds the events WaitReached reads to see whether the store shows a position.
+const visibleScan = 256
+
+// greatestCheckpointBefore returns the greatest checkpoint of the runner's projections that is
+// before pos (Start when none is), and whether some checkpoint is at or after pos (then the
+// store shows every event up to pos: a projection was handed one at or after it).
+func (r *Runner) greatestCheckpointBefore(pos eventstore.Position) (eventstore.Position, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	best, passed := eventstore.Start, false
+	for _, st := range r.stat {
+		switch {
+		case !st.Checkpoint.Less(pos):
+			passed = true
+		case best.Less(st.Checkpoint):
+			best = st.Checkpoint
+		}
+	}
+	return best, passed
+}
+
+// waitChange waits for the next checkpoint move, at most pollReached when poll is set and
+// 5×pollReached otherwise (a move between the caller's look and this wait is not lost for
+// longer), or for ctx to be done.
+func (r *Runner) waitChange(ctx context.Context, poll bool) error {
+	d := 5 * pollReached
+	if poll {
+		d = pollReached
+	}
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	r.mu.Lock()
+	stop := context.AfterFunc(wctx, func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	if wctx.Err() == nil {
+		r.cond.Wait()
+	}
+	r.mu.Unlock()
+	stop()
+	return ctx.Err()
+}

@@ -62,6 +62,7 @@ func (e *env) clear(key, id, phone, then, idemKey string) string {
 	}
 	r := e.do(key, "POST", "/v1/connections/"+id+"/queue/clear", body, map[string]string{"Idempotency-Key": idemKey})
 	wantStatus(e.t, r, 202)
+	e.sync() // the clear process reads the Queue read model; commands do not wait for it
 	if _, err := e.Clears.Sweep(e.ctx); err != nil {
 		e.t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/waqueue/waqueue/adapters/eventstore"
 	wmtransport "github.com/waqueue/waqueue/adapters/whatsmeow"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -26,19 +25,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
 	return nil
-}
-
-// settle waits, at most Limits.ReadYourWrites, for the named projections to include the event
-// at pos, so that a read right after this write sees it. It never fails the request.
-func (s *server) settle(ctx context.Context, pos eventstore.Position, names ...string) {
-	if pos.IsZero() || s.d.Limits.ReadYourWrites < 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.d.Limits.ReadYourWrites)
-	defer cancel()
-	if err := s.d.Runner.WaitFor(ctx, names, pos); err != nil {
-		s.log.DebugContext(ctx, "read models lag behind a write", "position", pos.String(), "error", err)
-	}
 }
 
 // cardView is a connection card as the API shows it.
@@ -149,12 +135,13 @@ func (s *server) createConnection(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	s.settle(r.Context(), res.Position, projections.CardsName, projections.QueueName)
+	setPosition(w, res.Position)
+	s.ownView(r.Context(), res.Position, projections.CardsName)
 	p := principal(r)
 	card, err := s.d.Cards.Card(r.Context(), s.d.DB, p.TenantID, id)
 	if err != nil {
 		// The read model lags: answer with what the command decided.
-		card = projections.Card{TenantID: p.TenantID, ConnectionID: id, Phone: req.Phone,
+		card = projections.Card{TenantID: p.TenantID, ConnectionID: id, Phone: req.Phone, OnBan: cmd.OnBan.String(),
 			LinkStatus: connection.LinkStatusUnpaired, QueueStatus: connection.QueueStatusOpen}
 	}
 	w.Header().Set("Location", "/v1/connections/"+id)
@@ -190,7 +177,8 @@ func (s *server) changeConnection(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	s.settle(r.Context(), res.Position, projections.CardsName)
+	setPosition(w, res.Position)
+	s.ownView(r.Context(), res.Position, projections.CardsName)
 	c, err := s.card(r, id)
 	if err != nil {
 		return err

@@ -45,8 +45,8 @@ type Deps struct {
 	// answer: 409 queue_clearing, 422 invalid_phone, …). RegisterConnection, EnqueueMessage,
 	// StartBroadcast, HoldQueue, ResumeQueue and RequestClear are required.
 	Handlers commands.Handlers
-	// Runner runs the projections; its statuses decide readiness, and commands wait (at most
-	// Limits.ReadYourWrites) for it so that a read right after a write sees it. Required.
+	// Runner runs the projections; its statuses decide readiness, and reads asking for a
+	// Waqueue-Min-Position wait (at most Limits.ReadYourWrites) for it to reach it. Required.
 	Runner *projections.Runner
 	// The read models. Required.
 	Cards     *projections.Cards
@@ -90,9 +90,10 @@ type Limits struct {
 	// MaxRecipients is the largest broadcast (422 too_many_recipients). Default and maximum
 	// connection.MaxRecipients.
 	MaxRecipients int
-	// ReadYourWrites is how long a command waits for the read models to include its events
-	// before answering (they then show it to the next read). Default 2s; negative disables.
-	// The command is durable either way; a timeout only means the next read may lag.
+	// ReadYourWrites is how long a read asking for a Waqueue-Min-Position waits for its read
+	// models to reach it before answering with what they hold (Waqueue-Position-Reached:
+	// false). Default 2s; negative never waits. Commands never wait for read models: they
+	// answer once durable, with Waqueue-Position.
 	ReadYourWrites time.Duration
 	// PairingTimeout bounds a QR pairing started by the API. Default 3 minutes.
 	PairingTimeout time.Duration

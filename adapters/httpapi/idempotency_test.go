@@ -66,6 +66,7 @@ func TestIdempotencyKeyBoundToRequest(t *testing.T) {
 	wantProblem(t, e.do(op, "POST", clear, map[string]any{"reason": "other", "confirm": phone}, key("c1")), 422, "idempotency_key_reused")
 	wantProblem(t, e.do(sender, "POST", msgs, `{"recipient":"`+rcpt+`","text":"hello"}`, key("m2")), 409, "queue_clearing")
 
+	e.sync() // the clear process reads the Queue read model; commands do not wait for it
 	if _, err := e.Clears.Sweep(e.ctx); err != nil {
 		t.Fatal(err)
 	}

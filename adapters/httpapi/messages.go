@@ -50,7 +50,7 @@ func (s *server) enqueue(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.settle(r.Context(), res.Position, projections.MessageStatusName, projections.QueueName)
+	setPosition(w, res.Position)
 	markReplay(w, res.Replayed)
 	w.Header().Set("Location", "/v1/messages/"+res.MessageID.String())
 	return writeJSON(w, http.StatusAccepted, enqueueResponse{MessageID: res.MessageID, ConnectionID: id})
@@ -162,7 +162,7 @@ func (s *server) broadcast(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.settle(r.Context(), res.Position, projections.MessageStatusName, projections.QueueName)
+	setPosition(w, res.Position)
 	count := res.Count
 	if res.Replayed && count == 0 {
 		// The original lies too far back for the command to report its figures.
@@ -224,7 +224,7 @@ func (s *server) cancelMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.settle(r.Context(), res.Position, projections.MessageStatusName, projections.QueueName, projections.CardsName)
+	setPosition(w, res.Position)
 	markReplay(w, res.Replayed)
 	c := res.Cancelled
 	return writeJSON(w, http.StatusOK, cancelResponse{MessageID: c.MessageID, ConnectionID: id, Seq: c.Seq,

@@ -174,6 +174,12 @@ func (s *server) endpoint(rt Route) http.Handler {
 			}
 			r = r.WithContext(commands.WithPrincipal(r.Context(), p))
 		}
+		if len(rt.reads) > 0 {
+			if err := s.awaitMinPosition(w, r, rt.reads); err != nil {
+				fail(err)
+				return
+			}
+		}
 		if err := rt.handle(s, w, r); err != nil {
 			fail(err)
 		}

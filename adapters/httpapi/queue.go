@@ -121,7 +121,7 @@ func (s *server) clearQueue(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.settle(r.Context(), res.Position, projections.CardsName, projections.QueueName, projections.ClearsName)
+	setPosition(w, res.Position)
 	markReplay(w, res.Replayed)
 	w.Header().Set("Location", "/v1/connections/"+id+"/clears/"+res.ClearID.String())
 	return writeJSON(w, http.StatusAccepted, clearResponse{ClearID: res.ClearID, ConnectionID: id, Status: "pending"})
@@ -235,7 +235,8 @@ func (s *server) holdOrResume(w http.ResponseWriter, r *http.Request, hold bool)
 	if err != nil {
 		return err
 	}
-	s.settle(r.Context(), res.Position, projections.CardsName, projections.QueueName)
+	setPosition(w, res.Position)
+	s.ownView(r.Context(), res.Position, projections.CardsName)
 	c, err := s.card(r, id)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/projections"
 )
 
 // Route is one entry of the API's route table.
@@ -22,7 +23,9 @@ type Route struct {
 	simulator bool
 	// webhook routes exist only when Deps.Webhooks is set.
 	webhook bool
-	handle  func(s *server, w http.ResponseWriter, r *http.Request) error
+	// reads are the projections a read route reads; such a route honours Waqueue-Min-Position.
+	reads  []string
+	handle func(s *server, w http.ResponseWriter, r *http.Request) error
 }
 
 // Simulator reports whether the route is served only in simulator mode.
@@ -30,6 +33,10 @@ func (rt Route) Simulator() bool { return rt.simulator }
 
 // Webhook reports whether the route is served only when Deps.Webhooks is set.
 func (rt Route) Webhook() bool { return rt.webhook }
+
+// ReadsModels reports whether the route reads read models and so honours Waqueue-Min-Position
+// (and answers Waqueue-Position-Reached).
+func (rt Route) ReadsModels() bool { return len(rt.reads) > 0 }
 
 // Routes returns the API's route table (every route, the simulator and webhook ones included), in a
 // stable order. The OpenAPI document is tested against it.
@@ -78,6 +85,14 @@ func (*server) routes() []Route {
 	}
 	sim := func(rt Route) Route { rt.simulator = true; return rt }
 	hook := func(rt Route) Route { rt.webhook = true; return rt }
+	// read marks a route reading the read models of names (Waqueue-Min-Position, 400 when malformed).
+	read := func(rt Route, names ...string) Route {
+		rt.reads = names
+		rt.Statuses = codes(rt.Statuses, []int{s400})
+		return rt
+	}
+	const cards, queue, msgs, audit, analytics, clears = projections.CardsName, projections.QueueName,
+		projections.MessageStatusName, projections.AuditName, projections.AnalyticsName, projections.ClearsName
 	return []Route{
 		{Method: "GET", Pattern: "/healthz", Public: true, handle: (*server).healthz, Statuses: []int{s200}},
 		{Method: "GET", Pattern: "/readyz", Public: true, handle: (*server).readyz, Statuses: []int{s200, s503}},
@@ -86,29 +101,29 @@ func (*server) routes() []Route {
 		{Method: "GET", Pattern: "/docs/redoc.standalone.js", Public: true, handle: (*server).redocJS, Statuses: []int{s200}},
 
 		r("POST", "/v1/connections", auth.ConnectionEdit, (*server).createConnection, []int{s201, s409}, body),
-		r("GET", "/v1/connections", auth.ConnectionView, (*server).listConnections, []int{s200}),
-		r("GET", "/v1/connections/{id}", auth.ConnectionView, (*server).getConnection, []int{s200, s404}),
+		read(r("GET", "/v1/connections", auth.ConnectionView, (*server).listConnections, []int{s200}), cards),
+		read(r("GET", "/v1/connections/{id}", auth.ConnectionView, (*server).getConnection, []int{s200, s404}), cards),
 		r("PATCH", "/v1/connections/{id}", auth.ConnectionEdit, (*server).changeConnection, []int{s200, s404}, body),
 		r("POST", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).startPairQR, []int{s200, s404, s406, s409}),
 		r("GET", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).getPairQR, []int{s200, s404, s406}),
 		r("POST", "/v1/connections/{id}/pairing/phone", auth.ConnectionEdit, (*server).pairPhone, []int{s200, s404, s409}, body),
 		r("POST", "/v1/connections/{id}/messages", auth.MessageSend, (*server).enqueue, []int{s202, s404, s409}, body),
 		r("DELETE", "/v1/connections/{id}/messages/{message_id}", auth.ConnectionEdit, (*server).cancelMessage, []int{s200, s404, s409}, body),
-		r("GET", "/v1/messages/{id}", auth.ConnectionView, (*server).getMessage, []int{s200, s404}),
+		read(r("GET", "/v1/messages/{id}", auth.ConnectionView, (*server).getMessage, []int{s200, s404}), msgs),
 		r("POST", "/v1/connections/{id}/broadcasts", auth.BroadcastMgmt, (*server).broadcast, []int{s202, s404, s409}, body),
-		r("GET", "/v1/broadcasts/{id}", auth.ConnectionView, (*server).getBroadcast, []int{s200, s404}),
-		r("GET", "/v1/connections/{id}/queue", auth.ConnectionView, (*server).getQueue, []int{s200, s404}),
-		r("GET", "/v1/connections/{id}/queue/clear-preview", auth.ConnectionView, (*server).clearPreview, []int{s200, s404}),
+		read(r("GET", "/v1/broadcasts/{id}", auth.ConnectionView, (*server).getBroadcast, []int{s200, s404}), msgs),
+		read(r("GET", "/v1/connections/{id}/queue", auth.ConnectionView, (*server).getQueue, []int{s200, s404}), queue),
+		read(r("GET", "/v1/connections/{id}/queue/clear-preview", auth.ConnectionView, (*server).clearPreview, []int{s200, s404}), cards, queue),
 		r("POST", "/v1/connections/{id}/queue/clear", auth.ConnectionEdit, (*server).clearQueue, []int{s202, s404, s409}, body),
-		r("GET", "/v1/connections/{id}/clears", auth.ConnectionView, (*server).listClears, []int{s200, s400, s404}),
-		r("GET", "/v1/connections/{id}/clears/{clear_id}", auth.ConnectionView, (*server).getClear, []int{s200, s404}),
+		read(r("GET", "/v1/connections/{id}/clears", auth.ConnectionView, (*server).listClears, []int{s200, s400, s404}), cards, clears),
+		read(r("GET", "/v1/connections/{id}/clears/{clear_id}", auth.ConnectionView, (*server).getClear, []int{s200, s404}), cards, clears),
 		r("POST", "/v1/connections/{id}/queue/hold", auth.ConnectionEdit, (*server).holdQueue, []int{s200, s404, s409}, body),
 		r("POST", "/v1/connections/{id}/queue/resume", auth.ConnectionEdit, (*server).resumeQueue, []int{s200, s404, s409}, body),
-		r("GET", "/v1/connections/{id}/history", auth.AuditRead, (*server).history, []int{s200, s400, s404}),
-		r("GET", "/v1/audit", auth.AuditRead, (*server).audit, []int{s200, s400}),
-		r("GET", "/v1/audit/verify", auth.AuditRead, (*server).auditVerify, []int{s200}),
+		read(r("GET", "/v1/connections/{id}/history", auth.AuditRead, (*server).history, []int{s200, s400, s404}), cards),
+		read(r("GET", "/v1/audit", auth.AuditRead, (*server).audit, []int{s200, s400}), audit),
+		read(r("GET", "/v1/audit/verify", auth.AuditRead, (*server).auditVerify, []int{s200}), audit),
 		r("GET", "/v1/audit/checkpoints", auth.AuditRead, (*server).auditCheckpoints, []int{s200, s400}),
-		r("GET", "/v1/analytics/daily", auth.AnalyticsRead, (*server).analyticsDaily, []int{s200, s400}),
+		read(r("GET", "/v1/analytics/daily", auth.AnalyticsRead, (*server).analyticsDaily, []int{s200, s400}), analytics),
 
 		r("POST", "/v1/keys", auth.Admin, (*server).createKey, []int{s201}, body),
 		r("GET", "/v1/keys", auth.Admin, (*server).listKeys, []int{s200}),

@@ -119,6 +119,7 @@ func TestClearQueueStory(t *testing.T) {
 		t.Fatalf("clear before completion: %s", pending.Body)
 	}
 
+	e.sync() // the clear process reads the Queue read model; commands do not wait for it
 	if _, err := e.Clears.Sweep(e.ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -96,6 +96,10 @@ type Options struct {
 	BootstrapOut io.Writer
 	// ProjectionBatch is the most events a projection applies per transaction. Default 512.
 	ProjectionBatch int
+	// GroupCommit, when positive, lets the PostgreSQL event store group concurrent
+	// single-event appends into shared transactions, at most this many at once
+	// (postgres.Options.GroupCommitters). Default off.
+	GroupCommit int
 	// MetricsToken, if set, is the bearer token MetricsHandler requires.
 	MetricsToken string
 	// MetricsTenantTop, if positive, breaks the queue depths down by tenant for that many
@@ -369,7 +373,7 @@ func (n *Node) openStores(ctx context.Context) error {
 		n.closers = append(n.closers, n.SQL.Close)
 		n.DB = &projections.DB{SQL: n.SQL, Dialect: projections.Postgres}
 		if o.EventStore == "" {
-			es := postgres.New(pool, postgres.Options{Clock: clock})
+			es := postgres.New(pool, postgres.Options{Clock: clock, GroupCommitters: o.GroupCommit})
 			if err := es.Migrate(ctx); err != nil {
 				return err
 			}

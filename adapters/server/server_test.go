@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/httpapi"
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/server"
@@ -177,6 +179,9 @@ func TestStory(t *testing.T) {
 type client struct {
 	t         *testing.T
 	base, key string
+	// pos is the greatest Waqueue-Position answered so far, sent as Waqueue-Min-Position so
+	// that every read sees the writes before it (read your writes is asked for explicitly).
+	pos eventstore.Position
 }
 
 func (c *client) do(method, path string, body any, headers map[string]string, want int, out any) {
@@ -191,6 +196,9 @@ func (c *client) do(method, path string, body any, headers map[string]string, wa
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if !c.pos.IsZero() {
+		req.Header.Set(httpapi.HeaderMinPosition, httpapi.FormatPosition(c.pos))
+	}
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
@@ -199,6 +207,9 @@ func (c *client) do(method, path string, body any, headers map[string]string, wa
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer res.Body.Close()
+	if p, ok := httpapi.ParsePosition(res.Header.Get(httpapi.HeaderPosition)); ok && c.pos.Less(p) {
+		c.pos = p
+	}
 	b, _ := io.ReadAll(res.Body)
 	if res.StatusCode != want {
 		c.t.Fatalf("%s %s: status %d, want %d: %s", method, path, res.StatusCode, want, b)

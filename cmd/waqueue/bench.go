@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -20,6 +21,8 @@ type benchFlags struct {
 	api      bench.APIConfig
 	quick    bool
 	doc      string
+	// groupCommit is --group-commit, copied to the store and api configurations.
+	groupCommit int
 }
 
 // applyQuick sets the small sizes of --quick wherever the user gave no size.
@@ -80,6 +83,27 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	pf.StringVar(&f.env.Dir, "dir", "", "directory for temporary files")
 	pf.StringSliceVar(&f.env.Adapters, "adapter", nil, "engines to measure: postgres, sqlite (default both)")
 	pf.BoolVar(&f.quick, "quick", false, "small sizes (a few minutes in all)")
+	pf.IntVar(&f.groupCommit, "group-commit", 0, "PostgreSQL event store: group concurrent single-event appends, at most N shared transactions at once (store and api figures; default off)")
+	var cpuProfile string
+	pf.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+	var profile *os.File
+	cmd.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if cpuProfile == "" {
+			return nil
+		}
+		var err error
+		if profile, err = os.Create(cpuProfile); err != nil {
+			return err
+		}
+		return pprof.StartCPUProfile(profile)
+	}
+	cmd.PersistentPostRunE = func(*cobra.Command, []string) error {
+		if profile == nil {
+			return nil
+		}
+		pprof.StopCPUProfile()
+		return profile.Close()
+	}
 
 	store := &cobra.Command{
 		Use:   "store",
@@ -87,6 +111,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 		RunE: func(c *cobra.Command, _ []string) error {
 			f.applyQuick()
 			f.store.DatabaseURL, f.store.Dir, f.store.Adapters = f.env.DatabaseURL, f.env.Dir, f.env.Adapters
+			f.store.GroupCommit = f.groupCommit
 			return bench.Store(c.Context(), f.store, c.OutOrStdout())
 		},
 	}
@@ -116,6 +141,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 		Use:   "api",
 		Short: "HTTP enqueue with 64 clients against the store's single-event appends",
 		RunE: func(c *cobra.Command, _ []string) error {
+			f.api.GroupCommit = f.groupCommit
 			return withEnv(c.Context(), &f, func(env *bench.Env) error { return bench.API(c.Context(), env, f.api, c.OutOrStdout()) })
 		},
 	}

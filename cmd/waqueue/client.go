@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"path/filepath"
@@ -38,8 +39,8 @@ func clientCommands() []*cobra.Command {
 // clientFlags are the flags every API command takes. Each value comes from its flag, else its
 // environment variable, else its default.
 type clientFlags struct {
-	server, key, dataDir string
-	json                 bool
+	server, key, dataDir, session string
+	json                          bool
 }
 
 // bind adds the client flags to cmd and its subcommands.
@@ -48,6 +49,7 @@ func (cf *clientFlags) bind(cmd *cobra.Command) {
 	f.StringVar(&cf.server, "server", defaultServer, "base URL of the waqueue server ($WAQUEUE_SERVER)")
 	f.StringVar(&cf.key, "key", "", "API key ($WAQUEUE_KEY; default: the contents of DATA_DIR/admin.key)")
 	f.StringVar(&cf.dataDir, "data-dir", defaultDataDir, "data directory holding admin.key, the key used when --key is not set ($WAQUEUE_DATA_DIR)")
+	f.StringVar(&cf.session, "session", "", "file keeping the position of this client's last write, sent with every request so reads show it ($WAQUEUE_SESSION; default: one per server in the user cache directory; \"-\" for none)")
 }
 
 // addJSON adds --json (print the server's JSON answer as is) to a list or show command.
@@ -84,7 +86,41 @@ func (cf *clientFlags) client(cmd *cobra.Command) (*client.Client, error) {
 			return nil, fmt.Errorf("read the admin key: %w", err)
 		}
 	}
-	return client.New(server, key, nil)
+	c, err := client.New(server, key, nil)
+	if err != nil {
+		return nil, err
+	}
+	cf.resumeSession(c, fromEnv(cmd, "session", "WAQUEUE_SESSION", cf.session), server)
+	return c, nil
+}
+
+// resumeSession gives c the position of the last write made through this server from the
+// session file (read your writes across runs: "waqueue send" then "waqueue queue show" shows
+// the message) and keeps the file current. Without a usable file the client still reads its own
+// writes within the run. A position from a reset server only makes a read wait its bound.
+func (cf *clientFlags) resumeSession(c *client.Client, path, server string) {
+	if path == "-" {
+		return
+	}
+	if path == "" {
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return
+		}
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(strings.TrimRight(server, "/")))
+		path = filepath.Join(dir, "waqueue", fmt.Sprintf("session-%016x", h.Sum64()))
+	}
+	b, _ := os.ReadFile(path)
+	c.SetMinPosition(strings.TrimSpace(string(b)), func(pos string) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return
+		}
+		tmp := path + ".tmp"
+		if os.WriteFile(tmp, []byte(pos+"\n"), 0o600) == nil {
+			_ = os.Rename(tmp, path)
+		}
+	})
 }
 
 // printJSON writes the raw answer b, indented, to w.

@@ -24,11 +24,14 @@ import (
 // the command's error.
 func cli(t *testing.T, srv *apitest.Server, dir, stdin string, args ...string) (string, string, error) {
 	t.Helper()
-	for _, env := range []string{"WAQUEUE_SERVER", "WAQUEUE_KEY", "WAQUEUE_DATA_DIR"} {
+	for _, env := range []string{"WAQUEUE_SERVER", "WAQUEUE_KEY", "WAQUEUE_DATA_DIR", "WAQUEUE_SESSION"} {
 		t.Setenv(env, "")
 	}
 	if srv != nil {
 		args = append(args, "--server", srv.URL, "--data-dir", dir)
+		// Runs against this server share one session file: each run reads the writes of the
+		// runs before it, as a user's successive commands do.
+		t.Setenv("WAQUEUE_SESSION", filepath.Join(dir, "cli-session"))
 	}
 	root := newRoot()
 	var out, errOut bytes.Buffer
@@ -157,6 +160,10 @@ func TestConnectionsSendBroadcastAndClear(t *testing.T) {
 	}
 	if out := mustCLI(t, srv, dir, "send", "shop-1", "--to", "+491709876543", "--text", "Your order shipped", "--idempotency-key", "order-1"); !strings.Contains(out, "queued on shop-1") {
 		t.Fatalf("send printed %q", out)
+	}
+	// The run kept its write's position for the next runs (read your writes across runs).
+	if b, err := os.ReadFile(filepath.Join(dir, "cli-session")); err != nil || !regexp.MustCompile(`^\d+/\d+\n$`).Match(b) {
+		t.Fatalf("session file after send: %q, %v; want the write's position", b, err)
 	}
 
 	csvPath := filepath.Join(t.TempDir(), "customers.csv")

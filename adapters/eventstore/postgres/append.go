@@ -81,6 +81,14 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	if len(events) == 0 {
 		return s.appendNothing(ctx, stream, expected)
 	}
+	if len(events) == 1 && s.opts.GroupCommitters > 0 {
+		return s.appendGrouped(ctx, stream, expected, events[0])
+	}
+	return s.appendAlone(ctx, stream, expected, events)
+}
+
+// appendAlone appends events in a transaction of their own.
+func (s *Store) appendAlone(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
 	c, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %q: %w", stream, err)

@@ -58,3 +58,24 @@ func (s *Store) AppendHeld(ctx context.Context, stream string, expected eventsto
 		return nil
 	}}, nil
 }
+
+// QueuedAppends is how many single-event appends wait for a group.
+func (s *Store) QueuedAppends() int {
+	s.group.mu.Lock()
+	defer s.group.mu.Unlock()
+	return len(s.group.queue)
+}
+
+// GroupsCommitted is how many shared transactions of more than one append committed.
+func (s *Store) GroupsCommitted() int {
+	s.group.mu.Lock()
+	defer s.group.mu.Unlock()
+	return s.group.groups
+}
+
+// GroupsRunning is how many committers are running.
+func (s *Store) GroupsRunning() int {
+	s.group.mu.Lock()
+	defer s.group.mu.Unlock()
+	return s.group.running
+}

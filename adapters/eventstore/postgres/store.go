@@ -105,6 +105,14 @@ type Options struct {
 	// IdlePoll is how often an idle subscription checks for events without being notified
 	// (a safety net for a lost notification). Zero means 2s.
 	IdlePoll time.Duration
+	// GroupCommitters, when positive, turns group commit of single-event appends on: at most
+	// this many shared transactions run at once (see group.go). Zero or negative appends every
+	// event in a transaction of its own. Off by default: on a 2-core machine under load it
+	// measured no faster than PostgreSQL's own commit grouping (docs/benchmarks.md); measure
+	// with `waqueue bench store --group-commit N` on the target machine before turning it on.
+	GroupCommitters int
+	// GroupMax is the most appends one shared transaction takes. Zero means 256.
+	GroupMax int
 }
 
 func (o *Options) setDefaults() {
@@ -129,6 +137,9 @@ func (o *Options) setDefaults() {
 	if o.IdlePoll <= 0 {
 		o.IdlePoll = 2 * time.Second
 	}
+	if o.GroupMax <= 0 {
+		o.GroupMax = 256
+	}
 }
 
 // Store is the PostgreSQL event store. It is safe for concurrent use.
@@ -141,6 +152,7 @@ type Store struct {
 	mu       sync.Mutex
 	closed   bool
 	listener *listener // started by the first Subscribe
+	group    grouper   // single-event appends waiting for a shared transaction
 }
 
 // DefaultMaxConns is the pool size Open uses when the URL sets no pool_max_conns. An append

@@ -270,3 +270,12 @@ func TestMigrateTwice(t *testing.T) {
 		t.Fatalf("migration version = %d, want >= 1", version)
 	}
 }
+
+// TestConformanceGroupCommit runs the whole suite with group commit on: every single-event
+// append goes through the shared-transaction path (alone or grouped with concurrent ones).
+func TestConformanceGroupCommit(t *testing.T) {
+	url := pgtest.URL(t)
+	storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store {
+		return openStore(t, url, postgres.Options{Clock: clock, GroupCommitters: 4})
+	}, storetest.Options{Short: testing.Short(), ReportsExisting: true})
+}

@@ -442,3 +442,79 @@ func (s *suite) testRecordedFields(t *testing.T) {
 		}
 	}
 }
+
+// testConcurrentSinglesOneConflicts appends single events to many streams at once (the shape an
+// adapter may group into one transaction): one at a wrong expected revision, one with an id
+// stored in another stream, one an idempotent retry. Exactly those three get their own answer
+// (wrong revision, duplicate, the original result); every other append succeeds, at its own
+// revision, and the global log stays in order. Several rounds, so the appends meet in
+// different groupings.
+func (s *suite) testConcurrentSinglesOneConflicts(t *testing.T) {
+	st, _ := s.newStore(t)
+	prefix := TestID() + "singles-"
+	const n = 24
+	const wrong, dup, retry = 3, 11, 17
+	streams := make([]string, n)
+	firsts := make([]eventstore.EventData, n)
+	for i := range n {
+		streams[i] = fmt.Sprintf("%s%02d", prefix, i)
+		firsts[i] = newEvents(1, "First")[0]
+		mustAppend(t, st, streams[i], eventstore.NoStream, firsts[i])
+	}
+	for round := range 4 {
+		evs := make([]eventstore.EventData, n)
+		exps := make([]eventstore.ExpectedRevision, n)
+		for i := range n {
+			evs[i] = newEvents(1, fmt.Sprintf("Round%d", round))[0]
+			exps[i] = eventstore.Exact(uint64(round))
+		}
+		exps[wrong] = eventstore.Exact(uint64(round) + 7)
+		evs[dup].ID = firsts[0].ID // stored in stream 0
+		evs[retry], exps[retry] = firsts[retry], eventstore.NoStream
+		results := make([]eventstore.AppendResult, n)
+		errs := make([]error, n)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				results[i], errs[i] = st.Append(ctxT(t), streams[i], exps[i], evs[i])
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i := range n {
+			switch i {
+			case wrong:
+				wantWrongRevision(t, errs[i], streams[i], exps[i], int64(round))
+			case dup:
+				wantDuplicate(t, errs[i], streams[i], firsts[0].ID)
+			case retry:
+				if errs[i] != nil || results[i].NextExpectedRevision != 0 {
+					t.Fatalf("round %d: idempotent retry of %q's first event: %+v, %v; want its original result", round, streams[i], results[i], errs[i])
+				}
+			default:
+				if errs[i] != nil {
+					t.Fatalf("round %d: append to %q at %s failed: %v (only streams %d, %d, %d may fail)", round, streams[i], exps[i], errs[i], wrong, dup, retry)
+				}
+				if results[i].NextExpectedRevision != uint64(round)+1 || results[i].Position.IsZero() {
+					t.Fatalf("round %d: append to %q: %+v, want revision %d and a position", round, streams[i], results[i], round+1)
+				}
+			}
+		}
+		// The failed streams keep up: append to them what the others got this round.
+		for _, i := range []int{wrong, dup, retry} {
+			mustAppend(t, st, streams[i], eventstore.Exact(uint64(round)), newEvents(1, "Catch")[0])
+		}
+	}
+	for i := range n {
+		got := readStream(t, st, streams[i])
+		if len(got) != 5 || got[0].ID != firsts[i].ID {
+			t.Fatalf("stream %q holds %d events (first %s), want 5 starting with %s", streams[i], len(got), got[0].ID, firsts[i].ID)
+		}
+		checkGlobalOrder(t, streams[i], got)
+	}
+	checkGlobalOrder(t, "global log", readOwn(t, st, prefix, 0))
+}

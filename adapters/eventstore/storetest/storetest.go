@@ -75,6 +75,7 @@ func Run(t *testing.T, f Factory, opts Options) {
 		{"EmptyAppend", s.testEmptyAppend},
 		{"ConcurrentWritersOneWins", s.testConcurrentWritersOneWins},
 		{"ConcurrentCreateOneWins", s.testConcurrentCreateOneWins},
+		{"ConcurrentSinglesOneConflicts", s.testConcurrentSinglesOneConflicts},
 		{"IdempotentReappend", s.testIdempotentReappend},
 		{"IdempotentReappendPrefix", s.testIdempotentReappendPrefix},
 		{"DuplicateEventID", s.testDuplicateEventID},

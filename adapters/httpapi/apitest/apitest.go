@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -110,6 +111,12 @@ type Server struct {
 	Messages  *projections.MessageStatus
 	Audit     *projections.Audit
 	Analytics *projections.Analytics
+
+	// last is the greatest Waqueue-Position any answer carried: Do sends it as
+	// Waqueue-Min-Position, so every read of a test sees the writes the test made before it
+	// (session consistency, as a client of the API is expected to do).
+	lastMu sync.Mutex
+	last   eventstore.Position
 	// Clears is the clearing process (not running under Options.ManualClears).
 	Clears *projections.ClearProcess
 	// ClearReports is the clears read model.
@@ -273,7 +280,9 @@ func (r *Response) Map() map[string]any {
 
 // Do sends a request with key as the bearer credential (none when empty). body is sent as is
 // when it is []byte or string, and as JSON otherwise (nil sends nothing). header adds headers
-// ("Content-Type" defaults to application/json for a body).
+// ("Content-Type" defaults to application/json for a body). Do asks every request to reflect
+// the writes answered before it: it sends the greatest Waqueue-Position seen so far as
+// Waqueue-Min-Position (header overrides it; an empty value sends none).
 func (s *Server) Do(ctx context.Context, key, method, path string, body any, header map[string]string) (*Response, error) {
 	var rd io.Reader
 	switch b := body.(type) {
@@ -299,7 +308,16 @@ func (s *Server) Do(ctx context.Context, key, method, path string, body any, hea
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	s.lastMu.Lock()
+	if !s.last.IsZero() {
+		req.Header.Set(httpapi.HeaderMinPosition, httpapi.FormatPosition(s.last))
+	}
+	s.lastMu.Unlock()
 	for k, v := range header {
+		if v == "" {
+			req.Header.Del(k)
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	resp, err := s.HTTP.Client().Do(req)
@@ -307,6 +325,13 @@ func (s *Server) Do(ctx context.Context, key, method, path string, body any, hea
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if pos, ok := httpapi.ParsePosition(resp.Header.Get(httpapi.HeaderPosition)); ok {
+		s.lastMu.Lock()
+		if s.last.Less(pos) {
+			s.last = pos
+		}
+		s.lastMu.Unlock()
+	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return nil, err

@@ -19,6 +19,8 @@ import (
 
 // APIConfig configures the API benchmark.
 type APIConfig struct {
+	// GroupCommit is server.Options.GroupCommit of the node measured (0: off).
+	GroupCommit int
 	// Clients is the number of concurrent HTTP clients, each enqueuing to a connection of its
 	// own. Zero means 64.
 	Clients int
@@ -57,6 +59,7 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	node, err := env.node(ctx, engine, func(o *server.Options) {
 		o.NoDispatcher = true
 		o.Limits.ReadYourWrites = cfg.ReadYourWrites
+		o.GroupCommit = cfg.GroupCommit
 	})
 	if err != nil {
 		return err

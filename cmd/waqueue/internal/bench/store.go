@@ -55,6 +55,8 @@ type Config struct {
 	// Writers is the number of concurrent writers (each to its own stream) for single
 	// appends and their baseline. Zero means 32.
 	Writers int
+	// GroupCommit is postgres.Options.GroupCommitters of the store measured (0: off).
+	GroupCommit int
 	// Rounds is how many times each figure and its baseline are measured, alternately; the
 	// best rate of each is reported, which damps the noise of a shared machine. Zero means 3.
 	Rounds int
@@ -340,7 +342,7 @@ func benchPostgres(ctx context.Context, cfg Config, w io.Writer) (err error) {
 		}
 		url = cluster.URL("bench")
 	}
-	st, err := postgres.Open(ctx, url, postgres.Options{})
+	st, err := postgres.Open(ctx, url, postgres.Options{GroupCommitters: cfg.GroupCommit})
 	if err != nil {
 		return err
 	}
