@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -18,12 +19,54 @@ const CardsName = "cards"
 
 // Cards is the read model of the operators' connection cards: one row per connection with its
 // link and queue status, counts, ban, hold and clear in progress.
-type Cards struct{}
+type Cards struct {
+	mu     sync.Mutex
+	notify []func(connIDs []string)
+}
 
 // NewCards returns the connection-cards projection.
 func NewCards() *Cards { return &Cards{} }
 
-var _ Projection = (*Cards)(nil)
+var (
+	_ Projection     = (*Cards)(nil)
+	_ AfterCommitter = (*Cards)(nil)
+)
+
+// OnCommit adds f to the functions called after every committed batch with the ids of the
+// connections whose cards it changed (each once, in no particular order). f runs on the
+// projection's goroutine and must return quickly (wake a worker; no I/O): the operator
+// console uses it to push changed cards to browsers. Call it before the runner starts.
+func (c *Cards) OnCommit(f func(connIDs []string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.notify = append(c.notify, f)
+}
+
+// AfterCommit implements AfterCommitter.
+func (c *Cards) AfterCommit(events []eventstore.RecordedEvent) {
+	c.mu.Lock()
+	fs := c.notify
+	c.mu.Unlock()
+	if len(fs) == 0 {
+		return
+	}
+	seen := map[string]bool{}
+	var ids []string
+	for _, e := range events {
+		id, ok := connection.IDFromStream(e.Stream)
+		if !ok || seen[id] {
+			continue
+		}
+		seen[id] = true
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 {
+		return
+	}
+	for _, f := range fs {
+		f(ids)
+	}
+}
 
 // Name implements Projection.
 func (*Cards) Name() string { return CardsName }
