@@ -29,6 +29,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/auditkey"
 	"github.com/waqueue/waqueue/adapters/broker"
 	"github.com/waqueue/waqueue/adapters/bus"
+	"github.com/waqueue/waqueue/adapters/console"
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/esdb"
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
@@ -154,11 +155,16 @@ type Node struct {
 	Transport    transport.Transport
 	Simulator    *simulator.Simulator
 	Dispatcher   *dispatcher.Dispatcher
-	// Handler serves the HTTP API. It does not serve the metrics.
+	// Handler serves the HTTP API under / and the operator console under /console/. It does
+	// not serve the metrics.
 	Handler http.Handler
 	// MetricsHandler serves the Prometheus registry at GET /metrics (behind Options.MetricsToken,
 	// if set). Serve it on its own listener (waqueue serve --metrics-listen), never on the API's.
 	MetricsHandler http.Handler
+	// API is the API handler alone (httpapi.New).
+	API http.Handler
+	// Console is the operator console (mounted at console.Prefix in Handler).
+	Console *console.Console
 	// AdminKey is the key Bootstrap created on this start (empty when keys existed).
 	AdminKey string
 	// Tenant is the bootstrap tenant.
@@ -304,10 +310,25 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	if n.Simulator != nil && o.SimulatorRoutes {
 		deps.Simulator = n.Simulator
 	}
-	if n.Handler, err = httpapi.New(deps); err != nil {
+	if n.API, err = httpapi.New(deps); err != nil {
 		return nil, err
 	}
 	n.MetricsHandler = httpapi.MetricsHandler(n.Registry, o.MetricsToken)
+	if n.Console, err = console.New(console.Deps{
+		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
+		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
+		Keys: n.Keys, Transport: n.Transport, Logger: o.Logger, Now: o.Now,
+	}); err != nil {
+		return nil, err
+	}
+	n.Cards.OnCommit(n.Console.Notify)
+	n.closers = append(n.closers, func() error { n.Console.Close(); return nil })
+	// The console's pages are HTML, not part of the JSON API: they are mounted beside it, so
+	// the API's route table (and docs/openapi.yaml) holds only the API.
+	mux := http.NewServeMux()
+	mux.Handle(console.Prefix, n.Console)
+	mux.Handle("/", n.API)
+	n.Handler = mux
 	return n, nil
 }
 

@@ -110,6 +110,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Wri
 		}
 	}
 	srv := &http.Server{Handler: node.Handler, ReadHeaderTimeout: 10 * time.Second}
+	srv.RegisterOnShutdown(node.Console.Close) // live-update streams end; Shutdown need not wait
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
 	var msrv *http.Server

@@ -1,0 +1,303 @@
+package console_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
+	"github.com/waqueue/waqueue/domain/auth"
+)
+
+// browser is a cookie-keeping HTTP client that does not follow redirects, so tests see them.
+type browser struct {
+	t    *testing.T
+	base string
+	c    *http.Client
+}
+
+func newBrowser(t *testing.T, base string) *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{t: t, base: base, c: &http.Client{Jar: jar, Timeout: time.Minute,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+type page struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func (b *browser) do(method, path string, form url.Values, header map[string]string) page {
+	b.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, b.base+path, body)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := b.c.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return page{status: resp.StatusCode, header: resp.Header, body: string(raw)}
+}
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+func csrfOf(t *testing.T, p page) string {
+	t.Helper()
+	m := csrfRE.FindStringSubmatch(p.body)
+	if m == nil {
+		t.Fatalf("no CSRF token in the page (status %d): %.400s", p.status, p.body)
+	}
+	return m[1]
+}
+
+// signIn signs b in with key and returns the session's CSRF token.
+func (b *browser) signIn(key string) string {
+	b.t.Helper()
+	p := b.do("GET", "/console/signin", nil, nil)
+	if p.status != http.StatusOK {
+		b.t.Fatalf("GET signin: %d", p.status)
+	}
+	p = b.do("POST", "/console/signin", url.Values{"csrf": {csrfOf(b.t, p)}, "key": {key}, "next": {"/console/connections"}}, nil)
+	if p.status != http.StatusSeeOther || p.header.Get("Location") != "/console/connections" {
+		b.t.Fatalf("sign-in: %d %q: %.300s", p.status, p.header.Get("Location"), p.body)
+	}
+	p = b.do("GET", "/console/connections", nil, nil)
+	if p.status != http.StatusOK {
+		b.t.Fatalf("connections after sign-in: %d", p.status)
+	}
+	return csrfOf(b.t, p)
+}
+
+func startServer(t *testing.T, now func() time.Time) (*apitest.Server, context.Context) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	srv := apitest.Start(t, apitest.Options{Now: now})
+	return srv, ctx
+}
+
+func register(t *testing.T, ctx context.Context, srv *apitest.Server, id, phone string) {
+	t.Helper()
+	res, err := srv.Do(ctx, srv.AdminKey, "POST", "/v1/connections", map[string]any{"id": id, "phone": phone}, nil)
+	if err != nil || res.Status != http.StatusCreated {
+		t.Fatalf("register %s: %v %v %s", id, err, res.Status, res.Body)
+	}
+}
+
+// TestSessionCookieAndHeaders: sign-in exchanges the key for an HttpOnly, SameSite=Strict
+// session cookie scoped to /console/ (Secure behind TLS), and every page carries a strict CSP
+// with no inline script or style.
+func TestSessionCookieAndHeaders(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	b := newBrowser(t, srv.URL)
+	p := b.do("GET", "/console/connections", nil, nil)
+	if p.status != http.StatusSeeOther || !strings.HasPrefix(p.header.Get("Location"), "/console/signin") {
+		t.Fatalf("signed out: %d %q, want a redirect to sign-in", p.status, p.header.Get("Location"))
+	}
+	p = b.do("GET", "/console/signin", nil, nil)
+	p = b.do("POST", "/console/signin", url.Values{"csrf": {csrfOf(t, p)}, "key": {srv.AdminKey}}, map[string]string{"X-Forwarded-Proto": "https"})
+	if p.status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", p.status)
+	}
+	var session *http.Cookie
+	for _, c := range (&http.Response{Header: p.header}).Cookies() {
+		if c.Name == "waqueue_session" && c.Value != "" {
+			session = c
+		}
+	}
+	if session == nil {
+		t.Fatalf("no session cookie: %v", p.header["Set-Cookie"])
+	}
+	if !session.HttpOnly || session.SameSite != http.SameSiteStrictMode || session.Path != "/console/" || !session.Secure {
+		t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, Path=/console/, Secure behind TLS", session)
+	}
+	if strings.Contains(session.Value, srv.AdminKey) || strings.Contains(p.body, srv.AdminKey) {
+		t.Fatal("the API key reached the browser")
+	}
+	b2 := newBrowser(t, srv.URL)
+	b2.signIn(srv.AdminKey)
+	p = b2.do("GET", "/console/connections", nil, nil)
+	csp := p.header.Get("Content-Security-Policy")
+	for _, want := range []string{"default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("CSP %q lacks %q", csp, want)
+		}
+	}
+	if strings.Contains(csp, "unsafe-inline") {
+		t.Errorf("CSP allows inline code: %q", csp)
+	}
+	if regexp.MustCompile(`<script>|<script [^>]*>[^<]|style="|<style`).MatchString(p.body) {
+		t.Error("a page has inline script or style")
+	}
+	if !strings.Contains(p.body, `id="card-shop-1"`) {
+		t.Error("the connections page has no card for shop-1")
+	}
+}
+
+// TestBadKeyIsRefused: a wrong key signs nobody in.
+func TestBadKeyIsRefused(t *testing.T) {
+	srv, _ := startServer(t, nil)
+	b := newBrowser(t, srv.URL)
+	p := b.do("GET", "/console/signin", nil, nil)
+	p = b.do("POST", "/console/signin", url.Values{"csrf": {csrfOf(t, p)}, "key": {"wq_" + strings.Repeat("A", 43)}}, nil)
+	if p.status != http.StatusUnauthorized || !strings.Contains(p.body, "not valid") {
+		t.Fatalf("bad key: %d", p.status)
+	}
+	// The sign-in form itself needs its token.
+	p = b.do("POST", "/console/signin", url.Values{"key": {srv.AdminKey}}, nil)
+	if p.status != http.StatusForbidden {
+		t.Fatalf("sign-in without its token: %d, want 403", p.status)
+	}
+}
+
+// TestPostWithoutCSRFIsRefused: a state-changing POST without the session's CSRF token, with a
+// wrong one, or from another origin, is refused and changes nothing.
+func TestPostWithoutCSRFIsRefused(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	b := newBrowser(t, srv.URL)
+	csrf := b.signIn(srv.AdminKey)
+	for name, tc := range map[string]struct {
+		form   url.Values
+		header map[string]string
+	}{
+		"no token":     {url.Values{"note": {"x"}}, nil},
+		"wrong token":  {url.Values{"note": {"x"}, "csrf": {csrf + "x"}}, nil},
+		"other origin": {url.Values{"note": {"x"}, "csrf": {csrf}}, map[string]string{"Origin": "https://evil.example"}},
+	} {
+		p := b.do("POST", "/console/connections/shop-1/hold", tc.form, tc.header)
+		if p.status != http.StatusForbidden {
+			t.Errorf("%s: %d, want 403", name, p.status)
+		}
+	}
+	res, err := srv.Do(ctx, srv.AdminKey, "GET", "/v1/connections/shop-1", nil, nil)
+	if err != nil || res.Map()["queue_status"] != "open" {
+		t.Fatalf("a refused POST changed the queue: %v %s", err, res.Body)
+	}
+	// With the token it works.
+	p := b.do("POST", "/console/connections/shop-1/hold", url.Values{"note": {"x"}, "csrf": {csrf}}, map[string]string{"Origin": srv.URL})
+	if p.status != http.StatusSeeOther {
+		t.Fatalf("hold with the token: %d %.300s", p.status, p.body)
+	}
+	res, _ = srv.Do(ctx, srv.AdminKey, "GET", "/v1/connections/shop-1", nil, nil)
+	if res.Map()["queue_status"] != "held" {
+		t.Fatalf("hold did not hold: %s", res.Body)
+	}
+}
+
+// TestSenderCannotClear: a sender's console has no Clear Queue button, and its forged POST
+// (valid session and CSRF token) is refused with 403; nothing is recorded.
+func TestSenderCannotClear(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	key, err := srv.Key(ctx, srv.Tenant, auth.RoleSender)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, srv.URL)
+	csrf := b.signIn(key)
+	p := b.do("GET", "/console/connections", nil, nil)
+	if strings.Contains(p.body, "Clear queue") || strings.Contains(p.body, "/clear\"") {
+		t.Fatal("a sender's connections page shows a Clear Queue button")
+	}
+	p = b.do("GET", "/console/connections/shop-1", nil, nil)
+	if p.status != http.StatusOK || strings.Contains(p.body, "Clear queue") || strings.Contains(p.body, "hold-btn") {
+		t.Fatalf("a sender's connection page: %d, or shows edit actions", p.status)
+	}
+	p = b.do("POST", "/console/connections/shop-1/clear", url.Values{"csrf": {csrf}, "reason": {"forged"},
+		"confirm": {"+491701234567"}, "scope": {"queue"}, "idempotency_key": {"forged-clear-1"}}, nil)
+	if p.status != http.StatusForbidden {
+		t.Fatalf("a sender's forged clear: %d, want 403", p.status)
+	}
+	if p = b.do("GET", "/console/connections/shop-1/clear", nil, nil); p.status != http.StatusForbidden {
+		t.Fatalf("a sender's clear form: %d, want 403", p.status)
+	}
+	res, _ := srv.Do(ctx, srv.AdminKey, "GET", "/v1/connections/shop-1", nil, nil)
+	if res.Map()["queue_status"] != "open" {
+		t.Fatalf("the forged clear changed the queue: %s", res.Body)
+	}
+}
+
+// TestRevokedKeyEndsSession: revoking the key ends its console sessions at their next request.
+func TestRevokedKeyEndsSession(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	created, err := srv.Keys.Create(ctx, srv.Tenant, auth.RoleOperator, "console test", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, srv.URL)
+	b.signIn(created.Secret)
+	if err := srv.Keys.Revoke(ctx, srv.Tenant, created.ID, "test", "left the company"); err != nil {
+		t.Fatal(err)
+	}
+	p := b.do("GET", "/console/connections", nil, nil)
+	if p.status != http.StatusSeeOther || !strings.HasPrefix(p.header.Get("Location"), "/console/signin") {
+		t.Fatalf("after revocation: %d %q, want a redirect to sign-in", p.status, p.header.Get("Location"))
+	}
+	if p = b.do("GET", "/console/events", nil, map[string]string{"Accept": "text/event-stream"}); p.status != http.StatusUnauthorized {
+		t.Fatalf("live stream after revocation: %d, want 401", p.status)
+	}
+}
+
+// TestSessionExpiresAndSignOut: a session ends after its lifetime, and at sign-out.
+func TestSessionExpiresAndSignOut(t *testing.T) {
+	var offset atomic.Int64
+	now := func() time.Time { return time.Now().UTC().Add(time.Duration(offset.Load())) }
+	srv, _ := startServer(t, now)
+	b := newBrowser(t, srv.URL)
+	b.signIn(srv.AdminKey)
+	offset.Store(int64(8*time.Hour + time.Minute))
+	if p := b.do("GET", "/console/connections", nil, nil); p.status != http.StatusSeeOther {
+		t.Fatalf("after 8 hours: %d, want a redirect to sign-in", p.status)
+	}
+	offset.Store(0)
+	csrf := b.signIn(srv.AdminKey)
+	if p := b.do("POST", "/console/signout", url.Values{"csrf": {csrf}}, nil); p.status != http.StatusSeeOther {
+		t.Fatalf("sign-out: %d", p.status)
+	}
+	if p := b.do("GET", "/console/connections", nil, nil); p.status != http.StatusSeeOther {
+		t.Fatalf("after sign-out: %d, want a redirect to sign-in", p.status)
+	}
+}
+
+// TestTenantIsolation: another tenant's connection is not found in the console either.
+func TestTenantIsolation(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	key, err := srv.Key(ctx, "other-tenant", auth.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, srv.URL)
+	b.signIn(key)
+	if p := b.do("GET", "/console/connections", nil, nil); strings.Contains(p.body, "shop-1") {
+		t.Fatal("another tenant's connection is listed")
+	}
+	for _, path := range []string{"/console/connections/shop-1", "/console/connections/shop-1/clear"} {
+		if p := b.do("GET", path, nil, nil); p.status != http.StatusNotFound {
+			t.Errorf("GET %s of another tenant: %d, want 404", path, p.status)
+		}
+	}
+}

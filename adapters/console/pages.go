@@ -1,0 +1,325 @@
+package console
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/projections"
+)
+
+func (c *Console) tenant(r *http.Request) string { return userOf(r.Context()).principal.TenantID }
+
+func (c *Console) connectionsPage(w http.ResponseWriter, r *http.Request) error {
+	u := userOf(r.Context())
+	cards, err := c.d.Cards.List(r.Context(), c.d.DB, u.principal.TenantID)
+	if err != nil {
+		return err
+	}
+	views := make([]cardView, 0, len(cards))
+	counts := map[string]int{}
+	for _, card := range cards {
+		v := c.viewCard(card, u.principal)
+		views = append(views, v)
+		counts[v.Link.Tone]++
+	}
+	c.render(w, r, http.StatusOK, "connections", map[string]any{"Title": "Connections", "Cards": views, "Live": true,
+		"Active": counts["ok"], "Attention": counts["bad"] + counts["warn"]})
+	return nil
+}
+
+// pastClear is one of a connection's clears, from its stream.
+type pastClear struct {
+	ClearID     uuid.UUID
+	Done        bool
+	RequestedBy string
+	Reason      string
+	RequestedAt string
+	Purged      uint64
+	InFlight    int
+	URL         string
+}
+
+// clearsScan bounds how many of a connection's latest events the console reads to find its
+// clears (as the API's GET …/clears/{clear_id} does).
+const clearsScan = 200_000
+
+// findClears reads the connection's stream backwards and returns its clears, newest first
+// (at most max; stop, if not nil, ends the scan at the clear it names).
+func (c *Console) findClears(ctx context.Context, connID string, max int, stop uuid.UUID) ([]pastClear, *connection.ClearQueueRequested, *connection.QueueCleared, error) {
+	var out []pastClear
+	done := map[uuid.UUID]int{}
+	from := eventstore.End
+	const page = 1000
+	for scanned := 0; scanned < clearsScan; {
+		evs, err := c.d.Store.ReadStream(ctx, connection.StreamName(connID), eventstore.Backwards, from, page)
+		if errors.Is(err, eventstore.ErrStreamNotFound) {
+			return nil, nil, nil, projections.ErrNotFound
+		}
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		for _, e := range evs {
+			switch e.Type {
+			case connection.TypeQueueCleared:
+				var qc connection.QueueCleared
+				if err := json.Unmarshal(e.Data, &qc); err != nil {
+					return nil, nil, nil, err
+				}
+				if qc.ClearID == stop {
+					return nil, nil, &qc, nil
+				}
+				if stop == uuid.Nil && len(out) < max {
+					done[qc.ClearID] = len(out)
+					out = append(out, pastClear{ClearID: qc.ClearID, Done: true, RequestedBy: qc.RequestedBy, Reason: qc.Reason,
+						RequestedAt: stamp(qc.RequestedAt), Purged: qc.PurgedCount, InFlight: qc.InFlightCount,
+						URL: "/console/connections/" + connID + "/clears/" + qc.ClearID.String()})
+				}
+			case connection.TypeClearQueueRequested:
+				var rq connection.ClearQueueRequested
+				if err := json.Unmarshal(e.Data, &rq); err != nil {
+					return nil, nil, nil, err
+				}
+				if rq.ClearID == stop {
+					return nil, &rq, nil, nil
+				}
+				if _, ok := done[rq.ClearID]; !ok && stop == uuid.Nil && len(out) < max {
+					out = append(out, pastClear{ClearID: rq.ClearID, RequestedBy: rq.RequestedBy, Reason: rq.Reason,
+						RequestedAt: stamp(rq.RequestedAt), Purged: rq.PurgeCount, InFlight: len(rq.InFlight),
+						URL: "/console/connections/" + connID + "/clears/" + rq.ClearID.String()})
+				}
+			}
+		}
+		scanned += len(evs)
+		if (stop == uuid.Nil && len(out) >= max) || len(evs) < page || evs[len(evs)-1].Revision == 0 {
+			break
+		}
+		from = evs[len(evs)-1].Revision - 1
+	}
+	if stop != uuid.Nil {
+		return nil, nil, nil, projections.ErrNotFound
+	}
+	return out, nil, nil, nil
+}
+
+func (c *Console) connectionPage(w http.ResponseWriter, r *http.Request) error {
+	u := userOf(r.Context())
+	id := r.PathValue("id")
+	card, err := c.d.Cards.Card(r.Context(), c.d.DB, u.principal.TenantID, id)
+	if err != nil {
+		return err
+	}
+	q, err := c.d.Queue.Summary(r.Context(), c.d.DB, u.principal.TenantID, id)
+	if err != nil {
+		return err
+	}
+	clears, _, _, err := c.findClears(r.Context(), id, 10, uuid.Nil)
+	if err != nil {
+		return err
+	}
+	type broadcastRow struct {
+		ID                           string
+		Total, Pending, Sent, Failed uint64
+		Known                        bool
+	}
+	var bcs []broadcastRow
+	for _, b := range q.Broadcasts {
+		row := broadcastRow{ID: b.BroadcastID.String(), Total: b.Total, Pending: b.Pending}
+		if c.d.Messages != nil {
+			if p, err := c.d.Messages.Broadcast(r.Context(), c.d.DB, u.principal.TenantID, b.BroadcastID); err == nil {
+				row.Sent, row.Failed, row.Known = p.Sent+p.Delivered+p.Read, p.Failed, true
+			}
+		}
+		bcs = append(bcs, row)
+	}
+	data := map[string]any{"Title": id, "Card": c.viewCard(card, u.principal), "Queue": q, "Clears": clears, "Live": true,
+		"Broadcasts": bcs,
+		"Flash":      c.sessions.popFlash(u.sessionID)}
+	c.render(w, r, http.StatusOK, "connection", data)
+	return nil
+}
+
+// clearForm is what the clear confirmation shows and echoes back after a refusal.
+type clearForm struct {
+	Card       cardView
+	Queue      projections.QueueSummary
+	Key        string
+	Reason     string
+	Scope      string
+	Error      string
+	ErrorField string
+	AfterHeld  bool
+}
+
+func (c *Console) clearData(r *http.Request, id string, f clearForm) (map[string]any, error) {
+	u := userOf(r.Context())
+	card, err := c.d.Cards.Card(r.Context(), c.d.DB, u.principal.TenantID, id)
+	if err != nil {
+		return nil, err
+	}
+	q, err := c.d.Queue.Summary(r.Context(), c.d.DB, u.principal.TenantID, id)
+	if err != nil {
+		return nil, err
+	}
+	f.Card, f.Queue = c.viewCard(card, u.principal), q
+	f.AfterHeld = card.Hold != nil
+	if f.Key == "" {
+		f.Key = "console-" + randomToken()[:22]
+	}
+	if f.Scope == "" {
+		f.Scope = "queue"
+		if b := r.URL.Query().Get("broadcast"); b != "" {
+			f.Scope = b
+		}
+	}
+	return map[string]any{"Title": "Clear the queue of " + id, "Form": f, "Fragment": r.URL.Query().Get("fragment") == "1"}, nil
+}
+
+func (c *Console) clearPage(w http.ResponseWriter, r *http.Request) error {
+	data, err := c.clearData(r, r.PathValue("id"), clearForm{})
+	if err != nil {
+		return err
+	}
+	if data["Fragment"] == true {
+		return c.renderFragment(w, r, "clear", "clearform", data)
+	}
+	c.render(w, r, http.StatusOK, "clear", data)
+	return nil
+}
+
+// digits keeps the digits of a phone number, so that "+49 170 1234567" confirms "+491701234567"
+// (as the API compares them).
+func digits(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r >= '0' && r <= '9' {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func (c *Console) clear(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	f := clearForm{Key: r.PostFormValue("idempotency_key"), Reason: strings.TrimSpace(r.PostFormValue("reason")),
+		Scope: r.PostFormValue("scope")}
+	card, err := c.d.Cards.Card(r.Context(), c.d.DB, c.tenant(r), id)
+	if err != nil {
+		return err
+	}
+	again := func(msg, field string) error {
+		f.Error, f.ErrorField = msg, field
+		data, err := c.clearData(r, id, f)
+		if err != nil {
+			return err
+		}
+		c.render(w, r, http.StatusUnprocessableEntity, "clear", data)
+		return nil
+	}
+	if d := digits(r.PostFormValue("confirm")); d == "" || d != digits(card.Phone) {
+		return again("The number you typed does not match this connection's phone number.", "confirm")
+	}
+	if f.Reason == "" {
+		return again("Say why you clear the queue; the reason goes into the audit trail.", "reason")
+	}
+	if len(f.Key) < 8 || len(f.Key) > 100 {
+		f.Key = ""
+		return again("The form expired; check the details and confirm again.", "")
+	}
+	cmd := commands.RequestClear{ConnectionID: id, IdempotencyKey: f.Key, Reason: f.Reason}
+	if f.Scope != "" && f.Scope != "queue" {
+		b, err := uuid.Parse(f.Scope)
+		if err != nil {
+			return again("Choose the whole queue or one of the listed broadcasts.", "scope")
+		}
+		cmd.BroadcastID = b
+	}
+	res, err := c.d.Handlers.RequestClear.Handle(r.Context(), cmd)
+	if err != nil {
+		if msg := refusal(err); msg != "" {
+			return again(msg, "")
+		}
+		return err
+	}
+	c.settle(r.Context(), res.Position)
+	http.Redirect(w, r, "/console/connections/"+id+"/clears/"+res.ClearID.String(), http.StatusSeeOther)
+	return nil
+}
+
+func (c *Console) clearReportPage(w http.ResponseWriter, r *http.Request) error {
+	u := userOf(r.Context())
+	id := r.PathValue("id")
+	card, err := c.d.Cards.Card(r.Context(), c.d.DB, u.principal.TenantID, id)
+	if err != nil {
+		return err
+	}
+	clearID, err := uuid.Parse(r.PathValue("clear_id"))
+	if err != nil {
+		return projections.ErrNotFound
+	}
+	_, req, done, err := c.findClears(r.Context(), id, 0, clearID)
+	if err != nil {
+		return err
+	}
+	data := map[string]any{"Title": "Clear of " + id, "Card": c.viewCard(card, u.principal), "ClearID": clearID.String(), "Live": true}
+	if done != nil {
+		data["Report"] = done
+		data["Duration"] = done.CompletedAt.Sub(done.RequestedAt).Round(1e6).String()
+		data["Scope"] = scopeWords(done.Scope)
+	} else {
+		data["Request"] = req
+		data["Scope"] = scopeWords(req.Scope)
+	}
+	c.render(w, r, http.StatusOK, "report", data)
+	return nil
+}
+
+func scopeWords(s connection.ClearScope) string {
+	if !s.IsWholeQueue() {
+		return "only broadcast " + s.BroadcastID.String()[:8]
+	}
+	return "the whole queue"
+}
+
+func (c *Console) hold(w http.ResponseWriter, r *http.Request) error {
+	return c.holdOrResume(w, r, true)
+}
+
+func (c *Console) resume(w http.ResponseWriter, r *http.Request) error {
+	return c.holdOrResume(w, r, false)
+}
+
+func (c *Console) holdOrResume(w http.ResponseWriter, r *http.Request, hold bool) error {
+	id := r.PathValue("id")
+	note := strings.TrimSpace(r.PostFormValue("note"))
+	var res commands.Result
+	var err error
+	if hold {
+		res, err = c.d.Handlers.HoldQueue.Handle(r.Context(), commands.HoldQueue{ConnectionID: id, Note: note})
+	} else {
+		res, err = c.d.Handlers.ResumeQueue.Handle(r.Context(), commands.ResumeQueue{ConnectionID: id, Note: note})
+	}
+	if err != nil {
+		if msg := refusal(err); msg != "" {
+			c.sessions.flash(userOf(r.Context()).sessionID, flash{Tone: "bad", Text: msg})
+			http.Redirect(w, r, "/console/connections/"+id, http.StatusSeeOther)
+			return nil
+		}
+		return err
+	}
+	c.settle(r.Context(), res.Position)
+	done := "Queue resumed: sending continues."
+	if hold {
+		done = "Queue held: nothing is sent until someone resumes it."
+	}
+	c.sessions.flash(userOf(r.Context()).sessionID, flash{Tone: "ok", Text: done})
+	http.Redirect(w, r, "/console/connections/"+id, http.StatusSeeOther)
+	return nil
+}

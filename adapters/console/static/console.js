@@ -1,0 +1,163 @@
+// waqueue console: progressive enhancement only. Every page works without this script; it adds
+// the Clear Queue dialog, the phone-number gate on its confirm button, live card updates over
+// server-sent events, ban countdowns and QR refreshes. Hand-written, no dependencies.
+(function () {
+  'use strict';
+  var body = document.body;
+
+  function digits(s) { return String(s || '').replace(/\D+/g, ''); }
+
+  // --- ban countdowns -----------------------------------------------------------------------
+  function left(ms) {
+    if (ms <= 0) { return 'Ban ends now: waiting for WhatsApp to reconnect'; }
+    var s = Math.floor(ms / 1000), h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+    s = s % 60;
+    var parts = h ? [h + ' h', m + ' min'] : m ? [m + ' min', s + ' s'] : [s + ' s'];
+    return 'Ban ends in ' + parts.join(' ');
+  }
+  function tick() {
+    var els = document.querySelectorAll('[data-countdown]');
+    for (var i = 0; i < els.length; i++) {
+      var t = Date.parse(els[i].getAttribute('data-countdown'));
+      if (!isNaN(t)) { els[i].textContent = left(t - Date.now()); }
+    }
+  }
+  tick();
+  setInterval(tick, 1000);
+
+  // --- the Clear Queue form: confirm only when the phone number matches ----------------------
+  function wireClear(form) {
+    if (!form || form.dataset.wired) { return; }
+    form.dataset.wired = '1';
+    var want = digits(form.getAttribute('data-phone'));
+    var input = form.querySelector('[name="confirm"]');
+    var btn = form.querySelector('#clear-confirm-btn');
+    function count() {
+      var r = form.querySelector('input[name="scope"]:checked');
+      var n = r ? Number(r.getAttribute('data-count')) : NaN;
+      return isNaN(n) ? '' : n;
+    }
+    function update() {
+      var ok = want !== '' && digits(input.value) === want;
+      btn.disabled = !ok;
+      var n = count();
+      btn.textContent = n === '' ? 'Clear messages' : 'Clear ' + n.toLocaleString('en') + ' message' + (n === 1 ? '' : 's');
+    }
+    input.addEventListener('input', update);
+    form.addEventListener('change', update);
+    form.addEventListener('submit', function (e) {
+      if (btn.disabled) { e.preventDefault(); input.focus(); return; }
+      btn.disabled = true;
+      btn.textContent = 'Clearing…';
+    });
+    update();
+  }
+  wireClear(document.getElementById('clear-form'));
+
+  var dialog = document.getElementById('clear-dialog');
+  document.addEventListener('click', function (e) {
+    var a = e.target.closest ? e.target.closest('a.js-clear') : null;
+    if (a && dialog && typeof dialog.showModal === 'function') {
+      e.preventDefault();
+      var url = a.getAttribute('href');
+      fetch(url + (url.indexOf('?') < 0 ? '?' : '&') + 'fragment=1', { credentials: 'same-origin', headers: { 'Accept': 'text/html' } })
+        .then(function (r) { if (!r.ok) { throw new Error(String(r.status)); } return r.text(); })
+        .then(function (html) {
+          var box = document.getElementById('clear-dialog-body');
+          box.innerHTML = html;
+          var form = box.querySelector('form');
+          wireClear(form);
+          dialog.showModal();
+          var first = box.querySelector('textarea[name="reason"]');
+          if (first) { first.focus(); }
+        })
+        .catch(function () { window.location.href = url; });
+      return;
+    }
+    var cancel = e.target.closest ? e.target.closest('.js-cancel') : null;
+    if (cancel && dialog && dialog.open && dialog.contains(cancel)) {
+      e.preventDefault();
+      dialog.close();
+    }
+  });
+
+  // --- live cards over server-sent events ----------------------------------------------------
+  var pill = document.getElementById('live-pill');
+  var status = document.getElementById('live-status');
+  var updates = 0;
+  function setLive(on, text) {
+    if (!pill) { return; }
+    pill.hidden = false;
+    pill.classList.toggle('off', !on);
+    pill.lastChild.textContent = text;
+  }
+  if (body.getAttribute('data-live') && window.EventSource) {
+    var es = new EventSource('/console/events');
+    es.addEventListener('ready', function () {
+      body.setAttribute('data-sse', 'ready');
+      setLive(true, 'Live');
+    });
+    es.addEventListener('card', function (ev) {
+      var d = JSON.parse(ev.data);
+      var el = document.getElementById('card-' + d.id);
+      if (el) {
+        var t = document.createElement('template');
+        t.innerHTML = d.html.trim();
+        var fresh = t.content.firstElementChild;
+        var changed = el.innerHTML !== fresh.innerHTML;
+        var hadFocus = el.contains(document.activeElement) ? document.activeElement.getAttribute('href') : null;
+        el.replaceWith(fresh);
+        if (hadFocus) {
+          var again = fresh.querySelector('[href="' + hadFocus + '"]');
+          if (again) { again.focus(); }
+        }
+        if (changed && body.getAttribute('data-sse') === 'ready') {
+          updates++;
+          var latency = Date.now() - d.sent;
+          body.setAttribute('data-sse-updates', String(updates));
+          fresh.setAttribute('data-pushed-latency-ms', String(latency));
+          fresh.classList.add('just-updated');
+          if (window.console) { console.info('waqueue: card ' + d.id + ' pushed, ' + latency + ' ms after the server sent it'); }
+          if (status) { status.textContent = d.id + ' updated'; }
+        }
+        tick();
+      }
+      // A clear in progress: show the report as soon as the card is no longer clearing.
+      var wait = document.querySelector('[data-clear-wait]');
+      if (wait && wait.getAttribute('data-clear-wait') === d.id && !d.clearing) {
+        var last = Number(sessionStorage.getItem('waqueue-reload') || 0);
+        if (Date.now() - last > 1500) {
+          sessionStorage.setItem('waqueue-reload', String(Date.now()));
+          window.location.reload();
+        }
+      }
+      // Pairing: the card turns Active once the phone scanned the code.
+      if (document.getElementById('qr') && d.link === 'active' && !document.getElementById('paired')) {
+        window.location.reload();
+      }
+    });
+    es.addEventListener('signedout', function () {
+      es.close();
+      window.location.href = '/console/signin';
+    });
+    es.onerror = function () { setLive(false, 'Reconnecting…'); };
+  }
+
+  // --- pairing: keep the QR code current as WhatsApp rotates it ---------------------------
+  var qr = document.getElementById('qr');
+  if (qr && qr.getAttribute('data-qr-refresh') && !document.getElementById('paired')) {
+    setInterval(function () {
+      fetch(qr.getAttribute('data-qr-refresh'), { credentials: 'same-origin' })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          if (!html) { return; }
+          var t = document.createElement('template');
+          t.innerHTML = html.trim();
+          var fresh = t.content.firstElementChild;
+          var cur = document.getElementById('qr');
+          if (fresh && cur && cur.innerHTML !== fresh.innerHTML) { cur.replaceWith(fresh); }
+        })
+        .catch(function () {});
+    }, 5000);
+  }
+}());
