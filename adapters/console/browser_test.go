@@ -1,0 +1,500 @@
+package console_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/waqueue/waqueue/adapters/server"
+	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/domain/auth"
+)
+
+// The browser tests drive Debian's headless chromium (apt-get install chromium; .ci/run
+// installs it). Without it they skip, except under CI=true, where a missing browser fails.
+
+// screenshotDir is where the tests write the screenshots linked from the README.
+const screenshotDir = "../../docs/console"
+
+// safety is the generous overall bound of one browser test: a net, never a measure (the
+// machine may be heavily loaded; every step waits for a DOM condition).
+const safety = 6 * time.Minute
+
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{"/usr/bin/chromium", "/usr/bin/chromium-browser"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("chromium"); err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("chromium is required under CI=true (apt-get install chromium; .ci/run installs it)")
+	}
+	t.Skip("chromium not installed (apt-get install chromium); the browser tests need it")
+	return ""
+}
+
+// newChrome starts a headless chromium with a fresh profile; the returned context is its
+// first tab.
+func newChrome(t *testing.T) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath(t)),
+		chromedp.Headless,
+		chromedp.NoSandbox, // root in CI containers
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 800),
+	)
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(alloc)
+	t.Cleanup(func() { cancel(); cancelAlloc() })
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 800)); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
+}
+
+// tab opens a tab in a new browser context (its own cookies: another operator).
+func tab(t *testing.T, browser context.Context) context.Context {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(browser, chromedp.WithNewBrowserContext())
+	t.Cleanup(cancel)
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 800)); err != nil {
+		t.Fatal(err)
+	}
+	return ctx
+}
+
+// do runs steps, failing the test with what it was doing.
+func do(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// waitJS waits until the JavaScript expression is truthy. A navigation while it waits (a form
+// submitted, a page reloading itself) starts the wait again on the new page.
+func waitJS(t *testing.T, ctx context.Context, what, expr string) {
+	t.Helper()
+	deadline := time.Now().Add(safety)
+	for {
+		_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(time.Until(deadline)),
+			chromedp.WithPollingInterval(50*time.Millisecond)))
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) || !(strings.Contains(err.Error(), "navigated") || strings.Contains(err.Error(), "context was destroyed") ||
+			strings.Contains(err.Error(), "Cannot find context")) {
+			t.Fatalf("waiting for %s (%s): %v", what, expr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("evaluate %s: %v", expr, err)
+	}
+	return v
+}
+
+func text(t *testing.T, ctx context.Context, sel string) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel), chromedp.NodeVisible))
+	if err != nil {
+		t.Fatalf("text of %s: %v", sel, err)
+	}
+	return strings.TrimSpace(s)
+}
+
+// shot writes a screenshot of the viewport to docs/console/name.png.
+func shot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if len(png) > 900<<10 {
+		t.Errorf("screenshot %s is %d bytes; keep screenshots well under 1 MiB", name, len(png))
+	}
+	if err := os.MkdirAll(screenshotDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(screenshotDir, name+".png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// signInUI signs in through the sign-in form.
+func signInUI(t *testing.T, ctx context.Context, base, key string, screenshot bool) {
+	t.Helper()
+	do(t, ctx, "open sign-in", chromedp.Navigate(base+"/console/connections"), chromedp.WaitVisible(chromedp.CSS("#key")))
+	if screenshot {
+		shot(t, ctx, "signin")
+	}
+	do(t, ctx, "sign in", chromedp.SendKeys(chromedp.CSS("#key"), key), chromedp.Click(chromedp.CSS("#signin-btn")),
+		chromedp.WaitVisible(chromedp.CSS("h1")))
+	waitJS(t, ctx, "the connections page", `location.pathname === "/console/connections" && document.body.dataset.sse === "ready"`)
+}
+
+// apiClient calls the API with a key.
+type apiClient struct {
+	t    *testing.T
+	base string
+	key  string
+}
+
+func (c apiClient) do(method, path string, body any, header map[string]string, want int, out any) {
+	c.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = strings.NewReader(string(b))
+	}
+	req, _ := http.NewRequest(method, c.base+path, rd)
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		c.t.Fatalf("%s %s: %d, want %d: %s", method, path, resp.StatusCode, want, raw)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			c.t.Fatalf("%s %s: %v: %s", method, path, err, raw)
+		}
+	}
+}
+
+func (c apiClient) waitCard(ctx context.Context, id, field, want string) {
+	c.t.Helper()
+	for {
+		var card map[string]any
+		c.do("GET", "/v1/connections/"+id, nil, nil, 200, &card)
+		if card[field] == want {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			c.t.Fatalf("connection %s: %s = %v, want %s", id, field, card[field], want)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// startNode runs a complete node (the composition `waqueue serve` runs) with the simulator,
+// the dispatcher on and the clearing process off, so that a clear stays in progress until the
+// test sweeps it.
+func startNode(t *testing.T) (*server.Node, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), safety)
+	t.Cleanup(cancel)
+	node, err := server.New(ctx, server.Options{DataDir: t.TempDir(), SimulatorRoutes: true, NoPacing: true, NoClearing: true,
+		Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = node.Close() })
+	if err := node.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(node.Handler)
+	t.Cleanup(srv.Close)
+	t.Cleanup(node.Console.Close) // end the live streams first, so that srv.Close need not wait
+	return node, srv.URL
+}
+
+// TestSeedStoryInBrowser plays the Clear Queue story through the console in a real browser: an
+// operator signs in, a broadcast is sending on the simulator, the number is banned mid-broadcast
+// and the card says so without a reload (pushed by server-sent events), Clear Queue opens its
+// dialog, a wrong phone number keeps the confirm button disabled, the right one enables it, the
+// clear shows its progress (and a second operator sees the card clearing), then its report,
+// whose counts equal the API's report and the messages' statuses. It writes the screenshots of
+// docs/console/.
+func TestSeedStoryInBrowser(t *testing.T) {
+	node, base := startNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), safety)
+	defer cancel()
+	api := apiClient{t: t, base: base, key: node.AdminKey}
+	const phone = "+491701234567"
+	for _, c := range []struct{ id, phone string }{{"shop-1", phone}, {"support", "+491709876543"}, {"newsletter", "+4915112345678"}} {
+		api.do("POST", "/v1/connections", map[string]any{"id": c.id, "phone": c.phone}, nil, http.StatusCreated, nil)
+		api.waitCard(ctx, c.id, "link_status", "active")
+	}
+	// "support" was logged out on the phone; "newsletter" sent a few messages.
+	api.do("POST", "/v1/connections/support/simulator/logout", nil, nil, 200, nil)
+	api.waitCard(ctx, "support", "link_status", "session_invalid")
+	for i := range 12 {
+		api.do("POST", "/v1/connections/newsletter/messages", map[string]any{"recipient": fmt.Sprintf("+4917000000%02d", i), "text": "Hello"},
+			map[string]string{"Idempotency-Key": fmt.Sprintf("nl-%d", i)}, http.StatusAccepted, nil)
+	}
+	operator, err := node.Keys.Create(ctx, node.Tenant, auth.RoleOperator, "operator Alice", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	operator2, err := node.Keys.Create(ctx, node.Tenant, auth.RoleOperator, "operator Bob", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	browser := newChrome(t)
+	alice := browser
+	signInUI(t, alice, base, operator.Secret, true)
+	do(t, alice, "mark the page", chromedp.Evaluate[chromedp.Void](`window.__notReloaded = true`))
+	if got := text(t, alice, "#card-shop-1 [data-role=link]"); got != "Active" {
+		t.Fatalf("shop-1 link badge %q, want Active", got)
+	}
+
+	// The broadcast sends on the simulator; the number is banned after its 40th message.
+	node.Simulator.SetScript("shop-1", simulator.Script{Latency: 2 * time.Millisecond, BanAfter: 40,
+		Ban: simulator.Ban{Expire: 45 * time.Minute}})
+	const total = 400
+	recipients := make([]string, total)
+	for i := range recipients {
+		recipients[i] = fmt.Sprintf("+4917098%05d", i+1)
+	}
+	var bc struct {
+		BroadcastID string `json:"broadcast_id"`
+	}
+	api.do("POST", "/v1/connections/shop-1/broadcasts", map[string]any{"recipients": recipients, "text": "Sale today"},
+		map[string]string{"Idempotency-Key": "sale-1"}, http.StatusAccepted, &bc)
+
+	// The card says banned and held, pushed to the open page (no reload).
+	waitJS(t, alice, "the shop-1 card to say banned and held",
+		`(function(){ var c = document.getElementById("card-shop-1"); if (!c) return false;
+		  var l = c.querySelector("[data-role=link]").textContent, q = c.querySelector("[data-role=queue]").textContent;
+		  return l.indexOf("Banned until") === 0 && l.indexOf("sending too many messages") > 0 && q === "Queue held"; })()`)
+	if !evalJS[bool](t, alice, `window.__notReloaded === true && Number(document.body.dataset.sseUpdates) > 0`) {
+		t.Fatal("the card changed, but not by a server-sent event (the page reloaded or no SSE update was applied)")
+	}
+	latency := evalJS[string](t, alice, `document.getElementById("card-shop-1").dataset.pushedLatencyMs || ""`)
+	t.Logf("the banned card was pushed by SSE; browser-observed latency from server push: %s ms", latency)
+	if got := text(t, alice, "#card-shop-1 .countdown"); !strings.HasPrefix(got, "Ban ends in ") {
+		t.Errorf("countdown %q", got)
+	}
+	sentAtBan := sendsOf(node, "shop-1")
+	shot(t, alice, "connections")
+
+	// A second operator watches the connection's page.
+	bob := tab(t, browser)
+	signInUI(t, bob, base, operator2.Secret, false)
+	do(t, bob, "open shop-1", chromedp.Navigate(base+"/console/connections/shop-1"), chromedp.WaitVisible(chromedp.CSS("#queue-title")))
+	waitJS(t, bob, "bob's live stream", `document.body.dataset.sse === "ready"`)
+	do(t, bob, "mark bob's page", chromedp.Evaluate[chromedp.Void](`window.__notReloaded = true`))
+	shot(t, bob, "connection")
+
+	// Clear Queue: the dialog with the preview.
+	var preview struct {
+		Total      int `json:"total"`
+		InFlight   int `json:"in_flight"`
+		Broadcasts []struct {
+			Pending int `json:"pending"`
+		} `json:"broadcasts"`
+	}
+	api.do("GET", "/v1/connections/shop-1/queue/clear-preview", nil, nil, 200, &preview)
+	do(t, alice, "open the Clear Queue dialog", chromedp.Click(chromedp.CSS("#card-shop-1 .js-clear")),
+		chromedp.WaitVisible(chromedp.CSS("#clear-dialog #clear-form")))
+	if !evalJS[bool](t, alice, `document.getElementById("clear-dialog").open`) {
+		t.Fatal("the Clear Queue dialog is not open")
+	}
+	if got := text(t, alice, "#preview-total"); got != strconv.Itoa(preview.Total) {
+		t.Errorf("dialog preview total %q, API preview %d", got, preview.Total)
+	}
+	do(t, alice, "type a reason and a wrong number",
+		chromedp.SendKeys(chromedp.CSS("#clear-reason"), "banned mid-broadcast"),
+		chromedp.SendKeys(chromedp.CSS("#clear-confirm"), "+49 170 0000000"))
+	if !evalJS[bool](t, alice, `document.getElementById("clear-confirm-btn").disabled`) {
+		t.Fatal("a wrong phone number left the confirm button enabled")
+	}
+	shot(t, alice, "clear-dialog")
+	do(t, alice, "type the right number",
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("clear-confirm").value = ""`),
+		chromedp.SendKeys(chromedp.CSS("#clear-confirm"), "+49 170 1234567"))
+	waitJS(t, alice, "the confirm button enabled", `!document.getElementById("clear-confirm-btn").disabled`)
+	do(t, alice, "confirm", chromedp.Click(chromedp.CSS("#clear-confirm-btn")), chromedp.WaitVisible(chromedp.CSS("#clear-progress")))
+	shot(t, alice, "clear-progress")
+	clearID := evalJS[string](t, alice, `location.pathname.split("/").pop()`)
+
+	// Bob sees it clearing, pushed to his open page.
+	waitJS(t, bob, "bob's card to say clearing",
+		`document.querySelector("#card-shop-1 [data-role=queue]").textContent === "Clearing" && window.__notReloaded === true`)
+
+	// The clearing process completes the clear; Alice's page shows the report.
+	if _, err := node.Clears.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	do(t, alice, "the report", chromedp.WaitVisible(chromedp.CSS("#clear-report")))
+	shot(t, alice, "clear-report")
+
+	var report struct {
+		Status string `json:"status"`
+		Report struct {
+			PurgedCount   int    `json:"purged_count"`
+			InFlightCount int    `json:"in_flight_count"`
+			RequestedBy   string `json:"requested_by"`
+			Reason        string `json:"reason"`
+		} `json:"report"`
+	}
+	api.do("GET", "/v1/connections/shop-1/clears/"+clearID, nil, nil, 200, &report)
+	if report.Status != "done" {
+		t.Fatalf("API clear status %q", report.Status)
+	}
+	if got := text(t, alice, "#report-purged"); got != fmt.Sprintf("%d", report.Report.PurgedCount) && got != formatThousands(report.Report.PurgedCount) {
+		t.Errorf("console purged %q, API report %d", got, report.Report.PurgedCount)
+	}
+	if got := text(t, alice, "#report-inflight"); got != strconv.Itoa(report.Report.InFlightCount) {
+		t.Errorf("console in flight %q, API report %d", got, report.Report.InFlightCount)
+	}
+	if got := text(t, alice, "#report-by"); got != operator.ID || report.Report.RequestedBy != operator.ID {
+		t.Errorf("requested by: console %q, API %q, want %q", got, report.Report.RequestedBy, operator.ID)
+	}
+	if got := text(t, alice, "#report-reason"); got != "banned mid-broadcast" {
+		t.Errorf("reason %q", got)
+	}
+	if report.Report.PurgedCount == 0 || report.Report.PurgedCount+sentAtBan > total {
+		t.Errorf("purged %d with %d sent before the ban of %d", report.Report.PurgedCount, sentAtBan, total)
+	}
+	// The messages' statuses agree with the report.
+	var progress struct {
+		Purged int `json:"purged"`
+	}
+	deadline := time.Now().Add(safety)
+	for {
+		api.do("GET", "/v1/broadcasts/"+bc.BroadcastID, nil, nil, 200, &progress)
+		if progress.Purged == report.Report.PurgedCount || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if progress.Purged != report.Report.PurgedCount {
+		t.Errorf("broadcast has %d purged messages, the report says %d", progress.Purged, report.Report.PurgedCount)
+	}
+	if sent := sendsOf(node, "shop-1"); sent != sentAtBan {
+		t.Errorf("the simulator sent %d messages after the ban", sent-sentAtBan)
+	}
+
+	// The remaining pages, for the record.
+	do(t, alice, "connection page after the clear", chromedp.Navigate(base+"/console/connections/shop-1"),
+		chromedp.WaitVisible(chromedp.CSS("#clears-title")))
+	if !strings.Contains(text(t, alice, "#clears-title + .table-wrap"), "banned mid-broadcast") {
+		t.Error("the connection page does not list the clear")
+	}
+	// A refused resume says why.
+	do(t, alice, "resume while banned", chromedp.Click(chromedp.CSS("#resume-btn")), chromedp.WaitVisible(chromedp.CSS("#flash")))
+	if got := text(t, alice, "#flash"); !strings.Contains(got, "banned") {
+		t.Errorf("refused resume says %q", got)
+	}
+	shot(t, alice, "connection-after-clear")
+	do(t, alice, "pairing page", chromedp.Navigate(base+"/console/connections/support/pairing"), chromedp.WaitVisible(chromedp.CSS("#qr")))
+	shot(t, alice, "pairing")
+
+	admin := tab(t, browser)
+	signInUI(t, admin, base, node.AdminKey, false)
+	do(t, admin, "audit page", chromedp.Navigate(base+"/console/audit"), chromedp.WaitVisible(chromedp.CSS("#audit-table")))
+	do(t, admin, "verify", chromedp.Click(chromedp.CSS("#verify-btn")), chromedp.WaitVisible(chromedp.CSS("#flash")))
+	if got := text(t, admin, "#flash"); !strings.Contains(got, "verifies") {
+		t.Errorf("verify says %q", got)
+	}
+	shot(t, admin, "audit")
+	do(t, admin, "analytics page", chromedp.Navigate(base+"/console/analytics"), chromedp.WaitVisible(chromedp.CSS("#analytics-table")))
+	shot(t, admin, "analytics")
+
+	// 375 px wide.
+	do(t, alice, "narrow viewport", chromedp.EmulateViewport(375, 812), chromedp.Navigate(base+"/console/connections"),
+		chromedp.WaitVisible(chromedp.CSS("#card-shop-1")))
+	if w := evalJS[int](t, alice, `document.documentElement.scrollWidth`); w > 375 {
+		t.Errorf("the connections page is %d px wide at 375 px", w)
+	}
+	shot(t, alice, "connections-375")
+}
+
+// sendsOf counts the messages the simulator handed over for connection id.
+func sendsOf(node *server.Node, id string) int {
+	n := 0
+	for _, s := range node.Simulator.Sends() {
+		if s.ConnectionID == id {
+			n++
+		}
+	}
+	return n
+}
+
+func formatThousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// TestSenderInBrowser: a sender's console shows no Clear Queue button, and a POST forged with
+// its session (its own valid CSRF token) answers 403; a POST without the token is refused too.
+func TestSenderInBrowser(t *testing.T) {
+	node, base := startNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), safety)
+	defer cancel()
+	api := apiClient{t: t, base: base, key: node.AdminKey}
+	api.do("POST", "/v1/connections", map[string]any{"id": "shop-1", "phone": "+491701234567"}, nil, http.StatusCreated, nil)
+	api.waitCard(ctx, "shop-1", "link_status", "active")
+	sender, err := node.Keys.Create(ctx, node.Tenant, auth.RoleSender, "backend", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newChrome(t)
+	signInUI(t, b, base, sender.Secret, false)
+	do(t, b, "the card", chromedp.WaitVisible(chromedp.CSS("#card-shop-1")))
+	if n := evalJS[int](t, b, `document.querySelectorAll(".js-clear, a[href$='/clear']").length`); n != 0 {
+		t.Fatalf("a sender sees %d Clear Queue buttons", n)
+	}
+	forged := `fetch("/console/connections/shop-1/clear", {method: "POST", credentials: "same-origin",
+	  body: new URLSearchParams({csrf: document.querySelector("input[name=csrf]").value, reason: "forged",
+	    confirm: "+491701234567", scope: "queue", idempotency_key: "forged-1234"})}).then(function (r) { return r.status; })`
+	if st := evalJS[int](t, b, forged); st != http.StatusForbidden {
+		t.Fatalf("a sender's forged clear answered %d, want 403", st)
+	}
+	noToken := `fetch("/console/connections/shop-1/hold", {method: "POST", credentials: "same-origin",
+	  body: new URLSearchParams({note: "x"})}).then(function (r) { return r.status; })`
+	if st := evalJS[int](t, b, noToken); st != http.StatusForbidden {
+		t.Fatalf("a POST without the CSRF token answered %d, want 403", st)
+	}
+	var card map[string]any
+	api.do("GET", "/v1/connections/shop-1", nil, nil, 200, &card)
+	if card["queue_status"] != "open" {
+		t.Fatalf("a refused POST changed the queue: %v", card["queue_status"])
+	}
+}
