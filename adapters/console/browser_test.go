@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
 	"github.com/waqueue/waqueue/adapters/server"
@@ -341,6 +343,7 @@ func TestSeedStoryInBrowser(t *testing.T) {
 	if !evalJS[bool](t, alice, `document.getElementById("clear-confirm-btn").disabled`) {
 		t.Fatal("a wrong phone number left the confirm button enabled")
 	}
+	do(t, alice, "show the disabled button", chromedp.Evaluate[chromedp.Void](`document.getElementById("clear-confirm-btn").scrollIntoView({block: "end"})`))
 	shot(t, alice, "clear-dialog")
 	do(t, alice, "type the right number",
 		chromedp.Evaluate[chromedp.Void](`document.getElementById("clear-confirm").value = ""`),
@@ -380,8 +383,8 @@ func TestSeedStoryInBrowser(t *testing.T) {
 	if got := text(t, alice, "#report-inflight"); got != strconv.Itoa(report.Report.InFlightCount) {
 		t.Errorf("console in flight %q, API report %d", got, report.Report.InFlightCount)
 	}
-	if got := text(t, alice, "#report-by"); got != operator.ID || report.Report.RequestedBy != operator.ID {
-		t.Errorf("requested by: console %q, API %q, want %q", got, report.Report.RequestedBy, operator.ID)
+	if got := text(t, alice, "#report-by"); got != "operator Alice" || report.Report.RequestedBy != operator.ID {
+		t.Errorf("requested by: console %q (want the key's label), API %q (want %q)", got, report.Report.RequestedBy, operator.ID)
 	}
 	if got := text(t, alice, "#report-reason"); got != "banned mid-broadcast" {
 		t.Errorf("reason %q", got)
@@ -420,8 +423,25 @@ func TestSeedStoryInBrowser(t *testing.T) {
 		t.Errorf("refused resume says %q", got)
 	}
 	shot(t, alice, "connection-after-clear")
-	do(t, alice, "pairing page", chromedp.Navigate(base+"/console/connections/support/pairing"), chromedp.WaitVisible(chromedp.CSS("#qr")))
-	shot(t, alice, "pairing")
+	// Pairing: the simulator "scans" the QR code at once, so the page is first looked at with
+	// its script off (the page works without it), then with it: the card turns Active.
+	pairing := tab(t, browser)
+	signInUI(t, pairing, base, operator.Secret, false)
+	do(t, pairing, "pairing page without script",
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := cdp.Call(ctx, tg, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: true})
+			return err
+		}),
+		chromedp.Navigate(base+"/console/connections/support/pairing"), chromedp.WaitVisible(chromedp.CSS("#qr svg")))
+	shot(t, pairing, "pairing")
+	do(t, pairing, "pairing page with script",
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := cdp.Call(ctx, tg, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: false})
+			return err
+		}),
+		chromedp.Navigate(base+"/console/connections/support/pairing"))
+	waitJS(t, pairing, "the paired connection", `!!document.getElementById("paired") &&
+		document.querySelector("#card-support [data-role=link]").textContent === "Active"`)
 
 	admin := tab(t, browser)
 	signInUI(t, admin, base, node.AdminKey, false)

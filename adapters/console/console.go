@@ -30,6 +30,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,6 +119,8 @@ type Console struct {
 	mux      *http.ServeMux
 	done     chan struct{}
 	closeMu  sync.Once
+	namesMu  sync.Mutex
+	names    map[string]map[string]string // tenant -> key id -> label
 	pairMu   sync.Mutex
 	pairing  map[string]*qrPairing // connection id -> the last QR pairing the console started
 }
@@ -201,6 +204,32 @@ func (c *Console) routes() {
 		c.errorPage(w, r, http.StatusNotFound, "Page not found", "There is no such page in the console.")
 	})
 	c.mux = m
+}
+
+// actor names an actor for people: the label of an API key of tenant ("operator Alice"), else
+// the actor as recorded ("system", "bootstrap", …). Labels are cached; an unknown key id
+// reloads the tenant's list once.
+func (c *Console) actor(ctx context.Context, tenant, id string) string {
+	c.namesMu.Lock()
+	defer c.namesMu.Unlock()
+	if c.names == nil {
+		c.names = map[string]map[string]string{}
+	}
+	label, ok := c.names[tenant][id]
+	if !ok && strings.HasPrefix(id, "key_") {
+		if keys, err := c.d.Keys.List(ctx, tenant); err == nil {
+			m := map[string]string{}
+			for _, k := range keys {
+				m[k.ID] = k.Label
+			}
+			c.names[tenant] = m
+			label, ok = m[id]
+		}
+	}
+	if !ok || label == "" {
+		return id
+	}
+	return label
 }
 
 // settle waits briefly for the card and queue read models to include pos (read your writes).

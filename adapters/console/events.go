@@ -111,7 +111,7 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) error {
 	}
 	push := func(cards []projections.Card) error {
 		for _, card := range cards {
-			html, err := c.renderCard(c.viewCard(card, u.principal))
+			html, err := c.renderCard(c.viewCard(r.Context(), card, u.principal))
 			if err != nil {
 				return err
 			}

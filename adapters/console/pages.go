@@ -26,7 +26,7 @@ func (c *Console) connectionsPage(w http.ResponseWriter, r *http.Request) error 
 	views := make([]cardView, 0, len(cards))
 	counts := map[string]int{}
 	for _, card := range cards {
-		v := c.viewCard(card, u.principal)
+		v := c.viewCard(r.Context(), card, u.principal)
 		views = append(views, v)
 		counts[v.Link.Tone]++
 	}
@@ -53,7 +53,7 @@ const clearsScan = 200_000
 
 // findClears reads the connection's stream backwards and returns its clears, newest first
 // (at most max; stop, if not nil, ends the scan at the clear it names).
-func (c *Console) findClears(ctx context.Context, connID string, max int, stop uuid.UUID) ([]pastClear, *connection.ClearQueueRequested, *connection.QueueCleared, error) {
+func (c *Console) findClears(ctx context.Context, tenant, connID string, max int, stop uuid.UUID) ([]pastClear, *connection.ClearQueueRequested, *connection.QueueCleared, error) {
 	var out []pastClear
 	done := map[uuid.UUID]int{}
 	from := eventstore.End
@@ -78,7 +78,7 @@ func (c *Console) findClears(ctx context.Context, connID string, max int, stop u
 				}
 				if stop == uuid.Nil && len(out) < max {
 					done[qc.ClearID] = len(out)
-					out = append(out, pastClear{ClearID: qc.ClearID, Done: true, RequestedBy: qc.RequestedBy, Reason: qc.Reason,
+					out = append(out, pastClear{ClearID: qc.ClearID, Done: true, RequestedBy: c.actor(ctx, tenant, qc.RequestedBy), Reason: qc.Reason,
 						RequestedAt: stamp(qc.RequestedAt), Purged: qc.PurgedCount, InFlight: qc.InFlightCount,
 						URL: "/console/connections/" + connID + "/clears/" + qc.ClearID.String()})
 				}
@@ -91,7 +91,7 @@ func (c *Console) findClears(ctx context.Context, connID string, max int, stop u
 					return nil, &rq, nil, nil
 				}
 				if _, ok := done[rq.ClearID]; !ok && stop == uuid.Nil && len(out) < max {
-					out = append(out, pastClear{ClearID: rq.ClearID, RequestedBy: rq.RequestedBy, Reason: rq.Reason,
+					out = append(out, pastClear{ClearID: rq.ClearID, RequestedBy: c.actor(ctx, tenant, rq.RequestedBy), Reason: rq.Reason,
 						RequestedAt: stamp(rq.RequestedAt), Purged: rq.PurgeCount, InFlight: len(rq.InFlight),
 						URL: "/console/connections/" + connID + "/clears/" + rq.ClearID.String()})
 				}
@@ -120,7 +120,7 @@ func (c *Console) connectionPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	clears, _, _, err := c.findClears(r.Context(), id, 10, uuid.Nil)
+	clears, _, _, err := c.findClears(r.Context(), u.principal.TenantID, id, 10, uuid.Nil)
 	if err != nil {
 		return err
 	}
@@ -139,7 +139,7 @@ func (c *Console) connectionPage(w http.ResponseWriter, r *http.Request) error {
 		}
 		bcs = append(bcs, row)
 	}
-	data := map[string]any{"Title": id, "Card": c.viewCard(card, u.principal), "Queue": q, "Clears": clears, "Live": true,
+	data := map[string]any{"Title": id, "Card": c.viewCard(r.Context(), card, u.principal), "Queue": q, "Clears": clears, "Live": true,
 		"Broadcasts": bcs,
 		"Flash":      c.sessions.popFlash(u.sessionID)}
 	c.render(w, r, http.StatusOK, "connection", data)
@@ -168,7 +168,7 @@ func (c *Console) clearData(r *http.Request, id string, f clearForm) (map[string
 	if err != nil {
 		return nil, err
 	}
-	f.Card, f.Queue = c.viewCard(card, u.principal), q
+	f.Card, f.Queue = c.viewCard(r.Context(), card, u.principal), q
 	f.AfterHeld = card.Hold != nil
 	if f.Key == "" {
 		f.Key = "console-" + randomToken()[:22]
@@ -264,17 +264,19 @@ func (c *Console) clearReportPage(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return projections.ErrNotFound
 	}
-	_, req, done, err := c.findClears(r.Context(), id, 0, clearID)
+	_, req, done, err := c.findClears(r.Context(), u.principal.TenantID, id, 0, clearID)
 	if err != nil {
 		return err
 	}
-	data := map[string]any{"Title": "Clear of " + id, "Card": c.viewCard(card, u.principal), "ClearID": clearID.String(), "Live": true}
+	data := map[string]any{"Title": "Clear of " + id, "Card": c.viewCard(r.Context(), card, u.principal), "ClearID": clearID.String(), "Live": true}
 	if done != nil {
 		data["Report"] = done
+		data["By"] = c.actor(r.Context(), u.principal.TenantID, done.RequestedBy)
 		data["Duration"] = done.CompletedAt.Sub(done.RequestedAt).Round(1e6).String()
 		data["Scope"] = scopeWords(done.Scope)
 	} else {
 		data["Request"] = req
+		data["By"] = c.actor(r.Context(), u.principal.TenantID, req.RequestedBy)
 		data["Scope"] = scopeWords(req.Scope)
 	}
 	c.render(w, r, http.StatusOK, "report", data)

@@ -107,7 +107,7 @@ func (c *Console) pairingPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	data := map[string]any{"Title": "Pair " + id, "Card": c.viewCard(card, u.principal), "Live": true,
+	data := map[string]any{"Title": "Pair " + id, "Card": c.viewCard(r.Context(), card, u.principal), "Live": true,
 		"Fragment": r.URL.Query().Get("fragment") == "1", "Flash": c.sessions.popFlash(u.sessionID)}
 	switch {
 	case c.d.Transport == nil:

@@ -23,12 +23,14 @@ var auditTypes = []string{"ConnectionRegistered", "SessionPaired", "SessionInval
 // words splits a CamelCase event type into words: "ClearQueueRequested" → "Clear queue requested".
 func words(t string) string {
 	var b strings.Builder
+	if rest, ok := strings.CutPrefix(t, "APIKey"); ok {
+		b.WriteString("API key")
+		t = rest
+	}
 	for i, r := range t {
-		if i > 0 && r >= 'A' && r <= 'Z' && !(t[i-1] >= 'A' && t[i-1] <= 'Z') {
+		if r >= 'A' && r <= 'Z' && (i > 0 || b.Len() > 0) {
 			b.WriteByte(' ')
-			if !strings.HasPrefix(t[i:], "API") {
-				r += 'a' - 'A'
-			}
+			r += 'a' - 'A'
 		}
 		b.WriteRune(r)
 	}
@@ -92,7 +94,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request) error {
 	rows := make([]auditRow, 0, len(page.Entries))
 	for _, e := range page.Entries {
 		rows = append(rows, auditRow{Seq: e.Seq, At: stamp(e.At), Event: words(e.EventType), Type: e.EventType,
-			Connection: e.ConnectionID, Actor: e.Actor, Reason: e.Reason, Hash: e.Hash})
+			Connection: e.ConnectionID, Actor: c.actor(r.Context(), u.principal.TenantID, e.Actor), Reason: e.Reason, Hash: e.Hash})
 	}
 	data := map[string]any{"Title": "Audit trail", "Rows": rows, "F": vals, "Types": auditTypes,
 		"Export": "/console/audit/export.csv?" + filterQuery(vals), "Flash": c.sessions.popFlash(u.sessionID),
@@ -201,8 +203,25 @@ func (c *Console) analyticsPage(w http.ResponseWriter, r *http.Request) error {
 		t.Bans += d.Bans
 		t.Clear += d.Clears
 	}
-	days := make([]dayTotals, 0, len(byDay))
-	for _, t := range byDay {
+	// Every day of the range is on the chart, the quiet ones too (at most 92).
+	first, last := q.From, q.To
+	if last.IsZero() {
+		last = c.d.Now().UTC().Truncate(24 * time.Hour)
+	}
+	if first.IsZero() && len(rows) > 0 {
+		first = rows[0].Day
+	}
+	var days []dayTotals
+	for d := first; !d.After(last) && len(days) < 92 && !first.IsZero(); d = d.AddDate(0, 0, 1) {
+		k := d.Format(time.DateOnly)
+		if t := byDay[k]; t != nil {
+			days = append(days, *t)
+			delete(byDay, k)
+		} else {
+			days = append(days, dayTotals{Day: k})
+		}
+	}
+	for _, t := range byDay { // outside the range shown (a filter beyond 92 days)
 		days = append(days, *t)
 	}
 	sort.Slice(days, func(i, j int) bool { return days[i].Day < days[j].Day })
@@ -216,8 +235,15 @@ func (c *Console) analyticsPage(w http.ResponseWriter, r *http.Request) error {
 // red mark on days with a ban. Colours come from the stylesheet (classes), so the SVG has no
 // inline style.
 func chartSVG(days []dayTotals) template.HTML {
-	const w, h, left, bottom, top = 720, 240, 44, 28, 12
+	const w, h, left, bottom, top = 1000, 260, 48, 28, 14
 	if len(days) == 0 {
+		return ""
+	}
+	var any uint64
+	for _, d := range days {
+		any += d.Sent + d.Delivered + d.Failed + d.Purged + d.Bans
+	}
+	if any == 0 {
 		return ""
 	}
 	var maxV uint64 = 1
@@ -246,7 +272,9 @@ func chartSVG(days []dayTotals) template.HTML {
 		if d.Bans > 0 {
 			fmt.Fprintf(&b, `<circle class="ban" cx="%.1f" cy="%d" r="4"><title>%s: %d ban(s)</title></circle>`, x0+bar*2, top, d.Day, d.Bans)
 		}
-		fmt.Fprintf(&b, `<text class="axis" x="%.1f" y="%d" text-anchor="middle">%s</text>`, x0+bar*2, h-8, d.Day[5:])
+		if step := (len(days) + 14) / 15; i%step == 0 {
+			fmt.Fprintf(&b, `<text class="axis" x="%.1f" y="%d" text-anchor="middle">%s</text>`, x0+bar*2, h-8, d.Day[5:])
+		}
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String())

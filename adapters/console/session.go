@@ -139,6 +139,7 @@ type user struct {
 	principal auth.Principal
 	sessionID string
 	csrf      string
+	name      string
 }
 
 // ID is the signed-in key's id (the actor recorded for what the user does).
@@ -146,6 +147,14 @@ func (u *user) ID() string { return u.principal.ID }
 
 // Role is the signed-in key's role.
 func (u *user) Role() string { return u.principal.Role.String() }
+
+// Name is the signed-in key's label (its id when it has none).
+func (u *user) Name() string {
+	if u.name != "" {
+		return u.name
+	}
+	return u.principal.ID
+}
 
 func userOf(ctx context.Context) *user {
 	u, _ := ctx.Value(keyUser).(*user)
@@ -180,7 +189,7 @@ func (c *Console) authenticate(r *http.Request) (*user, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &user{principal: p, sessionID: ck.Value, csrf: ss.csrf}, nil
+	return &user{principal: p, sessionID: ck.Value, csrf: ss.csrf, name: c.actor(r.Context(), p.TenantID, p.ID)}, nil
 }
 
 // page wraps a GET handler: a signed-in user holding right (zero: any signed-in user).

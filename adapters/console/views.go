@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"html/template"
@@ -93,7 +94,7 @@ func problemWords(p string) string {
 	return fmt.Sprintf(f, detail)
 }
 
-func (c *Console) viewCard(card projections.Card, p auth.Principal) cardView {
+func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Principal) cardView {
 	v := cardView{ID: card.ConnectionID, Phone: card.Phone, Pending: card.Pending, InFlight: card.InFlight,
 		CanEdit: p.Can(auth.ConnectionEdit)}
 	switch card.LinkStatus {
@@ -132,7 +133,7 @@ func (c *Console) viewCard(card projections.Card, p auth.Principal) cardView {
 			case connection.HoldOnSessionInvalid:
 				v.QueueDetail = "Held because the phone logged out. Nothing is sent until someone resumes or clears the queue."
 			default:
-				v.QueueDetail = "Held by " + h.Actor + " since " + stamp(h.Since) + "."
+				v.QueueDetail = "Held by " + c.actor(ctx, card.TenantID, h.Actor) + " since " + stamp(h.Since) + "."
 				if h.Note != "" {
 					v.QueueDetail += " Note: " + h.Note
 				}
@@ -142,7 +143,7 @@ func (c *Console) viewCard(card projections.Card, p auth.Principal) cardView {
 		v.Queue = badge{"info", "Clearing"}
 		v.Clearing = true
 		if cl := card.Clear; cl != nil {
-			v.QueueDetail = "Clear requested by " + cl.RequestedBy + " at " + stamp(cl.RequestedAt) + ". Nothing is sent meanwhile."
+			v.QueueDetail = "Clear requested by " + c.actor(ctx, card.TenantID, cl.RequestedBy) + " at " + stamp(cl.RequestedAt) + ". Nothing is sent meanwhile."
 			v.ClearURL = "/console/connections/" + card.ConnectionID + "/clears/" + cl.ClearID.String()
 		}
 	}

@@ -68,7 +68,7 @@
           var form = box.querySelector('form');
           wireClear(form);
           dialog.showModal();
-          var first = box.querySelector('textarea[name="reason"]');
+          var first = box.querySelector('[name="reason"]');
           if (first) { first.focus(); }
         })
         .catch(function () { window.location.href = url; });
@@ -80,6 +80,14 @@
       dialog.close();
     }
   });
+
+  // The connections page's summary line follows the cards.
+  function summarize() {
+    var a = document.getElementById('sum-active'), n = document.getElementById('sum-attention');
+    if (!a || !n) { return; }
+    a.textContent = String(document.querySelectorAll('.card.tone-ok').length);
+    n.textContent = String(document.querySelectorAll('.card.tone-bad, .card.tone-warn').length);
+  }
 
   // --- live cards over server-sent events ----------------------------------------------------
   var pill = document.getElementById('live-pill');
@@ -121,6 +129,7 @@
           if (status) { status.textContent = d.id + ' updated'; }
         }
         tick();
+        summarize();
       }
       // A clear in progress: show the report as soon as the card is no longer clearing.
       var wait = document.querySelector('[data-clear-wait]');
