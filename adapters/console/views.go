@@ -72,26 +72,30 @@ func stamp(t time.Time) string {
 // problemWords turns a card's last problem ("kind: detail") into a sentence.
 func problemWords(p string) string {
 	kind, detail, _ := strings.Cut(p, ": ")
-	words := map[string]string{
-		"session_invalidated": "Logged out (WhatsApp code %s)",
-		"message_failed":      "A message failed: %s",
-		"outcome_unknown":     "A message's outcome is unknown: %s",
-		"stream_replaced":     "Another device took over the session%s",
-		"client_outdated":     "WhatsApp says the client is outdated%s",
-		"keepalive_timeout":   "The connection to WhatsApp stopped answering%s",
-		"connect_failure":     "Could not connect to WhatsApp (code %s)",
-	}
-	f, ok := words[kind]
-	if !ok {
-		return strings.ReplaceAll(p, "_", " ")
-	}
 	detail = strings.ReplaceAll(detail, "_", " ")
-	if strings.HasPrefix(f[len(f)-2:], "%s") && !strings.Contains(f, " %s") && !strings.Contains(f, "(") {
-		if detail != "" {
-			detail = ": " + detail
+	with := func(s string) string {
+		if detail == "" {
+			return s
 		}
+		return s + ": " + detail
 	}
-	return fmt.Sprintf(f, detail)
+	switch kind {
+	case "session_invalidated":
+		return "Logged out (WhatsApp code " + detail + ")"
+	case "message_failed":
+		return with("A message failed")
+	case "outcome_unknown":
+		return with("A message's outcome is unknown")
+	case "stream_replaced":
+		return with("Another device took over the session")
+	case "client_outdated":
+		return with("WhatsApp says the client is outdated")
+	case "keepalive_timeout":
+		return with("The connection to WhatsApp stopped answering")
+	case "connect_failure":
+		return with("Could not connect to WhatsApp")
+	}
+	return strings.ReplaceAll(p, "_", " ")
 }
 
 func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Principal) cardView {
