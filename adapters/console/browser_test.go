@@ -19,6 +19,7 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
@@ -135,8 +136,59 @@ func text(t *testing.T, ctx context.Context, sel string) string {
 	return strings.TrimSpace(s)
 }
 
-// shot writes a screenshot of the viewport to docs/console/name.png.
+// axeSource is axe-core (testdata/vendor/axe-core), injected into pages by the tests only.
+var axeSource = func() string {
+	b, err := os.ReadFile("testdata/vendor/axe-core/axe.min.js")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
+
+type axeViolation struct {
+	ID    string   `json:"id"`
+	Help  string   `json:"help"`
+	Nodes []string `json:"nodes"`
+}
+
+// axeRun runs axe-core's WCAG 2.1 A and AA rules (labels, contrast, names, landmarks, ARIA) on
+// the page as it is now.
+func axeRun(t *testing.T, ctx context.Context, name string) []axeViolation {
+	t.Helper()
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[chromedp.Void](axeSource+"\n;undefined")); err != nil {
+		t.Fatalf("inject axe-core into %s: %v", name, err)
+	}
+	res, err := chromedp.Run(ctx, chromedp.Evaluate[string](`axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}})
+	  .then(function (r) { return JSON.stringify(r.violations.map(function (v) {
+	    return {id: v.id, help: v.help, nodes: v.nodes.slice(0, 3).map(function (n) { return n.target.join(" ") + ": " + n.failureSummary; })}; })); })`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("axe-core on %s: %v", name, err)
+	}
+	var violations []axeViolation
+	if err := json.Unmarshal([]byte(res), &violations); err != nil {
+		t.Fatalf("axe-core on %s: %v: %s", name, err, res)
+	}
+	return violations
+}
+
+// checkA11y fails the test on any WCAG 2.1 AA violation axe-core finds on the page.
+func checkA11y(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	for _, v := range axeRun(t, ctx, name) {
+		t.Errorf("accessibility (WCAG AA) on %s: %s (%s): %s", name, v.ID, v.Help, strings.Join(v.Nodes, " | "))
+	}
+}
+
+// shot checks the page's accessibility and writes a screenshot of the viewport to
+// docs/console/name.png.
 func shot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	checkA11y(t, ctx, name)
+	screenshot(t, ctx, name)
+}
+
+// screenshot writes a screenshot of the viewport to docs/console/name.png.
+func screenshot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	if err != nil {
@@ -433,7 +485,7 @@ func TestSeedStoryInBrowser(t *testing.T) {
 			return err
 		}),
 		chromedp.Navigate(base+"/console/connections/support/pairing"), chromedp.WaitVisible(chromedp.CSS("#qr svg")))
-	shot(t, pairing, "pairing")
+	screenshot(t, pairing, "pairing") // axe-core needs the script; it checks the page below
 	do(t, pairing, "pairing page with script",
 		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 			_, err := cdp.Call(ctx, tg, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: false})
@@ -442,6 +494,7 @@ func TestSeedStoryInBrowser(t *testing.T) {
 		chromedp.Navigate(base+"/console/connections/support/pairing"))
 	waitJS(t, pairing, "the paired connection", `!!document.getElementById("paired") &&
 		document.querySelector("#card-support [data-role=link]").textContent === "Active"`)
+	checkA11y(t, pairing, "pairing (paired)")
 
 	admin := tab(t, browser)
 	signInUI(t, admin, base, node.AdminKey, false)
@@ -461,6 +514,68 @@ func TestSeedStoryInBrowser(t *testing.T) {
 		t.Errorf("the connections page is %d px wide at 375 px", w)
 	}
 	shot(t, alice, "connections-375")
+	do(t, alice, "the dialog at 375 px", chromedp.Click(chromedp.CSS("#card-newsletter .js-clear")),
+		chromedp.WaitVisible(chromedp.CSS("#clear-dialog #clear-form")))
+	if w := evalJS[int](t, alice, `Math.ceil(document.getElementById("clear-dialog").getBoundingClientRect().right)`); w > 375 {
+		t.Errorf("the Clear Queue dialog reaches %d px at 375 px", w)
+	}
+	shot(t, alice, "clear-dialog-375")
+}
+
+// TestKeyboardOnly: an operator signs in, opens Clear Queue, confirms and reads the report with
+// the keyboard alone (Tab, Enter, typing), and Escape closes the dialog.
+func TestKeyboardOnly(t *testing.T) {
+	node, base := startNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), safety)
+	defer cancel()
+	api := apiClient{t: t, base: base, key: node.AdminKey}
+	api.do("POST", "/v1/connections", map[string]any{"id": "shop-1", "phone": "+491701234567"}, nil, http.StatusCreated, nil)
+	api.waitCard(ctx, "shop-1", "link_status", "active")
+	api.do("POST", "/v1/connections/shop-1/queue/hold", map[string]any{"note": "keyboard test"}, nil, 200, nil)
+	for i := range 5 {
+		api.do("POST", "/v1/connections/shop-1/messages", map[string]any{"recipient": fmt.Sprintf("+4917000000%02d", i), "text": "Hi"},
+			map[string]string{"Idempotency-Key": fmt.Sprintf("kb-%d", i)}, http.StatusAccepted, nil)
+	}
+	api.waitCard(ctx, "shop-1", "queue_status", "held")
+	operator, err := node.Keys.Create(ctx, node.Tenant, auth.RoleOperator, "keyboard operator", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newChrome(t)
+	do(t, b, "sign-in page", chromedp.Navigate(base+"/console/signin"), chromedp.WaitVisible(chromedp.CSS("#key")))
+	if !evalJS[bool](t, b, `document.activeElement === document.getElementById("key")`) {
+		t.Fatal("the key field is not focused on the sign-in page")
+	}
+	do(t, b, "type the key and Enter", chromedp.KeyEvent(operator.Secret), chromedp.KeyEvent(kb.Enter))
+	waitJS(t, b, "the connections page", `location.pathname === "/console/connections" && document.body.dataset.sse === "ready"`)
+	// Tab to the card's Clear Queue button.
+	for i := 0; ; i++ {
+		if evalJS[bool](t, b, `!!(document.activeElement && document.activeElement.matches("#card-shop-1 .js-clear"))`) {
+			break
+		}
+		if i == 40 {
+			t.Fatal("Tab never reached the Clear Queue button")
+		}
+		do(t, b, "Tab", chromedp.KeyEvent(kb.Tab))
+	}
+	do(t, b, "Enter opens the dialog", chromedp.KeyEvent(kb.Enter), chromedp.WaitVisible(chromedp.CSS("#clear-dialog #clear-form")))
+	do(t, b, "Escape closes it", chromedp.KeyEvent(kb.Escape))
+	waitJS(t, b, "the dialog closed", `!document.getElementById("clear-dialog").open`)
+	do(t, b, "Enter opens it again", chromedp.KeyEvent(kb.Enter), chromedp.WaitVisible(chromedp.CSS("#clear-dialog #clear-form")))
+	waitJS(t, b, "the reason field focused", `document.activeElement === document.getElementById("clear-reason")`)
+	do(t, b, "type a reason, Tab, the number", chromedp.KeyEvent("keyboard only"), chromedp.KeyEvent(kb.Tab),
+		chromedp.KeyEvent("+491701234567"))
+	if !evalJS[bool](t, b, `document.activeElement === document.getElementById("clear-confirm") && !document.getElementById("clear-confirm-btn").disabled`) {
+		t.Fatal("after typing the number, focus is not on it or the confirm button is still disabled")
+	}
+	do(t, b, "Enter submits", chromedp.KeyEvent(kb.Enter), chromedp.WaitVisible(chromedp.CSS("#clear-progress")))
+	if _, err := node.Clears.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	do(t, b, "the report", chromedp.WaitVisible(chromedp.CSS("#clear-report")))
+	if got := text(t, b, "#report-purged"); got != "5" {
+		t.Fatalf("purged %q, want 5", got)
+	}
 }
 
 // sendsOf counts the messages the simulator handed over for connection id.
@@ -516,5 +631,21 @@ func TestSenderInBrowser(t *testing.T) {
 	api.do("GET", "/v1/connections/shop-1", nil, nil, 200, &card)
 	if card["queue_status"] != "open" {
 		t.Fatalf("a refused POST changed the queue: %v", card["queue_status"])
+	}
+
+	// The accessibility check can fail: the sender's page passes it, and the same page with an
+	// unlabelled field and grey-on-grey text does not.
+	checkA11y(t, b, "a sender's connections page")
+	do(t, b, "break the page", chromedp.Evaluate[chromedp.Void](`(function () {
+	  var i = document.createElement("input"); document.querySelector("main").appendChild(i);
+	  var p = document.createElement("p"); p.textContent = "faint"; p.className = "x-faint";
+	  p.setAttribute("hidden", ""); p.removeAttribute("hidden"); document.querySelector("main").appendChild(p);
+	  p.style.color = "#bbb"; p.style.background = "#fff"; })()`))
+	found := map[string]bool{}
+	for _, v := range axeRun(t, b, "a broken page") {
+		found[v.ID] = true
+	}
+	if !found["label"] || !found["color-contrast"] {
+		t.Fatalf("axe-core missed the injected defects: found %v, want label and color-contrast", found)
 	}
 }
