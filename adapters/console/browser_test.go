@@ -395,6 +395,9 @@ func TestSeedStoryInBrowser(t *testing.T) {
 	if !evalJS[bool](t, alice, `document.getElementById("clear-confirm-btn").disabled`) {
 		t.Fatal("a wrong phone number left the confirm button enabled")
 	}
+	if got := text(t, alice, "#confirm-mismatch"); got == "" {
+		t.Error("a wrong phone number is not pointed out")
+	}
 	do(t, alice, "show the disabled button", chromedp.Evaluate[chromedp.Void](`document.getElementById("clear-confirm-btn").scrollIntoView({block: "end"})`))
 	shot(t, alice, "clear-dialog")
 	do(t, alice, "type the right number",

@@ -37,9 +37,14 @@
       var n = r ? Number(r.getAttribute('data-count')) : NaN;
       return isNaN(n) ? '' : n;
     }
+    var mismatch = form.querySelector('#confirm-mismatch');
     function update() {
-      var ok = want !== '' && digits(input.value) === want;
+      var typed = digits(input.value);
+      var ok = want !== '' && typed === want;
       btn.disabled = !ok;
+      if (mismatch) {
+        mismatch.textContent = !ok && typed.length >= want.length ? 'This is not the number of this connection.' : '';
+      }
       var n = count();
       btn.textContent = n === '' ? 'Clear messages' : 'Clear ' + n.toLocaleString('en') + ' message' + (n === 1 ? '' : 's');
     }
