@@ -498,6 +498,24 @@ func TestSeedStoryInBrowser(t *testing.T) {
 	waitJS(t, pairing, "the paired connection", `!!document.getElementById("paired") &&
 		document.querySelector("#card-support [data-role=link]").textContent === "Active"`)
 	checkA11y(t, pairing, "pairing (paired)")
+	// The phone-code alternative, from a page loaded before the number was logged out (the
+	// simulator pairs at once when the page starts a QR pairing; without the script the page
+	// does not refresh its QR code meanwhile).
+	setScript := func(on bool) chromedp.Action[chromedp.Void] {
+		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := cdp.Call(ctx, tg, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: !on})
+			return err
+		})
+	}
+	do(t, pairing, "the newsletter's pairing page", setScript(false), chromedp.Navigate(base+"/console/connections/newsletter/pairing"),
+		chromedp.WaitVisible(chromedp.CSS("#pair-phone")))
+	api.do("POST", "/v1/connections/newsletter/simulator/logout", nil, nil, 200, nil)
+	api.waitCard(ctx, "newsletter", "link_status", "session_invalid")
+	do(t, pairing, "request a pairing code", chromedp.Click(chromedp.CSS("#pair-phone-btn")), chromedp.WaitVisible(chromedp.CSS("#flash")))
+	if got := text(t, pairing, "#flash"); !strings.Contains(got, "enter the code SIM") {
+		t.Errorf("phone pairing says %q", got)
+	}
+	api.waitCard(ctx, "newsletter", "link_status", "active")
 
 	admin := tab(t, browser)
 	signInUI(t, admin, base, node.AdminKey, false)

@@ -7,6 +7,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -299,5 +300,161 @@ func TestTenantIsolation(t *testing.T) {
 		if p := b.do("GET", path, nil, nil); p.status != http.StatusNotFound {
 			t.Errorf("GET %s of another tenant: %d, want 404", path, p.status)
 		}
+	}
+}
+
+// TestClearChecksOnServer: without the page's script the server still refuses a wrong phone
+// number or a missing reason (422, the form again with the error, nothing recorded); the right
+// number records the clear and leads to its report; the same form sent twice (its idempotency
+// key) records one clear.
+func TestClearChecksOnServer(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	for i := range 3 {
+		res, err := srv.Do(ctx, srv.AdminKey, "POST", "/v1/connections/shop-1/messages", map[string]any{"recipient": "+49170000000" + strconv.Itoa(i), "text": "x"},
+			map[string]string{"Idempotency-Key": "m" + strconv.Itoa(i)})
+		if err != nil || res.Status != http.StatusAccepted {
+			t.Fatalf("enqueue: %v %s", err, res.Body)
+		}
+	}
+	b := newBrowser(t, srv.URL)
+	csrf := b.signIn(srv.AdminKey)
+	p := b.do("GET", "/console/connections/shop-1/clear", nil, nil)
+	key := regexp.MustCompile(`name="idempotency_key" value="([^"]+)"`).FindStringSubmatch(p.body)
+	if p.status != http.StatusOK || key == nil || !strings.Contains(p.body, `id="preview-total">3<`) {
+		t.Fatalf("clear form: %d, preview or key missing: %.500s", p.status, p.body)
+	}
+	form := func(confirm, reason string) url.Values {
+		return url.Values{"csrf": {csrf}, "idempotency_key": {key[1]}, "scope": {"queue"}, "confirm": {confirm}, "reason": {reason}}
+	}
+	p = b.do("POST", "/console/connections/shop-1/clear", form("+491700000000", "why"), nil)
+	if p.status != http.StatusUnprocessableEntity || !strings.Contains(p.body, "does not match") {
+		t.Fatalf("wrong number: %d %.300s", p.status, p.body)
+	}
+	p = b.do("POST", "/console/connections/shop-1/clear", form("+49 170 1234567", ""), nil)
+	if p.status != http.StatusUnprocessableEntity || !strings.Contains(p.body, "Say why") {
+		t.Fatalf("no reason: %d", p.status)
+	}
+	res, _ := srv.Do(ctx, srv.AdminKey, "GET", "/v1/connections/shop-1", nil, nil)
+	if res.Map()["queue_status"] != "open" {
+		t.Fatalf("a refused clear changed the queue: %s", res.Body)
+	}
+	p = b.do("POST", "/console/connections/shop-1/clear", form("+49 170 1234567", "test"), nil)
+	loc := p.header.Get("Location")
+	if p.status != http.StatusSeeOther || !strings.HasPrefix(loc, "/console/connections/shop-1/clears/") {
+		t.Fatalf("clear: %d %q", p.status, loc)
+	}
+	again := b.do("POST", "/console/connections/shop-1/clear", form("+49 170 1234567", "test"), nil)
+	if again.status != http.StatusSeeOther || again.header.Get("Location") != loc {
+		t.Fatalf("the same form twice: %d %q, want the same clear %q", again.status, again.header.Get("Location"), loc)
+	}
+	for {
+		p = b.do("GET", loc, nil, nil)
+		if p.status != http.StatusOK {
+			t.Fatalf("report page: %d", p.status)
+		}
+		if strings.Contains(p.body, `id="clear-report"`) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the clear never completed")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if !strings.Contains(p.body, `id="report-purged">3<`) {
+		t.Fatalf("report does not say 3 purged: %.600s", p.body)
+	}
+	var cleared int
+	if err := srv.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs, _ := srv.Do(ctx, srv.AdminKey, "GET", "/v1/audit?connection=shop-1&type=ClearQueueRequested", nil, nil)
+	var audit struct {
+		Entries []any `json:"entries"`
+	}
+	_ = evs.JSON(&audit)
+	cleared = len(audit.Entries)
+	if cleared != 1 {
+		t.Fatalf("%d clears recorded, want 1", cleared)
+	}
+}
+
+// TestAuditAndAnalyticsPages: the audit trail filters, exports CSV and verifies; analytics
+// shows its table; each page needs its right.
+func TestAuditAndAnalyticsPages(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	register(t, ctx, srv, "shop-2", "+491701234568")
+	if res, err := srv.Do(ctx, srv.AdminKey, "POST", "/v1/connections/shop-1/queue/hold", map[string]any{"note": "audit me"}, nil); err != nil || res.Status != 200 {
+		t.Fatalf("hold: %v", err)
+	}
+	if err := srv.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, srv.URL)
+	csrf := b.signIn(srv.AdminKey)
+	p := b.do("GET", "/console/audit", nil, nil)
+	if p.status != http.StatusOK || !strings.Contains(p.body, "Queue held") || !strings.Contains(p.body, "Connection registered") {
+		t.Fatalf("audit page: %d", p.status)
+	}
+	p = b.do("GET", "/console/audit?type=QueueHeld", nil, nil)
+	if !strings.Contains(p.body, "Queue held") || strings.Contains(p.body, "Connection registered") {
+		t.Fatal("the type filter does not filter")
+	}
+	p = b.do("GET", "/console/audit?connection=shop-2", nil, nil)
+	if strings.Contains(p.body, "Queue held") || !strings.Contains(p.body, "shop-2") {
+		t.Fatal("the connection filter does not filter")
+	}
+	p = b.do("GET", "/console/audit/export.csv?connection=shop-1", nil, nil)
+	if p.status != http.StatusOK || !strings.HasPrefix(p.header.Get("Content-Type"), "text/csv") ||
+		!strings.HasPrefix(p.body, "seq,at,event_type,") || !strings.Contains(p.body, "QueueHeld") || strings.Contains(p.body, "shop-2") {
+		t.Fatalf("CSV export: %d %q %.300s", p.status, p.header.Get("Content-Type"), p.body)
+	}
+	p = b.do("POST", "/console/audit/verify", url.Values{"csrf": {csrf}}, nil)
+	if p.status != http.StatusSeeOther {
+		t.Fatalf("verify: %d", p.status)
+	}
+	if p = b.do("GET", "/console/audit", nil, nil); !strings.Contains(p.body, "The hash chain verifies") {
+		t.Fatal("verify shows no result")
+	}
+	// Paging: a page holds 50 entries; more than that shows a next page.
+	for i := range 55 {
+		register(t, ctx, srv, "bulk-"+strconv.Itoa(i), "+4917012300"+strconv.Itoa(10+i))
+	}
+	if err := srv.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p = b.do("GET", "/console/audit", nil, nil)
+	next := regexp.MustCompile(`href="(/console/audit\?cursor=[^"]+)" rel="next"`).FindStringSubmatch(p.body)
+	if next == nil {
+		t.Fatal("no next page with more than 50 entries")
+	}
+	if p = b.do("GET", strings.ReplaceAll(next[1], "&amp;", "&"), nil, nil); p.status != http.StatusOK || !strings.Contains(p.body, "First page") {
+		t.Fatalf("next page: %d", p.status)
+	}
+	if p = b.do("GET", "/console/analytics", nil, nil); p.status != http.StatusOK || !strings.Contains(p.body, `id="analytics-table"`) {
+		t.Fatalf("analytics: %d", p.status)
+	}
+	// Rights: an operator has neither page (nor their links); an auditor has the audit only.
+	op, _ := srv.Key(ctx, srv.Tenant, auth.RoleOperator)
+	ob := newBrowser(t, srv.URL)
+	ob.signIn(op)
+	if p = ob.do("GET", "/console/connections", nil, nil); strings.Contains(p.body, `href="/console/audit"`) {
+		t.Error("an operator sees the Audit link")
+	}
+	for _, path := range []string{"/console/audit", "/console/audit/export.csv", "/console/analytics"} {
+		if p = ob.do("GET", path, nil, nil); p.status != http.StatusForbidden {
+			t.Errorf("operator GET %s: %d, want 403", path, p.status)
+		}
+	}
+	au, _ := srv.Key(ctx, srv.Tenant, auth.RoleAuditor)
+	ab := newBrowser(t, srv.URL)
+	ab.signIn(au)
+	if p = ab.do("GET", "/console/audit", nil, nil); p.status != http.StatusOK {
+		t.Errorf("auditor audit: %d", p.status)
+	}
+	if p = ab.do("GET", "/console/analytics", nil, nil); p.status != http.StatusForbidden {
+		t.Errorf("auditor analytics: %d, want 403", p.status)
 	}
 }
