@@ -122,8 +122,14 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) error {
 		}
 		return nil
 	}
-	// recheck authenticates the session again; false ends the stream.
+	// recheck authenticates the session again (at most once a second: a busy connection's
+	// card changes many times a second); false ends the stream.
+	var checked time.Time
 	recheck := func() bool {
+		if time.Since(checked) < time.Second {
+			return true
+		}
+		checked = time.Now()
 		nu, err := c.authenticate(r)
 		if err != nil {
 			if errors.Is(err, commands.ErrUnauthenticated) {
