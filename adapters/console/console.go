@@ -12,8 +12,8 @@
 //     the server, in memory. Sessions expire (Options.SessionTTL) and end at sign-out.
 //   - Every request authenticates the session's key again with the API's authenticator
 //     (apikeys.Keys.Authenticate), so revoking a key ends its sessions at their next request,
-//     and a role change takes effect at once. The live-update stream re-checks on every push
-//     and heartbeat.
+//     and a role change takes effect at once. The live-update stream re-checks before it
+//     pushes (at most once a second) and at every heartbeat.
 //   - Every state-changing form carries the session's CSRF token (sign-in: a token bound to a
 //     short-lived cookie); a POST without it, or from another origin, is refused (403).
 //   - Rights are checked on the server for every page and action, exactly as the API checks

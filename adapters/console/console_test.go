@@ -458,3 +458,93 @@ func TestAuditAndAnalyticsPages(t *testing.T) {
 		t.Errorf("auditor analytics: %d, want 403", p.status)
 	}
 }
+
+// TestRevocationEndsLiveStream: an open live-update stream ends with a "signedout" event once
+// its key is revoked (checked again when the stream next has something to push, at most once
+// a second, and at every heartbeat).
+func TestRevocationEndsLiveStream(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	created, err := srv.Keys.Create(ctx, srv.Tenant, auth.RoleOperator, "streamer", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, srv.URL)
+	b.signIn(created.Secret)
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/console/events", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	events := make(chan string, 64)
+	go func() {
+		defer close(events)
+		buf := make([]byte, 64<<10)
+		var pending string
+		for {
+			n, err := resp.Body.Read(buf)
+			pending += string(buf[:n])
+			for {
+				i := strings.Index(pending, "\n\n")
+				if i < 0 {
+					break
+				}
+				events <- pending[:i]
+				pending = pending[i+2:]
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	next := func() (string, bool) {
+		select {
+		case e, ok := <-events:
+			return e, ok
+		case <-ctx.Done():
+			t.Fatal("no event from the live stream")
+			return "", false
+		}
+	}
+	for e, ok := next(); !strings.HasPrefix(e, "event: ready"); e, ok = next() {
+		if !ok {
+			t.Fatal("the stream ended before it was ready")
+		}
+		if strings.HasPrefix(e, "event: card") && !strings.Contains(e, `"id":"shop-1"`) {
+			t.Fatalf("unexpected card event %q", e)
+		}
+	}
+	if err := srv.Keys.Revoke(ctx, srv.Tenant, created.ID, "test", "revoked while watching"); err != nil {
+		t.Fatal(err)
+	}
+	// Something to push: the stream checks the key again before pushing it.
+	hold := true
+	for {
+		path := map[bool]string{true: "/v1/connections/shop-1/queue/hold", false: "/v1/connections/shop-1/queue/resume"}[hold]
+		if _, err := srv.Do(ctx, srv.AdminKey, "POST", path, map[string]any{}, nil); err != nil {
+			t.Fatal(err)
+		}
+		hold = !hold
+		select {
+		case e, ok := <-events:
+			if !ok {
+				t.Fatal("the stream ended without a signedout event")
+			}
+			// A card may still come within the second the stream trusts its last check.
+			if strings.HasPrefix(e, "event: signedout") {
+				if _, ok := <-events; ok {
+					t.Fatal("the stream went on after signedout")
+				}
+				return
+			}
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("the revoked key's stream never ended")
+		}
+	}
+}
