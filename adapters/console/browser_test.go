@@ -552,7 +552,8 @@ func TestKeyboardOnly(t *testing.T) {
 	api := apiClient{t: t, base: base, key: node.AdminKey}
 	api.do("POST", "/v1/connections", map[string]any{"id": "shop-1", "phone": "+491701234567"}, nil, http.StatusCreated, nil)
 	api.waitCard(ctx, "shop-1", "link_status", "active")
-	api.do("POST", "/v1/connections/shop-1/queue/hold", map[string]any{"note": "keyboard test"}, nil, 200, nil)
+	api.do("POST", "/v1/connections/shop-1/simulator/ban", map[string]any{"kind": "temporary", "expires_in": "2h"}, nil, 200, nil)
+	api.waitCard(ctx, "shop-1", "link_status", "banned")
 	for i := range 5 {
 		api.do("POST", "/v1/connections/shop-1/messages", map[string]any{"recipient": fmt.Sprintf("+4917000000%02d", i), "text": "Hi"},
 			map[string]string{"Idempotency-Key": fmt.Sprintf("kb-%d", i)}, http.StatusAccepted, nil)
@@ -562,13 +563,28 @@ func TestKeyboardOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var card struct {
+		Ban struct {
+			ExpiresAt time.Time `json:"expires_at"`
+		} `json:"ban"`
+	}
+	api.do("GET", "/v1/connections/shop-1", nil, nil, 200, &card)
 	b := newChrome(t)
+	// The browser is in India (UTC+05:30, no daylight saving): the ban's end shows in its time.
+	do(t, b, "time zone", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, emulation.SetTimezoneOverride, emulation.SetTimezoneOverrideParams{TimezoneID: "Asia/Kolkata"})
+		return err
+	}))
 	do(t, b, "sign-in page", chromedp.Navigate(base+"/console/signin"), chromedp.WaitVisible(chromedp.CSS("#key")))
 	if !evalJS[bool](t, b, `document.activeElement === document.getElementById("key")`) {
 		t.Fatal("the key field is not focused on the sign-in page")
 	}
 	do(t, b, "type the key and Enter", chromedp.KeyEvent(operator.Secret), chromedp.KeyEvent(kb.Enter))
 	waitJS(t, b, "the connections page", `location.pathname === "/console/connections" && document.body.dataset.sse === "ready"`)
+	india := card.Ban.ExpiresAt.In(time.FixedZone("IST", 5*3600+1800)).Format("15:04")
+	if got := text(t, b, "#card-shop-1 [data-role=link]"); !strings.HasPrefix(got, "Banned until "+india) || strings.Contains(got, "UTC") {
+		t.Errorf("ban badge %q, want the end in the browser's time zone (%s)", got, india)
+	}
 	// Tab to the card's Clear Queue button.
 	for i := 0; ; i++ {
 		if evalJS[bool](t, b, `!!(document.activeElement && document.activeElement.matches("#card-shop-1 .js-clear"))`) {

@@ -84,8 +84,8 @@ type cardEvent struct {
 
 // events is the live-update stream (text/event-stream) of the signed-in tenant's cards: every
 // card first, then each card again whenever the cards projection commits a change to it. The
-// session's key is checked again at every push and heartbeat; a revoked key ends the stream
-// with a "signedout" event.
+// session's key is checked again before a push (at most once a second) and at every
+// heartbeat; a revoked key ends the stream with a "signedout" event.
 func (c *Console) events(w http.ResponseWriter, r *http.Request) error {
 	u := userOf(r.Context())
 	rc := http.NewResponseController(w)

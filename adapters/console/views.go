@@ -25,10 +25,13 @@ type badge struct {
 
 // cardView is a connection card as the console shows it.
 type cardView struct {
-	ID, Phone   string
-	Link        badge
-	LinkDetail  string
-	BanExpires  time.Time
+	ID, Phone  string
+	Link       badge
+	LinkDetail string
+	BanExpires time.Time
+	// BanWords is the ban's reason in words (with BanExpires: the badge is "Banned until
+	// <time> — <BanWords>", the time shown in the browser's zone by the script).
+	BanWords    string
 	Queue       badge
 	QueueDetail string
 	Pending     uint64
@@ -119,7 +122,7 @@ func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Pr
 				v.LinkDetail = "WhatsApp banned this number for good; it cannot send again."
 			} else {
 				v.Link.Text = "Banned until " + clock(b.ExpiresAt) + " — " + banReason(b.Reason)
-				v.BanExpires = b.ExpiresAt
+				v.BanExpires, v.BanWords = b.ExpiresAt, banReason(b.Reason)
 			}
 		}
 	default:
@@ -159,6 +162,7 @@ func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Pr
 
 var funcs = template.FuncMap{
 	"hasPrefix": strings.HasPrefix,
+	"clock":     clock,
 	"stamp":     stamp,
 	"iso": func(t time.Time) string {
 		if t.IsZero() {

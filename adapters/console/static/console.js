@@ -25,6 +25,18 @@
   tick();
   setInterval(tick, 1000);
 
+  // Times the server writes in UTC ("16:46 UTC") are shown in the browser's time zone.
+  var clockFmt = window.Intl ? new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', hour12: false, timeZoneName: 'short' }) : null;
+  function localClocks(root) {
+    if (!clockFmt) { return; }
+    var els = (root || document).querySelectorAll('time[data-clock]');
+    for (var i = 0; i < els.length; i++) {
+      var t = Date.parse(els[i].getAttribute('datetime'));
+      if (!isNaN(t)) { els[i].textContent = clockFmt.format(new Date(t)); }
+    }
+  }
+  localClocks();
+
   // --- the Clear Queue form: confirm only when the phone number matches ----------------------
   function wireClear(form) {
     if (!form || form.dataset.wired) { return; }
@@ -72,6 +84,7 @@
           box.innerHTML = html;
           var form = box.querySelector('form');
           wireClear(form);
+          localClocks(box);
           dialog.showModal();
           var first = box.querySelector('[name="reason"]');
           if (first) { first.focus(); }
@@ -134,6 +147,7 @@
           if (status) { status.textContent = d.id + ' updated'; }
         }
         tick();
+        localClocks(fresh);
         summarize();
       }
       // A clear in progress: show the report as soon as the card is no longer clearing.
