@@ -162,14 +162,53 @@ func (c *Console) Close() { c.closeMu.Do(func() { close(c.done) }) }
 // ServeHTTP implements http.Handler: security headers on every answer, then the page.
 func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
-	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "+
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "+
 		"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cross-Origin-Opener-Policy", "same-origin")
-	c.mux.ServeHTTP(w, r)
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w}
+	c.mux.ServeHTTP(sw, r)
+	if strings.HasPrefix(r.URL.Path, "/console/static/") {
+		return
+	}
+	level := slog.LevelInfo
+	if sw.status >= 500 {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{slog.String("method", r.Method), slog.String("path", r.URL.Path),
+		slog.Int("status", sw.status), slog.Duration("duration", time.Since(start))}
+	if u := sw.user; u != nil {
+		attrs = append(attrs, slog.String("tenant", u.principal.TenantID), slog.String("principal", u.principal.ID))
+	}
+	c.log.LogAttrs(r.Context(), level, "console request", attrs...)
 }
+
+// statusWriter records the status written and who asked, for the request's log line.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	user   *user
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (the live stream flushes).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (c *Console) routes() {
 	m := http.NewServeMux()

@@ -218,6 +218,9 @@ func (c *Console) guard(right auth.Right, state bool, h func(http.ResponseWriter
 			c.fail(w, r, err)
 			return
 		}
+		if sw, ok := w.(*statusWriter); ok {
+			sw.user = u // logged with the request, refused or not
+		}
 		if state {
 			if err := r.ParseForm(); err != nil || !sameOrigin(r) ||
 				subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(u.csrf)) != 1 {

@@ -99,6 +99,11 @@
     }
   });
 
+  function badges(card) {
+    var l = card.querySelector('[data-role="link"]'), q = card.querySelector('[data-role="queue"]');
+    return (l ? l.textContent : '') + ', ' + (q ? q.textContent : '');
+  }
+
   // The connections page's summary line follows the cards.
   function summarize() {
     var a = document.getElementById('sum-active'), n = document.getElementById('sum-attention');
@@ -131,6 +136,7 @@
         t.innerHTML = d.html.trim();
         var fresh = t.content.firstElementChild;
         var changed = el.innerHTML !== fresh.innerHTML;
+        var before = badges(el), after = badges(fresh);
         var hadFocus = el.contains(document.activeElement) ? document.activeElement.getAttribute('href') : null;
         el.replaceWith(fresh);
         if (hadFocus) {
@@ -142,9 +148,13 @@
           var latency = Date.now() - d.sent;
           body.setAttribute('data-sse-updates', String(updates));
           fresh.setAttribute('data-pushed-latency-ms', String(latency));
-          fresh.classList.add('just-updated');
           if (window.console) { console.info('waqueue: card ' + d.id + ' pushed, ' + latency + ' ms after the server sent it'); }
-          if (status) { status.textContent = d.id + ' updated'; }
+          // Counts change with every message sent; only a change of status is highlighted and
+          // announced to screen readers.
+          if (before !== after) {
+            fresh.classList.add('just-updated');
+            if (status) { status.textContent = d.id + ': ' + after; }
+          }
         }
         tick();
         localClocks(fresh);
