@@ -129,6 +129,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, out io.Wri
 	}
 	log.Info("waqueue serving", "addr", "http://"+ln.Addr().String(), "db", cfg.Engine(), "transport", transport, "broker", cmpOr(cfg.Broker, "in-process"))
 	fmt.Fprintf(out, "waqueue: serving http://%s (store %s, transport %s)\n", ln.Addr(), cfg.Engine(), transport)
+	fmt.Fprintf(out, "waqueue: operator console on http://%s/console/ (sign in with an API key)\n", ln.Addr())
 	auditPub := node.AuditCheckpoints.PublicKey()
 	log.Info("audit checkpoints signed", "key_id", auditchain.KeyID(auditPub), "public_key", auditchain.EncodePublicKey(auditPub),
 		"key_file", cfg.AuditKey, "key_created", node.AuditKeyCreated)
