@@ -47,9 +47,13 @@ type pastClear struct {
 	URL         string
 }
 
-// clearsScan bounds how many of a connection's latest events the console reads to find its
-// clears (as the API's GET …/clears/{clear_id} does).
-const clearsScan = 200_000
+// clearsScan bounds how many of a connection's latest events the console reads to find one
+// clear (as the API's GET …/clears/{clear_id} does); clearsListScan bounds the scan for the
+// connection page's list of past clears (older ones are in the audit trail).
+const (
+	clearsScan     = 200_000
+	clearsListScan = 20_000
+)
 
 // findClears reads the connection's stream backwards and returns its clears, newest first
 // (at most max; stop, if not nil, ends the scan at the clear it names).
@@ -58,7 +62,11 @@ func (c *Console) findClears(ctx context.Context, tenant, connID string, max int
 	done := map[uuid.UUID]int{}
 	from := eventstore.End
 	const page = 1000
-	for scanned := 0; scanned < clearsScan; {
+	limit := clearsScan
+	if stop == uuid.Nil {
+		limit = clearsListScan
+	}
+	for scanned := 0; scanned < limit; {
 		evs, err := c.d.Store.ReadStream(ctx, connection.StreamName(connID), eventstore.Backwards, from, page)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
 			return nil, nil, nil, projections.ErrNotFound

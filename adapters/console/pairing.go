@@ -22,6 +22,7 @@ type qrPairing struct {
 	code    string
 	running bool
 	err     error
+	first   chan struct{} // closed at the first code or when the pairing ends
 }
 
 func (q *qrPairing) snapshot() (string, bool, error) {
@@ -33,45 +34,53 @@ func (q *qrPairing) snapshot() (string, bool, error) {
 // pairingTimeout bounds a QR pairing the console starts.
 const pairingTimeout = 3 * time.Minute
 
-// qrFor returns the running QR pairing of connID, starting one when none runs. The transport
-// rotates the code; the pairing page shows the latest.
+// qrFor returns the running QR pairing of connID, starting one when none runs, once it has its
+// first code (or has ended, or after 10 s). The transport rotates the code; the pairing page
+// shows the latest.
 func (c *Console) qrFor(ctx context.Context, connID string) *qrPairing {
 	c.pairMu.Lock()
-	defer c.pairMu.Unlock()
 	if c.pairing == nil {
 		c.pairing = map[string]*qrPairing{}
 	}
-	if q, ok := c.pairing[connID]; ok {
-		if _, running, _ := q.snapshot(); running {
+	q, ok := c.pairing[connID]
+	if ok {
+		if _, running, _ := q.snapshot(); !running {
+			ok = false
+		}
+	}
+	if !ok {
+		q = &qrPairing{running: true, first: make(chan struct{})}
+		c.pairing[connID] = q
+	}
+	c.pairMu.Unlock()
+	if !ok { // this request starts it, outside the lock (the transport may take a while)
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pairingTimeout)
+		codes, err := c.d.Transport.PairQR(pctx, connID)
+		if err != nil {
+			cancel()
+			q.mu.Lock()
+			q.running, q.err = false, err
+			q.mu.Unlock()
+			close(q.first)
 			return q
 		}
-	}
-	q := &qrPairing{running: true}
-	c.pairing[connID] = q
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pairingTimeout)
-	codes, err := c.d.Transport.PairQR(pctx, connID)
-	if err != nil {
-		cancel()
-		q.running, q.err = false, err
-		return q
-	}
-	first := make(chan struct{})
-	go func() {
-		defer cancel()
-		var once sync.Once
-		for code := range codes {
+		go func() {
+			defer cancel()
+			var once sync.Once
+			for code := range codes {
+				q.mu.Lock()
+				q.code = code
+				q.mu.Unlock()
+				once.Do(func() { close(q.first) })
+			}
 			q.mu.Lock()
-			q.code = code
+			q.running = false
 			q.mu.Unlock()
-			once.Do(func() { close(first) })
-		}
-		q.mu.Lock()
-		q.running = false
-		q.mu.Unlock()
-		once.Do(func() { close(first) })
-	}()
+			once.Do(func() { close(q.first) })
+		}()
+	}
 	select { // the first code normally comes at once
-	case <-first:
+	case <-q.first:
 	case <-time.After(10 * time.Second):
 	case <-ctx.Done():
 	}

@@ -259,6 +259,10 @@ func sameOrigin(r *http.Request) bool {
 
 func (c *Console) signInPage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
+	if _, err := c.authenticate(r); err == nil { // signed in already
+		http.Redirect(w, r, safeNext(r.URL.Query().Get("next")), http.StatusSeeOther)
+		return
+	}
 	tok := randomToken()
 	c.setCookie(w, r, signinCookie, tok, 600)
 	c.render(w, r, http.StatusOK, "signin", map[string]any{"Title": "Sign in", "CSRF": tok, "Next": safeNext(r.URL.Query().Get("next"))})
