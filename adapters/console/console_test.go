@@ -548,3 +548,26 @@ func TestRevocationEndsLiveStream(t *testing.T) {
 		}
 	}
 }
+
+// TestMountedBesideTheAPI: the console answers HTML under /console/ only; the API keeps its own
+// answers (problem+json) for everything else, so the API's route table stays the API's.
+func TestMountedBesideTheAPI(t *testing.T) {
+	srv, _ := startServer(t, nil)
+	b := newBrowser(t, srv.URL)
+	b.signIn(srv.AdminKey)
+	p := b.do("GET", "/console/no-such-page", nil, nil)
+	if p.status != http.StatusNotFound || !strings.HasPrefix(p.header.Get("Content-Type"), "text/html") {
+		t.Fatalf("console 404: %d %q", p.status, p.header.Get("Content-Type"))
+	}
+	p = b.do("GET", "/v1/no-such-route", nil, nil)
+	if p.status != http.StatusNotFound || !strings.HasPrefix(p.header.Get("Content-Type"), "application/problem+json") {
+		t.Fatalf("API 404: %d %q", p.status, p.header.Get("Content-Type"))
+	}
+	// The session cookie is no API credential.
+	if p = b.do("GET", "/v1/connections", nil, nil); p.status != http.StatusUnauthorized {
+		t.Fatalf("API with only a console session: %d, want 401", p.status)
+	}
+	if p = b.do("GET", "/console", nil, nil); p.status/100 != 3 || !strings.HasPrefix(p.header.Get("Location"), "/console/") {
+		t.Fatalf("/console: %d %q", p.status, p.header.Get("Location"))
+	}
+}
