@@ -571,3 +571,27 @@ func TestMountedBesideTheAPI(t *testing.T) {
 		t.Fatalf("/console: %d %q", p.status, p.header.Get("Location"))
 	}
 }
+
+// TestClearFormReusedForAnotherClear: a form whose clear was recorded, sent again for another
+// scope (the back button), records nothing more and offers a fresh form.
+func TestClearFormReusedForAnotherClear(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	res, err := srv.Do(ctx, srv.AdminKey, "POST", "/v1/connections/shop-1/broadcasts",
+		map[string]any{"recipients": []string{"+4917000000001", "+4917000000002"}, "text": "x"}, map[string]string{"Idempotency-Key": "b1"})
+	if err != nil || res.Status != http.StatusAccepted {
+		t.Fatalf("broadcast: %v %s", err, res.Body)
+	}
+	bid, _ := res.Map()["broadcast_id"].(string)
+	b := newBrowser(t, srv.URL)
+	csrf := b.signIn(srv.AdminKey)
+	form := url.Values{"csrf": {csrf}, "idempotency_key": {"console-reused-key-1"}, "confirm": {"+491701234567"}, "reason": {"r"}, "scope": {bid}}
+	if p := b.do("POST", "/console/connections/shop-1/clear", form, nil); p.status != http.StatusSeeOther {
+		t.Fatalf("first clear: %d %.300s", p.status, p.body)
+	}
+	form.Set("scope", "queue")
+	p := b.do("POST", "/console/connections/shop-1/clear", form, nil)
+	if p.status != http.StatusUnprocessableEntity || !strings.Contains(p.body, "already used") || strings.Contains(p.body, "console-reused-key-1") {
+		t.Fatalf("the same form for another clear: %d (want 422 with a fresh key) %.300s", p.status, p.body)
+	}
+}

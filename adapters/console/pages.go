@@ -251,6 +251,11 @@ func (c *Console) clear(w http.ResponseWriter, r *http.Request) error {
 	}
 	res, err := c.d.Handlers.RequestClear.Handle(r.Context(), cmd)
 	if err != nil {
+		if errors.Is(err, connection.ErrIdempotencyKeyReused) {
+			// This form (its key) already made a different clear: a fresh form, a fresh key.
+			f.Key = ""
+			return again("This form was already used for another clear. Check the details and confirm again.", "")
+		}
 		if msg := refusal(err); msg != "" {
 			return again(msg, "")
 		}
