@@ -77,7 +77,7 @@ func filterQuery(vals map[string]string, extra ...string) string {
 type auditRow struct {
 	Seq                                uint64
 	At, Event, Type, Connection, Actor string
-	Reason, Hash                       string
+	Reason, Hash, ActorID              string
 }
 
 func (c *Console) auditPage(w http.ResponseWriter, r *http.Request) error {
@@ -94,7 +94,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request) error {
 	rows := make([]auditRow, 0, len(page.Entries))
 	for _, e := range page.Entries {
 		rows = append(rows, auditRow{Seq: e.Seq, At: stamp(e.At), Event: words(e.EventType), Type: e.EventType,
-			Connection: e.ConnectionID, Actor: c.actor(r.Context(), u.principal.TenantID, e.Actor), Reason: e.Reason, Hash: e.Hash})
+			Connection: e.ConnectionID, Actor: c.actor(r.Context(), u.principal.TenantID, e.Actor), ActorID: e.Actor, Reason: e.Reason, Hash: e.Hash})
 	}
 	data := map[string]any{"Title": "Audit trail", "Rows": rows, "F": vals, "Types": auditTypes,
 		"Export": "/console/audit/export.csv?" + filterQuery(vals), "Flash": c.sessions.popFlash(u.sessionID),
@@ -146,7 +146,7 @@ func (c *Console) auditVerify(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if v.OK {
-		c.sessions.flash(u.sessionID, flash{Tone: "ok", Text: fmt.Sprintf("The hash chain verifies: %d entries checked, head %s.", v.Checked, short(v.Head))})
+		c.sessions.flash(u.sessionID, flash{Tone: "ok", Text: fmt.Sprintf("The hash chain verifies: %d entries checked; head %s", v.Checked, short(v.Head))})
 	} else {
 		c.sessions.flash(u.sessionID, flash{Tone: "bad", Text: fmt.Sprintf("The hash chain does NOT verify: entry %d — %s (%d entries checked).", v.FirstBadSeq, v.Problem, v.Checked)})
 	}
