@@ -411,6 +411,8 @@ func TestSeedStoryInBrowser(t *testing.T) {
 	// Bob sees it clearing, pushed to his open page.
 	waitJS(t, bob, "bob's card to say clearing",
 		`document.querySelector("#card-shop-1 [data-role=queue]").textContent === "Clearing" && window.__notReloaded === true`)
+	waitJS(t, bob, "bob's hold/resume panel to say clearing",
+		`document.getElementById("sending").textContent.indexOf("A clear is in progress") >= 0 && window.__notReloaded === true`)
 
 	// The clearing process completes the clear; Alice's page shows the report.
 	if _, err := node.Clears.Sweep(ctx); err != nil {
@@ -418,6 +420,9 @@ func TestSeedStoryInBrowser(t *testing.T) {
 	}
 	do(t, alice, "the report", chromedp.WaitVisible(chromedp.CSS("#clear-report")))
 	shot(t, alice, "clear-report")
+	waitJS(t, bob, "bob's queue table to empty after the clear",
+		`document.getElementById("queue-section").textContent.indexOf("No broadcast has pending messages") >= 0 &&
+		 !!document.getElementById("resume-btn") && window.__notReloaded === true`)
 
 	var report struct {
 		Status string `json:"status"`

@@ -148,8 +148,14 @@ func (c *Console) connectionPage(w http.ResponseWriter, r *http.Request) error {
 		bcs = append(bcs, row)
 	}
 	data := map[string]any{"Title": id, "Card": c.viewCard(r.Context(), card, u.principal), "Queue": q, "Clears": clears, "Live": true,
-		"Broadcasts": bcs,
-		"Flash":      c.sessions.popFlash(u.sessionID)}
+		"Broadcasts": bcs}
+	switch r.URL.Query().Get("fragment") { // the page's script refreshes these on live events
+	case "queue":
+		return c.renderFragment(w, r, "connection", "queue", data)
+	case "sending":
+		return c.renderFragment(w, r, "connection", "sending", data)
+	}
+	data["Flash"] = c.sessions.popFlash(u.sessionID)
 	c.render(w, r, http.StatusOK, "connection", data)
 	return nil
 }

@@ -160,6 +160,11 @@
         localClocks(fresh);
         summarize();
       }
+      // The connection page: its queue table and its hold/resume panel follow the card.
+      if (document.getElementById('queue-section') && document.getElementById('card-' + d.id) &&
+          location.pathname === '/console/connections/' + d.id) {
+        scheduleRefresh();
+      }
       // A clear in progress: show the report as soon as the card is no longer clearing.
       var wait = document.querySelector('[data-clear-wait]');
       if (wait && wait.getAttribute('data-clear-wait') === d.id && !d.clearing) {
@@ -181,6 +186,34 @@
     es.onerror = function () { setLive(false, 'Reconnecting…'); };
   }
 
+  // --- the connection page: refresh its fragments when its card changes (at most once a second)
+  var refreshTimer = null;
+  function replaceFrom(url, id, onlyIf) {
+    fetch(url, { credentials: 'same-origin' })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (!html) { return; }
+        var t = document.createElement('template');
+        t.innerHTML = html.trim();
+        var fresh = t.content.firstElementChild, cur = document.getElementById(id);
+        if (fresh && fresh.id === id && cur && (!onlyIf || onlyIf(cur, fresh))) { cur.replaceWith(fresh); }
+      })
+      .catch(function () {});
+  }
+  function scheduleRefresh() {
+    if (refreshTimer) { return; }
+    refreshTimer = setTimeout(function () {
+      refreshTimer = null;
+      var q = document.getElementById('queue-section');
+      if (q) { replaceFrom(q.getAttribute('data-refresh'), 'queue-section'); }
+      var base = location.pathname + '?fragment=sending';
+      // The hold/resume panel only when the queue's status changed and nobody is typing in it.
+      replaceFrom(base, 'sending', function (cur, fresh) {
+        return cur.getAttribute('data-status') !== fresh.getAttribute('data-status') && !cur.contains(document.activeElement);
+      });
+    }, 1000);
+  }
+
   // --- pairing: keep the QR code current as WhatsApp rotates it ---------------------------
   var qr = document.getElementById('qr');
   if (qr && qr.getAttribute('data-qr-refresh') && !document.getElementById('paired')) {
@@ -193,7 +226,7 @@
           t.innerHTML = html.trim();
           var fresh = t.content.firstElementChild;
           var cur = document.getElementById('qr');
-          if (fresh && cur && cur.innerHTML !== fresh.innerHTML) { cur.replaceWith(fresh); }
+          if (fresh && fresh.id === 'qr' && cur && cur.innerHTML !== fresh.innerHTML) { cur.replaceWith(fresh); }
         })
         .catch(function () {});
     }, 5000);
