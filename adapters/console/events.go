@@ -77,6 +77,8 @@ type cardEvent struct {
 	Link     string `json:"link"`
 	Queue    string `json:"queue"`
 	Clearing bool   `json:"clearing"`
+	// ClearID is the clear in progress ("" when none).
+	ClearID string `json:"clear_id,omitempty"`
 	// Sent is when the server pushed the event (Unix milliseconds), for the latency the
 	// browser logs.
 	Sent int64 `json:"sent"`
@@ -115,8 +117,12 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) error {
 			if err != nil {
 				return err
 			}
-			if err := send("card", cardEvent{ID: card.ConnectionID, HTML: html, Link: card.LinkStatus.String(),
-				Queue: card.QueueStatus.String(), Clearing: card.Clear != nil, Sent: time.Now().UnixMilli()}); err != nil {
+			ev := cardEvent{ID: card.ConnectionID, HTML: html, Link: card.LinkStatus.String(),
+				Queue: card.QueueStatus.String(), Clearing: card.Clear != nil, Sent: time.Now().UnixMilli()}
+			if card.Clear != nil {
+				ev.ClearID = card.Clear.ClearID.String()
+			}
+			if err := send("card", ev); err != nil {
 				return err
 			}
 		}

@@ -165,9 +165,9 @@
           location.pathname === '/console/connections/' + d.id) {
         scheduleRefresh();
       }
-      // A clear in progress: show the report as soon as the card is no longer clearing.
+      // A clear in progress: show the report as soon as the card is no longer clearing it.
       var wait = document.querySelector('[data-clear-wait]');
-      if (wait && wait.getAttribute('data-clear-wait') === d.id && !d.clearing) {
+      if (wait && wait.getAttribute('data-clear-wait') === d.id && d.clear_id !== wait.getAttribute('data-clear-id')) {
         var last = Number(sessionStorage.getItem('waqueue-reload') || 0);
         if (Date.now() - last > 1500) {
           sessionStorage.setItem('waqueue-reload', String(Date.now()));
