@@ -270,7 +270,7 @@ func (c *Console) signInPage(w http.ResponseWriter, r *http.Request) {
 
 // safeNext keeps a redirect target inside the console.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/console/") || strings.HasPrefix(next, "//") || strings.Contains(next, "\\") {
+	if !strings.HasPrefix(next, "/console/") || strings.Contains(next, "//") || strings.Contains(next, "\\") {
 		return "/console/connections"
 	}
 	return next

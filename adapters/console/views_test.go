@@ -86,3 +86,20 @@ func (c *Console) mustTemplates(t *testing.T) *Console {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestSafeNext: after sign-in the console only ever redirects inside itself.
+func TestSafeNext(t *testing.T) {
+	for in, want := range map[string]string{
+		"/console/connections/shop-1": "/console/connections/shop-1",
+		"":                            "/console/connections",
+		"//evil.example/console/":     "/console/connections",
+		"https://evil.example/":       "/console/connections",
+		"/v1/keys":                    "/console/connections",
+		"/console/\\evil.example":     "/console/connections",
+		"/console//evil.example":      "/console/connections",
+	} {
+		if got := safeNext(in); got != want {
+			t.Errorf("safeNext(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
