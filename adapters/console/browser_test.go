@@ -91,9 +91,12 @@ func tab(t *testing.T, browser context.Context) context.Context {
 	return ctx
 }
 
-// do runs steps, failing the test with what it was doing.
+// do runs steps, failing the test with what it was doing (bounded by the safety net, so a
+// page that never shows an element fails the test instead of hanging it).
 func do(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, safety)
+	defer cancel()
 	if err := chromedp.Do(ctx, steps...); err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
@@ -120,6 +123,8 @@ func waitJS(t *testing.T, ctx context.Context, what, expr string) {
 
 func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, safety)
+	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
 	if err != nil {
 		t.Fatalf("evaluate %s: %v", expr, err)
@@ -129,6 +134,8 @@ func evalJS[T any](t *testing.T, ctx context.Context, expr string) T {
 
 func text(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, safety)
+	defer cancel()
 	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel), chromedp.NodeVisible))
 	if err != nil {
 		t.Fatalf("text of %s: %v", sel, err)
