@@ -436,11 +436,13 @@ func TestSeedStoryInBrowser(t *testing.T) {
 		Report struct {
 			PurgedCount   int    `json:"purged_count"`
 			InFlightCount int    `json:"in_flight_count"`
+			NotSentCount  int    `json:"not_sent_count"`
 			RequestedBy   string `json:"requested_by"`
 			Reason        string `json:"reason"`
-		} `json:"report"`
+		}
 	}
 	api.do("GET", "/v1/connections/shop-1/clears/"+clearID, nil, nil, 200, &report)
+	api.do("GET", "/v1/connections/shop-1/clears/"+clearID, nil, nil, 200, &report.Report) // the report's figures are top-level
 	if report.Status != "done" {
 		t.Fatalf("API clear status %q", report.Status)
 	}
@@ -450,13 +452,16 @@ func TestSeedStoryInBrowser(t *testing.T) {
 	if got := text(t, alice, "#report-inflight"); got != strconv.Itoa(report.Report.InFlightCount) {
 		t.Errorf("console in flight %q, API report %d", got, report.Report.InFlightCount)
 	}
+	if got := text(t, alice, "#report-notsent"); got != strconv.Itoa(report.Report.NotSentCount) {
+		t.Errorf("console not sent %q, API report %d", got, report.Report.NotSentCount)
+	}
 	if got := text(t, alice, "#report-by"); got != "operator Alice" || report.Report.RequestedBy != operator.ID {
 		t.Errorf("requested by: console %q (want the key's label), API %q (want %q)", got, report.Report.RequestedBy, operator.ID)
 	}
 	if got := text(t, alice, "#report-reason"); got != "banned mid-broadcast" {
 		t.Errorf("reason %q", got)
 	}
-	if report.Report.PurgedCount == 0 || report.Report.PurgedCount+sentAtBan > total {
+	if report.Report.PurgedCount == 0 || report.Report.PurgedCount+report.Report.NotSentCount+sentAtBan > total {
 		t.Errorf("purged %d with %d sent before the ban of %d", report.Report.PurgedCount, sentAtBan, total)
 	}
 	// The messages' statuses agree with the report.

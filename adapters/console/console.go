@@ -53,8 +53,8 @@ var staticFS embed.FS
 
 // Deps are what the console stands on: the API's own handlers and read models.
 type Deps struct {
-	// Store is the event store (clear reports are read from the connection's stream, as the
-	// API reads them). Required.
+	// Store is the event store: a clear the clears read model does not show yet (just
+	// requested, just done) is read from the connection's stream. Required.
 	Store eventstore.Store
 	// DB is the read-model database. Required.
 	DB *projections.DB
@@ -70,6 +70,8 @@ type Deps struct {
 	Messages  *projections.MessageStatus
 	Audit     *projections.Audit
 	Analytics *projections.Analytics
+	// Clears is the clears read model (a connection's clears, a clear's report). Required.
+	Clears *projections.Clears
 	// Keys authenticates the API key a session was opened with, on every request. Required.
 	Keys *apikeys.Keys
 	// Transport pairs connections (QR code, phone code). Optional: without it there is no
@@ -101,6 +103,7 @@ func (d Deps) Validate() error {
 	req(d.Queue != nil, "Queue")
 	req(d.Audit != nil, "Audit")
 	req(d.Analytics != nil, "Analytics")
+	req(d.Clears != nil, "Clears")
 	req(d.Keys != nil, "Keys")
 	req(d.Handlers.RequestClear != nil, "Handlers.RequestClear")
 	req(d.Handlers.HoldQueue != nil, "Handlers.HoldQueue")

@@ -325,7 +325,12 @@ func TestClearChecksOnServer(t *testing.T) {
 		t.Fatalf("clear form: %d, preview or key missing: %.500s", p.status, p.body)
 	}
 	form := func(confirm, reason string) url.Values {
-		return url.Values{"csrf": {csrf}, "idempotency_key": {key[1]}, "scope": {"queue"}, "confirm": {confirm}, "reason": {reason}}
+		return url.Values{"csrf": {csrf}, "idempotency_key": {key[1]}, "scope": {"queue"}, "confirm": {confirm}, "reason": {reason}, "then": {"hold"}}
+	}
+	bad := form("+49 170 1234567", "why")
+	bad.Set("then", "explode")
+	if p = b.do("POST", "/console/connections/shop-1/clear", bad, nil); p.status != http.StatusUnprocessableEntity || !strings.Contains(p.body, "after the clear") {
+		t.Fatalf("unknown then: %d", p.status)
 	}
 	p = b.do("POST", "/console/connections/shop-1/clear", form("+491700000000", "why"), nil)
 	if p.status != http.StatusUnprocessableEntity || !strings.Contains(p.body, "does not match") {
@@ -362,8 +367,12 @@ func TestClearChecksOnServer(t *testing.T) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	if !strings.Contains(p.body, `id="report-purged">3<`) {
-		t.Fatalf("report does not say 3 purged: %.600s", p.body)
+	if !strings.Contains(p.body, `id="report-purged">3<`) || !strings.Contains(p.body, `id="report-after">held`) {
+		t.Fatalf("report does not say 3 purged and the queue held after: %.600s", p.body)
+	}
+	res, _ = srv.Do(ctx, srv.AdminKey, "GET", "/v1/connections/shop-1", nil, nil)
+	if res.Map()["queue_status"] != "held" {
+		t.Fatalf("then=hold left the queue %v", res.Map()["queue_status"])
 	}
 	var cleared int
 	if err := srv.Sync(ctx); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -35,86 +36,84 @@ func (c *Console) connectionsPage(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-// pastClear is one of a connection's clears, from its stream.
-type pastClear struct {
-	ClearID     uuid.UUID
-	Done        bool
-	RequestedBy string
-	Reason      string
-	RequestedAt string
-	Purged      uint64
-	InFlight    int
-	URL         string
+// clearView is one clear as the console shows it: from the clears read model, or (while the
+// read model has not caught up with a clear just requested or just done) from its events.
+type clearView struct {
+	ClearID       uuid.UUID
+	Done          bool
+	Scope         string
+	RequestedBy   string
+	Reason        string
+	RequestedAt   time.Time
+	Then          connection.ClearThen
+	PurgedCount   uint64
+	Purged        []connection.SeqRange
+	InFlightCount uint64
+	InFlight      []connection.InFlightMessage
+	NotSentCount  uint64
+	NotSent       []connection.InFlightMessage
+	CompletedAt   time.Time
+	QueueAfter    connection.QueueStatus
+	URL           string
 }
 
-// clearsScan bounds how many of a connection's latest events the console reads to find one
-// clear (as the API's GET …/clears/{clear_id} does); clearsListScan bounds the scan for the
-// connection page's list of past clears (older ones are in the audit trail).
-const (
-	clearsScan     = 200_000
-	clearsListScan = 20_000
-)
+func (c *Console) viewClear(ctx context.Context, tenant string, r projections.ClearReport) clearView {
+	return clearView{ClearID: r.ClearID, Done: r.Status == projections.ClearStatusCompleted, Scope: scopeWords(r.Scope),
+		RequestedBy: c.actor(ctx, tenant, r.RequestedBy), Reason: r.Reason, RequestedAt: r.RequestedAt, Then: r.Then,
+		PurgedCount: r.PurgedCount, Purged: r.Purged, InFlightCount: r.InFlightCount, InFlight: r.InFlight,
+		NotSentCount: r.NotSentCount, NotSent: r.NotSent, CompletedAt: r.CompletedAt, QueueAfter: r.QueueAfter,
+		URL: "/console/connections/" + r.ConnectionID + "/clears/" + r.ClearID.String()}
+}
 
-// findClears reads the connection's stream backwards and returns its clears, newest first
-// (at most max; stop, if not nil, ends the scan at the clear it names).
-func (c *Console) findClears(ctx context.Context, tenant, connID string, max int, stop uuid.UUID) ([]pastClear, *connection.ClearQueueRequested, *connection.QueueCleared, error) {
-	var out []pastClear
-	done := map[uuid.UUID]int{}
+// clearsScan bounds how many of a connection's latest events the console reads to find a clear
+// the clears read model does not show yet.
+const clearsScan = 200_000
+
+// clearFromStream finds clear clearID in the connection's stream, reading backwards: its report
+// (QueueCleared) if recorded, else its request. ErrNotFound when neither is there.
+func (c *Console) clearFromStream(ctx context.Context, tenant, connID string, clearID uuid.UUID) (clearView, error) {
 	from := eventstore.End
 	const page = 1000
-	limit := clearsScan
-	if stop == uuid.Nil {
-		limit = clearsListScan
-	}
-	for scanned := 0; scanned < limit; {
+	for scanned := 0; scanned < clearsScan; {
 		evs, err := c.d.Store.ReadStream(ctx, connection.StreamName(connID), eventstore.Backwards, from, page)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
-			return nil, nil, nil, projections.ErrNotFound
+			return clearView{}, projections.ErrNotFound
 		}
 		if err != nil {
-			return nil, nil, nil, err
+			return clearView{}, err
 		}
 		for _, e := range evs {
 			switch e.Type {
 			case connection.TypeQueueCleared:
 				var qc connection.QueueCleared
 				if err := json.Unmarshal(e.Data, &qc); err != nil {
-					return nil, nil, nil, err
+					return clearView{}, err
 				}
-				if qc.ClearID == stop {
-					return nil, nil, &qc, nil
-				}
-				if stop == uuid.Nil && len(out) < max {
-					done[qc.ClearID] = len(out)
-					out = append(out, pastClear{ClearID: qc.ClearID, Done: true, RequestedBy: c.actor(ctx, tenant, qc.RequestedBy), Reason: qc.Reason,
-						RequestedAt: stamp(qc.RequestedAt), Purged: qc.PurgedCount, InFlight: qc.InFlightCount,
-						URL: "/console/connections/" + connID + "/clears/" + qc.ClearID.String()})
+				if qc.ClearID == clearID {
+					return clearView{ClearID: clearID, Done: true, Scope: scopeWords(qc.Scope), RequestedBy: c.actor(ctx, tenant, qc.RequestedBy),
+						Reason: qc.Reason, RequestedAt: qc.RequestedAt, Then: qc.Then, PurgedCount: qc.PurgedCount, Purged: qc.Purged,
+						InFlightCount: uint64(qc.InFlightCount), InFlight: qc.InFlight, NotSentCount: uint64(qc.NotSentCount),
+						NotSent: qc.NotSent, CompletedAt: qc.CompletedAt, QueueAfter: qc.QueueAfter}, nil
 				}
 			case connection.TypeClearQueueRequested:
 				var rq connection.ClearQueueRequested
 				if err := json.Unmarshal(e.Data, &rq); err != nil {
-					return nil, nil, nil, err
+					return clearView{}, err
 				}
-				if rq.ClearID == stop {
-					return nil, &rq, nil, nil
-				}
-				if _, ok := done[rq.ClearID]; !ok && stop == uuid.Nil && len(out) < max {
-					out = append(out, pastClear{ClearID: rq.ClearID, RequestedBy: c.actor(ctx, tenant, rq.RequestedBy), Reason: rq.Reason,
-						RequestedAt: stamp(rq.RequestedAt), Purged: rq.PurgeCount, InFlight: len(rq.InFlight),
-						URL: "/console/connections/" + connID + "/clears/" + rq.ClearID.String()})
+				if rq.ClearID == clearID {
+					return clearView{ClearID: clearID, Scope: scopeWords(rq.Scope), RequestedBy: c.actor(ctx, tenant, rq.RequestedBy),
+						Reason: rq.Reason, RequestedAt: rq.RequestedAt, Then: rq.Then, PurgedCount: rq.PurgeCount, Purged: rq.Purge,
+						InFlightCount: uint64(len(rq.InFlight)), InFlight: rq.InFlight, NotSentCount: uint64(len(rq.NotSent)), NotSent: rq.NotSent}, nil
 				}
 			}
 		}
 		scanned += len(evs)
-		if (stop == uuid.Nil && len(out) >= max) || len(evs) < page || evs[len(evs)-1].Revision == 0 {
+		if len(evs) < page || evs[len(evs)-1].Revision == 0 {
 			break
 		}
 		from = evs[len(evs)-1].Revision - 1
 	}
-	if stop != uuid.Nil {
-		return nil, nil, nil, projections.ErrNotFound
-	}
-	return out, nil, nil, nil
+	return clearView{}, projections.ErrNotFound
 }
 
 func (c *Console) connectionPage(w http.ResponseWriter, r *http.Request) error {
@@ -128,9 +127,13 @@ func (c *Console) connectionPage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	clears, _, _, err := c.findClears(r.Context(), u.principal.TenantID, id, 10, uuid.Nil)
+	page, err := c.d.Clears.ClearReports(r.Context(), c.d.DB, u.principal.TenantID, id, "", 10)
 	if err != nil {
 		return err
+	}
+	clears := make([]clearView, 0, len(page.Clears))
+	for _, cr := range page.Clears {
+		clears = append(clears, c.viewClear(r.Context(), u.principal.TenantID, cr))
 	}
 	type broadcastRow struct {
 		ID                           string
@@ -167,9 +170,11 @@ type clearForm struct {
 	Key        string
 	Reason     string
 	Scope      string
+	Then       string
 	Error      string
 	ErrorField string
 	AfterHeld  bool
+	Banned     bool
 }
 
 func (c *Console) clearData(r *http.Request, id string, f clearForm) (map[string]any, error) {
@@ -184,6 +189,10 @@ func (c *Console) clearData(r *http.Request, id string, f clearForm) (map[string
 	}
 	f.Card, f.Queue = c.viewCard(r.Context(), card, u.principal), q
 	f.AfterHeld = card.Hold != nil
+	f.Banned = card.LinkStatus != connection.LinkStatusActive
+	if f.Then == "" {
+		f.Then = connection.ClearThenKeep.String()
+	}
 	if f.Key == "" {
 		f.Key = "console-" + randomToken()[:22]
 	}
@@ -223,7 +232,7 @@ func digits(s string) string {
 func (c *Console) clear(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	f := clearForm{Key: r.PostFormValue("idempotency_key"), Reason: strings.TrimSpace(r.PostFormValue("reason")),
-		Scope: r.PostFormValue("scope")}
+		Scope: r.PostFormValue("scope"), Then: r.PostFormValue("then")}
 	card, err := c.d.Cards.Card(r.Context(), c.d.DB, c.tenant(r), id)
 	if err != nil {
 		return err
@@ -248,6 +257,10 @@ func (c *Console) clear(w http.ResponseWriter, r *http.Request) error {
 		return again("The form expired; check the details and confirm again.", "")
 	}
 	cmd := commands.RequestClear{ConnectionID: id, IdempotencyKey: f.Key, Reason: f.Reason}
+	if cmd.Then, err = connection.ParseClearThen(f.Then); err != nil {
+		f.Then = ""
+		return again("Choose what happens to the queue after the clear.", "then")
+	}
 	if f.Scope != "" && f.Scope != "queue" {
 		b, err := uuid.Parse(f.Scope)
 		if err != nil {
@@ -274,8 +287,9 @@ func (c *Console) clear(w http.ResponseWriter, r *http.Request) error {
 
 func (c *Console) clearReportPage(w http.ResponseWriter, r *http.Request) error {
 	u := userOf(r.Context())
+	tenant := u.principal.TenantID
 	id := r.PathValue("id")
-	card, err := c.d.Cards.Card(r.Context(), c.d.DB, u.principal.TenantID, id)
+	card, err := c.d.Cards.Card(r.Context(), c.d.DB, tenant, id)
 	if err != nil {
 		return err
 	}
@@ -283,23 +297,38 @@ func (c *Console) clearReportPage(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return projections.ErrNotFound
 	}
-	_, req, done, err := c.findClears(r.Context(), u.principal.TenantID, id, 0, clearID)
-	if err != nil {
+	var v clearView
+	rep, err := c.d.Clears.ClearReport(r.Context(), c.d.DB, tenant, id, clearID)
+	switch {
+	case err == nil && rep.Status == projections.ClearStatusCompleted:
+		v = c.viewClear(r.Context(), tenant, rep)
+	case err == nil || errors.Is(err, projections.ErrNotFound):
+		// Requested, or not in the read model yet: the stream has it exactly (its report may
+		// be recorded already).
+		if v, err = c.clearFromStream(r.Context(), tenant, id, clearID); err != nil {
+			return err
+		}
+	default:
 		return err
 	}
-	data := map[string]any{"Title": "Clear of " + id, "Card": c.viewCard(r.Context(), card, u.principal), "ClearID": clearID.String(), "Live": true}
-	if done != nil {
-		data["Report"] = done
-		data["By"] = c.actor(r.Context(), u.principal.TenantID, done.RequestedBy)
-		data["Duration"] = done.CompletedAt.Sub(done.RequestedAt).Round(1e6).String()
-		data["Scope"] = scopeWords(done.Scope)
-	} else {
-		data["Request"] = req
-		data["By"] = c.actor(r.Context(), u.principal.TenantID, req.RequestedBy)
-		data["Scope"] = scopeWords(req.Scope)
+	data := map[string]any{"Title": "Clear of " + id, "Card": c.viewCard(r.Context(), card, u.principal), "ClearID": clearID.String(),
+		"Live": true, "Clear": v}
+	if v.Done {
+		data["Duration"] = v.CompletedAt.Sub(v.RequestedAt).Round(time.Millisecond).String()
 	}
 	c.render(w, r, http.StatusOK, "report", data)
 	return nil
+}
+
+// thenWords says what a clear leaves the queue as.
+func thenWords(t connection.ClearThen) string {
+	switch t {
+	case connection.ClearThenHold:
+		return "held afterwards"
+	case connection.ClearThenResume:
+		return "resumed afterwards"
+	}
+	return "kept as it was (held stays held)"
 }
 
 func scopeWords(s connection.ClearScope) string {

@@ -150,7 +150,8 @@ func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Pr
 		v.Queue = badge{"info", "Clearing"}
 		v.Clearing = true
 		if cl := card.Clear; cl != nil {
-			v.QueueDetail = "Clear requested by " + c.actor(ctx, card.TenantID, cl.RequestedBy) + " at " + stamp(cl.RequestedAt) + ". Nothing is sent meanwhile."
+			v.QueueDetail = "Clear requested by " + c.actor(ctx, card.TenantID, cl.RequestedBy) + " at " + stamp(cl.RequestedAt) +
+				". Nothing is sent meanwhile; the queue is " + thenWords(cl.Then) + "."
 			v.ClearURL = "/console/connections/" + card.ConnectionID + "/clears/" + cl.ClearID.String()
 		}
 	}
@@ -163,6 +164,7 @@ func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Pr
 var funcs = template.FuncMap{
 	"hasPrefix": strings.HasPrefix,
 	"clock":     clock,
+	"thenWords": thenWords,
 	"stamp":     stamp,
 	"iso": func(t time.Time) string {
 		if t.IsZero() {

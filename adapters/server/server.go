@@ -317,7 +317,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	if n.Console, err = console.New(console.Deps{
 		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
 		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
-		Keys: n.Keys, Transport: n.Transport, Logger: o.Logger, Now: o.Now,
+		Clears: n.ClearReports, Keys: n.Keys, Transport: n.Transport, Logger: o.Logger, Now: o.Now,
 	}); err != nil {
 		return nil, err
 	}
