@@ -328,7 +328,7 @@ func thenWords(t connection.ClearThen) string {
 	case connection.ClearThenResume:
 		return "resumed afterwards"
 	}
-	return "kept as it was (held stays held)"
+	return "kept as it was"
 }
 
 func scopeWords(s connection.ClearScope) string {
