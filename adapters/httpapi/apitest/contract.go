@@ -18,6 +18,7 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 
+	"github.com/waqueue/waqueue/adapters/console"
 	"github.com/waqueue/waqueue/docs"
 )
 
@@ -86,10 +87,11 @@ func init() {
 // documented for the request's method and path: the status must be documented for it, the
 // Content-Type must be one documented for that status, and the body must match its schema.
 // A request for a path or method the API does not serve, answered 404 or 405 with a problem,
-// is in the contract (the catch-all route). Errors name the method, the path, the operation,
+// is in the contract (the catch-all route). The operator console (/console/) is not the API and
+// is not checked. Errors name the method, the path, the operation,
 // the status and the broken rule, so that whoever changed the API or the document can fix it.
 func (c *Contract) Check(req *http.Request, status int, header http.Header, body []byte) error {
-	if req.Method == http.MethodHead || req.Method == http.MethodOptions {
+	if req.Method == http.MethodHead || req.Method == http.MethodOptions || isConsole(req.URL.Path) {
 		return nil
 	}
 	at := req.Method + " " + req.URL.Path
@@ -192,6 +194,10 @@ func clip(b []byte, n int) string {
 // Streaming is not supported: the response is passed through and copied as it is written.
 func (c *Contract) Middleware(next http.Handler, report func(error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isConsole(r.URL.Path) {
+			next.ServeHTTP(w, r) // HTML pages and a live event stream: not the API, not recorded
+			return
+		}
 		rec := &recorder{ResponseWriter: w}
 		// The handler may read and close the request body; the check needs only its URL and method.
 		probe := r.Clone(r.Context())
@@ -237,3 +243,9 @@ func (r *recorder) Flush() {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// isConsole reports whether path is the operator console's (HTML pages under /console/, not
+// part of the JSON API, so not in docs/openapi.yaml; see docs/console.md).
+func isConsole(path string) bool {
+	return strings.HasPrefix(path, console.Prefix) || path == strings.TrimSuffix(console.Prefix, "/")
+}

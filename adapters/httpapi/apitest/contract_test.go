@@ -26,6 +26,9 @@ func TestContractCatchesBreaches(t *testing.T) {
 	}{
 		{"documented", "GET", "/healthz", 200, jsonCT, `{"status":"ok","build":{"version":"(devel)","modified":false,"go_version":"go1.26.8"}}`, nil},
 		{"catch-all 404", "GET", "/v1/no-such-thing", 404, problemCT, problem, nil},
+		{"operator console (HTML, not the API)", "GET", "/console/connections", 200, http.Header{"Content-Type": {"text/html"}}, `<p>ok</p>`, nil},
+		{"console-like API path is still checked", "GET", "/v1/console/x", 200, jsonCT, `{}`,
+			[]string{"GET /v1/console/x", "documents no such operation"}},
 		{"undocumented route", "GET", "/v1/no-such-thing", 200, jsonCT, `{}`,
 			[]string{"GET /v1/no-such-thing", "answered 200", "documents no such operation"}},
 		{"undocumented status", "GET", "/healthz", 418, jsonCT, `{}`,
