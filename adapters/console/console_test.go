@@ -427,6 +427,19 @@ func TestAuditAndAnalyticsPages(t *testing.T) {
 	if p = b.do("GET", "/console/audit", nil, nil); !strings.Contains(p.body, "The hash chain verifies") {
 		t.Fatal("verify shows no result")
 	}
+	// An entry altered in the database: Verify says so, naming the entry.
+	if _, err := srv.DB.SQL.ExecContext(ctx, `UPDATE audit_entries SET reason = 'nothing to see' WHERE tenant_id = $1 AND seq = 2`, srv.Tenant); err != nil {
+		t.Fatal(err)
+	}
+	if p = b.do("POST", "/console/audit/verify", url.Values{"csrf": {csrf}}, nil); p.status != http.StatusSeeOther {
+		t.Fatalf("verify: %d", p.status)
+	}
+	if p = b.do("GET", "/console/audit", nil, nil); !strings.Contains(p.body, "does NOT verify: entry 2") {
+		t.Fatalf("verify of a tampered chain shows: %.200s", p.body[strings.Index(p.body, "<main"):])
+	}
+	if _, err := srv.DB.SQL.ExecContext(ctx, `UPDATE audit_entries SET reason = '' WHERE tenant_id = $1 AND seq = 2`, srv.Tenant); err != nil {
+		t.Fatal(err)
+	}
 	// Paging: a page holds 50 entries; more than that shows a next page.
 	for i := range 55 {
 		register(t, ctx, srv, "bulk-"+strconv.Itoa(i), "+4917012300"+strconv.Itoa(10+i))
