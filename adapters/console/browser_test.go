@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -701,5 +702,36 @@ func TestSenderInBrowser(t *testing.T) {
 	}
 	if !found["label"] || !found["color-contrast"] {
 		t.Fatalf("axe-core missed the injected defects: found %v, want label and color-contrast", found)
+	}
+}
+
+// TestClearThenResumeRefusedWhileBanned: a clear asking to resume the queue afterwards is
+// refused while the number is banned (the domain's rule), the form says why and offers keep
+// again, and nothing is recorded. (No browser needed: the server's answer to the form.)
+func TestClearThenResumeRefusedWhileBanned(t *testing.T) {
+	node, base := startNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), safety)
+	defer cancel()
+	api := apiClient{t: t, base: base, key: node.AdminKey}
+	api.do("POST", "/v1/connections", map[string]any{"id": "shop-1", "phone": "+491701234567"}, nil, http.StatusCreated, nil)
+	api.waitCard(ctx, "shop-1", "link_status", "active")
+	api.do("POST", "/v1/connections/shop-1/simulator/ban", map[string]any{"kind": "temporary", "expires_in": "1h"}, nil, 200, nil)
+	api.waitCard(ctx, "shop-1", "queue_status", "held")
+	b := newBrowser(t, base)
+	csrf := b.signIn(node.AdminKey)
+	p := b.do("GET", "/console/connections/shop-1/clear", nil, nil)
+	if !strings.Contains(p.body, `value="resume" disabled`) {
+		t.Fatal("the form offers resume-after-clear while the number is banned")
+	}
+	p = b.do("POST", "/console/connections/shop-1/clear", url.Values{"csrf": {csrf}, "idempotency_key": {"console-then-resume-1"},
+		"scope": {"queue"}, "confirm": {"+491701234567"}, "reason": {"r"}, "then": {"resume"}}, nil)
+	if p.status != http.StatusUnprocessableEntity || !strings.Contains(p.body, "cannot resume while the number is banned") ||
+		!strings.Contains(p.body, `value="keep" checked`) {
+		t.Fatalf("then=resume while banned: %d %.400s", p.status, p.body)
+	}
+	var card map[string]any
+	api.do("GET", "/v1/connections/shop-1", nil, nil, 200, &card)
+	if card["queue_status"] != "held" {
+		t.Fatalf("a refused clear changed the queue: %v", card["queue_status"])
 	}
 }

@@ -276,6 +276,9 @@ func (c *Console) clear(w http.ResponseWriter, r *http.Request) error {
 			return again("This form was already used for another clear. Check the details and confirm again.", "")
 		}
 		if msg := refusal(err); msg != "" {
+			if errors.Is(err, connection.ErrLinkStatus) {
+				f.Then = "" // resume was refused: the form offers keep again
+			}
 			return again(msg, "")
 		}
 		return err
