@@ -24,7 +24,9 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
 )
 
 // The browser tests drive Debian's headless chromium (apt-get install chromium; .ci/run
@@ -734,4 +736,36 @@ func TestClearThenResumeRefusedWhileBanned(t *testing.T) {
 	if card["queue_status"] != "held" {
 		t.Fatalf("a refused clear changed the queue: %v", card["queue_status"])
 	}
+}
+
+// TestPairingOfAnotherTenantsConnection: pairing from the console reaches the transport under
+// the connection's tenant-scoped key, so a tenant's shop-1 is paired, not the default tenant's
+// (or nobody's) shop-1. (No browser needed: the server's answer to the form.)
+func TestPairingOfAnotherTenantsConnection(t *testing.T) {
+	node, base := startNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), safety)
+	defer cancel()
+	acmeAdmin, err := node.Keys.Create(ctx, "acme", auth.RoleAdmin, "acme admin", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	acme := apiClient{t: t, base: base, key: acmeAdmin.Secret}
+	acme.do("POST", "/v1/connections", map[string]any{"id": "shop-1", "phone": "+491701234567"}, nil, http.StatusCreated, nil)
+	acme.waitCard(ctx, "shop-1", "link_status", "active")
+	acme.do("POST", "/v1/connections/shop-1/simulator/logout", nil, nil, 200, nil)
+	acme.waitCard(ctx, "shop-1", "link_status", "session_invalid")
+	b := newBrowser(t, base)
+	csrf := b.signIn(acmeAdmin.Secret)
+	p := b.do("POST", "/console/connections/shop-1/pairing/phone", url.Values{"csrf": {csrf}, "phone": {"+491701234567"}}, nil)
+	if p.status != http.StatusSeeOther {
+		t.Fatalf("pair by phone: %d", p.status)
+	}
+	// The simulator pairs at once, before PairPhone returns: acme's shop-1, by its key.
+	if st := node.Simulator.Status(connection.Key("acme", "shop-1")); st.State != transport.StateConnected {
+		t.Fatalf("acme's shop-1 is %v after pairing by phone, want connected", st.State)
+	}
+	if p = b.do("GET", "/console/connections/shop-1/pairing", nil, nil); !strings.Contains(p.body, "enter the code SIM") {
+		t.Fatalf("no pairing code shown: %.300s", p.body[strings.Index(p.body, "<main"):])
+	}
+	acme.waitCard(ctx, "shop-1", "link_status", "active")
 }

@@ -125,7 +125,7 @@ type Console struct {
 	namesMu  sync.Mutex
 	names    map[string]map[string]string // tenant -> key id -> label
 	pairMu   sync.Mutex
-	pairing  map[string]*qrPairing // connection id -> the last QR pairing the console started
+	pairing  map[string]*qrPairing // connection key -> the last QR pairing the console started
 }
 
 // New returns the console, or an error naming every missing dependency. Wire Cards changes to

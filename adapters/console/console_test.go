@@ -301,6 +301,17 @@ func TestTenantIsolation(t *testing.T) {
 			t.Errorf("GET %s of another tenant: %d, want 404", path, p.status)
 		}
 	}
+	// The other tenant's own shop-1 (connection ids are scoped to their tenant) is its own.
+	res, err := srv.Do(ctx, key, "POST", "/v1/connections", map[string]any{"id": "shop-1", "phone": "+491709999999"}, nil)
+	if err != nil || res.Status != http.StatusCreated {
+		t.Fatalf("other tenant's shop-1: %v %s", err, res.Body)
+	}
+	for _, path := range []string{"/console/connections", "/console/connections/shop-1", "/console/connections/shop-1/clear"} {
+		p := b.do("GET", path, nil, nil)
+		if p.status != http.StatusOK || !strings.Contains(p.body, "491709999999") || strings.Contains(p.body, "491701234567") {
+			t.Errorf("GET %s: %d (own phone %v, first tenant phone %v); want the other tenant's own shop-1 and nothing of the first tenant's", path, p.status, strings.Contains(p.body, "491709999999"), strings.Contains(p.body, "491701234567"))
+		}
+	}
 }
 
 // TestClearChecksOnServer: without the page's script the server still refuses a wrong phone

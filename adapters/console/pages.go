@@ -75,7 +75,7 @@ func (c *Console) clearFromStream(ctx context.Context, tenant, connID string, cl
 	from := eventstore.End
 	const page = 1000
 	for scanned := 0; scanned < clearsScan; {
-		evs, err := c.d.Store.ReadStream(ctx, connection.StreamName(connID), eventstore.Backwards, from, page)
+		evs, err := c.d.Store.ReadStream(ctx, connection.StreamName(connection.Key(tenant, connID)), eventstore.Backwards, from, page)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
 			return clearView{}, projections.ErrNotFound
 		}

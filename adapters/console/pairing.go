@@ -34,15 +34,16 @@ func (q *qrPairing) snapshot() (string, bool, error) {
 // pairingTimeout bounds a QR pairing the console starts.
 const pairingTimeout = 3 * time.Minute
 
-// qrFor returns the running QR pairing of connID, starting one when none runs, once it has its
+// qrFor returns the running QR pairing of the connection with key connKey (connection.Key: the
+// transport's name for it, unique across tenants), starting one when none runs, once it has its
 // first code (or has ended, or after 10 s). The transport rotates the code; the pairing page
 // shows the latest.
-func (c *Console) qrFor(ctx context.Context, connID string) *qrPairing {
+func (c *Console) qrFor(ctx context.Context, connKey string) *qrPairing {
 	c.pairMu.Lock()
 	if c.pairing == nil {
 		c.pairing = map[string]*qrPairing{}
 	}
-	q, ok := c.pairing[connID]
+	q, ok := c.pairing[connKey]
 	if ok {
 		if _, running, _ := q.snapshot(); !running {
 			ok = false
@@ -50,12 +51,12 @@ func (c *Console) qrFor(ctx context.Context, connID string) *qrPairing {
 	}
 	if !ok {
 		q = &qrPairing{running: true, first: make(chan struct{})}
-		c.pairing[connID] = q
+		c.pairing[connKey] = q
 	}
 	c.pairMu.Unlock()
 	if !ok { // this request starts it, outside the lock (the transport may take a while)
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pairingTimeout)
-		codes, err := c.d.Transport.PairQR(pctx, connID)
+		codes, err := c.d.Transport.PairQR(pctx, connKey)
 		if err != nil {
 			cancel()
 			q.mu.Lock()
@@ -124,7 +125,7 @@ func (c *Console) pairingPage(w http.ResponseWriter, r *http.Request) error {
 	case card.LinkStatus == connection.LinkStatusActive || card.LinkStatus == connection.LinkStatusBanned:
 		data["Paired"] = true
 	default:
-		q := c.qrFor(r.Context(), id)
+		q := c.qrFor(r.Context(), connection.Key(u.principal.TenantID, id))
 		code, running, perr := q.snapshot()
 		switch {
 		case errors.Is(perr, transport.ErrAlreadyPaired):
@@ -168,7 +169,7 @@ func (c *Console) pairPhone(w http.ResponseWriter, r *http.Request) error {
 		http.Redirect(w, r, "/console/connections/"+id+"/pairing", http.StatusSeeOther)
 		return nil
 	}
-	code, err := c.d.Transport.PairPhone(context.WithoutCancel(r.Context()), id, e164)
+	code, err := c.d.Transport.PairPhone(context.WithoutCancel(r.Context()), connection.Key(u.principal.TenantID, id), e164)
 	if err != nil {
 		msg := "Pairing by phone could not start: " + err.Error()
 		if errors.Is(err, transport.ErrAlreadyPaired) {
