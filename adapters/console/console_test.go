@@ -628,3 +628,46 @@ func TestClearFormReusedForAnotherClear(t *testing.T) {
 		t.Fatalf("the same form for another clear: %d (want 422 with a fresh key) %.300s", p.status, p.body)
 	}
 }
+
+// TestClearProgressOfAnotherTenant: a clear in progress of a tenant other than the default one
+// (its connection stream is named by its tenant-scoped key) shows its progress, then its report.
+func TestClearProgressOfAnotherTenant(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	srv := apitest.Start(t, apitest.Options{ManualClears: true})
+	key, err := srv.Key(ctx, "acme", auth.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := srv.Do(ctx, key, "POST", "/v1/connections", map[string]any{"id": "shop-1", "phone": "+491701234567"}, nil); err != nil || res.Status != http.StatusCreated {
+		t.Fatalf("register: %v", err)
+	}
+	if res, err := srv.Do(ctx, key, "POST", "/v1/connections/shop-1/messages", map[string]any{"recipient": "+4917000000001", "text": "x"},
+		map[string]string{"Idempotency-Key": "m1"}); err != nil || res.Status != http.StatusAccepted {
+		t.Fatalf("enqueue: %v", err)
+	}
+	b := newBrowser(t, srv.URL)
+	csrf := b.signIn(key)
+	p := b.do("POST", "/console/connections/shop-1/clear", url.Values{"csrf": {csrf}, "idempotency_key": {"console-acme-1"},
+		"scope": {"queue"}, "confirm": {"+491701234567"}, "reason": {"r"}, "then": {"keep"}}, nil)
+	loc := p.header.Get("Location")
+	if p.status != http.StatusSeeOther {
+		t.Fatalf("clear: %d %.300s", p.status, p.body)
+	}
+	if p = b.do("GET", loc, nil, nil); p.status != http.StatusOK || !strings.Contains(p.body, `id="clear-progress"`) {
+		t.Fatalf("progress page of acme's clear: %d", p.status)
+	}
+	if _, err := srv.Clears.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if p = b.do("GET", loc, nil, nil); strings.Contains(p.body, `id="report-purged">1<`) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("acme's report never showed: %d", p.status)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
