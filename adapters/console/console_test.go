@@ -104,6 +104,10 @@ func register(t *testing.T, ctx context.Context, srv *apitest.Server, id, phone 
 	if err != nil || res.Status != http.StatusCreated {
 		t.Fatalf("register %s: %v %v %s", id, err, res.Status, res.Body)
 	}
+	// The API's commands answer once durable; the console reads the read models.
+	if err := srv.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestSessionCookieAndHeaders: sign-in exchanges the key for an HttpOnly, SameSite=Strict
@@ -306,6 +310,9 @@ func TestTenantIsolation(t *testing.T) {
 	if err != nil || res.Status != http.StatusCreated {
 		t.Fatalf("other tenant's shop-1: %v %s", err, res.Body)
 	}
+	if err := srv.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
 	for _, path := range []string{"/console/connections", "/console/connections/shop-1", "/console/connections/shop-1/clear"} {
 		p := b.do("GET", path, nil, nil)
 		if p.status != http.StatusOK || !strings.Contains(p.body, "491709999999") || strings.Contains(p.body, "491701234567") {
@@ -327,6 +334,9 @@ func TestClearChecksOnServer(t *testing.T) {
 		if err != nil || res.Status != http.StatusAccepted {
 			t.Fatalf("enqueue: %v %s", err, res.Body)
 		}
+	}
+	if err := srv.Sync(ctx); err != nil {
+		t.Fatal(err)
 	}
 	b := newBrowser(t, srv.URL)
 	csrf := b.signIn(srv.AdminKey)
@@ -648,6 +658,9 @@ func TestClearProgressOfAnotherTenant(t *testing.T) {
 	if res, err := srv.Do(ctx, key, "POST", "/v1/connections/shop-1/messages", map[string]any{"recipient": "+4917000000001", "text": "x"},
 		map[string]string{"Idempotency-Key": "m1"}); err != nil || res.Status != http.StatusAccepted {
 		t.Fatalf("enqueue: %v", err)
+	}
+	if err := srv.Sync(ctx); err != nil {
+		t.Fatal(err)
 	}
 	b := newBrowser(t, srv.URL)
 	csrf := b.signIn(key)
