@@ -165,8 +165,12 @@ func TestServeOnEventStoreDB(t *testing.T) {
 	var clr struct {
 		ClearID string `json:"clear_id"`
 	}
-	c.want(202, "POST", "/v1/connections/"+connID+"/queue/clear",
-		map[string]any{"reason": "banned mid-broadcast", "confirm": phone}, map[string]string{"Idempotency-Key": "clear-after-ban"}).decode(&clr)
+	clrRes := c.want(202, "POST", "/v1/connections/"+connID+"/queue/clear",
+		map[string]any{"reason": "banned mid-broadcast", "confirm": phone}, map[string]string{"Idempotency-Key": "clear-after-ban"})
+	clrRes.decode(&clr)
+	// The answer comes once the request is durable, before the read models have it: the
+	// report is read at least at the request's position (read-your-writes, docs/api.md).
+	atClear := map[string]string{"Waqueue-Min-Position": clrRes.header.Get("Waqueue-Position")}
 	var done struct {
 		Status string `json:"status"`
 		Report struct {
@@ -178,7 +182,7 @@ func TestServeOnEventStoreDB(t *testing.T) {
 		} `json:"report"`
 	}
 	c.eventually("the clear report", func() bool {
-		c.want(200, "GET", "/v1/connections/"+connID+"/clears/"+clr.ClearID, nil, nil).decode(&done)
+		c.want(200, "GET", "/v1/connections/"+connID+"/clears/"+clr.ClearID, nil, atClear).decode(&done)
 		return done.Status == "done"
 	})
 	rep := done.Report
@@ -352,8 +356,9 @@ type client struct {
 
 // response is an answer with the expected status.
 type response struct {
-	t    *testing.T
-	body []byte
+	t      *testing.T
+	body   []byte
+	header http.Header
 }
 
 func (r response) decode(v any) {
@@ -397,7 +402,7 @@ func (c *client) want(status int, method, path string, body any, headers map[str
 	if res.StatusCode != status {
 		c.t.Fatalf("%s %s: status %d, want %d: %s", method, path, res.StatusCode, status, b)
 	}
-	return response{t: c.t, body: b}
+	return response{t: c.t, body: b, header: res.Header}
 }
 
 // eventually polls cond until it holds, failing the test after patience.

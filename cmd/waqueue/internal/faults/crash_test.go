@@ -324,7 +324,10 @@ func TestKillMidClear(t *testing.T) {
 				var clr struct {
 					ClearID uuid.UUID `json:"clear_id"`
 				}
-				p.api.must(t, ctx, "POST", "/v1/connections/"+id+"/queue/clear", body, hdr, http.StatusAccepted, &clr)
+				clrRes := p.api.must(t, ctx, "POST", "/v1/connections/"+id+"/queue/clear", body, hdr, http.StatusAccepted, &clr)
+				// Read the report at least at the clear's position: the answer comes once the
+				// request is durable, before the read models have it (docs/api.md).
+				atClear := map[string]string{"Waqueue-Min-Position": clrRes.Header.Get("Waqueue-Position")}
 				if ok && first.Status == http.StatusAccepted {
 					var before struct {
 						ClearID uuid.UUID `json:"clear_id"`
@@ -343,7 +346,7 @@ func TestKillMidClear(t *testing.T) {
 					} `json:"report"`
 				}
 				waitFor(t, ctx, "clear done", func() bool {
-					p.api.must(t, ctx, "GET", "/v1/connections/"+id+"/clears/"+clr.ClearID.String(), nil, nil, http.StatusOK, &report)
+					p.api.must(t, ctx, "GET", "/v1/connections/"+id+"/clears/"+clr.ClearID.String(), nil, atClear, http.StatusOK, &report)
 					return report.Status == "done"
 				})
 				if report.Report.PurgedCount != total {
