@@ -70,6 +70,10 @@ func (e *NotDispatchableError) Unwrap() error { return e.Err }
 // Transport-originated: only the system principal (SystemPrincipal) may issue it.
 type DispatchNext struct {
 	ConnectionID string `json:"connection_id"`
+	// Epoch is the fencing token of the caller's lease on the connection (0 without leases),
+	// recorded on MessageDispatched; the domain refuses an epoch below the highest recorded on
+	// the stream (connection.ErrStaleEpoch, a *NotDispatchableError with code stale_epoch).
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // DispatchOutcome says what DispatchNext recorded.
@@ -143,7 +147,7 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 			msg = m
 		}
 		now := h.now()
-		events, err := c.Dispatch(connection.DispatchMessage{MessageID: msg.MessageID, Seq: msg.Seq, ExpiresAt: msg.ExpiresAt}, now)
+		events, err := c.Dispatch(connection.DispatchMessage{MessageID: msg.MessageID, Seq: msg.Seq, ExpiresAt: msg.ExpiresAt, Epoch: cmd.Epoch}, now)
 		if errors.Is(err, connection.ErrMessageExpired) {
 			outcome = DispatchExpired
 			return c.Expire(connection.ExpireMessage{MessageID: msg.MessageID, Seq: msg.Seq, ExpiresAt: msg.ExpiresAt}, now)

@@ -22,6 +22,8 @@ import (
 // the command bus.
 type RetrySend struct {
 	MessageRef
+	// Epoch is the caller's lease epoch, as for DispatchNext.Epoch.
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // RetrySendHandler handles RetrySend.
@@ -43,7 +45,7 @@ func (h *RetrySendHandler) Handle(ctx context.Context, cmd RetrySend) (Result, e
 	// A claim unique to this call, as for DispatchNext: two callers deciding the same retry on
 	// the same state must not both be told they appended it (G5).
 	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.System, uuid.New(), func(_ auth.Principal, c *connection.Connection) ([]connection.Event, error) {
-		return c.RetrySend(connection.RetrySend{MessageID: cmd.MessageID, Seq: cmd.Seq}, h.now())
+		return c.RetrySend(connection.RetrySend{MessageID: cmd.MessageID, Seq: cmd.Seq, Epoch: cmd.Epoch}, h.now())
 	})
 	if err != nil {
 		return Result{}, err

@@ -118,6 +118,7 @@ var statusOfDomainCode = map[connection.Code]int{
 	connection.CodeSendInterrupted:     http.StatusConflict,
 	connection.CodeMessageNotPending:   http.StatusConflict,
 	connection.CodeMessageCancelled:    http.StatusConflict,
+	connection.CodeStaleEpoch:          http.StatusConflict,
 	// The same Idempotency-Key with another request: the request cannot be processed as sent.
 	connection.CodeIdempotencyKeyReused: http.StatusUnprocessableEntity,
 }

@@ -79,6 +79,8 @@ type Connection struct {
 	disrupted int64
 	handed    []SeqRange // handed over and acknowledged sent/unknown; sorted, disjoint, capped
 	count     Counters
+	// epoch is the highest lease epoch recorded by MessageDispatched or MessageSendRetried.
+	epoch uint64
 
 	// overruled: a hold, ban or session loss was recorded while the clear in progress ran, so
 	// its then=resume is not applied (the newer fact wins, G7).
@@ -373,6 +375,7 @@ func (c *Connection) Apply(e Event) error {
 	case MessageDispatched:
 		c.cursor = max(c.cursor, e.Seq)
 		c.flight[e.MessageID] = flightEntry{Seq: e.Seq, Attempt: 1, DispatchedAt: c.version + 1}
+		c.epoch = max(c.epoch, e.Epoch)
 		c.count.Dispatched++
 		c.normalize()
 	case MessageSendDeferred:
@@ -381,6 +384,7 @@ func (c *Connection) Apply(e Event) error {
 			c.flight[e.MessageID] = f
 		}
 	case MessageSendRetried:
+		c.epoch = max(c.epoch, e.Epoch)
 		if f, ok := c.flight[e.MessageID]; ok {
 			f.Deferred, f.Attempt = false, e.Attempt
 			c.flight[e.MessageID] = f

@@ -513,11 +513,17 @@ type DispatchMessage struct {
 	Seq       uint64
 	// ExpiresAt is the message's expiry from its MessageQueued (zero for none).
 	ExpiresAt time.Time
+	// Epoch is the fencing token of the caller's lease on the connection (0 without leases).
+	// It is recorded on MessageDispatched; an epoch below the highest recorded is refused.
+	Epoch uint64
 }
 
 // Dispatch decides MessageDispatched. The caller appends it at the expected revision Version()
 // and calls the transport only after the append succeeded: a concurrent clear or dispatch makes
 // the append fail, and the retry, on the reloaded state, refuses (G1, G5). Refusals, in order:
+//   - *StaleEpochError (ErrStaleEpoch) when cmd.Epoch is below the highest lease epoch recorded
+//     on the stream: the caller's lease was taken over (a stale owner is refused even if it
+//     still believes it holds the lease);
 //   - *ClearingError while clearing (G1, G2);
 //   - *QueueHeldError while held (G7);
 //   - *LinkStatusError unless the link is active (G7);
@@ -537,6 +543,9 @@ func (c *Connection) Dispatch(cmd DispatchMessage, now time.Time) ([]Event, erro
 	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
 		return nil, invalid(CodeMissingMessage, "message", "message id and seq are required")
 	}
+	if err := c.checkEpoch(op, cmd.Epoch); err != nil {
+		return nil, err
+	}
 	if err := c.notClearing(op); err != nil {
 		return nil, err
 	}
@@ -555,8 +564,19 @@ func (c *Connection) Dispatch(cmd DispatchMessage, now time.Time) ([]Event, erro
 	if !cmd.ExpiresAt.IsZero() && !now.Before(cmd.ExpiresAt) {
 		return nil, &ExpiredError{ConnectionID: c.id, MessageID: cmd.MessageID, ExpiresAt: cmd.ExpiresAt, Now: now, Expired: true}
 	}
-	return []Event{MessageDispatched{MessageID: cmd.MessageID, Seq: cmd.Seq, DispatchedAt: now.UTC()}}, nil
+	return []Event{MessageDispatched{MessageID: cmd.MessageID, Seq: cmd.Seq, DispatchedAt: now.UTC(), Epoch: cmd.Epoch}}, nil
 }
+
+// checkEpoch refuses a lease epoch below the highest recorded on the stream.
+func (c *Connection) checkEpoch(op string, epoch uint64) error {
+	if epoch < c.epoch {
+		return &StaleEpochError{ConnectionID: c.id, Op: op, Epoch: epoch, Recorded: c.epoch}
+	}
+	return nil
+}
+
+// Epoch returns the highest lease epoch recorded by a dispatch or retry (0 for none).
+func (c *Connection) Epoch() uint64 { return c.epoch }
 
 func (c *Connection) checkHead(op string, id uuid.UUID, seq uint64) error {
 	if r, ok := c.aheadAt(seq); ok && r.Cancelled {
@@ -730,6 +750,8 @@ func (c *Connection) DeferSend(cmd SendRefused, now time.Time) ([]Event, error) 
 type RetrySend struct {
 	MessageID uuid.UUID
 	Seq       uint64
+	// Epoch is the caller's lease epoch, as for DispatchMessage.Epoch.
+	Epoch uint64
 }
 
 // RetrySend decides MessageSendRetried, the fence of a retried hand-over: the caller appends it
@@ -737,6 +759,7 @@ type RetrySend struct {
 // exactly as after Dispatch. Refusals, in order:
 //   - *NotInFlightError unless the message is in flight and deferred (a clear ended it failed
 //     not_sent, or it was acknowledged);
+//   - *StaleEpochError when cmd.Epoch is below the highest lease epoch recorded (as Dispatch);
 //   - *ClearingError while clearing (G1, G2);
 //   - *SendInterruptedError when a clear, hold, ban or session loss was recorded since the
 //     message was dispatched, even if it is over now (G1: what was recorded since wins);
@@ -755,6 +778,9 @@ func (c *Connection) RetrySend(cmd RetrySend, now time.Time) ([]Event, error) {
 	if !ok || f.Seq != cmd.Seq || !f.Deferred {
 		return nil, &NotInFlightError{ConnectionID: c.id, Op: op, MessageID: cmd.MessageID, Seq: cmd.Seq}
 	}
+	if err := c.checkEpoch(op, cmd.Epoch); err != nil {
+		return nil, err
+	}
 	if err := c.notClearing(op); err != nil {
 		return nil, err
 	}
@@ -768,7 +794,7 @@ func (c *Connection) RetrySend(cmd RetrySend, now time.Time) ([]Event, error) {
 	if c.link != LinkStatusActive {
 		return nil, &LinkStatusError{ConnectionID: c.id, Op: op, Status: c.link}
 	}
-	return []Event{MessageSendRetried{MessageID: cmd.MessageID, Seq: cmd.Seq, Attempt: f.Attempt + 1, RetriedAt: now.UTC()}}, nil
+	return []Event{MessageSendRetried{MessageID: cmd.MessageID, Seq: cmd.Seq, Attempt: f.Attempt + 1, RetriedAt: now.UTC(), Epoch: cmd.Epoch}}, nil
 }
 
 // CancelMessage cancels one pending message.

@@ -59,6 +59,10 @@ var (
 	// ban or session loss was recorded since the message was dispatched (*SendInterruptedError).
 	// The message was never handed over: record it failed FailureNotSent.
 	ErrSendInterrupted = errors.New("connection: send interrupted since dispatch")
+	// ErrStaleEpoch: a dispatch or retry carries a lease epoch lower than the highest one
+	// already recorded on the stream (*StaleEpochError): another dispatcher took the
+	// connection's lease over; the caller lost it and must hand nothing over.
+	ErrStaleEpoch = errors.New("connection: stale lease epoch")
 	// ErrIdempotencyKeyReused: an idempotency key already accepted with another request
 	// (*KeyReusedError). HTTP 422, code idempotency_key_reused.
 	ErrIdempotencyKeyReused = errors.New("connection: idempotency key reused with another request")
@@ -129,6 +133,23 @@ func (e *SendInterruptedError) Error() string {
 
 // Is makes errors.Is(err, ErrSendInterrupted) true.
 func (e *SendInterruptedError) Is(target error) bool { return target == ErrSendInterrupted }
+
+// StaleEpochError refuses a dispatch or retry whose lease epoch (Epoch) is below the highest
+// epoch recorded on the stream (Recorded): the stream fence of per-connection leases.
+// errors.Is(err, ErrStaleEpoch).
+type StaleEpochError struct {
+	ConnectionID string
+	Op           string
+	Epoch        uint64
+	Recorded     uint64
+}
+
+func (e *StaleEpochError) Error() string {
+	return fmt.Sprintf("connection: %s %q: lease epoch %d is below epoch %d recorded on the stream", e.Op, e.ConnectionID, e.Epoch, e.Recorded)
+}
+
+// Is makes errors.Is(err, ErrStaleEpoch) true.
+func (e *StaleEpochError) Is(target error) bool { return target == ErrStaleEpoch }
 
 // Error is an operation on a connection that failed for a plain reason (Err, a sentinel).
 type Error struct {

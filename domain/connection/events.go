@@ -187,6 +187,9 @@ type MessageDispatched struct {
 	MessageID    uuid.UUID `json:"message_id"`
 	Seq          uint64    `json:"seq"`
 	DispatchedAt time.Time `json:"dispatched_at"`
+	// Epoch is the fencing token of the dispatcher's lease on the connection (see
+	// DispatchMessage.Epoch); 0 without leases, and in events written before it existed.
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // MessageSendDeferred records that the transport refused a dispatched message before taking it
@@ -219,6 +222,9 @@ type MessageSendRetried struct {
 	// Attempt is the number of this hand-over (2 for the first retry).
 	Attempt   int       `json:"attempt"`
 	RetriedAt time.Time `json:"retried_at"`
+	// Epoch is the lease epoch of the dispatcher that fenced the retry (see
+	// DispatchMessage.Epoch); 0 without leases, and in events written before it existed.
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // MessageSent records WhatsApp's server acknowledgement of a dispatched message.

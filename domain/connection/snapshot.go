@@ -44,6 +44,8 @@ type snapshot struct {
 	// Overruled is set while clearing once a hold, ban or session loss was recorded since the
 	// request (absent in snapshots taken before it existed: false, as it was).
 	Overruled bool `json:"overruled,omitempty"`
+	// Epoch is the highest lease epoch recorded (absent before leases existed: 0).
+	Epoch uint64 `json:"epoch,omitempty"`
 }
 
 // flightJSON is a message in flight in a snapshot.
@@ -61,7 +63,7 @@ func (c *Connection) Snapshot() ([]byte, error) {
 		Schema: SnapshotSchema, Version: c.version, ID: c.id, Tenant: c.tenant, Phone: c.phone, OnBan: c.onBan,
 		RegisteredAt: c.regAt, Link: c.link, LinkSince: c.linkAt, Ban: c.ban, Hold: c.hold, Clear: c.clear,
 		LastClear: c.last, Overruled: c.overruled, LastSeq: c.lastSeq, Cursor: c.cursor, Ahead: c.ahead, Broadcasts: c.bcasts,
-		Disrupted: c.disrupted, Counters: c.count,
+		Disrupted: c.disrupted, Counters: c.count, Epoch: c.epoch,
 	}
 	for _, r := range c.handed {
 		s.Handed = append(s.Handed, r.From, r.To)
@@ -90,7 +92,7 @@ func Restore(data []byte) (*Connection, error) {
 		version: s.Version, id: s.ID, tenant: s.Tenant, phone: s.Phone, region: regionOf(s.Phone), onBan: s.OnBan,
 		regAt: s.RegisteredAt, link: s.Link, linkAt: s.LinkSince, ban: s.Ban, hold: s.Hold, clear: s.Clear,
 		last: s.LastClear, overruled: s.Overruled, lastSeq: s.LastSeq, cursor: s.Cursor, ahead: s.Ahead, bcasts: s.Broadcasts,
-		flight: make(map[uuid.UUID]flightEntry, len(s.InFlight)), disrupted: s.Disrupted, count: s.Counters,
+		flight: make(map[uuid.UUID]flightEntry, len(s.InFlight)), disrupted: s.Disrupted, count: s.Counters, epoch: s.Epoch,
 	}
 	if len(s.Handed)%2 != 0 {
 		return nil, fmt.Errorf("%w: odd number of handed bounds", ErrSnapshotSchema)

@@ -108,6 +108,8 @@ const (
 	CodeMessageNotPending Code = "message_not_pending"
 	// CodeMessageCancelled: a dispatch or expiry of a cancelled message.
 	CodeMessageCancelled Code = "message_cancelled"
+	// CodeStaleEpoch: a dispatch by a dispatcher whose lease was taken over (ErrStaleEpoch).
+	CodeStaleEpoch Code = "stale_epoch"
 	// CodeIdempotencyKeyReused: the key was accepted before with another request (HTTP 422).
 	CodeIdempotencyKeyReused Code = "idempotency_key_reused"
 )
@@ -136,6 +138,7 @@ var errorCodes = []struct {
 	{ErrSendInterrupted, CodeSendInterrupted},
 	{ErrMessageNotPending, CodeMessageNotPending},
 	{ErrMessageCancelled, CodeMessageCancelled},
+	{ErrStaleEpoch, CodeStaleEpoch},
 	{ErrIdempotencyKeyReused, CodeIdempotencyKeyReused},
 }
 
