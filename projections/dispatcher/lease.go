@@ -1,0 +1,107 @@
+package dispatcher
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// LeaseKey names one connection's lease.
+type LeaseKey struct {
+	Tenant       string
+	ConnectionID string
+}
+
+// Lease is a lease a node holds on a connection. Epoch is its fencing token: it only grows, by
+// one each time the lease changes owner, and the Dispatcher records it on every hand-over
+// (MessageDispatched, MessageSendRetried) so the domain refuses a stale owner's hand-over
+// (connection.ErrStaleEpoch).
+type Lease struct {
+	LeaseKey
+	Epoch uint64
+}
+
+// Leases is the port through which a Dispatcher holds per-connection leases, so that each
+// connection's send loop (and its transport session) runs on one node at a time. An adapter is
+// bound to one node id and one TTL. Every method is one round trip to the engine whatever the
+// number of keys, so a node with 100,000 connections renews them with one statement.
+//
+// Contract (checked by the leasetest conformance suite):
+//   - Claim grants a key when nobody holds it, its lease expired, or this node holds it, and
+//     sets its expiry TTL after the engine's current time; the epoch is unchanged when this node
+//     held it last and one more than the previous epoch when the owner changes (1 for a new key).
+//     A key held unexpired by another node is not granted (and not changed).
+//   - Renew extends every unexpired lease this node holds and returns them; a lease that expired
+//     is not renewed (another node may take it): claim it again.
+//   - Release ends this node's leases of keys (all of them for nil) at once, keeping their epoch,
+//     so another node claims them without waiting for the expiry.
+//   - Expiry is judged by the engine's clock, never by the nodes' clocks.
+type Leases interface {
+	// Node is this node's id.
+	Node() string
+	// TTL is how long a claim or renewal lasts. Zero means the leases never expire and exclude
+	// nobody (one node by nature): the Dispatcher then needs no renewals and manages no sessions.
+	TTL() time.Duration
+	// Claim claims or renews the leases of keys and returns those granted.
+	Claim(ctx context.Context, keys []LeaseKey) ([]Lease, error)
+	// Renew extends every unexpired lease of this node and returns them.
+	Renew(ctx context.Context) ([]Lease, error)
+	// Release ends this node's leases of keys (every one of them when keys is nil).
+	Release(ctx context.Context, keys []LeaseKey) error
+}
+
+// SingleNode is the Leases of a deployment with one dispatching process by nature (SQLite read
+// models): every claim is granted with epoch 0, leases never expire (TTL 0) and exclude nobody.
+// It keeps what was claimed so Renew and Release behave as the contract says.
+type SingleNode struct {
+	mu   sync.Mutex
+	held map[LeaseKey]bool
+}
+
+var _ Leases = (*SingleNode)(nil)
+
+// Node returns "local".
+func (*SingleNode) Node() string { return "local" }
+
+// TTL returns 0: the leases never expire.
+func (*SingleNode) TTL() time.Duration { return 0 }
+
+// Claim grants every key with epoch 0.
+func (s *SingleNode) Claim(_ context.Context, keys []LeaseKey) ([]Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held == nil {
+		s.held = map[LeaseKey]bool{}
+	}
+	out := make([]Lease, 0, len(keys))
+	for _, k := range keys {
+		s.held[k] = true
+		out = append(out, Lease{LeaseKey: k})
+	}
+	return out, nil
+}
+
+// Renew returns every lease claimed and not released.
+func (s *SingleNode) Renew(context.Context) ([]Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Lease, 0, len(s.held))
+	for k := range s.held {
+		out = append(out, Lease{LeaseKey: k})
+	}
+	return out, nil
+}
+
+// Release forgets keys (every key for nil).
+func (s *SingleNode) Release(_ context.Context, keys []LeaseKey) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if keys == nil {
+		s.held = nil
+		return nil
+	}
+	for _, k := range keys {
+		delete(s.held, k)
+	}
+	return nil
+}

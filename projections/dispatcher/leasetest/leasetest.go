@@ -1,0 +1,235 @@
+// Package leasetest is the conformance suite of dispatcher.Leases adapters: one suite for every
+// adapter, run against the real engine.
+package leasetest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/waqueue/waqueue/internal/testwait"
+	"github.com/waqueue/waqueue/projections/dispatcher"
+)
+
+// Opener returns the leases of one node, with the given TTL, on a backend shared by every call
+// made for the same test.
+type Opener func(node string, ttl time.Duration) dispatcher.Leases
+
+// Run runs the suite. newBackend gives each subtest a fresh backend. exclusive says whether the
+// adapter excludes other nodes (false only for dispatcher.SingleNode, whose every claim is
+// granted with epoch 0 and whose leases never expire).
+func Run(t *testing.T, newBackend func(t *testing.T) Opener, exclusive bool) {
+	ctx := context.Background()
+	key := func(c string) dispatcher.LeaseKey { return dispatcher.LeaseKey{Tenant: "t1", ConnectionID: c} }
+	claim1 := func(t *testing.T, l dispatcher.Leases, k dispatcher.LeaseKey) (dispatcher.Lease, bool) {
+		t.Helper()
+		got, err := l.Claim(ctx, []dispatcher.LeaseKey{k})
+		if err != nil {
+			t.Fatalf("%s claim %v: %v", l.Node(), k, err)
+		}
+		switch len(got) {
+		case 0:
+			return dispatcher.Lease{}, false
+		case 1:
+			if got[0].LeaseKey != k {
+				t.Fatalf("claim %v granted %v", k, got[0])
+			}
+			return got[0], true
+		}
+		t.Fatalf("claim of one key granted %v", got)
+		return dispatcher.Lease{}, false
+	}
+	renewed := func(t *testing.T, l dispatcher.Leases) map[dispatcher.LeaseKey]uint64 {
+		t.Helper()
+		got, err := l.Renew(ctx)
+		if err != nil {
+			t.Fatalf("%s renew: %v", l.Node(), err)
+		}
+		m := map[dispatcher.LeaseKey]uint64{}
+		for _, g := range got {
+			m[g.LeaseKey] = g.Epoch
+		}
+		return m
+	}
+	const long = time.Hour
+
+	t.Run("claim renew release", func(t *testing.T) {
+		open := newBackend(t)
+		a := open("a", long)
+		first, ok := claim1(t, a, key("c1"))
+		if !ok {
+			t.Fatal("a new key not granted")
+		}
+		again, ok := claim1(t, a, key("c1"))
+		if !ok || again.Epoch != first.Epoch {
+			t.Fatalf("re-claim by the owner: %v %v, want epoch %d", again, ok, first.Epoch)
+		}
+		if r := renewed(t, a); len(r) != 1 || r[key("c1")] != first.Epoch {
+			t.Fatalf("renew = %v", r)
+		}
+		if err := a.Release(ctx, []dispatcher.LeaseKey{key("c1"), key("never-claimed")}); err != nil {
+			t.Fatal(err)
+		}
+		if r := renewed(t, a); len(r) != 0 {
+			t.Fatalf("renew after release = %v", r)
+		}
+	})
+
+	if !exclusive {
+		t.Run("single node grants everything", func(t *testing.T) {
+			a := newBackend(t)("a", 0)
+			if a.TTL() != 0 {
+				t.Fatalf("TTL %s, want 0 for a non-exclusive adapter", a.TTL())
+			}
+			keys := make([]dispatcher.LeaseKey, 100)
+			for i := range keys {
+				keys[i] = key(fmt.Sprint("c", i))
+			}
+			got, err := a.Claim(ctx, keys)
+			if err != nil || len(got) != len(keys) {
+				t.Fatalf("claim %d keys: %d granted, %v", len(keys), len(got), err)
+			}
+			if err := a.Release(ctx, nil); err != nil {
+				t.Fatal(err)
+			}
+			if r := renewed(t, a); len(r) != 0 {
+				t.Fatalf("renew after releasing all = %v", r)
+			}
+		})
+		return
+	}
+
+	t.Run("another node is excluded until release; epoch grows on a change of owner", func(t *testing.T) {
+		open := newBackend(t)
+		a, b := open("a", long), open("b", long)
+		la, ok := claim1(t, a, key("c1"))
+		if !ok || la.Epoch == 0 {
+			t.Fatalf("a's claim: %v %v (epochs start at 1)", la, ok)
+		}
+		if _, ok := claim1(t, b, key("c1")); ok {
+			t.Fatal("b was granted a lease a holds")
+		}
+		if r := renewed(t, b); len(r) != 0 {
+			t.Fatalf("b renewed %v", r)
+		}
+		if r := renewed(t, a); r[key("c1")] != la.Epoch {
+			t.Fatalf("a's renewal after b's refused claim = %v (the refused claim changed the lease)", r)
+		}
+		if err := a.Release(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		lb, ok := claim1(t, b, key("c1"))
+		if !ok || lb.Epoch != la.Epoch+1 {
+			t.Fatalf("b's claim after release: %v %v, want epoch %d", lb, ok, la.Epoch+1)
+		}
+		if _, ok := claim1(t, a, key("c1")); ok {
+			t.Fatal("a re-claimed a lease b holds")
+		}
+		if r := renewed(t, a); len(r) != 0 {
+			t.Fatalf("a renewed %v after losing it", r)
+		}
+		// Back to a: the epoch grows again, never reused.
+		if err := b.Release(ctx, []dispatcher.LeaseKey{key("c1")}); err != nil {
+			t.Fatal(err)
+		}
+		la2, ok := claim1(t, a, key("c1"))
+		if !ok || la2.Epoch != lb.Epoch+1 {
+			t.Fatalf("a's claim back: %v %v, want epoch %d", la2, ok, lb.Epoch+1)
+		}
+	})
+
+	t.Run("leases are per tenant", func(t *testing.T) {
+		open := newBackend(t)
+		a, b := open("a", long), open("b", long)
+		if _, ok := claim1(t, a, dispatcher.LeaseKey{Tenant: "t1", ConnectionID: "c"}); !ok {
+			t.Fatal("a not granted")
+		}
+		if _, ok := claim1(t, b, dispatcher.LeaseKey{Tenant: "t2", ConnectionID: "c"}); !ok {
+			t.Fatal("b not granted the same connection id in another tenant")
+		}
+	})
+
+	t.Run("an expired lease is taken over and not renewed by its old owner", func(t *testing.T) {
+		open := newBackend(t)
+		ttl := 300 * time.Millisecond
+		a, b := open("a", ttl), open("b", ttl)
+		la, ok := claim1(t, a, key("c1"))
+		if !ok {
+			t.Fatal("a not granted")
+		}
+		// a stops renewing (a crash, a pause): wait for the condition, b's claim succeeding.
+		deadline := time.Now().Add(testwait.Limit)
+		var lb dispatcher.Lease
+		for {
+			if lb, ok = claim1(t, b, key("c1")); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("b never took over the expired lease")
+			}
+			time.Sleep(ttl / 10)
+		}
+		if lb.Epoch != la.Epoch+1 {
+			t.Fatalf("takeover epoch %d, want %d", lb.Epoch, la.Epoch+1)
+		}
+		if r := renewed(t, a); len(r) != 0 {
+			t.Fatalf("the old owner renewed %v", r)
+		}
+	})
+
+	t.Run("concurrent claims grant one node", func(t *testing.T) {
+		open := newBackend(t)
+		const nodes, keys = 6, 50
+		ks := make([]dispatcher.LeaseKey, keys)
+		for i := range ks {
+			ks[i] = key(fmt.Sprint("c", i))
+		}
+		var mu sync.Mutex
+		owners := map[dispatcher.LeaseKey][]string{}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for n := range nodes {
+			l := open(fmt.Sprint("n", n), long)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				got, err := l.Claim(ctx, ks)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				for _, g := range got {
+					owners[g.LeaseKey] = append(owners[g.LeaseKey], l.Node())
+				}
+				mu.Unlock()
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for _, k := range ks {
+			if len(owners[k]) != 1 {
+				t.Errorf("%v granted to %v, want exactly one node", k, owners[k])
+			}
+		}
+	})
+
+	t.Run("one call claims and renews many", func(t *testing.T) {
+		open := newBackend(t)
+		a := open("a", long)
+		ks := make([]dispatcher.LeaseKey, 2000)
+		for i := range ks {
+			ks[i] = key(fmt.Sprint("c", i))
+		}
+		got, err := a.Claim(ctx, append(ks, ks[0])) // a duplicate key is granted once
+		if err != nil || len(got) != len(ks) {
+			t.Fatalf("claimed %d of %d: %v", len(got), len(ks), err)
+		}
+		if r := renewed(t, a); len(r) != len(ks) {
+			t.Fatalf("renewed %d of %d", len(r), len(ks))
+		}
+	})
+}
