@@ -81,6 +81,15 @@ type Config struct {
 	// without this bound for as long as the link is active and the queue open in the domain.
 	// Default DefaultMaxSendAttempts (6).
 	MaxSendAttempts int
+	// Leases are the per-connection leases that let several nodes share the dispatch: a
+	// connection's loop runs, and its transport session is connected, only while this node holds
+	// its lease, and every hand-over records the lease's epoch (see the package doc). Default
+	// &SingleNode{} (one dispatching process: every lease granted, epoch 0, no sessions managed).
+	Leases Leases
+	// LeaseRenewInterval is how often the leases of this node are renewed (one statement for all
+	// of them) and the connections held by others retried. Default a third of Leases.TTL();
+	// unused when the TTL is 0. It must be below the TTL.
+	LeaseRenewInterval time.Duration
 	// Registerer receives the Dispatcher's metrics (see Metrics). Optional: nil registers none
 	// (the metrics are still kept).
 	Registerer prometheus.Registerer
@@ -121,6 +130,12 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Leases == nil {
+		c.Leases = &SingleNode{}
+	}
+	if c.LeaseRenewInterval == 0 {
+		c.LeaseRenewInterval = c.Leases.TTL() / 3
+	}
 }
 
 // Validate reports every problem of the config (after defaults), joined.
@@ -152,6 +167,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxSendAttempts < 0 {
 		errs = append(errs, fmt.Errorf("dispatcher: MaxSendAttempts %d is negative", c.MaxSendAttempts))
+	}
+	if c.Leases != nil && c.Leases.TTL() > 0 && (c.LeaseRenewInterval <= 0 || c.LeaseRenewInterval >= c.Leases.TTL()) {
+		errs = append(errs, fmt.Errorf("dispatcher: LeaseRenewInterval %s must be positive and below the lease TTL %s", c.LeaseRenewInterval, c.Leases.TTL()))
 	}
 	return errors.Join(errs...)
 }

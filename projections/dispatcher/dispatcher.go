@@ -121,6 +121,9 @@ type connState struct {
 	running, dirty bool
 	tenant         string
 	capTimer       transport.Timer
+	lease          leaseState
+	// takeover: the renewals claimed the lease with a new epoch; the loop recovers first.
+	takeover bool
 	// Touched only by the connection's loop:
 	recovered  bool // the in-flight recovery ran since the start or the last store failure
 	startedUp  bool // the first recovery in this process ran (later ones are after store failures)
@@ -199,6 +202,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.ctx = ctx
 	d.mu.Unlock()
 	d.cfg.Transport.SetHandler(d.handleEvent)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.renew(ctx)
+	}()
 	defer func() {
 		d.cfg.Transport.SetHandler(nil)
 		d.wg.Wait()

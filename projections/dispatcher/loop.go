@@ -38,6 +38,18 @@ func (d *Dispatcher) loop(ctx context.Context, connID string, st *connState) {
 
 // turn does one step and reports whether the loop should go on at once.
 func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) bool {
+	// The loop runs only while this node holds the connection's lease; a lease gained with a
+	// new epoch means another owner dispatched meanwhile: recover its messages in flight.
+	epoch, takeover, err := d.lease(ctx, connID, st)
+	switch {
+	case errors.Is(err, errLeaseHeldElsewhere), errors.Is(err, commands.ErrNotFound):
+		return false
+	case err != nil:
+		return d.lag(ctx, connID, st, "lease", err)
+	}
+	if takeover {
+		st.recovered, st.startedUp = false, false
+	}
 	if !st.recovered {
 		err := d.recover(ctx, connID, st)
 		switch {
@@ -62,9 +74,13 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	d.mu.Lock()
 	st.dirty = false // a wake from here on is seen by the next turn
 	d.mu.Unlock()
-	res, err := d.dispatch.Handle(pctx, commands.DispatchNext{ConnectionID: connID})
+	res, err := d.dispatch.Handle(pctx, commands.DispatchNext{ConnectionID: connID, Epoch: epoch})
 	var nd *commands.NotDispatchableError
 	switch {
+	case errors.Is(err, connection.ErrStaleEpoch):
+		// Another node took the lease over and dispatched: this one lost it unseen.
+		d.dropLease(connID, st)
+		return false
 	case errors.As(err, &nd):
 		if nd.Code == connection.CodeInFlightLimit {
 			d.log.Warn("dispatch refused: too many messages in flight", "connection", connID)
@@ -161,13 +177,20 @@ func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) 
 			d.log.Info("message found in flight recorded unknown", "cause", cause, "connection", connID, "message", m.MessageID, "seq", m.Seq)
 		}
 	}
-	if d.cfg.Pacing.DailyCap > 0 && !d.cfg.Pacing.Unpaced {
+	if !d.cfg.Pacing.Unpaced {
+		// The daily count and the pacing interval hold across processes and nodes: both are
+		// rebuilt from the stream (the last dispatch may be another node's, just before a takeover).
 		day := startOfDay(d.cfg.Clock.Now())
-		n, err := d.countDispatched(ctx, connID, day)
+		n, last, err := d.countDispatched(ctx, connID, day)
 		if err != nil {
 			return err
 		}
-		st.day, st.dayCount = day, n
+		if d.cfg.Pacing.DailyCap > 0 {
+			st.day, st.dayCount = day, n
+		}
+		if next := last.Add(d.cfg.Pacing.MinInterval); !last.IsZero() && next.After(st.nextAt) {
+			st.nextAt = next
+		}
 	}
 	st.recovered, st.startedUp = true, true
 	return nil
@@ -175,37 +198,42 @@ func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) 
 
 // countDispatched counts the connection's MessageDispatched events of the UTC day starting at
 // day, reading its stream backwards until a dispatch before the day (or an event recorded more
-// than a day before it, which tolerates skew between the store's clock and ours).
-func (d *Dispatcher) countDispatched(ctx context.Context, connID string, day time.Time) (int, error) {
+// than a day before it, which tolerates skew between the store's clock and ours). last is the
+// DispatchedAt of the latest dispatch read (zero for none).
+func (d *Dispatcher) countDispatched(ctx context.Context, connID string, day time.Time) (n int, last time.Time, err error) {
 	stream := connection.StreamName(connID)
-	from, n := eventstore.End, 0
+	from := eventstore.End
 	floor := day.Add(-24 * time.Hour)
 	for {
 		evs, err := d.cfg.Store.ReadStream(ctx, stream, eventstore.Backwards, from, 4096)
 		if errors.Is(err, eventstore.ErrStreamNotFound) {
-			return 0, nil
+			return 0, time.Time{}, nil
 		}
 		if err != nil {
-			return 0, err
+			return 0, time.Time{}, err
 		}
 		for _, e := range evs {
 			if e.RecordedAt.Before(floor) {
-				return n, nil
+				return n, last, nil
 			}
 			if e.Type != connection.TypeMessageDispatched {
 				continue
 			}
 			ev, err := connection.Decode(e.Type, e.Data)
 			if err != nil {
-				return 0, err
+				return 0, time.Time{}, err
 			}
-			if ev.(connection.MessageDispatched).DispatchedAt.Before(day) {
-				return n, nil
+			at := ev.(connection.MessageDispatched).DispatchedAt
+			if last.IsZero() {
+				last = at
+			}
+			if at.Before(day) {
+				return n, last, nil
 			}
 			n++
 		}
 		if len(evs) == 0 || evs[len(evs)-1].Revision == 0 {
-			return n, nil
+			return n, last, nil
 		}
 		from = evs[len(evs)-1].Revision - 1
 	}
@@ -298,10 +326,25 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 				d.recordFailed(ctx, wctx, ref, CodeNotSent, err.Error())
 				return
 			}
+			// The retry is a hand-over: only under a valid lease, with its epoch. Without one the
+			// message stays deferred; the next owner's recovery records it failed not_sent.
+			epoch, takeover, lerr := d.lease(ctx, connID, st)
+			if lerr != nil || takeover {
+				d.log.Info("lease not held at a retry; leaving the deferred message to the next owner", "connection", connID,
+					"message", ref.MessageID, "seq", ref.Seq, "err", lerr)
+				st.recovered = false
+				if takeover {
+					st.startedUp = false
+				}
+				return
+			}
 			rctx, cancel := context.WithTimeout(wctx, recordTimeout)
-			rr, rerr := d.retrySend.Handle(rctx, commands.RetrySend{MessageRef: ref})
+			rr, rerr := d.retrySend.Handle(rctx, commands.RetrySend{MessageRef: ref, Epoch: epoch})
 			cancel()
 			switch {
+			case errors.Is(rerr, connection.ErrStaleEpoch):
+				d.dropLease(connID, st)
+				return
 			case rerr == nil:
 				req.Fence = uint64(rr.Version)
 				d.stats.retries.Add(1)

@@ -26,6 +26,8 @@ type metrics struct {
 	activeLoops prometheus.Gauge
 	events      *prometheus.CounterVec
 	refused     *prometheus.CounterVec
+	leasesHeld  prometheus.Gauge
+	leaseLost   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -55,9 +57,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "waqueue", Subsystem: "dispatcher", Name: "receipts_refused_total",
 			Help: "Delivered/read receipts the domain refused for a message it never handed over (purged, expired, failed, never dispatched), by kind.",
 		}, []string{"kind"}),
+		leasesHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "waqueue", Subsystem: "dispatcher", Name: "leases_held",
+			Help: "Connection leases this node holds (connections it dispatches and whose sessions it runs).",
+		}),
+		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "waqueue", Subsystem: "dispatcher", Name: "leases_lost_total",
+			Help: "Connection leases lost without a release: not renewed in time, or a stale epoch refused by the domain.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.latency, m.sends, m.bans, m.activeLoops, m.events, m.refused} {
+		for _, c := range []prometheus.Collector{m.latency, m.sends, m.bans, m.activeLoops, m.events, m.refused, m.leasesHeld, m.leaseLost} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if errors.As(err, &are) {

@@ -1,0 +1,222 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/waqueue/waqueue/adapters/transport"
+)
+
+// leaseState is what the Dispatcher knows of its lease on one connection. Guarded by
+// Dispatcher.mu. Lease times are real time (time.Now, monotonic): a lease is a bound on I/O,
+// not a schedule, and the injected Clock may be a test's fake.
+type leaseState struct {
+	held    bool
+	epoch   uint64
+	known   bool      // a lease was granted once in this process (epoch is meaningful)
+	at      time.Time // when the claim or renewal that granted it started
+	until   time.Time // at + TTL: the lease is not trusted past this instant
+	foreign bool      // the last claim was refused: another node holds it; retried by renewals
+}
+
+// validLocked reports whether the lease is held and not past its local expiry.
+func (d *Dispatcher) validLocked(l *leaseState, now time.Time) bool {
+	return l.held && (d.cfg.Leases.TTL() == 0 || now.Before(l.until))
+}
+
+// errLeaseHeldElsewhere: the connection's lease is held by another node.
+var errLeaseHeldElsewhere = errors.New("dispatcher: lease held by another node")
+
+// lease returns the epoch of this node's lease on the connection, claiming it when it is not
+// held (or past its local expiry). It returns errLeaseHeldElsewhere when another node holds it:
+// the loop then stops, and renewals retry the claim. takeover is true when the lease was
+// granted with another epoch than the last one this process held (or for the first time): the
+// messages in flight were dispatched by another owner and are recovered before any dispatch.
+func (d *Dispatcher) lease(ctx context.Context, connID string, st *connState) (epoch uint64, takeover bool, err error) {
+	d.mu.Lock()
+	if d.validLocked(&st.lease, time.Now()) {
+		e, tk := st.lease.epoch, st.takeover
+		st.takeover = false
+		d.mu.Unlock()
+		return e, tk, nil
+	}
+	d.mu.Unlock()
+	t, err := d.tenant(ctx, connID)
+	if err != nil {
+		return 0, false, err
+	}
+	start := time.Now()
+	got, err := d.cfg.Leases.Claim(ctx, []LeaseKey{{Tenant: t, ConnectionID: connID}})
+	if err != nil {
+		return 0, false, err
+	}
+	d.mu.Lock()
+	if len(got) == 0 {
+		wasHeld := st.lease.held
+		st.lease.held, st.lease.foreign = false, true
+		d.mu.Unlock()
+		if wasHeld {
+			d.lost(connID)
+		}
+		return 0, false, errLeaseHeldElsewhere
+	}
+	l := &st.lease
+	takeover = !l.known || l.epoch != got[0].Epoch || st.takeover
+	st.takeover = false
+	gained := !l.held
+	l.held, l.known, l.foreign, l.epoch, l.at, l.until = true, true, false, got[0].Epoch, start, start.Add(d.cfg.Leases.TTL())
+	d.mu.Unlock()
+	if gained {
+		d.gained(ctx, connID)
+	}
+	return got[0].Epoch, takeover, nil
+}
+
+// dropLease forgets the lease after the domain refused a stale epoch: another node took it.
+func (d *Dispatcher) dropLease(connID string, st *connState) {
+	d.mu.Lock()
+	wasHeld := st.lease.held
+	st.lease.held, st.lease.foreign = false, true
+	d.mu.Unlock()
+	d.m.leaseLost.Inc()
+	d.log.Warn("lease taken over by another node (stale epoch refused); stopping the connection's loop", "connection", connID)
+	if wasHeld {
+		d.lost(connID)
+	}
+}
+
+// sessions reports whether the Dispatcher connects and disconnects transport sessions with its
+// leases: only when the leases exclude other nodes.
+func (d *Dispatcher) sessions() bool { return d.cfg.Leases.TTL() > 0 }
+
+// gained connects the connection's transport session (exclusive leases only).
+func (d *Dispatcher) gained(ctx context.Context, connID string) {
+	d.m.leasesHeld.Inc()
+	if !d.sessions() {
+		return
+	}
+	d.log.Info("lease gained", "connection", connID, "node", d.cfg.Leases.Node())
+	if err := d.cfg.Transport.Connect(ctx, connID); err != nil && !errors.Is(err, transport.ErrNotPaired) && ctx.Err() == nil {
+		d.log.Warn("connect after gaining the lease failed", "connection", connID, "err", err)
+	}
+}
+
+// lost disconnects the connection's transport session (exclusive leases only).
+func (d *Dispatcher) lost(connID string) {
+	d.m.leasesHeld.Dec()
+	if !d.sessions() {
+		return
+	}
+	d.log.Info("lease lost", "connection", connID, "node", d.cfg.Leases.Node())
+	if err := d.cfg.Transport.Disconnect(context.Background(), connID); err != nil {
+		d.log.Warn("disconnect after losing the lease failed", "connection", connID, "err", err)
+	}
+}
+
+// renew runs until ctx ends: every LeaseRenewInterval it renews all of this node's leases in
+// one call, drops those not renewed (another node may hold them now: their loops stop before
+// the next hand-over and their sessions are disconnected), and claims, in one call, the
+// connections whose claim was refused before (a dead node's leases expire and are taken over
+// here; their loops are woken).
+func (d *Dispatcher) renew(ctx context.Context) {
+	ttl := d.cfg.Leases.TTL()
+	if ttl == 0 {
+		return
+	}
+	tick := time.NewTicker(d.cfg.LeaseRenewInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.renewOnce(ctx, ttl)
+	}
+}
+
+func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
+	start := time.Now()
+	got, err := d.cfg.Leases.Renew(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("renewing leases failed; they lapse unless the next renewal succeeds", "err", err)
+		}
+		return
+	}
+	renewed := make(map[string]uint64, len(got))
+	for _, l := range got {
+		renewed[l.ConnectionID] = l.Epoch
+	}
+	var lost []string
+	var retry []LeaseKey
+	d.mu.Lock()
+	for id, st := range d.conns {
+		l := &st.lease
+		if e, ok := renewed[id]; ok && l.held && e == l.epoch {
+			l.at, l.until = start, start.Add(ttl)
+			continue
+		}
+		switch {
+		case l.held && l.at.Before(start):
+			// Not renewed (expired and maybe taken over): stop trusting it.
+			l.held, l.foreign = false, true
+			lost = append(lost, id)
+		case l.foreign && !l.held && st.tenant != "":
+			retry = append(retry, LeaseKey{Tenant: st.tenant, ConnectionID: id})
+		}
+	}
+	d.mu.Unlock()
+	for _, id := range lost {
+		d.m.leaseLost.Inc()
+		d.log.Warn("lease not renewed; stopping the connection's dispatch", "connection", id)
+		d.lost(id)
+	}
+	if len(retry) == 0 {
+		return
+	}
+	start = time.Now()
+	granted, err := d.cfg.Leases.Claim(ctx, retry)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("claiming the leases of connections held elsewhere failed", "connections", len(retry), "err", err)
+		}
+		return
+	}
+	var wake []string
+	d.mu.Lock()
+	for _, g := range granted {
+		st := d.conns[g.ConnectionID]
+		if st == nil || st.lease.held {
+			continue
+		}
+		// Held now, but not yet "known" with this epoch: the loop's lease() sees a valid lease and
+		// reports a takeover through the epoch check below.
+		l := &st.lease
+		takeover := !l.known || l.epoch != g.Epoch
+		l.held, l.foreign, l.at, l.until = true, false, start, start.Add(ttl)
+		if takeover {
+			l.known, l.epoch = true, g.Epoch
+			st.takeover = true
+		}
+		wake = append(wake, g.ConnectionID)
+	}
+	d.mu.Unlock()
+	for _, id := range wake {
+		d.gained(ctx, id)
+		d.Wake(id)
+	}
+}
+
+// ReleaseLeases ends every lease of this node at once, so other nodes take its connections
+// over without waiting for the expiry: the graceful shutdown, after Run returned. A crash skips
+// it and the leases expire (the takeover then takes up to the TTL plus a renewal interval).
+func (d *Dispatcher) ReleaseLeases(ctx context.Context) error {
+	d.mu.Lock()
+	for _, st := range d.conns {
+		st.lease.held = false
+	}
+	d.mu.Unlock()
+	return d.cfg.Leases.Release(ctx, nil)
+}
