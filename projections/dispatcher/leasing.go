@@ -3,6 +3,8 @@ package dispatcher
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/transport"
@@ -219,4 +221,20 @@ func (d *Dispatcher) ReleaseLeases(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 	return d.cfg.Leases.Release(ctx, nil)
+}
+
+// Held returns the leases this node holds and trusts now (not past their local expiry), sorted
+// by connection id.
+func (d *Dispatcher) Held() []Lease {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []Lease
+	for id, st := range d.conns {
+		if d.validLocked(&st.lease, now) {
+			out = append(out, Lease{LeaseKey: LeaseKey{Tenant: st.tenant, ConnectionID: id}, Epoch: st.lease.epoch})
+		}
+	}
+	slices.SortFunc(out, func(a, b Lease) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
+	return out
 }
