@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
+	"github.com/waqueue/waqueue/adapters/lease"
 	"github.com/waqueue/waqueue/adapters/auditkey"
 	"github.com/waqueue/waqueue/adapters/broker"
 	"github.com/waqueue/waqueue/adapters/bus"
@@ -83,6 +85,13 @@ type Options struct {
 	NoPacing bool
 	// NoDispatcher leaves the dispatcher off (messages stay queued).
 	NoDispatcher bool
+	// NodeID names this process in the dispatch leases (PostgreSQL read models only). It must
+	// be unique among the running processes. Default hostname-pid-random.
+	NodeID string
+	// LeaseTTL is the dispatch lease TTL on PostgreSQL (lease.DefaultTTL, 6s, when zero); the
+	// leases are renewed every third of it. A crashed node's connections resume on the others
+	// within LeaseTTL plus a renewal interval.
+	LeaseTTL time.Duration
 	// NoClearing does not run the clearing process: Node.Clears is built, and clears stay
 	// pending (the queue clearing) until the caller runs Node.Clears.Sweep. For tests of what
 	// happens while a queue is clearing.
@@ -290,8 +299,18 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		if o.NoPacing {
 			pacing = dispatcher.Pacing{Unpaced: true}
 		}
+		// Several processes may dispatch when PostgreSQL holds the read models: each
+		// connection's loop and session run under a lease in that database. On SQLite one
+		// process dispatches by nature (SingleNode).
+		var leases dispatcher.Leases
+		if n.DB.Dialect == projections.Postgres {
+			if leases, err = lease.NewPostgres(ctx, n.SQL, o.NodeID, o.LeaseTTL); err != nil {
+				return nil, err
+			}
+		}
 		if n.Dispatcher, err = dispatcher.New(dispatcher.Config{
-			Store: n.Events, Repository: n.Repo, Transport: n.Transport,
+			Leases: leases,
+			Store:  n.Events, Repository: n.Repo, Transport: n.Transport,
 			Messages:   dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
 			Locator:    dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
 			Pacing:     pacing,
@@ -351,6 +370,10 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	if o.NodeID == "" {
+		host, _ := os.Hostname()
+		o.NodeID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), rand.Text()[:8])
 	}
 	if o.Now == nil {
 		o.Now = func() time.Time { return time.Now().UTC() }
@@ -517,7 +540,9 @@ func (n *Node) Start(ctx context.Context) error {
 	n.goRun("command-processor", func() error { return router.Run(ctx) })
 	if n.Dispatcher != nil {
 		n.goRun("dispatcher", func() error { return n.Dispatcher.Run(ctx) })
-		n.goRun("connector", func() error { return connectAll(ctx, n.Events, n.Transport, n.log) })
+		if !n.Dispatcher.ManagesSessions() {
+			n.goRun("connector", func() error { return connectAll(ctx, n.Events, n.Transport, n.log) })
+		}
 	}
 	return nil
 }
@@ -548,6 +573,14 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	n.wg.Wait()
 	var errs []error
+	if n.Dispatcher != nil && n.cancel != nil {
+		// A graceful stop hands the connections over at once instead of after the lease TTL.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := n.Dispatcher.ReleaseLeases(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+	}
 	for i := len(n.closers) - 1; i >= 0; i-- {
 		if err := n.closers[i](); err != nil && !errors.Is(err, eventstore.ErrClosed) {
 			errs = append(errs, err)

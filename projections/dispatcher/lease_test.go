@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -214,6 +215,9 @@ func TestRecoveryOnlyOnHeldConnections(t *testing.T) {
 	b := h.node(simB, pgLeases(t, h, "b", ttl))
 	stopRenew := make(chan struct{})
 	renewed := make(chan struct{})
+	var stopOnce sync.Once
+	stop := func() { stopOnce.Do(func() { close(stopRenew) }); <-renewed }
+	t.Cleanup(stop) // before the database closes, also when the test fails early
 	go func() {
 		defer close(renewed)
 		tick := time.NewTicker(ttl / 8)
@@ -243,8 +247,7 @@ func TestRecoveryOnlyOnHeldConnections(t *testing.T) {
 
 	// Node a crashes: b takes over after the expiry, records a's message unknown (never resent)
 	// and sends the second.
-	close(stopRenew)
-	<-renewed
+	stop()
 	h.eventually("second sent by b", func() bool { return count[connection.MessageSent](h.history("c1")) == 1 })
 	hist = h.history("c1")
 	if n := count[connection.MessageOutcomeUnknown](hist); n != 1 {

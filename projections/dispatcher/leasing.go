@@ -238,3 +238,8 @@ func (d *Dispatcher) Held() []Lease {
 	slices.SortFunc(out, func(a, b Lease) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
 	return out
 }
+
+// ManagesSessions reports whether the Dispatcher connects and disconnects the transport
+// sessions with its leases (exclusive leases, TTL > 0): the caller must then not connect every
+// connection itself, or two nodes would run one WhatsApp session.
+func (d *Dispatcher) ManagesSessions() bool { return d.sessions() }
