@@ -27,7 +27,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
-	"github.com/waqueue/waqueue/adapters/lease"
 	"github.com/waqueue/waqueue/adapters/auditkey"
 	"github.com/waqueue/waqueue/adapters/broker"
 	"github.com/waqueue/waqueue/adapters/bus"
@@ -37,6 +36,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/httpapi"
+	"github.com/waqueue/waqueue/adapters/lease"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/adapters/transport"
