@@ -25,8 +25,25 @@
 // When a loop starts for a connection for the first time in this process, every message the
 // aggregate holds in flight (dispatched, unacknowledged) was dispatched by a previous process
 // that died before recording the outcome: it is recorded unknown (cause "restart"), never
-// resent. This requires that only one Dispatcher works a connection at a time (one process, or
-// per-connection leases in a scale-out deployment; leases are not implemented here).
+// resent. This requires that only one Dispatcher works a connection at a time: see Leases.
+//
+// # Leases
+//
+// A connection's loop runs only while this node holds the connection's lease (Config.Leases):
+// each turn checks it (claiming it when not held), and a lease granted with a new epoch means
+// another owner may have dispatched, so the in-flight recovery runs first — start-up recovery
+// therefore touches only connections this node holds. Every hand-over carries the lease's epoch
+// (DispatchNext.Epoch, RetrySend.Epoch, recorded on MessageDispatched and MessageSendRetried)
+// and the domain refuses one below the highest epoch on the stream (connection.ErrStaleEpoch):
+// a node whose lease lapsed unseen is fenced by the stream once the new owner dispatched, and
+// drops the lease. With exclusive leases (TTL > 0) a background renewal renews all of the node's
+// leases in one call every LeaseRenewInterval, stops trusting those not renewed (their loops
+// stop before the next hand-over; their sessions are disconnected) and claims, in one call, the
+// connections whose claim was refused, waking those granted (a crashed node's connections
+// resume after its leases expire). Sessions follow the leases: Connect on gain, Disconnect on
+// loss (ManagesSessions). Lease times are real time, never the injected Clock. Run does not
+// release the leases; a graceful shutdown calls ReleaseLeases after Run returned. After a
+// takeover the daily count and the pacing interval are rebuilt from the stream.
 //
 // Store failures. An outcome (sent, failed, unknown) that cannot be recorded because the store
 // fails is not dropped: it is recorded again, with a growing pause, until the store takes it or
