@@ -6,7 +6,8 @@ import (
 	"time"
 )
 
-// LeaseKey names one connection's lease.
+// LeaseKey names one connection's lease: its tenant and its id within the tenant (the bare id,
+// not the tenant-scoped key).
 type LeaseKey struct {
 	Tenant       string
 	ConnectionID string

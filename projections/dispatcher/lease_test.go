@@ -54,7 +54,7 @@ func sendsOn(connID string, sims ...*simulator.Simulator) []invariants.Send {
 	var out []invariants.Send
 	for _, s := range sims {
 		for i, r := range s.Sends() {
-			if r.ConnectionID == connID {
+			if r.ConnectionID == key(connID) {
 				out = append(out, invariants.Send{MessageID: r.MessageID, Order: i, Fence: r.Fence})
 			}
 		}
@@ -65,7 +65,7 @@ func sendsOn(connID string, sims ...*simulator.Simulator) []invariants.Send {
 func countOn(connID string, s *simulator.Simulator) int {
 	n := 0
 	for _, r := range s.Sends() {
-		if r.ConnectionID == connID {
+		if r.ConnectionID == key(connID) {
 			n++
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/domain/connection"
 )
 
 // leaseState is what the Dispatcher knows of its lease on one connection. Guarded by
@@ -27,6 +28,16 @@ func (d *Dispatcher) validLocked(l *leaseState, now time.Time) bool {
 	return l.held && (d.cfg.Leases.TTL() == 0 || now.Before(l.until))
 }
 
+// leaseKey returns the lease key of the connection with the tenant-scoped key connKey (the
+// dispatcher's connection id): its tenant and its bare id.
+func leaseKey(connKey string) LeaseKey {
+	t, id := connection.SplitKey(connKey)
+	return LeaseKey{Tenant: t, ConnectionID: id}
+}
+
+// key returns the tenant-scoped key (connection.Key) of the lease's connection.
+func (k LeaseKey) key() string { return connection.Key(k.Tenant, k.ConnectionID) }
+
 // errLeaseHeldElsewhere: the connection's lease is held by another node.
 var errLeaseHeldElsewhere = errors.New("dispatcher: lease held by another node")
 
@@ -44,12 +55,11 @@ func (d *Dispatcher) lease(ctx context.Context, connID string, st *connState) (e
 		return e, tk, nil
 	}
 	d.mu.Unlock()
-	t, err := d.tenant(ctx, connID)
-	if err != nil {
+	if _, err := d.tenant(ctx, connID); err != nil { // a connection this store does not know
 		return 0, false, err
 	}
 	start := time.Now()
-	got, err := d.cfg.Leases.Claim(ctx, []LeaseKey{{Tenant: t, ConnectionID: connID}})
+	got, err := d.cfg.Leases.Claim(ctx, []LeaseKey{leaseKey(connID)})
 	if err != nil {
 		return 0, false, err
 	}
@@ -149,7 +159,7 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 	}
 	renewed := make(map[string]uint64, len(got))
 	for _, l := range got {
-		renewed[l.ConnectionID] = l.Epoch
+		renewed[l.key()] = l.Epoch
 	}
 	var lost []string
 	var retry []LeaseKey
@@ -165,8 +175,8 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 			// Not renewed (expired and maybe taken over): stop trusting it.
 			l.held, l.foreign = false, true
 			lost = append(lost, id)
-		case l.foreign && !l.held && st.tenant != "":
-			retry = append(retry, LeaseKey{Tenant: st.tenant, ConnectionID: id})
+		case l.foreign && !l.held:
+			retry = append(retry, leaseKey(id))
 		}
 	}
 	d.mu.Unlock()
@@ -189,7 +199,7 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 	var wake []string
 	d.mu.Lock()
 	for _, g := range granted {
-		st := d.conns[g.ConnectionID]
+		st := d.conns[g.key()]
 		if st == nil || st.lease.held {
 			continue
 		}
@@ -202,7 +212,7 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 			l.known, l.epoch = true, g.Epoch
 			st.takeover = true
 		}
-		wake = append(wake, g.ConnectionID)
+		wake = append(wake, g.key())
 	}
 	d.mu.Unlock()
 	for _, id := range wake {
@@ -224,7 +234,7 @@ func (d *Dispatcher) ReleaseLeases(ctx context.Context) error {
 }
 
 // Held returns the leases this node holds and trusts now (not past their local expiry), sorted
-// by connection id.
+// by connection key.
 func (d *Dispatcher) Held() []Lease {
 	now := time.Now()
 	d.mu.Lock()
@@ -232,10 +242,10 @@ func (d *Dispatcher) Held() []Lease {
 	var out []Lease
 	for id, st := range d.conns {
 		if d.validLocked(&st.lease, now) {
-			out = append(out, Lease{LeaseKey: LeaseKey{Tenant: st.tenant, ConnectionID: id}, Epoch: st.lease.epoch})
+			out = append(out, Lease{LeaseKey: leaseKey(id), Epoch: st.lease.epoch})
 		}
 	}
-	slices.SortFunc(out, func(a, b Lease) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
+	slices.SortFunc(out, func(a, b Lease) int { return strings.Compare(a.key(), b.key()) })
 	return out
 }
 
