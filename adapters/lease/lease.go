@@ -28,7 +28,11 @@ const Schema = `CREATE TABLE IF NOT EXISTS dispatch_leases (
 	expires_at    TIMESTAMPTZ NOT NULL,
 	PRIMARY KEY (tenant_id, connection_id)
 );
-CREATE INDEX IF NOT EXISTS dispatch_leases_owner ON dispatch_leases (owner, expires_at);`
+CREATE INDEX IF NOT EXISTS dispatch_leases_owner ON dispatch_leases (owner, expires_at);
+CREATE TABLE IF NOT EXISTS dispatch_nodes (
+	node       TEXT PRIMARY KEY,
+	expires_at TIMESTAMPTZ NOT NULL
+);`
 
 // Postgres implements dispatcher.Leases with one row per connection in dispatch_leases. Every
 // method is one SQL statement; expiry is judged by the database's clock (now()), so the nodes'
@@ -39,7 +43,10 @@ type Postgres struct {
 	ttl  time.Duration
 }
 
-var _ dispatcher.Leases = (*Postgres)(nil)
+var (
+	_ dispatcher.Leases     = (*Postgres)(nil)
+	_ dispatcher.Membership = (*Postgres)(nil)
+)
 
 // NewPostgres returns the leases of node on db (a database/sql handle with the pgx driver),
 // creating the table if needed. ttl 0 means DefaultTTL.
@@ -89,10 +96,14 @@ RETURNING tenant_id, connection_id, epoch`, p.node, p.ttl.Microseconds(), tenant
 	return scan(rows)
 }
 
-// Renew extends every unexpired lease of this node in one statement. Rows are locked in key
+// Renew extends every unexpired lease of this node and writes its heartbeat, in one statement. Rows are locked in key
 // order, as Claim locks them, so a renewal and another node's claim cannot deadlock.
 func (p *Postgres) Renew(ctx context.Context) ([]dispatcher.Lease, error) {
 	rows, err := p.db.QueryContext(ctx, `
+WITH heartbeat AS (
+	INSERT INTO dispatch_nodes (node, expires_at) VALUES ($1, now() + $2::bigint * interval '1 microsecond')
+	ON CONFLICT (node) DO UPDATE SET expires_at = EXCLUDED.expires_at
+)
 UPDATE dispatch_leases l SET expires_at = now() + $2::bigint * interval '1 microsecond'
   FROM (SELECT tenant_id, connection_id FROM dispatch_leases
          WHERE owner = $1 AND expires_at > now()
@@ -105,12 +116,14 @@ RETURNING l.tenant_id, l.connection_id, l.epoch`, p.node, p.ttl.Microseconds())
 	return scan(rows)
 }
 
-// Release expires this node's leases of keys (all of them for nil) now; owner and epoch stay,
-// so the next owner's claim raises the epoch.
+// Release expires this node's leases of keys (all of them for nil, and then its heartbeat is
+// removed) now; owner and epoch stay, so the next owner's claim raises the epoch.
 func (p *Postgres) Release(ctx context.Context, keys []dispatcher.LeaseKey) error {
 	var err error
 	if keys == nil {
-		_, err = p.db.ExecContext(ctx, `UPDATE dispatch_leases SET expires_at = now() WHERE owner = $1 AND expires_at > now()`, p.node)
+		_, err = p.db.ExecContext(ctx, `
+WITH gone AS (DELETE FROM dispatch_nodes WHERE node = $1)
+UPDATE dispatch_leases SET expires_at = now() WHERE owner = $1 AND expires_at > now()`, p.node)
 	} else {
 		tenants, conns := split(keys)
 		_, err = p.db.ExecContext(ctx, `
@@ -122,6 +135,24 @@ UPDATE dispatch_leases l SET expires_at = now()
 		return fmt.Errorf("lease: release: %w", err)
 	}
 	return nil
+}
+
+// LiveNodes returns the nodes whose heartbeat has not expired, sorted.
+func (p *Postgres) LiveNodes(ctx context.Context) ([]string, error) {
+	rows, err := p.db.QueryContext(ctx, `SELECT node FROM dispatch_nodes WHERE expires_at > now() ORDER BY node`)
+	if err != nil {
+		return nil, fmt.Errorf("lease: live nodes: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, fmt.Errorf("lease: live nodes: %w", err)
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
 }
 
 func split(keys []dispatcher.LeaseKey) (tenants, conns []string) {

@@ -105,6 +105,7 @@ type Dispatcher struct {
 	seen    eventstore.Position
 	changed chan struct{} // closed and replaced when loops or seen change
 	rng     *rand.Rand
+	live    []string                // live nodes (Membership), refreshed by the renewals
 	recent  map[uuid.UUID]recentRef // messages dispatched here, for their receipts
 	ring    []uuid.UUID
 	ringAt  int

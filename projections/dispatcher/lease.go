@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"hash/fnv"
 	"sync"
 	"time"
 )
@@ -105,4 +106,41 @@ func (s *SingleNode) Release(_ context.Context, keys []LeaseKey) error {
 		delete(s.held, k)
 	}
 	return nil
+}
+
+// Membership is implemented by Leases adapters that know the live nodes, for balancing: the
+// Dispatcher then claims only the connections it ranks first among the live nodes (Rendezvous)
+// and hands over, when idle, those another live node ranks first.
+type Membership interface {
+	// LiveNodes returns the ids of the nodes whose heartbeat has not expired (a node's Renew
+	// writes its heartbeat, valid one TTL; Release(nil) removes it).
+	LiveNodes(ctx context.Context) ([]string, error)
+}
+
+// Rendezvous returns the node of nodes that ranks first for the connection with key connKey
+// (highest-random-weight hashing: a node joining or leaving moves only the connections it
+// ranks first); "" for no nodes. Every node computes the same answer from the same set.
+func Rendezvous(connKey string, nodes []string) string {
+	best, bestW := "", uint64(0)
+	for _, n := range nodes {
+		h := fnv.New64a()
+		_, _ = h.Write([]byte(n))
+		_, _ = h.Write([]byte{0})
+		_, _ = h.Write([]byte(connKey))
+		w := mix(h.Sum64())
+		if best == "" || w > bestW || (w == bestW && n < best) {
+			best, bestW = n, w
+		}
+	}
+	return best
+}
+
+// mix is the splitmix64 finalizer: FNV alone spreads close strings poorly in the high bits.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }

@@ -83,26 +83,28 @@ func epochs(hist []invariants.Recorded) []uint64 {
 	return out
 }
 
-// Two nodes on one PostgreSQL share the dispatch (issue 15.1, 15.3): every connection is
-// dispatched by exactly one node, through that node's session, with no double hand-over; when
-// a node crashes (its context ends without releasing its leases) its connections resume on the
-// other once the leases expire, with a higher epoch, and nothing is handed over twice.
+// Two nodes on one PostgreSQL share the dispatch (issue 15.1-15.3): each message is handed over
+// once, through the session of the node holding the connection's lease; once settled, every
+// connection is held by exactly one node, the one rendezvous hashing ranks first among the live
+// nodes, and its messages go through that node only. When a node crashes (its context ends
+// without releasing its leases) its connections resume on the other once the leases expire,
+// with a higher epoch, and nothing is handed over twice.
 func TestTwoNodesShareDispatchAndTakeOverAfterACrash(t *testing.T) {
 	h := newHarness(t, openPostgres)
 	h.autoAdvance(100 * time.Millisecond)
-	conns, per := 6, 20
+	conns, per := 8, 20
 	if testing.Short() {
-		conns, per = 4, 8
+		conns, per = 6, 8
 	}
 	ttl := 2 * time.Second
 	simA, simB := nodeSim(t, h, 1), nodeSim(t, h, 2)
+	sims := map[string]*simulator.Simulator{"a": simA, "b": simB}
 	ids := make([]string, conns)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("c%d", i)
 		h.registerOnly(ids[i])
 	}
-	a := h.node(simA, pgLeases(t, h, "a", ttl))
-	b := h.node(simB, pgLeases(t, h, "b", ttl))
+	nodes := map[string]*running{"a": h.node(simA, pgLeases(t, h, "a", ttl)), "b": h.node(simB, pgLeases(t, h, "b", ttl))}
 	for _, id := range ids {
 		h.startBroadcast(id, per)
 	}
@@ -111,67 +113,93 @@ func TestTwoNodesShareDispatchAndTakeOverAfterACrash(t *testing.T) {
 			h.eventually(fmt.Sprintf("%s: %d sent", id, want), func() bool { return count[connection.MessageSent](h.history(id)) >= want })
 		}
 	}
-	sentAll(per)
-
-	owner := map[string]string{}
-	onA := 0
-	for _, id := range ids {
-		na, nb := countOn(id, simA), countOn(id, simB)
-		switch {
-		case na == per && nb == 0:
-			owner[id] = "a"
-			onA++
-		case nb == per && na == 0:
-			owner[id] = "b"
-		default:
-			t.Fatalf("%s: %d sends through node a, %d through node b; want all %d through one", id, na, nb, per)
+	check := func(id string, queued int) {
+		t.Helper()
+		rep := invariants.Check(h.history(id), sendsOn(id, simA, simB))
+		for _, v := range rep.Violations {
+			t.Errorf("%s: %s", id, v)
 		}
-		es := epochs(h.history(id))
-		for _, e := range es {
-			if e == 0 || e != es[0] {
-				t.Fatalf("%s: dispatch epochs %v, want one non-zero epoch", id, es)
+		if rep.Queued != queued || len(rep.Pending) != 0 || len(rep.InFlight) != 0 {
+			t.Errorf("%s: queued %d, pending %d, in flight %d", id, rep.Queued, len(rep.Pending), len(rep.InFlight))
+		}
+		if n := len(sendsOn(id, simA, simB)); n != queued {
+			t.Errorf("%s: %d hand-overs for %d messages", id, n, queued)
+		}
+	}
+	sentAll(per)
+	for _, id := range ids {
+		check(id, per)
+	}
+
+	// Settled: each connection held by the node rendezvous hashing ranks first.
+	owner := map[string]string{}
+	for _, id := range ids {
+		owner[id] = dispatcher.Rendezvous(key(id), []string{"a", "b"})
+	}
+	holder := func(id string) string {
+		var hs []string
+		for name, n := range nodes {
+			for _, l := range n.Held() {
+				if l.ConnectionID == id {
+					hs = append(hs, name)
+				}
 			}
 		}
-		if rep := invariants.Check(h.history(id), sendsOn(id, simA, simB)); len(rep.Violations) > 0 {
-			t.Fatalf("%s: %v", id, rep.Violations)
+		if len(hs) != 1 {
+			return fmt.Sprint(hs)
 		}
+		return hs[0]
 	}
-	t.Logf("node a dispatched %d connections, node b %d", onA, conns-onA)
+	for _, id := range ids {
+		h.eventually(id+" held by "+owner[id], func() bool { return holder(id) == owner[id] })
+	}
+	onA := 0
+	before := map[string]int{}
+	for i, id := range ids {
+		if owner[id] == "a" {
+			onA++
+		}
+		before[id] = countOn(id, sims[owner[id]])
+		h.enqueueOne(id, fmt.Sprint("settled-", i), 0)
+	}
+	t.Logf("node a holds %d connections, node b %d", onA, conns-onA)
+	sentAll(per + 1)
+	for _, id := range ids {
+		if got := countOn(id, sims[owner[id]]) - before[id]; got != 1 {
+			t.Errorf("%s: the message after settling went %d times through its owner %s", id, got, owner[id])
+		}
+		check(id, per+1)
+	}
 
 	// Crash the node with the most connections: its context ends, its leases are not released.
-	victim, survivor, victimName, survivorSim := a, b, "a", simB
+	victim, survivor := "a", "b"
 	if onA*2 < conns {
-		victim, survivor, victimName, survivorSim = b, a, "b", simA
+		victim, survivor = "b", "a"
 	}
-	before := map[string]int{}
+	epochBefore := map[string]uint64{}
 	for _, id := range ids {
-		before[id] = countOn(id, survivorSim)
+		es := epochs(h.history(id))
+		epochBefore[id] = es[len(es)-1]
+		before[id] = countOn(id, sims[survivor])
 	}
-	victim.stop()
+	nodes[victim].stop()
 	for i, id := range ids {
 		for j := range per {
 			h.enqueueOne(id, fmt.Sprintf("after-%d-%d", i, j), 0)
 		}
 	}
-	sentAll(2 * per)
+	sentAll(2*per + 1)
 	for _, id := range ids {
-		hist := h.history(id)
-		if got := countOn(id, survivorSim) - before[id]; got != per {
+		if got := countOn(id, sims[survivor]) - before[id]; got != per {
 			t.Errorf("%s (was on %s): %d of the %d new messages went through the survivor", id, owner[id], got, per)
 		}
-		es := epochs(hist)
-		if owner[id] == victimName && es[len(es)-1] <= es[0] {
-			t.Errorf("%s: epochs %v, want a higher one after the takeover", id, es)
+		es := epochs(h.history(id))
+		if owner[id] == victim && es[len(es)-1] <= epochBefore[id] {
+			t.Errorf("%s: epochs %v, want a higher one than %d after the takeover", id, es, epochBefore[id])
 		}
-		rep := invariants.Check(hist, sendsOn(id, simA, simB))
-		for _, v := range rep.Violations {
-			t.Errorf("%s: %s", id, v)
-		}
-		if rep.Queued != 2*per || len(rep.Pending) != 0 || len(rep.InFlight) != 0 {
-			t.Errorf("%s: queued %d, pending %d, in flight %d", id, rep.Queued, len(rep.Pending), len(rep.InFlight))
-		}
+		check(id, 2*per+1)
 	}
-	if n := len(survivor.Held()); n != conns {
+	if n := len(nodes[survivor].Held()); n != conns {
 		t.Errorf("survivor holds %d leases, want %d", n, conns)
 	}
 }
@@ -349,5 +377,57 @@ func TestGracefulShutdownReleasesLeases(t *testing.T) {
 	got, err := lb.Claim(ctx, []dispatcher.LeaseKey{held[0].LeaseKey})
 	if err != nil || len(got) != 1 || got[0].Epoch != held[0].Epoch+1 {
 		t.Fatalf("b's claim after a's release: %v %v", got, err)
+	}
+}
+
+// A node that joins takes over, from the node that held everything, exactly the idle
+// connections rendezvous hashing ranks it first for, through fenced hand-overs (issue 15.2).
+func TestJoiningNodeTakesItsShare(t *testing.T) {
+	h := newHarness(t, openPostgres)
+	h.autoAdvance(100 * time.Millisecond)
+	ttl := 2 * time.Second
+	simA, simB := nodeSim(t, h, 1), nodeSim(t, h, 2)
+	ids := make([]string, 8)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("c%d", i)
+		h.registerOnly(ids[i])
+	}
+	a := h.node(simA, pgLeases(t, h, "a", ttl))
+	for i, id := range ids {
+		h.enqueueOne(id, fmt.Sprint("first-", i), 0)
+	}
+	for _, id := range ids {
+		h.eventually(id+" sent", func() bool { return count[connection.MessageSent](h.history(id)) == 1 })
+	}
+	if n := len(a.Held()); n != len(ids) {
+		t.Fatalf("a alone holds %d of %d", n, len(ids))
+	}
+	b := h.node(simB, pgLeases(t, h, "b", ttl))
+	want := map[string]string{}
+	toB := 0
+	for _, id := range ids {
+		if want[id] = dispatcher.Rendezvous(key(id), []string{"a", "b"}); want[id] == "b" {
+			toB++
+		}
+	}
+	if toB == 0 || toB == len(ids) {
+		t.Fatalf("rendezvous puts %d of %d on b; pick other ids", toB, len(ids))
+	}
+	h.eventually("b holds its share", func() bool { return len(b.Held()) == toB && len(a.Held()) == len(ids)-toB })
+	for i, id := range ids {
+		h.enqueueOne(id, fmt.Sprint("second-", i), 0)
+	}
+	for _, id := range ids {
+		h.eventually(id+" second sent", func() bool { return count[connection.MessageSent](h.history(id)) == 2 })
+		sim := simA
+		if want[id] == "b" {
+			sim = simB
+		}
+		if n := countOn(id, sim); (want[id] == "b" && n != 1) || (want[id] == "a" && n != 2) {
+			t.Errorf("%s: %d sends through its owner %s", id, n, want[id])
+		}
+		for _, v := range invariants.Check(h.history(id), sendsOn(id, simA, simB)).Violations {
+			t.Errorf("%s: %s", id, v)
+		}
 	}
 }

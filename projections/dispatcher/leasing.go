@@ -58,6 +58,19 @@ func (d *Dispatcher) lease(ctx context.Context, connID string, st *connState) (e
 	if _, err := d.tenant(ctx, connID); err != nil { // a connection this store does not know
 		return 0, false, err
 	}
+	d.mu.Lock()
+	if !d.preferredLocked(connID) {
+		// Another live node ranks first: it claims the connection (renewals retry it here if
+		// that node goes away).
+		wasHeld := st.lease.held
+		st.lease.held, st.lease.foreign = false, true
+		d.mu.Unlock()
+		if wasHeld {
+			d.lost(connID)
+		}
+		return 0, false, errLeaseHeldElsewhere
+	}
+	d.mu.Unlock()
 	start := time.Now()
 	got, err := d.cfg.Leases.Claim(ctx, []LeaseKey{leaseKey(connID)})
 	if err != nil {
@@ -96,6 +109,20 @@ func (d *Dispatcher) dropLease(connID string, st *connState) {
 	if wasHeld {
 		d.lost(connID)
 	}
+}
+
+// preferredLocked reports whether this node ranks first for the connection among the live
+// nodes (always true without Membership, or before the live set is known).
+func (d *Dispatcher) preferredLocked(connKey string) bool {
+	if len(d.live) == 0 {
+		return true
+	}
+	me := d.cfg.Leases.Node()
+	nodes := d.live
+	if !slices.Contains(nodes, me) {
+		nodes = append(slices.Clone(nodes), me)
+	}
+	return Rendezvous(connKey, nodes) == me
 }
 
 // sessions reports whether the Dispatcher connects and disconnects transport sessions with its
@@ -139,12 +166,12 @@ func (d *Dispatcher) renew(ctx context.Context) {
 	tick := time.NewTicker(d.cfg.LeaseRenewInterval)
 	defer tick.Stop()
 	for {
+		d.renewOnce(ctx, ttl) // at once: the heartbeat makes this node part of the live set
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		d.renewOnce(ctx, ttl)
 	}
 }
 
@@ -157,17 +184,32 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 		}
 		return
 	}
+	if m, ok := d.cfg.Leases.(Membership); ok {
+		if live, err := m.LiveNodes(ctx); err == nil {
+			d.mu.Lock()
+			d.live = live
+			d.mu.Unlock()
+		} else if ctx.Err() == nil {
+			d.log.Warn("reading the live nodes failed; keeping the last set", "err", err)
+		}
+	}
 	renewed := make(map[string]uint64, len(got))
 	for _, l := range got {
 		renewed[l.key()] = l.Epoch
 	}
-	var lost []string
-	var retry []LeaseKey
+	var lost, handOver []string
+	var retry, release []LeaseKey
 	d.mu.Lock()
 	for id, st := range d.conns {
 		l := &st.lease
 		if e, ok := renewed[id]; ok && l.held && e == l.epoch {
 			l.at, l.until = start, start.Add(ttl)
+			if !st.running && !d.preferredLocked(id) {
+				// Balance: another live node ranks first; hand the idle connection over.
+				l.held, l.foreign = false, true
+				handOver = append(handOver, id)
+				release = append(release, leaseKey(id))
+			}
 			continue
 		}
 		switch {
@@ -175,7 +217,7 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 			// Not renewed (expired and maybe taken over): stop trusting it.
 			l.held, l.foreign = false, true
 			lost = append(lost, id)
-		case l.foreign && !l.held:
+		case l.foreign && !l.held && d.preferredLocked(id):
 			retry = append(retry, leaseKey(id))
 		}
 	}
@@ -184,6 +226,15 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 		d.m.leaseLost.Inc()
 		d.log.Warn("lease not renewed; stopping the connection's dispatch", "connection", id)
 		d.lost(id)
+	}
+	if len(release) > 0 {
+		if err := d.cfg.Leases.Release(ctx, release); err != nil && ctx.Err() == nil {
+			d.log.Warn("handing leases over failed; they expire instead", "connections", len(release), "err", err)
+		}
+		for _, id := range handOver {
+			d.lost(id)
+		}
+		d.log.Info("handed idle connections over to the nodes ranking first", "connections", len(handOver))
 	}
 	if len(retry) == 0 {
 		return

@@ -217,6 +217,34 @@ func Run(t *testing.T, newBackend func(t *testing.T) Opener, exclusive bool) {
 		}
 	})
 
+	t.Run("membership: a renewal is a heartbeat, a full release leaves", func(t *testing.T) {
+		open := newBackend(t)
+		a, b := open("a", long), open("b", long)
+		ma, ok := a.(dispatcher.Membership)
+		if !ok {
+			t.Skip("the adapter does not implement dispatcher.Membership")
+		}
+		live := func() []string {
+			t.Helper()
+			n, err := ma.LiveNodes(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		renewed(t, a)
+		renewed(t, b)
+		if got := live(); len(got) != 2 || got[0] != "a" || got[1] != "b" {
+			t.Fatalf("live nodes %v, want [a b]", got)
+		}
+		if err := b.Release(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := live(); len(got) != 1 || got[0] != "a" {
+			t.Fatalf("live nodes after b left: %v, want [a]", got)
+		}
+	})
+
 	t.Run("one call claims and renews many", func(t *testing.T) {
 		open := newBackend(t)
 		a := open("a", long)
