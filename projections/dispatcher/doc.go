@@ -41,7 +41,10 @@
 // stop before the next hand-over; their sessions are disconnected) and claims, in one call, the
 // connections whose claim was refused, waking those granted (a crashed node's connections
 // resume after its leases expire). Sessions follow the leases: Connect on gain, Disconnect on
-// loss (ManagesSessions). Lease times are real time, never the injected Clock. Run does not
+// loss (ManagesSessions). When the adapter implements Membership (live nodes from the
+// renewals' heartbeats), a node claims only the connections Rendezvous ranks it first for among
+// the live nodes, and the renewal hands over (releases) the idle connections another live node
+// ranks first: a node joining or leaving moves only its share. Lease times are real time, never the injected Clock. Run does not
 // release the leases; a graceful shutdown calls ReleaseLeases after Run returned. After a
 // takeover the daily count and the pacing interval are rebuilt from the stream.
 //
