@@ -54,7 +54,7 @@ func TestMessageLifecycles(t *testing.T) {
 		outcome(2, connection.MessageStatusUnknown, 14)
 		m3, _ := msg(3)
 		do(func(c *connection.Connection) ([]connection.Event, error) {
-			return c.Expire(connection.ExpireMessage(m3), at(70))
+			return c.Expire(connection.ExpireMessage{MessageID: m3.MessageID, Seq: m3.Seq, ExpiresAt: m3.ExpiresAt}, at(70))
 		})
 
 		q, ps := allProjections()
