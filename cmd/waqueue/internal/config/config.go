@@ -63,8 +63,9 @@ type Config struct {
 	// For the simulator and benchmarks only: real numbers get banned without pacing.
 	NoPacing bool
 	// NoDispatcher serves the API and runs projections without dispatching messages
-	// (--no-dispatcher, WAQUEUE_NO_DISPATCHER): for extra API-only instances, since only one
-	// process may dispatch for a connection at a time.
+	// (--no-dispatcher, WAQUEUE_NO_DISPATCHER): for API-only instances. With PostgreSQL read
+	// models every instance may dispatch (per-connection leases, docs/operations.md); without,
+	// only one process may dispatch.
 	NoDispatcher bool
 	// LogLevel is debug, info, warn or error (--log-level, WAQUEUE_LOG_LEVEL). Default info.
 	LogLevel string
