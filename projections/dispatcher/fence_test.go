@@ -221,11 +221,31 @@ func randomizedDisconnects(t *testing.T, open engine, target int) {
 	)
 	note := func(what string) { mu.Lock(); counts[what]++; mu.Unlock() }
 	intn := func(n int) int { mu.Lock(); defer mu.Unlock(); return rng.IntN(n) }
+	// exercised says whether the run has seen both a hand-over the transport refused and a
+	// fenced retry: the chaos is random, so the run goes on (counted in dispatches, never in
+	// time) until it has, up to 20 times the target.
+	exercised := func() bool {
+		if d.Stats().Retries == 0 {
+			return false
+		}
+		for _, id := range conns {
+			for _, s := range rec.sends(id) {
+				if s.Refused {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	more := func() bool {
+		n := d.Stats().Dispatched
+		return n < uint64(target) || (n < uint64(20*target) && !exercised())
+	}
 	// A safety net against a hang, never a speed requirement.
 	deadline := time.Now().Add(10 * time.Minute)
 	for _, id := range conns {
 		wg.Go(func() {
-			for i := 0; d.Stats().Dispatched < uint64(target) && time.Now().Before(deadline); i++ {
+			for i := 0; more() && time.Now().Before(deadline); i++ {
 				time.Sleep(time.Duration(500+intn(1500)) * time.Microsecond)
 				var pending uint64
 				_ = h.repo.View(ctx, id, func(c *connection.Connection) error { pending = c.Pending(); return nil })
