@@ -159,6 +159,9 @@ func TestSessionCookieAndHeaders(t *testing.T) {
 	if !strings.Contains(p.body, `id="card-shop-1"`) {
 		t.Error("the connections page has no card for shop-1")
 	}
+	if !strings.Contains(p.body, `href="/docs"`) {
+		t.Error("the console does not link the API reference (/docs)")
+	}
 }
 
 // TestBadKeyIsRefused: a wrong key signs nobody in.
