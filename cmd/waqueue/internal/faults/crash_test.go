@@ -346,7 +346,22 @@ func TestKillMidClear(t *testing.T) {
 					} `json:"report"`
 				}
 				waitFor(t, ctx, "clear done", func() bool {
-					p.api.must(t, ctx, "GET", "/v1/connections/"+id+"/clears/"+clr.ClearID.String(), nil, atClear, http.StatusOK, &report)
+					// A 404 here means the restarted node's clears read model has not caught up
+					// with the (replayed) request yet; even with Waqueue-Min-Position it was seen
+					// once right after the restart (see docs/reliability.md, open question).
+					res, err := p.api.call(ctx, "GET", "/v1/connections/"+id+"/clears/"+clr.ClearID.String(), nil, atClear)
+					if err != nil {
+						t.Fatalf("GET clear report: %v", err)
+					}
+					if res.Status == http.StatusNotFound {
+						return false
+					}
+					if res.Status != http.StatusOK {
+						t.Fatalf("GET clear report: status %d: %s", res.Status, res.Body)
+					}
+					if err := res.decode(&report); err != nil {
+						t.Fatal(err)
+					}
 					return report.Status == "done"
 				})
 				if report.Report.PurgedCount != total {
