@@ -118,10 +118,11 @@ func TestKillMidBroadcast(t *testing.T) {
 
 			// 8 clients enqueue until the kill; each key is accepted (202), refused, or unanswered.
 			var (
-				mu         sync.Mutex
-				accepted   = map[string]uuid.UUID{} // key -> message id
-				unanswered []string
-				wg         sync.WaitGroup
+				mu           sync.Mutex
+				accepted     = map[string]uuid.UUID{} // key -> message id
+				keyRecipient = map[string]string{}    // key -> the recipient its request named
+				unanswered   []string
+				wg           sync.WaitGroup
 			)
 			stop := make(chan struct{})
 			for w := range 8 {
@@ -135,10 +136,12 @@ func TestKillMidBroadcast(t *testing.T) {
 						default:
 						}
 						key := fmt.Sprintf("w%d-%d", w, i)
+						rcpt := fmt.Sprintf("+4917297%02d%03d", w, i%1000)
 						res, err := p.api.call(ctx, "POST", "/v1/connections/"+id+"/messages",
-							map[string]any{"recipient": fmt.Sprintf("+4917297%02d%03d", w, i%1000), "text": "hi"},
+							map[string]any{"recipient": rcpt, "text": "hi"},
 							map[string]string{"Idempotency-Key": key})
 						mu.Lock()
+						keyRecipient[key] = rcpt
 						switch {
 						case err != nil:
 							unanswered = append(unanswered, key)
@@ -188,12 +191,13 @@ func TestKillMidBroadcast(t *testing.T) {
 			t.Logf("killed mid-broadcast: %d keys accepted, %d unanswered", len(accepted), len(unanswered))
 
 			p = serve(t, ctx, bin, dir, dbURL)
-			// A retry with the same key after the crash answers the first message, or queues it now.
+			// A retry with the same key and the same request after the crash answers the first
+			// message, or queues it now (another request under the key would be 422).
 			for _, key := range unanswered {
 				var m struct {
 					MessageID uuid.UUID `json:"message_id"`
 				}
-				p.api.must(t, ctx, "POST", "/v1/connections/"+id+"/messages", map[string]any{"recipient": "+491729700000", "text": "hi"},
+				p.api.must(t, ctx, "POST", "/v1/connections/"+id+"/messages", map[string]any{"recipient": keyRecipient[key], "text": "hi"},
 					map[string]string{"Idempotency-Key": key}, http.StatusAccepted, &m)
 				accepted[key] = m.MessageID
 			}
@@ -206,7 +210,7 @@ func TestKillMidBroadcast(t *testing.T) {
 				var m struct {
 					MessageID uuid.UUID `json:"message_id"`
 				}
-				p.api.must(t, ctx, "POST", "/v1/connections/"+id+"/messages", map[string]any{"recipient": "+491729700000", "text": "hi"},
+				p.api.must(t, ctx, "POST", "/v1/connections/"+id+"/messages", map[string]any{"recipient": keyRecipient[key], "text": "hi"},
 					map[string]string{"Idempotency-Key": key}, http.StatusAccepted, &m)
 				if m.MessageID != want {
 					t.Errorf("retry of %s after the crash answered message %s, want %s", key, m.MessageID, want)
