@@ -46,15 +46,26 @@ func TestReplayAnswersOriginalInAnyState(t *testing.T) {
 					if err != nil || !again.Replayed || again.MessageID != first.MessageID || again.Seq != first.Seq {
 						t.Fatalf("%s: enqueue replay = %+v, %v; want the original %s at seq %d", stage, again, err, first.MessageID, first.Seq)
 					}
+					// A replay answers the original's position, so that a read asking for it
+					// (Waqueue-Min-Position) sees the original.
+					if again.Position != first.Position {
+						t.Errorf("%s: enqueue replay at position %v, the original is at %v", stage, again.Position, first.Position)
+					}
 					b, err := hh.broadcast.Handle(as(ctx, operator), bc)
 					if err != nil || !b.Replayed || b.BroadcastID != firstB.BroadcastID || b.Count != firstB.Count || b.FirstSeq != firstB.FirstSeq {
 						t.Fatalf("%s: broadcast replay = %+v, %v; want the original %+v", stage, b, err, firstB)
+					}
+					if b.Position != firstB.Position {
+						t.Errorf("%s: broadcast replay at position %v, the original is at %v", stage, b.Position, firstB.Position)
 					}
 					for _, rc := range clears {
 						c, err := hh.requestClear.Handle(as(ctx, operator), rc)
 						want := firstC[rc.IdempotencyKey]
 						if err != nil || !c.Replayed || c.ClearID != want.ClearID || c.Requested.PurgeCount != want.Requested.PurgeCount {
 							t.Fatalf("%s: clear %s replay = %+v, %v; want the original %s (%d purged)", stage, rc.IdempotencyKey, c, err, want.ClearID, want.Requested.PurgeCount)
+						}
+						if c.Position != want.Position {
+							t.Errorf("%s: clear %s replay at position %v, the original is at %v", stage, rc.IdempotencyKey, c.Position, want.Position)
 						}
 					}
 				}

@@ -459,24 +459,47 @@ type eventByID interface {
 // With a store that indexes ids it is one lookup wherever the event lies; otherwise (esdb) it
 // reads at most ReplayScan of the stream's latest events and reports false for an older one.
 func (r *Repository) original(ctx context.Context, connID string, probe connection.Event) (connection.Event, eventstore.Position, bool, error) {
+	ev, rec, found, err := r.originalRecord(ctx, connID, probe)
+	return ev, rec.Position, found, err
+}
+
+// originalRecord is original with the stored record (its revision as well as its position).
+func (r *Repository) originalRecord(ctx context.Context, connID string, probe connection.Event) (connection.Event, eventstore.RecordedEvent, bool, error) {
 	stream := connection.StreamName(connID)
 	byID, ok := r.store.(eventByID)
 	if !ok {
-		ev, rec, found, err := r.findRecordBackwards(ctx, connID, ReplayScan, probe)
-		return ev, rec.Position, found, err
+		return r.findRecordBackwards(ctx, connID, ReplayScan, probe)
 	}
 	rec, found, err := byID.ReadEventByID(ctx, connection.EventID(stream, 0, probe))
 	if err != nil {
-		return nil, eventstore.Position{}, false, fmt.Errorf("commands: look up %s of %q: %w", probe.EventType(), stream, err)
+		return nil, eventstore.RecordedEvent{}, false, fmt.Errorf("commands: look up %s of %q: %w", probe.EventType(), stream, err)
 	}
 	if !found || rec.Stream != stream || rec.Type != probe.EventType() {
-		return nil, eventstore.Position{}, false, nil
+		return nil, eventstore.RecordedEvent{}, false, nil
 	}
 	ev, err := connection.Decode(rec.Type, rec.Data)
 	if err != nil {
-		return nil, eventstore.Position{}, false, fmt.Errorf("commands: %q revision %d: %w", stream, rec.Revision, err)
+		return nil, eventstore.RecordedEvent{}, false, fmt.Errorf("commands: %q revision %d: %w", stream, rec.Revision, err)
 	}
-	return ev, rec.Position, true, nil
+	return ev, rec, true, nil
+}
+
+// positionAfter returns the position of the event n revisions after rec in its stream: the
+// last event of an append that began with rec and wrote n more (a broadcast's BroadcastStarted
+// and its MessageQueued), which is the position the original write was answered with. It
+// returns rec's own position when that event is not there (n == 0, or a store that lost it).
+func (r *Repository) positionAfter(ctx context.Context, rec eventstore.RecordedEvent, n uint64) (eventstore.Position, error) {
+	if n == 0 {
+		return rec.Position, nil
+	}
+	evs, err := r.store.ReadStream(ctx, rec.Stream, eventstore.Forwards, rec.Revision+n, 1)
+	if err != nil {
+		return eventstore.Position{}, fmt.Errorf("commands: read %q at revision %d: %w", rec.Stream, rec.Revision+n, err)
+	}
+	if len(evs) == 0 || evs[0].Revision != rec.Revision+n {
+		return rec.Position, nil
+	}
+	return evs[0].Position, nil
 }
 
 // findBackwards reads the stream from its end towards its start, at most limit events, and

@@ -60,8 +60,9 @@ func (h *RequestClearHandler) Handle(ctx context.Context, cmd RequestClear) (Req
 		return RequestClearResult{}, err
 	}
 	var (
-		id         uuid.UUID
-		inProgress connection.ClearQueueRequested
+		id               uuid.UUID
+		inProgress       connection.ClearQueueRequested
+		inProgressReplay bool
 	)
 	scope := connection.WholeQueue
 	if cmd.BroadcastID != uuid.Nil {
@@ -81,8 +82,9 @@ func (h *RequestClearHandler) Handle(ctx context.Context, cmd RequestClear) (Req
 		return RequestClearResult{}, err
 	case err == nil && len(a.Events) == 0:
 		// The same clear is in progress, the same request (the domain checked the fingerprint):
-		// an idempotent no-op.
-		return RequestClearResult{Result: resultOf(a), ClearID: id, Requested: inProgress, Replayed: true}, nil
+		// an idempotent no-op, answered below with the original's position (a no-op has none,
+		// and a read asking for Waqueue-Min-Position must see the request).
+		inProgressReplay = true
 	case err == nil:
 		return RequestClearResult{Result: resultOf(a), ClearID: id, Requested: a.Events[0].(connection.ClearQueueRequested)}, nil
 	}
@@ -95,6 +97,8 @@ func (h *RequestClearHandler) Handle(ctx context.Context, cmd RequestClear) (Req
 		return RequestClearResult{}, ferr
 	case !found && err != nil && !errors.Is(err, eventstore.ErrDuplicateEventID):
 		return RequestClearResult{}, err // a refusal, and the key is new
+	case !found && inProgressReplay:
+		return RequestClearResult{Result: resultOf(a), ClearID: id, Requested: inProgress, Replayed: true}, nil
 	case !found:
 		// Stored, but further back than a store without an id index lets us look.
 		return RequestClearResult{ClearID: id, Replayed: true}, nil

@@ -88,7 +88,7 @@ func (h *StartBroadcastHandler) Handle(ctx context.Context, cmd StartBroadcast) 
 		return StartBroadcastResult{}, err
 	}
 	// The key may have been accepted before: answer the original in any state (G5).
-	ev, pos, found, ferr := h.repo.original(ctx, connection.Key(p.TenantID, cmd.ConnectionID), connection.BroadcastStarted{BroadcastID: id})
+	ev, rec, found, ferr := h.repo.originalRecord(ctx, connection.Key(p.TenantID, cmd.ConnectionID), connection.BroadcastStarted{BroadcastID: id})
 	switch {
 	case ferr != nil:
 		return StartBroadcastResult{}, ferr
@@ -100,6 +100,11 @@ func (h *StartBroadcastHandler) Handle(ctx context.Context, cmd StartBroadcast) 
 	}
 	b := ev.(connection.BroadcastStarted)
 	if err := connection.CheckReplay(cmd.ConnectionID, "broadcast", b.Fingerprint, prepared.Fingerprint()); err != nil {
+		return StartBroadcastResult{}, err
+	}
+	// The original was answered with the position of its last event, its last MessageQueued.
+	pos, err := h.repo.positionAfter(ctx, rec, uint64(b.Count))
+	if err != nil {
 		return StartBroadcastResult{}, err
 	}
 	return StartBroadcastResult{Result: Result{Position: pos, Version: a.Version}, BroadcastID: id, Count: b.Count, FirstSeq: b.FirstSeq, Replayed: true}, nil
