@@ -97,8 +97,12 @@ func (c *Client) RegisterConnection(ctx context.Context, id, phone, onBan string
 	if onBan != "" {
 		in["on_ban"] = onBan
 	}
+	body, err := jsonBody(in)
+	if err != nil {
+		return Card{}, nil, err
+	}
 	var card Card
-	b, err := c.postJSON(ctx, "/v1/connections", in, nil, &card)
+	b, err := c.cardCommand(ctx, request{method: http.MethodPost, path: "/v1/connections", body: body, contentType: "application/json"}, id, &card)
 	return card, b, err
 }
 
@@ -244,15 +248,23 @@ func (c *Client) Clears(ctx context.Context, conn, cursor string, limit int) (Cl
 
 // Hold holds conn's queue with an optional note (POST …/queue/hold) and returns the card.
 func (c *Client) Hold(ctx context.Context, conn, note string) (Card, json.RawMessage, error) {
+	body, err := jsonBody(map[string]string{"note": note})
+	if err != nil {
+		return Card{}, nil, err
+	}
 	var card Card
-	b, err := c.postJSON(ctx, "/v1/connections/"+seg(conn)+"/queue/hold", map[string]string{"note": note}, nil, &card)
+	b, err := c.cardCommand(ctx, request{method: http.MethodPost, path: "/v1/connections/" + seg(conn) + "/queue/hold", body: body, contentType: "application/json"}, conn, &card)
 	return card, b, err
 }
 
 // Resume resumes conn's held queue (POST …/queue/resume) and returns the card.
 func (c *Client) Resume(ctx context.Context, conn, note string) (Card, json.RawMessage, error) {
+	body, err := jsonBody(map[string]string{"note": note})
+	if err != nil {
+		return Card{}, nil, err
+	}
 	var card Card
-	b, err := c.postJSON(ctx, "/v1/connections/"+seg(conn)+"/queue/resume", map[string]string{"note": note}, nil, &card)
+	b, err := c.cardCommand(ctx, request{method: http.MethodPost, path: "/v1/connections/" + seg(conn) + "/queue/resume", body: body, contentType: "application/json"}, conn, &card)
 	return card, b, err
 }
 

@@ -22,17 +22,35 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
+
+// DefaultConsistencyWait is Client.ConsistencyWait's default: long enough for a busy server's
+// read models to catch up after a restart.
+const DefaultConsistencyWait = 60 * time.Second
+
+// HeaderPositionReached is the server's answer to Waqueue-Min-Position: "true" when the view
+// reflects every event up to the asked position, "false" when it is older.
+const HeaderPositionReached = "Waqueue-Position-Reached"
 
 // Client calls one waqueue server with one API key. It is safe for concurrent use.
 //
 // Read your writes: the client keeps the greatest Waqueue-Position the server answered (or was
 // given with SetMinPosition) and sends it as Waqueue-Min-Position with every request, so every
-// read reflects the writes made through it before.
+// read reflects the writes made through it before. The server bounds its wait for the read
+// models (2 s by default) and then answers what they hold with Waqueue-Position-Reached: false;
+// the client asks again, with a growing pause, until the answer says true, the call's context
+// ends or ConsistencyWait has passed — only then does it return the older view. A command
+// answered with a read-model view that has not reached the command's own position (register,
+// hold, resume, settings answer the card) is followed by a read of the card that does the same.
 type Client struct {
 	base *url.URL
 	key  string
 	http *http.Client
+
+	// ConsistencyWait bounds how long a read asks again for a view that reflects the client's
+	// writes (zero: DefaultConsistencyWait; negative: never ask again). Set it before use.
+	ConsistencyWait time.Duration
 
 	mu         sync.Mutex
 	pos        [2]uint64 // greatest position seen (commit, prepare); zero when none
@@ -157,14 +175,51 @@ type request struct {
 }
 
 // do sends rq and returns the successful response, whose body the caller closes. A failed
-// response is returned as *Problem (or *StatusError).
+// response is returned as *Problem (or *StatusError). A GET that asked for the client's
+// position and was answered from an older view (Waqueue-Position-Reached: false) is sent
+// again, with a growing pause, until the view reaches it or ConsistencyWait has passed.
 func (c *Client) do(ctx context.Context, rq request) (*http.Response, error) {
+	var start time.Time
+	pause := 50 * time.Millisecond
+	for {
+		resp, asked, err := c.send(ctx, rq)
+		if err != nil {
+			return nil, err
+		}
+		if rq.method != http.MethodGet || !asked || resp.Header.Get(HeaderPositionReached) != "false" {
+			return c.answer(rq, resp)
+		}
+		if start.IsZero() {
+			start = time.Now()
+		}
+		wait := c.ConsistencyWait
+		if wait == 0 {
+			wait = DefaultConsistencyWait
+		}
+		if time.Since(start)+pause > wait {
+			return c.answer(rq, resp) // the older view, labelled so by its header
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		_ = resp.Body.Close()
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("client: %s %s: waiting for the read models to reach %s: %w", rq.method, rq.path, c.MinPosition(), ctx.Err())
+		case <-t.C:
+		}
+		pause = min(2*pause, time.Second)
+	}
+}
+
+// send sends rq once; asked reports whether it carried Waqueue-Min-Position.
+func (c *Client) send(ctx context.Context, rq request) (resp *http.Response, asked bool, err error) {
 	u := *c.base
 	u.Path = c.base.Path + rq.path
 	u.RawQuery = rq.query.Encode()
 	req, err := http.NewRequestWithContext(ctx, rq.method, u.String(), rq.body)
 	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, false, fmt.Errorf("client: %w", err)
 	}
 	if rq.length > 0 {
 		req.ContentLength = rq.length
@@ -177,17 +232,24 @@ func (c *Client) do(ctx context.Context, rq request) (*http.Response, error) {
 	}
 	if pos := c.MinPosition(); pos != "" {
 		req.Header.Set("Waqueue-Min-Position", pos)
+		asked = true
 	}
 	for k, v := range rq.header {
 		if v != "" {
 			req.Header.Set(k, v)
 		}
 	}
-	resp, err := c.http.Do(req)
+	resp, err = c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, false, fmt.Errorf("client: %w", err)
 	}
 	c.sawPosition(resp.Header.Get("Waqueue-Position"))
+	return resp, asked, nil
+}
+
+// answer returns a successful response as is and turns a failed one into *Problem (or
+// *StatusError), closing it.
+func (c *Client) answer(rq request, resp *http.Response) (*http.Response, error) {
 	if resp.StatusCode < 300 {
 		return resp, nil
 	}
@@ -202,19 +264,55 @@ func (c *Client) do(ctx context.Context, rq request) (*http.Response, error) {
 			return nil, p
 		}
 	}
-	return nil, &StatusError{Method: rq.method, URL: u.String(), Status: resp.StatusCode, Body: string(b)}
+	return nil, &StatusError{Method: rq.method, URL: resp.Request.URL.String(), Status: resp.StatusCode, Body: string(b)}
 }
 
 // raw sends rq and returns the whole response body.
 func (c *Client) raw(ctx context.Context, rq request) (json.RawMessage, error) {
+	b, _, err := c.rawHeader(ctx, rq)
+	return b, err
+}
+
+// rawHeader is raw with the response's header.
+func (c *Client) rawHeader(ctx context.Context, rq request) (json.RawMessage, http.Header, error) {
 	resp, err := c.do(ctx, rq)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("client: read %s %s: %w", rq.method, rq.path, err)
+		return nil, nil, fmt.Errorf("client: read %s %s: %w", rq.method, rq.path, err)
+	}
+	return b, resp.Header, nil
+}
+
+// cardCommand sends a command answered with the connection card of conn and decodes it into
+// card. When the server answered a card older than the command's own write
+// (Waqueue-Position-Reached: false), it reads the card again, which waits for it.
+func (c *Client) cardCommand(ctx context.Context, rq request, conn string, card *Card) (json.RawMessage, error) {
+	b, h, err := c.rawHeader(ctx, rq)
+	if err != nil {
+		return b, err
+	}
+	if h.Get(HeaderPositionReached) == "false" && c.ConsistencyWait >= 0 {
+		if conn == "" {
+			var got Card
+			if json.Unmarshal(b, &got) == nil {
+				conn = got.ID
+			}
+		}
+		if conn != "" {
+			if fresh, ferr := c.raw(ctx, request{method: http.MethodGet, path: "/v1/connections/" + seg(conn)}); ferr == nil {
+				b = fresh
+			}
+		}
+	}
+	if len(b) == 0 {
+		return b, nil
+	}
+	if err := json.Unmarshal(b, card); err != nil {
+		return b, fmt.Errorf("client: decode answer of %s %s: %w", rq.method, rq.path, err)
 	}
 	return b, nil
 }

@@ -470,7 +470,7 @@ func (c *Client) SetOnBan(ctx context.Context, id, onBan string) (Card, error) {
 		return Card{}, err
 	}
 	var card Card
-	_, err = c.call(ctx, request{method: http.MethodPatch, path: "/v1/connections/" + seg(id), body: body, contentType: "application/json"}, &card)
+	_, err = c.cardCommand(ctx, request{method: http.MethodPatch, path: "/v1/connections/" + seg(id), body: body, contentType: "application/json"}, id, &card)
 	return card, err
 }
 

@@ -136,7 +136,7 @@ func (s *server) createConnection(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	setPosition(w, res.Position)
-	s.ownView(r.Context(), res.Position, projections.CardsName)
+	s.ownView(w, r.Context(), res.Position, projections.CardsName)
 	p := principal(r)
 	card, err := s.d.Cards.Card(r.Context(), s.d.DB, p.TenantID, id)
 	if err != nil {
@@ -178,7 +178,7 @@ func (s *server) changeConnection(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	setPosition(w, res.Position)
-	s.ownView(r.Context(), res.Position, projections.CardsName)
+	s.ownView(w, r.Context(), res.Position, projections.CardsName)
 	c, err := s.card(r, id)
 	if err != nil {
 		return err

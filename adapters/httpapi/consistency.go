@@ -50,19 +50,22 @@ func setPosition(w http.ResponseWriter, pos eventstore.Position) {
 }
 
 // ownView waits, at most Limits.ReadYourWrites, for the read models of names to reach pos: used
-// by the commands whose answer is a read-model view of what they changed (register, hold,
-// resume answer the card), so that the answer shows the change. Operator-rate commands only;
-// enqueue, broadcast and clear answer from the command's result and never wait. A timeout
-// only means the view may be older; the command is durable either way.
-func (s *server) ownView(ctx context.Context, pos eventstore.Position, names ...string) {
+// by the commands whose answer is a read-model view of what they changed (register, settings,
+// hold, resume answer the card), so that the answer shows the change. Operator-rate commands
+// only; enqueue, broadcast and clear answer from the command's result and never wait. A timeout
+// only means the view may be older, which Waqueue-Position-Reached: false tells the client (it
+// may read the card again with Waqueue-Min-Position); the command is durable either way.
+func (s *server) ownView(w http.ResponseWriter, ctx context.Context, pos eventstore.Position, names ...string) {
 	if pos.IsZero() || s.d.Limits.ReadYourWrites < 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.d.Limits.ReadYourWrites)
 	defer cancel()
-	if err := s.d.Runner.WaitReached(ctx, names, pos); err != nil {
+	err := s.d.Runner.WaitReached(ctx, names, pos)
+	if err != nil {
 		s.log.DebugContext(ctx, "read models lag behind a write", "position", pos.String(), "error", err)
 	}
+	w.Header().Set(HeaderPositionReached, strconv.FormatBool(err == nil))
 }
 
 // minPosition returns the position the request asks its read to reflect (ok false when none).

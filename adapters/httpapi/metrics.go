@@ -17,7 +17,9 @@ import (
 // listener (--metrics-listen, loopback by default), because the series describe every tenant
 // of the node.
 func MetricsHandler(reg *prometheus.Registry, token string) http.Handler {
-	prom := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	// A collector that fails (the read-model gauges, read from the database when scraped) leaves
+	// its series out of that scrape; the others are still served, instead of a 500 for all.
+	prom := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 	want := sha256.Sum256([]byte(token))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

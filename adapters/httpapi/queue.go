@@ -236,7 +236,7 @@ func (s *server) holdOrResume(w http.ResponseWriter, r *http.Request, hold bool)
 		return err
 	}
 	setPosition(w, res.Position)
-	s.ownView(r.Context(), res.Position, projections.CardsName)
+	s.ownView(w, r.Context(), res.Position, projections.CardsName)
 	c, err := s.card(r, id)
 	if err != nil {
 		return err

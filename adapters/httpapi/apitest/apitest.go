@@ -35,6 +35,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/webhooks"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -57,7 +58,7 @@ type Options struct {
 	// NoSimulatorRoutes serves the API without the simulator control routes (the simulator is
 	// still the transport).
 	NoSimulatorRoutes bool
-	// Limits are passed to the API.
+	// Limits are passed to the API; a zero ReadYourWrites waits up to testwait.Limit.
 	Limits httpapi.Limits
 	// Logger defaults to a logger that discards everything.
 	Logger *slog.Logger
@@ -153,6 +154,13 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Limits.ReadYourWrites == 0 {
+		// A test's read of its own write waits for the read models as long as a test waits
+		// for anything (testwait.Limit), not the production bound: on a busy machine the read
+		// models may lag longer than 2 s, and a read answered without the write is a flaky
+		// test, not a finding (a clean-clone CI run at load 30 failed TestClearQueueStory so).
+		opts.Limits.ReadYourWrites = testwait.Limit
 	}
 	egress := webhooks.EgressConfig{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
 	if opts.WebhookEgress != nil {
