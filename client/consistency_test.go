@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // lagging is a server whose read models reach a write's position only after `lag` reads: it
@@ -61,7 +63,7 @@ func TestReadsAskAgainUntilTheyReachTheirWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
 	card, _, err := c.Hold(ctx, "c-1", "")
 	if err != nil {

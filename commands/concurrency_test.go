@@ -17,6 +17,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/domain/invariants"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // Environment switches of TestConcurrencyInvariants.
@@ -91,7 +92,7 @@ func TestConcurrencyInvariants(t *testing.T) {
 
 func runConcurrency(t *testing.T, store eventstore.Store, seed uint64, target int, unfenced, unfencedRetry bool) {
 	// A generous bound: the run takes well under a minute per store, but the machine is shared.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(5*time.Minute))
 	defer cancel()
 	const conn = "c-stress"
 	opts := RepositoryOptions{MaxAttempts: 1000, RetryBackoff: 200 * time.Microsecond, SnapshotEvery: 500}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/clearkit"
 )
@@ -78,7 +79,7 @@ func labelIs(m *dto.Metric, key, value string) bool {
 // position) applied, failures and redeliveries have moved and the lag is zero.
 func TestRunnerMetrics(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e *env) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 		defer cancel()
 		const n = 5
 		var last eventstore.Position

@@ -16,6 +16,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -41,7 +42,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // with a per-node SQLite file has the same shape) must refuse it within its sync interval —
 // all while the old transaction is still open.
 func TestRevokeWhileOlderTransactionOpen(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
 	defer cancel()
 	url := pgtest.URL(t)
 	store, err := postgres.Open(ctx, url, postgres.Options{})

@@ -86,7 +86,7 @@ func (l *recLogger) count(substr string) int {
 }
 
 func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	t.Cleanup(cancel)
 	return ctx
 }

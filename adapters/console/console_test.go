@@ -15,6 +15,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // browser is a cookie-keeping HTTP client that does not follow redirects, so tests see them.
@@ -92,7 +93,7 @@ func (b *browser) signIn(key string) string {
 
 func startServer(t *testing.T, now func() time.Time) (*apitest.Server, context.Context) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(5*time.Minute))
 	t.Cleanup(cancel)
 	srv := apitest.Start(t, apitest.Options{Now: now})
 	return srv, ctx
@@ -648,7 +649,7 @@ func TestClearFormReusedForAnotherClear(t *testing.T) {
 // TestClearProgressOfAnotherTenant: a clear in progress of a tenant other than the default one
 // (its connection stream is named by its tenant-scoped key) shows its progress, then its report.
 func TestClearProgressOfAnotherTenant(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(5*time.Minute))
 	defer cancel()
 	srv := apitest.Start(t, apitest.Options{ManualClears: true})
 	key, err := srv.Key(ctx, "acme", auth.RoleAdmin)

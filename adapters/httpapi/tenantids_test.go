@@ -14,6 +14,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections/clearkit"
 )
 
@@ -96,7 +97,7 @@ func TestSameIDInTwoTenants(t *testing.T) {
 // by this version, which keeps writing the default tenant's connections to their old streams;
 // another tenant can then create the same id beside them.
 func TestLegacyDatabaseUpgrade(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
 	dir := t.TempDir()
 	if err := server.Migrate(ctx, server.Options{DataDir: dir}); err != nil {

@@ -10,13 +10,14 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/pgcluster"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestLifecycle checks that data committed before a crash (Kill) and before a clean Stop
 // survives Restart, that the URL stays valid across restarts, and that the settings are durable.
 func TestLifecycle(t *testing.T) {
 	c := pgtest.Start(t, pgcluster.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
 	if err := c.CreateDatabase(ctx, "life"); err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestStory plays the README's Clear Queue story against a fully composed node — the same
@@ -36,7 +37,7 @@ func TestStory(t *testing.T) {
 			if engine == "postgres" {
 				o.DB = pgtest.URL(t)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
 			defer cancel()
 			node, err := server.New(ctx, o)
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestSimulatorRoutesOnlyWithSimulator (issue 11.2): the simulator's ban, lift and logout
@@ -19,7 +20,7 @@ import (
 // when SimulatorRoutes is set, so no API key can assert a ban, a lift or a logout of a real
 // number.
 func TestSimulatorRoutesOnlyWithSimulator(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
 	node, err := server.New(ctx, server.Options{DataDir: t.TempDir(), Transport: server.TransportWhatsmeow,
 		SimulatorRoutes: true, NoDispatcher: true, Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
@@ -40,7 +41,7 @@ func TestSimulatorRoutesOnlyWithSimulator(t *testing.T) {
 // routes act on the simulator, which reports them like WhatsApp would; the node's own
 // dispatcher records them as the system principal, never as the calling key.
 func TestSimulatorRoutesActThroughTheSimulator(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
 	node, err := server.New(ctx, server.Options{DataDir: t.TempDir(), SimulatorRoutes: true, NoPacing: true,
 		Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})

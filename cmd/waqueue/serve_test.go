@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/waqueue/waqueue/cmd/waqueue/internal/config"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // lockedBuffer is a strings.Builder safe for a writer and a reader.
@@ -32,7 +33,7 @@ func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); retur
 // TestServeMetricsOnTheirOwnListener runs `serve` as configured from flags: the API's port
 // answers 404 on /metrics, the metrics listener serves them, behind the token when one is set.
 func TestServeMetricsOnTheirOwnListener(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
 	dir := t.TempDir()
 	cfg := &config.Config{}

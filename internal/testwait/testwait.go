@@ -27,3 +27,7 @@ func limit() time.Duration {
 	}
 	return d
 }
+
+// AtLeast returns d or Limit, whichever is longer: the safety net of a test that knows it needs
+// more than Limit on a loaded machine (a kill-and-restart run of the real binary).
+func AtLeast(d time.Duration) time.Duration { return max(d, Limit) }

@@ -21,6 +21,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/esdb/esdbtest"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -92,7 +93,7 @@ func (g *dispatchGate) Append(ctx context.Context, stream string, expected event
 // broadcast's progress and the events stored in EventStoreDB reconcile; the audit trail shows
 // ban, hold, clear request and QueueCleared, and its hash chain verifies.
 func TestServeOnEventStoreDB(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(4*time.Minute))
 	defer cancel()
 
 	backing := esdbtest.NewSQLiteStore(t, nil)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // figureFormats are the BENCH line shapes of each benchmark: the numeric fields listed must
@@ -67,7 +68,7 @@ func checkLine(t *testing.T, s string) Line {
 // TestAllTiny runs every benchmark at tiny sizes on both engines so that none can rot, and
 // checks the output and the results document. It never checks a speed.
 func TestAllTiny(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
 	defer cancel()
 	doc := filepath.Join(t.TempDir(), "benchmarks.md")
 	const intro, outro = "# Benchmarks\n\nHand-written analysis.\n\n", "\n## After\n\nMore text.\n"

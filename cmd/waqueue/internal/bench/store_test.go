@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -19,7 +20,7 @@ var benchLine = regexp.MustCompile(`^BENCH (store/(postgres|sqlite)/(append-batc
 // TestStoreTiny runs the store benchmark at tiny sizes so that it cannot rot. It checks the
 // shape of the output, never the speed.
 func TestStoreTiny(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
 	defer cancel()
 	var out bytes.Buffer
 	cfg := Config{

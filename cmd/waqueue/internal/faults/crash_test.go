@@ -18,6 +18,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // buildBinary builds the real waqueue binary into a directory of t's.
@@ -103,7 +104,7 @@ func TestKillMidBroadcast(t *testing.T) {
 	bin := buildBinary(t)
 	for engine, db := range engines(t) {
 		t.Run(engine, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(8*time.Minute))
 			defer cancel()
 			dir, dbURL := t.TempDir(), db()
 			p := serve(t, ctx, bin, dir, dbURL)
@@ -293,7 +294,7 @@ func TestKillMidClear(t *testing.T) {
 	for engine, db := range engines(t) {
 		for _, delay := range []time.Duration{0, 5 * time.Millisecond, 50 * time.Millisecond} {
 			t.Run(fmt.Sprintf("%s/kill-after-%s", engine, delay), func(t *testing.T) {
-				ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+				ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(6*time.Minute))
 				defer cancel()
 				dir, dbURL := t.TempDir(), db()
 				p := serve(t, ctx, bin, dir, dbURL)

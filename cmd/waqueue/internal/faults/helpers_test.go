@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,10 +22,18 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// api is a client of one node's HTTP API with one key.
+// api is a client of one node's HTTP API with one key. Like the Go client, it sends the
+// greatest Waqueue-Position it was answered as Waqueue-Min-Position, and asks a GET answered
+// Waqueue-Position-Reached: false again until it is true (or ctx ends): on a loaded machine the
+// read models may lag past the server's 2 s bound, and a read without the test's own write is
+// not a finding (a clean-clone CI run failed TestLoadWithClearsBansAndLifts with a 404 for a
+// connection just registered).
 type api struct {
 	base, key string
 	http      *http.Client
+
+	mu   sync.Mutex
+	last string // greatest Waqueue-Position answered ("<commit>/<prepare>"), "" when none
 }
 
 func newAPI(base, key string) *api {
@@ -46,37 +55,87 @@ func (r response) decode(out any) error {
 	return nil
 }
 
-// call sends one request; err is a transport error (no answer), never a status.
+// call sends one request; err is a transport error (no answer), never a status. headers
+// override the Waqueue-Min-Position it sends (an empty value sends none).
 func (a *api) call(ctx context.Context, method, path string, body any, headers map[string]string) (response, error) {
+	for pause := 20 * time.Millisecond; ; pause = min(2*pause, 500*time.Millisecond) {
+		res, asked, err := a.send(ctx, method, path, body, headers)
+		if err != nil || method != http.MethodGet || !asked || res.Header.Get("Waqueue-Position-Reached") != "false" {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return res, nil
+		case <-time.After(pause):
+		}
+	}
+}
+
+func (a *api) send(ctx context.Context, method, path string, body any, headers map[string]string) (response, bool, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return response{}, err
+			return response{}, false, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, a.base+path, rd)
 	if err != nil {
-		return response{}, err
+		return response{}, false, err
 	}
 	req.Header.Set("Authorization", "Bearer "+a.key)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	a.mu.Lock()
+	if a.last != "" {
+		req.Header.Set("Waqueue-Min-Position", a.last)
+	}
+	a.mu.Unlock()
 	for k, v := range headers {
+		if v == "" {
+			req.Header.Del(k)
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	res, err := a.http.Do(req)
 	if err != nil {
-		return response{}, err
+		return response{}, false, err
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
 	if err != nil {
-		return response{}, err
+		return response{}, false, err
 	}
-	return response{Status: res.StatusCode, Header: res.Header, Body: b}, nil
+	if pos := res.Header.Get("Waqueue-Position"); pos != "" {
+		a.mu.Lock()
+		if positionLess(a.last, pos) {
+			a.last = pos
+		}
+		a.mu.Unlock()
+	}
+	return response{Status: res.StatusCode, Header: res.Header, Body: b}, req.Header.Get("Waqueue-Min-Position") != "", nil
+}
+
+// positionLess reports whether position a ("" or "<commit>/<prepare>") is before b.
+func positionLess(a, b string) bool {
+	parse := func(s string) (x, y uint64, ok bool) {
+		c, p, found := strings.Cut(s, "/")
+		if !found {
+			return 0, 0, false
+		}
+		_, err1 := fmt.Sscan(c, &x)
+		_, err2 := fmt.Sscan(p, &y)
+		return x, y, err1 == nil && err2 == nil
+	}
+	bx, by, ok := parse(b)
+	if !ok {
+		return false
+	}
+	ax, ay, ok := parse(a)
+	return !ok || ax < bx || ax == bx && ay < by
 }
 
 // must sends one request and fails t unless the answer has status want; out, if not nil, receives

@@ -14,6 +14,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/simulator"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestLoadWithClearsBansAndLifts runs 64 API clients enqueueing into 4 connections for a bounded
@@ -29,7 +30,7 @@ func TestLoadWithClearsBansAndLifts(t *testing.T) {
 	}
 	for _, engine := range []string{"sqlite", "postgres"} {
 		t.Run(engine, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(5*time.Minute))
 			defer cancel()
 			db := ""
 			if engine == "postgres" {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/pgcluster"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestPostgresDownUnderLoad stops the node's PostgreSQL (clean fast shutdown) while 16 clients
@@ -23,7 +24,7 @@ import (
 // 60 s timeout) and /readyz must be 503; afterwards the node must recover without a restart, and
 // every message answered 202 — before, during or after the outage — must exist and be sent once.
 func TestPostgresDownUnderLoad(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(6*time.Minute))
 	defer cancel()
 	cluster := pgtest.Start(t, pgcluster.Options{})
 	if err := cluster.CreateDatabase(ctx, "faults"); err != nil {

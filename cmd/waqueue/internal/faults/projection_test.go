@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestProjectionKeepsFailing makes the message-status read model refuse one event (a CHECK
@@ -19,7 +20,7 @@ import (
 // /metrics), that the rest keeps working (enqueue 202, the dispatcher sends, the cards follow),
 // and that after the constraint is dropped the projection catches up with no message lost.
 func TestProjectionKeepsFailing(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(4*time.Minute))
 	defer cancel()
 	n := startNode(t, ctx, pgtest.URL(t))
 	a := n.api

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // TestResumeDuringBan: an operator resumes a queue held by a ban while the ban is still on, then
@@ -19,7 +20,7 @@ import (
 // This test reproduces it deterministically; it fails until the domain (refuse a resume while
 // banned, or hold again at the lift) and the checker agree.
 func TestResumeDuringBan(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
 	n := startNode(t, ctx, "")
 	a := n.api
