@@ -119,7 +119,14 @@ var _ eventstore.Store = (*Store)(nil)
 type generation struct {
 	client *esdb.Client
 	gone   chan struct{}
+	// fns counts client calls still running on their own goroutine (see open), including
+	// those whose caller has given up on them: Close waits for them (a bounded time) before it
+	// closes the client, whose Close races with a call still queueing for its connection.
+	fns sync.WaitGroup
 }
+
+// closeGrace bounds how long Close waits for abandoned client calls to return.
+const closeGrace = 5 * time.Second
 
 // errClientReplaced ends a call still waiting on a client the Store has replaced.
 var errClientReplaced = errors.New("esdb: client replaced after its connection closed")
@@ -199,6 +206,14 @@ func (s *Store) Close() error {
 	s.calls.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.gen.fns.Wait(); close(done) }()
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select { // cancelled above, they normally return at once
+	case <-done:
+	case <-t.C:
+	}
 	return s.gen.client.Close()
 }
 
@@ -267,7 +282,9 @@ func open[T any](ctx context.Context, gen *generation, op string, fn func() (T, 
 		err error
 	}
 	ch := make(chan result, 1)
+	gen.fns.Add(1)
 	go func() {
+		defer gen.fns.Done()
 		var r result
 		r.err = guard(op, func() (err error) {
 			r.v, err = fn()
