@@ -127,3 +127,104 @@ func valuesRow(sb *strings.Builder, d Dialect, first, n int) {
 	}
 	sb.WriteByte(')')
 }
+
+// rowSet collects rows column by column for insertRows. Each column is a []string or an
+// []int64; every column holds one value per row.
+type rowSet struct {
+	cols []any
+	n    int
+}
+
+func newRowSet(kinds ...any) *rowSet {
+	cols := make([]any, len(kinds))
+	for i, k := range kinds {
+		switch k.(type) {
+		case string:
+			cols[i] = []string(nil)
+		case int64:
+			cols[i] = []int64(nil)
+		default:
+			panic(fmt.Sprintf("projections: rowSet column of type %T", k))
+		}
+	}
+	return &rowSet{cols: cols}
+}
+
+// add appends one row; its values follow the column kinds given to newRowSet.
+func (r *rowSet) add(vals ...any) {
+	for i, v := range vals {
+		switch c := r.cols[i].(type) {
+		case []string:
+			r.cols[i] = append(c, v.(string))
+		case []int64:
+			r.cols[i] = append(c, v.(int64))
+		}
+	}
+	r.n++
+}
+
+func (r *rowSet) reset() {
+	for i, c := range r.cols {
+		switch c := c.(type) {
+		case []string:
+			r.cols[i] = c[:0]
+		case []int64:
+			r.cols[i] = c[:0]
+		}
+	}
+	r.n = 0
+}
+
+// insertRows inserts the rows of r with head ("INSERT INTO t (a, b, …)"). On PostgreSQL it is
+// one statement whatever the number of rows, the columns passed as arrays and expanded by
+// unnest: one parse and one round trip per batch, instead of a multi-row VALUES list whose text
+// and parameter count grow with the rows (issue 12's catch-up). SQLite gets multi-row INSERTs of
+// at most maxInsertRows rows.
+func insertRows(ctx context.Context, tx *Tx, head string, r *rowSet) error {
+	if r.n == 0 {
+		return nil
+	}
+	if tx.Dialect == Postgres {
+		var sb strings.Builder
+		sb.WriteString(head)
+		sb.WriteString(" SELECT * FROM unnest(")
+		for i, c := range r.cols {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			typ := "text[]"
+			if _, ok := c.([]int64); ok {
+				typ = "bigint[]"
+			}
+			fmt.Fprintf(&sb, "$%d::%s", i+1, typ)
+		}
+		sb.WriteByte(')')
+		_, err := tx.ExecContext(ctx, sb.String(), r.cols...)
+		return err
+	}
+	for from := 0; from < r.n; from += maxInsertRows {
+		to := min(from+maxInsertRows, r.n)
+		var sb strings.Builder
+		sb.WriteString(head)
+		sb.WriteString(" VALUES ")
+		args := make([]any, 0, (to-from)*len(r.cols))
+		for row := from; row < to; row++ {
+			if row > from {
+				sb.WriteByte(',')
+			}
+			valuesRow(&sb, tx.Dialect, len(args), len(r.cols))
+			for _, c := range r.cols {
+				switch c := c.(type) {
+				case []string:
+					args = append(args, c[row])
+				case []int64:
+					args = append(args, c[row])
+				}
+			}
+		}
+		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -95,6 +94,9 @@ type queueBatch struct {
 // maxInsertRows bounds a multi-row INSERT (9 parameters a row, under every engine's limit).
 const maxInsertRows = 500
 
+// maxBulkRows bounds the rows a projection collects before insertRows.
+const maxBulkRows = 8192
+
 // Apply implements Projection.
 func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
 	b := &queueBatch{tx: tx, pending: map[string]int64{}, inFlight: map[string]int64{},
@@ -111,7 +113,7 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 		if mq, isQueued := ev.(connection.MessageQueued); isQueued {
 			b.rows = append(b.rows, mq)
 			b.rowConn = append(b.rowConn, connID)
-			if len(b.rows) >= maxInsertRows {
+			if len(b.rows) >= maxBulkRows {
 				if err := b.flushRows(ctx); err != nil {
 					return err
 				}
@@ -285,16 +287,10 @@ func (b *queueBatch) flushRows(ctx context.Context) error {
 	if len(b.rows) == 0 {
 		return nil
 	}
-	var sb strings.Builder
-	sb.WriteString(`INSERT INTO queue_messages (conn_id, seq, message_id, broadcast_id, recipient, text, expires_at_us, queued_at_us) VALUES `)
-	args := make([]any, 0, len(b.rows)*8)
+	rs := newRowSet("", int64(0), "", "", "", "", int64(0), int64(0))
 	for i, m := range b.rows {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		valuesRow(&sb, b.tx.Dialect, len(args), 8)
 		connID := b.rowConn[i]
-		args = append(args, connID, int64(m.Seq), m.MessageID.String(), idText(m.BroadcastID), m.Recipient, m.Text, us(m.ExpiresAt), us(m.QueuedAt))
+		rs.add(connID, int64(m.Seq), m.MessageID.String(), idText(m.BroadcastID), m.Recipient, m.Text, us(m.ExpiresAt), us(m.QueuedAt))
 		b.pending[connID]++
 		if m.Seq > b.lastSeq[connID] {
 			b.lastSeq[connID] = m.Seq
@@ -304,7 +300,7 @@ func (b *queueBatch) flushRows(ctx context.Context) error {
 		}
 	}
 	// Events past the checkpoint are never applied twice, so no row can exist already.
-	if _, err := b.tx.ExecContext(ctx, sb.String(), args...); err != nil {
+	if err := insertRows(ctx, b.tx, `INSERT INTO queue_messages (conn_id, seq, message_id, broadcast_id, recipient, text, expires_at_us, queued_at_us)`, rs); err != nil {
 		return fmt.Errorf("insert %d queued messages: %w", len(b.rows), err)
 	}
 	b.rows, b.rowConn = b.rows[:0], b.rowConn[:0]

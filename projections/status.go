@@ -80,7 +80,7 @@ func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.R
 				return err
 			}
 			b.rows = append(b.rows, statusRow{tenant, connID, mq})
-			if len(b.rows) >= maxInsertRows {
+			if len(b.rows) >= maxBulkRows {
 				if err := b.flushRows(ctx); err != nil {
 					return err
 				}
@@ -240,20 +240,14 @@ func (b *statusBatch) flushRows(ctx context.Context) error {
 	if len(b.rows) == 0 {
 		return nil
 	}
-	var sb strings.Builder
-	sb.WriteString(`INSERT INTO status_messages (message_id, tenant_id, conn_id, seq, broadcast_id, recipient, queued_at_us, status) VALUES `)
-	args := make([]any, 0, len(b.rows)*8)
-	for i, r := range b.rows {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		valuesRow(&sb, b.tx.Dialect, len(args), 8)
-		args = append(args, r.m.MessageID.String(), r.tenant, r.conn, int64(r.m.Seq), idText(r.m.BroadcastID), r.m.Recipient, us(r.m.QueuedAt), "queued")
+	rs := newRowSet("", "", "", int64(0), "", "", int64(0), "")
+	for _, r := range b.rows {
+		rs.add(r.m.MessageID.String(), r.tenant, r.conn, int64(r.m.Seq), idText(r.m.BroadcastID), r.m.Recipient, us(r.m.QueuedAt), "queued")
 		if r.m.BroadcastID != uuid.Nil {
 			b.count(r.m.BroadcastID.String(), "queued", +1)
 		}
 	}
-	if _, err := b.tx.ExecContext(ctx, sb.String(), args...); err != nil {
+	if err := insertRows(ctx, b.tx, `INSERT INTO status_messages (message_id, tenant_id, conn_id, seq, broadcast_id, recipient, queued_at_us, status)`, rs); err != nil {
 		return fmt.Errorf("insert %d message statuses: %w", len(b.rows), err)
 	}
 	b.rows = b.rows[:0]

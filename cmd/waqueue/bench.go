@@ -83,7 +83,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	pf.StringVar(&f.env.Dir, "dir", "", "directory for temporary files")
 	pf.StringSliceVar(&f.env.Adapters, "adapter", nil, "engines to measure: postgres, sqlite (default both)")
 	pf.BoolVar(&f.quick, "quick", false, "small sizes (a few minutes in all)")
-	pf.IntVar(&f.groupCommit, "group-commit", 0, "PostgreSQL event store: group concurrent single-event appends, at most N shared transactions at once (store and api figures; default off)")
+	pf.IntVar(&f.groupCommit, "group-commit", 0, "PostgreSQL event store: group concurrent single-event appends, at most N shared transactions at once (store, api and dispatch figures; default off)")
 	var cpuProfile string
 	pf.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	var profile *os.File
@@ -130,6 +130,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 		Use:   "dispatch",
 		Short: "Dispatcher throughput over 100/1k/10k connections against single-row INSERT commits",
 		RunE: func(c *cobra.Command, _ []string) error {
+			f.dispatch.GroupCommit = f.groupCommit
 			return withEnv(c.Context(), &f, func(env *bench.Env) error {
 				return bench.Dispatch(c.Context(), env, f.dispatch, c.OutOrStdout())
 			})
@@ -152,6 +153,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 		Short: "store, clear (with catch-up), dispatch and api; writes the results table into docs/benchmarks.md",
 		RunE: func(c *cobra.Command, _ []string) error {
 			f.applyQuick()
+			f.store.GroupCommit, f.api.GroupCommit, f.dispatch.GroupCommit = f.groupCommit, f.groupCommit, f.groupCommit
 			return bench.All(c.Context(), bench.AllConfig{
 				Env: f.envConfig(), Store: f.store, Clear: f.clear, Dispatch: f.dispatch, API: f.api,
 				DocPath: f.doc, Command: commandLine(os.Args),

@@ -24,6 +24,8 @@ type DispatchConfig struct {
 	// SetupWorkers is how many goroutines register, hold, fill and connect the connections
 	// (untimed). Zero means 16.
 	SetupWorkers int
+	// GroupCommit is server.Options.GroupCommit of the node measured (0: the server's default).
+	GroupCommit int
 }
 
 // effectiveWriters is the most appends the dispatcher can have in flight: one loop per
@@ -64,7 +66,7 @@ func Dispatch(ctx context.Context, env *Env, cfg DispatchConfig, w io.Writer) er
 }
 
 func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg DispatchConfig, w io.Writer) (err error) {
-	node, err := env.node(ctx, engine, func(o *server.Options) { o.NoPacing = true })
+	node, err := env.node(ctx, engine, func(o *server.Options) { o.NoPacing = true; o.GroupCommit = cfg.GroupCommit })
 	if err != nil {
 		return err
 	}
