@@ -53,7 +53,8 @@ func openSQLite(t testing.TB) eventstore.Store {
 func openPostgres(t testing.TB) eventstore.Store {
 	t.Helper()
 	ctx := testCtx(t)
-	st, err := postgres.Open(ctx, pgtest.URL(t), postgres.Options{})
+	// Group commit on, as the server runs it.
+	st, err := postgres.Open(ctx, pgtest.URL(t), postgres.Options{GroupCommitters: postgres.DefaultGroupCommitters})
 	if err != nil {
 		t.Fatal(err)
 	}

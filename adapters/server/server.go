@@ -106,9 +106,9 @@ type Options struct {
 	BootstrapOut io.Writer
 	// ProjectionBatch is the most events a projection applies per transaction. Default 512.
 	ProjectionBatch int
-	// GroupCommit, when positive, lets the PostgreSQL event store group concurrent
-	// single-event appends into shared transactions, at most this many at once
-	// (postgres.Options.GroupCommitters). Default off.
+	// GroupCommit is how many shared transactions the PostgreSQL event store runs at once to
+	// group concurrent single-event appends (postgres.Options.GroupCommitters). Zero means
+	// DefaultGroupCommit; negative turns group commit off (every append its own transaction).
 	GroupCommit int
 	// MetricsToken, if set, is the bearer token MetricsHandler requires.
 	MetricsToken string
@@ -394,6 +394,23 @@ func (o *Options) setDefaults() error {
 	return errors.Join(errs...)
 }
 
+// DefaultGroupCommit is Options.GroupCommit's default: on PostgreSQL, concurrent single-event
+// appends (commands of different connections, the dispatcher's records of many connections)
+// share up to this many transactions at once, each append keeping its own expected-revision
+// check and result (issue 12; docs/benchmarks.md has the measurements).
+const DefaultGroupCommit = postgres.DefaultGroupCommitters
+
+// groupCommitters is the postgres.Options.GroupCommitters of GroupCommit (0: off).
+func (o *Options) groupCommitters() int {
+	switch {
+	case o.GroupCommit < 0:
+		return 0
+	case o.GroupCommit == 0:
+		return DefaultGroupCommit
+	}
+	return o.GroupCommit
+}
+
 // IsPostgres reports whether the read models (and events, unless EventStore is set) are in
 // PostgreSQL.
 func (o *Options) IsPostgres() bool {
@@ -417,7 +434,7 @@ func (n *Node) openStores(ctx context.Context) error {
 		n.closers = append(n.closers, n.SQL.Close)
 		n.DB = &projections.DB{SQL: n.SQL, Dialect: projections.Postgres}
 		if o.EventStore == "" {
-			es := postgres.New(pool, postgres.Options{Clock: clock, GroupCommitters: o.GroupCommit})
+			es := postgres.New(pool, postgres.Options{Clock: clock, GroupCommitters: o.groupCommitters()})
 			if err := es.Migrate(ctx); err != nil {
 				return err
 			}

@@ -53,6 +53,10 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	o.Simulator.Seed = uint64(cfg.SimulatorSeed)
 	o.NoPacing = cfg.NoPacing
 	o.NoDispatcher = cfg.NoDispatcher
+	o.GroupCommit = cfg.GroupCommit
+	if cfg.GroupCommit <= 0 {
+		o.GroupCommit = -1 // off
+	}
 	o.AuditKey = cfg.AuditKey
 	o.AuditCheckpointEvery = cfg.AuditCheckpointEvery
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval

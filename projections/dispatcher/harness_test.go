@@ -82,7 +82,8 @@ func openPostgres(t *testing.T, clock eventstore.Clock) *env {
 	if err := postgres.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: clock})
+	// Group commit on, as the server runs it: G1 and G5 are proven on the grouped append path.
+	store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: clock, GroupCommitters: postgres.DefaultGroupCommitters})
 	t.Cleanup(func() { _ = store.Close() })
 	sdb, err := sql.Open("pgx", url)
 	if err != nil {

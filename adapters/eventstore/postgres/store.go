@@ -86,6 +86,9 @@ var migrations embed.FS
 
 var _ eventstore.Store = (*Store)(nil)
 
+// DefaultGroupCommitters is the GroupCommitters the server uses unless told otherwise.
+const DefaultGroupCommitters = 4
+
 // Options configures a Store. The zero value is ready to use.
 type Options struct {
 	// Clock stamps RecordedAt, once per append. Nil means time.Now in UTC.
@@ -107,9 +110,9 @@ type Options struct {
 	IdlePoll time.Duration
 	// GroupCommitters, when positive, turns group commit of single-event appends on: at most
 	// this many shared transactions run at once (see group.go). Zero or negative appends every
-	// event in a transaction of its own. Off by default: on a 2-core machine under load it
-	// measured no faster than PostgreSQL's own commit grouping (docs/benchmarks.md); measure
-	// with `waqueue bench store --group-commit N` on the target machine before turning it on.
+	// event in a transaction of its own. The store's zero value is off; the server turns it on
+	// with DefaultGroupCommitters (server.Options.GroupCommit, `waqueue serve --group-commit`),
+	// which measured faster for the API's enqueues and the dispatcher (docs/benchmarks.md).
 	GroupCommitters int
 	// GroupMax is the most appends one shared transaction takes. Zero means 256.
 	GroupMax int

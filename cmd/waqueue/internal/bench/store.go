@@ -21,6 +21,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/pgcluster"
+	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
 )
 
@@ -55,7 +56,8 @@ type Config struct {
 	// Writers is the number of concurrent writers (each to its own stream) for single
 	// appends and their baseline. Zero means 32.
 	Writers int
-	// GroupCommit is postgres.Options.GroupCommitters of the store measured (0: off).
+	// GroupCommit is as server.Options.GroupCommit for the PostgreSQL store measured: 0 means
+	// server.DefaultGroupCommit, negative off.
 	GroupCommit int
 	// Rounds is how many times each figure and its baseline are measured, alternately; the
 	// best rate of each is reported, which damps the noise of a shared machine. Zero means 3.
@@ -342,7 +344,7 @@ func benchPostgres(ctx context.Context, cfg Config, w io.Writer) (err error) {
 		}
 		url = cluster.URL("bench")
 	}
-	st, err := postgres.Open(ctx, url, postgres.Options{GroupCommitters: cfg.GroupCommit})
+	st, err := postgres.Open(ctx, url, postgres.Options{GroupCommitters: groupCommitters(cfg.GroupCommit)})
 	if err != nil {
 		return err
 	}
@@ -609,4 +611,16 @@ func sqliteInsertTx(ctx context.Context, db *sql.DB, evs []eventstore.EventData,
 		return fmt.Errorf("bench: baseline commit: %w", err)
 	}
 	return nil
+}
+
+// groupCommitters maps a --group-commit value to postgres.Options.GroupCommitters as the server
+// does: 0 is server.DefaultGroupCommit, negative is off.
+func groupCommitters(n int) int {
+	switch {
+	case n < 0:
+		return 0
+	case n == 0:
+		return server.DefaultGroupCommit
+	}
+	return n
 }
