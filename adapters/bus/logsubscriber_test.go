@@ -1,0 +1,153 @@
+package bus_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/bus"
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
+)
+
+func openStore(t *testing.T) eventstore.Store {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "events.db"), sqlite.Options{PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+func appendN(t *testing.T, st eventstore.Store, stream string, n int) {
+	t.Helper()
+	evs := make([]eventstore.EventData, n)
+	for i := range evs {
+		evs[i] = eventstore.EventData{ID: uuid.New(), Type: "Tested", Data: []byte(fmt.Sprintf(`{"i":%d}`, i))}
+	}
+	if _, err := st.Append(context.Background(), stream, eventstore.Any, evs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBatchesInProcess checks that the subscriber hands every event over exactly once and in
+// order, in process (no payload), that a nacked batch comes back unchanged, and that
+// DecodeBatch refuses a message carrying no batch instead of answering an empty one.
+func TestBatchesInProcess(t *testing.T) {
+	st := openStore(t)
+	appendN(t, st, "s-1", 50)
+	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
+		Store:           st,
+		Checkpoint:      func(context.Context, string) (eventstore.Position, error) { return eventstore.Start, nil },
+		BatchSize:       7,
+		RedeliveryDelay: time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	msgs, err := sub.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []eventstore.RecordedEvent
+	nacked := false
+	for len(got) < 50 {
+		var m *message.Message
+		select {
+		case m = <-msgs:
+		case <-ctx.Done():
+			t.Fatalf("got %d of 50 events", len(got))
+		}
+		if len(m.Payload) != 0 {
+			t.Fatalf("payload of %d bytes: batches should travel in process", len(m.Payload))
+		}
+		batch, err := bus.DecodeBatch(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(batch) == 0 || len(batch) > 7 {
+			t.Fatalf("batch of %d events", len(batch))
+		}
+		if !nacked && len(got) > 0 {
+			nacked = true
+			m.Nack()
+			again := <-msgs
+			b2, err := bus.DecodeBatch(again)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b2) != len(batch) || b2[0].ID != batch[0].ID {
+				t.Fatalf("redelivered batch differs: %d events from %s, was %d from %s", len(b2), b2[0].ID, len(batch), batch[0].ID)
+			}
+			m = again
+		}
+		got = append(got, batch...)
+		m.Ack()
+	}
+	for i, e := range got {
+		if string(e.Data) != fmt.Sprintf(`{"i":%d}`, i) {
+			t.Fatalf("event %d: %s", i, e.Data)
+		}
+	}
+	if _, err := bus.DecodeBatch(message.NewMessage("x", nil)); err == nil {
+		t.Fatal("DecodeBatch of an empty message: no error")
+	}
+	// EncodeBatch's JSON payload still decodes.
+	m, err := bus.EncodeBatch(got[:3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := bus.DecodeBatch(m)
+	if err != nil || len(back) != 3 || back[2].ID != got[2].ID {
+		t.Fatalf("EncodeBatch round trip: %d events, %v", len(back), err)
+	}
+}
+
+// TestLingerGathers checks that with Linger a batch waits for events appended after its first
+// one: events appended in three separate commits while the first batch lingers arrive in one
+// batch. The linger is long (a minute) so that the test does not depend on timing; the batch is
+// delivered when it is full (BatchSize 3).
+func TestLingerGathers(t *testing.T) {
+	st := openStore(t)
+	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
+		Store:      st,
+		Checkpoint: func(context.Context, string) (eventstore.Position, error) { return eventstore.Start, nil },
+		BatchSize:  3,
+		Linger:     time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	msgs, err := sub.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		appendN(t, st, fmt.Sprintf("s-%d", i), 1)
+	}
+	select {
+	case m := <-msgs:
+		batch, err := bus.DecodeBatch(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(batch) != 3 {
+			t.Fatalf("batch of %d events, want the 3 appended while it lingered", len(batch))
+		}
+		m.Ack()
+	case <-ctx.Done():
+		t.Fatal("no batch")
+	}
+}
