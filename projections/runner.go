@@ -356,20 +356,21 @@ func (r *Runner) Rebuild(ctx context.Context, name string) error {
 }
 
 // readCheckpoint reads name's checkpoint inside tx. With lock (PostgreSQL, where several
-// nodes may run the same projection on one read-model database) it first makes sure the row
-// exists, then locks it until tx ends: SELECT … FOR UPDATE of a row that does not exist yet
-// locks nothing, and two nodes starting on an empty read model would both apply the first
-// batch. The insert of a missing row waits for a concurrent transaction inserting the same
-// name, so the second node then reads the first node's committed checkpoint. SQLite needs no
+// nodes may run the same projection on one read-model database) it creates the row if it is
+// missing and locks it until tx ends, in one upsert: SELECT … FOR UPDATE of a row that does not
+// exist yet would lock nothing, and two nodes starting on an empty read model would both apply
+// the first batch. The upsert of a missing row waits for a concurrent transaction inserting
+// the same name, so the second node then reads the first node's committed checkpoint. SQLite needs no
 // lock: its transactions begin IMMEDIATE (adapters/sqlitedb), one writer at a time.
 func readCheckpoint(ctx context.Context, tx *Tx, name string, lock bool) (eventstore.Position, error) {
 	q := `SELECT commit_pos, prepare_pos FROM projection_checkpoints WHERE name = $1`
 	if lock {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO projection_checkpoints (name, commit_pos, prepare_pos, updated_at_us)
-VALUES ($1, 0, 0, 0) ON CONFLICT (name) DO NOTHING`, name); err != nil {
-			return eventstore.Start, fmt.Errorf("projections: create checkpoint of %q: %w", name, err)
-		}
-		q += ` FOR UPDATE`
+		// One statement creates the row if missing and locks it either way, returning the
+		// committed checkpoint: an upsert that conflicts waits for a concurrent inserter, then
+		// locks its row (one round trip per batch instead of an INSERT and a SELECT … FOR UPDATE).
+		q = `INSERT INTO projection_checkpoints (name, commit_pos, prepare_pos, updated_at_us)
+VALUES ($1, 0, 0, 0) ON CONFLICT (name) DO UPDATE SET name = excluded.name
+RETURNING commit_pos, prepare_pos`
 	}
 	var c, p int64
 	err := tx.QueryRowContext(ctx, q, name).Scan(&c, &p)
