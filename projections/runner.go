@@ -81,9 +81,6 @@ type RunnerConfig struct {
 	Logger *slog.Logger
 	// BatchSize is the most events applied in one transaction. Default 512.
 	BatchSize int
-	// Linger is how long a projection's batch waits after its first event for more to join it
-	// (bus.LogSubscriberConfig.Linger). Zero applies what has arrived at once.
-	Linger time.Duration
 	// Middleware is added to the watermill router (for example metrics). Optional.
 	Middleware []message.HandlerMiddleware
 	// RouterPlugin hooks (for example watermill's Prometheus metrics builder). Optional.
@@ -174,7 +171,6 @@ func (r *Runner) Run(ctx context.Context) error {
 		Checkpoint: r.Checkpoint,
 		Filter:     func(topic string) eventstore.Filter { return byName[topic].Filter() },
 		BatchSize:  r.cfg.BatchSize,
-		Linger:     r.cfg.Linger,
 		Logger:     wlog,
 	})
 	if err != nil {

@@ -39,11 +39,6 @@ type LogSubscriberConfig struct {
 	Filter func(topic string) eventstore.Filter
 	// BatchSize is the most events put in one message. Default 512.
 	BatchSize int
-	// Linger is how long a batch waits, after its first event, for more events to join it
-	// (up to BatchSize) before it is delivered. Zero delivers what has arrived at once. A
-	// consumer that commits a transaction per batch trades this much latency for fewer,
-	// larger transactions while events trickle in (the dispatcher's records, API enqueues).
-	Linger time.Duration
 	// RedeliveryDelay is the first pause before a nacked batch is delivered again; it doubles up
 	// to MaxRedeliveryDelay. Defaults 100ms and 30s.
 	RedeliveryDelay    time.Duration
@@ -202,41 +197,17 @@ func (s *LogSubscriber) deliver(ctx context.Context, topic string, events <-chan
 		case <-ctx.Done():
 			return last, acked
 		}
-		var linger <-chan time.Time
-		var timer *time.Timer
-		if s.cfg.Linger > 0 {
-			timer = time.NewTimer(s.cfg.Linger)
-			linger = timer.C
-		}
 	fill:
 		for len(batch) < s.cfg.BatchSize {
-			if linger == nil {
-				select {
-				case e, ok := <-events:
-					if !ok {
-						break fill
-					}
-					batch = append(batch, e)
-				default:
-					break fill
-				}
-				continue
-			}
 			select {
 			case e, ok := <-events:
 				if !ok {
 					break fill
 				}
 				batch = append(batch, e)
-			case <-linger:
-				linger = nil
-			case <-ctx.Done():
-				timer.Stop()
-				return last, acked
+			default:
+				break fill
 			}
-		}
-		if timer != nil {
-			timer.Stop()
 		}
 		// A fresh slice per message: the consumer may keep the events after the ack (for
 		// example for AfterCommit); the buffer is not reused.

@@ -106,11 +106,6 @@ type Options struct {
 	BootstrapOut io.Writer
 	// ProjectionBatch is the most events a projection applies per transaction. Default 512.
 	ProjectionBatch int
-	// ProjectionLinger is how long a projection's batch waits after its first event for more
-	// to join it (projections.RunnerConfig.Linger): fewer, larger read-model transactions while
-	// events trickle in, for that much more read-model lag. Zero means
-	// DefaultProjectionLinger; negative applies what has arrived at once.
-	ProjectionLinger time.Duration
 	// GroupCommit is how many shared transactions the PostgreSQL event store runs at once to
 	// group concurrent single-event appends (postgres.Options.GroupCommitters). Zero means
 	// DefaultGroupCommit; negative turns group commit off (every append its own transaction).
@@ -286,7 +281,6 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	}
 	if n.Runner, err = projections.NewRunner(projections.RunnerConfig{
 		DB: n.DB, Store: n.Events, Projections: n.projs, Logger: o.Logger, BatchSize: o.ProjectionBatch,
-		Linger:     max(o.ProjectionLinger, 0),
 		Registerer: n.Registry, ConfigureRouter: n.routerMetrics.Instrument,
 	}); err != nil {
 		return nil, err
@@ -398,20 +392,6 @@ func (o *Options) setDefaults() error {
 		o.KeySyncInterval = 5 * time.Second
 	}
 	return errors.Join(errs...)
-}
-
-// DefaultProjectionLinger is Options.ProjectionLinger's default.
-const DefaultProjectionLinger = 0
-
-// projectionLinger is the projections.RunnerConfig.Linger of ProjectionLinger.
-func (o *Options) projectionLinger() time.Duration {
-	switch {
-	case o.ProjectionLinger < 0:
-		return 0
-	case o.ProjectionLinger == 0:
-		return DefaultProjectionLinger
-	}
-	return o.ProjectionLinger
 }
 
 // DefaultGroupCommit is Options.GroupCommit's default: on PostgreSQL, concurrent single-event

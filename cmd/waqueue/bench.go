@@ -23,8 +23,6 @@ type benchFlags struct {
 	doc      string
 	// groupCommit is --group-commit, copied to the store and api configurations.
 	groupCommit int
-	// linger is --projection-linger, copied to the api and dispatch configurations.
-	linger time.Duration
 }
 
 // applyQuick sets the small sizes of --quick wherever the user gave no size.
@@ -86,7 +84,6 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	pf.StringSliceVar(&f.env.Adapters, "adapter", nil, "engines to measure: postgres, sqlite (default both)")
 	pf.BoolVar(&f.quick, "quick", false, "small sizes (a few minutes in all)")
 	pf.IntVar(&f.groupCommit, "group-commit", 0, "PostgreSQL event store: group concurrent single-event appends in at most N shared transactions at once (store, api and dispatch figures); 0: the server's default (4), -1: off")
-	pf.DurationVar(&f.linger, "projection-linger", 0, "server.Options.ProjectionLinger of the api and dispatch nodes (0: the server's default, negative: none)")
 	var cpuProfile string
 	pf.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	var profile *os.File
@@ -133,7 +130,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 		Use:   "dispatch",
 		Short: "Dispatcher throughput over 100/1k/10k connections against single-row INSERT commits",
 		RunE: func(c *cobra.Command, _ []string) error {
-			f.dispatch.GroupCommit, f.dispatch.ProjectionLinger = f.groupCommit, f.linger
+			f.dispatch.GroupCommit = f.groupCommit
 			return withEnv(c.Context(), &f, func(env *bench.Env) error {
 				return bench.Dispatch(c.Context(), env, f.dispatch, c.OutOrStdout())
 			})
@@ -145,7 +142,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 		Use:   "api",
 		Short: "HTTP enqueue with 64 clients against the store's single-event appends",
 		RunE: func(c *cobra.Command, _ []string) error {
-			f.api.GroupCommit, f.api.ProjectionLinger = f.groupCommit, f.linger
+			f.api.GroupCommit = f.groupCommit
 			return withEnv(c.Context(), &f, func(env *bench.Env) error { return bench.API(c.Context(), env, f.api, c.OutOrStdout()) })
 		},
 	}
@@ -157,7 +154,6 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 		RunE: func(c *cobra.Command, _ []string) error {
 			f.applyQuick()
 			f.store.GroupCommit, f.api.GroupCommit, f.dispatch.GroupCommit = f.groupCommit, f.groupCommit, f.groupCommit
-			f.api.ProjectionLinger, f.dispatch.ProjectionLinger = f.linger, f.linger
 			return bench.All(c.Context(), bench.AllConfig{
 				Env: f.envConfig(), Store: f.store, Clear: f.clear, Dispatch: f.dispatch, API: f.api,
 				DocPath: f.doc, Command: commandLine(os.Args),

@@ -22,8 +22,6 @@ type APIConfig struct {
 	// GroupCommit is server.Options.GroupCommit of the node measured (0: the server's
 	// default, negative: off).
 	GroupCommit int
-	// ProjectionLinger is server.Options.ProjectionLinger of the node measured.
-	ProjectionLinger time.Duration
 	// Clients is the number of concurrent HTTP clients, each enqueuing to a connection of its
 	// own. Zero means 64.
 	Clients int
@@ -63,7 +61,6 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 		o.NoDispatcher = true
 		o.Limits.ReadYourWrites = cfg.ReadYourWrites
 		o.GroupCommit = cfg.GroupCommit
-		o.ProjectionLinger = cfg.ProjectionLinger
 	})
 	if err != nil {
 		return err

@@ -26,8 +26,6 @@ type DispatchConfig struct {
 	SetupWorkers int
 	// GroupCommit is server.Options.GroupCommit of the node measured (0: the server's default).
 	GroupCommit int
-	// ProjectionLinger is server.Options.ProjectionLinger of the node measured.
-	ProjectionLinger time.Duration
 }
 
 // effectiveWriters is the most appends the dispatcher can have in flight: one loop per
@@ -68,11 +66,7 @@ func Dispatch(ctx context.Context, env *Env, cfg DispatchConfig, w io.Writer) er
 }
 
 func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg DispatchConfig, w io.Writer) (err error) {
-	node, err := env.node(ctx, engine, func(o *server.Options) {
-		o.NoPacing = true
-		o.GroupCommit = cfg.GroupCommit
-		o.ProjectionLinger = cfg.ProjectionLinger
-	})
+	node, err := env.node(ctx, engine, func(o *server.Options) { o.NoPacing = true; o.GroupCommit = cfg.GroupCommit })
 	if err != nil {
 		return err
 	}
