@@ -32,10 +32,10 @@ var figureFormats = []struct {
 		regexp.MustCompile(`^events_per_s=[\d.]+ baseline=subscribe baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"events_per_s", "baseline_per_s"}},
 	{regexp.MustCompile(`^dispatch/(postgres|sqlite)/conns=\d+$`),
-		regexp.MustCompile(`^msgs_per_s=[\d.]+ msgs=\d+ events_per_msg=[\d.]+ writers=\d+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		regexp.MustCompile(`^msgs_per_s=[\d.]+ msgs=\d+ events_per_msg=[\d.]+ writers=\d+ group_commit=\d+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"msgs_per_s", "events_per_msg", "baseline_per_s"}},
 	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue(-no-ryw)?$`),
-		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ baseline=append-single baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ group_commit=\d+ append_single_per_s=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"req_per_s", "p99_ms", "baseline_per_s", "rss_mib"}},
 }
 

@@ -164,6 +164,6 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	}
 	return emit(w, name,
 		"req_per_s", rate, "p50_ms", ms(percentile(all, 50)), "p99_ms", ms(percentile(all, 99)), "clients", cfg.Clients,
-		"group_commit", groupCommitters(cfg.GroupCommit), "append_single_per_s", perSecond(bn, bd),
+		"group_commit", engineGroupCommit(engine, cfg.GroupCommit), "append_single_per_s", perSecond(bn, bd),
 		"baseline", "insert", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate))
 }

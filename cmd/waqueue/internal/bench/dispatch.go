@@ -172,7 +172,7 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 	rate := perSecond(int(total), elapsed)
 	return emit(w, fmt.Sprintf("dispatch/%s/conns=%d", engine, conns),
 		"msgs_per_s", rate, "msgs", total, "events_per_msg", float64(events)/float64(total), "writers", writers,
-		"group_commit", groupCommitters(cfg.GroupCommit),
+		"group_commit", engineGroupCommit(engine, cfg.GroupCommit),
 		"baseline", "insert", "baseline_per_s", basePerS, "ratio", ratio(rate, basePerS))
 }
 

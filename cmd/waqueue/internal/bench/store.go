@@ -624,3 +624,12 @@ func groupCommitters(n int) int {
 	}
 	return n
 }
+
+// engineGroupCommit is the group_commit a figure of engine prints: the shared transactions of
+// the PostgreSQL store, 0 (none) for SQLite.
+func engineGroupCommit(engine string, n int) int {
+	if engine != AdapterPostgres {
+		return 0
+	}
+	return groupCommitters(n)
+}
