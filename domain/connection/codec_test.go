@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/waqueue/waqueue/domain/connection"
 )
@@ -39,6 +40,8 @@ func oneOfEach() []connection.Event {
 		cleared(req),
 		clearRequested(connection.WholeQueue, 0, nil, nil),
 		connection.TransportProblemObserved{Kind: connection.ProblemStreamReplaced, Reason: "conflict", Detail: "d", ObservedAt: t0},
+		connection.SendingPolicyChanged{Policy: connection.SendingPolicy{MinInterval: 5 * time.Second, Jitter: time.Second, DailyCap: 200,
+			TimeZone: "Europe/Berlin", QuietHours: &connection.QuietHours{Start: 22 * 60, End: 7*60 + 30}}, ChangedBy: "op", ChangedAt: t0},
 	))
 }
 
@@ -72,7 +75,7 @@ func TestCodecRoundTrip(t *testing.T) {
 func TestStableTypeNames(t *testing.T) {
 	want := []string{"BanLifted", "BroadcastStarted", "ClearQueueRequested", "ConnectionBanned", "ConnectionRegistered",
 		"MessageCancelled", "MessageDelivered", "MessageDispatched", "MessageExpired", "MessageFailed", "MessageOutcomeUnknown", "MessageQueued",
-		"MessageRead", "MessageSendDeferred", "MessageSendRetried", "MessageSent", "OnBanPolicyChanged", "QueueCleared", "QueueHeld", "QueueResumed", "SessionInvalidated",
+		"MessageRead", "MessageSendDeferred", "MessageSendRetried", "MessageSent", "OnBanPolicyChanged", "QueueCleared", "QueueHeld", "QueueResumed", "SendingPolicyChanged", "SessionInvalidated",
 		"SessionPaired", "TransportProblemObserved"}
 	if got := connection.EventTypes(); !slices.Equal(got, want) {
 		t.Fatalf("EventTypes() = %v\nwant %v", got, want)

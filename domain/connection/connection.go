@@ -62,6 +62,7 @@ type Connection struct {
 	phone   string
 	region  string
 	onBan   OnBanPolicy
+	sending SendingPolicy // zero: DefaultSendingPolicy
 	regAt   time.Time
 	link    LinkStatus
 	linkAt  time.Time
@@ -345,6 +346,8 @@ func (c *Connection) Apply(e Event) error {
 	switch e := e.(type) {
 	case OnBanPolicyChanged:
 		c.onBan = e.Policy
+	case SendingPolicyChanged:
+		c.sending = e.Policy
 	case SessionPaired:
 		c.link, c.linkAt, c.ban = LinkStatusActive, e.PairedAt, nil
 	case SessionInvalidated:

@@ -38,11 +38,17 @@ type RegisterConnection struct {
 	Phone string
 	// OnBan is the policy for queues held by a ban or session loss; zero means OnBanHold.
 	OnBan OnBanPolicy
-	Actor string
+	// SendingPolicy, when it changes something, is applied to DefaultSendingPolicy and recorded
+	// as a SendingPolicyChanged after the ConnectionRegistered; nil (or a zero patch) keeps the
+	// defaults.
+	SendingPolicy *SendingPolicyPatch
+	Actor         string
 }
 
-// Register decides ConnectionRegistered. The phone is normalised to E.164. It fails with
-// ErrAlreadyRegistered on a registered connection.
+// Register decides ConnectionRegistered, followed by SendingPolicyChanged when the command sets
+// a sending policy other than the defaults. The phone is normalised to E.164. It fails with
+// ErrAlreadyRegistered on a registered connection, and with a *ValidationError for an invalid
+// sending policy (nothing is recorded then).
 func (c *Connection) Register(cmd RegisterConnection, now time.Time) ([]Event, error) {
 	if c.Registered() {
 		return nil, &Error{Op: "register", ConnectionID: c.id, Err: ErrAlreadyRegistered}
@@ -64,10 +70,21 @@ func (c *Connection) Register(cmd RegisterConnection, now time.Time) ([]Event, e
 	if policy.IsZero() {
 		policy = OnBanHold
 	}
-	return []Event{ConnectionRegistered{
+	events := []Event{ConnectionRegistered{
 		ConnectionID: cmd.ConnectionID, TenantID: cmd.TenantID, Phone: phone, OnBan: policy,
 		RegisteredBy: cmd.Actor, RegisteredAt: now.UTC(),
-	}}, nil
+	}}
+	if cmd.SendingPolicy != nil && !cmd.SendingPolicy.IsZero() {
+		def := DefaultSendingPolicy()
+		sp, err := cmd.SendingPolicy.Apply(def)
+		if err != nil {
+			return nil, err
+		}
+		if !sp.Equal(def) {
+			events = append(events, SendingPolicyChanged{Policy: sp, ChangedBy: cmd.Actor, ChangedAt: now.UTC()})
+		}
+	}
+	return events, nil
 }
 
 // SetOnBanPolicy changes the connection's on_ban policy.

@@ -49,6 +49,8 @@ const (
 	TypeTransportProblemObserved = "TransportProblemObserved"
 	// TypeMessageCancelled names MessageCancelled.
 	TypeMessageCancelled = "MessageCancelled"
+	// TypeSendingPolicyChanged names SendingPolicyChanged.
+	TypeSendingPolicyChanged = "SendingPolicyChanged"
 )
 
 // ConnectionRegistered opens a connection stream: a WhatsApp number of a tenant, not paired yet.
@@ -67,6 +69,15 @@ type OnBanPolicyChanged struct {
 	Policy    OnBanPolicy `json:"policy"`
 	ChangedBy string      `json:"changed_by"`
 	ChangedAt time.Time   `json:"changed_at"`
+}
+
+// SendingPolicyChanged records the connection's whole sending policy after a change (or set at
+// registration): pacing, daily cap, time zone and quiet hours. The dispatcher applies it from
+// its next turn.
+type SendingPolicyChanged struct {
+	Policy    SendingPolicy `json:"policy"`
+	ChangedBy string        `json:"changed_by"`
+	ChangedAt time.Time     `json:"changed_at"`
 }
 
 // SessionPaired records a WhatsApp session paired with the number (QR code scanned):
@@ -473,11 +484,13 @@ func (TransportProblemObserved) EventType() string { return TypeTransportProblem
 func (MessageSendDeferred) EventType() string      { return TypeMessageSendDeferred }
 func (MessageSendRetried) EventType() string       { return TypeMessageSendRetried }
 func (MessageCancelled) EventType() string         { return TypeMessageCancelled }
+func (SendingPolicyChanged) EventType() string     { return TypeSendingPolicyChanged }
 
 func (e ConnectionRegistered) naturalKey() string {
 	return "connection/" + Key(e.TenantID, e.ConnectionID)
 }
 func (OnBanPolicyChanged) naturalKey() string       { return "" }
+func (SendingPolicyChanged) naturalKey() string     { return "" }
 func (SessionPaired) naturalKey() string            { return "" }
 func (SessionInvalidated) naturalKey() string       { return "" }
 func (ConnectionBanned) naturalKey() string         { return "" }

@@ -46,6 +46,9 @@ type snapshot struct {
 	Overruled bool `json:"overruled,omitempty"`
 	// Epoch is the highest lease epoch recorded (absent before leases existed: 0).
 	Epoch uint64 `json:"epoch,omitempty"`
+	// SendingPolicy is the recorded sending policy (absent before one was recorded: the
+	// defaults).
+	SendingPolicy *SendingPolicy `json:"sending_policy,omitempty"`
 }
 
 // flightJSON is a message in flight in a snapshot.
@@ -64,6 +67,10 @@ func (c *Connection) Snapshot() ([]byte, error) {
 		RegisteredAt: c.regAt, Link: c.link, LinkSince: c.linkAt, Ban: c.ban, Hold: c.hold, Clear: c.clear,
 		LastClear: c.last, Overruled: c.overruled, LastSeq: c.lastSeq, Cursor: c.cursor, Ahead: c.ahead, Broadcasts: c.bcasts,
 		Disrupted: c.disrupted, Counters: c.count, Epoch: c.epoch,
+	}
+	if !c.sending.IsZero() {
+		p := c.sending
+		s.SendingPolicy = &p
 	}
 	for _, r := range c.handed {
 		s.Handed = append(s.Handed, r.From, r.To)
@@ -93,6 +100,9 @@ func Restore(data []byte) (*Connection, error) {
 		regAt: s.RegisteredAt, link: s.Link, linkAt: s.LinkSince, ban: s.Ban, hold: s.Hold, clear: s.Clear,
 		last: s.LastClear, overruled: s.Overruled, lastSeq: s.LastSeq, cursor: s.Cursor, ahead: s.Ahead, bcasts: s.Broadcasts,
 		flight: make(map[uuid.UUID]flightEntry, len(s.InFlight)), disrupted: s.Disrupted, count: s.Counters, epoch: s.Epoch,
+	}
+	if s.SendingPolicy != nil {
+		c.sending = *s.SendingPolicy
 	}
 	if len(s.Handed)%2 != 0 {
 		return nil, fmt.Errorf("%w: odd number of handed bounds", ErrSnapshotSchema)

@@ -55,6 +55,10 @@ const (
 	CodeInvalidProblemKind    Code = "invalid_problem_kind"
 	// CodeInvalidThen: a clear's "then" is not keep, hold or resume.
 	CodeInvalidThen Code = "invalid_then"
+	// CodeInvalidSendingPolicy: a sending policy setting out of its bounds (see SendingPolicy).
+	CodeInvalidSendingPolicy Code = "invalid_sending_policy"
+	// CodeInvalidTimeZone: a sending policy's time zone is not an IANA name that loads.
+	CodeInvalidTimeZone Code = "invalid_time_zone"
 )
 
 // ValidationError is a command that failed validation. errors.Is(err, ErrInvalidCommand).
