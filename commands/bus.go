@@ -125,6 +125,7 @@ func (b *CommandBus) Send(ctx context.Context, tenantID, credential string, cmd 
 type Handlers struct {
 	RegisterConnection     *RegisterConnectionHandler
 	SetOnBanPolicy         *SetOnBanPolicyHandler
+	SetSendingPolicy       *SetSendingPolicyHandler
 	PairingSucceeded       *PairingSucceededHandler
 	SessionInvalidated     *SessionInvalidatedHandler
 	ReportBan              *ReportBanHandler
@@ -326,5 +327,6 @@ func cqrsHandlers(h Handlers) []cqrs.CommandHandler {
 	add(h.ResumeQueue != nil, func() cqrs.CommandHandler { return handler[ResumeQueue](h.ResumeQueue) })
 	add(h.RequestClear != nil, func() cqrs.CommandHandler { return handler[RequestClear](h.RequestClear) })
 	add(h.CancelMessage != nil, func() cqrs.CommandHandler { return handler[CancelMessage](h.CancelMessage) })
+	add(h.SetSendingPolicy != nil, func() cqrs.CommandHandler { return handler[SetSendingPolicy](h.SetSendingPolicy) })
 	return out
 }

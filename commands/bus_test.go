@@ -94,7 +94,7 @@ func TestCommandNamesAreExplicitAndUnique(t *testing.T) {
 	cmds := []Command{&RegisterConnection{}, &SetOnBanPolicy{}, &PairingSucceeded{}, &SessionInvalidated{}, &ReportBan{}, &LiftBan{},
 		&EnqueueMessage{}, &StartBroadcast{}, &DispatchNext{}, &RecordSent{}, &RecordDelivered{}, &RecordRead{}, &RecordFailed{},
 		&RecordOutcomeUnknown{}, &ExpireMessage{}, &HoldQueue{}, &ResumeQueue{}, &RequestClear{}, &CompleteClear{},
-		&RecordTransportProblem{}}
+		&RecordTransportProblem{}, &SetSendingPolicy{}, &CancelMessage{}}
 	seen := map[string]bool{}
 	for _, c := range cmds {
 		n := c.CommandName()

@@ -36,6 +36,11 @@ func calls() []call {
 			_, err := h.policy.Handle(ctx, SetOnBanPolicy{ConnectionID: id, Policy: connection.OnBanResume})
 			return err
 		}},
+		{"set sending policy", auth.ConnectionEdit, func(ctx context.Context, h *handlers, id string) error {
+			cap := 10
+			_, err := h.sending.Handle(ctx, SetSendingPolicy{ConnectionID: id, Patch: connection.SendingPolicyPatch{DailyCap: &cap}})
+			return err
+		}},
 		{"pairing succeeded", auth.System, func(ctx context.Context, h *handlers, id string) error {
 			_, err := h.pair.Handle(ctx, PairingSucceeded{ConnectionID: id})
 			return err

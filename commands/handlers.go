@@ -23,6 +23,8 @@ func NewHandlers(repo *Repository, now Clock) (Handlers, error) {
 	add(err)
 	h.SetOnBanPolicy, err = NewSetOnBanPolicyHandler(repo, now)
 	add(err)
+	h.SetSendingPolicy, err = NewSetSendingPolicyHandler(repo, now)
+	add(err)
 	h.PairingSucceeded, err = NewPairingSucceededHandler(repo, now)
 	add(err)
 	h.SessionInvalidated, err = NewSessionInvalidatedHandler(repo, now)

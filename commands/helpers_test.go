@@ -88,6 +88,7 @@ type handlers struct {
 	repo         *Repository
 	register     *RegisterConnectionHandler
 	policy       *SetOnBanPolicyHandler
+	sending      *SetSendingPolicyHandler
 	pair         *PairingSucceededHandler
 	invalidate   *SessionInvalidatedHandler
 	ban          *ReportBanHandler
@@ -130,6 +131,7 @@ func newHandlers(t testing.TB, store eventstore.Store, opts RepositoryOptions, n
 		deferSend:    must(NewDeferSendHandler(repo, now)),
 		retrySend:    must(NewRetrySendHandler(repo, now)),
 		policy:       must(NewSetOnBanPolicyHandler(repo, now)),
+		sending:      must(NewSetSendingPolicyHandler(repo, now)),
 		pair:         must(NewPairingSucceededHandler(repo, now)),
 		invalidate:   must(NewSessionInvalidatedHandler(repo, now)),
 		ban:          must(NewReportBanHandler(repo, now)),

@@ -32,6 +32,7 @@ const (
 	NameDeferSend              = "waqueue.DeferSend" // not served by the bus (see Handlers)
 	NameRetrySend              = "waqueue.RetrySend" // not served by the bus (see Handlers)
 	NameCancelMessage          = "waqueue.CancelMessage"
+	NameSetSendingPolicy       = "waqueue.SetSendingPolicy"
 )
 
 // BusCommandNames returns the commands the command processor serves, in a stable order: those
@@ -40,12 +41,13 @@ const (
 // own transport, dispatcher and processes issue those, in process, as SystemPrincipal.
 func BusCommandNames() []string {
 	return []string{NameRegisterConnection, NameSetOnBanPolicy, NameEnqueueMessage, NameStartBroadcast,
-		NameHoldQueue, NameResumeQueue, NameRequestClear, NameCancelMessage}
+		NameHoldQueue, NameResumeQueue, NameRequestClear, NameCancelMessage, NameSetSendingPolicy}
 }
 
 func (RegisterConnection) CommandName() string     { return NameRegisterConnection }
 func (SetOnBanPolicy) CommandName() string         { return NameSetOnBanPolicy }
 func (CancelMessage) CommandName() string          { return NameCancelMessage }
+func (SetSendingPolicy) CommandName() string       { return NameSetSendingPolicy }
 func (PairingSucceeded) CommandName() string       { return NamePairingSucceeded }
 func (SessionInvalidated) CommandName() string     { return NameSessionInvalidated }
 func (ReportBan) CommandName() string              { return NameReportBan }

@@ -18,6 +18,9 @@ type RegisterConnection struct {
 	Phone string `json:"phone"`
 	// OnBan is the policy for automatically held queues; zero means connection.OnBanHold.
 	OnBan connection.OnBanPolicy `json:"on_ban,omitzero"`
+	// SendingPolicy, if set, changes the default sending policy from the start (see
+	// SetSendingPolicy; recorded as a SendingPolicyChanged after the ConnectionRegistered).
+	SendingPolicy *connection.SendingPolicyPatch `json:"sending_policy,omitempty"`
 }
 
 // RegisterConnectionHandler handles RegisterConnection.
@@ -34,15 +37,20 @@ func NewRegisterConnectionHandler(repo *Repository, now Clock) (*RegisterConnect
 	return &RegisterConnectionHandler{repo: repo, now: now}, nil
 }
 
-// Handle records ConnectionRegistered.
+// Handle records ConnectionRegistered (and SendingPolicyChanged when the command sets a policy).
 func (h *RegisterConnectionHandler) Handle(ctx context.Context, cmd RegisterConnection) (Result, error) {
 	p, err := principal(ctx, auth.ConnectionEdit)
 	if err != nil {
 		return Result{}, err
 	}
+	if cmd.SendingPolicy != nil {
+		if err := CheckTimeZone(*cmd.SendingPolicy); err != nil {
+			return Result{}, err
+		}
+	}
 	a, err := h.repo.Update(ctx, connection.Key(p.TenantID, cmd.ConnectionID), p.ID, func(c *connection.Connection) ([]connection.Event, error) {
 		return c.Register(connection.RegisterConnection{
-			ConnectionID: cmd.ConnectionID, TenantID: p.TenantID, Phone: cmd.Phone, OnBan: cmd.OnBan, Actor: p.ID,
+			ConnectionID: cmd.ConnectionID, TenantID: p.TenantID, Phone: cmd.Phone, OnBan: cmd.OnBan, SendingPolicy: cmd.SendingPolicy, Actor: p.ID,
 		}, h.now())
 	})
 	if err != nil {

@@ -125,11 +125,12 @@ func (p SendingPolicy) Validate() error {
 }
 
 // ValidateTimeZoneName checks the form of an IANA time zone name: 1 to MaxTimeZoneLen
-// characters out of ASCII letters, digits, '/', '_', '+' and '-', not starting with '/'. Whether the zone exists is for the caller to check (time.LoadLocation);
+// characters out of ASCII letters, digits, '/', '_', '+' and '-', not starting with '/', and not
+// "Local" (the server's zone: not a zone of the connection). Whether the zone exists is for the caller to check (time.LoadLocation);
 // both failures are CodeInvalidTimeZone.
 func ValidateTimeZoneName(tz string) error {
 	const field = "sending_policy.time_zone"
-	if tz == "" || len(tz) > MaxTimeZoneLen || tz[0] == '/' {
+	if tz == "" || len(tz) > MaxTimeZoneLen || tz[0] == '/' || tz == "Local" {
 		return invalid(CodeInvalidTimeZone, field, "must be an IANA time zone name such as Europe/Berlin")
 	}
 	for i := 0; i < len(tz); i++ {
