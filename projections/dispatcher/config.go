@@ -13,33 +13,23 @@ import (
 	"github.com/waqueue/waqueue/commands"
 )
 
-// Defaults. The pacing defaults err on the safe side: WhatsApp publishes no limits for
-// unofficial clients, and bulk messages a few seconds apart with a daily cap are the commonly
-// reported safe practice.
+// Defaults. The pacing of a connection is its sending policy (connection.SendingPolicy, with
+// its documented defaults), not configuration: see Pacing.
 const (
-	DefaultMinInterval     = 3 * time.Second
-	DefaultJitter          = 2 * time.Second
-	DefaultDailyCap        = 1000
 	DefaultSendTimeout     = 60 * time.Second
 	DefaultRetryBackoff    = time.Second
 	DefaultMaxRetryBackoff = 5 * time.Minute
 	DefaultMaxSendAttempts = 6
 )
 
-// Pacing spaces the messages of one connection. See the package doc for the policy.
+// Pacing is the server-wide pacing override. Each connection is paced by its own sending policy
+// (connection.SendingPolicy: minimum interval, jitter, daily cap, quiet hours in its time zone;
+// recorded by SendingPolicyChanged, the defaults otherwise), read by the loop at every turn.
 type Pacing struct {
-	// Unpaced disables MinInterval, Jitter and DailyCap: messages go out as fast as the
-	// transport takes them. For tests and benchmarks; never for real numbers.
+	// Unpaced overrides every connection's sending policy: no interval, no jitter, no daily
+	// cap, no quiet hours; messages go out as fast as the transport takes them. For the
+	// simulator, tests and benchmarks (--no-pacing); never for real numbers.
 	Unpaced bool
-	// MinInterval is the least time between two messages handed to the transport on one
-	// connection. Default DefaultMinInterval (3s).
-	MinInterval time.Duration
-	// Jitter is the largest random time added to MinInterval (drawn uniformly in [0, Jitter]
-	// from a generator seeded with Config.Seed). Default DefaultJitter (2s); negative means none.
-	Jitter time.Duration
-	// DailyCap is the most messages dispatched per connection and UTC day. Default
-	// DefaultDailyCap (1,000); negative means no cap.
-	DailyCap int
 }
 
 // Config configures a Dispatcher.
@@ -59,7 +49,7 @@ type Config struct {
 	// otherwise (see StatusLocator). Optional: without it receipts for messages dispatched
 	// before this process started and no longer in flight are ignored.
 	Locator MessageLocator
-	// Clock drives pacing, the daily cap and retry backoff, and stamps decisions. Default
+	// Clock drives pacing, the daily cap, quiet hours and retry backoff, and stamps decisions. Default
 	// transport.SystemClock. (Send timeouts and projection-lag polling use real time: they wait
 	// for I/O, not for a schedule.)
 	Clock transport.Clock
@@ -101,20 +91,6 @@ func (c *Config) setDefaults() {
 	if c.Clock == nil {
 		c.Clock = transport.SystemClock{}
 	}
-	if !c.Pacing.Unpaced {
-		if c.Pacing.MinInterval == 0 {
-			c.Pacing.MinInterval = DefaultMinInterval
-		}
-		if c.Pacing.Jitter == 0 {
-			c.Pacing.Jitter = DefaultJitter
-		}
-		if c.Pacing.DailyCap == 0 {
-			c.Pacing.DailyCap = DefaultDailyCap
-		}
-	}
-	if c.Pacing.Jitter < 0 {
-		c.Pacing.Jitter = 0
-	}
 	if c.SendTimeout == 0 {
 		c.SendTimeout = DefaultSendTimeout
 	}
@@ -152,9 +128,6 @@ func (c Config) Validate() error {
 	}
 	if c.Transport == nil {
 		errs = append(errs, errors.New("dispatcher: Config.Transport is nil"))
-	}
-	if c.Pacing.MinInterval < 0 {
-		errs = append(errs, fmt.Errorf("dispatcher: Pacing.MinInterval %s is negative", c.Pacing.MinInterval))
 	}
 	if c.SendTimeout < 0 {
 		errs = append(errs, fmt.Errorf("dispatcher: SendTimeout %s is negative", c.SendTimeout))

@@ -19,7 +19,8 @@ import (
 )
 
 // WakeEventTypes are the connection events that can make a queue dispatchable; the Dispatcher
-// subscribes to them.
+// subscribes to them. SendingPolicyChanged is among them (a raised cap or moved quiet hours can
+// free a waiting queue), and also interrupts a pacing wait in progress.
 var WakeEventTypes = []string{
 	connection.TypeConnectionRegistered,
 	connection.TypeMessageQueued,
@@ -28,6 +29,7 @@ var WakeEventTypes = []string{
 	connection.TypeBanLifted,
 	connection.TypeSessionPaired,
 	connection.TypeQueueCleared,
+	connection.TypeSendingPolicyChanged,
 }
 
 // ErrAlreadyRunning: Run was called on a Dispatcher that runs or ran already.
@@ -105,6 +107,7 @@ type Dispatcher struct {
 	seen    eventstore.Position
 	changed chan struct{} // closed and replaced when loops or seen change
 	rng     *rand.Rand
+	zones   map[string]*time.Location // loaded time zones of sending policies
 	live    []string                // live nodes (Membership), refreshed by the renewals
 	recent  map[uuid.UUID]recentRef // messages dispatched here, for their receipts
 	ring    []uuid.UUID
@@ -121,16 +124,25 @@ type Dispatcher struct {
 type connState struct {
 	running, dirty bool
 	tenant         string
-	capTimer       transport.Timer
+	// wakeTimer wakes the loop at wakeAt, the end of quiet hours or the next local day of a
+	// capped connection (guarded by mu).
+	wakeTimer transport.Timer
+	wakeAt    time.Time
+	// poke interrupts a pacing wait when the connection's sending policy changed.
+	poke  chan struct{}
 	lease          leaseState
 	// takeover: the renewals claimed the lease with a new epoch; the loop recovers first.
 	takeover bool
 	// Touched only by the connection's loop:
 	recovered  bool // the in-flight recovery ran since the start or the last store failure
 	startedUp  bool // the first recovery in this process ran (later ones are after store failures)
-	nextAt     time.Time
-	day        time.Time
-	dayCount   int
+	// paceLoaded: day, dayCount and lastAt were read from the stream since the start, the last
+	// recovery or lease takeover.
+	paceLoaded bool
+	lastAt     time.Time // the last hand-over (from the stream, then this loop's)
+	jitterU    float64   // the jitter fraction drawn after it, in [0, 1)
+	day        time.Time // the local day counted (start instant)
+	dayCount   int       // dispatches of that day
 	lagBackoff time.Duration
 }
 
@@ -149,7 +161,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		seed = rand.Uint64()
 	}
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatcher"), m: m,
-		conns: map[string]*connState{}, changed: make(chan struct{}),
+		conns: map[string]*connState{}, changed: make(chan struct{}), zones: map[string]*time.Location{},
 		rng:    newRand(seed),
 		recent: make(map[uuid.UUID]recentRef), ring: make([]uuid.UUID, recentSize)}
 	now := func() time.Time { return cfg.Clock.Now().UTC() }
@@ -219,6 +231,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	for {
 		err := d.cfg.Store.Subscribe(ctx, after, filter, func(e eventstore.RecordedEvent) error {
 			if id, ok := connection.IDFromStream(e.Stream); ok {
+				if e.Type == connection.TypeSendingPolicyChanged {
+					d.policyChanged(id)
+				}
 				d.Wake(id)
 			}
 			after = e.Position
@@ -310,7 +325,7 @@ func (d *Dispatcher) notifyLocked() {
 func (d *Dispatcher) stateLocked(connID string) *connState {
 	st := d.conns[connID]
 	if st == nil {
-		st = &connState{}
+		st = &connState{poke: make(chan struct{}, 1)}
 		d.conns[connID] = st
 	}
 	return st
@@ -376,21 +391,6 @@ func (d *Dispatcher) asSystem(ctx context.Context, connID string) (context.Conte
 	return commands.WithPrincipal(ctx, commands.SystemPrincipal(t)), nil
 }
 
-// interval draws the pause after a message handed over: MinInterval plus a jitter in [0, Jitter].
-func (d *Dispatcher) interval() time.Duration {
-	p := d.cfg.Pacing
-	if p.Unpaced {
-		return 0
-	}
-	iv := p.MinInterval
-	if p.Jitter > 0 {
-		d.mu.Lock()
-		iv += time.Duration(d.rng.Int64N(int64(p.Jitter) + 1))
-		d.mu.Unlock()
-	}
-	return iv
-}
-
 // waitClock waits d on the injected clock; false when ctx ended first.
 func (d *Dispatcher) waitClock(ctx context.Context, dur time.Duration) bool {
 	if dur <= 0 {
@@ -420,9 +420,3 @@ func sleepReal(ctx context.Context, d time.Duration) bool {
 }
 
 func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)) }
-
-// startOfDay returns midnight UTC of t's day.
-func startOfDay(t time.Time) time.Time {
-	y, m, dd := t.UTC().Date()
-	return time.Date(y, m, dd, 0, 0, 0, 0, time.UTC)
-}

@@ -94,10 +94,9 @@ func TestPacingAndDailyCap(t *testing.T) {
 	// Start just before midnight so the cap's wake-up is near.
 	h.clock.Advance(14*time.Hour + 59*time.Minute) // 23:59 UTC
 	const minIv, jitter, step = 3 * time.Second, time.Second, 100 * time.Millisecond
-	d := h.start(func(c *dispatcher.Config) {
-		c.Pacing = dispatcher.Pacing{MinInterval: minIv, Jitter: jitter, DailyCap: 4}
-	})
+	d := h.start(paced)
 	h.registerPaired("c1", d)
+	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(minIv), Jitter: ptr(jitter), DailyCap: ptr(4)})
 	for _, k := range []string{"a", "bb", "ccc", "dddd", "eeeee", "ffffff"} {
 		h.enqueueOne("c1", k, 0)
 	}
@@ -459,12 +458,11 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // dispatcher does not start the day's count again from zero.
 func TestDailyCapSurvivesRestart(t *testing.T) {
 	h := newHarness(t, openSQLite)
-	h.autoAdvance(time.Millisecond)
-	pacing := func(c *dispatcher.Config) {
-		c.Pacing = dispatcher.Pacing{MinInterval: time.Millisecond, Jitter: -1, DailyCap: 3}
-	}
+	h.autoAdvance(500 * time.Millisecond)
+	pacing := paced
 	d1 := h.start(pacing)
 	h.registerPaired("c1", d1)
+	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(time.Second), Jitter: ptr(time.Duration(0)), DailyCap: ptr(3)})
 	h.enqueueOne("c1", "a", 0)
 	h.enqueueOne("c1", "bb", 0)
 	h.eventually("two sent", func() bool { return len(h.sends("c1")) == 2 })

@@ -15,6 +15,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/transport"
+	"github.com/waqueue/waqueue/adapters/transport/transporttest"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -138,21 +139,27 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, typ, result stri
 	return 0
 }
 
-func TestStartOfDayAndInterval(t *testing.T) {
-	at := time.Date(2030, 1, 2, 23, 59, 59, 0, time.FixedZone("x", -3600))
-	if got, want := startOfDay(at), time.Date(2030, 1, 3, 0, 0, 0, 0, time.UTC); !got.Equal(want) {
-		t.Errorf("startOfDay(%s) = %s, want %s", at, got, want)
+// The next hand-over is the last one plus the policy's interval plus the drawn fraction of its
+// jitter: within [interval, interval+jitter], and a changed policy applies to it at once.
+func TestNextAt(t *testing.T) {
+	d := &Dispatcher{cfg: Config{Clock: transporttest.NewManualClock(time.Date(2030, 1, 2, 0, 0, 0, 0, time.UTC))}, rng: newRand(1)}
+	st := &connState{}
+	p := pacing{policy: connection.SendingPolicy{MinInterval: time.Second, Jitter: 500 * time.Millisecond}}
+	if !st.nextAt(p).IsZero() {
+		t.Fatal("nextAt before any hand-over is not zero")
 	}
-	d := &Dispatcher{cfg: Config{Pacing: Pacing{MinInterval: time.Second, Jitter: 500 * time.Millisecond}}}
-	d.rng = newRand(1)
 	for range 1000 {
-		if iv := d.interval(); iv < time.Second || iv > 1500*time.Millisecond {
+		d.paceAfter(st)
+		if iv := st.nextAt(p).Sub(st.lastAt); iv < time.Second || iv > 1500*time.Millisecond {
 			t.Fatalf("interval %s outside [1s, 1.5s]", iv)
 		}
 	}
-	d.cfg.Pacing.Unpaced = true
-	if iv := d.interval(); iv != 0 {
-		t.Errorf("unpaced interval %s, want 0", iv)
+	p.policy.MinInterval, p.policy.Jitter = time.Hour, 0
+	if iv := st.nextAt(p).Sub(st.lastAt); iv != time.Hour {
+		t.Fatalf("interval after a policy change %s, want 1h", iv)
+	}
+	if !st.nextAt(pacing{unpaced: true}).IsZero() {
+		t.Error("unpaced nextAt is not zero")
 	}
 }
 

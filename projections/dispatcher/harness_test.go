@@ -118,6 +118,7 @@ type harness struct {
 	hold      *commands.HoldQueueHandler
 	resume    *commands.ResumeQueueHandler
 	complete  *commands.CompleteClearHandler
+	policy    *commands.SetSendingPolicyHandler
 }
 
 type engine func(t *testing.T, clock eventstore.Clock) *env
@@ -155,6 +156,8 @@ func newHarness(t *testing.T, open engine) *harness {
 	h.resume, err = commands.NewResumeQueueHandler(h.repo, now)
 	must(err)
 	h.complete, err = commands.NewCompleteClearHandler(h.repo, now)
+	must(err)
+	h.policy, err = commands.NewSetSendingPolicyHandler(h.repo, now)
 	must(err)
 
 	h.runner, err = projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store, BatchSize: 256,
@@ -271,6 +274,22 @@ func (h *harness) registerOnly(connID string) {
 		h.t.Fatal(err)
 	}
 }
+
+// setPolicy changes connID's sending policy as an operator and returns the position of the
+// SendingPolicyChanged.
+func (h *harness) setPolicy(connID string, pt connection.SendingPolicyPatch) eventstore.Position {
+	h.t.Helper()
+	res, err := h.policy.Handle(h.op(), commands.SetSendingPolicy{ConnectionID: connID, Patch: pt})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return res.Position
+}
+
+// paced is the config of a dispatcher that applies the connections' sending policies.
+func paced(c *dispatcher.Config) { c.Pacing = dispatcher.Pacing{} }
+
+func ptr[T any](v T) *T { return &v }
 
 func (h *harness) linkStatus(connID string) connection.LinkStatus {
 	var ls connection.LinkStatus

@@ -302,12 +302,13 @@ func TestStaleOwnerRefusedByTheStreamFence(t *testing.T) {
 	ctx := context.Background()
 	sys := commands.WithPrincipal(ctx, commands.SystemPrincipal(tenant))
 	h.registerOnly("c1")
+	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(time.Minute), Jitter: ptr(time.Duration(0))})
 	simA := nodeSim(t, h, 1)
 	// Node a, with a lease it trusts for an hour, paced one minute of the manual clock apart.
 	a := h.start(func(c *dispatcher.Config) {
 		c.Transport, c.Leases = simA, pgLeases(t, h, "a", time.Hour)
 		c.LeaseRenewInterval = 20 * time.Minute
-		c.Pacing = dispatcher.Pacing{MinInterval: time.Minute, Jitter: -1, DailyCap: -1}
+		c.Pacing = dispatcher.Pacing{}
 	})
 	h.enqueueOne("c1", "m1", 0)
 	h.eventually("m1 sent by a", func() bool { return count[connection.MessageSent](h.history("c1")) == 1 })

@@ -59,13 +59,18 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 			return d.lag(ctx, connID, st, "recover", err)
 		}
 	}
-	if wait := st.nextAt.Sub(d.cfg.Clock.Now()); wait > 0 {
-		if !d.waitClock(ctx, wait) {
-			return false
-		}
-	}
-	if capped := d.capReached(connID, st); capped {
+	// The sending policy, read at every turn (see policy): pacing, quiet hours, daily cap.
+	pol, err := d.policy(ctx, connID)
+	switch {
+	case errors.Is(err, commands.ErrNotFound):
 		return false
+	case err != nil:
+		return d.lag(ctx, connID, st, "policy", err)
+	}
+	if ok, again, err := d.paced(ctx, connID, st, pol); err != nil {
+		return d.lag(ctx, connID, st, "pacing", err)
+	} else if !ok {
+		return again
 	}
 	pctx, err := d.asSystem(ctx, connID)
 	if err != nil {
@@ -118,7 +123,8 @@ func (d *Dispatcher) lag(ctx context.Context, connID string, st *connState, op s
 	return sleepReal(ctx, st.lagBackoff)
 }
 
-// recover records every message in flight unknown and rebuilds the daily count. It runs before
+// recover records every message in flight unknown and has the daily count and the last
+// hand-over read again from the stream (see paced). It runs before
 // the first dispatch of a connection in this process (the messages in flight were dispatched by
 // a process that died: cause CauseRestart), and again after a dispatch step failed on a store
 // error (a MessageDispatched or MessageSendRetried written though its append reported a
@@ -177,27 +183,13 @@ func (d *Dispatcher) recover(ctx context.Context, connID string, st *connState) 
 			d.log.Info("message found in flight recorded unknown", "cause", cause, "connection", connID, "message", m.MessageID, "seq", m.Seq)
 		}
 	}
-	if !d.cfg.Pacing.Unpaced {
-		// The daily count and the pacing interval hold across processes and nodes: both are
-		// rebuilt from the stream (the last dispatch may be another node's, just before a takeover).
-		day := startOfDay(d.cfg.Clock.Now())
-		n, last, err := d.countDispatched(ctx, connID, day)
-		if err != nil {
-			return err
-		}
-		if d.cfg.Pacing.DailyCap > 0 {
-			st.day, st.dayCount = day, n
-		}
-		if next := last.Add(d.cfg.Pacing.MinInterval); !last.IsZero() && next.After(st.nextAt) {
-			st.nextAt = next
-		}
-	}
+	st.paceLoaded = false // the day's count and the last hand-over are read again from the stream
 	st.recovered, st.startedUp = true, true
 	return nil
 }
 
-// countDispatched counts the connection's MessageDispatched events of the UTC day starting at
-// day, reading its stream backwards until a dispatch before the day (or an event recorded more
+// countDispatched counts the connection's MessageDispatched events of the local day starting
+// at day, reading its stream backwards until a dispatch before the day (or an event recorded more
 // than a day before it, which tolerates skew between the store's clock and ours). last is the
 // DispatchedAt of the latest dispatch read (zero for none).
 func (d *Dispatcher) countDispatched(ctx context.Context, connID string, day time.Time) (n int, last time.Time, err error) {
@@ -239,35 +231,6 @@ func (d *Dispatcher) countDispatched(ctx context.Context, connID string, day tim
 	}
 }
 
-// capReached reports whether the connection reached its daily cap; if so it schedules a wake
-// at the next UTC midnight (a timer, no goroutine) and the loop exits.
-func (d *Dispatcher) capReached(connID string, st *connState) bool {
-	p := d.cfg.Pacing
-	if p.Unpaced || p.DailyCap <= 0 {
-		return false
-	}
-	now := d.cfg.Clock.Now()
-	if day := startOfDay(now); day.After(st.day) {
-		st.day, st.dayCount = day, 0
-	}
-	if st.dayCount < p.DailyCap {
-		return false
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if st.capTimer == nil {
-		wait := st.day.Add(24 * time.Hour).Sub(now)
-		d.log.Info("daily cap reached; pausing until the next UTC day", "connection", connID, "cap", p.DailyCap, "resume_in", wait)
-		st.capTimer = d.cfg.Clock.AfterFunc(wait, func() {
-			d.mu.Lock()
-			st.capTimer = nil
-			d.mu.Unlock()
-			d.Wake(connID)
-		})
-	}
-	return true
-}
-
 // send hands a dispatched message to the transport and records its outcome. fence is the stream
 // revision of its MessageDispatched. Every hand-over is fenced by its own record (G1): when the
 // transport refuses one (transport.Retryable: provably nothing was sent), MessageSendDeferred
@@ -291,7 +254,7 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 		switch {
 		case err == nil:
 			d.m.latency.Observe(time.Since(start).Seconds())
-			d.pace(st)
+			d.paceAfter(st)
 			d.record(ctx, wctx, OutcomeSent, ref, func(rctx context.Context) error {
 				_, err := d.sent.Handle(rctx, commands.RecordSent{MessageRef: ref, ServerID: res.WAMessageID})
 				return err
@@ -367,12 +330,12 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 				return
 			}
 		case errors.Is(err, transport.ErrRejected):
-			d.pace(st)
+			d.paceAfter(st)
 			d.recordFailed(ctx, wctx, ref, CodeRejected, err.Error())
 			return
 		default: // ErrOutcomeUnknown, or an adapter error outside the contract: never resend.
 			d.m.latency.Observe(time.Since(start).Seconds())
-			d.pace(st)
+			d.paceAfter(st)
 			cause := CauseUnknown
 			switch {
 			case ctx.Err() != nil:
@@ -386,12 +349,6 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 			})
 			return
 		}
-	}
-}
-
-func (d *Dispatcher) pace(st *connState) {
-	if iv := d.interval(); iv > 0 {
-		st.nextAt = d.cfg.Clock.Now().Add(iv)
 	}
 }
 

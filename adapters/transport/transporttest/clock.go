@@ -119,3 +119,16 @@ func (c *ManualClock) WaitForTimers(n int, limit time.Duration) bool {
 		}
 	}
 }
+
+// Deadlines returns the due times of the scheduled timers, earliest first: a test can wait
+// until a wait of a given length is armed (and another one stopped) without advancing the clock.
+func (c *ManualClock) Deadlines() []time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]time.Time, 0, len(c.timers))
+	for _, t := range c.timers {
+		out = append(out, t.at)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Before(out[j]) })
+	return out
+}
