@@ -110,10 +110,9 @@ func TestPacingAndDailyCap(t *testing.T) {
 		}
 	}
 	drive(4)
-	// The fifth waits for the cap: once the pace after the fourth has passed, the loop exits
-	// (no goroutine) leaving a timer at midnight.
+	// The fifth waits for the cap: the loop exits (no goroutine) leaving a timer at midnight.
 	if !h.clock.WaitForTimers(1, testwait.Limit) {
-		t.Fatal("no pacing timer after the fourth send")
+		t.Fatal("no timer after the fourth send")
 	}
 	h.clock.Advance(minIv + jitter)
 	h.eventually("cap timer armed", func() bool { return h.clock.Pending() == 1 && d.ActiveLoops() == 0 })

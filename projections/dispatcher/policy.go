@@ -72,11 +72,12 @@ func (st *connState) nextAt(p pacing) time.Time {
 	return st.lastAt.Add(p.policy.MinInterval + time.Duration(st.jitterU*float64(p.policy.Jitter)))
 }
 
-// paced applies the policy before a dispatch: it reports go=true when a message may be handed
-// over now. Otherwise the loop either waits on the clock and tries again (again=true: the
-// pacing interval, interruptible by a policy change) or exits (again=false) leaving a timer that
-// wakes it at the end of the quiet hours or at the next local midnight (daily cap). A quiet or
-// capped connection's messages wait in the queue; nothing fails.
+// paced applies the policy before a dispatch, in this order: quiet hours, daily cap, pacing
+// interval. It reports ok when a message may be handed over now. Otherwise the loop either
+// exits (again=false) leaving a timer that wakes it at the end of the quiet hours or at the
+// next local midnight (daily cap), or waits out the pacing interval on the clock and takes
+// another turn (again=true; a policy change interrupts the wait). A quiet or capped
+// connection's messages wait in the queue; nothing fails.
 func (d *Dispatcher) paced(ctx context.Context, connID string, st *connState, p pacing) (ok, again bool, err error) {
 	if p.unpaced {
 		return true, false, nil
@@ -99,12 +100,6 @@ func (d *Dispatcher) paced(ctx context.Context, connID string, st *connState, p 
 		d.sleepUntil(connID, st, now, until, "quiet hours; messages wait")
 		return false, false, nil
 	}
-	if next := st.nextAt(p); next.After(now) {
-		if !d.waitPace(ctx, st, next.Sub(now)) {
-			return false, false, nil
-		}
-		return false, true, nil // the hour, the policy or the lease may have changed meanwhile
-	}
 	day, next := connection.Day(now, p.loc)
 	if !day.Equal(st.day) {
 		// A new day, or another time zone: count the day's dispatches from the stream.
@@ -117,6 +112,12 @@ func (d *Dispatcher) paced(ctx context.Context, connID string, st *connState, p 
 	if st.dayCount >= p.policy.DailyCap {
 		d.sleepUntil(connID, st, now, next, "daily cap reached; messages wait for the next local day")
 		return false, false, nil
+	}
+	if at := st.nextAt(p); at.After(now) {
+		if !d.waitPace(ctx, st, at.Sub(now)) {
+			return false, false, nil
+		}
+		return false, true, nil // the hour, the policy or the lease may have changed meanwhile
 	}
 	return true, false, nil
 }

@@ -1,0 +1,132 @@
+package dispatcher_test
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/waqueue/waqueue/domain/connection"
+)
+
+// waitDeadline waits until a timer due at at is armed on the manual clock (and, with gone set,
+// none due at gone is left): the loop is waiting for exactly that time.
+func (h *harness) waitDeadline(at time.Time, gone ...time.Time) {
+	h.t.Helper()
+	h.eventually("a timer due at "+at.String(), func() bool {
+		ds := h.clock.Deadlines()
+		if !slices.ContainsFunc(ds, at.Equal) {
+			return false
+		}
+		for _, g := range gone {
+			if slices.ContainsFunc(ds, g.Equal) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// A changed sending policy applies at once to the running loop, without a restart: a shorter
+// interval replaces a pacing wait in progress, a raised cap frees a capped queue before
+// midnight; quiet hours in the connection's time zone hold messages back (they wait, they do
+// not fail) until their local end. Deterministic: the manual clock only moves when told.
+func TestSendingPolicyChangeAppliesAtOnce(t *testing.T) {
+	h := newHarness(t, openSQLite)
+	d := h.start(paced)
+	h.registerPaired("c1", d)
+	zero := time.Duration(0)
+	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(time.Hour), Jitter: &zero})
+	sent := func() int { return len(h.sends("c1")) }
+
+	h.enqueueOne("c1", "a", 0)
+	h.eventually("a sent", func() bool { return sent() == 1 })
+	start := h.clock.Now() // the clock stands still: a's hand-over time
+	h.enqueueOne("c1", "bb", 0)
+	h.waitDeadline(start.Add(time.Hour))
+
+	// Interval: the hour's wait in progress gives way to two seconds.
+	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(2 * time.Second)})
+	h.waitDeadline(start.Add(2*time.Second), start.Add(time.Hour))
+	h.clock.Advance(2 * time.Second)
+	h.eventually("bb sent after the new interval", func() bool { return sent() == 2 })
+
+	// Daily cap: two sent today, cap 2: the third waits for the next UTC day...
+	h.setPolicy("c1", connection.SendingPolicyPatch{DailyCap: ptr(2)})
+	h.enqueueOne("c1", "ccc", 0)
+	midnight := time.Date(2030, 5, 7, 0, 0, 0, 0, time.UTC)
+	h.waitDeadline(midnight)
+	h.eventually("loop exited at the cap", func() bool { return d.ActiveLoops() == 0 })
+	if n := sent(); n != 2 {
+		t.Fatalf("sent %d with cap 2", n)
+	}
+	// ...until the cap is raised: it goes after the interval since bb, long before midnight.
+	h.setPolicy("c1", connection.SendingPolicyPatch{DailyCap: ptr(3)})
+	h.waitDeadline(start.Add(4 * time.Second))
+	h.clock.Advance(2 * time.Second)
+	h.eventually("ccc sent after the cap was raised", func() bool { return sent() == 3 })
+
+	// Quiet hours, judged in the connection's zone: 09:00 UTC is 11:00 in Berlin (summer time).
+	h.setPolicy("c1", connection.SendingPolicyPatch{DailyCap: ptr(10), TimeZone: ptr("Europe/Berlin"),
+		QuietHours: &connection.QuietHours{Start: 11 * 60, End: 13 * 60}})
+	m := h.enqueueOne("c1", "dddd", 0)
+	quietEnd := time.Date(2030, 5, 6, 11, 0, 0, 0, time.UTC) // 13:00 in Berlin
+	h.waitDeadline(quietEnd)
+	h.eventually("loop exited for the quiet hours", func() bool { return d.ActiveLoops() == 0 })
+	if n := sent(); n != 3 {
+		t.Fatalf("sent %d during quiet hours", n)
+	}
+	for _, r := range h.history("c1") {
+		if me, ok := connection.MessageEventOf(r.Event); ok && me.MessageID == m.MessageID && r.Event.EventType() != connection.TypeMessageQueued {
+			t.Fatalf("during quiet hours the message got %s; it must wait", r.Event.EventType())
+		}
+	}
+	h.clock.Advance(quietEnd.Sub(h.clock.Now()))
+	h.eventually("dddd sent when the quiet hours ended", func() bool { return sent() == 4 })
+	if at := h.sim.Sends()[3].At; at.Before(quietEnd) {
+		t.Fatalf("sent at %s, before the quiet hours ended at %s", at, quietEnd)
+	}
+	h.checkInvariants("c1")
+}
+
+// The pacing interval and the daily cap hold across a restart (they come from the stream, not
+// from the memory of the process that dispatched), and the cap's day is the connection's local
+// day: in Tokyo the day turns at 15:00 UTC.
+func TestPacingAndLocalDayCapHoldAcrossRestart(t *testing.T) {
+	h := newHarness(t, openSQLite)
+	d1 := h.start(paced)
+	h.registerPaired("c1", d1)
+	zero := time.Duration(0)
+	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(time.Hour), Jitter: &zero, DailyCap: ptr(3), TimeZone: ptr("Asia/Tokyo")})
+	sent := func() int { return len(h.sends("c1")) }
+	h.enqueueOne("c1", "a", 0)
+	h.enqueueOne("c1", "bb", 0)
+	h.eventually("a sent", func() bool { return sent() == 1 })
+	h.waitDeadline(t0.Add(time.Hour))
+	h.clock.Advance(time.Hour)
+	h.eventually("bb recorded sent", func() bool { return count[connection.MessageSent](h.history("c1")) == 2 })
+	d1.stop() // its loop waits out the interval after bb: stopped mid-wait
+
+	// A new process: the next hand-over is an hour after bb's, not at once.
+	d2 := h.start(paced)
+	h.enqueueOne("c1", "ccc", 0)
+	h.waitDeadline(t0.Add(2 * time.Hour))
+	if n := sent(); n != 2 {
+		t.Fatalf("the restarted dispatcher sent %d before the interval passed", n)
+	}
+	h.clock.Advance(time.Hour)
+	h.eventually("ccc recorded sent", func() bool { return count[connection.MessageSent](h.history("c1")) == 3 })
+
+	// The cap (3) is reached: dddd waits for midnight in Tokyo, not in UTC.
+	d2.stop()
+	d3 := h.start(paced)
+	h.enqueueOne("c1", "dddd", 0)
+	tokyoMidnight := time.Date(2030, 5, 6, 15, 0, 0, 0, time.UTC)
+	h.waitDeadline(tokyoMidnight)
+	h.eventually("loop exited at the cap", func() bool { return d3.ActiveLoops() == 0 })
+	if n := sent(); n != 3 {
+		t.Fatalf("sent %d today across restarts, want the cap 3", n)
+	}
+	h.clock.Advance(tokyoMidnight.Sub(h.clock.Now()))
+	h.eventually("dddd sent on the next Tokyo day", func() bool { return sent() == 4 })
+	h.checkInvariants("c1")
+}
