@@ -108,8 +108,8 @@ type Dispatcher struct {
 	changed chan struct{} // closed and replaced when loops or seen change
 	rng     *rand.Rand
 	zones   map[string]*time.Location // loaded time zones of sending policies
-	live    []string                // live nodes (Membership), refreshed by the renewals
-	recent  map[uuid.UUID]recentRef // messages dispatched here, for their receipts
+	live    []string                  // live nodes (Membership), refreshed by the renewals
+	recent  map[uuid.UUID]recentRef   // messages dispatched here, for their receipts
 	ring    []uuid.UUID
 	ringAt  int
 	wg      sync.WaitGroup
@@ -130,12 +130,12 @@ type connState struct {
 	wakeAt    time.Time
 	// poke interrupts a pacing wait when the connection's sending policy changed.
 	poke  chan struct{}
-	lease          leaseState
+	lease leaseState
 	// takeover: the renewals claimed the lease with a new epoch; the loop recovers first.
 	takeover bool
 	// Touched only by the connection's loop:
-	recovered  bool // the in-flight recovery ran since the start or the last store failure
-	startedUp  bool // the first recovery in this process ran (later ones are after store failures)
+	recovered bool // the in-flight recovery ran since the start or the last store failure
+	startedUp bool // the first recovery in this process ran (later ones are after store failures)
 	// paceLoaded: day, dayCount and lastAt were read from the stream since the start, the last
 	// recovery or lease takeover.
 	paceLoaded bool
