@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -87,6 +88,7 @@ func (c *Cards) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 	pending := map[string]int64{}
 	inFlight := map[string]int64{}
 	touched := map[string]int64{}
+	days := map[string]*dayTally{}
 	for _, e := range events {
 		connID, ev, ok, err := decodeConn(e)
 		if err != nil {
@@ -96,20 +98,87 @@ func (c *Cards) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 			continue
 		}
 		touched[connID] = us(e.RecordedAt)
-		if err := c.apply(ctx, tx, connID, ev, pending, inFlight); err != nil {
+		if err := c.apply(ctx, tx, connID, ev, pending, inFlight, days); err != nil {
 			return fmt.Errorf("event %s (%s): %w", e.ID, e.Type, err)
 		}
 	}
 	for connID, at := range touched {
+		var day dayTally
+		if d := days[connID]; d != nil {
+			day = *d
+		}
 		if _, err := tx.ExecContext(ctx, `UPDATE card_connections SET pending = pending + $2, in_flight = in_flight + $3,
-updated_at_us = $4 WHERE conn_id = $1`, connID, pending[connID], inFlight[connID], at); err != nil {
+updated_at_us = $4, `+dayUpdate("$5", "$6")+` WHERE conn_id = $1`, connID, pending[connID], inFlight[connID], at, day.start, day.n); err != nil {
 			return fmt.Errorf("update card %q: %w", connID, err)
 		}
 	}
 	return nil
 }
 
-func (c *Cards) apply(ctx context.Context, tx *Tx, connID string, ev connection.Event, pending, inFlight map[string]int64) error {
+// dayTally counts a batch's dispatches of one connection on one local day (start, in µs).
+type dayTally struct {
+	loc      *time.Location // the connection's zone; nil until looked up
+	start, n int64
+}
+
+// dayUpdate adds a tally (placeholders d, the day start, and n, the count) to a card's count of
+// the day: a later day starts the count again, an earlier one (a dispatch counted under another
+// zone) is ignored; n = 0 changes nothing.
+func dayUpdate(d, n string) string {
+	return `day_count = CASE WHEN day_start_us = ` + d + ` THEN day_count + ` + n + ` WHEN ` + d + ` > day_start_us AND ` + n + ` > 0 THEN ` + n + ` ELSE day_count END,
+day_start_us = CASE WHEN ` + d + ` > day_start_us AND ` + n + ` > 0 THEN ` + d + ` ELSE day_start_us END`
+}
+
+// countDispatch counts a dispatch at at on the connection's local day (in its policy's zone,
+// read once per batch and connection), flushing the tally of an earlier day first.
+func (c *Cards) countDispatch(ctx context.Context, tx *Tx, connID string, at time.Time, days map[string]*dayTally) error {
+	d := days[connID]
+	if d == nil {
+		var raw string
+		if err := tx.QueryRowContext(ctx, `SELECT sending_policy FROM card_connections WHERE conn_id = $1`, connID).Scan(&raw); err != nil {
+			return fmt.Errorf("sending policy of %q: %w", connID, err)
+		}
+		d = &dayTally{loc: zoneOf(sendingPolicy(raw).TimeZone)}
+		days[connID] = d
+	}
+	start, _ := connection.Day(at, d.loc)
+	s := us(start)
+	if d.n > 0 && s != d.start {
+		if _, err := tx.ExecContext(ctx, `UPDATE card_connections SET `+dayUpdate("$2", "$3")+` WHERE conn_id = $1`, connID, d.start, d.n); err != nil {
+			return err
+		}
+		d.n = 0
+	}
+	d.start = s
+	d.n++
+	return nil
+}
+
+// zones caches loaded time zones; a zone that does not load counts in UTC.
+var zones sync.Map
+
+func zoneOf(tz string) *time.Location {
+	if l, ok := zones.Load(tz); ok {
+		return l.(*time.Location)
+	}
+	loc, err := time.LoadLocation(tz)
+	if err != nil {
+		loc = time.UTC
+	}
+	zones.Store(tz, loc)
+	return loc
+}
+
+// sendingPolicy decodes a card's stored policy; '' (or an unreadable one) is the defaults.
+func sendingPolicy(raw string) connection.SendingPolicy {
+	var p connection.SendingPolicy
+	if raw == "" || json.Unmarshal([]byte(raw), &p) != nil || p.Validate() != nil {
+		return connection.DefaultSendingPolicy()
+	}
+	return p
+}
+
+func (c *Cards) apply(ctx context.Context, tx *Tx, connID string, ev connection.Event, pending, inFlight map[string]int64, days map[string]*dayTally) error {
 	exec := func(q string, args ...any) error {
 		_, err := tx.ExecContext(ctx, q, append([]any{connID}, args...)...)
 		return err
@@ -121,6 +190,15 @@ VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (conn_id) DO NOTHING`,
 			ev.TenantID, ev.Phone, policyText(ev.OnBan), connection.LinkStatusUnpaired.String(), us(ev.RegisteredAt))
 	case connection.OnBanPolicyChanged:
 		return exec(`UPDATE card_connections SET on_ban = $2 WHERE conn_id = $1`, policyText(ev.Policy))
+	case connection.SendingPolicyChanged:
+		b, err := json.Marshal(ev.Policy)
+		if err != nil {
+			return err
+		}
+		if d := days[connID]; d != nil {
+			d.loc = zoneOf(ev.Policy.TimeZone) // later dispatches of the batch count in the new zone
+		}
+		return exec(`UPDATE card_connections SET sending_policy = $2 WHERE conn_id = $1`, string(b))
 	case connection.SessionPaired:
 		// A (re)paired link starts with a clean slate: the problem that broke it is resolved.
 		return exec(`UPDATE card_connections SET link_status = $2, last_problem = '', last_problem_at_us = 0, logout_reason = ''
@@ -159,6 +237,9 @@ clear_then = '' WHERE conn_id = $1 AND clear_id = $2`, ev.ClearID.String())
 	case connection.MessageDispatched:
 		pending[connID]--
 		inFlight[connID]++
+		if err := c.countDispatch(ctx, tx, connID, ev.DispatchedAt, days); err != nil {
+			return err
+		}
 		return exec(`INSERT INTO card_in_flight (conn_id, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, ev.MessageID.String())
 	case connection.MessageSent, connection.MessageDelivered, connection.MessageRead,
 		connection.MessageFailed, connection.MessageOutcomeUnknown:
@@ -222,6 +303,22 @@ type Card struct {
 	LastProblemAt time.Time
 	RegisteredAt  time.Time
 	UpdatedAt     time.Time
+	// SendingPolicy is the connection's sending policy (the defaults until one is recorded).
+	SendingPolicy connection.SendingPolicy
+	// DayStart and DayCount are the messages dispatched on the connection's latest local day
+	// with a dispatch (see SentToday).
+	DayStart time.Time
+	DayCount int
+}
+
+// SentToday returns how many messages were dispatched on the connection's local day of now (in
+// its policy's time zone): the figure the daily cap is held against.
+func (c Card) SentToday(now time.Time) int {
+	start, _ := connection.Day(now, zoneOf(c.SendingPolicy.TimeZone))
+	if c.DayStart.IsZero() || !c.DayStart.Equal(start) {
+		return 0
+	}
+	return c.DayCount
 }
 
 // CardBan is a card's current ban.
@@ -263,15 +360,17 @@ type CardClear struct {
 
 const cardColumns = `tenant_id, conn_id, phone, on_ban, link_status, held, pending, in_flight, ban_kind, ban_expires_at_us,
 ban_reason, ban_since_us, hold_reason, hold_actor, hold_note, hold_since_us, clear_id, clear_requested_by, clear_requested_at_us,
-clear_scope, clear_then, last_problem, last_problem_at_us, registered_at_us, updated_at_us, logout_reason`
+clear_scope, clear_then, last_problem, last_problem_at_us, registered_at_us, updated_at_us, logout_reason, sending_policy, day_start_us,
+day_count`
 
 func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 	var c Card
 	var link, banKind, banReason, holdReason, holdActor, holdNote, clearID, clearBy, clearScope, clearThen, logoutReason string
-	var held, pending, inFlight, banExp, banSince, holdSince, clearAt, probAt, regAt, updAt int64
+	var held, pending, inFlight, banExp, banSince, holdSince, clearAt, probAt, regAt, updAt, dayStart, dayCount int64
+	var policy string
 	if err := row.Scan(&c.TenantID, &c.ConnectionID, &c.Phone, &c.OnBan, &link, &held, &pending, &inFlight, &banKind, &banExp,
 		&banReason, &banSince, &holdReason, &holdActor, &holdNote, &holdSince, &clearID, &clearBy, &clearAt,
-		&clearScope, &clearThen, &c.LastProblem, &probAt, &regAt, &updAt, &logoutReason); err != nil {
+		&clearScope, &clearThen, &c.LastProblem, &probAt, &regAt, &updAt, &logoutReason, &policy, &dayStart, &dayCount); err != nil {
 		return c, err
 	}
 	_, c.ConnectionID = connection.SplitKey(c.ConnectionID)
@@ -279,6 +378,10 @@ func scanCard(row interface{ Scan(...any) error }) (Card, error) {
 		return c, err
 	}
 	c.QueueStatus = queueStatus(clearID != "", held != 0)
+	c.SendingPolicy, c.DayCount = sendingPolicy(policy), int(dayCount)
+	if dayStart != 0 {
+		c.DayStart = fromUS(dayStart).In(zoneOf(c.SendingPolicy.TimeZone))
+	}
 	c.Pending, c.InFlight = uint64(max(pending, 0)), uint64(max(inFlight, 0))
 	c.LastProblemAt, c.RegisteredAt, c.UpdatedAt = fromUS(probAt), fromUS(regAt), fromUS(updAt)
 	if banKind != "" {
