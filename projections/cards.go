@@ -169,7 +169,7 @@ func zoneOf(tz string) *time.Location {
 	return loc
 }
 
-// sendingPolicy decodes a card's stored policy; '' (or an unreadable one) is the defaults.
+// sendingPolicy decodes a card's stored policy; ” (or an unreadable one) is the defaults.
 func sendingPolicy(raw string) connection.SendingPolicy {
 	var p connection.SendingPolicy
 	if raw == "" || json.Unmarshal([]byte(raw), &p) != nil || p.Validate() != nil {
