@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
 	wmtransport "github.com/waqueue/waqueue/adapters/whatsmeow"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -48,6 +49,37 @@ type cardView struct {
 	LastProblemAt time.Time  `json:"last_problem_at,omitzero"`
 	RegisteredAt  time.Time  `json:"registered_at,omitzero"`
 	UpdatedAt     time.Time  `json:"updated_at,omitzero"`
+	// SendingPolicy is how the dispatcher paces the connection.
+	SendingPolicy sendingPolicyView `json:"sending_policy"`
+	// DispatchedToday is the messages dispatched on the connection's local day (in the policy's
+	// time zone), held against sending_policy.daily_cap.
+	DispatchedToday int `json:"dispatched_today"`
+}
+
+// sendingPolicyView is a sending policy as the API shows it (and as PATCH takes it).
+type sendingPolicyView struct {
+	MinIntervalSeconds int64           `json:"min_interval_seconds"`
+	JitterSeconds      int64           `json:"jitter_seconds"`
+	DailyCap           int             `json:"daily_cap"`
+	TimeZone           string          `json:"time_zone"`
+	QuietHours         *quietHoursView `json:"quiet_hours"`
+}
+
+type quietHoursView struct {
+	Start string `json:"start"`
+	End   string `json:"end"`
+}
+
+func viewSendingPolicy(p connection.SendingPolicy) sendingPolicyView {
+	if p.IsZero() {
+		p = connection.DefaultSendingPolicy()
+	}
+	v := sendingPolicyView{MinIntervalSeconds: int64(p.MinInterval / time.Second), JitterSeconds: int64(p.Jitter / time.Second),
+		DailyCap: p.DailyCap, TimeZone: p.TimeZone}
+	if q := p.QuietHours; q != nil {
+		v.QuietHours = &quietHoursView{Start: q.Start.String(), End: q.End.String()}
+	}
+	return v
 }
 
 type banView struct {
@@ -83,8 +115,9 @@ type clearView struct {
 	Then string `json:"then"`
 }
 
-func viewCard(c projections.Card) cardView {
-	v := cardView{
+// viewCard is the API's view of card c at now (for its count of the day).
+func viewCard(c projections.Card, now time.Time) cardView {
+	v := cardView{SendingPolicy: viewSendingPolicy(c.SendingPolicy), DispatchedToday: c.SentToday(now),
 		ID: c.ConnectionID, TenantID: c.TenantID, Phone: c.Phone, OnBan: c.OnBan,
 		LinkStatus: c.LinkStatus.String(), QueueStatus: c.QueueStatus.String(), Pending: c.Pending, InFlight: c.InFlight,
 		LastProblem: c.LastProblem, LastProblemAt: c.LastProblemAt, RegisteredAt: c.RegisteredAt, UpdatedAt: c.UpdatedAt,
@@ -126,6 +159,13 @@ func (s *server) createConnection(w http.ResponseWriter, r *http.Request) error 
 		id = uuid.NewString()
 	}
 	cmd := commands.RegisterConnection{ConnectionID: id, Phone: req.Phone}
+	if req.SendingPolicy != nil {
+		pt, err := req.SendingPolicy.patch()
+		if err != nil {
+			return err
+		}
+		cmd.SendingPolicy = &pt
+	}
 	if req.OnBan != "" {
 		if cmd.OnBan, err = connection.ParseOnBanPolicy(req.OnBan); err != nil {
 			return err
@@ -142,10 +182,13 @@ func (s *server) createConnection(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		// The read model lags: answer with what the command decided.
 		card = projections.Card{TenantID: p.TenantID, ConnectionID: id, Phone: req.Phone, OnBan: cmd.OnBan.String(),
-			LinkStatus: connection.LinkStatusUnpaired, QueueStatus: connection.QueueStatusOpen}
+			LinkStatus: connection.LinkStatusUnpaired, QueueStatus: connection.QueueStatusOpen, SendingPolicy: connection.DefaultSendingPolicy()}
+		if cmd.SendingPolicy != nil {
+			card.SendingPolicy, _ = cmd.SendingPolicy.Apply(card.SendingPolicy)
+		}
 	}
 	w.Header().Set("Location", "/v1/connections/"+id)
-	return writeJSON(w, http.StatusCreated, viewCard(card))
+	return writeJSON(w, http.StatusCreated, viewCard(card, s.d.Now()))
 }
 
 func (s *server) listConnections(w http.ResponseWriter, r *http.Request) error {
@@ -155,35 +198,55 @@ func (s *server) listConnections(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := make([]cardView, 0, len(cards))
 	for _, c := range cards {
-		out = append(out, viewCard(c))
+		out = append(out, viewCard(c, s.d.Now()))
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"connections": out})
 }
 
-// changeConnection changes a connection's settings: today its on_ban policy (recorded as
-// OnBanPolicyChanged, audited; setting the current policy again records nothing). It answers
-// the card.
+// changeConnection changes a connection's settings: its sending policy (partially; recorded as
+// SendingPolicyChanged) and its on_ban policy (OnBanPolicyChanged), both audited; a setting set
+// to its current value records nothing. The whole body is validated first (a bad setting
+// records nothing); then the sending policy is recorded, then on_ban. It answers the card.
 func (s *server) changeConnection(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	_, b, err := readBody(w, r, s.d.Limits.MaxJSONBody, "application/json")
 	if err != nil {
 		return err
 	}
-	policy, err := decodeChangeConnection(b)
+	ch, err := decodeChangeConnection(b)
 	if err != nil {
 		return err
 	}
-	res, err := s.d.Handlers.SetOnBanPolicy.Handle(r.Context(), commands.SetOnBanPolicy{ConnectionID: id, Policy: policy})
-	if err != nil {
-		return err
+	if ch.sending != nil {
+		// The zone's loading too, before anything is recorded.
+		if err := commands.CheckTimeZone(*ch.sending); err != nil {
+			return err
+		}
 	}
-	setPosition(w, res.Position)
-	s.ownView(w, r.Context(), res.Position, projections.CardsName)
+	var pos eventstore.Position
+	if ch.sending != nil {
+		res, err := s.d.Handlers.SetSendingPolicy.Handle(r.Context(), commands.SetSendingPolicy{ConnectionID: id, Patch: *ch.sending})
+		if err != nil {
+			return err
+		}
+		pos = res.Position
+	}
+	if !ch.onBan.IsZero() {
+		res, err := s.d.Handlers.SetOnBanPolicy.Handle(r.Context(), commands.SetOnBanPolicy{ConnectionID: id, Policy: ch.onBan})
+		if err != nil {
+			return err
+		}
+		if !res.Position.IsZero() {
+			pos = res.Position
+		}
+	}
+	setPosition(w, pos)
+	s.ownView(w, r.Context(), pos, projections.CardsName)
 	c, err := s.card(r, id)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, viewCard(c))
+	return writeJSON(w, http.StatusOK, viewCard(c, s.d.Now()))
 }
 
 func (s *server) getConnection(w http.ResponseWriter, r *http.Request) error {
@@ -191,7 +254,7 @@ func (s *server) getConnection(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, viewCard(c))
+	return writeJSON(w, http.StatusOK, viewCard(c, s.d.Now()))
 }
 
 // qrPairing follows one QR pairing started through the API: the latest code, and whether the

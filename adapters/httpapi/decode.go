@@ -31,6 +31,76 @@ type createConnectionRequest struct {
 	Phone string `json:"phone"`
 	// OnBan is "hold" (default) or "resume".
 	OnBan string `json:"on_ban"`
+	// SendingPolicy, optional, changes settings of the default sending policy from the start.
+	SendingPolicy *sendingPolicyRequest `json:"sending_policy"`
+}
+
+// sendingPolicyRequest is a sending policy in a request: every setting optional (a partial
+// update); quiet_hours null removes the quiet hours.
+type sendingPolicyRequest struct {
+	MinIntervalSeconds *int64          `json:"min_interval_seconds"`
+	JitterSeconds      *int64          `json:"jitter_seconds"`
+	DailyCap           *int            `json:"daily_cap"`
+	TimeZone           *string         `json:"time_zone"`
+	QuietHours         json.RawMessage `json:"quiet_hours"`
+}
+
+// maxPolicySeconds bounds the seconds decoded before they become a duration (no overflow); the
+// domain's bounds are far below it.
+const maxPolicySeconds = 1 << 31
+
+// patch converts the request into a domain patch and checks it as far as it can without the
+// connection: every setting's bounds are independent of the others, so a patch valid on the
+// defaults is valid on any policy (422 invalid_sending_policy / invalid_time_zone otherwise).
+// The time zone's loading is checked by the command.
+func (r *sendingPolicyRequest) patch() (connection.SendingPolicyPatch, error) {
+	var pt connection.SendingPolicyPatch
+	secs := func(field string, v *int64) (*time.Duration, error) {
+		if v == nil {
+			return nil, nil
+		}
+		if *v < -maxPolicySeconds || *v > maxPolicySeconds {
+			return nil, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidSendingPolicy),
+				Field: "sending_policy." + field, Detail: "out of bounds"}
+		}
+		d := time.Duration(*v) * time.Second
+		return &d, nil
+	}
+	var err error
+	if pt.MinInterval, err = secs("min_interval_seconds", r.MinIntervalSeconds); err != nil {
+		return pt, err
+	}
+	if pt.Jitter, err = secs("jitter_seconds", r.JitterSeconds); err != nil {
+		return pt, err
+	}
+	pt.DailyCap, pt.TimeZone = r.DailyCap, r.TimeZone
+	switch raw := bytes.TrimSpace(r.QuietHours); {
+	case len(raw) == 0:
+	case string(raw) == "null":
+		pt.NoQuietHours = true
+	default:
+		var q struct {
+			Start *string `json:"start"`
+			End   *string `json:"end"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		bad := &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidSendingPolicy),
+			Field: "sending_policy.quiet_hours", Detail: `must be {"start": "HH:MM", "end": "HH:MM"} (local time) or null`}
+		if dec.Decode(&q) != nil || q.Start == nil || q.End == nil {
+			return pt, bad
+		}
+		start, err1 := connection.ParseClockTime(*q.Start)
+		end, err2 := connection.ParseClockTime(*q.End)
+		if err1 != nil || err2 != nil {
+			return pt, bad
+		}
+		pt.QuietHours = &connection.QuietHours{Start: start, End: end}
+	}
+	if _, err := pt.Apply(connection.DefaultSendingPolicy()); err != nil {
+		return pt, err
+	}
+	return pt, nil
 }
 
 type enqueueRequest struct {
@@ -76,24 +146,48 @@ type changeKeyRequest struct {
 
 // changeConnectionRequest is the body of PATCH /v1/connections/{id}: the settings to change.
 type changeConnectionRequest struct {
-	OnBan *string `json:"on_ban"`
+	OnBan         *string               `json:"on_ban"`
+	SendingPolicy *sendingPolicyRequest `json:"sending_policy"`
 }
 
-// decodeChangeConnection decodes {on_ban}; on_ban is required (the one setting so far) and must
-// be hold or resume (422 invalid_policy).
-func decodeChangeConnection(body []byte) (connection.OnBanPolicy, error) {
+// connectionChange is a decoded PATCH: the on_ban policy (zero: unchanged) and the sending
+// policy patch (nil: unchanged).
+type connectionChange struct {
+	onBan   connection.OnBanPolicy
+	sending *connection.SendingPolicyPatch
+}
+
+// decodeChangeConnection decodes {on_ban, sending_policy}; at least one is required (422
+// invalid_request); on_ban must be hold or resume (422 invalid_policy); sending_policy is
+// checked by sendingPolicyRequest.patch. The whole body is checked before anything is recorded.
+func decodeChangeConnection(body []byte) (connectionChange, error) {
 	var req changeConnectionRequest
+	var ch connectionChange
 	if err := decodeJSON(body, &req, false); err != nil {
-		return connection.OnBanPolicy{}, err
+		return ch, err
 	}
-	if req.OnBan == nil {
-		return connection.OnBanPolicy{}, invalid("on_ban", "required: the setting to change")
+	if req.OnBan == nil && req.SendingPolicy == nil {
+		return ch, invalid("on_ban", "required: a setting to change (on_ban, sending_policy)")
 	}
-	if *req.OnBan != "hold" && *req.OnBan != "resume" {
-		return connection.OnBanPolicy{}, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidPolicy), Field: "on_ban",
-			Detail: `must be "hold" or "resume"`}
+	if req.OnBan != nil {
+		if *req.OnBan != "hold" && *req.OnBan != "resume" {
+			return ch, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidPolicy), Field: "on_ban",
+				Detail: `must be "hold" or "resume"`}
+		}
+		p, err := connection.ParseOnBanPolicy(*req.OnBan)
+		if err != nil {
+			return ch, err
+		}
+		ch.onBan = p
 	}
-	return connection.ParseOnBanPolicy(*req.OnBan)
+	if req.SendingPolicy != nil {
+		pt, err := req.SendingPolicy.patch()
+		if err != nil {
+			return ch, err
+		}
+		ch.sending = &pt
+	}
+	return ch, nil
 }
 
 // cancelRequest is the body of DELETE …/messages/{message_id}.
@@ -188,6 +282,11 @@ func decodeCreateConnection(body []byte) (createConnectionRequest, error) {
 	default:
 		return req, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidPolicy), Field: "on_ban",
 			Detail: `must be "hold" or "resume"`}
+	}
+	if req.SendingPolicy != nil {
+		if _, err := req.SendingPolicy.patch(); err != nil {
+			return req, err
+		}
 	}
 	return req, nil
 }

@@ -241,7 +241,7 @@ func (s *server) holdOrResume(w http.ResponseWriter, r *http.Request, hold bool)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, viewCard(c))
+	return writeJSON(w, http.StatusOK, viewCard(c, s.d.Now()))
 }
 
 // queryInt parses an optional non-negative integer query parameter.

@@ -75,14 +75,19 @@
 // # Pacing
 //
 // The domain works the queue strictly in order (only the head can be dispatched), so 1:1
-// messages cannot overtake a broadcast queued before them. The policy is therefore one pace per
-// connection for every message: after each message handed to the transport the next dispatch
-// waits Pacing.MinInterval plus a uniformly drawn jitter in [0, Pacing.Jitter] (seeded), and at
-// most Pacing.DailyCap messages are dispatched per connection and UTC day (counted, when a loop
-// first starts in this process, from the MessageDispatched events of the day in the stream,
-// then in memory). A connection at its cap is woken by a timer at the next UTC midnight; its loop
-// exits meanwhile. Expired messages do not consume pace or cap. Pacing{Unpaced: true} disables
-// both, for tests and benchmarks.
+// messages cannot overtake a broadcast queued before them. The pace is therefore one per
+// connection for every message, set by the connection's sending policy
+// (connection.SendingPolicy, recorded by SendingPolicyChanged; the defaults otherwise). The loop
+// reads it at every turn (Dispatcher.policy, the one place), so a change applies at once on
+// whichever node holds the lease; a SendingPolicyChanged also interrupts a pacing wait and wakes
+// a waiting loop. Before each dispatch, in order: during the quiet hours (local time in the
+// policy's zone) and once DailyCap messages were dispatched on the local day, the loop exits
+// leaving a timer at the end of the quiet hours or at the next local midnight (messages wait,
+// nothing fails); then it waits MinInterval plus a drawn fraction of Jitter (seeded) since the
+// last hand-over. The day's count and the last hand-over are read from the stream's
+// MessageDispatched events when a loop first starts in this process, after a store failure and
+// after a lease takeover, then kept in memory. Expired messages do not consume pace or cap.
+// Pacing{Unpaced: true} (the server's --no-pacing) overrides every connection's policy.
 //
 // # Transport events
 //
