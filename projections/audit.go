@@ -39,7 +39,7 @@ type AuditRule struct {
 // DefaultAuditRules returns the audited events (G8): of connection streams, registrations,
 // policy changes, pairings, session losses, bans, lifts, transport problems observed
 // (TransportProblemObserved), holds, resumes, clear requests, QueueCleared and cancels of one
-// message (MessageCancelled); of tenant streams, the rights changes (API keys created, revoked, role changed;
+// message (MessageCancelled), sending policy changes (SendingPolicyChanged); of tenant streams, the rights changes (API keys created, revoked, role changed;
 // the key hash is redacted). Another audited event is one more rule (or one more type).
 func DefaultAuditRules() []AuditRule {
 	return []AuditRule{{
@@ -52,6 +52,7 @@ func DefaultAuditRules() []AuditRule {
 			connection.TypeSessionInvalidated, connection.TypeConnectionBanned, connection.TypeBanLifted,
 			connection.TypeQueueHeld, connection.TypeQueueResumed, connection.TypeClearQueueRequested,
 			connection.TypeQueueCleared, connection.TypeTransportProblemObserved, connection.TypeMessageCancelled,
+			connection.TypeSendingPolicyChanged,
 		},
 	}}
 }

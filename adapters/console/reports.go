@@ -17,7 +17,7 @@ import (
 
 // auditTypes are the event types offered by the audit page's type filter.
 var auditTypes = []string{"ConnectionRegistered", "SessionPaired", "SessionInvalidated", "ConnectionBanned", "BanLifted",
-	"QueueHeld", "QueueResumed", "ClearQueueRequested", "QueueCleared", "OnBanPolicyChanged",
+	"QueueHeld", "QueueResumed", "ClearQueueRequested", "QueueCleared", "OnBanPolicyChanged", "SendingPolicyChanged",
 	"APIKeyCreated", "APIKeyRoleChanged", "APIKeyRevoked"}
 
 // words splits a CamelCase event type into words: "ClearQueueRequested" → "Clear queue requested".

@@ -61,7 +61,7 @@ func (f fixture) request(t *testing.T, e *env, rt httpapi.Route) (string, any) {
 		"POST /v1/connections":                              map[string]any{"phone": newPhone()},
 		"GET /v1/connections":                               nil,
 		"GET /v1/connections/{id}":                          nil,
-		"PATCH /v1/connections/{id}":                        map[string]any{"on_ban": "resume"},
+		"PATCH /v1/connections/{id}":                        map[string]any{"on_ban": "resume", "sending_policy": map[string]any{"daily_cap": 500, "time_zone": "Europe/Berlin"}},
 		"POST /v1/connections/{id}/pairing/qr":              nil,
 		"GET /v1/connections/{id}/pairing/qr":               nil,
 		"POST /v1/connections/{id}/pairing/phone":           map[string]any{},

@@ -97,6 +97,10 @@ func (r *sendingPolicyRequest) patch() (connection.SendingPolicyPatch, error) {
 		}
 		pt.QuietHours = &connection.QuietHours{Start: start, End: end}
 	}
+	if pt.IsZero() {
+		return pt, &Problem{Status: http.StatusUnprocessableEntity, Code: string(connection.CodeInvalidSendingPolicy),
+			Field: "sending_policy", Detail: "names no setting to change"}
+	}
 	if _, err := pt.Apply(connection.DefaultSendingPolicy()); err != nil {
 		return pt, err
 	}
