@@ -42,6 +42,31 @@ type cardView struct {
 	ClearURL    string
 	CanEdit     bool
 	NeedsPair   bool
+	// Policy is the sending policy in words ("One message every 3–5 s · quiet 22:00–07:00
+	// Europe/Berlin"); Today and Cap are the messages dispatched on the connection's local day
+	// and its daily cap; Capped is set when the cap is reached (messages wait for tomorrow).
+	Policy     string
+	Today, Cap int
+	Capped     bool
+}
+
+// policyWords says a sending policy in a line.
+func policyWords(p connection.SendingPolicy) string {
+	if p.IsZero() {
+		p = connection.DefaultSendingPolicy()
+	}
+	lo, hi := int(p.MinInterval/time.Second), int((p.MinInterval+p.Jitter)/time.Second)
+	s := "One message every " + strconv.Itoa(lo) + " s"
+	if hi > lo {
+		s = "One message every " + strconv.Itoa(lo) + "–" + strconv.Itoa(hi) + " s"
+	}
+	if q := p.QuietHours; q != nil {
+		s += " · quiet " + q.String()
+	}
+	if q := p.QuietHours; q != nil || p.TimeZone != connection.DefaultTimeZone {
+		s += " (" + p.TimeZone + ")"
+	}
+	return s
 }
 
 // banReasons are WhatsApp's temporary-ban codes (whatsmeow events.TempBanReason) in plain words.
@@ -102,8 +127,16 @@ func problemWords(p string) string {
 }
 
 func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Principal) cardView {
+	now := time.Now
+	if c.d.Now != nil {
+		now = c.d.Now
+	}
 	v := cardView{ID: card.ConnectionID, Phone: card.Phone, Pending: card.Pending, InFlight: card.InFlight,
-		CanEdit: p.Can(auth.ConnectionEdit)}
+		CanEdit: p.Can(auth.ConnectionEdit), Policy: policyWords(card.SendingPolicy), Today: card.SentToday(now()), Cap: card.SendingPolicy.DailyCap}
+	if v.Cap == 0 {
+		v.Cap = connection.DefaultDailyCap
+	}
+	v.Capped = v.Today >= v.Cap
 	switch card.LinkStatus {
 	case connection.LinkStatusActive:
 		v.Link = badge{"ok", "Active"}

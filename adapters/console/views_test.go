@@ -103,3 +103,42 @@ func TestSafeNext(t *testing.T) {
 		}
 	}
 }
+
+// TestCardPolicyLine: the card says the sending policy in words and today's dispatches against
+// the cap (counted on the connection's local day), and says so when the cap is reached.
+func TestCardPolicyLine(t *testing.T) {
+	now := time.Date(2026, 3, 1, 14, 0, 0, 0, time.UTC)
+	c := &Console{d: Deps{Now: func() time.Time { return now }}}
+	operator := auth.Principal{TenantID: "t", ID: "system", Role: auth.RoleOperator}
+	berlin := connection.SendingPolicy{MinInterval: 5 * time.Second, Jitter: 3 * time.Second, DailyCap: 300, TimeZone: "Europe/Berlin",
+		QuietHours: &connection.QuietHours{Start: 22 * 60, End: 7 * 60}}
+	dayStart, _ := connection.Day(now, time.UTC)
+	for _, tc := range []struct {
+		name string
+		card projections.Card
+		want []string
+	}{
+		{"defaults", projections.Card{}, []string{"One message every 3–5 s · ", "0 of 1,000 today"}},
+		{"counted today", projections.Card{SendingPolicy: connection.DefaultSendingPolicy(), DayStart: dayStart, DayCount: 12},
+			[]string{"12 of 1,000 today"}},
+		{"yesterday's count is not today's", projections.Card{SendingPolicy: connection.DefaultSendingPolicy(), DayStart: dayStart.AddDate(0, 0, -1), DayCount: 12},
+			[]string{"0 of 1,000 today"}},
+		{"quiet hours in the zone", projections.Card{SendingPolicy: berlin},
+			[]string{"One message every 5–8 s · quiet 22:00–07:00 (Europe/Berlin)", "0 of 300 today"}},
+		{"capped", projections.Card{SendingPolicy: connection.SendingPolicy{MinInterval: time.Second, DailyCap: 2, TimeZone: "UTC"}, DayStart: dayStart, DayCount: 2},
+			[]string{"One message every 1 s · ", "2 of 2 today", "the rest waits for tomorrow"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.card.LinkStatus, tc.card.QueueStatus = connection.LinkStatusActive, connection.QueueStatusOpen
+			html, err := c.mustTemplates(t).renderCard(c.viewCard(context.Background(), tc.card, operator))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !contains(html, w) {
+					t.Errorf("card lacks %q:\n%s", w, html)
+				}
+			}
+		})
+	}
+}
