@@ -9,6 +9,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	// The IANA zone database, embedded: a connection's sending-policy time zone must load on any
+	// host (a minimal image without /usr/share/zoneinfo included), the same zones everywhere.
+	_ "time/tzdata"
 
 	"github.com/spf13/cobra"
 )
