@@ -76,6 +76,58 @@ type Card struct {
 	// HeldReason says why the queue is held (banned, session_invalid, operator, after_clear).
 	HeldReason  string `json:"held_reason,omitempty"`
 	LastProblem string `json:"last_problem,omitempty"`
+	// SendingPolicy is how the connection is paced; DispatchedToday the messages dispatched on
+	// its local day, held against SendingPolicy.DailyCap.
+	SendingPolicy   SendingPolicy `json:"sending_policy"`
+	DispatchedToday int           `json:"dispatched_today"`
+}
+
+// SendingPolicy is a connection's sending policy (see docs/operations.md, "Sending policy").
+type SendingPolicy struct {
+	MinIntervalSeconds int         `json:"min_interval_seconds"`
+	JitterSeconds      int         `json:"jitter_seconds"`
+	DailyCap           int         `json:"daily_cap"`
+	TimeZone           string      `json:"time_zone"`
+	QuietHours         *QuietHours `json:"quiet_hours"`
+}
+
+// QuietHours is a daily window of local time ("22:00" to "07:00") in which nothing is sent.
+type QuietHours struct {
+	Start string `json:"start"`
+	End   string `json:"end"`
+}
+
+// SendingPolicyChange changes the settings it sets (nil fields keep theirs); NoQuietHours
+// removes the quiet hours.
+type SendingPolicyChange struct {
+	MinIntervalSeconds *int
+	JitterSeconds      *int
+	DailyCap           *int
+	TimeZone           *string
+	QuietHours         *QuietHours
+	NoQuietHours       bool
+}
+
+func (ch SendingPolicyChange) body() map[string]any {
+	m := map[string]any{}
+	if ch.MinIntervalSeconds != nil {
+		m["min_interval_seconds"] = *ch.MinIntervalSeconds
+	}
+	if ch.JitterSeconds != nil {
+		m["jitter_seconds"] = *ch.JitterSeconds
+	}
+	if ch.DailyCap != nil {
+		m["daily_cap"] = *ch.DailyCap
+	}
+	if ch.TimeZone != nil {
+		m["time_zone"] = *ch.TimeZone
+	}
+	if ch.QuietHours != nil {
+		m["quiet_hours"] = ch.QuietHours
+	} else if ch.NoQuietHours {
+		m["quiet_hours"] = nil
+	}
+	return m
 }
 
 // Connections lists the tenant's connection cards (GET /v1/connections).

@@ -3,6 +3,7 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -94,6 +95,21 @@ func TestCallsAgainstServer(t *testing.T) {
 	}
 	if card, err := c.SetOnBan(ctx, "shop-1", "resume"); err != nil || card.OnBan != "resume" {
 		t.Errorf("SetOnBan: %+v %v", card, err)
+	}
+	capN, tz := 250, "Europe/Berlin"
+	card, err := c.SetSendingPolicy(ctx, "shop-1", client.SendingPolicyChange{DailyCap: &capN, TimeZone: &tz,
+		QuietHours: &client.QuietHours{Start: "22:00", End: "07:00"}})
+	if p := card.SendingPolicy; err != nil || p.DailyCap != 250 || p.TimeZone != tz || p.MinIntervalSeconds != 3 ||
+		p.QuietHours == nil || p.QuietHours.Start != "22:00" || card.DispatchedToday != 0 {
+		t.Errorf("SetSendingPolicy: %+v %v", card, err)
+	}
+	if card, err := c.SetSendingPolicy(ctx, "shop-1", client.SendingPolicyChange{NoQuietHours: true}); err != nil || card.SendingPolicy.QuietHours != nil {
+		t.Errorf("SetSendingPolicy without quiet hours: %+v %v", card, err)
+	}
+	zero := 0
+	var pe *client.Problem
+	if _, err := c.SetSendingPolicy(ctx, "shop-1", client.SendingPolicyChange{DailyCap: &zero}); !errors.As(err, &pe) || pe.Code != "invalid_sending_policy" {
+		t.Errorf("SetSendingPolicy with cap 0: %v", err)
 	}
 	second, _, err := c.Send(ctx, "shop-1", "+4917044440002", "cancel me", "")
 	if err != nil {

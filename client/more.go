@@ -474,6 +474,18 @@ func (c *Client) SetOnBan(ctx context.Context, id, onBan string) (Card, error) {
 	return card, err
 }
 
+// SetSendingPolicy changes the settings of connection id's sending policy that ch sets
+// (PATCH /v1/connections/{id}), and returns the card. The dispatcher applies it at once.
+func (c *Client) SetSendingPolicy(ctx context.Context, id string, ch SendingPolicyChange) (Card, error) {
+	body, err := jsonBody(map[string]any{"sending_policy": ch.body()})
+	if err != nil {
+		return Card{}, err
+	}
+	var card Card
+	_, err = c.call(ctx, request{method: http.MethodPatch, path: "/v1/connections/" + seg(id), body: body, contentType: "application/json"}, &card)
+	return card, err
+}
+
 // CancelledMessage is the answer to a cancel.
 type CancelledMessage struct {
 	MessageID    string    `json:"message_id"`
