@@ -134,8 +134,9 @@ day_start_us = CASE WHEN ` + d + ` > day_start_us AND ` + n + ` > 0 THEN ` + d +
 func (c *Cards) countDispatch(ctx context.Context, tx *Tx, connID string, at time.Time, days map[string]*dayTally) error {
 	d := days[connID]
 	if d == nil {
-		var raw string
-		if err := tx.QueryRowContext(ctx, `SELECT sending_policy FROM card_connections WHERE conn_id = $1`, connID).Scan(&raw); err != nil {
+		var raw string // no card (none registered): the defaults
+		err := tx.QueryRowContext(ctx, `SELECT sending_policy FROM card_connections WHERE conn_id = $1`, connID).Scan(&raw)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("sending policy of %q: %w", connID, err)
 		}
 		d = &dayTally{loc: zoneOf(sendingPolicy(raw).TimeZone)}
