@@ -482,7 +482,7 @@ func (c *Client) SetSendingPolicy(ctx context.Context, id string, ch SendingPoli
 		return Card{}, err
 	}
 	var card Card
-	_, err = c.call(ctx, request{method: http.MethodPatch, path: "/v1/connections/" + seg(id), body: body, contentType: "application/json"}, &card)
+	_, err = c.cardCommand(ctx, request{method: http.MethodPatch, path: "/v1/connections/" + seg(id), body: body, contentType: "application/json"}, id, &card)
 	return card, err
 }
 
