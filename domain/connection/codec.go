@@ -33,6 +33,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeMessageSendDeferred:      decodeAs[MessageSendDeferred],
 	TypeMessageSendRetried:       decodeAs[MessageSendRetried],
 	TypeMessageCancelled:         decodeAs[MessageCancelled],
+	TypeConnectionRetired:        decodeAs[ConnectionRetired],
 }
 
 func decodeAs[T Event](data []byte) (Event, error) {
