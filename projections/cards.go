@@ -125,6 +125,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (conn_id) DO NOTHING`,
 		// A (re)paired link starts with a clean slate: the problem that broke it is resolved.
 		return exec(`UPDATE card_connections SET link_status = $2, last_problem = '', last_problem_at_us = 0, logout_reason = ''
 WHERE conn_id = $1`, connection.LinkStatusActive.String())
+	case connection.ConnectionRetired:
+		return exec(`UPDATE card_connections SET link_status = $2, ban_kind = '', ban_expires_at_us = 0, ban_reason = '',
+ban_since_us = 0, logout_reason = '' WHERE conn_id = $1`,
+			connection.LinkStatusRetired.String())
 	case connection.SessionInvalidated:
 		return exec(`UPDATE card_connections SET link_status = $2, last_problem = $3, last_problem_at_us = $4, logout_reason = $5
 WHERE conn_id = $1`, connection.LinkStatusSessionInvalid.String(), "session_invalidated: "+ev.Reason, us(ev.InvalidatedAt), ev.Reason)

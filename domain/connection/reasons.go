@@ -49,9 +49,9 @@ var banReasons = map[string]Reason{
 }
 
 var logoutReasons = map[string]Reason{
-	"401": {ReasonLoggedOut, "The session was logged out, from the phone or another linked device."},
-	"403": {ReasonMainDeviceGone, "The phone's WhatsApp was logged out or reinstalled; this also happens with some bans."},
-	"406": {ReasonAccountBanned, "WhatsApp banned the number and logged it out (code 406)."},
+	"401":          {ReasonLoggedOut, "The session was logged out, from the phone or another linked device."},
+	"403":          {ReasonMainDeviceGone, "The phone's WhatsApp was logged out or reinstalled; this also happens with some bans."},
+	"406":          {ReasonAccountBanned, "WhatsApp banned the number and logged it out (code 406)."},
 	LogoutUnpaired: {ReasonUnpaired, "An operator logged the session out (unpaired the number) through the API; pair it again to send."},
 }
 
