@@ -97,6 +97,12 @@ type Limits struct {
 	ReadYourWrites time.Duration
 	// PairingTimeout bounds a QR pairing started by the API. Default 3 minutes.
 	PairingTimeout time.Duration
+	// NumberChecksPerMinute and NumberCheckBurst are the per-connection token bucket of number
+	// checks (POST …/contacts/check and broadcasts with check_recipients): each number checked
+	// costs a token (429 rate_limited with Retry-After when they run out). Defaults 1,000 per
+	// minute, burst 5,000; the burst also bounds the recipients of a checked broadcast.
+	NumberChecksPerMinute int
+	NumberCheckBurst      int
 }
 
 func (l *Limits) setDefaults() {
@@ -114,6 +120,12 @@ func (l *Limits) setDefaults() {
 	}
 	if l.PairingTimeout <= 0 {
 		l.PairingTimeout = 3 * time.Minute
+	}
+	if l.NumberChecksPerMinute <= 0 {
+		l.NumberChecksPerMinute = 1000
+	}
+	if l.NumberCheckBurst <= 0 {
+		l.NumberCheckBurst = 5000
 	}
 }
 
@@ -155,6 +167,7 @@ type server struct {
 	metrics *metrics
 	pairMu  sync.Mutex
 	pairing map[string]*qrPairing // connection id -> the last QR pairing started
+	checks  *checkBucket          // number checks, per connection key
 }
 
 // New returns the API handler, or an error naming every missing dependency. The handler is
@@ -174,7 +187,8 @@ func New(d Deps) (http.Handler, error) {
 		d.PlatformTenant = apikeys.DefaultTenant
 	}
 	d.Limits.setDefaults()
-	s := &server{d: d, log: d.Logger, pairing: map[string]*qrPairing{}}
+	s := &server{d: d, log: d.Logger, pairing: map[string]*qrPairing{},
+		checks: newCheckBucket(d.Limits.NumberChecksPerMinute, d.Limits.NumberCheckBurst)}
 	m, err := newMetrics(d.Registry)
 	if err != nil {
 		return nil, err
