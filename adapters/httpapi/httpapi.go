@@ -43,7 +43,8 @@ type Deps struct {
 	DB *projections.DB
 	// Handlers are the command handlers, called synchronously (a caller gets the command's
 	// answer: 409 queue_clearing, 422 invalid_phone, …). RegisterConnection, EnqueueMessage,
-	// StartBroadcast, HoldQueue, ResumeQueue and RequestClear are required.
+	// StartBroadcast, HoldQueue, ResumeQueue, RequestClear, UnpairConnection and
+	// RetireConnection are required.
 	Handlers commands.Handlers
 	// Runner runs the projections; its statuses decide readiness, and reads asking for a
 	// Waqueue-Min-Position wait (at most Limits.ReadYourWrites) for it to reach it. Required.
@@ -157,6 +158,8 @@ func (d Deps) Validate() error {
 	req(h.HoldQueue != nil, "Handlers.HoldQueue")
 	req(h.ResumeQueue != nil, "Handlers.ResumeQueue")
 	req(h.RequestClear != nil, "Handlers.RequestClear")
+	req(h.UnpairConnection != nil, "Handlers.UnpairConnection")
+	req(h.RetireConnection != nil, "Handlers.RetireConnection")
 	return errors.Join(errs...)
 }
 
