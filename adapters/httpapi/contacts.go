@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -118,6 +119,10 @@ func (s *server) lookUp(ctx context.Context, key string, c projections.Card, pho
 	for start := 0; start < len(distinct); start += transport.MaxCheckNumbers {
 		batch := distinct[start:min(start+transport.MaxCheckNumbers, len(distinct))]
 		res, err := s.d.Transport.CheckNumbers(ctx, key, batch)
+		if errors.Is(err, transport.ErrNotConnected) {
+			// WhatsApp was not asked: the numbers not asked yet cost nothing.
+			s.checks.refund(key, len(distinct)-start)
+		}
 		if err != nil {
 			return nil, transportErr(err)
 		}

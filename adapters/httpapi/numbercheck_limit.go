@@ -50,3 +50,12 @@ func (b *checkBucket) take(key string, cost int, now time.Time) (ok bool, retryA
 	wait := time.Duration(math.Ceil((c - st.tokens) / b.rate * float64(time.Second)))
 	return false, max(wait, time.Second)
 }
+
+// refund gives back cost tokens of key (a check that never reached WhatsApp), up to the burst.
+func (b *checkBucket) refund(key string, cost int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st := b.conns[key]; st != nil {
+		st.tokens = math.Min(b.burst, st.tokens+float64(cost))
+	}
+}

@@ -105,7 +105,7 @@ func (*server) routes() []Route {
 		r("POST", "/v1/connections", auth.ConnectionEdit, (*server).createConnection, []int{s201, s409}, body),
 		read(r("GET", "/v1/connections", auth.ConnectionView, (*server).listConnections, []int{s200}), cards),
 		read(r("GET", "/v1/connections/{id}", auth.ConnectionView, (*server).getConnection, []int{s200, s404}), cards),
-		r("PATCH", "/v1/connections/{id}", auth.ConnectionEdit, (*server).changeConnection, []int{s200, s404}, body),
+		r("PATCH", "/v1/connections/{id}", auth.ConnectionEdit, (*server).changeConnection, []int{s200, s404, s409}, body),
 		r("POST", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).startPairQR, []int{s200, s404, s406, s409}),
 		r("GET", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).getPairQR, []int{s200, s404, s406}),
 		r("POST", "/v1/connections/{id}/pairing/phone", auth.ConnectionEdit, (*server).pairPhone, []int{s200, s404, s409}, body),

@@ -516,7 +516,7 @@ func (QueueResumed) naturalKey() string             { return "" }
 func (e ClearQueueRequested) naturalKey() string    { return e.ClearID.String() }
 func (e QueueCleared) naturalKey() string           { return e.ClearID.String() }
 func (TransportProblemObserved) naturalKey() string { return "" }
-func (ConnectionRetired) naturalKey() string        { return "retired" }
+func (ConnectionRetired) naturalKey() string        { return "" }
 func (e MessageSendDeferred) naturalKey() string {
 	return e.MessageID.String() + "/" + strconv.Itoa(e.Attempt)
 }
