@@ -62,7 +62,7 @@ const (
 	CodeTooManyNumbers = "too_many_numbers"
 	// CodeTransportError: WhatsApp (the transport) refused or failed the operation (502).
 	CodeTransportError = "transport_error"
-	CodeInternal             = "internal"
+	CodeInternal       = "internal"
 )
 
 // Problem is an RFC 9457 problem document. It is also an error, so that decoders and handlers
