@@ -99,8 +99,9 @@ func (p *wsPeer) read(conn net.Conn, r *bufio.Reader) {
 		case 0x2:
 			p.frames <- struct{}{}
 		case 0x8:
+			// Answer the close; the client closes the connection (closing it from here first
+			// would race whatsmeow's own disconnect: its read pump closes the socket again).
 			_, _ = conn.Write([]byte{0x88, 0x00})
-			return
 		}
 	}
 }
@@ -156,8 +157,8 @@ func TestUnpairLogsOutAtWhatsApp(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			ctx := context.Background()
+			peer := newWSPeer(t) // first: cleaned up after the manager is closed
 			f := newFixture(t, b)
-			peer := newWSPeer(t)
 			id := transporttest.ID(t, "c")
 			client, jid := f.pair(t, id)
 			peer.plugIn(t, client)
@@ -201,8 +202,8 @@ func TestUnpairLogsOutAtWhatsApp(t *testing.T) {
 // caller may retry).
 func TestUnpairRefusedByWhatsAppKeepsTheSession(t *testing.T) {
 	ctx := context.Background()
+	peer := newWSPeer(t) // first: cleaned up after the manager is closed
 	f := newFixture(t, backends[0])
-	peer := newWSPeer(t)
 	id := transporttest.ID(t, "c")
 	client, jid := f.pair(t, id)
 	peer.plugIn(t, client)
@@ -251,8 +252,8 @@ func TestUnpairWhileDisconnectedDeletesTheSession(t *testing.T) {
 // are on WhatsApp, in the order asked, duplicates once.
 func TestCheckNumbersUsync(t *testing.T) {
 	ctx := context.Background()
+	peer := newWSPeer(t) // first: cleaned up after the manager is closed
 	f := newFixture(t, backends[0])
-	peer := newWSPeer(t)
 	id := transporttest.ID(t, "c")
 	if _, err := f.m.CheckNumbers(ctx, id, []string{"+4915112345678"}); !errors.Is(err, transport.ErrNotConnected) {
 		t.Fatalf("CheckNumbers without a client = %v, want ErrNotConnected", err)
