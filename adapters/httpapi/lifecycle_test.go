@@ -82,6 +82,15 @@ func TestLogoutAndPairAgain(t *testing.T) {
 		if st := e.Simulator.Status(key); st.State != transport.StateConnected {
 			t.Fatalf("simulator after pairing by phone: %+v", st)
 		}
+
+		// A banned number can be logged out too: the card shows the logout, not the ban.
+		e.transport(id, commands.PairingSucceeded{ConnectionID: id})
+		e.transport(id, commands.ReportBan{ConnectionID: id, Kind: connection.BanTemporary, ExpiresAt: time.Now().Add(time.Hour), ReasonCode: "101"})
+		r = e.do(op, "POST", "/v1/connections/"+id+"/logout", nil, nil)
+		wantStatus(t, r, 200)
+		if m := r.Map(); str(m, "link_status") != "session_invalid" || m["ban"] != nil {
+			t.Fatalf("logout of a banned number: %s", r.Body)
+		}
 	})
 }
 
