@@ -339,6 +339,8 @@ type BroadcastAccepted struct {
 	BroadcastID  string `json:"broadcast_id"`
 	ConnectionID string `json:"connection_id"`
 	Count        int    `json:"count"`
+	// NotOnWhatsApp lists the recipients left out by check_recipients (absent without it).
+	NotOnWhatsApp []string `json:"not_on_whatsapp,omitempty"`
 }
 
 // ImportBroadcast uploads a CSV of phone numbers (one a line, first column, optional header)

@@ -144,6 +144,9 @@ type Handlers struct {
 	CancelMessage          *CancelMessageHandler
 	CompleteClear          *CompleteClearHandler
 	RecordTransportProblem *RecordTransportProblemHandler
+	// UnpairConnection and RetireConnection are served by the HTTP API only (not on the bus).
+	UnpairConnection *UnpairConnectionHandler
+	RetireConnection *RetireConnectionHandler
 }
 
 // ProcessorConfig configures RegisterProcessor.

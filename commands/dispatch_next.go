@@ -127,6 +127,10 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 	// A claim unique to this call: a concurrent dispatcher deciding the same dispatch on the
 	// same state must lose the append, not be told it won (see Repository.update).
 	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.System, uuid.New(), func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {
+		if c.LinkStatus() == connection.LinkStatusRetired {
+			err := &connection.Error{Op: "dispatch", ConnectionID: cmd.ConnectionID, Err: connection.ErrConnectionRetired}
+			return nil, &NotDispatchableError{ConnectionID: cmd.ConnectionID, Code: connection.CodeConnectionRetired, Err: err}
+		}
 		seq, ok := c.Head()
 		if clr, clearing := c.CurrentClear(); !ok && clearing {
 			// Report the clear rather than an empty queue: it is why nothing is pending.

@@ -61,6 +61,10 @@ func NewHandlers(repo *Repository, now Clock) (Handlers, error) {
 	add(err)
 	h.RecordTransportProblem, err = NewRecordTransportProblemHandler(repo, now)
 	add(err)
+	h.UnpairConnection, err = NewUnpairConnectionHandler(repo, now)
+	add(err)
+	h.RetireConnection, err = NewRetireConnectionHandler(repo, now)
+	add(err)
 	return h, errors.Join(errs...)
 }
 

@@ -53,6 +53,7 @@ func DefaultAuditRules() []AuditRule {
 			connection.TypeQueueHeld, connection.TypeQueueResumed, connection.TypeClearQueueRequested,
 			connection.TypeQueueCleared, connection.TypeTransportProblemObserved, connection.TypeMessageCancelled,
 			connection.TypeSendingPolicyChanged,
+			connection.TypeConnectionRetired,
 		},
 	}}
 }
@@ -197,7 +198,7 @@ at_us, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10
 // actorKeys and reasonKeys are the body fields an audited event names its actor and reason in,
 // in order of preference.
 var (
-	actorKeys  = []string{"actor", "completed_by", "requested_by", "registered_by", "changed_by", "revoked_by", "created_by", "started_by", "cancelled_by"}
+	actorKeys  = []string{"actor", "completed_by", "requested_by", "registered_by", "changed_by", "revoked_by", "created_by", "started_by", "cancelled_by", "retired_by"}
 	reasonKeys = []string{"reason", "reason_code", "note", "cause"}
 )
 

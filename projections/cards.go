@@ -204,8 +204,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (conn_id) DO NOTHING`,
 		// A (re)paired link starts with a clean slate: the problem that broke it is resolved.
 		return exec(`UPDATE card_connections SET link_status = $2, last_problem = '', last_problem_at_us = 0, logout_reason = ''
 WHERE conn_id = $1`, connection.LinkStatusActive.String())
+	case connection.ConnectionRetired:
+		return exec(`UPDATE card_connections SET link_status = $2, ban_kind = '', ban_expires_at_us = 0, ban_reason = '',
+ban_since_us = 0, logout_reason = '' WHERE conn_id = $1`,
+			connection.LinkStatusRetired.String())
 	case connection.SessionInvalidated:
-		return exec(`UPDATE card_connections SET link_status = $2, last_problem = $3, last_problem_at_us = $4, logout_reason = $5
+		// An operator's logout may end a banned link (connection.Unpair): the ban is over for the card.
+		return exec(`UPDATE card_connections SET link_status = $2, last_problem = $3, last_problem_at_us = $4, logout_reason = $5,
+ban_kind = '', ban_expires_at_us = 0, ban_reason = '', ban_since_us = 0
 WHERE conn_id = $1`, connection.LinkStatusSessionInvalid.String(), "session_invalidated: "+ev.Reason, us(ev.InvalidatedAt), ev.Reason)
 	case connection.ConnectionBanned:
 		return exec(`UPDATE card_connections SET link_status = $2, ban_kind = $3, ban_expires_at_us = $4, ban_reason = $5,

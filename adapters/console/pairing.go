@@ -124,6 +124,8 @@ func (c *Console) pairingPage(w http.ResponseWriter, r *http.Request) error {
 		data["Unavailable"] = "This node has no WhatsApp transport."
 	case card.LinkStatus == connection.LinkStatusActive || card.LinkStatus == connection.LinkStatusBanned:
 		data["Paired"] = true
+	case card.LinkStatus == connection.LinkStatusRetired:
+		data["Unavailable"] = "This connection is retired: it cannot be paired again."
 	default:
 		q := c.qrFor(r.Context(), connection.Key(u.principal.TenantID, id))
 		code, running, perr := q.snapshot()

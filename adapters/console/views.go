@@ -145,8 +145,15 @@ func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Pr
 		v.NeedsPair = true
 	case connection.LinkStatusSessionInvalid:
 		v.Link = badge{"bad", "Logged out on the phone"}
+		if card.Logout != nil && card.Logout.Explained.Code == connection.ReasonUnpaired {
+			v.Link.Text = "Logged out by an operator"
+		}
 		v.LinkDetail = "Pair the number again to reconnect."
 		v.NeedsPair = true
+	case connection.LinkStatusRetired:
+		v.Link = badge{"neutral", "Retired"}
+		v.LinkDetail = "This connection was retired: it sends nothing again. Its history and audit stay readable."
+		v.CanEdit = false
 	case connection.LinkStatusBanned:
 		v.Link = badge{"bad", "Banned"}
 		if b := card.Ban; b != nil {
@@ -344,6 +351,8 @@ func refusal(err error) string {
 		return "A clear is in progress (requested " + stamp(ce.Since) + "). Wait for its report."
 	case errors.As(err, &bn):
 		return "That broadcast has nothing pending any more."
+	case errors.Is(err, connection.ErrConnectionRetired):
+		return "This connection is retired: it accepts no changes."
 	case errors.Is(err, connection.ErrAlreadyHeld):
 		return "The queue is held already."
 	case errors.Is(err, connection.ErrNotHeld):

@@ -140,6 +140,19 @@ func viewCard(c projections.Card, now time.Time) cardView {
 	return v
 }
 
+// pairable refuses another tenant's or an unknown connection (404) and a retired one (409
+// connection_retired): a retired connection is never paired again.
+func (s *server) pairable(r *http.Request, id string) error {
+	c, err := s.card(r, id)
+	if err != nil {
+		return err
+	}
+	if c.LinkStatus == connection.LinkStatusRetired {
+		return &connection.Error{Op: "pair", ConnectionID: id, Err: connection.ErrConnectionRetired}
+	}
+	return nil
+}
+
 // card returns connection id of the caller's tenant (ErrNotFound for another tenant's).
 func (s *server) card(r *http.Request, id string) (projections.Card, error) {
 	return s.d.Cards.Card(r.Context(), s.d.DB, principal(r).TenantID, id)
@@ -328,7 +341,7 @@ func (s *server) writeQR(w http.ResponseWriter, r *http.Request, id, code string
 // The pairing outlives the request, bounded by Limits.PairingTimeout; GET shows the latest code.
 func (s *server) startPairQR(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
-	if _, err := s.card(r, id); err != nil {
+	if err := s.pairable(r, id); err != nil {
 		return err
 	}
 	if negotiate(r, "application/json", "image/png", "text/plain") == "" {
@@ -417,6 +430,9 @@ func (s *server) pairPhone(w http.ResponseWriter, r *http.Request) error {
 	c, err := s.card(r, id)
 	if err != nil {
 		return err
+	}
+	if c.LinkStatus == connection.LinkStatusRetired {
+		return &connection.Error{Op: "pair", ConnectionID: id, Err: connection.ErrConnectionRetired}
 	}
 	phone := req.Phone
 	if phone == "" {

@@ -117,6 +117,8 @@ type broadcastRequest struct {
 	Recipients []string `json:"recipients"`
 	Text       string   `json:"text"`
 	TTLSeconds int64    `json:"ttl_seconds"`
+	// CheckRecipients queues only the recipients on WhatsApp (a number check first).
+	CheckRecipients bool `json:"check_recipients"`
 }
 
 type clearRequest struct {

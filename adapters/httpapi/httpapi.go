@@ -43,7 +43,8 @@ type Deps struct {
 	DB *projections.DB
 	// Handlers are the command handlers, called synchronously (a caller gets the command's
 	// answer: 409 queue_clearing, 422 invalid_phone, …). RegisterConnection, EnqueueMessage,
-	// StartBroadcast, HoldQueue, ResumeQueue and RequestClear are required.
+	// StartBroadcast, HoldQueue, ResumeQueue, RequestClear, UnpairConnection and
+	// RetireConnection are required.
 	Handlers commands.Handlers
 	// Runner runs the projections; its statuses decide readiness, and reads asking for a
 	// Waqueue-Min-Position wait (at most Limits.ReadYourWrites) for it to reach it. Required.
@@ -97,6 +98,12 @@ type Limits struct {
 	ReadYourWrites time.Duration
 	// PairingTimeout bounds a QR pairing started by the API. Default 3 minutes.
 	PairingTimeout time.Duration
+	// NumberChecksPerMinute and NumberCheckBurst are the per-connection token bucket of number
+	// checks (POST …/contacts/check and broadcasts with check_recipients): each number checked
+	// costs a token (429 rate_limited with Retry-After when they run out). Defaults 1,000 per
+	// minute, burst 5,000; the burst also bounds the recipients of a checked broadcast.
+	NumberChecksPerMinute int
+	NumberCheckBurst      int
 }
 
 func (l *Limits) setDefaults() {
@@ -114,6 +121,12 @@ func (l *Limits) setDefaults() {
 	}
 	if l.PairingTimeout <= 0 {
 		l.PairingTimeout = 3 * time.Minute
+	}
+	if l.NumberChecksPerMinute <= 0 {
+		l.NumberChecksPerMinute = 1000
+	}
+	if l.NumberCheckBurst <= 0 {
+		l.NumberCheckBurst = 5000
 	}
 }
 
@@ -145,6 +158,8 @@ func (d Deps) Validate() error {
 	req(h.HoldQueue != nil, "Handlers.HoldQueue")
 	req(h.ResumeQueue != nil, "Handlers.ResumeQueue")
 	req(h.RequestClear != nil, "Handlers.RequestClear")
+	req(h.UnpairConnection != nil, "Handlers.UnpairConnection")
+	req(h.RetireConnection != nil, "Handlers.RetireConnection")
 	return errors.Join(errs...)
 }
 
@@ -155,6 +170,7 @@ type server struct {
 	metrics *metrics
 	pairMu  sync.Mutex
 	pairing map[string]*qrPairing // connection id -> the last QR pairing started
+	checks  *checkBucket          // number checks, per connection key
 }
 
 // New returns the API handler, or an error naming every missing dependency. The handler is
@@ -174,7 +190,8 @@ func New(d Deps) (http.Handler, error) {
 		d.PlatformTenant = apikeys.DefaultTenant
 	}
 	d.Limits.setDefaults()
-	s := &server{d: d, log: d.Logger, pairing: map[string]*qrPairing{}}
+	s := &server{d: d, log: d.Logger, pairing: map[string]*qrPairing{},
+		checks: newCheckBucket(d.Limits.NumberChecksPerMinute, d.Limits.NumberCheckBurst)}
 	m, err := newMetrics(d.Registry)
 	if err != nil {
 		return nil, err

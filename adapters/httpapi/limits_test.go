@@ -71,7 +71,8 @@ func TestMalformedInput(t *testing.T) {
 			continue
 		}
 		if rt.Pattern == "/v1/connections/{id}/pairing/qr" || rt.Pattern == "/v1/connections/{id}/simulator/lift" ||
-			rt.Pattern == "/v1/connections/{id}/simulator/logout" || rt.Pattern == "/v1/webhooks/{id}" {
+			rt.Pattern == "/v1/connections/{id}/simulator/logout" || rt.Pattern == "/v1/webhooks/{id}" ||
+			rt.Pattern == "/v1/connections/{id}/logout" {
 			continue // no body
 		}
 		for _, b := range bad {

@@ -113,6 +113,9 @@ type broadcastResponse struct {
 	BroadcastID  uuid.UUID `json:"broadcast_id"`
 	ConnectionID string    `json:"connection_id"`
 	Count        int       `json:"count"`
+	// NotOnWhatsApp lists, with check_recipients, the recipients (E.164, each once) left out
+	// because they have no WhatsApp account; absent without check_recipients.
+	NotOnWhatsApp *[]string `json:"not_on_whatsapp,omitempty"`
 }
 
 // broadcast starts a broadcast from JSON ({recipients, text, ttl_seconds}) or from a CSV upload
@@ -128,7 +131,10 @@ func (s *server) broadcast(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	var cmd commands.StartBroadcast
+	var (
+		cmd   commands.StartBroadcast
+		check bool
+	)
 	if mt == "text/csv" {
 		q := r.URL.Query()
 		secs := int64(0)
@@ -146,17 +152,31 @@ func (s *server) broadcast(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		cmd = commands.StartBroadcast{Recipients: recipients, Text: q.Get("text"), TTL: ttl}
+		switch v := q.Get("check_recipients"); v {
+		case "", "false":
+		case "true":
+			check = true
+		default:
+			return invalid("check_recipients", "must be true or false")
+		}
 	} else {
 		req, ttl, err := decodeBroadcastJSON(b, s.d.Limits.MaxRecipients)
 		if err != nil {
 			return err
 		}
 		cmd = commands.StartBroadcast{Recipients: req.Recipients, Text: req.Text, TTL: ttl}
+		check = req.CheckRecipients
 	}
 	cmd.ConnectionID, cmd.IdempotencyKey = id, idempotencyKey(r)
 	// Refuse a text the domain would refuse before validating up to 100,000 numbers.
 	if err := connection.ValidateText(cmd.Text); err != nil {
 		return err
+	}
+	var notOn *[]string
+	if check {
+		if cmd.Recipients, notOn, err = s.onlyOnWhatsApp(r, id, cmd.Recipients); err != nil {
+			return err
+		}
 	}
 	res, err := s.d.Handlers.StartBroadcast.Handle(r.Context(), cmd)
 	if err != nil {
@@ -172,7 +192,8 @@ func (s *server) broadcast(w http.ResponseWriter, r *http.Request) error {
 	}
 	markReplay(w, res.Replayed)
 	w.Header().Set("Location", "/v1/broadcasts/"+res.BroadcastID.String())
-	return writeJSON(w, http.StatusAccepted, broadcastResponse{BroadcastID: res.BroadcastID, ConnectionID: id, Count: count})
+	return writeJSON(w, http.StatusAccepted, broadcastResponse{BroadcastID: res.BroadcastID, ConnectionID: id, Count: count,
+		NotOnWhatsApp: notOn})
 }
 
 func (s *server) getBroadcast(w http.ResponseWriter, r *http.Request) error {

@@ -9,8 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -49,7 +51,18 @@ const (
 	CodeSimulatorState       = "simulator_state"
 	CodeInvalidWebhook       = "invalid_webhook"
 	CodeServiceUnavailable   = "service_unavailable"
-	CodeInternal             = "internal"
+	// CodeRateLimited: a rate limit ran out (429, with Retry-After): the per-connection number
+	// checks, or WhatsApp refusing a lookup for now.
+	CodeRateLimited = "rate_limited"
+	// CodeNotConnected: the operation needs the connection's WhatsApp session logged in and
+	// connected (a number check).
+	CodeNotConnected = "not_connected"
+	// CodeTooManyNumbers: a number check of more than 1,000 numbers, or a broadcast with
+	// check_recipients beyond the number-check burst.
+	CodeTooManyNumbers = "too_many_numbers"
+	// CodeTransportError: WhatsApp (the transport) refused or failed the operation (502).
+	CodeTransportError = "transport_error"
+	CodeInternal       = "internal"
 )
 
 // Problem is an RFC 9457 problem document. It is also an error, so that decoders and handlers
@@ -67,6 +80,8 @@ type Problem struct {
 	Instance string `json:"instance,omitempty"`
 	// Extra members (e.g. clear_id and since for queue_clearing).
 	Extra map[string]any `json:"-"`
+	// retryAfter, if positive, is sent as Retry-After (whole seconds, rounded up).
+	retryAfter time.Duration
 }
 
 func (p *Problem) Error() string {
@@ -119,6 +134,8 @@ var statusOfDomainCode = map[connection.Code]int{
 	connection.CodeMessageNotPending:   http.StatusConflict,
 	connection.CodeMessageCancelled:    http.StatusConflict,
 	connection.CodeStaleEpoch:          http.StatusConflict,
+	connection.CodeConnectionRetired:   http.StatusConflict,
+	connection.CodeQueueNotEmpty:       http.StatusConflict,
 	// The same Idempotency-Key with another request: the request cannot be processed as sent.
 	connection.CodeIdempotencyKeyReused: http.StatusUnprocessableEntity,
 }
@@ -140,6 +157,7 @@ func toProblem(err error) *Problem {
 		keyVal   *apikeys.ValidationError
 		hookVal  *webhooks.InvalidError
 		maxBytes *http.MaxBytesError
+		notEmpty *connection.QueueNotEmptyError
 	)
 	switch {
 	case errors.As(err, &maxBytes):
@@ -190,6 +208,19 @@ func toProblem(err error) *Problem {
 		return mk(http.StatusConflict, CodePairingInProgress, "a pairing is already running for this connection")
 	case errors.Is(err, transport.ErrNotPaired):
 		return mk(http.StatusConflict, CodeNotPaired, "the connection is not paired")
+	case errors.As(err, &notEmpty):
+		p := mk(http.StatusConflict, string(connection.CodeQueueNotEmpty),
+			"messages are pending or in flight, or a clear is in progress: retire with clear_first, or wait")
+		p.Extra = map[string]any{"pending": notEmpty.Pending, "in_flight": notEmpty.InFlight, "clearing": notEmpty.Clearing}
+		return p
+	case errors.Is(err, transport.ErrNotConnected):
+		return mk(http.StatusConflict, CodeNotConnected, "the connection's WhatsApp session is not connected")
+	case errors.Is(err, transport.ErrRateLimited):
+		p := mk(http.StatusTooManyRequests, CodeRateLimited, "WhatsApp refused the lookup for now; retry later")
+		p.retryAfter = time.Minute
+		return p
+	case errors.Is(err, transport.ErrRejected), errors.Is(err, errTransport):
+		return mk(http.StatusBadGateway, CodeTransportError, "WhatsApp refused or failed the operation; retry later")
 	case errors.Is(err, simulator.ErrNotBanned), errors.Is(err, simulator.ErrNotLoggedIn):
 		return mk(http.StatusConflict, CodeSimulatorState, err.Error())
 	case errors.Is(err, commands.ErrConflict), errors.Is(err, eventstore.ErrWrongExpectedRevision),
@@ -274,6 +305,9 @@ func writeProblem(w http.ResponseWriter, r *http.Request, p *Problem) {
 	p.Instance = requestID(r.Context())
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if p.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64((p.retryAfter+time.Second-1)/time.Second), 10))
+	}
 	w.WriteHeader(p.Status)
 	_ = json.NewEncoder(w).Encode(p)
 }

@@ -56,7 +56,9 @@ const (
 	s413 = http.StatusRequestEntityTooLarge
 	s415 = http.StatusUnsupportedMediaType
 	s422 = http.StatusUnprocessableEntity
+	s429 = http.StatusTooManyRequests
 	s500 = http.StatusInternalServerError
+	s502 = http.StatusBadGateway
 	s503 = http.StatusServiceUnavailable
 )
 
@@ -103,14 +105,17 @@ func (*server) routes() []Route {
 		r("POST", "/v1/connections", auth.ConnectionEdit, (*server).createConnection, []int{s201, s409}, body),
 		read(r("GET", "/v1/connections", auth.ConnectionView, (*server).listConnections, []int{s200}), cards),
 		read(r("GET", "/v1/connections/{id}", auth.ConnectionView, (*server).getConnection, []int{s200, s404}), cards),
-		r("PATCH", "/v1/connections/{id}", auth.ConnectionEdit, (*server).changeConnection, []int{s200, s404}, body),
+		r("PATCH", "/v1/connections/{id}", auth.ConnectionEdit, (*server).changeConnection, []int{s200, s404, s409}, body),
 		r("POST", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).startPairQR, []int{s200, s404, s406, s409}),
 		r("GET", "/v1/connections/{id}/pairing/qr", auth.ConnectionEdit, (*server).getPairQR, []int{s200, s404, s406}),
 		r("POST", "/v1/connections/{id}/pairing/phone", auth.ConnectionEdit, (*server).pairPhone, []int{s200, s404, s409}, body),
+		r("POST", "/v1/connections/{id}/logout", auth.ConnectionEdit, (*server).logout, []int{s200, s404, s409, s502}),
+		r("POST", "/v1/connections/{id}/retire", auth.ConnectionEdit, (*server).retire, []int{s200, s202, s404, s409}, body),
+		r("POST", "/v1/connections/{id}/contacts/check", auth.MessageSend, (*server).checkNumbers, []int{s200, s404, s409, s429, s502}, body),
 		r("POST", "/v1/connections/{id}/messages", auth.MessageSend, (*server).enqueue, []int{s202, s404, s409}, body),
 		r("DELETE", "/v1/connections/{id}/messages/{message_id}", auth.ConnectionEdit, (*server).cancelMessage, []int{s200, s404, s409}, body),
 		read(r("GET", "/v1/messages/{id}", auth.ConnectionView, (*server).getMessage, []int{s200, s404}), msgs),
-		r("POST", "/v1/connections/{id}/broadcasts", auth.BroadcastMgmt, (*server).broadcast, []int{s202, s404, s409}, body),
+		r("POST", "/v1/connections/{id}/broadcasts", auth.BroadcastMgmt, (*server).broadcast, []int{s202, s404, s409, s429, s502}, body),
 		read(r("GET", "/v1/broadcasts/{id}", auth.ConnectionView, (*server).getBroadcast, []int{s200, s404}), msgs),
 		read(r("GET", "/v1/connections/{id}/queue", auth.ConnectionView, (*server).getQueue, []int{s200, s404}), queue),
 		read(r("GET", "/v1/connections/{id}/queue/clear-preview", auth.ConnectionView, (*server).clearPreview, []int{s200, s404}), cards, queue),

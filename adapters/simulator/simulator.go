@@ -122,6 +122,8 @@ type Simulator struct {
 
 	mu    sync.Mutex
 	conns map[string]*conn
+	// offWhatsApp are the numbers CheckNumbers answers as not on WhatsApp (SetOnWhatsApp).
+	offWhatsApp map[string]bool
 
 	recMu   sync.Mutex
 	records []SendRecord
@@ -586,3 +588,77 @@ func (s *Simulator) Status(connID string) transport.Status {
 
 // SetHandler registers the event handler; see transport.Transport.
 func (s *Simulator) SetHandler(h transport.Handler) { s.events.SetHandler(h) }
+
+// Unpair logs the connection out as an operator's logout would: the simulated session is
+// deleted (PairQR and PairPhone pair it again) and no event is emitted; Remote is true when it
+// was connected. See transport.Transport.
+func (s *Simulator) Unpair(ctx context.Context, connID string) (transport.Unpaired, error) {
+	c := s.conn(connID, false)
+	if c == nil {
+		return transport.Unpaired{}, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	remote := c.state == transport.StateConnected || c.state == transport.StateTemporarilyBanned
+	if c.state != transport.StatePairing {
+		c.stopTimers()
+		c.state, c.jid, c.phone, c.banExpiresAt = transport.StateUnpaired, "", "", time.Time{}
+	}
+	return transport.Unpaired{Remote: remote}, nil
+}
+
+// SetOnWhatsApp scripts CheckNumbers: the phones (E.164) are on WhatsApp when on is true (the
+// default for every number), not on it otherwise. It applies to every connection.
+func (s *Simulator) SetOnWhatsApp(on bool, phones ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.offWhatsApp == nil {
+		s.offWhatsApp = map[string]bool{}
+	}
+	for _, p := range phones {
+		if on {
+			delete(s.offWhatsApp, p)
+		} else {
+			s.offWhatsApp[p] = true
+		}
+	}
+}
+
+// CheckNumbers answers from the numbers scripted by SetOnWhatsApp (every other number is on
+// WhatsApp), through a connected connection; see transport.Transport.
+func (s *Simulator) CheckNumbers(ctx context.Context, connID string, phones []string) ([]transport.NumberCheck, error) {
+	if len(phones) > transport.MaxCheckNumbers {
+		return nil, fmt.Errorf("simulator: check %d numbers, at most %d: %w", len(phones), transport.MaxCheckNumbers, transport.ErrRejected)
+	}
+	for _, p := range phones {
+		if _, err := transport.PhoneDigits(p); err != nil {
+			return nil, fmt.Errorf("simulator: check numbers: %w: %w", transport.ErrRejected, err)
+		}
+	}
+	c := s.conn(connID, false)
+	if c == nil {
+		return nil, fmt.Errorf("simulator: check numbers on %s: %w", connID, transport.ErrNotConnected)
+	}
+	c.mu.Lock()
+	state := c.state
+	c.mu.Unlock()
+	if state != transport.StateConnected {
+		return nil, fmt.Errorf("simulator: check numbers on %s (%s): %w", connID, state, transport.ErrNotConnected)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := make(map[string]bool, len(phones))
+	out := make([]transport.NumberCheck, 0, len(phones))
+	for _, p := range phones {
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		nc := transport.NumberCheck{Phone: p, OnWhatsApp: !s.offWhatsApp[p]}
+		if nc.OnWhatsApp {
+			nc.JID = p[1:] + "@s.whatsapp.net"
+		}
+		out = append(out, nc)
+	}
+	return out, nil
+}

@@ -364,3 +364,46 @@ func BenchmarkSend1000Connections(b *testing.B) {
 		}
 	})
 }
+
+// TestUnpairAndCheckNumbers: Unpair deletes the simulated session without an event (the caller
+// records the logout), pairing works again, and CheckNumbers answers from SetOnWhatsApp.
+func TestUnpairAndCheckNumbers(t *testing.T) {
+	ctx := context.Background()
+	s := simulator.New(simulator.Options{Seed: 1, Clock: transporttest.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))})
+	defer s.Close()
+	rec := transporttest.NewRecorder()
+	s.SetHandler(rec.Handle)
+	if u, err := s.Unpair(ctx, "c1"); err != nil || u.Remote {
+		t.Fatalf("Unpair of an unknown connection = %+v, %v", u, err)
+	}
+	if _, err := s.CheckNumbers(ctx, "c1", []string{"+4915100000001"}); !errors.Is(err, transport.ErrNotConnected) {
+		t.Fatalf("CheckNumbers unpaired = %v", err)
+	}
+	if _, err := s.PairQR(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	s.SetOnWhatsApp(false, "+4915100000002")
+	got, err := s.CheckNumbers(ctx, "c1", []string{"+4915100000001", "+4915100000002", "+4915100000001"})
+	if err != nil || len(got) != 2 || !got[0].OnWhatsApp || got[1].OnWhatsApp || got[0].JID == "" {
+		t.Fatalf("CheckNumbers = %+v, %v", got, err)
+	}
+	if _, err := s.CheckNumbers(ctx, "c1", []string{"0151"}); !errors.Is(err, transport.ErrRejected) {
+		t.Fatalf("CheckNumbers of a bad number = %v", err)
+	}
+	if _, err := s.CheckNumbers(ctx, "c1", make([]string, transport.MaxCheckNumbers+1)); !errors.Is(err, transport.ErrRejected) {
+		t.Fatalf("CheckNumbers of too many = %v", err)
+	}
+	events := len(rec.Events())
+	if u, err := s.Unpair(ctx, "c1"); err != nil || !u.Remote {
+		t.Fatalf("Unpair = %+v, %v", u, err)
+	}
+	if st := s.Status("c1"); st.State != transport.StateUnpaired || st.JID != "" {
+		t.Fatalf("Status after Unpair = %+v", st)
+	}
+	if len(rec.Events()) != events {
+		t.Fatalf("Unpair emitted %v", rec.Events()[events:])
+	}
+	if _, err := s.PairPhone(ctx, "c1", "+4915100000009"); err != nil {
+		t.Fatalf("PairPhone after Unpair: %v", err)
+	}
+}

@@ -82,6 +82,41 @@ type Transport interface {
 
 	// Status reports what the adapter knows about the connection right now.
 	Status(connID string) Status
+
+	// Unpair ends the connection's WhatsApp session for good (an operator's logout): the linked
+	// device is logged out at WhatsApp when the connection is connected (Unpaired.Remote), and
+	// the stored session is deleted in any case, so PairQR and PairPhone pair it again. It emits
+	// no event: the caller records the logout (with its actor). A connection without a session
+	// is a no-op. An error means the session may still be stored; retrying is safe.
+	Unpair(ctx context.Context, connID string) (Unpaired, error)
+
+	// CheckNumbers asks WhatsApp which of phones (E.164, at most MaxCheckNumbers, validated by
+	// PhoneDigits) have a WhatsApp account, through the connection's logged-in session. It
+	// answers one NumberCheck per distinct phone, in the order given. Errors: ErrNotConnected
+	// (no logged-in session), ErrRateLimited (WhatsApp refused the query for now), ErrRejected
+	// (bad input, or WhatsApp refused the query); errors.Is matches them.
+	CheckNumbers(ctx context.Context, connID string, phones []string) ([]NumberCheck, error)
+}
+
+// MaxCheckNumbers bounds the phones of one CheckNumbers call.
+const MaxCheckNumbers = 1000
+
+// Unpaired is the outcome of Unpair.
+type Unpaired struct {
+	// Remote is true when WhatsApp confirmed the logout of the linked device; false when the
+	// connection was not connected (only the stored session was deleted: the phone lists the
+	// device until WhatsApp drops it) or had no session.
+	Remote bool
+}
+
+// NumberCheck is whether one phone number has a WhatsApp account.
+type NumberCheck struct {
+	// Phone is the number asked for, in E.164.
+	Phone string
+	// OnWhatsApp is true when WhatsApp knows an account for it.
+	OnWhatsApp bool
+	// JID is the account's WhatsApp JID, when OnWhatsApp.
+	JID string
 }
 
 // SendRequest is one outgoing text message.

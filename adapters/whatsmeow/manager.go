@@ -460,3 +460,103 @@ func classifySendError(err error) (kind error, reason string) {
 
 // SetHandler registers the event handler; see transport.Transport.
 func (m *Manager) SetHandler(h transport.Handler) { m.events.SetHandler(h) }
+
+// Unpair logs the connection out; see transport.Transport. A connected client logs the linked
+// device out at WhatsApp (whatsmeow's Logout: the remove-companion-device query, then the
+// device is deleted from the session store); a client that is not connected has its stored
+// device deleted here only (Remote false: the phone lists the linked device until WhatsApp
+// drops it). Either way the mapping is forgotten and the client dropped, so PairQR and
+// PairPhone start afresh. A pairing in progress is refused (ErrPairingInProgress).
+func (m *Manager) Unpair(ctx context.Context, connID string) (transport.Unpaired, error) {
+	c := m.lookup(connID)
+	if c != nil {
+		c.mu.Lock()
+		client, pairing := c.client, c.pairing
+		c.mu.Unlock()
+		if pairing {
+			return transport.Unpaired{}, fmt.Errorf("wmtransport: unpair %s: %w", connID, transport.ErrPairingInProgress)
+		}
+		if client.IsConnected() && client.Store.ID != nil {
+			if err := client.Logout(ctx); err != nil {
+				return transport.Unpaired{}, fmt.Errorf("wmtransport: unpair %s: %w", connID, err)
+			}
+			m.drop(c)
+			return transport.Unpaired{Remote: true}, m.forgetPaired(ctx, connID)
+		}
+		m.drop(c)
+	}
+	m.mu.Lock()
+	jidText, ok := m.paired[connID]
+	m.mu.Unlock()
+	if !ok {
+		return transport.Unpaired{}, nil
+	}
+	if jid, err := types.ParseJID(jidText); err == nil {
+		device, err := m.container.GetDevice(ctx, jid)
+		if err != nil {
+			return transport.Unpaired{}, fmt.Errorf("wmtransport: unpair %s: load device %s: %w", connID, jid, err)
+		}
+		if device != nil {
+			if err := device.Delete(ctx); err != nil {
+				return transport.Unpaired{}, fmt.Errorf("wmtransport: unpair %s: delete device %s: %w", connID, jid, err)
+			}
+		}
+	}
+	return transport.Unpaired{}, m.forgetPaired(ctx, connID)
+}
+
+// CheckNumbers asks WhatsApp through the connection's logged-in client (whatsmeow's
+// IsOnWhatsApp, one usync query); see transport.Transport.
+func (m *Manager) CheckNumbers(ctx context.Context, connID string, phones []string) ([]transport.NumberCheck, error) {
+	if len(phones) > transport.MaxCheckNumbers {
+		return nil, fmt.Errorf("wmtransport: check %d numbers, at most %d: %w", len(phones), transport.MaxCheckNumbers, transport.ErrRejected)
+	}
+	var distinct []string
+	seen := make(map[string]bool, len(phones))
+	for _, p := range phones {
+		if _, err := transport.PhoneDigits(p); err != nil {
+			return nil, fmt.Errorf("wmtransport: check numbers: %w: %w", transport.ErrRejected, err)
+		}
+		if !seen[p] {
+			seen[p] = true
+			distinct = append(distinct, p)
+		}
+	}
+	c := m.lookup(connID)
+	if c == nil {
+		return nil, fmt.Errorf("wmtransport: check numbers on %s: no client: %w", connID, transport.ErrNotConnected)
+	}
+	c.mu.Lock()
+	client, pairing, closed := c.client, c.pairing, c.closed
+	c.mu.Unlock()
+	if pairing || closed || client.Store.ID == nil || !client.IsConnected() {
+		return nil, fmt.Errorf("wmtransport: check numbers on %s: %w", connID, transport.ErrNotConnected)
+	}
+	if len(distinct) == 0 {
+		return []transport.NumberCheck{}, nil
+	}
+	resp, err := client.IsOnWhatsApp(ctx, distinct)
+	if err != nil {
+		var iqErr *whatsmeow.IQError
+		switch {
+		case errors.As(err, &iqErr) && iqErr.Code == 429:
+			return nil, fmt.Errorf("wmtransport: check numbers on %s: %w: %w", connID, transport.ErrRateLimited, err)
+		case errors.Is(err, whatsmeow.ErrNotConnected), errors.Is(err, whatsmeow.ErrNotLoggedIn):
+			return nil, fmt.Errorf("wmtransport: check numbers on %s: %w: %w", connID, transport.ErrNotConnected, err)
+		}
+		return nil, fmt.Errorf("wmtransport: check numbers on %s: %w: %w", connID, transport.ErrRejected, err)
+	}
+	byQuery := make(map[string]types.IsOnWhatsAppResponse, len(resp))
+	for _, r := range resp {
+		byQuery[r.Query] = r
+	}
+	out := make([]transport.NumberCheck, 0, len(distinct))
+	for _, p := range distinct {
+		nc := transport.NumberCheck{Phone: p}
+		if r, ok := byQuery[p]; ok && r.IsIn {
+			nc.OnWhatsApp, nc.JID = true, r.JID.String()
+		}
+		out = append(out, nc)
+	}
+	return out, nil
+}

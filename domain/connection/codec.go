@@ -34,6 +34,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeMessageSendRetried:       decodeAs[MessageSendRetried],
 	TypeMessageCancelled:         decodeAs[MessageCancelled],
 	TypeSendingPolicyChanged:     decodeAs[SendingPolicyChanged],
+	TypeConnectionRetired:        decodeAs[ConnectionRetired],
 }
 
 func decodeAs[T Event](data []byte) (Event, error) {

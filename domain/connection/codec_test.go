@@ -35,6 +35,7 @@ func oneOfEach() []connection.Event {
 		connection.MessageExpired{MessageID: msgID(1), Seq: 1, ExpiresAt: t0, ExpiredAt: at(1)},
 		connection.MessageOutcomeUnknown{MessageID: msgID(1), Seq: 1, Cause: "timeout", At: t0},
 		connection.MessageCancelled{MessageID: msgID(2), Seq: 2, Reason: "wrong text", CancelledBy: "op", CancelledAt: t0},
+		connection.ConnectionRetired{Reason: "number sold", ClearID: msgID(99), RetiredBy: "op", RetiredAt: t0},
 		connection.QueueResumed{Reason: connection.ResumeOnBanLifted, Note: "n", Actor: "system", ResumedAt: t0},
 		req,
 		cleared(req),
@@ -73,7 +74,7 @@ func TestCodecRoundTrip(t *testing.T) {
 
 // TestStableTypeNames pins the stored type names: changing one cuts stored events off.
 func TestStableTypeNames(t *testing.T) {
-	want := []string{"BanLifted", "BroadcastStarted", "ClearQueueRequested", "ConnectionBanned", "ConnectionRegistered",
+	want := []string{"BanLifted", "BroadcastStarted", "ClearQueueRequested", "ConnectionBanned", "ConnectionRegistered", "ConnectionRetired",
 		"MessageCancelled", "MessageDelivered", "MessageDispatched", "MessageExpired", "MessageFailed", "MessageOutcomeUnknown", "MessageQueued",
 		"MessageRead", "MessageSendDeferred", "MessageSendRetried", "MessageSent", "OnBanPolicyChanged", "QueueCleared", "QueueHeld", "QueueResumed", "SendingPolicyChanged", "SessionInvalidated",
 		"SessionPaired", "TransportProblemObserved"}

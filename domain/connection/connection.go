@@ -361,6 +361,8 @@ func (c *Connection) Apply(e Event) error {
 		c.ban = &BanInfo{Kind: e.Kind, ExpiresAt: e.ExpiresAt, ReasonCode: e.ReasonCode, Since: e.BannedAt}
 	case BanLifted:
 		c.link, c.linkAt, c.ban = LinkStatusActive, e.LiftedAt, nil
+	case ConnectionRetired:
+		c.link, c.linkAt, c.ban = LinkStatusRetired, e.RetiredAt, nil
 	case TransportProblemObserved:
 		// An observation only: no link or queue state changes (see the event's doc).
 	case QueueHeld:

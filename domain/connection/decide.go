@@ -23,6 +23,19 @@ func (c *Connection) mustBeRegistered(op string) error {
 	return nil
 }
 
+// live refuses an unregistered connection (ErrNotRegistered) and a retired one
+// (ErrConnectionRetired): the guard of every decision but reads, acknowledgements of messages
+// in flight and the completion of a clear.
+func (c *Connection) live(op string) error {
+	if err := c.mustBeRegistered(op); err != nil {
+		return err
+	}
+	if c.link == LinkStatusRetired {
+		return &Error{Op: op, ConnectionID: c.id, Err: ErrConnectionRetired}
+	}
+	return nil
+}
+
 func (c *Connection) notClearing(op string) error {
 	if c.clear != nil {
 		return &ClearingError{ConnectionID: c.id, Op: op, ClearID: c.clear.ClearID, Since: c.clear.RequestedAt}
@@ -50,6 +63,10 @@ type RegisterConnection struct {
 // ErrAlreadyRegistered on a registered connection, and with a *ValidationError for an invalid
 // sending policy (nothing is recorded then).
 func (c *Connection) Register(cmd RegisterConnection, now time.Time) ([]Event, error) {
+	if c.link == LinkStatusRetired {
+		// A retired id stays taken: its history stays readable under it.
+		return nil, &Error{Op: "register", ConnectionID: c.id, Err: ErrConnectionRetired}
+	}
 	if c.Registered() {
 		return nil, &Error{Op: "register", ConnectionID: c.id, Err: ErrAlreadyRegistered}
 	}
@@ -96,7 +113,7 @@ type SetOnBanPolicy struct {
 // ChangeOnBanPolicy decides OnBanPolicyChanged. Setting the current policy again is a no-op:
 // no events and no error.
 func (c *Connection) ChangeOnBanPolicy(cmd SetOnBanPolicy, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("set on_ban policy"); err != nil {
+	if err := c.live("set on_ban policy"); err != nil {
 		return nil, err
 	}
 	if cmd.Policy.IsZero() {
@@ -121,7 +138,7 @@ type PairSession struct {
 // the queue is held because of the session loss and the policy is OnBanResume, it also decides
 // QueueResumed (reason session_paired).
 func (c *Connection) Pair(cmd PairSession, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("pair"); err != nil {
+	if err := c.live("pair"); err != nil {
 		return nil, err
 	}
 	if err := validateActor(cmd.Actor); err != nil {
@@ -151,7 +168,7 @@ type InvalidateSession struct {
 // (else *LinkStatusError), and
 // QueueHeld (reason session_invalid) unless the queue is already held (G7).
 func (c *Connection) InvalidateSession(cmd InvalidateSession, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("invalidate session"); err != nil {
+	if err := c.live("invalidate session"); err != nil {
 		return nil, err
 	}
 	if err := validateActor(cmd.Actor); err != nil {
@@ -183,7 +200,7 @@ type BanConnection struct {
 // Ban decides ConnectionBanned (with the reason's stable Cause), from active or banned (a renewed or escalated ban; else
 // *LinkStatusError), and QueueHeld (reason banned) unless the queue is already held (G7).
 func (c *Connection) Ban(cmd BanConnection, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("ban"); err != nil {
+	if err := c.live("ban"); err != nil {
 		return nil, err
 	}
 	switch {
@@ -226,7 +243,7 @@ type LiftBan struct {
 // (G7), unless the policy is OnBanResume and the queue is held because of the ban: then it
 // also decides QueueResumed (reason ban_lifted).
 func (c *Connection) LiftBan(cmd LiftBan, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("lift ban"); err != nil {
+	if err := c.live("lift ban"); err != nil {
 		return nil, err
 	}
 	if err := validateActor(cmd.Actor); err != nil {
@@ -259,7 +276,7 @@ type ObserveTransportProblem struct {
 // unpaired (a failed connect), banned or clearing. It changes no state. A zero Kind, or a
 // Reason or Detail longer than MaxNoteLen bytes or not UTF-8, is a *ValidationError.
 func (c *Connection) ObserveTransportProblem(cmd ObserveTransportProblem, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("observe transport problem"); err != nil {
+	if err := c.live("observe transport problem"); err != nil {
 		return nil, err
 	}
 	if !slices.Contains(transportProblemKinds, cmd.Kind) {
@@ -283,7 +300,7 @@ type HoldQueue struct {
 // Hold decides QueueHeld (reason operator). It fails with ErrAlreadyHeld on a held queue. A
 // queue can be held while clearing: it is held when the clear completes.
 func (c *Connection) Hold(cmd HoldQueue, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("hold"); err != nil {
+	if err := c.live("hold"); err != nil {
 		return nil, err
 	}
 	if err := validateActor(cmd.Actor); err != nil {
@@ -310,7 +327,7 @@ type ResumeQueue struct {
 // pairing; otherwise the whole queue would go out at the moment the ban lifts, unreviewed.
 // Clearing remains possible at any time.
 func (c *Connection) Resume(cmd ResumeQueue, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("resume"); err != nil {
+	if err := c.live("resume"); err != nil {
 		return nil, err
 	}
 	if err := validateActor(cmd.Actor); err != nil {
@@ -347,7 +364,7 @@ type EnqueueMessage struct {
 // command and a *ClearingError while clearing (G2). Enqueue is accepted whatever the link
 // status and while held: the message waits.
 func (c *Connection) Enqueue(cmd EnqueueMessage, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("enqueue"); err != nil {
+	if err := c.live("enqueue"); err != nil {
 		return nil, err
 	}
 	if cmd.IdempotencyKey == "" || len(cmd.IdempotencyKey) > MaxKeyLen {
@@ -410,7 +427,7 @@ type StartBroadcast struct {
 // Validating 100,000 numbers takes seconds; a command handler that retries on a wrong expected
 // revision should call PrepareBroadcast once and StartPreparedBroadcast in its retry loop.
 func (c *Connection) StartBroadcast(cmd StartBroadcast, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("start broadcast"); err != nil {
+	if err := c.live("start broadcast"); err != nil {
 		return nil, err
 	}
 	p, err := PrepareBroadcast(cmd, c.region)
@@ -490,7 +507,7 @@ func PrepareBroadcast(cmd StartBroadcast, region string) (PreparedBroadcast, err
 // number. It fails with ErrInvalidCommand for a zero or foreign-region PreparedBroadcast and a
 // *ClearingError while clearing (G2).
 func (c *Connection) StartPreparedBroadcast(p PreparedBroadcast, now time.Time) ([]Event, error) {
-	if err := c.mustBeRegistered("start broadcast"); err != nil {
+	if err := c.live("start broadcast"); err != nil {
 		return nil, err
 	}
 	if len(p.recipients) == 0 || p.region != c.region {
@@ -554,7 +571,7 @@ type DispatchMessage struct {
 // the one queued at cmd.Seq (both come from the projection of this stream).
 func (c *Connection) Dispatch(cmd DispatchMessage, now time.Time) ([]Event, error) {
 	const op = "dispatch"
-	if err := c.mustBeRegistered(op); err != nil {
+	if err := c.live(op); err != nil {
 		return nil, err
 	}
 	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
@@ -785,7 +802,7 @@ type RetrySend struct {
 // After a refusal the message was never handed over: record it failed FailureNotSent.
 func (c *Connection) RetrySend(cmd RetrySend, now time.Time) ([]Event, error) {
 	const op = "retry send"
-	if err := c.mustBeRegistered(op); err != nil {
+	if err := c.live(op); err != nil {
 		return nil, err
 	}
 	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
@@ -837,7 +854,7 @@ type CancelMessage struct {
 // knows it was cancelled).
 func (c *Connection) Cancel(cmd CancelMessage, now time.Time) ([]Event, error) {
 	const op = "cancel"
-	if err := c.mustBeRegistered(op); err != nil {
+	if err := c.live(op); err != nil {
 		return nil, err
 	}
 	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
@@ -896,7 +913,7 @@ type RequestClear struct {
 // recorded, and a *KeyReusedError (ErrIdempotencyKeyReused) if not.
 func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, error) {
 	const op = "clear"
-	if err := c.mustBeRegistered(op); err != nil {
+	if err := c.live(op); err != nil {
 		return nil, err
 	}
 	if cmd.ClearID == uuid.Nil {
@@ -916,6 +933,9 @@ func (c *Connection) RequestClear(cmd RequestClear, now time.Time) ([]Event, err
 		return nil, err
 	}
 	then := cmd.Then.orKeep()
+	if then == ClearThenRetire && !cmd.Scope.IsWholeQueue() {
+		return nil, invalid(CodeInvalidThen, "then", "retire needs a clear of the whole queue")
+	}
 	if then == ClearThenResume && (c.link == LinkStatusBanned || c.link == LinkStatusSessionInvalid) {
 		return nil, &LinkStatusError{ConnectionID: c.id, Op: "clear then resume", Status: c.link}
 	}
@@ -1005,6 +1025,8 @@ func (c *Connection) CompleteClear(cmd CompleteClear, now time.Time) ([]Event, e
 	case then == ClearThenHold && (!held || c.hold.Reason.IsAutomatic()):
 		after = QueueHeld{Reason: HoldAfterClear, Note: "clear " + r.ClearID.String(), Actor: r.RequestedBy, HeldAt: at}
 		held = true
+	case then == ClearThenRetire:
+		after = ConnectionRetired{Reason: r.Reason, ClearID: r.ClearID, RetiredBy: r.RequestedBy, RetiredAt: at}
 	case then == ClearThenResume && held && !c.overruled &&
 		c.link != LinkStatusBanned && c.link != LinkStatusSessionInvalid:
 		after = QueueResumed{Reason: ResumeAfterClear, Note: "clear " + r.ClearID.String(), Actor: r.RequestedBy, ResumedAt: at}
@@ -1023,4 +1045,62 @@ func (c *Connection) CompleteClear(cmd CompleteClear, now time.Time) ([]Event, e
 		events = append(events, after)
 	}
 	return events, nil
+}
+
+// Unpair logs the connection's WhatsApp session out on an operator's request.
+type Unpair struct {
+	Actor string
+}
+
+// Unpair decides SessionInvalidated (Reason LogoutUnpaired, Cause unpaired, the operator as
+// Actor) from active or banned, and QueueHeld (reason session_invalid) unless the queue is
+// already held (G7): nothing is dispatched once it is recorded, so the caller records it before
+// it ends the transport session. On a link that has no session (unpaired, session_invalid) it
+// is a no-op (no events, nil error), so a retried logout is harmless; a retired connection is
+// refused (ErrConnectionRetired). The pairing flow pairs the number again (Pair).
+func (c *Connection) Unpair(cmd Unpair, now time.Time) ([]Event, error) {
+	const op = "unpair"
+	if err := c.live(op); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if c.link != LinkStatusActive && c.link != LinkStatusBanned {
+		return nil, nil
+	}
+	at := now.UTC()
+	events := []Event{SessionInvalidated{Reason: LogoutUnpaired, Cause: ExplainLogout(LogoutUnpaired).Code, Actor: cmd.Actor, InvalidatedAt: at}}
+	if c.hold == nil {
+		events = append(events, QueueHeld{Reason: HoldOnSessionInvalid, Note: LogoutUnpaired, Actor: SystemActor, HeldAt: at})
+	}
+	return events, nil
+}
+
+// Retire retires a connection for good.
+type Retire struct {
+	// Reason says why; required.
+	Reason string
+	Actor  string
+}
+
+// Retire decides ConnectionRetired, in any link and queue status, when nothing is pending,
+// nothing in flight and no clear in progress; otherwise it refuses with a *QueueNotEmptyError
+// (ErrQueueNotEmpty): clear first with ClearThenRetire, which retires when the clear completes.
+// A retired connection is refused (ErrConnectionRetired).
+func (c *Connection) Retire(cmd Retire, now time.Time) ([]Event, error) {
+	const op = "retire"
+	if err := c.live(op); err != nil {
+		return nil, err
+	}
+	if err := validateNote("reason", cmd.Reason, true); err != nil {
+		return nil, err
+	}
+	if err := validateActor(cmd.Actor); err != nil {
+		return nil, err
+	}
+	if p, f := c.Pending(), len(c.flight); p > 0 || f > 0 || c.clear != nil {
+		return nil, &QueueNotEmptyError{ConnectionID: c.id, Pending: p, InFlight: f, Clearing: c.clear != nil}
+	}
+	return []Event{ConnectionRetired{Reason: cmd.Reason, RetiredBy: cmd.Actor, RetiredAt: now.UTC()}}, nil
 }

@@ -16,6 +16,8 @@ var (
 	LinkStatusActive         = LinkStatus{"active"}
 	LinkStatusSessionInvalid = LinkStatus{"session_invalid"}
 	LinkStatusBanned         = LinkStatus{"banned"}
+	// LinkStatusRetired: the connection was retired (ConnectionRetired); final.
+	LinkStatusRetired = LinkStatus{"retired"}
 )
 
 func (s LinkStatus) String() string { return s.s }
@@ -169,6 +171,9 @@ var (
 	// (G7), and not applied at completion if a hold, ban or session loss was recorded while
 	// clearing: the newer fact wins.
 	ClearThenResume = ClearThen{"resume"}
+	// ClearThenRetire: the connection is retired when the clear completes (ConnectionRetired in
+	// the same batch as QueueCleared), whatever its link and queue status.
+	ClearThenRetire = ClearThen{"retire"}
 )
 
 func (t ClearThen) String() string {
@@ -194,7 +199,7 @@ func (t ClearThen) orKeep() ClearThen {
 func ParseClearThen(s string) (ClearThen, error) {
 	var t ClearThen
 	if err := t.UnmarshalText([]byte(s)); err != nil {
-		return ClearThen{}, &ValidationError{Code: CodeInvalidThen, Field: "then", Detail: `must be "keep", "hold" or "resume"`}
+		return ClearThen{}, &ValidationError{Code: CodeInvalidThen, Field: "then", Detail: `must be "keep", "hold", "resume" or "retire"`}
 	}
 	return t.orKeep(), nil
 }
@@ -237,7 +242,7 @@ func parseEnum[T ~struct{ s string }](kind string, all []T, b []byte) (T, error)
 
 func (s LinkStatus) MarshalText() ([]byte, error) { return []byte(s.s), nil }
 func (s *LinkStatus) UnmarshalText(b []byte) (err error) {
-	*s, err = parseEnum("link status", []LinkStatus{LinkStatusUnpaired, LinkStatusActive, LinkStatusSessionInvalid, LinkStatusBanned}, b)
+	*s, err = parseEnum("link status", []LinkStatus{LinkStatusUnpaired, LinkStatusActive, LinkStatusSessionInvalid, LinkStatusBanned, LinkStatusRetired}, b)
 	return err
 }
 func (s QueueStatus) MarshalText() ([]byte, error) { return []byte(s.s), nil }
@@ -291,6 +296,6 @@ func (k *TransportProblemKind) UnmarshalText(b []byte) (err error) {
 }
 func (t ClearThen) MarshalText() ([]byte, error) { return []byte(t.s), nil }
 func (t *ClearThen) UnmarshalText(b []byte) (err error) {
-	*t, err = parseEnum("clear then", []ClearThen{ClearThenKeep, ClearThenHold, ClearThenResume}, b)
+	*t, err = parseEnum("clear then", []ClearThen{ClearThenKeep, ClearThenHold, ClearThenResume, ClearThenRetire}, b)
 	return err
 }

@@ -71,7 +71,31 @@ var (
 	ErrMessageNotPending = errors.New("connection: message not pending")
 	// ErrMessageCancelled: dispatch or expiry of a cancelled message (*MessageCancelledError).
 	ErrMessageCancelled = errors.New("connection: message cancelled")
+	// ErrConnectionRetired: any command but a read, an acknowledgement of a message in flight
+	// or the completion of a clear, on a retired connection; also registering a retired id
+	// again (ids are never reused). HTTP 409, code connection_retired.
+	ErrConnectionRetired = errors.New("connection: connection retired")
+	// ErrQueueNotEmpty: Retire while messages are pending or in flight, or while a clear is in
+	// progress (*QueueNotEmptyError). HTTP 409, code queue_not_empty.
+	ErrQueueNotEmpty = errors.New("connection: queue not empty")
 )
+
+// QueueNotEmptyError refuses to retire a connection that still has messages pending or in
+// flight, or a clear in progress (Clearing). errors.Is(err, ErrQueueNotEmpty).
+type QueueNotEmptyError struct {
+	ConnectionID string
+	Pending      uint64
+	InFlight     int
+	Clearing     bool
+}
+
+func (e *QueueNotEmptyError) Error() string {
+	return fmt.Sprintf("connection: retire %q: %d messages pending, %d in flight, clearing %t", e.ConnectionID,
+		e.Pending, e.InFlight, e.Clearing)
+}
+
+// Is makes errors.Is(err, ErrQueueNotEmpty) true.
+func (e *QueueNotEmptyError) Is(target error) bool { return target == ErrQueueNotEmpty }
 
 // MessageNotPendingError refuses to cancel a message that is not pending any more.
 // errors.Is(err, ErrMessageNotPending). Cancelled is true when the aggregate knows the message

@@ -51,6 +51,8 @@ const (
 	TypeMessageCancelled = "MessageCancelled"
 	// TypeSendingPolicyChanged names SendingPolicyChanged.
 	TypeSendingPolicyChanged = "SendingPolicyChanged"
+	// TypeConnectionRetired names ConnectionRetired.
+	TypeConnectionRetired = "ConnectionRetired"
 )
 
 // ConnectionRegistered opens a connection stream: a WhatsApp number of a tenant, not paired yet.
@@ -293,6 +295,22 @@ type MessageCancelled struct {
 	CancelledAt time.Time `json:"cancelled_at"`
 }
 
+// ConnectionRetired ends a connection for good (link status retired): every later command is
+// refused with ErrConnectionRetired except the acknowledgements of messages still in flight and
+// the completion of a clear in progress; its history, clears and audit stay readable, and its
+// id stays taken (registering it again is refused). It is decided only when nothing is pending
+// and nothing in flight (Retire), or by the completion of a clear requested with
+// ClearThenRetire (CompleteClear), which purged what was pending and reports what was in flight.
+type ConnectionRetired struct {
+	// Reason says why, in the operator's words; required.
+	Reason string `json:"reason"`
+	// ClearID is the clear whose completion retired the connection (then=retire); zero for a
+	// retirement of an empty queue.
+	ClearID   uuid.UUID `json:"clear_id,omitzero"`
+	RetiredBy string    `json:"retired_by"`
+	RetiredAt time.Time `json:"retired_at"`
+}
+
 // MessageOutcomeUnknown records that a dispatched message was never acknowledged (the process
 // died or the transport timed out). It is final: the message is never sent again automatically.
 type MessageOutcomeUnknown struct {
@@ -485,6 +503,7 @@ func (MessageSendDeferred) EventType() string      { return TypeMessageSendDefer
 func (MessageSendRetried) EventType() string       { return TypeMessageSendRetried }
 func (MessageCancelled) EventType() string         { return TypeMessageCancelled }
 func (SendingPolicyChanged) EventType() string     { return TypeSendingPolicyChanged }
+func (ConnectionRetired) EventType() string        { return TypeConnectionRetired }
 
 func (e ConnectionRegistered) naturalKey() string {
 	return "connection/" + Key(e.TenantID, e.ConnectionID)
@@ -510,6 +529,7 @@ func (QueueResumed) naturalKey() string             { return "" }
 func (e ClearQueueRequested) naturalKey() string    { return e.ClearID.String() }
 func (e QueueCleared) naturalKey() string           { return e.ClearID.String() }
 func (TransportProblemObserved) naturalKey() string { return "" }
+func (ConnectionRetired) naturalKey() string        { return "" }
 func (e MessageSendDeferred) naturalKey() string {
 	return e.MessageID.String() + "/" + strconv.Itoa(e.Attempt)
 }

@@ -31,7 +31,13 @@ const (
 	ReasonMainDeviceGone = "main_device_gone" // 403
 	// ReasonUnspecifiedLogout: a logout code without a known meaning, or none.
 	ReasonUnspecifiedLogout = "unspecified_logout"
+	// ReasonUnpaired: an operator logged the session out through the API (Unpair); the
+	// transport reason recorded is LogoutUnpaired.
+	ReasonUnpaired = "unpaired"
 )
+
+// LogoutUnpaired is the SessionInvalidated.Reason of an operator's logout (Unpair).
+const LogoutUnpaired = "unpaired"
 
 var banReasons = map[string]Reason{
 	"101": {ReasonSentToTooManyPeople, "Too many messages went to people who do not have this number in their address book."},
@@ -43,9 +49,10 @@ var banReasons = map[string]Reason{
 }
 
 var logoutReasons = map[string]Reason{
-	"401": {ReasonLoggedOut, "The session was logged out, from the phone or another linked device."},
-	"403": {ReasonMainDeviceGone, "The phone's WhatsApp was logged out or reinstalled; this also happens with some bans."},
-	"406": {ReasonAccountBanned, "WhatsApp banned the number and logged it out (code 406)."},
+	"401":          {ReasonLoggedOut, "The session was logged out, from the phone or another linked device."},
+	"403":          {ReasonMainDeviceGone, "The phone's WhatsApp was logged out or reinstalled; this also happens with some bans."},
+	"406":          {ReasonAccountBanned, "WhatsApp banned the number and logged it out (code 406)."},
+	LogoutUnpaired: {ReasonUnpaired, "An operator logged the session out (unpaired the number) through the API; pair it again to send."},
 }
 
 var (
@@ -79,5 +86,5 @@ func ExplainLogout(reasonCode string) Reason {
 func ReasonCodes() []string {
 	return []string{ReasonSentToTooManyPeople, ReasonBlockedByUsers, ReasonCreatedTooManyGroups,
 		ReasonSentTooManySameMessage, ReasonBroadcastList, ReasonUnspecifiedBan, ReasonAccountBanned,
-		ReasonLoggedOut, ReasonMainDeviceGone, ReasonUnspecifiedLogout}
+		ReasonLoggedOut, ReasonMainDeviceGone, ReasonUnspecifiedLogout, ReasonUnpaired}
 }

@@ -112,6 +112,10 @@ const (
 	CodeStaleEpoch Code = "stale_epoch"
 	// CodeIdempotencyKeyReused: the key was accepted before with another request (HTTP 422).
 	CodeIdempotencyKeyReused Code = "idempotency_key_reused"
+	// CodeConnectionRetired: a command on a retired connection, or registering its id again.
+	CodeConnectionRetired Code = "connection_retired"
+	// CodeQueueNotEmpty: a retire while messages are pending or in flight (HTTP 409).
+	CodeQueueNotEmpty Code = "queue_not_empty"
 )
 
 var errorCodes = []struct {
@@ -140,6 +144,8 @@ var errorCodes = []struct {
 	{ErrMessageCancelled, CodeMessageCancelled},
 	{ErrStaleEpoch, CodeStaleEpoch},
 	{ErrIdempotencyKeyReused, CodeIdempotencyKeyReused},
+	{ErrConnectionRetired, CodeConnectionRetired},
+	{ErrQueueNotEmpty, CodeQueueNotEmpty},
 }
 
 // ErrorCode returns the stable code of a domain refusal anywhere in err's chain: the Code of a

@@ -178,3 +178,7 @@ func validateNote(field, s string, required bool) error {
 	}
 	return nil
 }
+
+// RegionOf returns the ISO 3166-1 region of an E.164 number ("" if unknown): the region
+// NormalizePhone reads national numbers of a connection's recipients in.
+func RegionOf(e164 string) string { return regionOf(e164) }

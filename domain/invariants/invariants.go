@@ -274,6 +274,9 @@ func (c *checker) apply(e connection.Event) {
 	case connection.BanLifted:
 		c.link = connection.LinkStatusActive
 		c.lifted = true
+	case connection.ConnectionRetired:
+		c.link = connection.LinkStatusRetired
+		c.disrupt("retired")
 	case connection.QueueHeld:
 		c.held = true
 		c.disrupt("held")

@@ -30,6 +30,7 @@ var WakeEventTypes = []string{
 	connection.TypeSessionPaired,
 	connection.TypeQueueCleared,
 	connection.TypeSendingPolicyChanged,
+	connection.TypeConnectionRetired,
 }
 
 // ErrAlreadyRunning: Run was called on a Dispatcher that runs or ran already.
@@ -133,6 +134,8 @@ type connState struct {
 	lease leaseState
 	// takeover: the renewals claimed the lease with a new epoch; the loop recovers first.
 	takeover bool
+	// retired: the connection was retired; its loop ends at once (see releaseRetired).
+	retired bool
 	// Touched only by the connection's loop:
 	recovered bool // the in-flight recovery ran since the start or the last store failure
 	startedUp bool // the first recovery in this process ran (later ones are after store failures)

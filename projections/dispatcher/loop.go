@@ -38,6 +38,9 @@ func (d *Dispatcher) loop(ctx context.Context, connID string, st *connState) {
 
 // turn does one step and reports whether the loop should go on at once.
 func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) bool {
+	if d.isRetired(st) {
+		return false
+	}
 	// The loop runs only while this node holds the connection's lease; a lease gained with a
 	// new epoch means another owner dispatched meanwhile: recover its messages in flight.
 	epoch, takeover, err := d.lease(ctx, connID, st)
@@ -85,6 +88,9 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	case errors.Is(err, connection.ErrStaleEpoch):
 		// Another node took the lease over and dispatched: this one lost it unseen.
 		d.dropLease(connID, st)
+		return false
+	case errors.As(err, &nd) && nd.Code == connection.CodeConnectionRetired:
+		d.releaseRetired(ctx, connID, st)
 		return false
 	case errors.As(err, &nd):
 		if nd.Code == connection.CodeInFlightLimit {

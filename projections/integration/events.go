@@ -225,7 +225,7 @@ func SourceTypes() []string {
 		connection.TypeSessionPaired, connection.TypeSessionInvalidated,
 		connection.TypeConnectionBanned, connection.TypeBanLifted,
 		connection.TypeQueueHeld, connection.TypeQueueResumed,
-		connection.TypeClearQueueRequested, connection.TypeQueueCleared,
+		connection.TypeClearQueueRequested, connection.TypeQueueCleared, connection.TypeConnectionRetired,
 	}
 }
 
@@ -353,6 +353,9 @@ func translate(ev connection.Event) (string, time.Time, any, bool) {
 		return TypeConnectionLinkStatusChanged, e.InvalidatedAt,
 			LinkStatusChanged{LinkStatus: connection.LinkStatusSessionInvalid.String(), Reason: e.Reason, Cause: r.Code,
 				Description: r.Description, Actor: e.Actor}, true
+	case connection.ConnectionRetired:
+		return TypeConnectionLinkStatusChanged, e.RetiredAt,
+			LinkStatusChanged{LinkStatus: connection.LinkStatusRetired.String(), Reason: e.Reason, Actor: e.RetiredBy}, true
 	case connection.ConnectionBanned:
 		r := connection.ExplainBan(e.Kind, e.ReasonCode)
 		return TypeConnectionBanned, e.BannedAt,

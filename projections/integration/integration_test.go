@@ -60,6 +60,7 @@ func TestTranslate(t *testing.T) {
 		{connection.SessionInvalidated{Reason: "401", Actor: "system", InvalidatedAt: at}, integration.TypeConnectionLinkStatusChanged, &integration.LinkStatusChanged{}, `"cause":"logged_out"`},
 		{connection.ConnectionBanned{Kind: connection.BanPermanent, ReasonCode: "406", Actor: "system", BannedAt: at}, integration.TypeConnectionBanned, &integration.Banned{}, `"cause":"account_banned"`},
 		{connection.BanLifted{Actor: "system", LiftedAt: at}, integration.TypeConnectionBanLifted, &integration.BanLifted{}, "system"},
+		{connection.ConnectionRetired{Reason: "number sold", RetiredBy: "op", RetiredAt: at}, integration.TypeConnectionLinkStatusChanged, &integration.LinkStatusChanged{}, `"link_status":"retired"`},
 		{connection.QueueHeld{Reason: connection.HoldByOperator, Actor: "op", HeldAt: at}, integration.TypeConnectionQueueStatusChanged, &integration.QueueStatusChanged{}, "held"},
 		{connection.QueueResumed{Reason: connection.ResumeByOperator, Actor: "op", ResumedAt: at}, integration.TypeConnectionQueueStatusChanged, &integration.QueueStatusChanged{}, "open"},
 		{connection.ClearQueueRequested{ClearID: clear, RequestedBy: "op", Reason: "ban", RequestedAt: at, UpToSeq: 3,
