@@ -19,6 +19,7 @@ type benchFlags struct {
 	clear    bench.ClearConfig
 	dispatch bench.DispatchConfig
 	api      bench.APIConfig
+	imp      bench.ImportConfig
 	quick    bool
 	doc      string
 	// groupCommit is --group-commit, copied to the store and api configurations.
@@ -50,6 +51,9 @@ func (f *benchFlags) applyQuick() {
 	}
 	if f.api.Requests == 0 {
 		f.api.Requests = 1600
+	}
+	if f.imp.Recipients == 0 {
+		f.imp.Recipients = 20_000
 	}
 }
 
@@ -148,14 +152,23 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	}
 	apiFlags(api, &f)
 
+	imp := &cobra.Command{
+		Use:   "import",
+		Short: "A CSV broadcast over HTTP until all of it is pending in the queue read model, against COPY of the same rows",
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withEnv(c.Context(), &f, func(env *bench.Env) error { return bench.Import(c.Context(), env, f.imp, c.OutOrStdout()) })
+		},
+	}
+	importFlags(imp, &f)
+
 	all := &cobra.Command{
 		Use:   "all",
-		Short: "store, clear (with catch-up), dispatch and api; writes the results table into docs/benchmarks.md",
+		Short: "store, clear (with catch-up), dispatch, api and import; writes the results table into docs/benchmarks.md",
 		RunE: func(c *cobra.Command, _ []string) error {
 			f.applyQuick()
 			f.store.GroupCommit, f.api.GroupCommit, f.dispatch.GroupCommit = f.groupCommit, f.groupCommit, f.groupCommit
 			return bench.All(c.Context(), bench.AllConfig{
-				Env: f.envConfig(), Store: f.store, Clear: f.clear, Dispatch: f.dispatch, API: f.api,
+				Env: f.envConfig(), Store: f.store, Clear: f.clear, Dispatch: f.dispatch, API: f.api, Import: f.imp,
 				DocPath: f.doc, Command: commandLine(os.Args),
 			}, c.OutOrStdout())
 		},
@@ -164,6 +177,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	clearFlags(all, &f)
 	dispatchFlags(all, &f)
 	apiFlags(all, &f)
+	importFlags(all, &f)
 	all.Flags().StringVar(&f.doc, "doc", "docs/benchmarks.md", "Markdown file whose bench:begin/bench:end section receives the results (empty: none)")
 
 	var from, pgVersion, command, loadBefore string
@@ -195,7 +209,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	doc.Flags().StringVar(&f.doc, "doc", "docs/benchmarks.md", "Markdown file whose bench:begin/bench:end section receives the results")
 	_ = doc.MarkFlagRequired("from")
 
-	cmd.AddCommand(store, clear, dispatch, api, all, doc)
+	cmd.AddCommand(store, clear, dispatch, api, imp, all, doc)
 	return cmd
 }
 
@@ -224,6 +238,10 @@ func apiFlags(c *cobra.Command, f *benchFlags) {
 	fl.IntVar(&f.api.Clients, "clients", 0, "concurrent HTTP clients (default 64)")
 	fl.IntVar(&f.api.Requests, "requests", 0, "enqueue requests measured (default 6,400)")
 	fl.DurationVar(&f.api.ReadYourWrites, "read-your-writes", 0, "API read-your-writes wait (default the server's; negative disables it: figure api/<engine>/enqueue-no-ryw)")
+}
+
+func importFlags(c *cobra.Command, f *benchFlags) {
+	c.Flags().IntVar(&f.imp.Recipients, "recipients", 0, "numbers of the imported CSV broadcast (default 100,000; --quick 20,000)")
 }
 
 // commandLine renders the command as run, for the results document ("waqueue bench all …").

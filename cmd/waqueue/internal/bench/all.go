@@ -27,6 +27,7 @@ type AllConfig struct {
 	Clear    ClearConfig
 	Dispatch DispatchConfig
 	API      APIConfig
+	Import   ImportConfig
 	// DocPath is the Markdown file whose marked section receives the results table. Empty
 	// means no document is written.
 	DocPath string
@@ -36,7 +37,7 @@ type AllConfig struct {
 	Now func() time.Time
 }
 
-// All runs the store, clear (with catch-up), dispatch and api benchmarks, printing their
+// All runs the store, clear (with catch-up), dispatch, api and import benchmarks, printing their
 // BENCH lines to w, then, if cfg.DocPath is set, writes the results table into its marked
 // section. It stops at the first benchmark that fails.
 func All(ctx context.Context, cfg AllConfig, w io.Writer) (err error) {
@@ -66,6 +67,9 @@ func All(ctx context.Context, cfg AllConfig, w io.Writer) (err error) {
 		return err
 	}
 	if err := API(ctx, env, cfg.API, rec); err != nil {
+		return err
+	}
+	if err := Import(ctx, env, cfg.Import, rec); err != nil {
 		return err
 	}
 	if cfg.DocPath == "" {

@@ -37,6 +37,9 @@ var figureFormats = []struct {
 	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue(-no-ryw)?$`),
 		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ group_commit=\d+ append_single_per_s=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"req_per_s", "p99_ms", "baseline_per_s", "rss_mib"}},
+	{regexp.MustCompile(`^import/(postgres|sqlite)/recipients=\d+$`),
+		regexp.MustCompile(`^msgs_per_s=[\d.]+ answered_s=[\d.]+ pending_s=[\d.]+ baseline=copy baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		[]string{"msgs_per_s", "pending_s", "baseline_per_s"}},
 }
 
 // checkLine fails t unless s is a BENCH line of a known benchmark with positive figures.
@@ -81,6 +84,7 @@ func TestAllTiny(t *testing.T) {
 		Clear:    ClearConfig{Sizes: []int{50, 120}, Clears: 2},
 		Dispatch: DispatchConfig{Conns: []int{3}, Messages: 30, SetupWorkers: 3},
 		API:      APIConfig{Clients: 4, Requests: 24},
+		Import:   ImportConfig{Recipients: 40},
 		DocPath:  doc,
 		Command:  "waqueue bench all --tiny",
 		Now:      func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) },
@@ -99,7 +103,8 @@ func TestAllTiny(t *testing.T) {
 	}
 	for _, e := range []string{"postgres", "sqlite"} {
 		for _, name := range []string{"store/" + e + "/append-batch", "store/" + e + "/append-single", "store/" + e + "/catch-up",
-			"clear/" + e + "/pending=50", "clear/" + e + "/pending=120", "dispatch/" + e + "/conns=3", "api/" + e + "/enqueue"} {
+			"clear/" + e + "/pending=50", "clear/" + e + "/pending=120", "dispatch/" + e + "/conns=3", "api/" + e + "/enqueue",
+			"import/" + e + "/recipients=40"} {
 			if _, ok := seen[name]; !ok {
 				t.Errorf("figure %s missing:\n%s", name, out.String())
 			}
@@ -139,7 +144,7 @@ func TestAllTiny(t *testing.T) {
 		}
 	}
 	if n := strings.Count(got, "| store/") + strings.Count(got, "| clear/") + strings.Count(got, "| catchup/") +
-		strings.Count(got, "| dispatch/") + strings.Count(got, "| api/"); n != len(seen) {
+		strings.Count(got, "| dispatch/") + strings.Count(got, "| api/") + strings.Count(got, "| import/"); n != len(seen) {
 		t.Errorf("document has %d figure rows, output %d lines", n, len(seen))
 	}
 }
