@@ -35,6 +35,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeMessageCancelled:         decodeAs[MessageCancelled],
 	TypeSendingPolicyChanged:     decodeAs[SendingPolicyChanged],
 	TypeConnectionRetired:        decodeAs[ConnectionRetired],
+	TypeBroadcastQueued:          decodeAs[BroadcastQueued],
 }
 
 func decodeAs[T Event](data []byte) (Event, error) {

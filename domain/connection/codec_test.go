@@ -25,6 +25,8 @@ func oneOfEach() []connection.Event {
 		connection.BanLifted{Reason: "appeal", Actor: "op", LiftedAt: t0},
 		queuedTTL(1, at(5)),
 		broadcast(bcastID, 2),
+		connection.BroadcastQueued{BroadcastID: connection.BroadcastIDFor(tenant, connID, "b2"), FirstSeq: 5, FirstIndex: 0,
+			Recipients: []string{alice, bob}, ExpiresAt: at(9), QueuedBy: "svc", QueuedAt: t0},
 		dispatched(msgID(1), 1),
 		connection.MessageSendDeferred{MessageID: msgID(1), Seq: 1, Attempt: 1, Reason: "not_connected", DeferredAt: t0},
 		connection.MessageSendRetried{MessageID: msgID(1), Seq: 1, Attempt: 2, RetriedAt: t0},
@@ -74,7 +76,7 @@ func TestCodecRoundTrip(t *testing.T) {
 
 // TestStableTypeNames pins the stored type names: changing one cuts stored events off.
 func TestStableTypeNames(t *testing.T) {
-	want := []string{"BanLifted", "BroadcastStarted", "ClearQueueRequested", "ConnectionBanned", "ConnectionRegistered", "ConnectionRetired",
+	want := []string{"BanLifted", "BroadcastQueued", "BroadcastStarted", "ClearQueueRequested", "ConnectionBanned", "ConnectionRegistered", "ConnectionRetired",
 		"MessageCancelled", "MessageDelivered", "MessageDispatched", "MessageExpired", "MessageFailed", "MessageOutcomeUnknown", "MessageQueued",
 		"MessageRead", "MessageSendDeferred", "MessageSendRetried", "MessageSent", "OnBanPolicyChanged", "QueueCleared", "QueueHeld", "QueueResumed", "SendingPolicyChanged", "SessionInvalidated",
 		"SessionPaired", "TransportProblemObserved"}

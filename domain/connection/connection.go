@@ -374,6 +374,12 @@ func (c *Connection) Apply(e Event) error {
 	case MessageQueued:
 		c.lastSeq = max(c.lastSeq, e.Seq)
 		c.count.Queued++
+	case BroadcastQueued:
+		if len(e.Recipients) == 0 {
+			return fail("empty BroadcastQueued")
+		}
+		c.lastSeq = max(c.lastSeq, e.LastSeq())
+		c.count.Queued += uint64(len(e.Recipients))
 	case BroadcastStarted:
 		c.bcasts = append(c.bcasts, BroadcastRange{BroadcastID: e.BroadcastID, FirstSeq: e.FirstSeq, LastSeq: e.LastSeq()})
 		c.count.Broadcasts++

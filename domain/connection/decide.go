@@ -419,8 +419,9 @@ type StartBroadcast struct {
 	Actor      string
 }
 
-// StartBroadcast decides BroadcastStarted followed by one MessageQueued per recipient, in
-// recipient order, at consecutive Seqs. The caller must append them in one atomic batch (see
+// StartBroadcast decides BroadcastStarted followed by BroadcastQueued chunks of at most
+// BroadcastChunk recipients (each standing for one MessageQueued per recipient), in recipient
+// order, at consecutive Seqs. The caller must append them in one atomic batch (see
 // BroadcastStarted for why). It fails with a *ValidationError naming the first bad recipient
 // (1-based) and a *ClearingError while clearing (G2).
 //
@@ -520,21 +521,16 @@ func (c *Connection) StartPreparedBroadcast(p PreparedBroadcast, now time.Time) 
 	exp := expiry(at, p.cmd.TTL)
 	first := c.lastSeq + 1
 	id := p.cmd.BroadcastID
-	events := make([]Event, 0, len(p.recipients)+1)
+	events := make([]Event, 0, 1+(len(p.recipients)+BroadcastChunk-1)/BroadcastChunk)
 	events = append(events, BroadcastStarted{
 		BroadcastID: id, Text: p.cmd.Text, FirstSeq: first, Count: len(p.recipients),
 		ExpiresAt: exp, StartedBy: p.cmd.Actor, StartedAt: at, Fingerprint: p.fingerprint,
 	})
-	for i, r := range p.recipients {
-		events = append(events, MessageQueued{
-			MessageID:      BroadcastMessageID(id, i),
-			Seq:            first + uint64(i),
-			Recipient:      r,
-			BroadcastID:    id,
-			BroadcastIndex: i,
-			ExpiresAt:      exp,
-			QueuedBy:       p.cmd.Actor,
-			QueuedAt:       at,
+	for i := 0; i < len(p.recipients); i += BroadcastChunk {
+		events = append(events, BroadcastQueued{
+			BroadcastID: id, FirstSeq: first + uint64(i), FirstIndex: i,
+			Recipients: slices.Clone(p.recipients[i:min(i+BroadcastChunk, len(p.recipients))]),
+			ExpiresAt:  exp, QueuedBy: p.cmd.Actor, QueuedAt: at,
 		})
 	}
 	return events, nil

@@ -1,6 +1,7 @@
 package connection_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -232,13 +233,13 @@ func TestStartBroadcast(t *testing.T) {
 	req := clearRequested(connection.WholeQueue, 0, nil, nil)
 	tooMany := make([]string, connection.MaxRecipients+1)
 	runDecisions(t, []decision{
-		{name: "one BroadcastStarted then one MessageQueued per recipient", given: base, when: start(alice, "+1 201-555-0124", carol),
-			then: broadcast(bcastID, 1), check: func(t *testing.T, c *connection.Connection, _ error) {
+		{name: "one BroadcastStarted then a BroadcastQueued chunk of the recipients", given: base, when: start(alice, "+1 201-555-0124", carol),
+			then: broadcastChunked(bcastID, 1), check: func(t *testing.T, c *connection.Connection, _ error) {
 				if c.Pending() != 3 || len(c.PendingBroadcasts()) != 1 {
 					t.Fatalf("pending %d broadcasts %v", c.Pending(), c.PendingBroadcasts())
 				}
 			}},
-		{name: "seqs continue the queue", given: history(base, queued(1)), when: start(alice, bob, carol), then: broadcast(bcastID, 2)},
+		{name: "seqs continue the queue", given: history(base, queued(1)), when: start(alice, bob, carol), then: broadcastChunked(bcastID, 2)},
 		{name: "duplicate recipient", given: base, when: start(alice, bob, "+1 (201) 555-0123"),
 			err: connection.ErrInvalidCommand, check: func(t *testing.T, c *connection.Connection, err error) {
 				wantCode(connection.CodeDuplicateRecipient)(t, c, err)
@@ -589,4 +590,63 @@ func TestPreparedBroadcast(t *testing.T) {
 			return c.StartPreparedBroadcast(other, t0)
 		}, err: connection.ErrInvalidCommand},
 	})
+}
+
+// TestBroadcastChunks checks that a broadcast larger than BroadcastChunk is decided as chunks
+// that stand for exactly the MessageQueued events of the per-message form (ids, Seqs, indexes,
+// expiry) and leave the aggregate as the per-message form does: old streams replay alike.
+func TestBroadcastChunks(t *testing.T) {
+	n := connection.BroadcastChunk*2 + 7
+	rcpts := make([]string, n)
+	for i := range rcpts {
+		rcpts[i] = fmt.Sprintf("+4915112%06d", i)
+	}
+	chunked := load(t, history(registered(connection.OnBanHold), queued(1)))
+	evs, err := chunked.StartBroadcast(connection.StartBroadcast{BroadcastID: bcastID, Recipients: rcpts, Text: "sale", TTL: time.Hour, Actor: "svc"}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 4 {
+		t.Fatalf("%d events, want BroadcastStarted and 3 chunks", len(evs))
+	}
+	perMessage := load(t, history(registered(connection.OnBanHold), queued(1)))
+	var msgs []connection.Event
+	for i, e := range evs {
+		if err := chunked.Apply(e); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			msgs = append(msgs, e)
+			continue
+		}
+		b := e.(connection.BroadcastQueued)
+		if len(b.Recipients) > connection.BroadcastChunk {
+			t.Fatalf("chunk of %d recipients", len(b.Recipients))
+		}
+		msgs = append(msgs, connection.Expand(e)...)
+	}
+	if len(msgs) != n+1 {
+		t.Fatalf("expanded to %d messages, want %d", len(msgs)-1, n)
+	}
+	for i, e := range msgs[1:] {
+		q := e.(connection.MessageQueued)
+		want := connection.MessageQueued{MessageID: connection.BroadcastMessageID(bcastID, i), Seq: 2 + uint64(i), Recipient: rcpts[i],
+			BroadcastID: bcastID, BroadcastIndex: i, ExpiresAt: t0.Add(time.Hour), QueuedBy: "svc", QueuedAt: t0}
+		if q != want {
+			t.Fatalf("message %d = %+v, want %+v", i, q, want)
+		}
+	}
+	for _, e := range msgs {
+		if err := perMessage.Apply(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if chunked.Pending() != perMessage.Pending() || chunked.LastSeq() != perMessage.LastSeq() ||
+		chunked.Counters() != perMessage.Counters() || chunked.Version() != perMessage.Version()-int64(n)+3 {
+		t.Fatalf("chunked: pending %d last %d %+v; per message: pending %d last %d %+v", chunked.Pending(), chunked.LastSeq(),
+			chunked.Counters(), perMessage.Pending(), perMessage.LastSeq(), perMessage.Counters())
+	}
+	if err := connection.New().Apply(connection.BroadcastQueued{BroadcastID: bcastID, FirstSeq: 1}); err == nil {
+		t.Fatal("applied a BroadcastQueued before registration")
+	}
 }

@@ -53,6 +53,8 @@ const (
 	TypeSendingPolicyChanged = "SendingPolicyChanged"
 	// TypeConnectionRetired names ConnectionRetired.
 	TypeConnectionRetired = "ConnectionRetired"
+	// TypeBroadcastQueued names BroadcastQueued.
+	TypeBroadcastQueued = "BroadcastQueued"
 )
 
 // ConnectionRegistered opens a connection stream: a WhatsApp number of a tenant, not paired yet.
@@ -173,7 +175,8 @@ type MessageQueued struct {
 }
 
 // BroadcastStarted opens a broadcast. It is appended in the same atomic batch as the
-// broadcast's Count MessageQueued events, which carry the Seqs FirstSeq … FirstSeq+Count-1 in
+// broadcast's BroadcastQueued chunks (in streams written before those existed: its Count
+// MessageQueued events), which carry the Seqs FirstSeq … FirstSeq+Count-1 in
 // recipient order. Because the batch is atomic and appended at an expected revision, a
 // broadcast racing a ClearQueueRequested either lands wholly before it (and is wholly covered
 // by the clear) or is refused (queue clearing): never part purged and part queued.
@@ -192,6 +195,67 @@ type BroadcastStarted struct {
 
 // LastSeq returns the Seq of the broadcast's last message.
 func (e BroadcastStarted) LastSeq() uint64 { return e.FirstSeq + uint64(e.Count) - 1 }
+
+// BroadcastChunk is the most recipients one BroadcastQueued carries: a broadcast of 100,000
+// numbers is BroadcastStarted and 20 BroadcastQueued events (about 90 KB each), not 100,000
+// MessageQueued events.
+const BroadcastChunk = 5000
+
+// BroadcastQueued queues a chunk of a broadcast's messages, compactly: the recipients at
+// indexes FirstIndex … FirstIndex+len(Recipients)-1 of broadcast BroadcastID, at the Seqs
+// FirstSeq … FirstSeq+len(Recipients)-1. It means exactly the MessageQueued events Messages
+// returns (ids BroadcastMessageID(BroadcastID, index), the broadcast's text), and every reader
+// of the log treats it so (Expand). It follows its BroadcastStarted in the same atomic append.
+//
+// Streams written before it existed carry one MessageQueued per broadcast message instead;
+// both forms are read alike.
+type BroadcastQueued struct {
+	BroadcastID uuid.UUID `json:"broadcast_id"`
+	// FirstSeq is the Seq of Recipients[0]; FirstIndex its index in the broadcast's list.
+	FirstSeq   uint64 `json:"first_seq"`
+	FirstIndex int    `json:"first_index"`
+	// Recipients are the numbers in E.164, in the broadcast's order.
+	Recipients []string  `json:"recipients"`
+	ExpiresAt  time.Time `json:"expires_at,omitzero"`
+	QueuedBy   string    `json:"queued_by"`
+	QueuedAt   time.Time `json:"queued_at"`
+}
+
+// LastSeq returns the Seq of the chunk's last message.
+func (e BroadcastQueued) LastSeq() uint64 { return e.FirstSeq + uint64(len(e.Recipients)) - 1 }
+
+// Message returns the MessageQueued the chunk's i-th recipient (0-based, within the chunk)
+// stands for.
+func (e BroadcastQueued) Message(i int) MessageQueued {
+	return MessageQueued{
+		MessageID: BroadcastMessageID(e.BroadcastID, e.FirstIndex+i), Seq: e.FirstSeq + uint64(i),
+		Recipient: e.Recipients[i], BroadcastID: e.BroadcastID, BroadcastIndex: e.FirstIndex + i,
+		ExpiresAt: e.ExpiresAt, QueuedBy: e.QueuedBy, QueuedAt: e.QueuedAt,
+	}
+}
+
+// Messages returns the MessageQueued events the chunk stands for, in Seq order.
+func (e BroadcastQueued) Messages() []MessageQueued {
+	out := make([]MessageQueued, len(e.Recipients))
+	for i := range e.Recipients {
+		out[i] = e.Message(i)
+	}
+	return out
+}
+
+// Expand returns the events e stands for one by one: a BroadcastQueued's MessageQueued
+// events, or e itself. Readers that handle messages one at a time call it on every event.
+func Expand(e Event) []Event {
+	b, ok := e.(BroadcastQueued)
+	if !ok {
+		return []Event{e}
+	}
+	out := make([]Event, len(b.Recipients))
+	for i := range b.Recipients {
+		out[i] = b.Message(i)
+	}
+	return out
+}
 
 // MessageDispatched records that the message is about to be handed to WhatsApp. It is appended
 // (durably, at the expected revision) before the transport is called: a message is dispatched
@@ -504,26 +568,30 @@ func (MessageSendRetried) EventType() string       { return TypeMessageSendRetri
 func (MessageCancelled) EventType() string         { return TypeMessageCancelled }
 func (SendingPolicyChanged) EventType() string     { return TypeSendingPolicyChanged }
 func (ConnectionRetired) EventType() string        { return TypeConnectionRetired }
+func (BroadcastQueued) EventType() string          { return TypeBroadcastQueued }
 
 func (e ConnectionRegistered) naturalKey() string {
 	return "connection/" + Key(e.TenantID, e.ConnectionID)
 }
-func (OnBanPolicyChanged) naturalKey() string       { return "" }
-func (SendingPolicyChanged) naturalKey() string     { return "" }
-func (SessionPaired) naturalKey() string            { return "" }
-func (SessionInvalidated) naturalKey() string       { return "" }
-func (ConnectionBanned) naturalKey() string         { return "" }
-func (BanLifted) naturalKey() string                { return "" }
-func (e MessageQueued) naturalKey() string          { return e.MessageID.String() }
-func (e BroadcastStarted) naturalKey() string       { return e.BroadcastID.String() }
-func (e MessageDispatched) naturalKey() string      { return e.MessageID.String() }
-func (e MessageSent) naturalKey() string            { return e.MessageID.String() }
-func (e MessageDelivered) naturalKey() string       { return e.MessageID.String() }
-func (e MessageRead) naturalKey() string            { return e.MessageID.String() }
-func (e MessageFailed) naturalKey() string          { return e.MessageID.String() }
-func (e MessageExpired) naturalKey() string         { return e.MessageID.String() }
-func (e MessageOutcomeUnknown) naturalKey() string  { return e.MessageID.String() }
-func (e MessageCancelled) naturalKey() string       { return e.MessageID.String() }
+func (OnBanPolicyChanged) naturalKey() string      { return "" }
+func (SendingPolicyChanged) naturalKey() string    { return "" }
+func (SessionPaired) naturalKey() string           { return "" }
+func (SessionInvalidated) naturalKey() string      { return "" }
+func (ConnectionBanned) naturalKey() string        { return "" }
+func (BanLifted) naturalKey() string               { return "" }
+func (e MessageQueued) naturalKey() string         { return e.MessageID.String() }
+func (e BroadcastStarted) naturalKey() string      { return e.BroadcastID.String() }
+func (e MessageDispatched) naturalKey() string     { return e.MessageID.String() }
+func (e MessageSent) naturalKey() string           { return e.MessageID.String() }
+func (e MessageDelivered) naturalKey() string      { return e.MessageID.String() }
+func (e MessageRead) naturalKey() string           { return e.MessageID.String() }
+func (e MessageFailed) naturalKey() string         { return e.MessageID.String() }
+func (e MessageExpired) naturalKey() string        { return e.MessageID.String() }
+func (e MessageOutcomeUnknown) naturalKey() string { return e.MessageID.String() }
+func (e MessageCancelled) naturalKey() string      { return e.MessageID.String() }
+func (e BroadcastQueued) naturalKey() string {
+	return e.BroadcastID.String() + "/" + strconv.Itoa(e.FirstIndex)
+}
 func (QueueHeld) naturalKey() string                { return "" }
 func (QueueResumed) naturalKey() string             { return "" }
 func (e ClearQueueRequested) naturalKey() string    { return e.ClearID.String() }

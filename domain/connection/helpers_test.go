@@ -68,6 +68,14 @@ func broadcast(id uuid.UUID, first uint64) []connection.Event {
 	return out
 }
 
+// broadcastChunked is what StartBroadcast decides for broadcast: BroadcastStarted and one
+// BroadcastQueued standing for the same three MessageQueued events.
+func broadcastChunked(id uuid.UUID, first uint64) []connection.Event {
+	old := broadcast(id, first)
+	return []connection.Event{old[0], connection.BroadcastQueued{BroadcastID: id, FirstSeq: first, FirstIndex: 0,
+		Recipients: []string{alice, bob, carol}, QueuedBy: "svc", QueuedAt: t0}}
+}
+
 func dispatched(id uuid.UUID, seq uint64) connection.Event {
 	return connection.MessageDispatched{MessageID: id, Seq: seq, DispatchedAt: t0}
 }
@@ -230,7 +238,7 @@ func asError[T error](t *testing.T, err error) T {
 // withFingerprints returns want with the request fingerprint filled into every event that
 // accepts an idempotency key and has none, computed from the event's own fields (the request
 // they record): a 1:1 MessageQueued from its recipient, text and TTL; a BroadcastStarted from
-// the MessageQueued events that follow it; a ClearQueueRequested from its scope and reason.
+// the MessageQueued (or BroadcastQueued) events that follow it; a ClearQueueRequested from its scope and reason.
 func withFingerprints(want []connection.Event) []connection.Event {
 	if want == nil {
 		return nil
@@ -253,6 +261,9 @@ func withFingerprints(want []connection.Event) []connection.Event {
 				for _, m := range out[i+1:] {
 					if q, ok := m.(connection.MessageQueued); ok && q.BroadcastID == e.BroadcastID {
 						recipients = append(recipients, q.Recipient)
+					}
+					if b, ok := m.(connection.BroadcastQueued); ok && b.BroadcastID == e.BroadcastID {
+						recipients = append(recipients, b.Recipients...)
 					}
 				}
 				var ttl time.Duration

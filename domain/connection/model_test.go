@@ -138,7 +138,9 @@ func simulate(t *testing.T, seed uint64, steps int) connection.Counters {
 			if err := c.Apply(e); err != nil {
 				t.Fatal(err)
 			}
-			m.apply(t, e)
+			for _, one := range connection.Expand(e) {
+				m.apply(t, one)
+			}
 			history = append(history, e)
 		}
 	}

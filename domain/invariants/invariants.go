@@ -294,6 +294,10 @@ func (c *checker) apply(e connection.Event) {
 		}
 	case connection.MessageQueued:
 		c.queued(e)
+	case connection.BroadcastQueued:
+		for _, m := range e.Messages() {
+			c.queued(m)
+		}
 	case connection.MessageDispatched:
 		c.dispatched(e)
 	case connection.MessageSendDeferred:

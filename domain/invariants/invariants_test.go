@@ -250,3 +250,37 @@ func TestCancelledMessageIsTerminal(t *testing.T) {
 		})
 	}
 }
+
+// TestBroadcastChunksCheckedPerMessage checks that the checker reads a BroadcastQueued chunk
+// as the MessageQueued events it stands for: its messages can be dispatched and purged, a
+// chunk recorded while clearing breaks G2, and a chunk reusing a Seq breaks G3.
+func TestBroadcastChunksCheckedPerMessage(t *testing.T) {
+	bid := uuid.MustParse("00000000-0000-0000-0000-0000000000b1")
+	chunk := func(first uint64) connection.BroadcastQueued {
+		return connection.BroadcastQueued{BroadcastID: bid, FirstSeq: first, Recipients: []string{"+491701234567", "+491701234568"}}
+	}
+	first := chunk(4).Message(0)
+	ok := active().add(chunk(4), connection.MessageDispatched{MessageID: first.MessageID, Seq: 4})
+	req := clear(1, 5, connection.InFlightMessage{MessageID: first.MessageID, Seq: 4})
+	req.Purge, req.PurgeCount = []connection.SeqRange{{From: 1, To: 3}, {From: 5, To: 5}}, 4
+	ok = ok.add(req, cleared(req))
+	if r := invariants.Check(ok, nil); !r.OK() || r.Queued != 5 || r.Purged != 4 || len(r.InFlight) != 1 || r.InFlight[0] != first.MessageID {
+		t.Fatalf("report on a valid chunked history = %+v", r)
+	}
+	clearing := clear(1, 3)
+	if r := invariants.Check(active().add(clearing, chunk(4)), nil); !has(r, invariants.G2) {
+		t.Fatalf("a chunk queued while clearing passed: %+v", r)
+	}
+	if r := invariants.Check(active().add(chunk(3)), nil); !has(r, invariants.G3) {
+		t.Fatalf("a chunk reusing Seq 3 passed: %+v", r)
+	}
+}
+
+func has(r invariants.Report, g invariants.Guarantee) bool {
+	for _, v := range r.Violations {
+		if v.Guarantee == g {
+			return true
+		}
+	}
+	return false
+}
