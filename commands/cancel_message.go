@@ -28,6 +28,12 @@ type CancelMessage struct {
 	MessageID    uuid.UUID `json:"message_id"`
 	// Reason says why; required (code missing_reason).
 	Reason string `json:"reason"`
+	// BroadcastID and Seq say where a broadcast message recorded in a BroadcastQueued chunk
+	// (which has no event of its own to look up by id) may be: a hint, e.g. from the message
+	// status read model. The handler believes it only if the broadcast, recorded on this
+	// connection, holds MessageID at Seq; a wrong hint is a 404 like an unknown id.
+	BroadcastID uuid.UUID `json:"broadcast_id,omitzero"`
+	Seq         uint64    `json:"seq,omitempty"`
 }
 
 // CancelMessageResult is the outcome of CancelMessage.
@@ -80,6 +86,9 @@ func (h *CancelMessageHandler) Handle(ctx context.Context, cmd CancelMessage) (C
 		return CancelMessageResult{}, notFound
 	}
 	ev, _, found, err := h.repo.original(ctx, key, connection.MessageQueued{MessageID: cmd.MessageID})
+	if err == nil && !found && cmd.BroadcastID != uuid.Nil {
+		ev, found, err = h.broadcastMessage(ctx, key, cmd)
+	}
 	switch {
 	case err != nil:
 		return CancelMessageResult{}, err
@@ -109,4 +118,24 @@ func (h *CancelMessageHandler) Handle(ctx context.Context, cmd CancelMessage) (C
 		return CancelMessageResult{}, fmt.Errorf("commands: cancel %s on %q: stored, but not found", cmd.MessageID, cmd.ConnectionID)
 	}
 	return CancelMessageResult{Result: Result{Position: pos, Version: a.Version}, Cancelled: orig.(connection.MessageCancelled), Replayed: true}, nil
+}
+
+// broadcastMessage returns the MessageQueued that cmd's hint (BroadcastID, Seq) stands for, if
+// the broadcast was started on the connection (its BroadcastStarted found by id) and the
+// message at Seq is cmd.MessageID: a BroadcastQueued chunk's message has no event of its own.
+func (h *CancelMessageHandler) broadcastMessage(ctx context.Context, key string, cmd CancelMessage) (connection.Event, bool, error) {
+	ev, _, found, err := h.repo.original(ctx, key, connection.BroadcastStarted{BroadcastID: cmd.BroadcastID})
+	if err != nil || !found {
+		return nil, false, err
+	}
+	b := ev.(connection.BroadcastStarted)
+	if cmd.Seq < b.FirstSeq || cmd.Seq > b.LastSeq() {
+		return nil, false, nil
+	}
+	i := int(cmd.Seq - b.FirstSeq)
+	if connection.BroadcastMessageID(b.BroadcastID, i) != cmd.MessageID {
+		return nil, false, nil
+	}
+	return connection.MessageQueued{MessageID: cmd.MessageID, Seq: cmd.Seq, BroadcastID: b.BroadcastID, BroadcastIndex: i,
+		ExpiresAt: b.ExpiresAt, QueuedBy: b.StartedBy, QueuedAt: b.StartedAt}, true, nil
 }

@@ -170,3 +170,70 @@ func TestCancelRacesDispatch(t *testing.T) {
 		})
 	}
 }
+
+// TestCancelBroadcastMessageInChunk cancels a broadcast message recorded in a BroadcastQueued
+// chunk (no event of its own): with the read model's hint (broadcast id, Seq) it is cancelled
+// and skipped by the dispatcher; without a hint, or with a hint that does not hold the message
+// (another Seq, another broadcast, another connection), it is a 404 like an unknown id, and
+// nothing is recorded.
+func TestCancelBroadcastMessageInChunk(t *testing.T) {
+	for _, s := range stores {
+		t.Run(s.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			h := newHandlers(t, s.open(t), RepositoryOptions{}, (&fixedClock{now: t0}).Now)
+			cancel := must(NewCancelMessageHandler(h.repo, (&fixedClock{now: t0}).Now))
+			h.registerActive(t, ctx, "c1")
+			h.registerActive(t, ctx, "c2")
+			enqueueN(t, ctx, h, "c1", "k", 1)
+			b, err := h.broadcast.Handle(as(ctx, operator), StartBroadcast{ConnectionID: "c1", IdempotencyKey: "b",
+				Recipients: []string{"+491709999991", "+491709999992", "+491709999993"}, Text: "offer"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			other, err := h.broadcast.Handle(as(ctx, operator), StartBroadcast{ConnectionID: "c2", IdempotencyKey: "b",
+				Recipients: []string{"+491709999991", "+491709999992"}, Text: "offer"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mid := connection.BroadcastMessageID(b.BroadcastID, 1) // Seq 3
+			for _, bad := range []CancelMessage{
+				{ConnectionID: "c1", MessageID: mid},
+				{ConnectionID: "c1", MessageID: mid, BroadcastID: b.BroadcastID, Seq: 2},
+				{ConnectionID: "c1", MessageID: mid, BroadcastID: b.BroadcastID, Seq: 9},
+				{ConnectionID: "c1", MessageID: mid, BroadcastID: other.BroadcastID, Seq: 3},
+				{ConnectionID: "c2", MessageID: mid, BroadcastID: b.BroadcastID, Seq: 3},
+			} {
+				bad.Reason = "r"
+				if _, err := cancel.Handle(as(ctx, operator), bad); !errors.Is(err, ErrNotFound) {
+					t.Fatalf("cancel %+v: %v, want not found", bad, err)
+				}
+			}
+			res, err := cancel.Handle(as(ctx, operator), CancelMessage{ConnectionID: "c1", MessageID: mid, BroadcastID: b.BroadcastID, Seq: 3, Reason: "r"})
+			if err != nil || res.Cancelled.MessageID != mid || res.Cancelled.Seq != 3 || res.Replayed {
+				t.Fatalf("cancel = %+v, %v", res, err)
+			}
+			again, err := cancel.Handle(as(ctx, operator), CancelMessage{ConnectionID: "c1", MessageID: mid, BroadcastID: b.BroadcastID, Seq: 3, Reason: "again"})
+			if err != nil || !again.Replayed || again.Cancelled != res.Cancelled {
+				t.Fatalf("second cancel = %+v, %v; want a replay", again, err)
+			}
+			var got []uint64
+			for range 3 {
+				d, err := h.dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c1"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, d.Message.Seq)
+			}
+			if fmt.Sprint(got) != "[1 2 4]" {
+				t.Fatalf("dispatched seqs %v, want [1 2 4] (3 cancelled)", got)
+			}
+			hist, _ := history(t, ctx, h.repo.store, "c1")
+			if n := countTypes(hist)[connection.TypeMessageCancelled]; n != 1 {
+				t.Fatalf("%d MessageCancelled recorded, want 1", n)
+			}
+			if r := invariants.Check(hist, nil); !r.OK() {
+				t.Fatalf("invariants: %v", r.Violations)
+			}
+		})
+	}
+}

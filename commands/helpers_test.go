@@ -193,15 +193,17 @@ func (x *streamIndex) QueuedMessage(ctx context.Context, connID string, seq uint
 		if err != nil {
 			return QueuedMessage{}, err
 		}
-		switch e := ev.(type) {
-		case connection.BroadcastStarted:
-			x.texts[e.BroadcastID.String()] = e.Text
-		case connection.MessageQueued:
-			text := e.Text
-			if text == "" {
-				text = x.texts[e.BroadcastID.String()]
+		for _, ev := range connection.Expand(ev) {
+			switch e := ev.(type) {
+			case connection.BroadcastStarted:
+				x.texts[e.BroadcastID.String()] = e.Text
+			case connection.MessageQueued:
+				text := e.Text
+				if text == "" {
+					text = x.texts[e.BroadcastID.String()]
+				}
+				x.msgs[e.Seq] = QueuedMessage{MessageID: e.MessageID, Seq: e.Seq, Recipient: e.Recipient, Text: text, BroadcastID: e.BroadcastID, ExpiresAt: e.ExpiresAt}
 			}
-			x.msgs[e.Seq] = QueuedMessage{MessageID: e.MessageID, Seq: e.Seq, Recipient: e.Recipient, Text: text, BroadcastID: e.BroadcastID, ExpiresAt: e.ExpiresAt}
 		}
 	}
 	if m, ok := x.msgs[seq]; ok {

@@ -123,7 +123,7 @@ func TestReplayAnswersOriginalInAnyState(t *testing.T) {
 
 			hist, _ := history(t, ctx, store, "c-1")
 			n := countTypes(hist)
-			if n[connection.TypeMessageQueued] != 4 || n[connection.TypeBroadcastStarted] != 2 || n[connection.TypeClearQueueRequested] != 3 {
+			if n[connection.TypeMessageQueued] != 1 || n[connection.TypeBroadcastQueued] != 2 || n[connection.TypeBroadcastStarted] != 2 || n[connection.TypeClearQueueRequested] != 3 {
 				t.Fatalf("events %v: a replay appended something", n)
 			}
 		})

@@ -16,7 +16,7 @@ const AnalyticsName = "analytics"
 // Analytics keeps the analysts' table analytics_daily: one row per tenant, connection and UTC day
 // (day is "YYYY-MM-DD" of the event's recorded time), with counts of that day's events:
 //
-//	queued      MessageQueued (1:1 and broadcast messages)
+//	queued      MessageQueued (1:1 and broadcast messages), BroadcastQueued (its recipients)
 //	dispatched  MessageDispatched (handed to WhatsApp)
 //	sent        MessageSent (server acknowledgement)
 //	delivered   MessageDelivered
@@ -42,7 +42,7 @@ func (*Analytics) Name() string { return AnalyticsName }
 // Filter implements Projection.
 func (*Analytics) Filter() eventstore.Filter {
 	return connectionFilter(
-		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeMessageDispatched,
+		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeBroadcastQueued, connection.TypeMessageDispatched,
 		connection.TypeMessageSent, connection.TypeMessageDelivered, connection.TypeMessageRead,
 		connection.TypeMessageFailed, connection.TypeMessageExpired, connection.TypeMessageOutcomeUnknown,
 		connection.TypeConnectionBanned, connection.TypeClearQueueRequested, connection.TypeMessageCancelled,
@@ -101,6 +101,14 @@ func (*Analytics) Apply(ctx context.Context, tx *Tx, events []eventstore.Recorde
 			tenants[connID] = reg.TenantID
 			if _, err := tx.ExecContext(ctx, `INSERT INTO analytics_conns (conn_id, tenant_id) VALUES ($1, $2)
 ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, reg.TenantID); err != nil {
+				return err
+			}
+		case connection.TypeBroadcastQueued:
+			_, ev, _, err := decodeConn(e)
+			if err != nil {
+				return err
+			}
+			if err := add("queued", int64(len(ev.(connection.BroadcastQueued).Recipients))); err != nil {
 				return err
 			}
 		case connection.TypeClearQueueRequested:

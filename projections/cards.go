@@ -239,6 +239,8 @@ clear_then = $6 WHERE conn_id = $1`, ev.ClearID.String(), ev.RequestedBy, us(ev.
 clear_then = '' WHERE conn_id = $1 AND clear_id = $2`, ev.ClearID.String())
 	case connection.MessageQueued:
 		pending[connID]++
+	case connection.BroadcastQueued:
+		pending[connID] += int64(len(ev.Recipients))
 	case connection.MessageExpired, connection.MessageCancelled:
 		pending[connID]--
 	case connection.MessageDispatched:

@@ -47,7 +47,7 @@ func (q *Queue) Name() string { return QueueName }
 // Filter implements Projection.
 func (q *Queue) Filter() eventstore.Filter {
 	return connectionFilter(
-		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeBroadcastStarted,
+		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeBroadcastStarted, connection.TypeBroadcastQueued,
 		connection.TypeMessageDispatched, connection.TypeMessageExpired, connection.TypeMessageCancelled, connection.TypeMessageSent,
 		connection.TypeMessageDelivered, connection.TypeMessageRead, connection.TypeMessageFailed,
 		connection.TypeMessageOutcomeUnknown, connection.TypeQueueHeld, connection.TypeQueueResumed,
@@ -110,13 +110,17 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 			continue
 		}
 		b.touched[connID] = us(e.RecordedAt)
-		if mq, isQueued := ev.(connection.MessageQueued); isQueued {
-			b.rows = append(b.rows, mq)
-			b.rowConn = append(b.rowConn, connID)
-			if len(b.rows) >= maxBulkRows {
-				if err := b.flushRows(ctx); err != nil {
+		if bq, isChunk := ev.(connection.BroadcastQueued); isChunk {
+			for i := range bq.Recipients {
+				if err := b.queued(ctx, connID, bq.Message(i)); err != nil {
 					return err
 				}
+			}
+			continue
+		}
+		if mq, isQueued := ev.(connection.MessageQueued); isQueued {
+			if err := b.queued(ctx, connID, mq); err != nil {
+				return err
 			}
 			continue
 		}
@@ -131,6 +135,16 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 		return err
 	}
 	return b.flushCounters(ctx)
+}
+
+// queued adds a queued message to the rows of the next bulk insert (flushRows).
+func (b *queueBatch) queued(ctx context.Context, connID string, mq connection.MessageQueued) error {
+	b.rows = append(b.rows, mq)
+	b.rowConn = append(b.rowConn, connID)
+	if len(b.rows) >= maxBulkRows {
+		return b.flushRows(ctx)
+	}
+	return nil
 }
 
 func (b *queueBatch) apply(ctx context.Context, e eventstore.RecordedEvent, connID string, ev connection.Event) error {

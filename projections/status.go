@@ -37,7 +37,7 @@ func (*MessageStatus) Name() string { return MessageStatusName }
 // Filter implements Projection.
 func (*MessageStatus) Filter() eventstore.Filter {
 	return connectionFilter(
-		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeBroadcastStarted,
+		connection.TypeConnectionRegistered, connection.TypeMessageQueued, connection.TypeBroadcastStarted, connection.TypeBroadcastQueued,
 		connection.TypeMessageDispatched, connection.TypeMessageSent, connection.TypeMessageDelivered,
 		connection.TypeMessageRead, connection.TypeMessageFailed, connection.TypeMessageExpired,
 		connection.TypeMessageOutcomeUnknown, connection.TypeClearQueueRequested, connection.TypeMessageCancelled,
@@ -74,15 +74,24 @@ func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.R
 		if !ok {
 			continue
 		}
-		if mq, isQueued := ev.(connection.MessageQueued); isQueued {
+		var queued []connection.MessageQueued
+		switch ev := ev.(type) {
+		case connection.MessageQueued:
+			queued = []connection.MessageQueued{ev}
+		case connection.BroadcastQueued:
+			queued = ev.Messages()
+		}
+		if queued != nil {
 			tenant, err := tenantOf(ctx, tx, "status_conns", connID, e.Metadata.TenantID, b.tenants)
 			if err != nil {
 				return err
 			}
-			b.rows = append(b.rows, statusRow{tenant, connID, mq})
-			if len(b.rows) >= maxBulkRows {
-				if err := b.flushRows(ctx); err != nil {
-					return err
+			for _, mq := range queued {
+				b.rows = append(b.rows, statusRow{tenant, connID, mq})
+				if len(b.rows) >= maxBulkRows {
+					if err := b.flushRows(ctx); err != nil {
+						return err
+					}
 				}
 			}
 			continue

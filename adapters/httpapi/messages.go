@@ -241,7 +241,17 @@ func (s *server) cancelMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.d.Handlers.CancelMessage.Handle(r.Context(), commands.CancelMessage{ConnectionID: id, MessageID: msgID, Reason: req.Reason})
+	cmd := commands.CancelMessage{ConnectionID: id, MessageID: msgID, Reason: req.Reason}
+	// A broadcast message recorded in a BroadcastQueued chunk has no event of its own: tell the
+	// command where the status read model saw it (the command checks the hint). A cancel right
+	// after its broadcast sends the broadcast's Waqueue-Position as Waqueue-Min-Position.
+	if err := s.awaitMinPosition(w, r, []string{projections.MessageStatusName}); err != nil {
+		return err
+	}
+	if v, err := s.d.Messages.Message(r.Context(), s.d.DB, principal(r).TenantID, msgID); err == nil && v.BroadcastID != uuid.Nil {
+		cmd.BroadcastID, cmd.Seq = v.BroadcastID, v.Seq
+	}
+	res, err := s.d.Handlers.CancelMessage.Handle(r.Context(), cmd)
 	if err != nil {
 		return err
 	}

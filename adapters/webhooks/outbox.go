@@ -48,36 +48,48 @@ type hook struct {
 func (o *Outbox) Apply(ctx context.Context, tx *projections.Tx, events []eventstore.RecordedEvent) error {
 	hooks := map[string][]hook{}
 	for _, e := range events {
-		ie, ok, err := integration.Translate(e)
+		ies, err := integration.TranslateAll(e)
 		if err != nil {
 			return err
 		}
-		if !ok || ie.TenantID == "" {
-			continue
-		}
-		hs, cached := hooks[ie.TenantID]
-		if !cached {
-			if hs, err = tenantHooks(ctx, tx, ie.TenantID); err != nil {
+		for _, ie := range ies {
+			if err := o.add(ctx, tx, hooks, e, ie); err != nil {
 				return err
 			}
-			hooks[ie.TenantID] = hs
 		}
-		var payload []byte
-		for _, h := range hs {
-			if !h.types[ie.Type] || h.created > e.RecordedAt.UnixMicro() {
-				continue
+	}
+	return nil
+}
+
+// add writes the outbox rows of integration event ie (of recorded event e) for the tenant's
+// webhooks subscribed to its type; hooks caches the webhooks per tenant.
+func (o *Outbox) add(ctx context.Context, tx *projections.Tx, hooks map[string][]hook, e eventstore.RecordedEvent, ie integration.Event) error {
+	if ie.TenantID == "" {
+		return nil
+	}
+	var err error
+	hs, cached := hooks[ie.TenantID]
+	if !cached {
+		if hs, err = tenantHooks(ctx, tx, ie.TenantID); err != nil {
+			return err
+		}
+		hooks[ie.TenantID] = hs
+	}
+	var payload []byte
+	for _, h := range hs {
+		if !h.types[ie.Type] || h.created > e.RecordedAt.UnixMicro() {
+			continue
+		}
+		if payload == nil {
+			if payload, err = json.Marshal(ie); err != nil {
+				return fmt.Errorf("webhooks: encode %s: %w", ie.ID, err)
 			}
-			if payload == nil {
-				if payload, err = json.Marshal(ie); err != nil {
-					return fmt.Errorf("webhooks: encode %s: %w", ie.ID, err)
-				}
-			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO webhook_deliveries
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO webhook_deliveries
 (webhook_id, tenant_id, event_id, event_type, payload, created_at_us, next_attempt_at_us)
 VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT (webhook_id, event_id) DO NOTHING`,
-				h.id, ie.TenantID, ie.ID.String(), ie.Type, string(payload), e.RecordedAt.UnixMicro()); err != nil {
-				return fmt.Errorf("webhooks: outbox row for %s: %w", h.id, err)
-			}
+			h.id, ie.TenantID, ie.ID.String(), ie.Type, string(payload), e.RecordedAt.UnixMicro()); err != nil {
+			return fmt.Errorf("webhooks: outbox row for %s: %w", h.id, err)
 		}
 	}
 	return nil

@@ -219,7 +219,7 @@ type ClearCompleted struct {
 // every projection built on it).
 func SourceTypes() []string {
 	return []string{
-		connection.TypeMessageQueued, connection.TypeMessageDispatched, connection.TypeMessageSent,
+		connection.TypeMessageQueued, connection.TypeBroadcastQueued, connection.TypeMessageDispatched, connection.TypeMessageSent,
 		connection.TypeMessageDelivered, connection.TypeMessageRead, connection.TypeMessageFailed,
 		connection.TypeMessageExpired, connection.TypeMessageOutcomeUnknown, connection.TypeMessageCancelled,
 		connection.TypeSessionPaired, connection.TypeSessionInvalidated,
@@ -236,8 +236,43 @@ func Filter() eventstore.Filter {
 		EventTypes: append(SourceTypes(), auditchain.TypeCheckpointSigned)}
 }
 
+// TranslateAll returns the integration events of a recorded domain event: Translate's one, or
+// for a BroadcastQueued one message.status_changed (queued) per message, in Seq order, each with
+// the id the message's own MessageQueued would have given it (so consumers see the same ids
+// whichever form the log holds). It is a pure function of e.
+func TranslateAll(e eventstore.RecordedEvent) ([]Event, error) {
+	if e.Type != connection.TypeBroadcastQueued {
+		ie, ok, err := Translate(e)
+		if err != nil || !ok {
+			return nil, err
+		}
+		return []Event{ie}, nil
+	}
+	key, isConn := connection.IDFromStream(e.Stream)
+	if !isConn {
+		return nil, nil
+	}
+	_, connID := connection.SplitKey(key)
+	ev, err := connection.Decode(e.Type, e.Data)
+	if err != nil {
+		return nil, fmt.Errorf("integration: event %s (%s at %s): %w", e.ID, e.Type, e.Position, err)
+	}
+	b := ev.(connection.BroadcastQueued)
+	out := make([]Event, 0, len(b.Recipients))
+	for i := range b.Recipients {
+		mq := b.Message(i)
+		ie, _, err := translateOne(e, connID, mq, connection.EventID(e.Stream, 0, mq))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ie)
+	}
+	return out, nil
+}
+
 // Translate returns the integration event of a recorded domain event, and false for an event
-// that has none (another stream, or a type outside SourceTypes). It is a pure function of e: the
+// that has none (another stream, or a type outside SourceTypes) or more than one (a
+// BroadcastQueued: see TranslateAll). It is a pure function of e: the
 // same recorded event always gives the same integration event, byte for byte.
 func Translate(e eventstore.RecordedEvent) (Event, bool, error) {
 	if e.Type == auditchain.TypeCheckpointSigned && strings.HasPrefix(e.Stream, auditchain.StreamPrefix) {
@@ -248,10 +283,18 @@ func Translate(e eventstore.RecordedEvent) (Event, bool, error) {
 	if !isConn || !connection.IsKnownType(e.Type) {
 		return Event{}, false, nil
 	}
+	if e.Type == connection.TypeBroadcastQueued {
+		return Event{}, false, nil
+	}
 	ev, err := connection.Decode(e.Type, e.Data)
 	if err != nil {
 		return Event{}, false, fmt.Errorf("integration: event %s (%s at %s): %w", e.ID, e.Type, e.Position, err)
 	}
+	return translateOne(e, connID, ev, e.ID)
+}
+
+// translateOne is the integration event of ev, recorded as e, for the domain event id domainID.
+func translateOne(e eventstore.RecordedEvent, connID string, ev connection.Event, domainID uuid.UUID) (Event, bool, error) {
 	typ, at, body, ok := translate(ev)
 	if !ok {
 		return Event{}, false, nil
@@ -261,7 +304,7 @@ func Translate(e eventstore.RecordedEvent) (Event, bool, error) {
 		return Event{}, false, fmt.Errorf("integration: encode %s of event %s: %w", typ, e.ID, err)
 	}
 	return Event{
-		ID: EventID(e.ID, typ), Type: typ, OccurredAt: at.UTC(),
+		ID: EventID(domainID, typ), Type: typ, OccurredAt: at.UTC(),
 		TenantID: e.Metadata.TenantID, ConnectionID: connID, Position: e.Position.String(), Data: data,
 	}, true, nil
 }

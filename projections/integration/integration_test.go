@@ -70,7 +70,8 @@ func TestTranslate(t *testing.T) {
 			PurgedCount: 2, InFlight: []connection.InFlightMessage{{MessageID: msg, Seq: 1}}, InFlightCount: 1, CompletedBy: "system", CompletedAt: at.Add(time.Second)},
 			integration.TypeClearCompleted, &integration.ClearCompleted{}, `"purged":[{"from":2,"to":3}]`},
 	}
-	if len(cases) != len(integration.SourceTypes()) {
+	// BroadcastQueued gives one event per message: TestTranslateBroadcastChunk.
+	if len(cases)+1 != len(integration.SourceTypes()) {
 		t.Fatalf("%d cases for %d source types", len(cases), len(integration.SourceTypes()))
 	}
 	for _, c := range cases {
@@ -226,5 +227,36 @@ func TestTranslateAuditCheckpoint(t *testing.T) {
 	other.Stream = "conn-x"
 	if _, ok, _ := integration.Translate(other); ok {
 		t.Error("a checkpoint type on a connection stream was translated")
+	}
+}
+
+// TestTranslateBroadcastChunk checks that a BroadcastQueued chunk gives exactly the
+// integration events its messages' own MessageQueued events give (same ids, same bodies), so
+// a consumer cannot tell which form the log holds.
+func TestTranslateBroadcastChunk(t *testing.T) {
+	stream := connection.StreamName(connection.Key("tenant-a", "c1"))
+	chunk := connection.BroadcastQueued{BroadcastID: uuid.New(), FirstSeq: 7, FirstIndex: 5000,
+		Recipients: []string{"+491701111111", "+491702222222", "+491703333333"}, QueuedBy: "op", QueuedAt: at}
+	got, err := integration.TranslateAll(recorded(t, stream, chunk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(chunk.Recipients) {
+		t.Fatalf("%d integration events for %d messages", len(got), len(chunk.Recipients))
+	}
+	if _, ok, err := integration.Translate(recorded(t, stream, chunk)); ok || err != nil {
+		t.Fatalf("Translate of a chunk = %v, %v; want nothing (TranslateAll)", ok, err)
+	}
+	for i, ie := range got {
+		mq := chunk.Message(i)
+		re := recorded(t, stream, mq)
+		re.ID = connection.EventID(stream, 0, mq) // the id the per-message form is stored under
+		want, ok, err := integration.Translate(re)
+		if err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		if ie.ID != want.ID || string(ie.Data) != string(want.Data) || ie.Type != want.Type || ie.ConnectionID != "c1" {
+			t.Fatalf("message %d: got %+v (%s), want %+v (%s)", i, ie, ie.Data, want, want.Data)
+		}
 	}
 }

@@ -50,20 +50,19 @@ func (p *Publisher) Filter() eventstore.Filter { return Filter() }
 // Apply publishes the integration events of events, in order, one message each.
 func (p *Publisher) Apply(ctx context.Context, _ *projections.Tx, events []eventstore.RecordedEvent) error {
 	for _, e := range events {
-		ie, ok, err := Translate(e)
+		ies, err := TranslateAll(e)
 		if err != nil {
 			return err
 		}
-		if !ok {
-			continue
-		}
-		m, err := NewMessage(ie)
-		if err != nil {
-			return err
-		}
-		m.SetContext(ctx)
-		if err := p.pub.Publish(Topic, m); err != nil {
-			return fmt.Errorf("integration: publish %s %s: %w", ie.Type, ie.ID, err)
+		for _, ie := range ies {
+			m, err := NewMessage(ie)
+			if err != nil {
+				return err
+			}
+			m.SetContext(ctx)
+			if err := p.pub.Publish(Topic, m); err != nil {
+				return fmt.Errorf("integration: publish %s %s: %w", ie.Type, ie.ID, err)
+			}
 		}
 	}
 	return nil

@@ -214,9 +214,10 @@ func TestServeOnEventStoreDB(t *testing.T) {
 
 	// The events are in EventStoreDB (the server's backing store), not in PostgreSQL.
 	stored := countTypes(t, ctx, backing, connection.StreamName(connID))
-	if stored[connection.TypeMessageQueued] != total || stored[connection.TypeMessageDispatched] != dispatched ||
+	// The broadcast's messages are BroadcastQueued chunks (connection.BroadcastChunk each).
+	if chunks := (total + connection.BroadcastChunk - 1) / connection.BroadcastChunk; stored[connection.TypeBroadcastQueued] != chunks || stored[connection.TypeMessageDispatched] != dispatched ||
 		stored[connection.TypeQueueCleared] != 1 || stored[connection.TypeConnectionBanned] != 1 {
-		t.Errorf("EventStoreDB holds %v for %s; want %d queued, %d dispatched, one ban, one QueueCleared",
+		t.Errorf("EventStoreDB holds %v for %s; want the chunks of %d queued, %d dispatched, one ban, one QueueCleared",
 			stored, connID, total, dispatched)
 	}
 	if sent := stored[connection.TypeMessageSent]; sent != acked {
