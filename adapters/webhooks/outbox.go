@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/integration"
 )
@@ -48,6 +49,17 @@ type hook struct {
 func (o *Outbox) Apply(ctx context.Context, tx *projections.Tx, events []eventstore.RecordedEvent) error {
 	hooks := map[string][]hook{}
 	for _, e := range events {
+		if e.Type == connection.TypeBroadcastQueued {
+			// Up to connection.BroadcastChunk integration events: build them only for a
+			// tenant with a webhook that takes them.
+			wanted, err := o.wants(ctx, tx, hooks, e.Metadata.TenantID, integration.TypeMessageStatusChanged)
+			if err != nil {
+				return err
+			}
+			if !wanted {
+				continue
+			}
+		}
 		ies, err := integration.TranslateAll(e)
 		if err != nil {
 			return err
@@ -59,6 +71,24 @@ func (o *Outbox) Apply(ctx context.Context, tx *projections.Tx, events []eventst
 		}
 	}
 	return nil
+}
+
+// wants reports whether a webhook of tenant subscribes to integration events of type typ.
+func (o *Outbox) wants(ctx context.Context, tx *projections.Tx, hooks map[string][]hook, tenant, typ string) (bool, error) {
+	hs, cached := hooks[tenant]
+	if !cached {
+		var err error
+		if hs, err = tenantHooks(ctx, tx, tenant); err != nil {
+			return false, err
+		}
+		hooks[tenant] = hs
+	}
+	for _, h := range hs {
+		if h.types[typ] {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // add writes the outbox rows of integration event ie (of recorded event e) for the tenant's

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -365,4 +366,97 @@ func TestSignature(t *testing.T) {
 			t.Errorf("%s: %v, want ErrBadSignature", name, err)
 		}
 	}
+}
+
+// TestOutboxBroadcastChunk checks that a broadcast recorded as BroadcastQueued chunks gives a
+// subscribed webhook one queued message.status_changed per message (the ids TranslateAll
+// gives), and a tenant without such a webhook none.
+func TestOutboxBroadcastChunk(t *testing.T) {
+	eachEngine(t, func(t *testing.T, e env) {
+		ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
+		defer cancel()
+		clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+		svc, err := webhooks.NewService(e.db, clk.Now, loopbackEgress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := svc.Register(ctx, "tenant-a", "http://127.0.0.1:9/hook", []string{integration.TypeMessageStatusChanged}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := svc.Register(ctx, "tenant-b", "http://127.0.0.1:9/hook", []string{integration.TypeClearRequested}); err != nil {
+			t.Fatal(err)
+		}
+		repo, err := commands.NewRepository(e.store, commands.RepositoryOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := func() time.Time { return clk.Now() }
+		reg, _ := commands.NewRegisterConnectionHandler(repo, now)
+		bc, _ := commands.NewStartBroadcastHandler(repo, now)
+		var last eventstore.Position
+		for _, tenant := range []string{"tenant-a", "tenant-b"} {
+			op := commands.WithPrincipal(ctx, auth.Principal{TenantID: tenant, ID: "op", Role: auth.RoleAdmin})
+			if _, err := reg.Handle(op, commands.RegisterConnection{ConnectionID: "wh-b", Phone: "+491701234567"}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := bc.Handle(op, commands.StartBroadcast{ConnectionID: "wh-b", IdempotencyKey: "b",
+				Recipients: []string{"+491701111111", "+491702222222", "+491703333333"}, Text: "offer"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = res.Position
+		}
+		var want []string
+		recorded, err := e.store.ReadAll(ctx, eventstore.Start, 0, integration.Filter())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, re := range recorded {
+			ies, err := integration.TranslateAll(re)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ie := range ies {
+				if ie.TenantID == "tenant-a" && ie.Type == integration.TypeMessageStatusChanged {
+					want = append(want, ie.ID.String())
+				}
+			}
+		}
+		if len(want) != 3 {
+			t.Fatalf("%d queued integration events of tenant-a, want 3", len(want))
+		}
+		runner, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store,
+			Projections: []projections.Projection{webhooks.NewOutbox(nil)}, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- runner.Run(rctx) }()
+		if err := runner.WaitFor(ctx, []string{webhooks.OutboxName}, last); err != nil {
+			t.Fatal(err)
+		}
+		stop()
+		<-done
+		rows, err := e.db.QueryContext(ctx, `SELECT tenant_id, event_id FROM webhook_deliveries ORDER BY event_id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var got []string
+		for rows.Next() {
+			var tenant, id string
+			if err := rows.Scan(&tenant, &id); err != nil {
+				t.Fatal(err)
+			}
+			if tenant != "tenant-a" {
+				t.Fatalf("a delivery for %s, which has no webhook for queued messages", tenant)
+			}
+			got = append(got, id)
+		}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("deliveries %v, want %v", got, want)
+		}
+	})
 }
