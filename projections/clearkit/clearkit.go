@@ -140,8 +140,11 @@ func Register(ctx context.Context, store eventstore.Store, tenant, connID, phone
 }
 
 // SeedPending queues n messages on s in broadcasts of up to connection.MaxRecipients recipients,
-// each appended in one atomic batch (BroadcastStarted plus its MessageQueued events) through
-// the domain. It returns the position of the last event appended.
+// each appended in one atomic batch through the domain, in the per-message form streams written
+// before BroadcastQueued chunks hold (BroadcastStarted plus one MessageQueued per message, what
+// connection.Expand makes of the chunks): the clear and catch-up figures measure a history of n
+// message events, like a store's existing one. It returns the position of the last event
+// appended.
 func SeedPending(ctx context.Context, s *Stream, n int, now time.Time) (eventstore.Position, error) {
 	var last eventstore.Position
 	for done := 0; done < n; {
@@ -160,7 +163,15 @@ func SeedPending(ctx context.Context, s *Stream, n int, now time.Time) (eventsto
 			return last, fmt.Errorf("clearkit: seed: %w", err)
 		}
 		res, err := s.Do(ctx, "clearkit", func(c *connection.Connection) ([]connection.Event, error) {
-			return c.StartPreparedBroadcast(p, now)
+			evs, err := c.StartPreparedBroadcast(p, now)
+			if err != nil {
+				return nil, err
+			}
+			out := make([]connection.Event, 0, 1+size)
+			for _, e := range evs {
+				out = append(out, connection.Expand(e)...)
+			}
+			return out, nil
 		})
 		if err != nil {
 			return last, fmt.Errorf("clearkit: seed: %w", err)
