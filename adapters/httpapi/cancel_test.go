@@ -3,6 +3,8 @@ package httpapi_test
 import (
 	"testing"
 
+	"github.com/google/uuid"
+
 	"github.com/waqueue/waqueue/adapters/httpapi"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -87,5 +89,36 @@ func TestChangeOnBan(t *testing.T) {
 	audit := e.do(e.admin(), "GET", "/v1/audit?type=OnBanPolicyChanged&connection="+conn, nil, nil)
 	if entries, _ := audit.Map()["entries"].([]any); len(entries) != 1 {
 		t.Fatalf("audit of the policy change: %s", audit.Body)
+	}
+}
+
+// TestCancelBroadcastMessage cancels one message of a broadcast (recorded in a BroadcastQueued
+// chunk, without an event of its own) right after the broadcast, asking with the broadcast's
+// Waqueue-Position: 200, the message cancelled, the broadcast one message shorter; another
+// connection's path for the same message is a 404.
+func TestCancelBroadcastMessage(t *testing.T) {
+	e := start(t, apitestOptions())
+	op := e.key(e.Tenant, auth.RoleOperator)
+	conn, _ := e.register(op) // not paired: nothing is dispatched
+	other, _ := e.register(op)
+	b := e.do(op, "POST", "/v1/connections/"+conn+"/broadcasts", map[string]any{"recipients": []string{newPhone(), newPhone(), newPhone()}, "text": "offer"},
+		map[string]string{"Idempotency-Key": "b1"})
+	wantStatus(t, b, 202)
+	pos := b.Header.Get(httpapi.HeaderPosition)
+	mid := connection.BroadcastMessageID(uuid.MustParse(str(b.Map(), "broadcast_id")), 1).String()
+	min := map[string]string{httpapi.HeaderMinPosition: pos}
+
+	wantProblem(t, e.do(op, "DELETE", "/v1/connections/"+other+"/messages/"+mid, map[string]any{"reason": "r"}, min), 404, httpapi.CodeNotFound)
+	r := e.do(op, "DELETE", "/v1/connections/"+conn+"/messages/"+mid, map[string]any{"reason": "wrong list"}, min)
+	wantStatus(t, r, 200)
+	if str(r.Map(), "message_id") != mid || num(r.Map(), "seq") != 2 || r.Header.Get(httpapi.HeaderPositionReached) != "true" {
+		t.Fatalf("cancel answered %s (%v)", r.Body, r.Header)
+	}
+	e.sync()
+	if msg := e.do(op, "GET", "/v1/messages/"+mid, nil, nil); str(msg.Map(), "status") != "cancelled" {
+		t.Fatalf("cancelled broadcast message reads %s", msg.Body)
+	}
+	if q := e.do(op, "GET", "/v1/connections/"+conn+"/queue", nil, nil); num(q.Map(), "pending") != 2 {
+		t.Fatalf("queue after the cancel: %s", q.Body)
 	}
 }
