@@ -49,8 +49,9 @@
 // recording QueueCleared with the same exact figures (G3); the queue is then open again, or
 // held if it was held.
 //
-// A broadcast is BroadcastStarted plus its MessageQueued events in one atomic append at the
-// expected revision. Racing a clear, it either lands before ClearQueueRequested (the clear's
+// A broadcast is BroadcastStarted plus its BroadcastQueued chunks (each standing for the
+// MessageQueued events of up to BroadcastChunk recipients; Expand; older streams hold the
+// MessageQueued events themselves) in one atomic append at the expected revision. Racing a clear, it either lands before ClearQueueRequested (the clear's
 // Purge covers all its pending messages) or the append fails and the retry is refused because
 // the queue is clearing: never part purged and part queued.
 //
