@@ -502,6 +502,46 @@ func (r *Repository) positionAfter(ctx context.Context, rec eventstore.RecordedE
 	return evs[0].Position, nil
 }
 
+// broadcastEnd returns the position of the last event of the append that recorded broadcast
+// b, whose BroadcastStarted is rec: its last BroadcastQueued chunk, found by reading the chunks
+// that follow rec until they hold b.Count recipients (at most MaxRecipients/BroadcastChunk
+// events); or, in streams written before chunks, the event b.Count revisions after rec (its
+// last MessageQueued).
+func (r *Repository) broadcastEnd(ctx context.Context, rec eventstore.RecordedEvent, b connection.BroadcastStarted) (eventstore.Position, error) {
+	next := rec.Revision + 1
+	pos, covered := rec.Position, 0
+	for covered < b.Count {
+		evs, err := r.store.ReadStream(ctx, rec.Stream, eventstore.Forwards, next, 32)
+		if err != nil {
+			return eventstore.Position{}, fmt.Errorf("commands: read %q at revision %d: %w", rec.Stream, next, err)
+		}
+		for _, e := range evs {
+			if e.Type != connection.TypeBroadcastQueued {
+				if covered == 0 {
+					return r.positionAfter(ctx, rec, uint64(b.Count)) // the per-message form
+				}
+				return pos, nil
+			}
+			ev, err := connection.Decode(e.Type, e.Data)
+			if err != nil {
+				return eventstore.Position{}, fmt.Errorf("commands: %q revision %d: %w", rec.Stream, e.Revision, err)
+			}
+			if ev.(connection.BroadcastQueued).BroadcastID != b.BroadcastID {
+				return pos, nil
+			}
+			pos, covered = e.Position, covered+len(ev.(connection.BroadcastQueued).Recipients)
+			if covered >= b.Count {
+				return pos, nil
+			}
+		}
+		if len(evs) == 0 {
+			return pos, nil
+		}
+		next = evs[len(evs)-1].Revision + 1
+	}
+	return pos, nil
+}
+
 // findBackwards reads the stream from its end towards its start, at most limit events, and
 // returns the event whose store id is the natural-key id of probe (connection.EventID of an
 // event carrying only the message, broadcast or clear id: such ids do not depend on the

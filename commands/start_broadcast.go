@@ -102,8 +102,9 @@ func (h *StartBroadcastHandler) Handle(ctx context.Context, cmd StartBroadcast) 
 	if err := connection.CheckReplay(cmd.ConnectionID, "broadcast", b.Fingerprint, prepared.Fingerprint()); err != nil {
 		return StartBroadcastResult{}, err
 	}
-	// The original was answered with the position of its last event, its last MessageQueued.
-	pos, err := h.repo.positionAfter(ctx, rec, uint64(b.Count))
+	// The original was answered with the position of its last event: its last BroadcastQueued
+	// chunk (in streams written before chunks, its last MessageQueued).
+	pos, err := h.repo.broadcastEnd(ctx, rec, b)
 	if err != nil {
 		return StartBroadcastResult{}, err
 	}
