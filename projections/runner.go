@@ -227,7 +227,11 @@ func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (
 		}
 	}
 	if len(fresh) == 0 {
+		// Another runner on the same read-model database (another node) applied these
+		// already: this node's view of the checkpoint follows, or its reads asking for a
+		// position (WaitReached) would wait for a batch it never applies.
 		_ = tx.Rollback()
+		r.advance(p.Name(), cp)
 		return nil
 	}
 	if err = p.Apply(ctx, tx, fresh); err != nil {
@@ -251,6 +255,17 @@ func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (
 		ac.AfterCommit(fresh)
 	}
 	return nil
+}
+
+// advance moves projection name's known checkpoint forward to cp (never back) and wakes the
+// waiters: the read model holds every event up to cp, whichever runner applied them.
+func (r *Runner) advance(name string, cp eventstore.Position) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st := r.stat[name]; st != nil && st.Checkpoint.Less(cp) {
+		st.Checkpoint = cp
+		r.cond.Broadcast()
+	}
 }
 
 func (r *Runner) record(name string, err error) {
@@ -431,6 +446,26 @@ func (r *Runner) WaitReached(ctx context.Context, names []string, pos eventstore
 			}
 		}
 		r.mu.Unlock()
+		if len(behind) == 0 {
+			return nil
+		}
+		// The read-model database is the truth: with several nodes on it, another node's
+		// runner may have applied what this one has not seen yet.
+		refreshed := behind[:0]
+		for _, b := range behind {
+			cp, err := r.Checkpoint(ctx, b.p.Name())
+			if err != nil {
+				return err
+			}
+			r.advance(b.p.Name(), cp)
+			if b.cp.Less(cp) {
+				b.cp = cp
+			}
+			if b.cp.Less(pos) {
+				refreshed = append(refreshed, b)
+			}
+		}
+		behind = refreshed
 		if len(behind) == 0 {
 			return nil
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 )
 
@@ -190,6 +191,22 @@ func TestTwoRunnersStartTogetherOnEmptyReadModel(t *testing.T) {
 		case <-n.handledEnd:
 		case <-timeout:
 			t.Fatalf("runner %d never handled the batch ending at %s (statuses %+v)", i, last, n.runner.Statuses())
+		}
+	}
+	// Both nodes, and a third whose runner never ran, see the read model at the last event,
+	// whichever node applied it: a read asking for a position (Waqueue-Min-Position) on any
+	// node returns. Before the fix only the node that applied a batch knew (the multi-node
+	// fault test saw Waqueue-Position-Reached: false for minutes on the others).
+	idle, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store, BatchSize: 64, Logger: quietLogger,
+		Projections: []projections.Projection{&countingProjection{gate: gate}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, testwait.Limit) // a safety net only
+	defer wcancel()
+	for i, r := range []*projections.Runner{nodes[0].runner, nodes[1].runner, idle} {
+		if err := r.WaitReached(wctx, []string{"race_counter"}, last); err != nil {
+			t.Fatalf("runner %d: WaitReached(%s): %v (statuses %+v)", i, last, err, r.Statuses())
 		}
 	}
 	cancel()
