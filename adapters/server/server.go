@@ -92,6 +92,10 @@ type Options struct {
 	// leases are renewed every third of it. A crashed node's connections resume on the others
 	// within LeaseTTL plus a renewal interval.
 	LeaseTTL time.Duration
+	// LeaseRenewInterval is how often the leases are renewed; default a third of LeaseTTL. It
+	// must be below LeaseTTL (the dispatcher refuses otherwise; `waqueue serve` asks for
+	// below half).
+	LeaseRenewInterval time.Duration
 	// NoClearing does not run the clearing process: Node.Clears is built, and clears stay
 	// pending (the queue clearing) until the caller runs Node.Clears.Sweep. For tests of what
 	// happens while a queue is clearing.
@@ -309,8 +313,9 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 			}
 		}
 		if n.Dispatcher, err = dispatcher.New(dispatcher.Config{
-			Leases: leases,
-			Store:  n.Events, Repository: n.Repo, Transport: n.Transport,
+			Leases:             leases,
+			LeaseRenewInterval: o.LeaseRenewInterval,
+			Store:              n.Events, Repository: n.Repo, Transport: n.Transport,
 			Messages:   dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
 			Locator:    dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
 			Pacing:     pacing,

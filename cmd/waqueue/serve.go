@@ -57,6 +57,9 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	if cfg.GroupCommit <= 0 {
 		o.GroupCommit = -1 // off
 	}
+	o.NodeID = cfg.NodeID
+	o.LeaseTTL = cfg.LeaseTTL
+	o.LeaseRenewInterval = cfg.LeaseRenew
 	o.AuditKey = cfg.AuditKey
 	o.AuditCheckpointEvery = cfg.AuditCheckpointEvery
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval
