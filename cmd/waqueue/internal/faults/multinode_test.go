@@ -1,0 +1,513 @@
+//go:build faults
+
+package faults
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/waqueue/waqueue/adapters/eventstore/esdb/esdbtest"
+	"github.com/waqueue/waqueue/adapters/lease"
+	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/projections/dispatcher"
+)
+
+// multiNodeConnections is how many connections the multi-node test registers: 1,000 in issue
+// 15.4, fewer by default so that `make test-faults` stays within minutes on a busy 2-core
+// machine that runs four waqueue processes, PostgreSQL and the test (WAQUEUE_FAULTS_CONNECTIONS
+// overrides it; 1000 passes too, it takes longer).
+func multiNodeConnections(t *testing.T) int {
+	if v := os.Getenv("WAQUEUE_FAULTS_CONNECTIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 10 {
+			t.Fatalf("WAQUEUE_FAULTS_CONNECTIONS=%q: want a number of at least 10", v)
+		}
+		return n
+	}
+	return 150
+}
+
+// Messages per connection of the first broadcast (during which a node is killed) and of the
+// second (after a node was restarted and a fourth added).
+const wave1, wave2 = 4, 2
+
+// leaseRow is one connection's lease as the engine holds it.
+type leaseRow struct {
+	Owner   string
+	Epoch   uint64
+	Expires time.Time // the engine's expiry (released leases: the release time)
+}
+
+// leaseReader reads every lease of the default tenant, by connection id, straight from the
+// engine that holds them.
+type leaseReader func(ctx context.Context) (map[string]leaseRow, error)
+
+func pgLeases(t *testing.T, url string) leaseReader {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return func(ctx context.Context) (map[string]leaseRow, error) {
+		rows, err := db.QueryContext(ctx, `SELECT connection_id, owner, epoch, expires_at FROM dispatch_leases WHERE tenant_id = 'default'`)
+		if err != nil {
+			if strings.Contains(err.Error(), "does not exist") {
+				return nil, nil // no node created the table yet
+			}
+			return nil, err
+		}
+		defer rows.Close()
+		out := map[string]leaseRow{}
+		for rows.Next() {
+			var id string
+			var r leaseRow
+			var epoch int64
+			if err := rows.Scan(&id, &r.Owner, &epoch, &r.Expires); err != nil {
+				return nil, err
+			}
+			r.Epoch = uint64(epoch)
+			out[id] = r
+		}
+		return out, rows.Err()
+	}
+}
+
+func natsLeases(t *testing.T, url string) leaseReader {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(ctx context.Context) (map[string]leaseRow, error) {
+		kv, err := js.KeyValue(ctx, lease.DefaultBucket)
+		if err != nil {
+			return nil, nil // no node created the bucket yet
+		}
+		lister, err := kv.ListKeysFiltered(ctx, "l.>")
+		if err != nil {
+			return nil, err
+		}
+		var keys []string
+		for k := range lister.Keys() {
+			keys = append(keys, k)
+		}
+		out := map[string]leaseRow{}
+		for _, k := range keys {
+			parts := strings.Split(k, ".")
+			tenant, _ := base64.RawURLEncoding.DecodeString(parts[1])
+			id, _ := base64.RawURLEncoding.DecodeString(parts[2])
+			if string(tenant) != "default" {
+				continue
+			}
+			e, err := kv.Get(ctx, k)
+			if err != nil {
+				return nil, err
+			}
+			var v struct {
+				Owner    string `json:"owner"`
+				Epoch    uint64 `json:"epoch"`
+				TTLMicro int64  `json:"ttl_us"`
+				Released bool   `json:"released"`
+			}
+			if err := json.Unmarshal(e.Value(), &v); err != nil {
+				return nil, err
+			}
+			r := leaseRow{Owner: v.Owner, Epoch: v.Epoch, Expires: e.Created()}
+			if !v.Released {
+				r.Expires = r.Expires.Add(time.Duration(v.TTLMicro) * time.Microsecond)
+			}
+			out[string(id)] = r
+		}
+		return out, nil
+	}
+}
+
+// startNATS runs a NATS server with JetStream in this process.
+func startNATS(t *testing.T) string {
+	t.Helper()
+	s, err := natsserver.NewServer(&natsserver.Options{
+		Host: "127.0.0.1", Port: natsserver.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s.ClientURL()
+}
+
+// cluster runs `waqueue serve` processes sharing their stores.
+type cluster struct {
+	t      *testing.T
+	bin    string
+	shared string   // broker token and audit key files, the same for every node
+	args   []string // store flags
+	key    string   // the admin key, created by the first node
+	nodes  map[string]*proc
+}
+
+// start starts node id with a data directory of its own and waits until it is ready.
+func (c *cluster) start(ctx context.Context, id string) *proc {
+	t := c.t
+	t.Helper()
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	args := append([]string{"serve", "--data-dir", dir, "--listen", addr, "--metrics-listen=", "--log-level", "warn",
+		"--node-id", id, "--broker-token-key", filepath.Join(c.shared, "broker.key"),
+		"--audit-key", filepath.Join(c.shared, "audit-key.pem")}, c.args...)
+	p := &proc{cmd: exec.Command(c.bin, args...), logs: &logBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { p.kill(t) })
+	base := "http://" + addr
+	waitFor(t, ctx, id+" ready", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("waqueue serve %s exited: %v\n%s", id, p.cmd.ProcessState, p.logs)
+		default:
+		}
+		res, err := newAPI(base, "").call(ctx, "GET", "/readyz", nil, nil)
+		return err == nil && res.Status == http.StatusOK
+	})
+	if c.key == "" {
+		b, err := os.ReadFile(filepath.Join(dir, "admin.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.key = strings.TrimSpace(string(b))
+	}
+	p.api = newAPI(base, c.key)
+	c.nodes[id] = p
+	return p
+}
+
+// live returns the APIs of the nodes still running, by node id.
+func (c *cluster) live() []*api {
+	var ids []string
+	for id, p := range c.nodes {
+		select {
+		case <-p.done:
+		default:
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	out := make([]*api, len(ids))
+	for i, id := range ids {
+		out[i] = c.nodes[id].api
+	}
+	return out
+}
+
+// cards returns every connection card by id, read from one node.
+func cards(t *testing.T, ctx context.Context, a *api) map[string]card {
+	var page struct {
+		Connections []struct {
+			ID string `json:"id"`
+			card
+		} `json:"connections"`
+	}
+	a.must(t, ctx, "GET", "/v1/connections", nil, nil, http.StatusOK, &page)
+	out := make(map[string]card, len(page.Connections))
+	for _, c := range page.Connections {
+		out[c.ID] = c.card
+	}
+	return out
+}
+
+// parallelDo runs f(i) for i in [0, n) with 8 workers.
+func parallelDo(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(i)
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+// TestMultiNodeTakeover is issue 15.4: three `waqueue serve` processes (the built binary) share
+// the stores and the dispatch through per-connection leases, with the default pacing (3 s + up to
+// 2 s jitter between two messages of a connection) and the default lease TTL and renewal (6 s,
+// 2 s). Every connection gets a broadcast of 4 messages; once about a quarter of them went out,
+// one node is killed with SIGKILL; its connections' leases are taken over by the others (waited
+// for by reading the leases from the engine, and the time it took is logged); the killed node
+// is restarted (a new node id, as a new process is) and a fourth node added; once every lease
+// sits on the node rendezvous hashing ranks first among the four live nodes (balancing moves a
+// connection when it is idle, so this also waits for the first broadcast to drain), every
+// connection gets a second broadcast of 2. The same balance is awaited at the start and at the
+// end. When every queue drained, each connection's history must pass
+// domain/invariants.Check with nothing pending or in flight (no message stranded, none handed
+// over twice, every message in flight at the kill ended unknown, never resent), hand-over
+// epochs never go back, consecutive MessageDispatched are at least the pacing interval apart
+// across nodes, and the first hand-over of each connection taken over from the killed node has
+// a newer epoch and was decided after the killed node's lease expired by the engine's clock.
+//
+// Variants: "postgres" (events, read models and leases in one throwaway PostgreSQL cluster) and
+// "esdb-nats" (events in the in-process EventStoreDB Streams server, read models in PostgreSQL,
+// commands over an in-process NATS JetStream server, and NATS key-value leases). 150
+// connections by default (WAQUEUE_FAULTS_CONNECTIONS for more; the issue asks 1,000).
+func TestMultiNodeTakeover(t *testing.T) {
+	bin := buildBinary(t)
+	variants := []struct {
+		name  string
+		setup func(t *testing.T) ([]string, leaseReader)
+	}{
+		{"postgres", func(t *testing.T) ([]string, leaseReader) {
+			url := pgtest.URL(t)
+			return []string{"--db", url}, pgLeases(t, url)
+		}},
+		{"esdb-nats", func(t *testing.T) ([]string, leaseReader) {
+			url, natsURL := pgtest.URL(t), startNATS(t)
+			return []string{"--db", url, "--eventstore", esdbtest.Start(t), "--broker", natsURL}, natsLeases(t, natsURL)
+		}},
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			args, leases := v.setup(t)
+			multiNode(t, bin, args, leases)
+		})
+	}
+}
+
+func multiNode(t *testing.T, bin string, storeArgs []string, readLeases leaseReader) {
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute) // safety net only
+	defer cancel()
+	n := multiNodeConnections(t)
+	c := &cluster{t: t, bin: bin, shared: t.TempDir(), args: storeArgs, nodes: map[string]*proc{}}
+	c.start(ctx, "n1") // first: creates the admin key, the token and audit key files
+	c.start(ctx, "n2")
+	c.start(ctx, "n3")
+	leasesNow := func() map[string]leaseRow {
+		t.Helper()
+		m, err := readLeases(ctx)
+		if err != nil {
+			t.Fatalf("read leases: %v", err)
+		}
+		return m
+	}
+
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("mn-%04d", i)
+	}
+	apis := c.live()
+	parallelDo(n, func(i int) {
+		apis[i%len(apis)].must(t, ctx, "POST", "/v1/connections", map[string]any{"id": ids[i], "phone": fmt.Sprintf("+4917600%05d", i)},
+			nil, http.StatusCreated, nil)
+	})
+	waitFor(t, ctx, "every connection active", func() bool {
+		cs := cards(t, ctx, apis[0])
+		active := 0
+		for _, id := range ids {
+			if cs[id].LinkStatus == "active" {
+				active++
+			}
+		}
+		return active == n
+	})
+	owners := func() map[string]int {
+		m := map[string]int{}
+		now := time.Now()
+		for _, r := range leasesNow() {
+			if r.Expires.After(now) {
+				m[r.Owner]++
+			}
+		}
+		return m
+	}
+	// balanced waits until each connection's lease is held by the node rendezvous hashing ranks
+	// first among nodes (item 15.2: idle connections move to it within a few renewals).
+	balanced := func(what string, nodes ...string) {
+		t.Helper()
+		start := time.Now()
+		var wrong int
+		waitFor(t, ctx, what+": every lease on the node rendezvous hashing ranks first", func() bool {
+			now, ls := time.Now(), leasesNow()
+			wrong = 0
+			for _, id := range ids {
+				r := ls[id]
+				if !r.Expires.After(now) || r.Owner != dispatcher.Rendezvous(connection.Key("default", id), nodes) {
+					wrong++
+				}
+			}
+			return wrong == 0
+		})
+		t.Logf("%s: balanced over %v in %s: leases per node %v", what, nodes, time.Since(start).Round(100*time.Millisecond), owners())
+	}
+	balanced("start", "n1", "n2", "n3")
+
+	broadcast := func(wave, k int) {
+		apis := c.live()
+		parallelDo(n, func(i int) {
+			rcpts := make([]string, k)
+			for j := range rcpts {
+				rcpts[j] = fmt.Sprintf("+4917%d%05d%02d", wave, i, j)
+			}
+			apis[i%len(apis)].must(t, ctx, "POST", "/v1/connections/"+ids[i]+"/broadcasts", map[string]any{"recipients": rcpts, "text": "sale"},
+				map[string]string{"Idempotency-Key": fmt.Sprintf("wave%d-%s", wave, ids[i])}, http.StatusAccepted, nil)
+		})
+	}
+	// left is what the cards still count pending or in flight.
+	left := func(a *api) uint64 {
+		var sum uint64
+		for _, cd := range cards(t, ctx, a) {
+			sum += cd.Pending + cd.InFlight
+		}
+		return sum
+	}
+	broadcast(1, wave1)
+	total1 := uint64(n * wave1)
+	waitFor(t, ctx, "a quarter of the first broadcast sent", func() bool { return left(c.nodes["n2"].api) <= total1*3/4 })
+	remaining := left(c.nodes["n2"].api)
+	if remaining == 0 {
+		t.Fatal("the first broadcast drained before the kill: nothing to take over mid-broadcast")
+	}
+
+	// Kill n1 mid-broadcast; note the leases it held (their epochs and expiry by the engine).
+	before := leasesNow()
+	c.nodes["n1"].kill(t)
+	killedAt := time.Now()
+	held := map[string]leaseRow{}
+	for id, r := range before {
+		if r.Owner == "n1" && r.Expires.After(killedAt.Add(-time.Second)) {
+			held[id] = r
+		}
+	}
+	if len(held) == 0 {
+		t.Fatalf("n1 held no lease at the kill; leases per node: %v", owners())
+	}
+	t.Logf("killed n1 with %d of %d messages of the first broadcast left, holding %d leases", remaining, total1, len(held))
+
+	// Wait until every lease of n1 has another owner with a newer epoch.
+	var lastTaken time.Duration
+	taken := map[string]bool{}
+	waitFor(t, ctx, "n1's leases taken over", func() bool {
+		now := leasesNow()
+		for id, r := range held {
+			if cur := now[id]; !taken[id] && cur.Owner != "n1" && cur.Epoch > r.Epoch && cur.Expires.After(time.Now()) {
+				taken[id] = true
+				lastTaken = time.Since(killedAt)
+			}
+		}
+		return len(taken) == len(held)
+	})
+	ttl, renew := lease.DefaultTTL, lease.DefaultTTL/3
+	t.Logf("TAKEOVER: %d leases of the killed node taken over within %s of the kill (documented bound TTL %s + renewal %s = %s; "+
+		"observed by polling the engine)", len(held), lastTaken.Round(10*time.Millisecond), ttl, renew, ttl+renew)
+
+	// Restart n1 (a new process is a new node) and add a fourth node; wait until rendezvous
+	// balancing handed both a share.
+	c.start(ctx, "n1b")
+	c.start(ctx, "n4")
+	balanced("restart and a fourth node", "n1b", "n2", "n3", "n4")
+	wave2At := time.Now()
+	broadcast(2, wave2)
+
+	// Every queue drains.
+	waitFor(t, ctx, "every queue drained", func() bool { return left(c.nodes["n4"].api) == 0 })
+	t.Logf("drained %s after the second broadcast", time.Since(wave2At).Round(100*time.Millisecond))
+	balanced("drained", "n1b", "n2", "n3", "n4")
+
+	a := c.nodes["n2"].api
+	var dispatched, unknown, retried int
+	var minGap time.Duration = -1
+	histories := make([][]recorded, n)
+	parallelDo(n, func(i int) { histories[i] = a.history(t, ctx, ids[i]) })
+	for i, id := range ids {
+		h := histories[i]
+		rep := check(t, id, h, nil)
+		if err := settled(rep); err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
+		if rep.Queued != wave1+wave2 {
+			t.Errorf("%s: %d messages queued, want %d", id, rep.Queued, wave1+wave2)
+		}
+		var lastAt time.Time
+		var lastEpoch uint64
+		var takeover *connection.MessageDispatched
+		for _, e := range h {
+			var epoch uint64
+			switch ev := e.Event.(type) {
+			case connection.MessageDispatched:
+				dispatched++
+				epoch = ev.Epoch
+				if !lastAt.IsZero() {
+					gap := ev.DispatchedAt.Sub(lastAt)
+					if minGap < 0 || gap < minGap {
+						minGap = gap
+					}
+					if gap < dispatcher.DefaultMinInterval {
+						t.Errorf("%s: seq %d dispatched %s after the previous (epoch %d after %d): pacing interval %s broken",
+							id, ev.Seq, gap, ev.Epoch, lastEpoch, dispatcher.DefaultMinInterval)
+					}
+				}
+				lastAt = ev.DispatchedAt
+				if r, ok := held[id]; ok && takeover == nil && ev.Epoch > r.Epoch {
+					takeover = &ev
+				}
+			case connection.MessageSendRetried:
+				retried++
+				epoch = ev.Epoch
+			case connection.MessageOutcomeUnknown:
+				unknown++
+				continue
+			default:
+				continue
+			}
+			if epoch < lastEpoch {
+				t.Errorf("%s: revision %d handed over with epoch %d after epoch %d (a stale owner)", id, e.Revision, epoch, lastEpoch)
+			}
+			lastEpoch = epoch
+		}
+		if r, ok := held[id]; ok && takeover != nil && takeover.DispatchedAt.Before(r.Expires) {
+			t.Errorf("%s: taken over from the killed node (epoch %d, lease expiring %s) by epoch %d dispatching at %s, before the expiry",
+				id, r.Epoch, r.Expires.Format(time.RFC3339Nano), takeover.Epoch, takeover.DispatchedAt.Format(time.RFC3339Nano))
+		}
+	}
+	t.Logf("%d connections, %d dispatches (%d retried hand-overs, %d outcomes unknown), smallest interval between two dispatches of a connection %s",
+		n, dispatched, retried, unknown, minGap.Round(time.Millisecond))
+	if t.Failed() {
+		for id, p := range c.nodes {
+			t.Logf("%s errors:\n%s", id, errorLines(p.logs.String(), 10))
+		}
+	}
+}
