@@ -51,6 +51,7 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 		BrokerTokenSecretFile: cfg.BrokerTokenKey,
 	}
 	o.Simulator.Seed = uint64(cfg.SimulatorSeed)
+	o.Simulator.Default.Latency = cfg.SimulatorLatency
 	o.NoPacing = cfg.NoPacing
 	o.NoDispatcher = cfg.NoDispatcher
 	o.GroupCommit = cfg.GroupCommit

@@ -59,6 +59,10 @@ type Config struct {
 	MetricsTenantTop int
 	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
 	SimulatorSeed int64
+	// SimulatorLatency is the simulator's time between a hand-over and WhatsApp's acknowledgement
+	// (--sim-latency, WAQUEUE_SIM_LATENCY). Default 0. The fault tests use it to catch messages in
+	// flight when they kill a node.
+	SimulatorLatency time.Duration
 	// NoPacing sends as fast as the transport takes messages (--no-pacing, WAQUEUE_NO_PACING).
 	// For the simulator and benchmarks only: real numbers get banned without pacing.
 	NoPacing bool
@@ -120,6 +124,7 @@ var env = map[string]string{
 	"metrics-token":      "WAQUEUE_METRICS_TOKEN",
 	"metrics-tenant-top": "WAQUEUE_METRICS_TENANT_TOP",
 	"sim-seed":           "WAQUEUE_SIM_SEED",
+	"sim-latency":        "WAQUEUE_SIM_LATENCY",
 	"log-level":          "WAQUEUE_LOG_LEVEL",
 	"no-pacing":          "WAQUEUE_NO_PACING",
 	"no-dispatcher":      "WAQUEUE_NO_DISPATCHER",
@@ -154,6 +159,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MetricsToken, "metrics-token", "", "bearer token the metrics listener requires (prefer $WAQUEUE_METRICS_TOKEN)")
 	fs.IntVar(&c.MetricsTenantTop, "metrics-tenant-top", 0, "break queue depths down by tenant for this many tenants, 0 for none, at most 100 ($WAQUEUE_METRICS_TENANT_TOP)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
+	fs.DurationVar(&c.SimulatorLatency, "sim-latency", 0, "simulator transport: time between a hand-over and its acknowledgement ($WAQUEUE_SIM_LATENCY)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
 	fs.BoolVar(&c.NoDispatcher, "no-dispatcher", false, "serve the API without dispatching (extra API-only instances) ($WAQUEUE_NO_DISPATCHER)")
 	fs.IntVar(&c.GroupCommit, "group-commit", 4, "PostgreSQL event store: group concurrent single-event appends in up to N shared transactions; 0 turns it off ($WAQUEUE_GROUP_COMMIT)")
@@ -286,6 +292,9 @@ func (c *Config) Validate() error {
 			continue
 		}
 		c.WebhookAllowPrefixes = append(c.WebhookAllowPrefixes, p.Masked())
+	}
+	if c.SimulatorLatency < 0 || c.SimulatorLatency > time.Minute {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_SIM_LATENCY %s: want 0 to 1m", c.SimulatorLatency))
 	}
 	if c.LeaseTTL < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("config: WAQUEUE_LEASE_TTL %s: want at least 100ms", c.LeaseTTL))

@@ -166,6 +166,7 @@ func TestLeaseSettings(t *testing.T) {
 		{[]string{"--lease-ttl", "10ms"}, "WAQUEUE_LEASE_TTL"},
 		{[]string{"--lease-ttl", "0s"}, "WAQUEUE_LEASE_TTL"},
 		{[]string{"--node-id", "a b"}, "WAQUEUE_NODE_ID"},
+		{[]string{"--sim-latency", "-1s"}, "WAQUEUE_SIM_LATENCY"},
 	} {
 		if _, err := parse(t, bad.args, nil); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%v: err = %v, want %s named", bad.args, err, bad.want)

@@ -179,7 +179,7 @@ func (c *cluster) start(ctx context.Context, id string) *proc {
 	addr := freeAddr(t)
 	dir := t.TempDir()
 	args := append([]string{"serve", "--data-dir", dir, "--listen", addr, "--metrics-listen=", "--log-level", "warn",
-		"--node-id", id, "--broker-token-key", filepath.Join(c.shared, "broker.key"),
+		"--node-id", id, "--sim-latency", "1s", "--broker-token-key", filepath.Join(c.shared, "broker.key"),
 		"--audit-key", filepath.Join(c.shared, "audit-key.pem")}, c.args...)
 	p := &proc{cmd: exec.Command(c.bin, args...), logs: &logBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
@@ -448,7 +448,7 @@ func multiNode(t *testing.T, bin string, storeArgs []string, readLeases leaseRea
 	balanced("drained", "n1b", "n2", "n3", "n4")
 
 	a := c.nodes["n2"].api
-	var dispatched, unknown, retried int
+	var dispatched, unknown, retried, inFlight int
 	var minGap time.Duration = -1
 	histories := make([][]recorded, n)
 	parallelDo(n, func(i int) { histories[i] = a.history(t, ctx, ids[i]) })
@@ -498,16 +498,49 @@ func multiNode(t *testing.T, bin string, storeArgs []string, readLeases leaseRea
 			}
 			lastEpoch = epoch
 		}
+		if _, ok := held[id]; ok {
+			inFlight += checkKilledInFlight(t, id, h, killedAt)
+		}
 		if r, ok := held[id]; ok && takeover != nil && takeover.DispatchedAt.Before(r.Expires) {
 			t.Errorf("%s: taken over from the killed node (epoch %d, lease expiring %s) by epoch %d dispatching at %s, before the expiry",
 				id, r.Epoch, r.Expires.Format(time.RFC3339Nano), takeover.Epoch, takeover.DispatchedAt.Format(time.RFC3339Nano))
 		}
 	}
-	t.Logf("%d connections, %d dispatches (%d retried hand-overs, %d outcomes unknown), smallest interval between two dispatches of a connection %s",
-		n, dispatched, retried, unknown, minGap.Round(time.Millisecond))
+	t.Logf("%d connections, %d dispatches (%d retried hand-overs, %d outcomes unknown; %d in flight on the killed node, each recorded unknown by its successor), "+
+		"smallest interval between two dispatches of a connection %s",
+		n, dispatched, retried, unknown, inFlight, minGap.Round(time.Millisecond))
 	if t.Failed() {
 		for id, p := range c.nodes {
 			t.Logf("%s errors:\n%s", id, errorLines(p.logs.String(), 10))
 		}
 	}
+}
+
+// checkKilledInFlight checks that every message of h handed over before killedAt and not
+// acknowledged by then (in flight on the killed node) was recorded unknown afterwards (by the
+// node that took the connection over; invariants.Check already refused a second hand-over), and
+// returns how many there were.
+func checkKilledInFlight(t *testing.T, id string, h []recorded, killedAt time.Time) int {
+	t.Helper()
+	open := map[uint64]bool{}
+	for _, e := range h {
+		if !e.RecordedAt.Before(killedAt) {
+			break
+		}
+		if seq, d, a := ack(e.Event); d {
+			open[seq] = true
+		} else if a {
+			delete(open, seq)
+		}
+	}
+	n := len(open)
+	for _, e := range h {
+		if u, ok := e.Event.(connection.MessageOutcomeUnknown); ok && !e.RecordedAt.Before(killedAt) {
+			delete(open, u.Seq)
+		}
+	}
+	for seq := range open {
+		t.Errorf("%s: seq %d was in flight on the killed node and was never recorded unknown", id, seq)
+	}
+	return n
 }
