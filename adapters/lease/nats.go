@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"sort"
 	"strings"
 	"sync"
@@ -47,8 +48,9 @@ type NATS struct {
 	node string
 	ttl  time.Duration
 
-	mu   sync.Mutex
-	held map[dispatcher.LeaseKey]heldLease
+	mu    sync.Mutex
+	held  map[dispatcher.LeaseKey]heldLease
+	locks [256]sync.Mutex // keyLock
 }
 
 type heldLease struct {
@@ -147,18 +149,13 @@ func (n *NATS) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatc
 	var mu sync.Mutex
 	var out []dispatcher.Lease
 	err = parallel(ctx, len(uniq), func(i int) error {
-		k := uniq[i]
-		start := time.Now()
-		l, rev, ok, err := n.claim1(ctx, k, now)
+		l, _, ok, err := n.claim1(ctx, uniq[i], now)
 		if err != nil || !ok {
 			return err
 		}
 		mu.Lock()
-		defer mu.Unlock()
 		out = append(out, l)
-		n.mu.Lock()
-		n.held[k] = heldLease{rev: rev, epoch: l.Epoch, at: start}
-		n.mu.Unlock()
+		mu.Unlock()
 		return nil
 	})
 	if err != nil {
@@ -167,8 +164,25 @@ func (n *NATS) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatc
 	return out, nil
 }
 
-// claim1 claims one key; ok false when another node holds it (or won a race for it).
+// claim1 claims one key; ok false when another node holds it (or won a race for it). This
+// node's writes of one key are serialized (keyLock), so a compare-and-set fails only on another
+// node's write.
 func (n *NATS) claim1(ctx context.Context, k dispatcher.LeaseKey, now time.Time) (dispatcher.Lease, uint64, bool, error) {
+	mu := n.keyLock(k)
+	mu.Lock()
+	defer mu.Unlock()
+	start := time.Now()
+	l, rev, ok, err := n.claimOnce(ctx, k, now)
+	if ok {
+		n.mu.Lock()
+		n.held[k] = heldLease{rev: rev, epoch: l.Epoch, at: start}
+		n.mu.Unlock()
+	}
+	return l, rev, ok, err
+}
+
+// claimOnce reads the key and writes it by a compare-and-set when this node may claim it.
+func (n *NATS) claimOnce(ctx context.Context, k dispatcher.LeaseKey, now time.Time) (dispatcher.Lease, uint64, bool, error) {
 	key := leaseKV(k)
 	v := natsValue{Owner: n.node, Epoch: 1, TTLMicro: n.ttl.Microseconds()}
 	e, err := n.kv.Get(ctx, key)
@@ -200,7 +214,7 @@ func (n *NATS) claim1(ctx context.Context, k dispatcher.LeaseKey, now time.Time)
 	}
 	rev, err := n.kv.Update(ctx, key, mustJSON(v), e.Revision())
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-		return dispatcher.Lease{}, 0, false, nil // written meanwhile: someone else's claim or renewal
+		return dispatcher.Lease{}, 0, false, nil // another node wrote it meanwhile
 	}
 	if err != nil {
 		return dispatcher.Lease{}, 0, false, err
@@ -215,43 +229,26 @@ func (n *NATS) Renew(ctx context.Context) ([]dispatcher.Lease, error) {
 	if _, err := n.kv.Put(ctx, nodeKV(n.node), mustJSON(natsValue{Owner: n.node, TTLMicro: n.ttl.Microseconds()})); err != nil {
 		return nil, fmt.Errorf("lease: heartbeat: %w", err)
 	}
-	type item struct {
-		k dispatcher.LeaseKey
-		h heldLease
-	}
 	now := time.Now()
 	n.mu.Lock()
-	var items []item
+	var keys []dispatcher.LeaseKey
 	for k, h := range n.held {
 		if now.Sub(h.at) >= n.ttl {
 			delete(n.held, k) // expired: another node may take it; a claim decides
 			continue
 		}
-		items = append(items, item{k, h})
+		keys = append(keys, k)
 	}
 	n.mu.Unlock()
 	var mu sync.Mutex
 	var out []dispatcher.Lease
-	err := parallel(ctx, len(items), func(i int) error {
-		it := items[i]
-		start := time.Now()
-		v := natsValue{Owner: n.node, Epoch: it.h.epoch, TTLMicro: n.ttl.Microseconds()}
-		rev, err := n.kv.Update(ctx, leaseKV(it.k), mustJSON(v), it.h.rev)
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		if cur, ok := n.held[it.k]; !ok || cur.rev != it.h.rev {
-			return nil // released or re-claimed meanwhile
-		}
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-			delete(n.held, it.k) // another node wrote it: lost
-			return nil
-		}
-		if err != nil {
+	err := parallel(ctx, len(keys), func(i int) error {
+		epoch, ok, err := n.renew1(ctx, keys[i])
+		if err != nil || !ok {
 			return err
 		}
-		n.held[it.k] = heldLease{rev: rev, epoch: it.h.epoch, at: start}
 		mu.Lock()
-		out = append(out, dispatcher.Lease{LeaseKey: it.k, Epoch: it.h.epoch})
+		out = append(out, dispatcher.Lease{LeaseKey: keys[i], Epoch: epoch})
 		mu.Unlock()
 		return nil
 	})
@@ -261,36 +258,76 @@ func (n *NATS) Renew(ctx context.Context) ([]dispatcher.Lease, error) {
 	return out, nil
 }
 
+// renew1 extends one lease by a compare-and-set on the revision this node wrote last (its
+// writes of one key are serialized, keyLock) and returns its epoch. ok is false when the lease
+// was released meanwhile or another node wrote the key (then it is lost: forgotten here).
+func (n *NATS) renew1(ctx context.Context, k dispatcher.LeaseKey) (epoch uint64, ok bool, err error) {
+	mu := n.keyLock(k)
+	mu.Lock()
+	defer mu.Unlock()
+	n.mu.Lock()
+	h, held := n.held[k]
+	n.mu.Unlock()
+	if !held {
+		return 0, false, nil
+	}
+	start := time.Now()
+	v := mustJSON(natsValue{Owner: n.node, Epoch: h.epoch, TTLMicro: n.ttl.Microseconds()})
+	rev, err := n.kv.Update(ctx, leaseKV(k), v, h.rev)
+	lost := errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
+	if err != nil && !lost {
+		return 0, false, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if lost {
+		delete(n.held, k)
+		return 0, false, nil
+	}
+	n.held[k] = heldLease{rev: rev, epoch: h.epoch, at: start}
+	return h.epoch, true, nil
+}
+
+// keyLock returns the mutex serializing this node's writes of k (striped).
+func (n *NATS) keyLock(k dispatcher.LeaseKey) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(k.Tenant))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write([]byte(k.ConnectionID))
+	return &n.locks[h.Sum32()%uint32(len(n.locks))]
+}
+
 // Release marks this node's leases of keys (all of them for nil, and then its heartbeat is
 // deleted) released, keeping owner and epoch, so the next owner's claim raises the epoch.
 func (n *NATS) Release(ctx context.Context, keys []dispatcher.LeaseKey) error {
-	n.mu.Lock()
-	var ks []dispatcher.LeaseKey
-	var hs []heldLease
-	if keys == nil {
-		for k, h := range n.held {
-			ks, hs = append(ks, k), append(hs, h)
+	all := keys == nil
+	if all {
+		n.mu.Lock()
+		for k := range n.held {
+			keys = append(keys, k)
 		}
-	} else {
-		for _, k := range keys {
-			if h, ok := n.held[k]; ok {
-				ks, hs = append(ks, k), append(hs, h)
-			}
-		}
+		n.mu.Unlock()
 	}
-	for _, k := range ks {
+	err := parallel(ctx, len(keys), func(i int) error {
+		k := keys[i]
+		mu := n.keyLock(k)
+		mu.Lock()
+		defer mu.Unlock()
+		n.mu.Lock()
+		h, ok := n.held[k]
 		delete(n.held, k)
-	}
-	n.mu.Unlock()
-	err := parallel(ctx, len(ks), func(i int) error {
-		v := natsValue{Owner: n.node, Epoch: hs[i].epoch, TTLMicro: n.ttl.Microseconds(), Released: true}
-		_, err := n.kv.Update(ctx, leaseKV(ks[i]), mustJSON(v), hs[i].rev)
+		n.mu.Unlock()
+		if !ok {
+			return nil
+		}
+		v := natsValue{Owner: n.node, Epoch: h.epoch, TTLMicro: n.ttl.Microseconds(), Released: true}
+		_, err := n.kv.Update(ctx, leaseKV(k), mustJSON(v), h.rev)
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-			return nil // not ours any more
+			return nil // another node's now
 		}
 		return err
 	})
-	if keys == nil {
+	if all {
 		if derr := n.kv.Delete(ctx, nodeKV(n.node)); derr != nil && !errors.Is(derr, jetstream.ErrKeyNotFound) {
 			err = errors.Join(err, derr)
 		}
