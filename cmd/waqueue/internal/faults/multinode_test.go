@@ -525,9 +525,9 @@ func multiNode(t *testing.T, bin string, storeArgs []string, readLeases leaseRea
 					if minGap < 0 || gap < minGap {
 						minGap = gap
 					}
-					if gap < dispatcher.DefaultMinInterval {
+					if gap < connection.DefaultMinInterval {
 						t.Errorf("%s: seq %d dispatched %s after the previous (epoch %d after %d): pacing interval %s broken",
-							id, ev.Seq, gap, ev.Epoch, lastEpoch, dispatcher.DefaultMinInterval)
+							id, ev.Seq, gap, ev.Epoch, lastEpoch, connection.DefaultMinInterval)
 					}
 				}
 				lastAt = ev.DispatchedAt
