@@ -1,9 +1,8 @@
 // Package lease holds the adapters of dispatcher.Leases, the per-connection leases that let
 // several nodes share the dispatch: Postgres, a lease table in the PostgreSQL database that holds
-// the read models. (The single-node implementation, dispatcher.SingleNode, needs no engine.)
-//
-// NATS JetStream key-value leases, for EventStoreDB + NATS deployments, are not implemented:
-// such a deployment runs one dispatching process.
+// the read models, and NATS, a JetStream key-value bucket for EventStoreDB + NATS deployments.
+// Both pass the leasetest conformance suite. (The single-node implementation,
+// dispatcher.SingleNode, needs no engine.)
 package lease
 
 import (

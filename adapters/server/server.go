@@ -23,6 +23,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -85,13 +87,18 @@ type Options struct {
 	NoPacing bool
 	// NoDispatcher leaves the dispatcher off (messages stay queued).
 	NoDispatcher bool
-	// NodeID names this process in the dispatch leases (PostgreSQL read models only). It must
+	// NodeID names this process in the dispatch leases (PostgreSQL read models, or EventStoreDB
+	// with a NATS broker: JetStream key-value leases). It must
 	// be unique among the running processes. Default hostname-pid-random.
 	NodeID string
 	// LeaseTTL is the dispatch lease TTL on PostgreSQL (lease.DefaultTTL, 6s, when zero); the
 	// leases are renewed every third of it. A crashed node's connections resume on the others
 	// within LeaseTTL plus a renewal interval.
 	LeaseTTL time.Duration
+	// LeaseRenewInterval is how often the leases are renewed; default a third of LeaseTTL. It
+	// must be below LeaseTTL (the dispatcher refuses otherwise; `waqueue serve` asks for
+	// below half).
+	LeaseRenewInterval time.Duration
 	// NoClearing does not run the clearing process: Node.Clears is built, and clears stay
 	// pending (the queue clearing) until the caller runs Node.Clears.Sweep. For tests of what
 	// happens while a queue is clearing.
@@ -164,6 +171,9 @@ type Node struct {
 	Transport    transport.Transport
 	Simulator    *simulator.Simulator
 	Dispatcher   *dispatcher.Dispatcher
+	// Leases are the dispatcher's leases: NATS key-value ones with EventStoreDB and a NATS broker,
+	// PostgreSQL ones with PostgreSQL read models, nil otherwise (one dispatching process).
+	Leases dispatcher.Leases
 	// Handler serves the HTTP API under / and the operator console under /console/. It does
 	// not serve the metrics.
 	Handler http.Handler
@@ -303,14 +313,23 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		// connection's loop and session run under a lease in that database. On SQLite one
 		// process dispatches by nature (SingleNode).
 		var leases dispatcher.Leases
-		if n.DB.Dialect == projections.Postgres {
+		switch {
+		case o.EventStore != "" && strings.HasPrefix(o.Broker, "nats://"):
+			// EventStoreDB + NATS: the leases live in a JetStream key-value bucket, beside the
+			// engines that hold the events and carry the commands.
+			if leases, err = n.openNATSLeases(ctx); err != nil {
+				return nil, err
+			}
+		case n.DB.Dialect == projections.Postgres:
 			if leases, err = lease.NewPostgres(ctx, n.SQL, o.NodeID, o.LeaseTTL); err != nil {
 				return nil, err
 			}
 		}
+		n.Leases = leases
 		if n.Dispatcher, err = dispatcher.New(dispatcher.Config{
-			Leases: leases,
-			Store:  n.Events, Repository: n.Repo, Transport: n.Transport,
+			Leases:             leases,
+			LeaseRenewInterval: o.LeaseRenewInterval,
+			Store:              n.Events, Repository: n.Repo, Transport: n.Transport,
 			Messages:   dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
 			Locator:    dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
 			Pacing:     pacing,
@@ -498,6 +517,21 @@ func (n *Node) openBroker(ctx context.Context, wlog watermill.LoggerAdapter) (me
 	}
 	n.closers = append(n.closers, closer.Close)
 	return pub, sub, nil
+}
+
+// openNATSLeases connects to the broker's NATS server and returns the JetStream key-value leases
+// of this node.
+func (n *Node) openNATSLeases(ctx context.Context) (*lease.NATS, error) {
+	nc, err := nats.Connect(n.Options.Broker, nats.Name("waqueue leases "+n.Options.NodeID), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("server: connect to NATS for the leases: %w", err)
+	}
+	n.closers = append(n.closers, func() error { nc.Close(); return nil })
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("server: JetStream for the leases: %w", err)
+	}
+	return lease.NewNATS(ctx, js, "", 1, n.Options.NodeID, n.Options.LeaseTTL)
 }
 
 func (n *Node) openTransport(ctx context.Context) error {

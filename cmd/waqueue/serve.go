@@ -51,12 +51,16 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 		BrokerTokenSecretFile: cfg.BrokerTokenKey,
 	}
 	o.Simulator.Seed = uint64(cfg.SimulatorSeed)
+	o.Simulator.Default.Latency = cfg.SimulatorLatency
 	o.NoPacing = cfg.NoPacing
 	o.NoDispatcher = cfg.NoDispatcher
 	o.GroupCommit = cfg.GroupCommit
 	if cfg.GroupCommit <= 0 {
 		o.GroupCommit = -1 // off
 	}
+	o.NodeID = cfg.NodeID
+	o.LeaseTTL = cfg.LeaseTTL
+	o.LeaseRenewInterval = cfg.LeaseRenew
 	o.AuditKey = cfg.AuditKey
 	o.AuditCheckpointEvery = cfg.AuditCheckpointEvery
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval

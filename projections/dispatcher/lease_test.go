@@ -432,3 +432,57 @@ func TestJoiningNodeTakesItsShare(t *testing.T) {
 		}
 	}
 }
+
+// TestStrayLeaseIsReleased: node a's engine holds a lease its Dispatcher does not (one the
+// Dispatcher stopped trusting while the engine still renewed it, e.g. a claim that finished
+// after a renewal began, which the renewal reported "not renewed") on a connection b ranks first.
+// a's renewals must release it, or they would renew it forever, keep it from b, and the
+// connection would never send. The stray lease is made by claiming it through a's adapter
+// before the connection is registered.
+func TestStrayLeaseIsReleased(t *testing.T) {
+	h := newHarness(t, openPostgres)
+	h.autoAdvance(100 * time.Millisecond)
+	ttl := 2 * time.Second
+	simA, simB := nodeSim(t, h, 1), nodeSim(t, h, 2)
+	ids := make([]string, 8)
+	toB := 0
+	for i := range ids {
+		ids[i] = fmt.Sprintf("c%d", i)
+		h.registerOnly(ids[i])
+		if dispatcher.Rendezvous(key(ids[i]), []string{"a", "b"}) == "b" {
+			toB++
+		}
+	}
+	stray := ""
+	for i := 0; stray == ""; i++ {
+		if id := fmt.Sprintf("stray%d", i); dispatcher.Rendezvous(key(id), []string{"a", "b"}) == "b" {
+			stray = id
+		}
+	}
+	if toB == 0 || toB == len(ids) {
+		t.Fatalf("rendezvous puts %d of %d on b; pick other ids", toB, len(ids))
+	}
+	la := pgLeases(t, h, "a", ttl)
+	h.node(simA, la)
+	for i, id := range ids {
+		h.enqueueOne(id, fmt.Sprint("first-", i), 0)
+	}
+	for _, id := range ids {
+		h.eventually(id+" sent", func() bool { return count[connection.MessageSent](h.history(id)) == 1 })
+	}
+	b := h.node(simB, pgLeases(t, h, "b", ttl))
+	h.eventually("b holds its share (a knows b is live)", func() bool { return len(b.Held()) == toB })
+
+	if got, err := la.Claim(context.Background(), []dispatcher.LeaseKey{{Tenant: tenant, ConnectionID: stray}}); err != nil || len(got) != 1 {
+		t.Fatalf("stray claim: %v %v", got, err)
+	}
+	h.registerOnly(stray)
+	h.enqueueOne(stray, "to-the-stray", 0)
+	h.eventually(stray+" sent through b", func() bool { return countOn(stray, simB) == 1 })
+	if n := countOn(stray, simA); n != 0 {
+		t.Errorf("%s: %d sends through a, which b ranks first", stray, n)
+	}
+	for _, v := range invariants.Check(h.history(stray), sendsOn(stray, simA, simB)).Violations {
+		t.Errorf("%s: %s", stray, v)
+	}
+}

@@ -15,12 +15,19 @@ import (
 // Dispatcher.mu. Lease times are real time (time.Now, monotonic): a lease is a bound on I/O,
 // not a schedule, and the injected Clock may be a test's fake.
 type leaseState struct {
-	held    bool
-	epoch   uint64
-	known   bool      // a lease was granted once in this process (epoch is meaningful)
-	at      time.Time // when the claim or renewal that granted it started
-	until   time.Time // at + TTL: the lease is not trusted past this instant
-	foreign bool      // the last claim was refused: another node holds it; retried by renewals
+	held  bool
+	epoch uint64
+	known bool      // a lease was granted once in this process (epoch is meaningful)
+	at    time.Time // when the claim or renewal that granted it started
+	until time.Time // at + TTL: the lease is not trusted past this instant
+	// recorded is when the grant or renewal was recorded here: a renewal that started before
+	// it may not include the lease (the claim committed after the renewal read), which does
+	// not mean it was lost.
+	recorded time.Time
+	foreign  bool // the last claim was refused: another node holds it; retried by renewals
+	// claiming is true while the loop's Claim is in flight: a renewal must not take the lease
+	// it may be granting for a stray one.
+	claiming bool
 }
 
 // validLocked reports whether the lease is held and not past its local expiry.
@@ -61,22 +68,29 @@ func (d *Dispatcher) lease(ctx context.Context, connID string, st *connState) (e
 	d.mu.Lock()
 	if !d.preferredLocked(connID) {
 		// Another live node ranks first: it claims the connection (renewals retry it here if
-		// that node goes away).
+		// that node goes away). A lease held until now (past its local expiry) is released, so
+		// that node need not wait for it to expire, and it is not renewed on here.
 		wasHeld := st.lease.held
 		st.lease.held, st.lease.foreign = false, true
 		d.mu.Unlock()
 		if wasHeld {
 			d.lost(connID)
+			if err := d.cfg.Leases.Release(ctx, []LeaseKey{leaseKey(connID)}); err != nil && ctx.Err() == nil {
+				d.log.Warn("releasing a lease another node ranks first for failed; the renewals release it", "connection", connID, "err", err)
+			}
 		}
 		return 0, false, errLeaseHeldElsewhere
 	}
+	st.lease.claiming = true
 	d.mu.Unlock()
 	start := time.Now()
 	got, err := d.cfg.Leases.Claim(ctx, []LeaseKey{leaseKey(connID)})
+	d.mu.Lock()
+	st.lease.claiming = false // in the critical section that records the outcome
 	if err != nil {
+		d.mu.Unlock()
 		return 0, false, err
 	}
-	d.mu.Lock()
 	if len(got) == 0 {
 		wasHeld := st.lease.held
 		st.lease.held, st.lease.foreign = false, true
@@ -91,6 +105,7 @@ func (d *Dispatcher) lease(ctx context.Context, connID string, st *connState) (e
 	st.takeover = false
 	gained := !l.held
 	l.held, l.known, l.foreign, l.epoch, l.at, l.until = true, true, false, got[0].Epoch, start, start.Add(d.cfg.Leases.TTL())
+	l.recorded = time.Now()
 	d.mu.Unlock()
 	if gained {
 		d.gained(ctx, connID)
@@ -200,10 +215,19 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 	var lost, handOver []string
 	var retry, release []LeaseKey
 	d.mu.Lock()
+	for _, l := range got {
+		// A lease the engine renewed for this node but the Dispatcher does not hold (it stopped
+		// trusting it, or never claimed it in this process) and another live node ranks first
+		// for: release it, or it would be renewed here forever and that node never get it.
+		st := d.conns[l.key()]
+		if (st == nil || (!st.lease.held && !st.lease.claiming)) && !d.preferredLocked(l.key()) {
+			release = append(release, l.LeaseKey)
+		}
+	}
 	for id, st := range d.conns {
 		l := &st.lease
 		if e, ok := renewed[id]; ok && l.held && e == l.epoch {
-			l.at, l.until = start, start.Add(ttl)
+			l.at, l.until, l.recorded = start, start.Add(ttl), start
 			if !st.running && !d.preferredLocked(id) {
 				// Balance: another live node ranks first; hand the idle connection over.
 				l.held, l.foreign = false, true
@@ -213,8 +237,9 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 			continue
 		}
 		switch {
-		case l.held && l.at.Before(start):
-			// Not renewed (expired and maybe taken over): stop trusting it.
+		case l.held && l.recorded.Before(start):
+			// Not renewed (expired and maybe taken over): stop trusting it. (A lease granted
+			// after this renewal started is left to the next one.)
 			l.held, l.foreign = false, true
 			lost = append(lost, id)
 		case l.foreign && !l.held && d.preferredLocked(id):
@@ -258,7 +283,7 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 		// reports a takeover through the epoch check below.
 		l := &st.lease
 		takeover := !l.known || l.epoch != g.Epoch
-		l.held, l.foreign, l.at, l.until = true, false, start, start.Add(ttl)
+		l.held, l.foreign, l.at, l.until, l.recorded = true, false, start, start.Add(ttl), time.Now()
 		if takeover {
 			l.known, l.epoch = true, g.Epoch
 			st.takeover = true

@@ -217,6 +217,53 @@ func Run(t *testing.T, newBackend func(t *testing.T) Opener, exclusive bool) {
 		}
 	})
 
+	t.Run("a node's concurrent claims and renewals of its own leases never lose them", func(t *testing.T) {
+		// The Dispatcher claims from each connection's loop while its renewal loop renews every
+		// lease: neither may make the other miss a lease the node holds.
+		open := newBackend(t)
+		a := open("a", long)
+		ks := make([]dispatcher.LeaseKey, 20)
+		for i := range ks {
+			ks[i] = key(fmt.Sprint("c", i))
+		}
+		first, err := a.Claim(ctx, ks)
+		if err != nil || len(first) != len(ks) {
+			t.Fatalf("claimed %d of %d: %v", len(first), len(ks), err)
+		}
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 10 {
+					if g%2 == 0 {
+						got, err := a.Claim(ctx, ks[g:g+5])
+						if err != nil || len(got) != 5 {
+							t.Errorf("re-claim of 5 held keys granted %d: %v", len(got), err)
+							return
+						}
+						continue
+					}
+					got, err := a.Renew(ctx)
+					if err != nil || len(got) != len(ks) {
+						t.Errorf("renewal returned %d of %d held leases: %v", len(got), len(ks), err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if r := renewed(t, a); len(r) != len(ks) {
+			t.Fatalf("after the races: renewed %d of %d", len(r), len(ks))
+		}
+		for _, l := range first {
+			if r := renewed(t, a); r[l.LeaseKey] != l.Epoch {
+				t.Fatalf("%v: epoch %d after the races, want %d (the owner never changed)", l.LeaseKey, r[l.LeaseKey], l.Epoch)
+			}
+			break
+		}
+	})
+
 	t.Run("membership: a renewal is a heartbeat, a full release leaves", func(t *testing.T) {
 		open := newBackend(t)
 		a, b := open("a", long), open("b", long)

@@ -59,6 +59,10 @@ type Config struct {
 	MetricsTenantTop int
 	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
 	SimulatorSeed int64
+	// SimulatorLatency is the simulator's time between a hand-over and WhatsApp's acknowledgement
+	// (--sim-latency, WAQUEUE_SIM_LATENCY). Default 0. The fault tests use it to catch messages in
+	// flight when they kill a node.
+	SimulatorLatency time.Duration
 	// NoPacing sends as fast as the transport takes messages (--no-pacing, WAQUEUE_NO_PACING).
 	// For the simulator and benchmarks only: real numbers get banned without pacing.
 	NoPacing bool
@@ -71,6 +75,17 @@ type Config struct {
 	// group concurrent single-event appends (--group-commit, WAQUEUE_GROUP_COMMIT). Default
 	// 4; 0 turns group commit off. Ignored on SQLite and EventStoreDB.
 	GroupCommit int
+	// NodeID names this process in the dispatch leases (--node-id, WAQUEUE_NODE_ID); it must be
+	// unique among the running processes. Default empty: hostname-pid-random, fixed for the
+	// life of the process (a restart is a new node).
+	NodeID string
+	// LeaseTTL is how long a dispatch lease lasts unrenewed (--lease-ttl, WAQUEUE_LEASE_TTL):
+	// a crashed node's connections resume elsewhere within LeaseTTL plus LeaseRenew. Default 6s.
+	LeaseTTL time.Duration
+	// LeaseRenew is how often a node renews its leases (--lease-renew, WAQUEUE_LEASE_RENEW).
+	// Default 0: a third of LeaseTTL. It must be below half the TTL, so one failed renewal does
+	// not lose the leases.
+	LeaseRenew time.Duration
 	// LogLevel is debug, info, warn or error (--log-level, WAQUEUE_LOG_LEVEL). Default info.
 	LogLevel string
 	// AuditKey is the file of the Ed25519 key that signs the audit chain's checkpoints
@@ -109,10 +124,14 @@ var env = map[string]string{
 	"metrics-token":      "WAQUEUE_METRICS_TOKEN",
 	"metrics-tenant-top": "WAQUEUE_METRICS_TENANT_TOP",
 	"sim-seed":           "WAQUEUE_SIM_SEED",
+	"sim-latency":        "WAQUEUE_SIM_LATENCY",
 	"log-level":          "WAQUEUE_LOG_LEVEL",
 	"no-pacing":          "WAQUEUE_NO_PACING",
 	"no-dispatcher":      "WAQUEUE_NO_DISPATCHER",
 	"group-commit":       "WAQUEUE_GROUP_COMMIT",
+	"node-id":            "WAQUEUE_NODE_ID",
+	"lease-ttl":          "WAQUEUE_LEASE_TTL",
+	"lease-renew":        "WAQUEUE_LEASE_RENEW",
 
 	"audit-key":                 "WAQUEUE_AUDIT_KEY",
 	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
@@ -140,9 +159,13 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MetricsToken, "metrics-token", "", "bearer token the metrics listener requires (prefer $WAQUEUE_METRICS_TOKEN)")
 	fs.IntVar(&c.MetricsTenantTop, "metrics-tenant-top", 0, "break queue depths down by tenant for this many tenants, 0 for none, at most 100 ($WAQUEUE_METRICS_TENANT_TOP)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
+	fs.DurationVar(&c.SimulatorLatency, "sim-latency", 0, "simulator transport: time between a hand-over and its acknowledgement ($WAQUEUE_SIM_LATENCY)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
 	fs.BoolVar(&c.NoDispatcher, "no-dispatcher", false, "serve the API without dispatching (extra API-only instances) ($WAQUEUE_NO_DISPATCHER)")
 	fs.IntVar(&c.GroupCommit, "group-commit", 4, "PostgreSQL event store: group concurrent single-event appends in up to N shared transactions; 0 turns it off ($WAQUEUE_GROUP_COMMIT)")
+	fs.StringVar(&c.NodeID, "node-id", "", "this node's id in the dispatch leases, unique among the running nodes (default hostname-pid-random) ($WAQUEUE_NODE_ID)")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 6*time.Second, "dispatch lease TTL: a crashed node's connections resume elsewhere within TTL + renew interval ($WAQUEUE_LEASE_TTL)")
+	fs.DurationVar(&c.LeaseRenew, "lease-renew", 0, "dispatch lease renewal interval, below half the TTL (default a third of the TTL) ($WAQUEUE_LEASE_RENEW)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error ($WAQUEUE_LOG_LEVEL)")
 	fs.StringVar(&c.AuditKey, "audit-key", "", "Ed25519 key file signing audit checkpoints, created if missing (default DATA_DIR/audit-key.pem) ($WAQUEUE_AUDIT_KEY)")
 	fs.IntVar(&c.AuditCheckpointEvery, "audit-checkpoint-every", 100, "sign an audit checkpoint after this many new entries of a tenant ($WAQUEUE_AUDIT_CHECKPOINT_EVERY)")
@@ -269,6 +292,22 @@ func (c *Config) Validate() error {
 			continue
 		}
 		c.WebhookAllowPrefixes = append(c.WebhookAllowPrefixes, p.Masked())
+	}
+	if c.SimulatorLatency < 0 || c.SimulatorLatency > time.Minute {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_SIM_LATENCY %s: want 0 to 1m", c.SimulatorLatency))
+	}
+	if c.LeaseTTL < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_LEASE_TTL %s: want at least 100ms", c.LeaseTTL))
+	} else {
+		if c.LeaseRenew == 0 {
+			c.LeaseRenew = c.LeaseTTL / 3
+		}
+		if c.LeaseRenew <= 0 || c.LeaseRenew >= c.LeaseTTL/2 {
+			errs = append(errs, fmt.Errorf("config: WAQUEUE_LEASE_RENEW %s: want positive and below half of WAQUEUE_LEASE_TTL %s", c.LeaseRenew, c.LeaseTTL))
+		}
+	}
+	if strings.ContainsFunc(c.NodeID, func(r rune) bool { return r < 0x21 || r > 0x7e }) || len(c.NodeID) > 200 {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_NODE_ID %q: want at most 200 printable ASCII characters without spaces", c.NodeID))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -141,3 +141,35 @@ func TestMetricsListenerConfiguration(t *testing.T) {
 		t.Errorf("metrics on the API's address: %v, want refused", err)
 	}
 }
+
+func TestLeaseSettings(t *testing.T) {
+	c, err := parse(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NodeID != "" || c.LeaseTTL != 6*time.Second || c.LeaseRenew != 2*time.Second {
+		t.Errorf("lease defaults: node %q, TTL %s, renew %s; want empty (generated), 6s, 2s", c.NodeID, c.LeaseTTL, c.LeaseRenew)
+	}
+	c, err = parse(t, []string{"--lease-ttl", "3s"}, map[string]string{"WAQUEUE_NODE_ID": "node-a", "WAQUEUE_LEASE_RENEW": "500ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NodeID != "node-a" || c.LeaseTTL != 3*time.Second || c.LeaseRenew != 500*time.Millisecond {
+		t.Errorf("lease settings: node %q, TTL %s, renew %s", c.NodeID, c.LeaseTTL, c.LeaseRenew)
+	}
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--lease-ttl", "6s", "--lease-renew", "3s"}, "WAQUEUE_LEASE_RENEW"}, // not below TTL/2
+		{[]string{"--lease-ttl", "6s", "--lease-renew", "-1s"}, "WAQUEUE_LEASE_RENEW"},
+		{[]string{"--lease-ttl", "10ms"}, "WAQUEUE_LEASE_TTL"},
+		{[]string{"--lease-ttl", "0s"}, "WAQUEUE_LEASE_TTL"},
+		{[]string{"--node-id", "a b"}, "WAQUEUE_NODE_ID"},
+		{[]string{"--sim-latency", "-1s"}, "WAQUEUE_SIM_LATENCY"},
+	} {
+		if _, err := parse(t, bad.args, nil); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%v: err = %v, want %s named", bad.args, err, bad.want)
+		}
+	}
+}
