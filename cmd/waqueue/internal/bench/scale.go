@@ -1,0 +1,419 @@
+package bench
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/server"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/projections/dispatcher"
+)
+
+// ScaleConfig configures the one-node scale benchmark.
+type ScaleConfig struct {
+	// Conns is how many connections are registered (and paired). Zero means 100,000.
+	Conns int
+	// Active is how many of them send, each a broadcast long enough to last the whole run.
+	// Zero means 10,000.
+	Active int
+	// Window is how long the paced dispatch rate is measured, once every active connection
+	// has dispatched (or StartupLimit passed). Zero means 60s.
+	Window time.Duration
+	// StartupLimit bounds the wait for every active connection's first hand-over; the window
+	// starts then whatever the count. Zero means 3 minutes.
+	StartupLimit time.Duration
+	// Pacing is the dispatcher's pacing; the zero value is the dispatcher's defaults (3 s
+	// plus up to 2 s of jitter, 1,000 a day). Tests shorten it.
+	Pacing dispatcher.Pacing
+	// SetupWorkers is how many goroutines seed the connections (untimed). Zero means 32.
+	SetupWorkers int
+}
+
+// QuickScale is the size of --quick: 2,000 connections, 200 sending, a 20 s window.
+var QuickScale = ScaleConfig{Conns: 2000, Active: 200, Window: 20 * time.Second}
+
+func (c *ScaleConfig) setDefaults() {
+	if c.Conns <= 0 {
+		c.Conns = 100_000
+	}
+	if c.Active <= 0 {
+		c.Active = min(10_000, c.Conns)
+	}
+	if c.Window <= 0 {
+		c.Window = 60 * time.Second
+	}
+	if c.StartupLimit <= 0 {
+		c.StartupLimit = 3 * time.Minute
+	}
+	if !c.Pacing.Unpaced {
+		if c.Pacing.MinInterval == 0 {
+			c.Pacing.MinInterval = dispatcher.DefaultMinInterval
+		}
+		if c.Pacing.Jitter == 0 {
+			c.Pacing.Jitter = dispatcher.DefaultJitter
+		}
+	}
+	if c.SetupWorkers <= 0 {
+		c.SetupWorkers = 32
+	}
+}
+
+// Scale measures one node with many registered connections, few of them sending, on the
+// simulator transport (nothing reaches WhatsApp; sends are acknowledged at once, no
+// receipts). Per engine it prints
+//
+//	BENCH scale/<engine>/conns=<n>/active=<m> transport=simulator msgs_per_s=… startup_s=… first_send_s=…
+//	      rss_now_mib=… goroutines=… cpu_per_1k_active=… db_cpu_per_1k_active=… events_per_s=…
+//	      db_commits_per_s=… db_rows_per_s=… drained=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
+//
+// Seeding (untimed, reported as seed_s): a node without dispatcher registers the connections
+// and records their pairing (RegisterConnection, then PairingSucceeded as the system, through
+// the command handlers by SetupWorkers goroutines; on PostgreSQL with group commit, so the
+// appends share transactions), starts one broadcast on each active connection, lets every
+// projection catch up and closes. Then the measured node opens the same database with the
+// dispatcher on and the given pacing, as a restart would. startup_s runs from opening the
+// node to the first hand-over of the last active connection (first_send_s: of the first).
+// For Window after that, msgs_per_s counts MessageSent; the baseline is the sum of the
+// allowed paced rates, Active / (MinInterval + Jitter/2). rss_mib is the peak RSS since the
+// measured node opened (the peak is reset after seeding), rss_now_mib the RSS at the end;
+// goroutines the most seen; cpu_per_1k_active the process's CPU (cores) per 1,000 active
+// connections over the window, db_cpu_per_1k_active the same for the throwaway PostgreSQL's
+// processes (0 on SQLite or with --db); events_per_s the events appended, db_commits_per_s
+// and db_rows_per_s PostgreSQL's committed transactions and written rows (pg_stat_database;
+// 0 on SQLite); drained the active connections whose broadcast ran out (the rate then
+// understates).
+func Scale(ctx context.Context, env *Env, cfg ScaleConfig, w io.Writer) error {
+	cfg.setDefaults()
+	if cfg.Active > cfg.Conns {
+		return fmt.Errorf("bench: scale active %d > conns %d", cfg.Active, cfg.Conns)
+	}
+	for _, engine := range env.Adapters {
+		if err := scaleOnce(ctx, env, engine, cfg, w); err != nil {
+			return fmt.Errorf("bench: scale/%s: %w", engine, err)
+		}
+	}
+	return nil
+}
+
+// perMessageInterval is the mean pause between two messages of a connection under p.
+func perMessageInterval(p dispatcher.Pacing) time.Duration {
+	if p.Unpaced {
+		return 0
+	}
+	return p.MinInterval + max(p.Jitter, 0)/2
+}
+
+func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w io.Writer) (err error) {
+	run := uuid.NewString()[:8]
+	id := func(i int) string { return fmt.Sprintf("s-%s-%d", run, i) }
+	// Enough messages per active connection for the start-up and the window at the fastest pace.
+	per := 20
+	if cfg.Pacing.MinInterval > 0 {
+		per = int((cfg.Window+cfg.StartupLimit)/cfg.Pacing.MinInterval) + 2
+	}
+	seedStart := time.Now()
+	opts, err := scaleSeed(ctx, env, engine, cfg, id, per)
+	if err != nil {
+		return err
+	}
+	seed := time.Since(seedStart)
+
+	// The measured node: a restart on the seeded database.
+	runtime.GC()
+	debug.FreeOSMemory()
+	resetPeakRSS()
+	opts.NoDispatcher, opts.GroupCommit, opts.Pacing, opts.NoPacing = false, 0, cfg.Pacing, cfg.Pacing.Unpaced
+	opts.BootstrapOut = io.Discard
+	start := time.Now()
+	node, err := server.New(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("measured node: %w", err)
+	}
+	defer func() {
+		if cerr := node.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := node.Start(runCtx); err != nil {
+		return err
+	}
+	active := make(map[string]bool, cfg.Active)
+	for i := range cfg.Active {
+		active[connection.Key(node.Tenant, id(i))] = true
+	}
+	goroutines := runtime.NumGoroutine()
+	started := map[string]bool{}
+	var firstSend time.Duration
+	seen := 0
+	limit := time.Now().Add(cfg.StartupLimit)
+	for len(started) < cfg.Active && time.Now().Before(limit) {
+		select {
+		case err := <-node.Errors():
+			return fmt.Errorf("node stopped: %w", err)
+		default:
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+		goroutines = max(goroutines, runtime.NumGoroutine())
+		sends := node.Simulator.Sends()
+		for _, s := range sends[seen:] {
+			if active[s.ConnectionID] && !started[s.ConnectionID] {
+				if len(started) == 0 {
+					firstSend = time.Since(start)
+				}
+				started[s.ConnectionID] = true
+			}
+		}
+		seen = len(sends)
+	}
+	startup := time.Since(start)
+	if len(started) < cfg.Active {
+		startup = -1 // not all dispatching within StartupLimit
+	}
+
+	// The window.
+	pid := postmasterPID(env)
+	cpu0, db0 := processCPU(), postgresCPU(pid)
+	pos0, err := lastPosition(ctx, node.Events)
+	if err != nil {
+		return err
+	}
+	commits0, rows0 := pgStats(ctx, node)
+	sent0 := node.Dispatcher.Stats().Sent
+	w0 := time.Now()
+	for time.Since(w0) < cfg.Window {
+		select {
+		case err := <-node.Errors():
+			return fmt.Errorf("node stopped: %w", err)
+		default:
+		}
+		if err := sleep(ctx, min(time.Second, cfg.Window)); err != nil {
+			return err
+		}
+		goroutines = max(goroutines, runtime.NumGoroutine())
+	}
+	sent := node.Dispatcher.Stats().Sent - sent0
+	window := time.Since(w0)
+	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
+	commits1, rows1 := pgStats(ctx, node)
+	rssNow := currentRSSMiB()
+	events, err := countAfter(ctx, node.Events, pos0)
+	if err != nil {
+		return err
+	}
+	// Active connections whose broadcast ran out before the end (the rate then understates).
+	perConn := map[string]int{}
+	for _, s := range node.Simulator.Sends() {
+		perConn[s.ConnectionID]++
+	}
+	drained := 0
+	for k := range active {
+		if perConn[k] >= per {
+			drained++
+		}
+	}
+	rate := perSecond(int(sent), window)
+	base := 0.0
+	if iv := perMessageInterval(cfg.Pacing); iv > 0 {
+		base = float64(cfg.Active) / iv.Seconds()
+	}
+	k := float64(cfg.Active) / 1000
+	return emit(w, fmt.Sprintf("scale/%s/conns=%d/active=%d", engine, cfg.Conns, cfg.Active),
+		"transport", "simulator", "msgs_per_s", rate, "startup_s", startup.Seconds(), "first_send_s", firstSend.Seconds(),
+		"rss_now_mib", rssNow, "goroutines", goroutines,
+		"cpu_per_1k_active", cpu.Seconds()/window.Seconds()/k, "db_cpu_per_1k_active", dbCPU.Seconds()/window.Seconds()/k,
+		"events_per_s", perSecond(events, window),
+		"db_commits_per_s", perSecond(int(commits1-commits0), window), "db_rows_per_s", perSecond(int(rows1-rows0), window),
+		"drained", drained, "seed_s", seed.Seconds(),
+		"baseline", "paced", "baseline_per_s", base, "ratio", ratio(rate, base))
+}
+
+// scaleSeed registers and pairs cfg.Conns connections and starts a broadcast of per messages
+// on the first cfg.Active, on a node without dispatcher, waits for every projection and closes
+// the node. It returns the node's options, to open the same database again.
+func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id func(int) string, per int) (opts server.Options, err error) {
+	node, err := env.node(ctx, engine, func(o *server.Options) {
+		o.NoDispatcher = true
+		if engine == AdapterPostgres {
+			o.GroupCommit = 8
+		}
+	})
+	if err != nil {
+		return opts, err
+	}
+	defer func() {
+		if cerr := node.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := node.Start(runCtx); err != nil {
+		return opts, err
+	}
+	op := operator(ctx, node)
+	sys := commands.WithPrincipal(ctx, commands.SystemPrincipal(node.Tenant))
+	h := node.Handlers
+	err = parallel(ctx, cfg.SetupWorkers, cfg.Conns, func(ctx context.Context, i int) error {
+		c := id(i)
+		if _, err := h.RegisterConnection.Handle(op, commands.RegisterConnection{ConnectionID: c, Phone: fmt.Sprintf("+49152%08d", i)}); err != nil {
+			return fmt.Errorf("register %s: %w", c, err)
+		}
+		if _, err := h.PairingSucceeded.Handle(sys, commands.PairingSucceeded{ConnectionID: connection.Key(node.Tenant, c),
+			JID: fmt.Sprintf("49152%08d:1@s.whatsapp.net", i)}); err != nil {
+			return fmt.Errorf("pair %s: %w", c, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return opts, err
+	}
+	recipients := make([]string, per)
+	for i := range recipients {
+		recipients[i] = fmt.Sprintf("+49151%08d", i)
+	}
+	err = parallel(ctx, cfg.SetupWorkers, cfg.Active, func(ctx context.Context, i int) error {
+		if _, err := h.StartBroadcast.Handle(op, commands.StartBroadcast{ConnectionID: id(i), IdempotencyKey: "scale",
+			Recipients: recipients, Text: "scale message"}); err != nil {
+			return fmt.Errorf("broadcast %s: %w", id(i), err)
+		}
+		return nil
+	})
+	if err != nil {
+		return opts, err
+	}
+	last, err := lastPosition(ctx, node.Events)
+	if err != nil {
+		return opts, err
+	}
+	var names []string
+	for _, s := range node.Runner.Statuses() {
+		names = append(names, s.Name)
+	}
+	if err := node.Runner.WaitReached(ctx, names, last); err != nil {
+		return opts, fmt.Errorf("projections catching up with the seed: %w", err)
+	}
+	opts = node.Options
+	opts.Logger = slog.New(slog.DiscardHandler)
+	return opts, nil
+}
+
+// resetPeakRSS resets the process's peak RSS (VmHWM), so that rss_mib measures what came
+// after (Linux; ignored elsewhere).
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// currentRSSMiB returns the process's resident set size now (VmRSS) in MiB; 0 if unknown.
+func currentRSSMiB() float64 { return procStatusMiB("VmRSS:") }
+
+// processCPU returns the CPU time (user and system) the process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// postmasterPID returns the pid of the throwaway cluster's server, or 0 (no cluster: --db or
+// SQLite only).
+func postmasterPID(env *Env) int {
+	if env.cluster == nil {
+		return 0
+	}
+	b, err := os.ReadFile(env.cluster.Dir() + "/data/postmaster.pid")
+	if err != nil {
+		// The data directory's name is the cluster's business: look for it.
+		entries, _ := os.ReadDir(env.cluster.Dir())
+		for _, e := range entries {
+			if b, err = os.ReadFile(env.cluster.Dir() + "/" + e.Name() + "/postmaster.pid"); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			return 0
+		}
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		return 0
+	}
+	return pid
+}
+
+// postgresCPU returns the CPU time used so far by the server pid and its live children (the
+// backends, which the pool keeps open; a backend that exited takes its time with it). 0 for pid 0.
+func postgresCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	total := procCPU(pid)
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return total
+	}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := procStatFields(p); len(f) > 12 && f[1] == strconv.Itoa(pid) {
+			total += procCPU(p)
+		}
+	}
+	return total
+}
+
+// procStatFields returns the fields of /proc/<pid>/stat after the command name (state first).
+func procStatFields(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// procCPU returns utime+stime of pid (clock ticks of 1/100 s, the Linux USER_HZ).
+func procCPU(pid int) time.Duration {
+	f := procStatFields(pid)
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond
+}
+
+// pgStats returns the committed transactions and written rows (inserted, updated, deleted) of
+// the node's PostgreSQL database so far; zeros on SQLite.
+func pgStats(ctx context.Context, node *server.Node) (commits, rows int64) {
+	if !node.Options.IsPostgres() {
+		return 0, 0
+	}
+	_, _ = node.SQL.ExecContext(ctx, `SELECT pg_stat_clear_snapshot()`)
+	var c, r sql.NullInt64
+	if err := node.SQL.QueryRowContext(ctx, `SELECT xact_commit, tup_inserted + tup_updated + tup_deleted
+		FROM pg_stat_database WHERE datname = current_database()`).Scan(&c, &r); err != nil {
+		return 0, 0
+	}
+	return c.Int64, r.Int64
+}
