@@ -33,7 +33,7 @@ type ScaleConfig struct {
 	// has dispatched (or StartupLimit passed). Zero means 60s.
 	Window time.Duration
 	// StartupLimit bounds the wait for every active connection's first hand-over; the window
-	// starts then whatever the count. Zero means 3 minutes.
+	// starts then whatever the count. Zero means 1 minute.
 	StartupLimit time.Duration
 	// Pacing is the dispatcher's pacing; the zero value is the dispatcher's defaults (3 s
 	// plus up to 2 s of jitter, 1,000 a day). Tests shorten it.
@@ -56,7 +56,7 @@ func (c *ScaleConfig) setDefaults() {
 		c.Window = 60 * time.Second
 	}
 	if c.StartupLimit <= 0 {
-		c.StartupLimit = 3 * time.Minute
+		c.StartupLimit = time.Minute
 	}
 	if !c.Pacing.Unpaced {
 		if c.Pacing.MinInterval == 0 {
@@ -79,11 +79,11 @@ func (c *ScaleConfig) setDefaults() {
 //	      rss_now_mib=… goroutines=… cpu_per_1k_active=… db_cpu_per_1k_active=… events_per_s=…
 //	      db_commits_per_s=… db_rows_per_s=… drained=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
 //
-// Seeding (untimed, reported as seed_s): a node without dispatcher registers the connections
-// and records their pairing (RegisterConnection, then PairingSucceeded as the system, through
-// the command handlers by SetupWorkers goroutines; on PostgreSQL with group commit, so the
-// appends share transactions), starts one broadcast on each active connection, lets every
-// projection catch up and closes. Then the measured node opens the same database with the
+// Seeding (untimed, reported as seed_s): a node without dispatcher registers and pairs each
+// connection in one append through the Repository (the domain's Register and Pair decisions,
+// ConnectionRegistered and SessionPaired; SetupWorkers goroutines), starts one broadcast on
+// each active connection through the StartBroadcast handler, then starts its projections,
+// lets them catch up (batches of 4,096 events) and closes. Then the measured node opens the same database with the
 // dispatcher on and the given pacing, as a restart would. startup_s runs from opening the
 // node to the first hand-over of the last active connection (first_send_s: of the first).
 // For Window after that, msgs_per_s counts MessageSent; the baseline is the sum of the
@@ -183,6 +183,8 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 		seen = len(sends)
 	}
 	startup := time.Since(start)
+	progress("%d of %d active connections dispatching %s after the start (first after %s; load %s)", len(started), cfg.Active,
+		startup.Round(time.Millisecond), firstSend.Round(time.Millisecond), loadAvg())
 	if len(started) < cfg.Active {
 		startup = -1 // not all dispatching within StartupLimit
 	}
@@ -250,9 +252,7 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id func(int) string, per int) (opts server.Options, err error) {
 	node, err := env.node(ctx, engine, func(o *server.Options) {
 		o.NoDispatcher = true
-		if engine == AdapterPostgres {
-			o.GroupCommit = 8
-		}
+		o.ProjectionBatch = 4096
 	})
 	if err != nil {
 		return opts, err
@@ -262,28 +262,39 @@ func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id
 			err = cerr
 		}
 	}()
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if err := node.Start(runCtx); err != nil {
-		return opts, err
-	}
+	t0 := time.Now()
 	op := operator(ctx, node)
-	sys := commands.WithPrincipal(ctx, commands.SystemPrincipal(node.Tenant))
 	h := node.Handlers
+	// Register and pair each connection in one append (the domain's Register and Pair
+	// decisions, applied in turn), before the projections run: they then catch up in batches.
+	now := node.Options.Now
 	err = parallel(ctx, cfg.SetupWorkers, cfg.Conns, func(ctx context.Context, i int) error {
 		c := id(i)
-		if _, err := h.RegisterConnection.Handle(op, commands.RegisterConnection{ConnectionID: c, Phone: fmt.Sprintf("+49152%08d", i)}); err != nil {
-			return fmt.Errorf("register %s: %w", c, err)
-		}
-		if _, err := h.PairingSucceeded.Handle(sys, commands.PairingSucceeded{ConnectionID: connection.Key(node.Tenant, c),
-			JID: fmt.Sprintf("49152%08d:1@s.whatsapp.net", i)}); err != nil {
-			return fmt.Errorf("pair %s: %w", c, err)
+		_, err := node.Repo.Update(op, connection.Key(node.Tenant, c), "bench", func(cur *connection.Connection) ([]connection.Event, error) {
+			reg, err := cur.Register(connection.RegisterConnection{ConnectionID: c, TenantID: node.Tenant,
+				Phone: fmt.Sprintf("+49152%08d", i), Actor: "bench"}, now())
+			if err != nil {
+				return nil, err
+			}
+			next := connection.New()
+			for _, e := range reg {
+				if err := next.Apply(e); err != nil {
+					return nil, err
+				}
+			}
+			pair, err := next.Pair(connection.PairSession{JID: fmt.Sprintf("49152%08d:1@s.whatsapp.net", i), Actor: connection.SystemActor}, now())
+			return append(reg, pair...), err
+		})
+		if err != nil {
+			return fmt.Errorf("register and pair %s: %w", c, err)
 		}
 		return nil
 	})
 	if err != nil {
 		return opts, err
 	}
+	progress("registered and paired %d connections in %s", cfg.Conns, time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
 	recipients := make([]string, per)
 	for i := range recipients {
 		recipients[i] = fmt.Sprintf("+49151%08d", i)
@@ -302,6 +313,13 @@ func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id
 	if err != nil {
 		return opts, err
 	}
+	progress("started %d broadcasts of %d messages in %s", cfg.Active, per, time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := node.Start(runCtx); err != nil {
+		return opts, err
+	}
 	var names []string
 	for _, s := range node.Runner.Statuses() {
 		names = append(names, s.Name)
@@ -309,9 +327,15 @@ func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id
 	if err := node.Runner.WaitReached(ctx, names, last); err != nil {
 		return opts, fmt.Errorf("projections catching up with the seed: %w", err)
 	}
+	progress("projections caught up in %s", time.Since(t0).Round(time.Millisecond))
 	opts = node.Options
 	opts.Logger = slog.New(slog.DiscardHandler)
 	return opts, nil
+}
+
+// progress reports a step of a long benchmark on stderr (BENCH lines go to stdout).
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
 // resetPeakRSS resets the process's peak RSS (VmHWM), so that rss_mib measures what came
