@@ -311,7 +311,9 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		if n.Dispatcher, err = dispatcher.New(dispatcher.Config{
 			Leases: leases,
 			Store:  n.Events, Repository: n.Repo, Transport: n.Transport,
-			Messages:   dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
+			Messages: dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
+			// Idle connections get no loop at start: one query finds those with work.
+			Backlog:    dispatcher.QueueBacklog{DB: n.DB, Queue: n.Queue},
 			Locator:    dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
 			Pacing:     pacing,
 			Registerer: n.Registry,

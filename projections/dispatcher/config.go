@@ -71,6 +71,13 @@ type Config struct {
 	// without this bound for as long as the link is active and the queue open in the domain.
 	// Default DefaultMaxSendAttempts (6).
 	MaxSendAttempts int
+	// Backlog, when set, is asked at start which connections may have work (see QueueBacklog):
+	// the start-up replay of the event log then starts no loop for a connection that had none
+	// as of the Backlog's position and no wake event after it; with exclusive leases the
+	// renewals claim such idle connections' leases in batches and connect their sessions
+	// without a loop. Optional: without it every connection the replay meets gets a loop
+	// (which claims its lease, recovers and finds nothing to do).
+	Backlog Backlog
 	// Leases are the per-connection leases that let several nodes share the dispatch: a
 	// connection's loop runs, and its transport session is connected, only while this node holds
 	// its lease, and every hand-over records the lease's epoch (see the package doc). Default

@@ -75,6 +75,9 @@ type Stats struct {
 	Recovered uint64
 	// Retries counts Sends repeated after a retryable refusal.
 	Retries uint64
+	// Loops counts the connection loops started (a goroutine each, for as long as the
+	// connection has work).
+	Loops uint64
 }
 
 // Dispatcher sends queued messages and records the transport's events; see the package doc.
@@ -116,7 +119,7 @@ type Dispatcher struct {
 	wg      sync.WaitGroup
 
 	stats struct {
-		dispatched, expired, sent, failed, unknown, recovered, retries atomic.Uint64
+		dispatched, expired, sent, failed, unknown, recovered, retries, loops atomic.Uint64
 	}
 }
 
@@ -136,6 +139,10 @@ type connState struct {
 	takeover bool
 	// retired: the connection was retired; its loop ends at once (see releaseRetired).
 	retired bool
+	// idle: the start-up replay found no work for the connection (Config.Backlog) and no wake
+	// came since: no loop runs; with exclusive leases the renewals claim its lease without
+	// waking it.
+	idle bool
 	// Touched only by the connection's loop:
 	recovered bool // the in-flight recovery ran since the start or the last store failure
 	startedUp bool // the first recovery in this process ran (later ones are after store failures)
@@ -228,6 +235,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.wg.Wait()
 	}()
 
+	quietUpTo, busy := d.backlog(ctx)
 	filter := eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}, EventTypes: WakeEventTypes}
 	after := eventstore.Start
 	backoff := lagBackoffMin
@@ -237,7 +245,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				if e.Type == connection.TypeSendingPolicyChanged {
 					d.policyChanged(id)
 				}
-				d.Wake(id)
+				if busy != nil && !quietUpTo.Less(e.Position) && !busy[id] {
+					d.idle(id)
+				} else {
+					d.Wake(id)
+				}
 			}
 			after = e.Position
 			d.mu.Lock()
@@ -269,16 +281,62 @@ func (d *Dispatcher) Wake(connID string) {
 		return
 	}
 	st := d.stateLocked(connID)
+	st.idle = false
 	if st.running {
 		st.dirty = true
 		return
 	}
 	st.running = true
+	d.stats.loops.Add(1)
 	d.loops++
 	d.m.activeLoops.Inc()
 	d.notifyLocked()
 	d.wg.Add(1)
 	go d.loop(ctx, connID, st)
+}
+
+// backlog asks Config.Backlog which connections may have work, and claims their leases in
+// batches (exclusive leases). It returns the Backlog's position and the busy connections, or a
+// nil map when there is no Backlog or it failed (every connection the replay meets is then woken).
+func (d *Dispatcher) backlog(ctx context.Context) (eventstore.Position, map[string]bool) {
+	if d.cfg.Backlog == nil {
+		return eventstore.Start, nil
+	}
+	pos, ids, err := d.cfg.Backlog.Busy(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("reading the connections with work failed; every connection gets a loop at start", "err", err)
+		}
+		return eventstore.Start, nil
+	}
+	busy := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		busy[id] = true
+	}
+	d.log.Info("start-up: connections with work", "busy", len(ids), "as_of", pos.String())
+	d.claimBusy(ctx, ids)
+	return pos, busy
+}
+
+// idle records a connection the start-up replay found without work (Config.Backlog): no loop
+// starts. With exclusive leases it is marked for the renewals, which claim the leases of all
+// such connections in one call and connect their sessions without starting loops; a later wake
+// (its queue gets work) starts its loop as usual.
+func (d *Dispatcher) idle(connID string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ctx := d.ctx
+	if ctx == nil || ctx.Err() != nil {
+		return
+	}
+	st := d.stateLocked(connID)
+	if st.running || st.lease.held {
+		return
+	}
+	st.idle = true
+	if d.sessions() {
+		st.lease.foreign = true
+	}
 }
 
 // ActiveLoops returns the number of connections whose loop is running now.
@@ -293,7 +351,7 @@ func (d *Dispatcher) Stats() Stats {
 	return Stats{
 		Dispatched: d.stats.dispatched.Load(), Expired: d.stats.expired.Load(),
 		Sent: d.stats.sent.Load(), Failed: d.stats.failed.Load(), Unknown: d.stats.unknown.Load(),
-		Recovered: d.stats.recovered.Load(), Retries: d.stats.retries.Load(),
+		Recovered: d.stats.recovered.Load(), Retries: d.stats.retries.Load(), Loops: d.stats.loops.Load(),
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/projections"
 )
@@ -79,4 +80,28 @@ func (l StatusLocator) MessageSeq(ctx context.Context, tenant, connID string, id
 		return 0, fmt.Errorf("dispatcher: message %s belongs to connection %q, not %q: %w", id, v.ConnectionID, connID, projections.ErrNotFound)
 	}
 	return v.Seq, nil
+}
+
+// Backlog tells the Dispatcher, at start, which connections may have work, so that a node with
+// many idle connections starts a loop only for the others (see the package doc, "Start-up").
+type Backlog interface {
+	// Busy returns a position of the event log and the connections (keys) that had pending or
+	// in-flight messages as of it: every other connection had nothing to dispatch and nothing
+	// to recover then, and only an event after the position can change that. Start and no
+	// connection is a valid answer (everything is then found by the replay).
+	Busy(ctx context.Context) (eventstore.Position, []string, error)
+}
+
+// QueueBacklog implements Backlog over the pending-queue projection (Queue.Busy).
+type QueueBacklog struct {
+	DB    *projections.DB
+	Queue *projections.Queue
+}
+
+var _ Backlog = QueueBacklog{}
+
+// Busy returns the Queue projection's checkpoint and its connections with pending or in-flight
+// messages.
+func (b QueueBacklog) Busy(ctx context.Context) (eventstore.Position, []string, error) {
+	return b.Queue.Busy(ctx, b.DB)
 }
