@@ -40,6 +40,9 @@ type ScaleConfig struct {
 	Pacing dispatcher.Pacing
 	// SetupWorkers is how many goroutines seed the connections (untimed). Zero means 32.
 	SetupWorkers int
+	// Messages is the length of each active connection's broadcast. Zero means enough for the
+	// start-up limit and the window at the fastest pace ((StartupLimit+Window)/MinInterval + 2).
+	Messages int
 }
 
 // QuickScale is the size of --quick: 2,000 connections, 200 sending, a 20 s window.
@@ -120,9 +123,12 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 	run := uuid.NewString()[:8]
 	id := func(i int) string { return fmt.Sprintf("s-%s-%d", run, i) }
 	// Enough messages per active connection for the start-up and the window at the fastest pace.
-	per := 20
-	if cfg.Pacing.MinInterval > 0 {
-		per = int((cfg.Window+cfg.StartupLimit)/cfg.Pacing.MinInterval) + 2
+	per := cfg.Messages
+	if per <= 0 {
+		per = 1000
+		if cfg.Pacing.MinInterval > 0 {
+			per = int((cfg.Window+cfg.StartupLimit)/cfg.Pacing.MinInterval) + 2
+		}
 	}
 	seedStart := time.Now()
 	opts, err := scaleSeed(ctx, env, engine, cfg, id, per)
