@@ -638,35 +638,45 @@ func (q *Queue) Collect(ctx context.Context, db *DB, maxRows int) (int, error) {
 	return deleted, nil
 }
 
-// Busy returns the Queue projection's checkpoint and the connections (keys) that had pending or
-// in-flight messages as of it, read in one statement (one snapshot: the checkpoint is written in
-// the transaction of the rows it covers). A connection not listed had nothing to dispatch and
-// nothing to recover at that position; only an event after it can change that. With no
-// checkpoint yet it returns eventstore.Start and no connection. For the dispatcher's start-up:
-// one query instead of a look at every registered connection.
-func (q *Queue) Busy(ctx context.Context, db *DB) (eventstore.Position, []string, error) {
-	rows, err := db.QueryContext(ctx, `SELECT c.commit_pos, c.prepare_pos, q.conn_id
-FROM projection_checkpoints c LEFT JOIN queue_conns q ON q.pending > 0 OR q.in_flight > 0
+// QueueConnection is one connection of the Queue projection, for the dispatcher's start-up.
+type QueueConnection struct {
+	// ID is the connection's key (connection.Key).
+	ID string
+	// Busy is true when the connection had pending or in-flight messages.
+	Busy bool
+}
+
+// Connections returns the Queue projection's checkpoint and every connection it knows as of it,
+// each marked busy when it had pending or in-flight messages, read in one statement (one
+// snapshot: the checkpoint is written in the transaction of the rows it covers). A connection
+// not busy had nothing to dispatch and nothing to recover at that position; only an event after
+// it can change that. With no checkpoint yet it returns eventstore.Start and no connection. For
+// the dispatcher's start-up: one query instead of replaying the event log from its start and
+// looking at every registered connection.
+func (q *Queue) Connections(ctx context.Context, db *DB) (eventstore.Position, []QueueConnection, error) {
+	rows, err := db.QueryContext(ctx, `SELECT c.commit_pos, c.prepare_pos, q.conn_id, q.pending > 0 OR q.in_flight > 0
+FROM projection_checkpoints c LEFT JOIN queue_conns q ON TRUE
 WHERE c.name = $1`, QueueName)
 	if err != nil {
-		return eventstore.Start, nil, fmt.Errorf("projections: busy connections: %w", err)
+		return eventstore.Start, nil, fmt.Errorf("projections: queue connections: %w", err)
 	}
 	defer rows.Close()
 	var pos eventstore.Position
-	var ids []string
+	var out []QueueConnection
 	for rows.Next() {
 		var c, p int64
 		var id sql.NullString
-		if err := rows.Scan(&c, &p, &id); err != nil {
-			return eventstore.Start, nil, fmt.Errorf("projections: busy connections: %w", err)
+		var busy sql.NullBool
+		if err := rows.Scan(&c, &p, &id, &busy); err != nil {
+			return eventstore.Start, nil, fmt.Errorf("projections: queue connections: %w", err)
 		}
 		pos = eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}
 		if id.Valid {
-			ids = append(ids, id.String)
+			out = append(out, QueueConnection{ID: id.String, Busy: busy.Bool})
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return eventstore.Start, nil, fmt.Errorf("projections: busy connections: %w", err)
+		return eventstore.Start, nil, fmt.Errorf("projections: queue connections: %w", err)
 	}
-	return pos, ids, nil
+	return pos, out, nil
 }

@@ -71,12 +71,13 @@ type Config struct {
 	// without this bound for as long as the link is active and the queue open in the domain.
 	// Default DefaultMaxSendAttempts (6).
 	MaxSendAttempts int
-	// Backlog, when set, is asked at start which connections may have work (see QueueBacklog):
-	// the start-up replay of the event log then starts no loop for a connection that had none
-	// as of the Backlog's position and no wake event after it; with exclusive leases the
-	// renewals claim such idle connections' leases in batches and connect their sessions
-	// without a loop. Optional: without it every connection the replay meets gets a loop
-	// (which claims its lease, recovers and finds nothing to do).
+	// Backlog, when set, is asked at start which connections exist and which may have work (see
+	// QueueBacklog): the Dispatcher wakes the busy ones, records the idle ones without a loop,
+	// and replays the event log's wake events only from the Backlog's position; with exclusive
+	// leases the renewals claim the idle connections' leases in one call and connect their
+	// sessions without a loop. Optional: without it the replay starts at the beginning of the
+	// log and every connection it meets gets a loop (which claims its lease, recovers and finds
+	// nothing to do).
 	Backlog Backlog
 	// Leases are the per-connection leases that let several nodes share the dispatch: a
 	// connection's loop runs, and its transport session is connected, only while this node holds

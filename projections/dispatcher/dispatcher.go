@@ -139,9 +139,8 @@ type connState struct {
 	takeover bool
 	// retired: the connection was retired; its loop ends at once (see releaseRetired).
 	retired bool
-	// idle: the start-up replay found no work for the connection (Config.Backlog) and no wake
-	// came since: no loop runs; with exclusive leases the renewals claim its lease without
-	// waking it.
+	// idle: the Backlog found no work for the connection at start and no wake came since: no
+	// loop runs; with exclusive leases the renewals claim its lease without waking it.
 	idle bool
 	// Touched only by the connection's loop:
 	recovered bool // the in-flight recovery ran since the start or the last store failure
@@ -235,9 +234,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.wg.Wait()
 	}()
 
-	quietUpTo, busy := d.backlog(ctx)
 	filter := eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}, EventTypes: WakeEventTypes}
-	after := eventstore.Start
+	after := d.backlog(ctx)
 	backoff := lagBackoffMin
 	for {
 		err := d.cfg.Store.Subscribe(ctx, after, filter, func(e eventstore.RecordedEvent) error {
@@ -245,11 +243,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				if e.Type == connection.TypeSendingPolicyChanged {
 					d.policyChanged(id)
 				}
-				if busy != nil && !quietUpTo.Less(e.Position) && !busy[id] {
-					d.idle(id)
-				} else {
-					d.Wake(id)
-				}
+				d.Wake(id)
 			}
 			after = e.Position
 			d.mu.Lock()
@@ -295,31 +289,42 @@ func (d *Dispatcher) Wake(connID string) {
 	go d.loop(ctx, connID, st)
 }
 
-// backlog asks Config.Backlog which connections may have work, and claims their leases in
-// batches (exclusive leases). It returns the Backlog's position and the busy connections, or a
-// nil map when there is no Backlog or it failed (every connection the replay meets is then woken).
-func (d *Dispatcher) backlog(ctx context.Context) (eventstore.Position, map[string]bool) {
+// backlog asks Config.Backlog which connections exist and which have work as of its position:
+// it records the idle ones, claims the busy ones' leases in batches (exclusive leases) and wakes
+// them, and returns the position to replay the event log from. Without a Backlog, or when it
+// fails, it returns Start: the replay then meets every connection.
+func (d *Dispatcher) backlog(ctx context.Context) eventstore.Position {
 	if d.cfg.Backlog == nil {
-		return eventstore.Start, nil
+		return eventstore.Start
 	}
-	pos, ids, err := d.cfg.Backlog.Busy(ctx)
+	pos, conns, err := d.cfg.Backlog.Connections(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			d.log.Warn("reading the connections with work failed; every connection gets a loop at start", "err", err)
+			d.log.Warn("reading the connections with work failed; replaying the event log from its start", "err", err)
 		}
-		return eventstore.Start, nil
+		return eventstore.Start
 	}
-	busy := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		busy[id] = true
+	var busy []string
+	for _, c := range conns {
+		if c.Busy {
+			busy = append(busy, c.ID)
+		} else {
+			d.idle(c.ID)
+		}
 	}
-	d.log.Info("start-up: connections with work", "busy", len(ids), "as_of", pos.String())
-	d.claimBusy(ctx, ids)
-	return pos, busy
+	d.log.Info("start-up: connections known", "connections", len(conns), "busy", len(busy), "as_of", pos.String())
+	d.claimBusy(ctx, busy)
+	for _, id := range busy {
+		d.Wake(id)
+	}
+	d.mu.Lock()
+	d.seen = pos
+	d.notifyLocked()
+	d.mu.Unlock()
+	return pos
 }
 
-// idle records a connection the start-up replay found without work (Config.Backlog): no loop
-// starts. With exclusive leases it is marked for the renewals, which claim the leases of all
+// idle records a connection the Backlog found without work: no loop starts. With exclusive leases it is marked for the renewals, which claim the leases of all
 // such connections in one call and connect their sessions without starting loops; a later wake
 // (its queue gets work) starts its loop as usual.
 func (d *Dispatcher) idle(connID string) {

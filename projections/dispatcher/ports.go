@@ -82,17 +82,27 @@ func (l StatusLocator) MessageSeq(ctx context.Context, tenant, connID string, id
 	return v.Seq, nil
 }
 
-// Backlog tells the Dispatcher, at start, which connections may have work, so that a node with
-// many idle connections starts a loop only for the others (see the package doc, "Start-up").
+// Backlog tells the Dispatcher, at start, which connections exist and which may have work, so
+// that it neither replays the event log from its start nor starts a loop for an idle connection
+// (see the package doc, "Start-up").
 type Backlog interface {
-	// Busy returns a position of the event log and the connections (keys) that had pending or
-	// in-flight messages as of it: every other connection had nothing to dispatch and nothing
-	// to recover then, and only an event after the position can change that. Start and no
-	// connection is a valid answer (everything is then found by the replay).
-	Busy(ctx context.Context) (eventstore.Position, []string, error)
+	// Connections returns a position of the event log and every connection registered as of
+	// it, each marked Busy when it had pending or in-flight messages then: every other
+	// connection had nothing to dispatch and nothing to recover, and only an event after the
+	// position can change that. Start and no connection is a valid answer (the replay then
+	// starts at the beginning of the log).
+	Connections(ctx context.Context) (eventstore.Position, []KnownConnection, error)
 }
 
-// QueueBacklog implements Backlog over the pending-queue projection (Queue.Busy).
+// KnownConnection is a connection a Backlog knows.
+type KnownConnection struct {
+	// ID is the connection's key (connection.Key).
+	ID string
+	// Busy: it had pending or in-flight messages.
+	Busy bool
+}
+
+// QueueBacklog implements Backlog over the pending-queue projection (Queue.Connections).
 type QueueBacklog struct {
 	DB    *projections.DB
 	Queue *projections.Queue
@@ -100,8 +110,15 @@ type QueueBacklog struct {
 
 var _ Backlog = QueueBacklog{}
 
-// Busy returns the Queue projection's checkpoint and its connections with pending or in-flight
-// messages.
-func (b QueueBacklog) Busy(ctx context.Context) (eventstore.Position, []string, error) {
-	return b.Queue.Busy(ctx, b.DB)
+// Connections returns the Queue projection's checkpoint and its connections.
+func (b QueueBacklog) Connections(ctx context.Context) (eventstore.Position, []KnownConnection, error) {
+	pos, cs, err := b.Queue.Connections(ctx, b.DB)
+	if err != nil {
+		return eventstore.Start, nil, err
+	}
+	out := make([]KnownConnection, len(cs))
+	for i, c := range cs {
+		out[i] = KnownConnection{ID: c.ID, Busy: c.Busy}
+	}
+	return pos, out, nil
 }
