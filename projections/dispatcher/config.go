@@ -79,6 +79,13 @@ type Config struct {
 	// log and every connection it meets gets a loop (which claims its lease, recovers and finds
 	// nothing to do).
 	Backlog Backlog
+	// LazySessions leaves the lease, and so the transport session, of a connection the Backlog
+	// found idle unclaimed until its queue first gets work (exclusive leases only), instead of
+	// having the renewals claim it. With many idle connections per node it saves their leases'
+	// renewals (a row each per renewal on PostgreSQL) and their sessions. The price: an idle
+	// number's ban or logout, and receipts of messages sent before the start, are seen only once
+	// its session connects. Default false: every connection's session runs on some node.
+	LazySessions bool
 	// Leases are the per-connection leases that let several nodes share the dispatch: a
 	// connection's loop runs, and its transport session is connected, only while this node holds
 	// its lease, and every hand-over records the lease's epoch (see the package doc). Default

@@ -339,7 +339,7 @@ func (d *Dispatcher) idle(connID string) {
 		return
 	}
 	st.idle = true
-	if d.sessions() {
+	if d.sessions() && !d.cfg.LazySessions {
 		st.lease.foreign = true
 	}
 }

@@ -24,7 +24,8 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 		name   string
 		open   engine
 		leases bool
-	}{{"sqlite", openSQLite, false}, {"postgres-leases", openPostgres, true}} {
+		lazy   bool
+	}{{"sqlite", openSQLite, false, false}, {"postgres-leases", openPostgres, true, false}, {"postgres-lazy", openPostgres, true, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, tc.open)
 			h.autoAdvance(100 * time.Millisecond)
@@ -67,6 +68,7 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 				if l != nil {
 					c.Leases, c.LeaseRenewInterval = l, 500*time.Millisecond
 				}
+				c.LazySessions = tc.lazy
 			})
 			h.idle(d, last.Position)
 			for i := idle; i < idle+busy; i++ {
@@ -77,7 +79,23 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 			if got := d.Stats().Loops; got != busy {
 				t.Fatalf("%d loops started at start, want %d (one per connection with work)", got, busy)
 			}
-			if tc.leases {
+			if tc.lazy {
+				// Only the busy connections hold leases and run sessions; two renewals change nothing.
+				heartbeat := func() (at time.Time) {
+					_ = h.env.db.QueryRowContext(context.Background(), `SELECT expires_at FROM dispatch_nodes WHERE node = 'n1'`).Scan(&at)
+					return at
+				}
+				for range 2 { // two renewals after the start-up
+					before := heartbeat()
+					h.eventually("a renewal", func() bool { return heartbeat().After(before) })
+				}
+				if got := len(d.Held()); got != busy {
+					t.Fatalf("%d leases held with lazy sessions, want %d", got, busy)
+				}
+				if st := h.sim.Status(key(id(1))).State; st == transport.StateConnected {
+					t.Fatalf("an idle connection's session is %s with lazy sessions", st)
+				}
+			} else if tc.leases {
 				// The renewals claim the idle connections' leases and connect their sessions.
 				h.eventually("every lease held", func() bool { return len(d.Held()) == idle+busy })
 				h.eventually("every session connected", func() bool {
@@ -92,7 +110,8 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 					t.Fatalf("%d loops after the renewals claimed the idle connections, want %d", got, busy)
 				}
 			}
-			// An idle connection gets work: its loop starts, recovers (nothing in flight) and sends.
+			// An idle connection gets work: its loop starts, recovers (nothing in flight) and sends
+			// (with lazy sessions after claiming its lease and connecting its session).
 			later := h.enqueueOne(id(1), "later", 0)
 			h.idle(d, later.Position)
 			hist := h.history(id(1))

@@ -40,6 +40,9 @@ type ScaleConfig struct {
 	Pacing dispatcher.Pacing
 	// SetupWorkers is how many goroutines seed the connections (untimed). Zero means 32.
 	SetupWorkers int
+	// LazySessions measures the node with server.Options.LazySessions (idle connections get
+	// neither lease nor session until they have work).
+	LazySessions bool
 	// Messages is the length of each active connection's broadcast. Zero means enough for the
 	// start-up limit and the window at the fastest pace ((StartupLimit+Window)/MinInterval + 2).
 	Messages int
@@ -78,7 +81,7 @@ func (c *ScaleConfig) setDefaults() {
 // simulator transport (nothing reaches WhatsApp; sends are acknowledged at once, no
 // receipts). Per engine it prints
 //
-//	BENCH scale/<engine>/conns=<n>/active=<m> transport=simulator msgs_per_s=… startup_s=… first_send_s=…
+//	BENCH scale/<engine>/conns=<n>/active=<m> transport=simulator sessions=all|lazy msgs_per_s=… startup_s=… first_send_s=…
 //	      rss_now_mib=… goroutines=… cpu_per_1k_active=… db_cpu_per_1k_active=… events_per_s=…
 //	      db_commits_per_s=… db_rows_per_s=… drained=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
 //
@@ -142,6 +145,7 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 	debug.FreeOSMemory()
 	resetPeakRSS()
 	opts.NoDispatcher, opts.GroupCommit, opts.Pacing, opts.NoPacing = false, 0, cfg.Pacing, cfg.Pacing.Unpaced
+	opts.LazySessions = cfg.LazySessions
 	opts.BootstrapOut = io.Discard
 	start := time.Now()
 	node, err := server.New(ctx, opts)
@@ -242,8 +246,12 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 		base = float64(cfg.Active) / iv.Seconds()
 	}
 	k := float64(cfg.Active) / 1000
+	sessions := "all"
+	if cfg.LazySessions {
+		sessions = "lazy"
+	}
 	return emit(w, fmt.Sprintf("scale/%s/conns=%d/active=%d", engine, cfg.Conns, cfg.Active),
-		"transport", "simulator", "msgs_per_s", rate, "startup_s", startup.Seconds(), "first_send_s", firstSend.Seconds(),
+		"transport", "simulator", "sessions", sessions, "msgs_per_s", rate, "startup_s", startup.Seconds(), "first_send_s", firstSend.Seconds(),
 		"rss_now_mib", rssNow, "goroutines", goroutines,
 		"cpu_per_1k_active", cpu.Seconds()/window.Seconds()/k, "db_cpu_per_1k_active", dbCPU.Seconds()/window.Seconds()/k,
 		"events_per_s", perSecond(events, window),
