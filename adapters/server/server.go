@@ -319,10 +319,10 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 			// Idle connections get no loop at start: one query finds those with work.
 			Backlog:      dispatcher.QueueBacklog{DB: n.DB, Queue: n.Queue},
 			LazySessions: o.LazySessions,
-			Locator:    dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
-			Pacing:     pacing,
-			Registerer: n.Registry,
-			Logger:     o.Logger,
+			Locator:      dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
+			Pacing:       pacing,
+			Registerer:   n.Registry,
+			Logger:       o.Logger,
 		}); err != nil {
 			return nil, err
 		}
