@@ -35,8 +35,8 @@ var figureFormats = []struct {
 	{regexp.MustCompile(`^dispatch/(postgres|sqlite)/conns=\d+$`),
 		regexp.MustCompile(`^msgs_per_s=[\d.]+ msgs=\d+ events_per_msg=[\d.]+ writers=\d+ group_commit=\d+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"msgs_per_s", "events_per_msg", "baseline_per_s"}},
-	{regexp.MustCompile(`^scale/(postgres|sqlite)/conns=\d+/active=\d+$`),
-		regexp.MustCompile(`^transport=simulator sessions=(all|lazy) msgs_per_s=[\d.]+ startup_s=[\d.]+ first_send_s=[\d.]+ rss_now_mib=[\d.]+ goroutines=\d+ cpu_per_1k_active=[\d.]+ db_cpu_per_1k_active=[\d.]+ events_per_s=[\d.]+ db_commits_per_s=[\d.]+ db_rows_per_s=[\d.]+ drained=\d+ seed_s=[\d.]+ baseline=paced baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+	{regexp.MustCompile(`^scale/(postgres|sqlite)/conns=\d+/active=\d+/sessions=(all|lazy)$`),
+		regexp.MustCompile(`^transport=simulator msgs_per_s=[\d.]+ startup_s=[\d.]+ first_send_s=[\d.]+ rss_now_mib=[\d.]+ goroutines=\d+ cpu_per_1k_active=[\d.]+ db_cpu_per_1k_active=[\d.]+ events_per_s=[\d.]+ db_commits_per_s=[\d.]+ db_rows_per_s=[\d.]+ drained=\d+ seed_s=[\d.]+ baseline=paced baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"startup_s", "first_send_s", "rss_now_mib", "goroutines", "baseline_per_s"}},
 	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue(-no-ryw)?$`),
 		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ group_commit=\d+ append_single_per_s=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
@@ -89,7 +89,7 @@ func TestAllTiny(t *testing.T) {
 		Dispatch: DispatchConfig{Conns: []int{3}, Messages: 30, SetupWorkers: 3},
 		API:      APIConfig{Clients: 4, Requests: 24},
 		Import:   ImportConfig{Recipients: 40},
-		Scale: ScaleConfig{Conns: 12, Active: 3, Window: time.Second, StartupLimit: testwait.Limit, Messages: 400,
+		Scale: ScaleConfig{Conns: 12, Active: 3, Window: time.Second, StartupLimit: testwait.Limit, Messages: 400, BothSessions: true,
 			Pacing: dispatcher.Pacing{MinInterval: 20 * time.Millisecond, Jitter: 10 * time.Millisecond}, SetupWorkers: 4},
 		DocPath: doc,
 		Command: "waqueue bench all --tiny",
@@ -110,7 +110,7 @@ func TestAllTiny(t *testing.T) {
 	for _, e := range []string{"postgres", "sqlite"} {
 		for _, name := range []string{"store/" + e + "/append-batch", "store/" + e + "/append-single", "store/" + e + "/catch-up",
 			"clear/" + e + "/pending=50", "clear/" + e + "/pending=120", "dispatch/" + e + "/conns=3", "api/" + e + "/enqueue",
-			"import/" + e + "/recipients=40", "scale/" + e + "/conns=12/active=3"} {
+			"import/" + e + "/recipients=40", "scale/" + e + "/conns=12/active=3/sessions=all", "scale/" + e + "/conns=12/active=3/sessions=lazy"} {
 			if _, ok := seen[name]; !ok {
 				t.Errorf("figure %s missing:\n%s", name, out.String())
 			}

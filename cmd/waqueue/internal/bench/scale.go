@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -43,6 +44,8 @@ type ScaleConfig struct {
 	// LazySessions measures the node with server.Options.LazySessions (idle connections get
 	// neither lease nor session until they have work).
 	LazySessions bool
+	// BothSessions measures two restarts on the same seed: without LazySessions, then with it.
+	BothSessions bool
 	// Messages is the length of each active connection's broadcast. Zero means enough for the
 	// start-up limit and the window at the fastest pace ((StartupLimit+Window)/MinInterval + 2).
 	Messages int
@@ -81,7 +84,7 @@ func (c *ScaleConfig) setDefaults() {
 // simulator transport (nothing reaches WhatsApp; sends are acknowledged at once, no
 // receipts). Per engine it prints
 //
-//	BENCH scale/<engine>/conns=<n>/active=<m> transport=simulator sessions=all|lazy msgs_per_s=… startup_s=… first_send_s=…
+//	BENCH scale/<engine>/conns=<n>/active=<m>/sessions=all|lazy transport=simulator msgs_per_s=… startup_s=… first_send_s=…
 //	      rss_now_mib=… goroutines=… cpu_per_1k_active=… db_cpu_per_1k_active=… events_per_s=…
 //	      db_commits_per_s=… db_rows_per_s=… drained=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
 //
@@ -122,30 +125,59 @@ func perMessageInterval(p dispatcher.Pacing) time.Duration {
 	return p.MinInterval + max(p.Jitter, 0)/2
 }
 
-func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w io.Writer) (err error) {
+func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w io.Writer) error {
 	run := uuid.NewString()[:8]
 	id := func(i int) string { return fmt.Sprintf("s-%s-%d", run, i) }
-	// Enough messages per active connection for the start-up and the window at the fastest pace.
+	variants := []bool{cfg.LazySessions}
+	if cfg.BothSessions {
+		variants = []bool{false, true}
+	}
+	// Enough messages per active connection for the start-up and the window at the fastest pace,
+	// for every variant measured.
 	per := cfg.Messages
 	if per <= 0 {
 		per = 1000
 		if cfg.Pacing.MinInterval > 0 {
-			per = int((cfg.Window+cfg.StartupLimit)/cfg.Pacing.MinInterval) + 2
+			per = len(variants)*int((cfg.Window+cfg.StartupLimit)/cfg.Pacing.MinInterval) + 2
 		}
 	}
 	seedStart := time.Now()
-	opts, err := scaleSeed(ctx, env, engine, cfg, id, per)
+	opts, seedLast, err := scaleSeed(ctx, env, engine, cfg, id, per)
 	if err != nil {
 		return err
 	}
-	seed := time.Since(seedStart)
+	m := scaleRun{cfg: cfg, env: env, engine: engine, opts: opts, id: id, per: per, last: seedLast,
+		seed: time.Since(seedStart), sent: map[string]int{}}
+	for _, lazy := range variants {
+		if err := m.measure(ctx, lazy, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
-	// The measured node: a restart on the seeded database.
+// scaleRun is one seeded database measured by restarts.
+type scaleRun struct {
+	cfg    ScaleConfig
+	env    *Env
+	engine string
+	opts   server.Options
+	id     func(int) string
+	per    int
+	last   eventstore.Position // the last event seen so far (a lower bound of the log's end)
+	seed   time.Duration
+	sent   map[string]int // hand-overs per connection, over every measured node
+}
+
+// measure opens a node on the seeded database, as a restart would, and measures it.
+func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err error) {
+	cfg := m.cfg
 	runtime.GC()
 	debug.FreeOSMemory()
 	resetPeakRSS()
+	opts := m.opts
 	opts.NoDispatcher, opts.GroupCommit, opts.Pacing, opts.NoPacing = false, 0, cfg.Pacing, cfg.Pacing.Unpaced
-	opts.LazySessions = cfg.LazySessions
+	opts.LazySessions = lazy
 	opts.BootstrapOut = io.Discard
 	start := time.Now()
 	node, err := server.New(ctx, opts)
@@ -164,7 +196,7 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 	}
 	active := make(map[string]bool, cfg.Active)
 	for i := range cfg.Active {
-		active[connection.Key(node.Tenant, id(i))] = true
+		active[connection.Key(node.Tenant, m.id(i))] = true
 	}
 	goroutines := runtime.NumGoroutine()
 	started := map[string]bool{}
@@ -200,9 +232,9 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 	}
 
 	// The window.
-	pid := postmasterPID(env)
+	pid := postmasterPID(m.env)
 	cpu0, db0 := processCPU(), postgresCPU(pid)
-	pos0, err := lastPosition(ctx, node.Events)
+	pos0, err := lastPosition(ctx, node.Events, m.last)
 	if err != nil {
 		return err
 	}
@@ -230,13 +262,12 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 		return err
 	}
 	// Active connections whose broadcast ran out before the end (the rate then understates).
-	perConn := map[string]int{}
 	for _, s := range node.Simulator.Sends() {
-		perConn[s.ConnectionID]++
+		m.sent[s.ConnectionID]++
 	}
 	drained := 0
 	for k := range active {
-		if perConn[k] >= per {
+		if m.sent[k] >= m.per {
 			drained++
 		}
 	}
@@ -247,29 +278,32 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 	}
 	k := float64(cfg.Active) / 1000
 	sessions := "all"
-	if cfg.LazySessions {
+	if lazy {
 		sessions = "lazy"
 	}
-	return emit(w, fmt.Sprintf("scale/%s/conns=%d/active=%d", engine, cfg.Conns, cfg.Active),
-		"transport", "simulator", "sessions", sessions, "msgs_per_s", rate, "startup_s", startup.Seconds(), "first_send_s", firstSend.Seconds(),
+	if m.last, err = lastPosition(ctx, node.Events, pos0); err != nil {
+		return err
+	}
+	return emit(w, fmt.Sprintf("scale/%s/conns=%d/active=%d/sessions=%s", m.engine, cfg.Conns, cfg.Active, sessions),
+		"transport", "simulator", "msgs_per_s", rate, "startup_s", startup.Seconds(), "first_send_s", firstSend.Seconds(),
 		"rss_now_mib", rssNow, "goroutines", goroutines,
 		"cpu_per_1k_active", cpu.Seconds()/window.Seconds()/k, "db_cpu_per_1k_active", dbCPU.Seconds()/window.Seconds()/k,
 		"events_per_s", perSecond(events, window),
 		"db_commits_per_s", perSecond(int(commits1-commits0), window), "db_rows_per_s", perSecond(int(rows1-rows0), window),
-		"drained", drained, "seed_s", seed.Seconds(),
+		"drained", drained, "seed_s", m.seed.Seconds(),
 		"baseline", "paced", "baseline_per_s", base, "ratio", ratio(rate, base))
 }
 
 // scaleSeed registers and pairs cfg.Conns connections and starts a broadcast of per messages
 // on the first cfg.Active, on a node without dispatcher, waits for every projection and closes
 // the node. It returns the node's options, to open the same database again.
-func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id func(int) string, per int) (opts server.Options, err error) {
+func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id func(int) string, per int) (opts server.Options, last eventstore.Position, err error) {
 	node, err := env.node(ctx, engine, func(o *server.Options) {
 		o.NoDispatcher = true
 		o.ProjectionBatch = 4096
 	})
 	if err != nil {
-		return opts, err
+		return opts, last, err
 	}
 	defer func() {
 		if cerr := node.Close(); err == nil && cerr != nil {
@@ -305,7 +339,7 @@ func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id
 		return nil
 	})
 	if err != nil {
-		return opts, err
+		return opts, last, err
 	}
 	progress("registered and paired %d connections in %s", cfg.Conns, time.Since(t0).Round(time.Millisecond))
 	t0 = time.Now()
@@ -321,30 +355,30 @@ func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id
 		return nil
 	})
 	if err != nil {
-		return opts, err
+		return opts, last, err
 	}
-	last, err := lastPosition(ctx, node.Events)
+	last, err = lastPosition(ctx, node.Events, eventstore.Start)
 	if err != nil {
-		return opts, err
+		return opts, last, err
 	}
 	progress("started %d broadcasts of %d messages in %s", cfg.Active, per, time.Since(t0).Round(time.Millisecond))
 	t0 = time.Now()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if err := node.Start(runCtx); err != nil {
-		return opts, err
+		return opts, last, err
 	}
 	var names []string
 	for _, s := range node.Runner.Statuses() {
 		names = append(names, s.Name)
 	}
 	if err := node.Runner.WaitReached(ctx, names, last); err != nil {
-		return opts, fmt.Errorf("projections catching up with the seed: %w", err)
+		return opts, last, fmt.Errorf("projections catching up with the seed: %w", err)
 	}
 	progress("projections caught up in %s", time.Since(t0).Round(time.Millisecond))
 	opts = node.Options
 	opts.Logger = slog.New(slog.DiscardHandler)
-	return opts, nil
+	return opts, last, nil
 }
 
 // progress reports a step of a long benchmark on stderr (BENCH lines go to stdout).
