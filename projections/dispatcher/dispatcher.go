@@ -324,7 +324,8 @@ func (d *Dispatcher) backlog(ctx context.Context) eventstore.Position {
 	return pos
 }
 
-// idle records a connection the Backlog found without work: no loop starts. With exclusive leases it is marked for the renewals, which claim the leases of all
+// idle records a connection the Backlog found without work: no loop starts. With exclusive
+// leases (and without LazySessions) it is marked for the renewals, which claim the leases of all
 // such connections in one call and connect their sessions without starting loops; a later wake
 // (its queue gets work) starts its loop as usual.
 func (d *Dispatcher) idle(connID string) {
