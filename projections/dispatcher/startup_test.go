@@ -50,7 +50,21 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 			for i := idle; i < idle+busy; i++ {
 				last = h.enqueueOne(id(i), "busy", 0)
 			}
+			// The last busy connection's message was dispatched by a process that died before
+			// recording the outcome: in flight, nothing pending. It must be found busy and
+			// recovered (recorded unknown, never resent).
+			inflight := id(idle + busy - 1)
+			dn, err := commands.NewDispatchNextHandler(h.repo, dispatcher.QueueMessages{DB: h.env.db, Queue: h.queue},
+				func() time.Time { return h.clock.Now().UTC() })
+			if err != nil {
+				t.Fatal(err)
+			}
 			h.waitProjections(last.Position, "queue")
+			res, err := dn.Handle(sys, commands.DispatchNext{ConnectionID: inflight})
+			if err != nil || res.Message.MessageID != last.MessageID {
+				t.Fatalf("dispatch by the dead process: %+v %v", res, err)
+			}
+			h.waitProjections(h.lastPosition(inflight, connection.TypeMessageDispatched), "queue")
 			h.waitProjections(h.lastPosition(id(0), connection.TypeMessageSent), "queue")
 
 			var l dispatcher.Leases
@@ -70,11 +84,17 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 				}
 				c.LazySessions = tc.lazy
 			})
+			h.eventually("the dead process's message recovered", func() bool {
+				return count[connection.MessageOutcomeUnknown](h.history(inflight)) == 1
+			})
 			h.idle(d, last.Position)
-			for i := idle; i < idle+busy; i++ {
+			for i := idle; i < idle+busy-1; i++ {
 				if n := count[connection.MessageSent](h.history(id(i))); n != 1 {
 					t.Fatalf("%s: %d sent, want 1", id(i), n)
 				}
+			}
+			if n := h.sim.SendCount(last.MessageID); n != 0 {
+				t.Fatalf("the message in flight at start was handed over %d times", n)
 			}
 			if got := d.Stats().Loops; got != busy {
 				t.Fatalf("%d loops started at start, want %d (one per connection with work)", got, busy)
@@ -121,7 +141,7 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 			if n := count[connection.MessageOutcomeUnknown](hist); n != 0 {
 				t.Fatalf("%d unknown on a connection with nothing in flight", n)
 			}
-			for _, c := range []string{id(0), id(1), id(idle)} {
+			for _, c := range []string{id(0), id(1), id(idle), inflight} {
 				for _, v := range invariants.Check(h.history(c), h.sends(c)).Violations {
 					t.Errorf("%s: %v", c, v)
 				}
