@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/internal/testwait"
-	"github.com/waqueue/waqueue/projections/dispatcher"
 )
 
 // figureFormats are the BENCH line shapes of each benchmark: the numeric fields listed must
@@ -72,6 +72,9 @@ func checkLine(t *testing.T, s string) Line {
 	return l
 }
 
+// tinyInterval is the scale figure's pacing in TestAllTiny: the sending policy's floor.
+var tinyInterval = connection.MinMinInterval
+
 // TestAllTiny runs every benchmark at tiny sizes on both engines so that none can rot, and
 // checks the output and the results document. It never checks a speed.
 func TestAllTiny(t *testing.T) {
@@ -90,7 +93,7 @@ func TestAllTiny(t *testing.T) {
 		API:      APIConfig{Clients: 4, Requests: 24},
 		Import:   ImportConfig{Recipients: 40},
 		Scale: ScaleConfig{Conns: 12, Active: 3, Window: time.Second, StartupLimit: testwait.Limit, Messages: 400, BothSessions: true,
-			Pacing: dispatcher.Pacing{MinInterval: 20 * time.Millisecond, Jitter: 10 * time.Millisecond}, SetupWorkers: 4},
+			Policy: connection.SendingPolicyPatch{MinInterval: &tinyInterval, Jitter: &tinyInterval}, SetupWorkers: 4},
 		DocPath: doc,
 		Command: "waqueue bench all --tiny",
 		Now:     func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) },

@@ -36,9 +36,10 @@ type ScaleConfig struct {
 	// StartupLimit bounds the wait for every active connection's first hand-over; the window
 	// starts then whatever the count. Zero means 1 minute.
 	StartupLimit time.Duration
-	// Pacing is the dispatcher's pacing; the zero value is the dispatcher's defaults (3 s
-	// plus up to 2 s of jitter, 1,000 a day). Tests shorten it.
-	Pacing dispatcher.Pacing
+	// Policy is the sending policy every connection is registered with; the zero patch keeps
+	// connection.DefaultSendingPolicy (3 s plus up to 2 s of jitter, 1,000 a day). Tests
+	// shorten it.
+	Policy connection.SendingPolicyPatch
 	// SetupWorkers is how many goroutines seed the connections (untimed). Zero means 32.
 	SetupWorkers int
 	// LazySessions measures the node with server.Options.LazySessions (idle connections get
@@ -66,14 +67,6 @@ func (c *ScaleConfig) setDefaults() {
 	}
 	if c.StartupLimit <= 0 {
 		c.StartupLimit = time.Minute
-	}
-	if !c.Pacing.Unpaced {
-		if c.Pacing.MinInterval == 0 {
-			c.Pacing.MinInterval = dispatcher.DefaultMinInterval
-		}
-		if c.Pacing.Jitter == 0 {
-			c.Pacing.Jitter = dispatcher.DefaultJitter
-		}
 	}
 	if c.SetupWorkers <= 0 {
 		c.SetupWorkers = 32
@@ -117,11 +110,13 @@ func Scale(ctx context.Context, env *Env, cfg ScaleConfig, w io.Writer) error {
 	return nil
 }
 
+// policy returns the sending policy the connections are registered with.
+func (c ScaleConfig) policy() (connection.SendingPolicy, error) {
+	return c.Policy.Apply(connection.DefaultSendingPolicy())
+}
+
 // perMessageInterval is the mean pause between two messages of a connection under p.
-func perMessageInterval(p dispatcher.Pacing) time.Duration {
-	if p.Unpaced {
-		return 0
-	}
+func perMessageInterval(p connection.SendingPolicy) time.Duration {
 	return p.MinInterval + max(p.Jitter, 0)/2
 }
 
@@ -134,12 +129,13 @@ func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w 
 	}
 	// Enough messages per active connection for the start-up and the window at the fastest pace,
 	// for every variant measured.
+	pol, err := cfg.policy()
+	if err != nil {
+		return err
+	}
 	per := cfg.Messages
 	if per <= 0 {
-		per = 1000
-		if cfg.Pacing.MinInterval > 0 {
-			per = len(variants)*int((cfg.Window+cfg.StartupLimit)/cfg.Pacing.MinInterval) + 2
-		}
+		per = len(variants)*int((cfg.Window+cfg.StartupLimit)/pol.MinInterval) + 2
 	}
 	seedStart := time.Now()
 	opts, seedLast, err := scaleSeed(ctx, env, engine, cfg, id, per)
@@ -176,7 +172,7 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	debug.FreeOSMemory()
 	resetPeakRSS()
 	opts := m.opts
-	opts.NoDispatcher, opts.GroupCommit, opts.Pacing, opts.NoPacing = false, 0, cfg.Pacing, cfg.Pacing.Unpaced
+	opts.NoDispatcher, opts.GroupCommit, opts.Pacing, opts.NoPacing = false, 0, dispatcher.Pacing{}, false
 	opts.LazySessions = lazy
 	opts.BootstrapOut = io.Discard
 	start := time.Now()
@@ -272,10 +268,11 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 		}
 	}
 	rate := perSecond(int(sent), window)
-	base := 0.0
-	if iv := perMessageInterval(cfg.Pacing); iv > 0 {
-		base = float64(cfg.Active) / iv.Seconds()
+	pol, err := cfg.policy()
+	if err != nil {
+		return err
 	}
+	base := float64(cfg.Active) / perMessageInterval(pol).Seconds()
 	k := float64(cfg.Active) / 1000
 	sessions := "all"
 	if lazy {
@@ -319,8 +316,12 @@ func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id
 	err = parallel(ctx, cfg.SetupWorkers, cfg.Conns, func(ctx context.Context, i int) error {
 		c := id(i)
 		_, err := node.Repo.Update(op, connection.Key(node.Tenant, c), "bench", func(cur *connection.Connection) ([]connection.Event, error) {
+			var policy *connection.SendingPolicyPatch
+			if !cfg.Policy.IsZero() {
+				policy = &cfg.Policy
+			}
 			reg, err := cur.Register(connection.RegisterConnection{ConnectionID: c, TenantID: node.Tenant,
-				Phone: fmt.Sprintf("+49152%08d", i), Actor: "bench"}, now())
+				Phone: fmt.Sprintf("+49152%08d", i), Actor: "bench", SendingPolicy: policy}, now())
 			if err != nil {
 				return nil, err
 			}
