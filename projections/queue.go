@@ -650,13 +650,15 @@ type QueueConnection struct {
 // each marked busy when it had pending or in-flight messages, read in one statement (one
 // snapshot: the checkpoint is written in the transaction of the rows it covers). A connection
 // not busy had nothing to dispatch and nothing to recover at that position; only an event after
-// it can change that. With no checkpoint yet it returns eventstore.Start and no connection. For
-// the dispatcher's start-up: one query instead of replaying the event log from its start and
-// looking at every registered connection.
+// it can change that. Retired connections (as the cards read model shows them) are left out:
+// nothing is dispatched through them again and they get no session. With no checkpoint yet it
+// returns eventstore.Start and no connection. For the dispatcher's start-up: one query instead
+// of replaying the event log from its start and looking at every registered connection.
 func (q *Queue) Connections(ctx context.Context, db *DB) (eventstore.Position, []QueueConnection, error) {
 	rows, err := db.QueryContext(ctx, `SELECT c.commit_pos, c.prepare_pos, q.conn_id, q.pending > 0 OR q.in_flight > 0
-FROM projection_checkpoints c LEFT JOIN queue_conns q ON TRUE
-WHERE c.name = $1`, QueueName)
+FROM projection_checkpoints c LEFT JOIN queue_conns q
+  ON NOT EXISTS (SELECT 1 FROM card_connections k WHERE k.conn_id = q.conn_id AND k.link_status = $2)
+WHERE c.name = $1`, QueueName, connection.LinkStatusRetired.String())
 	if err != nil {
 		return eventstore.Start, nil, fmt.Errorf("projections: queue connections: %w", err)
 	}

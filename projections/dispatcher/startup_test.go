@@ -46,6 +46,16 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 			first := h.start(nil)
 			h.eventually("the earlier message sent", func() bool { return count[connection.MessageSent](h.history(id(0))) == 1 })
 			first.stop()
+			// One idle connection is retired: it must get no lease and no session.
+			retire, err := commands.NewRetireConnectionHandler(h.repo, func() time.Time { return h.clock.Now().UTC() })
+			if err != nil {
+				t.Fatal(err)
+			}
+			retired := id(2)
+			if _, err := retire.Handle(h.op(), commands.RetireConnection{ConnectionID: retired, Reason: "number given up"}); err != nil {
+				t.Fatal(err)
+			}
+			h.waitProjections(h.lastPosition(retired, connection.TypeConnectionRetired), "cards")
 			var last commands.EnqueueResult
 			for i := idle; i < idle+busy; i++ {
 				last = h.enqueueOne(id(i), "busy", 0)
@@ -117,9 +127,12 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 				}
 			} else if tc.leases {
 				// The renewals claim the idle connections' leases and connect their sessions.
-				h.eventually("every lease held", func() bool { return len(d.Held()) == idle+busy })
-				h.eventually("every session connected", func() bool {
+				h.eventually("every lease held but the retired one's", func() bool { return len(d.Held()) == idle+busy-1 })
+				h.eventually("every session connected but the retired one's", func() bool {
 					for i := range idle + busy {
+						if id(i) == retired {
+							continue
+						}
 						if h.sim.Status(key(id(i))).State != transport.StateConnected {
 							return false
 						}
@@ -128,6 +141,14 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 				})
 				if got := d.Stats().Loops; got != busy {
 					t.Fatalf("%d loops after the renewals claimed the idle connections, want %d", got, busy)
+				}
+				for _, l := range d.Held() {
+					if l.ConnectionID == retired {
+						t.Fatal("the retired connection's lease is held")
+					}
+				}
+				if st := h.sim.Status(key(retired)).State; st == transport.StateConnected {
+					t.Fatalf("the retired connection's session is %s", st)
 				}
 			}
 			// An idle connection gets work: its loop starts, recovers (nothing in flight) and sends
