@@ -637,3 +637,48 @@ func (q *Queue) Collect(ctx context.Context, db *DB, maxRows int) (int, error) {
 	}
 	return deleted, nil
 }
+
+// QueueConnection is one connection of the Queue projection, for the dispatcher's start-up.
+type QueueConnection struct {
+	// ID is the connection's key (connection.Key).
+	ID string
+	// Busy is true when the connection had pending or in-flight messages.
+	Busy bool
+}
+
+// Connections returns the Queue projection's checkpoint and every connection it knows as of it,
+// each marked busy when it had pending or in-flight messages, read in one statement (one
+// snapshot: the checkpoint is written in the transaction of the rows it covers). A connection
+// not busy had nothing to dispatch and nothing to recover at that position; only an event after
+// it can change that. Retired connections (as the cards read model shows them) are left out:
+// nothing is dispatched through them again and they get no session. With no checkpoint yet it
+// returns eventstore.Start and no connection. For the dispatcher's start-up: one query instead
+// of replaying the event log from its start and looking at every registered connection.
+func (q *Queue) Connections(ctx context.Context, db *DB) (eventstore.Position, []QueueConnection, error) {
+	rows, err := db.QueryContext(ctx, `SELECT c.commit_pos, c.prepare_pos, q.conn_id, q.pending > 0 OR q.in_flight > 0
+FROM projection_checkpoints c LEFT JOIN queue_conns q
+  ON NOT EXISTS (SELECT 1 FROM card_connections k WHERE k.conn_id = q.conn_id AND k.link_status = $2)
+WHERE c.name = $1`, QueueName, connection.LinkStatusRetired.String())
+	if err != nil {
+		return eventstore.Start, nil, fmt.Errorf("projections: queue connections: %w", err)
+	}
+	defer rows.Close()
+	var pos eventstore.Position
+	var out []QueueConnection
+	for rows.Next() {
+		var c, p int64
+		var id sql.NullString
+		var busy sql.NullBool
+		if err := rows.Scan(&c, &p, &id, &busy); err != nil {
+			return eventstore.Start, nil, fmt.Errorf("projections: queue connections: %w", err)
+		}
+		pos = eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}
+		if id.Valid {
+			out = append(out, QueueConnection{ID: id.String, Busy: busy.Bool})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return eventstore.Start, nil, fmt.Errorf("projections: queue connections: %w", err)
+	}
+	return pos, out, nil
+}

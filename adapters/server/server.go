@@ -99,6 +99,10 @@ type Options struct {
 	// must be below LeaseTTL (the dispatcher refuses otherwise; `waqueue serve` asks for
 	// below half).
 	LeaseRenewInterval time.Duration
+	// LazySessions connects the WhatsApp session (and claims the dispatch lease, PostgreSQL) of
+	// a connection idle at start only once its queue gets work (dispatcher.Config.LazySessions).
+	// For nodes with very many idle connections; default off.
+	LazySessions bool
 	// NoClearing does not run the clearing process: Node.Clears is built, and clears stay
 	// pending (the queue clearing) until the caller runs Node.Clears.Sweep. For tests of what
 	// happens while a queue is clearing.
@@ -330,11 +334,14 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 			Leases:             leases,
 			LeaseRenewInterval: o.LeaseRenewInterval,
 			Store:              n.Events, Repository: n.Repo, Transport: n.Transport,
-			Messages:   dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
-			Locator:    dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
-			Pacing:     pacing,
-			Registerer: n.Registry,
-			Logger:     o.Logger,
+			Messages: dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
+			// Idle connections get no loop at start: one query finds those with work.
+			Backlog:      dispatcher.QueueBacklog{DB: n.DB, Queue: n.Queue},
+			LazySessions: o.LazySessions,
+			Locator:      dispatcher.StatusLocator{DB: n.DB, Status: n.Messages},
+			Pacing:       pacing,
+			Registerer:   n.Registry,
+			Logger:       o.Logger,
 		}); err != nil {
 			return nil, err
 		}

@@ -20,6 +20,7 @@ type benchFlags struct {
 	dispatch bench.DispatchConfig
 	api      bench.APIConfig
 	imp      bench.ImportConfig
+	scale    bench.ScaleConfig
 	quick    bool
 	doc      string
 	// groupCommit is --group-commit, copied to the store and api configurations.
@@ -54,6 +55,15 @@ func (f *benchFlags) applyQuick() {
 	}
 	if f.imp.Recipients == 0 {
 		f.imp.Recipients = 20_000
+	}
+	if f.scale.Conns == 0 {
+		f.scale.Conns = bench.QuickScale.Conns
+	}
+	if f.scale.Active == 0 {
+		f.scale.Active = min(bench.QuickScale.Active, f.scale.Conns)
+	}
+	if f.scale.Window == 0 {
+		f.scale.Window = bench.QuickScale.Window
 	}
 }
 
@@ -161,14 +171,23 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	}
 	importFlags(imp, &f)
 
+	scale := &cobra.Command{
+		Use:   "scale",
+		Short: "One node: 100k registered connections, 10k sending at the default pacing, on the simulator: RSS, goroutines, CPU, paced rate held",
+		RunE: func(c *cobra.Command, _ []string) error {
+			return withEnv(c.Context(), &f, func(env *bench.Env) error { return bench.Scale(c.Context(), env, f.scale, c.OutOrStdout()) })
+		},
+	}
+	scaleFlags(scale, &f)
+
 	all := &cobra.Command{
 		Use:   "all",
-		Short: "store, clear (with catch-up), dispatch, api and import; writes the results table into docs/benchmarks.md",
+		Short: "store, clear (with catch-up), dispatch, api, import and scale; writes the results table into docs/benchmarks.md",
 		RunE: func(c *cobra.Command, _ []string) error {
 			f.applyQuick()
 			f.store.GroupCommit, f.api.GroupCommit, f.dispatch.GroupCommit = f.groupCommit, f.groupCommit, f.groupCommit
 			return bench.All(c.Context(), bench.AllConfig{
-				Env: f.envConfig(), Store: f.store, Clear: f.clear, Dispatch: f.dispatch, API: f.api, Import: f.imp,
+				Env: f.envConfig(), Store: f.store, Clear: f.clear, Dispatch: f.dispatch, API: f.api, Import: f.imp, Scale: f.scale,
 				DocPath: f.doc, Command: commandLine(os.Args),
 			}, c.OutOrStdout())
 		},
@@ -178,6 +197,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	dispatchFlags(all, &f)
 	apiFlags(all, &f)
 	importFlags(all, &f)
+	scaleFlags(all, &f)
 	all.Flags().StringVar(&f.doc, "doc", "docs/benchmarks.md", "Markdown file whose bench:begin/bench:end section receives the results (empty: none)")
 
 	var from, pgVersion, command, loadBefore string
@@ -209,7 +229,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	doc.Flags().StringVar(&f.doc, "doc", "docs/benchmarks.md", "Markdown file whose bench:begin/bench:end section receives the results")
 	_ = doc.MarkFlagRequired("from")
 
-	cmd.AddCommand(store, clear, dispatch, api, imp, all, doc)
+	cmd.AddCommand(store, clear, dispatch, api, imp, scale, all, doc)
 	return cmd
 }
 
@@ -242,6 +262,16 @@ func apiFlags(c *cobra.Command, f *benchFlags) {
 
 func importFlags(c *cobra.Command, f *benchFlags) {
 	c.Flags().IntVar(&f.imp.Recipients, "recipients", 0, "numbers of the imported CSV broadcast (default 100,000; --quick 20,000)")
+}
+
+func scaleFlags(c *cobra.Command, f *benchFlags) {
+	fl := c.Flags()
+	fl.IntVar(&f.scale.Conns, "registered", 0, "scale: registered connections (default 100,000; --quick 2,000)")
+	fl.IntVar(&f.scale.Active, "active", 0, "scale: connections sending at the default pacing (default 10,000; --quick 200)")
+	fl.DurationVar(&f.scale.Window, "window", 0, "scale: how long the paced rate is measured (default 60s; --quick 20s)")
+	fl.BoolVar(&f.scale.LazySessions, "lazy-sessions", false, "scale: idle connections get neither lease nor session until they have work (server.Options.LazySessions)")
+	fl.BoolVar(&f.scale.BothSessions, "both-sessions", false, "scale: measure two restarts on one seed, without and with --lazy-sessions")
+	fl.IntVar(&f.scale.Messages, "broadcast", 0, "scale: messages per active connection (default enough for 1 min of start-up and the window)")
 }
 
 // commandLine renders the command as run, for the results document ("waqueue bench all …").

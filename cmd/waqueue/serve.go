@@ -61,6 +61,7 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	o.NodeID = cfg.NodeID
 	o.LeaseTTL = cfg.LeaseTTL
 	o.LeaseRenewInterval = cfg.LeaseRenew
+	o.LazySessions = cfg.LazySessions
 	o.AuditKey = cfg.AuditKey
 	o.AuditCheckpointEvery = cfg.AuditCheckpointEvery
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval

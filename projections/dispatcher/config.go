@@ -71,6 +71,21 @@ type Config struct {
 	// without this bound for as long as the link is active and the queue open in the domain.
 	// Default DefaultMaxSendAttempts (6).
 	MaxSendAttempts int
+	// Backlog, when set, is asked at start which connections exist and which may have work (see
+	// QueueBacklog): the Dispatcher wakes the busy ones, records the idle ones without a loop,
+	// and replays the event log's wake events only from the Backlog's position; with exclusive
+	// leases the renewals claim the idle connections' leases in one call and connect their
+	// sessions without a loop. Optional: without it the replay starts at the beginning of the
+	// log and every connection it meets gets a loop (which claims its lease, recovers and finds
+	// nothing to do).
+	Backlog Backlog
+	// LazySessions leaves the lease, and so the transport session, of a connection the Backlog
+	// found idle unclaimed until its queue first gets work (exclusive leases only), instead of
+	// having the renewals claim it. With many idle connections per node it saves their leases'
+	// renewals (a row each per renewal on PostgreSQL) and their sessions. The price: an idle
+	// number's ban or logout, and receipts of messages sent before the start, are seen only once
+	// its session connects. Default false: every connection's session runs on some node.
+	LazySessions bool
 	// Leases are the per-connection leases that let several nodes share the dispatch: a
 	// connection's loop runs, and its transport session is connected, only while this node holds
 	// its lease, and every hand-over records the lease's epoch (see the package doc). Default

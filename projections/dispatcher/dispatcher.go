@@ -75,6 +75,9 @@ type Stats struct {
 	Recovered uint64
 	// Retries counts Sends repeated after a retryable refusal.
 	Retries uint64
+	// Loops counts the connection loops started (a goroutine each, for as long as the
+	// connection has work).
+	Loops uint64
 }
 
 // Dispatcher sends queued messages and records the transport's events; see the package doc.
@@ -116,7 +119,7 @@ type Dispatcher struct {
 	wg      sync.WaitGroup
 
 	stats struct {
-		dispatched, expired, sent, failed, unknown, recovered, retries atomic.Uint64
+		dispatched, expired, sent, failed, unknown, recovered, retries, loops atomic.Uint64
 	}
 }
 
@@ -136,6 +139,9 @@ type connState struct {
 	takeover bool
 	// retired: the connection was retired; its loop ends at once (see releaseRetired).
 	retired bool
+	// idle: the Backlog found no work for the connection at start and no wake came since: no
+	// loop runs; with exclusive leases the renewals claim its lease without waking it.
+	idle bool
 	// Touched only by the connection's loop:
 	recovered bool // the in-flight recovery ran since the start or the last store failure
 	startedUp bool // the first recovery in this process ran (later ones are after store failures)
@@ -229,7 +235,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}()
 
 	filter := eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}, EventTypes: WakeEventTypes}
-	after := eventstore.Start
+	after := d.backlog(ctx)
 	backoff := lagBackoffMin
 	for {
 		err := d.cfg.Store.Subscribe(ctx, after, filter, func(e eventstore.RecordedEvent) error {
@@ -269,16 +275,74 @@ func (d *Dispatcher) Wake(connID string) {
 		return
 	}
 	st := d.stateLocked(connID)
+	st.idle = false
 	if st.running {
 		st.dirty = true
 		return
 	}
 	st.running = true
+	d.stats.loops.Add(1)
 	d.loops++
 	d.m.activeLoops.Inc()
 	d.notifyLocked()
 	d.wg.Add(1)
 	go d.loop(ctx, connID, st)
+}
+
+// backlog asks Config.Backlog which connections exist and which have work as of its position:
+// it records the idle ones, claims the busy ones' leases in batches (exclusive leases) and wakes
+// them, and returns the position to replay the event log from. Without a Backlog, or when it
+// fails, it returns Start: the replay then meets every connection.
+func (d *Dispatcher) backlog(ctx context.Context) eventstore.Position {
+	if d.cfg.Backlog == nil {
+		return eventstore.Start
+	}
+	pos, conns, err := d.cfg.Backlog.Connections(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn("reading the connections with work failed; replaying the event log from its start", "err", err)
+		}
+		return eventstore.Start
+	}
+	var busy []string
+	for _, c := range conns {
+		if c.Busy {
+			busy = append(busy, c.ID)
+		} else {
+			d.idle(c.ID)
+		}
+	}
+	d.log.Info("start-up: connections known", "connections", len(conns), "busy", len(busy), "as_of", pos.String())
+	d.claimBusy(ctx, busy)
+	for _, id := range busy {
+		d.Wake(id)
+	}
+	d.mu.Lock()
+	d.seen = pos
+	d.notifyLocked()
+	d.mu.Unlock()
+	return pos
+}
+
+// idle records a connection the Backlog found without work: no loop starts. With exclusive
+// leases (and without LazySessions) it is marked for the renewals, which claim the leases of all
+// such connections in one call and connect their sessions without starting loops; a later wake
+// (its queue gets work) starts its loop as usual.
+func (d *Dispatcher) idle(connID string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ctx := d.ctx
+	if ctx == nil || ctx.Err() != nil {
+		return
+	}
+	st := d.stateLocked(connID)
+	if st.running || st.lease.held {
+		return
+	}
+	st.idle = true
+	if d.sessions() && !d.cfg.LazySessions {
+		st.lease.foreign = true
+	}
 }
 
 // ActiveLoops returns the number of connections whose loop is running now.
@@ -293,7 +357,7 @@ func (d *Dispatcher) Stats() Stats {
 	return Stats{
 		Dispatched: d.stats.dispatched.Load(), Expired: d.stats.expired.Load(),
 		Sent: d.stats.sent.Load(), Failed: d.stats.failed.Load(), Unknown: d.stats.unknown.Load(),
-		Recovered: d.stats.recovered.Load(), Retries: d.stats.retries.Load(),
+		Recovered: d.stats.recovered.Load(), Retries: d.stats.retries.Load(), Loops: d.stats.loops.Load(),
 	}
 }
 

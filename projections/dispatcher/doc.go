@@ -12,6 +12,19 @@
 // it dirty; a loop exits when DispatchNext finds nothing dispatchable (empty queue, held,
 // clearing, link not active) and no wake arrived meanwhile.
 //
+// # Start-up
+//
+// With Config.Backlog (QueueBacklog: one query to the pending-queue projection) Run learns every
+// connection the projection knows as of its checkpoint and which had pending or in-flight
+// messages. It claims the busy ones' leases in batches (exclusive leases), wakes them, records
+// the idle ones without a loop, and subscribes to the wake events from the checkpoint rather
+// than the log's start: start-up costs one query and a map entry per idle connection, and one
+// loop per connection with work, whatever the history's length. With exclusive leases the
+// renewals claim the idle connections' leases in one call and connect their sessions (a few at
+// a time, in the background) without starting loops. Without a Backlog (or when it fails) the
+// replay starts at the log's start and every connection met gets a loop that claims its lease,
+// recovers and finds nothing to do.
+//
 // Each turn of a loop calls commands.DispatchNextHandler, which records MessageDispatched at
 // the expected revision BEFORE the transport is called (G1: a concurrent ClearQueueRequested
 // makes the append fail and the retry refuses), or MessageExpired for an expired head (sent to

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/transport"
@@ -24,7 +25,9 @@ type leaseState struct {
 	// it may not include the lease (the claim committed after the renewal read), which does
 	// not mean it was lost.
 	recorded time.Time
-	foreign  bool // the last claim was refused: another node holds it; retried by renewals
+	// foreign: not held, and to be claimed by the renewals: the last claim was refused (another
+	// node holds it), or the connection was found idle at start (connState.idle).
+	foreign bool
 	// claiming is true while the loop's Claim is in flight: a renewal must not take the lease
 	// it may be granting for a stray one.
 	claiming bool
@@ -272,28 +275,116 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 		}
 		return
 	}
-	var wake []string
+	var wake, idle []string
 	d.mu.Lock()
 	for _, g := range granted {
 		st := d.conns[g.key()]
 		if st == nil || st.lease.held {
 			continue
 		}
-		// Held now, but not yet "known" with this epoch: the loop's lease() sees a valid lease and
-		// reports a takeover through the epoch check below.
-		l := &st.lease
-		takeover := !l.known || l.epoch != g.Epoch
-		l.held, l.foreign, l.at, l.until, l.recorded = true, false, start, start.Add(ttl), time.Now()
-		if takeover {
-			l.known, l.epoch = true, g.Epoch
-			st.takeover = true
+		d.grantLocked(st, g, start, ttl)
+		if st.idle {
+			idle = append(idle, g.key())
+		} else {
+			wake = append(wake, g.key())
 		}
-		wake = append(wake, g.key())
 	}
 	d.mu.Unlock()
 	for _, id := range wake {
 		d.gained(ctx, id)
 		d.Wake(id)
+	}
+	if len(idle) > 0 {
+		// Sessions of idle connections connect in the background: connecting may take a network
+		// round trip each, and the renewals must not wait for thousands of them.
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.gainedAll(ctx, idle)
+		}()
+	}
+}
+
+// grantLocked records a lease granted by a claim that started at start. Held now, but with a new
+// epoch (or the first in this process) it is a takeover: the loop's lease() sees a valid lease
+// and reports it, and the loop recovers the messages in flight first.
+func (d *Dispatcher) grantLocked(st *connState, g Lease, start time.Time, ttl time.Duration) {
+	l := &st.lease
+	takeover := !l.known || l.epoch != g.Epoch
+	l.held, l.foreign, l.at, l.until, l.recorded = true, false, start, start.Add(ttl), time.Now()
+	if takeover {
+		l.known, l.epoch = true, g.Epoch
+		st.takeover = true
+	}
+}
+
+// sessionWorkers bounds the transport sessions connected at once after a batched claim.
+const sessionWorkers = 16
+
+// gainedAll runs gained for each connection, sessionWorkers at a time.
+func (d *Dispatcher) gainedAll(ctx context.Context, ids []string) {
+	next := make(chan string)
+	var wg sync.WaitGroup
+	for range min(sessionWorkers, len(ids)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range next {
+				d.gained(ctx, id)
+			}
+		}()
+	}
+	for _, id := range ids {
+		next <- id
+	}
+	close(next)
+	wg.Wait()
+}
+
+// claimChunk is the most keys one batched claim asks for.
+const claimChunk = 10_000
+
+// claimBusy claims, in batches, the leases of the connections found with work at start
+// (exclusive leases only) and connects their sessions, before their loops start: each loop then
+// finds its lease held instead of claiming it alone. A connection whose claim is refused is left
+// to its loop (which stops) and the renewals; a failed claim leaves every connection to its loop.
+func (d *Dispatcher) claimBusy(ctx context.Context, ids []string) {
+	if !d.sessions() {
+		return
+	}
+	ttl := d.cfg.Leases.TTL()
+	for chunk := range slices.Chunk(ids, claimChunk) {
+		var keys []LeaseKey
+		d.mu.Lock()
+		for _, id := range chunk {
+			if st := d.conns[id]; (st == nil || !st.lease.held) && d.preferredLocked(id) {
+				keys = append(keys, leaseKey(id))
+			}
+		}
+		d.mu.Unlock()
+		if len(keys) == 0 {
+			continue
+		}
+		start := time.Now()
+		granted, err := d.cfg.Leases.Claim(ctx, keys)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("claiming the leases of the connections with work failed; each loop claims its own", "connections", len(keys), "err", err)
+			}
+			return
+		}
+		var gained []string
+		d.mu.Lock()
+		for _, g := range granted {
+			st := d.stateLocked(g.key())
+			if st.lease.held {
+				continue
+			}
+			d.grantLocked(st, g, start, ttl)
+			gained = append(gained, g.key())
+		}
+		d.mu.Unlock()
+		d.gainedAll(ctx, gained)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/projections"
 )
@@ -79,4 +80,45 @@ func (l StatusLocator) MessageSeq(ctx context.Context, tenant, connID string, id
 		return 0, fmt.Errorf("dispatcher: message %s belongs to connection %q, not %q: %w", id, v.ConnectionID, connID, projections.ErrNotFound)
 	}
 	return v.Seq, nil
+}
+
+// Backlog tells the Dispatcher, at start, which connections exist and which may have work, so
+// that it neither replays the event log from its start nor starts a loop for an idle connection
+// (see the package doc, "Start-up").
+type Backlog interface {
+	// Connections returns a position of the event log and every connection registered as of
+	// it, each marked Busy when it had pending or in-flight messages then: every other
+	// connection had nothing to dispatch and nothing to recover, and only an event after the
+	// position can change that. Start and no connection is a valid answer (the replay then
+	// starts at the beginning of the log).
+	Connections(ctx context.Context) (eventstore.Position, []KnownConnection, error)
+}
+
+// KnownConnection is a connection a Backlog knows.
+type KnownConnection struct {
+	// ID is the connection's key (connection.Key).
+	ID string
+	// Busy: it had pending or in-flight messages.
+	Busy bool
+}
+
+// QueueBacklog implements Backlog over the pending-queue projection (Queue.Connections).
+type QueueBacklog struct {
+	DB    *projections.DB
+	Queue *projections.Queue
+}
+
+var _ Backlog = QueueBacklog{}
+
+// Connections returns the Queue projection's checkpoint and its connections.
+func (b QueueBacklog) Connections(ctx context.Context) (eventstore.Position, []KnownConnection, error) {
+	pos, cs, err := b.Queue.Connections(ctx, b.DB)
+	if err != nil {
+		return eventstore.Start, nil, err
+	}
+	out := make([]KnownConnection, len(cs))
+	for i, c := range cs {
+		out[i] = KnownConnection{ID: c.ID, Busy: c.Busy}
+	}
+	return pos, out, nil
 }

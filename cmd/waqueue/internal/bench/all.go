@@ -28,6 +28,7 @@ type AllConfig struct {
 	Dispatch DispatchConfig
 	API      APIConfig
 	Import   ImportConfig
+	Scale    ScaleConfig
 	// DocPath is the Markdown file whose marked section receives the results table. Empty
 	// means no document is written.
 	DocPath string
@@ -37,7 +38,7 @@ type AllConfig struct {
 	Now func() time.Time
 }
 
-// All runs the store, clear (with catch-up), dispatch, api and import benchmarks, printing their
+// All runs the store, clear (with catch-up), dispatch, api, import and scale benchmarks, printing their
 // BENCH lines to w, then, if cfg.DocPath is set, writes the results table into its marked
 // section. It stops at the first benchmark that fails.
 func All(ctx context.Context, cfg AllConfig, w io.Writer) (err error) {
@@ -70,6 +71,9 @@ func All(ctx context.Context, cfg AllConfig, w io.Writer) (err error) {
 		return err
 	}
 	if err := Import(ctx, env, cfg.Import, rec); err != nil {
+		return err
+	}
+	if err := Scale(ctx, env, cfg.Scale, rec); err != nil {
 		return err
 	}
 	if cfg.DocPath == "" {

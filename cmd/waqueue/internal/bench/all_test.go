@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/internal/testwait"
 )
 
@@ -34,6 +35,9 @@ var figureFormats = []struct {
 	{regexp.MustCompile(`^dispatch/(postgres|sqlite)/conns=\d+$`),
 		regexp.MustCompile(`^msgs_per_s=[\d.]+ msgs=\d+ events_per_msg=[\d.]+ writers=\d+ group_commit=\d+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"msgs_per_s", "events_per_msg", "baseline_per_s"}},
+	{regexp.MustCompile(`^scale/(postgres|sqlite)/conns=\d+/active=\d+/sessions=(all|lazy)$`),
+		regexp.MustCompile(`^transport=simulator msgs_per_s=[\d.]+ startup_s=[\d.]+ first_send_s=[\d.]+ rss_now_mib=[\d.]+ goroutines=\d+ cpu_per_1k_active=[\d.]+ db_cpu_per_1k_active=[\d.]+ events_per_s=[\d.]+ db_commits_per_s=[\d.]+ db_rows_per_s=[\d.]+ drained=\d+ seed_s=[\d.]+ baseline=paced baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		[]string{"startup_s", "first_send_s", "rss_now_mib", "goroutines", "baseline_per_s"}},
 	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue(-no-ryw)?$`),
 		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ group_commit=\d+ append_single_per_s=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"req_per_s", "p99_ms", "baseline_per_s", "rss_mib"}},
@@ -68,10 +72,13 @@ func checkLine(t *testing.T, s string) Line {
 	return l
 }
 
+// tinyInterval is the scale figure's pacing in TestAllTiny: the sending policy's floor.
+var tinyInterval = connection.MinMinInterval
+
 // TestAllTiny runs every benchmark at tiny sizes on both engines so that none can rot, and
 // checks the output and the results document. It never checks a speed.
 func TestAllTiny(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(5*time.Minute))
 	defer cancel()
 	doc := filepath.Join(t.TempDir(), "benchmarks.md")
 	const intro, outro = "# Benchmarks\n\nHand-written analysis.\n\n", "\n## After\n\nMore text.\n"
@@ -85,9 +92,11 @@ func TestAllTiny(t *testing.T) {
 		Dispatch: DispatchConfig{Conns: []int{3}, Messages: 30, SetupWorkers: 3},
 		API:      APIConfig{Clients: 4, Requests: 24},
 		Import:   ImportConfig{Recipients: 40},
-		DocPath:  doc,
-		Command:  "waqueue bench all --tiny",
-		Now:      func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) },
+		Scale: ScaleConfig{Conns: 12, Active: 3, Window: time.Second, StartupLimit: testwait.Limit, Messages: 400, BothSessions: true,
+			Policy: connection.SendingPolicyPatch{MinInterval: &tinyInterval, Jitter: &tinyInterval}, SetupWorkers: 4},
+		DocPath: doc,
+		Command: "waqueue bench all --tiny",
+		Now:     func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) },
 	}
 	var out bytes.Buffer
 	if err := All(ctx, cfg, &out); err != nil {
@@ -104,7 +113,7 @@ func TestAllTiny(t *testing.T) {
 	for _, e := range []string{"postgres", "sqlite"} {
 		for _, name := range []string{"store/" + e + "/append-batch", "store/" + e + "/append-single", "store/" + e + "/catch-up",
 			"clear/" + e + "/pending=50", "clear/" + e + "/pending=120", "dispatch/" + e + "/conns=3", "api/" + e + "/enqueue",
-			"import/" + e + "/recipients=40"} {
+			"import/" + e + "/recipients=40", "scale/" + e + "/conns=12/active=3/sessions=all", "scale/" + e + "/conns=12/active=3/sessions=lazy"} {
 			if _, ok := seen[name]; !ok {
 				t.Errorf("figure %s missing:\n%s", name, out.String())
 			}
@@ -144,7 +153,7 @@ func TestAllTiny(t *testing.T) {
 		}
 	}
 	if n := strings.Count(got, "| store/") + strings.Count(got, "| clear/") + strings.Count(got, "| catchup/") +
-		strings.Count(got, "| dispatch/") + strings.Count(got, "| api/") + strings.Count(got, "| import/"); n != len(seen) {
+		strings.Count(got, "| dispatch/") + strings.Count(got, "| api/") + strings.Count(got, "| import/") + strings.Count(got, "| scale/"); n != len(seen) {
 		t.Errorf("document has %d figure rows, output %d lines", n, len(seen))
 	}
 }

@@ -50,7 +50,11 @@ func (r result) print(w io.Writer) error {
 
 // peakRSSMiB returns the process's peak resident set size (VmHWM) in MiB, or 0 if
 // /proc/self/status cannot be read (not Linux).
-func peakRSSMiB() float64 {
+func peakRSSMiB() float64 { return procStatusMiB("VmHWM:") }
+
+// procStatusMiB returns the /proc/self/status figure key (a size in kB, for example "VmRSS:")
+// in MiB, or 0 if it cannot be read.
+func procStatusMiB(key string) float64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return 0
@@ -58,10 +62,10 @@ func peakRSSMiB() float64 {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		line := sc.Bytes()
-		if !bytes.HasPrefix(line, []byte("VmHWM:")) {
+		if !bytes.HasPrefix(line, []byte(key)) {
 			continue
 		}
-		f := bytes.Fields(line[len("VmHWM:"):])
+		f := bytes.Fields(line[len(key):])
 		if len(f) == 0 {
 			return 0
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/commands"
@@ -128,7 +129,7 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 			}
 		}
 	}
-	before, err := lastPosition(ctx, node.Events)
+	before, err := lastPosition(ctx, node.Events, eventstore.Start)
 	if err != nil {
 		return err
 	}

@@ -158,9 +158,10 @@ func countAfter(ctx context.Context, st eventstore.Store, pos eventstore.Positio
 	}
 }
 
-// lastPosition returns the position of the last event of the log (Start if it is empty).
-func lastPosition(ctx context.Context, st eventstore.Store) (eventstore.Position, error) {
-	pos := eventstore.Start
+// lastPosition returns the position of the last event of the log at or after from (from if
+// there is none after it; pass Start for the whole log).
+func lastPosition(ctx context.Context, st eventstore.Store, from eventstore.Position) (eventstore.Position, error) {
+	pos := from
 	for {
 		evs, err := st.ReadAll(ctx, pos, 10_000, eventstore.Filter{})
 		if err != nil {

@@ -86,6 +86,10 @@ type Config struct {
 	// Default 0: a third of LeaseTTL. It must be below half the TTL, so one failed renewal does
 	// not lose the leases.
 	LeaseRenew time.Duration
+	// LazySessions claims the lease and connects the WhatsApp session of a connection idle at
+	// start only once its queue gets work (--lazy-sessions, WAQUEUE_LAZY_SESSIONS): for nodes
+	// with very many idle connections (docs/scaling.md). Default off.
+	LazySessions bool
 	// LogLevel is debug, info, warn or error (--log-level, WAQUEUE_LOG_LEVEL). Default info.
 	LogLevel string
 	// AuditKey is the file of the Ed25519 key that signs the audit chain's checkpoints
@@ -132,6 +136,7 @@ var env = map[string]string{
 	"node-id":            "WAQUEUE_NODE_ID",
 	"lease-ttl":          "WAQUEUE_LEASE_TTL",
 	"lease-renew":        "WAQUEUE_LEASE_RENEW",
+	"lazy-sessions":      "WAQUEUE_LAZY_SESSIONS",
 
 	"audit-key":                 "WAQUEUE_AUDIT_KEY",
 	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
@@ -165,6 +170,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.IntVar(&c.GroupCommit, "group-commit", 4, "PostgreSQL event store: group concurrent single-event appends in up to N shared transactions; 0 turns it off ($WAQUEUE_GROUP_COMMIT)")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's id in the dispatch leases, unique among the running nodes (default hostname-pid-random) ($WAQUEUE_NODE_ID)")
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 6*time.Second, "dispatch lease TTL: a crashed node's connections resume elsewhere within TTL + renew interval ($WAQUEUE_LEASE_TTL)")
+	fs.BoolVar(&c.LazySessions, "lazy-sessions", false, "connect an idle connection's session (and claim its lease) only once its queue gets work ($WAQUEUE_LAZY_SESSIONS)")
 	fs.DurationVar(&c.LeaseRenew, "lease-renew", 0, "dispatch lease renewal interval, below half the TTL (default a third of the TTL) ($WAQUEUE_LEASE_RENEW)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error ($WAQUEUE_LOG_LEVEL)")
 	fs.StringVar(&c.AuditKey, "audit-key", "", "Ed25519 key file signing audit checkpoints, created if missing (default DATA_DIR/audit-key.pem) ($WAQUEUE_AUDIT_KEY)")

@@ -1,0 +1,518 @@
+package bench
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/server"
+	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/projections/dispatcher"
+)
+
+// ScaleConfig configures the one-node scale benchmark.
+type ScaleConfig struct {
+	// Conns is how many connections are registered (and paired). Zero means 100,000.
+	Conns int
+	// Active is how many of them send, each a broadcast long enough to last the whole run.
+	// Zero means 10,000.
+	Active int
+	// Window is how long the paced dispatch rate is measured, once every active connection
+	// has dispatched (or StartupLimit passed). Zero means 60s.
+	Window time.Duration
+	// StartupLimit bounds the wait for every active connection's first hand-over; the window
+	// starts then whatever the count. Zero means 1 minute.
+	StartupLimit time.Duration
+	// Policy is the sending policy every connection is registered with; the zero patch keeps
+	// connection.DefaultSendingPolicy (3 s plus up to 2 s of jitter, 1,000 a day). Tests
+	// shorten it.
+	Policy connection.SendingPolicyPatch
+	// SetupWorkers is how many goroutines seed the connections (untimed). Zero means 32.
+	SetupWorkers int
+	// LazySessions measures the node with server.Options.LazySessions (idle connections get
+	// neither lease nor session until they have work).
+	LazySessions bool
+	// BothSessions measures two restarts on the same seed: without LazySessions, then with it.
+	BothSessions bool
+	// Messages is the length of each active connection's broadcast. Zero means enough for the
+	// start-up limit and the window at the fastest pace ((StartupLimit+Window)/MinInterval + 2).
+	Messages int
+}
+
+// QuickScale is the size of --quick: 2,000 connections, 200 sending, a 20 s window.
+var QuickScale = ScaleConfig{Conns: 2000, Active: 200, Window: 20 * time.Second}
+
+func (c *ScaleConfig) setDefaults() {
+	if c.Conns <= 0 {
+		c.Conns = 100_000
+	}
+	if c.Active <= 0 {
+		c.Active = min(10_000, c.Conns)
+	}
+	if c.Window <= 0 {
+		c.Window = 60 * time.Second
+	}
+	if c.StartupLimit <= 0 {
+		c.StartupLimit = time.Minute
+	}
+	if c.SetupWorkers <= 0 {
+		c.SetupWorkers = 32
+	}
+}
+
+// Scale measures one node with many registered connections, few of them sending, on the
+// simulator transport (nothing reaches WhatsApp; sends are acknowledged at once, no
+// receipts). Per engine it prints
+//
+//	BENCH scale/<engine>/conns=<n>/active=<m>/sessions=all|lazy transport=simulator msgs_per_s=… startup_s=… first_send_s=…
+//	      rss_now_mib=… goroutines=… cpu_per_1k_active=… db_cpu_per_1k_active=… events_per_s=…
+//	      db_commits_per_s=… db_rows_per_s=… drained=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
+//
+// Seeding (untimed, reported as seed_s): a node without dispatcher registers and pairs each
+// connection in one append through the Repository (the domain's Register and Pair decisions,
+// ConnectionRegistered and SessionPaired; SetupWorkers goroutines), starts one broadcast on
+// each active connection through the StartBroadcast handler, then starts its projections,
+// lets them catch up (batches of 4,096 events) and closes. Then the measured node opens the same database with the
+// dispatcher on and the given pacing, as a restart would. startup_s runs from opening the
+// node to the first hand-over of the last active connection (first_send_s: of the first).
+// For Window after that, msgs_per_s counts MessageSent; the baseline is the sum of the
+// allowed paced rates, Active / (MinInterval + Jitter/2). rss_mib is the peak RSS since the
+// measured node opened (the peak is reset after seeding), rss_now_mib the RSS at the end;
+// goroutines the most seen; cpu_per_1k_active the process's CPU (cores) per 1,000 active
+// connections over the window, db_cpu_per_1k_active the same for the throwaway PostgreSQL's
+// processes (0 on SQLite or with --db); events_per_s the events the dispatcher appended
+// (dispatched, sent, failed, unknown, expired, retried); db_commits_per_s
+// and db_rows_per_s PostgreSQL's committed transactions and written rows (pg_stat_database;
+// 0 on SQLite); drained the active connections whose broadcast ran out (the rate then
+// understates).
+func Scale(ctx context.Context, env *Env, cfg ScaleConfig, w io.Writer) error {
+	cfg.setDefaults()
+	if cfg.Active > cfg.Conns {
+		return fmt.Errorf("bench: scale active %d > conns %d", cfg.Active, cfg.Conns)
+	}
+	for _, engine := range env.Adapters {
+		if err := scaleOnce(ctx, env, engine, cfg, w); err != nil {
+			return fmt.Errorf("bench: scale/%s: %w", engine, err)
+		}
+	}
+	return nil
+}
+
+// policy returns the sending policy the connections are registered with.
+func (c ScaleConfig) policy() (connection.SendingPolicy, error) {
+	return c.Policy.Apply(connection.DefaultSendingPolicy())
+}
+
+// perMessageInterval is the mean pause between two messages of a connection under p.
+func perMessageInterval(p connection.SendingPolicy) time.Duration {
+	return p.MinInterval + max(p.Jitter, 0)/2
+}
+
+func scaleOnce(ctx context.Context, env *Env, engine string, cfg ScaleConfig, w io.Writer) error {
+	run := uuid.NewString()[:8]
+	id := func(i int) string { return fmt.Sprintf("s-%s-%d", run, i) }
+	variants := []bool{cfg.LazySessions}
+	if cfg.BothSessions {
+		variants = []bool{false, true}
+	}
+	// Enough messages per active connection for the start-up and the window at the fastest pace,
+	// for every variant measured.
+	pol, err := cfg.policy()
+	if err != nil {
+		return err
+	}
+	per := cfg.Messages
+	if per <= 0 {
+		per = len(variants)*int((cfg.Window+cfg.StartupLimit)/pol.MinInterval) + 2
+	}
+	seedStart := time.Now()
+	opts, seedLast, err := scaleSeed(ctx, env, engine, cfg, id, per)
+	if err != nil {
+		return err
+	}
+	m := scaleRun{cfg: cfg, env: env, engine: engine, opts: opts, id: id, per: per, last: seedLast,
+		seed: time.Since(seedStart), sent: map[string]int{}}
+	for _, lazy := range variants {
+		if err := m.measure(ctx, lazy, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scaleRun is one seeded database measured by restarts.
+type scaleRun struct {
+	cfg    ScaleConfig
+	env    *Env
+	engine string
+	opts   server.Options
+	id     func(int) string
+	per    int
+	last   eventstore.Position // the last event seen so far (a lower bound of the log's end)
+	seed   time.Duration
+	sent   map[string]int // hand-overs per connection, over every measured node
+}
+
+// measure opens a node on the seeded database, as a restart would, and measures it.
+func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err error) {
+	cfg := m.cfg
+	runtime.GC()
+	debug.FreeOSMemory()
+	resetPeakRSS()
+	opts := m.opts
+	opts.NoDispatcher, opts.GroupCommit, opts.Pacing, opts.NoPacing = false, 0, dispatcher.Pacing{}, false
+	opts.LazySessions = lazy
+	opts.BootstrapOut = io.Discard
+	start := time.Now()
+	node, err := server.New(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("measured node: %w", err)
+	}
+	defer func() {
+		if cerr := node.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := node.Start(runCtx); err != nil {
+		return err
+	}
+	active := make(map[string]bool, cfg.Active)
+	for i := range cfg.Active {
+		active[connection.Key(node.Tenant, m.id(i))] = true
+	}
+	goroutines := runtime.NumGoroutine()
+	started := map[string]bool{}
+	var firstSend time.Duration
+	seen := 0
+	limit := time.Now().Add(cfg.StartupLimit)
+	for len(started) < cfg.Active && time.Now().Before(limit) {
+		select {
+		case err := <-node.Errors():
+			return fmt.Errorf("node stopped: %w", err)
+		default:
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+		goroutines = max(goroutines, runtime.NumGoroutine())
+		sends := node.Simulator.Sends()
+		for _, s := range sends[seen:] {
+			if active[s.ConnectionID] && !started[s.ConnectionID] {
+				if len(started) == 0 {
+					firstSend = time.Since(start)
+				}
+				started[s.ConnectionID] = true
+			}
+		}
+		seen = len(sends)
+	}
+	startup := time.Since(start)
+	progress("%d of %d active connections dispatching %s after the start (first after %s; load %s)", len(started), cfg.Active,
+		startup.Round(time.Millisecond), firstSend.Round(time.Millisecond), loadAvg())
+	if len(started) < cfg.Active {
+		startup = -1 // not all dispatching within StartupLimit
+	}
+
+	// The window.
+	pid := postmasterPID(m.env)
+	cpu0, db0 := processCPU(), postgresCPU(pid)
+	// The bench's own reads go through a connection of their own: the node's pool is busy with
+	// the loops (a read through it queued behind 10,000 of them).
+	stats, err := openStats(node)
+	if err != nil {
+		return err
+	}
+	if stats != nil {
+		defer stats.Close()
+	}
+	commits0, rows0 := pgStats(ctx, stats)
+	st0 := node.Dispatcher.Stats()
+	sent0 := st0.Sent
+	w0 := time.Now()
+	for time.Since(w0) < cfg.Window {
+		select {
+		case err := <-node.Errors():
+			return fmt.Errorf("node stopped: %w", err)
+		default:
+		}
+		if err := sleep(ctx, min(time.Second, cfg.Window)); err != nil {
+			return err
+		}
+		goroutines = max(goroutines, runtime.NumGoroutine())
+	}
+	st1 := node.Dispatcher.Stats()
+	sent := st1.Sent - sent0
+	window := time.Since(w0)
+	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
+	commits1, rows1 := pgStats(ctx, stats)
+	rssNow := currentRSSMiB()
+	events := int(appended(st1) - appended(st0))
+	// Active connections whose broadcast ran out before the end (the rate then understates).
+	for _, s := range node.Simulator.Sends() {
+		m.sent[s.ConnectionID]++
+	}
+	drained := 0
+	for k := range active {
+		if m.sent[k] >= m.per {
+			drained++
+		}
+	}
+	rate := perSecond(int(sent), window)
+	pol, err := cfg.policy()
+	if err != nil {
+		return err
+	}
+	base := float64(cfg.Active) / perMessageInterval(pol).Seconds()
+	k := float64(cfg.Active) / 1000
+	sessions := "all"
+	if lazy {
+		sessions = "lazy"
+	}
+	return emit(w, fmt.Sprintf("scale/%s/conns=%d/active=%d/sessions=%s", m.engine, cfg.Conns, cfg.Active, sessions),
+		"transport", "simulator", "msgs_per_s", rate, "startup_s", startup.Seconds(), "first_send_s", firstSend.Seconds(),
+		"rss_now_mib", rssNow, "goroutines", goroutines,
+		"cpu_per_1k_active", cpu.Seconds()/window.Seconds()/k, "db_cpu_per_1k_active", dbCPU.Seconds()/window.Seconds()/k,
+		"events_per_s", perSecond(events, window),
+		"db_commits_per_s", perSecond(int(commits1-commits0), window), "db_rows_per_s", perSecond(int(rows1-rows0), window),
+		"drained", drained, "seed_s", m.seed.Seconds(),
+		"baseline", "paced", "baseline_per_s", base, "ratio", ratio(rate, base))
+}
+
+// scaleSeed registers and pairs cfg.Conns connections and starts a broadcast of per messages
+// on the first cfg.Active, on a node without dispatcher, waits for every projection and closes
+// the node. It returns the node's options, to open the same database again.
+func scaleSeed(ctx context.Context, env *Env, engine string, cfg ScaleConfig, id func(int) string, per int) (opts server.Options, last eventstore.Position, err error) {
+	node, err := env.node(ctx, engine, func(o *server.Options) {
+		o.NoDispatcher = true
+		o.ProjectionBatch = 4096
+	})
+	if err != nil {
+		return opts, last, err
+	}
+	defer func() {
+		if cerr := node.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	t0 := time.Now()
+	op := operator(ctx, node)
+	h := node.Handlers
+	// Register and pair each connection in one append (the domain's Register and Pair
+	// decisions, applied in turn), before the projections run: they then catch up in batches.
+	now := node.Options.Now
+	err = parallel(ctx, cfg.SetupWorkers, cfg.Conns, func(ctx context.Context, i int) error {
+		c := id(i)
+		_, err := node.Repo.Update(op, connection.Key(node.Tenant, c), "bench", func(cur *connection.Connection) ([]connection.Event, error) {
+			var policy *connection.SendingPolicyPatch
+			if !cfg.Policy.IsZero() {
+				policy = &cfg.Policy
+			}
+			reg, err := cur.Register(connection.RegisterConnection{ConnectionID: c, TenantID: node.Tenant,
+				Phone: fmt.Sprintf("+49152%08d", i), Actor: "bench", SendingPolicy: policy}, now())
+			if err != nil {
+				return nil, err
+			}
+			next := connection.New()
+			for _, e := range reg {
+				if err := next.Apply(e); err != nil {
+					return nil, err
+				}
+			}
+			pair, err := next.Pair(connection.PairSession{JID: fmt.Sprintf("49152%08d:1@s.whatsapp.net", i), Actor: connection.SystemActor}, now())
+			return append(reg, pair...), err
+		})
+		if err != nil {
+			return fmt.Errorf("register and pair %s: %w", c, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return opts, last, err
+	}
+	progress("registered and paired %d connections in %s", cfg.Conns, time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
+	recipients := make([]string, per)
+	for i := range recipients {
+		recipients[i] = fmt.Sprintf("+49151%08d", i)
+	}
+	err = parallel(ctx, cfg.SetupWorkers, cfg.Active, func(ctx context.Context, i int) error {
+		if _, err := h.StartBroadcast.Handle(op, commands.StartBroadcast{ConnectionID: id(i), IdempotencyKey: "scale",
+			Recipients: recipients, Text: "scale message"}); err != nil {
+			return fmt.Errorf("broadcast %s: %w", id(i), err)
+		}
+		return nil
+	})
+	if err != nil {
+		return opts, last, err
+	}
+	last, err = lastPosition(ctx, node.Events, eventstore.Start)
+	if err != nil {
+		return opts, last, err
+	}
+	progress("started %d broadcasts of %d messages in %s", cfg.Active, per, time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := node.Start(runCtx); err != nil {
+		return opts, last, err
+	}
+	var names []string
+	for _, s := range node.Runner.Statuses() {
+		names = append(names, s.Name)
+	}
+	if err := node.Runner.WaitReached(ctx, names, last); err != nil {
+		return opts, last, fmt.Errorf("projections catching up with the seed: %w", err)
+	}
+	progress("projections caught up in %s", time.Since(t0).Round(time.Millisecond))
+	opts = node.Options
+	opts.Logger = slog.New(slog.DiscardHandler)
+	return opts, last, nil
+}
+
+// progress reports a step of a long benchmark on stderr (BENCH lines go to stdout).
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// resetPeakRSS resets the process's peak RSS (VmHWM), so that rss_mib measures what came
+// after (Linux; ignored elsewhere).
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// currentRSSMiB returns the process's resident set size now (VmRSS) in MiB; 0 if unknown.
+func currentRSSMiB() float64 { return procStatusMiB("VmRSS:") }
+
+// processCPU returns the CPU time (user and system) the process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// postmasterPID returns the pid of the throwaway cluster's server, or 0 (no cluster: --db or
+// SQLite only).
+func postmasterPID(env *Env) int {
+	if env.cluster == nil {
+		return 0
+	}
+	b, err := os.ReadFile(env.cluster.Dir() + "/data/postmaster.pid")
+	if err != nil {
+		// The data directory's name is the cluster's business: look for it.
+		entries, _ := os.ReadDir(env.cluster.Dir())
+		for _, e := range entries {
+			if b, err = os.ReadFile(env.cluster.Dir() + "/" + e.Name() + "/postmaster.pid"); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			return 0
+		}
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		return 0
+	}
+	return pid
+}
+
+// postgresCPU returns the CPU time used so far by the server pid and its live children (the
+// backends, which the pool keeps open; a backend that exited takes its time with it). 0 for pid 0.
+func postgresCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	total := procCPU(pid)
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return total
+	}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := procStatFields(p); len(f) > 12 && f[1] == strconv.Itoa(pid) {
+			total += procCPU(p)
+		}
+	}
+	return total
+}
+
+// procStatFields returns the fields of /proc/<pid>/stat after the command name (state first).
+func procStatFields(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// procCPU returns utime+stime of pid (clock ticks of 1/100 s, the Linux USER_HZ).
+func procCPU(pid int) time.Duration {
+	f := procStatFields(pid)
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond
+}
+
+// appended counts the events the dispatcher appended (dispatched, expired, sent, failed,
+// unknown, retried).
+func appended(s dispatcher.Stats) uint64 {
+	return s.Dispatched + s.Expired + s.Sent + s.Failed + s.Unknown + s.Retries
+}
+
+// openStats opens a connection of its own to the node's PostgreSQL database (nil on SQLite).
+func openStats(node *server.Node) (*sql.DB, error) {
+	if !node.Options.IsPostgres() {
+		return nil, nil
+	}
+	db, err := sql.Open("pgx", node.Options.DB)
+	if err != nil {
+		return nil, fmt.Errorf("bench: stats connection: %w", err)
+	}
+	db.SetMaxOpenConns(1)
+	return db, nil
+}
+
+// pgStats returns the committed transactions and written rows (inserted, updated, deleted) of
+// the PostgreSQL database db so far; zeros for nil (SQLite).
+func pgStats(ctx context.Context, db *sql.DB) (commits, rows int64) {
+	if db == nil {
+		return 0, 0
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return 0, 0
+	}
+	defer conn.Close()
+	_, _ = conn.ExecContext(ctx, `SELECT pg_stat_clear_snapshot()`)
+	var c, r sql.NullInt64
+	if err := conn.QueryRowContext(ctx, `SELECT xact_commit, tup_inserted + tup_updated + tup_deleted
+		FROM pg_stat_database WHERE datname = current_database()`).Scan(&c, &r); err != nil {
+		return 0, 0
+	}
+	return c.Int64, r.Int64
+}
