@@ -40,11 +40,12 @@ type AuditRule struct {
 // policy changes, pairings, session losses, bans, lifts, transport problems observed
 // (TransportProblemObserved), holds, resumes, clear requests, QueueCleared and cancels of one
 // message (MessageCancelled), sending policy changes (SendingPolicyChanged); of tenant streams, the rights changes (API keys created, revoked, role changed;
-// the key hash is redacted). Another audited event is one more rule (or one more type).
+// the key hash is redacted) and the tenant's lifecycle (created, renamed, suspended, resumed,
+// rate limit set). Another audited event is one more rule (or one more type).
 func DefaultAuditRules() []AuditRule {
 	return []AuditRule{{
 		StreamPrefix: auth.TenantStreamPrefix, TenantFromStream: true,
-		EventTypes: auth.KeyEventTypes(), RedactFields: []string{"key_hash"},
+		EventTypes: auth.TenantStreamEventTypes(), RedactFields: []string{"key_hash"},
 	}, {
 		StreamPrefix: connection.StreamPrefix,
 		EventTypes: []string{
