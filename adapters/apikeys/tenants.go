@@ -57,6 +57,9 @@ type Tenant struct {
 	SuspendedReason string    `json:"suspended_reason,omitempty"`
 	// RateLimit is nil when the node's default applies.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+	// Position is the global position of the event a change just recorded (zero when the
+	// change was a no-op, and on reads).
+	Position eventstore.Position `json:"-"`
 }
 
 // Identity is what a key stands for: its principal and its tenant's rate limit.
@@ -171,10 +174,7 @@ func (k *Keys) RenameTenant(ctx context.Context, id, name, actor string) (Tenant
 		return t, err
 	}
 	ev := auth.TenantRenamed{Name: name, PreviousName: t.Name, RenamedBy: actor, RenamedAt: k.now().UTC()}
-	if err := k.appendTenant(ctx, id, actor, uuid.New(), eventstore.StreamExists, ev); err != nil {
-		return Tenant{}, err
-	}
-	return k.GetTenant(ctx, id)
+	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
 }
 
 // SuspendTenant records TenantSuspended unless the tenant is suspended already; from the
@@ -189,10 +189,7 @@ func (k *Keys) SuspendTenant(ctx context.Context, id, reason, actor string) (Ten
 		return t, err
 	}
 	ev := auth.TenantSuspended{Reason: reason, SuspendedBy: actor, SuspendedAt: k.now().UTC()}
-	if err := k.appendTenant(ctx, id, actor, uuid.New(), eventstore.StreamExists, ev); err != nil {
-		return Tenant{}, err
-	}
-	return k.GetTenant(ctx, id)
+	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
 }
 
 // ResumeTenant records TenantResumed unless the tenant is active already. It does not resume
@@ -206,10 +203,7 @@ func (k *Keys) ResumeTenant(ctx context.Context, id, reason, actor string) (Tena
 		return t, err
 	}
 	ev := auth.TenantResumed{Reason: reason, ResumedBy: actor, ResumedAt: k.now().UTC()}
-	if err := k.appendTenant(ctx, id, actor, uuid.New(), eventstore.StreamExists, ev); err != nil {
-		return Tenant{}, err
-	}
-	return k.GetTenant(ctx, id)
+	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
 }
 
 // SetRateLimit records TenantRateLimitSet (the zero RateLimit restores the default). Every
@@ -226,10 +220,7 @@ func (k *Keys) SetRateLimit(ctx context.Context, id string, l RateLimit, actor s
 		return t, nil
 	}
 	ev := auth.TenantRateLimitSet{PerSecond: l.PerSecond, Burst: l.Burst, SetBy: actor, SetAt: k.now().UTC()}
-	if err := k.appendTenant(ctx, id, actor, uuid.New(), eventstore.StreamExists, ev); err != nil {
-		return Tenant{}, err
-	}
-	return k.GetTenant(ctx, id)
+	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
 }
 
 // Active returns nil if tenantID is not suspended (an unknown tenant is not), and
@@ -264,18 +255,34 @@ func (e *SuspendedError) Is(target error) bool {
 }
 
 func (k *Keys) appendTenant(ctx context.Context, tenantID, actor string, id uuid.UUID, expected eventstore.ExpectedRevision, ev auth.TenantEvent) error {
+	_, err := k.appendTenantAt(ctx, tenantID, actor, id, expected, ev)
+	return err
+}
+
+// recordTenant appends ev and returns the tenant as it is after it, with the event's position.
+func (k *Keys) recordTenant(ctx context.Context, tenantID, actor string, expected eventstore.ExpectedRevision, ev auth.TenantEvent) (Tenant, error) {
+	pos, err := k.appendTenantAt(ctx, tenantID, actor, uuid.New(), expected, ev)
+	if err != nil {
+		return Tenant{}, err
+	}
+	t, err := k.GetTenant(ctx, tenantID)
+	t.Position = pos
+	return t, err
+}
+
+func (k *Keys) appendTenantAt(ctx context.Context, tenantID, actor string, id uuid.UUID, expected eventstore.ExpectedRevision, ev auth.TenantEvent) (eventstore.Position, error) {
 	typ, data, err := auth.EncodeTenantEvent(ev)
 	if err != nil {
-		return err
+		return eventstore.Position{}, err
 	}
-	_, err = k.store.Append(ctx, auth.TenantStream(tenantID), expected, eventstore.EventData{
+	res, err := k.store.Append(ctx, auth.TenantStream(tenantID), expected, eventstore.EventData{
 		ID: id, Type: typ, Data: data,
 		Metadata: eventstore.Metadata{TenantID: tenantID, Actor: actor, CorrelationID: commands.CorrelationIDFromContext(ctx)},
 	})
 	if err != nil {
-		return fmt.Errorf("apikeys: record %s: %w", typ, err)
+		return eventstore.Position{}, fmt.Errorf("apikeys: record %s: %w", typ, err)
 	}
-	return k.syncTenant(ctx, tenantID)
+	return res.Position, k.syncTenant(ctx, tenantID)
 }
 
 const tenantColumns = `tenant_id, name, status, suspended_reason, suspended_at_us, created_by, created_at_us, rate_per_second, rate_burst`
