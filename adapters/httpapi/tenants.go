@@ -349,16 +349,11 @@ func (l *rateLimiters) allow(tenant string, lim apikeys.RateLimit, now time.Time
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	// A new limit starts with a full bucket.
 	b := l.m[tenant]
-	if b == nil {
+	if b == nil || b.Limit() != rate.Limit(lim.PerSecond) || b.Burst() != lim.Burst {
 		b = rate.NewLimiter(rate.Limit(lim.PerSecond), lim.Burst)
 		l.m[tenant] = b
-	}
-	if b.Limit() != rate.Limit(lim.PerSecond) {
-		b.SetLimitAt(now, rate.Limit(lim.PerSecond))
-	}
-	if b.Burst() != lim.Burst {
-		b.SetBurstAt(now, lim.Burst)
 	}
 	res := b.ReserveN(now, 1)
 	if !res.OK() {
