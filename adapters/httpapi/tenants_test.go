@@ -85,9 +85,9 @@ func TestTenantSuspension(t *testing.T) {
 	e := start(t, apitestOptions())
 	op := e.admin()
 	wantStatus(t, e.do(op, "POST", "/v1/tenants", map[string]any{"id": "acme"}, nil), 201)
-	k := e.do(op, "POST", "/v1/tenants/acme/keys", map[string]any{"role": "admin"}, nil)
+	k := e.do(op, "POST", "/v1/tenants/acme/keys", map[string]any{"role": "admin", "label": "acme admin"}, nil)
 	wantStatus(t, k, 201)
-	acme := str(k.Map(), "secret")
+	acme, acmeID := str(k.Map(), "secret"), str(k.Map(), "id")
 	open, _ := e.register(acme)
 	held, _ := e.register(acme)
 	wantStatus(t, e.do(acme, "POST", "/v1/connections/"+open+"/messages", map[string]any{"recipient": newPhone(), "text": "hi"}, nil), 202)
@@ -133,9 +133,32 @@ func TestTenantSuspension(t *testing.T) {
 	if str(g.Map(), "queue_status") != "held" || str(g.Map(), "held_reason") != "operator" {
 		t.Errorf("the queue held by hand: %s, want still held by the operator", g.Body)
 	}
-	// The audit trail names the tenant events.
-	a := e.do(op, "GET", "/v1/audit?type=TenantSuspended", nil, nil)
+	// The tenant's audit trail has the suspension (by the platform operator's key) and names
+	// each key actor's label and role.
+	e.sync()
+	a := e.do(acme, "GET", "/v1/audit?type=TenantSuspended", nil, nil)
 	wantStatus(t, a, 200)
+	entries, _ := a.Map()["entries"].([]any)
+	if len(entries) != 1 || str(entries[0].(map[string]any), "actor_role") != "admin" || str(entries[0].(map[string]any), "reason") != "unpaid" {
+		t.Errorf("TenantSuspended entries: %s", a.Body)
+	}
+	a = e.do(acme, "GET", "/v1/audit?type=QueueHeld&actor="+acmeID, nil, nil)
+	wantStatus(t, a, 200)
+	entries, _ = a.Map()["entries"].([]any)
+	if len(entries) != 1 || str(entries[0].(map[string]any), "actor_label") != "acme admin" || str(entries[0].(map[string]any), "actor_role") != "admin" {
+		t.Errorf("the hold by hand: %s, want actor_label \"acme admin\", actor_role admin", a.Body)
+	}
+	for _, typ := range []string{"TenantCreated", "TenantResumed", "APIKeyCreated"} {
+		a = e.do(acme, "GET", "/v1/audit?type="+typ, nil, nil)
+		if entries, _ := a.Map()["entries"].([]any); len(entries) == 0 {
+			t.Errorf("no %s in acme's audit trail: %s", typ, a.Body)
+		}
+	}
+	// Nothing of acme in the other tenant's trail.
+	a = e.do(e.key(otherTenant, auth.RoleAuditor), "GET", "/v1/audit?type=TenantSuspended", nil, nil)
+	if entries, _ := a.Map()["entries"].([]any); len(entries) != 0 {
+		t.Errorf("another tenant sees acme's suspension: %s", a.Body)
+	}
 }
 
 // TestTenantRateLimit: a tenant's bucket of one token answers the second request 429
