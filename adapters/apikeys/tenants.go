@@ -164,17 +164,41 @@ func (k *Keys) ListTenants(ctx context.Context) ([]Tenant, error) {
 	return scanTenants(rows)
 }
 
-// RenameTenant records TenantRenamed (a no-op when the name is the current one).
-func (k *Keys) RenameTenant(ctx context.Context, id, name, actor string) (Tenant, error) {
-	if err := validateTenantName(name); err != nil {
-		return Tenant{}, err
+// ChangeTenant renames tenant id (name non-nil) and sets its rate limit (limit non-nil) in one
+// atomic append: both changes are recorded or neither. A change to the current value records
+// nothing.
+func (k *Keys) ChangeTenant(ctx context.Context, id string, name *string, limit *RateLimit, actor string) (Tenant, error) {
+	if name != nil {
+		if err := validateTenantName(*name); err != nil {
+			return Tenant{}, err
+		}
+	}
+	if limit != nil {
+		if err := auth.ValidateRateLimit(limit.PerSecond, limit.Burst); err != nil {
+			return Tenant{}, &ValidationError{Field: "rate_limit", Detail: strings.TrimPrefix(err.Error(), auth.ErrInvalidRateLimit.Error()+": ")}
+		}
 	}
 	t, err := k.GetTenant(ctx, id)
-	if err != nil || t.Name == name {
-		return t, err
+	if err != nil {
+		return Tenant{}, err
 	}
-	ev := auth.TenantRenamed{Name: name, PreviousName: t.Name, RenamedBy: actor, RenamedAt: k.now().UTC()}
-	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
+	at := k.now().UTC()
+	var evs []auth.TenantEvent
+	if name != nil && *name != t.Name {
+		evs = append(evs, auth.TenantRenamed{Name: *name, PreviousName: t.Name, RenamedBy: actor, RenamedAt: at})
+	}
+	if limit != nil && !((t.RateLimit == nil && limit.IsZero()) || (t.RateLimit != nil && *t.RateLimit == *limit)) {
+		evs = append(evs, auth.TenantRateLimitSet{PerSecond: limit.PerSecond, Burst: limit.Burst, SetBy: actor, SetAt: at})
+	}
+	if len(evs) == 0 {
+		return t, nil
+	}
+	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, evs...)
+}
+
+// RenameTenant records TenantRenamed (a no-op when the name is the current one).
+func (k *Keys) RenameTenant(ctx context.Context, id, name, actor string) (Tenant, error) {
+	return k.ChangeTenant(ctx, id, &name, nil, actor)
 }
 
 // SuspendTenant records TenantSuspended unless the tenant is suspended already; from the
@@ -206,21 +230,10 @@ func (k *Keys) ResumeTenant(ctx context.Context, id, reason, actor string) (Tena
 	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
 }
 
-// SetRateLimit records TenantRateLimitSet (the zero RateLimit restores the default). Every
-// node reads it with the key at the next request.
+// SetRateLimit records TenantRateLimitSet (the zero RateLimit restores the default; a no-op
+// when it is the current limit). Every node reads it with the key at the next request.
 func (k *Keys) SetRateLimit(ctx context.Context, id string, l RateLimit, actor string) (Tenant, error) {
-	if err := auth.ValidateRateLimit(l.PerSecond, l.Burst); err != nil {
-		return Tenant{}, &ValidationError{Field: "rate_limit", Detail: strings.TrimPrefix(err.Error(), auth.ErrInvalidRateLimit.Error()+": ")}
-	}
-	t, err := k.GetTenant(ctx, id)
-	if err != nil {
-		return Tenant{}, err
-	}
-	if (t.RateLimit == nil && l.IsZero()) || (t.RateLimit != nil && *t.RateLimit == l) {
-		return t, nil
-	}
-	ev := auth.TenantRateLimitSet{PerSecond: l.PerSecond, Burst: l.Burst, SetBy: actor, SetAt: k.now().UTC()}
-	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
+	return k.ChangeTenant(ctx, id, nil, &l, actor)
 }
 
 // Active returns nil if tenantID is not suspended (an unknown tenant is not), and
@@ -260,8 +273,8 @@ func (k *Keys) appendTenant(ctx context.Context, tenantID, actor string, id uuid
 }
 
 // recordTenant appends ev and returns the tenant as it is after it, with the event's position.
-func (k *Keys) recordTenant(ctx context.Context, tenantID, actor string, expected eventstore.ExpectedRevision, ev auth.TenantEvent) (Tenant, error) {
-	pos, err := k.appendTenantAt(ctx, tenantID, actor, uuid.New(), expected, ev)
+func (k *Keys) recordTenant(ctx context.Context, tenantID, actor string, expected eventstore.ExpectedRevision, evs ...auth.TenantEvent) (Tenant, error) {
+	pos, err := k.appendTenantAt(ctx, tenantID, actor, uuid.Nil, expected, evs...)
 	if err != nil {
 		return Tenant{}, err
 	}
@@ -270,17 +283,27 @@ func (k *Keys) recordTenant(ctx context.Context, tenantID, actor string, expecte
 	return t, err
 }
 
-func (k *Keys) appendTenantAt(ctx context.Context, tenantID, actor string, id uuid.UUID, expected eventstore.ExpectedRevision, ev auth.TenantEvent) (eventstore.Position, error) {
-	typ, data, err := auth.EncodeTenantEvent(ev)
-	if err != nil {
-		return eventstore.Position{}, err
+// appendTenantAt appends evs in one batch (id is the first event's id; uuid.Nil for random ids)
+// and returns the last one's position.
+func (k *Keys) appendTenantAt(ctx context.Context, tenantID, actor string, id uuid.UUID, expected eventstore.ExpectedRevision, evs ...auth.TenantEvent) (eventstore.Position, error) {
+	data := make([]eventstore.EventData, 0, len(evs))
+	var types []string
+	for i, ev := range evs {
+		typ, body, err := auth.EncodeTenantEvent(ev)
+		if err != nil {
+			return eventstore.Position{}, err
+		}
+		eid := uuid.New()
+		if i == 0 && id != uuid.Nil {
+			eid = id
+		}
+		types = append(types, typ)
+		data = append(data, eventstore.EventData{ID: eid, Type: typ, Data: body,
+			Metadata: eventstore.Metadata{TenantID: tenantID, Actor: actor, CorrelationID: commands.CorrelationIDFromContext(ctx)}})
 	}
-	res, err := k.store.Append(ctx, auth.TenantStream(tenantID), expected, eventstore.EventData{
-		ID: id, Type: typ, Data: data,
-		Metadata: eventstore.Metadata{TenantID: tenantID, Actor: actor, CorrelationID: commands.CorrelationIDFromContext(ctx)},
-	})
+	res, err := k.store.Append(ctx, auth.TenantStream(tenantID), expected, data...)
 	if err != nil {
-		return eventstore.Position{}, fmt.Errorf("apikeys: record %s: %w", typ, err)
+		return eventstore.Position{}, fmt.Errorf("apikeys: record %s: %w", strings.Join(types, ", "), err)
 	}
 	return res.Position, k.syncTenant(ctx, tenantID)
 }

@@ -180,20 +180,9 @@ func (s *server) changeTenant(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	ctx, actor := r.Context(), principal(r).ID
-	t, err := s.d.Keys.GetTenant(ctx, id)
+	t, err := s.d.Keys.ChangeTenant(r.Context(), id, req.Name, req.RateLimit, principal(r).ID)
 	if err != nil {
 		return err
-	}
-	if req.Name != nil {
-		if t, err = s.d.Keys.RenameTenant(ctx, id, *req.Name, actor); err != nil {
-			return err
-		}
-	}
-	if req.RateLimit != nil {
-		if t, err = s.d.Keys.SetRateLimit(ctx, id, *req.RateLimit, actor); err != nil {
-			return err
-		}
 	}
 	return writeJSON(w, http.StatusOK, s.viewTenant(t))
 }

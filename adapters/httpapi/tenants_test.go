@@ -72,6 +72,11 @@ func TestTenantProvisioning(t *testing.T) {
 	wantProblem(t, e.do(op, "PATCH", "/v1/tenants/nobody", map[string]any{"name": "x"}, nil), 404, "not_found")
 	wantProblem(t, e.do(op, "POST", "/v1/tenants/"+e.Tenant+"/suspend", nil, nil), 409, "platform_tenant")
 	wantProblem(t, e.do(op, "POST", "/v1/tenants/a%20b/suspend", nil, nil), 422, string(connection.CodeInvalidID))
+	// Never half-applied: a bad rate limit beside a good name changes neither.
+	wantProblem(t, e.do(op, "PATCH", "/v1/tenants/acme", map[string]any{"name": "Half", "rate_limit": map[string]any{"per_second": 5, "burst": 0}}, nil), 422, "invalid_request")
+	if g := e.do(op, "GET", "/v1/tenants/acme", nil, nil); str(g.Map(), "name") != "Acme Ltd" {
+		t.Errorf("after a refused change: %s", g.Body)
+	}
 	r = e.do(op, "PATCH", "/v1/tenants/acme", map[string]any{"name": "Acme GmbH"}, nil)
 	wantStatus(t, r, 200)
 	if str(r.Map(), "name") != "Acme GmbH" {
