@@ -115,6 +115,10 @@ type Keys struct {
 
 	errMu   sync.Mutex
 	lastErr error
+
+	// beforeAppend, if set (tests only, export_test.go), runs after a tenant change decided and
+	// before it appends: a test holds concurrent changes there to make their race certain.
+	beforeAppend func()
 }
 
 // New returns the registry on store and db; Migrate must have run on db. now is the clock of

@@ -178,22 +178,17 @@ func (k *Keys) ChangeTenant(ctx context.Context, id string, name *string, limit 
 			return Tenant{}, &ValidationError{Field: "rate_limit", Detail: strings.TrimPrefix(err.Error(), auth.ErrInvalidRateLimit.Error()+": ")}
 		}
 	}
-	t, err := k.GetTenant(ctx, id)
-	if err != nil {
-		return Tenant{}, err
-	}
-	at := k.now().UTC()
-	var evs []auth.TenantEvent
-	if name != nil && *name != t.Name {
-		evs = append(evs, auth.TenantRenamed{Name: *name, PreviousName: t.Name, RenamedBy: actor, RenamedAt: at})
-	}
-	if limit != nil && !((t.RateLimit == nil && limit.IsZero()) || (t.RateLimit != nil && *t.RateLimit == *limit)) {
-		evs = append(evs, auth.TenantRateLimitSet{PerSecond: limit.PerSecond, Burst: limit.Burst, SetBy: actor, SetAt: at})
-	}
-	if len(evs) == 0 {
-		return t, nil
-	}
-	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, evs...)
+	return k.updateTenant(ctx, id, actor, func(t Tenant) []auth.TenantEvent {
+		at := k.now().UTC()
+		var evs []auth.TenantEvent
+		if name != nil && *name != t.Name {
+			evs = append(evs, auth.TenantRenamed{Name: *name, PreviousName: t.Name, RenamedBy: actor, RenamedAt: at})
+		}
+		if limit != nil && !((t.RateLimit == nil && limit.IsZero()) || (t.RateLimit != nil && *t.RateLimit == *limit)) {
+			evs = append(evs, auth.TenantRateLimitSet{PerSecond: limit.PerSecond, Burst: limit.Burst, SetBy: actor, SetAt: at})
+		}
+		return evs
+	})
 }
 
 // RenameTenant records TenantRenamed (a no-op when the name is the current one).
@@ -208,12 +203,12 @@ func (k *Keys) SuspendTenant(ctx context.Context, id, reason, actor string) (Ten
 	if len(reason) > connection.MaxNoteLen {
 		return Tenant{}, &ValidationError{Field: "reason", Detail: fmt.Sprintf("at most %d bytes", connection.MaxNoteLen)}
 	}
-	t, err := k.GetTenant(ctx, id)
-	if err != nil || t.Status == TenantSuspended {
-		return t, err
-	}
-	ev := auth.TenantSuspended{Reason: reason, SuspendedBy: actor, SuspendedAt: k.now().UTC()}
-	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
+	return k.updateTenant(ctx, id, actor, func(t Tenant) []auth.TenantEvent {
+		if t.Status == TenantSuspended {
+			return nil
+		}
+		return []auth.TenantEvent{auth.TenantSuspended{Reason: reason, SuspendedBy: actor, SuspendedAt: k.now().UTC()}}
+	})
 }
 
 // ResumeTenant records TenantResumed unless the tenant is active already. It does not resume
@@ -222,12 +217,12 @@ func (k *Keys) ResumeTenant(ctx context.Context, id, reason, actor string) (Tena
 	if len(reason) > connection.MaxNoteLen {
 		return Tenant{}, &ValidationError{Field: "reason", Detail: fmt.Sprintf("at most %d bytes", connection.MaxNoteLen)}
 	}
-	t, err := k.GetTenant(ctx, id)
-	if err != nil || t.Status == TenantActive {
-		return t, err
-	}
-	ev := auth.TenantResumed{Reason: reason, ResumedBy: actor, ResumedAt: k.now().UTC()}
-	return k.recordTenant(ctx, id, actor, eventstore.StreamExists, ev)
+	return k.updateTenant(ctx, id, actor, func(t Tenant) []auth.TenantEvent {
+		if t.Status == TenantActive {
+			return nil
+		}
+		return []auth.TenantEvent{auth.TenantResumed{Reason: reason, ResumedBy: actor, ResumedAt: k.now().UTC()}}
+	})
 }
 
 // SetRateLimit records TenantRateLimitSet (the zero RateLimit restores the default; a no-op
@@ -272,15 +267,49 @@ func (k *Keys) appendTenant(ctx context.Context, tenantID, actor string, id uuid
 	return err
 }
 
-// recordTenant appends ev and returns the tenant as it is after it, with the event's position.
-func (k *Keys) recordTenant(ctx context.Context, tenantID, actor string, expected eventstore.ExpectedRevision, evs ...auth.TenantEvent) (Tenant, error) {
-	pos, err := k.appendTenantAt(ctx, tenantID, actor, uuid.Nil, expected, evs...)
-	if err != nil {
-		return Tenant{}, err
+// maxTenantRetries bounds updateTenant's retries after a concurrent append to the stream.
+const maxTenantRetries = 20
+
+// updateTenant is the tenant's load → decide → append loop: it catches the table up with the
+// tenant's stream, lets decide look at the tenant as it is, and appends the events decide
+// returns at the stream's revision decide saw; a concurrent append (another change, a key
+// event) makes it start over. So of concurrent suspensions exactly one records
+// TenantSuspended, and the others see it and record nothing. It returns the tenant after the
+// change, with the position of its last event (zero when decide returned none).
+func (k *Keys) updateTenant(ctx context.Context, id, actor string, decide func(Tenant) []auth.TenantEvent) (Tenant, error) {
+	for attempt := 0; ; attempt++ {
+		if err := k.syncTenant(ctx, id); err != nil {
+			return Tenant{}, err
+		}
+		t, err := k.GetTenant(ctx, id)
+		if err != nil {
+			return Tenant{}, err
+		}
+		var next int64
+		if err := k.db.QueryRowContext(ctx, `SELECT next_rev FROM api_keys_streams WHERE tenant_id = $1`, id).Scan(&next); err != nil {
+			return Tenant{}, fmt.Errorf("apikeys: tenant %s revision: %w", id, err)
+		}
+		evs := decide(t)
+		if len(evs) == 0 {
+			return t, nil
+		}
+		if next < 1 {
+			return Tenant{}, fmt.Errorf("apikeys: tenant %s: its row exists but its stream has no applied event", id)
+		}
+		if k.beforeAppend != nil {
+			k.beforeAppend()
+		}
+		pos, err := k.appendTenantAt(ctx, id, actor, uuid.Nil, eventstore.Exact(uint64(next-1)), evs...)
+		if errors.Is(err, eventstore.ErrWrongExpectedRevision) && attempt < maxTenantRetries {
+			continue
+		}
+		if err != nil {
+			return Tenant{}, err
+		}
+		t, err = k.GetTenant(ctx, id)
+		t.Position = pos
+		return t, err
 	}
-	t, err := k.GetTenant(ctx, tenantID)
-	t.Position = pos
-	return t, err
 }
 
 // appendTenantAt appends evs in one batch (id is the first event's id; uuid.Nil for random ids)

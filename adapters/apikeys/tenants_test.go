@@ -2,12 +2,14 @@ package apikeys_test
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
+	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -162,5 +164,81 @@ func TestTenantIDsUnique(t *testing.T) {
 	}
 	if ts, err := k.ListTenants(ctx); err != nil || len(ts) != 2 || ts[0].ID != "legacy" || ts[1].ID != "race" {
 		t.Fatalf("tenants %+v %v", ts, err)
+	}
+}
+
+// TestConcurrentTenantChanges: n suspensions that all decided on an active tenant before any of
+// them appended (held at a barrier) record exactly one TenantSuspended: the others lose the
+// append at the revision they saw, look again and record nothing. Renames racing each other
+// are all applied, the table ending at the last one recorded.
+func TestConcurrentTenantChanges(t *testing.T) {
+	k, store, _ := open(t)
+	ctx := t.Context()
+	if _, err := k.CreateTenant(ctx, "acme", "", "op"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	var (
+		mu      sync.Mutex
+		arrived int
+		release = make(chan struct{})
+	)
+	apikeys.SetBeforeAppend(k, func() {
+		mu.Lock()
+		arrived++
+		if arrived == n {
+			close(release)
+		}
+		first := arrived <= n
+		mu.Unlock()
+		if first {
+			<-release
+		}
+	})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if tn, err := k.SuspendTenant(ctx, "acme", "race", "op"); err != nil || tn.Status != apikeys.TenantSuspended {
+				t.Errorf("suspend: %+v %v", tn, err)
+			}
+		}()
+	}
+	wg.Wait()
+	apikeys.SetBeforeAppend(k, nil)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := k.RenameTenant(ctx, "acme", fmt.Sprintf("name %d", i), "op"); err != nil {
+				t.Errorf("rename: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	events, err := store.ReadStream(ctx, auth.TenantStream("acme"), eventstore.Forwards, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	suspended, renamed, last := 0, 0, ""
+	for _, e := range events {
+		switch e.Type {
+		case auth.TypeTenantSuspended:
+			suspended++
+		case auth.TypeTenantRenamed:
+			renamed++
+			ev, err := auth.DecodeTenantEvent(e.Type, e.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = ev.(auth.TenantRenamed).Name
+		}
+	}
+	if suspended != 1 || renamed != n {
+		t.Fatalf("%d TenantSuspended and %d TenantRenamed recorded, want 1 and %d", suspended, renamed, n)
+	}
+	if tn, err := k.GetTenant(ctx, "acme"); err != nil || tn.Name != last || tn.Status != apikeys.TenantSuspended {
+		t.Fatalf("tenant %+v (%v), want named %q as the last rename and suspended", tn, err, last)
 	}
 }
