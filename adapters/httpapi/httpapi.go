@@ -108,9 +108,10 @@ type Limits struct {
 	NumberChecksPerMinute int
 	NumberCheckBurst      int
 	// RatePerSecond and RateBurst are a tenant's API rate limit (429 rate_limited) when the
-	// platform operator set none for it: a token bucket per tenant and node. Defaults
-	// DefaultRatePerSecond and DefaultRateBurst; a negative RatePerSecond turns the default
-	// limit off (a limit set for a tenant still applies).
+	// platform operator set none for it: a token bucket per tenant and node. Zero (or negative)
+	// RatePerSecond: no default limit (a limit set for a tenant still applies); `waqueue serve`
+	// sets 500/s, burst 1000 (--rate-limit, --rate-burst). RateBurst defaults to one second's
+	// worth of requests.
 	RatePerSecond float64
 	RateBurst     int
 }
@@ -137,11 +138,11 @@ func (l *Limits) setDefaults() {
 	if l.NumberCheckBurst <= 0 {
 		l.NumberCheckBurst = 5000
 	}
-	if l.RatePerSecond == 0 {
-		l.RatePerSecond = DefaultRatePerSecond
+	if l.RatePerSecond < 0 {
+		l.RatePerSecond = 0
 	}
 	if l.RateBurst <= 0 {
-		l.RateBurst = max(DefaultRateBurst, int(math.Ceil(l.RatePerSecond)))
+		l.RateBurst = max(1, int(math.Ceil(l.RatePerSecond)))
 	}
 }
 

@@ -26,13 +26,6 @@ import (
 // GET /v1/admin/health), and GET /v1/tenants/{tenant_id} answers a tenant's own admin about its
 // own tenant and 404 for any other id, existing or not, so no tenant id leaks.
 
-// DefaultRateLimit is a tenant's API rate limit when the platform operator set none: a token
-// bucket of DefaultRateBurst requests refilled at DefaultRatePerSecond a second, per node.
-const (
-	DefaultRatePerSecond = 500
-	DefaultRateBurst     = 1000
-)
-
 // tenantRoutes are the routes of tenants.go, added to the route table.
 func tenantRoutes(r func(method, pattern string, right auth.Right, h func(*server, http.ResponseWriter, *http.Request) error, statuses ...[]int) Route) []Route {
 	platform := func(rt Route) Route {
@@ -75,7 +68,10 @@ type rateLimitView struct {
 }
 
 func (s *server) viewTenant(t apikeys.Tenant) tenantView {
-	v := tenantView{Tenant: t, EffectiveRateLimit: rateLimitView{PerSecond: s.d.Limits.RatePerSecond, Burst: s.d.Limits.RateBurst, Default: true}}
+	v := tenantView{Tenant: t, EffectiveRateLimit: rateLimitView{Default: true}} // 0/s: no limit
+	if s.d.Limits.RatePerSecond > 0 {
+		v.EffectiveRateLimit.PerSecond, v.EffectiveRateLimit.Burst = s.d.Limits.RatePerSecond, s.d.Limits.RateBurst
+	}
 	if t.RateLimit != nil {
 		v.EffectiveRateLimit = rateLimitView{PerSecond: t.RateLimit.PerSecond, Burst: t.RateLimit.Burst}
 	}

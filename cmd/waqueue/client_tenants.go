@@ -57,6 +57,9 @@ func newTenantsCmd(cf *clientFlags) *cobra.Command {
 			rows := make([][]string, 0, len(ts))
 			for _, t := range ts {
 				limit := strconv.FormatFloat(t.EffectiveRateLimit.PerSecond, 'g', -1, 64) + "/s burst " + strconv.Itoa(t.EffectiveRateLimit.Burst)
+				if t.EffectiveRateLimit.PerSecond == 0 {
+					limit = "none"
+				}
 				if t.EffectiveRateLimit.Default {
 					limit += " (default)"
 				}

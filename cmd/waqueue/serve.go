@@ -62,10 +62,7 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval
 	o.MetricsToken = cfg.MetricsToken
 	o.MetricsTenantTop = cfg.MetricsTenantTop
-	o.Limits.RatePerSecond, o.Limits.RateBurst = cfg.RateLimit, cfg.RateBurst
-	if cfg.RateLimit == 0 {
-		o.Limits.RatePerSecond = -1 // no default limit
-	}
+	o.Limits.RatePerSecond, o.Limits.RateBurst = cfg.RateLimit, cfg.RateBurst // 0: no default limit
 	o.WebhookEgress = webhooks.EgressConfig{AllowPrivate: cfg.WebhookAllowPrivate, AllowCIDRs: cfg.WebhookAllowPrefixes}
 	return o
 }

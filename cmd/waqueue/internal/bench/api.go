@@ -59,7 +59,6 @@ func API(ctx context.Context, env *Env, cfg APIConfig, w io.Writer) error {
 func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.Writer) (err error) {
 	node, err := env.node(ctx, engine, func(o *server.Options) {
 		o.NoDispatcher = true
-		o.Limits.RatePerSecond = -1 // the benchmark measures the API, not the tenant's rate limit
 		o.Limits.ReadYourWrites = cfg.ReadYourWrites
 		o.GroupCommit = cfg.GroupCommit
 	})
