@@ -13,10 +13,14 @@ type HoldForTenant struct {
 // for the suspension already, or held by an operator or after a clear, gets no event (it stays
 // held, and the tenant's resume leaves it so). A queue held automatically (ban, session loss)
 // is held again with reason tenant_suspended, so that a ban lifted during the suspension does
-// not resume it under the on_ban policy. Nothing is purged.
+// not resume it under the on_ban policy. Nothing is purged. A retired connection gets no
+// event (it sends nothing).
 func (c *Connection) HoldForTenant(cmd HoldForTenant, now time.Time) ([]Event, error) {
 	if err := c.mustBeRegistered("hold"); err != nil {
 		return nil, err
+	}
+	if c.link == LinkStatusRetired {
+		return nil, nil // a retired connection sends nothing: nothing to hold or resume
 	}
 	if err := validateActor(cmd.Actor); err != nil {
 		return nil, err
@@ -45,6 +49,9 @@ type ResumeForTenant struct {
 func (c *Connection) ResumeForTenant(cmd ResumeForTenant, now time.Time) ([]Event, error) {
 	if err := c.mustBeRegistered("resume"); err != nil {
 		return nil, err
+	}
+	if c.link == LinkStatusRetired {
+		return nil, nil // a retired connection sends nothing: nothing to hold or resume
 	}
 	if err := validateActor(cmd.Actor); err != nil {
 		return nil, err

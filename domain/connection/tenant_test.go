@@ -24,6 +24,8 @@ func TestHoldAndResumeForTenant(t *testing.T) {
 			then: []connection.Event{connection.QueueResumed{Reason: connection.ResumeOnTenantResumed, Actor: "key_op", ResumedAt: at(2)}}},
 		{name: "resume leaves an operator's hold", given: history(base, opHeld()), when: resume, then: nil},
 		{name: "resume of an open queue: nothing", given: base, when: resume, then: nil},
+		{name: "a retired connection: nothing to hold", given: history(registered(connection.OnBanHold), paired(),
+			connection.ConnectionRetired{Reason: "gone", RetiredBy: "op", RetiredAt: t0}), when: suspend, then: nil},
 		{name: "resume while banned holds for the ban again", given: history(base, banned(), tenantHeld), when: resume,
 			then: []connection.Event{connection.QueueHeld{Reason: connection.HoldOnBan, Note: "tenant resumed while banned", Actor: connection.SystemActor, HeldAt: at(2)}}},
 		{name: "a ban lifted during the suspension does not resume (on_ban resume)", given: history(base, banned(), tenantHeld),
