@@ -73,7 +73,7 @@ type Card struct {
 	Pending     uint64 `json:"pending"`
 	InFlight    uint64 `json:"in_flight"`
 	Ban         *Ban   `json:"ban,omitempty"`
-	// HeldReason says why the queue is held (banned, session_invalid, operator, after_clear).
+	// HeldReason says why the queue is held (banned, session_invalid, operator, after_clear, tenant_suspended).
 	HeldReason  string `json:"held_reason,omitempty"`
 	LastProblem string `json:"last_problem,omitempty"`
 	// SendingPolicy is how the connection is paced; DispatchedToday the messages dispatched on

@@ -58,6 +58,13 @@ var calls = map[string]string{
 	"POST /v1/connections/{id}/simulator/ban":           "SimulatorBan",
 	"POST /v1/connections/{id}/simulator/lift":          "SimulatorLift",
 	"POST /v1/connections/{id}/simulator/logout":        "SimulatorLogout",
+	"POST /v1/tenants":                                  "CreateTenant",
+	"GET /v1/tenants":                                   "Tenants",
+	"GET /v1/tenants/{tenant_id}":                       "Tenant",
+	"PATCH /v1/tenants/{tenant_id}":                     "ChangeTenant",
+	"POST /v1/tenants/{tenant_id}/suspend":              "SuspendTenant",
+	"POST /v1/tenants/{tenant_id}/resume":               "ResumeTenant",
+	"POST /v1/tenants/{tenant_id}/keys":                 "CreateTenantKey",
 }
 
 // TestEveryRouteHasACall: a route added to the API without a Client method fails here.

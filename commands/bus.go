@@ -147,6 +147,10 @@ type Handlers struct {
 	// UnpairConnection and RetireConnection are served by the HTTP API only (not on the bus).
 	UnpairConnection *UnpairConnectionHandler
 	RetireConnection *RetireConnectionHandler
+	// HoldForTenant and ResumeForTenant serve the platform operator's tenant suspension (HTTP
+	// only, no broker command).
+	HoldForTenant   *HoldForTenantHandler
+	ResumeForTenant *ResumeForTenantHandler
 }
 
 // ProcessorConfig configures RegisterProcessor.

@@ -65,6 +65,10 @@ func NewHandlers(repo *Repository, now Clock) (Handlers, error) {
 	add(err)
 	h.RetireConnection, err = NewRetireConnectionHandler(repo, now)
 	add(err)
+	h.HoldForTenant, err = NewHoldForTenantHandler(repo, now)
+	add(err)
+	h.ResumeForTenant, err = NewResumeForTenantHandler(repo, now)
+	add(err)
 	return h, errors.Join(errs...)
 }
 

@@ -40,11 +40,12 @@ type AuditRule struct {
 // policy changes, pairings, session losses, bans, lifts, transport problems observed
 // (TransportProblemObserved), holds, resumes, clear requests, QueueCleared and cancels of one
 // message (MessageCancelled), sending policy changes (SendingPolicyChanged); of tenant streams, the rights changes (API keys created, revoked, role changed;
-// the key hash is redacted). Another audited event is one more rule (or one more type).
+// the key hash is redacted) and the tenant's lifecycle (created, renamed, suspended, resumed,
+// rate limit set). Another audited event is one more rule (or one more type).
 func DefaultAuditRules() []AuditRule {
 	return []AuditRule{{
 		StreamPrefix: auth.TenantStreamPrefix, TenantFromStream: true,
-		EventTypes: auth.KeyEventTypes(), RedactFields: []string{"key_hash"},
+		EventTypes: auth.TenantStreamEventTypes(), RedactFields: []string{"key_hash"},
 	}, {
 		StreamPrefix: connection.StreamPrefix,
 		EventTypes: []string{
@@ -120,7 +121,7 @@ func (a *Audit) Filter() eventstore.Filter {
 // Reset implements Projection. Rebuilding recreates the same chain from the same log, so the
 // checkpoints (rebuilt from their events) still match it.
 func (*Audit) Reset(ctx context.Context, tx *Tx) error {
-	return execAll(ctx, tx, `DELETE FROM audit_entries`, `DELETE FROM audit_conns`, `DELETE FROM audit_checkpoints`)
+	return execAll(ctx, tx, `DELETE FROM audit_entries`, `DELETE FROM audit_conns`, `DELETE FROM audit_checkpoints`, `DELETE FROM audit_actors`)
 }
 
 func (a *Audit) rule(e eventstore.RecordedEvent) (AuditRule, bool) {
@@ -168,6 +169,12 @@ ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, reg
 		if err != nil {
 			return err
 		}
+		if err := recordActor(ctx, tx, e, entry.TenantID); err != nil {
+			return err
+		}
+		if entry.ActorLabel, entry.ActorRole, err = actorOf(ctx, tx, entry.Actor); err != nil {
+			return err
+		}
 		if isConn {
 			_, entry.ConnectionID = connection.SplitKey(connID) // rows are keyed by (tenant_id, conn_id)
 			if entry.TenantID, err = tenantOf(ctx, tx, "audit_conns", connID, entry.TenantID, tenants); err != nil {
@@ -185,9 +192,9 @@ ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, reg
 		entry.Seq, entry.PrevHash = uint64(head.seq+1), head.hash
 		entry.Hash = entry.chainHash()
 		if _, err := tx.ExecContext(ctx, `INSERT INTO audit_entries (tenant_id, seq, event_id, stream, conn_id, event_type, actor, reason,
-at_us, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+at_us, details, prev_hash, hash, actor_label, actor_role) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
 			entry.TenantID, int64(entry.Seq), entry.EventID.String(), entry.Stream, entry.ConnectionID, entry.EventType, entry.Actor,
-			entry.Reason, us(entry.At), string(entry.Details), entry.PrevHash, entry.Hash); err != nil {
+			entry.Reason, us(entry.At), string(entry.Details), entry.PrevHash, entry.Hash, entry.ActorLabel, entry.ActorRole); err != nil {
 			return fmt.Errorf("audit event %s: %w", e.ID, err)
 		}
 		heads[entry.TenantID] = chainHead{int64(entry.Seq), entry.Hash}
@@ -198,7 +205,8 @@ at_us, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10
 // actorKeys and reasonKeys are the body fields an audited event names its actor and reason in,
 // in order of preference.
 var (
-	actorKeys  = []string{"actor", "completed_by", "requested_by", "registered_by", "changed_by", "revoked_by", "created_by", "started_by", "cancelled_by", "retired_by"}
+	actorKeys = []string{"actor", "completed_by", "requested_by", "registered_by", "changed_by", "revoked_by", "created_by", "started_by", "cancelled_by",
+		"retired_by", "renamed_by", "suspended_by", "resumed_by", "set_by"}
 	reasonKeys = []string{"reason", "reason_code", "note", "cause"}
 )
 
@@ -265,6 +273,10 @@ type AuditEntry struct {
 	Details json.RawMessage
 	// PrevHash is the Hash of entry Seq-1 ("" for the first); Hash chains this entry to it.
 	PrevHash, Hash string
+	// ActorLabel and ActorRole are the label and role of the API key Actor names, as they were
+	// when the entry was recorded (empty when the actor is no key: the node, "bootstrap"). They
+	// are not covered by the hash chain: they explain the actor, whose id is.
+	ActorLabel, ActorRole string
 }
 
 // Link returns what the entry's hash covers.
@@ -300,14 +312,14 @@ type AuditPage struct {
 // ErrBadCursor is returned for a cursor that AuditPage did not produce.
 var ErrBadCursor = errors.New("projections: bad cursor")
 
-const auditColumns = `tenant_id, seq, event_id, stream, conn_id, event_type, actor, reason, at_us, details, prev_hash, hash`
+const auditColumns = `tenant_id, seq, event_id, stream, conn_id, event_type, actor, reason, at_us, details, prev_hash, hash, actor_label, actor_role`
 
 func scanAudit(rows *sql.Rows) (AuditEntry, error) {
 	var en AuditEntry
 	var seq, at int64
 	var id, details string
 	if err := rows.Scan(&en.TenantID, &seq, &id, &en.Stream, &en.ConnectionID, &en.EventType, &en.Actor, &en.Reason, &at,
-		&details, &en.PrevHash, &en.Hash); err != nil {
+		&details, &en.PrevHash, &en.Hash, &en.ActorLabel, &en.ActorRole); err != nil {
 		return en, err
 	}
 	var err error
@@ -431,4 +443,48 @@ func (a *Audit) Verify(ctx context.Context, db *DB, tenant string) (VerifyResult
 	}
 	res.Head = prev
 	return res, nil
+}
+
+// recordActor keeps audit_actors from the key events: a key created (its label and role) and a
+// role changed.
+func recordActor(ctx context.Context, tx *Tx, e eventstore.RecordedEvent, tenant string) error {
+	var v struct {
+		KeyID string `json:"key_id"`
+		Label string `json:"label"`
+		Role  string `json:"role"`
+	}
+	var err error
+	switch e.Type {
+	case auth.TypeAPIKeyCreated:
+		if err := json.Unmarshal(e.Data, &v); err != nil {
+			return fmt.Errorf("audit event %s: %w", e.ID, err)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO audit_actors (tenant_id, key_id, label, role) VALUES ($1, $2, $3, $4)
+ON CONFLICT (tenant_id, key_id) DO UPDATE SET label = excluded.label, role = excluded.role`, tenant, v.KeyID, v.Label, v.Role)
+	case auth.TypeAPIKeyRoleChanged:
+		if err := json.Unmarshal(e.Data, &v); err != nil {
+			return fmt.Errorf("audit event %s: %w", e.ID, err)
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE audit_actors SET role = $1 WHERE tenant_id = $2 AND key_id = $3`, v.Role, tenant, v.KeyID)
+	}
+	if err != nil {
+		return fmt.Errorf("audit event %s: actor: %w", e.ID, err)
+	}
+	return nil
+}
+
+// actorOf returns the label and role of the key actor names ("" and "" for an actor that is
+// no key the trail has seen created).
+func actorOf(ctx context.Context, tx *Tx, actor string) (label, role string, err error) {
+	if actor == "" {
+		return "", "", nil
+	}
+	err = tx.QueryRowContext(ctx, `SELECT label, role FROM audit_actors WHERE key_id = $1 LIMIT 1`, actor).Scan(&label, &role)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", nil
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("audit actor %q: %w", actor, err)
+	}
+	return label, role, nil
 }

@@ -37,6 +37,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -114,6 +115,10 @@ type Keys struct {
 
 	errMu   sync.Mutex
 	lastErr error
+
+	// beforeAppend, if set (tests only, export_test.go), runs after a tenant change decided and
+	// before it appends: a test holds concurrent changes there to make their race certain.
+	beforeAppend func()
 }
 
 // New returns the registry on store and db; Migrate must have run on db. now is the clock of
@@ -158,6 +163,11 @@ func Migrate(ctx context.Context, db *projections.DB) error {
 			return fmt.Errorf("apikeys: migrate: %w", err)
 		}
 	}
+	for _, q := range migrateTenants() {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("apikeys: migrate: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -168,31 +178,47 @@ func Hash(secret string) string {
 }
 
 // Authenticate returns the principal of a live key: its tenant, its id (recorded as the actor
-// of everything done with it) and its role. Anything else is ErrInvalidKey.
+// of everything done with it) and its role. A key of a suspended tenant is ErrTenantSuspended;
+// anything else is ErrInvalidKey.
 func (k *Keys) Authenticate(ctx context.Context, secret string) (auth.Principal, error) {
+	id, err := k.Identify(ctx, secret)
+	return id.Principal, err
+}
+
+// Identify is Authenticate with the tenant's rate limit, read in the same query.
+func (k *Keys) Identify(ctx context.Context, secret string) (Identity, error) {
 	if !wellFormed(secret) {
-		return auth.Principal{}, ErrInvalidKey
+		return Identity{}, ErrInvalidKey
 	}
 	var (
-		p       auth.Principal
+		id      Identity
+		p       = &id.Principal
 		role    string
+		status  string
+		burst   int64
 		revoked int64
 	)
-	err := k.db.QueryRowContext(ctx, `SELECT key_id, tenant_id, role, revoked_at_us FROM api_keys WHERE key_hash = $1`,
-		Hash(secret)).Scan(&p.ID, &p.TenantID, &role, &revoked)
+	err := k.db.QueryRowContext(ctx, `SELECT k.key_id, k.tenant_id, k.role, k.revoked_at_us, COALESCE(t.status, ''),
+		COALESCE(t.rate_per_second, 0), COALESCE(t.rate_burst, 0)
+		FROM api_keys k LEFT JOIN tenants t ON t.tenant_id = k.tenant_id WHERE k.key_hash = $1`,
+		Hash(secret)).Scan(&p.ID, &p.TenantID, &role, &revoked, &status, &id.RateLimit.PerSecond, &burst)
 	if errors.Is(err, sql.ErrNoRows) {
-		return auth.Principal{}, ErrInvalidKey
+		return Identity{}, ErrInvalidKey
 	}
 	if err != nil {
-		return auth.Principal{}, fmt.Errorf("apikeys: authenticate: %w", err)
+		return Identity{}, fmt.Errorf("apikeys: authenticate: %w", err)
 	}
 	if revoked != 0 {
-		return auth.Principal{}, ErrInvalidKey
+		return Identity{}, ErrInvalidKey
 	}
 	if p.Role, err = auth.ParseRole(role); err != nil {
-		return auth.Principal{}, ErrInvalidKey
+		return Identity{}, ErrInvalidKey
 	}
-	return p, nil
+	if status == TenantSuspended {
+		return Identity{}, &SuspendedError{TenantID: p.TenantID}
+	}
+	id.RateLimit.Burst = int(burst)
+	return id, nil
 }
 
 func wellFormed(secret string) bool {
@@ -369,7 +395,7 @@ func scanKeys(rows *sql.Rows) ([]Key, error) {
 
 // Filter selects the key events of the global log.
 func Filter() eventstore.Filter {
-	return eventstore.Filter{StreamPrefixes: []string{auth.TenantStreamPrefix}, EventTypes: auth.KeyEventTypes()}
+	return eventstore.Filter{StreamPrefixes: []string{auth.TenantStreamPrefix}, EventTypes: auth.TenantStreamEventTypes()}
 }
 
 // Sync applies to the table every key event recorded after its checkpoint of the global log,
@@ -549,6 +575,9 @@ func applyEvent(ctx context.Context, tx *projections.Tx, e eventstore.RecordedEv
 	if !ok {
 		return nil
 	}
+	if slices.Contains(auth.TenantEventTypes(), e.Type) {
+		return applyTenantEvent(ctx, tx, tenant, e)
+	}
 	ev, err := auth.DecodeKeyEvent(e.Type, e.Data)
 	if err != nil {
 		return fmt.Errorf("apikeys: event %s at %s: %w", e.ID, e.Position, err)
@@ -586,7 +615,8 @@ func (k *Keys) Rebuild(ctx context.Context) error {
 	_, err1 := tx.ExecContext(ctx, `DELETE FROM api_keys`)
 	_, err2 := tx.ExecContext(ctx, `UPDATE api_keys_checkpoint SET pos_commit = 0, pos_prepare = 0 WHERE id = 1`)
 	_, err3 := tx.ExecContext(ctx, `DELETE FROM api_keys_streams`)
-	if err := errors.Join(err1, err2, err3); err != nil {
+	_, err4 := tx.ExecContext(ctx, `DELETE FROM tenants`)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
 		_ = tx.Rollback()
 		k.mu.Unlock()
 		return fmt.Errorf("apikeys: rebuild: %w", err)
@@ -599,9 +629,9 @@ func (k *Keys) Rebuild(ctx context.Context) error {
 	return k.Sync(ctx)
 }
 
-// AuditRule is the audit projection's rule for rights changes (G8): the key events of the
-// tenant streams, with the tenant taken from the stream name. Add it to
+// AuditRule is the audit projection's rule for rights changes (G8): the key and tenant events
+// of the tenant streams, with the tenant taken from the stream name. Add it to
 // projections.DefaultAuditRules() when building the audit projection.
 func AuditRule() projections.AuditRule {
-	return projections.AuditRule{StreamPrefix: auth.TenantStreamPrefix, EventTypes: auth.KeyEventTypes(), TenantFromStream: true}
+	return projections.AuditRule{StreamPrefix: auth.TenantStreamPrefix, EventTypes: auth.TenantStreamEventTypes(), TenantFromStream: true}
 }

@@ -116,6 +116,9 @@ func (t *Tokens) Mint(ctx context.Context, p auth.Principal, ttl time.Duration) 
 	if !key.RevokedAt.IsZero() {
 		return Token{}, fmt.Errorf("%w: %s", ErrRevoked, key.ID)
 	}
+	if err := t.keys.Active(ctx, key.TenantID); err != nil {
+		return Token{}, err
+	}
 	nonce := make([]byte, 12)
 	if _, err := rand.Read(nonce); err != nil {
 		return Token{}, fmt.Errorf("apikeys: random: %w", err)
@@ -153,6 +156,11 @@ func (t *Tokens) AuthenticateCommand(ctx context.Context, c commands.Credential)
 	}
 	if !key.RevokedAt.IsZero() {
 		return auth.Principal{}, ErrInvalidToken
+	}
+	// A suspended tenant's tokens are refused (a *SuspendedError, which the command processor
+	// acknowledges as a refusal) until the tenant is resumed.
+	if err := t.keys.Active(ctx, key.TenantID); err != nil {
+		return auth.Principal{}, err
 	}
 	return auth.Principal{TenantID: key.TenantID, ID: key.ID, Role: key.Role}, nil
 }

@@ -319,6 +319,24 @@ func TestBrokerCommandsAreTenantScoped(t *testing.T) {
 		t.Fatal("a ban was lifted over the broker")
 	}
 
+	// A suspended tenant's tokens are refused (acknowledged, never retried) until it is resumed.
+	if err := e.keys.EnsureTenant(ctx, "tenant-a", "tenant-a", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.keys.SuspendTenant(ctx, "tenant-a", "test", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Send(ctx, "tenant-a", e.tokenA, enq("a-1", "while-suspended")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the suspended tenant's command refused", func() bool { return e.log.count("refused") >= 7 })
+	if n := countType(streamTypes(t, e.store, connection.Key("tenant-a", "a-1")), connection.TypeMessageQueued); n != 1 {
+		t.Fatalf("%d messages queued on a-1 while suspended, want 1", n)
+	}
+	if _, err := e.keys.ResumeTenant(ctx, "tenant-a", "", "test"); err != nil {
+		t.Fatal(err)
+	}
+
 	// A revoked key's tokens stop working at once.
 	if err := e.keys.Revoke(ctx, "tenant-a", e.keyA.ID, "setup", "test"); err != nil {
 		t.Fatal(err)
@@ -326,7 +344,7 @@ func TestBrokerCommandsAreTenantScoped(t *testing.T) {
 	if err := bus.Send(ctx, "tenant-a", e.tokenA, enq("a-1", "after-revoke")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the revoked key's command refused", func() bool { return e.log.count("refused") >= 7 })
+	waitFor(t, "the revoked key's command refused", func() bool { return e.log.count("refused") >= 8 })
 	if n := countType(streamTypes(t, e.store, connection.Key("tenant-a", "a-1")), connection.TypeMessageQueued); n != 1 {
 		t.Fatalf("%d messages queued on a-1 after the revocation, want 1", n)
 	}

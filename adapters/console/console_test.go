@@ -691,3 +691,36 @@ func TestClearProgressOfAnotherTenant(t *testing.T) {
 		}
 	}
 }
+
+// TestSuspendedTenant: a suspended tenant's key cannot sign in (403), and a session opened
+// before the suspension is refused (403) until the tenant is resumed.
+func TestSuspendedTenant(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	if _, err := srv.Keys.CreateTenant(ctx, "acme", "Acme", "test"); err != nil {
+		t.Fatal(err)
+	}
+	k, err := srv.Keys.Create(ctx, "acme", auth.RoleAdmin, "acme admin", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := newBrowser(t, srv.URL)
+	open.signIn(k.Secret)
+	if _, err := srv.Keys.SuspendTenant(ctx, "acme", "unpaid", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if p := open.do("GET", "/console/connections", nil, nil); p.status != http.StatusForbidden || !strings.Contains(p.body, "suspended") {
+		t.Fatalf("a session of a suspended tenant: %d %.300s", p.status, p.body)
+	}
+	b := newBrowser(t, srv.URL)
+	p := b.do("GET", "/console/signin", nil, nil)
+	p = b.do("POST", "/console/signin", url.Values{"csrf": {csrfOf(t, p)}, "key": {k.Secret}}, nil)
+	if p.status != http.StatusForbidden || !strings.Contains(p.body, "suspended") {
+		t.Fatalf("sign-in with a suspended tenant's key: %d %.300s", p.status, p.body)
+	}
+	if _, err := srv.Keys.ResumeTenant(ctx, "acme", "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if p := open.do("GET", "/console/connections", nil, nil); p.status != http.StatusOK {
+		t.Fatalf("the session after the resume: %d", p.status)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/projections"
 )
@@ -138,8 +139,11 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) error {
 		checked = time.Now()
 		nu, err := c.authenticate(r)
 		if err != nil {
-			if errors.Is(err, commands.ErrUnauthenticated) {
+			switch {
+			case errors.Is(err, commands.ErrUnauthenticated):
 				_ = send("signedout", map[string]string{"reason": "session ended"})
+			case errors.Is(err, apikeys.ErrTenantSuspended):
+				_ = send("signedout", map[string]string{"reason": "tenant suspended"})
 			}
 			return false
 		}

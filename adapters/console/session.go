@@ -206,6 +206,11 @@ func (c *Console) guard(right auth.Right, state bool, h func(http.ResponseWriter
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		u, err := c.authenticate(r)
+		if errors.Is(err, apikeys.ErrTenantSuspended) {
+			c.errorPage(w, r, http.StatusForbidden, "Tenant suspended",
+				"Your tenant is suspended by the platform operator; its queues are held. Nothing can be done here until it is resumed.")
+			return
+		}
 		if errors.Is(err, commands.ErrUnauthenticated) {
 			if state || r.Header.Get("Accept") == "text/event-stream" {
 				c.errorPage(w, r, http.StatusUnauthorized, "Signed out", "Your session has ended. Sign in again.")
@@ -288,7 +293,9 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	next := safeNext(r.PostFormValue("next"))
 	if _, err := c.d.Keys.Authenticate(r.Context(), key); err != nil {
 		status, msg := http.StatusUnauthorized, "That API key is not valid (unknown, mistyped or revoked)."
-		if !errors.Is(err, apikeys.ErrInvalidKey) {
+		if errors.Is(err, apikeys.ErrTenantSuspended) {
+			status, msg = http.StatusForbidden, "This key's tenant is suspended by the platform operator."
+		} else if !errors.Is(err, apikeys.ErrInvalidKey) {
 			status, msg = http.StatusServiceUnavailable, "The key could not be checked just now. Try again in a moment."
 			c.log.ErrorContext(r.Context(), "console sign-in", "error", err)
 		}

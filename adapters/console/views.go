@@ -179,6 +179,8 @@ func (c *Console) viewCard(ctx context.Context, card projections.Card, p auth.Pr
 				v.QueueDetail = "Held because the number was banned. Nothing is sent until someone resumes or clears the queue."
 			case connection.HoldOnSessionInvalid:
 				v.QueueDetail = "Held because the phone logged out. Nothing is sent until someone resumes or clears the queue."
+			case connection.HoldOnTenantSuspended:
+				v.QueueDetail = "Held because the platform operator suspended this tenant. It reopens when the tenant is resumed; nothing was purged."
 			default:
 				v.QueueDetail = "Held by " + c.actor(ctx, card.TenantID, h.Actor) + " since " + stamp(h.Since) + "."
 				if h.Note != "" {

@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"github.com/google/uuid"
 	"strings"
 	"testing"
 
@@ -50,6 +51,13 @@ func (f fixture) request(t *testing.T, e *env, rt httpapi.Route) (string, any) {
 			t.Fatal(err)
 		}
 		path = strings.ReplaceAll(path, "{id}", k.ID)
+	case strings.Contains(rt.Pattern, "{tenant_id}"):
+		// A fresh tenant per request, so that a suspension does not change the next request.
+		id := "fx-" + uuid.NewString()[:8]
+		if _, err := e.Keys.CreateTenant(e.ctx, id, "fixture", "test"); err != nil {
+			t.Fatal(err)
+		}
+		path = strings.ReplaceAll(path, "{tenant_id}", id)
 	case strings.HasPrefix(rt.Pattern, "/v1/webhooks/"):
 		// A fresh webhook per request, so that a DELETE that succeeded does not turn the next
 		// role's request into a 404.
@@ -98,6 +106,13 @@ func (f fixture) request(t *testing.T, e *env, rt httpapi.Route) (string, any) {
 		"POST /v1/connections/{id}/simulator/ban":           map[string]any{"kind": "temporary"},
 		"POST /v1/connections/{id}/simulator/lift":          nil,
 		"POST /v1/connections/{id}/simulator/logout":        nil,
+		"POST /v1/tenants":                                  map[string]any{"id": "new-" + uuid.NewString()[:8], "name": "New"},
+		"GET /v1/tenants":                                   nil,
+		"GET /v1/tenants/{tenant_id}":                       nil,
+		"PATCH /v1/tenants/{tenant_id}":                     map[string]any{"name": "Renamed", "rate_limit": map[string]any{"per_second": 50, "burst": 100}},
+		"POST /v1/tenants/{tenant_id}/suspend":              map[string]any{"reason": "matrix"},
+		"POST /v1/tenants/{tenant_id}/resume":               nil,
+		"POST /v1/tenants/{tenant_id}/keys":                 map[string]any{"role": "admin", "label": "first"},
 	}
 	key := rt.Method + " " + rt.Pattern
 	body, ok := bodies[key]
@@ -150,6 +165,13 @@ var wantRight = map[string]auth.Right{
 	"POST /v1/connections/{id}/simulator/ban":           auth.Admin,
 	"POST /v1/connections/{id}/simulator/lift":          auth.Admin,
 	"POST /v1/connections/{id}/simulator/logout":        auth.Admin,
+	"POST /v1/tenants":                                  auth.Admin,
+	"GET /v1/tenants":                                   auth.Admin,
+	"GET /v1/tenants/{tenant_id}":                       auth.Admin,
+	"PATCH /v1/tenants/{tenant_id}":                     auth.Admin,
+	"POST /v1/tenants/{tenant_id}/suspend":              auth.Admin,
+	"POST /v1/tenants/{tenant_id}/resume":               auth.Admin,
+	"POST /v1/tenants/{tenant_id}/keys":                 auth.Admin,
 }
 
 // TestRoleMatrix sends every authenticated route with the key of every role: a role that grants

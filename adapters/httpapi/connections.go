@@ -40,7 +40,7 @@ type cardView struct {
 	InFlight    uint64      `json:"in_flight"`
 	Ban         *banView    `json:"ban,omitempty"`
 	Logout      *logoutView `json:"logout,omitempty"`
-	// HeldReason says why the queue is held (banned, session_invalid, operator, after_clear),
+	// HeldReason says why the queue is held (banned, session_invalid, operator, after_clear, tenant_suspended),
 	// also while clearing and after the ban is lifted; "" when not held.
 	HeldReason    string     `json:"held_reason,omitempty"`
 	Hold          *holdView  `json:"hold,omitempty"`

@@ -18,12 +18,14 @@ package httpapi
 import (
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/eventstore"
@@ -71,8 +73,9 @@ type Deps struct {
 	// Registry receives the API's metrics. Required. The API does not serve it: MetricsHandler
 	// does, on a listener of its own.
 	Registry *prometheus.Registry
-	// PlatformTenant is the platform operator's tenant: its admin keys, and only those, read
-	// GET /v1/admin/health. Default apikeys.DefaultTenant (the bootstrap key's tenant).
+	// PlatformTenant is the platform operator's tenant: its admin keys, and only those, are the
+	// platform operator's (the tenant routes, GET /v1/admin/health). Default
+	// apikeys.DefaultTenant (the bootstrap key's tenant).
 	PlatformTenant string
 	// Logger logs one line per request. Default slog.Default().
 	Logger *slog.Logger
@@ -104,6 +107,13 @@ type Limits struct {
 	// minute, burst 5,000; the burst also bounds the recipients of a checked broadcast.
 	NumberChecksPerMinute int
 	NumberCheckBurst      int
+	// RatePerSecond and RateBurst are a tenant's API rate limit (429 rate_limited) when the
+	// platform operator set none for it: a token bucket per tenant and node. Zero (or negative)
+	// RatePerSecond: no default limit (a limit set for a tenant still applies); `waqueue serve`
+	// sets 500/s, burst 1000 (--rate-limit, --rate-burst). RateBurst defaults to one second's
+	// worth of requests.
+	RatePerSecond float64
+	RateBurst     int
 }
 
 func (l *Limits) setDefaults() {
@@ -127,6 +137,12 @@ func (l *Limits) setDefaults() {
 	}
 	if l.NumberCheckBurst <= 0 {
 		l.NumberCheckBurst = 5000
+	}
+	if l.RatePerSecond < 0 {
+		l.RatePerSecond = 0
+	}
+	if l.RateBurst <= 0 {
+		l.RateBurst = max(1, int(math.Ceil(l.RatePerSecond)))
 	}
 }
 
@@ -171,6 +187,8 @@ type server struct {
 	pairMu  sync.Mutex
 	pairing map[string]*qrPairing // connection id -> the last QR pairing started
 	checks  *checkBucket          // number checks, per connection key
+	// limiters are the tenants' token buckets on this node (tenants.go).
+	limiters *rateLimiters
 }
 
 // New returns the API handler, or an error naming every missing dependency. The handler is
@@ -191,7 +209,8 @@ func New(d Deps) (http.Handler, error) {
 	}
 	d.Limits.setDefaults()
 	s := &server{d: d, log: d.Logger, pairing: map[string]*qrPairing{},
-		checks: newCheckBucket(d.Limits.NumberChecksPerMinute, d.Limits.NumberCheckBurst)}
+		checks:   newCheckBucket(d.Limits.NumberChecksPerMinute, d.Limits.NumberCheckBurst),
+		limiters: &rateLimiters{def: apikeys.RateLimit{PerSecond: d.Limits.RatePerSecond, Burst: d.Limits.RateBurst}, m: map[string]*rate.Limiter{}}}
 	m, err := newMetrics(d.Registry)
 	if err != nil {
 		return nil, err

@@ -33,6 +33,7 @@ func (g ghostIDs) path(rt httpapi.Route) string {
 	case strings.HasPrefix(rt.Pattern, "/v1/webhooks/"):
 		id = g.webhook
 	}
+	p = strings.ReplaceAll(p, "{tenant_id}", "ghost-tenant-"+g.clear[:8])
 	return strings.ReplaceAll(p, "{id}", id)
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -162,14 +163,23 @@ func (s *server) endpoint(rt Route) http.Handler {
 			writeProblem(w, r, toProblem(err))
 		}
 		if !rt.Public {
-			p, err := s.authenticate(r)
+			id, err := s.authenticate(r)
 			if err != nil {
 				fail(err)
 				return
 			}
+			p := s.platformOperator(id.Principal)
 			st.principal = p
+			if wait, ok := s.limiters.allow(p.TenantID, id.RateLimit, s.d.Now()); !ok {
+				fail(rateLimited(w, wait))
+				return
+			}
 			if !p.Can(rt.Right) {
 				fail(&auth.DeniedError{Principal: p, Right: rt.Right, TenantID: p.TenantID})
+				return
+			}
+			if rt.platform && !p.IsPlatformOperator() {
+				fail(notPlatform)
 				return
 			}
 			r = r.WithContext(commands.WithPrincipal(r.Context(), p))
@@ -186,18 +196,15 @@ func (s *server) endpoint(rt Route) http.Handler {
 	})
 }
 
-// authenticate turns the bearer credential into a principal.
-func (s *server) authenticate(r *http.Request) (auth.Principal, error) {
+// authenticate turns the bearer credential into its identity (principal and the tenant's rate
+// limit). A key of a suspended tenant is apikeys.ErrTenantSuspended (403 tenant_suspended).
+func (s *server) authenticate(r *http.Request) (apikeys.Identity, error) {
 	h := r.Header.Get("Authorization")
 	scheme, cred, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || cred == "" {
-		return auth.Principal{}, commands.ErrUnauthenticated
+		return apikeys.Identity{}, commands.ErrUnauthenticated
 	}
-	p, err := s.d.Keys.Authenticate(r.Context(), strings.TrimSpace(cred))
-	if err != nil {
-		return auth.Principal{}, err
-	}
-	return p, nil
+	return s.d.Keys.Identify(r.Context(), strings.TrimSpace(cred))
 }
 
 // principal returns the authenticated principal of r.

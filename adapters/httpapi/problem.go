@@ -63,6 +63,10 @@ const (
 	// CodeTransportError: WhatsApp (the transport) refused or failed the operation (502).
 	CodeTransportError = "transport_error"
 	CodeInternal       = "internal"
+	// Tenants (tenants.go).
+	CodeTenantSuspended = "tenant_suspended"
+	CodeTenantExists    = "tenant_exists"
+	CodePlatformTenant  = "platform_tenant"
 )
 
 // Problem is an RFC 9457 problem document. It is also an error, so that decoders and handlers
@@ -165,9 +169,14 @@ func toProblem(err error) *Problem {
 	case errors.Is(err, commands.ErrUnauthenticated), errors.Is(err, apikeys.ErrInvalidKey):
 		return mk(http.StatusUnauthorized, CodeUnauthorized, "a valid API key is required (Authorization: Bearer wq_…)")
 	case errors.Is(err, auth.ErrWrongTenant), errors.Is(err, commands.ErrNotFound), errors.Is(err, projections.ErrNotFound),
-		errors.Is(err, apikeys.ErrNotFound), errors.Is(err, connection.ErrNotRegistered), errors.Is(err, webhooks.ErrNotFound):
+		errors.Is(err, apikeys.ErrNotFound), errors.Is(err, connection.ErrNotRegistered), errors.Is(err, webhooks.ErrNotFound),
+		errors.Is(err, apikeys.ErrTenantNotFound):
 		// Another tenant's resource is indistinguishable from a missing one (G9).
 		return mk(http.StatusNotFound, CodeNotFound, "no such resource")
+	case errors.Is(err, apikeys.ErrTenantSuspended):
+		return mk(http.StatusForbidden, CodeTenantSuspended, "the key's tenant is suspended; ask the platform operator")
+	case errors.Is(err, apikeys.ErrTenantExists):
+		return mk(http.StatusConflict, CodeTenantExists, "a tenant with this id exists already")
 	case errors.Is(err, auth.ErrForbidden):
 		var denied *auth.DeniedError
 		detail := "your role lacks the right for this operation"

@@ -27,6 +27,8 @@ type auditEntryView struct {
 	ConnectionID string          `json:"connection_id,omitempty"`
 	EventType    string          `json:"event_type"`
 	Actor        string          `json:"actor"`
+	ActorLabel   string          `json:"actor_label,omitempty"`
+	ActorRole    string          `json:"actor_role,omitempty"`
 	Reason       string          `json:"reason,omitempty"`
 	At           time.Time       `json:"at"`
 	Details      json.RawMessage `json:"details"`
@@ -40,7 +42,7 @@ func viewAudit(e projections.AuditEntry) auditEntryView {
 		d = json.RawMessage("null")
 	}
 	return auditEntryView{Seq: e.Seq, EventID: e.EventID, Stream: e.Stream, ConnectionID: e.ConnectionID, EventType: e.EventType,
-		Actor: e.Actor, Reason: e.Reason, At: e.At, Details: d, PrevHash: e.PrevHash, Hash: e.Hash}
+		Actor: e.Actor, ActorLabel: e.ActorLabel, ActorRole: e.ActorRole, Reason: e.Reason, At: e.At, Details: d, PrevHash: e.PrevHash, Hash: e.Hash}
 }
 
 // queryTime parses an optional RFC 3339 time or YYYY-MM-DD day.

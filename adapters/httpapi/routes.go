@@ -23,10 +23,16 @@ type Route struct {
 	simulator bool
 	// webhook routes exist only when Deps.Webhooks is set.
 	webhook bool
+	// platform routes answer the platform operator only (404 not_found to anyone else holding
+	// Right); see tenants.go.
+	platform bool
 	// reads are the projections a read route reads; such a route honours Waqueue-Min-Position.
 	reads  []string
 	handle func(s *server, w http.ResponseWriter, r *http.Request) error
 }
+
+// Platform reports whether the route answers the platform operator only.
+func (rt Route) Platform() bool { return rt.platform }
 
 // Simulator reports whether the route is served only in simulator mode.
 func (rt Route) Simulator() bool { return rt.simulator }
@@ -62,8 +68,9 @@ const (
 	s503 = http.StatusServiceUnavailable
 )
 
-// authed is the set of statuses every authenticated route may answer besides its own.
-var authed = []int{s401, s403, s500, s503}
+// authed is the set of statuses every authenticated route may answer besides its own (429:
+// the tenant's rate limit, tenants.go).
+var authed = []int{s401, s403, s429, s500, s503}
 
 // body is the set of statuses of a route that reads a JSON body.
 var body = []int{s400, s413, s415, s422}
@@ -95,7 +102,7 @@ func (*server) routes() []Route {
 	}
 	const cards, queue, msgs, audit, analytics, clears = projections.CardsName, projections.QueueName,
 		projections.MessageStatusName, projections.AuditName, projections.AnalyticsName, projections.ClearsName
-	return []Route{
+	rts := []Route{
 		{Method: "GET", Pattern: "/healthz", Public: true, handle: (*server).healthz, Statuses: []int{s200}},
 		{Method: "GET", Pattern: "/readyz", Public: true, handle: (*server).readyz, Statuses: []int{s200, s503}},
 		{Method: "GET", Pattern: "/v1/openapi.yaml", Public: true, handle: (*server).openapi, Statuses: []int{s200}},
@@ -147,4 +154,5 @@ func (*server) routes() []Route {
 		sim(r("POST", "/v1/connections/{id}/simulator/lift", auth.Admin, (*server).simLift, []int{s200, s404, s409})),
 		sim(r("POST", "/v1/connections/{id}/simulator/logout", auth.Admin, (*server).simLogout, []int{s200, s404, s409})),
 	}
+	return append(rts, tenantRoutes(r)...)
 }

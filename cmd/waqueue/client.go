@@ -28,7 +28,7 @@ const (
 func clientCommands() []*cobra.Command {
 	cf := &clientFlags{}
 	groups := []*cobra.Command{
-		newKeysCmd(cf), newConnectionsCmd(cf), newQueueCmd(cf), newBroadcastCmd(cf), newSendCmd(cf), newAuditCmd(cf),
+		newKeysCmd(cf), newTenantsCmd(cf), newConnectionsCmd(cf), newQueueCmd(cf), newBroadcastCmd(cf), newSendCmd(cf), newAuditCmd(cf),
 	}
 	for _, g := range groups {
 		cf.bind(g)

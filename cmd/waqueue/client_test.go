@@ -114,10 +114,10 @@ func TestKeysCreateListRevoke(t *testing.T) {
 		t.Fatalf("error text %q, want '<title>: <detail> (code)'", err.Error())
 	}
 
-	// --tenant naming another tenant is refused before anything is created.
+	// --tenant naming a tenant that does not exist creates nothing anywhere (404).
 	before := len(listed.Keys)
-	if _, _, err := cli(t, srv, dir, "", "keys", "create", "--role", "sender", "--tenant", "other"); err == nil || !strings.Contains(err.Error(), `--tenant "other"`) {
-		t.Fatalf("keys create --tenant other: err = %v, want a refusal", err)
+	if _, _, err := cli(t, srv, dir, "", "keys", "create", "--role", "sender", "--tenant", "other"); !errors.As(err, &p) || p.Code != "not_found" {
+		t.Fatalf("keys create --tenant other: err = %v, want not_found", err)
 	}
 	if err := json.Unmarshal([]byte(mustCLI(t, srv, dir, "keys", "list", "--json")), &listed); err != nil || len(listed.Keys) != before {
 		t.Fatalf("after a refused create: %d keys (err %v), want %d", len(listed.Keys), err, before)
@@ -469,5 +469,45 @@ func TestProgressOnlyOnATerminal(t *testing.T) {
 	p.finish()
 	if !strings.Contains(buf.String(), "100%") {
 		t.Fatalf("no bar drawn on a terminal writer: %q", buf.String())
+	}
+}
+
+// TestTenantsCLI: the platform operator (the bootstrap key) provisions a tenant and its first
+// admin key, suspends it (its key gets tenant_suspended) and resumes it.
+func TestTenantsCLI(t *testing.T) {
+	srv, dir := startServer(t)
+	if out := mustCLI(t, srv, dir, "tenants", "create", "acme", "--name", "Acme Ltd"); !strings.Contains(out, "tenant acme") {
+		t.Fatalf("tenants create: %q", out)
+	}
+	out := mustCLI(t, srv, dir, "keys", "create", "--tenant", "acme", "--role", "admin", "--label", "acme admin")
+	if !strings.Contains(out, "tenant acme") {
+		t.Fatalf("keys create --tenant acme: %q", out)
+	}
+	secret := ""
+	for _, line := range strings.Split(out, "\n") {
+		if s, ok := strings.CutPrefix(line, "secret: "); ok {
+			secret = s
+		}
+	}
+	if out := mustCLI(t, srv, dir, "tenants", "rename", "acme", "Acme GmbH"); !strings.Contains(out, "Acme GmbH") {
+		t.Fatalf("tenants rename: %q", out)
+	}
+	if out := mustCLI(t, srv, dir, "tenants", "limit", "acme", "--per-second", "20", "--burst", "40"); !strings.Contains(out, "20 requests/s, burst 40") {
+		t.Fatalf("tenants limit: %q", out)
+	}
+	if out := mustCLI(t, srv, dir, "tenants", "list"); !strings.Contains(out, "acme") || !strings.Contains(out, "Acme GmbH") {
+		t.Fatalf("tenants list: %q", out)
+	}
+	if out := mustCLI(t, srv, dir, "tenants", "suspend", "acme", "--reason", "unpaid"); !strings.Contains(out, "suspended") {
+		t.Fatalf("tenants suspend: %q", out)
+	}
+	var p *client.Problem
+	if _, _, err := cli(t, srv, dir, "", "connections", "list", "--key", secret); !errors.As(err, &p) || p.Code != "tenant_suspended" || p.Status != 403 {
+		t.Fatalf("a suspended tenant's key: %v", err)
+	}
+	// The tenant's own admin cannot manage tenants: 404, as for a route that does not exist.
+	mustCLI(t, srv, dir, "tenants", "resume", "acme")
+	if _, _, err := cli(t, srv, dir, "", "tenants", "list", "--key", secret); !errors.As(err, &p) || p.Code != "not_found" {
+		t.Fatalf("tenants list as a tenant admin: %v", err)
 	}
 }

@@ -67,6 +67,7 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval
 	o.MetricsToken = cfg.MetricsToken
 	o.MetricsTenantTop = cfg.MetricsTenantTop
+	o.Limits.RatePerSecond, o.Limits.RateBurst = cfg.RateLimit, cfg.RateBurst // 0: no default limit
 	o.WebhookEgress = webhooks.EgressConfig{AllowPrivate: cfg.WebhookAllowPrivate, AllowCIDRs: cfg.WebhookAllowPrefixes}
 	return o
 }

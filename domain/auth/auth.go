@@ -140,6 +140,8 @@ type Principal struct {
 	// system marks the node's own principal. Unexported: no literal outside this package, no
 	// decoder (JSON or otherwise) and no API key or message can set it.
 	system bool
+	// platform marks the platform operator (PlatformOperator); unexported for the same reason.
+	platform bool
 }
 
 // SystemPrincipal returns the principal the node's own transport, dispatcher and processes act
@@ -212,4 +214,28 @@ func (e *DeniedError) Is(target error) bool {
 		return target == ErrWrongTenant
 	}
 	return target == ErrForbidden
+}
+
+// PlatformOperator returns p marked as the platform operator: the principal above tenants who
+// creates, renames, suspends and resumes them and issues their first keys. Only the API's
+// authenticator calls it, for an admin key of the platform tenant (the bootstrap key's); a
+// test of this package lists the packages allowed to call it. p keeps its tenant and role:
+// inside tenants it holds exactly the rights of its role in its own tenant.
+func PlatformOperator(p Principal) Principal {
+	p.platform = true
+	return p
+}
+
+// IsPlatformOperator reports whether p is the platform operator (PlatformOperator).
+func (p Principal) IsPlatformOperator() bool { return p.platform && p.Role == RoleAdmin && !p.system }
+
+// ActingIn returns the principal the platform operator acts as inside tenantID (to hold or
+// resume the queues of a tenant it suspends or resumes): an admin of tenantID with p's id, so
+// that events record the operator as their actor. Anyone else gets a *DeniedError
+// (ErrForbidden).
+func (p Principal) ActingIn(tenantID string) (Principal, error) {
+	if !p.IsPlatformOperator() || p.ID == "" || tenantID == "" {
+		return Principal{}, &DeniedError{Principal: p, Right: Admin, TenantID: tenantID}
+	}
+	return Principal{TenantID: tenantID, ID: p.ID, Role: RoleAdmin}, nil
 }

@@ -2,6 +2,7 @@ package auth_test
 
 import (
 	"encoding/json"
+	"errors"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -93,5 +94,68 @@ func TestSystemPrincipalCallers(t *testing.T) {
 	}
 	if found == 0 {
 		t.Fatal("no caller of SystemPrincipal found: is the walk looking at the module?")
+	}
+}
+
+// TestPlatformOperator: only a principal marked by PlatformOperator (an admin) acts in another
+// tenant, and only as an admin of that tenant under its own id; no literal or decoder can mark one.
+func TestPlatformOperator(t *testing.T) {
+	op := auth.PlatformOperator(auth.Principal{TenantID: "default", ID: "key_op", Role: auth.RoleAdmin})
+	if !op.IsPlatformOperator() {
+		t.Fatal("the platform operator is not one")
+	}
+	in, err := op.ActingIn("acme")
+	if err != nil || in.TenantID != "acme" || in.ID != "key_op" || in.Role != auth.RoleAdmin || in.IsPlatformOperator() {
+		t.Fatalf("ActingIn = %+v, %v", in, err)
+	}
+	for _, p := range []auth.Principal{
+		{TenantID: "default", ID: "key_a", Role: auth.RoleAdmin},
+		auth.PlatformOperator(auth.Principal{TenantID: "default", ID: "key_s", Role: auth.RoleSender}),
+		auth.SystemPrincipal("default", "system"),
+	} {
+		if p.IsPlatformOperator() {
+			t.Errorf("%+v is a platform operator", p)
+		}
+		if _, err := p.ActingIn("acme"); !errors.Is(err, auth.ErrForbidden) {
+			t.Errorf("%+v ActingIn: %v, want ErrForbidden", p, err)
+		}
+	}
+	var decoded auth.Principal
+	if err := json.Unmarshal([]byte(`{"tenant_id":"default","id":"k","role":"admin","platform":true}`), &decoded); err != nil || decoded.IsPlatformOperator() {
+		t.Fatalf("decoded principal is a platform operator: %+v %v", decoded, err)
+	}
+}
+
+// TestPlatformOperatorCallers: only the API's authenticator marks the platform operator.
+func TestPlatformOperatorCallers(t *testing.T) {
+	allowed := []string{"domain/auth", "adapters/httpapi"}
+	root := filepath.Join("..", "..")
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "vendor" || strings.HasPrefix(d.Name(), ".")) && path != root {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, filepath.Dir(path))
+		rel = filepath.ToSlash(rel)
+		ast.Inspect(f, func(n ast.Node) bool {
+			if sel, ok := n.(*ast.SelectorExpr); ok && sel.Sel.Name == "PlatformOperator" && !slices.Contains(allowed, rel) {
+				t.Errorf("%s: %s marks the platform operator; only %v may", fset.Position(sel.Pos()), rel, allowed)
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

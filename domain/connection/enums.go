@@ -126,6 +126,8 @@ var (
 	HoldOnSessionInvalid = HoldReason{"session_invalid"}
 	// HoldAfterClear: a clear requested with then=hold held the open queue when it completed.
 	HoldAfterClear = HoldReason{"after_clear"}
+	// HoldOnTenantSuspended: the platform operator suspended the connection's tenant.
+	HoldOnTenantSuspended = HoldReason{"tenant_suspended"}
 )
 
 func (r HoldReason) String() string { return r.s }
@@ -147,6 +149,8 @@ var (
 	// ResumeAfterClear: a clear requested with then=resume resumed the held queue when it
 	// completed.
 	ResumeAfterClear = ResumeReason{"after_clear"}
+	// ResumeOnTenantResumed: the platform operator resumed the connection's tenant.
+	ResumeOnTenantResumed = ResumeReason{"tenant_resumed"}
 )
 
 func (r ResumeReason) String() string { return r.s }
@@ -281,12 +285,12 @@ func (k *BanKind) UnmarshalText(b []byte) (err error) {
 }
 func (r HoldReason) MarshalText() ([]byte, error) { return []byte(r.s), nil }
 func (r *HoldReason) UnmarshalText(b []byte) (err error) {
-	*r, err = parseEnum("hold reason", []HoldReason{HoldByOperator, HoldOnBan, HoldOnSessionInvalid, HoldAfterClear}, b)
+	*r, err = parseEnum("hold reason", []HoldReason{HoldByOperator, HoldOnBan, HoldOnSessionInvalid, HoldAfterClear, HoldOnTenantSuspended}, b)
 	return err
 }
 func (r ResumeReason) MarshalText() ([]byte, error) { return []byte(r.s), nil }
 func (r *ResumeReason) UnmarshalText(b []byte) (err error) {
-	*r, err = parseEnum("resume reason", []ResumeReason{ResumeByOperator, ResumeOnBanLifted, ResumeOnSessionPair, ResumeAfterClear}, b)
+	*r, err = parseEnum("resume reason", []ResumeReason{ResumeByOperator, ResumeOnBanLifted, ResumeOnSessionPair, ResumeAfterClear, ResumeOnTenantResumed}, b)
 	return err
 }
 func (k TransportProblemKind) MarshalText() ([]byte, error) { return []byte(k.s), nil }

@@ -57,6 +57,12 @@ type Config struct {
 	// tenants with the most pending messages, the rest summed (--metrics-tenant-top,
 	// WAQUEUE_METRICS_TENANT_TOP). Default 0: no tenant label. At most 100.
 	MetricsTenantTop int
+	// RateLimit and RateBurst are a tenant's default API rate limit on this node (--rate-limit,
+	// WAQUEUE_RATE_LIMIT, requests a second; --rate-burst, WAQUEUE_RATE_BURST), for tenants
+	// whose limit the platform operator did not set. Defaults 500 and 1000; a rate of 0 turns
+	// the default limit off.
+	RateLimit float64
+	RateBurst int
 	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
 	SimulatorSeed int64
 	// SimulatorLatency is the simulator's time between a hand-over and WhatsApp's acknowledgement
@@ -127,6 +133,8 @@ var env = map[string]string{
 	"metrics-listen":     "WAQUEUE_METRICS_LISTEN",
 	"metrics-token":      "WAQUEUE_METRICS_TOKEN",
 	"metrics-tenant-top": "WAQUEUE_METRICS_TENANT_TOP",
+	"rate-limit":         "WAQUEUE_RATE_LIMIT",
+	"rate-burst":         "WAQUEUE_RATE_BURST",
 	"sim-seed":           "WAQUEUE_SIM_SEED",
 	"sim-latency":        "WAQUEUE_SIM_LATENCY",
 	"log-level":          "WAQUEUE_LOG_LEVEL",
@@ -163,6 +171,8 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "Prometheus metrics listen address, apart from the API; empty turns it off ($WAQUEUE_METRICS_LISTEN)")
 	fs.StringVar(&c.MetricsToken, "metrics-token", "", "bearer token the metrics listener requires (prefer $WAQUEUE_METRICS_TOKEN)")
 	fs.IntVar(&c.MetricsTenantTop, "metrics-tenant-top", 0, "break queue depths down by tenant for this many tenants, 0 for none, at most 100 ($WAQUEUE_METRICS_TENANT_TOP)")
+	fs.Float64Var(&c.RateLimit, "rate-limit", 500, "a tenant's default API rate limit per node, requests a second; 0 for none ($WAQUEUE_RATE_LIMIT)")
+	fs.IntVar(&c.RateBurst, "rate-burst", 1000, "a tenant's default API burst per node ($WAQUEUE_RATE_BURST)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
 	fs.DurationVar(&c.SimulatorLatency, "sim-latency", 0, "simulator transport: time between a hand-over and its acknowledgement ($WAQUEUE_SIM_LATENCY)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
@@ -286,6 +296,12 @@ func (c *Config) Validate() error {
 		} else if c.MetricsListen == c.Listen && port != "0" {
 			errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_LISTEN %q is the API's address: metrics need a listener of their own", c.MetricsListen))
 		}
+	}
+	if c.RateLimit < 0 || c.RateLimit > 100_000 {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_RATE_LIMIT %g: want 0 to 100000", c.RateLimit))
+	}
+	if c.RateBurst < 1 || c.RateBurst > 1_000_000 {
+		errs = append(errs, fmt.Errorf("config: WAQUEUE_RATE_BURST %d: want 1 to 1000000", c.RateBurst))
 	}
 	if c.MetricsTenantTop < 0 || c.MetricsTenantTop > 100 {
 		errs = append(errs, fmt.Errorf("config: WAQUEUE_METRICS_TENANT_TOP %d: want 0 to 100", c.MetricsTenantTop))

@@ -45,7 +45,8 @@ type proc struct {
 func serve(t *testing.T, ctx context.Context, bin, dataDir, db string) *proc {
 	t.Helper()
 	addr := freeAddr(t)
-	args := []string{"serve", "--data-dir", dataDir, "--listen", addr, "--no-pacing", "--log-level", "warn"}
+	// --rate-limit 0: the workers enqueue as fast as they can; a 429 is not what is tested here.
+	args := []string{"serve", "--data-dir", dataDir, "--listen", addr, "--no-pacing", "--log-level", "warn", "--rate-limit", "0"}
 	if db != "" {
 		args = append(args, "--db", db)
 	}
