@@ -3,7 +3,9 @@ GO        ?= go
 PKGS      ?= ./...
 DATA_DIR  ?= .data
 STATICCHECK_VERSION ?= v0.7.0
-TEST_TIMEOUT ?= 20m
+# A hang detector per test binary, not a speed limit: generous, because CI machines are shared
+# (a package under -race at load 30 took 10 minutes).
+TEST_TIMEOUT ?= 40m
 
 .PHONY: all build build-static run hygiene test test-short test-race test-faults fuzz bench lint fmt vet clean
 
