@@ -146,7 +146,7 @@ func New(d Deps) (*Console, error) {
 	if d.Heartbeat <= 0 {
 		d.Heartbeat = 15 * time.Second
 	}
-	c := &Console{d: d, log: d.Logger, sessions: newSessions(d.Now, d.SessionTTL), hub: newHub(), done: make(chan struct{})}
+	c := &Console{d: d, log: d.Logger, sessions: newSessions(d.DB, d.Now, d.SessionTTL), hub: newHub(), done: make(chan struct{})}
 	if err := c.parseTemplates(); err != nil {
 		return nil, err
 	}

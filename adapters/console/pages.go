@@ -158,7 +158,7 @@ func (c *Console) connectionPage(w http.ResponseWriter, r *http.Request) error {
 	case "sending":
 		return c.renderFragment(w, r, "connection", "sending", data)
 	}
-	data["Flash"] = c.sessions.popFlash(u.sessionID)
+	data["Flash"] = c.popFlash(r)
 	c.render(w, r, http.StatusOK, "connection", data)
 	return nil
 }
@@ -361,7 +361,7 @@ func (c *Console) holdOrResume(w http.ResponseWriter, r *http.Request, hold bool
 	}
 	if err != nil {
 		if msg := refusal(err); msg != "" {
-			c.sessions.flash(userOf(r.Context()).sessionID, flash{Tone: "bad", Text: msg})
+			c.setFlash(r, flash{Tone: "bad", Text: msg})
 			http.Redirect(w, r, "/console/connections/"+id, http.StatusSeeOther)
 			return nil
 		}
@@ -372,7 +372,7 @@ func (c *Console) holdOrResume(w http.ResponseWriter, r *http.Request, hold bool
 	if hold {
 		done = "Queue held: nothing is sent until someone resumes it."
 	}
-	c.sessions.flash(userOf(r.Context()).sessionID, flash{Tone: "ok", Text: done})
+	c.setFlash(r, flash{Tone: "ok", Text: done})
 	http.Redirect(w, r, "/console/connections/"+id, http.StatusSeeOther)
 	return nil
 }

@@ -118,7 +118,7 @@ func (c *Console) pairingPage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	data := map[string]any{"Title": "Pair " + id, "Card": c.viewCard(r.Context(), card, u.principal), "Live": true,
-		"Fragment": r.URL.Query().Get("fragment") == "1", "Flash": c.sessions.popFlash(u.sessionID)}
+		"Fragment": r.URL.Query().Get("fragment") == "1", "Flash": c.popFlash(r)}
 	switch {
 	case c.d.Transport == nil:
 		data["Unavailable"] = "This node has no WhatsApp transport."
@@ -167,7 +167,7 @@ func (c *Console) pairPhone(w http.ResponseWriter, r *http.Request) error {
 	}
 	e164, err := connection.NormalizePhone("phone", phone, "")
 	if err != nil {
-		c.sessions.flash(u.sessionID, flash{Tone: "bad", Text: "That is not a phone number in international format (+49…)."})
+		c.setFlash(r, flash{Tone: "bad", Text: "That is not a phone number in international format (+49…)."})
 		http.Redirect(w, r, "/console/connections/"+id+"/pairing", http.StatusSeeOther)
 		return nil
 	}
@@ -177,11 +177,11 @@ func (c *Console) pairPhone(w http.ResponseWriter, r *http.Request) error {
 		if errors.Is(err, transport.ErrAlreadyPaired) {
 			msg = "This connection is paired already."
 		}
-		c.sessions.flash(u.sessionID, flash{Tone: "bad", Text: msg})
+		c.setFlash(r, flash{Tone: "bad", Text: msg})
 		http.Redirect(w, r, "/console/connections/"+id+"/pairing", http.StatusSeeOther)
 		return nil
 	}
-	c.sessions.flash(u.sessionID, flash{Tone: "ok", Text: "On the phone " + e164 + ": WhatsApp → Linked devices → Link with phone number, then enter the code " + code + "."})
+	c.setFlash(r, flash{Tone: "ok", Text: "On the phone " + e164 + ": WhatsApp → Linked devices → Link with phone number, then enter the code " + code + "."})
 	http.Redirect(w, r, "/console/connections/"+id+"/pairing", http.StatusSeeOther)
 	return nil
 }

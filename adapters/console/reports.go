@@ -97,7 +97,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request) error {
 			Connection: e.ConnectionID, Actor: c.actor(r.Context(), u.principal.TenantID, e.Actor), ActorID: e.Actor, Reason: e.Reason, Hash: e.Hash})
 	}
 	data := map[string]any{"Title": "Audit trail", "Rows": rows, "F": vals, "Types": auditTypes,
-		"Export": "/console/audit/export.csv?" + filterQuery(vals), "Flash": c.sessions.popFlash(u.sessionID),
+		"Export": "/console/audit/export.csv?" + filterQuery(vals), "Flash": c.popFlash(r),
 		"Paged": f.Cursor != ""}
 	if page.NextCursor != "" {
 		data["Next"] = "/console/audit?" + filterQuery(vals, "cursor", page.NextCursor)
@@ -146,9 +146,9 @@ func (c *Console) auditVerify(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if v.OK {
-		c.sessions.flash(u.sessionID, flash{Tone: "ok", Text: fmt.Sprintf("The hash chain verifies: %d entries checked; head %s", v.Checked, short(v.Head))})
+		c.setFlash(r, flash{Tone: "ok", Text: fmt.Sprintf("The hash chain verifies: %d entries checked; head %s", v.Checked, short(v.Head))})
 	} else {
-		c.sessions.flash(u.sessionID, flash{Tone: "bad", Text: fmt.Sprintf("The hash chain does NOT verify: entry %d — %s (%d entries checked).", v.FirstBadSeq, v.Problem, v.Checked)})
+		c.setFlash(r, flash{Tone: "bad", Text: fmt.Sprintf("The hash chain does NOT verify: entry %d — %s (%d entries checked).", v.FirstBadSeq, v.Problem, v.Checked)})
 	}
 	http.Redirect(w, r, "/console/audit", http.StatusSeeOther)
 	return nil

@@ -2,20 +2,25 @@ package console
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"database/sql"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/projections"
 )
 
 const (
@@ -23,13 +28,15 @@ const (
 	signinCookie  = "waqueue_signin"
 )
 
-// session is a signed-in browser. The API key stays here, on the server; the browser holds only
-// the session id.
+// session is a signed-in browser, as its row in console_sessions holds it. The browser holds
+// only the session id; the row holds its SHA-256, the tenant and the id of the API key signed
+// in with (never the key's secret), and the secret the session's CSRF token is derived from.
 type session struct {
-	key     string // the API key signed in with
-	csrf    string
-	expires time.Time
-	flash   *flash
+	tenantID string
+	keyID    string
+	csrfKey  []byte
+	expires  time.Time
+	flash    *flash
 }
 
 // flash is a one-time message shown on the next page (the outcome of an action).
@@ -38,17 +45,43 @@ type flash struct {
 	Text string
 }
 
-// sessions is the in-memory session store of one node (a restart signs everyone out; behind
-// several nodes, route a browser to the same node).
-type sessions struct {
-	now func() time.Time
-	ttl time.Duration
-	mu  sync.Mutex
-	m   map[string]*session // sha256(session id) -> session
+// sweepBatch bounds how many expired sessions one sign-in deletes.
+const sweepBatch = 100
+
+// Migrate creates the console's session table if it does not exist, in the read-model
+// database (PostgreSQL or SQLite) every node shares: any node serves any session, and a restart
+// keeps them. It is safe to run at every start.
+func Migrate(ctx context.Context, db *projections.DB) error {
+	for _, q := range []string{
+		`CREATE TABLE IF NOT EXISTS console_sessions (
+			session_hash TEXT PRIMARY KEY,
+			tenant_id TEXT NOT NULL,
+			key_id TEXT NOT NULL,
+			csrf_key TEXT NOT NULL,
+			created_at_us BIGINT NOT NULL,
+			expires_at_us BIGINT NOT NULL,
+			flash_tone TEXT NOT NULL DEFAULT '',
+			flash_text TEXT NOT NULL DEFAULT '')`,
+		`CREATE INDEX IF NOT EXISTS console_sessions_key ON console_sessions (tenant_id, key_id)`,
+		`CREATE INDEX IF NOT EXISTS console_sessions_expires ON console_sessions (expires_at_us)`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("console: migrate: %w", err)
+		}
+	}
+	return nil
 }
 
-func newSessions(now func() time.Time, ttl time.Duration) *sessions {
-	return &sessions{now: now, ttl: ttl, m: map[string]*session{}}
+// sessions is the session store: rows of console_sessions in the shared read-model database.
+// It holds nothing in memory, so every node sees every session.
+type sessions struct {
+	db  *projections.DB
+	now func() time.Time
+	ttl time.Duration
+}
+
+func newSessions(db *projections.DB, now func() time.Time, ttl time.Duration) *sessions {
+	return &sessions{db: db, now: now, ttl: ttl}
 }
 
 func randomToken() string {
@@ -57,77 +90,110 @@ func randomToken() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// hashID is the stored form of a session id: hex SHA-256. A reader of the table cannot
+// present it as a cookie.
 func hashID(id string) string {
 	s := sha256.Sum256([]byte(id))
-	return string(s[:])
+	return hex.EncodeToString(s[:])
 }
 
-// open starts a session for key and returns its id.
-func (s *sessions) open(key string) (string, *session) {
-	id := randomToken()
-	ss := &session{key: key, csrf: randomToken(), expires: s.now().Add(s.ttl)}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// csrfToken is the session's CSRF token: HMAC-SHA256 of the session id under the session's own
+// random key. It needs the session id, which is stored nowhere.
+func csrfToken(key []byte, id string) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(id))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// open starts a session of key keyID of tenantID and returns its id. It first deletes up to
+// sweepBatch expired sessions (of any tenant).
+func (s *sessions) open(ctx context.Context, tenantID, keyID string) (string, error) {
 	now := s.now()
-	for k, v := range s.m { // sweep the expired ones
-		if !now.Before(v.expires) {
-			delete(s.m, k)
-		}
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM console_sessions WHERE session_hash IN
+		(SELECT session_hash FROM console_sessions WHERE expires_at_us <= $1 LIMIT `+strconv.Itoa(sweepBatch)+`)`,
+		now.UnixMicro()); err != nil {
+		return "", fmt.Errorf("console: sweep sessions: %w", err)
 	}
-	s.m[hashID(id)] = ss
-	return id, ss
+	id := randomToken()
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO console_sessions
+		(session_hash, tenant_id, key_id, csrf_key, created_at_us, expires_at_us) VALUES ($1, $2, $3, $4, $5, $6)`,
+		hashID(id), tenantID, keyID, randomToken(), now.UnixMicro(), now.Add(s.ttl).UnixMicro()); err != nil {
+		return "", fmt.Errorf("console: open session: %w", err)
+	}
+	return id, nil
 }
 
-// get returns the live session of id.
-func (s *sessions) get(id string) (*session, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ss, ok := s.m[hashID(id)]
-	if !ok {
-		return nil, false
+// get returns the live session of id; ok is false for an unknown or expired one (an expired
+// one is deleted).
+func (s *sessions) get(ctx context.Context, id string) (_ *session, ok bool, _ error) {
+	var (
+		ss        session
+		csrfKey   string
+		expiresUS int64
+		tone      string
+		text      string
+	)
+	err := s.db.QueryRowContext(ctx, `SELECT tenant_id, key_id, csrf_key, expires_at_us, flash_tone, flash_text
+		FROM console_sessions WHERE session_hash = $1`, hashID(id)).Scan(&ss.tenantID, &ss.keyID, &csrfKey, &expiresUS, &tone, &text)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, false, nil
 	}
+	if err != nil {
+		return nil, false, fmt.Errorf("console: read session: %w", err)
+	}
+	ss.expires = time.UnixMicro(expiresUS)
 	if !s.now().Before(ss.expires) {
-		delete(s.m, hashID(id))
-		return nil, false
+		return nil, false, s.end(ctx, id)
 	}
-	return ss, true
-}
-
-func (s *sessions) end(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.m, hashID(id))
-}
-
-func (s *sessions) flash(id string, f flash) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ss, ok := s.m[hashID(id)]; ok {
-		ss.flash = &f
+	ss.csrfKey = []byte(csrfKey)
+	if text != "" {
+		ss.flash = &flash{Tone: tone, Text: text}
 	}
+	return &ss, true, nil
 }
 
-func (s *sessions) popFlash(id string) *flash {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ss, ok := s.m[hashID(id)]
-	if !ok {
+// end deletes the session of id (sign-out, expiry).
+func (s *sessions) end(ctx context.Context, id string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM console_sessions WHERE session_hash = $1`, hashID(id)); err != nil {
+		return fmt.Errorf("console: end session: %w", err)
+	}
+	return nil
+}
+
+// endKey ends every session of key keyID of tenantID (the key was found revoked or gone).
+func (s *sessions) endKey(ctx context.Context, tenantID, keyID string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM console_sessions WHERE tenant_id = $1 AND key_id = $2`, tenantID, keyID); err != nil {
+		return fmt.Errorf("console: end sessions of a key: %w", err)
+	}
+	return nil
+}
+
+// flash sets the session's one-time message (replacing any unshown one).
+func (s *sessions) flash(ctx context.Context, id string, f flash) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE console_sessions SET flash_tone = $1, flash_text = $2 WHERE session_hash = $3`,
+		f.Tone, f.Text, hashID(id)); err != nil {
+		return fmt.Errorf("console: set flash: %w", err)
+	}
+	return nil
+}
+
+// popFlash returns the session's one-time message and clears it, or nil. Of concurrent pages
+// of one session, one shows it: the clear is a compare-and-set on the message read.
+func (s *sessions) popFlash(ctx context.Context, id string) *flash {
+	var tone, text string
+	err := s.db.QueryRowContext(ctx, `SELECT flash_tone, flash_text FROM console_sessions WHERE session_hash = $1`, hashID(id)).Scan(&tone, &text)
+	if err != nil || text == "" {
 		return nil
 	}
-	f := ss.flash
-	ss.flash = nil
-	return f
-}
-
-// endKey ends every session of key (its key was found revoked).
-func (s *sessions) endKey(key string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, v := range s.m {
-		if v.key == key {
-			delete(s.m, k)
-		}
+	res, err := s.db.ExecContext(ctx, `UPDATE console_sessions SET flash_tone = '', flash_text = ''
+		WHERE session_hash = $1 AND flash_tone = $2 AND flash_text = $3`, hashID(id), tone, text)
+	if err != nil {
+		return nil
 	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return nil
+	}
+	return &flash{Tone: tone, Text: text}
 }
 
 type ctxKey int
@@ -170,26 +236,51 @@ func (c *Console) setCookie(w http.ResponseWriter, r *http.Request, name, value 
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure(r)})
 }
 
-// authenticate returns the request's user: its session, whose key is authenticated again by
-// the API's authenticator. A revoked key ends every session opened with it.
+// authenticate returns the request's user: its session, whose API key is looked up again by
+// id (apikeys.Keys.Get, Keys.Active) at every request, so that a revoked key, a changed role or
+// a suspended tenant takes effect at once, on every node. A revoked (or unknown) key ends every
+// session opened with it.
 func (c *Console) authenticate(r *http.Request) (*user, error) {
 	ck, err := r.Cookie(sessionCookie)
 	if err != nil || ck.Value == "" {
 		return nil, commands.ErrUnauthenticated
 	}
-	ss, ok := c.sessions.get(ck.Value)
+	ctx := r.Context()
+	ss, ok, err := c.sessions.get(ctx, ck.Value)
+	if err != nil {
+		return nil, err
+	}
 	if !ok {
 		return nil, commands.ErrUnauthenticated
 	}
-	p, err := c.d.Keys.Authenticate(r.Context(), ss.key)
-	if errors.Is(err, apikeys.ErrInvalidKey) {
-		c.sessions.endKey(ss.key)
+	key, err := c.d.Keys.Get(ctx, ss.tenantID, ss.keyID)
+	if errors.Is(err, apikeys.ErrNotFound) || err == nil && !key.RevokedAt.IsZero() {
+		if err := c.sessions.endKey(ctx, ss.tenantID, ss.keyID); err != nil {
+			c.log.ErrorContext(ctx, "console: end the sessions of a revoked key", "error", err)
+		}
 		return nil, commands.ErrUnauthenticated
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &user{principal: p, sessionID: ck.Value, csrf: ss.csrf, name: c.actor(r.Context(), p.TenantID, p.ID)}, nil
+	if err := c.d.Keys.Active(ctx, key.TenantID); err != nil {
+		return nil, err
+	}
+	p := auth.Principal{TenantID: key.TenantID, ID: key.ID, Role: key.Role}
+	return &user{principal: p, sessionID: ck.Value, csrf: csrfToken(ss.csrfKey, ck.Value), name: key.Label}, nil
+}
+
+// setFlash sets the one-time message of the request's session (logged, not failed, when it
+// cannot be stored: the action it reports is done).
+func (c *Console) setFlash(r *http.Request, f flash) {
+	if err := c.sessions.flash(r.Context(), userOf(r.Context()).sessionID, f); err != nil {
+		c.log.ErrorContext(r.Context(), "console: flash", "error", err)
+	}
+}
+
+// popFlash returns and clears the one-time message of the request's session.
+func (c *Console) popFlash(r *http.Request) *flash {
+	return c.sessions.popFlash(r.Context(), userOf(r.Context()).sessionID)
 }
 
 // page wraps a GET handler: a signed-in user holding right (zero: any signed-in user).
@@ -291,7 +382,8 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	key := strings.TrimSpace(r.PostFormValue("key"))
 	next := safeNext(r.PostFormValue("next"))
-	if _, err := c.d.Keys.Authenticate(r.Context(), key); err != nil {
+	p, err := c.d.Keys.Authenticate(r.Context(), key)
+	if err != nil {
 		status, msg := http.StatusUnauthorized, "That API key is not valid (unknown, mistyped or revoked)."
 		if errors.Is(err, apikeys.ErrTenantSuspended) {
 			status, msg = http.StatusForbidden, "This key's tenant is suspended by the platform operator."
@@ -304,14 +396,24 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, status, "signin", map[string]any{"Title": "Sign in", "CSRF": tok, "Next": next, "Error": msg})
 		return
 	}
-	id, _ := c.sessions.open(key)
+	id, err := c.sessions.open(r.Context(), p.TenantID, p.ID)
+	if err != nil {
+		c.log.ErrorContext(r.Context(), "console sign-in", "error", err)
+		tok := randomToken()
+		c.setCookie(w, r, signinCookie, tok, 600)
+		c.render(w, r, http.StatusServiceUnavailable, "signin", map[string]any{"Title": "Sign in", "CSRF": tok, "Next": next,
+			"Error": "The session could not be started just now. Try again in a moment."})
+		return
+	}
 	c.setCookie(w, r, signinCookie, "", -1)
 	c.setCookie(w, r, sessionCookie, id, int(c.d.SessionTTL/time.Second))
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request) error {
-	c.sessions.end(userOf(r.Context()).sessionID)
+	if err := c.sessions.end(r.Context(), userOf(r.Context()).sessionID); err != nil {
+		return err
+	}
 	c.setCookie(w, r, sessionCookie, "", -1)
 	http.Redirect(w, r, "/console/signin", http.StatusSeeOther)
 	return nil

@@ -503,11 +503,14 @@ func (n *Node) openStores(ctx context.Context) error {
 	if err := apikeys.Migrate(ctx, n.DB); err != nil {
 		return err
 	}
+	if err := console.Migrate(ctx, n.DB); err != nil {
+		return err
+	}
 	return webhooks.Migrate(ctx, n.DB)
 }
 
 // Migrate opens the stores of o, brings every schema (event store, read models, API keys,
-// webhooks) up to date, and closes them. It creates no key and starts nothing.
+// webhooks, console sessions) up to date, and closes them. It creates no key and starts nothing.
 func Migrate(ctx context.Context, o Options) error {
 	if err := o.setDefaults(); err != nil {
 		return err
