@@ -8,12 +8,14 @@
 //
 // Security model:
 //   - Sign-in exchanges an API key for a session: the cookie carries a random session id
-//     (HttpOnly, SameSite=Strict, Path=/console/, Secure behind TLS); the key itself stays on
-//     the server, in memory. Sessions expire (Options.SessionTTL) and end at sign-out.
-//   - Every request authenticates the session's key again with the API's authenticator
-//     (apikeys.Keys.Authenticate), so revoking a key ends its sessions at their next request,
-//     and a role change takes effect at once. The live-update stream re-checks before it
-//     pushes (at most once a second) and at every heartbeat.
+//     (HttpOnly, SameSite=Strict, Path=/console/, Secure behind TLS). Sessions are rows of the
+//     shared read-model database (Migrate), so any node serves any session and a restart keeps
+//     them; a row holds the id's SHA-256, the tenant and the key's id, never the id or the
+//     key's secret. Sessions expire (Deps.SessionTTL) and end at sign-out.
+//   - Every request looks the session's key up again by id (apikeys.Keys.Get, Keys.Active), so
+//     revoking a key ends its sessions at their next request, and a role change or a tenant's
+//     suspension takes effect at once, on every node. The live-update stream re-checks before
+//     it pushes (at most once a second) and at every heartbeat.
 //   - Every state-changing form carries the session's CSRF token (sign-in: a token bound to a
 //     short-lived cookie); a POST without it, or from another origin, is refused (403).
 //   - Rights are checked on the server for every page and action, exactly as the API checks
@@ -56,7 +58,8 @@ type Deps struct {
 	// Store is the event store: a clear the clears read model does not show yet (just
 	// requested, just done) is read from the connection's stream. Required.
 	Store eventstore.Store
-	// DB is the read-model database. Required.
+	// DB is the read-model database; it also holds the sessions (Migrate must have run on it).
+	// Required.
 	DB *projections.DB
 	// Handlers are the command handlers (RequestClear, HoldQueue, ResumeQueue are used).
 	Handlers commands.Handlers
@@ -72,7 +75,8 @@ type Deps struct {
 	Analytics *projections.Analytics
 	// Clears is the clears read model (a connection's clears, a clear's report). Required.
 	Clears *projections.Clears
-	// Keys authenticates the API key a session was opened with, on every request. Required.
+	// Keys authenticates the API key at sign-in and looks the session's key up by id on every
+	// request. Required.
 	Keys *apikeys.Keys
 	// Transport pairs connections (QR code, phone code). Optional: without it there is no
 	// pairing page.
