@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -330,5 +332,52 @@ func TestSessionExpiryAcrossNodes(t *testing.T) {
 	}
 	if n := countSessions(t, cl.srv, "true"); n != 1 {
 		t.Fatalf("%d sessions stored, want the fresh one only", n)
+	}
+}
+
+// TestFlashShownOnceUnderConcurrentPages: an action's one-time message, read by many pages of
+// the session at once on both nodes, is shown by exactly one of them.
+func TestFlashShownOnceUnderConcurrentPages(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			cl, ctx := twoNodes(t, engine, nil)
+			register(t, ctx, cl.srv, "shop-1", "+491701234567")
+			a := newBrowser(t, cl.a)
+			csrf := a.signIn(cl.srv.AdminKey)
+			if p := a.do("POST", "/console/connections/shop-1/hold", url.Values{"csrf": {csrf}}, nil); p.status != http.StatusSeeOther {
+				t.Fatalf("hold: %d", p.status)
+			}
+			const pages = 8
+			id := a.sessionID()
+			var shown, ok atomic.Int32
+			var wg sync.WaitGroup
+			for i := range pages {
+				wg.Go(func() {
+					node := cl.a
+					if i%2 == 1 {
+						node = cl.b
+					}
+					req, _ := http.NewRequestWithContext(ctx, "GET", node+"/console/connections/shop-1", nil)
+					req.AddCookie(&http.Cookie{Name: "waqueue_session", Value: id})
+					resp, err := http.DefaultClient.Do(req)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					defer resp.Body.Close()
+					body, _ := io.ReadAll(resp.Body)
+					if resp.StatusCode == http.StatusOK {
+						ok.Add(1)
+					}
+					if strings.Contains(string(body), "Queue held: nothing") {
+						shown.Add(1)
+					}
+				})
+			}
+			wg.Wait()
+			if ok.Load() != pages || shown.Load() != 1 {
+				t.Fatalf("%d of %d pages answered 200, %d showed the message; want all, and exactly one", ok.Load(), pages, shown.Load())
+			}
+		})
 	}
 }
