@@ -238,7 +238,13 @@ func TestSessionRowHoldsNoSecret(t *testing.T) {
 // its next request — a role change, the tenant's suspension, and revocation, which deletes every
 // session of the key (also one that made no request since).
 func TestSessionKeyChangesAcrossNodes(t *testing.T) {
-	cl, ctx := twoNodes(t, "sqlite", nil)
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) { testSessionKeyChangesAcrossNodes(t, engine) })
+	}
+}
+
+func testSessionKeyChangesAcrossNodes(t *testing.T, engine string) {
+	cl, ctx := twoNodes(t, engine, nil)
 	register(t, ctx, cl.srv, "shop-1", "+491701234567")
 	created, err := cl.srv.Keys.Create(ctx, cl.srv.Tenant, auth.RoleAdmin, "Olga", "test")
 	if err != nil {
@@ -302,9 +308,15 @@ func TestSessionRowPointedAtAnotherTenant(t *testing.T) {
 // TestSessionExpiryAcrossNodes: a session expires after 8 hours on every node (its row is
 // deleted when read so), and a sign-in sweeps the expired rows nobody reads any more.
 func TestSessionExpiryAcrossNodes(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) { testSessionExpiryAcrossNodes(t, engine) })
+	}
+}
+
+func testSessionExpiryAcrossNodes(t *testing.T, engine string) {
 	var offset atomic.Int64
 	now := func() time.Time { return time.Now().UTC().Add(time.Duration(offset.Load())) }
-	cl, _ := twoNodes(t, "sqlite", now)
+	cl, _ := twoNodes(t, engine, now)
 	read := newBrowser(t, cl.a)
 	read.signIn(cl.srv.AdminKey)
 	abandoned := newBrowser(t, cl.a)
