@@ -104,7 +104,7 @@ func TestServeOnEventStoreDB(t *testing.T) {
 	dataDir := t.TempDir()
 	api := startServe(t, ctx, dataDir,
 		[]string{"WAQUEUE_EVENTSTORE=" + es.ConnString()},
-		"--db", pgURL, "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--no-pacing", "--log-level", "warn")
+		"--db", pgURL, "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--no-pacing", "--log-level", "warn")
 	key, err := os.ReadFile(filepath.Join(dataDir, "admin.key"))
 	if err != nil {
 		t.Fatalf("bootstrap admin key: %v", err)

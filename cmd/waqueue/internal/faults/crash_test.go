@@ -46,7 +46,7 @@ func serve(t *testing.T, ctx context.Context, bin, dataDir, db string) *proc {
 	t.Helper()
 	addr := freeAddr(t)
 	// --rate-limit 0: the workers enqueue as fast as they can; a 429 is not what is tested here.
-	args := []string{"serve", "--data-dir", dataDir, "--listen", addr, "--no-pacing", "--log-level", "warn", "--rate-limit", "0"}
+	args := []string{"serve", "--data-dir", dataDir, "--listen", addr, "--metrics-listen", "127.0.0.1:0", "--no-pacing", "--log-level", "warn", "--rate-limit", "0"}
 	if db != "" {
 		args = append(args, "--db", db)
 	}
