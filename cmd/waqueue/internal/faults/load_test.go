@@ -138,6 +138,9 @@ func TestLoadWithClearsBansAndLifts(t *testing.T) {
 				if a.card(t, ctx, id).LinkStatus == "banned" {
 					a.must(t, ctx, "POST", "/v1/connections/"+id+"/simulator/lift", nil, nil, http.StatusOK, nil)
 				}
+				// A clear of the random phase may still be completing (on a loaded machine it
+				// did, and the final clear answered 409 queue_clearing): wait for it.
+				waitFor(t, ctx, id+" not clearing", func() bool { return a.card(t, ctx, id).QueueStatus != "clearing" })
 				a.must(t, ctx, "POST", "/v1/connections/"+id+"/queue/clear", map[string]any{"reason": "end of load", "confirm": phones[id]},
 					map[string]string{"Idempotency-Key": "final-" + id}, http.StatusAccepted, nil)
 			}
