@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/commands"
-	"github.com/waqueue/waqueue/domain/auth"
 )
 
 // APIConfig configures the API benchmark.
@@ -57,7 +55,7 @@ func API(ctx context.Context, env *Env, cfg APIConfig, w io.Writer) error {
 }
 
 func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.Writer) (err error) {
-	node, err := env.node(ctx, engine, func(o *server.Options) {
+	node, base, key, stop, err := env.apiNode(ctx, engine, func(o *server.Options) {
 		o.NoDispatcher = true
 		o.Limits.ReadYourWrites = cfg.ReadYourWrites
 		o.GroupCommit = cfg.GroupCommit
@@ -66,27 +64,10 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 		return err
 	}
 	defer func() {
-		if cerr := node.Close(); err == nil && cerr != nil {
+		if cerr := stop(); err == nil && cerr != nil {
 			err = cerr
 		}
 	}()
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if err := node.Start(runCtx); err != nil {
-		return err
-	}
-	key, err := node.Keys.Create(ctx, node.Tenant, auth.RoleAdmin, "bench", "bench")
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	srv := &http.Server{Handler: node.Handler, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	defer srv.Close()
-	base := "http://" + ln.Addr().String()
 	client := &http.Client{
 		Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients, MaxConnsPerHost: cfg.Clients},
 		Timeout:   time.Minute,

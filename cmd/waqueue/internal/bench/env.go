@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/pgcluster"
 	"github.com/waqueue/waqueue/adapters/server"
@@ -276,4 +279,38 @@ func ratio(a, b float64) float64 {
 		return 0
 	}
 	return a / b
+}
+
+// apiNode starts a node of engine (mod adjusts its options) with the API on a loopback
+// listener and an admin key: what the figures measured over HTTP stand on. stop closes the
+// listener, stops the node's processes and closes it.
+func (e *Env) apiNode(ctx context.Context, engine string, mod func(*server.Options)) (node *server.Node, base string, key apikeys.Created, stop func() error, err error) {
+	node, err = e.node(ctx, engine, mod)
+	if err != nil {
+		return nil, "", apikeys.Created{}, nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	fail := func(err error) (*server.Node, string, apikeys.Created, func() error, error) {
+		cancel()
+		_ = node.Close()
+		return nil, "", apikeys.Created{}, nil, err
+	}
+	if err := node.Start(runCtx); err != nil {
+		return fail(err)
+	}
+	key, err = node.Keys.Create(ctx, node.Tenant, auth.RoleAdmin, "bench", "bench")
+	if err != nil {
+		return fail(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fail(fmt.Errorf("listen: %w", err))
+	}
+	srv := &http.Server{Handler: node.Handler, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return node, "http://" + ln.Addr().String(), key, func() error {
+		_ = srv.Close()
+		cancel()
+		return node.Close()
+	}, nil
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/commands"
-	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 )
@@ -56,34 +54,17 @@ func Import(ctx context.Context, env *Env, cfg ImportConfig, w io.Writer) error 
 }
 
 func importOnce(ctx context.Context, env *Env, engine string, cfg ImportConfig, w io.Writer) (err error) {
-	node, err := env.node(ctx, engine, func(o *server.Options) {
+	node, base, key, stop, err := env.apiNode(ctx, engine, func(o *server.Options) {
 		o.NoDispatcher = true
 	})
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if cerr := node.Close(); err == nil && cerr != nil {
+		if cerr := stop(); err == nil && cerr != nil {
 			err = cerr
 		}
 	}()
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if err := node.Start(runCtx); err != nil {
-		return err
-	}
-	key, err := node.Keys.Create(ctx, node.Tenant, auth.RoleAdmin, "bench", "bench")
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	srv := &http.Server{Handler: node.Handler, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	defer srv.Close()
-	base := "http://" + ln.Addr().String()
 	client := &http.Client{Timeout: 30 * time.Minute}
 	defer client.CloseIdleConnections()
 
