@@ -3,7 +3,6 @@ package connection
 import (
 	"errors"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -480,23 +479,20 @@ func PrepareBroadcast(cmd StartBroadcast, region string) (PreparedBroadcast, err
 	if err := validateActor(cmd.Actor); err != nil {
 		return PreparedBroadcast{}, err
 	}
-	normalized := make([]string, len(cmd.Recipients))
-	seen := make(map[string]int, len(cmd.Recipients))
-	for i, raw := range cmd.Recipients {
-		p, err := NormalizePhone("recipients", raw, region)
-		if err != nil {
-			var ve *ValidationError
-			if errors.As(err, &ve) {
-				ve.Recipient = i + 1
-			}
-			return PreparedBroadcast{}, err
+	normalized, bad, err := normalizeRecipients(cmd.Recipients, region)
+	if err != nil {
+		var ve *ValidationError
+		if errors.As(err, &ve) {
+			ve.Recipient = bad + 1
 		}
-		if first, dup := seen[p]; dup {
-			return PreparedBroadcast{}, &ValidationError{Code: CodeDuplicateRecipient, Field: "recipients", Recipient: i + 1,
-				Detail: "same number as recipient " + strconv.Itoa(first+1)}
+		// A duplicate before the first invalid number is the first error a reader meets.
+		if dup := duplicateOf(normalized[:bad]); dup != nil {
+			return PreparedBroadcast{}, dup
 		}
-		seen[p] = i
-		normalized[i] = p
+		return PreparedBroadcast{}, err
+	}
+	if dup := duplicateOf(normalized); dup != nil {
+		return PreparedBroadcast{}, dup
 	}
 	cmd.Recipients = nil // the normalised list replaces them
 	return PreparedBroadcast{cmd: cmd, region: region, recipients: normalized,
