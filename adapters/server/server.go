@@ -95,6 +95,10 @@ type Options struct {
 	// leases are renewed every third of it. A crashed node's connections resume on the others
 	// within LeaseTTL plus a renewal interval.
 	LeaseTTL time.Duration
+	// DrainTimeout is how long a graceful stop lets the sends in progress finish (their outcomes
+	// recorded, the leases renewed meanwhile) before cancelling the rest; default
+	// dispatcher.DefaultDrainTimeout, negative cancels at once.
+	DrainTimeout time.Duration
 	// LeaseRenewInterval is how often the leases are renewed; default a third of LeaseTTL. It
 	// must be below LeaseTTL (the dispatcher refuses otherwise; `waqueue serve` asks for
 	// below half).
@@ -333,6 +337,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		if n.Dispatcher, err = dispatcher.New(dispatcher.Config{
 			Leases:             leases,
 			LeaseRenewInterval: o.LeaseRenewInterval,
+			DrainTimeout:       o.DrainTimeout,
 			Store:              n.Events, Repository: n.Repo, Transport: n.Transport,
 			Messages: dispatcher.QueueMessages{DB: n.DB, Queue: n.Queue},
 			// Idle connections get no loop at start: one query finds those with work.

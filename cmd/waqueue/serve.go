@@ -62,6 +62,10 @@ func serverOptions(cfg *config.Config, log *slog.Logger) server.Options {
 	o.LeaseTTL = cfg.LeaseTTL
 	o.LeaseRenewInterval = cfg.LeaseRenew
 	o.LazySessions = cfg.LazySessions
+	o.DrainTimeout = cfg.DrainTimeout
+	if cfg.DrainTimeout == 0 {
+		o.DrainTimeout = -1 // cancel the sends in progress at once
+	}
 	o.AuditKey = cfg.AuditKey
 	o.AuditCheckpointEvery = cfg.AuditCheckpointEvery
 	o.AuditCheckpointInterval = cfg.AuditCheckpointInterval

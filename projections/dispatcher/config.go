@@ -17,6 +17,7 @@ import (
 // its documented defaults), not configuration: see Pacing.
 const (
 	DefaultSendTimeout     = 60 * time.Second
+	DefaultDrainTimeout    = 10 * time.Second
 	DefaultRetryBackoff    = time.Second
 	DefaultMaxRetryBackoff = 5 * time.Minute
 	DefaultMaxSendAttempts = 6
@@ -60,6 +61,11 @@ type Config struct {
 	// SendTimeout bounds one Send; when it passes the outcome is unknown and recorded so.
 	// Default DefaultSendTimeout (60s).
 	SendTimeout time.Duration
+	// DrainTimeout is how long a stopping Dispatcher (Run's context ended) lets the sends in
+	// progress finish and records their outcomes, keeping its leases renewed meanwhile, before it
+	// cancels the rest (recorded unknown, cause "shutdown"). No new message is dispatched once
+	// the context ended. Default DefaultDrainTimeout (10s); negative: cancel at once.
+	DrainTimeout time.Duration
 	// RetryBackoff is the first pause before retrying a Send refused with ErrRateLimited or
 	// ErrNotConnected; it doubles per attempt up to MaxRetryBackoff. A SendError.RetryAfter
 	// hint, when longer, is used instead. Defaults DefaultRetryBackoff (1s) and
@@ -108,6 +114,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.SendTimeout == 0 {
 		c.SendTimeout = DefaultSendTimeout
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.RetryBackoff == 0 {
 		c.RetryBackoff = DefaultRetryBackoff

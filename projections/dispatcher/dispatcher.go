@@ -117,6 +117,9 @@ type Dispatcher struct {
 	ring    []uuid.UUID
 	ringAt  int
 	wg      sync.WaitGroup
+	// sends is the context of the transport sends: it outlives Run's context by at most
+	// Config.DrainTimeout, so a graceful stop lets the sends in progress finish.
+	sends context.Context
 
 	stats struct {
 		dispatched, expired, sent, failed, unknown, recovered, retries, loops atomic.Uint64
@@ -211,8 +214,10 @@ func New(cfg Config) (*Dispatcher, error) {
 
 // Run registers the Dispatcher as the transport's event handler, subscribes to the event log
 // from its start (so connections with work left by a previous process are found and their
-// in-flight messages recovered) and runs loops until ctx is done. It then waits for the loops
-// to stop (a send in progress ends with ctx and is recorded unknown), unregisters the handler
+// in-flight messages recovered) and runs loops until ctx is done. It then dispatches nothing
+// more and drains: the sends in progress get up to Config.DrainTimeout to finish and have their
+// outcomes recorded (the leases renewed meanwhile); a send still in progress then is cancelled
+// and recorded unknown (cause "shutdown"). It waits for the loops to stop, unregisters the handler
 // (events arriving later are kept by the transport for the next handler) and returns nil.
 // Store subscription failures are logged and the subscription is resumed. Run may be called
 // once.
@@ -220,16 +225,24 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if !d.started.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
 	}
+	// A graceful stop drains: the loops stop dispatching when ctx ends, the sends in progress
+	// get up to DrainTimeout to finish (their outcomes recorded), and the leases stay renewed
+	// until then, so no other node takes a connection over while its send is in progress.
+	sends, endSends := context.WithCancel(context.WithoutCancel(ctx))
+	renewals, endRenewals := context.WithCancel(context.WithoutCancel(ctx))
 	d.mu.Lock()
 	d.ctx = ctx
+	d.sends = sends
 	d.mu.Unlock()
 	d.cfg.Transport.SetHandler(d.handleEvent)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.renew(ctx)
+		d.renew(renewals)
 	}()
 	defer func() {
+		d.drain(endSends)
+		endRenewals()
 		d.cfg.Transport.SetHandler(nil)
 		d.wg.Wait()
 	}()
@@ -262,6 +275,41 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, lagBackoffMax)
 	}
+}
+
+// drain waits until no loop runs, at most Config.DrainTimeout after Run's context ended, then
+// calls endSends (cancelling the sends still in progress) and waits for the loops to stop.
+func (d *Dispatcher) drain(endSends context.CancelFunc) {
+	defer endSends()
+	deadline := time.NewTimer(max(d.cfg.DrainTimeout, 0))
+	defer deadline.Stop()
+	for {
+		d.mu.Lock()
+		idle := d.loops == 0
+		ch := d.changed
+		d.mu.Unlock()
+		if idle {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			endSends()
+			d.log.Warn("drain timeout: cancelling the sends still in progress (recorded unknown)", "timeout", d.cfg.DrainTimeout)
+			deadline.Reset(time.Hour) // only the loops' exit is awaited now
+		}
+	}
+}
+
+// sendContext returns the context a transport send derives from: Run's sends context, which
+// outlives ctx by at most Config.DrainTimeout (ctx itself before Run).
+func (d *Dispatcher) sendContext(ctx context.Context) context.Context {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.sends == nil {
+		return ctx
+	}
+	return d.sends
 }
 
 // Wake makes the connection's loop run (starting it if none runs). The event log wakes loops

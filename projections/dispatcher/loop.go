@@ -251,8 +251,9 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 	wctx := context.WithoutCancel(pctx)
 	req := transport.SendRequest{ConnectionID: connID, MessageID: msg.MessageID, To: msg.Recipient, Text: msg.Text, Fence: uint64(fence)}
 	backoff := d.cfg.RetryBackoff
+	sends := d.sendContext(ctx) // outlives ctx while a graceful stop drains
 	for attempt := 1; ; attempt++ {
-		sctx, scancel := context.WithTimeout(ctx, d.cfg.SendTimeout)
+		sctx, scancel := context.WithTimeout(sends, d.cfg.SendTimeout)
 		start := time.Now()
 		res, err := d.cfg.Transport.Send(sctx, req)
 		timedOut := errors.Is(sctx.Err(), context.DeadlineExceeded)
@@ -344,7 +345,7 @@ func (d *Dispatcher) send(ctx, pctx context.Context, connID string, st *connStat
 			d.paceAfter(st)
 			cause := CauseUnknown
 			switch {
-			case ctx.Err() != nil:
+			case sends.Err() != nil:
 				cause = CauseShutdown
 			case timedOut:
 				cause = CauseTimeout

@@ -92,6 +92,10 @@ type Config struct {
 	// Default 0: a third of LeaseTTL. It must be below half the TTL, so one failed renewal does
 	// not lose the leases.
 	LeaseRenew time.Duration
+	// DrainTimeout is how long a stopping node lets the sends in progress finish and records
+	// their outcomes before cancelling the rest, which are then recorded unknown (--drain-timeout,
+	// WAQUEUE_DRAIN_TIMEOUT). Default 10s.
+	DrainTimeout time.Duration
 	// LazySessions claims the lease and connects the WhatsApp session of a connection idle at
 	// start only once its queue gets work (--lazy-sessions, WAQUEUE_LAZY_SESSIONS): for nodes
 	// with very many idle connections (docs/scaling.md). Default off.
@@ -145,6 +149,7 @@ var env = map[string]string{
 	"lease-ttl":          "WAQUEUE_LEASE_TTL",
 	"lease-renew":        "WAQUEUE_LEASE_RENEW",
 	"lazy-sessions":      "WAQUEUE_LAZY_SESSIONS",
+	"drain-timeout":      "WAQUEUE_DRAIN_TIMEOUT",
 
 	"audit-key":                 "WAQUEUE_AUDIT_KEY",
 	"audit-checkpoint-every":    "WAQUEUE_AUDIT_CHECKPOINT_EVERY",
@@ -181,6 +186,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's id in the dispatch leases, unique among the running nodes (default hostname-pid-random) ($WAQUEUE_NODE_ID)")
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 6*time.Second, "dispatch lease TTL: a crashed node's connections resume elsewhere within TTL + renew interval ($WAQUEUE_LEASE_TTL)")
 	fs.BoolVar(&c.LazySessions, "lazy-sessions", false, "connect an idle connection's session (and claim its lease) only once its queue gets work ($WAQUEUE_LAZY_SESSIONS)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "at a graceful stop, how long the sends in progress may finish before they are cancelled and recorded unknown ($WAQUEUE_DRAIN_TIMEOUT)")
 	fs.DurationVar(&c.LeaseRenew, "lease-renew", 0, "dispatch lease renewal interval, below half the TTL (default a third of the TTL) ($WAQUEUE_LEASE_RENEW)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error ($WAQUEUE_LOG_LEVEL)")
 	fs.StringVar(&c.AuditKey, "audit-key", "", "Ed25519 key file signing audit checkpoints, created if missing (default DATA_DIR/audit-key.pem) ($WAQUEUE_AUDIT_KEY)")
@@ -314,6 +320,9 @@ func (c *Config) Validate() error {
 			continue
 		}
 		c.WebhookAllowPrefixes = append(c.WebhookAllowPrefixes, p.Masked())
+	}
+	if c.DrainTimeout < 0 || c.DrainTimeout > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("config: --drain-timeout %s: want 0 (cancel sends at once) to 10m", c.DrainTimeout))
 	}
 	if c.SimulatorLatency < 0 || c.SimulatorLatency > time.Minute {
 		errs = append(errs, fmt.Errorf("config: WAQUEUE_SIM_LATENCY %s: want 0 to 1m", c.SimulatorLatency))
