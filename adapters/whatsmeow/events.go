@@ -29,12 +29,7 @@ func (m *Manager) mapEvent(c *conn, raw any) (transport.Event, bool) {
 	h := m.header(c.id)
 	switch e := raw.(type) {
 	case *events.PairSuccess:
-		c.mu.Lock()
-		c.pairing = false
-		c.mu.Unlock()
-		if err := m.savePaired(context.Background(), c.id, e.ID); err != nil {
-			m.cfg.Log.Errorf("%v", err)
-		}
+		m.pairSucceeded(c, e.ID)
 		return transport.Paired{EventHeader: h, JID: e.ID.String(), Phone: "+" + e.ID.User}, true
 	case *events.Connected:
 		c.mu.Lock()
@@ -51,7 +46,11 @@ func (m *Manager) mapEvent(c *conn, raw any) (transport.Event, bool) {
 		return transport.Connected{EventHeader: h}, true
 	case *events.LoggedOut:
 		// whatsmeow has deleted the device; forget the mapping and the client.
-		if err := m.forgetPaired(context.Background(), c.id); err != nil {
+		// (whatsmeow may have cleared the store's ID already: the client's JID is kept on c.)
+		c.mu.Lock()
+		jid := c.jid
+		c.mu.Unlock()
+		if err := m.forgetPaired(context.Background(), c.id, jid); err != nil {
 			m.cfg.Log.Errorf("%v", err)
 		}
 		m.drop(c)

@@ -109,6 +109,7 @@ type conn struct {
 	client       *whatsmeow.Client
 	handlerID    uint32
 	pairing      bool
+	jid          string          // the device's JID; "" while pairing
 	banExpiresAt time.Time       // set while temporarily banned
 	awaitingLift bool            // the next Connected is BanLifted
 	banTimer     transport.Timer // reconnect at the ban's expiry
@@ -232,15 +233,37 @@ func (m *Manager) savePaired(ctx context.Context, connID string, jid types.JID) 
 	return nil
 }
 
-// forgetPaired deletes connID's mapping (its session is gone).
-func (m *Manager) forgetPaired(ctx context.Context, connID string) error {
+// forgetPaired deletes connID's mapping to jid (that device's session is gone). A mapping to
+// another device (the connection was paired again, maybe on another node) is kept.
+func (m *Manager) forgetPaired(ctx context.Context, connID, jid string) error {
 	m.mu.Lock()
-	delete(m.paired, connID)
+	if m.paired[connID] == jid {
+		delete(m.paired, connID)
+	}
 	m.mu.Unlock()
-	if _, err := m.cfg.DB.ExecContext(ctx, m.q(`DELETE FROM wmtransport_connection WHERE connection_id = ?`), connID); err != nil {
+	if _, err := m.cfg.DB.ExecContext(ctx, m.q(`DELETE FROM wmtransport_connection WHERE connection_id = ? AND jid = ?`), connID, jid); err != nil {
 		return fmt.Errorf("wmtransport: forget %s: %w", connID, err)
 	}
 	return nil
+}
+
+// pairedJID reads connID's device JID from the database ("" when it has none) and refreshes the
+// in-memory mirror Status reads. The database is the truth: on several nodes sharing it, another
+// node may have paired or unpaired the connection since this one last looked.
+func (m *Manager) pairedJID(ctx context.Context, connID string) (string, error) {
+	var jid string
+	err := m.cfg.DB.QueryRowContext(ctx, m.q(`SELECT jid FROM wmtransport_connection WHERE connection_id = ?`), connID).Scan(&jid)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("wmtransport: %s: read pairing: %w", connID, err)
+	}
+	m.mu.Lock()
+	if jid == "" {
+		delete(m.paired, connID)
+	} else {
+		m.paired[connID] = jid
+	}
+	m.mu.Unlock()
+	return jid, nil
 }
 
 func (m *Manager) lookup(connID string) *conn {
@@ -252,14 +275,14 @@ func (m *Manager) lookup(connID string) *conn {
 // attach loads connID's stored device and creates its client (not connected). An attached
 // connection is returned as is.
 func (m *Manager) attach(ctx context.Context, connID string) (*conn, error) {
-	m.mu.Lock()
-	if c := m.conns[connID]; c != nil {
-		m.mu.Unlock()
+	if c := m.lookup(connID); c != nil {
 		return c, nil
 	}
-	jidText, ok := m.paired[connID]
-	m.mu.Unlock()
-	if !ok {
+	jidText, err := m.pairedJID(ctx, connID)
+	if err != nil {
+		return nil, err
+	}
+	if jidText == "" {
 		return nil, fmt.Errorf("wmtransport: %s: %w", connID, transport.ErrNotPaired)
 	}
 	jid, err := types.ParseJID(jidText)
@@ -272,12 +295,20 @@ func (m *Manager) attach(ctx context.Context, connID string) (*conn, error) {
 	}
 	if device == nil {
 		// whatsmeow deleted the session (logged out while we were not listening).
-		if err := m.forgetPaired(ctx, connID); err != nil {
+		if err := m.forgetPaired(ctx, connID, jidText); err != nil {
 			return nil, err
 		}
 		return nil, fmt.Errorf("wmtransport: %s: session of %s is gone: %w", connID, jid, transport.ErrNotPaired)
 	}
-	return m.register(connID, whatsmeow.NewClient(device, m.cfg.Log.Sub(connID)), false)
+	c, err := m.register(connID, whatsmeow.NewClient(device, m.cfg.Log.Sub(connID)), false)
+	if err == nil {
+		c.mu.Lock()
+		if c.jid == "" && !c.pairing {
+			c.jid = jidText
+		}
+		c.mu.Unlock()
+	}
+	return c, err
 }
 
 // register adds a client for connID unless another goroutine did first.
@@ -334,6 +365,11 @@ func (m *Manager) Connect(ctx context.Context, connID string) error {
 	defer c.mu.Unlock()
 	if c.pairing {
 		return fmt.Errorf("wmtransport: connect %s: %w", connID, transport.ErrPairingInProgress)
+	}
+	if c.closed {
+		// Disconnect or Unpair dropped the client since attach found it: connecting it now
+		// would leave a client no one can end.
+		return fmt.Errorf("wmtransport: connect %s: disconnected meanwhile: %w", connID, transport.ErrNotConnected)
 	}
 	if c.client.IsConnected() || !c.banExpiresAt.IsZero() {
 		return nil // up, or a reconnect is scheduled at the ban's expiry
@@ -463,10 +499,11 @@ func (m *Manager) SetHandler(h transport.Handler) { m.events.SetHandler(h) }
 
 // Unpair logs the connection out; see transport.Transport. A connected client logs the linked
 // device out at WhatsApp (whatsmeow's Logout: the remove-companion-device query, then the
-// device is deleted from the session store); a client that is not connected has its stored
-// device deleted here only (Remote false: the phone lists the linked device until WhatsApp
-// drops it). Either way the mapping is forgotten and the client dropped, so PairQR and
-// PairPhone start afresh. A pairing in progress is refused (ErrPairingInProgress).
+// device is deleted from the session store); without a connected client here the stored device
+// is deleted only (Remote false: the phone lists the linked device until WhatsApp drops it, or
+// until the node whose client is connected logs it out: the dispatcher there does, when it
+// sees the logout recorded). Either way the mapping is forgotten and the client dropped, so
+// PairQR and PairPhone start afresh. A pairing in progress is refused (ErrPairingInProgress).
 func (m *Manager) Unpair(ctx context.Context, connID string) (transport.Unpaired, error) {
 	c := m.lookup(connID)
 	if c != nil {
@@ -476,19 +513,21 @@ func (m *Manager) Unpair(ctx context.Context, connID string) (transport.Unpaired
 		if pairing {
 			return transport.Unpaired{}, fmt.Errorf("wmtransport: unpair %s: %w", connID, transport.ErrPairingInProgress)
 		}
-		if client.IsConnected() && client.Store.ID != nil {
+		if id := client.Store.ID; client.IsConnected() && id != nil {
+			jid := id.String()
 			if err := client.Logout(ctx); err != nil {
 				return transport.Unpaired{}, fmt.Errorf("wmtransport: unpair %s: %w", connID, err)
 			}
 			m.drop(c)
-			return transport.Unpaired{Remote: true}, m.forgetPaired(ctx, connID)
+			return transport.Unpaired{Remote: true}, m.forgetPaired(ctx, connID, jid)
 		}
 		m.drop(c)
 	}
-	m.mu.Lock()
-	jidText, ok := m.paired[connID]
-	m.mu.Unlock()
-	if !ok {
+	jidText, err := m.pairedJID(ctx, connID)
+	if err != nil {
+		return transport.Unpaired{}, fmt.Errorf("wmtransport: unpair: %w", err)
+	}
+	if jidText == "" {
 		return transport.Unpaired{}, nil
 	}
 	if jid, err := types.ParseJID(jidText); err == nil {
@@ -502,7 +541,7 @@ func (m *Manager) Unpair(ctx context.Context, connID string) (transport.Unpaired
 			}
 		}
 	}
-	return transport.Unpaired{}, m.forgetPaired(ctx, connID)
+	return transport.Unpaired{}, m.forgetPaired(ctx, connID, jidText)
 }
 
 // CheckNumbers asks WhatsApp through the connection's logged-in client (whatsmeow's

@@ -2,28 +2,51 @@ package wmtransport
 
 import (
 	"context"
-
 	"fmt"
 
 	"go.mau.fi/whatsmeow"
+	"go.mau.fi/whatsmeow/types"
 
 	"github.com/waqueue/waqueue/adapters/transport"
 )
 
-// newPairing creates a client on a fresh device for connID, refusing a paired or pairing connection.
-func (m *Manager) newPairing(connID string) (*conn, error) {
-	m.mu.Lock()
-	_, paired := m.paired[connID]
-	existing := m.conns[connID]
-	m.mu.Unlock()
-	if paired {
+// newPairing creates a client on a fresh device for connID, refusing a paired or pairing
+// connection. Paired is judged by the shared database, not this node's memory: the connection
+// may have been paired through another node.
+//
+// The client pairs and nothing more: whatsmeow's reconnect after pairing (WhatsApp's stream error
+// 515, "restart required") is off, and the client is dropped at PairSuccess (see pairSucceeded).
+// The session is then started by Connect on the node that holds the connection's lease, which
+// may be another node: two clients of one device connected at once would have WhatsApp replace
+// one stream with the other (stream:error conflict replaced) and may log the device out.
+func (m *Manager) newPairing(ctx context.Context, connID string) (*conn, error) {
+	jid, err := m.pairedJID(ctx, connID)
+	if err != nil {
+		return nil, fmt.Errorf("wmtransport: pair: %w", err)
+	}
+	if jid != "" {
 		return nil, fmt.Errorf("wmtransport: pair %s: %w", connID, transport.ErrAlreadyPaired)
 	}
-	if existing != nil {
+	if m.lookup(connID) != nil {
 		return nil, fmt.Errorf("wmtransport: pair %s: %w", connID, transport.ErrPairingInProgress)
 	}
-	device := m.container.NewDevice()
-	return m.register(connID, whatsmeow.NewClient(device, m.cfg.Log.Sub(connID)), true)
+	client := whatsmeow.NewClient(m.container.NewDevice(), m.cfg.Log.Sub(connID))
+	client.DisableLoginAutoReconnect = true
+	return m.register(connID, client, true)
+}
+
+// pairSucceeded handles the pairing client's PairSuccess: it records the mapping, then drops the
+// client (disconnecting it) before the Paired event is emitted, so that the session the lease
+// owner starts on Paired (the dispatcher records SessionPaired; the owner connects when it sees
+// it) is the only client of the device.
+func (m *Manager) pairSucceeded(c *conn, jid types.JID) {
+	c.mu.Lock()
+	c.pairing, c.jid = false, jid.String()
+	c.mu.Unlock()
+	if err := m.savePaired(context.Background(), c.id, jid); err != nil {
+		m.cfg.Log.Errorf("%v", err)
+	}
+	m.drop(c)
 }
 
 // startQR opens the client's QR channel and connects; the channel outlives ctx (pairing lasts until
@@ -43,7 +66,7 @@ func (m *Manager) startQR(ctx context.Context, c *conn) (<-chan whatsmeow.QRChan
 
 // PairQR starts QR pairing; see transport.Transport. ctx bounds only the start.
 func (m *Manager) PairQR(ctx context.Context, connID string) (<-chan string, error) {
-	c, err := m.newPairing(connID)
+	c, err := m.newPairing(ctx, connID)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +95,7 @@ func (m *Manager) PairPhone(ctx context.Context, connID, phone string) (string, 
 	if err != nil {
 		return "", fmt.Errorf("wmtransport: pair %s: %w", connID, err)
 	}
-	c, err := m.newPairing(connID)
+	c, err := m.newPairing(ctx, connID)
 	if err != nil {
 		return "", err
 	}
