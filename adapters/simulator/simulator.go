@@ -88,6 +88,10 @@ type Options struct {
 	// AssumePaired makes Connect pair a never-paired connection silently (Paired, then Connected),
 	// so `make run` and benchmarks need no pairing step.
 	AssumePaired bool
+	// Devices, when set, is the WhatsApp side shared with the simulators of other nodes in this
+	// process: paired devices and the one stream each may have (see Devices). Nil: this
+	// simulator is the only node, and a pairing's client stays connected as its session.
+	Devices *Devices
 }
 
 // SendRecord is one message handed to the simulated WhatsApp.
@@ -351,6 +355,7 @@ func (s *Simulator) banLocked(c *conn, b Ban) {
 	c.stopTimers()
 	if b.Permanent {
 		c.state, c.jid, c.phone = transport.StateUnpaired, "", ""
+		s.forgetLocked(c)
 		s.events.Emit(transport.PermanentBan{EventHeader: s.header(c.id), Reason: 406, Description: "simulated permanent ban"})
 		return
 	}
@@ -391,6 +396,7 @@ func (s *Simulator) liftLocked(c *conn) {
 func (s *Simulator) logoutLocked(c *conn, reason int) {
 	c.stopTimers()
 	c.state, c.jid, c.phone = transport.StateUnpaired, "", ""
+	s.forgetLocked(c)
 	desc := "simulated logout from the phone"
 	if reason == 403 {
 		desc = "simulated main device gone"
@@ -466,12 +472,19 @@ func (s *Simulator) SendCount(msgID uuid.UUID) int {
 // again with TemporaryBan. A never-paired connection returns ErrNotPaired, unless
 // Options.AssumePaired, which pairs it first.
 func (s *Simulator) Connect(ctx context.Context, connID string) error {
-	c := s.conn(connID, s.opts.AssumePaired)
+	c := s.conn(connID, s.opts.AssumePaired || (s.opts.Devices != nil && s.opts.Devices.Paired(connID)))
 	if c == nil {
 		return fmt.Errorf("simulator: connect %s: %w", connID, transport.ErrNotPaired)
 	}
+	var replaced *Simulator // another node's client of the device, whose stream this one replaces
+	defer func() {
+		if replaced != nil {
+			replaced.replacedBy(connID)
+		}
+	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	s.syncLocked(c)
 	switch c.state {
 	case transport.StateConnected, transport.StateTemporarilyBanned:
 		return nil // already up, or a reconnect is scheduled at the ban's expiry
@@ -480,8 +493,10 @@ func (s *Simulator) Connect(ctx context.Context, connID string) error {
 			return fmt.Errorf("simulator: connect %s: %w", connID, transport.ErrNotPaired)
 		}
 		s.pairLocked(c, simulatedPhone(connID))
+		replaced = s.onlineLocked(c)
 		return nil
 	}
+	replaced = s.onlineLocked(c)
 	if !c.banExpiresAt.IsZero() {
 		now := s.clock.Now()
 		if now.Before(c.banExpiresAt) {
@@ -514,16 +529,62 @@ func (s *Simulator) Disconnect(ctx context.Context, connID string) error {
 	if c.state == transport.StateConnected || c.state == transport.StateTemporarilyBanned {
 		c.stopTimers()
 		c.state = transport.StateDisconnected
+		s.offlineLocked(c)
 	}
 	return nil
 }
 
+// onlineLocked records c's client as its device's stream (shared devices only) and returns the
+// simulator whose stream it replaces, for the caller to take offline once c.mu is released.
+func (s *Simulator) onlineLocked(c *conn) *Simulator {
+	if s.opts.Devices == nil {
+		return nil
+	}
+	prev, _ := s.opts.Devices.goOnline(c.id, s)
+	return prev
+}
+
+// offlineLocked ends c's stream of its device (shared devices only).
+func (s *Simulator) offlineLocked(c *conn) {
+	if s.opts.Devices != nil {
+		s.opts.Devices.goOffline(c.id, s)
+	}
+}
+
+// forgetLocked deletes c's stored device (shared devices only).
+func (s *Simulator) forgetLocked(c *conn) {
+	if s.opts.Devices != nil {
+		s.opts.Devices.remove(c.id)
+	}
+}
+
+// storeLocked stores a session for c (in the shared devices too) and reports Paired; c is left
+// disconnected.
+func (s *Simulator) storeLocked(c *conn, phone string) {
+	c.jid, c.phone = phone[1:]+":1@s.whatsapp.net", phone
+	c.state, c.handedOver, c.banExpiresAt = transport.StateDisconnected, 0, time.Time{}
+	if s.opts.Devices != nil {
+		s.opts.Devices.store(c.id, c.jid, c.phone)
+	}
+	s.events.Emit(transport.Paired{EventHeader: s.header(c.id), JID: c.jid, Phone: c.phone})
+}
+
 // pairLocked stores a session for c and logs it in.
 func (s *Simulator) pairLocked(c *conn, phone string) {
-	c.jid, c.phone = phone[1:]+":1@s.whatsapp.net", phone
-	c.state, c.handedOver, c.banExpiresAt = transport.StateConnected, 0, time.Time{}
-	s.events.Emit(transport.Paired{EventHeader: s.header(c.id), JID: c.jid, Phone: c.phone})
+	s.storeLocked(c, phone)
+	c.state = transport.StateConnected
 	s.events.Emit(transport.Connected{EventHeader: s.header(c.id)})
+}
+
+// pairedByAPILocked completes a pairing started by PairQR or PairPhone. With shared devices the
+// pairing's client ends at the success (as the whatsmeow adapter's does): Connect on the node
+// running the connection's session logs it in. Without, it stays connected as the session.
+func (s *Simulator) pairedByAPILocked(c *conn, phone string) {
+	if s.opts.Devices != nil {
+		s.storeLocked(c, phone)
+		return
+	}
+	s.pairLocked(c, phone)
 }
 
 // simulatedPhone derives a stable fictional number (+1 555 01xx xxxx style) for a connection.
@@ -538,6 +599,7 @@ func (s *Simulator) PairQR(ctx context.Context, connID string) (<-chan string, e
 	c := s.conn(connID, true)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	s.syncLocked(c)
 	if c.state != transport.StateUnpaired {
 		return nil, fmt.Errorf("simulator: pair %s: %w", connID, transport.ErrAlreadyPaired)
 	}
@@ -547,7 +609,7 @@ func (s *Simulator) PairQR(ctx context.Context, connID string) (<-chan string, e
 	ch <- code
 	close(ch)
 	s.events.Emit(transport.QRCode{EventHeader: s.header(connID), Codes: []string{code}})
-	s.pairLocked(c, simulatedPhone(connID))
+	s.pairedByAPILocked(c, simulatedPhone(connID))
 	return ch, nil
 }
 
@@ -559,6 +621,7 @@ func (s *Simulator) PairPhone(ctx context.Context, connID, phone string) (string
 	c := s.conn(connID, true)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	s.syncLocked(c)
 	if c.state != transport.StateUnpaired {
 		return "", fmt.Errorf("simulator: pair %s: %w", connID, transport.ErrAlreadyPaired)
 	}
@@ -566,7 +629,7 @@ func (s *Simulator) PairPhone(ctx context.Context, connID, phone string) (string
 	h.Write([]byte(connID + phone))
 	code := fmt.Sprintf("SIM%01d-%04d", h.Sum32()%10, (h.Sum32()/10)%10_000)
 	s.events.Emit(transport.PairingCode{EventHeader: s.header(connID), Code: code})
-	s.pairLocked(c, phone)
+	s.pairedByAPILocked(c, phone)
 	return code, nil
 }
 
@@ -579,6 +642,7 @@ func (s *Simulator) Status(connID string) transport.Status {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	s.syncLocked(c)
 	st.State, st.JID, st.Phone = c.state, c.jid, c.phone
 	if c.state == transport.StateTemporarilyBanned {
 		st.BanExpiresAt = c.banExpiresAt
@@ -595,6 +659,9 @@ func (s *Simulator) SetHandler(h transport.Handler) { s.events.SetHandler(h) }
 func (s *Simulator) Unpair(ctx context.Context, connID string) (transport.Unpaired, error) {
 	c := s.conn(connID, false)
 	if c == nil {
+		if s.opts.Devices != nil {
+			s.opts.Devices.remove(connID) // paired through another node: its stored session goes
+		}
 		return transport.Unpaired{}, nil
 	}
 	c.mu.Lock()
@@ -603,6 +670,7 @@ func (s *Simulator) Unpair(ctx context.Context, connID string) (transport.Unpair
 	if c.state != transport.StatePairing {
 		c.stopTimers()
 		c.state, c.jid, c.phone, c.banExpiresAt = transport.StateUnpaired, "", "", time.Time{}
+		s.forgetLocked(c)
 	}
 	return transport.Unpaired{Remote: remote}, nil
 }

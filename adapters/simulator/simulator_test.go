@@ -28,6 +28,17 @@ func TestConformance(t *testing.T) {
 		CanPair:   true,
 		Simulated: true,
 	})
+	t.Run("SharedDevices", func(t *testing.T) {
+		transporttest.Run(t, transporttest.Harness{
+			New: func(t *testing.T) transport.Transport {
+				s := simulator.New(simulator.Options{Seed: 1, Devices: simulator.NewDevices()})
+				t.Cleanup(s.Close)
+				return s
+			},
+			CanPair:   true,
+			Simulated: true,
+		})
+	})
 }
 
 // newConnected returns a simulator on a manual clock with one paired, connected connection.
@@ -405,5 +416,76 @@ func TestUnpairAndCheckNumbers(t *testing.T) {
 	}
 	if _, err := s.PairPhone(ctx, "c1", "+4915100000009"); err != nil {
 		t.Fatalf("PairPhone after Unpair: %v", err)
+	}
+}
+
+// TestSharedDevicesModelOneStreamPerDevice: simulators of two nodes sharing Devices behave as the
+// whatsmeow adapter on one session store: a pairing's client ends at the success, the other node
+// logs the device in, a second client of the device replaces the first stream (StreamReplaced,
+// counted), and an unpair through a node without the client deletes the stored session but
+// leaves the live client to its node.
+func TestSharedDevicesModelOneStreamPerDevice(t *testing.T) {
+	ctx := context.Background()
+	devs := simulator.NewDevices()
+	a := simulator.New(simulator.Options{Seed: 1, Devices: devs})
+	b := simulator.New(simulator.Options{Seed: 2, Devices: devs})
+	t.Cleanup(a.Close)
+	t.Cleanup(b.Close)
+	recA, recB := transporttest.NewRecorder(), transporttest.NewRecorder()
+	a.SetHandler(recA.Handle)
+	b.SetHandler(recB.Handle)
+	id := transporttest.ID(t, "c")
+	if err := a.Connect(ctx, id); !errors.Is(err, transport.ErrNotPaired) {
+		t.Fatalf("Connect before pairing = %v", err)
+	}
+	codes, err := b.PairQR(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range codes {
+	}
+	p, _ := transporttest.WaitType[transport.Paired](t, recB, 0, id)
+	if st := b.Status(id); st.State != transport.StateDisconnected || st.JID != p.JID {
+		t.Fatalf("pairing node after the success: %+v", st)
+	}
+	if _, err := a.PairQR(ctx, id); !errors.Is(err, transport.ErrAlreadyPaired) {
+		t.Fatalf("PairQR on the other node = %v, want ErrAlreadyPaired", err)
+	}
+	if err := a.Connect(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	transporttest.WaitType[transport.Connected](t, recA, 0, id)
+	if st := a.Status(id); st.State != transport.StateConnected || st.JID != p.JID {
+		t.Fatalf("owner after Connect: %+v", st)
+	}
+	if devs.Replaced() != 0 {
+		t.Fatalf("%d streams replaced, want none", devs.Replaced())
+	}
+	// A second client of the device: WhatsApp keeps the newer stream.
+	if err := b.Connect(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	transporttest.WaitType[transport.StreamReplaced](t, recA, 0, id)
+	if devs.Replaced() != 1 || a.Status(id).State != transport.StateDisconnected || b.Status(id).State != transport.StateConnected {
+		t.Fatalf("after a second client: replaced %d, a %s, b %s", devs.Replaced(), a.Status(id).State, b.Status(id).State)
+	}
+	// Unpair through a (no client): the stored session goes, b's live client stays.
+	if err := b.Disconnect(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Connect(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if u, err := b.Unpair(ctx, id); err != nil || u.Remote {
+		t.Fatalf("Unpair without the client = %+v, %v", u, err)
+	}
+	if devs.Paired(id) || a.Status(id).State != transport.StateConnected {
+		t.Fatalf("after the unpair elsewhere: paired %v, a %s", devs.Paired(id), a.Status(id).State)
+	}
+	if u, err := a.Unpair(ctx, id); err != nil || !u.Remote {
+		t.Fatalf("Unpair on the client's node = %+v, %v", u, err)
+	}
+	if err := b.Connect(ctx, id); !errors.Is(err, transport.ErrNotPaired) {
+		t.Fatalf("Connect after the unpair = %v", err)
 	}
 }

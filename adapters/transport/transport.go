@@ -73,11 +73,16 @@ type Transport interface {
 	// previous one) and is closed when pairing ends; the end is reported as a Paired or
 	// PairingFailed event. Each code is also reported as a QRCode event. A connection that is
 	// already paired returns an error matching ErrAlreadyPaired.
+	//
+	// A pairing's client may end when the pairing succeeds, before Paired is reported (the
+	// whatsmeow adapter's does: nodes sharing its session store may run the connection's session
+	// elsewhere, and one device may have one connected client only): whoever runs the
+	// connection's session then calls Connect. Where it stays connected, Connect is a no-op.
 	PairQR(ctx context.Context, connID string) (<-chan string, error)
 
 	// PairPhone starts pairing a new device for connID by phone number (E.164) and returns the
 	// pairing code the user types into the phone ("ABCD-EFGH"). The end of pairing is reported as a
-	// Paired or PairingFailed event.
+	// Paired or PairingFailed event; the pairing's client may end at the success as with PairQR.
 	PairPhone(ctx context.Context, connID, phone string) (string, error)
 
 	// Status reports what the adapter knows about the connection right now.
@@ -87,7 +92,9 @@ type Transport interface {
 	// device is logged out at WhatsApp when the connection is connected (Unpaired.Remote), and
 	// the stored session is deleted in any case, so PairQR and PairPhone pair it again. It emits
 	// no event: the caller records the logout (with its actor). A connection without a session
-	// is a no-op. An error means the session may still be stored; retrying is safe.
+	// is a no-op. An error means the session may still be stored; retrying is safe. Called on a
+	// node without the connection's client, it deletes the stored session only: the node whose
+	// client is connected ends it (the dispatcher there calls Unpair on seeing the logout).
 	Unpair(ctx context.Context, connID string) (Unpaired, error)
 
 	// CheckNumbers asks WhatsApp which of phones (E.164, at most MaxCheckNumbers, validated by

@@ -247,16 +247,21 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.wg.Wait()
 	}()
 
-	filter := eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}, EventTypes: WakeEventTypes}
+	filter := eventstore.Filter{StreamPrefixes: []string{connection.StreamPrefix}, EventTypes: followedEventTypes()}
 	after := d.backlog(ctx)
 	backoff := lagBackoffMin
 	for {
 		err := d.cfg.Store.Subscribe(ctx, after, filter, func(e eventstore.RecordedEvent) error {
 			if id, ok := connection.IDFromStream(e.Stream); ok {
-				if e.Type == connection.TypeSendingPolicyChanged {
+				switch e.Type {
+				case connection.TypeSendingPolicyChanged:
 					d.policyChanged(id)
+				case connection.TypeSessionPaired, connection.TypeSessionInvalidated:
+					d.sessionEvent(ctx, e.Type, id)
 				}
-				d.Wake(id)
+				if e.Type != connection.TypeSessionInvalidated {
+					d.Wake(id)
+				}
 			}
 			after = e.Position
 			d.mu.Lock()

@@ -160,6 +160,11 @@ func Run(t *testing.T, h Harness) {
 		if paired.JID == "" || paired.Phone == "" || paired.Simulated != h.Simulated {
 			t.Fatalf("Paired = %+v, want JID, phone and Simulated=%v", paired, h.Simulated)
 		}
+		// The pairing's client may end at the success (several nodes): the node running the
+		// connection's session connects it, which is a no-op where the pairing's client stayed.
+		if err := tr.Connect(ctx, id); err != nil {
+			t.Fatalf("Connect after Paired: %v", err)
+		}
 		_, i = WaitType[transport.Connected](t, rec, i, id)
 		if st := tr.Status(id); st.State != transport.StateConnected || st.JID != paired.JID {
 			t.Fatalf("Status after pairing = %+v, want connected as %s", st, paired.JID)
@@ -236,6 +241,10 @@ func Run(t *testing.T, h Harness) {
 				t.Fatalf("PairQR(%s): %v", id, err)
 			}
 			for range codes {
+			}
+			WaitType[transport.Paired](t, rec, 0, id)
+			if err := tr.Connect(ctx, id); err != nil {
+				t.Fatalf("Connect(%s) after Paired: %v", id, err)
 			}
 			WaitType[transport.Connected](t, rec, 0, id)
 		}
