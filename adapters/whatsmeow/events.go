@@ -29,8 +29,7 @@ func (m *Manager) mapEvent(c *conn, raw any) (transport.Event, bool) {
 	h := m.header(c.id)
 	switch e := raw.(type) {
 	case *events.PairSuccess:
-		m.pairSucceeded(c, e.ID)
-		return transport.Paired{EventHeader: h, JID: e.ID.String(), Phone: "+" + e.ID.User}, true
+		return m.pairSucceeded(c, e.ID), true
 	case *events.Connected:
 		c.mu.Lock()
 		lifted := c.awaitingLift

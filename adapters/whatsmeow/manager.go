@@ -233,6 +233,47 @@ func (m *Manager) savePaired(ctx context.Context, connID string, jid types.JID) 
 	return nil
 }
 
+// savePairing records connID → jid for a pairing that just succeeded, unless connID is mapped
+// to another device already: the connection was paired meanwhile through another pairing
+// (another node's, several nodes sharing the store). That device's JID is then returned and
+// nothing is changed. Two pairings succeeding at once are ordered by the primary key.
+func (m *Manager) savePairing(ctx context.Context, connID string, jid types.JID) (other string, err error) {
+	tx, err := m.cfg.DB.BeginTx(ctx, nil)
+	if err != nil {
+		return "", fmt.Errorf("wmtransport: save pairing of %s: %w", connID, err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, m.q(`DELETE FROM wmtransport_connection WHERE jid = ? AND connection_id <> ?`), jid.String(), connID); err != nil {
+		return "", fmt.Errorf("wmtransport: save pairing of %s: %w", connID, err)
+	}
+	res, err := tx.ExecContext(ctx, m.q(`INSERT INTO wmtransport_connection (connection_id, jid) VALUES (?, ?) ON CONFLICT (connection_id) DO NOTHING`), connID, jid.String())
+	if err != nil {
+		return "", fmt.Errorf("wmtransport: save pairing of %s: %w", connID, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return "", fmt.Errorf("wmtransport: save pairing of %s: %w", connID, err)
+	} else if n == 0 {
+		if err := tx.QueryRowContext(ctx, m.q(`SELECT jid FROM wmtransport_connection WHERE connection_id = ?`), connID).Scan(&other); err != nil {
+			return "", fmt.Errorf("wmtransport: save pairing of %s: %w", connID, err)
+		}
+		if other != jid.String() {
+			return other, nil
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return "", fmt.Errorf("wmtransport: save pairing of %s: %w", connID, err)
+	}
+	m.mu.Lock()
+	for id, j := range m.paired {
+		if j == jid.String() {
+			delete(m.paired, id)
+		}
+	}
+	m.paired[connID] = jid.String()
+	m.mu.Unlock()
+	return "", nil
+}
+
 // forgetPaired deletes connID's mapping to jid (that device's session is gone). A mapping to
 // another device (the connection was paired again, maybe on another node) is kept.
 func (m *Manager) forgetPaired(ctx context.Context, connID, jid string) error {

@@ -6,7 +6,10 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"go.mau.fi/libsignal/ecc"
 	"go.mau.fi/whatsmeow"
@@ -219,5 +222,59 @@ func TestUnpairOnANonOwnerNode(t *testing.T) {
 	}
 	if c := a.m.lookup(id2); c == nil || c.client.Store.ID == nil || *c.client.Store.ID != newJID {
 		t.Fatalf("a attached %v, want the new device %s", c, newJID)
+	}
+}
+
+// TestSecondPairingOnAnotherNodeIsUnlinked: two pairings of one connection run on two nodes (a
+// QR code shown by each) and both are scanned. The first success maps the connection; the second
+// finds it mapped to the other device, logs its own device out at WhatsApp and reports
+// PairingFailed: the connection keeps one device, and no client of the surplus one remains.
+func TestSecondPairingOnAnotherNodeIsUnlinked(t *testing.T) {
+	ctx := context.Background()
+	peer := newWSPeer(t) // first: cleaned up after the managers are closed
+	a, b := twoNodes(t)
+	id := transporttest.ID(t, "c")
+	start := func(f *fixture) *whatsmeow.Client {
+		if _, err := f.m.PairQR(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		f.waitConnectCall(t)
+		c := f.m.lookup(id).client
+		peer.plugIn(t, c)
+		return c
+	}
+	pa, pb := start(a), start(b)
+	frame := func() {
+		t.Helper()
+		select {
+		case <-peer.frames:
+		case <-time.After(transporttest.WaitLimit):
+			t.Fatal("no frame from the client")
+		}
+	}
+	jidB := types.JID{User: "4915166666666", Server: types.DefaultUserServer, Device: 5}
+	pb.DangerousInternals().HandlePairSuccess(ctx, pairSuccessFrame(t, pb, jidB, types.JID{User: "1", Server: types.HiddenUserServer, Device: 5}))
+	transporttest.WaitType[transport.Paired](t, b.rec, 0, id)
+	frame() // b's pair-device-sign answer
+
+	jidA := types.JID{User: "4915166666666", Server: types.DefaultUserServer, Device: 6}
+	pa.DangerousInternals().HandlePairSuccess(ctx, pairSuccessFrame(t, pa, jidA, types.JID{User: "1", Server: types.HiddenUserServer, Device: 6}))
+	frame()                        // a's pair-device-sign answer
+	peer.answer(t, pa, iqResult()) // WhatsApp confirms the surplus device's logout
+	pf, _ := transporttest.WaitType[transport.PairingFailed](t, a.rec, 0, id)
+	if !strings.Contains(pf.Reason, jidB.String()) {
+		t.Fatalf("PairingFailed.Reason = %q, want it to name the device kept", pf.Reason)
+	}
+	if got, err := a.m.pairedJID(ctx, id); err != nil || got != jidB.String() {
+		t.Fatalf("mapping = %q, %v; want the first pairing's %s", got, err, jidB)
+	}
+	if device, err := a.m.container.GetDevice(ctx, jidA); err != nil || device != nil {
+		t.Fatalf("surplus device still stored: %v %v", device, err)
+	}
+	if pa.IsConnected() || pb.IsConnected() || a.m.lookup(id) != nil || b.m.lookup(id) != nil {
+		t.Fatalf("pairing clients left: a %v, b %v", pa.IsConnected(), pb.IsConnected())
+	}
+	if evs := a.rec.Events(); slices.ContainsFunc(evs, func(e transport.Event) bool { _, ok := e.(transport.Paired); return ok }) {
+		t.Fatal("the surplus pairing was reported Paired")
 	}
 }

@@ -2,9 +2,12 @@ package wmtransport
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"go.mau.fi/whatsmeow"
+	"go.mau.fi/whatsmeow/store/sqlstore"
 	"go.mau.fi/whatsmeow/types"
 
 	"github.com/waqueue/waqueue/adapters/transport"
@@ -35,19 +38,45 @@ func (m *Manager) newPairing(ctx context.Context, connID string) (*conn, error) 
 	return m.register(connID, client, true)
 }
 
-// pairSucceeded handles the pairing client's PairSuccess: it records the mapping, then drops the
-// client (disconnecting it) before the Paired event is emitted, so that the session the lease
-// owner starts on Paired (the dispatcher records SessionPaired; the owner connects when it sees
-// it) is the only client of the device.
-func (m *Manager) pairSucceeded(c *conn, jid types.JID) {
+// pairSucceeded handles the pairing client's PairSuccess and returns the event to report: it
+// records the mapping, then drops the client (disconnecting it) before Paired is reported, so
+// that the session the lease owner starts on Paired (the dispatcher records SessionPaired; the
+// owner connects when it sees it) is the only client of the device.
+//
+// When the connection was paired meanwhile through another pairing (another node's: a second QR
+// code scanned), or the mapping cannot be saved, the new device is unlinked (logged out at
+// WhatsApp, or deleted from the store when that fails) and PairingFailed is reported: the
+// connection keeps its one device.
+func (m *Manager) pairSucceeded(c *conn, jid types.JID) transport.Event {
+	h := m.header(c.id)
 	c.mu.Lock()
 	c.pairing, c.jid = false, jid.String()
+	client := c.client
 	c.mu.Unlock()
-	if err := m.savePaired(context.Background(), c.id, jid); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), unlinkTimeout)
+	defer cancel()
+	other, err := m.savePairing(ctx, c.id, jid)
+	if err == nil && other == "" {
+		m.drop(c)
+		return transport.Paired{EventHeader: h, JID: jid.String(), Phone: "+" + jid.User}
+	}
+	reason := "the connection was paired through another pairing meanwhile (device " + other + ")"
+	if err != nil {
+		reason = err.Error()
 		m.cfg.Log.Errorf("%v", err)
 	}
+	if lerr := client.Logout(ctx); lerr != nil {
+		m.cfg.Log.Warnf("wmtransport: unlinking the surplus device %s of %s: %v; deleting it here", jid, c.id, lerr)
+		if derr := client.Store.Delete(ctx); derr != nil && !errors.Is(derr, sqlstore.ErrDeviceIDMustBeSet) {
+			m.cfg.Log.Errorf("wmtransport: deleting the surplus device %s of %s: %v", jid, c.id, derr)
+		}
+	}
 	m.drop(c)
+	return transport.PairingFailed{EventHeader: h, Reason: reason}
 }
+
+// unlinkTimeout bounds the mapping's save and a surplus device's logout at a pairing's success.
+const unlinkTimeout = 30 * time.Second
 
 // startQR opens the client's QR channel and connects; the channel outlives ctx (pairing lasts until
 // the codes run out, about 160 seconds, or Disconnect).
