@@ -59,8 +59,18 @@ func TestPairLogoutAndRetireThroughTheNonOwner(t *testing.T) {
 	for _, c := range ids {
 		h.registerOnly(c)
 	}
-	na := h.node(simA, pgLeases(t, h, "a", ttl))
-	nb := h.node(simB, pgLeases(t, h, "b", ttl))
+	// Each node with its own Repository (its own aggregate cache), as separate processes.
+	node := func(sim *simulator.Simulator, name string) *running {
+		repo, err := commands.NewRepository(h.env.store, commands.RepositoryOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.start(func(c *dispatcher.Config) {
+			c.Transport, c.Leases, c.Repository = sim, pgLeases(t, h, name, ttl), repo
+			c.LeaseRenewInterval = ttl / 4
+		})
+	}
+	na, nb := node(simA, "a"), node(simB, "b")
 	for _, c := range ids {
 		h.eventually(c+": lease settled on a", func() bool { return holds(na, c) && !holds(nb, c) })
 	}
