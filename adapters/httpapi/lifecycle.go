@@ -27,9 +27,12 @@ type logoutResponse struct {
 
 // logout logs the connection's WhatsApp session out on an operator's request: it records the
 // logout first (SessionInvalidated with the caller as actor, the queue held: nothing is
-// dispatched from here on), then ends the transport session (Transport.Unpair). Retrying is
-// safe: on a link already logged out nothing more is recorded and the transport's unpair is a
-// no-op. The pairing routes pair the number again.
+// dispatched from here on), then ends the transport session (Transport.Unpair). On several
+// nodes this node may not run the session (another holds the connection's lease): its unpair
+// deletes the stored session (remote_logout false) and the node running it logs the device out
+// at WhatsApp when it sees the logout recorded (the dispatcher there). Retrying is safe: on a
+// link already logged out nothing more is recorded and the transport's unpair is a no-op. The
+// pairing routes pair the number again.
 func (s *server) logout(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	if _, err := s.card(r, id); err != nil {

@@ -10,11 +10,27 @@
 // device JID whatsmeow keys its sessions by. SQLite needs foreign keys on (adapters/sqlitedb.Open does that); sqlstore refuses otherwise.
 // Dialects: "sqlite" (driver "sqlite") and "postgres" (driver "pgx").
 //
+// # Several nodes
+//
+// Nodes sharing the database share the session store and the mapping; the mapping is read from
+// the database whenever a client is made (Connect, PairQR, PairPhone, Unpair), never trusted from
+// memory. A pairing's client only pairs: whatsmeow's login after pairing (stream error 515) is
+// off and the client is dropped at PairSuccess, before Paired is reported, so that the one client
+// of the device is the one Connect makes on the node holding the connection's lease (WhatsApp
+// allows one stream per device: a second replaces the first, stream:error conflict replaced).
+// Unpair on a node without the client deletes the stored session; the node whose client is
+// connected ends it (its dispatcher calls Unpair on seeing the logout recorded). Mappings are
+// forgotten only for the device they name, so a node's late view never removes a newer pairing.
+//
 // # Event mapping
 //
 // whatsmeow event (types/events)                 → transport event          → intended domain outcome
 //
-//	PairSuccess{ID}                                → Paired{JID, Phone}       link active (after Connected)
+//	PairSuccess{ID}                                → Paired{JID, Phone}       link active; the pairing's
+//	                                                                          client is dropped first and
+//	                                                                          the lease owner connects
+//	PairSuccess, connection mapped to another
+//	  device meanwhile (another node's pairing)    → PairingFailed{Reason}    the new device is logged out
 //	QR channel "code" items                        → QRCode{Codes}            show the QR code
 //	PairPhone's code                               → PairingCode{Code}        show the code
 //	QR channel timeout / error / unexpected event  → PairingFailed{Reason}    stays unpaired
