@@ -22,18 +22,26 @@ import (
 // TestPairingAndLogoutThroughTheNodeWithoutTheLease runs two composed nodes on one PostgreSQL
 // with their simulators sharing one simulated WhatsApp (simulator.Devices: one stream per
 // device, as WhatsApp allows). Node a holds the connection's lease; every operator request goes
-// to node b, as a load balancer may send it (issue 15). A logout through b ends a's session (a
-// logs the device out); a QR pairing through b ends with exactly one client of the device
-// connected, a's — no stream replaced —, and the messages go out through a; a retirement through
-// b ends a's session.
+// to node b, as a load balancer may send it (issue 15) — b dispatching too, or API-only. A
+// logout through b ends a's session (a logs the device out); a QR pairing through b ends with
+// exactly one client of the device connected, a's — no stream replaced —, and the messages go
+// out through a; a retirement through b ends a's session.
 func TestPairingAndLogoutThroughTheNodeWithoutTheLease(t *testing.T) {
+	for _, apiOnly := range []bool{false, true} {
+		t.Run(map[bool]string{false: "b dispatches", true: "b API-only"}[apiOnly], func(t *testing.T) {
+			pairThroughNonOwner(t, apiOnly)
+		})
+	}
+}
+
+func pairThroughNonOwner(t *testing.T, apiOnly bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
 	defer cancel()
 	url := pgtest.URL(t)
 	devs := simulator.NewDevices()
 	start := func(name string) (*server.Node, *httptest.Server) {
 		n, err := server.New(ctx, server.Options{DataDir: t.TempDir(), DB: url, NodeID: name, LeaseTTL: 2 * time.Second,
-			NoPacing: true, Simulator: simulator.Options{Seed: 1, Devices: devs},
+			NoPacing: true, Simulator: simulator.Options{Seed: 1, Devices: devs}, NoDispatcher: apiOnly && name == "b",
 			Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
 		if err != nil {
 			t.Fatal(err)
@@ -62,6 +70,9 @@ func TestPairingAndLogoutThroughTheNodeWithoutTheLease(t *testing.T) {
 		return st == transport.StateConnected || st == transport.StateTemporarilyBanned
 	}
 	held := func(n *server.Node) bool {
+		if n.Dispatcher == nil {
+			return false
+		}
 		return slices.ContainsFunc(n.Dispatcher.Held(), func(l dispatcher.Lease) bool { return l.ConnectionID == id })
 	}
 	card := func() map[string]any {

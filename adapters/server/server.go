@@ -609,6 +609,8 @@ func (n *Node) Start(ctx context.Context) error {
 		if !n.Dispatcher.ManagesSessions() {
 			n.goRun("connector", func() error { return connectAll(ctx, n.Events, n.Transport, n.log) })
 		}
+	} else {
+		n.Transport.SetHandler(n.recordPairings(ctx))
 	}
 	return nil
 }
