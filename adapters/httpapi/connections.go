@@ -408,7 +408,7 @@ func (s *server) getPairQR(w http.ResponseWriter, r *http.Request) error {
 	q, ok := s.pairing[connKey(r)]
 	s.pairMu.Unlock()
 	if !ok {
-		return &Problem{Status: http.StatusNotFound, Code: CodeNoPairing, Detail: "no QR pairing was started for this connection; POST first"}
+		return &Problem{Status: http.StatusNotFound, Code: CodeNoPairing, Detail: "no QR pairing of this connection runs on this node; POST first (a pairing started through another node is followed there)"}
 	}
 	code, running := q.snapshot()
 	if code == "" {
