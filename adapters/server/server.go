@@ -85,8 +85,13 @@ type Options struct {
 	// NoPacing for tests and benchmarks.
 	Pacing   dispatcher.Pacing
 	NoPacing bool
-	// NoDispatcher leaves the dispatcher off (messages stay queued).
+	// NoDispatcher leaves the dispatcher off (messages stay queued). Such an API-only node still
+	// records the pairings its transport completes (see recordPairings), unless
+	// NoPairingRecorder.
 	NoDispatcher bool
+	// NoPairingRecorder leaves the transport's events of a node without a dispatcher unrecorded:
+	// for API tests that record the dispatcher's part themselves.
+	NoPairingRecorder bool
 	// NodeID names this process in the dispatch leases (PostgreSQL read models, or EventStoreDB
 	// with a NATS broker: JetStream key-value leases). It must
 	// be unique among the running processes. Default hostname-pid-random.
@@ -609,7 +614,7 @@ func (n *Node) Start(ctx context.Context) error {
 		if !n.Dispatcher.ManagesSessions() {
 			n.goRun("connector", func() error { return connectAll(ctx, n.Events, n.Transport, n.log) })
 		}
-	} else {
+	} else if !n.Options.NoPairingRecorder {
 		n.Transport.SetHandler(n.recordPairings(ctx))
 	}
 	return nil

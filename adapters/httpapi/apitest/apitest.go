@@ -171,6 +171,7 @@ func New(ctx context.Context, opts Options) (_ *Server, err error) {
 		DB:                   opts.DB,
 		SimulatorRoutes:      !opts.NoSimulatorRoutes,
 		NoDispatcher:         true,
+		NoPairingRecorder:    true, // the tests record the dispatcher's part themselves
 		NoClearing:           opts.ManualClears,
 		Limits:               opts.Limits,
 		Logger:               opts.Logger,
