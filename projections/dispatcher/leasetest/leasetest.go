@@ -179,6 +179,226 @@ func Run(t *testing.T, newBackend func(t *testing.T) Opener, exclusive bool) {
 		}
 	})
 
+	// awaitClaim claims k for l until it is granted (another node's session has to lapse first).
+	awaitClaim := func(t *testing.T, l dispatcher.Leases, k dispatcher.LeaseKey, pause time.Duration) dispatcher.Lease {
+		t.Helper()
+		deadline := time.Now().Add(testwait.Limit)
+		for {
+			if g, ok := claim1(t, l, k); ok {
+				return g
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never got %v", l.Node(), k)
+			}
+			time.Sleep(pause)
+		}
+	}
+
+	t.Run("a lapsed session loses every lease at once; renewing does not get them back", func(t *testing.T) {
+		// Leases are tied to their owner's session: when a's session lapses (a stops renewing: a
+		// crash, a pause, a partition), every lease of it is free at once, to another node with
+		// the epoch plus one; a's next renewal starts a new session that holds nothing.
+		open := newBackend(t)
+		ttl := 300 * time.Millisecond
+		a, b := open("a", ttl), open("b", long)
+		ks := make([]dispatcher.LeaseKey, 50)
+		for i := range ks {
+			ks[i] = key(fmt.Sprint("c", i))
+		}
+		first, err := a.Claim(ctx, ks)
+		if err != nil || len(first) != len(ks) {
+			t.Fatalf("a claimed %d of %d: %v", len(first), len(ks), err)
+		}
+		epochs := map[dispatcher.LeaseKey]uint64{}
+		for _, l := range first {
+			epochs[l.LeaseKey] = l.Epoch
+		}
+		// Wait for the condition (b granted one key), then every other key is b's in one call.
+		g0 := awaitClaim(t, b, ks[0], ttl/10)
+		rest, err := b.Claim(ctx, ks[1:])
+		if err != nil || len(rest) != len(ks)-1 {
+			t.Fatalf("after a's session lapsed, b was granted %d of the other %d keys at once: %v", len(rest), len(ks)-1, err)
+		}
+		for _, g := range append(rest, g0) {
+			if g.Epoch != epochs[g.LeaseKey]+1 {
+				t.Fatalf("%v taken over with epoch %d, want %d", g.LeaseKey, g.Epoch, epochs[g.LeaseKey]+1)
+			}
+		}
+		// The lapsed node wakes up: its renewal returns nothing, twice (its new session holds
+		// nothing), and b keeps every lease with its epoch.
+		for range 2 {
+			if r := renewed(t, a); len(r) != 0 {
+				t.Fatalf("the lapsed node renewed %d leases (e.g. %v) another node took over", len(r), first[0])
+			}
+		}
+		if r := renewed(t, b); len(r) != len(ks) {
+			t.Fatalf("b renewed %d of %d after a woke up", len(r), len(ks))
+		}
+		// Its new session claims afresh: keys b holds are refused, a new key is granted, and only
+		// that one is renewed.
+		if _, ok := claim1(t, a, ks[3]); ok {
+			t.Fatal("the lapsed node re-claimed a lease b holds")
+		}
+		fresh, ok := claim1(t, a, key("fresh"))
+		if !ok {
+			t.Fatal("the lapsed node's new session was not granted a free key")
+		}
+		if r := renewed(t, a); len(r) != 1 || r[key("fresh")] != fresh.Epoch {
+			// (a may lapse again between the claim and the renewal on a very slow machine: then
+			// nothing is renewed, which is also right; anything else is not.)
+			if len(r) != 0 {
+				t.Fatalf("a's new session renewed %v, want only %v", r, key("fresh"))
+			}
+		}
+		if r := renewed(t, b); r[ks[3]] != epochs[ks[3]]+1 {
+			t.Fatalf("b's lease of %v after a's refused claim: %v", ks[3], r[ks[3]])
+		}
+	})
+
+	t.Run("a lapsed session nobody took over: renewing holds nothing, claiming again keeps the epoch", func(t *testing.T) {
+		open := newBackend(t)
+		ttl := 200 * time.Millisecond
+		a := open("a", ttl)
+		la, ok := claim1(t, a, key("c1"))
+		if !ok {
+			t.Fatal("a not granted")
+		}
+		// Pause past the TTL (a GC pause): the session lapsed by the engine's clock.
+		time.Sleep(3 * ttl)
+		if r := renewed(t, a); len(r) != 0 {
+			t.Fatalf("a renewal after the session lapsed returned %v: a lapsed session must not come back", r)
+		}
+		again, ok := claim1(t, a, key("c1"))
+		if !ok || again.Epoch != la.Epoch {
+			t.Fatalf("a's claim again: %v %v, want epoch %d (nobody else held it)", again, ok, la.Epoch)
+		}
+	})
+
+	t.Run("a stale owner is refused: its claims, renewals and releases leave the new owner's lease alone", func(t *testing.T) {
+		// a GC-pause-like stale owner: a's session lapses while a still believes it holds c1; b
+		// takes c1 over with a higher epoch (the epoch the stream fence compares); a then acts on
+		// its old belief.
+		open := newBackend(t)
+		ttl := 300 * time.Millisecond
+		a, b, c := open("a", ttl), open("b", long), open("c", long)
+		la, ok := claim1(t, a, key("c1"))
+		if !ok {
+			t.Fatal("a not granted")
+		}
+		lb := awaitClaim(t, b, key("c1"), ttl/10)
+		if lb.Epoch <= la.Epoch {
+			t.Fatalf("b's epoch %d not above the stale owner's %d: the stream fence could not tell them apart", lb.Epoch, la.Epoch)
+		}
+		if err := a.Release(ctx, []dispatcher.LeaseKey{key("c1")}); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := claim1(t, c, key("c1")); ok {
+			t.Fatal("the stale owner's release freed the new owner's lease")
+		}
+		if _, ok := claim1(t, a, key("c1")); ok {
+			t.Fatal("the stale owner re-claimed the lease")
+		}
+		if err := a.Release(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := claim1(t, c, key("c1")); ok {
+			t.Fatal("the stale owner's full release freed the new owner's lease")
+		}
+		if r := renewed(t, b); r[key("c1")] != lb.Epoch {
+			t.Fatalf("b's lease after the stale owner woke: %v, want epoch %d", r, lb.Epoch)
+		}
+	})
+
+	t.Run("renewals racing takeovers never leave two nodes trusting one lease", func(t *testing.T) {
+		// Two nodes with a short TTL pause at random (sometimes past the TTL) between renewing
+		// and claiming the same keys. A node trusts a lease from the start of the call that
+		// granted or renewed it until that start plus the TTL (what the Dispatcher does); a
+		// lease granted to the other node with a higher epoch must be received only after that.
+		open := newBackend(t)
+		ttl := 150 * time.Millisecond
+		type grant struct {
+			node       string
+			epoch      uint64
+			start, end time.Time
+		}
+		ks := make([]dispatcher.LeaseKey, 8)
+		for i := range ks {
+			ks[i] = key(fmt.Sprint("c", i))
+		}
+		var mu sync.Mutex
+		grants := map[dispatcher.LeaseKey][]grant{}
+		record := func(node string, got []dispatcher.Lease, start, end time.Time) {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, g := range got {
+				grants[g.LeaseKey] = append(grants[g.LeaseKey], grant{node, g.Epoch, start, end})
+			}
+		}
+		rounds := 40
+		if testing.Short() {
+			rounds = 15
+		}
+		var wg sync.WaitGroup
+		for n, name := range []string{"a", "b"} {
+			l := open(name, ttl)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range rounds {
+					start := time.Now()
+					got, err := l.Renew(ctx)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					record(name, got, start, time.Now())
+					start = time.Now()
+					got, err = l.Claim(ctx, ks)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					record(name, got, start, time.Now())
+					// Deterministic pauses per node: short ones, and past the TTL every few rounds.
+					pause := time.Duration((i*7+n*3)%5) * ttl / 8
+					if (i+n)%4 == 3 {
+						pause = ttl + ttl/2
+					}
+					time.Sleep(pause)
+				}
+			}()
+		}
+		wg.Wait()
+		moved := 0
+		for _, gs := range grants {
+			for _, g := range gs {
+				if g.epoch > 1 {
+					moved++
+					break
+				}
+			}
+		}
+		if moved == 0 {
+			t.Fatal("no lease changed owner: the pauses past the TTL did not exercise a takeover")
+		}
+		for k, gs := range grants {
+			for _, g1 := range gs {
+				for _, g2 := range gs {
+					if g1.node == g2.node {
+						continue
+					}
+					if g1.epoch == g2.epoch {
+						t.Fatalf("%v: epoch %d granted to %s and %s", k, g1.epoch, g1.node, g2.node)
+					}
+					if g2.epoch > g1.epoch && g2.end.Before(g1.start.Add(ttl)) {
+						t.Fatalf("%v: %s trusted epoch %d until %s but %s received epoch %d at %s",
+							k, g1.node, g1.epoch, g1.start.Add(ttl).Format("15:04:05.000"), g2.node, g2.epoch, g2.end.Format("15:04:05.000"))
+					}
+				}
+			}
+		}
+	})
+
 	t.Run("concurrent claims grant one node", func(t *testing.T) {
 		open := newBackend(t)
 		const nodes, keys = 6, 50
