@@ -233,8 +233,8 @@ func (p *Postgres) Renew(ctx context.Context) ([]dispatcher.Lease, error) {
 }
 
 // Release frees this node's leases of keys now, keeping owner and epoch, so the next owner's
-// claim raises the epoch. For nil it ends the session instead: every lease of it is free at
-// once, and the node leaves the live set.
+// claim raises the epoch. For nil it ends the node's session instead (every session of the node
+// id): every lease of it is free at once, and the node leaves the live set.
 func (p *Postgres) Release(ctx context.Context, keys []dispatcher.LeaseKey) error {
 	p.mu.Lock()
 	session := p.session
@@ -242,13 +242,14 @@ func (p *Postgres) Release(ctx context.Context, keys []dispatcher.LeaseKey) erro
 		p.session = 0
 	}
 	p.mu.Unlock()
-	if session == 0 {
-		return nil
-	}
 	var err error
 	if keys == nil {
-		_, err = p.db.ExecContext(ctx, `UPDATE dispatch_nodes SET ended = true, expires_at = least(expires_at, now()) WHERE session = $1`, session)
+		// Every session of the node id, whichever handle started it.
+		_, err = p.db.ExecContext(ctx, `UPDATE dispatch_nodes SET ended = true, expires_at = least(expires_at, now()) WHERE node = $1 AND NOT ended`, p.node)
 	} else {
+		if session == 0 {
+			return nil
+		}
 		tenants, conns := split(keys)
 		_, err = p.db.ExecContext(ctx, `
 UPDATE dispatch_leases l SET session = NULL

@@ -2,6 +2,7 @@ package lease
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -24,47 +25,72 @@ const DefaultBucket = "waqueue_dispatch_leases"
 const natsParallel = 64
 
 // NATS implements dispatcher.Leases and dispatcher.Membership with a JetStream key-value
-// bucket, for deployments whose shared engines are EventStoreDB and NATS. One key per
-// connection ("l.<tenant>.<connection>", base64url) holds {owner, epoch, ttl, released}; one key
-// per node ("n.<node>") is its heartbeat.
+// bucket, for deployments whose shared engines are EventStoreDB and NATS. One key per node
+// ("n.<node>", base64url) holds its session {node, session, ttl, ended}; one key per connection
+// ("l.<tenant>.<connection>") holds {owner, session, epoch}: the lease is valid while the owner's
+// session is, and free when its session is empty (released).
 //
-//   - Compare-and-set: a claim writes with Create (the key must not exist) or Update with the
-//     revision it read; a concurrent writer makes it fail, so two nodes never both win.
-//   - The engine's clock: an entry's expiry is its server timestamp (the time JetStream stored
-//     it) plus the TTL its writer recorded, compared with the server's current time, which a
-//     call learns by writing a key of its own and reading back its timestamp. The nodes' clocks
-//     are never compared with each other; a node trusts its own lease only until the start of
-//     its last successful write plus the TTL (by its own monotonic clock), which ends before the
-//     server sees the entry expire.
+//   - Sessions: a node's renewal rewrites its session key by a compare-and-set on the revision it
+//     wrote last — one request whatever the number of leases; no lease key is written. A session
+//     is live while its key names it, is not ended, and its server timestamp plus its TTL is
+//     after the server's current time. A node that finds another's session expired ends it by a
+//     compare-and-set before taking any of its leases, so the owner's concurrent renewal and the
+//     ending cannot both succeed; a renewal that fails (the session was ended), or that finds
+//     the session had expired, starts a new session holding nothing.
+//   - Compare-and-set: a lease key is written with Create (it must not exist) or Update with the
+//     revision read; of two concurrent claimants one wins.
+//   - The engine's clock: times are JetStream's timestamps of writes, compared with the server's
+//     time of the caller's own session write; the nodes' clocks are never compared. A node trusts
+//     its leases until the start of its last successful session write plus the TTL (by its own
+//     monotonic clock), which ends before the server sees the session expire.
 //   - Epochs only grow: the bucket has no TTL (entries are never removed by age, so an epoch is
 //     never forgotten), and a change of owner writes the previous epoch plus one.
 //
-// Unlike PostgreSQL, JetStream has no multi-key statement: a call makes one compare-and-set per
-// key, natsParallel at a time. The leases this node holds are the ones it wrote last (kept in
-// memory with their revisions): a restarted process is a new node (its node id includes the pid)
-// and claims afresh.
+// The leases this node holds are the ones it claimed under its current session (kept in memory
+// with their revisions): no other node can take them while the session lives, so a renewal needs
+// to read none. A claim makes one read (and at most one compare-and-set) per key, natsParallel at
+// a time. A restarted process is a new node (its node id includes the pid) and claims afresh.
 type NATS struct {
 	kv   jetstream.KeyValue
 	node string
 	ttl  time.Duration
 
-	mu    sync.Mutex
-	held  map[dispatcher.LeaseKey]heldLease
+	beat sync.Mutex // serializes session writes
+	mu   sync.Mutex // guards sess and held
+	sess natsSession
+	held map[dispatcher.LeaseKey]heldLease // claimed under sess.id
+
 	locks [256]sync.Mutex // keyLock
+}
+
+// natsSession is this node's current session.
+type natsSession struct {
+	id      string    // "" before the first write or after Release(nil)
+	rev     uint64    // revision of its last write of the session key
+	written time.Time // the server's timestamp of that write
 }
 
 type heldLease struct {
 	rev   uint64
 	epoch uint64
-	at    time.Time // start of the write that set rev (local monotonic clock)
 }
 
-// natsValue is the value of a lease key.
+// natsValue is the value of a lease key. A value written before node sessions has no session
+// and a TTL of its own (legacy): it is held until its timestamp plus that TTL, unless released.
 type natsValue struct {
 	Owner    string `json:"owner"`
+	Session  string `json:"session,omitempty"`
 	Epoch    uint64 `json:"epoch"`
-	TTLMicro int64  `json:"ttl_us"`
+	TTLMicro int64  `json:"ttl_us,omitempty"`
 	Released bool   `json:"released,omitempty"`
+}
+
+// natsNode is the value of a node's session key.
+type natsNode struct {
+	Node     string `json:"owner"` // "owner": the name of the heartbeat's node before sessions
+	Session  string `json:"session,omitempty"`
+	TTLMicro int64  `json:"ttl_us"`
+	Ended    bool   `json:"ended,omitempty"`
 }
 
 var (
@@ -92,7 +118,7 @@ func NewNATS(ctx context.Context, js jetstream.JetStream, bucket string, replica
 		replicas = 1
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: bucket, Description: "waqueue dispatch leases (per connection) and node heartbeats",
+		Bucket: bucket, Description: "waqueue dispatch leases (per connection) and node sessions",
 		History: 1, Storage: jetstream.FileStorage, Replicas: replicas,
 	})
 	if err != nil {
@@ -107,6 +133,13 @@ func (n *NATS) Node() string { return n.node }
 // TTL returns the lease TTL.
 func (n *NATS) TTL() time.Duration { return n.ttl }
 
+// Session returns this node's current session id ("" when it has none): for tests and logs.
+func (n *NATS) Session() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sess.id
+}
+
 var b64 = base64.RawURLEncoding
 
 func leaseKV(k dispatcher.LeaseKey) string {
@@ -115,21 +148,124 @@ func leaseKV(k dispatcher.LeaseKey) string {
 
 func nodeKV(node string) string { return "n." + b64.EncodeToString([]byte(node)) }
 
-// serverNow writes key and returns the server's timestamp of that write: the server's current
-// time, as near as one round trip allows (never later than the server's clock when it returns).
-func (n *NATS) serverNow(ctx context.Context, key string, value []byte) (time.Time, error) {
-	if _, err := n.kv.Put(ctx, key, value); err != nil {
-		return time.Time{}, fmt.Errorf("lease: write %s: %w", key, err)
+func lost(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// heartbeat renews this node's session, or starts a new one when it has none or it lapsed
+// (another node ended it, or it expired before this write: its leases are forgotten). It returns
+// the session and the server's time of the write; fresh reports a new session.
+func (n *NATS) heartbeat(ctx context.Context) (id string, now time.Time, fresh bool, err error) {
+	n.beat.Lock()
+	defer n.beat.Unlock()
+	n.mu.Lock()
+	cur := n.sess
+	n.mu.Unlock()
+	key := nodeKV(n.node)
+	if cur.id != "" {
+		rev, err := n.kv.Update(ctx, key, mustJSON(natsNode{Node: n.node, Session: cur.id, TTLMicro: n.ttl.Microseconds()}), cur.rev)
+		switch {
+		case lost(err): // ended by another node: start anew below
+		case err != nil:
+			return "", time.Time{}, false, fmt.Errorf("lease: heartbeat: %w", err)
+		default:
+			e, err := n.kv.Get(ctx, key)
+			if err != nil {
+				return "", time.Time{}, false, fmt.Errorf("lease: heartbeat: %w", err)
+			}
+			if e.Revision() == rev && e.Created().Before(cur.written.Add(n.ttl)) {
+				n.mu.Lock()
+				n.sess.rev, n.sess.written = rev, e.Created()
+				n.mu.Unlock()
+				return cur.id, e.Created(), false, nil
+			}
+			// Written after it expired (nobody ended it yet), or ended right after: lapsed.
+		}
+	}
+	id = rand.Text()
+	if _, err := n.kv.Put(ctx, key, mustJSON(natsNode{Node: n.node, Session: id, TTLMicro: n.ttl.Microseconds()})); err != nil {
+		return "", time.Time{}, false, fmt.Errorf("lease: start a session: %w", err)
 	}
 	e, err := n.kv.Get(ctx, key)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("lease: read %s: %w", key, err)
+		return "", time.Time{}, false, fmt.Errorf("lease: start a session: %w", err)
 	}
-	return e.Created(), nil
+	var v natsNode
+	if json.Unmarshal(e.Value(), &v) != nil || v.Session != id || v.Ended {
+		return "", time.Time{}, false, fmt.Errorf("lease: start a session: the session key of %s changed under it", n.node)
+	}
+	n.mu.Lock()
+	n.sess = natsSession{id: id, rev: e.Revision(), written: e.Created()}
+	n.held = map[dispatcher.LeaseKey]heldLease{}
+	n.mu.Unlock()
+	return id, e.Created(), true, nil
 }
 
-// Claim grants each key nobody holds, whose lease expired or was released, or that this node
-// holds, by a compare-and-set on the revision read; the epoch grows by one on a change of owner.
+// sessionJudge decides, within one claim, whether owners' sessions are over, reading each
+// owner's session key once and ending an expired session by a compare-and-set.
+type sessionJudge struct {
+	n   *NATS
+	now time.Time // the server's time at the start of the claim
+	mu  sync.Mutex
+	// over caches the verdicts per owner and session.
+	over map[[2]string]bool
+}
+
+// dead reports whether owner's session is over: its key is gone, names another session, is
+// ended, or expired (then this call ends it, so its node can never renew it).
+func (j *sessionJudge) dead(ctx context.Context, owner, session string) (bool, error) {
+	j.mu.Lock()
+	v, ok := j.over[[2]string{owner, session}]
+	j.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	dead, err := j.judge(ctx, owner, session)
+	if err != nil {
+		return false, err
+	}
+	j.mu.Lock()
+	j.over[[2]string{owner, session}] = dead
+	j.mu.Unlock()
+	return dead, nil
+}
+
+func (j *sessionJudge) judge(ctx context.Context, owner, session string) (bool, error) {
+	key := nodeKV(owner)
+	for range 3 {
+		e, err := j.n.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		var v natsNode
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			return false, fmt.Errorf("lease %s: bad value: %w", key, err)
+		}
+		if v.Session != session || v.Ended {
+			return true, nil
+		}
+		if e.Created().Add(time.Duration(v.TTLMicro) * time.Microsecond).After(j.now) {
+			return false, nil // live
+		}
+		v.Ended = true
+		_, err = j.n.kv.Update(ctx, key, mustJSON(v), e.Revision())
+		if err == nil {
+			return true, nil
+		}
+		if !lost(err) {
+			return false, err
+		}
+		// The owner renewed (or another node ended it) meanwhile: judge again.
+	}
+	return false, nil // contended: refuse for now, a later claim decides
+}
+
+// Claim grants each key nobody holds, whose owner's session is over, or that this node's session
+// holds; the epoch grows by one on a change of owner node. It first renews this node's session
+// (so a granted lease is valid one TTL from the claim's start).
 func (n *NATS) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatcher.Lease, error) {
 	if len(keys) == 0 {
 		return nil, nil
@@ -142,14 +278,15 @@ func (n *NATS) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatc
 			uniq = append(uniq, k)
 		}
 	}
-	now, err := n.serverNow(ctx, "c."+b64.EncodeToString([]byte(n.node)), nil)
+	session, now, _, err := n.heartbeat(ctx)
 	if err != nil {
 		return nil, err
 	}
+	judge := &sessionJudge{n: n, now: now, over: map[[2]string]bool{}}
 	var mu sync.Mutex
 	var out []dispatcher.Lease
 	err = parallel(ctx, len(uniq), func(i int) error {
-		l, _, ok, err := n.claim1(ctx, uniq[i], now)
+		l, ok, err := n.claim1(ctx, uniq[i], session, judge)
 		if err != nil || !ok {
 			return err
 		}
@@ -164,32 +301,35 @@ func (n *NATS) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatc
 	return out, nil
 }
 
-// claim1 claims one key; ok false when another node holds it (or won a race for it). This
-// node's writes of one key are serialized (keyLock), so a compare-and-set fails only on another
-// node's write.
-func (n *NATS) claim1(ctx context.Context, k dispatcher.LeaseKey, now time.Time) (dispatcher.Lease, uint64, bool, error) {
+// claim1 claims one key under session; ok false when another node holds it (or won a race for
+// it). This node's writes of one key are serialized (keyLock), so a compare-and-set fails only
+// on another node's write.
+func (n *NATS) claim1(ctx context.Context, k dispatcher.LeaseKey, session string, judge *sessionJudge) (dispatcher.Lease, bool, error) {
 	mu := n.keyLock(k)
 	mu.Lock()
 	defer mu.Unlock()
-	start := time.Now()
-	l, rev, ok, err := n.claimOnce(ctx, k, now)
-	if ok {
-		n.mu.Lock()
-		n.held[k] = heldLease{rev: rev, epoch: l.Epoch, at: start}
-		n.mu.Unlock()
+	l, rev, ok, err := n.claimOnce(ctx, k, session, judge)
+	if !ok || err != nil {
+		return l, false, err
 	}
-	return l, rev, ok, err
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.sess.id != session {
+		return dispatcher.Lease{}, false, nil // the session lapsed meanwhile: the grant is void
+	}
+	n.held[k] = heldLease{rev: rev, epoch: l.Epoch}
+	return l, true, nil
 }
 
 // claimOnce reads the key and writes it by a compare-and-set when this node may claim it.
-func (n *NATS) claimOnce(ctx context.Context, k dispatcher.LeaseKey, now time.Time) (dispatcher.Lease, uint64, bool, error) {
+func (n *NATS) claimOnce(ctx context.Context, k dispatcher.LeaseKey, session string, judge *sessionJudge) (dispatcher.Lease, uint64, bool, error) {
 	key := leaseKV(k)
-	v := natsValue{Owner: n.node, Epoch: 1, TTLMicro: n.ttl.Microseconds()}
+	v := natsValue{Owner: n.node, Session: session, Epoch: 1}
 	e, err := n.kv.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		rev, err := n.kv.Create(ctx, key, mustJSON(v))
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		if lost(err) {
 			return dispatcher.Lease{}, 0, false, nil // another node created it first
 		}
 		if err != nil {
@@ -203,17 +343,28 @@ func (n *NATS) claimOnce(ctx context.Context, k dispatcher.LeaseKey, now time.Ti
 	if err := json.Unmarshal(e.Value(), &cur); err != nil {
 		return dispatcher.Lease{}, 0, false, fmt.Errorf("lease %s: bad value: %w", key, err)
 	}
-	expired := cur.Released || !e.Created().Add(time.Duration(cur.TTLMicro)*time.Microsecond).After(now)
+	var free bool
 	switch {
-	case cur.Owner == n.node:
-		v.Epoch = cur.Epoch
-	case expired:
-		v.Epoch = cur.Epoch + 1
+	case cur.Session == session:
+		return dispatcher.Lease{LeaseKey: k, Epoch: cur.Epoch}, e.Revision(), true, nil // held already
+	case cur.Released:
+		free = true
+	case cur.Session == "": // a lease of the per-connection expiry (before sessions)
+		free = !e.Created().Add(time.Duration(cur.TTLMicro) * time.Microsecond).After(judge.now)
 	default:
+		if free, err = judge.dead(ctx, cur.Owner, cur.Session); err != nil {
+			return dispatcher.Lease{}, 0, false, err
+		}
+	}
+	if !free {
 		return dispatcher.Lease{}, 0, false, nil
 	}
+	v.Epoch = cur.Epoch
+	if cur.Owner != n.node {
+		v.Epoch++
+	}
 	rev, err := n.kv.Update(ctx, key, mustJSON(v), e.Revision())
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+	if lost(err) {
 		return dispatcher.Lease{}, 0, false, nil // another node wrote it meanwhile
 	}
 	if err != nil {
@@ -222,70 +373,27 @@ func (n *NATS) claimOnce(ctx context.Context, k dispatcher.LeaseKey, now time.Ti
 	return dispatcher.Lease{LeaseKey: k, Epoch: v.Epoch}, rev, true, nil
 }
 
-// Renew writes this node's heartbeat and extends, each by a compare-and-set on the revision this
-// node wrote last, every lease it holds that has not expired by its own clock; a lease another
-// node wrote meanwhile, or one expired, is dropped (claim it again).
+// Renew renews this node's session — one compare-and-set — and returns the leases claimed under
+// it: no other node can have taken them while it lived, so none is read or written. When the
+// session lapsed, a new one is started and nothing is returned (claim again).
 func (n *NATS) Renew(ctx context.Context) ([]dispatcher.Lease, error) {
-	if _, err := n.kv.Put(ctx, nodeKV(n.node), mustJSON(natsValue{Owner: n.node, TTLMicro: n.ttl.Microseconds()})); err != nil {
-		return nil, fmt.Errorf("lease: heartbeat: %w", err)
-	}
-	now := time.Now()
-	n.mu.Lock()
-	var keys []dispatcher.LeaseKey
-	for k, h := range n.held {
-		if now.Sub(h.at) >= n.ttl {
-			delete(n.held, k) // expired: another node may take it; a claim decides
-			continue
-		}
-		keys = append(keys, k)
-	}
-	n.mu.Unlock()
-	var mu sync.Mutex
-	var out []dispatcher.Lease
-	err := parallel(ctx, len(keys), func(i int) error {
-		epoch, ok, err := n.renew1(ctx, keys[i])
-		if err != nil || !ok {
-			return err
-		}
-		mu.Lock()
-		out = append(out, dispatcher.Lease{LeaseKey: keys[i], Epoch: epoch})
-		mu.Unlock()
-		return nil
-	})
+	session, _, fresh, err := n.heartbeat(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("lease: renew: %w", err)
 	}
-	return out, nil
-}
-
-// renew1 extends one lease by a compare-and-set on the revision this node wrote last (its
-// writes of one key are serialized, keyLock) and returns its epoch. ok is false when the lease
-// was released meanwhile or another node wrote the key (then it is lost: forgotten here).
-func (n *NATS) renew1(ctx context.Context, k dispatcher.LeaseKey) (epoch uint64, ok bool, err error) {
-	mu := n.keyLock(k)
-	mu.Lock()
-	defer mu.Unlock()
-	n.mu.Lock()
-	h, held := n.held[k]
-	n.mu.Unlock()
-	if !held {
-		return 0, false, nil
-	}
-	start := time.Now()
-	v := mustJSON(natsValue{Owner: n.node, Epoch: h.epoch, TTLMicro: n.ttl.Microseconds()})
-	rev, err := n.kv.Update(ctx, leaseKV(k), v, h.rev)
-	lost := errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
-	if err != nil && !lost {
-		return 0, false, err
+	if fresh {
+		return nil, nil
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if lost {
-		delete(n.held, k)
-		return 0, false, nil
+	if n.sess.id != session {
+		return nil, nil
 	}
-	n.held[k] = heldLease{rev: rev, epoch: h.epoch, at: start}
-	return h.epoch, true, nil
+	out := make([]dispatcher.Lease, 0, len(n.held))
+	for k, h := range n.held {
+		out = append(out, dispatcher.Lease{LeaseKey: k, Epoch: h.epoch})
+	}
+	return out, nil
 }
 
 // keyLock returns the mutex serializing this node's writes of k (striped).
@@ -297,16 +405,34 @@ func (n *NATS) keyLock(k dispatcher.LeaseKey) *sync.Mutex {
 	return &n.locks[h.Sum32()%uint32(len(n.locks))]
 }
 
-// Release marks this node's leases of keys (all of them for nil, and then its heartbeat is
-// deleted) released, keeping owner and epoch, so the next owner's claim raises the epoch.
+// Release marks this node's leases of keys released (owner and epoch kept, so the next owner's
+// claim raises the epoch), one compare-and-set each. For nil it ends the node's session instead
+// (whichever handle of the node id started it) — one write: every lease of it is free at once,
+// and the node leaves the live set.
 func (n *NATS) Release(ctx context.Context, keys []dispatcher.LeaseKey) error {
-	all := keys == nil
-	if all {
+	if keys == nil {
+		n.beat.Lock()
+		defer n.beat.Unlock()
 		n.mu.Lock()
-		for k := range n.held {
-			keys = append(keys, k)
-		}
+		n.sess, n.held = natsSession{}, map[dispatcher.LeaseKey]heldLease{}
 		n.mu.Unlock()
+		// The node's session key, whichever handle wrote it last.
+		e, err := n.kv.Get(ctx, nodeKV(n.node))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("lease: release: %w", err)
+		}
+		var v natsNode
+		if json.Unmarshal(e.Value(), &v) != nil || v.Ended {
+			return nil
+		}
+		v.Ended = true
+		if _, err := n.kv.Update(ctx, nodeKV(n.node), mustJSON(v), e.Revision()); err != nil && !lost(err) {
+			return fmt.Errorf("lease: release: %w", err)
+		}
+		return nil // (lost: the session was renewed or ended meanwhile; ended by another node, or renewed by a handle still in use)
 	}
 	err := parallel(ctx, len(keys), func(i int) error {
 		k := keys[i]
@@ -320,25 +446,20 @@ func (n *NATS) Release(ctx context.Context, keys []dispatcher.LeaseKey) error {
 		if !ok {
 			return nil
 		}
-		v := natsValue{Owner: n.node, Epoch: h.epoch, TTLMicro: n.ttl.Microseconds(), Released: true}
+		v := natsValue{Owner: n.node, Session: "", Epoch: h.epoch, Released: true}
 		_, err := n.kv.Update(ctx, leaseKV(k), mustJSON(v), h.rev)
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		if lost(err) {
 			return nil // another node's now
 		}
 		return err
 	})
-	if all {
-		if derr := n.kv.Delete(ctx, nodeKV(n.node)); derr != nil && !errors.Is(derr, jetstream.ErrKeyNotFound) {
-			err = errors.Join(err, derr)
-		}
-	}
 	if err != nil {
 		return fmt.Errorf("lease: release: %w", err)
 	}
 	return nil
 }
 
-// LiveNodes returns the nodes whose heartbeat has not expired by the server's clock, sorted.
+// LiveNodes returns the nodes whose session is live by the server's clock, sorted.
 func (n *NATS) LiveNodes(ctx context.Context) ([]string, error) {
 	now, err := n.serverNow(ctx, "c."+b64.EncodeToString([]byte(n.node)), nil)
 	if err != nil {
@@ -365,26 +486,38 @@ func (n *NATS) LiveNodes(ctx context.Context) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("lease: live nodes: %w", err)
 		}
-		var v natsValue
-		if json.Unmarshal(e.Value(), &v) != nil || v.Owner == "" {
+		var v natsNode
+		if json.Unmarshal(e.Value(), &v) != nil || v.Node == "" || v.Ended {
 			continue
 		}
 		if e.Created().Add(time.Duration(v.TTLMicro) * time.Microsecond).After(now) {
-			out = append(out, v.Owner)
+			out = append(out, v.Node)
 		}
 	}
 	sort.Strings(out)
 	return out, nil
 }
 
-func mustJSON(v natsValue) []byte {
+// serverNow writes key and returns the server's timestamp of that write: the server's current
+// time, as near as one round trip allows (never later than the server's clock when it returns).
+func (n *NATS) serverNow(ctx context.Context, key string, value []byte) (time.Time, error) {
+	if _, err := n.kv.Put(ctx, key, value); err != nil {
+		return time.Time{}, fmt.Errorf("lease: write %s: %w", key, err)
+	}
+	e, err := n.kv.Get(ctx, key)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("lease: read %s: %w", key, err)
+	}
+	return e.Created(), nil
+}
+
+func mustJSON(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
-		panic(err) // a struct of strings, integers and a bool always marshals
+		panic(err) // structs of strings, integers and bools always marshal
 	}
 	return b
 }
-
 // parallel runs f(0..n-1), natsParallel at a time, and returns the errors joined.
 func parallel(ctx context.Context, n int, f func(i int) error) error {
 	if n == 0 {
