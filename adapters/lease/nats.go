@@ -518,6 +518,7 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
+
 // parallel runs f(0..n-1), natsParallel at a time, and returns the errors joined.
 func parallel(ctx context.Context, n int, f func(i int) error) error {
 	if n == 0 {
