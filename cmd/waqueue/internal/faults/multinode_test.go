@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -69,7 +70,9 @@ func pgLeases(t *testing.T, url string) leaseReader {
 	}
 	t.Cleanup(func() { db.Close() })
 	return func(ctx context.Context) (map[string]leaseRow, error) {
-		rows, err := db.QueryContext(ctx, `SELECT connection_id, owner, epoch, expires_at FROM dispatch_leases WHERE tenant_id = 'default'`)
+		// A lease is valid while its owner's session is (released leases: no session, expired).
+		rows, err := db.QueryContext(ctx, `SELECT l.connection_id, l.owner, l.epoch, COALESCE(n.expires_at, 'epoch'::timestamptz)
+  FROM dispatch_leases l LEFT JOIN dispatch_nodes n ON n.session = l.session WHERE l.tenant_id = 'default'`)
 		if err != nil {
 			if strings.Contains(err.Error(), "does not exist") {
 				return nil, nil // no node created the table yet
@@ -116,6 +119,39 @@ func natsLeases(t *testing.T, url string) leaseReader {
 			keys = append(keys, k)
 		}
 		out := map[string]leaseRow{}
+		// A lease is valid while its owner's session is: the session key names it, is not ended,
+		// and was written less than its TTL ago (released leases: expired at the release).
+		type session struct {
+			ID       string `json:"session"`
+			TTLMicro int64  `json:"ttl_us"`
+			Ended    bool   `json:"ended"`
+		}
+		sessions := map[string]jetstream.KeyValueEntry{} // nil: no session key
+		sessionExpiry := func(owner, id string) (time.Time, error) {
+			e, ok := sessions[owner]
+			if !ok {
+				got, err := kv.Get(ctx, "n."+base64.RawURLEncoding.EncodeToString([]byte(owner)))
+				if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+					return time.Time{}, err
+				}
+				e = got
+				sessions[owner] = e
+			}
+			if e == nil {
+				return time.Time{}, nil
+			}
+			var s session
+			if err := json.Unmarshal(e.Value(), &s); err != nil {
+				return time.Time{}, err
+			}
+			switch {
+			case s.ID != id:
+				return time.Time{}, nil
+			case s.Ended:
+				return e.Created(), nil
+			}
+			return e.Created().Add(time.Duration(s.TTLMicro) * time.Microsecond), nil
+		}
 		for _, k := range keys {
 			parts := strings.Split(k, ".")
 			tenant, _ := base64.RawURLEncoding.DecodeString(parts[1])
@@ -129,16 +165,18 @@ func natsLeases(t *testing.T, url string) leaseReader {
 			}
 			var v struct {
 				Owner    string `json:"owner"`
+				Session  string `json:"session"`
 				Epoch    uint64 `json:"epoch"`
-				TTLMicro int64  `json:"ttl_us"`
 				Released bool   `json:"released"`
 			}
 			if err := json.Unmarshal(e.Value(), &v); err != nil {
 				return nil, err
 			}
 			r := leaseRow{Owner: v.Owner, Epoch: v.Epoch, Expires: e.Created()}
-			if !v.Released {
-				r.Expires = r.Expires.Add(time.Duration(v.TTLMicro) * time.Microsecond)
+			if !v.Released && v.Session != "" {
+				if r.Expires, err = sessionExpiry(v.Owner, v.Session); err != nil {
+					return nil, err
+				}
 			}
 			out[string(id)] = r
 		}
