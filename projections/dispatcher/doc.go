@@ -49,8 +49,9 @@
 // (DispatchNext.Epoch, RetrySend.Epoch, recorded on MessageDispatched and MessageSendRetried)
 // and the domain refuses one below the highest epoch on the stream (connection.ErrStaleEpoch):
 // a node whose lease lapsed unseen is fenced by the stream once the new owner dispatched, and
-// drops the lease. With exclusive leases (TTL > 0) a background renewal renews all of the node's
-// leases in one call every LeaseRenewInterval, stops trusting those not renewed (their loops
+// drops the lease. With exclusive leases (TTL > 0) a background renewal renews the node's session
+// — and with it every lease of the node, which is tied to it — in one call every
+// LeaseRenewInterval, stops trusting those not renewed (their loops
 // stop before the next hand-over; their sessions are disconnected) and claims, in one call, the
 // connections whose claim was refused, waking those granted (a crashed node's connections
 // resume after its leases expire). Sessions follow the leases: Connect on gain, Disconnect on

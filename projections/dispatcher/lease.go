@@ -25,18 +25,23 @@ type Lease struct {
 
 // Leases is the port through which a Dispatcher holds per-connection leases, so that each
 // connection's send loop (and its transport session) runs on one node at a time. An adapter is
-// bound to one node id and one TTL. Every method is one round trip to the engine whatever the
-// number of keys, so a node with 100,000 connections renews them with one statement.
+// bound to one node id and one TTL. Each connection's lease is tied to its owner node's session
+// (as etcd attaches keys to a lease): the node keeps one session alive, and a lease is valid
+// exactly while its owner's session is, so renewing costs the same for 1 lease or 100,000.
 //
 // Contract (checked by the leasetest conformance suite):
-//   - Claim grants a key when nobody holds it, its lease expired, or this node holds it, and
-//     sets its expiry TTL after the engine's current time; the epoch is unchanged when this node
-//     held it last and one more than the previous epoch when the owner changes (1 for a new key).
-//     A key held unexpired by another node is not granted (and not changed).
-//   - Renew extends every unexpired lease this node holds and returns them; a lease that expired
-//     is not renewed (another node may take it): claim it again.
-//   - Release ends this node's leases of keys (all of them for nil) at once, keeping their epoch,
-//     so another node claims them without waiting for the expiry.
+//   - Claim renews (or starts) this node's session, so a lease granted is valid one TTL from the
+//     claim's start, and grants a key when nobody holds it, its owner's session is over (expired
+//     by the engine's clock, or ended), or this node's session holds it; the epoch is unchanged
+//     when this node held it last and one more than the previous epoch when the owner changes (1
+//     for a new key). A key held under another live session is not granted (and not changed).
+//   - Renew extends this node's session by one TTL and returns the leases held under it. When the
+//     session lapsed (it expired, or another node ended it to take a lease over), every lease of
+//     it is lost at once: Renew starts a new session and returns nothing; claim again. A lapsed
+//     session never comes back.
+//   - Release ends this node's leases of keys at once, keeping their epoch, so another node claims
+//     them without waiting for the expiry; Release(nil) ends the node's session (every lease of
+//     it) and takes the node out of the live set.
 //   - Expiry is judged by the engine's clock, never by the nodes' clocks.
 type Leases interface {
 	// Node is this node's id.
@@ -46,7 +51,7 @@ type Leases interface {
 	TTL() time.Duration
 	// Claim claims or renews the leases of keys and returns those granted.
 	Claim(ctx context.Context, keys []LeaseKey) ([]Lease, error)
-	// Renew extends every unexpired lease of this node and returns them.
+	// Renew extends this node's session and returns the leases held under it.
 	Renew(ctx context.Context) ([]Lease, error)
 	// Release ends this node's leases of keys (every one of them when keys is nil).
 	Release(ctx context.Context, keys []LeaseKey) error
@@ -112,8 +117,8 @@ func (s *SingleNode) Release(_ context.Context, keys []LeaseKey) error {
 // Dispatcher then claims only the connections it ranks first among the live nodes (Rendezvous)
 // and hands over, when idle, those another live node ranks first.
 type Membership interface {
-	// LiveNodes returns the ids of the nodes whose heartbeat has not expired (a node's Renew
-	// writes its heartbeat, valid one TTL; Release(nil) removes it).
+	// LiveNodes returns the ids of the nodes whose session is live (a node's Renew or Claim
+	// extends it by one TTL; Release(nil) ends it).
 	LiveNodes(ctx context.Context) ([]string, error)
 }
 
