@@ -79,7 +79,7 @@ func (c *ScaleConfig) setDefaults() {
 //
 //	BENCH scale/<engine>/conns=<n>/active=<m>/sessions=all|lazy transport=simulator msgs_per_s=… startup_s=… first_send_s=…
 //	      rss_now_mib=… goroutines=… cpu_per_1k_active=… db_cpu_per_1k_active=… events_per_s=…
-//	      db_commits_per_s=… db_rows_per_s=… drained=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
+//	      db_commits_per_s=… db_rows_per_s=… drained=… leases_held=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
 //
 // Seeding (untimed, reported as seed_s): a node without dispatcher registers and pairs each
 // connection in one append through the Repository (the domain's Register and Pair decisions,
@@ -97,7 +97,8 @@ func (c *ScaleConfig) setDefaults() {
 // (dispatched, sent, failed, unknown, expired, retried); db_commits_per_s
 // and db_rows_per_s PostgreSQL's committed transactions and written rows (pg_stat_database;
 // 0 on SQLite); drained the active connections whose broadcast ran out (the rate then
-// understates).
+// understates); leases_held the leases the node trusts at the end of the window (with sessions
+// for all, every registered connection's; with lazy sessions, those with work).
 func Scale(ctx context.Context, env *Env, cfg ScaleConfig, w io.Writer) error {
 	cfg.setDefaults()
 	if cfg.Active > cfg.Conns {
@@ -256,6 +257,7 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 		goroutines = max(goroutines, runtime.NumGoroutine())
 	}
 	st1 := node.Dispatcher.Stats()
+	held := len(node.Dispatcher.Held())
 	sent := st1.Sent - sent0
 	window := time.Since(w0)
 	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
@@ -289,7 +291,7 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 		"cpu_per_1k_active", cpu.Seconds()/window.Seconds()/k, "db_cpu_per_1k_active", dbCPU.Seconds()/window.Seconds()/k,
 		"events_per_s", perSecond(events, window),
 		"db_commits_per_s", perSecond(int(commits1-commits0), window), "db_rows_per_s", perSecond(int(rows1-rows0), window),
-		"drained", drained, "seed_s", m.seed.Seconds(),
+		"drained", drained, "leases_held", held, "seed_s", m.seed.Seconds(),
 		"baseline", "paced", "baseline_per_s", base, "ratio", ratio(rate, base))
 }
 
