@@ -151,13 +151,14 @@ RETURNING session`, p.session, ttl).Scan(&session)
 		}
 	}
 	// A new session; the lapsed one is ended for good (it expired: nobody may renew it), and
-	// sessions that ended over an hour ago and hold no lease row are forgotten.
+	// sessions (of any node: a restarted process is a new node) that expired over an hour ago
+	// and hold no lease row are forgotten.
 	err = p.db.QueryRowContext(ctx, `
 WITH old AS (
 	UPDATE dispatch_nodes SET ended = true WHERE session = $3 AND NOT ended
 ), gc AS (
 	DELETE FROM dispatch_nodes n
-	 WHERE n.node = $1 AND n.expires_at < now() - interval '1 hour'
+	 WHERE n.expires_at < now() - interval '1 hour'
 	   AND NOT EXISTS (SELECT 1 FROM dispatch_leases l WHERE l.session = n.session)
 )
 INSERT INTO dispatch_nodes (node, expires_at) VALUES ($1, now() + $2::bigint * interval '1 microsecond')

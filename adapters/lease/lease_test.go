@@ -124,3 +124,48 @@ INSERT INTO dispatch_nodes VALUES ('old', now() + interval '1 hour');`); err != 
 		t.Fatal(err)
 	}
 }
+
+// Sessions that expired over an hour ago and hold no lease row are deleted when a session
+// starts; one still named by a lease row is kept (the row's lease is free either way).
+func TestPostgresForgetsOldSessions(t *testing.T) {
+	ctx := context.Background()
+	db, err := sql.Open("pgx", pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	a, err := lease.NewPostgres(ctx, db, "a", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `
+INSERT INTO dispatch_nodes (session, node, expires_at, ended) VALUES
+	(1000001, 'gone', now() - interval '2 hours', true),
+	(1000002, 'gone', now() - interval '2 hours', false),
+	(1000003, 'recent', now() - interval '1 minute', true);
+INSERT INTO dispatch_leases (tenant_id, connection_id, owner, session, epoch) VALUES ('t1', 'c1', 'gone', 1000002, 4);`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Renew(ctx); err != nil { // starts a's session
+		t.Fatal(err)
+	}
+	var left []int64
+	rows, err := db.QueryContext(ctx, `SELECT session FROM dispatch_nodes WHERE session >= 1000000 ORDER BY session`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s int64
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, s)
+	}
+	if len(left) != 2 || left[0] != 1000002 || left[1] != 1000003 {
+		t.Fatalf("sessions left %v, want [1000002 1000003]", left)
+	}
+	got, err := a.Claim(ctx, []dispatcher.LeaseKey{{Tenant: "t1", ConnectionID: "c1"}})
+	if err != nil || len(got) != 1 || got[0].Epoch != 5 {
+		t.Fatalf("claim of a long-dead session's lease: %v %v, want epoch 5", got, err)
+	}
+}
