@@ -54,7 +54,12 @@ func TestMessageLifecycle(t *testing.T) {
 		ids = append(ids, h.enqueueOne("c1", k, 0).MessageID)
 	}
 	h.eventually("3 sent", func() bool { return count[connection.MessageSent](h.history("c1")) == 3 })
-	h.clock.Advance(3 * time.Second)
+	// Delivered receipts first, then the read ones: one Advance past both lets their timers fire
+	// together, and a read handled before its delivered receipt (as WhatsApp may also send them)
+	// leaves no "delivered" step in the history (seen once in a full run).
+	h.clock.Advance(1500 * time.Millisecond)
+	h.eventually("3 delivered", func() bool { return count[connection.MessageDelivered](h.history("c1")) == 3 })
+	h.clock.Advance(1500 * time.Millisecond)
 	h.eventually("3 read", func() bool { return count[connection.MessageRead](h.history("c1")) == 3 })
 	pos := h.lastPosition("c1", connection.TypeMessageRead)
 	h.waitProjections(pos, projections.MessageStatusName)
