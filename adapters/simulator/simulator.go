@@ -150,6 +150,9 @@ type conn struct {
 	banTimer     transport.Timer
 	banAtTimer   transport.Timer
 	qrSeq        int
+	qrPairings   int         // PairQR calls that started a pairing
+	holdQR       bool        // QR pairings stay running until ScanQR (HoldQR)
+	qrCh         chan string // the held QR pairing's codes, nil when none runs
 }
 
 // New returns a simulator.
@@ -595,6 +598,9 @@ func simulatedPhone(connID string) string {
 }
 
 // PairQR yields one simulated QR code, then "scans" it at once: Paired and Connected follow.
+// After HoldQR the pairing stays running instead, as WhatsApp's does until the code is scanned:
+// RotateQR yields the next code, ScanQR pairs (the channel closes), and ctx ending closes the
+// channel unpaired (the pairing timed out).
 func (s *Simulator) PairQR(ctx context.Context, connID string) (<-chan string, error) {
 	c := s.conn(connID, true)
 	c.mu.Lock()
@@ -602,6 +608,25 @@ func (s *Simulator) PairQR(ctx context.Context, connID string) (<-chan string, e
 	s.syncLocked(c)
 	if c.state != transport.StateUnpaired {
 		return nil, fmt.Errorf("simulator: pair %s: %w", connID, transport.ErrAlreadyPaired)
+	}
+	c.qrPairings++
+	if c.holdQR {
+		if c.qrCh != nil { // a new pairing replaces the held one, as a new whatsmeow client would
+			close(c.qrCh)
+		}
+		ch := make(chan string, 64)
+		c.qrCh = ch
+		s.nextQRLocked(c)
+		go func() {
+			<-ctx.Done()
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.qrCh == ch {
+				close(ch)
+				c.qrCh = nil
+			}
+		}()
+		return ch, nil
 	}
 	c.qrSeq++
 	code := fmt.Sprintf("SIMULATED-QR,%s,%d", connID, c.qrSeq)
@@ -611,6 +636,65 @@ func (s *Simulator) PairQR(ctx context.Context, connID string) (<-chan string, e
 	s.events.Emit(transport.QRCode{EventHeader: s.header(connID), Codes: []string{code}})
 	s.pairedByAPILocked(c, simulatedPhone(connID))
 	return ch, nil
+}
+
+// nextQRLocked yields the held pairing's next code.
+func (s *Simulator) nextQRLocked(c *conn) string {
+	c.qrSeq++
+	code := fmt.Sprintf("SIMULATED-QR,%s,%d", c.id, c.qrSeq)
+	select {
+	case c.qrCh <- code:
+	default: // nobody follows the codes: drop it, as a rotated code is lost
+	}
+	s.events.Emit(transport.QRCode{EventHeader: s.header(c.id), Codes: []string{code}})
+	return code
+}
+
+// HoldQR makes connID's QR pairings stay running until ScanQR (or their context ends), so a
+// test can watch a pairing in progress (see PairQR).
+func (s *Simulator) HoldQR(connID string) {
+	c := s.conn(connID, true)
+	c.mu.Lock()
+	c.holdQR = true
+	c.mu.Unlock()
+}
+
+// ErrNoQRPairing is returned by RotateQR and ScanQR when no held QR pairing runs.
+var ErrNoQRPairing = errors.New("simulator: no QR pairing runs")
+
+// RotateQR yields the next code of connID's held QR pairing, as WhatsApp rotates it, and
+// returns it.
+func (s *Simulator) RotateQR(connID string) (string, error) {
+	c := s.conn(connID, true)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.qrCh == nil {
+		return "", fmt.Errorf("simulator: rotate %s: %w", connID, ErrNoQRPairing)
+	}
+	return s.nextQRLocked(c), nil
+}
+
+// ScanQR "scans" connID's held QR pairing: it pairs (Paired), and the pairing's channel closes.
+func (s *Simulator) ScanQR(connID string) error {
+	c := s.conn(connID, true)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.qrCh == nil {
+		return fmt.Errorf("simulator: scan %s: %w", connID, ErrNoQRPairing)
+	}
+	close(c.qrCh)
+	c.qrCh = nil
+	s.syncLocked(c)
+	s.pairedByAPILocked(c, simulatedPhone(connID))
+	return nil
+}
+
+// QRPairings returns how many QR pairings of connID PairQR started.
+func (s *Simulator) QRPairings(connID string) int {
+	c := s.conn(connID, true)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.qrPairings
 }
 
 // PairPhone returns a simulated pairing code, then pairs at once as phone.
