@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
+	"github.com/waqueue/waqueue/adapters/pairing"
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/commands"
@@ -81,6 +82,9 @@ type Deps struct {
 	// Transport pairs connections (QR code, phone code). Optional: without it there is no
 	// pairing page.
 	Transport transport.Transport
+	// Pairing runs and shares the QR pairings (the node's one, shared with the API). Nil: New
+	// makes one on DB and Transport.
+	Pairing *pairing.Manager
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
@@ -128,8 +132,6 @@ type Console struct {
 	closeMu  sync.Once
 	namesMu  sync.Mutex
 	names    map[string]map[string]string // tenant -> key id -> label
-	pairMu   sync.Mutex
-	pairing  map[string]*qrPairing // connection key -> the last QR pairing the console started
 }
 
 // New returns the console, or an error naming every missing dependency. Wire Cards changes to
@@ -149,6 +151,13 @@ func New(d Deps) (*Console, error) {
 	}
 	if d.Heartbeat <= 0 {
 		d.Heartbeat = 15 * time.Second
+	}
+	if d.Pairing == nil {
+		p, err := pairing.New(pairing.Config{DB: d.DB, Transport: d.Transport, Timeout: pairingTimeout, Logger: d.Logger})
+		if err != nil {
+			return nil, err
+		}
+		d.Pairing = p
 	}
 	c := &Console{d: d, log: d.Logger, sessions: newSessions(d.DB, d.Now, d.SessionTTL), hub: newHub(), done: make(chan struct{})}
 	if err := c.parseTemplates(); err != nil {

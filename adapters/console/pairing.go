@@ -7,85 +7,32 @@ import (
 	"html/template"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	qrcode "github.com/skip2/go-qrcode"
 
+	"github.com/waqueue/waqueue/adapters/pairing"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/domain/connection"
 )
 
-// qrPairing follows one QR pairing the console started: the latest code, until it ends.
-type qrPairing struct {
-	mu      sync.Mutex
-	code    string
-	running bool
-	err     error
-	first   chan struct{} // closed at the first code or when the pairing ends
-}
-
-func (q *qrPairing) snapshot() (string, bool, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.code, q.running, q.err
-}
-
-// pairingTimeout bounds a QR pairing the console starts.
+// pairingTimeout bounds a QR pairing the console starts (when Deps.Pairing is nil).
 const pairingTimeout = 3 * time.Minute
 
-// qrFor returns the running QR pairing of the connection with key connKey (connection.Key: the
-// transport's name for it, unique across tenants), starting one when none runs, once it has its
-// first code (or has ended, or after 10 s). The transport rotates the code; the pairing page
-// shows the latest.
-func (c *Console) qrFor(ctx context.Context, connKey string) *qrPairing {
-	c.pairMu.Lock()
-	if c.pairing == nil {
-		c.pairing = map[string]*qrPairing{}
+// firstCodeWait bounds how long the pairing page waits for a new pairing's first code.
+const firstCodeWait = 10 * time.Second
+
+// qrFor returns the latest code of the connection's QR pairing running on any node, joining it,
+// or starting one on this node when none runs (Pairing.Start); it waits for the first code up to
+// firstCodeWait. The transport rotates the code; the pairing page shows the latest.
+func (c *Console) qrFor(ctx context.Context, tenantID, connID string) (pairing.QR, error) {
+	ctx, cancel := context.WithTimeout(ctx, firstCodeWait)
+	defer cancel()
+	q, err := c.d.Pairing.Start(ctx, tenantID, connID)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = pairing.ErrNoCode
 	}
-	q, ok := c.pairing[connKey]
-	if ok {
-		if _, running, _ := q.snapshot(); !running {
-			ok = false
-		}
-	}
-	if !ok {
-		q = &qrPairing{running: true, first: make(chan struct{})}
-		c.pairing[connKey] = q
-	}
-	c.pairMu.Unlock()
-	if !ok { // this request starts it, outside the lock (the transport may take a while)
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pairingTimeout)
-		codes, err := c.d.Transport.PairQR(pctx, connKey)
-		if err != nil {
-			cancel()
-			q.mu.Lock()
-			q.running, q.err = false, err
-			q.mu.Unlock()
-			close(q.first)
-			return q
-		}
-		go func() {
-			defer cancel()
-			var once sync.Once
-			for code := range codes {
-				q.mu.Lock()
-				q.code = code
-				q.mu.Unlock()
-				once.Do(func() { close(q.first) })
-			}
-			q.mu.Lock()
-			q.running = false
-			q.mu.Unlock()
-			once.Do(func() { close(q.first) })
-		}()
-	}
-	select { // the first code normally comes at once
-	case <-q.first:
-	case <-time.After(10 * time.Second):
-	case <-ctx.Done():
-	}
-	return q
+	return q, err
 }
 
 // qrSVG renders a QR code as an SVG image: one path of dark modules, with a quiet zone.
@@ -127,14 +74,14 @@ func (c *Console) pairingPage(w http.ResponseWriter, r *http.Request) error {
 	case card.LinkStatus == connection.LinkStatusRetired:
 		data["Unavailable"] = "This connection is retired: it cannot be paired again."
 	default:
-		q := c.qrFor(r.Context(), connection.Key(u.principal.TenantID, id))
-		code, running, perr := q.snapshot()
+		q, perr := c.qrFor(r.Context(), u.principal.TenantID, id)
+		code, running := q.Code, q.Running
 		switch {
 		case errors.Is(perr, transport.ErrAlreadyPaired):
 			data["Paired"] = true
-		case perr != nil:
+		case perr != nil && !errors.Is(perr, pairing.ErrNoCode):
 			data["Unavailable"] = "Pairing could not start: " + perr.Error()
-		case code == "":
+		case errors.Is(perr, pairing.ErrNoCode):
 			data["Unavailable"] = "WhatsApp sent no QR code yet. Reload the page in a moment."
 		default:
 			svg, err := qrSVG(code)

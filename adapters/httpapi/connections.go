@@ -3,14 +3,15 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/pairing"
 	wmtransport "github.com/waqueue/waqueue/adapters/whatsmeow"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -270,21 +271,6 @@ func (s *server) getConnection(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, viewCard(c, s.d.Now()))
 }
 
-// qrPairing follows one QR pairing started through the API: the latest code, and whether the
-// pairing is still running.
-type qrPairing struct {
-	mu      sync.Mutex
-	code    string
-	running bool
-	first   chan struct{} // closed at the first code or at the end
-}
-
-func (q *qrPairing) snapshot() (string, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.code, q.running
-}
-
 // negotiate picks the first of offers that the Accept header accepts ("" when none does).
 // A missing Accept accepts the first offer.
 func negotiate(r *http.Request, offers ...string) string {
@@ -337,8 +323,9 @@ func (s *server) writeQR(w http.ResponseWriter, r *http.Request, id, code string
 		Detail: "the QR code is available as application/json, image/png or text/plain"}
 }
 
-// startPairQR starts a QR pairing (or joins the one running) and answers with the first code.
-// The pairing outlives the request, bounded by Limits.PairingTimeout; GET shows the latest code.
+// startPairQR joins the QR pairing of the connection running on any node, or starts one on
+// this node when none runs, and answers with its latest code. The pairing outlives the request,
+// bounded by Limits.PairingTimeout; GET on any node shows the latest code.
 func (s *server) startPairQR(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	if err := s.pairable(r, id); err != nil {
@@ -347,74 +334,31 @@ func (s *server) startPairQR(w http.ResponseWriter, r *http.Request) error {
 	if negotiate(r, "application/json", "image/png", "text/plain") == "" {
 		return s.writeQR(w, r, id, "", false)
 	}
-	s.pairMu.Lock()
-	q, ok := s.pairing[connKey(r)]
-	start := !ok
-	if ok {
-		_, running := q.snapshot()
-		start = !running
-	}
-	if start {
-		q = &qrPairing{running: true, first: make(chan struct{})}
-		s.pairing[connKey(r)] = q
-	}
-	s.pairMu.Unlock()
-	if start {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.d.Limits.PairingTimeout)
-		codes, err := s.d.Transport.PairQR(ctx, connKey(r))
-		if err != nil {
-			cancel()
-			s.pairMu.Lock()
-			if s.pairing[connKey(r)] == q {
-				delete(s.pairing, id)
-			}
-			s.pairMu.Unlock()
-			return err
-		}
-		go func() {
-			defer cancel()
-			var once sync.Once
-			for c := range codes {
-				q.mu.Lock()
-				q.code = c
-				q.mu.Unlock()
-				once.Do(func() { close(q.first) })
-			}
-			q.mu.Lock()
-			q.running = false
-			q.mu.Unlock()
-			once.Do(func() { close(q.first) })
-		}()
-	}
-	select {
-	case <-q.first:
-	case <-r.Context().Done():
-		return r.Context().Err()
-	case <-time.After(30 * time.Second):
-	}
-	code, running := q.snapshot()
-	if code == "" {
+	q, err := s.d.Pairing.Start(r.Context(), principal(r).TenantID, id)
+	if errors.Is(err, pairing.ErrNoCode) {
 		return &Problem{Status: http.StatusConflict, Code: CodeNoPairing, Detail: "the pairing ended without a QR code; see the connection's status"}
 	}
-	return s.writeQR(w, r, id, code, running)
+	if err != nil {
+		return err
+	}
+	return s.writeQR(w, r, id, q.Code, q.Running)
 }
 
+// getPairQR answers the latest code of the QR pairing of the connection running on any node
+// (from this node's memory when it runs here, else from the shared read-model database).
 func (s *server) getPairQR(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
 	if _, err := s.card(r, id); err != nil {
 		return err
 	}
-	s.pairMu.Lock()
-	q, ok := s.pairing[connKey(r)]
-	s.pairMu.Unlock()
+	q, ok, err := s.d.Pairing.Latest(r.Context(), principal(r).TenantID, id)
+	if err != nil {
+		return err
+	}
 	if !ok {
-		return &Problem{Status: http.StatusNotFound, Code: CodeNoPairing, Detail: "no QR pairing of this connection runs on this node; POST first (a pairing started through another node is followed there)"}
+		return &Problem{Status: http.StatusNotFound, Code: CodeNoPairing, Detail: "no QR pairing of this connection runs (or it has no code yet); POST first"}
 	}
-	code, running := q.snapshot()
-	if code == "" {
-		return &Problem{Status: http.StatusNotFound, Code: CodeNoPairing, Detail: "no QR code yet"}
-	}
-	return s.writeQR(w, r, id, code, running)
+	return s.writeQR(w, r, id, q.Code, q.Running)
 }
 
 func (s *server) pairPhone(w http.ResponseWriter, r *http.Request) error {

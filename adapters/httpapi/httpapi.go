@@ -21,7 +21,6 @@ import (
 	"math"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/pairing"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/adapters/webhooks"
@@ -65,6 +65,9 @@ type Deps struct {
 	Tokens *apikeys.Tokens
 	// Transport pairs connections (QR code, phone code). Required.
 	Transport transport.Transport
+	// Pairing runs and shares the QR pairings (the node's one, shared with the console). Nil: New
+	// makes one on DB and Transport, bounded by Limits.PairingTimeout.
+	Pairing *pairing.Manager
 	// Simulator, if set, enables the simulator-only routes (/simulator/ban, /lift, /logout).
 	Simulator *simulator.Simulator
 	// Webhooks, if set, enables the /v1/webhooks routes (register, list, delete, delivery log).
@@ -184,9 +187,7 @@ type server struct {
 	d       Deps
 	log     *slog.Logger
 	metrics *metrics
-	pairMu  sync.Mutex
-	pairing map[string]*qrPairing // connection id -> the last QR pairing started
-	checks  *checkBucket          // number checks, per connection key
+	checks  *checkBucket // number checks, per connection key
 	// limiters are the tenants' token buckets on this node (tenants.go).
 	limiters *rateLimiters
 }
@@ -208,7 +209,14 @@ func New(d Deps) (http.Handler, error) {
 		d.PlatformTenant = apikeys.DefaultTenant
 	}
 	d.Limits.setDefaults()
-	s := &server{d: d, log: d.Logger, pairing: map[string]*qrPairing{},
+	if d.Pairing == nil {
+		p, err := pairing.New(pairing.Config{DB: d.DB, Transport: d.Transport, Timeout: d.Limits.PairingTimeout, Logger: d.Logger})
+		if err != nil {
+			return nil, err
+		}
+		d.Pairing = p
+	}
+	s := &server{d: d, log: d.Logger,
 		checks:   newCheckBucket(d.Limits.NumberChecksPerMinute, d.Limits.NumberCheckBurst),
 		limiters: &rateLimiters{def: apikeys.RateLimit{PerSecond: d.Limits.RatePerSecond, Burst: d.Limits.RateBurst}, m: map[string]*rate.Limiter{}}}
 	m, err := newMetrics(d.Registry)

@@ -39,6 +39,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/httpapi"
 	"github.com/waqueue/waqueue/adapters/lease"
+	"github.com/waqueue/waqueue/adapters/pairing"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/adapters/transport"
@@ -182,8 +183,10 @@ type Node struct {
 	ClearReports *projections.Clears
 	Webhooks     *webhooks.Service
 	Transport    transport.Transport
-	Simulator    *simulator.Simulator
-	Dispatcher   *dispatcher.Dispatcher
+	// Pairing runs the QR pairings of the API and the console and shares them with the other nodes.
+	Pairing    *pairing.Manager
+	Simulator  *simulator.Simulator
+	Dispatcher *dispatcher.Dispatcher
 	// Leases are the dispatcher's leases: NATS key-value ones with EventStoreDB and a NATS broker,
 	// PostgreSQL ones with PostgreSQL read models, nil otherwise (one dispatching process).
 	Leases dispatcher.Leases
@@ -356,11 +359,18 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 			return nil, err
 		}
 	}
+	// One QR pairing manager serves the API and the console; its state is shared with the other
+	// nodes through the read-model database.
+	if n.Pairing, err = pairing.New(pairing.Config{DB: n.DB, Transport: n.Transport, NodeID: o.NodeID,
+		Timeout: o.Limits.PairingTimeout, Logger: o.Logger}); err != nil {
+		return nil, err
+	}
+	n.closers = append(n.closers, func() error { n.Pairing.Close(); return nil })
 	deps := httpapi.Deps{
 		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
 		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
 		Clears: n.ClearReports, Keys: n.Keys, Tokens: n.Tokens, Transport: n.Transport, Registry: n.Registry, Logger: o.Logger, Now: o.Now, Limits: o.Limits,
-		Webhooks: n.Webhooks,
+		Webhooks: n.Webhooks, Pairing: n.Pairing,
 	}
 	if n.Simulator != nil && o.SimulatorRoutes {
 		deps.Simulator = n.Simulator
@@ -372,7 +382,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	if n.Console, err = console.New(console.Deps{
 		Store: n.Events, DB: n.DB, Handlers: n.Handlers, Runner: n.Runner,
 		Cards: n.Cards, Queue: n.Queue, Messages: n.Messages, Audit: n.Audit, Analytics: n.Analytics,
-		Clears: n.ClearReports, Keys: n.Keys, Transport: n.Transport, Logger: o.Logger, Now: o.Now,
+		Clears: n.ClearReports, Keys: n.Keys, Transport: n.Transport, Logger: o.Logger, Now: o.Now, Pairing: n.Pairing,
 	}); err != nil {
 		return nil, err
 	}
@@ -516,11 +526,14 @@ func (n *Node) openStores(ctx context.Context) error {
 	if err := console.Migrate(ctx, n.DB); err != nil {
 		return err
 	}
+	if err := pairing.Migrate(ctx, n.DB); err != nil {
+		return err
+	}
 	return webhooks.Migrate(ctx, n.DB)
 }
 
 // Migrate opens the stores of o, brings every schema (event store, read models, API keys,
-// webhooks, console sessions) up to date, and closes them. It creates no key and starts nothing.
+// webhooks, console sessions, QR pairings) up to date, and closes them. It creates no key and starts nothing.
 func Migrate(ctx context.Context, o Options) error {
 	if err := o.setDefaults(); err != nil {
 		return err
