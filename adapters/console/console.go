@@ -37,8 +37,8 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
-	"github.com/waqueue/waqueue/adapters/pairing"
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/pairing"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
