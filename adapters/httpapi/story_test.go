@@ -9,6 +9,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/domain/auth"
+	"github.com/waqueue/waqueue/domain/connection"
 )
 
 func apitestOptions() apitest.Options { return apitest.Options{} }
@@ -289,12 +290,15 @@ func TestConnectionsAndPairing(t *testing.T) {
 	wantStatus(t, e.do(op, "GET", "/v1/connections/shop-1", nil, nil), 200)
 	wantProblem(t, e.do(op, "GET", "/v1/connections/nope", nil, nil), 404, "not_found")
 
-	// QR pairing: no code before POST; JSON, text and PNG renderings of the same code.
+	// QR pairing: no code before POST; JSON, text and PNG renderings of the same code while the
+	// pairing runs (the simulator holds it until scanned); no code once it ended.
+	key := connection.Key(e.Tenant, "shop-1")
+	e.Simulator.HoldQR(key)
 	wantProblem(t, e.do(op, "GET", "/v1/connections/shop-1/pairing/qr", nil, nil), 404, "no_pairing")
 	qr := e.do(op, "POST", "/v1/connections/shop-1/pairing/qr", nil, nil)
 	wantStatus(t, qr, 200)
 	code := str(qr.Map(), "code")
-	if code == "" {
+	if code == "" || qr.Map()["running"] != true {
 		t.Fatalf("qr %s", qr.Body)
 	}
 	txt := e.do(op, "GET", "/v1/connections/shop-1/pairing/qr", nil, map[string]string{"Accept": "text/plain"})
@@ -308,6 +312,13 @@ func TestConnectionsAndPairing(t *testing.T) {
 		t.Fatalf("PNG QR: %v (%s)", err, img.Header.Get("Content-Type"))
 	}
 	wantProblem(t, e.do(op, "GET", "/v1/connections/shop-1/pairing/qr", nil, map[string]string{"Accept": "application/xml"}), 406, "not_acceptable")
+	if err := e.Simulator.ScanQR(key); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the scanned pairing ended", func() bool {
+		return e.do(op, "GET", "/v1/connections/shop-1/pairing/qr", nil, nil).Status == 404
+	})
+	wantProblem(t, e.do(op, "GET", "/v1/connections/shop-1/pairing/qr", nil, nil), 404, "no_pairing")
 
 	// The simulator paired the first connection when its QR was "scanned"; pair another by phone.
 	id2, phone2 := e.register(op)
