@@ -239,6 +239,14 @@ func (m *Manager) follow(ctx context.Context, tenantID, connID, key string, r *r
 			m.write(ctx, `UPDATE qr_pairings SET code = $1, updated_at_us = $2
 				WHERE tenant_id = $3 AND connection_id = $4 AND run_id = $5`, code, now.UnixMicro(), tenantID, connID, r.id)
 			r.closeFirst()
+		case <-ctx.Done():
+			// Timed out or closed: the transport closes codes soon; nobody needs them any more.
+			m.end(tenantID, connID, key, r, nil)
+			go func() {
+				for range codes {
+				}
+			}()
+			return
 		case <-tick.C:
 			now := m.cfg.Now()
 			r.mu.Lock()

@@ -165,6 +165,9 @@ func TestPairingSharedAcrossNodes(t *testing.T) {
 		if _, err := b.Start(ctx, tenant, id); !errors.Is(err, transport.ErrAlreadyPaired) {
 			t.Fatalf("start after pairing: %v, want ErrAlreadyPaired", err)
 		}
+		if st := rowState(t, ctx, db, tenant, id); st != "ended" {
+			t.Fatalf("row after a pairing that failed to start: %q, want ended", st)
+		}
 	})
 }
 
@@ -245,6 +248,43 @@ func TestCloseEndsTheRows(t *testing.T) {
 		a.Close()
 		if q, ok := latest(t, ctx, b, tenant, id); ok {
 			t.Fatalf("b reads the pairing of a closed node: %+v", q)
+		}
+	})
+}
+
+func rowState(t *testing.T, ctx context.Context, db *projections.DB, tenant, id string) string {
+	t.Helper()
+	var state string
+	if err := db.QueryRowContext(ctx, `SELECT state FROM qr_pairings WHERE tenant_id = $1 AND connection_id = $2`,
+		tenant, id).Scan(&state); err != nil {
+		t.Fatal(err)
+	}
+	return state
+}
+
+// TestTimedOutPairingEnds: a pairing past Config.Timeout ends; its row says ended and no node
+// answers its code.
+func TestTimedOutPairingEnds(t *testing.T) {
+	engines(t, func(t *testing.T, ctx context.Context, db *projections.DB) {
+		devs := simulator.NewDevices()
+		sim := simulator.New(simulator.Options{Seed: 1, Devices: devs})
+		t.Cleanup(sim.Close)
+		a, err := pairing.New(pairing.Config{DB: db, Transport: sim, NodeID: "a", Timeout: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(a.Close)
+		b := newNode(t, db, devs, "b", nil)
+		const tenant, id = "t1", "shop-5"
+		sim.HoldQR(connection.Key(tenant, id))
+		if _, err := a.Start(ctx, tenant, id); err != nil && !errors.Is(err, pairing.ErrNoCode) {
+			t.Fatal(err)
+		}
+		waitFor(t, ctx, "the timed-out pairing's row ended", func() bool { return rowState(t, ctx, db, tenant, id) == "ended" })
+		for _, n := range []*pairing.Manager{a, b.Manager} {
+			if q, ok, err := n.Latest(ctx, tenant, id); ok || err != nil {
+				t.Fatalf("%s reads a timed-out pairing: %+v %v", n.NodeID(), q, err)
+			}
 		}
 	})
 }
