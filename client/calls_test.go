@@ -14,6 +14,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/httpapi/apitest"
 	"github.com/waqueue/waqueue/client"
+	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/internal/testwait"
 )
 
@@ -50,6 +51,7 @@ func TestCallsAgainstServer(t *testing.T) {
 	if _, _, err := c.RegisterConnection(ctx, "shop-2", "+4917033330002", ""); err != nil {
 		t.Fatal(err)
 	}
+	srv.Simulator.HoldQR(connection.Key(srv.Tenant, "shop-2")) // the pairing runs until scanned: GET sees it
 	if q, err := c.StartPairingQR(ctx, "shop-2"); err != nil || q.Code == "" {
 		t.Errorf("StartPairingQR: %+v %v", q, err)
 	}

@@ -76,7 +76,11 @@ func TestNoticeListsEveryDirectRequirement(t *testing.T) {
 		t.Fatalf("parsed only %d direct requirements from go.mod: %v", len(reqs), reqs)
 	}
 	entries := noticeEntries(t, filepath.Join("..", "NOTICE"))
-	known := map[string]bool{"Apache-2.0": true, "MIT": true, "BSD-3-Clause": true, "BSD-2-Clause": true, "MPL-2.0": true, "ISC": true}
+	known := map[string]bool{"Apache-2.0": true, "MIT": true, "BSD-3-Clause": true, "BSD-2-Clause": true, "MPL-2.0": true, "ISC": true, "GPL-3.0": true}
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	required := map[string]bool{}
 	for _, m := range reqs {
 		required[m] = true
@@ -86,6 +90,10 @@ func TestNoticeListsEveryDirectRequirement(t *testing.T) {
 			continue
 		}
 		for _, l := range strings.Split(lic, " AND ") {
+			// A copyleft licence reaching the binary must be explained to whoever ships it.
+			if (l == "GPL-3.0" || l == "MPL-2.0") && !strings.Contains(string(readme), m) {
+				t.Errorf("NOTICE: %s is %s, but README.md's licence section does not explain what it means for a distributor", m, l)
+			}
 			if !known[l] {
 				t.Errorf("NOTICE: %s: licence %q is not an SPDX identifier this test knows", m, l)
 			}
@@ -178,6 +186,8 @@ func identify(text string) string {
 	apache := strings.Contains(text, "Apache License") && strings.Contains(text, "Version 2.0")
 	mit := strings.Contains(text, "Permission is hereby granted, free of charge")
 	switch {
+	case strings.Contains(text, "GNU GENERAL PUBLIC LICENSE") && strings.Contains(text, "Version 3, 29 June 2007"):
+		return "GPL-3.0"
 	case strings.Contains(text, "Mozilla Public License Version 2.0"):
 		return "MPL-2.0"
 	case apache && mit:

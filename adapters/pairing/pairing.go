@@ -266,8 +266,16 @@ func (m *Manager) write(ctx context.Context, q string, args ...any) {
 	}
 }
 
-// end marks r ended (with err when it could not start), in memory and in its row, and forgets it.
+// end marks r ended (with err when it could not start), in its row first and then in memory,
+// and forgets it: once this node answers that the pairing ended, every node does.
 func (m *Manager) end(tenantID, connID, key string, r *run, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, werr := m.cfg.DB.ExecContext(ctx, `UPDATE qr_pairings SET state = 'ended', code = '', updated_at_us = $1
+		WHERE tenant_id = $2 AND connection_id = $3 AND run_id = $4`,
+		m.cfg.Now().UnixMicro(), tenantID, connID, r.id); werr != nil {
+		m.cfg.Logger.Warn("pairing: recording the end of a QR pairing failed", "err", werr)
+	}
 	r.mu.Lock()
 	r.running, r.err, r.updated = false, err, m.cfg.Now()
 	r.mu.Unlock()
@@ -277,13 +285,6 @@ func (m *Manager) end(tenantID, connID, key string, r *run, err error) {
 		delete(m.runs, key)
 	}
 	m.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := m.cfg.DB.ExecContext(ctx, `UPDATE qr_pairings SET state = 'ended', code = '', updated_at_us = $1
-		WHERE tenant_id = $2 AND connection_id = $3 AND run_id = $4`,
-		m.cfg.Now().UnixMicro(), tenantID, connID, r.id); err != nil {
-		m.cfg.Logger.Warn("pairing: recording the end of a QR pairing failed", "err", err)
-	}
 }
 
 // wait returns r's latest code once it has one, it ended, ctx is done or FirstCodeWait passed.

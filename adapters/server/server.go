@@ -87,7 +87,7 @@ type Options struct {
 	Pacing   dispatcher.Pacing
 	NoPacing bool
 	// NoDispatcher leaves the dispatcher off (messages stay queued). Such an API-only node still
-	// records the pairings its transport completes (see recordPairings), unless
+	// records the pairings its transport completes (see dispatcher.PairingRecorder), unless
 	// NoPairingRecorder.
 	NoDispatcher bool
 	// NoPairingRecorder leaves the transport's events of a node without a dispatcher unrecorded:
@@ -628,7 +628,7 @@ func (n *Node) Start(ctx context.Context) error {
 			n.goRun("connector", func() error { return connectAll(ctx, n.Events, n.Transport, n.log) })
 		}
 	} else if !n.Options.NoPairingRecorder {
-		n.Transport.SetHandler(n.recordPairings(ctx))
+		n.Transport.SetHandler(dispatcher.PairingRecorder(ctx, n.Handlers.PairingSucceeded, n.log))
 	}
 	return nil
 }
