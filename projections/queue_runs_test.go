@@ -116,7 +116,7 @@ func (h *runsHistory) step() {
 	case op < 32: // a broadcast, as chunks or (as old streams hold it) one MessageQueued per message
 		h.keys++
 		n := 1 + h.rng.IntN(40)
-		if h.rng.IntN(20) == 0 && !testing.Short() {
+		if h.rng.IntN(40) == 0 && !testing.Short() { // more than one chunk
 			n = connection.BroadcastChunk + 1 + h.rng.IntN(200)
 		}
 		recipients := make([]string, n)
@@ -299,7 +299,7 @@ func (h *runsHistory) compare(when string) {
 		last := h.streams[i].State().LastSeq()
 		afters := []uint64{0, last, uint64(h.rng.IntN(int(last) + 1)), uint64(h.rng.IntN(int(last) + 1))}
 		for _, after := range afters {
-			for _, limit := range []int{1, 1 + h.rng.IntN(7), 10_000} {
+			for _, limit := range []int{1, 1 + h.rng.IntN(7), 600} {
 				n1, err1 := h.runs.NextPending(ctx, h.e.db, key, after, limit)
 				n2, err2 := h.perRow.NextPending(ctx, h.rows, key, after, limit)
 				if err1 != nil || err2 != nil {
@@ -343,7 +343,7 @@ func (h *runsHistory) compare(when string) {
 // as the per-message-row Queue of before does. At the end both are collected: no run is left of
 // a purged stretch.
 func TestQueueRunsAnswerAsRows(t *testing.T) {
-	seeds, steps := 6, 120
+	seeds, steps := 3, 100
 	if testing.Short() {
 		seeds, steps = 2, 60
 	}
