@@ -190,7 +190,7 @@ func (b *queueBatch) takeFromRun(ctx context.Context, connID string, seq uint64)
 	var first, last, live, firstIndex, exp, qat int64
 	var bid, recipient string
 	err := tx.QueryRowContext(ctx, `SELECT first_seq, last_seq, live_from, broadcast_id, first_index,
-substr(recipients, CAST(($2 - first_seq) * 16 + 1 AS INTEGER), 16), expires_at_us, queued_at_us
+CASE WHEN last_seq >= $2 THEN substr(recipients, CAST(($2 - first_seq) * 16 + 1 AS INTEGER), 16) ELSE '' END, expires_at_us, queued_at_us
 FROM queue_runs WHERE conn_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1`, connID, int64(seq)).
 		Scan(&first, &last, &live, &bid, &firstIndex, &recipient, &exp, &qat)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -339,7 +339,7 @@ func (q *Queue) runPending(ctx context.Context, db querier, connID string, lo, u
 	var out []PendingMessage
 	after := int64(-1) // first_seq of the last run read
 	for len(out) < limit {
-		rows, err := db.QueryContext(ctx, `SELECT r.first_seq, r.last_seq, r.live_from, r.broadcast_id, r.first_index, r.recipients,
+		rows, err := db.QueryContext(ctx, `SELECT r.first_seq, r.last_seq, r.live_from, r.broadcast_id, r.first_index,
 r.expires_at_us, r.queued_at_us, COALESCE(b.text, '')
 FROM queue_runs r LEFT JOIN queue_broadcasts b ON b.conn_id = r.conn_id AND b.broadcast_id = r.broadcast_id
 WHERE r.conn_id = $1 AND r.last_seq > $2 AND ($3 = 0 OR r.first_seq < $3) AND r.first_seq > $4 ORDER BY r.first_seq LIMIT 4`,
@@ -350,7 +350,7 @@ WHERE r.conn_id = $1 AND r.last_seq > $2 AND ($3 = 0 OR r.first_seq < $3) AND r.
 		var runs []storedRun
 		for rows.Next() {
 			var r storedRun
-			if err := rows.Scan(&r.first, &r.last, &r.live, &r.bid, &r.firstIndex, &r.recipients, &r.exp, &r.qat, &r.text); err != nil {
+			if err := rows.Scan(&r.first, &r.last, &r.live, &r.bid, &r.firstIndex, &r.exp, &r.qat, &r.text); err != nil {
 				rows.Close()
 				return nil, err
 			}
@@ -378,14 +378,30 @@ WHERE r.conn_id = $1 AND r.last_seq > $2 AND ($3 = 0 OR r.first_seq < $3) AND r.
 			if err != nil {
 				return nil, err
 			}
-			for s := from; s <= to && len(out) < limit; s++ {
-				if gone[s] {
-					continue
+			var take []int64
+			for s := from; s <= to && len(out)+len(take) < limit; s++ {
+				if !gone[s] {
+					take = append(take, s)
 				}
+			}
+			if len(take) == 0 {
+				continue
+			}
+			// Only the stretch of recipients needed (a run packs up to 5,000).
+			i0, i1 := take[0]-r.first, take[len(take)-1]-r.first
+			var packed string
+			if err := db.QueryRowContext(ctx, `SELECT substr(recipients, CAST($3 AS INTEGER), CAST($4 AS INTEGER)) FROM queue_runs
+WHERE conn_id = $1 AND first_seq = $2`, connID, r.first, i0*runWidth+1, (i1-i0+1)*runWidth).Scan(&packed); err != nil {
+				return nil, err
+			}
+			if int64(len(packed)) != (i1-i0+1)*runWidth {
+				return nil, fmt.Errorf("queue run %d…%d: %d bytes of recipients, want %d", r.first, r.last, len(packed), (i1-i0+1)*runWidth)
+			}
+			for _, s := range take {
 				i := s - r.first
 				out = append(out, PendingMessage{ConnectionID: connID, Seq: uint64(s),
 					MessageID: connection.BroadcastMessageID(bid, int(r.firstIndex+i)), BroadcastID: bid,
-					Recipient: runRecipient(r.recipients, uint64(i)), Text: r.text,
+					Recipient: runRecipient(packed, uint64(i-i0)), Text: r.text,
 					ExpiresAt: fromUS(r.exp), QueuedAt: fromUS(r.qat)})
 			}
 			if len(out) >= limit {
