@@ -31,6 +31,8 @@ const QueueName = "queue"
 type Queue struct {
 	mu      sync.Mutex
 	commits []func([]eventstore.RecordedEvent)
+	// stmts are the statements prepared per database (prepared).
+	stmts map[preparedKey]*sql.Stmt
 	// rowsOnly makes Apply write one queue_messages row per message, never a run (the model
 	// before issue 12; the randomized tests compare the two).
 	rowsOnly bool

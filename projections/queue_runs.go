@@ -187,9 +187,29 @@ type runMember struct {
 // pending queue, a position purged but not collected yet is still held.
 func (b *queueBatch) takeFromRun(ctx context.Context, connID string, seq uint64) (runMember, bool, error) {
 	tx := b.tx
-	var first, last, live, firstIndex, exp, qat int64
+	var first, last, live, gone, firstIndex, exp, qat int64
 	var bid, recipient string
-	err := tx.QueryRowContext(ctx, `SELECT first_seq, last_seq, live_from, broadcast_id, first_index,
+	// The head of its run (the dispatcher's order; expiries): one statement.
+	err := tx.QueryRowContext(ctx, `UPDATE queue_runs SET live_from = live_from + 1
+WHERE conn_id = $1 AND live_from = $2 AND first_seq <= $2 AND last_seq >= $2
+RETURNING first_seq, last_seq, gone_count, broadcast_id, first_index,
+substr(recipients, CAST(($2 - first_seq) * 16 + 1 AS INTEGER), 16), expires_at_us, queued_at_us`, connID, int64(seq)).
+		Scan(&first, &last, &gone, &bid, &firstIndex, &recipient, &exp, &qat)
+	switch {
+	case err == nil:
+		if int64(seq) == last {
+			_, err = tx.ExecContext(ctx, `DELETE FROM queue_runs WHERE conn_id = $1 AND first_seq = $2`, connID, first)
+		} else if gone > 0 {
+			err = advanceRun(ctx, tx, connID, first, last, int64(seq)+1)
+		}
+		if err != nil {
+			return runMember{}, false, fmt.Errorf("queue run of %d: %w", seq, err)
+		}
+		return newRunMember(bid, firstIndex, int64(seq)-first, recipient, exp, qat)
+	case !errors.Is(err, sql.ErrNoRows):
+		return runMember{}, false, fmt.Errorf("queue run of %d: %w", seq, err)
+	}
+	err = tx.QueryRowContext(ctx, `SELECT first_seq, last_seq, live_from, broadcast_id, first_index,
 CASE WHEN last_seq >= $2 THEN substr(recipients, CAST(($2 - first_seq) * 16 + 1 AS INTEGER), 16) ELSE '' END, expires_at_us, queued_at_us
 FROM queue_runs WHERE conn_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1`, connID, int64(seq)).
 		Scan(&first, &last, &live, &bid, &firstIndex, &recipient, &exp, &qat)
@@ -199,31 +219,36 @@ FROM queue_runs WHERE conn_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC L
 	if err != nil {
 		return runMember{}, false, fmt.Errorf("queue run of %d: %w", seq, err)
 	}
-	if int64(seq) > last || int64(seq) < live {
+	if int64(seq) > last || int64(seq) <= live { // the head was taken above
 		return runMember{}, false, nil
 	}
-	if int64(seq) > live {
-		res, err := tx.ExecContext(ctx, `INSERT INTO queue_run_gone (conn_id, seq) VALUES ($1, $2) ON CONFLICT (conn_id, seq) DO NOTHING`,
-			connID, int64(seq))
-		if err != nil {
-			return runMember{}, false, fmt.Errorf("queue run of %d: %w", seq, err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return runMember{}, false, nil // gone already
-		}
-	} else if err := advanceRun(ctx, tx, connID, first, last, live+1); err != nil {
-		return runMember{}, false, err
+	res, err := tx.ExecContext(ctx, `INSERT INTO queue_run_gone (conn_id, seq) VALUES ($1, $2) ON CONFLICT (conn_id, seq) DO NOTHING`,
+		connID, int64(seq))
+	if err != nil {
+		return runMember{}, false, fmt.Errorf("queue run of %d: %w", seq, err)
 	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return runMember{}, false, nil // gone already
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE queue_runs SET gone_count = gone_count + 1 WHERE conn_id = $1 AND first_seq = $2`,
+		connID, first); err != nil {
+		return runMember{}, false, fmt.Errorf("queue run of %d: %w", seq, err)
+	}
+	return newRunMember(bid, firstIndex, int64(seq)-first, recipient, exp, qat)
+}
+
+func newRunMember(bid string, firstIndex, i int64, recipient string, exp, qat int64) (runMember, bool, error) {
 	id, err := parseID(bid)
 	if err != nil {
 		return runMember{}, false, err
 	}
-	return runMember{bid: bid, messageID: connection.BroadcastMessageID(id, int(firstIndex+int64(seq)-first)),
+	return runMember{bid: bid, messageID: connection.BroadcastMessageID(id, int(firstIndex+i)),
 		recipient: strings.TrimRight(recipient, " "), exp: exp, qat: qat}, true, nil
 }
 
 // advanceRun sets the live_from of run (connID, first) to the first position at or after from
-// not in queue_run_gone (deleting the gone markers it passes), or deletes the run when none is left.
+// not in queue_run_gone (deleting the gone markers it passes, and counting them off its
+// gone_count), or deletes the run when none is left.
 func advanceRun(ctx context.Context, tx *Tx, connID string, first, last, from int64) error {
 	rows, err := tx.QueryContext(ctx, `SELECT seq FROM queue_run_gone WHERE conn_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq`,
 		connID, from, last)
@@ -254,7 +279,8 @@ func advanceRun(ctx context.Context, tx *Tx, connID string, first, last, from in
 	if live > last {
 		_, err = tx.ExecContext(ctx, `DELETE FROM queue_runs WHERE conn_id = $1 AND first_seq = $2`, connID, first)
 	} else {
-		_, err = tx.ExecContext(ctx, `UPDATE queue_runs SET live_from = $3 WHERE conn_id = $1 AND first_seq = $2`, connID, first, live)
+		_, err = tx.ExecContext(ctx, `UPDATE queue_runs SET live_from = $3, gone_count = gone_count - $4 WHERE conn_id = $1 AND first_seq = $2`,
+			connID, first, live, live-from)
 	}
 	if err != nil {
 		return fmt.Errorf("advance queue run: %w", err)
@@ -264,8 +290,8 @@ func advanceRun(ctx context.Context, tx *Tx, connID string, first, last, from in
 
 // storedRun is a queue_runs row.
 type storedRun struct {
-	first, last, live, firstIndex, exp, qat int64
-	bid, recipients, text                   string
+	first, last, live, gone, firstIndex, exp, qat int64
+	bid, recipients, text                         string
 }
 
 // cutRuns removes the positions from … to of connID from its runs (the collector's share of a
@@ -325,8 +351,10 @@ FROM queue_runs WHERE conn_id = $1 AND last_seq >= $2 AND first_seq <= $3 ORDER 
 }
 
 func insertRun(ctx context.Context, tx *Tx, connID string, r storedRun) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO queue_runs (conn_id, first_seq, last_seq, live_from, broadcast_id, first_index, recipients, expires_at_us, queued_at_us)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, connID, r.first, r.last, r.live, r.bid, r.firstIndex, r.recipients, r.exp, r.qat)
+	_, err := tx.ExecContext(ctx, `INSERT INTO queue_runs (conn_id, first_seq, last_seq, live_from, broadcast_id, first_index, recipients,
+expires_at_us, queued_at_us, gone_count)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, (SELECT COUNT(*) FROM queue_run_gone WHERE conn_id = $1 AND seq >= $2 AND seq <= $3))`,
+		connID, r.first, r.last, r.live, r.bid, r.firstIndex, r.recipients, r.exp, r.qat)
 	if err != nil {
 		return fmt.Errorf("cut queue runs: %w", err)
 	}
@@ -435,20 +463,11 @@ func (q *Queue) gone(ctx context.Context, db querier, connID string, from, to in
 // pendingAt is Pending's read: connID's pending message at seq, from its row or from the run
 // holding it, in one statement (one snapshot, one round trip).
 func (q *Queue) pendingAt(ctx context.Context, db *DB, connID string, seq uint64) ([]PendingMessage, error) {
-	rows, err := db.QueryContext(ctx, `SELECT x.kind, x.message_id, x.broadcast_id, x.recipient, x.text, x.expires_at_us, x.queued_at_us, x.idx FROM (
-SELECT 0 AS kind, m.message_id, m.broadcast_id, m.recipient,
-  CASE WHEN m.text = '' AND b.text IS NOT NULL THEN b.text ELSE m.text END AS text, m.expires_at_us, m.queued_at_us, 0 AS idx
-FROM queue_messages m LEFT JOIN queue_broadcasts b ON b.conn_id = m.conn_id AND b.broadcast_id = m.broadcast_id
-WHERE m.conn_id = $1 AND m.seq = $2 AND m.dispatched_at_us = 0
-UNION ALL
-SELECT 1, '', r.broadcast_id, substr(r.recipients, CAST(($2 - r.first_seq) * 16 + 1 AS INTEGER), 16), COALESCE(b.text, ''),
-  r.expires_at_us, r.queued_at_us, r.first_index + $2 - r.first_seq
-FROM (SELECT * FROM queue_runs WHERE conn_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1) r
-LEFT JOIN queue_broadcasts b ON b.conn_id = r.conn_id AND b.broadcast_id = r.broadcast_id
-WHERE r.last_seq >= $2 AND r.live_from <= $2 AND NOT EXISTS (SELECT 1 FROM queue_run_gone g WHERE g.conn_id = $1 AND g.seq = $2)
-) x WHERE $2 > COALESCE((SELECT c.purged_upto FROM queue_conns c WHERE c.conn_id = $1), 0)
-AND NOT EXISTS (SELECT 1 FROM queue_purges p WHERE p.conn_id = $1 AND p.from_seq <= $2 AND p.to_seq >= $2)`,
-		connID, int64(seq))
+	stmt, err := q.prepared(ctx, db, pendingAtQuery)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := stmt.QueryContext(ctx, connID, int64(seq))
 	if err != nil {
 		return nil, err
 	}
@@ -475,6 +494,53 @@ AND NOT EXISTS (SELECT 1 FROM queue_purges p WHERE p.conn_id = $1 AND p.from_seq
 	}
 	return out, rows.Err()
 }
+
+// prepared returns query prepared on db, once per db: the dispatcher reads one message per
+// dispatch, and SQLite parsing pendingAtQuery cost more than running it (issue 12's profile).
+func (q *Queue) prepared(ctx context.Context, db *DB, query string) (*sql.Stmt, error) {
+	key := preparedKey{db.SQL, query}
+	q.mu.Lock()
+	stmt := q.stmts[key]
+	q.mu.Unlock()
+	if stmt != nil {
+		return stmt, nil
+	}
+	stmt, err := db.SQL.PrepareContext(ctx, db.Rebind(query))
+	if err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if other := q.stmts[key]; other != nil {
+		_ = stmt.Close()
+		return other, nil
+	}
+	if q.stmts == nil {
+		q.stmts = map[preparedKey]*sql.Stmt{}
+	}
+	q.stmts[key] = stmt
+	return stmt, nil
+}
+
+type preparedKey struct {
+	db    *sql.DB
+	query string
+}
+
+// pendingAtQuery reads the pending message at $2 of connection $1 from its row or its run.
+const pendingAtQuery = `SELECT x.kind, x.message_id, x.broadcast_id, x.recipient, x.text, x.expires_at_us, x.queued_at_us, x.idx FROM (
+SELECT 0 AS kind, m.message_id, m.broadcast_id, m.recipient,
+  CASE WHEN m.text = '' AND b.text IS NOT NULL THEN b.text ELSE m.text END AS text, m.expires_at_us, m.queued_at_us, 0 AS idx
+FROM queue_messages m LEFT JOIN queue_broadcasts b ON b.conn_id = m.conn_id AND b.broadcast_id = m.broadcast_id
+WHERE m.conn_id = $1 AND m.seq = $2 AND m.dispatched_at_us = 0
+UNION ALL
+SELECT 1, '', r.broadcast_id, substr(r.recipients, CAST(($2 - r.first_seq) * 16 + 1 AS INTEGER), 16), COALESCE(b.text, ''),
+  r.expires_at_us, r.queued_at_us, r.first_index + $2 - r.first_seq
+FROM (SELECT * FROM queue_runs WHERE conn_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1) r
+LEFT JOIN queue_broadcasts b ON b.conn_id = r.conn_id AND b.broadcast_id = r.broadcast_id
+WHERE r.last_seq >= $2 AND r.live_from <= $2 AND NOT EXISTS (SELECT 1 FROM queue_run_gone g WHERE g.conn_id = $1 AND g.seq = $2)
+) x WHERE $2 > COALESCE((SELECT c.purged_upto FROM queue_conns c WHERE c.conn_id = $1), 0)
+AND NOT EXISTS (SELECT 1 FROM queue_purges p WHERE p.conn_id = $1 AND p.from_seq <= $2 AND p.to_seq >= $2)`
 
 // mergeBySeq merges two Seq-ordered lists of disjoint Seqs and keeps the first limit.
 func mergeBySeq(a, b []PendingMessage, limit int) []PendingMessage {

@@ -286,6 +286,19 @@ func (h *runsHistory) compare(when string) {
 		h.t.Fatal(err)
 	}
 	h.maxRuns, h.maxGone = max(h.maxRuns, nRuns), max(h.maxGone, nGone)
+	// The runs' invariants: every gone marker lies above its run's live_from, inside the run,
+	// and gone_count counts them.
+	var stray, miscounted int
+	if err := h.e.db.QueryRowContext(ctx, `SELECT
+(SELECT COUNT(*) FROM queue_run_gone g WHERE NOT EXISTS (SELECT 1 FROM queue_runs r
+  WHERE r.conn_id = g.conn_id AND g.seq > r.live_from AND g.seq <= r.last_seq)),
+(SELECT COUNT(*) FROM queue_runs r WHERE r.gone_count <> (SELECT COUNT(*) FROM queue_run_gone g
+  WHERE g.conn_id = r.conn_id AND g.seq >= r.first_seq AND g.seq <= r.last_seq) OR r.live_from > r.last_seq)`).Scan(&stray, &miscounted); err != nil {
+		h.t.Fatal(err)
+	}
+	if stray != 0 || miscounted != 0 {
+		h.t.Fatalf("%s: %d gone markers outside a run's live part, %d runs miscounted or dead", when, stray, miscounted)
+	}
 	for i, id := range h.ids {
 		key := connection.Key(tenantA, id)
 		s1, err1 := h.runs.Summary(ctx, h.e.db, tenantA, id)
