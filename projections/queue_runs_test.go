@@ -71,6 +71,7 @@ type runsHistory struct {
 	keys    int
 	// most runs and gone markers seen at a compare: the history must exercise both.
 	maxRuns, maxGone int
+	draining         bool
 }
 
 func (h *runsHistory) now() time.Time { h.minute++; return at(h.minute) }
@@ -115,7 +116,7 @@ func (h *runsHistory) step() {
 		}
 	case op < 32: // a broadcast, as chunks or (as old streams hold it) one MessageQueued per message
 		h.keys++
-		n := 1 + h.rng.IntN(40)
+		n := 1 + h.rng.IntN(25)
 		if h.rng.IntN(40) == 0 && !testing.Short() { // more than one chunk
 			n = connection.BroadcastChunk + 1 + h.rng.IntN(200)
 		}
@@ -145,7 +146,11 @@ func (h *runsHistory) step() {
 			}
 		}
 	case op < 55: // dispatch the head (several in a row)
-		for range 1 + h.rng.IntN(8) {
+		burst := 3 // filling phases leave runs with gone markers behind; draining ones empty them
+		if h.draining {
+			burst = 20
+		}
+		for range 1 + h.rng.IntN(burst) {
 			head, ok := h.streams[i].State().Head()
 			if !ok {
 				break
@@ -394,6 +399,9 @@ func TestQueueRunsAnswerAsRows(t *testing.T) {
 				h.streams, h.ids, h.msgs = append(h.streams, s), append(h.ids, id), append(h.msgs, map[uint64]queueMsg{})
 			}
 			for n := range steps {
+				if n%20 == 0 {
+					h.draining = h.rng.IntN(2) == 0
+				}
 				h.step()
 				if h.rng.IntN(3) == 0 || n == steps-1 {
 					h.sync()
