@@ -463,11 +463,17 @@ func (q *Queue) gone(ctx context.Context, db querier, connID string, from, to in
 // pendingAt is Pending's read: connID's pending message at seq, from its row or from the run
 // holding it, in one statement (one snapshot, one round trip).
 func (q *Queue) pendingAt(ctx context.Context, db *DB, connID string, seq uint64) ([]PendingMessage, error) {
-	stmt, err := q.prepared(ctx, db, pendingAtQuery)
-	if err != nil {
-		return nil, err
+	var rows *sql.Rows
+	var err error
+	if db.Dialect == Postgres {
+		rows, err = db.QueryContext(ctx, pendingAtQuery, connID, int64(seq)) // pgx caches its prepared statements
+	} else {
+		stmt, perr := q.prepared(ctx, db, pendingAtQuery)
+		if perr != nil {
+			return nil, perr
+		}
+		rows, err = stmt.QueryContext(ctx, connID, int64(seq))
 	}
-	rows, err := stmt.QueryContext(ctx, connID, int64(seq))
 	if err != nil {
 		return nil, err
 	}
@@ -497,6 +503,7 @@ func (q *Queue) pendingAt(ctx context.Context, db *DB, connID string, seq uint64
 
 // prepared returns query prepared on db, once per db: the dispatcher reads one message per
 // dispatch, and SQLite parsing pendingAtQuery cost more than running it (issue 12's profile).
+// PostgreSQL needs none: pgx prepares and caches every statement per connection.
 func (q *Queue) prepared(ctx context.Context, db *DB, query string) (*sql.Stmt, error) {
 	key := preparedKey{db.SQL, query}
 	q.mu.Lock()
