@@ -53,6 +53,32 @@ func (db *DB) Begin(ctx context.Context) (*Tx, error) {
 	return &Tx{Tx: tx, Dialect: db.Dialect}, nil
 }
 
+// BeginRead starts a read-only transaction that sees one snapshot for all its statements
+// (PostgreSQL: REPEATABLE READ; SQLite: a deferred transaction, whose first read fixes its WAL
+// snapshot, and which takes no write lock). Roll it back when done.
+func (db *DB) BeginRead(ctx context.Context) (*Tx, error) {
+	opts := &sql.TxOptions{ReadOnly: true}
+	if db.Dialect == Postgres {
+		opts.Isolation = sql.LevelRepeatableRead
+	}
+	tx, err := db.SQL.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("projections: begin read: %w", err)
+	}
+	return &Tx{Tx: tx, Dialect: db.Dialect}, nil
+}
+
+// querier is what reads need of a DB or a Tx.
+type querier interface {
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+}
+
+var (
+	_ querier = (*DB)(nil)
+	_ querier = (*Tx)(nil)
+)
+
 // Tx is a read-model transaction that rebinds placeholders like DB.
 type Tx struct {
 	*sql.Tx

@@ -163,7 +163,7 @@ func TestClearSurvivesCrash(t *testing.T) {
 		}()
 		waitUntil(t, "purged rows collected", func() (bool, error) {
 			var n int
-			err := e.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM queue_messages`).Scan(&n)
+			err := e.db.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM queue_messages) + (SELECT COUNT(*) FROM queue_runs)`).Scan(&n)
 			return n == 0, err
 		})
 		stopCollector()

@@ -136,7 +136,7 @@ func TestEndToEndThenRebuild(t *testing.T) {
 		collectAll(t, e)
 		checkPurged("after collect")
 		var left int
-		if err := e.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM queue_messages WHERE conn_id = $1`, connA).Scan(&left); err != nil || left != 0 {
+		if err := e.db.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM queue_messages WHERE conn_id = $1) + (SELECT COUNT(*) FROM queue_runs WHERE conn_id = $1)`, connection.Key(tenantA, connA)).Scan(&left); err != nil || left != 0 {
 			t.Errorf("queue rows left after collect = %d (%v)", left, err)
 		}
 		// Audit.

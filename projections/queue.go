@@ -31,6 +31,11 @@ const QueueName = "queue"
 type Queue struct {
 	mu      sync.Mutex
 	commits []func([]eventstore.RecordedEvent)
+	// stmts are the statements prepared per database (prepared).
+	stmts map[preparedKey]*sql.Stmt
+	// rowsOnly makes Apply write one queue_messages row per message, never a run (the model
+	// before issue 12; the randomized tests compare the two).
+	rowsOnly bool
 }
 
 // NewQueue returns the pending-queue projection.
@@ -75,7 +80,8 @@ func (q *Queue) AfterCommit(events []eventstore.RecordedEvent) {
 // Reset implements Projection.
 func (q *Queue) Reset(ctx context.Context, tx *Tx) error {
 	return execAll(ctx, tx, `DELETE FROM queue_clears`, `DELETE FROM queue_purges`,
-		`DELETE FROM queue_broadcasts`, `DELETE FROM queue_messages`, `DELETE FROM queue_conns`)
+		`DELETE FROM queue_broadcasts`, `DELETE FROM queue_messages`, `DELETE FROM queue_run_gone`, `DELETE FROM queue_runs`,
+		`DELETE FROM queue_conns`)
 }
 
 // queueBatch accumulates the work of one Apply.
@@ -83,6 +89,9 @@ type queueBatch struct {
 	tx      *Tx
 	rows    []connection.MessageQueued
 	rowConn []string
+	// runs to insert, and each connection's run still open to the next MessageQueued.
+	runs []*queueRun
+	open map[string]*queueRun
 	// deltas of queue_conns counters and broadcast pending counts, flushed at the end.
 	pending  map[string]int64
 	inFlight map[string]int64
@@ -100,7 +109,8 @@ const maxBulkRows = 8192
 // Apply implements Projection.
 func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
 	b := &queueBatch{tx: tx, pending: map[string]int64{}, inFlight: map[string]int64{},
-		lastSeq: map[string]uint64{}, bcast: map[[2]string]int64{}, touched: map[string]int64{}}
+		lastSeq: map[string]uint64{}, bcast: map[[2]string]int64{}, touched: map[string]int64{},
+		open: map[string]*queueRun{}}
 	for _, e := range events {
 		connID, ev, ok, err := decodeConn(e)
 		if err != nil {
@@ -111,6 +121,13 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 		}
 		b.touched[connID] = us(e.RecordedAt)
 		if bq, isChunk := ev.(connection.BroadcastQueued); isChunk {
+			if r, ok := chunkRun(connID, bq, us(bq.QueuedAt)); ok && !q.rowsOnly {
+				delete(b.open, connID)
+				if err := b.addRun(ctx, r); err != nil {
+					return err
+				}
+				continue
+			}
 			for i := range bq.Recipients {
 				if err := b.queued(ctx, connID, bq.Message(i)); err != nil {
 					return err
@@ -119,6 +136,13 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 			continue
 		}
 		if mq, isQueued := ev.(connection.MessageQueued); isQueued {
+			if runnable(mq) && !q.rowsOnly {
+				if err := b.queuedInRun(ctx, connID, mq); err != nil {
+					return err
+				}
+				continue
+			}
+			delete(b.open, connID)
 			if err := b.queued(ctx, connID, mq); err != nil {
 				return err
 			}
@@ -165,9 +189,18 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conn_id, broadcast_id) DO NOTHING`,
 WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0 RETURNING broadcast_id`,
 			connID, int64(ev.Seq), us(ev.DispatchedAt)).Scan(&bid)
 		if errors.Is(err, sql.ErrNoRows) {
-			return nil // already applied
-		}
-		if err != nil {
+			// Held in a run? Then it leaves the run for a row of its own, in flight.
+			m, ok, err := b.takeFromRun(ctx, connID, ev.Seq)
+			if err != nil || !ok {
+				return err // !ok: already applied
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO queue_messages (conn_id, seq, message_id, broadcast_id, recipient, text,
+expires_at_us, queued_at_us, dispatched_at_us) VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8)`,
+				connID, int64(ev.Seq), m.messageID.String(), m.bid, m.recipient, m.exp, m.qat, us(ev.DispatchedAt)); err != nil {
+				return err
+			}
+			bid = m.bid
+		} else if err != nil {
 			return err
 		}
 		b.pending[connID]--
@@ -183,9 +216,12 @@ WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0 RETURNING broadcast_id`
 		err := tx.QueryRowContext(ctx, `DELETE FROM queue_messages WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0
 RETURNING broadcast_id`, connID, int64(me.Seq)).Scan(&bid)
 		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
+			m, ok, err := b.takeFromRun(ctx, connID, me.Seq)
+			if err != nil || !ok {
+				return err
+			}
+			bid = m.bid
+		} else if err != nil {
 			return err
 		}
 		b.pending[connID]--
@@ -298,6 +334,9 @@ func overlap(ranges []connection.SeqRange, first, last uint64) uint64 {
 }
 
 func (b *queueBatch) flushRows(ctx context.Context) error {
+	if err := b.flushRuns(ctx); err != nil {
+		return err
+	}
 	if len(b.rows) == 0 {
 		return nil
 	}
@@ -373,8 +412,14 @@ func (q *Queue) NextPending(ctx context.Context, db *DB, connID string, afterSeq
 	if limit <= 0 {
 		return nil, nil
 	}
+	// One snapshot: a run and its gone positions are read by separate statements.
+	tx, err := db.BeginRead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = tx.Rollback() }()
 	var upto int64
-	err := db.QueryRowContext(ctx, `SELECT purged_upto FROM queue_conns WHERE conn_id = $1`, connID).Scan(&upto)
+	err = tx.QueryRowContext(ctx, `SELECT purged_upto FROM queue_conns WHERE conn_id = $1`, connID).Scan(&upto)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -382,7 +427,7 @@ func (q *Queue) NextPending(ctx context.Context, db *DB, connID string, afterSeq
 		return nil, fmt.Errorf("projections: next pending of %q: %w", connID, err)
 	}
 	lo := max(afterSeq, uint64(upto))
-	ranges, err := q.purges(ctx, db, connID, lo)
+	ranges, err := q.purges(ctx, tx, connID, lo)
 	if err != nil {
 		return nil, err
 	}
@@ -399,10 +444,17 @@ func (q *Queue) NextPending(ctx context.Context, db *DB, connID string, afterSeq
 			}
 		}
 		want := limit - len(out)
-		got, err := q.scan(ctx, db, `WHERE m.conn_id = $1 AND m.seq > $2 AND (m.seq < $3 OR $3 = 0) AND m.dispatched_at_us = 0
+		got, err := q.scan(ctx, tx, `WHERE m.conn_id = $1 AND m.seq > $2 AND (m.seq < $3 OR $3 = 0) AND m.dispatched_at_us = 0
 ORDER BY m.seq LIMIT $4`, connID, int64(lo), int64(upper), want)
 		if err != nil {
 			return nil, fmt.Errorf("projections: next pending of %q: %w", connID, err)
+		}
+		if !q.rowsOnly {
+			inRuns, err := q.runPending(ctx, tx, connID, lo, upper, want)
+			if err != nil {
+				return nil, fmt.Errorf("projections: next pending of %q: %w", connID, err)
+			}
+			got = mergeBySeq(got, inRuns, want)
 		}
 		out = append(out, got...)
 		if len(got) == want || upper == 0 {
@@ -422,10 +474,16 @@ ORDER BY m.seq LIMIT $4`, connID, int64(lo), int64(upper), want)
 // asking for each head in turn read the whole rest of the queue per message: see
 // docs/benchmarks.md.)
 func (q *Queue) Pending(ctx context.Context, db *DB, connID string, seq uint64) (PendingMessage, error) {
-	got, err := q.scan(ctx, db, `WHERE m.conn_id = $1 AND m.seq = $2 AND m.dispatched_at_us = 0
+	var got []PendingMessage
+	var err error
+	if q.rowsOnly {
+		got, err = q.scan(ctx, db, `WHERE m.conn_id = $1 AND m.seq = $2 AND m.dispatched_at_us = 0
 AND m.seq > COALESCE((SELECT c.purged_upto FROM queue_conns c WHERE c.conn_id = $1), 0)
 AND NOT EXISTS (SELECT 1 FROM queue_purges p WHERE p.conn_id = $1 AND p.from_seq <= $2 AND p.to_seq >= $2)`,
-		connID, int64(seq))
+			connID, int64(seq))
+	} else {
+		got, err = q.pendingAt(ctx, db, connID, seq)
+	}
 	if err != nil {
 		return PendingMessage{}, fmt.Errorf("projections: pending message %q/%d: %w", connID, seq, err)
 	}
@@ -444,7 +502,7 @@ func (q *Queue) InFlight(ctx context.Context, db *DB, connID string) ([]PendingM
 	return out, nil
 }
 
-func (q *Queue) purges(ctx context.Context, db *DB, connID string, above uint64) ([]purgeRange, error) {
+func (q *Queue) purges(ctx context.Context, db querier, connID string, above uint64) ([]purgeRange, error) {
 	rows, err := db.QueryContext(ctx, `SELECT from_seq, to_seq FROM queue_purges WHERE conn_id = $1 AND to_seq > $2 ORDER BY from_seq`,
 		connID, int64(above))
 	if err != nil {
@@ -462,7 +520,7 @@ func (q *Queue) purges(ctx context.Context, db *DB, connID string, above uint64)
 	return out, rows.Err()
 }
 
-func (q *Queue) scan(ctx context.Context, db *DB, where string, args ...any) ([]PendingMessage, error) {
+func (q *Queue) scan(ctx context.Context, db querier, where string, args ...any) ([]PendingMessage, error) {
 	rows, err := db.QueryContext(ctx, `SELECT m.conn_id, m.seq, m.message_id, m.broadcast_id, m.recipient,
 CASE WHEN m.text = '' AND b.text IS NOT NULL THEN b.text ELSE m.text END, m.expires_at_us, m.queued_at_us, m.dispatched_at_us
 FROM queue_messages m LEFT JOIN queue_broadcasts b ON b.conn_id = m.conn_id AND b.broadcast_id = m.broadcast_id `+where, args...)
@@ -622,6 +680,9 @@ func (q *Queue) Collect(ctx context.Context, db *DB, maxRows int) (int, error) {
 			return 0, fmt.Errorf("projections: collect: %w", err)
 		}
 		n, _ := res.RowsAffected()
+		if err := cutRuns(ctx, tx, r.conn, r.gcNext, end); err != nil {
+			return 0, fmt.Errorf("projections: collect: %w", err)
+		}
 		deleted += int(max(n, end-r.gcNext+1)) // count positions, so empty stretches advance too
 		if end >= r.to {
 			_, err = tx.ExecContext(ctx, `DELETE FROM queue_purges WHERE conn_id = $1 AND from_seq = $2`, r.conn, r.from)

@@ -1,0 +1,435 @@
+package projections_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
+	"github.com/waqueue/waqueue/adapters/sqlitedb"
+	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/projections"
+	"github.com/waqueue/waqueue/projections/clearkit"
+)
+
+// secondDB opens another, empty read-model database of e's engine.
+func secondDB(t *testing.T, e *env) *projections.DB {
+	t.Helper()
+	ctx := context.Background()
+	var db *projections.DB
+	if e.db.Dialect == projections.Postgres {
+		sdb, err := sql.Open("pgx", pgtest.URL(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sdb.Close() })
+		db = &projections.DB{SQL: sdb, Dialect: projections.Postgres}
+	} else {
+		sdb, err := sqlitedb.Open(filepath.Join(t.TempDir(), "rows.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sdb.Close() })
+		db = &projections.DB{SQL: sdb, Dialect: projections.SQLite}
+	}
+	if err := projections.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// queueMsg is what the history generator remembers of a queued message.
+type queueMsg struct {
+	id  uuid.UUID
+	exp time.Time
+}
+
+// runsHistory drives random histories through the domain and applies them to two read models:
+// the Queue holding runs (e.db) and the per-message-row Queue of before issue 12 (rows), each in
+// batches cut at random places.
+type runsHistory struct {
+	t       *testing.T
+	e       *env
+	rng     *rand.Rand
+	rows    *projections.DB
+	runs    *projections.Queue
+	perRow  *projections.Queue
+	streams []*clearkit.Stream
+	ids     []string
+	msgs    []map[uint64]queueMsg
+	pos     eventstore.Position
+	minute  int
+	keys    int
+	// most runs and gone markers seen at a compare: the history must exercise both.
+	maxRuns, maxGone int
+	draining         bool
+}
+
+func (h *runsHistory) now() time.Time { h.minute++; return at(h.minute) }
+
+// do decides and appends on connection i; a refusal by the domain is not an error (the step is
+// skipped), a failed append is.
+func (h *runsHistory) do(i int, decide func(c *connection.Connection) ([]connection.Event, error)) bool {
+	h.t.Helper()
+	var refused bool
+	_, err := h.streams[i].Do(context.Background(), "alice", func(c *connection.Connection) ([]connection.Event, error) {
+		evs, err := decide(c)
+		if err != nil {
+			refused = true
+			return nil, nil
+		}
+		return evs, nil
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return !refused
+}
+
+func (h *runsHistory) step() {
+	i := h.rng.IntN(len(h.streams))
+	c := h.streams[i].State()
+	msgs := h.msgs[i]
+	var ttl time.Duration
+	if h.rng.IntN(4) == 0 {
+		ttl = time.Duration(1+h.rng.IntN(5)) * time.Minute
+	}
+	switch op := h.rng.IntN(100); {
+	case op < 18: // a 1:1 message
+		h.keys++
+		key := fmt.Sprintf("k%d", h.keys)
+		now := h.now()
+		if h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+			return c.Enqueue(connection.EnqueueMessage{IdempotencyKey: key, Recipient: fmt.Sprintf("+49151%08d", h.keys),
+				Text: "hello " + key, TTL: ttl, Actor: "alice"}, now)
+		}) {
+			msgs[c.LastSeq()] = queueMsg{connection.MessageIDFor(tenantA, h.ids[i], key), expiry(now, ttl)}
+		}
+	case op < 32: // a broadcast, as chunks or (as old streams hold it) one MessageQueued per message
+		h.keys++
+		n := 1 + h.rng.IntN(25)
+		if h.rng.IntN(40) == 0 && !testing.Short() { // more than one chunk
+			n = connection.BroadcastChunk + 1 + h.rng.IntN(200)
+		}
+		recipients := make([]string, n)
+		for j := range recipients {
+			recipients[j] = fmt.Sprintf("+4917%09d", h.rng.IntN(1_000_000_000))
+		}
+		recipients = dedupe(recipients)
+		bid := connection.BroadcastIDFor(tenantA, h.ids[i], fmt.Sprintf("b%d", h.keys))
+		expand := h.rng.IntN(2) == 0
+		now := h.now()
+		first := c.LastSeq() + 1
+		if h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+			evs, err := c.StartBroadcast(connection.StartBroadcast{BroadcastID: bid, Recipients: recipients, Text: "news",
+				TTL: ttl, Actor: "alice"}, now)
+			if err != nil || !expand {
+				return evs, err
+			}
+			var out []connection.Event
+			for _, e := range evs {
+				out = append(out, connection.Expand(e)...)
+			}
+			return out, nil
+		}) {
+			for j := range recipients {
+				msgs[first+uint64(j)] = queueMsg{connection.BroadcastMessageID(bid, j), expiry(now, ttl)}
+			}
+		}
+	case op < 55: // dispatch the head (several in a row)
+		burst := 3 // filling phases leave runs with gone markers behind; draining ones empty them
+		if h.draining {
+			burst = 20
+		}
+		for range 1 + h.rng.IntN(burst) {
+			head, ok := h.streams[i].State().Head()
+			if !ok {
+				break
+			}
+			m := msgs[head]
+			h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+				return c.Dispatch(connection.DispatchMessage{MessageID: m.id, Seq: head, ExpiresAt: m.exp}, at(h.minute))
+			})
+		}
+	case op < 65: // an outcome for a message in flight
+		fl := c.InFlight()
+		if len(fl) == 0 {
+			break
+		}
+		f := fl[h.rng.IntN(len(fl))]
+		kind := connection.MessageStatusSent
+		if h.rng.IntN(4) == 0 {
+			kind = connection.MessageStatusFailed
+		}
+		h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+			return c.RecordOutcome(connection.Outcome{MessageID: f.MessageID, Seq: f.Seq, Kind: kind, Code: "131026"}, h.now())
+		})
+	case op < 77: // cancel a message anywhere in the queue
+		head, ok := c.Head()
+		if !ok {
+			break
+		}
+		seq := head + uint64(h.rng.IntN(int(c.LastSeq()-head+1))) // mostly still queued
+		if h.rng.IntN(5) == 0 {
+			seq = 1 + uint64(h.rng.IntN(int(c.LastSeq()))) // anywhere: often refused
+		}
+		m := msgs[seq]
+		h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+			return c.Cancel(connection.CancelMessage{MessageID: m.id, Seq: seq, Reason: "typo", Actor: "bob"}, h.now())
+		})
+	case op < 83: // expire the head, if it has a TTL
+		head, ok := c.Head()
+		if !ok || msgs[head].exp.IsZero() {
+			break
+		}
+		m := msgs[head]
+		h.minute += 10
+		h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+			return c.Expire(connection.ExpireMessage{MessageID: m.id, Seq: head, ExpiresAt: m.exp}, h.now())
+		})
+	case op < 89: // clear the whole queue or one broadcast (often in the middle of a broadcast's dispatch)
+		h.keys++
+		scope := connection.WholeQueue
+		if bs := c.PendingBroadcasts(); len(bs) > 0 && h.rng.IntN(2) == 0 {
+			scope = connection.BroadcastScope(bs[h.rng.IntN(len(bs))].BroadcastID)
+		}
+		id := connection.ClearIDFor(tenantA, h.ids[i], fmt.Sprintf("c%d", h.keys))
+		h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+			return c.RequestClear(connection.RequestClear{ClearID: id, Scope: scope, Reason: "r", Actor: "bob"}, h.now())
+		})
+	case op < 95: // complete the clear in progress
+		if cl, ok := c.CurrentClear(); ok {
+			h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+				return c.CompleteClear(connection.CompleteClear{ClearID: cl.ClearID, Actor: "clearing-process"}, h.now())
+			})
+		}
+	default: // the collector, on both read models
+		chunk := 1 + h.rng.IntN(40)
+		for _, x := range []struct {
+			q  *projections.Queue
+			db *projections.DB
+		}{{h.runs, h.e.db}, {h.perRow, h.rows}} {
+			if _, err := x.q.Collect(context.Background(), x.db, chunk); err != nil {
+				h.t.Fatal(err)
+			}
+		}
+	}
+}
+
+func expiry(now time.Time, ttl time.Duration) time.Time {
+	if ttl <= 0 {
+		return time.Time{}
+	}
+	return now.Add(ttl)
+}
+
+func dedupe(s []string) []string {
+	seen := map[string]bool{}
+	out := s[:0]
+	for _, v := range s {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// sync applies the events appended since the last sync to both read models, each in batches
+// cut at random places (so a broadcast's MessageQueued events are split across batches).
+func (h *runsHistory) sync() {
+	h.t.Helper()
+	ctx := context.Background()
+	evs, err := h.e.store.ReadAll(ctx, h.pos, 0, h.runs.Filter())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if len(evs) == 0 {
+		return
+	}
+	h.pos = evs[len(evs)-1].Position
+	for _, x := range []struct {
+		q  *projections.Queue
+		db *projections.DB
+	}{{h.runs, h.e.db}, {h.perRow, h.rows}} {
+		for rest := evs; len(rest) > 0; {
+			n := min(len(rest), 1+h.rng.IntN(30))
+			if h.rng.IntN(3) == 0 {
+				n = len(rest)
+			}
+			tx, err := x.db.Begin(ctx)
+			if err != nil {
+				h.t.Fatal(err)
+			}
+			if err := x.q.Apply(ctx, tx, rest[:n]); err != nil {
+				_ = tx.Rollback()
+				h.t.Fatal(err)
+			}
+			if err := tx.Commit(); err != nil {
+				h.t.Fatal(err)
+			}
+			rest = rest[n:]
+		}
+	}
+}
+
+// compare checks that every read of the Queue answers alike on both read models.
+func (h *runsHistory) compare(when string) {
+	h.t.Helper()
+	ctx := context.Background()
+	var nRuns, nGone int
+	if err := h.e.db.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM queue_runs), (SELECT COUNT(*) FROM queue_run_gone)`).Scan(&nRuns, &nGone); err != nil {
+		h.t.Fatal(err)
+	}
+	h.maxRuns, h.maxGone = max(h.maxRuns, nRuns), max(h.maxGone, nGone)
+	// The runs' invariants: every gone marker lies above its run's live_from, inside the run,
+	// and gone_count counts them.
+	var stray, miscounted int
+	if err := h.e.db.QueryRowContext(ctx, `SELECT
+(SELECT COUNT(*) FROM queue_run_gone g WHERE NOT EXISTS (SELECT 1 FROM queue_runs r
+  WHERE r.conn_id = g.conn_id AND g.seq > r.live_from AND g.seq <= r.last_seq)),
+(SELECT COUNT(*) FROM queue_runs r WHERE r.gone_count <> (SELECT COUNT(*) FROM queue_run_gone g
+  WHERE g.conn_id = r.conn_id AND g.seq >= r.first_seq AND g.seq <= r.last_seq) OR r.live_from > r.last_seq)`).Scan(&stray, &miscounted); err != nil {
+		h.t.Fatal(err)
+	}
+	if stray != 0 || miscounted != 0 {
+		h.t.Fatalf("%s: %d gone markers outside a run's live part, %d runs miscounted or dead", when, stray, miscounted)
+	}
+	for i, id := range h.ids {
+		key := connection.Key(tenantA, id)
+		s1, err1 := h.runs.Summary(ctx, h.e.db, tenantA, id)
+		s2, err2 := h.perRow.Summary(ctx, h.rows, tenantA, id)
+		if err1 != nil || err2 != nil {
+			h.t.Fatalf("%s: summary: %v, %v", when, err1, err2)
+		}
+		if !reflect.DeepEqual(s1, s2) {
+			h.t.Fatalf("%s: summary of %s\nruns: %+v\nrows: %+v", when, id, s1, s2)
+		}
+		last := h.streams[i].State().LastSeq()
+		afters := []uint64{0, last, uint64(h.rng.IntN(int(last) + 1)), uint64(h.rng.IntN(int(last) + 1))}
+		for _, after := range afters {
+			for _, limit := range []int{1, 1 + h.rng.IntN(7), 600} {
+				n1, err1 := h.runs.NextPending(ctx, h.e.db, key, after, limit)
+				n2, err2 := h.perRow.NextPending(ctx, h.rows, key, after, limit)
+				if err1 != nil || err2 != nil {
+					h.t.Fatalf("%s: next pending: %v, %v", when, err1, err2)
+				}
+				if !reflect.DeepEqual(n1, n2) {
+					h.t.Fatalf("%s: NextPending(%s, %d, %d)\nruns: %v\nrows: %v", when, id, after, limit, seqs(n1), seqs(n2))
+				}
+			}
+		}
+		// Every position from just below the head on (sampled in a long queue), and a few below.
+		probe := []uint64{1, last, last + 1}
+		head, _ := h.streams[i].State().Head()
+		for seq := max(head, 4) - 3; seq <= last+1; seq++ {
+			if last-head < 400 || h.rng.IntN(int(last-head)/400+1) == 0 {
+				probe = append(probe, seq)
+			}
+		}
+		for range 12 {
+			probe = append(probe, uint64(h.rng.IntN(int(last)+2)))
+		}
+		for _, seq := range probe {
+			p1, err1 := h.runs.Pending(ctx, h.e.db, key, seq)
+			p2, err2 := h.perRow.Pending(ctx, h.rows, key, seq)
+			if errors.Is(err1, projections.ErrNotFound) != errors.Is(err2, projections.ErrNotFound) || !reflect.DeepEqual(p1, p2) {
+				h.t.Fatalf("%s: Pending(%s, %d)\nruns: %+v %v\nrows: %+v %v", when, id, seq, p1, err1, p2, err2)
+			}
+		}
+		f1, err1 := h.runs.InFlight(ctx, h.e.db, key)
+		f2, err2 := h.perRow.InFlight(ctx, h.rows, key)
+		if err1 != nil || err2 != nil || !reflect.DeepEqual(f1, f2) {
+			h.t.Fatalf("%s: in flight of %s\nruns: %+v %v\nrows: %+v %v", when, id, f1, err1, f2, err2)
+		}
+	}
+}
+
+// TestQueueRunsAnswerAsRows drives random histories (1:1 messages, broadcasts as chunks and as
+// per-message events, dispatches, outcomes, cancels, expiries, clears of the whole queue and of
+// one broadcast, completions, the collector) and checks after every few steps that the Queue
+// holding broadcasts as runs answers every read (Summary, NextPending, Pending, InFlight) exactly
+// as the per-message-row Queue of before does. At the end both are collected: no run is left of
+// a purged stretch.
+func TestQueueRunsAnswerAsRows(t *testing.T) {
+	seeds, steps := 3, 100
+	if testing.Short() {
+		seeds, steps = 2, 60
+	}
+	eachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		rows := secondDB(t, e)
+		var maxRuns, maxGone int
+		defer func() {
+			if !t.Failed() && (maxRuns == 0 || maxGone == 0) {
+				t.Errorf("the histories held at most %d runs and %d gone markers: they test nothing of runs", maxRuns, maxGone)
+			}
+		}()
+		for seed := range seeds {
+			h := &runsHistory{t: t, e: e, rng: rand.New(rand.NewPCG(uint64(seed), 12)), rows: rows,
+				runs: projections.NewQueue(), perRow: projections.NewRowQueue(), pos: eventstore.Start}
+			// Apply only this seed's connections' events: earlier seeds' are applied already.
+			evs, err := e.store.ReadAll(ctx, eventstore.Start, 0, h.runs.Filter())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(evs) > 0 {
+				h.pos = evs[len(evs)-1].Position
+			}
+			for j := range 2 {
+				id := fmt.Sprintf("runs-%d-%d", seed, j)
+				s, err := clearkit.Register(ctx, e.store, tenantA, id, "+491701234567", at(0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.Do(ctx, "alice", func(c *connection.Connection) ([]connection.Event, error) {
+					return c.Pair(connection.PairSession{Actor: "alice"}, at(0))
+				}); err != nil {
+					t.Fatal(err)
+				}
+				h.streams, h.ids, h.msgs = append(h.streams, s), append(h.ids, id), append(h.msgs, map[uint64]queueMsg{})
+			}
+			for n := range steps {
+				if n%20 == 0 {
+					h.draining = h.rng.IntN(2) == 0
+				}
+				h.step()
+				if h.rng.IntN(3) == 0 || n == steps-1 {
+					h.sync()
+					h.compare(fmt.Sprintf("seed %d step %d", seed, n))
+				}
+			}
+			// Everything purged is collected from both; a run wholly purged is gone.
+			for _, x := range []struct {
+				q  *projections.Queue
+				db *projections.DB
+			}{{h.runs, e.db}, {h.perRow, rows}} {
+				for {
+					n, err := x.q.Collect(ctx, x.db, 1+h.rng.IntN(50))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if n == 0 {
+						break
+					}
+				}
+			}
+			h.compare(fmt.Sprintf("seed %d collected", seed))
+			maxRuns, maxGone = max(maxRuns, h.maxRuns), max(maxGone, h.maxGone)
+			var purged int
+			if err := e.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM queue_runs r JOIN queue_conns c ON c.conn_id = r.conn_id
+WHERE r.last_seq <= c.purged_upto`).Scan(&purged); err != nil || purged != 0 {
+				t.Errorf("seed %d: %d runs below the purge watermark after collection (%v)", seed, purged, err)
+			}
+		}
+	})
+}
