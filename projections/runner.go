@@ -20,6 +20,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -103,6 +105,10 @@ type Runner struct {
 	cond          *sync.Cond
 	metrics       *runnerMetrics
 	lastDelivered map[string]eventstore.Position // end of the last batch delivered, per projection
+	lanes         map[string]*lane               // under mu
+	group         groupState                     // under mu
+	matchers      map[string]matcher
+	union         eventstore.Filter // selects every event some projection selects
 }
 
 // NewRunner validates cfg and returns a runner. Call Migrate before Run.
@@ -121,6 +127,9 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	for _, p := range cfg.Projections {
 		if seen[p.Name()] {
 			errs = append(errs, fmt.Errorf("projections: duplicate projection name %q", p.Name()))
+		}
+		if p.Name() == GroupHandler {
+			errs = append(errs, fmt.Errorf("projections: projection name %q is the runner's group handler", p.Name()))
 		}
 		seen[p.Name()] = true
 	}
@@ -141,9 +150,16 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	r := &Runner{cfg: cfg, stat: map[string]*Status{}, metrics: newRunnerMetrics(), lastDelivered: map[string]eventstore.Position{}}
 	r.cond = sync.NewCond(&r.mu)
+	r.lanes, r.matchers = map[string]*lane{}, map[string]matcher{}
+	var filters []eventstore.Filter
 	for _, p := range cfg.Projections {
 		r.stat[p.Name()] = &Status{Name: p.Name()}
+		r.lanes[p.Name()] = &lane{opened: make(chan struct{})}
+		f := p.Filter()
+		filters = append(filters, f)
+		r.matchers[p.Name()] = newMatcher(f)
 	}
+	r.union = unionFilter(filters)
 	if cfg.Registerer != nil {
 		if err := r.metrics.register(cfg.Registerer, r); err != nil {
 			return nil, err
@@ -152,26 +168,143 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	return r, nil
 }
 
+// GroupHandler is the name of the runner's handler (and log topic) that applies each batch to
+// every projection of the group; no projection may take it.
+const GroupHandler = "projections_group"
+
+// lane is where one projection is applied: in the group's transactions (solo false) or, while
+// it is behind the group (rebuilt, failing, or started behind), in transactions of its own on
+// its own subscription (solo true) until it reaches the group. Guarded by Runner.mu.
+type lane struct {
+	solo bool
+	// opened is closed when the lane turns solo (its subscription's gate opens); a new one is
+	// made when it joins the group.
+	opened chan struct{}
+	// stop ends the solo subscription (set by the gate while solo).
+	stop context.CancelFunc
+}
+
+// groupState is the group's progress. Guarded by Runner.mu.
+type groupState struct {
+	pos eventstore.Position // end of the last batch the group handled
+	// inflight is set while the group handles a batch ending at inflightEnd, whose members
+	// were fixed when it began.
+	inflight    bool
+	inflightEnd eventstore.Position
+}
+
+// matcher is a projection's Filter, prepared for matching events in memory.
+type matcher struct {
+	prefixes []string
+	types    map[string]bool
+}
+
+func newMatcher(f eventstore.Filter) matcher {
+	m := matcher{prefixes: f.StreamPrefixes}
+	if len(f.EventTypes) > 0 {
+		m.types = make(map[string]bool, len(f.EventTypes))
+		for _, t := range f.EventTypes {
+			m.types[t] = true
+		}
+	}
+	return m
+}
+
+func (m matcher) match(e eventstore.RecordedEvent) bool {
+	if len(m.prefixes) > 0 {
+		ok := false
+		for _, p := range m.prefixes {
+			if strings.HasPrefix(e.Stream, p) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return m.types == nil || m.types[e.Type]
+}
+
+// unionFilter returns a filter selecting at least every event one of fs selects.
+func unionFilter(fs []eventstore.Filter) eventstore.Filter {
+	var u eventstore.Filter
+	prefixes, types := map[string]bool{}, map[string]bool{}
+	allPrefixed, allTyped := true, true
+	for _, f := range fs {
+		allPrefixed = allPrefixed && len(f.StreamPrefixes) > 0
+		allTyped = allTyped && len(f.EventTypes) > 0
+		for _, p := range f.StreamPrefixes {
+			if !prefixes[p] {
+				prefixes[p] = true
+				u.StreamPrefixes = append(u.StreamPrefixes, p)
+			}
+		}
+		for _, t := range f.EventTypes {
+			if !types[t] {
+				types[t] = true
+				u.EventTypes = append(u.EventTypes, t)
+			}
+		}
+	}
+	if !allPrefixed {
+		u.StreamPrefixes = nil
+	}
+	if !allTyped {
+		u.EventTypes = nil
+	}
+	return u
+}
+
 // Run runs every projection until ctx is done. It returns nil after a clean stop.
+//
+// The projections form a group that reads the log once and applies each batch in one
+// read-model transaction: every projection's Apply with the events it selects, then every
+// projection's checkpoint, written together in one statement, at the batch's end. A projection
+// behind the group — rebuilt, started behind, or whose Apply failed (the group's transaction
+// is rolled back and applied again without it) — runs alone, on a subscription and in
+// transactions of its own from its checkpoint, until it has reached the group's position, and
+// then joins it again: the others neither wait for it nor re-read what it needs.
 func (r *Runner) Run(ctx context.Context) error {
 	wlog := watermill.NewSlogLogger(r.cfg.Logger)
-	byName := map[string]Projection{}
+	var top eventstore.Position
+	cps := map[string]eventstore.Position{}
 	for _, p := range r.cfg.Projections {
-		byName[p.Name()] = p
 		cp, err := r.Checkpoint(ctx, p.Name())
 		if err != nil {
 			return err
 		}
-		r.mu.Lock()
-		r.stat[p.Name()].Checkpoint = cp
-		r.mu.Unlock()
+		cps[p.Name()] = cp
+		if top.Less(cp) {
+			top = cp
+		}
 	}
+	r.mu.Lock()
+	r.group = groupState{pos: top}
+	for _, p := range r.cfg.Projections {
+		r.stat[p.Name()].Checkpoint = cps[p.Name()]
+		l := &lane{opened: make(chan struct{})}
+		if cps[p.Name()].Less(top) {
+			l.solo = true
+			close(l.opened)
+		}
+		r.lanes[p.Name()] = l
+	}
+	r.mu.Unlock()
 	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
-		Store:      r.cfg.Store,
-		Checkpoint: r.Checkpoint,
-		Filter:     func(topic string) eventstore.Filter { return byName[topic].Filter() },
-		BatchSize:  r.cfg.BatchSize,
-		Logger:     wlog,
+		Store: r.cfg.Store,
+		Checkpoint: func(ctx context.Context, topic string) (eventstore.Position, error) {
+			if topic == GroupHandler {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				return r.group.pos, nil
+			}
+			return r.Checkpoint(ctx, topic)
+		},
+		Filter:    func(string) eventstore.Filter { return r.union },
+		Gate:      r.gate,
+		BatchSize: r.cfg.BatchSize,
+		Logger:    wlog,
 	})
 	if err != nil {
 		return err
@@ -185,10 +318,13 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.cfg.ConfigureRouter != nil {
 		r.cfg.ConfigureRouter(router)
 	}
+	router.AddConsumerHandler(GroupHandler, GroupHandler, sub, func(m *message.Message) error {
+		return r.handleGroup(m.Context(), m)
+	})
 	for _, p := range r.cfg.Projections {
 		p := p
 		router.AddConsumerHandler(p.Name(), p.Name(), sub, func(m *message.Message) error {
-			return r.handle(m.Context(), p, m)
+			return r.handleSolo(m.Context(), p, m)
 		})
 	}
 	err = router.Run(ctx)
@@ -199,11 +335,242 @@ func (r *Runner) Run(ctx context.Context) error {
 	return err
 }
 
-// handle applies one batch in one transaction with the checkpoint.
-func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (err error) {
+// gate implements bus.LogSubscriberConfig.Gate: the group's subscription is always open, a
+// projection's own only while it runs alone.
+func (r *Runner) gate(ctx context.Context, topic string) (context.Context, error) {
+	if topic == GroupHandler {
+		return ctx, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.lanes[topic]
+	for !l.solo {
+		opened := l.opened
+		r.mu.Unlock()
+		select {
+		case <-opened:
+		case <-ctx.Done():
+		}
+		r.mu.Lock()
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+	open, stop := context.WithCancel(ctx)
+	l.stop = stop
+	return open, nil
+}
+
+// eject makes name run alone from its checkpoint (its lane's gate opens).
+func (r *Runner) eject(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if l := r.lanes[name]; !l.solo {
+		l.solo = true
+		close(l.opened)
+	}
+}
+
+// tryJoin moves name, which runs alone and has applied everything up to cp, into the group when
+// cp is at or after every event the group handled or is handling: from the group's next batch
+// on it has everything it is not handed. It reports whether it joined.
+func (r *Runner) tryJoin(name string, cp eventstore.Position) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	horizon := r.group.pos
+	if r.group.inflight {
+		horizon = r.group.inflightEnd
+	}
+	l := r.lanes[name]
+	if !l.solo || cp.Less(horizon) {
+		return false
+	}
+	l.solo = false
+	l.opened = make(chan struct{})
+	if l.stop != nil {
+		l.stop()
+		l.stop = nil
+	}
+	return true
+}
+
+// member is one projection's share of a group batch.
+type member struct {
+	p     Projection
+	fresh []eventstore.RecordedEvent
+	cp    eventstore.Position // before the batch, as the read model holds it
+}
+
+// handleGroup applies one batch to every projection of the group in one transaction. A
+// projection whose Apply fails is taken out of the group (it runs alone from its checkpoint,
+// retried there) and the transaction is applied again without it; any other failure fails the
+// batch, delivered again.
+func (r *Runner) handleGroup(ctx context.Context, m *message.Message) error {
 	events, err := bus.DecodeBatch(m)
 	if err != nil {
 		return err
+	}
+	last := events[len(events)-1].Position
+	r.mu.Lock()
+	var ps []Projection
+	for _, p := range r.cfg.Projections {
+		if !r.lanes[p.Name()].solo {
+			ps = append(ps, p)
+		}
+	}
+	start := r.group.pos
+	r.group.inflight, r.group.inflightEnd = true, last
+	r.mu.Unlock()
+	handled := false
+	defer func() {
+		r.mu.Lock()
+		r.group.inflight = false
+		if handled && r.group.pos.Less(last) {
+			r.group.pos = last
+		}
+		r.mu.Unlock()
+	}()
+	for _, p := range ps {
+		r.observeBatch(p.Name(), events)
+	}
+	for {
+		r.mu.Lock()
+		ps = slices.DeleteFunc(ps, func(p Projection) bool { return r.lanes[p.Name()].solo })
+		r.mu.Unlock()
+		if len(ps) == 0 {
+			break
+		}
+		failed, err := r.applyGroup(ctx, ps, start, events)
+		if failed == nil && err != nil {
+			for _, p := range ps {
+				r.record(p.Name(), err)
+			}
+			return err
+		}
+		if failed == nil {
+			break
+		}
+		r.record(failed.Name(), err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.eject(failed.Name())
+	}
+	handled = true
+	return nil
+}
+
+// applyGroup applies events to ps in one transaction. It returns the projection whose Apply
+// failed, if one did, and the error.
+func (r *Runner) applyGroup(ctx context.Context, ps []Projection, start eventstore.Position, events []eventstore.RecordedEvent) (failed Projection, err error) {
+	last := events[len(events)-1].Position
+	tx, err := r.cfg.DB.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = p.Name()
+	}
+	cps, err := readCheckpoints(ctx, tx, names, r.cfg.DB.Dialect == Postgres)
+	if err != nil {
+		return nil, err
+	}
+	ms := make([]member, 0, len(ps))
+	var moved []string
+	for _, p := range ps {
+		cp := cps[p.Name()]
+		if cp.Less(start) {
+			// Its checkpoint went back (rebuilt by another node): it catches up alone.
+			r.eject(p.Name())
+			continue
+		}
+		mt := r.matchers[p.Name()]
+		var fresh []eventstore.RecordedEvent
+		for _, e := range events {
+			if cp.Less(e.Position) && mt.match(e) {
+				fresh = append(fresh, e)
+			}
+		}
+		if len(fresh) > 0 {
+			if err = safeApply(ctx, p, tx, fresh); err != nil {
+				return p, fmt.Errorf("projections: %s: apply batch ending at %s: %w", p.Name(), fresh[len(fresh)-1].Position, err)
+			}
+		}
+		if cp.Less(last) {
+			moved = append(moved, p.Name())
+		}
+		ms = append(ms, member{p: p, fresh: fresh, cp: cp})
+	}
+	if len(moved) == 0 {
+		// Another runner on the same read-model database (another node) applied these
+		// already: this node's view of the checkpoints follows, or its reads asking for a
+		// position (WaitReached) would wait for a batch it never applies.
+		_ = tx.Rollback()
+		for _, m := range ms {
+			r.advance(m.p.Name(), m.cp)
+			r.record(m.p.Name(), nil)
+		}
+		return nil, nil
+	}
+	if err = writeCheckpoints(ctx, tx, moved, last, r.cfg.Now()); err != nil {
+		return nil, err
+	}
+	if err = tx.Commit(); err != nil {
+		return nil, fmt.Errorf("projections: %s: commit: %w", GroupHandler, err)
+	}
+	r.mu.Lock()
+	for _, m := range ms {
+		st := r.stat[m.p.Name()]
+		if st.Checkpoint.Less(last) {
+			st.Checkpoint = last
+		}
+		if st.Checkpoint.Less(m.cp) {
+			st.Checkpoint = m.cp
+		}
+		st.Applied += uint64(len(m.fresh))
+		r.metrics.applied.WithLabelValues(m.p.Name()).Add(float64(len(m.fresh))) // before WaitFor wakes
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	for _, m := range ms {
+		r.record(m.p.Name(), nil)
+		if ac, ok := m.p.(AfterCommitter); ok && len(m.fresh) > 0 {
+			ac.AfterCommit(m.fresh)
+		}
+	}
+	return nil, nil
+}
+
+// safeApply is p.Apply with a panic turned into an error: a projection that panics is taken
+// out of the group like one that fails, instead of failing the others' batch forever.
+func safeApply(ctx context.Context, p Projection, tx *Tx, events []eventstore.RecordedEvent) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("panic: %v", v)
+		}
+	}()
+	return p.Apply(ctx, tx, events)
+}
+
+// handleSolo applies one batch to p alone, in one transaction with its checkpoint, while p is
+// behind the group; once p has reached the group it joins it. A batch delivered after p joined
+// is acked and left to the group.
+func (r *Runner) handleSolo(ctx context.Context, p Projection, m *message.Message) (err error) {
+	events, err := bus.DecodeBatch(m)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	solo := r.lanes[p.Name()].solo
+	r.mu.Unlock()
+	if !solo {
+		return nil
 	}
 	r.observeBatch(p.Name(), events)
 	defer func() { r.record(p.Name(), err) }()
@@ -220,25 +587,27 @@ func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (
 	if err != nil {
 		return err
 	}
-	fresh := events[:0:0]
+	last := events[len(events)-1].Position
+	if !cp.Less(last) {
+		// Another runner on the same read-model database applied these already.
+		_ = tx.Rollback()
+		r.advance(p.Name(), cp)
+		r.tryJoin(p.Name(), cp)
+		return nil
+	}
+	mt := r.matchers[p.Name()]
+	var fresh []eventstore.RecordedEvent
 	for _, e := range events {
-		if cp.Less(e.Position) {
+		if cp.Less(e.Position) && mt.match(e) {
 			fresh = append(fresh, e)
 		}
 	}
-	if len(fresh) == 0 {
-		// Another runner on the same read-model database (another node) applied these
-		// already: this node's view of the checkpoint follows, or its reads asking for a
-		// position (WaitReached) would wait for a batch it never applies.
-		_ = tx.Rollback()
-		r.advance(p.Name(), cp)
-		return nil
+	if len(fresh) > 0 {
+		if err = safeApply(ctx, p, tx, fresh); err != nil {
+			return fmt.Errorf("projections: %s: apply batch ending at %s: %w", p.Name(), fresh[len(fresh)-1].Position, err)
+		}
 	}
-	if err = p.Apply(ctx, tx, fresh); err != nil {
-		return fmt.Errorf("projections: %s: apply batch ending at %s: %w", p.Name(), fresh[len(fresh)-1].Position, err)
-	}
-	last := fresh[len(fresh)-1].Position
-	if err = writeCheckpoint(ctx, tx, p.Name(), last, r.cfg.Now()); err != nil {
+	if err = writeCheckpoints(ctx, tx, []string{p.Name()}, last, r.cfg.Now()); err != nil {
 		return err
 	}
 	if err = tx.Commit(); err != nil {
@@ -246,14 +615,17 @@ func (r *Runner) handle(ctx context.Context, p Projection, m *message.Message) (
 	}
 	r.mu.Lock()
 	st := r.stat[p.Name()]
-	st.Checkpoint = last
+	if st.Checkpoint.Less(last) {
+		st.Checkpoint = last
+	}
 	st.Applied += uint64(len(fresh))
 	r.metrics.applied.WithLabelValues(p.Name()).Add(float64(len(fresh))) // before WaitFor wakes
 	r.cond.Broadcast()
 	r.mu.Unlock()
-	if ac, ok := p.(AfterCommitter); ok {
+	if ac, ok := p.(AfterCommitter); ok && len(fresh) > 0 {
 		ac.AfterCommit(fresh)
 	}
+	r.tryJoin(p.Name(), last)
 	return nil
 }
 
@@ -394,13 +766,70 @@ RETURNING commit_pos, prepare_pos`
 	return eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}, nil
 }
 
-func writeCheckpoint(ctx context.Context, tx *Tx, name string, pos eventstore.Position, now time.Time) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO projection_checkpoints (name, commit_pos, prepare_pos, updated_at_us)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (name) DO UPDATE SET commit_pos = excluded.commit_pos, prepare_pos = excluded.prepare_pos, updated_at_us = excluded.updated_at_us`,
-		name, int64(pos.Commit), int64(pos.Prepare), now.UnixMicro())
+// readCheckpoints reads the checkpoints of names inside tx, in one statement; a missing one is
+// Start. With lock (PostgreSQL) it creates the missing rows and locks them all until tx ends,
+// like readCheckpoint, in name order (two runners locking overlapping sets never deadlock).
+func readCheckpoints(ctx context.Context, tx *Tx, names []string, lock bool) (map[string]eventstore.Position, error) {
+	sorted := slices.Sorted(slices.Values(names))
+	args := make([]any, len(sorted))
+	var b strings.Builder
+	if lock {
+		b.WriteString(`INSERT INTO projection_checkpoints (name, commit_pos, prepare_pos, updated_at_us) VALUES `)
+		for i, n := range sorted {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "($%d, 0, 0, 0)", i+1)
+			args[i] = n
+		}
+		b.WriteString(` ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING name, commit_pos, prepare_pos`)
+	} else {
+		b.WriteString(`SELECT name, commit_pos, prepare_pos FROM projection_checkpoints WHERE name IN (`)
+		for i, n := range sorted {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "$%d", i+1)
+			args[i] = n
+		}
+		b.WriteString(`)`)
+	}
+	rows, err := tx.QueryContext(ctx, b.String(), args...)
 	if err != nil {
-		return fmt.Errorf("projections: write checkpoint of %q: %w", name, err)
+		return nil, fmt.Errorf("projections: read checkpoints: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[string]eventstore.Position, len(names))
+	for rows.Next() {
+		var n string
+		var c, p int64
+		if err := rows.Scan(&n, &c, &p); err != nil {
+			return nil, fmt.Errorf("projections: read checkpoints: %w", err)
+		}
+		out[n] = eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("projections: read checkpoints: %w", err)
+	}
+	return out, nil
+}
+
+// writeCheckpoints sets the checkpoints of names to pos inside tx, in one statement.
+func writeCheckpoints(ctx context.Context, tx *Tx, names []string, pos eventstore.Position, now time.Time) error {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO projection_checkpoints (name, commit_pos, prepare_pos, updated_at_us) VALUES `)
+	args := []any{int64(pos.Commit), int64(pos.Prepare), now.UnixMicro()}
+	for i, n := range names {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "($%d, $1, $2, $3)", i+4)
+		args = append(args, n)
+	}
+	b.WriteString(`
+ON CONFLICT (name) DO UPDATE SET commit_pos = excluded.commit_pos, prepare_pos = excluded.prepare_pos, updated_at_us = excluded.updated_at_us`)
+	if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+		return fmt.Errorf("projections: write checkpoints of %v: %w", names, err)
 	}
 	return nil
 }

@@ -45,6 +45,14 @@ type LogSubscriberConfig struct {
 	MaxRedeliveryDelay time.Duration
 	// Logger defaults to watermill.NopLogger.
 	Logger watermill.LoggerAdapter
+	// Gate, if set, lets a consumer read the log only while it wants to: before topic's store
+	// subscription starts, and again each time the context Gate returned ends, the subscriber
+	// calls Gate, which blocks until the consumer wants topic's events (or ctx ends: it then
+	// returns ctx's error) and returns a context that ends when it no longer does. Each time the
+	// gate opens the subscription starts after Checkpoint(topic), read afresh; while it is
+	// closed the topic reads nothing. Optional: without it a topic reads from Subscribe until
+	// ctx ends (and Subscribe reads the checkpoint before it returns).
+	Gate func(ctx context.Context, topic string) (context.Context, error)
 }
 
 func (c *LogSubscriberConfig) setDefaults() {
@@ -122,6 +130,15 @@ func (s *LogSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *me
 	s.wg.Add(1)
 	s.mu.Unlock()
 
+	if s.cfg.Gate != nil {
+		out := make(chan *message.Message)
+		go func() {
+			defer s.wg.Done()
+			defer close(out)
+			s.runGated(ctx, topic, out)
+		}()
+		return out, nil
+	}
 	after, err := s.cfg.Checkpoint(ctx, topic)
 	if err != nil {
 		cancel()
@@ -135,6 +152,28 @@ func (s *LogSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *me
 		s.run(ctx, topic, after, out)
 	}()
 	return out, nil
+}
+
+// runGated feeds out while topic's gate is open, until ctx is done.
+func (s *LogSubscriber) runGated(ctx context.Context, topic string, out chan<- *message.Message) {
+	backoff := s.cfg.RedeliveryDelay
+	for ctx.Err() == nil {
+		open, err := s.cfg.Gate(ctx, topic)
+		if err != nil {
+			return
+		}
+		after, err := s.cfg.Checkpoint(open, topic)
+		if err != nil {
+			if open.Err() == nil {
+				s.cfg.Logger.Error("log subscription: checkpoint not read; retrying", err, watermill.LogFields{"topic": topic, "delay": backoff})
+				sleep(open, backoff)
+				backoff = min(backoff*2, s.cfg.MaxRedeliveryDelay)
+			}
+			continue
+		}
+		backoff = s.cfg.RedeliveryDelay
+		s.run(open, topic, after, out)
+	}
 }
 
 // run feeds out until ctx is done; the store subscription restarts from the last acked position
