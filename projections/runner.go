@@ -69,6 +69,9 @@ type Status struct {
 	LastError string
 	// FailingSince is when the current run of failures began (zero when healthy).
 	FailingSince time.Time
+	// Alone is set while the projection runs alone, behind the runner's group (rebuilt,
+	// started behind, or failing), until it reaches the group (Runner.Run).
+	Alone bool
 }
 
 // RunnerConfig configures a Runner.
@@ -663,7 +666,9 @@ func (r *Runner) Statuses() []Status {
 	defer r.mu.Unlock()
 	out := make([]Status, 0, len(r.cfg.Projections))
 	for _, p := range r.cfg.Projections {
-		out = append(out, *r.stat[p.Name()])
+		st := *r.stat[p.Name()]
+		st.Alone = r.lanes[p.Name()].solo
+		out = append(out, st)
 	}
 	return out
 }
