@@ -1,11 +1,13 @@
 // Package projections keeps waqueue's read models and process managers from the event log.
 //
-// Every projection is fed by the event store's global log through watermill (a
-// bus.LogSubscriber topic per projection, handled by a watermill Router). It applies each batch
-// of events in one read-model transaction that also stores its checkpoint, so a crash between
-// the two is impossible: a redelivered batch is recognised by the checkpoint and its events
-// already applied are skipped. Projections are therefore idempotent, and rebuildable from zero
-// by deleting their rows and checkpoint (Runner.Rebuild).
+// The projections of a Runner are fed by the event store's global log through watermill (a
+// bus.LogSubscriber, handled by a watermill Router): as a group, one read of the log and one
+// read-model transaction per batch for all of them, which also stores every projection's
+// checkpoint, so a crash between rows and checkpoints is impossible: a redelivered batch is
+// recognised by the checkpoints and the events already applied are skipped. A projection
+// behind the group (rebuilt, or failing) runs alone, on a topic of its own, until it reaches
+// the group (Runner.Run). Projections are therefore idempotent, and rebuildable from zero by
+// deleting their rows and checkpoint (Runner.Rebuild).
 //
 // Read models key a connection's rows by its tenant-scoped key (connection.Key, as
 // connection.IDFromStream returns it) in their conn_id columns, beside tenant_id; the audit
@@ -41,15 +43,18 @@ type Projection interface {
 	// Filter selects the events the projection needs.
 	Filter() eventstore.Filter
 	// Apply applies events, in global order, inside tx. Events at or before the checkpoint are
-	// never passed. An error rolls the whole batch back; it is delivered again later.
+	// never passed. tx may be shared with the runner's other projections: Apply touches only
+	// its own rows, and keeps nothing in memory that assumes the commit (the transaction may be
+	// rolled back after Apply returned, when another projection fails). An error rolls the
+	// batch back; it is delivered again later (to this projection alone).
 	Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error
 	// Reset deletes every row the projection owns, inside tx (used by rebuild).
 	Reset(ctx context.Context, tx *Tx) error
 }
 
 // AfterCommitter is an optional interface of a Projection. The runner calls AfterCommit after
-// a batch's transaction has committed, with the events applied, from the projection's handler
-// goroutine; it must return quickly (wake a worker, do not do I/O). Process managers use it to
+// a batch's transaction has committed, with the events it applied, from the handler goroutine
+// that applied them (the group's, or the projection's own while it runs alone); it must return quickly (wake a worker, do not do I/O). Process managers use it to
 // act on what is now durably in the read model, outside the transaction: an action inside
 // Apply would hold the read model's write lock while it runs, which on the embedded SQLite
 // database (one file for events and read models) blocks the event store append the action

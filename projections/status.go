@@ -142,8 +142,31 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (broadcast_id) DO NOTHING`,
 	if !ok {
 		return nil
 	}
+	// One statement reads the status the message had and moves it if the transition is
+	// allowed (the broadcast counts need the old status).
+	next := me.Status.String()
+	at := us(eventTime(ev, e.RecordedAt))
+	set := `status = CASE WHEN o.old_status IN (` + predecessors(me.Status) + `) THEN $2 ELSE status END,
+` + next + `_at_us = CASE WHEN ` + next + `_at_us = 0 THEN $3 ELSE ` + next + `_at_us END`
+	args := []any{me.MessageID.String(), next, at}
+	switch ev := ev.(type) {
+	case connection.MessageFailed:
+		set += `, fail_code = $4, detail = $5`
+		args = append(args, ev.Code, ev.Detail)
+	case connection.MessageOutcomeUnknown:
+		set += `, detail = $4`
+		args = append(args, ev.Cause)
+	case connection.MessageSent:
+		set += `, server_id = $4`
+		args = append(args, ev.ServerID)
+	case connection.MessageCancelled:
+		set += `, detail = $4`
+		args = append(args, ev.Reason)
+	}
 	var cur, bid string
-	err := tx.QueryRowContext(ctx, `SELECT status, broadcast_id FROM status_messages WHERE message_id = $1`, me.MessageID.String()).Scan(&cur, &bid)
+	err := tx.QueryRowContext(ctx, `UPDATE status_messages SET `+set+`
+FROM (SELECT message_id AS old_id, status AS old_status FROM status_messages WHERE message_id = $1) o
+WHERE message_id = o.old_id RETURNING o.old_status, broadcast_id`, args...).Scan(&cur, &bid)
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("message %s (seq %d) was never queued", me.MessageID, me.Seq)
 	}
@@ -154,34 +177,34 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (broadcast_id) DO NOTHING`,
 	if err := old.UnmarshalText([]byte(cur)); err != nil {
 		return err
 	}
-	next := me.Status.String()
-	at := us(eventTime(ev, e.RecordedAt))
-	set := `status = CASE WHEN $3 = 1 THEN $2 ELSE status END,
-` + next + `_at_us = CASE WHEN ` + next + `_at_us = 0 THEN $4 ELSE ` + next + `_at_us END`
-	args := []any{me.MessageID.String(), next, 0, at}
-	if old.CanBecome(me.Status) {
-		args[2] = 1
-		if bid != "" {
-			b.count(bid, cur, -1)
-			b.count(bid, next, +1)
+	if old.CanBecome(me.Status) && bid != "" {
+		b.count(bid, cur, -1)
+		b.count(bid, next, +1)
+	}
+	return nil
+}
+
+// allStatuses are the message statuses, for predecessors.
+var allStatuses = []connection.MessageStatus{
+	connection.MessageStatusQueued, connection.MessageStatusDispatched, connection.MessageStatusSent,
+	connection.MessageStatusDelivered, connection.MessageStatusRead, connection.MessageStatusFailed,
+	connection.MessageStatusPurged, connection.MessageStatusExpired, connection.MessageStatusUnknown,
+	connection.MessageStatusCancelled,
+}
+
+// predecessors returns, as a list of SQL string literals, the statuses that can become next
+// (connection.MessageStatus.CanBecome); ” when none can.
+func predecessors(next connection.MessageStatus) string {
+	var out []string
+	for _, s := range allStatuses {
+		if s.CanBecome(next) {
+			out = append(out, "'"+s.String()+"'")
 		}
 	}
-	switch ev := ev.(type) {
-	case connection.MessageFailed:
-		set += `, fail_code = $5, detail = $6`
-		args = append(args, ev.Code, ev.Detail)
-	case connection.MessageOutcomeUnknown:
-		set += `, detail = $5`
-		args = append(args, ev.Cause)
-	case connection.MessageSent:
-		set += `, server_id = $5`
-		args = append(args, ev.ServerID)
-	case connection.MessageCancelled:
-		set += `, detail = $5`
-		args = append(args, ev.Reason)
+	if len(out) == 0 {
+		return "''"
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE status_messages SET `+set+` WHERE message_id = $1`, args...)
-	return err
+	return strings.Join(out, ", ")
 }
 
 // eventTime is the business time a message event carries.
