@@ -193,7 +193,7 @@ var allStatuses = []connection.MessageStatus{
 }
 
 // predecessors returns, as a list of SQL string literals, the statuses that can become next
-// (connection.MessageStatus.CanBecome); ” when none can.
+// (connection.MessageStatus.CanBecome), or the empty literal when none can.
 func predecessors(next connection.MessageStatus) string {
 	var out []string
 	for _, s := range allStatuses {
