@@ -253,6 +253,11 @@ func TestGroupMemberFailsWhileOthersAdvance(t *testing.T) {
 		if err := r.runner.WaitFor(ctx, []string{cs[0].name, cs[1].name, cs[2].name, cs[3].name}, last[0].Position); err != nil {
 			t.Fatal(err)
 		}
+		waitUntil(t, "the handler of the last event to return", func() (bool, error) {
+			seen.mu.Lock()
+			defer seen.mu.Unlock()
+			return len(seen.seen[last[0].ID]) > 0, nil
+		})
 		seen.mu.Lock()
 		if got := seen.seen[last[0].ID]; !slices.Equal(got, []string{projections.GroupHandler}) {
 			t.Errorf("the last event was handled by %v, want the group's handler alone", got)
