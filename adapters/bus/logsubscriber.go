@@ -248,6 +248,10 @@ func (s *LogSubscriber) deliver(ctx context.Context, topic string, events <-chan
 				break fill
 			}
 		}
+		if ctx.Err() != nil {
+			// Ended (a gate closed by the consumer's last handler, say): deliver nothing more.
+			return last, acked
+		}
 		// A fresh slice per message: the consumer may keep the events after the ack (for
 		// example for AfterCommit); the buffer is not reused.
 		msg := newBatchMessage(slices.Clone(batch))
