@@ -142,8 +142,8 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (broadcast_id) DO NOTHING`,
 	if !ok {
 		return nil
 	}
-	// One statement reads the status the message had and moves it if the transition is
-	// allowed (the broadcast counts need the old status).
+	// On PostgreSQL one statement reads the status the message had and moves it if the
+	// transition is allowed (the broadcast counts need the old status).
 	next := me.Status.String()
 	at := us(eventTime(ev, e.RecordedAt))
 	set := `status = CASE WHEN o.old_status IN (` + predecessors(me.Status) + `) THEN $2 ELSE status END,
@@ -164,9 +164,21 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (broadcast_id) DO NOTHING`,
 		args = append(args, ev.Reason)
 	}
 	var cur, bid string
-	err := tx.QueryRowContext(ctx, `UPDATE status_messages SET `+set+`
+	var err error
+	if tx.Dialect == Postgres {
+		err = tx.QueryRowContext(ctx, `UPDATE status_messages SET `+set+`
 FROM (SELECT message_id AS old_id, status AS old_status FROM status_messages WHERE message_id = $1) o
 WHERE message_id = o.old_id RETURNING o.old_status, broadcast_id`, args...).Scan(&cur, &bid)
+	} else {
+		// SQLite's RETURNING cannot name the FROM clause's columns; its statements cost no
+		// round trip: read, then update.
+		err = tx.QueryRowContext(ctx, `SELECT status, broadcast_id FROM status_messages WHERE message_id = $1`, me.MessageID.String()).Scan(&cur, &bid)
+		if err == nil {
+			_, err = tx.ExecContext(ctx, `UPDATE status_messages SET `+set+`
+FROM (SELECT message_id AS old_id, status AS old_status FROM status_messages WHERE message_id = $1) o
+WHERE message_id = o.old_id`, args...)
+		}
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("message %s (seq %d) was never queued", me.MessageID, me.Seq)
 	}
