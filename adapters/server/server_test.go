@@ -158,7 +158,7 @@ func TestStory(t *testing.T) {
 				"waqueue_clear_duration_seconds_count 1",
 				`waqueue_projection_lag_events{projection="cards"}`,
 				`waqueue_projection_events_applied_total{projection="cards"}`,
-				`waqueue_router_messages_total{handler="cards",result="ok"}`,
+				`waqueue_router_messages_total{handler="projections_group",result="ok"}`,
 				"waqueue_build_info{goversion=\"" + runtime.Version() + "\"",
 			} {
 				if !strings.Contains(string(metrics), want) {
