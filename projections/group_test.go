@@ -178,8 +178,13 @@ func (h *handlersOf) middleware(next message.HandlerFunc) message.HandlerFunc {
 
 func startGroup(t *testing.T, e *env, mw []message.HandlerMiddleware, ps ...projections.Projection) *running {
 	t.Helper()
+	return startGroups(t, e, mw, nil, ps...)
+}
+
+func startGroups(t *testing.T, e *env, mw []message.HandlerMiddleware, groups [][]string, ps ...projections.Projection) *running {
+	t.Helper()
 	r, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store, Projections: ps, BatchSize: 16,
-		Logger: silentLogger, Middleware: mw})
+		Logger: silentLogger, Middleware: mw, Groups: groups})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,10 +427,11 @@ func TestGroupCrashMidBatch(t *testing.T) {
 	})
 }
 
-// TestTwoRunnersShareGroupBatches is two nodes on one PostgreSQL read-model database, each
-// running the same group of projections while events are appended: every event is applied
-// exactly once by each projection, whichever node's group (or a projection running alone
-// after a failure on one node) applied it, and both nodes see every checkpoint at the end.
+// TestTwoRunnersShareGroupBatches is two nodes on one PostgreSQL read-model database running
+// the same projections while events are appended — the first as one group, the second as two
+// (RunnerConfig.Groups), so their transactions lock different sets of checkpoints: every event
+// is applied exactly once by each projection, whichever node's group (or a projection running
+// alone after a failure on one node) applied it, and both nodes see every checkpoint at the end.
 func TestTwoRunnersShareGroupBatches(t *testing.T) {
 	t.Parallel()
 	e, _ := postgresEnv(t)
@@ -444,7 +450,7 @@ func TestTwoRunnersShareGroupBatches(t *testing.T) {
 	}}
 	first := appendGrp(t, e, 30)
 	n1 := startGroup(t, e, nil, cs[0], cs[1], cs[2])
-	n2 := startGroup(t, e, nil, &counter{name: cs[0].name}, &counter{name: cs[1].name}, flaky)
+	n2 := startGroups(t, e, nil, [][]string{{cs[1].name}}, &counter{name: cs[0].name}, &counter{name: cs[1].name}, flaky)
 	var wg sync.WaitGroup
 	var more [2][]eventstore.RecordedEvent
 	for w := range 2 {
@@ -484,3 +490,27 @@ func TestTwoRunnersShareGroupBatches(t *testing.T) {
 		}
 	}
 }
+
+// TestRunnerGroupsConfig: a group naming an unknown projection, or one projection twice, is
+// refused, and so is a projection named like a group handler.
+func TestRunnerGroupsConfig(t *testing.T) {
+	e := &env{store: nil, db: &projections.DB{}}
+	a, b := &counter{name: "a"}, &counter{name: "b"}
+	for name, cfg := range map[string]projections.RunnerConfig{
+		"unknown":      {Projections: []projections.Projection{a, b}, Groups: [][]string{{"c"}}},
+		"twice":        {Projections: []projections.Projection{a, b}, Groups: [][]string{{"a"}, {"a"}}},
+		"handler name": {Projections: []projections.Projection{a, &counter{name: projections.GroupHandler + "_1"}}},
+	} {
+		cfg.DB, cfg.Store = e.db, nullStore{}
+		if _, err := projections.NewRunner(cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: nullStore{}, Projections: []projections.Projection{a, b},
+		Groups: [][]string{{"a"}, {"b"}}}); err != nil {
+		t.Errorf("two groups of one: %v", err)
+	}
+}
+
+// nullStore is an event store for configuration tests only.
+type nullStore struct{ eventstore.Store }

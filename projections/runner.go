@@ -103,6 +103,13 @@ type RunnerConfig struct {
 	// LagScanLimit is the most events the lag gauge counts past a checkpoint per scrape.
 	// Default DefaultLagScanLimit.
 	LagScanLimit int
+	// Groups are sets of projection names that each form a group of their own: a group reads
+	// the log once and applies each batch in one transaction (see Run); groups run
+	// concurrently. The projections named in no set form the default group. Optional: by
+	// default all projections are one group. Keep a projection whose read model must be
+	// current soonest (the pending queue) or whose Apply is slow (a publisher) apart, at the
+	// cost of one more log read and transaction per batch.
+	Groups [][]string
 }
 
 // Runner runs projections on a watermill router fed by the event log.
@@ -114,9 +121,10 @@ type Runner struct {
 	metrics       *runnerMetrics
 	lastDelivered map[string]eventstore.Position // end of the last batch delivered, per projection
 	lanes         map[string]*lane               // under mu
-	group         groupState                     // under mu
+	groups        []*groupState                  // the default group first
+	groupOf       map[string]*groupState         // by projection name
+	groupByTopic  map[string]*groupState
 	matchers      map[string]matcher
-	union         eventstore.Filter // selects every event some projection selects
 }
 
 // NewRunner validates cfg and returns a runner. Call Migrate before Run.
@@ -136,10 +144,19 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		if seen[p.Name()] {
 			errs = append(errs, fmt.Errorf("projections: duplicate projection name %q", p.Name()))
 		}
-		if p.Name() == GroupHandler {
-			errs = append(errs, fmt.Errorf("projections: projection name %q is the runner's group handler", p.Name()))
+		if strings.HasPrefix(p.Name(), GroupHandler) {
+			errs = append(errs, fmt.Errorf("projections: projection name %q: %s… names the runner's group handlers", p.Name(), GroupHandler))
 		}
 		seen[p.Name()] = true
+	}
+	grouped := map[string]bool{}
+	for _, g := range cfg.Groups {
+		for _, n := range g {
+			if !seen[n] || grouped[n] {
+				errs = append(errs, fmt.Errorf("projections: RunnerConfig.Groups: %q is not a projection or is in two groups", n))
+			}
+			grouped[n] = true
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -159,15 +176,41 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	r := &Runner{cfg: cfg, stat: map[string]*Status{}, metrics: newRunnerMetrics(), lastDelivered: map[string]eventstore.Position{}}
 	r.cond = sync.NewCond(&r.mu)
 	r.lanes, r.matchers = map[string]*lane{}, map[string]matcher{}
-	var filters []eventstore.Filter
+	r.groupOf, r.groupByTopic = map[string]*groupState{}, map[string]*groupState{}
+	byName := map[string]Projection{}
 	for _, p := range cfg.Projections {
 		r.stat[p.Name()] = &Status{Name: p.Name()}
 		r.lanes[p.Name()] = &lane{opened: make(chan struct{})}
-		f := p.Filter()
-		filters = append(filters, f)
-		r.matchers[p.Name()] = newMatcher(f)
+		r.matchers[p.Name()] = newMatcher(p.Filter())
+		byName[p.Name()] = p
 	}
-	r.union = unionFilter(filters)
+	def := &groupState{topic: GroupHandler}
+	for _, p := range cfg.Projections {
+		if !grouped[p.Name()] {
+			def.ps = append(def.ps, p)
+		}
+	}
+	if len(def.ps) > 0 {
+		r.groups = append(r.groups, def)
+	}
+	for i, names := range cfg.Groups {
+		g := &groupState{topic: fmt.Sprintf("%s_%d", GroupHandler, i+1)}
+		for _, n := range names {
+			g.ps = append(g.ps, byName[n])
+		}
+		if len(g.ps) > 0 {
+			r.groups = append(r.groups, g)
+		}
+	}
+	for _, g := range r.groups {
+		var filters []eventstore.Filter
+		for _, p := range g.ps {
+			filters = append(filters, p.Filter())
+			r.groupOf[p.Name()] = g
+		}
+		g.union = unionFilter(filters)
+		r.groupByTopic[g.topic] = g
+	}
 	if cfg.Registerer != nil {
 		if err := r.metrics.register(cfg.Registerer, r); err != nil {
 			return nil, err
@@ -177,7 +220,8 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 }
 
 // GroupHandler is the name of the runner's handler (and log topic) that applies each batch to
-// every projection of the group; no projection may take it.
+// every projection of the default group; the other groups' are GroupHandler_1, _2, … in the
+// order of RunnerConfig.Groups. No projection's name may begin with it.
 const GroupHandler = "projections_group"
 
 // lane is where one projection is applied: in the group's transactions (solo false) or, while
@@ -192,8 +236,13 @@ type lane struct {
 	stop context.CancelFunc
 }
 
-// groupState is the group's progress. Guarded by Runner.mu.
+// groupState is a group of projections and its progress (pos, inflight, inflightEnd: guarded
+// by Runner.mu).
 type groupState struct {
+	topic string // its handler's name and log topic
+	ps    []Projection
+	union eventstore.Filter // selects every event one of ps selects
+
 	pos eventstore.Position // end of the last batch the group handled
 	// inflight is set while the group handles a batch ending at inflightEnd, whose members
 	// were fixed when it began.
@@ -266,8 +315,8 @@ func unionFilter(fs []eventstore.Filter) eventstore.Filter {
 
 // Run runs every projection until ctx is done. It returns nil after a clean stop.
 //
-// The projections form a group that reads the log once and applies each batch in one
-// read-model transaction: every projection's Apply with the events it selects, then every
+// The projections form a group (or several, RunnerConfig.Groups, run concurrently) that reads
+// the log once and applies each batch in one read-model transaction: every projection's Apply with the events it selects, then every
 // projection's checkpoint, written together in one statement, at the batch's end. A projection
 // behind the group — rebuilt, started behind, or whose Apply failed (the group's transaction
 // is rolled back and applied again without it) — runs alone, on a subscription and in
@@ -275,7 +324,6 @@ func unionFilter(fs []eventstore.Filter) eventstore.Filter {
 // then joins it again: the others neither wait for it nor re-read what it needs.
 func (r *Runner) Run(ctx context.Context) error {
 	wlog := watermill.NewSlogLogger(r.cfg.Logger)
-	var top eventstore.Position
 	cps := map[string]eventstore.Position{}
 	for _, p := range r.cfg.Projections {
 		cp, err := r.Checkpoint(ctx, p.Name())
@@ -283,33 +331,43 @@ func (r *Runner) Run(ctx context.Context) error {
 			return err
 		}
 		cps[p.Name()] = cp
-		if top.Less(cp) {
-			top = cp
-		}
 	}
 	r.mu.Lock()
-	r.group = groupState{pos: top}
-	for _, p := range r.cfg.Projections {
-		r.stat[p.Name()].Checkpoint = cps[p.Name()]
-		l := &lane{opened: make(chan struct{})}
-		if cps[p.Name()].Less(top) {
-			l.solo = true
-			close(l.opened)
+	for _, g := range r.groups {
+		var top eventstore.Position
+		for _, p := range g.ps {
+			if top.Less(cps[p.Name()]) {
+				top = cps[p.Name()]
+			}
 		}
-		r.lanes[p.Name()] = l
+		g.pos, g.inflight = top, false
+		for _, p := range g.ps {
+			r.stat[p.Name()].Checkpoint = cps[p.Name()]
+			l := &lane{opened: make(chan struct{})}
+			if cps[p.Name()].Less(top) {
+				l.solo = true
+				close(l.opened)
+			}
+			r.lanes[p.Name()] = l
+		}
 	}
 	r.mu.Unlock()
 	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
 		Store: r.cfg.Store,
 		Checkpoint: func(ctx context.Context, topic string) (eventstore.Position, error) {
-			if topic == GroupHandler {
+			if g := r.groupByTopic[topic]; g != nil {
 				r.mu.Lock()
 				defer r.mu.Unlock()
-				return r.group.pos, nil
+				return g.pos, nil
 			}
 			return r.Checkpoint(ctx, topic)
 		},
-		Filter:    func(string) eventstore.Filter { return r.union },
+		Filter: func(topic string) eventstore.Filter {
+			if g := r.groupByTopic[topic]; g != nil {
+				return g.union
+			}
+			return r.groupOf[topic].union
+		},
 		Gate:      r.gate,
 		BatchSize: r.cfg.BatchSize,
 		Logger:    wlog,
@@ -326,9 +384,12 @@ func (r *Runner) Run(ctx context.Context) error {
 	if r.cfg.ConfigureRouter != nil {
 		r.cfg.ConfigureRouter(router)
 	}
-	router.AddConsumerHandler(GroupHandler, GroupHandler, sub, func(m *message.Message) error {
-		return r.handleGroup(m.Context(), m)
-	})
+	for _, g := range r.groups {
+		g := g
+		router.AddConsumerHandler(g.topic, g.topic, sub, func(m *message.Message) error {
+			return r.handleGroup(m.Context(), g, m)
+		})
+	}
 	for _, p := range r.cfg.Projections {
 		p := p
 		router.AddConsumerHandler(p.Name(), p.Name(), sub, func(m *message.Message) error {
@@ -346,7 +407,7 @@ func (r *Runner) Run(ctx context.Context) error {
 // gate implements bus.LogSubscriberConfig.Gate: the group's subscription is always open, a
 // projection's own only while it runs alone.
 func (r *Runner) gate(ctx context.Context, topic string) (context.Context, error) {
-	if topic == GroupHandler {
+	if r.groupByTopic[topic] != nil {
 		return ctx, nil
 	}
 	r.mu.Lock()
@@ -385,9 +446,10 @@ func (r *Runner) eject(name string) {
 func (r *Runner) tryJoin(name string, cp eventstore.Position) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	horizon := r.group.pos
-	if r.group.inflight {
-		horizon = r.group.inflightEnd
+	g := r.groupOf[name]
+	horizon := g.pos
+	if g.inflight {
+		horizon = g.inflightEnd
 	}
 	l := r.lanes[name]
 	if !l.solo || cp.Less(horizon) {
@@ -413,7 +475,7 @@ type member struct {
 // projection whose Apply fails is taken out of the group (it runs alone from its checkpoint,
 // retried there) and the transaction is applied again without it; any other failure fails the
 // batch, delivered again.
-func (r *Runner) handleGroup(ctx context.Context, m *message.Message) error {
+func (r *Runner) handleGroup(ctx context.Context, g *groupState, m *message.Message) error {
 	events, err := bus.DecodeBatch(m)
 	if err != nil {
 		return err
@@ -421,20 +483,20 @@ func (r *Runner) handleGroup(ctx context.Context, m *message.Message) error {
 	last := events[len(events)-1].Position
 	r.mu.Lock()
 	var ps []Projection
-	for _, p := range r.cfg.Projections {
+	for _, p := range g.ps {
 		if !r.lanes[p.Name()].solo {
 			ps = append(ps, p)
 		}
 	}
-	start := r.group.pos
-	r.group.inflight, r.group.inflightEnd = true, last
+	start := g.pos
+	g.inflight, g.inflightEnd = true, last
 	r.mu.Unlock()
 	handled := false
 	defer func() {
 		r.mu.Lock()
-		r.group.inflight = false
-		if handled && r.group.pos.Less(last) {
-			r.group.pos = last
+		g.inflight = false
+		if handled && g.pos.Less(last) {
+			g.pos = last
 		}
 		r.mu.Unlock()
 	}()
@@ -448,7 +510,7 @@ func (r *Runner) handleGroup(ctx context.Context, m *message.Message) error {
 		if len(ps) == 0 {
 			break
 		}
-		failed, err := r.applyGroup(ctx, ps, start, events)
+		failed, err := r.applyGroup(ctx, g, ps, start, events)
 		if failed == nil && err != nil {
 			for _, p := range ps {
 				r.record(p.Name(), err)
@@ -470,7 +532,7 @@ func (r *Runner) handleGroup(ctx context.Context, m *message.Message) error {
 
 // applyGroup applies events to ps in one transaction. It returns the projection whose Apply
 // failed, if one did, and the error.
-func (r *Runner) applyGroup(ctx context.Context, ps []Projection, start eventstore.Position, events []eventstore.RecordedEvent) (failed Projection, err error) {
+func (r *Runner) applyGroup(ctx context.Context, g *groupState, ps []Projection, start eventstore.Position, events []eventstore.RecordedEvent) (failed Projection, err error) {
 	last := events[len(events)-1].Position
 	tx, err := r.cfg.DB.Begin(ctx)
 	if err != nil {
@@ -530,7 +592,7 @@ func (r *Runner) applyGroup(ctx context.Context, ps []Projection, start eventsto
 		return nil, err
 	}
 	if err = tx.Commit(); err != nil {
-		return nil, fmt.Errorf("projections: %s: commit: %w", GroupHandler, err)
+		return nil, fmt.Errorf("projections: %s: commit: %w", g.topic, err)
 	}
 	r.mu.Lock()
 	for _, m := range ms {
