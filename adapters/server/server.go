@@ -310,7 +310,7 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		Registerer: n.Registry, ConfigureRouter: n.routerMetrics.Instrument,
 		// Two groups, each one log read and one transaction per batch: the pending queue (what
 		// the dispatcher reads and a broadcast's "all pending" waits for) apart from the eight
-		// others. One group of all nine made a 100k broadcast pending 1.1–2.9× later (its
+		// others. One group of all nine made a 100k broadcast pending 1.1–2.2× later (its
 		// queue rows committed only after every other read model's); docs/benchmarks.md.
 		Groups: [][]string{{projections.QueueName}},
 	}); err != nil {
