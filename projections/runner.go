@@ -446,6 +446,11 @@ func (r *Runner) eject(name string) {
 func (r *Runner) tryJoin(name string, cp eventstore.Position) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.tryJoinLocked(name, cp)
+}
+
+// tryJoinLocked is tryJoin with r.mu held.
+func (r *Runner) tryJoinLocked(name string, cp eventstore.Position) bool {
 	g := r.groupOf[name]
 	horizon := g.pos
 	if g.inflight {
@@ -605,11 +610,11 @@ func (r *Runner) applyGroup(ctx context.Context, g *groupState, ps []Projection,
 		}
 		st.Applied += uint64(len(m.fresh))
 		r.metrics.applied.WithLabelValues(m.p.Name()).Add(float64(len(m.fresh))) // before WaitFor wakes
+		st.Failures, st.LastError, st.FailingSince = 0, "", time.Time{}
 	}
-	r.cond.Broadcast()
+	r.cond.Broadcast() // a waiter woken sees the whole status of the batch
 	r.mu.Unlock()
 	for _, m := range ms {
-		r.record(m.p.Name(), nil)
 		if ac, ok := m.p.(AfterCommitter); ok && len(m.fresh) > 0 {
 			ac.AfterCommit(m.fresh)
 		}
@@ -690,12 +695,13 @@ func (r *Runner) handleSolo(ctx context.Context, p Projection, m *message.Messag
 	}
 	st.Applied += uint64(len(fresh))
 	r.metrics.applied.WithLabelValues(p.Name()).Add(float64(len(fresh))) // before WaitFor wakes
-	r.cond.Broadcast()
+	st.Failures, st.LastError, st.FailingSince = 0, "", time.Time{}
+	r.tryJoinLocked(p.Name(), last)
+	r.cond.Broadcast() // a waiter woken sees the whole status of the batch
 	r.mu.Unlock()
 	if ac, ok := p.(AfterCommitter); ok && len(fresh) > 0 {
 		ac.AfterCommit(fresh)
 	}
-	r.tryJoin(p.Name(), last)
 	return nil
 }
 
