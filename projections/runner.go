@@ -54,8 +54,9 @@ type Projection interface {
 
 // AfterCommitter is an optional interface of a Projection. The runner calls AfterCommit after
 // a batch's transaction has committed, with the events it applied, from the handler goroutine
-// that applied them (the group's, or the projection's own while it runs alone); it must return quickly (wake a worker, do not do I/O). Process managers use it to
-// act on what is now durably in the read model, outside the transaction: an action inside
+// that applied them (the group's, or the projection's own while it runs alone); it must return
+// quickly (wake a worker, do not do I/O). Process managers use it to act on what is now
+// durably in the read model, outside the transaction: an action inside
 // Apply would hold the read model's write lock while it runs, which on the embedded SQLite
 // database (one file for events and read models) blocks the event store append the action
 // makes.
