@@ -136,8 +136,12 @@ type connState struct {
 	wakeTimer transport.Timer
 	wakeAt    time.Time
 	// poke interrupts a pacing wait when the connection's sending policy changed.
-	poke  chan struct{}
-	lease leaseState
+	poke chan struct{}
+	// policy is the sending policy last read from the aggregate, nil until read or after the
+	// log showed it changed; policyGen counts those changes (guarded by mu; see policy).
+	policy    *connection.SendingPolicy
+	policyGen uint64
+	lease     leaseState
 	// takeover: the renewals claimed the lease with a new epoch; the loop recovers first.
 	takeover bool
 	// retired: the connection was retired; its loop ends at once (see releaseRetired).

@@ -52,6 +52,9 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	}
 	if takeover {
 		st.recovered, st.startedUp = false, false
+		d.mu.Lock()
+		st.forgetPolicyLocked() // read it afresh under the new lease
+		d.mu.Unlock()
 	}
 	if !st.recovered {
 		err := d.recover(ctx, connID, st)
@@ -63,7 +66,7 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 		}
 	}
 	// The sending policy, read at every turn (see policy): pacing, quiet hours, daily cap.
-	pol, err := d.policy(ctx, connID)
+	pol, err := d.policy(ctx, connID, st)
 	switch {
 	case errors.Is(err, commands.ErrNotFound):
 		return false

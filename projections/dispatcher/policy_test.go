@@ -1,11 +1,17 @@
 package dispatcher_test
 
 import (
+	"context"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
+	"github.com/waqueue/waqueue/projections/dispatcher"
 )
 
 // waitDeadline waits until a timer due at at is armed on the manual clock (and, with gone set,
@@ -128,5 +134,54 @@ func TestPacingAndLocalDayCapHoldAcrossRestart(t *testing.T) {
 	}
 	h.clock.Advance(tokyoMidnight.Sub(h.clock.Now()))
 	h.eventually("dddd sent on the next Tokyo day", func() bool { return sent() == 4 })
+	h.checkInvariants("c1")
+}
+
+// countingStore counts the reads of one stream through it.
+type countingStore struct {
+	eventstore.Store
+	stream string
+	reads  atomic.Int64
+}
+
+func (s *countingStore) ReadStream(ctx context.Context, stream string, dir eventstore.Direction, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if stream == s.stream {
+		s.reads.Add(1)
+	}
+	return s.Store.ReadStream(ctx, stream, dir, from, limit)
+}
+
+// TestPacedTurnsDoNotReadTheStream: a paced loop keeps the connection's sending policy between
+// turns (until the event log shows it changed), so a dispatch costs no read of the stream:
+// before, every turn read the policy from the aggregate, catching the repository's cache up
+// with a stream read — one database transaction of the ~6 per message at 10,000 sending
+// connections (bench scale). A change is still seen (TestSendingPolicyChangeAppliesAtOnce).
+func TestPacedTurnsDoNotReadTheStream(t *testing.T) {
+	h := newHarness(t, openSQLite)
+	cs := &countingStore{Store: h.env.store, stream: connection.StreamName(key("c1"))}
+	repo, err := commands.NewRepository(cs, commands.RepositoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := h.start(func(c *dispatcher.Config) { paced(c); c.Repository = repo })
+	h.registerPaired("c1", d)
+	zero := time.Duration(0)
+	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(time.Second), Jitter: &zero})
+	const n = 12
+	h.startBroadcast("c1", n)
+	sent := func() int { return len(h.sends("c1")) }
+	h.eventually("first sent", func() bool { return sent() >= 1 })
+	before := cs.reads.Load()
+	for sent() < n {
+		if !h.clock.WaitForTimers(1, testwait.Limit) {
+			t.Fatalf("no timer pending with %d of %d sent", sent(), n)
+		}
+		h.clock.Advance(time.Second)
+		at := sent()
+		h.eventually("the next send or a timer", func() bool { return sent() > at || h.clock.Pending() > 0 })
+	}
+	if reads := cs.reads.Load() - before; reads > 2 {
+		t.Errorf("%d reads of the stream for %d paced dispatches, want at most 2 (none per turn)", reads, n-1)
+	}
 	h.checkInvariants("c1")
 }
