@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"database/sql"
 	"io"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/adapters/simulator"
@@ -127,5 +129,52 @@ func pairThroughNonOwner(t *testing.T, apiOnly bool) {
 	waitFor(t, ctx, "a's session of the retired connection ended", func() bool { return !live(a) })
 	if live(b) || devs.Replaced() != 0 {
 		t.Fatalf("after retiring: b live %v, %d streams replaced", live(b), devs.Replaced())
+	}
+}
+
+// TestLeaseRenewalDoesNotQueueBehindTheMainPool: the PostgreSQL leases use a connection pool of
+// their own, so a renewal — which keeps the node's session, and so every lease it holds, alive —
+// goes through while every connection of the node's main pool is busy (10,000 sending loops at
+// 100,000 / 10,000 in bench scale, under load: the renewal waited for the shared pool past the
+// TTL and the node dropped all its leases, leases_held=0). Fails with the shared pool: the
+// renewal waits until its context ends.
+func TestLeaseRenewalDoesNotQueueBehindTheMainPool(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
+	defer cancel()
+	n, err := server.New(ctx, server.Options{DataDir: t.TempDir(), DB: pgtest.URL(t), NodeID: "busy", NoPacing: true,
+		Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if n.Leases == nil {
+		t.Fatal("no PostgreSQL leases on a PostgreSQL node")
+	}
+	// Take every connection of the main pool (its default size; a few more requests would
+	// only queue) and keep them until the end of the test.
+	var held []*sql.Conn
+	for range postgres.DefaultMaxConns {
+		c, err := n.SQL.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	defer func() {
+		for _, c := range held {
+			_ = c.Close()
+		}
+	}()
+	// The main pool is exhausted: a query on it waits (bounded here by a short context).
+	short, stop := context.WithTimeout(ctx, 200*time.Millisecond)
+	err = n.SQL.PingContext(short)
+	stop()
+	if err == nil {
+		t.Fatal("the main pool still had a free connection: the test does not exhaust it")
+	}
+	rctx, stop := context.WithTimeout(ctx, testwait.AtLeast(20*time.Second))
+	defer stop()
+	if _, err := n.Leases.Renew(rctx); err != nil {
+		t.Fatalf("renewing the leases with the main pool exhausted: %v", err)
 	}
 }
