@@ -101,6 +101,9 @@ type DispatchNextResult struct {
 	Result
 	Outcome DispatchOutcome
 	Message QueuedMessage
+	// DispatchedAt is the recorded MessageDispatched's time (DispatchSend only): the reference
+	// of the connection's pacing interval.
+	DispatchedAt time.Time
 }
 
 // DispatchNextHandler handles DispatchNext.
@@ -166,5 +169,11 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 	if err != nil {
 		return DispatchNextResult{}, err
 	}
-	return DispatchNextResult{Result: resultOf(a), Outcome: outcome, Message: msg}, nil
+	res := DispatchNextResult{Result: resultOf(a), Outcome: outcome, Message: msg}
+	for _, e := range a.Events {
+		if d, ok := e.(connection.MessageDispatched); ok {
+			res.DispatchedAt = d.DispatchedAt
+		}
+	}
+	return res, nil
 }

@@ -149,7 +149,7 @@ func TestNextAt(t *testing.T) {
 		t.Fatal("nextAt before any hand-over is not zero")
 	}
 	for range 1000 {
-		d.paceAfter(st)
+		d.paceAfter(st, d.cfg.Clock.Now())
 		if iv := st.nextAt(p).Sub(st.lastAt); iv < time.Second || iv > 1500*time.Millisecond {
 			t.Fatalf("interval %s outside [1s, 1.5s]", iv)
 		}

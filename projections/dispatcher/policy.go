@@ -198,14 +198,14 @@ func (d *Dispatcher) policyChanged(connID string) {
 	}
 }
 
-// paceAfter records a hand-over at now for the pacing: the next one waits the interval plus a
-// freshly drawn jitter fraction.
-func (d *Dispatcher) paceAfter(st *connState) {
+// paceAfter records a hand-over at at for the pacing: the next one waits the interval plus a
+// freshly drawn jitter fraction after it.
+func (d *Dispatcher) paceAfter(st *connState, at time.Time) {
 	if d.cfg.Pacing.Unpaced {
 		return
 	}
 	d.mu.Lock()
 	u := d.rng.Float64()
 	d.mu.Unlock()
-	st.lastAt, st.jitterU = d.cfg.Clock.Now(), u
+	st.lastAt, st.jitterU = at, u
 }
