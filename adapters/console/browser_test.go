@@ -721,7 +721,18 @@ func TestClearThenResumeRefusedWhileBanned(t *testing.T) {
 	api.waitCard(ctx, "shop-1", "queue_status", "held")
 	b := newBrowser(t, base)
 	csrf := b.signIn(node.AdminKey)
+	// The API's card and the console's form read different read models, which may be a batch
+	// apart: wait until the form shows the hold (the choice to resume after the clear), which
+	// the ban's hold follows, before judging it (it flaked once under load without this).
 	p := b.do("GET", "/console/connections/shop-1/clear", nil, nil)
+	for !strings.Contains(p.body, `value="resume"`) {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the clear form never offered a choice after the hold")
+		case <-time.After(20 * time.Millisecond):
+		}
+		p = b.do("GET", "/console/connections/shop-1/clear", nil, nil)
+	}
 	if !strings.Contains(p.body, `value="resume" disabled`) {
 		t.Fatal("the form offers resume-after-clear while the number is banned")
 	}
