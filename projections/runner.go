@@ -566,17 +566,9 @@ func (r *Runner) applyGroup(ctx context.Context, g *groupState, ps []Projection,
 			r.eject(p.Name())
 			continue
 		}
-		mt := r.matchers[p.Name()]
 		var fresh []eventstore.RecordedEvent
-		for _, e := range events {
-			if cp.Less(e.Position) && mt.match(e) {
-				fresh = append(fresh, e)
-			}
-		}
-		if len(fresh) > 0 {
-			if err = safeApply(ctx, p, tx, fresh); err != nil {
-				return p, fmt.Errorf("projections: %s: apply batch ending at %s: %w", p.Name(), fresh[len(fresh)-1].Position, err)
-			}
+		if fresh, err = r.applyFresh(ctx, p, tx, cp, events); err != nil {
+			return p, err
 		}
 		if cp.Less(last) {
 			moved = append(moved, p.Name())
@@ -625,6 +617,25 @@ func (r *Runner) applyGroup(ctx context.Context, g *groupState, ps []Projection,
 
 // safeApply is p.Apply with a panic turned into an error: a projection that panics is taken
 // out of the group like one that fails, instead of failing the others' batch forever.
+// applyFresh applies to p, inside tx, the events of the batch that lie past its checkpoint cp
+// and that it subscribes to, and returns them (none applied: nil, and no call to Apply).
+func (r *Runner) applyFresh(ctx context.Context, p Projection, tx *Tx, cp eventstore.Position, events []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
+	mt := r.matchers[p.Name()]
+	var fresh []eventstore.RecordedEvent
+	for _, e := range events {
+		if cp.Less(e.Position) && mt.match(e) {
+			fresh = append(fresh, e)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil, nil
+	}
+	if err := safeApply(ctx, p, tx, fresh); err != nil {
+		return nil, fmt.Errorf("projections: %s: apply batch ending at %s: %w", p.Name(), fresh[len(fresh)-1].Position, err)
+	}
+	return fresh, nil
+}
+
 func safeApply(ctx context.Context, p Projection, tx *Tx, events []eventstore.RecordedEvent) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -671,17 +682,9 @@ func (r *Runner) handleSolo(ctx context.Context, p Projection, m *message.Messag
 		r.tryJoin(p.Name(), cp)
 		return nil
 	}
-	mt := r.matchers[p.Name()]
-	var fresh []eventstore.RecordedEvent
-	for _, e := range events {
-		if cp.Less(e.Position) && mt.match(e) {
-			fresh = append(fresh, e)
-		}
-	}
-	if len(fresh) > 0 {
-		if err = safeApply(ctx, p, tx, fresh); err != nil {
-			return fmt.Errorf("projections: %s: apply batch ending at %s: %w", p.Name(), fresh[len(fresh)-1].Position, err)
-		}
+	fresh, err := r.applyFresh(ctx, p, tx, cp, events)
+	if err != nil {
+		return err
 	}
 	if err = writeCheckpoints(ctx, tx, []string{p.Name()}, last, r.cfg.Now()); err != nil {
 		return err

@@ -17,13 +17,20 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
+// openDB opens a fresh database of the test cluster, closed when t ends.
+func openDB(t *testing.T) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("pgx", pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 func TestPostgres(t *testing.T) {
 	leasetest.Run(t, func(t *testing.T) leasetest.Opener {
-		db, err := sql.Open("pgx", pgtest.URL(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
+		db := openDB(t)
 		return func(node string, ttl time.Duration) dispatcher.Leases {
 			l, err := lease.NewPostgres(context.Background(), db, node, ttl)
 			if err != nil {
@@ -40,11 +47,7 @@ func TestPostgres(t *testing.T) {
 // each row, stays the claim's).
 func TestPostgresRenewalWritesNoLeaseRow(t *testing.T) {
 	ctx := context.Background()
-	db, err := sql.Open("pgx", pgtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDB(t)
 	a, err := lease.NewPostgres(ctx, db, "a", time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -95,11 +98,7 @@ func TestPostgresRenewalWritesNoLeaseRow(t *testing.T) {
 // hand-over) and the old leases start free.
 func TestPostgresMigratesPerConnectionLeases(t *testing.T) {
 	ctx := context.Background()
-	db, err := sql.Open("pgx", pgtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDB(t)
 	if _, err := db.ExecContext(ctx, `
 CREATE TABLE dispatch_leases (tenant_id TEXT NOT NULL, connection_id TEXT NOT NULL, owner TEXT NOT NULL,
 	epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (tenant_id, connection_id));
@@ -129,11 +128,7 @@ INSERT INTO dispatch_nodes VALUES ('old', now() + interval '1 hour');`); err != 
 // starts; one still named by a lease row is kept (the row's lease is free either way).
 func TestPostgresForgetsOldSessions(t *testing.T) {
 	ctx := context.Background()
-	db, err := sql.Open("pgx", pgtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDB(t)
 	a, err := lease.NewPostgres(ctx, db, "a", time.Hour)
 	if err != nil {
 		t.Fatal(err)
