@@ -609,3 +609,54 @@ func TestRefusalNeverFromStaleCache(t *testing.T) {
 		t.Fatalf("second resume: err = %v, want ErrNotHeld", err)
 	}
 }
+
+// countingMessages counts the reads of the QueuedMessages port it wraps.
+type countingMessages struct {
+	QueuedMessages
+	reads atomic.Int64
+}
+
+func (c *countingMessages) QueuedMessage(ctx context.Context, connID string, seq uint64) (QueuedMessage, error) {
+	c.reads.Add(1)
+	return c.QueuedMessages.QueuedMessage(ctx, connID, seq)
+}
+
+// DispatchNext.Head stands in for the read of the head when it names the head's seq (the
+// dispatcher reads it ahead, during the pacing wait); a head of another seq is ignored.
+func TestDispatchNextTakesTheHeadGiven(t *testing.T) {
+	ctx := testCtx(t)
+	store := openSQLite(t)
+	h := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+	h.registerActive(t, ctx, "c-1")
+	var ids []uuid.UUID
+	for i := range 3 {
+		r, err := h.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: fmt.Sprint(i), Recipient: "+491709999999", Text: fmt.Sprint("m", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.MessageID)
+	}
+	port := &countingMessages{QueuedMessages: must(h.dispatch.messages, nil)}
+	dispatch := must(NewDispatchNextHandler(h.repo, port, SystemClock))
+
+	given := QueuedMessage{MessageID: ids[0], Seq: 1, Recipient: "+491709999999", Text: "m0"}
+	d, err := dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1", Head: given})
+	if err != nil || d.Message != given || port.reads.Load() != 0 {
+		t.Fatalf("dispatch with the head given = %+v, %v after %d reads; want the given message, no read", d.Message, err, port.reads.Load())
+	}
+	// A head of another seq than the queue's (2): read from the port.
+	d, err = dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1", Head: QueuedMessage{MessageID: ids[2], Seq: 3, Text: "m2"}})
+	if err != nil || d.Message.Seq != 2 || d.Message.Text != "m1" || port.reads.Load() != 1 {
+		t.Fatalf("dispatch with another seq given = %+v, %v after %d reads; want seq 2 (m1) read once", d.Message, err, port.reads.Load())
+	}
+	hist, _ := history(t, ctx, store, "c-1")
+	var got []uuid.UUID
+	for _, r := range hist {
+		if d, ok := r.Event.(connection.MessageDispatched); ok {
+			got = append(got, d.MessageID)
+		}
+	}
+	if len(got) != 2 || got[0] != ids[0] || got[1] != ids[1] {
+		t.Fatalf("dispatched %v, want %v", got, ids[:2])
+	}
+}

@@ -74,6 +74,12 @@ type DispatchNext struct {
 	// recorded on MessageDispatched; the domain refuses an epoch below the highest recorded on
 	// the stream (connection.ErrStaleEpoch, a *NotDispatchableError with code stale_epoch).
 	Epoch uint64 `json:"epoch,omitempty"`
+	// Head, when its Seq is not zero, is what the handler's QueuedMessages port answered the
+	// caller for the seq it expects at the head: used in place of reading the port again when
+	// the head is that seq (a queued message never changes), ignored otherwise. It must come
+	// from that port: the domain tracks seqs, not ids, and cannot check it. It moves the read
+	// off the time between a paced loop's wake-up and its recorded dispatch.
+	Head QueuedMessage `json:"-"`
 }
 
 // DispatchOutcome says what DispatchNext recorded.
@@ -123,10 +129,8 @@ func NewDispatchNextHandler(repo *Repository, messages QueuedMessages, now Clock
 
 // Handle records the dispatch (or expiry) of the head, or returns a *NotDispatchableError.
 func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (DispatchNextResult, error) {
-	var (
-		msg     QueuedMessage
-		outcome DispatchOutcome
-	)
+	var outcome DispatchOutcome
+	msg := cmd.Head
 	// A claim unique to this call: a concurrent dispatcher deciding the same dispatch on the
 	// same state must lose the append, not be told it won (see Repository.update).
 	a, err := claimUpdate(ctx, h.repo, cmd.ConnectionID, auth.System, uuid.New(), func(p auth.Principal, c *connection.Connection) ([]connection.Event, error) {

@@ -78,6 +78,11 @@ type Stats struct {
 	// Loops counts the connection loops started (a goroutine each, for as long as the
 	// connection has work).
 	Loops uint64
+	// PacedDispatches counts the dispatches that waited for their pacing interval; PacingDelay
+	// is the sum of how long after the interval allowed them they were recorded (the turn's
+	// own cost and the wake-up's scheduling: every bit of it lengthens that interval).
+	PacedDispatches uint64
+	PacingDelay     time.Duration
 }
 
 // Dispatcher sends queued messages and records the transport's events; see the package doc.
@@ -123,6 +128,7 @@ type Dispatcher struct {
 
 	stats struct {
 		dispatched, expired, sent, failed, unknown, recovered, retries, loops atomic.Uint64
+		paced, paceDelayNS                                                    atomic.Uint64
 	}
 }
 
@@ -135,6 +141,13 @@ type connState struct {
 	// capped connection (guarded by mu).
 	wakeTimer transport.Timer
 	wakeAt    time.Time
+	// pacedUntil is the end of the pacing interval the loop last waited for, until its next
+	// dispatch (loop only; it measures the pacing delay, Stats.PacingDelay).
+	pacedUntil time.Time
+	// lastSeq is the seq of the loop's last dispatch; head the message read ahead for the seq
+	// after it while the loop waited for its pacing interval (loop only; see prefetchHead).
+	lastSeq uint64
+	head    commands.QueuedMessage
 	// poke interrupts a pacing wait when the connection's sending policy changed.
 	poke chan struct{}
 	// policy is the sending policy last read from the aggregate, nil until read or after the
@@ -415,6 +428,7 @@ func (d *Dispatcher) Stats() Stats {
 		Dispatched: d.stats.dispatched.Load(), Expired: d.stats.expired.Load(),
 		Sent: d.stats.sent.Load(), Failed: d.stats.failed.Load(), Unknown: d.stats.unknown.Load(),
 		Recovered: d.stats.recovered.Load(), Retries: d.stats.retries.Load(), Loops: d.stats.loops.Load(),
+		PacedDispatches: d.stats.paced.Load(), PacingDelay: time.Duration(d.stats.paceDelayNS.Load()),
 	}
 }
 

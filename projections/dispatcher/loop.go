@@ -78,6 +78,10 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	} else if !ok {
 		return again
 	}
+	// When the pacing interval allowed this dispatch, if the loop waited for it (zero otherwise:
+	// unpaced, the first message, or one that arrived after the interval had passed).
+	allowed := st.pacedUntil
+	st.pacedUntil = time.Time{}
 	pctx, err := d.asSystem(ctx, connID)
 	if err != nil {
 		return !errors.Is(err, commands.ErrNotFound) && d.lag(ctx, connID, st, "load", err)
@@ -85,7 +89,8 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	d.mu.Lock()
 	st.dirty = false // a wake from here on is seen by the next turn
 	d.mu.Unlock()
-	res, err := d.dispatch.Handle(pctx, commands.DispatchNext{ConnectionID: connID, Epoch: epoch})
+	res, err := d.dispatch.Handle(pctx, commands.DispatchNext{ConnectionID: connID, Epoch: epoch, Head: st.head})
+	st.head = commands.QueuedMessage{}
 	var nd *commands.NotDispatchableError
 	switch {
 	case errors.Is(err, connection.ErrStaleEpoch):
@@ -109,6 +114,7 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 		return d.lag(ctx, connID, st, "dispatch", err)
 	}
 	st.lagBackoff = 0
+	st.lastSeq = res.Message.Seq
 	if res.Outcome == commands.DispatchExpired {
 		d.stats.expired.Add(1)
 		d.m.sends.WithLabelValues(OutcomeExpired).Inc()
@@ -123,6 +129,12 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	at := res.DispatchedAt
 	if at.IsZero() { // not recorded by this call (a replay): count from now
 		at = d.cfg.Clock.Now()
+	}
+	if !allowed.IsZero() && !res.DispatchedAt.IsZero() {
+		late := max(res.DispatchedAt.Sub(allowed), 0)
+		d.stats.paced.Add(1)
+		d.stats.paceDelayNS.Add(uint64(late))
+		d.m.paceDelay.Observe(late.Seconds())
 	}
 	d.paceAfter(st, at)
 	d.send(ctx, pctx, connID, st, res.Message, res.Version)

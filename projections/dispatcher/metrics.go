@@ -28,6 +28,7 @@ type metrics struct {
 	refused     *prometheus.CounterVec
 	leasesHeld  prometheus.Gauge
 	leaseLost   prometheus.Counter
+	paceDelay   prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -65,9 +66,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "waqueue", Subsystem: "dispatcher", Name: "leases_lost_total",
 			Help: "Connection leases lost without a release: not renewed in time, or a stale epoch refused by the domain.",
 		}),
+		paceDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "waqueue", Subsystem: "dispatcher", Name: "pacing_delay_seconds",
+			Help:    "How long after its pacing interval allowed it a paced dispatch was recorded (the interval between two messages of a connection is the policy's plus this).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.latency, m.sends, m.bans, m.activeLoops, m.events, m.refused, m.leasesHeld, m.leaseLost} {
+		for _, c := range []prometheus.Collector{m.latency, m.sends, m.bans, m.activeLoops, m.events, m.refused, m.leasesHeld, m.leaseLost, m.paceDelay} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if errors.As(err, &are) {

@@ -136,9 +136,11 @@ func (d *Dispatcher) paced(ctx context.Context, connID string, st *connState, p 
 		return false, false, nil
 	}
 	if at := st.nextAt(p); at.After(now) {
+		d.prefetchHead(ctx, connID, st)
 		if !d.waitPace(ctx, st, at.Sub(now)) {
 			return false, false, nil
 		}
+		st.pacedUntil = at
 		return false, true, nil // the hour, the policy or the lease may have changed meanwhile
 	}
 	return true, false, nil
@@ -208,4 +210,26 @@ func (d *Dispatcher) paceAfter(st *connState, at time.Time) {
 	u := d.rng.Float64()
 	d.mu.Unlock()
 	st.lastAt, st.jitterU = at, u
+}
+
+// prefetchHead reads, before a pacing wait, the message expected at the head once the wait is
+// over (the one after the last dispatched: a broadcast's messages follow each other), so that
+// the dispatch after the wake-up need not read it (DispatchNext.Head): at 10,000 paced loops
+// on two busy cores that read, queued on the connection pool, lengthened every interval. A
+// failure or a miss costs nothing: DispatchNext reads the head it finds.
+func (d *Dispatcher) prefetchHead(ctx context.Context, connID string, st *connState) {
+	if st.lastSeq == 0 || st.head.Seq == st.lastSeq+1 {
+		return
+	}
+	d.mu.Lock()
+	tenant := st.tenant
+	d.mu.Unlock()
+	if tenant == "" {
+		return
+	}
+	m, err := d.cfg.Messages.QueuedMessage(ctx, connection.Key(tenant, connID), st.lastSeq+1)
+	if err != nil || m.Seq != st.lastSeq+1 {
+		return
+	}
+	st.head = m
 }

@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"context"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -219,5 +220,61 @@ func TestPacingCountsFromTheDispatch(t *testing.T) {
 	}
 	if got := second.Sub(first); got != 3*time.Second {
 		t.Fatalf("second hand-over %s after the first, want 3s (the interval from the dispatch)", got)
+	}
+}
+
+// seqReads counts, per seq, the reads of the QueuedMessages port it wraps.
+type seqReads struct {
+	commands.QueuedMessages
+	mu    sync.Mutex
+	reads map[uint64]int
+}
+
+func (s *seqReads) QueuedMessage(ctx context.Context, connKey string, seq uint64) (commands.QueuedMessage, error) {
+	s.mu.Lock()
+	s.reads[seq]++
+	s.mu.Unlock()
+	return s.QueuedMessages.QueuedMessage(ctx, connKey, seq)
+}
+
+func (s *seqReads) of(seq uint64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reads[seq]
+}
+
+// A paced loop reads the next message while it waits for its interval, so that nothing but the
+// dispatch's append lies between its wake-up and the recorded dispatch (at 10,000 paced loops
+// that read, queued on the database, lengthened every interval: issue 15.5's paced rate). The
+// dispatch then records at the very time the interval allows (Stats.PacingDelay 0 on the
+// manual clock).
+func TestPacedLoopReadsTheHeadWhileItWaits(t *testing.T) {
+	h := newHarness(t, openSQLite)
+	var port *seqReads
+	d := h.start(func(c *dispatcher.Config) {
+		paced(c)
+		port = &seqReads{QueuedMessages: c.Messages, reads: map[uint64]int{}}
+		c.Messages = port
+	})
+	h.registerPaired("c1", d)
+	zero := time.Duration(0)
+	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(3 * time.Second), Jitter: &zero})
+	h.startBroadcast("c1", 3)
+	sent := func() int { return len(h.sends("c1")) }
+	h.eventually("first handed over", func() bool { return sent() == 1 })
+	first := h.sim.Sends()[0].At
+	h.eventually("the second message read during the wait", func() bool { return port.of(2) == 1 })
+	if got := h.clock.Now(); !got.Before(first.Add(3 * time.Second)) {
+		t.Fatalf("clock at %s, past the interval", got)
+	}
+	h.waitDeadline(first.Add(3 * time.Second))
+	h.clock.Advance(3 * time.Second)
+	h.eventually("second handed over", func() bool { return sent() == 2 })
+	if n := port.of(2); n != 1 {
+		t.Fatalf("seq 2 read %d times, want once (ahead, during the wait)", n)
+	}
+	st := d.Stats()
+	if st.PacedDispatches != 1 || st.PacingDelay != 0 {
+		t.Fatalf("paced dispatches %d, delay %s; want 1 recorded when the interval allowed it (0)", st.PacedDispatches, st.PacingDelay)
 	}
 }

@@ -79,7 +79,7 @@ func (c *ScaleConfig) setDefaults() {
 //
 //	BENCH scale/<engine>/conns=<n>/active=<m>/sessions=all|lazy transport=simulator msgs_per_s=… startup_s=… first_send_s=…
 //	      rss_now_mib=… goroutines=… cpu_per_1k_active=… db_cpu_per_1k_active=… events_per_s=…
-//	      db_commits_per_s=… db_rows_per_s=… drained=… leases_held=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
+//	      db_commits_per_s=… db_rows_per_s=… pace_delay_ms=… drained=… leases_held=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
 //
 // Seeding (untimed, reported as seed_s): a node without dispatcher registers and pairs each
 // connection in one append through the Repository (the domain's Register and Pair decisions,
@@ -96,8 +96,9 @@ func (c *ScaleConfig) setDefaults() {
 // processes (0 on SQLite or with --db); events_per_s the events the dispatcher appended
 // (dispatched, sent, failed, unknown, expired, retried); db_commits_per_s
 // and db_rows_per_s PostgreSQL's committed transactions and written rows (pg_stat_database;
-// 0 on SQLite); drained the active connections whose broadcast ran out (the rate then
-// understates); leases_held the leases the node trusts at the end of the window (with sessions
+// 0 on SQLite); pace_delay_ms the mean time a paced dispatch was recorded after its interval
+// allowed it (what each interval gets longer by: the turn's own cost); drained the active
+// connections whose broadcast ran out (the rate then understates); leases_held the leases the node trusts at the end of the window (with sessions
 // for all, every registered connection's; with lazy sessions, those with work).
 func Scale(ctx context.Context, env *Env, cfg ScaleConfig, w io.Writer) error {
 	cfg.setDefaults()
@@ -291,7 +292,7 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 		"cpu_per_1k_active", cpu.Seconds()/window.Seconds()/k, "db_cpu_per_1k_active", dbCPU.Seconds()/window.Seconds()/k,
 		"events_per_s", perSecond(events, window),
 		"db_commits_per_s", perSecond(int(commits1-commits0), window), "db_rows_per_s", perSecond(int(rows1-rows0), window),
-		"drained", drained, "leases_held", held, "seed_s", m.seed.Seconds(),
+		"pace_delay_ms", paceDelayMS(st0, st1), "drained", drained, "leases_held", held, "seed_s", m.seed.Seconds(),
 		"baseline", "paced", "baseline_per_s", base, "ratio", ratio(rate, base))
 }
 
@@ -482,6 +483,16 @@ func procCPU(pid int) time.Duration {
 
 // appended counts the events the dispatcher appended (dispatched, expired, sent, failed,
 // unknown, retried).
+// paceDelayMS is the mean pacing delay of the dispatches between two Stats, in milliseconds:
+// how long after its interval allowed it a paced dispatch was recorded.
+func paceDelayMS(a, b dispatcher.Stats) float64 {
+	n := b.PacedDispatches - a.PacedDispatches
+	if n == 0 {
+		return 0
+	}
+	return float64(b.PacingDelay-a.PacingDelay) / float64(n) / float64(time.Millisecond)
+}
+
 func appended(s dispatcher.Stats) uint64 {
 	return s.Dispatched + s.Expired + s.Sent + s.Failed + s.Unknown + s.Retries
 }
