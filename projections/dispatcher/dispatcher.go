@@ -78,9 +78,11 @@ type Stats struct {
 	// Loops counts the connection loops started (a goroutine each, for as long as the
 	// connection has work).
 	Loops uint64
-	// PacedDispatches counts the dispatches that waited for their pacing interval; PacingDelay
-	// is the sum of how long after the interval allowed them they were recorded (the turn's
-	// own cost and the wake-up's scheduling: every bit of it lengthens that interval).
+	// PacedDispatches counts the paced dispatches of a loop working a backlog (each due when
+	// the pacing interval after the one before ends); PacingDelay is the sum of how long after
+	// that they were recorded (the turn's own cost, the last message's send and outcome when
+	// they outlast the interval, the wake-up's scheduling: every bit of it lengthens that
+	// interval).
 	PacedDispatches uint64
 	PacingDelay     time.Duration
 }
@@ -141,9 +143,9 @@ type connState struct {
 	// capped connection (guarded by mu).
 	wakeTimer transport.Timer
 	wakeAt    time.Time
-	// pacedUntil is the end of the pacing interval the loop last waited for, until its next
-	// dispatch (loop only; it measures the pacing delay, Stats.PacingDelay).
-	pacedUntil time.Time
+	// inRun: the loop dispatched since it started (loop only). Its next dispatch is then due
+	// when the pacing interval ends, and any time after that is pacing delay (Stats.PacingDelay).
+	inRun bool
 	// lastSeq is the seq of the loop's last dispatch; head the message read ahead for the seq
 	// after it while the loop waited for its pacing interval (loop only; see prefetchHead).
 	lastSeq uint64

@@ -16,6 +16,7 @@ import (
 // loop works one connection's queue until nothing is dispatchable and no wake arrived.
 func (d *Dispatcher) loop(ctx context.Context, connID string, st *connState) {
 	defer d.wg.Done()
+	st.inRun = false
 	for {
 		more := ctx.Err() == nil && d.turn(ctx, connID, st)
 		if more {
@@ -78,10 +79,12 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	} else if !ok {
 		return again
 	}
-	// When the pacing interval allowed this dispatch, if the loop waited for it (zero otherwise:
-	// unpaced, the first message, or one that arrived after the interval had passed).
-	allowed := st.pacedUntil
-	st.pacedUntil = time.Time{}
+	// When the pacing interval allowed this dispatch, if the loop has been working a backlog
+	// since its last one (zero otherwise: unpaced, or the loop found its queue empty meanwhile).
+	var allowed time.Time
+	if st.inRun {
+		allowed = st.nextAt(pol)
+	}
 	pctx, err := d.asSystem(ctx, connID)
 	if err != nil {
 		return !errors.Is(err, commands.ErrNotFound) && d.lag(ctx, connID, st, "load", err)
@@ -114,7 +117,7 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 		return d.lag(ctx, connID, st, "dispatch", err)
 	}
 	st.lagBackoff = 0
-	st.lastSeq = res.Message.Seq
+	st.lastSeq, st.inRun = res.Message.Seq, true
 	if res.Outcome == commands.DispatchExpired {
 		d.stats.expired.Add(1)
 		d.m.sends.WithLabelValues(OutcomeExpired).Inc()

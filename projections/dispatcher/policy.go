@@ -140,7 +140,6 @@ func (d *Dispatcher) paced(ctx context.Context, connID string, st *connState, p 
 		if !d.waitPace(ctx, st, at.Sub(now)) {
 			return false, false, nil
 		}
-		st.pacedUntil = at
 		return false, true, nil // the hour, the policy or the lease may have changed meanwhile
 	}
 	return true, false, nil
