@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -141,8 +142,11 @@ func storedCheckpoint(t *testing.T, e *env, name string) eventstore.Position {
 	t.Helper()
 	var c, p int64
 	err := e.db.QueryRowContext(context.Background(), `SELECT commit_pos, prepare_pos FROM projection_checkpoints WHERE name = $1`, name).Scan(&c, &p)
-	if err != nil {
+	if errors.Is(err, sql.ErrNoRows) {
 		return eventstore.Start
+	}
+	if err != nil {
+		t.Fatalf("checkpoint of %s: %v", name, err)
 	}
 	return eventstore.Position{Commit: uint64(c), Prepare: uint64(p)}
 }
@@ -394,7 +398,11 @@ func TestGroupCrashMidBatch(t *testing.T) {
 		if _, err := e.store.Append(ctx, "grp-9", eventstore.Any, batch...); err != nil {
 			t.Fatal(err)
 		}
-		<-crashed
+		select {
+		case <-crashed:
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
 		r.stop()
 		for _, c := range cs {
 			if cp := storedCheckpoint(t, e, c.name); cp != before {

@@ -615,8 +615,6 @@ func (r *Runner) applyGroup(ctx context.Context, g *groupState, ps []Projection,
 	return nil, nil
 }
 
-// safeApply is p.Apply with a panic turned into an error: a projection that panics is taken
-// out of the group like one that fails, instead of failing the others' batch forever.
 // applyFresh applies to p, inside tx, the events of the batch that lie past its checkpoint cp
 // and that it subscribes to, and returns them (none applied: nil, and no call to Apply).
 func (r *Runner) applyFresh(ctx context.Context, p Projection, tx *Tx, cp eventstore.Position, events []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
@@ -636,6 +634,8 @@ func (r *Runner) applyFresh(ctx context.Context, p Projection, tx *Tx, cp events
 	return fresh, nil
 }
 
+// safeApply is p.Apply with a panic turned into an error: a projection that panics is taken
+// out of the group like one that fails, instead of failing the others' batch forever.
 func safeApply(ctx context.Context, p Projection, tx *Tx, events []eventstore.RecordedEvent) (err error) {
 	defer func() {
 		if v := recover(); v != nil {

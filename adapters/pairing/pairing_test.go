@@ -280,7 +280,14 @@ func TestTimedOutPairingEnds(t *testing.T) {
 		if _, err := a.Start(ctx, tenant, id); err != nil && !errors.Is(err, pairing.ErrNoCode) {
 			t.Fatal(err)
 		}
-		waitFor(t, ctx, "the timed-out pairing's row ended", func() bool { return rowState(t, ctx, db, tenant, id) == "ended" })
+		// The run ends its row first and its memory after: wait for both on a.
+		waitFor(t, ctx, "the timed-out pairing ended on its node", func() bool {
+			_, ok, err := a.Latest(ctx, tenant, id)
+			return !ok && err == nil
+		})
+		if s := rowState(t, ctx, db, tenant, id); s != "ended" {
+			t.Fatalf("the timed-out pairing's row is %q, want ended", s)
+		}
 		for _, n := range []*pairing.Manager{a, b.Manager} {
 			if q, ok, err := n.Latest(ctx, tenant, id); ok || err != nil {
 				t.Fatalf("%s reads a timed-out pairing: %+v %v", n.NodeID(), q, err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"github.com/google/uuid"
@@ -34,6 +35,8 @@ func referencePrepare(recipients []string, region string) (code connection.Code,
 // recipient, whether it is invalid or a duplicate, wherever the split between workers falls —
 // and the same numbers in the same order when all are valid.
 func TestPrepareBroadcastLongListsMatchSequential(t *testing.T) {
+	// The parallel path runs only with two or more Ps (it would compare the loop with itself).
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
 	rng := rand.New(rand.NewPCG(12, 2026))
 	rounds := 60
 	if testing.Short() {

@@ -147,7 +147,7 @@ type connState struct {
 	// when the pacing interval ends, and any time after that is pacing delay (Stats.PacingDelay).
 	inRun bool
 	// lastSeq is the seq of the loop's last dispatch; head the message read ahead for the seq
-	// after it while the loop waited for its pacing interval (loop only; see prefetchHead).
+	// after it before the loop waits for its pacing interval (loop only; see prefetchHead: read before the wait).
 	lastSeq uint64
 	head    commands.QueuedMessage
 	// poke interrupts a pacing wait when the connection's sending policy changed.

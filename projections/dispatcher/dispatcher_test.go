@@ -360,7 +360,8 @@ func TestGracefulStopDrainsSendsInProgress(t *testing.T) {
 	for _, c := range conns {
 		h.sim.SetScript(key(c), simulator.Script{Latency: time.Minute}) // acknowledged when the test advances the clock
 	}
-	d := h.start(nil) // the default drain timeout (10 s) is never reached: the clock is advanced first
+	// The drain may take as long as a busy machine needs: the clock, not real time, ends the sends.
+	d := h.start(func(c *dispatcher.Config) { c.DrainTimeout = testwait.Limit })
 	first := map[string]commands.EnqueueResult{}
 	for _, c := range conns {
 		h.registerPaired(c, d)
@@ -371,6 +372,24 @@ func TestGracefulStopDrainsSendsInProgress(t *testing.T) {
 		m := first[c]
 		h.eventually("handed over", func() bool { return h.sim.SendCount(m.MessageID) == 1 })
 	}
+	// The simulator records a send before it arms its acknowledgement: wait for the three
+	// timers, or the advance below could come first and leave a send unanswered.
+	acks := map[int64]int{} // by deadline, in Unix nanoseconds
+	for _, s := range h.sim.Sends() {
+		acks[s.At.Add(time.Minute).UnixNano()]++
+	}
+	h.eventually("three acknowledgements armed", func() bool {
+		armed := map[int64]int{}
+		for _, at := range h.clock.Deadlines() {
+			armed[at.UnixNano()]++
+		}
+		for at, n := range acks {
+			if armed[at] < n {
+				return false
+			}
+		}
+		return true
+	})
 	d.cancel() // the graceful stop starts; the three sends are waiting for their acknowledgements
 	h.clock.Advance(time.Minute)
 	if err := <-d.done; err != nil {

@@ -137,7 +137,8 @@ func (d *Dispatcher) paced(ctx context.Context, connID string, st *connState, p 
 	}
 	if at := st.nextAt(p); at.After(now) {
 		d.prefetchHead(ctx, connID, st)
-		if !d.waitPace(ctx, st, at.Sub(now)) {
+		// The wait ends when the interval does, however long the read took.
+		if !d.waitPace(ctx, st, max(at.Sub(d.cfg.Clock.Now()), 0)) {
 			return false, false, nil
 		}
 		return false, true, nil // the hour, the policy or the lease may have changed meanwhile

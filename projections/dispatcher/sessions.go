@@ -31,8 +31,9 @@ func followedEventTypes() []string {
 //     banned) is logged out at WhatsApp (Transport.Unpair), a disconnected one is dropped. The
 //     node serving the logout deletes the stored session itself, so no node connects it again.
 //
-// The transport calls run in the background: they may take a network round trip, and the
-// subscription must not wait for them.
+// The transport calls that may take a network round trip (connect, logout) run in the
+// background: the subscription must not wait for them. Dropping a disconnected client is local
+// and runs inline.
 func (d *Dispatcher) sessionEvent(ctx context.Context, typ, connID string) {
 	switch typ {
 	case connection.TypeSessionPaired:

@@ -112,7 +112,9 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 			if tc.lazy {
 				// Only the busy connections hold leases and run sessions; two renewals change nothing.
 				heartbeat := func() (at time.Time) {
-					_ = h.env.db.QueryRowContext(context.Background(), `SELECT max(expires_at) FROM dispatch_nodes WHERE node = 'n1' AND NOT ended`).Scan(&at)
+					if err := h.env.db.QueryRowContext(context.Background(), `SELECT max(expires_at) FROM dispatch_nodes WHERE node = 'n1' AND NOT ended`).Scan(&at); err != nil {
+						t.Fatal(err)
+					}
 					return at
 				}
 				for range 2 { // two renewals after the start-up
