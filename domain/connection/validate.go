@@ -111,6 +111,9 @@ func NormalizePhone(field, raw, defaultRegion string) (string, error) {
 	if s == "" || len(s) > 64 {
 		return "", invalid(CodeInvalidPhone, field, "must be a phone number")
 	}
+	if e164, ok := e164Fast(s); ok {
+		return e164, nil
+	}
 	if defaultRegion == "" {
 		defaultRegion = "ZZ"
 	}
