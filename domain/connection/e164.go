@@ -2,6 +2,7 @@ package connection
 
 import (
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -65,6 +66,13 @@ func e164Fast(s string) (string, bool) {
 	if err != nil {
 		return "", false
 	}
+	if info.valid != nil {
+		// One region: IsValidNumber's own test, with the patterns compiled once.
+		if !info.valid.ok(national) {
+			return "", false
+		}
+		return s, true // Format(E164) is "+", the code and the national number: s itself
+	}
 	cc32 := int32(cc)
 	n := &phonenumbers.PhoneNumber{CountryCode: &cc32, NationalNumber: &nn}
 	if !phonenumbers.IsValidNumber(n) {
@@ -73,11 +81,80 @@ func e164Fast(s string) (string, bool) {
 	return phonenumbers.Format(n, phonenumbers.E164), true
 }
 
+// e164Desc is a PhoneNumberDesc as isNumberMatchingDesc reads it: the number's length must be
+// one of lengths (when there are any) and the whole number must match re.
+type e164Desc struct {
+	lengths []int32
+	re      *regexp.Regexp
+}
+
+func newE164Desc(d *phonenumbers.PhoneNumberDesc) (e164Desc, error) {
+	re, err := regexp.Compile("^(?:" + d.GetNationalNumberPattern() + ")$")
+	if d == nil {
+		return e164Desc{re: re}, err
+	}
+	return e164Desc{lengths: d.PossibleLength, re: re}, err
+}
+
+func (d e164Desc) matches(nsn string) bool {
+	if len(d.lengths) > 0 && !slices.Contains(d.lengths, int32(len(nsn))) {
+		return false
+	}
+	return d.re.MatchString(nsn)
+}
+
+// e164Valid is libphonenumber's IsValidNumber for a calling code of one region:
+// getNumberTypeHelper(nsn, metadata) != UNKNOWN.
+type e164Valid struct {
+	general e164Desc
+	// types are premium rate, toll free, shared cost, VoIP, personal, pager, UAN, voicemail
+	// and fixed line: any match is a type other than UNKNOWN.
+	types []e164Desc
+	// mobile counts only when the metadata does not say mobile and fixed line share a pattern.
+	mobile     e164Desc
+	sameMobile bool
+}
+
+func (v *e164Valid) ok(nsn string) bool {
+	if !v.general.matches(nsn) {
+		return false
+	}
+	for _, d := range v.types {
+		if d.matches(nsn) {
+			return true
+		}
+	}
+	return !v.sameMobile && v.mobile.matches(nsn)
+}
+
+func newE164Valid(md *phonenumbers.PhoneMetadata) (*e164Valid, error) {
+	v := &e164Valid{sameMobile: md.GetSameMobileAndFixedLinePattern()}
+	var err error
+	if v.general, err = newE164Desc(md.GetGeneralDesc()); err != nil {
+		return nil, err
+	}
+	if v.mobile, err = newE164Desc(md.GetMobile()); err != nil {
+		return nil, err
+	}
+	for _, d := range []*phonenumbers.PhoneNumberDesc{md.GetPremiumRate(), md.GetTollFree(), md.GetSharedCost(),
+		md.GetVoip(), md.GetPersonalNumber(), md.GetPager(), md.GetUan(), md.GetVoicemail(), md.GetFixedLine()} {
+		t, err := newE164Desc(d)
+		if err != nil {
+			return nil, err
+		}
+		v.types = append(v.types, t)
+	}
+	return v, nil
+}
+
 // e164Code is what e164Fast needs of one calling code's metadata.
 type e164Code struct {
 	// nationalPrefix matches a national prefix for parsing at the start of a national number
 	// (nil: the region has none).
 	nationalPrefix *regexp.Regexp
+	// valid tests a national number of a code with one region (nil: several regions, which
+	// IsValidNumber tells apart; e164Fast asks it).
+	valid *e164Valid
 }
 
 type e164Table struct {
@@ -136,6 +213,11 @@ func e164Tables() *e164Table {
 					continue
 				}
 				info.nationalPrefix = re
+			}
+			if len(phonenumbers.GetRegionCodesForCountryCode(c)) == 1 {
+				if info.valid, err = newE164Valid(md); err != nil {
+					continue
+				}
 			}
 			t.codes[c] = info
 		}
