@@ -42,7 +42,7 @@ var figureFormats = []struct {
 		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ group_commit=\d+ append_single_per_s=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"req_per_s", "p99_ms", "baseline_per_s", "rss_mib"}},
 	{regexp.MustCompile(`^import/(postgres|sqlite)/recipients=\d+$`),
-		regexp.MustCompile(`^msgs_per_s=[\d.]+ answered_s=[\d.]+ pending_s=[\d.]+ baseline=copy baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		regexp.MustCompile(`^msgs_per_s=[\d.]+ answered_s=[\d.]+ pending_s=[\d.]+ settled_s=[\d.]+ baseline=copy baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"msgs_per_s", "pending_s", "baseline_per_s"}},
 }
 
