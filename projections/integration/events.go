@@ -257,17 +257,7 @@ func TranslateAll(e eventstore.RecordedEvent) ([]Event, error) {
 	if err != nil {
 		return nil, fmt.Errorf("integration: event %s (%s at %s): %w", e.ID, e.Type, e.Position, err)
 	}
-	b := ev.(connection.BroadcastQueued)
-	out := make([]Event, 0, len(b.Recipients))
-	for i := range b.Recipients {
-		mq := b.Message(i)
-		ie, _, err := translateOne(e, connID, mq, connection.EventID(e.Stream, 0, mq))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ie)
-	}
-	return out, nil
+	return translateChunk(e, connID, ev.(connection.BroadcastQueued)), nil
 }
 
 // Translate returns the integration event of a recorded domain event, and false for an event

@@ -75,7 +75,7 @@ func (p *Publisher) Reset(context.Context, *projections.Tx) error { return nil }
 // NewMessage returns the watermill message carrying ie: its UUID is ie.ID, its payload ie's JSON,
 // and its metadata MetaType and MetaTenant.
 func NewMessage(ie Event) (*message.Message, error) {
-	body, err := json.Marshal(ie)
+	body, err := appendEvent(make([]byte, 0, 256+len(ie.Data)), ie) // json.Marshal's bytes (encode.go)
 	if err != nil {
 		return nil, fmt.Errorf("integration: encode %s: %w", ie.ID, err)
 	}
