@@ -72,6 +72,12 @@ type runsHistory struct {
 	// most runs and gone markers seen at a compare: the history must exercise both.
 	maxRuns, maxGone int
 	draining         bool
+	// status, when set, also applies the message-status projection with runs (statusRuns, to
+	// e.db) and with rows only (statusRows, to rows), and compare checks their answers.
+	status                 bool
+	statusRuns, statusRows *projections.MessageStatus
+	statusPos              eventstore.Position
+	broadcasts             []uuid.UUID
 }
 
 func (h *runsHistory) now() time.Time { h.minute++; return at(h.minute) }
@@ -144,6 +150,7 @@ func (h *runsHistory) step() {
 			for j := range recipients {
 				msgs[first+uint64(j)] = queueMsg{connection.BroadcastMessageID(bid, j), expiry(now, ttl)}
 			}
+			h.broadcasts = append(h.broadcasts, bid)
 		}
 	case op < 55: // dispatch the head (several in a row)
 		burst := 3 // filling phases leave runs with gone markers behind; draining ones empty them
@@ -222,6 +229,17 @@ func (h *runsHistory) step() {
 				h.t.Fatal(err)
 			}
 		}
+		if h.status {
+			h.sync() // the status collector works on what its projection has applied
+			for _, x := range []struct {
+				s  *projections.MessageStatus
+				db *projections.DB
+			}{{h.statusRuns, h.e.db}, {h.statusRows, h.rows}} {
+				if _, err := x.s.Collect(context.Background(), x.db, chunk); err != nil {
+					h.t.Fatal(err)
+				}
+			}
+		}
 	}
 }
 
@@ -280,6 +298,78 @@ func (h *runsHistory) sync() {
 			rest = rest[n:]
 		}
 	}
+	if h.status {
+		h.syncStatus()
+	}
+}
+
+// syncStatus applies the events appended since its last call to both message-status
+// projections, in batches cut at random places.
+func (h *runsHistory) syncStatus() {
+	h.t.Helper()
+	ctx := context.Background()
+	evs, err := h.e.store.ReadAll(ctx, h.statusPos, 0, h.statusRuns.Filter())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if len(evs) == 0 {
+		return
+	}
+	h.statusPos = evs[len(evs)-1].Position
+	for _, x := range []struct {
+		s  *projections.MessageStatus
+		db *projections.DB
+	}{{h.statusRuns, h.e.db}, {h.statusRows, h.rows}} {
+		for rest := evs; len(rest) > 0; {
+			n := min(len(rest), 1+h.rng.IntN(30))
+			if h.rng.IntN(3) == 0 {
+				n = len(rest)
+			}
+			tx, err := x.db.Begin(ctx)
+			if err != nil {
+				h.t.Fatal(err)
+			}
+			if err := x.s.Apply(ctx, tx, rest[:n]); err != nil {
+				_ = tx.Rollback()
+				h.t.Fatal(err)
+			}
+			if err := tx.Commit(); err != nil {
+				h.t.Fatal(err)
+			}
+			rest = rest[n:]
+		}
+	}
+}
+
+// compareStatus checks that the message-status reads (every message ever queued, every
+// broadcast, and an id never queued) answer alike with runs and with rows.
+func (h *runsHistory) compareStatus(when string) {
+	h.t.Helper()
+	ctx := context.Background()
+	var ids []uuid.UUID
+	for _, m := range h.msgs {
+		for _, q := range m {
+			ids = append(ids, q.id)
+		}
+	}
+	ids = append(ids, uuid.New())
+	for _, id := range ids {
+		for _, tenant := range []string{tenantA, tenantB} {
+			v1, err1 := h.statusRuns.Message(ctx, h.e.db, tenant, id)
+			v2, err2 := h.statusRows.Message(ctx, h.rows, tenant, id)
+			if errors.Is(err1, projections.ErrNotFound) != errors.Is(err2, projections.ErrNotFound) ||
+				(err1 == nil) != (err2 == nil) || !reflect.DeepEqual(v1, v2) {
+				h.t.Fatalf("%s: Message(%s, %s)\nruns: %+v %v\nrows: %+v %v", when, tenant, id, v1, err1, v2, err2)
+			}
+		}
+	}
+	for _, bid := range h.broadcasts {
+		p1, err1 := h.statusRuns.Broadcast(ctx, h.e.db, tenantA, bid)
+		p2, err2 := h.statusRows.Broadcast(ctx, h.rows, tenantA, bid)
+		if (err1 == nil) != (err2 == nil) || !reflect.DeepEqual(p1, p2) {
+			h.t.Fatalf("%s: Broadcast(%s)\nruns: %+v %v\nrows: %+v %v", when, bid, p1, err1, p2, err2)
+		}
+	}
 }
 
 // compare checks that every read of the Queue answers alike on both read models.
@@ -291,6 +381,10 @@ func (h *runsHistory) compare(when string) {
 		h.t.Fatal(err)
 	}
 	h.maxRuns, h.maxGone = max(h.maxRuns, nRuns), max(h.maxGone, nGone)
+	if h.status {
+		h.compareStatus(when)
+		return
+	}
 	// The runs' invariants: every gone marker lies above its run's live_from, inside the run,
 	// and gone_count counts them.
 	var stray, miscounted int
@@ -430,6 +524,91 @@ func TestQueueRunsAnswerAsRows(t *testing.T) {
 WHERE r.last_seq <= c.purged_upto`).Scan(&purged); err != nil || purged != 0 {
 				t.Errorf("seed %d: %d runs below the purge watermark after collection (%v)", seed, purged, err)
 			}
+		}
+	})
+}
+
+// TestStatusRunsAnswerAsRows drives the random histories of TestQueueRunsAnswerAsRows through
+// the message-status projection holding broadcast chunks as runs and through the one writing
+// a row per queued message (before issue 12), and checks after every few steps and after the
+// collector that every message's status, history, clear and broadcast progress read alike —
+// messages of runs still queued, changed (their rows materialized from the run), purged by a
+// clear before and after collection — and that an id nobody queued and another tenant's
+// reads are not found in both.
+func TestStatusRunsAnswerAsRows(t *testing.T) {
+	seeds, steps := 2, 100
+	if testing.Short() {
+		seeds, steps = 1, 60
+	}
+	eachEngine(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		rows := secondDB(t, e)
+		var sawRuns, sawMaterialized, sawKept int
+		for seed := range seeds {
+			h := &runsHistory{t: t, e: e, rng: rand.New(rand.NewPCG(uint64(seed), 14)), rows: rows,
+				runs: projections.NewQueue(), perRow: projections.NewRowQueue(), pos: eventstore.Start,
+				status: true, statusRuns: projections.NewMessageStatus(), statusRows: projections.NewRowMessageStatus(), statusPos: eventstore.Start}
+			for _, f := range []struct {
+				filter eventstore.Filter
+				pos    *eventstore.Position
+			}{{h.runs.Filter(), &h.pos}, {h.statusRuns.Filter(), &h.statusPos}} {
+				evs, err := e.store.ReadAll(ctx, eventstore.Start, 0, f.filter)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(evs) > 0 {
+					*f.pos = evs[len(evs)-1].Position
+				}
+			}
+			for j := range 2 {
+				id := fmt.Sprintf("status-%d-%d", seed, j)
+				s, err := clearkit.Register(ctx, e.store, tenantA, id, "+491701234567", at(0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.Do(ctx, "alice", func(c *connection.Connection) ([]connection.Event, error) {
+					return c.Pair(connection.PairSession{Actor: "alice"}, at(0))
+				}); err != nil {
+					t.Fatal(err)
+				}
+				h.streams, h.ids, h.msgs = append(h.streams, s), append(h.ids, id), append(h.msgs, map[uint64]queueMsg{})
+			}
+			for n := range steps {
+				if n%20 == 0 {
+					h.draining = h.rng.IntN(2) == 0
+				}
+				h.step()
+				if h.rng.IntN(3) == 0 || n == steps-1 {
+					h.sync()
+					h.compare(fmt.Sprintf("seed %d step %d", seed, n))
+					var nRuns, nMat, nKept int
+					if err := e.db.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM status_runs),
+(SELECT COUNT(*) FROM status_messages m JOIN status_run_ids i ON i.message_id = m.message_id),
+(SELECT COUNT(*) FROM status_purges WHERE gc_next > to_seq)`).Scan(&nRuns, &nMat, &nKept); err != nil {
+						t.Fatal(err)
+					}
+					sawRuns, sawMaterialized, sawKept = max(sawRuns, nRuns), max(sawMaterialized, nMat), max(sawKept, nKept)
+				}
+			}
+			for _, x := range []struct {
+				s  *projections.MessageStatus
+				db *projections.DB
+			}{{h.statusRuns, e.db}, {h.statusRows, rows}} {
+				for {
+					n, err := x.s.Collect(ctx, x.db, 1+h.rng.IntN(50))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if n == 0 {
+						break
+					}
+				}
+			}
+			h.compare(fmt.Sprintf("seed %d collected", seed))
+		}
+		if sawRuns == 0 || sawMaterialized == 0 || sawKept == 0 {
+			t.Errorf("the histories held at most %d runs, %d rows materialized from runs, %d purge ranges kept for runs: they test too little",
+				sawRuns, sawMaterialized, sawKept)
 		}
 	})
 }

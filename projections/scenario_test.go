@@ -148,7 +148,7 @@ func allProjections() (*projections.Queue, []projections.Projection) {
 var readModelTables = []string{
 	"queue_conns", "queue_messages", "queue_runs", "queue_run_gone", "queue_broadcasts", "queue_purges", "queue_clears",
 	"card_connections", "card_in_flight",
-	"status_conns", "status_messages", "status_broadcasts", "status_purges",
+	"status_conns", "status_messages", "status_broadcasts", "status_purges", "status_runs", "status_run_ids",
 	"audit_conns", "audit_entries",
 	"analytics_daily", "analytics_conns",
 	"clear_conns", "clear_reports",

@@ -24,7 +24,17 @@ const MessageStatusName = "message_status"
 // A clear does not rewrite its purged messages (G4): ClearQueueRequested records its Purge
 // ranges and moves the broadcasts' counts in O(ranges); queries resolve a message still marked
 // queued inside a range as purged; Collect then materializes the status in chunks.
-type MessageStatus struct{}
+//
+// A BroadcastQueued chunk is one status_runs row and one narrow status_run_ids row per message
+// (its id to its position), not a status_messages row each: a message of a run answers
+// "queued" (or "purged" through status_purges) from the run until its first state change
+// materializes its row from the run, which then answers for it. Purge ranges that cover a run
+// are kept after collection (they are what says its messages were purged).
+type MessageStatus struct {
+	// rowsOnly writes a status_messages row for every queued message, never a run (the model
+	// before issue 12, which the randomized tests compare with).
+	rowsOnly bool
+}
 
 // NewMessageStatus returns the message-status projection.
 func NewMessageStatus() *MessageStatus { return &MessageStatus{} }
@@ -47,13 +57,14 @@ func (*MessageStatus) Filter() eventstore.Filter {
 // Reset implements Projection.
 func (*MessageStatus) Reset(ctx context.Context, tx *Tx) error {
 	return execAll(ctx, tx, `DELETE FROM status_purges`, `DELETE FROM status_broadcasts`,
-		`DELETE FROM status_messages`, `DELETE FROM status_conns`)
+		`DELETE FROM status_messages`, `DELETE FROM status_run_ids`, `DELETE FROM status_runs`, `DELETE FROM status_conns`)
 }
 
 type statusBatch struct {
 	tx      *Tx
 	tenants map[string]string
 	rows    []statusRow
+	runs    []statusRun
 	// bcast holds per broadcast the deltas of its status counts.
 	bcast map[string]map[string]int64
 }
@@ -61,6 +72,13 @@ type statusBatch struct {
 type statusRow struct {
 	tenant, conn string
 	m            connection.MessageQueued
+}
+
+// statusRun is a BroadcastQueued chunk held as a run.
+type statusRun struct {
+	tenant, conn string
+	bq           connection.BroadcastQueued
+	qat          int64
 }
 
 // Apply implements Projection.
@@ -75,11 +93,24 @@ func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.R
 			continue
 		}
 		var queued []connection.MessageQueued
+		var run bool
 		switch ev := ev.(type) {
 		case connection.MessageQueued:
 			queued = []connection.MessageQueued{ev}
 		case connection.BroadcastQueued:
-			queued = ev.Messages()
+			if run = !s.rowsOnly && statusRunnable(ev); !run {
+				queued = ev.Messages()
+			}
+		}
+		if run {
+			bq := ev.(connection.BroadcastQueued)
+			tenant, err := tenantOf(ctx, tx, "status_conns", connID, e.Metadata.TenantID, b.tenants)
+			if err != nil {
+				return err
+			}
+			b.runs = append(b.runs, statusRun{tenant: tenant, conn: connID, bq: bq, qat: us(bq.QueuedAt)})
+			b.count(bq.BroadcastID.String(), "queued", int64(len(bq.Recipients)))
+			continue
 		}
 		if queued != nil {
 			tenant, err := tenantOf(ctx, tx, "status_conns", connID, e.Metadata.TenantID, b.tenants)
@@ -165,18 +196,30 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (broadcast_id) DO NOTHING`,
 	}
 	var cur, bid string
 	var err error
-	if tx.Dialect == Postgres {
-		err = tx.QueryRowContext(ctx, `UPDATE status_messages SET `+set+`
+	move := func() error {
+		if tx.Dialect == Postgres {
+			return tx.QueryRowContext(ctx, `UPDATE status_messages SET `+set+`
 FROM (SELECT message_id AS old_id, status AS old_status FROM status_messages WHERE message_id = $1) o
 WHERE message_id = o.old_id RETURNING o.old_status, broadcast_id`, args...).Scan(&cur, &bid)
-	} else {
+		}
 		// SQLite's RETURNING cannot name the FROM clause's columns; its statements cost no
 		// round trip: read, then update.
-		err = tx.QueryRowContext(ctx, `SELECT status, broadcast_id FROM status_messages WHERE message_id = $1`, me.MessageID.String()).Scan(&cur, &bid)
+		err := tx.QueryRowContext(ctx, `SELECT status, broadcast_id FROM status_messages WHERE message_id = $1`, me.MessageID.String()).Scan(&cur, &bid)
 		if err == nil {
 			_, err = tx.ExecContext(ctx, `UPDATE status_messages SET `+set+`
 FROM (SELECT message_id AS old_id, status AS old_status FROM status_messages WHERE message_id = $1) o
 WHERE message_id = o.old_id`, args...)
+		}
+		return err
+	}
+	err = move()
+	if errors.Is(err, sql.ErrNoRows) {
+		// A message of a run changes state for the first time: its row, from the run.
+		var n int64
+		if n, err = materializeRunMessage(ctx, tx, me.MessageID); err == nil && n == 1 {
+			err = move()
+		} else if err == nil {
+			err = sql.ErrNoRows
 		}
 	}
 	if errors.Is(err, sql.ErrNoRows) {
@@ -280,7 +323,40 @@ WHERE conn_id = $1 AND first_seq <= $2 AND first_seq + total - 1 >= $3`, connID,
 	return rows.Err()
 }
 
+// statusRunnable reports whether a chunk can be held as a run: every recipient packs.
+func statusRunnable(bq connection.BroadcastQueued) bool {
+	if len(bq.Recipients) == 0 {
+		return false
+	}
+	for _, r := range bq.Recipients {
+		if !packable(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// runMessageSQL selects, for the message id $1, its run's columns and its own (seq, recipient).
+const runMessageSQL = `SELECT r.conn_id, i.seq, r.tenant_id, r.broadcast_id, rtrim(substr(r.recipients, CAST((i.seq - r.first_seq) * 16 + 1 AS INTEGER), 16)), r.queued_at_us
+FROM status_run_ids i JOIN status_runs r ON r.conn_id = i.conn_id
+AND r.first_seq = (SELECT max(first_seq) FROM status_runs WHERE conn_id = i.conn_id AND first_seq <= i.seq) AND r.last_seq >= i.seq
+WHERE i.message_id = $1`
+
+// materializeRunMessage gives the message id of a run its status_messages row (status
+// queued), as flushRows would have written it; it returns 0 when id is in no run.
+func materializeRunMessage(ctx context.Context, tx *Tx, id uuid.UUID) (int64, error) {
+	res, err := tx.ExecContext(ctx, `INSERT INTO status_messages (conn_id, seq, tenant_id, broadcast_id, recipient, queued_at_us, message_id, status)
+SELECT q.*, $1, 'queued' FROM (`+runMessageSQL+`) q`, id.String())
+	if err != nil {
+		return 0, fmt.Errorf("materialize message %s from its run: %w", id, err)
+	}
+	return res.RowsAffected()
+}
+
 func (b *statusBatch) flushRows(ctx context.Context) error {
+	if err := b.flushRuns(ctx); err != nil {
+		return err
+	}
 	if len(b.rows) == 0 {
 		return nil
 	}
@@ -296,6 +372,41 @@ func (b *statusBatch) flushRows(ctx context.Context) error {
 	}
 	b.rows = b.rows[:0]
 	return nil
+}
+
+// flushRuns writes the batch's runs: a status_runs row each, and the ids of their messages.
+func (b *statusBatch) flushRuns(ctx context.Context) error {
+	if len(b.runs) == 0 {
+		return nil
+	}
+	runs := newRowSet("", int64(0), int64(0), "", "", "", int64(0))
+	ids := newRowSet("", "", int64(0))
+	flushIDs := func() error {
+		if err := insertRows(ctx, b.tx, `INSERT INTO status_run_ids (message_id, conn_id, seq)`, ids); err != nil {
+			return fmt.Errorf("insert %d message ids of runs: %w", ids.n, err)
+		}
+		ids.reset()
+		return nil
+	}
+	for _, r := range b.runs {
+		var packed strings.Builder
+		packed.Grow(len(r.bq.Recipients) * runWidth)
+		for i, rc := range r.bq.Recipients {
+			packRecipient(&packed, rc)
+			ids.add(connection.BroadcastMessageID(r.bq.BroadcastID, r.bq.FirstIndex+i).String(), r.conn, int64(r.bq.FirstSeq)+int64(i))
+			if ids.n >= maxBulkRows {
+				if err := flushIDs(); err != nil {
+					return err
+				}
+			}
+		}
+		runs.add(r.conn, int64(r.bq.FirstSeq), int64(r.bq.LastSeq()), r.tenant, r.bq.BroadcastID.String(), packed.String(), r.qat)
+	}
+	if err := insertRows(ctx, b.tx, `INSERT INTO status_runs (conn_id, first_seq, last_seq, tenant_id, broadcast_id, recipients, queued_at_us)`, runs); err != nil {
+		return fmt.Errorf("insert %d status runs: %w", len(b.runs), err)
+	}
+	b.runs = b.runs[:0]
+	return flushIDs()
 }
 
 // statusColumns are the message statuses, each a column of status_broadcasts and, with
@@ -365,7 +476,7 @@ m.server_id, p.clear_id, p.purged_at_us, `+strings.Join(cols, ", ")+`
 FROM status_messages m LEFT JOIN status_purges p ON m.status = 'queued' AND p.conn_id = m.conn_id AND p.from_seq <= m.seq AND p.to_seq >= m.seq
 WHERE m.message_id = $1 AND m.tenant_id = $2`, id.String(), tenant).Scan(dest...)
 	if errors.Is(err, sql.ErrNoRows) {
-		return v, fmt.Errorf("projections: message %s: %w", id, ErrNotFound)
+		return s.runMessage(ctx, db, tenant, id)
 	}
 	if err != nil {
 		return v, fmt.Errorf("projections: message %s: %w", id, err)
@@ -396,6 +507,39 @@ WHERE m.message_id = $1 AND m.tenant_id = $2`, id.String(), tenant).Scan(dest...
 			return v, err
 		}
 		v.History = append(v.History, StatusChange{Status: st, At: fromUS(times[i])})
+	}
+	return v, nil
+}
+
+// runMessage is Message for a message of a run (no status_messages row yet): queued, or purged
+// when a purge range covers it — what its row would answer.
+func (s *MessageStatus) runMessage(ctx context.Context, db *DB, tenant string, id uuid.UUID) (MessageView, error) {
+	v := MessageView{MessageID: id, TenantID: tenant, Status: connection.MessageStatusQueued}
+	var seq, qat int64
+	var runTenant, bid string
+	var clearID sql.NullString
+	var purgedAt sql.NullInt64
+	err := db.QueryRowContext(ctx, `SELECT q.*, p.clear_id, p.purged_at_us FROM (`+runMessageSQL+`) q
+LEFT JOIN status_purges p ON p.conn_id = q.conn_id AND p.from_seq <= q.seq AND p.to_seq >= q.seq`, id.String()).Scan(
+		&v.ConnectionID, &seq, &runTenant, &bid, &v.Recipient, &qat, &clearID, &purgedAt)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && runTenant != tenant {
+		return MessageView{MessageID: id, TenantID: tenant}, fmt.Errorf("projections: message %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return v, fmt.Errorf("projections: message %s: %w", id, err)
+	}
+	_, v.ConnectionID = connection.SplitKey(v.ConnectionID)
+	v.Seq = uint64(seq)
+	if v.BroadcastID, err = parseID(bid); err != nil {
+		return v, err
+	}
+	v.History = []StatusChange{{Status: connection.MessageStatusQueued, At: fromUS(qat)}}
+	if clearID.Valid {
+		v.Status = connection.MessageStatusPurged
+		if v.ClearID, err = parseID(clearID.String); err != nil {
+			return v, err
+		}
+		v.History = append(v.History, StatusChange{Status: connection.MessageStatusPurged, At: fromUS(purgedAt.Int64)})
 	}
 	return v, nil
 }
@@ -443,7 +587,8 @@ func (s *MessageStatus) Collect(ctx context.Context, db *DB, maxRows int) (int, 
 		return 0, err
 	}
 	defer func() { _ = tx.Rollback() }()
-	rows, err := tx.QueryContext(ctx, `SELECT conn_id, from_seq, to_seq, gc_next, clear_id, purged_at_us FROM status_purges ORDER BY conn_id, from_seq LIMIT 16`)
+	rows, err := tx.QueryContext(ctx, `SELECT conn_id, from_seq, to_seq, gc_next, clear_id, purged_at_us FROM status_purges
+WHERE gc_next <= to_seq ORDER BY conn_id, from_seq LIMIT 16`)
 	if err != nil {
 		return 0, fmt.Errorf("projections: materialize purges: %w", err)
 	}
@@ -476,7 +621,13 @@ WHERE conn_id = $1 AND seq >= $2 AND seq <= $3 AND status = 'queued'`, r.conn, r
 		}
 		done += int(end - r.gcNext + 1)
 		if end >= r.to {
-			_, err = tx.ExecContext(ctx, `DELETE FROM status_purges WHERE conn_id = $1 AND from_seq = $2`, r.conn, r.from)
+			// Its rows are done. A range covering a run stays (gc_next past to_seq): it is
+			// what says the run's messages there were purged.
+			_, err = tx.ExecContext(ctx, `DELETE FROM status_purges WHERE conn_id = $1 AND from_seq = $2
+AND NOT EXISTS (SELECT 1 FROM status_runs WHERE conn_id = $1 AND first_seq <= $3 AND last_seq >= $2)`, r.conn, r.from, r.to)
+			if err == nil {
+				_, err = tx.ExecContext(ctx, `UPDATE status_purges SET gc_next = $3 WHERE conn_id = $1 AND from_seq = $2`, r.conn, r.from, r.to+1)
+			}
 		} else {
 			_, err = tx.ExecContext(ctx, `UPDATE status_purges SET gc_next = $3 WHERE conn_id = $1 AND from_seq = $2`, r.conn, r.from, end+1)
 		}
