@@ -74,6 +74,50 @@ type statusRow struct {
 	m            connection.MessageQueued
 }
 
+type statusEvent struct {
+	e    eventstore.RecordedEvent
+	conn string
+	ev   connection.Event
+}
+
+// materializeRuns gives every message of a run that changes state in events (and has no row
+// yet) its status_messages row, in one statement per 500 messages: apply then moves rows only,
+// as for messages queued one by one (a message missed here — its run written later in the
+// batch — is materialized alone by apply).
+func (b *statusBatch) materializeRuns(ctx context.Context, events []statusEvent) error {
+	var ids []string
+	for _, d := range events {
+		if me, ok := connection.MessageEventOf(d.ev); ok && me.Status != connection.MessageStatusQueued {
+			ids = append(ids, me.MessageID.String())
+		}
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	const insert = `INSERT INTO status_messages (conn_id, seq, tenant_id, broadcast_id, recipient, queued_at_us, message_id, status)
+SELECT r.conn_id, i.seq, r.tenant_id, r.broadcast_id, rtrim(substr(r.recipients, CAST((i.seq - r.first_seq) * 16 + 1 AS INTEGER), 16)), r.queued_at_us, i.message_id, 'queued'
+FROM status_run_ids i JOIN status_runs r ON r.conn_id = i.conn_id
+AND r.first_seq = (SELECT max(first_seq) FROM status_runs WHERE conn_id = i.conn_id AND first_seq <= i.seq) AND r.last_seq >= i.seq
+WHERE NOT EXISTS (SELECT 1 FROM status_messages m WHERE m.message_id = i.message_id) AND i.message_id `
+	for len(ids) > 0 {
+		n := min(len(ids), 500)
+		var err error
+		if b.tx.Dialect == Postgres {
+			_, err = b.tx.ExecContext(ctx, insert+`= ANY($1::text[])`, ids[:n])
+		} else {
+			args := make([]any, n)
+			for i, id := range ids[:n] {
+				args[i] = id
+			}
+			_, err = b.tx.ExecContext(ctx, insert+`IN (?`+strings.Repeat(",?", n-1)+`)`, args...)
+		}
+		if err != nil {
+			return fmt.Errorf("materialize %d messages of runs: %w", n, err)
+		}
+		ids = ids[n:]
+	}
+	return nil
+}
+
 // statusRun is a BroadcastQueued chunk held as a run.
 type statusRun struct {
 	tenant, conn string
@@ -84,14 +128,21 @@ type statusRun struct {
 // Apply implements Projection.
 func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
 	b := &statusBatch{tx: tx, tenants: map[string]string{}, bcast: map[string]map[string]int64{}}
+	decoded := make([]statusEvent, 0, len(events))
 	for _, e := range events {
 		connID, ev, ok, err := decodeConn(e)
 		if err != nil {
 			return err
 		}
-		if !ok {
-			continue
+		if ok {
+			decoded = append(decoded, statusEvent{e, connID, ev})
 		}
+	}
+	// covered: the messages of runs that change state from here to the batch's end have their
+	// rows (materialized in one statement); false again once more runs are written.
+	covered := s.rowsOnly
+	for k, d := range decoded {
+		e, connID, ev := d.e, d.conn, d.ev
 		var queued []connection.MessageQueued
 		var run bool
 		switch ev := ev.(type) {
@@ -127,8 +178,19 @@ func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.R
 			}
 			continue
 		}
+		if len(b.runs) > 0 {
+			covered = false
+		}
 		if err := b.flushRows(ctx); err != nil {
 			return err
+		}
+		if !covered {
+			if me, ok := connection.MessageEventOf(ev); ok && me.Status != connection.MessageStatusQueued {
+				if err := b.materializeRuns(ctx, decoded[k:]); err != nil {
+					return err
+				}
+				covered = true
+			}
 		}
 		if err := b.apply(ctx, e, connID, ev); err != nil {
 			return fmt.Errorf("event %s (%s): %w", e.ID, e.Type, err)
