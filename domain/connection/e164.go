@@ -66,9 +66,9 @@ func e164Fast(s string) (string, bool) {
 	if err != nil {
 		return "", false
 	}
-	if info.valid != nil {
-		// One region: IsValidNumber's own test, with the patterns compiled once.
-		if !info.valid.ok(national) {
+	if info.valid != nil || info.regions != nil {
+		// IsValidNumber's own test, with the patterns compiled once.
+		if !info.ok(national) {
 			return "", false
 		}
 		return s, true // Format(E164) is "+", the code and the national number: s itself
@@ -79,6 +79,30 @@ func e164Fast(s string) (string, bool) {
 		return "", false
 	}
 	return phonenumbers.Format(n, phonenumbers.E164), true
+}
+
+// e164Regions returns the tables of the regions of a shared calling code, or nil (IsValidNumber
+// is asked) if one lacks metadata or a pattern does not compile.
+func e164Regions(regions []string, byRegion map[string]*phonenumbers.PhoneMetadata) []e164Region {
+	out := make([]e164Region, 0, len(regions))
+	for _, region := range regions {
+		md := byRegion[region]
+		if md == nil {
+			return nil
+		}
+		var r e164Region
+		var err error
+		if ld := md.GetLeadingDigits(); ld != "" {
+			if r.leading, err = regexp.Compile("^(?:" + ld + ")"); err != nil {
+				return nil
+			}
+		}
+		if r.valid, err = newE164Valid(md); err != nil {
+			return nil
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // e164Desc is a PhoneNumberDesc as isNumberMatchingDesc reads it: the number's length must be
@@ -152,9 +176,37 @@ type e164Code struct {
 	// nationalPrefix matches a national prefix for parsing at the start of a national number
 	// (nil: the region has none).
 	nationalPrefix *regexp.Regexp
-	// valid tests a national number of a code with one region (nil: several regions, which
-	// IsValidNumber tells apart; e164Fast asks it).
-	valid *e164Valid
+	// valid tests a national number of a code with one region; regions, of a code with
+	// several (in the metadata's order). Both nil: e164Fast asks IsValidNumber.
+	valid   *e164Valid
+	regions []e164Region
+}
+
+// e164Region is one region of a calling code shared by several (+1, +7, +44, …).
+type e164Region struct {
+	// leading matches the region's leading digits at the start of a national number (nil:
+	// the region has none).
+	leading *regexp.Regexp
+	valid   *e164Valid
+}
+
+// ok is IsValidNumber for a national number of the code: GetRegionCodeForNumber picks the
+// first region whose leading digits match, or, for a region without any, that the number is
+// valid for; the number is valid if it is valid for the region picked.
+func (c e164Code) ok(nsn string) bool {
+	if c.valid != nil {
+		return c.valid.ok(nsn)
+	}
+	for _, r := range c.regions {
+		if r.leading != nil {
+			if r.leading.MatchString(nsn) {
+				return r.valid.ok(nsn)
+			}
+		} else if r.valid.ok(nsn) {
+			return true
+		}
+	}
+	return false
 }
 
 type e164Table struct {
@@ -214,10 +266,12 @@ func e164Tables() *e164Table {
 				}
 				info.nationalPrefix = re
 			}
-			if len(phonenumbers.GetRegionCodesForCountryCode(c)) == 1 {
+			if regions := phonenumbers.GetRegionCodesForCountryCode(c); len(regions) == 1 {
 				if info.valid, err = newE164Valid(md); err != nil {
 					continue
 				}
+			} else {
+				info.regions = e164Regions(regions, byRegion)
 			}
 			t.codes[c] = info
 		}
