@@ -47,22 +47,29 @@ func (p *Publisher) Name() string { return PublisherName }
 // Filter implements projections.Projection.
 func (p *Publisher) Filter() eventstore.Filter { return Filter() }
 
-// Apply publishes the integration events of events, in order, one message each.
+// Apply publishes the integration events of events, in order, one message each; the messages
+// of one domain event (a broadcast chunk's thousands) in one Publish call.
 func (p *Publisher) Apply(ctx context.Context, _ *projections.Tx, events []eventstore.RecordedEvent) error {
+	var msgs []*message.Message
 	for _, e := range events {
 		ies, err := TranslateAll(e)
 		if err != nil {
 			return err
 		}
+		msgs = msgs[:0]
 		for _, ie := range ies {
 			m, err := NewMessage(ie)
 			if err != nil {
 				return err
 			}
 			m.SetContext(ctx)
-			if err := p.pub.Publish(Topic, m); err != nil {
-				return fmt.Errorf("integration: publish %s %s: %w", ie.Type, ie.ID, err)
-			}
+			msgs = append(msgs, m)
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		if err := p.pub.Publish(Topic, msgs...); err != nil {
+			return fmt.Errorf("integration: publish %d %s events of event %s: %w", len(msgs), ies[0].Type, e.ID, err)
 		}
 	}
 	return nil
