@@ -3,9 +3,11 @@ package bench
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -38,7 +40,13 @@ type APIConfig struct {
 // the messages stay queued), and the store's single-event append at the same concurrency in
 // the same run. It prints
 //
-//	BENCH api/<engine>/enqueue req_per_s=… p99_ms=… group_commit=… append_single_per_s=… baseline=insert baseline_per_s=… ratio=… rss_mib=…
+//	BENCH api/<engine>/enqueue req_per_s=… p99_ms=… group_commit=… append_single_per_s=… baseline=insert baseline_per_s=… ratio=…
+//	      cpu_us_per_req=… db_cpu_us_per_req=… db_xacts_per_req=… cpu_us_per_insert=… db_cpu_us_per_insert=… rss_mib=…
+//
+// cpu_us_per_req is the process's CPU (the API and its HTTP clients) per measured request,
+// db_cpu_us_per_req the PostgreSQL server's (0 on SQLite, or when the server is not on this
+// machine), db_xacts_per_req its committed transactions per request (projections included, as
+// far as they kept up); the _per_insert figures are the same for the baseline's INSERTs.
 func API(ctx context.Context, env *Env, cfg APIConfig, w io.Writer) error {
 	if cfg.Clients <= 0 {
 		cfg.Clients = 64
@@ -109,6 +117,18 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	}
 	lat := make([][]time.Duration, cfg.Clients)
 	var mu sync.Mutex
+	stats, err := openStats(node)
+	if err != nil {
+		return err
+	}
+	if stats != nil {
+		defer stats.Close()
+	}
+	// What one request costs: the process's CPU (server and clients), the PostgreSQL
+	// server's CPU and its committed transactions over the measured requests.
+	pid := serverPID(ctx, env, stats)
+	cpu0, db0 := processCPU(), postgresCPU(pid)
+	x0, _ := pgStats(ctx, stats)
 	n, elapsed, err := concurrently(ctx, cfg.Clients, cfg.Requests, func(ctx context.Context, c, i int) error {
 		t := time.Now()
 		if err := enqueue(ctx, c, i); err != nil {
@@ -123,6 +143,8 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	if err != nil {
 		return err
 	}
+	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
+	x1, _ := pgStats(ctx, stats)
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
@@ -130,10 +152,12 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	// Baseline (issue 12): plain single-row INSERT commits by as many clients, through the
 	// node's own pool, in the same database. The store's own single-event appends by as many
 	// writers are printed beside it (append_single_per_s) for reference.
+	bcpu0, bdb0 := processCPU(), postgresCPU(pid)
 	baseRate, err := insertBaseline(ctx, node, cfg.Clients, cfg.Requests)
 	if err != nil {
 		return err
 	}
+	bcpu, bdbCPU := processCPU()-bcpu0, postgresCPU(pid)-bdb0
 	bn, bd, err := singleAppends(node.Events, newWorkload(), Config{Writers: cfg.Clients, SingleEvents: cfg.Requests})(ctx, 0)
 	if err != nil {
 		return fmt.Errorf("append-single reference: %w", err)
@@ -146,5 +170,30 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	return emit(w, name,
 		"req_per_s", rate, "p50_ms", ms(percentile(all, 50)), "p99_ms", ms(percentile(all, 99)), "clients", cfg.Clients,
 		"group_commit", engineGroupCommit(engine, cfg.GroupCommit), "append_single_per_s", perSecond(bn, bd),
-		"baseline", "insert", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate))
+		"baseline", "insert", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate),
+		"cpu_us_per_req", perReq(cpu, n), "db_cpu_us_per_req", perReq(dbCPU, n), "db_xacts_per_req", float64(x1-x0)/float64(max(n, 1)),
+		"cpu_us_per_insert", perReq(bcpu, cfg.Requests), "db_cpu_us_per_insert", perReq(bdbCPU, cfg.Requests))
+}
+
+// perReq is d per one of n, in microseconds.
+func perReq(d time.Duration, n int) float64 {
+	return float64(d.Microseconds()) / float64(max(n, 1))
+}
+
+// serverPID returns the pid of the PostgreSQL server the node uses, when it runs on this
+// machine: the throwaway cluster's, else the parent of stats' backend (--db); 0 if unknown.
+func serverPID(ctx context.Context, env *Env, stats *sql.DB) int {
+	if pid := postmasterPID(env); pid != 0 || stats == nil {
+		return pid
+	}
+	var backend int
+	if err := stats.QueryRowContext(ctx, `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
+		return 0
+	}
+	if f := procStatFields(backend); len(f) > 1 {
+		if pid, err := strconv.Atoi(f[1]); err == nil {
+			return pid
+		}
+	}
+	return 0
 }
