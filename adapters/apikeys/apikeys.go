@@ -11,7 +11,7 @@
 // The lifecycle of keys is recorded as events on the tenant's stream (auth.TenantStream:
 // APIKeyCreated, APIKeyRevoked, APIKeyRoleChanged), so every rights change is audited (G8).
 // The authenticator reads the table api_keys in the read-model database on every call (nothing
-// is cached). An event store and a read-model database cannot share a transaction, so the
+// is cached; concurrent calls share one query, lookup.go). An event store and a read-model database cannot share a transaction, so the
 // table is a projection of the key events that Keys keeps synchronously: every change appends
 // its event, then catches the table up with the tenant's own stream (read by revision, which
 // no other transaction can hold back) before it returns. So a change that returned is in
@@ -116,9 +116,14 @@ type Keys struct {
 	errMu   sync.Mutex
 	lastErr error
 
+	lookups lookups // concurrent Identify calls' shared queries
+
 	// beforeAppend, if set (tests only, export_test.go), runs after a tenant change decided and
 	// before it appends: a test holds concurrent changes there to make their race certain.
 	beforeAppend func()
+	// beforeLookup, if set (tests only), runs before each shared key query is sent: a test
+	// holds the running queries there to make lookups queue up behind them.
+	beforeLookup func()
 }
 
 // New returns the registry on store and db; Migrate must have run on db. now is the clock of
@@ -190,35 +195,22 @@ func (k *Keys) Identify(ctx context.Context, secret string) (Identity, error) {
 	if !wellFormed(secret) {
 		return Identity{}, ErrInvalidKey
 	}
-	var (
-		id      Identity
-		p       = &id.Principal
-		role    string
-		status  string
-		burst   int64
-		revoked int64
-	)
-	err := k.db.QueryRowContext(ctx, `SELECT k.key_id, k.tenant_id, k.role, k.revoked_at_us, COALESCE(t.status, ''),
-		COALESCE(t.rate_per_second, 0), COALESCE(t.rate_burst, 0)
-		FROM api_keys k LEFT JOIN tenants t ON t.tenant_id = k.tenant_id WHERE k.key_hash = $1`,
-		Hash(secret)).Scan(&p.ID, &p.TenantID, &role, &revoked, &status, &id.RateLimit.PerSecond, &burst)
-	if errors.Is(err, sql.ErrNoRows) {
-		return Identity{}, ErrInvalidKey
-	}
+	r, found, err := k.lookupKey(ctx, Hash(secret))
 	if err != nil {
-		return Identity{}, fmt.Errorf("apikeys: authenticate: %w", err)
+		return Identity{}, err
 	}
-	if revoked != 0 {
+	if !found || r.revoked != 0 {
 		return Identity{}, ErrInvalidKey
 	}
-	if p.Role, err = auth.ParseRole(role); err != nil {
+	role, err := auth.ParseRole(r.role)
+	if err != nil {
 		return Identity{}, ErrInvalidKey
 	}
-	if status == TenantSuspended {
-		return Identity{}, &SuspendedError{TenantID: p.TenantID}
+	if r.status == TenantSuspended {
+		return Identity{}, &SuspendedError{TenantID: r.tenantID}
 	}
-	id.RateLimit.Burst = int(burst)
-	return id, nil
+	return Identity{Principal: auth.Principal{TenantID: r.tenantID, ID: r.keyID, Role: role},
+		RateLimit: RateLimit{PerSecond: r.perSecond, Burst: int(r.burst)}}, nil
 }
 
 func wellFormed(secret string) bool {
