@@ -79,3 +79,9 @@ func (s *Store) GroupsRunning() int {
 	defer s.group.mu.Unlock()
 	return s.group.running
 }
+
+// The queries of a subscription's live wake-ups (read.go).
+const (
+	SQLPendingAfter = sqlPendingAfter
+	SQLHorizon      = sqlHorizon
+)

@@ -217,6 +217,29 @@ type page struct {
 	pending bool
 }
 
+// The live wake-ups of a subscription ask whether events past the cursor are held back. Both
+// queries answer it from the log's last event (one step backwards in the primary key), which
+// is past the cursor and past the horizon exactly when some event is: an EXISTS over the two
+// conditions was planned as a scan of the whole table while the table had no statistics yet
+// (a fresh node, a benchmark), on every wake-up (TestLiveWakeUpPlansUseTheIndex).
+const (
+	// sqlPendingAfter: is any event past the cursor ($1, $2) now?
+	sqlPendingAfter = `SELECT coalesce((SELECT (tx_id, seq) > ($1::xid8, $2::bigint) FROM waqueue_events
+ORDER BY tx_id DESC, seq DESC LIMIT 1), false)`
+	// sqlHorizon: the snapshot horizon; the position of the $3+1-th event past the cursor ($1,
+	// $2) below it, if there is one; and whether an event past the cursor is at or past it
+	// (held back by an older open transaction). One snapshot.
+	sqlHorizon = `
+SELECT h.xmin, p.tx_id, p.seq,
+       coalesce((SELECT tx_id >= h.xmin AND (tx_id, seq) > ($1::xid8, $2::bigint) FROM waqueue_events
+         ORDER BY tx_id DESC, seq DESC LIMIT 1), false)
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+LEFT JOIN LATERAL (
+  SELECT tx_id, seq FROM waqueue_events
+  WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND tx_id < h.xmin
+  ORDER BY tx_id, seq OFFSET $3 LIMIT 1) p ON true`
+)
+
 // scanPage reads the next page after cursor. Unfiltered, it reads up to PageSize visible
 // events. Filtered, it first bounds the page at PageSize events of the whole log and then
 // fetches the matching ones within it, so a filter that rarely matches does not make every
@@ -236,8 +259,7 @@ ORDER BY tx_id, seq LIMIT $3`, cursor.Commit, clampSeq(cursor.Prepare), n)
 		}
 		if !pg.more {
 			// Anything past the cursor now is either held back or committed since the read.
-			err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM waqueue_events WHERE (tx_id, seq) > ($1::xid8, $2::bigint))`,
-				pg.cursor.Commit, clampSeq(pg.cursor.Prepare)).Scan(&pg.pending)
+			err := s.pool.QueryRow(ctx, sqlPendingAfter, pg.cursor.Commit, clampSeq(pg.cursor.Prepare)).Scan(&pg.pending)
 			if err != nil {
 				return page{}, err
 			}
@@ -250,15 +272,7 @@ ORDER BY tx_id, seq LIMIT $3`, cursor.Commit, clampSeq(cursor.Prepare), n)
 	var lastCommit *uint64
 	var lastSeq *int64
 	var pending bool
-	err := s.pool.QueryRow(ctx, `
-SELECT h.xmin, p.tx_id, p.seq,
-       EXISTS (SELECT 1 FROM waqueue_events WHERE tx_id >= h.xmin AND (tx_id, seq) > ($1::xid8, $2::bigint))
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
-LEFT JOIN LATERAL (
-  SELECT tx_id, seq FROM waqueue_events
-  WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND tx_id < h.xmin
-  ORDER BY tx_id, seq OFFSET $3 LIMIT 1) p ON true`,
-		cursor.Commit, clampSeq(cursor.Prepare), n-1).Scan(&xmin, &lastCommit, &lastSeq, &pending)
+	err := s.pool.QueryRow(ctx, sqlHorizon, cursor.Commit, clampSeq(cursor.Prepare), n-1).Scan(&xmin, &lastCommit, &lastSeq, &pending)
 	if err != nil {
 		return page{}, err
 	}
