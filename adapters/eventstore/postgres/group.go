@@ -18,7 +18,7 @@ import (
 //
 //	BEGIN
 //	lock every stream of the group (advisory locks, in hash order: no deadlock between groups)
-//	per append: read the revision, check it, insert the event ON CONFLICT (id) DO NOTHING
+//	one statement: per append, read the revision, check it, insert the event ON CONFLICT (id) DO NOTHING
 //	COMMIT; NOTIFY
 //
 // all in one pipelined round trip. An append whose expectation fails (or whose id is stored
@@ -39,16 +39,30 @@ import (
 const sqlLockAll = `SELECT count(pg_advisory_xact_lock(h)) FROM
   (SELECT DISTINCT hashtextextended(s, 0) AS h FROM unnest($1::text[]) AS s ORDER BY h) AS l`
 
-// sqlInsertGrouped is sqlInsertOne that leaves an id stored already to the resolution after
-// the commit instead of failing the shared transaction.
-const sqlInsertGrouped = sqlCurrent + `ins AS (
+// sqlInsertGroup inserts the events of a group in one statement: per append (one per stream,
+// given as arrays in the group's order) it reads the stream's revision, checks the expectation
+// ($2 kinds, $3 revisions; see expectArgs and sqlExpected) and inserts the event ON CONFLICT
+// (id) DO NOTHING, so an append whose expectation fails or whose id is stored already (or
+// given twice in the group) inserts nothing and leaves the others alone; it is resolved after
+// the commit like a lone append. It returns per append, in order, the revision found and, if
+// its event was inserted, its position. The statement's snapshot is taken after every lock
+// of the group was granted (the locks are a statement of their own before it).
+const sqlInsertGroup = `WITH req AS (
+  SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+    WITH ORDINALITY AS r(stream, kind, rev, id, type, data, tenant_id, actor, correlation_id, causation_id, ord)
+), cur AS (
+  SELECT req.*, coalesce((SELECT e.revision FROM waqueue_events e WHERE e.stream = req.stream ORDER BY e.revision DESC LIMIT 1), -1) AS cur
+  FROM req
+), ins AS (
   INSERT INTO waqueue_events
     (id, stream, revision, type, data, tenant_id, actor, correlation_id, causation_id, recorded_at)
-  SELECT $4, $1, cur.rev + 1, $5, $6::json, $7, $8, $9, $10, $11 FROM cur
-  WHERE ` + sqlExpected + `
+  SELECT id, stream, cur + 1, type, data::json, tenant_id, actor, correlation_id, causation_id, $11 FROM cur
+  WHERE CASE kind WHEN 0 THEN true WHEN 1 THEN cur = -1 WHEN 2 THEN cur >= 0 ELSE cur = rev END
+  ORDER BY ord
   ON CONFLICT (id) DO NOTHING
-  RETURNING tx_id, seq
-)` + sqlResult
+  RETURNING id, stream, tx_id, seq
+)
+SELECT cur.cur, ins.tx_id, ins.seq FROM cur LEFT JOIN ins ON ins.id = cur.id AND ins.stream = cur.stream ORDER BY cur.ord`
 
 // pendingAppend is a queued single-event append.
 type pendingAppend struct {
@@ -181,15 +195,26 @@ func (s *Store) writeGroup(ctx context.Context, group []*pendingAppend) error {
 	for i, p := range group {
 		streams[i] = p.stream
 	}
+	n := len(group)
+	kinds, revs := make([]int32, n), make([]int64, n)
+	ids := make([][16]byte, n)
+	types, data, tenants, actors, corrs, causes := make([]string, n), make([]*string, n), make([]string, n),
+		make([]string, n), make([]string, n), make([]string, n)
+	for i, p := range group {
+		kind, rev := expectArgs(p.expected)
+		kinds[i], revs[i] = int32(kind), rev
+		e := p.event
+		ids[i], types[i] = e.ID, e.Type
+		if len(e.Data) > 0 {
+			d := string(e.Data)
+			data[i] = &d
+		}
+		tenants[i], actors[i], corrs[i], causes[i] = e.Metadata.TenantID, e.Metadata.Actor, e.Metadata.CorrelationID, e.Metadata.CausationID
+	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(sqlLockAll, streams)
-	for _, p := range group {
-		kind, rev := expectArgs(p.expected)
-		e := p.event
-		b.Queue(sqlInsertGrouped, p.stream, kind, rev, [16]byte(e.ID), e.Type, jsonArg(e.Data),
-			e.Metadata.TenantID, e.Metadata.Actor, e.Metadata.CorrelationID, e.Metadata.CausationID, now)
-	}
+	b.Queue(sqlInsertGroup, streams, kinds, revs, ids, types, data, tenants, actors, corrs, causes, now)
 	b.Queue("COMMIT")
 	b.Queue(sqlNotify, NotifyChannel)
 	err = func() error {
@@ -201,19 +226,38 @@ func (s *Store) writeGroup(ctx context.Context, group []*pendingAppend) error {
 		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("postgres: group append: lock streams: %w", err)
 		}
-		for _, p := range group {
+		rows, err := br.Query()
+		if err != nil {
+			return fmt.Errorf("postgres: group append: insert: %w", err)
+		}
+		i := 0
+		for rows.Next() {
 			var actual int64
 			var txID *uint64
 			var seq *int64
-			if err := br.QueryRow().Scan(&actual, &txID, &seq); err != nil {
-				return fmt.Errorf("postgres: group append to %q: insert: %w", p.stream, err)
+			if err := rows.Scan(&actual, &txID, &seq); err != nil {
+				rows.Close()
+				return fmt.Errorf("postgres: group append: insert: %w", err)
 			}
+			if i >= n {
+				rows.Close()
+				return fmt.Errorf("postgres: group append: insert: more than %d results", n)
+			}
+			p := group[i]
+			i++
 			if txID == nil || seq == nil {
 				p.err = &eventstore.WrongExpectedRevisionError{Stream: p.stream, Expected: p.expected, Actual: actual}
 				continue
 			}
 			p.res = eventstore.AppendResult{NextExpectedRevision: uint64(actual) + 1,
 				Position: eventstore.Position{Commit: *txID, Prepare: uint64(*seq)}}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("postgres: group append: insert: %w", err)
+		}
+		if i != n {
+			return fmt.Errorf("postgres: group append: insert: %d results for %d appends", i, n)
 		}
 		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("postgres: group append: commit: %w", err)

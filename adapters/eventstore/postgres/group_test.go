@@ -102,6 +102,155 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 	}
 }
 
+// TestGroupCommitMixedOutcomes forces one group holding every outcome an append can have, and
+// checks each append gets its own: success at an exact revision, with Any and on a new stream
+// (NoStream), wrong expected revisions of each kind (exact, NoStream on an existing stream,
+// StreamExists on a missing one), an idempotent retry of a stored event (Existing, with the
+// original position), an id stored in another stream (a duplicate), the same fresh id given to
+// two streams of the group (one stores it, the other is a duplicate), and an event without
+// data. The successes share one transaction; nothing else is stored.
+func TestGroupCommitMixedOutcomes(t *testing.T) {
+	st := openStore(t, pgtest.URL(t), postgres.Options{GroupCommitters: 1})
+	ctx := context.Background()
+	prefix := storetest.TestID() + "mixed-"
+	stream := func(i int) string { return fmt.Sprintf("%s%02d", prefix, i) }
+	first := map[int]eventstore.AppendResult{}
+	firstEv := map[int]eventstore.EventData{}
+	for _, i := range []int{0, 1, 3, 5, 6} {
+		evs := events(1, "First")
+		res, err := st.Append(ctx, stream(i), eventstore.NoStream, evs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[i], firstEv[i] = res, evs[0]
+	}
+	shared := events(1, "Shared")[0]
+	type appendCase struct {
+		stream   int
+		expected eventstore.ExpectedRevision
+		event    eventstore.EventData
+	}
+	cases := []appendCase{
+		{0, eventstore.Exact(0), events(1, "Grouped")[0]},
+		{1, eventstore.Exact(3), events(1, "Grouped")[0]},
+		{2, eventstore.NoStream, events(1, "Grouped")[0]},
+		{3, eventstore.NoStream, events(1, "Grouped")[0]},
+		{4, eventstore.StreamExists, events(1, "Grouped")[0]},
+		{5, eventstore.Any, events(1, "Grouped")[0]},
+		{6, eventstore.NoStream, firstEv[6]}, // a retry of the stored first append
+		{7, eventstore.NoStream, eventstore.EventData{ID: firstEv[0].ID, Type: "Grouped"}},
+		{8, eventstore.NoStream, shared},
+		{9, eventstore.NoStream, shared},
+		{10, eventstore.NoStream, eventstore.EventData{ID: events(1, "")[0].ID, Type: "NoData"}},
+	}
+
+	blocker := prefix + "blocker"
+	held := hold(t, st, blocker, eventstore.NoStream, events(1, "Held")...)
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := st.Append(ctx, blocker, eventstore.Any, events(1, "Blocked")...)
+		blocked <- err
+	}()
+	waitUntil(t, "the committer takes the blocked append", func() bool { return st.QueuedAppends() == 0 && st.GroupsRunning() == 1 })
+	results := make([]eventstore.AppendResult, len(cases))
+	errs := make([]error, len(cases))
+	var wg sync.WaitGroup
+	for i, c := range cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = st.Append(ctx, stream(c.stream), c.expected, c.event)
+		}()
+	}
+	waitUntil(t, "every append queued behind the blocked one", func() bool { return st.QueuedAppends() == len(cases) })
+	groupsBefore := st.GroupsCommitted()
+	if err := held.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	if got := st.GroupsCommitted() - groupsBefore; got != 1 {
+		t.Fatalf("%d shared transactions committed, want 1", got)
+	}
+
+	wrong := func(i int, actual int64) {
+		t.Helper()
+		var we *eventstore.WrongExpectedRevisionError
+		if !errors.As(errs[i], &we) || we.Actual != actual || we.Stream != stream(cases[i].stream) {
+			t.Errorf("append %d: %+v, %v; want a wrong expected revision of %s (actual %d)", i, results[i], errs[i], stream(cases[i].stream), actual)
+		}
+	}
+	ok := func(i int, rev uint64) {
+		t.Helper()
+		if errs[i] != nil || results[i].NextExpectedRevision != rev || results[i].Existing {
+			t.Errorf("append %d: %+v, %v; want revision %d", i, results[i], errs[i], rev)
+		}
+	}
+	ok(0, 1)
+	wrong(1, 0)
+	ok(2, 0)
+	wrong(3, 0)
+	wrong(4, eventstore.NoRevision)
+	ok(5, 1)
+	if errs[6] != nil || !results[6].Existing || results[6].Position != first[6].Position || results[6].NextExpectedRevision != 0 {
+		t.Errorf("retry of a stored append: %+v, %v; want Existing at %s", results[6], errs[6], first[6].Position)
+	}
+	if !errors.Is(errs[7], eventstore.ErrDuplicateEventID) {
+		t.Errorf("an id stored in another stream: %+v, %v; want a duplicate", results[7], errs[7])
+	}
+	switch {
+	case errs[8] == nil && errors.Is(errs[9], eventstore.ErrDuplicateEventID):
+		ok(8, 0)
+	case errs[9] == nil && errors.Is(errs[8], eventstore.ErrDuplicateEventID):
+		ok(9, 0)
+	default:
+		t.Errorf("one id given to two streams: %+v, %v and %+v, %v; want one stored, one duplicate", results[8], errs[8], results[9], errs[9])
+	}
+	ok(10, 0)
+	var commit uint64
+	for i := range cases {
+		if errs[i] != nil || results[i].Existing {
+			continue
+		}
+		if commit == 0 {
+			commit = results[i].Position.Commit
+		}
+		if results[i].Position.Commit != commit {
+			t.Errorf("append %d committed in tx %d, others in %d: not one shared transaction", i, results[i].Position.Commit, commit)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// The log holds exactly the firsts, the held and blocked events, and the successes, each at
+	// the position its append was answered with.
+	all, err := st.ReadAll(ctx, eventstore.Start, 0, eventstore.Filter{StreamPrefixes: []string{prefix}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[eventstore.Position]eventstore.RecordedEvent{}
+	for _, e := range all {
+		stored[e.Position] = e
+	}
+	succeeded := 0
+	for i, c := range cases {
+		if errs[i] != nil || results[i].Existing {
+			continue
+		}
+		succeeded++
+		e, found := stored[results[i].Position]
+		if !found || e.ID != c.event.ID || e.Stream != stream(c.stream) || e.Revision != results[i].NextExpectedRevision || string(e.Data) != string(c.event.Data) {
+			t.Errorf("append %d answered %s; stored there: %+v (found %v)", i, results[i].Position, e, found)
+		}
+	}
+	if want := len(first) + 2 + succeeded; len(all) != want {
+		t.Fatalf("%d events of this test stored, want %d", len(all), want)
+	}
+}
+
 // waitUntil waits for cond (a condition, not a duration: the overall limit is a safety net).
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
