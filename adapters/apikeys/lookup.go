@@ -2,8 +2,9 @@ package apikeys
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -153,23 +154,32 @@ func (k *Keys) runLookup(batch []*pendingLookup) {
 	}
 }
 
-// sqlKeyRows reads the keys of a list of hashes with their tenants' state; the list is $1, an
-// array on PostgreSQL and a JSON array on SQLite (which has no arrays).
+// sqlKeyRows reads the keys of a list of hashes with their tenants' state: on PostgreSQL the
+// list is one array parameter (one statement text, which pgx prepares once); on SQLite, which
+// has no arrays, it is one placeholder per hash (most queries ask for one key; a json_each
+// list cost twice the lone lookup there).
 const sqlKeyRows = `SELECT k.key_hash, k.key_id, k.tenant_id, k.role, k.revoked_at_us, COALESCE(t.status, ''),
 		COALESCE(t.rate_per_second, 0), COALESCE(t.rate_burst, 0)
 		FROM api_keys k LEFT JOIN tenants t ON t.tenant_id = k.tenant_id WHERE `
 
 // readKeyRows returns the rows of hashes by hash (a hash without a key has none).
 func (k *Keys) readKeyRows(ctx context.Context, hashes []string) (map[string]keyRow, error) {
-	q, arg := sqlKeyRows+`k.key_hash = ANY($1::text[])`, any(hashes)
+	q, args := sqlKeyRows+`k.key_hash = ANY($1::text[])`, []any{hashes}
 	if k.db.Dialect == projections.SQLite {
-		b, err := json.Marshal(hashes)
-		if err != nil {
-			return nil, err
+		var b strings.Builder
+		b.WriteString(sqlKeyRows + `k.key_hash IN (`)
+		args = make([]any, len(hashes))
+		for i, h := range hashes {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("$" + strconv.Itoa(i+1))
+			args[i] = h
 		}
-		q, arg = sqlKeyRows+`k.key_hash IN (SELECT value FROM json_each($1))`, string(b)
+		b.WriteString(")")
+		q = b.String()
 	}
-	rows, err := k.db.QueryContext(ctx, q, arg)
+	rows, err := k.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
