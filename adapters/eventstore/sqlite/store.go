@@ -109,6 +109,8 @@ type Store struct {
 	notifyMu sync.Mutex
 	notifyCh chan struct{} // closed and replaced after every commit
 
+	stmts stmtCache // prepared statements (stmts.go)
+
 	closed    atomic.Bool
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -155,6 +157,10 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.done)
+		// Wait for a running Append, which may use the statements.
+		s.writeMu.Lock()
+		s.closeStmts()
+		s.writeMu.Unlock()
 		if s.ownsDB {
 			// Wait for a running Append to finish before closing the database under it.
 			s.writeMu.Lock()
@@ -206,7 +212,7 @@ func (s *Store) appendTx(ctx context.Context, stream string, expected eventstore
 	defer tx.Rollback()
 
 	var last sql.NullInt64
-	if err := tx.QueryRowContext(ctx, `SELECT MAX(revision) FROM events WHERE stream = ?`, stream).Scan(&last); err != nil {
+	if err := s.txQueryRow(ctx, tx, `SELECT MAX(revision) FROM events WHERE stream = ?`, stream).Scan(&last); err != nil {
 		return eventstore.AppendResult{}, false, fmt.Errorf("sqlite: append to %q: read revision: %w", stream, err)
 	}
 	actual := eventstore.NoRevision
@@ -220,7 +226,7 @@ func (s *Store) appendTx(ctx context.Context, stream string, expected eventstore
 		// by the retried batch itself).
 		var foundStream string
 		var foundRev int64
-		err := tx.QueryRowContext(ctx, `SELECT stream, revision FROM events WHERE id = ?`, events[0].ID[:]).Scan(&foundStream, &foundRev)
+		err := s.txQueryRow(ctx, tx, `SELECT stream, revision FROM events WHERE id = ?`, events[0].ID[:]).Scan(&foundStream, &foundRev)
 		switch {
 		case err == nil:
 			res, err := s.retried(ctx, tx, stream, expected, events, foundStream, foundRev)
@@ -237,7 +243,7 @@ func (s *Store) appendTx(ctx context.Context, stream string, expected eventstore
 		return eventstore.AppendResult{NextExpectedRevision: uint64(max(actual, 0))}, false, nil
 	}
 
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO events (stream, revision, id, type, data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	stmt, err := s.txStmt(ctx, tx, `INSERT INTO events (stream, revision, id, type, data, metadata, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
 		return eventstore.AppendResult{}, false, fmt.Errorf("sqlite: append to %q: prepare: %w", stream, err)
 	}

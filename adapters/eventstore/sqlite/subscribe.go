@@ -87,7 +87,7 @@ func (s *Store) page(ctx context.Context, after eventstore.Position, filter even
 	}
 	defer tx.Rollback()
 	var latest sql.NullInt64
-	if err := tx.QueryRowContext(ctx, `SELECT MAX(position) FROM events`).Scan(&latest); err != nil {
+	if err := s.txQueryRow(ctx, tx, `SELECT MAX(position) FROM events`).Scan(&latest); err != nil {
 		return nil, after, false, err
 	}
 	from := int64(after.Commit)
@@ -100,7 +100,7 @@ func (s *Store) page(ctx context.Context, after eventstore.Position, filter even
 	}
 	where, args := filterSQL(filter)
 	args = append([]any{from, hi}, append(args, s.opts.PageSize)...)
-	evs, err = queryEvents(ctx, tx, selectEvent+` WHERE position > ? AND position <= ?`+where+` ORDER BY position LIMIT ?`, args...)
+	evs, err = queryEvents(ctx, txQueryer{s, tx}, selectEvent+` WHERE position > ? AND position <= ?`+where+` ORDER BY position LIMIT ?`, args...)
 	if err != nil {
 		return nil, after, false, err
 	}
