@@ -2,6 +2,7 @@ package apikeys
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strconv"
 	"strings"
@@ -55,6 +56,7 @@ type lookups struct {
 	mu      sync.Mutex
 	queue   []*pendingLookup
 	running int
+	oneKey  *sql.Stmt // SQLite: the one-key query, prepared (oneKeyStmt)
 	// queries and shared count the queries run and those that served more than one lookup
 	// (tests).
 	queries, shared int
@@ -162,6 +164,26 @@ const sqlKeyRows = `SELECT k.key_hash, k.key_id, k.tenant_id, k.role, k.revoked_
 		COALESCE(t.rate_per_second, 0), COALESCE(t.rate_burst, 0)
 		FROM api_keys k LEFT JOIN tenants t ON t.tenant_id = k.tenant_id WHERE `
 
+// oneKeyStmt returns, on SQLite, the one-key query prepared (parsing it cost the pure-Go
+// SQLite more than running it); nil on PostgreSQL, whose driver prepares each statement text
+// once by itself, and when preparing failed (the query then runs unprepared and tells why).
+func (k *Keys) oneKeyStmt(ctx context.Context) *sql.Stmt {
+	if k.db.Dialect != projections.SQLite {
+		return nil
+	}
+	l := &k.lookups
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.oneKey == nil {
+		st, err := k.db.SQL.PrepareContext(ctx, k.db.Rebind(sqlKeyRows+`k.key_hash IN ($1)`))
+		if err != nil {
+			return nil
+		}
+		l.oneKey = st
+	}
+	return l.oneKey
+}
+
 // readKeyRows returns the rows of hashes by hash (a hash without a key has none).
 func (k *Keys) readKeyRows(ctx context.Context, hashes []string) (map[string]keyRow, error) {
 	q, args := sqlKeyRows+`k.key_hash = ANY($1::text[])`, []any{hashes}
@@ -179,7 +201,13 @@ func (k *Keys) readKeyRows(ctx context.Context, hashes []string) (map[string]key
 		b.WriteString(")")
 		q = b.String()
 	}
-	rows, err := k.db.QueryContext(ctx, q, args...)
+	var rows *sql.Rows
+	var err error
+	if st := k.oneKeyStmt(ctx); st != nil && len(hashes) == 1 {
+		rows, err = st.QueryContext(ctx, args...)
+	} else {
+		rows, err = k.db.QueryContext(ctx, q, args...)
+	}
 	if err != nil {
 		return nil, err
 	}
