@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -217,39 +218,40 @@ type page struct {
 	pending bool
 }
 
-// The live wake-ups of a subscription ask whether events past the cursor are held back. Both
-// queries answer it from the log's last event (one step backwards in the primary key), which
-// is past the cursor and past the horizon exactly when some event is: an EXISTS over the two
-// conditions was planned as a scan of the whole table while the table had no statistics yet
-// (a fresh node, a benchmark), on every wake-up (TestLiveWakeUpPlansUseTheIndex).
-const (
-	// sqlPendingAfter: is any event past the cursor ($1, $2) now?
-	sqlPendingAfter = `SELECT coalesce((SELECT (tx_id, seq) > ($1::xid8, $2::bigint) FROM waqueue_events
-ORDER BY tx_id DESC, seq DESC LIMIT 1), false)`
-	// sqlHorizon: the snapshot horizon; the position of the $3+1-th event past the cursor ($1,
-	// $2) below it, if there is one; and whether an event past the cursor is at or past it
-	// (held back by an older open transaction). One snapshot.
-	sqlHorizon = `
-SELECT h.xmin, p.tx_id, p.seq,
-       coalesce((SELECT tx_id >= h.xmin AND (tx_id, seq) > ($1::xid8, $2::bigint) FROM waqueue_events
-         ORDER BY tx_id DESC, seq DESC LIMIT 1), false)
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
-LEFT JOIN LATERAL (
-  SELECT tx_id, seq FROM waqueue_events
-  WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND tx_id < h.xmin
-  ORDER BY tx_id, seq OFFSET $3 LIMIT 1) p ON true`
-)
-
 // scanPage reads the next page after cursor. Unfiltered, it reads up to PageSize visible
 // events. Filtered, it first bounds the page at PageSize events of the whole log and then
 // fetches the matching ones within it, so a filter that rarely matches does not make every
 // wake-up rescan the log from the last matching event.
-func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (page, error) {
+//
+// Every page is read in a read-only transaction that leaves the planner only the primary key's
+// index (pagePlan): each statement then reads the page's entries in order and nothing more.
+// Left to its statistics, PostgreSQL planned them from estimates that are stale right after a
+// large append (a broadcast of 100,000 events, or a rebuild after an import): it read every
+// event past the cursor into a bitmap and sorted them, and the "anything held back" check
+// scanned the whole table, once per page, so catching up on N events cost O(N²) (issue 12's
+// catch-up profile: 50–400 ms per page of 5,000 on a table of 100,000 events).
+func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (pg page, err error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return page{}, err
+	}
+	defer func() {
+		if rerr := tx.Rollback(ctx); err == nil && rerr != nil && !errors.Is(rerr, pgx.ErrTxClosed) {
+			err = rerr
+		}
+	}()
+	if _, err := tx.Exec(ctx, pagePlan); err != nil {
+		return page{}, err
+	}
 	n := s.opts.PageSize
 	if len(filter.StreamPrefixes) == 0 && len(filter.EventTypes) == 0 {
-		evs, err := s.queryN(ctx, n, `SELECT `+eventColumns+` FROM waqueue_events
+		rows, err := tx.Query(ctx, `SELECT `+eventColumns+` FROM waqueue_events
 WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND `+visible+`
 ORDER BY tx_id, seq LIMIT $3`, cursor.Commit, clampSeq(cursor.Prepare), n)
+		if err != nil {
+			return page{}, err
+		}
+		evs, err := scanEvents(rows, n)
 		if err != nil {
 			return page{}, err
 		}
@@ -259,24 +261,37 @@ ORDER BY tx_id, seq LIMIT $3`, cursor.Commit, clampSeq(cursor.Prepare), n)
 		}
 		if !pg.more {
 			// Anything past the cursor now is either held back or committed since the read.
-			err := s.pool.QueryRow(ctx, sqlPendingAfter, pg.cursor.Commit, clampSeq(pg.cursor.Prepare)).Scan(&pg.pending)
-			if err != nil {
+			var last *uint64
+			var lastSeq *int64
+			if err := tx.QueryRow(ctx, lastEvent).Scan(&last, &lastSeq); err != nil {
 				return page{}, err
 			}
+			pg.pending = last != nil && pg.cursor.Less(eventstore.Position{Commit: *last, Prepare: uint64(*lastSeq)})
 		}
 		return pg, nil
 	}
 
-	// The horizon and, if the page would be full, its last position, in one snapshot.
+	// The horizon, the log's last event and, if the page would be full, its last position, in
+	// one snapshot.
 	var xmin uint64
-	var lastCommit *uint64
-	var lastSeq *int64
-	var pending bool
-	err := s.pool.QueryRow(ctx, sqlHorizon, cursor.Commit, clampSeq(cursor.Prepare), n-1).Scan(&xmin, &lastCommit, &lastSeq, &pending)
+	var lastCommit, endCommit *uint64
+	var lastSeq, endSeq *int64
+	err = tx.QueryRow(ctx, `
+SELECT h.xmin, p.tx_id, p.seq, e.tx_id, e.seq
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+LEFT JOIN LATERAL (
+  SELECT tx_id, seq FROM waqueue_events
+  WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND tx_id < h.xmin
+  ORDER BY tx_id, seq OFFSET $3 LIMIT 1) p ON true
+LEFT JOIN LATERAL (
+  SELECT tx_id, seq FROM waqueue_events ORDER BY tx_id DESC, seq DESC LIMIT 1) e ON true`,
+		cursor.Commit, clampSeq(cursor.Prepare), n-1).Scan(&xmin, &lastCommit, &lastSeq, &endCommit, &endSeq)
 	if err != nil {
 		return page{}, err
 	}
-	var pg page
+	// Held back: an event past the cursor at or above the horizon. If there is one, the log's
+	// last event is one.
+	pending := endCommit != nil && *endCommit >= xmin && cursor.Less(eventstore.Position{Commit: *endCommit, Prepare: uint64(*endSeq)})
 	var bound eventstore.Position
 	if lastCommit != nil {
 		bound = eventstore.Position{Commit: *lastCommit, Prepare: uint64(*lastSeq)}
@@ -291,15 +306,28 @@ ORDER BY tx_id, seq LIMIT $3`, cursor.Commit, clampSeq(cursor.Prepare), n)
 	}
 	args := []any{cursor.Commit, clampSeq(cursor.Prepare), bound.Commit, clampSeq(bound.Prepare)}
 	cond := filterSQL(filter, &args)
-	pg.events, err = s.query(ctx, `SELECT `+eventColumns+` FROM waqueue_events
+	rows, err := tx.Query(ctx, `SELECT `+eventColumns+` FROM waqueue_events
 WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND (tx_id, seq) <= ($3::xid8, $4::bigint)`+cond+`
 ORDER BY tx_id, seq`, args...)
 	if err != nil {
 		return page{}, err
 	}
+	if pg.events, err = scanEvents(rows, 0); err != nil {
+		return page{}, err
+	}
 	pg.cursor = bound
 	return pg, nil
 }
+
+// pagePlan confines a page read's planner to index scans, for the rest of its transaction
+// (scanPage). A page is a short range of the primary key in its order; nothing else reads it
+// in time proportional to the page rather than to the table.
+const pagePlan = `SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true),
+set_config('enable_sort', 'off', true)`
+
+// lastEvent reads the position of the log's last event (NULLs when the log is empty).
+const lastEvent = `SELECT e.tx_id, e.seq FROM (SELECT 1) one LEFT JOIN LATERAL (
+  SELECT tx_id, seq FROM waqueue_events ORDER BY tx_id DESC, seq DESC LIMIT 1) e ON true`
 
 // Subscribe implements eventstore.Store. Catch-up reads pages of Options.PageSize events;
 // live delivery waits for a notification, polling with backoff only while committed events
@@ -392,3 +420,19 @@ func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter
 		}
 	}
 }
+
+// The live wake-up queries of main's TestLiveWakeUpPlansUseTheIndex (kept until the page
+// reads replace them).
+const (
+	sqlPendingAfter = `SELECT coalesce((SELECT (tx_id, seq) > ($1::xid8, $2::bigint) FROM waqueue_events
+ORDER BY tx_id DESC, seq DESC LIMIT 1), false)`
+	sqlHorizon = `
+SELECT h.xmin, p.tx_id, p.seq,
+       coalesce((SELECT tx_id >= h.xmin AND (tx_id, seq) > ($1::xid8, $2::bigint) FROM waqueue_events
+         ORDER BY tx_id DESC, seq DESC LIMIT 1), false)
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+LEFT JOIN LATERAL (
+  SELECT tx_id, seq FROM waqueue_events
+  WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND tx_id < h.xmin
+  ORDER BY tx_id, seq OFFSET $3 LIMIT 1) p ON true`
+)
