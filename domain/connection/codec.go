@@ -16,7 +16,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeSessionInvalidated:       decodeAs[SessionInvalidated],
 	TypeConnectionBanned:         decodeAs[ConnectionBanned],
 	TypeBanLifted:                decodeAs[BanLifted],
-	TypeMessageQueued:            decodeAs[MessageQueued],
+	TypeMessageQueued:            decodeMessageQueued,
 	TypeBroadcastStarted:         decodeAs[BroadcastStarted],
 	TypeMessageDispatched:        decodeAs[MessageDispatched],
 	TypeMessageSent:              decodeAs[MessageSent],
