@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,6 +38,57 @@ func decodeConn(e eventstore.RecordedEvent) (connID string, ev connection.Event,
 		return "", nil, false, fmt.Errorf("event %s (%s at %s): %w", e.ID, e.Type, e.Position, err)
 	}
 	return connID, ev, true, nil
+}
+
+// decodedEvent is an event of a batch as decodeEvents read it.
+type decodedEvent struct {
+	connID string
+	ev     connection.Event
+	ok     bool // a connection event (decodeConn)
+	// runnable: a MessageQueued a queue run can hold (runnable), when asked for.
+	runnable bool
+}
+
+// parallelDecodeMin is the fewest events per goroutine decodeEvents starts.
+const parallelDecodeMin = 1024
+
+// decodeEvents decodes a batch's connection events (decodeConn) and, with runs, tells which
+// MessageQueued a queue run can hold. A large batch is decoded on every CPU: decoding is most
+// of a projection's CPU in a catch-up, and the events are independent until applied in order.
+// The error is the first event's in log order.
+func decodeEvents(events []eventstore.RecordedEvent, runs bool) ([]decodedEvent, error) {
+	out := make([]decodedEvent, len(events))
+	decodePart := func(lo, hi int) error {
+		for i := lo; i < hi; i++ {
+			connID, ev, ok, err := decodeConn(events[i])
+			if err != nil {
+				return err
+			}
+			out[i] = decodedEvent{connID: connID, ev: ev, ok: ok}
+			if mq, isQueued := ev.(connection.MessageQueued); isQueued && runs {
+				out[i].runnable = runnable(mq)
+			}
+		}
+		return nil
+	}
+	n := len(events)
+	parts := min(runtime.GOMAXPROCS(0), n/parallelDecodeMin)
+	if parts <= 1 {
+		return out, decodePart(0, n)
+	}
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for p := 1; p < parts; p++ {
+		wg.Go(func() { errs[p] = decodePart(p*n/parts, (p+1)*n/parts) })
+	}
+	errs[0] = decodePart(0, n/parts)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // us converts a time to unix microseconds; the zero time is 0.

@@ -111,14 +111,16 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 	b := &queueBatch{tx: tx, pending: map[string]int64{}, inFlight: map[string]int64{},
 		lastSeq: map[string]uint64{}, bcast: map[[2]string]int64{}, touched: map[string]int64{},
 		open: map[string]*queueRun{}}
-	for _, e := range events {
-		connID, ev, ok, err := decodeConn(e)
-		if err != nil {
-			return err
-		}
-		if !ok {
+	decoded, err := decodeEvents(events, !q.rowsOnly)
+	if err != nil {
+		return err
+	}
+	for i, e := range events {
+		d := decoded[i]
+		if !d.ok {
 			continue
 		}
+		connID, ev := d.connID, d.ev
 		b.touched[connID] = us(e.RecordedAt)
 		if bq, isChunk := ev.(connection.BroadcastQueued); isChunk {
 			if r, ok := chunkRun(connID, bq, us(bq.QueuedAt)); ok && !q.rowsOnly {
@@ -136,7 +138,7 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 			continue
 		}
 		if mq, isQueued := ev.(connection.MessageQueued); isQueued {
-			if runnable(mq) && !q.rowsOnly {
+			if d.runnable {
 				if err := b.queuedInRun(ctx, connID, mq); err != nil {
 					return err
 				}

@@ -151,27 +151,23 @@ func (b *queueBatch) flushRuns(ctx context.Context) error {
 	return nil
 }
 
-// extendStored appends r to the stored run it continues (one split by a batch boundary), if any.
+// extendStored appends r to the stored run it continues (one split by a batch boundary), if any,
+// in one statement: the run that ends just before r, of the same broadcast, expiry and queue
+// time, whose broadcast indexes r continues within the same chunk (BroadcastChunk).
 func (b *queueBatch) extendStored(ctx context.Context, r *queueRun) (bool, error) {
-	var first, firstIndex int64
-	err := b.tx.QueryRowContext(ctx, `SELECT first_seq, first_index FROM queue_runs WHERE conn_id = $1 AND last_seq = $2
-AND broadcast_id = $3 AND expires_at_us = $4 AND queued_at_us = $5`,
-		r.conn, int64(r.first-1), r.bid.String(), r.exp, r.qat).Scan(&first, &firstIndex)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
+	res, err := b.tx.ExecContext(ctx, `UPDATE queue_runs SET last_seq = $6, recipients = recipients || $7
+WHERE conn_id = $1 AND last_seq = $2 AND broadcast_id = $3 AND expires_at_us = $4 AND queued_at_us = $5
+AND first_index - first_seq = $8 AND first_index / $9 = $10`,
+		r.conn, int64(r.first-1), r.bid.String(), r.exp, r.qat, int64(r.last), r.recipients.String(),
+		int64(r.firstIndex)-int64(r.first), int64(connection.BroadcastChunk), int64(r.firstIndex/connection.BroadcastChunk))
 	if err != nil {
 		return false, fmt.Errorf("extend queue run: %w", err)
 	}
-	if int64(r.firstIndex) != firstIndex+int64(r.first)-first || r.firstIndex/connection.BroadcastChunk != int(firstIndex)/connection.BroadcastChunk {
-		return false, nil
-	}
-	_, err = b.tx.ExecContext(ctx, `UPDATE queue_runs SET last_seq = $3, recipients = recipients || $4 WHERE conn_id = $1 AND first_seq = $2`,
-		r.conn, first, int64(r.last), r.recipients.String())
+	n, err := res.RowsAffected()
 	if err != nil {
 		return false, fmt.Errorf("extend queue run: %w", err)
 	}
-	return true, nil
+	return n > 0, nil
 }
 
 // runMember is a message of a run, as takeFromRun found it.

@@ -90,8 +90,14 @@ type RunnerConfig struct {
 	Projections []Projection
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
-	// BatchSize is the most events applied in one transaction. Default 512.
+	// BatchSize is the most events applied in one transaction while the projections keep up
+	// with the log. Default 512.
 	BatchSize int
+	// MaxBatchSize is the most events applied in one transaction while they catch up: the
+	// events read from the log while a batch is applied are collected into the next one, up to
+	// this many (bus.LogSubscriberConfig.MaxBatchSize), so a catch-up commits a few large
+	// transactions instead of one per BatchSize events. Default 8 × BatchSize.
+	MaxBatchSize int
 	// Middleware is added to the watermill router (for example metrics). Optional.
 	Middleware []message.HandlerMiddleware
 	// RouterPlugin hooks (for example watermill's Prometheus metrics builder). Optional.
@@ -167,6 +173,9 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 512
+	}
+	if cfg.MaxBatchSize <= 0 {
+		cfg.MaxBatchSize = 8 * cfg.BatchSize
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -369,9 +378,10 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 			return r.groupOf[topic].union
 		},
-		Gate:      r.gate,
-		BatchSize: r.cfg.BatchSize,
-		Logger:    wlog,
+		Gate:         r.gate,
+		BatchSize:    r.cfg.BatchSize,
+		MaxBatchSize: r.cfg.MaxBatchSize,
+		Logger:       wlog,
 	})
 	if err != nil {
 		return err

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -37,8 +36,14 @@ type LogSubscriberConfig struct {
 	Checkpoint func(ctx context.Context, topic string) (eventstore.Position, error)
 	// Filter returns the events topic wants. Optional: nil means every event.
 	Filter func(topic string) eventstore.Filter
-	// BatchSize is the most events put in one message. Default 512.
+	// BatchSize is the most events put in one message that is sent as soon as its first event
+	// is read. Default 512.
 	BatchSize int
+	// MaxBatchSize is the most events put in one message while the consumer is busy: the
+	// events read while it handles a message are collected into the next one, up to this many
+	// (catching up, batches grow to what the log yields while one is applied; live, they stay
+	// as small as what arrives). Default (or below BatchSize): BatchSize.
+	MaxBatchSize int
 	// RedeliveryDelay is the first pause before a nacked batch is delivered again; it doubles up
 	// to MaxRedeliveryDelay. Defaults 100ms and 30s.
 	RedeliveryDelay    time.Duration
@@ -58,6 +63,9 @@ type LogSubscriberConfig struct {
 func (c *LogSubscriberConfig) setDefaults() {
 	if c.BatchSize <= 0 {
 		c.BatchSize = 512
+	}
+	if c.MaxBatchSize < c.BatchSize {
+		c.MaxBatchSize = c.BatchSize
 	}
 	if c.RedeliveryDelay <= 0 {
 		c.RedeliveryDelay = 100 * time.Millisecond
@@ -220,30 +228,39 @@ func (s *LogSubscriber) run(ctx context.Context, topic string, after eventstore.
 }
 
 // deliver batches events into messages until the event channel closes or ctx is done. It returns
-// the position of the last acked event and whether any was acked.
+// the position of the last acked event and whether any was acked. While a message waits for
+// its ack, the events read meanwhile are collected into the next one (up to MaxBatchSize), so
+// the log is read while the consumer applies the previous batch.
 func (s *LogSubscriber) deliver(ctx context.Context, topic string, events <-chan eventstore.RecordedEvent, out chan<- *message.Message) (eventstore.Position, bool) {
 	var last eventstore.Position
 	acked := false
-	batch := make([]eventstore.RecordedEvent, 0, s.cfg.BatchSize)
+	// A fresh slice per message: the consumer may keep the events after the ack (for example
+	// for AfterCommit); the buffer is never reused.
+	var next []eventstore.RecordedEvent
 	for {
-		batch = batch[:0]
-		select {
-		case e, ok := <-events:
-			if !ok {
+		if len(next) == 0 {
+			select {
+			case e, ok := <-events:
+				if !ok {
+					return last, acked
+				}
+				next = append(make([]eventstore.RecordedEvent, 0, s.cfg.BatchSize), e)
+			case <-ctx.Done():
 				return last, acked
 			}
-			batch = append(batch, e)
-		case <-ctx.Done():
-			return last, acked
+		}
+		limit := s.cfg.BatchSize
+		if len(next) >= limit {
+			limit = s.cfg.MaxBatchSize
 		}
 	fill:
-		for len(batch) < s.cfg.BatchSize {
+		for len(next) < limit {
 			select {
 			case e, ok := <-events:
 				if !ok {
 					break fill
 				}
-				batch = append(batch, e)
+				next = append(next, e)
 			default:
 				break fill
 			}
@@ -252,38 +269,71 @@ func (s *LogSubscriber) deliver(ctx context.Context, topic string, events <-chan
 			// Ended (a gate closed by the consumer's last handler, say): deliver nothing more.
 			return last, acked
 		}
-		// A fresh slice per message: the consumer may keep the events after the ack (for
-		// example for AfterCommit); the buffer is not reused.
-		msg := newBatchMessage(slices.Clone(batch))
-		if !s.sendUntilAcked(ctx, msg, out) {
+		batch := next
+		next = nil
+		msg := newBatchMessage(batch)
+		if !s.sendUntilAcked(ctx, msg, out, events, &next) {
 			return last, acked
 		}
 		last, acked = batch[len(batch)-1].Position, true
 	}
 }
 
-// sendUntilAcked delivers msg and redelivers copies of it after nacks. It reports whether it was
-// acked before ctx ended.
-func (s *LogSubscriber) sendUntilAcked(ctx context.Context, msg *message.Message, out chan<- *message.Message) bool {
+// sendUntilAcked delivers msg and redelivers copies of it after nacks, collecting the events
+// that arrive meanwhile into *next (up to MaxBatchSize; none after the channel closed). It
+// reports whether msg was acked before ctx ended.
+func (s *LogSubscriber) sendUntilAcked(ctx context.Context, msg *message.Message, out chan<- *message.Message, events <-chan eventstore.RecordedEvent, next *[]eventstore.RecordedEvent) bool {
 	delay := s.cfg.RedeliveryDelay
+	collect := func() <-chan eventstore.RecordedEvent {
+		if len(*next) >= s.cfg.MaxBatchSize {
+			return nil
+		}
+		return events
+	}
+	add := func(e eventstore.RecordedEvent, ok bool) {
+		if !ok {
+			events = nil // closed: the caller delivers what it has, then sees the close
+			return
+		}
+		*next = append(*next, e)
+	}
 	for {
 		m := msg.Copy()
 		m.SetContext(context.WithValue(ctx, batchKey{}, msg.Context().Value(batchKey{})))
-		select {
-		case out <- m:
-		case <-ctx.Done():
-			return false
-		}
-		select {
-		case <-m.Acked():
-			return true
-		case <-m.Nacked():
-			if !sleep(ctx, delay) {
+	send:
+		for {
+			select {
+			case out <- m:
+				break send
+			case e, ok := <-collect():
+				add(e, ok)
+			case <-ctx.Done():
 				return false
 			}
-			delay = min(delay*2, s.cfg.MaxRedeliveryDelay)
-		case <-ctx.Done():
-			return false
+		}
+		var redeliver <-chan time.Time
+		for redeliver == nil {
+			select {
+			case <-m.Acked():
+				return true
+			case <-m.Nacked():
+				redeliver = time.After(delay)
+				delay = min(delay*2, s.cfg.MaxRedeliveryDelay)
+			case e, ok := <-collect():
+				add(e, ok)
+			case <-ctx.Done():
+				return false
+			}
+		}
+		for waiting := true; waiting; {
+			select {
+			case <-redeliver:
+				waiting = false
+			case e, ok := <-collect():
+				add(e, ok)
+			case <-ctx.Done():
+				return false
+			}
 		}
 	}
 }

@@ -111,3 +111,96 @@ func TestBatchesInProcess(t *testing.T) {
 		t.Fatalf("EncodeBatch round trip: %d events, %v", len(back), err)
 	}
 }
+
+// countingStore counts the events its subscriptions have handed over (each handle call that
+// returned), so a test can wait until the subscriber has read a given number.
+type countingStore struct {
+	eventstore.Store
+	handled chan struct{}
+}
+
+func (s countingStore) Subscribe(ctx context.Context, after eventstore.Position, f eventstore.Filter, handle func(eventstore.RecordedEvent) error) error {
+	return s.Store.Subscribe(ctx, after, f, func(e eventstore.RecordedEvent) error {
+		err := handle(e)
+		if err == nil {
+			s.handled <- struct{}{}
+		}
+		return err
+	})
+}
+
+// TestBatchGrowsWhileHandled checks that the events read while a message waits for its ack are
+// delivered in the next message, up to MaxBatchSize (beyond BatchSize), and that every event still
+// comes exactly once and in order.
+func TestBatchGrowsWhileHandled(t *testing.T) {
+	const total, batchSize, maxBatch = 60, 7, 20
+	st := countingStore{Store: openStore(t), handled: make(chan struct{}, total)}
+	appendN(t, st, "s-1", total)
+	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
+		Store:        st,
+		Checkpoint:   func(context.Context, string) (eventstore.Position, error) { return eventstore.Start, nil },
+		BatchSize:    batchSize,
+		MaxBatchSize: maxBatch,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	msgs, err := sub.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() (*message.Message, []eventstore.RecordedEvent) {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			batch, err := bus.DecodeBatch(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m, batch
+		case <-ctx.Done():
+			t.Fatal("no message")
+		}
+		return nil, nil
+	}
+	first, batch := next()
+	if len(batch) > batchSize {
+		t.Fatalf("first batch of %d events, BatchSize %d", len(batch), batchSize)
+	}
+	got := batch
+	// While the first is held, the subscriber collects maxBatch events and the channel between
+	// the store and it fills (batchSize more): wait until the store has handed all those over.
+	for range len(batch) + maxBatch + batchSize {
+		select {
+		case <-st.handled:
+		case <-ctx.Done():
+			t.Fatal("the subscriber stopped reading while a message was held")
+		}
+	}
+	first.Ack()
+	m, batch := next()
+	if len(batch) != maxBatch {
+		t.Fatalf("batch after a held one: %d events, want MaxBatchSize %d", len(batch), maxBatch)
+	}
+	got = append(got, batch...)
+	m.Ack()
+	for len(got) < total {
+		m, batch := next()
+		if len(batch) > maxBatch {
+			t.Fatalf("batch of %d events, MaxBatchSize %d", len(batch), maxBatch)
+		}
+		got = append(got, batch...)
+		m.Ack()
+	}
+	if len(got) != total {
+		t.Fatalf("%d events delivered, want %d", len(got), total)
+	}
+	for i, e := range got {
+		if string(e.Data) != fmt.Sprintf(`{"i":%d}`, i) {
+			t.Fatalf("event %d: %s", i, e.Data)
+		}
+	}
+}
