@@ -59,6 +59,7 @@ const parallelDecodeMin = 1024
 func decodeEvents(events []eventstore.RecordedEvent, runs bool) ([]decodedEvent, error) {
 	out := make([]decodedEvent, len(events))
 	decodePart := func(lo, hi int) error {
+		var ids *connection.BroadcastMessageIDs
 		for i := lo; i < hi; i++ {
 			connID, ev, ok, err := decodeConn(events[i])
 			if err != nil {
@@ -66,7 +67,7 @@ func decodeEvents(events []eventstore.RecordedEvent, runs bool) ([]decodedEvent,
 			}
 			out[i] = decodedEvent{connID: connID, ev: ev, ok: ok}
 			if mq, isQueued := ev.(connection.MessageQueued); isQueued && runs {
-				out[i].runnable = runnable(mq)
+				out[i].runnable = runnable(mq, &ids)
 			}
 		}
 		return nil

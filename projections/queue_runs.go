@@ -84,10 +84,16 @@ func chunkRun(connID string, bq connection.BroadcastQueued, qat int64) (*queueRu
 }
 
 // runnable reports whether mq can be held in a run: a broadcast message with the derived id, no
-// text of its own and a packable recipient.
-func runnable(mq connection.MessageQueued) bool {
-	return mq.BroadcastID != uuid.Nil && mq.Text == "" && packable(mq.Recipient) &&
-		mq.MessageID == connection.BroadcastMessageID(mq.BroadcastID, mq.BroadcastIndex)
+// text of its own and a packable recipient. *ids derives the ids of a broadcast's messages; it
+// is replaced when nil or of another broadcast (a batch holds long stretches of one broadcast).
+func runnable(mq connection.MessageQueued, ids **connection.BroadcastMessageIDs) bool {
+	if mq.BroadcastID == uuid.Nil || mq.Text != "" || !packable(mq.Recipient) {
+		return false
+	}
+	if *ids == nil || (*ids).Broadcast() != mq.BroadcastID {
+		*ids = connection.NewBroadcastMessageIDs(mq.BroadcastID)
+	}
+	return mq.MessageID == (*ids).ID(mq.BroadcastIndex)
 }
 
 // extends reports whether mq continues run r.
