@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -187,22 +186,50 @@ func scanEvents(rows pgx.Rows, n int) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
 	evs := make([]eventstore.RecordedEvent, 0, n)
 	for rows.Next() {
-		var e eventstore.RecordedEvent
-		var seq, rev int64
-		var data []byte
-		if err := rows.Scan(&e.Position.Commit, &seq, (*[16]byte)(&e.ID), &e.Stream, &rev, &e.Type, &data,
-			&e.Metadata.TenantID, &e.Metadata.Actor, &e.Metadata.CorrelationID, &e.Metadata.CausationID, &e.RecordedAt); err != nil {
+		e, err := scanEvent(rows)
+		if err != nil {
 			return nil, err
 		}
-		e.Position.Prepare = uint64(seq)
-		e.Revision = uint64(rev)
-		if len(data) > 0 {
-			e.Data = data
-		}
-		e.RecordedAt = e.RecordedAt.UTC()
 		evs = append(evs, e)
 	}
 	return evs, rows.Err()
+}
+
+// scanEventsIf scans rows of eventColumns followed by a boolean and keeps the events for which
+// keep, called with every event and its boolean, returns true.
+func scanEventsIf(rows pgx.Rows, n int, keep func(e eventstore.RecordedEvent, flag bool) bool) ([]eventstore.RecordedEvent, error) {
+	defer rows.Close()
+	evs := make([]eventstore.RecordedEvent, 0, n)
+	for rows.Next() {
+		var flag bool
+		e, err := scanEvent(rows, &flag)
+		if err != nil {
+			return nil, err
+		}
+		if keep(e, flag) {
+			evs = append(evs, e)
+		}
+	}
+	return evs, rows.Err()
+}
+
+// scanEvent scans the current row: eventColumns, then extra.
+func scanEvent(rows pgx.Rows, extra ...any) (eventstore.RecordedEvent, error) {
+	var e eventstore.RecordedEvent
+	var seq, rev int64
+	var data []byte
+	dest := append([]any{&e.Position.Commit, &seq, (*[16]byte)(&e.ID), &e.Stream, &rev, &e.Type, &data,
+		&e.Metadata.TenantID, &e.Metadata.Actor, &e.Metadata.CorrelationID, &e.Metadata.CausationID, &e.RecordedAt}, extra...)
+	if err := rows.Scan(dest...); err != nil {
+		return e, err
+	}
+	e.Position.Prepare = uint64(seq)
+	e.Revision = uint64(rev)
+	if len(data) > 0 {
+		e.Data = data
+	}
+	e.RecordedAt = e.RecordedAt.UTC()
+	return e, nil
 }
 
 // page is one step of a subscription's scan of the global log.
@@ -218,104 +245,82 @@ type page struct {
 	pending bool
 }
 
-// scanPage reads the next page after cursor. Unfiltered, it reads up to PageSize visible
-// events. Filtered, it first bounds the page at PageSize events of the whole log and then
-// fetches the matching ones within it, so a filter that rarely matches does not make every
-// wake-up rescan the log from the last matching event.
+// scanPage reads the next page after cursor: up to PageSize visible events of the whole log, in
+// one statement, of which it keeps those the filter selects (the others come without their
+// data), so a filter that rarely matches does not make every wake-up rescan the log from the
+// last matching event, and a filter that matches most events costs one index scan per page
+// (it used to cost two: one to find the page's end, OFFSET PageSize-1, then the fetch).
 //
 // Every page is read in a read-only transaction that leaves the planner only the primary key's
-// index (pagePlan): each statement then reads the page's entries in order and nothing more.
-// Left to its statistics, PostgreSQL planned them from estimates that are stale right after a
-// large append (a broadcast of 100,000 events, or a rebuild after an import): it read every
-// event past the cursor into a bitmap and sorted them, and the "anything held back" check
-// scanned the whole table, once per page, so catching up on N events cost O(N²) (issue 12's
-// catch-up profile: 50–400 ms per page of 5,000 on a table of 100,000 events).
-func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (pg page, err error) {
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return page{}, err
-	}
-	defer func() {
-		if rerr := tx.Rollback(ctx); err == nil && rerr != nil && !errors.Is(rerr, pgx.ErrTxClosed) {
-			err = rerr
-		}
-	}()
-	if _, err := tx.Exec(ctx, pagePlan); err != nil {
-		return page{}, err
-	}
+// index (pagePlan): the statement then reads the page's entries in order and nothing more.
+// Left to its statistics, PostgreSQL planned the page reads from estimates that are stale
+// right after a large append (a broadcast of 100,000 events, or a rebuild after an import): it
+// read every event past the cursor into a bitmap and sorted them, and the "anything held back"
+// check scanned the whole table, once per page, so catching up on N events cost O(N²) (issue
+// 12's catch-up profile: 50–400 ms per page of 5,000 on a table of 100,000 events).
+func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (page, error) {
 	n := s.opts.PageSize
-	if len(filter.StreamPrefixes) == 0 && len(filter.EventTypes) == 0 {
-		rows, err := tx.Query(ctx, `SELECT `+eventColumns+` FROM waqueue_events
-WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND `+visible+`
-ORDER BY tx_id, seq LIMIT $3`, cursor.Commit, clampSeq(cursor.Prepare), n)
-		if err != nil {
-			return page{}, err
-		}
-		evs, err := scanEvents(rows, n)
-		if err != nil {
-			return page{}, err
-		}
-		pg := page{events: evs, cursor: cursor, more: len(evs) == n}
-		if len(evs) > 0 {
-			pg.cursor = evs[len(evs)-1].Position
-		}
-		if !pg.more {
-			// Anything past the cursor now is either held back or committed since the read.
-			var last *uint64
-			var lastSeq *int64
-			if err := tx.QueryRow(ctx, lastEvent).Scan(&last, &lastSeq); err != nil {
-				return page{}, err
-			}
-			pg.pending = last != nil && pg.cursor.Less(eventstore.Position{Commit: *last, Prepare: uint64(*lastSeq)})
-		}
-		return pg, nil
+	args := []any{cursor.Commit, clampSeq(cursor.Prepare), n}
+	match := "true"
+	if cond := filterSQL(filter, &args); cond != "" {
+		match = strings.TrimPrefix(cond, " AND ")
 	}
+	// One round trip: the transaction, its planner settings, the page and the log's last event
+	// are sent together. A connection left inside the transaction by an error is not reused (the
+	// pool discards it).
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN READ ONLY`)
+	b.Queue(pagePlan)
+	b.Queue(`SELECT tx_id, seq, id, stream, revision, type, CASE WHEN `+match+` THEN data END,
+tenant_id, actor, correlation_id, causation_id, recorded_at, `+match+`
+FROM waqueue_events WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND `+visible+`
+ORDER BY tx_id, seq LIMIT $3`, args...)
+	b.Queue(lastEvent)
+	b.Queue(`COMMIT`)
+	br := s.pool.SendBatch(ctx, b)
+	pg, err := readPage(br, cursor, n)
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return page{}, err
+	}
+	return pg, nil
+}
 
-	// The horizon, the log's last event and, if the page would be full, its last position, in
-	// one snapshot.
-	var xmin uint64
-	var lastCommit, endCommit *uint64
-	var lastSeq, endSeq *int64
-	err = tx.QueryRow(ctx, `
-SELECT h.xmin, p.tx_id, p.seq, e.tx_id, e.seq
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
-LEFT JOIN LATERAL (
-  SELECT tx_id, seq FROM waqueue_events
-  WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND tx_id < h.xmin
-  ORDER BY tx_id, seq OFFSET $3 LIMIT 1) p ON true
-LEFT JOIN LATERAL (
-  SELECT tx_id, seq FROM waqueue_events ORDER BY tx_id DESC, seq DESC LIMIT 1) e ON true`,
-		cursor.Commit, clampSeq(cursor.Prepare), n-1).Scan(&xmin, &lastCommit, &lastSeq, &endCommit, &endSeq)
+// readPage reads the results of scanPage's batch.
+func readPage(br pgx.BatchResults, cursor eventstore.Position, n int) (page, error) {
+	for range 2 { // BEGIN, pagePlan
+		if _, err := br.Exec(); err != nil {
+			return page{}, err
+		}
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return page{}, err
 	}
-	// Held back: an event past the cursor at or above the horizon. If there is one, the log's
-	// last event is one.
-	pending := endCommit != nil && *endCommit >= xmin && cursor.Less(eventstore.Position{Commit: *endCommit, Prepare: uint64(*endSeq)})
-	var bound eventstore.Position
-	if lastCommit != nil {
-		bound = eventstore.Position{Commit: *lastCommit, Prepare: uint64(*lastSeq)}
-		pg.more = true
-	} else {
-		// Everything below the horizon: every transaction id below xmin has ended.
-		bound = eventstore.Position{Commit: xmin - 1, Prepare: math.MaxInt64}
-		pg.pending = pending
-	}
-	if !cursor.Less(bound) {
-		return page{cursor: cursor, pending: pending}, nil
-	}
-	args := []any{cursor.Commit, clampSeq(cursor.Prepare), bound.Commit, clampSeq(bound.Prepare)}
-	cond := filterSQL(filter, &args)
-	rows, err := tx.Query(ctx, `SELECT `+eventColumns+` FROM waqueue_events
-WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND (tx_id, seq) <= ($3::xid8, $4::bigint)`+cond+`
-ORDER BY tx_id, seq`, args...)
+	pg := page{cursor: cursor}
+	scanned := 0
+	pg.events, err = scanEventsIf(rows, n, func(e eventstore.RecordedEvent, matched bool) bool {
+		scanned++
+		pg.cursor = e.Position
+		return matched
+	})
 	if err != nil {
 		return page{}, err
 	}
-	if pg.events, err = scanEvents(rows, 0); err != nil {
+	var last *uint64
+	var lastSeq *int64
+	if err := br.QueryRow().Scan(&last, &lastSeq); err != nil {
 		return page{}, err
 	}
-	pg.cursor = bound
+	if _, err := br.Exec(); err != nil { // COMMIT
+		return page{}, err
+	}
+	pg.more = scanned == n
+	// Anything past the cursor of a page that is not full is either held back by an older open
+	// transaction or committed since the read.
+	pg.pending = !pg.more && last != nil && pg.cursor.Less(eventstore.Position{Commit: *last, Prepare: uint64(*lastSeq)})
 	return pg, nil
 }
 
