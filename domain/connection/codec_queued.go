@@ -1,6 +1,7 @@
 package connection
 
 import (
+	"bytes"
 	"time"
 	"unicode/utf8"
 
@@ -103,25 +104,25 @@ func (r *fastReader) plainString() ([]byte, bool) {
 	if !r.byte('"') {
 		return nil, false
 	}
-	start := r.i
+	n := bytes.IndexByte(r.b[r.i:], '"')
+	if n < 0 {
+		return nil, false
+	}
+	str := r.b[r.i : r.i+n]
 	ascii := true
-	for ; r.i < len(r.b); r.i++ {
-		c := r.b[r.i]
-		switch {
-		case c == '"':
-			s := r.b[start:r.i]
-			r.i++
-			if !ascii && !utf8.Valid(s) {
-				return nil, false
-			}
-			return s, true
-		case c == '\\' || c < 0x20:
+	for _, c := range str {
+		if c < 0x20 || c == '\\' {
 			return nil, false
-		case c >= utf8.RuneSelf:
+		}
+		if c >= utf8.RuneSelf {
 			ascii = false
 		}
 	}
-	return nil, false
+	if !ascii && !utf8.Valid(str) {
+		return nil, false
+	}
+	r.i += n + 1
+	return str, true
 }
 
 func (r *fastReader) text() (string, bool) {
