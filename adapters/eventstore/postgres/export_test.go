@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"strings"
 	"sync"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
@@ -85,3 +86,41 @@ const (
 	SQLPendingAfter = sqlPendingAfter
 	SQLHorizon      = sqlHorizon
 )
+
+// ExplainPage returns the plan PostgreSQL makes for a subscription's first page under filter,
+// with the planner settings every page read uses (pagePlan), and the plans of the log's last
+// event, one per line.
+func (s *Store) ExplainPage(ctx context.Context, filter eventstore.Filter) (string, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, pagePlan); err != nil {
+		return "", err
+	}
+	query, args := pageQuery(eventstore.Start, filter, s.opts.PageSize)
+	var plan strings.Builder
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{{query, args}, {lastEvent, nil}} {
+		rows, err := tx.Query(ctx, "EXPLAIN "+q.sql, q.args...)
+		if err != nil {
+			return "", err
+		}
+		for rows.Next() {
+			var line string
+			if err := rows.Scan(&line); err != nil {
+				rows.Close()
+				return "", err
+			}
+			plan.WriteString(line + "\n")
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return "", err
+		}
+	}
+	return plan.String(), nil
+}

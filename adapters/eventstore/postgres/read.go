@@ -260,21 +260,14 @@ type page struct {
 // 12's catch-up profile: 50–400 ms per page of 5,000 on a table of 100,000 events).
 func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (page, error) {
 	n := s.opts.PageSize
-	args := []any{cursor.Commit, clampSeq(cursor.Prepare), n}
-	match := "true"
-	if cond := filterSQL(filter, &args); cond != "" {
-		match = strings.TrimPrefix(cond, " AND ")
-	}
+	query, args := pageQuery(cursor, filter, n)
 	// One round trip: the transaction, its planner settings, the page and the log's last event
 	// are sent together. A connection left inside the transaction by an error is not reused (the
 	// pool discards it).
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN READ ONLY`)
 	b.Queue(pagePlan)
-	b.Queue(`SELECT tx_id, seq, id, stream, revision, type, CASE WHEN `+match+` THEN data END,
-tenant_id, actor, correlation_id, causation_id, recorded_at, `+match+`
-FROM waqueue_events WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND `+visible+`
-ORDER BY tx_id, seq LIMIT $3`, args...)
+	b.Queue(query, args...)
 	b.Queue(lastEvent)
 	b.Queue(`COMMIT`)
 	br := s.pool.SendBatch(ctx, b)
@@ -286,6 +279,20 @@ ORDER BY tx_id, seq LIMIT $3`, args...)
 		return page{}, err
 	}
 	return pg, nil
+}
+
+// pageQuery is the statement of a page of n events after cursor: eventColumns (data only of the
+// events filter selects) and whether filter selects the event.
+func pageQuery(cursor eventstore.Position, filter eventstore.Filter, n int) (string, []any) {
+	args := []any{cursor.Commit, clampSeq(cursor.Prepare), n}
+	match := "true"
+	if cond := filterSQL(filter, &args); cond != "" {
+		match = strings.TrimPrefix(cond, " AND ")
+	}
+	return `SELECT tx_id, seq, id, stream, revision, type, CASE WHEN ` + match + ` THEN data END,
+tenant_id, actor, correlation_id, causation_id, recorded_at, ` + match + `
+FROM waqueue_events WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND ` + visible + `
+ORDER BY tx_id, seq LIMIT $3`, args
 }
 
 // readPage reads the results of scanPage's batch.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -278,4 +279,37 @@ func TestConformanceGroupCommit(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, clock eventstore.Clock) eventstore.Store {
 		return openStore(t, url, postgres.Options{Clock: clock, GroupCommitters: 4})
 	}, storetest.Options{Short: testing.Short(), ReportsExisting: true})
+}
+
+// TestPageReadsIgnoreStaleStatistics checks that a subscription page is read by an index scan
+// of the global order even when the table's statistics say it is empty (as right after a large
+// append, before autovacuum has analysed it): planned from those estimates, PostgreSQL read
+// every event past the cursor into a bitmap and sorted them, for every page, so catching up on
+// N events cost O(N²) (issue 12's catch-up profile).
+func TestPageReadsIgnoreStaleStatistics(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	st := openStore(t, pgtest.URL(t), postgres.Options{})
+	for _, q := range []string{`ALTER TABLE waqueue_events SET (autovacuum_enabled = false)`, `ANALYZE waqueue_events`} {
+		if _, err := st.Pool().Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Append(ctx, "s-1", eventstore.NoStream, events(30_000, "T")...); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []eventstore.Filter{{}, {StreamPrefixes: []string{"s-"}, EventTypes: []string{"T"}}} {
+		plan, err := st.ExplainPage(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(plan, "Index Scan using waqueue_events_pkey") && !strings.Contains(plan, "Index Only Scan") {
+			t.Errorf("filter %+v: no index scan of the global order:\n%s", f, plan)
+		}
+		for _, bad := range []string{"Sort", "Bitmap", "Seq Scan"} {
+			if strings.Contains(plan, bad) {
+				t.Errorf("filter %+v: the plan has a %s:\n%s", f, bad, plan)
+			}
+		}
+	}
 }
