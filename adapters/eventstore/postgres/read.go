@@ -185,12 +185,12 @@ func (s *Store) queryN(ctx context.Context, n int, q string, args ...any) ([]eve
 func scanEvents(rows pgx.Rows, n int) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
 	evs := make([]eventstore.RecordedEvent, 0, n)
+	var r eventRow // reused: pgx copies every value out of its buffer
 	for rows.Next() {
-		e, err := scanEvent(rows)
-		if err != nil {
+		if err := r.scan(rows, false); err != nil {
 			return nil, err
 		}
-		evs = append(evs, e)
+		evs = append(evs, r.event())
 	}
 	return evs, rows.Err()
 }
@@ -200,36 +200,51 @@ func scanEvents(rows pgx.Rows, n int) ([]eventstore.RecordedEvent, error) {
 func scanEventsIf(rows pgx.Rows, n int, keep func(e eventstore.RecordedEvent, flag bool) bool) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
 	evs := make([]eventstore.RecordedEvent, 0, n)
+	var r eventRow
 	for rows.Next() {
-		var flag bool
-		e, err := scanEvent(rows, &flag)
-		if err != nil {
+		if err := r.scan(rows, true); err != nil {
 			return nil, err
 		}
-		if keep(e, flag) {
+		if e := r.event(); keep(e, r.flag) {
 			evs = append(evs, e)
 		}
 	}
 	return evs, rows.Err()
 }
 
-// scanEvent scans the current row: eventColumns, then extra.
-func scanEvent(rows pgx.Rows, extra ...any) (eventstore.RecordedEvent, error) {
-	var e eventstore.RecordedEvent
-	var seq, rev int64
-	var data []byte
-	dest := append([]any{&e.Position.Commit, &seq, (*[16]byte)(&e.ID), &e.Stream, &rev, &e.Type, &data,
-		&e.Metadata.TenantID, &e.Metadata.Actor, &e.Metadata.CorrelationID, &e.Metadata.CausationID, &e.RecordedAt}, extra...)
-	if err := rows.Scan(dest...); err != nil {
-		return e, err
+// eventRow holds the scan destinations of one row of eventColumns (and a boolean after them).
+type eventRow struct {
+	e         eventstore.RecordedEvent
+	seq, rev  int64
+	data      []byte
+	flag      bool
+	dest      []any
+	destsFlag []any
+}
+
+func (r *eventRow) scan(rows pgx.Rows, withFlag bool) error {
+	if r.dest == nil {
+		r.dest = []any{&r.e.Position.Commit, &r.seq, (*[16]byte)(&r.e.ID), &r.e.Stream, &r.rev, &r.e.Type, &r.data,
+			&r.e.Metadata.TenantID, &r.e.Metadata.Actor, &r.e.Metadata.CorrelationID, &r.e.Metadata.CausationID, &r.e.RecordedAt}
+		r.destsFlag = append(r.dest[:len(r.dest):len(r.dest)], &r.flag)
 	}
-	e.Position.Prepare = uint64(seq)
-	e.Revision = uint64(rev)
-	if len(data) > 0 {
-		e.Data = data
+	if withFlag {
+		return rows.Scan(r.destsFlag...)
+	}
+	return rows.Scan(r.dest...)
+}
+
+// event returns the event scanned last.
+func (r *eventRow) event() eventstore.RecordedEvent {
+	e := r.e
+	e.Position.Prepare = uint64(r.seq)
+	e.Revision = uint64(r.rev)
+	e.Data = nil
+	if len(r.data) > 0 {
+		e.Data = r.data
 	}
 	e.RecordedAt = e.RecordedAt.UTC()
-	return e, nil
+	return e
 }
 
 // page is one step of a subscription's scan of the global log.
