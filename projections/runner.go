@@ -90,13 +90,12 @@ type RunnerConfig struct {
 	Projections []Projection
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
-	// BatchSize is the most events applied in one transaction while the projections keep up
-	// with the log. Default 512.
+	// BatchSize sets the default of MaxBatchSize (8 × BatchSize). Default 512.
 	BatchSize int
-	// MaxBatchSize is the most events applied in one transaction while they catch up: the
-	// events read from the log while a batch is applied are collected into the next one, up to
-	// this many (bus.LogSubscriberConfig.MaxBatchSize), so a catch-up commits a few large
-	// transactions instead of one per BatchSize events. Default 8 × BatchSize.
+	// MaxBatchSize is the most events applied in one transaction: a batch is every event read
+	// from the log and not yet applied, up to this many, and the log is read while a batch is
+	// applied (bus.LogSubscriberConfig.MaxBatchSize). Live, batches are as small as what
+	// arrives; catching up, a few large transactions commit instead of one per page read.
 	MaxBatchSize int
 	// Middleware is added to the watermill router (for example metrics). Optional.
 	Middleware []message.HandlerMiddleware

@@ -36,13 +36,14 @@ type LogSubscriberConfig struct {
 	Checkpoint func(ctx context.Context, topic string) (eventstore.Position, error)
 	// Filter returns the events topic wants. Optional: nil means every event.
 	Filter func(topic string) eventstore.Filter
-	// BatchSize is the most events put in one message that is sent as soon as its first event
-	// is read. Default 512.
+	// BatchSize is the most events put in one message when MaxBatchSize is not larger.
+	// Default 512.
 	BatchSize int
-	// MaxBatchSize is the most events put in one message while the consumer is busy: the
-	// events read while it handles a message are collected into the next one, up to this many
-	// (catching up, batches grow to what the log yields while one is applied; live, they stay
-	// as small as what arrives). Default (or below BatchSize): BatchSize.
+	// MaxBatchSize is the most events put in one message: a message takes every event read
+	// and not yet delivered, up to this many, and the events read while the consumer handles a
+	// message are collected into the next one. Catching up, batches grow to what the log
+	// yields while one is applied; live, they stay as small as what arrives. It is also how
+	// many events the subscriber reads ahead. Default (or below BatchSize): BatchSize.
 	MaxBatchSize int
 	// RedeliveryDelay is the first pause before a nacked batch is delivered again; it doubles up
 	// to MaxRedeliveryDelay. Defaults 100ms and 30s.
@@ -192,7 +193,7 @@ func (s *LogSubscriber) run(ctx context.Context, topic string, after eventstore.
 	backoff := s.cfg.RedeliveryDelay
 	for ctx.Err() == nil {
 		subCtx, stop := context.WithCancel(ctx)
-		events := make(chan eventstore.RecordedEvent, s.cfg.BatchSize)
+		events := make(chan eventstore.RecordedEvent, s.cfg.MaxBatchSize)
 		subErr := make(chan error, 1)
 		go func() {
 			defer close(events)
@@ -249,12 +250,8 @@ func (s *LogSubscriber) deliver(ctx context.Context, topic string, events <-chan
 				return last, acked
 			}
 		}
-		limit := s.cfg.BatchSize
-		if len(next) >= limit {
-			limit = s.cfg.MaxBatchSize
-		}
 	fill:
-		for len(next) < limit {
+		for len(next) < s.cfg.MaxBatchSize {
 			select {
 			case e, ok := <-events:
 				if !ok {

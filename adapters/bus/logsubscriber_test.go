@@ -130,10 +130,10 @@ func (s countingStore) Subscribe(ctx context.Context, after eventstore.Position,
 }
 
 // TestBatchGrowsWhileHandled checks that the events read while a message waits for its ack are
-// delivered in the next message, up to MaxBatchSize (beyond BatchSize), and that every event still
-// comes exactly once and in order.
+// delivered in the next message, up to MaxBatchSize (beyond BatchSize), that no message holds
+// more, and that every event still comes exactly once and in order.
 func TestBatchGrowsWhileHandled(t *testing.T) {
-	const total, batchSize, maxBatch = 60, 7, 20
+	const total, batchSize, maxBatch = 70, 7, 20
 	st := countingStore{Store: openStore(t), handled: make(chan struct{}, total)}
 	appendN(t, st, "s-1", total)
 	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
@@ -167,13 +167,13 @@ func TestBatchGrowsWhileHandled(t *testing.T) {
 		return nil, nil
 	}
 	first, batch := next()
-	if len(batch) > batchSize {
-		t.Fatalf("first batch of %d events, BatchSize %d", len(batch), batchSize)
+	if len(batch) > maxBatch {
+		t.Fatalf("first batch of %d events, MaxBatchSize %d", len(batch), maxBatch)
 	}
 	got := batch
 	// While the first is held, the subscriber collects maxBatch events and the channel between
-	// the store and it fills (batchSize more): wait until the store has handed all those over.
-	for range len(batch) + maxBatch + batchSize {
+	// the store and it fills (maxBatch more): wait until the store has handed all those over.
+	for range len(batch) + 2*maxBatch {
 		select {
 		case <-st.handled:
 		case <-ctx.Done():

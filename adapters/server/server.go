@@ -125,7 +125,8 @@ type Options struct {
 	Now func() time.Time
 	// BootstrapOut receives the first admin key when one is created. Default os.Stdout.
 	BootstrapOut io.Writer
-	// ProjectionBatch is the most events a projection applies per transaction. Default 512.
+	// ProjectionBatch is the projections' RunnerConfig.BatchSize: a transaction applies up to 8× as
+	// many (what has been read and not yet applied) while they catch up. Default 512.
 	ProjectionBatch int
 	// GroupCommit is how many shared transactions the PostgreSQL event store runs at once to
 	// group concurrent single-event appends (postgres.Options.GroupCommitters). Zero means
