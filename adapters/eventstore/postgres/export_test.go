@@ -81,16 +81,10 @@ func (s *Store) GroupsRunning() int {
 	return s.group.running
 }
 
-// The queries of a subscription's live wake-ups (read.go).
-const (
-	SQLPendingAfter = sqlPendingAfter
-	SQLHorizon      = sqlHorizon
-)
-
-// ExplainPage returns the plan PostgreSQL makes for a subscription's first page under filter,
-// with the planner settings every page read uses (pagePlan), and the plans of the log's last
-// event, one per line.
-func (s *Store) ExplainPage(ctx context.Context, filter eventstore.Filter) (string, error) {
+// ExplainPage returns the plan PostgreSQL makes for a subscription's page after cursor under
+// filter, with the planner settings every page read uses (pagePlan), and the plan of the log's
+// last event (the held-back check), one line each.
+func (s *Store) ExplainPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (string, error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return "", err
@@ -99,7 +93,7 @@ func (s *Store) ExplainPage(ctx context.Context, filter eventstore.Filter) (stri
 	if _, err := tx.Exec(ctx, pagePlan); err != nil {
 		return "", err
 	}
-	query, args := pageQuery(eventstore.Start, filter, s.opts.PageSize)
+	query, args := pageQuery(cursor, filter, s.opts.PageSize)
 	var plan strings.Builder
 	for _, q := range []struct {
 		sql  string

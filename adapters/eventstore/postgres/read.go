@@ -447,19 +447,3 @@ func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter
 		}
 	}
 }
-
-// The live wake-up queries of main's TestLiveWakeUpPlansUseTheIndex (kept until the page
-// reads replace them).
-const (
-	sqlPendingAfter = `SELECT coalesce((SELECT (tx_id, seq) > ($1::xid8, $2::bigint) FROM waqueue_events
-ORDER BY tx_id DESC, seq DESC LIMIT 1), false)`
-	sqlHorizon = `
-SELECT h.xmin, p.tx_id, p.seq,
-       coalesce((SELECT tx_id >= h.xmin AND (tx_id, seq) > ($1::xid8, $2::bigint) FROM waqueue_events
-         ORDER BY tx_id DESC, seq DESC LIMIT 1), false)
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
-LEFT JOIN LATERAL (
-  SELECT tx_id, seq FROM waqueue_events
-  WHERE (tx_id, seq) > ($1::xid8, $2::bigint) AND tx_id < h.xmin
-  ORDER BY tx_id, seq OFFSET $3 LIMIT 1) p ON true`
-)

@@ -299,7 +299,7 @@ func TestPageReadsIgnoreStaleStatistics(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range []eventstore.Filter{{}, {StreamPrefixes: []string{"s-"}, EventTypes: []string{"T"}}} {
-		plan, err := st.ExplainPage(ctx, f)
+		plan, err := st.ExplainPage(ctx, eventstore.Start, f)
 		if err != nil {
 			t.Fatal(err)
 		}
