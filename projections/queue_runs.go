@@ -569,3 +569,76 @@ func mergeBySeq(a, b []PendingMessage, limit int) []PendingMessage {
 	}
 	return out
 }
+
+// PendingWindow returns connID's pending messages (as Pending: queued, not dispatched, not
+// purged by a clear) whose Seq lies in [seq, seq+n), in Seq order, in one statement. It reads at
+// most n rows of each table whatever the queue's length and the planner's statistics (the range is
+// bounded on both ends, unlike NextPending's ORDER BY … LIMIT): the rows in the range, and the
+// positions of the runs that overlap it (the one holding seq and those starting in the range). A
+// position missing from the answer holds no pending message (yet). The dispatcher reads a connection's next
+// messages this way once per window instead of one point read per message (issue 12).
+func (q *Queue) PendingWindow(ctx context.Context, db *DB, connID string, seq uint64, n int) ([]PendingMessage, error) {
+	if n <= 0 || seq == 0 {
+		return nil, nil
+	}
+	end := int64(seq) + int64(n)
+	var rows *sql.Rows
+	var err error
+	if db.Dialect == Postgres {
+		rows, err = db.QueryContext(ctx, pendingWindowQuery, connID, int64(seq), end)
+	} else {
+		stmt, perr := q.prepared(ctx, db, pendingWindowQuery)
+		if perr != nil {
+			return nil, perr
+		}
+		rows, err = stmt.QueryContext(ctx, connID, int64(seq), end)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("projections: pending window %q/%d+%d: %w", connID, seq, n, err)
+	}
+	defer rows.Close()
+	var out []PendingMessage
+	for rows.Next() {
+		var s, kind, exp, qat, idx int64
+		var mid, bid string
+		p := PendingMessage{ConnectionID: connID}
+		if err := rows.Scan(&s, &kind, &mid, &bid, &p.Recipient, &p.Text, &exp, &qat, &idx); err != nil {
+			return nil, err
+		}
+		if p.BroadcastID, err = parseID(bid); err != nil {
+			return nil, err
+		}
+		if kind == 1 {
+			p.MessageID = connection.BroadcastMessageID(p.BroadcastID, int(idx))
+			p.Recipient = strings.TrimRight(p.Recipient, " ")
+		} else if p.MessageID, err = uuid.Parse(mid); err != nil {
+			return nil, err
+		}
+		p.Seq, p.ExpiresAt, p.QueuedAt = uint64(s), fromUS(exp), fromUS(qat)
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("projections: pending window %q/%d+%d: %w", connID, seq, n, err)
+	}
+	return out, nil
+}
+
+// pendingWindowQuery reads the pending messages at $2 … $3-1 of connection $1: pendingAtQuery
+// over a range (w enumerates the range for the runs' positions).
+const pendingWindowQuery = `WITH RECURSIVE w(seq) AS (SELECT CAST($2 AS BIGINT) UNION ALL SELECT seq + 1 FROM w WHERE seq + 1 < $3)
+SELECT x.seq, x.kind, x.message_id, x.broadcast_id, x.recipient, x.text, x.expires_at_us, x.queued_at_us, x.idx FROM (
+SELECT m.seq AS seq, 0 AS kind, m.message_id, m.broadcast_id, m.recipient,
+  CASE WHEN m.text = '' AND b.text IS NOT NULL THEN b.text ELSE m.text END AS text, m.expires_at_us, m.queued_at_us, 0 AS idx
+FROM queue_messages m LEFT JOIN queue_broadcasts b ON b.conn_id = m.conn_id AND b.broadcast_id = m.broadcast_id
+WHERE m.conn_id = $1 AND m.seq >= $2 AND m.seq < $3 AND m.dispatched_at_us = 0
+UNION ALL
+SELECT w.seq, 1, '', r.broadcast_id, substr(r.recipients, CAST((w.seq - r.first_seq) * 16 + 1 AS INTEGER), 16), COALESCE(b.text, ''),
+  r.expires_at_us, r.queued_at_us, r.first_index + w.seq - r.first_seq
+FROM (SELECT * FROM (SELECT * FROM queue_runs WHERE conn_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1) r0
+  UNION ALL SELECT * FROM queue_runs WHERE conn_id = $1 AND first_seq > $2 AND first_seq < $3) r
+JOIN w ON w.seq <= r.last_seq AND w.seq >= r.live_from
+LEFT JOIN queue_broadcasts b ON b.conn_id = r.conn_id AND b.broadcast_id = r.broadcast_id
+WHERE NOT EXISTS (SELECT 1 FROM queue_run_gone g WHERE g.conn_id = $1 AND g.seq = w.seq)
+) x WHERE x.seq > COALESCE((SELECT c.purged_upto FROM queue_conns c WHERE c.conn_id = $1), 0)
+AND NOT EXISTS (SELECT 1 FROM queue_purges p WHERE p.conn_id = $1 AND p.from_seq <= x.seq AND p.to_seq >= x.seq)
+ORDER BY x.seq`

@@ -439,6 +439,45 @@ func (h *runsHistory) compare(when string) {
 			if errors.Is(err1, projections.ErrNotFound) != errors.Is(err2, projections.ErrNotFound) || !reflect.DeepEqual(p1, p2) {
 				h.t.Fatalf("%s: Pending(%s, %d)\nruns: %+v %v\nrows: %+v %v", when, id, seq, p1, err1, p2, err2)
 			}
+			// PendingWindow (the dispatcher's read ahead) answers, for every position of its
+			// range up to the last it returns, what Pending answers: no message missing, none
+			// extra, none different; and it returns the one at seq whenever Pending does.
+			if h.rng.IntN(4) != 0 {
+				continue // sampled: each check reads every position of the window
+			}
+			n := 1 + h.rng.IntN(20)
+			for _, db := range []struct {
+				q  *projections.Queue
+				db *projections.DB
+			}{{h.runs, h.e.db}, {h.perRow, h.rows}} {
+				win, err := db.q.PendingWindow(ctx, db.db, key, seq, n)
+				if err != nil {
+					h.t.Fatalf("%s: PendingWindow(%s, %d, %d): %v", when, id, seq, n, err)
+				}
+				if (err2 == nil) != (len(win) > 0 && win[0].Seq == seq) {
+					h.t.Fatalf("%s: PendingWindow(%s, %d, %d) = %v; Pending found it: %v", when, id, seq, n, seqs(win), err2 == nil)
+				}
+				next := 0
+				for s := seq; len(win) > 0 && s <= win[len(win)-1].Seq; s++ {
+					want, err := h.perRow.Pending(ctx, h.rows, key, s)
+					if errors.Is(err, projections.ErrNotFound) {
+						if next < len(win) && win[next].Seq == s {
+							h.t.Fatalf("%s: PendingWindow(%s, %d, %d) holds %d, not pending", when, id, seq, n, s)
+						}
+						continue
+					}
+					if err != nil {
+						h.t.Fatal(err)
+					}
+					if next >= len(win) || !reflect.DeepEqual(win[next], want) {
+						h.t.Fatalf("%s: PendingWindow(%s, %d, %d) at %d: %v, want %+v", when, id, seq, n, s, seqs(win), want)
+					}
+					next++
+				}
+				if len(win) > 0 && win[len(win)-1].Seq >= seq+uint64(n) {
+					h.t.Fatalf("%s: PendingWindow(%s, %d, %d) = %v past its range", when, id, seq, n, seqs(win))
+				}
+			}
 		}
 		f1, err1 := h.runs.InFlight(ctx, h.e.db, key)
 		f2, err2 := h.perRow.InFlight(ctx, h.rows, key)

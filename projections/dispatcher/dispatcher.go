@@ -175,6 +175,8 @@ type connState struct {
 	day        time.Time // the local day counted (start instant)
 	dayCount   int       // dispatches of that day
 	lagBackoff time.Duration
+	// window: the next messages of the queue, read ahead (see window); dropped when the loop ends.
+	window window
 }
 
 // New validates cfg, applies its defaults and returns a Dispatcher (not yet running).
@@ -199,7 +201,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	repo := cfg.Repository
 	var errs []error
 	must := func(err error) { errs = append(errs, err) }
-	d.dispatch, err = commands.NewDispatchNextHandler(repo, cfg.Messages, now)
+	d.dispatch, err = commands.NewDispatchNextHandler(repo, windowed{inner: cfg.Messages}, now)
 	must(err)
 	d.sent, err = commands.NewRecordSentHandler(repo, now)
 	must(err)

@@ -29,6 +29,7 @@ func (d *Dispatcher) loop(ctx context.Context, connID string, st *connState) {
 			continue
 		}
 		st.running = false
+		st.window = window{} // only connections being worked hold messages read ahead
 		d.loops--
 		d.m.activeLoops.Dec()
 		d.notifyLocked()
@@ -92,7 +93,7 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	d.mu.Lock()
 	st.dirty = false // a wake from here on is seen by the next turn
 	d.mu.Unlock()
-	res, err := d.dispatch.Handle(pctx, commands.DispatchNext{ConnectionID: connID, Epoch: epoch, Head: st.head})
+	res, err := d.dispatch.Handle(withWindow(pctx, &st.window), commands.DispatchNext{ConnectionID: connID, Epoch: epoch, Head: st.head})
 	st.head = commands.QueuedMessage{}
 	var nd *commands.NotDispatchableError
 	switch {

@@ -55,6 +55,23 @@ func (m QueueMessages) QueuedMessage(ctx context.Context, connID string, seq uin
 		BroadcastID: p.BroadcastID, ExpiresAt: p.ExpiresAt}, nil
 }
 
+// QueuedWindow returns the pending messages at seq … seq+n-1 that the projection shows, in Seq
+// order (Queue.PendingWindow: one statement, at most n rows read per table). The dispatcher's
+// loop reads a connection's next messages this way and serves its next dispatches from memory
+// (see window).
+func (m QueueMessages) QueuedWindow(ctx context.Context, connID string, seq uint64, n int) ([]commands.QueuedMessage, error) {
+	ps, err := m.Queue.PendingWindow(ctx, m.DB, connID, seq, n)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: pending messages %q/%d+%d: %w", connID, seq, n, err)
+	}
+	out := make([]commands.QueuedMessage, len(ps))
+	for i, p := range ps {
+		out[i] = commands.QueuedMessage{MessageID: p.MessageID, Seq: p.Seq, Recipient: p.Recipient, Text: p.Text,
+			BroadcastID: p.BroadcastID, ExpiresAt: p.ExpiresAt}
+	}
+	return out, nil
+}
+
 // MessageLocator finds the queue position of one of a connection's messages, for receipts.
 // It returns an error matching projections.ErrNotFound (or any error) when it does not know it.
 type MessageLocator interface {
