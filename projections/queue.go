@@ -98,6 +98,26 @@ type queueBatch struct {
 	lastSeq  map[string]uint64
 	bcast    map[[2]string]int64
 	touched  map[string]int64
+	// flying: messages taken from a run by a MessageDispatched of this batch whose in-flight
+	// row is not inserted yet (flushFlying), by connection and Seq. An acknowledgement in the
+	// same batch ends it without the row ever being written: no INSERT and no DELETE (issue 12:
+	// at 1,000 sending connections a message's dispatch and its MessageSent often share a batch).
+	flying    map[flyKey]int
+	flyRows   []flyRow
+	flyingLen int // rows of flyRows still to insert
+}
+
+type flyKey struct {
+	conn string
+	seq  uint64
+}
+
+type flyRow struct {
+	conn         string
+	seq          uint64
+	m            runMember
+	dispatchedAt int64
+	ended        bool
 }
 
 // maxInsertRows bounds a multi-row INSERT (9 parameters a row, under every engine's limit).
@@ -160,7 +180,30 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 	if err := b.flushRows(ctx); err != nil {
 		return err
 	}
+	if err := b.flushFlying(ctx); err != nil {
+		return err
+	}
 	return b.flushCounters(ctx)
+}
+
+// flushFlying inserts the in-flight rows of the messages taken from runs in this batch and not
+// acknowledged in it, in one statement.
+func (b *queueBatch) flushFlying(ctx context.Context) error {
+	if b.flyingLen > 0 {
+		rs := newRowSet("", int64(0), "", "", "", int64(0), int64(0), int64(0))
+		for _, r := range b.flyRows {
+			if !r.ended {
+				rs.add(r.conn, int64(r.seq), r.m.messageID.String(), r.m.bid, r.m.recipient, r.m.exp, r.m.qat, r.dispatchedAt)
+			}
+		}
+		if err := insertRows(ctx, b.tx, `INSERT INTO queue_messages (conn_id, seq, message_id, broadcast_id, recipient,
+expires_at_us, queued_at_us, dispatched_at_us)`, rs); err != nil {
+			return fmt.Errorf("insert %d messages in flight: %w", rs.n, err)
+		}
+	}
+	b.flyRows, b.flyingLen = b.flyRows[:0], 0
+	clear(b.flying)
+	return nil
 }
 
 // queued adds a queued message to the rows of the next bulk insert (flushRows).
@@ -175,6 +218,15 @@ func (b *queueBatch) queued(ctx context.Context, connID string, mq connection.Me
 
 func (b *queueBatch) apply(ctx context.Context, e eventstore.RecordedEvent, connID string, ev connection.Event) error {
 	tx := b.tx
+	switch ev.(type) {
+	case connection.MessageDispatched, connection.MessageSent, connection.MessageDelivered, connection.MessageRead,
+		connection.MessageFailed, connection.MessageOutcomeUnknown:
+	default:
+		// Every other event sees the rows of the messages in flight as they are.
+		if err := b.flushFlying(ctx); err != nil {
+			return err
+		}
+	}
 	switch ev := ev.(type) {
 	case connection.ConnectionRegistered:
 		_, err := tx.ExecContext(ctx, `INSERT INTO queue_conns (conn_id, tenant_id) VALUES ($1, $2)
@@ -196,11 +248,14 @@ WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0 RETURNING broadcast_id`
 			if err != nil || !ok {
 				return err // !ok: already applied
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO queue_messages (conn_id, seq, message_id, broadcast_id, recipient, text,
-expires_at_us, queued_at_us, dispatched_at_us) VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8)`,
-				connID, int64(ev.Seq), m.messageID.String(), m.bid, m.recipient, m.exp, m.qat, us(ev.DispatchedAt)); err != nil {
-				return err
+			// Its row in flight is written at the end of the batch (flushFlying), or never when
+			// the batch acknowledges it too.
+			if b.flying == nil {
+				b.flying = map[flyKey]int{}
 			}
+			b.flying[flyKey{connID, ev.Seq}] = len(b.flyRows)
+			b.flyRows = append(b.flyRows, flyRow{conn: connID, seq: ev.Seq, m: m, dispatchedAt: us(ev.DispatchedAt)})
+			b.flyingLen++
 			bid = m.bid
 		} else if err != nil {
 			return err
@@ -235,6 +290,13 @@ RETURNING broadcast_id`, connID, int64(me.Seq)).Scan(&bid)
 		connection.MessageFailed, connection.MessageOutcomeUnknown:
 		me, _ := connection.MessageEventOf(ev)
 		// The first acknowledgement ends the message's time in flight.
+		if i, ok := b.flying[flyKey{connID, me.Seq}]; ok {
+			delete(b.flying, flyKey{connID, me.Seq})
+			b.flyRows[i].ended = true
+			b.flyingLen--
+			b.inFlight[connID]--
+			return nil
+		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM queue_messages WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us <> 0`,
 			connID, int64(me.Seq))
 		if err != nil {
