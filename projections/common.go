@@ -235,6 +235,12 @@ func (r *rowSet) reset() {
 // and parameter count grow with the rows (issue 12's catch-up). SQLite gets multi-row INSERTs of
 // at most maxInsertRows rows.
 func insertRows(ctx context.Context, tx *Tx, head string, r *rowSet) error {
+	return insertRowsThen(ctx, tx, head, "", r)
+}
+
+// insertRowsThen is insertRows with tail (e.g. an ON CONFLICT clause) after the rows of every
+// statement.
+func insertRowsThen(ctx context.Context, tx *Tx, head, tail string, r *rowSet) error {
 	if r.n == 0 {
 		return nil
 	}
@@ -253,6 +259,7 @@ func insertRows(ctx context.Context, tx *Tx, head string, r *rowSet) error {
 			fmt.Fprintf(&sb, "$%d::%s", i+1, typ)
 		}
 		sb.WriteByte(')')
+		sb.WriteString(tail)
 		_, err := tx.ExecContext(ctx, sb.String(), r.cols...)
 		return err
 	}
@@ -276,6 +283,7 @@ func insertRows(ctx context.Context, tx *Tx, head string, r *rowSet) error {
 				}
 			}
 		}
+		sb.WriteString(tail)
 		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
 			return err
 		}

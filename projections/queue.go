@@ -1,10 +1,12 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -36,6 +38,11 @@ type Queue struct {
 	// rowsOnly makes Apply write one queue_messages row per message, never a run (the model
 	// before issue 12; the randomized tests compare the two).
 	rowsOnly bool
+	// runFirst: connections whose last MessageDispatched applied took its message from a run.
+	// Their next one tries the run's head first (one statement) instead of a queue_messages row
+	// first (a statement that finds nothing for a broadcast's message). A hint only (guarded
+	// by mu): a wrong guess costs one statement, never a wrong answer.
+	runFirst map[string]bool
 }
 
 // NewQueue returns the pending-queue projection.
@@ -79,6 +86,9 @@ func (q *Queue) AfterCommit(events []eventstore.RecordedEvent) {
 
 // Reset implements Projection.
 func (q *Queue) Reset(ctx context.Context, tx *Tx) error {
+	q.mu.Lock()
+	q.runFirst = nil
+	q.mu.Unlock()
 	return execAll(ctx, tx, `DELETE FROM queue_clears`, `DELETE FROM queue_purges`,
 		`DELETE FROM queue_broadcasts`, `DELETE FROM queue_messages`, `DELETE FROM queue_run_gone`, `DELETE FROM queue_runs`,
 		`DELETE FROM queue_conns`)
@@ -86,6 +96,7 @@ func (q *Queue) Reset(ctx context.Context, tx *Tx) error {
 
 // queueBatch accumulates the work of one Apply.
 type queueBatch struct {
+	q       *Queue
 	tx      *Tx
 	rows    []connection.MessageQueued
 	rowConn []string
@@ -128,7 +139,7 @@ const maxBulkRows = 8192
 
 // Apply implements Projection.
 func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
-	b := &queueBatch{tx: tx, pending: map[string]int64{}, inFlight: map[string]int64{},
+	b := &queueBatch{q: q, tx: tx, pending: map[string]int64{}, inFlight: map[string]int64{},
 		lastSeq: map[string]uint64{}, bcast: map[[2]string]int64{}, touched: map[string]int64{},
 		open: map[string]*queueRun{}}
 	decoded, err := decodeEvents(events, !q.rowsOnly)
@@ -186,6 +197,25 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 	return b.flushCounters(ctx)
 }
 
+func (q *Queue) isRunFirst(connID string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.runFirst[connID]
+}
+
+func (q *Queue) setRunFirst(connID string, v bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !v {
+		delete(q.runFirst, connID)
+		return
+	}
+	if q.runFirst == nil {
+		q.runFirst = map[string]bool{}
+	}
+	q.runFirst[connID] = true
+}
+
 // flushFlying inserts the in-flight rows of the messages taken from runs in this batch and not
 // acknowledged in it, in one statement.
 func (b *queueBatch) flushFlying(ctx context.Context) error {
@@ -239,15 +269,35 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (conn_id, broadcast_id) DO NOTHING`,
 		return err
 	case connection.MessageDispatched:
 		var bid string
-		err := tx.QueryRowContext(ctx, `UPDATE queue_messages SET dispatched_at_us = $3
-WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0 RETURNING broadcast_id`,
-			connID, int64(ev.Seq), us(ev.DispatchedAt)).Scan(&bid)
-		if errors.Is(err, sql.ErrNoRows) {
-			// Held in a run? Then it leaves the run for a row of its own, in flight.
-			m, ok, err := b.takeFromRun(ctx, connID, ev.Seq)
-			if err != nil || !ok {
-				return err // !ok: already applied
+		var m runMember
+		var inRun, triedHead bool
+		var err error
+		if b.q.isRunFirst(connID) {
+			// The dispatcher's order: the head of a run leaves it in one statement.
+			if m, inRun, err = b.takeRunHead(ctx, connID, ev.Seq); err != nil {
+				return err
 			}
+			triedHead = true
+		}
+		if !inRun {
+			err = tx.QueryRowContext(ctx, `UPDATE queue_messages SET dispatched_at_us = $3
+WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0 RETURNING broadcast_id`,
+				connID, int64(ev.Seq), us(ev.DispatchedAt)).Scan(&bid)
+		}
+		if inRun || errors.Is(err, sql.ErrNoRows) {
+			if !inRun {
+				// Held in a run? Then it leaves the run for a row of its own, in flight.
+				var ok bool
+				if triedHead {
+					m, ok, err = b.takeFromRunBehindHead(ctx, connID, ev.Seq)
+				} else {
+					m, ok, err = b.takeFromRun(ctx, connID, ev.Seq)
+				}
+				if err != nil || !ok {
+					return err // !ok: already applied
+				}
+			}
+			b.q.setRunFirst(connID, true)
 			// Its row in flight is written at the end of the batch (flushFlying), or never when
 			// the batch acknowledges it too.
 			if b.flying == nil {
@@ -259,6 +309,8 @@ WHERE conn_id = $1 AND seq = $2 AND dispatched_at_us = 0 RETURNING broadcast_id`
 			bid = m.bid
 		} else if err != nil {
 			return err
+		} else {
+			b.q.setRunFirst(connID, false)
 		}
 		b.pending[connID]--
 		b.inFlight[connID]++
@@ -424,23 +476,44 @@ func (b *queueBatch) flushRows(ctx context.Context) error {
 	return nil
 }
 
+// flushCounters adds the batch's deltas to the connections' counters (one multi-row upsert for
+// all of them) and to the broadcasts' pending counts (one statement on PostgreSQL): two statements
+// per batch instead of one per connection and one per broadcast touched (issue 12).
 func (b *queueBatch) flushCounters(ctx context.Context) error {
-	for connID, at := range b.touched {
-		if _, err := b.tx.ExecContext(ctx, `INSERT INTO queue_conns (conn_id, pending, in_flight, last_seq, updated_at_us)
-VALUES ($1, $2, $3, $4, $5) ON CONFLICT (conn_id) DO UPDATE SET
+	conns := slices.Sorted(maps.Keys(b.touched)) // one lock order for every batch
+	rs := newRowSet("", int64(0), int64(0), int64(0), int64(0))
+	for _, connID := range conns {
+		rs.add(connID, b.pending[connID], b.inFlight[connID], int64(b.lastSeq[connID]), b.touched[connID])
+	}
+	if err := insertRowsThen(ctx, b.tx, `INSERT INTO queue_conns (conn_id, pending, in_flight, last_seq, updated_at_us)`,
+		` ON CONFLICT (conn_id) DO UPDATE SET
 pending = queue_conns.pending + excluded.pending, in_flight = queue_conns.in_flight + excluded.in_flight,
 last_seq = CASE WHEN queue_conns.last_seq < excluded.last_seq THEN excluded.last_seq ELSE queue_conns.last_seq END,
-updated_at_us = excluded.updated_at_us`,
-			connID, b.pending[connID], b.inFlight[connID], int64(b.lastSeq[connID]), at); err != nil {
-			return fmt.Errorf("update counters of %q: %w", connID, err)
+updated_at_us = excluded.updated_at_us`, rs); err != nil {
+		return fmt.Errorf("update counters of %d connections: %w", len(conns), err)
+	}
+	keys := make([][2]string, 0, len(b.bcast))
+	for k, d := range b.bcast {
+		if d != 0 {
+			keys = append(keys, k)
 		}
 	}
-	for k, d := range b.bcast {
-		if d == 0 {
-			continue
+	slices.SortFunc(keys, func(x, y [2]string) int { return cmp.Or(cmp.Compare(x[0], y[0]), cmp.Compare(x[1], y[1])) })
+	if b.tx.Dialect == Postgres && len(keys) > 1 {
+		cs, bs, ds := make([]string, len(keys)), make([]string, len(keys)), make([]int64, len(keys))
+		for i, k := range keys {
+			cs[i], bs[i], ds[i] = k[0], k[1], b.bcast[k]
 		}
+		if _, err := b.tx.ExecContext(ctx, `UPDATE queue_broadcasts AS q SET pending = q.pending + d.n
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(conn_id, broadcast_id, n)
+WHERE q.conn_id = d.conn_id AND q.broadcast_id = d.broadcast_id`, cs, bs, ds); err != nil {
+			return fmt.Errorf("update %d broadcasts: %w", len(keys), err)
+		}
+		return nil
+	}
+	for _, k := range keys {
 		if _, err := b.tx.ExecContext(ctx, `UPDATE queue_broadcasts SET pending = pending + $3 WHERE conn_id = $1 AND broadcast_id = $2`,
-			k[0], k[1], d); err != nil {
+			k[0], k[1], b.bcast[k]); err != nil {
 			return fmt.Errorf("update broadcast %s: %w", k[1], err)
 		}
 	}

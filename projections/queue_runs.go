@@ -188,10 +188,19 @@ type runMember struct {
 // queue_run_gone) and returns the message; false when no run holds seq. Like a row of the
 // pending queue, a position purged but not collected yet is still held.
 func (b *queueBatch) takeFromRun(ctx context.Context, connID string, seq uint64) (runMember, bool, error) {
+	m, ok, err := b.takeRunHead(ctx, connID, seq)
+	if err != nil || ok {
+		return m, ok, err
+	}
+	return b.takeFromRunBehindHead(ctx, connID, seq)
+}
+
+// takeRunHead is takeFromRun for seq at the head of its run (the dispatcher's order; expiries):
+// one statement; false when no run has seq at its head.
+func (b *queueBatch) takeRunHead(ctx context.Context, connID string, seq uint64) (runMember, bool, error) {
 	tx := b.tx
-	var first, last, live, gone, firstIndex, exp, qat int64
+	var first, last, gone, firstIndex, exp, qat int64
 	var bid, recipient string
-	// The head of its run (the dispatcher's order; expiries): one statement.
 	err := tx.QueryRowContext(ctx, `UPDATE queue_runs SET live_from = live_from + 1
 WHERE conn_id = $1 AND live_from = $2 AND first_seq <= $2 AND last_seq >= $2
 RETURNING first_seq, last_seq, gone_count, broadcast_id, first_index,
@@ -211,7 +220,16 @@ substr(recipients, CAST(($2 - first_seq) * 16 + 1 AS INTEGER), 16), expires_at_u
 	case !errors.Is(err, sql.ErrNoRows):
 		return runMember{}, false, fmt.Errorf("queue run of %d: %w", seq, err)
 	}
-	err = tx.QueryRowContext(ctx, `SELECT first_seq, last_seq, live_from, broadcast_id, first_index,
+	return runMember{}, false, nil
+}
+
+// takeFromRunBehindHead is takeFromRun for seq not at the head of its run (takeRunHead found
+// none): it is marked gone.
+func (b *queueBatch) takeFromRunBehindHead(ctx context.Context, connID string, seq uint64) (runMember, bool, error) {
+	tx := b.tx
+	var first, last, live, firstIndex, exp, qat int64
+	var bid, recipient string
+	err := tx.QueryRowContext(ctx, `SELECT first_seq, last_seq, live_from, broadcast_id, first_index,
 CASE WHEN last_seq >= $2 THEN substr(recipients, CAST(($2 - first_seq) * 16 + 1 AS INTEGER), 16) ELSE '' END, expires_at_us, queued_at_us
 FROM queue_runs WHERE conn_id = $1 AND first_seq <= $2 ORDER BY first_seq DESC LIMIT 1`, connID, int64(seq)).
 		Scan(&first, &last, &live, &bid, &firstIndex, &recipient, &exp, &qat)
