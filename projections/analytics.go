@@ -1,9 +1,12 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
@@ -29,7 +32,13 @@ const AnalyticsName = "analytics"
 //	clears      ClearQueueRequested
 //
 // Example: SELECT day, SUM(sent), SUM(failed) FROM analytics_daily WHERE tenant_id = 't1' GROUP BY day.
-type Analytics struct{}
+type Analytics struct {
+	// tenants caches each connection's tenant (which never changes) across batches: one SELECT
+	// per connection and process instead of one per connection and batch (issue 12: 1.6
+	// statements per message in bench dispatch). Guarded by mu; emptied by Reset.
+	mu      sync.Mutex
+	tenants map[string]string
+}
 
 // NewAnalytics returns the analytics projection.
 func NewAnalytics() *Analytics { return &Analytics{} }
@@ -50,7 +59,10 @@ func (*Analytics) Filter() eventstore.Filter {
 }
 
 // Reset implements Projection.
-func (*Analytics) Reset(ctx context.Context, tx *Tx) error {
+func (a *Analytics) Reset(ctx context.Context, tx *Tx) error {
+	a.mu.Lock()
+	a.tenants = nil
+	a.mu.Unlock()
 	return execAll(ctx, tx, `DELETE FROM analytics_daily`, `DELETE FROM analytics_conns`)
 }
 
@@ -69,7 +81,7 @@ type dayKey struct{ tenant, conn, day string }
 
 // Apply implements Projection. Counts are summed in memory per batch and added with one upsert
 // per (tenant, connection, day).
-func (*Analytics) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
+func (a *Analytics) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
 	tenants := map[string]string{}
 	sums := map[dayKey]map[string]int64{}
 	var order []dayKey
@@ -79,9 +91,13 @@ func (*Analytics) Apply(ctx context.Context, tx *Tx, events []eventstore.Recorde
 			continue
 		}
 		add := func(col string, n int64) error {
-			tenant, err := tenantOf(ctx, tx, "analytics_conns", connID, e.Metadata.TenantID, tenants)
-			if err != nil {
-				return err
+			tenant, known := a.tenant(connID)
+			if !known {
+				var err error
+				if tenant, err = tenantOf(ctx, tx, "analytics_conns", connID, e.Metadata.TenantID, tenants); err != nil {
+					return err
+				}
+				a.remember(connID, tenant)
 			}
 			k := dayKey{tenant, connID, e.RecordedAt.UTC().Format(time.DateOnly)}
 			if sums[k] == nil {
@@ -99,6 +115,7 @@ func (*Analytics) Apply(ctx context.Context, tx *Tx, events []eventstore.Recorde
 			}
 			reg := ev.(connection.ConnectionRegistered)
 			tenants[connID] = reg.TenantID
+			a.remember(connID, reg.TenantID)
 			if _, err := tx.ExecContext(ctx, `INSERT INTO analytics_conns (conn_id, tenant_id) VALUES ($1, $2)
 ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, reg.TenantID); err != nil {
 				return err
@@ -130,22 +147,30 @@ ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, reg
 			}
 		}
 	}
-	cols := strings.Join(analyticsColumns, ", ")
-	var ph, upd []string
-	for i, c := range analyticsColumns {
-		ph = append(ph, fmt.Sprintf("$%d", i+4))
+	// One multi-row upsert for the batch (in key order: one lock order for every batch) instead of
+	// one per (tenant, connection, day).
+	slices.SortFunc(order, func(x, y dayKey) int {
+		return cmp.Or(cmp.Compare(x.tenant, y.tenant), cmp.Compare(x.conn, y.conn), cmp.Compare(x.day, y.day))
+	})
+	kinds := []any{"", "", ""}
+	for range analyticsColumns {
+		kinds = append(kinds, int64(0))
+	}
+	rs := newRowSet(kinds...)
+	for _, k := range order {
+		row := []any{k.tenant, k.conn, k.day}
+		for _, c := range analyticsColumns {
+			row = append(row, sums[k][c])
+		}
+		rs.add(row...)
+	}
+	var upd []string
+	for _, c := range analyticsColumns {
 		upd = append(upd, fmt.Sprintf("%s = analytics_daily.%s + excluded.%s", c, c, c))
 	}
-	q := `INSERT INTO analytics_daily (tenant_id, conn_id, day, ` + cols + `) VALUES ($1, $2, $3, ` + strings.Join(ph, ", ") + `)
-ON CONFLICT (tenant_id, conn_id, day) DO UPDATE SET ` + strings.Join(upd, ", ")
-	for _, k := range order {
-		args := []any{k.tenant, k.conn, k.day}
-		for _, c := range analyticsColumns {
-			args = append(args, sums[k][c])
-		}
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
-			return fmt.Errorf("analytics %v: %w", k, err)
-		}
+	if err := insertRowsThen(ctx, tx, `INSERT INTO analytics_daily (tenant_id, conn_id, day, `+strings.Join(analyticsColumns, ", ")+`)`,
+		` ON CONFLICT (tenant_id, conn_id, day) DO UPDATE SET `+strings.Join(upd, ", "), rs); err != nil {
+		return fmt.Errorf("analytics of %d days: %w", len(order), err)
 	}
 	return nil
 }
@@ -167,6 +192,22 @@ type AnalyticsQuery struct {
 	ConnectionID string
 	// From and To bound the days (inclusive), zero for unbounded.
 	From, To time.Time
+}
+
+func (a *Analytics) tenant(connID string) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t, ok := a.tenants[connID]
+	return t, ok
+}
+
+func (a *Analytics) remember(connID, tenant string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.tenants == nil {
+		a.tenants = map[string]string{}
+	}
+	a.tenants[connID] = tenant
 }
 
 // Daily returns tenant's daily counts matching q, by day then connection.
