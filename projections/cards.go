@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -89,6 +91,7 @@ func (c *Cards) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 	inFlight := map[string]int64{}
 	touched := map[string]int64{}
 	days := map[string]*dayTally{}
+	fly := &cardFlying{idx: map[[2]string]int{}}
 	for _, e := range events {
 		connID, ev, ok, err := decodeConn(e)
 		if err != nil {
@@ -98,19 +101,87 @@ func (c *Cards) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 			continue
 		}
 		touched[connID] = us(e.RecordedAt)
-		if err := c.apply(ctx, tx, connID, ev, pending, inFlight, days); err != nil {
+		if err := c.apply(ctx, tx, connID, ev, pending, inFlight, days, fly); err != nil {
 			return fmt.Errorf("event %s (%s): %w", e.ID, e.Type, err)
 		}
 	}
-	for connID, at := range touched {
+	if err := fly.flush(ctx, tx); err != nil {
+		return err
+	}
+	conns := slices.Sorted(maps.Keys(touched)) // one lock order for every batch
+	if tx.Dialect == Postgres && len(conns) > 1 {
+		// One statement for the batch's cards (issue 12: one per connection and batch before).
+		n := len(conns)
+		ps, fs, ats, ds, ns := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		for i, connID := range conns {
+			var day dayTally
+			if d := days[connID]; d != nil {
+				day = *d
+			}
+			ps[i], fs[i], ats[i], ds[i], ns[i] = pending[connID], inFlight[connID], touched[connID], day.start, day.n
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE card_connections SET pending = pending + d.p, in_flight = in_flight + d.f,
+updated_at_us = d.at, `+dayUpdate("d.ds", "d.n")+`
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) AS d(conn_id, p, f, at, ds, n)
+WHERE card_connections.conn_id = d.conn_id`, conns, ps, fs, ats, ds, ns); err != nil {
+			return fmt.Errorf("update %d cards: %w", n, err)
+		}
+		return nil
+	}
+	for _, connID := range conns {
 		var day dayTally
 		if d := days[connID]; d != nil {
 			day = *d
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE card_connections SET pending = pending + $2, in_flight = in_flight + $3,
-updated_at_us = $4, `+dayUpdate("$5", "$6")+` WHERE conn_id = $1`, connID, pending[connID], inFlight[connID], at, day.start, day.n); err != nil {
+updated_at_us = $4, `+dayUpdate("$5", "$6")+` WHERE conn_id = $1`, connID, pending[connID], inFlight[connID], touched[connID], day.start, day.n); err != nil {
 			return fmt.Errorf("update card %q: %w", connID, err)
 		}
+	}
+	return nil
+}
+
+// cardFlying holds the card_in_flight rows of the messages dispatched in a batch, inserted at
+// its end (one statement); a message acknowledged in the same batch never gets one (issue 12:
+// an INSERT and a DELETE per message when a dispatch and its outcome share a batch).
+type cardFlying struct {
+	rows []cardFlyRow
+	idx  map[[2]string]int
+}
+
+type cardFlyRow struct {
+	conn, msg string
+	ended     bool
+}
+
+func (f *cardFlying) add(connID, msgID string) {
+	if _, ok := f.idx[[2]string{connID, msgID}]; ok {
+		return
+	}
+	f.idx[[2]string{connID, msgID}] = len(f.rows)
+	f.rows = append(f.rows, cardFlyRow{conn: connID, msg: msgID})
+}
+
+// end reports whether the message's row was still to be inserted (it then never is).
+func (f *cardFlying) end(connID, msgID string) bool {
+	i, ok := f.idx[[2]string{connID, msgID}]
+	if !ok {
+		return false
+	}
+	delete(f.idx, [2]string{connID, msgID})
+	f.rows[i].ended = true
+	return true
+}
+
+func (f *cardFlying) flush(ctx context.Context, tx *Tx) error {
+	rs := newRowSet("", "")
+	for _, r := range f.rows {
+		if !r.ended {
+			rs.add(r.conn, r.msg)
+		}
+	}
+	if err := insertRowsThen(ctx, tx, `INSERT INTO card_in_flight (conn_id, message_id)`, ` ON CONFLICT DO NOTHING`, rs); err != nil {
+		return fmt.Errorf("insert %d cards' messages in flight: %w", rs.n, err)
 	}
 	return nil
 }
@@ -179,7 +250,7 @@ func sendingPolicy(raw string) connection.SendingPolicy {
 	return p
 }
 
-func (c *Cards) apply(ctx context.Context, tx *Tx, connID string, ev connection.Event, pending, inFlight map[string]int64, days map[string]*dayTally) error {
+func (c *Cards) apply(ctx context.Context, tx *Tx, connID string, ev connection.Event, pending, inFlight map[string]int64, days map[string]*dayTally, fly *cardFlying) error {
 	exec := func(q string, args ...any) error {
 		_, err := tx.ExecContext(ctx, q, append([]any{connID}, args...)...)
 		return err
@@ -249,16 +320,21 @@ clear_then = '' WHERE conn_id = $1 AND clear_id = $2`, ev.ClearID.String())
 		if err := c.countDispatch(ctx, tx, connID, ev.DispatchedAt, days); err != nil {
 			return err
 		}
-		return exec(`INSERT INTO card_in_flight (conn_id, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, ev.MessageID.String())
+		fly.add(connID, ev.MessageID.String()) // its card_in_flight row: at the batch's end
+		return nil
 	case connection.MessageSent, connection.MessageDelivered, connection.MessageRead,
 		connection.MessageFailed, connection.MessageOutcomeUnknown:
 		me, _ := connection.MessageEventOf(ev)
-		res, err := tx.ExecContext(ctx, `DELETE FROM card_in_flight WHERE conn_id = $1 AND message_id = $2`, connID, me.MessageID.String())
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n > 0 {
+		if fly.end(connID, me.MessageID.String()) {
 			inFlight[connID]--
+		} else {
+			res, err := tx.ExecContext(ctx, `DELETE FROM card_in_flight WHERE conn_id = $1 AND message_id = $2`, connID, me.MessageID.String())
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n > 0 {
+				inFlight[connID]--
+			}
 		}
 		if f, ok := ev.(connection.MessageFailed); ok {
 			return exec(`UPDATE card_connections SET last_problem = $2, last_problem_at_us = $3 WHERE conn_id = $1`,
