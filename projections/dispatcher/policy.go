@@ -227,7 +227,8 @@ func (d *Dispatcher) prefetchHead(ctx context.Context, connID string, st *connSt
 	if tenant == "" {
 		return
 	}
-	m, err := d.cfg.Messages.QueuedMessage(ctx, connection.Key(tenant, connID), st.lastSeq+1)
+	// Through the loop's window: one read for windowSize paced messages.
+	m, err := windowed{inner: d.cfg.Messages}.QueuedMessage(withWindow(ctx, &st.window), connection.Key(tenant, connID), st.lastSeq+1)
 	if err != nil || m.Seq != st.lastSeq+1 {
 		return
 	}
