@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,6 +51,9 @@ type ScaleConfig struct {
 	// Messages is the length of each active connection's broadcast. Zero means enough for the
 	// start-up limit and the window at the fastest pace ((StartupLimit+Window)/MinInterval + 2).
 	Messages int
+	// HeapProfile, when set, names the file that receives a heap profile of the measured node
+	// at the end of the window (go tool pprof; one per measured variant, suffixed by it).
+	HeapProfile string
 }
 
 // QuickScale is the size of --quick: 2,000 connections, 200 sending, a 20 s window.
@@ -259,6 +263,11 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	}
 	st1 := node.Dispatcher.Stats()
 	held := len(node.Dispatcher.Held())
+	if cfg.HeapProfile != "" {
+		if err := writeHeapProfile(cfg.HeapProfile, lazy); err != nil {
+			return err
+		}
+	}
 	sent := st1.Sent - sent0
 	window := time.Since(w0)
 	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
@@ -528,4 +537,21 @@ func pgStats(ctx context.Context, db *sql.DB) (commits, rows int64) {
 		return 0, 0
 	}
 	return c.Int64, r.Int64
+}
+
+// writeHeapProfile writes the heap profile of the process to path (lazy sessions: path.lazy).
+func writeHeapProfile(path string, lazy bool) error {
+	if lazy {
+		path += ".lazy"
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC() // the profile's in-use figures as of the last GC
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
