@@ -182,9 +182,14 @@ func (s *Store) queryN(ctx context.Context, n int, q string, args ...any) ([]eve
 	return scanEvents(rows, n)
 }
 
+// preallocEvents is the most events a scan allocates room for before it sees them: a live
+// subscription's page of up to thousands mostly returns a handful (a page of 5,000 reserved
+// ~1 MB per wake-up: GBs a minute at 10,000 sending connections, and the node's RSS).
+const preallocEvents = 64
+
 func scanEvents(rows pgx.Rows, n int) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
-	evs := make([]eventstore.RecordedEvent, 0, n)
+	evs := make([]eventstore.RecordedEvent, 0, min(n, preallocEvents))
 	var r eventRow // reused: pgx copies every value out of its buffer
 	for rows.Next() {
 		if err := r.scan(rows, false); err != nil {
@@ -199,7 +204,7 @@ func scanEvents(rows pgx.Rows, n int) ([]eventstore.RecordedEvent, error) {
 // keep, called with every event and its boolean, returns true.
 func scanEventsIf(rows pgx.Rows, n int, keep func(e eventstore.RecordedEvent, flag bool) bool) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
-	evs := make([]eventstore.RecordedEvent, 0, n)
+	evs := make([]eventstore.RecordedEvent, 0, min(n, preallocEvents))
 	var r eventRow
 	for rows.Next() {
 		if err := r.scan(rows, true); err != nil {

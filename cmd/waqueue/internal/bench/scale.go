@@ -249,6 +249,7 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	commits0, rows0 := pgStats(ctx, stats)
 	st0 := node.Dispatcher.Stats()
 	sent0 := st0.Sent
+	sends0 := len(node.Simulator.Sends())
 	w0 := time.Now()
 	for time.Since(w0) < cfg.Window {
 		select {
@@ -261,21 +262,36 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 		}
 		goroutines = max(goroutines, runtime.NumGoroutine())
 	}
+	// The window's figures first; what the bench reads after (leases, profile) is not in them.
 	st1 := node.Dispatcher.Stats()
+	window := time.Since(w0)
+	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
+	commits1, rows1 := pgStats(ctx, stats)
+	sent := st1.Sent - sent0
 	held := len(node.Dispatcher.Held())
+	sends := node.Simulator.Sends()
+	inWindow := map[string]bool{}
+	for _, s := range sends[sends0:] {
+		inWindow[s.ConnectionID] = true
+	}
+	silent := 0
+	for k := range active {
+		if !inWindow[k] {
+			silent++
+		}
+	}
+	progress("window %s: %d dispatched (%d of them paced in a running loop), %d sent, %d loops started, %d retries, %d unknown; %d of %d active connections sent nothing",
+		window.Round(time.Millisecond), st1.Dispatched-st0.Dispatched, st1.PacedDispatches-st0.PacedDispatches, sent,
+		st1.Loops-st0.Loops, st1.Retries-st0.Retries, st1.Unknown-st0.Unknown, silent, len(active))
 	if cfg.HeapProfile != "" {
 		if err := writeHeapProfile(cfg.HeapProfile, lazy); err != nil {
 			return err
 		}
 	}
-	sent := st1.Sent - sent0
-	window := time.Since(w0)
-	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
-	commits1, rows1 := pgStats(ctx, stats)
 	rssNow := currentRSSMiB()
 	events := int(appended(st1) - appended(st0))
 	// Active connections whose broadcast ran out before the end (the rate then understates).
-	for _, s := range node.Simulator.Sends() {
+	for _, s := range sends {
 		m.sent[s.ConnectionID]++
 	}
 	drained := 0
