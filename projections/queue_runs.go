@@ -506,16 +506,9 @@ func (q *Queue) pendingAt(ctx context.Context, db *DB, connID string, seq uint64
 		if err := rows.Scan(&kind, &mid, &bid, &p.Recipient, &p.Text, &exp, &qat, &idx); err != nil {
 			return nil, err
 		}
-		if p.BroadcastID, err = parseID(bid); err != nil {
+		if err := p.fromRow(kind, mid, bid, exp, qat, idx); err != nil {
 			return nil, err
 		}
-		if kind == 1 {
-			p.MessageID = connection.BroadcastMessageID(p.BroadcastID, int(idx))
-			p.Recipient = strings.TrimRight(p.Recipient, " ")
-		} else if p.MessageID, err = uuid.Parse(mid); err != nil {
-			return nil, err
-		}
-		p.ExpiresAt, p.QueuedAt = fromUS(exp), fromUS(qat)
 		out = append(out, p)
 	}
 	return out, rows.Err()
@@ -623,16 +616,10 @@ func (q *Queue) PendingWindow(ctx context.Context, db *DB, connID string, seq ui
 		if err := rows.Scan(&s, &kind, &mid, &bid, &p.Recipient, &p.Text, &exp, &qat, &idx); err != nil {
 			return nil, err
 		}
-		if p.BroadcastID, err = parseID(bid); err != nil {
+		if err := p.fromRow(kind, mid, bid, exp, qat, idx); err != nil {
 			return nil, err
 		}
-		if kind == 1 {
-			p.MessageID = connection.BroadcastMessageID(p.BroadcastID, int(idx))
-			p.Recipient = strings.TrimRight(p.Recipient, " ")
-		} else if p.MessageID, err = uuid.Parse(mid); err != nil {
-			return nil, err
-		}
-		p.Seq, p.ExpiresAt, p.QueuedAt = uint64(s), fromUS(exp), fromUS(qat)
+		p.Seq = uint64(s)
 		out = append(out, p)
 	}
 	if err := rows.Err(); err != nil {
@@ -660,3 +647,19 @@ WHERE NOT EXISTS (SELECT 1 FROM queue_run_gone g WHERE g.conn_id = $1 AND g.seq 
 ) x WHERE x.seq > COALESCE((SELECT c.purged_upto FROM queue_conns c WHERE c.conn_id = $1), 0)
 AND NOT EXISTS (SELECT 1 FROM queue_purges p WHERE p.conn_id = $1 AND p.from_seq <= x.seq AND p.to_seq >= x.seq)
 ORDER BY x.seq`
+
+// fromRow completes p from the columns a pending-message row (a message row, kind 0, or a run
+// position, kind 1, whose id derives from its broadcast and index) shares with the others.
+func (p *PendingMessage) fromRow(kind int64, mid, bid string, exp, qat, idx int64) (err error) {
+	if p.BroadcastID, err = parseID(bid); err != nil {
+		return err
+	}
+	if kind == 1 {
+		p.MessageID = connection.BroadcastMessageID(p.BroadcastID, int(idx))
+		p.Recipient = strings.TrimRight(p.Recipient, " ")
+	} else if p.MessageID, err = uuid.Parse(mid); err != nil {
+		return err
+	}
+	p.ExpiresAt, p.QueuedAt = fromUS(exp), fromUS(qat)
+	return nil
+}
