@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"time"
 
@@ -180,16 +183,34 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	}
 	scaleFlags(scale, &f)
 
+	var (
+		stages     []string
+		childStage string
+		inProcess  bool
+	)
 	all := &cobra.Command{
 		Use:   "all",
 		Short: "store, clear (with catch-up), dispatch, api, import and scale; writes the results table into docs/benchmarks.md",
 		RunE: func(c *cobra.Command, _ []string) error {
 			f.applyQuick()
 			f.store.GroupCommit, f.api.GroupCommit, f.dispatch.GroupCommit = f.groupCommit, f.groupCommit, f.groupCommit
-			return bench.All(c.Context(), bench.AllConfig{
+			cfg := bench.AllConfig{
 				Env: f.envConfig(), Store: f.store, Clear: f.clear, Dispatch: f.dispatch, API: f.api, Import: f.imp, Scale: f.scale,
-				DocPath: f.doc, Command: commandLine(os.Args),
-			}, c.OutOrStdout())
+				Stages: stages, DocPath: f.doc, Command: commandLine(os.Args),
+			}
+			switch {
+			case childStage != "":
+				cfg.Stages, cfg.DocPath = []string{childStage}, ""
+			case !inProcess:
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("bench all: this program's path, for its stages' processes: %w (or use --in-process)", err)
+				}
+				cfg.Spawn = func(ctx context.Context, stage string) *exec.Cmd {
+					return exec.CommandContext(ctx, exe, childArgs(os.Args[1:], stage, cpuProfile)...)
+				}
+			}
+			return bench.All(c.Context(), cfg, c.OutOrStdout())
 		},
 	}
 	storeFlags(all, &f)
@@ -199,6 +220,10 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	importFlags(all, &f)
 	scaleFlags(all, &f)
 	all.Flags().StringVar(&f.doc, "doc", "docs/benchmarks.md", "Markdown file whose bench:begin/bench:end section receives the results (empty: none)")
+	all.Flags().StringSliceVar(&stages, "stages", nil, "stages to run, in their fixed order: "+strings.Join(bench.AllStages, ",")+" (default all)")
+	all.Flags().BoolVar(&inProcess, "in-process", false, "run every stage in this process (default: each in its own, so each stage's rss_mib is its own)")
+	all.Flags().StringVar(&childStage, childStageFlag, "", "run only this stage, without a document (what each stage's own process is given)")
+	_ = all.Flags().MarkHidden(childStageFlag)
 
 	var from, pgVersion, command, loadBefore string
 	doc := &cobra.Command{
@@ -273,6 +298,20 @@ func scaleFlags(c *cobra.Command, f *benchFlags) {
 	fl.BoolVar(&f.scale.LazySessions, "lazy-sessions", false, "scale: idle connections get neither lease nor session until they have work (server.Options.LazySessions)")
 	fl.BoolVar(&f.scale.BothSessions, "both-sessions", false, "scale: measure two restarts on one seed, without and with --lazy-sessions")
 	fl.IntVar(&f.scale.Messages, "broadcast", 0, "scale: messages per active connection (default enough for 1 min of start-up and the window)")
+}
+
+// childStageFlag names the hidden flag `bench all` gives each stage's process.
+const childStageFlag = "stage-process"
+
+// childArgs returns the arguments of stage's own process: this run's (args, without the
+// program name) with only that stage, no document, and its own CPU profile file if this run
+// writes one (flags given later win).
+func childArgs(args []string, stage, cpuProfile string) []string {
+	out := append(slices.Clip(args), "--"+childStageFlag, stage, "--doc", "")
+	if cpuProfile != "" {
+		out = append(out, "--cpuprofile", cpuProfile+"."+stage)
+	}
+	return out
 }
 
 // commandLine renders the command as run, for the results document ("waqueue bench all …").

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime"
+	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +23,23 @@ const (
 	DocEnd   = "<!-- bench:end -->"
 )
 
+// Stages of `waqueue bench all`, in the order they run.
+const (
+	StageStore    = "store"
+	StageClear    = "clear"
+	StageDispatch = "dispatch"
+	StageAPI      = "api"
+	StageImport   = "import"
+	StageScale    = "scale"
+)
+
+// AllStages lists every stage of `waqueue bench all` in its order.
+var AllStages = []string{StageStore, StageClear, StageDispatch, StageAPI, StageImport, StageScale}
+
+// envLinePrefix starts the line a stage run in a child process prints for its parent: the
+// PostgreSQL version it measured (the only thing of its environment the results document names).
+const envLinePrefix = "BENCH-ENV "
+
 // AllConfig configures `waqueue bench all`.
 type AllConfig struct {
 	Env      EnvConfig
@@ -29,6 +49,14 @@ type AllConfig struct {
 	API      APIConfig
 	Import   ImportConfig
 	Scale    ScaleConfig
+	// Stages are the stages to run (AllStages when empty), always in AllStages' order.
+	Stages []string
+	// Spawn, when set, runs each stage in a child process instead of this one: it returns the
+	// command for a stage (the same benchmark with only that stage and no document), whose
+	// standard output carries the stage's BENCH lines. A stage in its own process starts from
+	// a fresh heap and its own peak RSS, so rss_mib is that stage's alone and no stage's memory
+	// (a million-event clear's, say) shows in a later one's figures.
+	Spawn func(ctx context.Context, stage string) *exec.Cmd
 	// DocPath is the Markdown file whose marked section receives the results table. Empty
 	// means no document is written.
 	DocPath string
@@ -38,62 +66,135 @@ type AllConfig struct {
 	Now func() time.Time
 }
 
-// All runs the store, clear (with catch-up), dispatch, api, import and scale benchmarks, printing their
-// BENCH lines to w, then, if cfg.DocPath is set, writes the results table into its marked
-// section. It stops at the first benchmark that fails.
+// stages returns the stages to run, checked, in AllStages' order.
+func (cfg AllConfig) stages() ([]string, error) {
+	if len(cfg.Stages) == 0 {
+		return AllStages, nil
+	}
+	want := map[string]bool{}
+	for _, s := range cfg.Stages {
+		if !slices.Contains(AllStages, s) {
+			return nil, fmt.Errorf("bench: unknown stage %q (want one of %s)", s, strings.Join(AllStages, ", "))
+		}
+		want[s] = true
+	}
+	var out []string
+	for _, s := range AllStages {
+		if want[s] {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// All runs the store, clear (with catch-up), dispatch, api, import and scale benchmarks (or
+// cfg.Stages of them), printing their BENCH lines to w, then, if cfg.DocPath is set, writes
+// the results table into its marked section. It stops at the first benchmark that fails.
+// With cfg.Spawn each stage runs in a child process; otherwise all run in this process, each
+// after the previous one's garbage was returned to the OS and the peak RSS reset.
 func All(ctx context.Context, cfg AllConfig, w io.Writer) (err error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	started := cfg.Now()
-	loadBefore := loadAvg()
-	rec := &Recorder{W: w}
-	cfg.Store.DatabaseURL, cfg.Store.Dir, cfg.Store.Adapters = cfg.Env.DatabaseURL, cfg.Env.Dir, cfg.Env.Adapters
-	if err := Store(ctx, cfg.Store, rec); err != nil {
-		return err
-	}
-	env, err := NewEnv(cfg.Env)
+	stages, err := cfg.stages()
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if cerr := env.Close(); err == nil && cerr != nil {
-			err = cerr
+	started := cfg.Now()
+	loadBefore := loadAvg()
+	rec := &Recorder{W: w}
+	var pgVersion string
+	if cfg.Spawn != nil {
+		for _, stage := range stages {
+			if err := runChild(ctx, cfg.Spawn(ctx, stage), stage, rec); err != nil {
+				return err
+			}
 		}
-	}()
-	if err := Clear(ctx, env, cfg.Clear, rec); err != nil {
-		return err
-	}
-	if err := Dispatch(ctx, env, cfg.Dispatch, rec); err != nil {
-		return err
-	}
-	if err := API(ctx, env, cfg.API, rec); err != nil {
-		return err
-	}
-	if err := Import(ctx, env, cfg.Import, rec); err != nil {
-		return err
-	}
-	if err := Scale(ctx, env, cfg.Scale, rec); err != nil {
-		return err
+		pgVersion = rec.PostgresVersion()
+	} else {
+		if pgVersion, err = allInProcess(ctx, cfg, stages, rec); err != nil {
+			return err
+		}
+		if len(cfg.Stages) > 0 && pgVersion != "" {
+			// A stage run for a parent (see Spawn) tells it the server it measured.
+			fmt.Fprintf(rec, "%spostgres=%s\n", envLinePrefix, pgVersion)
+		}
 	}
 	if cfg.DocPath == "" {
 		return nil
 	}
 	m := Machine{
-		CPU: cpuModel(), Cores: runtime.NumCPU(), Go: runtime.Version(), PostgreSQL: env.PostgresVersion(),
+		CPU: cpuModel(), Cores: runtime.NumCPU(), Go: runtime.Version(), PostgreSQL: pgVersion,
 		Date: started.UTC(), Duration: cfg.Now().Sub(started), LoadBefore: loadBefore, LoadAfter: loadAvg(),
 		Command: cfg.Command,
 	}
 	return WriteDoc(cfg.DocPath, RenderTable(m, rec.Lines()))
 }
 
+// runChild runs one stage's child process, its standard output into rec (its standard error
+// passed through), and names the stage if it fails.
+func runChild(ctx context.Context, cmd *exec.Cmd, stage string, rec *Recorder) error {
+	cmd.Stdout = rec
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("bench: stage %s (%s): %w", stage, cmd.Path, err)
+	}
+	return nil
+}
+
+// allInProcess runs stages in this process and returns the PostgreSQL version measured ("" if
+// none was).
+func allInProcess(ctx context.Context, cfg AllConfig, stages []string, rec *Recorder) (pgVersion string, err error) {
+	env, err := NewEnv(cfg.Env)
+	if err != nil {
+		return "", err
+	}
+	defer func() {
+		if cerr := env.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	for _, stage := range stages {
+		// What an earlier stage left for the collector is not this stage's memory.
+		runtime.GC()
+		debug.FreeOSMemory()
+		resetPeakRSS()
+		switch stage {
+		case StageStore:
+			store := cfg.Store
+			store.DatabaseURL, store.Dir, store.Adapters = cfg.Env.DatabaseURL, cfg.Env.Dir, cfg.Env.Adapters
+			err = Store(ctx, store, rec)
+		case StageClear:
+			err = Clear(ctx, env, cfg.Clear, rec)
+		case StageDispatch:
+			err = Dispatch(ctx, env, cfg.Dispatch, rec)
+		case StageAPI:
+			err = API(ctx, env, cfg.API, rec)
+		case StageImport:
+			err = Import(ctx, env, cfg.Import, rec)
+		case StageScale:
+			err = Scale(ctx, env, cfg.Scale, rec)
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	return env.PostgresVersion(), nil
+}
+
 // Recorder passes writes through to W and keeps the BENCH lines written. It is safe for
 // concurrent use.
 type Recorder struct {
-	W       io.Writer
-	mu      sync.Mutex
-	partial []byte
-	lines   []Line
+	W         io.Writer
+	mu        sync.Mutex
+	partial   []byte
+	lines     []Line
+	pgVersion string
 }
 
 func (r *Recorder) Write(p []byte) (int, error) {
@@ -105,12 +206,22 @@ func (r *Recorder) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		if l, ok := ParseLine(string(r.partial[:i])); ok {
+		line := string(r.partial[:i])
+		if l, ok := ParseLine(line); ok {
 			r.lines = append(r.lines, l)
+		} else if v, ok := strings.CutPrefix(line, envLinePrefix+"postgres="); ok {
+			r.pgVersion = strings.TrimSpace(v)
 		}
 		r.partial = r.partial[i+1:]
 	}
 	return r.W.Write(p)
+}
+
+// PostgresVersion returns the PostgreSQL version a child stage reported ("" if none did).
+func (r *Recorder) PostgresVersion() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pgVersion
 }
 
 // Lines returns the BENCH lines recorded so far.

@@ -3,9 +3,13 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -76,6 +80,128 @@ func checkLine(t *testing.T, s string) Line {
 // tinyInterval is the scale figure's pacing in TestAllTiny: the sending policy's floor.
 var tinyInterval = connection.MinMinInterval
 
+// tinyAllConfig is `bench all` at tiny sizes on both engines, PostgreSQL at dbURL.
+func tinyAllConfig(dbURL, dir string) AllConfig {
+	return AllConfig{
+		Env:      EnvConfig{DatabaseURL: dbURL, Dir: dir},
+		Store:    Config{CatchUpEvents: 300, BatchEvents: 100, BatchSize: 50, SingleEvents: 16, Writers: 4, Rounds: 1},
+		Clear:    ClearConfig{Sizes: []int{50, 120}, Clears: 2},
+		Dispatch: DispatchConfig{Conns: []int{3}, Messages: 30, SetupWorkers: 3},
+		API:      APIConfig{Clients: 4, Requests: 24},
+		Import:   ImportConfig{Recipients: 40},
+		Scale: ScaleConfig{Conns: 12, Active: 3, Window: time.Second, StartupLimit: testwait.Limit, Messages: 400, BothSessions: true,
+			Policy: connection.SendingPolicyPatch{MinInterval: &tinyInterval, Jitter: &tinyInterval}, SetupWorkers: 4},
+		Command: "waqueue bench all --tiny",
+		Now:     func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) },
+	}
+}
+
+// Environment of a stage process in TestAllSpawnsAProcessPerStage: this test binary, run
+// again, is the stage's process (see TestMain).
+const (
+	envChildStage = "WAQUEUE_BENCH_TEST_STAGE"
+	envChildDB    = "WAQUEUE_BENCH_TEST_DB"
+	envChildDir   = "WAQUEUE_BENCH_TEST_DIR"
+	envChildFail  = "WAQUEUE_BENCH_TEST_FAIL"
+)
+
+// stageProcess runs as a stage's child process when the test binary is started with
+// envChildStage set: the tiny `bench all` limited to that stage, with its pid on a line of its
+// own, as `waqueue bench all --stage-process` does. It reports whether it ran.
+func stageProcess() bool {
+	stage := os.Getenv(envChildStage)
+	if stage == "" {
+		return false
+	}
+	if os.Getenv(envChildFail) == stage {
+		fmt.Fprintln(os.Stderr, "stage failed on purpose")
+		os.Exit(3)
+	}
+	cfg := tinyAllConfig(os.Getenv(envChildDB), os.Getenv(envChildDir))
+	cfg.Env.Adapters = []string{AdapterPostgres}
+	cfg.Stages = []string{stage}
+	fmt.Printf("pid %d\n", os.Getpid())
+	if err := All(context.Background(), cfg, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+	return true
+}
+
+// TestAllSpawnsAProcessPerStage runs two stages of `bench all`, each in a child process: their
+// BENCH lines reach the parent's output and document, with the PostgreSQL version the children
+// measured; every stage ran in a process of its own; a failing stage fails the run, named.
+func TestAllSpawnsAProcessPerStage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(5*time.Minute))
+	defer cancel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbURL, dir := pgtest.URL(t), t.TempDir()
+	var spawned []string
+	spawn := func(fail string) func(context.Context, string) *exec.Cmd {
+		return func(ctx context.Context, stage string) *exec.Cmd {
+			spawned = append(spawned, stage)
+			cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
+			cmd.Env = append(os.Environ(), envChildStage+"="+stage, envChildDB+"="+dbURL, envChildDir+"="+dir, envChildFail+"="+fail)
+			return cmd
+		}
+	}
+	doc := filepath.Join(t.TempDir(), "benchmarks.md")
+	cfg := tinyAllConfig("", "")
+	cfg.Stages, cfg.DocPath, cfg.Spawn = []string{StageAPI, StageDispatch}, doc, spawn("")
+	var out bytes.Buffer
+	if err := All(ctx, cfg, &out); err != nil {
+		t.Fatalf("All: %v\noutput:\n%s", err, out.String())
+	}
+	if want := []string{StageDispatch, StageAPI}; !slices.Equal(spawned, want) {
+		t.Errorf("stages spawned %v, want %v (AllStages' order)", spawned, want)
+	}
+	pids := map[string]bool{strconv.Itoa(os.Getpid()): true}
+	var names []string
+	for _, s := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		switch {
+		case strings.HasPrefix(s, "pid "):
+			pid := strings.TrimPrefix(s, "pid ")
+			if pids[pid] {
+				t.Errorf("pid %s ran two stages, or is the test's own", pid)
+			}
+			pids[pid] = true
+		case strings.HasPrefix(s, envLinePrefix):
+		default:
+			names = append(names, checkLine(t, s).Name)
+		}
+	}
+	if len(pids) != 3 {
+		t.Errorf("%d stage processes, want 2:\n%s", len(pids)-1, out.String())
+	}
+	if want := []string{"dispatch/postgres/conns=3", "api/postgres/enqueue"}; !slices.Equal(names, want) {
+		t.Errorf("figures %v, want %v", names, want)
+	}
+	b, err := os.ReadFile(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| dispatch/postgres/conns=3 |", "| api/postgres/enqueue |"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("document lacks %q:\n%s", want, b)
+		}
+	}
+	pgMajor(t, string(b))
+
+	spawned = nil
+	cfg.Spawn, cfg.DocPath = spawn(StageDispatch), ""
+	err = All(ctx, cfg, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "stage dispatch") {
+		t.Errorf("All with a failing dispatch stage: %v, want an error naming the stage", err)
+	}
+	if !slices.Equal(spawned, []string{StageDispatch}) {
+		t.Errorf("stages spawned %v: the run went on after a failed stage", spawned)
+	}
+}
+
 // TestAllTiny runs every benchmark at tiny sizes on both engines so that none can rot, and
 // checks the output and the results document. It never checks a speed.
 func TestAllTiny(t *testing.T) {
@@ -86,19 +212,8 @@ func TestAllTiny(t *testing.T) {
 	if err := os.WriteFile(doc, []byte(intro+DocBegin+"\nold results\n"+DocEnd+outro), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := AllConfig{
-		Env:      EnvConfig{DatabaseURL: pgtest.URL(t), Dir: t.TempDir()},
-		Store:    Config{CatchUpEvents: 300, BatchEvents: 100, BatchSize: 50, SingleEvents: 16, Writers: 4, Rounds: 1},
-		Clear:    ClearConfig{Sizes: []int{50, 120}, Clears: 2},
-		Dispatch: DispatchConfig{Conns: []int{3}, Messages: 30, SetupWorkers: 3},
-		API:      APIConfig{Clients: 4, Requests: 24},
-		Import:   ImportConfig{Recipients: 40},
-		Scale: ScaleConfig{Conns: 12, Active: 3, Window: time.Second, StartupLimit: testwait.Limit, Messages: 400, BothSessions: true,
-			Policy: connection.SendingPolicyPatch{MinInterval: &tinyInterval, Jitter: &tinyInterval}, SetupWorkers: 4},
-		DocPath: doc,
-		Command: "waqueue bench all --tiny",
-		Now:     func() time.Time { return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC) },
-	}
+	cfg := tinyAllConfig(pgtest.URL(t), t.TempDir())
+	cfg.DocPath = doc
 	var out bytes.Buffer
 	if err := All(ctx, cfg, &out); err != nil {
 		t.Fatalf("All: %v\noutput so far:\n%s", err, out.String())

@@ -5,7 +5,7 @@
 // A baseline is measured in the same run, on the same machine and database, doing the plain
 // database work the measured operation cannot avoid, so the ratio shows the overhead of the
 // code under test rather than the speed of the machine. rss_mib is the process's peak
-// resident set size so far (VmHWM).
+// resident set size so far (VmHWM); `bench all` gives each stage a process of its own (All).
 package bench
 
 import (

@@ -13,7 +13,12 @@ import (
 	"github.com/waqueue/waqueue/internal/testwait"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	if stageProcess() {
+		return
+	}
+	pgtest.Main(m)
+}
 
 var benchLine = regexp.MustCompile(`^BENCH (store/(postgres|sqlite)/(append-batch|append-single|catch-up)) events_per_s=(\d+) baseline=(copy|insert|insert-tx|select) baseline_per_s=(\d+) ratio=(\d+\.\d\d) rss_mib=(\d+\.\d)$`)
 
