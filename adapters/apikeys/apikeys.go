@@ -258,20 +258,18 @@ func (k *Keys) Create(ctx context.Context, tenantID string, role auth.Role, labe
 // of one key record one event (its id is derived from the key, and the store takes the same
 // event at the same place as an idempotent retry), and each of them returns nil or ErrRevoked.
 func (k *Keys) Revoke(ctx context.Context, tenantID, keyID, actor, reason string) error {
-	key, err := k.Get(ctx, tenantID, keyID)
-	if err != nil {
-		return err
-	}
-	if !key.RevokedAt.IsZero() {
-		return fmt.Errorf("%w: %s", ErrRevoked, keyID)
-	}
 	if len(reason) > connection.MaxNoteLen {
 		return &ValidationError{Field: "reason", Detail: fmt.Sprintf("at most %d bytes", connection.MaxNoteLen)}
 	}
 	// One revocation per key: the event id is derived from the key, so a racing second
 	// revocation is either an idempotent retry of the same append or a duplicate elsewhere.
 	id := uuid.NewSHA1(connection.Namespace, []byte("apikey-revoked:"+keyID))
-	err = k.append(ctx, tenantID, actor, id, auth.APIKeyRevoked{KeyID: keyID, Reason: reason, RevokedBy: actor, RevokedAt: k.now().UTC()})
+	_, err := k.decide(ctx, tenantID, keyID, actor, func(key Key) (uuid.UUID, auth.KeyEvent, error) {
+		if !key.RevokedAt.IsZero() {
+			return uuid.Nil, nil, fmt.Errorf("%w: %s", ErrRevoked, keyID)
+		}
+		return id, auth.APIKeyRevoked{KeyID: keyID, Reason: reason, RevokedBy: actor, RevokedAt: k.now().UTC()}, nil
+	})
 	if errors.Is(err, eventstore.ErrDuplicateEventID) {
 		return fmt.Errorf("%w: %s", ErrRevoked, keyID)
 	}
@@ -284,30 +282,69 @@ func (k *Keys) ChangeRole(ctx context.Context, tenantID, keyID string, role auth
 	if role.IsZero() {
 		return Key{}, &ValidationError{Field: "role", Detail: "required: one of admin, operator, sender, auditor, analyst"}
 	}
-	key, err := k.Get(ctx, tenantID, keyID)
+	key, err := k.decide(ctx, tenantID, keyID, actor, func(key Key) (uuid.UUID, auth.KeyEvent, error) {
+		if !key.RevokedAt.IsZero() {
+			return uuid.Nil, nil, fmt.Errorf("%w: %s", ErrRevoked, keyID)
+		}
+		if key.Role == role {
+			return uuid.Nil, nil, nil
+		}
+		return uuid.New(), auth.APIKeyRoleChanged{KeyID: keyID, Role: role, PreviousRole: key.Role, ChangedBy: actor, ChangedAt: k.now().UTC()}, nil
+	})
 	if err != nil {
-		return Key{}, err
-	}
-	if !key.RevokedAt.IsZero() {
-		return Key{}, fmt.Errorf("%w: %s", ErrRevoked, keyID)
-	}
-	if key.Role == role {
-		return key, nil
-	}
-	ev := auth.APIKeyRoleChanged{KeyID: keyID, Role: role, PreviousRole: key.Role, ChangedBy: actor, ChangedAt: k.now().UTC()}
-	if err := k.append(ctx, tenantID, actor, uuid.New(), ev); err != nil {
 		return Key{}, err
 	}
 	key.Role = role
 	return key, nil
 }
 
+// maxDecideAttempts bounds decide's rounds against concurrent changes of one tenant's keys.
+const maxDecideAttempts = 16
+
+// decide records the event that decision makes of key keyID of tenantID as it is at the
+// tenant stream's current revision, and returns the key as decided on. The append expects
+// that revision, so a change that landed in between (another revocation, another role change,
+// on this instance or another) is never overwritten unseen: the table is caught up and the
+// decision made again. A nil event records nothing (a no-op); a decision's error is returned
+// as it is. Unknown keys and other tenants' keys are ErrNotFound.
+func (k *Keys) decide(ctx context.Context, tenantID, keyID, actor string, decision func(Key) (uuid.UUID, auth.KeyEvent, error)) (Key, error) {
+	for range maxDecideAttempts {
+		next, err := k.syncTenantNext(ctx, tenantID)
+		if err != nil {
+			return Key{}, err
+		}
+		key, err := k.Get(ctx, tenantID, keyID)
+		if err != nil {
+			return Key{}, err
+		}
+		id, ev, err := decision(key)
+		if err != nil || ev == nil {
+			return key, err
+		}
+		if next == 0 { // the key is in the table, so its creation is in the stream
+			return Key{}, fmt.Errorf("apikeys: key %s of tenant %s is known, but its tenant stream is not", keyID, tenantID)
+		}
+		err = k.appendAt(ctx, tenantID, actor, id, ev, eventstore.Exact(next-1))
+		if errors.Is(err, eventstore.ErrWrongExpectedRevision) {
+			continue // a concurrent change of the tenant's keys: decide again on it
+		}
+		return key, err
+	}
+	return Key{}, fmt.Errorf("apikeys: key %s of tenant %s: %d concurrent changes in a row, try again", keyID, tenantID, maxDecideAttempts)
+}
+
 func (k *Keys) append(ctx context.Context, tenantID, actor string, id uuid.UUID, ev auth.KeyEvent) error {
+	return k.appendAt(ctx, tenantID, actor, id, ev, eventstore.Any)
+}
+
+// appendAt appends ev to tenantID's stream on the expectation expected, then catches the table
+// up with the stream.
+func (k *Keys) appendAt(ctx context.Context, tenantID, actor string, id uuid.UUID, ev auth.KeyEvent, expected eventstore.ExpectedRevision) error {
 	typ, data, err := auth.EncodeKeyEvent(ev)
 	if err != nil {
 		return err
 	}
-	_, err = k.store.Append(ctx, auth.TenantStream(tenantID), eventstore.Any, eventstore.EventData{
+	_, err = k.store.Append(ctx, auth.TenantStream(tenantID), expected, eventstore.EventData{
 		ID: id, Type: typ, Data: data,
 		Metadata: eventstore.Metadata{TenantID: tenantID, Actor: actor, CorrelationID: commands.CorrelationIDFromContext(ctx)},
 	})
@@ -503,28 +540,37 @@ func (k *Keys) syncKnownTenants(ctx context.Context) error {
 // PostgreSQL the tenant's row is locked for the page, so instances sharing the database apply
 // each event once and in order; in process, k.mu serializes it.
 func (k *Keys) syncTenant(ctx context.Context, tenantID string) error {
+	_, err := k.syncTenantNext(ctx, tenantID)
+	return err
+}
+
+// syncTenantNext catches the table up with tenantID's stream and returns the revision after
+// the last event applied (0: no stream): the table reflects the stream up to it.
+func (k *Keys) syncTenantNext(ctx context.Context, tenantID string) (uint64, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	const page = 1000
 	for {
-		n, err := k.syncTenantPage(ctx, tenantID, page)
+		n, next, err := k.syncTenantPage(ctx, tenantID, page)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if n < page {
-			return nil
+			return next, nil
 		}
 	}
 }
 
-func (k *Keys) syncTenantPage(ctx context.Context, tenantID string, limit int) (int, error) {
+// syncTenantPage applies at most limit events of tenantID's stream to the table and returns
+// how many it read and the revision after the last event applied.
+func (k *Keys) syncTenantPage(ctx context.Context, tenantID string, limit int) (int, uint64, error) {
 	tx, err := k.db.Begin(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
+		return 0, 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
 	}
 	defer func() { _ = tx.Rollback() }()
 	if _, err := tx.ExecContext(ctx, `INSERT INTO api_keys_streams (tenant_id, next_rev) VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING`, tenantID); err != nil {
-		return 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
+		return 0, 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
 	}
 	lock := ""
 	if k.db.Dialect == projections.Postgres {
@@ -532,34 +578,34 @@ func (k *Keys) syncTenantPage(ctx context.Context, tenantID string, limit int) (
 	}
 	var next int64
 	if err := tx.QueryRowContext(ctx, `SELECT next_rev FROM api_keys_streams WHERE tenant_id = $1`+lock, tenantID).Scan(&next); err != nil {
-		return 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
+		return 0, 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
 	}
 	events, err := k.store.ReadStream(ctx, auth.TenantStream(tenantID), eventstore.Forwards, uint64(next), limit)
 	if errors.Is(err, eventstore.ErrStreamNotFound) {
-		return 0, tx.Commit()
+		return 0, uint64(next), tx.Commit()
 	}
 	if err != nil {
-		return 0, fmt.Errorf("apikeys: sync %s: read stream: %w", tenantID, err)
+		return 0, 0, fmt.Errorf("apikeys: sync %s: read stream: %w", tenantID, err)
 	}
 	if len(events) == 0 {
-		return 0, tx.Commit()
+		return 0, uint64(next), tx.Commit()
 	}
 	for _, e := range events {
 		if !Filter().Match(e) {
 			continue
 		}
 		if err := applyEvent(ctx, tx, e); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	last := events[len(events)-1].Revision
 	if _, err := tx.ExecContext(ctx, `UPDATE api_keys_streams SET next_rev = $1 WHERE tenant_id = $2`, int64(last)+1, tenantID); err != nil {
-		return 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
+		return 0, 0, fmt.Errorf("apikeys: sync %s: %w", tenantID, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("apikeys: sync %s: commit: %w", tenantID, err)
+		return 0, 0, fmt.Errorf("apikeys: sync %s: commit: %w", tenantID, err)
 	}
-	return len(events), nil
+	return len(events), last + 1, nil
 }
 
 func applyEvent(ctx context.Context, tx *projections.Tx, e eventstore.RecordedEvent) error {
