@@ -10,7 +10,7 @@ import (
 )
 
 func newConnectionsCmd(cf *clientFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "connections", Short: "List and register connections (WhatsApp numbers)"}
+	cmd := &cobra.Command{Use: "connections", Short: "List, register, log out and retire connections (WhatsApp numbers)"}
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the tenant's connections with their link and queue status",
@@ -61,6 +61,7 @@ func newConnectionsCmd(cf *clientFlags) *cobra.Command {
 	register.Flags().StringVar(&onBan, "on-ban", "", "after a ban lifts: hold (default) or resume")
 	_ = register.MarkFlagRequired("phone")
 	cmd.AddCommand(cf.addJSON(list), cf.addJSON(register))
+	cmd.AddCommand(lifecycleCmds(cf)...)
 	return cmd
 }
 

@@ -10,7 +10,7 @@ import (
 )
 
 func newKeysCmd(cf *clientFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "keys", Short: "Create, list and revoke API keys (admin)"}
+	cmd := &cobra.Command{Use: "keys", Short: "Create, list, revoke API keys and change their roles (admin)"}
 
 	var role, label, tenant string
 	create := &cobra.Command{
@@ -94,6 +94,27 @@ func newKeysCmd(cf *clientFlags) *cobra.Command {
 	}
 	revoke.Flags().StringVar(&reason, "reason", "", "why the key is revoked (recorded in the audit trail)")
 
-	cmd.AddCommand(cf.addJSON(create), cf.addJSON(list), revoke)
+	roleCmd := &cobra.Command{
+		Use:   "role ID ROLE",
+		Short: "Give a key another role: admin, operator, sender, auditor or analyst (audited; in effect at once)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := cf.client(c)
+			if err != nil {
+				return err
+			}
+			key, err := cl.ChangeKeyRole(c.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSONValue(c.OutOrStdout(), key)
+			}
+			fmt.Fprintf(c.OutOrStdout(), "key %s now has the role %s\n", key.ID, key.Role)
+			return nil
+		},
+	}
+
+	cmd.AddCommand(cf.addJSON(create), cf.addJSON(list), revoke, cf.addJSON(roleCmd))
 	return cmd
 }
