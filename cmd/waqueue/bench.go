@@ -282,6 +282,7 @@ func apiFlags(c *cobra.Command, f *benchFlags) {
 	fl := c.Flags()
 	fl.IntVar(&f.api.Clients, "clients", 0, "concurrent HTTP clients (default 64)")
 	fl.IntVar(&f.api.Requests, "requests", 0, "enqueue requests measured (default 6,400)")
+	fl.StringVar(&f.api.WindowProfile, "window-profile", "", "api: write a CPU profile of the measured requests only to this file (go tool pprof; not with --cpuprofile)")
 	fl.DurationVar(&f.api.ReadYourWrites, "read-your-writes", 0, "API read-your-writes wait (default the server's; negative disables it: figure api/<engine>/enqueue-no-ryw)")
 }
 

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"time"
@@ -33,6 +35,10 @@ type APIConfig struct {
 	// the wait, and the figure is then named api/<engine>/enqueue-no-ryw (a diagnostic: it
 	// shows what the wait costs).
 	ReadYourWrites time.Duration
+	// WindowProfile, when set, names the file that receives a CPU profile of the measured
+	// requests only (the baselines and the set-up left out; one engine: the last one's). It
+	// cannot be combined with bench's --cpuprofile, which profiles the whole run.
+	WindowProfile string
 }
 
 // API measures, per engine, POST /v1/connections/{id}/messages through a real listener and
@@ -127,6 +133,10 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	// What one request costs: the process's CPU (server and clients), the PostgreSQL
 	// server's CPU and its committed transactions over the measured requests.
 	pid := serverPID(ctx, env, stats)
+	stopProfile, err := startWindowProfile(cfg.WindowProfile)
+	if err != nil {
+		return err
+	}
 	cpu0, db0 := processCPU(), postgresCPU(pid)
 	x0, _ := pgStats(ctx, stats)
 	n, elapsed, err := concurrently(ctx, cfg.Clients, cfg.Requests, func(ctx context.Context, c, i int) error {
@@ -145,6 +155,9 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	}
 	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
 	x1, _ := pgStats(ctx, stats)
+	if err := stopProfile(); err != nil {
+		return err
+	}
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
@@ -173,6 +186,26 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 		"baseline", "insert", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate),
 		"cpu_us_per_req", perReq(cpu, n), "db_cpu_us_per_req", perReq(dbCPU, n), "db_xacts_per_req", float64(x1-x0)/float64(max(n, 1)),
 		"cpu_us_per_insert", perReq(bcpu, cfg.Requests), "db_cpu_us_per_insert", perReq(bdbCPU, cfg.Requests))
+}
+
+// startWindowProfile starts a CPU profile into path (nothing when path is empty) and returns
+// the function that stops it and closes the file.
+func startWindowProfile(path string) (stop func() error, err error) {
+	if path == "" {
+		return func() error { return nil }, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("window profile: %w", err)
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
 }
 
 // perReq is d per one of n, in microseconds.
