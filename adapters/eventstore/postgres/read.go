@@ -162,10 +162,14 @@ func filterSQL(f eventstore.Filter, args *[]any) string {
 	return b.String()
 }
 
+// likeEscaper escapes LIKE's wildcards (with the default escape character, backslash). One
+// for the package (safe for concurrent use): a Replacer builds its tables on first use, and one
+// per call (per live page read) was 6 % of all bytes `bench api` allocated.
+var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+
 // likeEscape escapes LIKE's wildcards (with the default escape character, backslash).
 func likeEscape(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
-	return r.Replace(s)
+	return likeEscaper.Replace(s)
 }
 
 // query runs q and scans events.
