@@ -45,8 +45,9 @@ type Projection interface {
 	// Apply applies events, in global order, inside tx. Events at or before the checkpoint are
 	// never passed. tx may be shared with the runner's other projections: Apply touches only
 	// its own rows, and keeps nothing in memory that assumes the commit (the transaction may be
-	// rolled back after Apply returned, when another projection fails). An error rolls the
-	// batch back; it is delivered again later (to this projection alone).
+	// rolled back after Apply returned, when another projection fails). events is read-only
+	// (it may be shared with the group's other projections). An error rolls the batch back; it
+	// is delivered again later (to this projection alone).
 	Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error
 	// Reset deletes every row the projection owns, inside tx (used by rebuild).
 	Reset(ctx context.Context, tx *Tx) error
@@ -628,10 +629,25 @@ func (r *Runner) applyGroup(ctx context.Context, g *groupState, ps []Projection,
 // and that it subscribes to, and returns them (none applied: nil, and no call to Apply).
 func (r *Runner) applyFresh(ctx context.Context, p Projection, tx *Tx, cp eventstore.Position, events []eventstore.RecordedEvent) ([]eventstore.RecordedEvent, error) {
 	mt := r.matchers[p.Name()]
-	var fresh []eventstore.RecordedEvent
-	for _, e := range events {
-		if cp.Less(e.Position) && mt.match(e) {
-			fresh = append(fresh, e)
+	// The events are in log order: those past cp are a suffix. When the projection selects
+	// all of it (the usual live batch), Apply gets that suffix itself, not a copy: copying
+	// each batch once per projection was 5 % of the bytes bench api allocated.
+	i, _ := slices.BinarySearchFunc(events, cp, func(e eventstore.RecordedEvent, cp eventstore.Position) int {
+		if cp.Less(e.Position) {
+			return 1
+		}
+		return -1
+	})
+	fresh := events[i:]
+	for k, e := range fresh {
+		if !mt.match(e) {
+			fresh = fresh[:k:k] // appending copies: the batch itself is never written
+			for _, e := range events[i+k+1:] {
+				if mt.match(e) {
+					fresh = append(fresh, e)
+				}
+			}
+			break
 		}
 	}
 	if len(fresh) == 0 {
