@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -34,6 +35,12 @@ type MessageStatus struct {
 	// rowsOnly writes a status_messages row for every queued message, never a run (the model
 	// before issue 12, which the randomized tests compare with).
 	rowsOnly bool
+	// tenants caches each connection's tenant (which never changes) across batches, as read
+	// from status_conns or from its ConnectionRegistered: one SELECT per connection and
+	// process instead of one per connection and batch (0.37 statements per request in bench
+	// api). Guarded by mu; emptied by Reset.
+	mu      sync.Mutex
+	tenants map[string]string
 }
 
 // NewMessageStatus returns the message-status projection.
@@ -55,14 +62,18 @@ func (*MessageStatus) Filter() eventstore.Filter {
 }
 
 // Reset implements Projection.
-func (*MessageStatus) Reset(ctx context.Context, tx *Tx) error {
+func (s *MessageStatus) Reset(ctx context.Context, tx *Tx) error {
+	s.mu.Lock()
+	s.tenants = nil
+	s.mu.Unlock()
 	return execAll(ctx, tx, `DELETE FROM status_purges`, `DELETE FROM status_broadcasts`,
 		`DELETE FROM status_messages`, `DELETE FROM status_run_ids`, `DELETE FROM status_runs`, `DELETE FROM status_conns`)
 }
 
 type statusBatch struct {
+	s       *MessageStatus
 	tx      *Tx
-	tenants map[string]string
+	tenants map[string]string // this batch's, fallbacks included
 	rows    []statusRow
 	runs    []statusRun
 	// bcast holds per broadcast the deltas of its status counts.
@@ -127,7 +138,7 @@ type statusRun struct {
 
 // Apply implements Projection.
 func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
-	b := &statusBatch{tx: tx, tenants: map[string]string{}, bcast: map[string]map[string]int64{}}
+	b := &statusBatch{s: s, tx: tx, tenants: map[string]string{}, bcast: map[string]map[string]int64{}}
 	decoded := make([]statusEvent, 0, len(events))
 	for _, e := range events {
 		connID, ev, ok, err := decodeConn(e)
@@ -155,7 +166,7 @@ func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.R
 		}
 		if run {
 			bq := ev.(connection.BroadcastQueued)
-			tenant, err := tenantOf(ctx, tx, "status_conns", connID, e.Metadata.TenantID, b.tenants)
+			tenant, err := b.tenant(ctx, connID, e.Metadata.TenantID)
 			if err != nil {
 				return err
 			}
@@ -164,7 +175,7 @@ func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.R
 			continue
 		}
 		if queued != nil {
-			tenant, err := tenantOf(ctx, tx, "status_conns", connID, e.Metadata.TenantID, b.tenants)
+			tenant, err := b.tenant(ctx, connID, e.Metadata.TenantID)
 			if err != nil {
 				return err
 			}
@@ -202,6 +213,40 @@ func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.R
 	return b.flushCounts(ctx)
 }
 
+// tenant returns the tenant of connID: from the projection's cache, else from status_conns
+// (then cached), else fallback (the event's metadata; for this batch only).
+func (b *statusBatch) tenant(ctx context.Context, connID, fallback string) (string, error) {
+	if t, ok := b.tenants[connID]; ok {
+		return t, nil
+	}
+	b.s.mu.Lock()
+	t, ok := b.s.tenants[connID]
+	b.s.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	err := b.tx.QueryRowContext(ctx, `SELECT tenant_id FROM status_conns WHERE conn_id = $1`, connID).Scan(&t)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		t = fallback
+	case err != nil:
+		return "", fmt.Errorf("tenant of %q: %w", connID, err)
+	default:
+		b.s.remember(connID, t)
+	}
+	b.tenants[connID] = t
+	return t, nil
+}
+
+func (s *MessageStatus) remember(connID, tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tenants == nil {
+		s.tenants = map[string]string{}
+	}
+	s.tenants[connID] = tenant
+}
+
 func (b *statusBatch) count(bid, status string, d int64) {
 	m := b.bcast[bid]
 	if m == nil {
@@ -216,11 +261,12 @@ func (b *statusBatch) apply(ctx context.Context, e eventstore.RecordedEvent, con
 	switch ev := ev.(type) {
 	case connection.ConnectionRegistered:
 		b.tenants[connID] = ev.TenantID
+		b.s.remember(connID, ev.TenantID)
 		_, err := tx.ExecContext(ctx, `INSERT INTO status_conns (conn_id, tenant_id) VALUES ($1, $2)
 ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, ev.TenantID)
 		return err
 	case connection.BroadcastStarted:
-		tenant, err := tenantOf(ctx, tx, "status_conns", connID, e.Metadata.TenantID, b.tenants)
+		tenant, err := b.tenant(ctx, connID, e.Metadata.TenantID)
 		if err != nil {
 			return err
 		}
