@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -22,6 +23,10 @@ const OutboxName = "webhooks_outbox"
 // webhook_id, event_id).
 type Outbox struct {
 	wake func()
+	// wrote is set by an Apply that inserted rows and taken by the AfterCommit that follows
+	// (both on the runner's goroutine): the worker is woken only when there may be something
+	// to deliver. A rolled-back Apply at worst causes one needless wake-up.
+	wrote atomic.Bool
 }
 
 var (
@@ -126,6 +131,7 @@ VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT (webhook_id, event_id) DO NOTHING
 			h.id, ie.TenantID, ie.ID.String(), ie.Type, string(payload), e.RecordedAt.UnixMicro()); err != nil {
 			return fmt.Errorf("webhooks: outbox row for %s: %w", h.id, err)
 		}
+		o.wrote.Store(true)
 	}
 	return nil
 }
@@ -175,9 +181,11 @@ func tenantHooks(ctx context.Context, tx *projections.Tx, tenant string) ([]hook
 // webhook.
 func (o *Outbox) Reset(context.Context, *projections.Tx) error { return nil }
 
-// AfterCommit implements projections.AfterCommitter: it wakes the worker.
+// AfterCommit implements projections.AfterCommitter: it wakes the worker after a batch that
+// wrote rows (waking it after every batch made it query its due rows once per batch of every
+// tenant's messages).
 func (o *Outbox) AfterCommit([]eventstore.RecordedEvent) {
-	if o.wake != nil {
+	if o.wrote.Swap(false) && o.wake != nil {
 		o.wake()
 	}
 }
