@@ -176,6 +176,21 @@ func Migrate(ctx context.Context, db *projections.DB) error {
 	return nil
 }
 
+// Analyze gathers the planner's statistics of the key and tenant tables on PostgreSQL (nothing
+// on SQLite); the server runs it at every start. Autovacuum analyzes a table only after 50
+// changed rows, which a few keys never reach, and without statistics the key lookup's generic
+// plan looks costlier than a custom one: PostgreSQL then planned the lookup afresh on every
+// request (0.1–0.15 ms of the server's CPU each, more than running it).
+func Analyze(ctx context.Context, db *projections.DB) error {
+	if db.Dialect != projections.Postgres {
+		return nil
+	}
+	if _, err := db.ExecContext(ctx, `ANALYZE api_keys, tenants`); err != nil {
+		return fmt.Errorf("apikeys: analyze: %w", err)
+	}
+	return nil
+}
+
 // Hash returns the stored form of a key: hex SHA-256.
 func Hash(secret string) string {
 	sum := sha256.Sum256([]byte(secret))

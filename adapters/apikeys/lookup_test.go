@@ -256,3 +256,35 @@ func testSharedLookups(t *testing.T, engine string) {
 		t.Fatalf("lookup on a closed database: %v, want a database error", err)
 	}
 }
+
+// TestKeyLookupPlanIsReused: after Analyze, PostgreSQL reuses one generic plan for the key
+// lookup instead of planning it again on every request (without statistics on the small key
+// tables it planned every lookup afresh, which cost more of its CPU than running it).
+func TestKeyLookupPlanIsReused(t *testing.T) {
+	k, sdb := openOn(t, "postgres")
+	ctx := t.Context()
+	sdb.SetMaxOpenConns(1) // one session: its prepared statements are the lookups'
+	c, err := k.Create(ctx, "t1", auth.RoleSender, "k", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := apikeys.Analyze(ctx, &projections.DB{SQL: sdb, Dialect: projections.Postgres}); err != nil {
+		t.Fatal(err)
+	}
+	const lookups = 12
+	for range lookups {
+		if _, err := k.Identify(ctx, c.Secret); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var generic, custom int64
+	if err := sdb.QueryRowContext(ctx, `SELECT generic_plans, custom_plans FROM pg_prepared_statements
+WHERE statement LIKE '%FROM api_keys k LEFT JOIN tenants t%'`).Scan(&generic, &custom); err != nil {
+		t.Fatal(err)
+	}
+	// PostgreSQL plans the first five executions of a prepared statement for their
+	// parameters, then keeps the generic plan if it is not costlier.
+	if generic < lookups-6 {
+		t.Fatalf("%d generic and %d custom plans for %d key lookups: the lookup is planned on every request", generic, custom, lookups)
+	}
+}

@@ -245,6 +245,9 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	if created != nil {
 		n.AdminKey = created.Secret
 	}
+	if err := apikeys.Analyze(ctx, n.DB); err != nil {
+		return nil, err
+	}
 	secret, err := apikeys.LoadOrCreateTokenSecret(o.BrokerTokenSecretFile)
 	if err != nil {
 		return nil, err
