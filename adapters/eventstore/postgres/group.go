@@ -30,10 +30,15 @@ import (
 // If the shared transaction fails as a whole, nothing of it is committed and every append of
 // the group is retried alone.
 //
-// Appends are queued; while fewer than Options.GroupCommitters groups are running, a queued
-// append starts one at once (no waiting for company: an idle store appends with the latency of
-// a lone append). Appends arriving while groups run wait for the next group, which takes
-// everything queued, at most Options.GroupMax appends and one per stream.
+// Appends are queued; when no group is running, a queued append starts one at once (no waiting
+// for company: an idle store appends with the latency of a lone append). Appends arriving while
+// groups run wait for the next group, which takes everything queued, at most Options.GroupMax
+// appends and one per stream; another group starts beside the running ones (at most
+// Options.GroupCommitters in all) only once Options.GroupMin appends wait: a stuck group (a
+// stream lock held by another transaction) holds up only the appends queued behind it until
+// that many wait. Starting a group for every append while fewer than GroupCommitters ran made
+// most commits lone appends under load (bench api, 64 clients: about 0.17 append transactions
+// per request instead of 0.05, each commit also waking every subscription of the node).
 
 // sqlLockAll takes the advisory locks of the streams $1, in the order of their hashes.
 const sqlLockAll = `SELECT count(pg_advisory_xact_lock(h)) FROM
@@ -89,7 +94,7 @@ func (s *Store) appendGrouped(ctx context.Context, stream string, expected event
 	g := &s.group
 	g.mu.Lock()
 	g.queue = append(g.queue, p)
-	lead := g.running < s.opts.GroupCommitters
+	lead := g.running == 0 || g.running < s.opts.GroupCommitters && len(g.queue) >= s.opts.GroupMin
 	if lead {
 		g.running++
 	}

@@ -102,6 +102,68 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 	}
 }
 
+// TestGroupCommitStartsAnotherGroupOnlyWhenManyWait: while a group runs (here stuck on a stream
+// lock a held transaction keeps), appends to other streams wait for it, fewer than GroupMin of
+// them; the GroupMin-th starts another group beside it (GroupCommitters allows two), which
+// appends them all in one transaction while the first is still stuck.
+func TestGroupCommitStartsAnotherGroupOnlyWhenManyWait(t *testing.T) {
+	const groupMin = 4
+	st := openStore(t, pgtest.URL(t), postgres.Options{GroupCommitters: 2, GroupMin: groupMin})
+	ctx := context.Background()
+	prefix := storetest.TestID() + "groupmin-"
+	blocker := prefix + "blocker"
+	held := hold(t, st, blocker, eventstore.NoStream, events(1, "Held")...)
+	defer func() { _ = held.Rollback(ctx) }()
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := st.Append(ctx, blocker, eventstore.Any, events(1, "Blocked")...)
+		blocked <- err
+	}()
+	waitUntil(t, "a committer takes the blocked append", func() bool { return st.QueuedAppends() == 0 && st.GroupsRunning() == 1 })
+
+	results := make([]eventstore.AppendResult, groupMin)
+	errs := make([]error, groupMin)
+	var wg sync.WaitGroup
+	appendTo := func(i int) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = st.Append(ctx, fmt.Sprintf("%s%02d", prefix, i), eventstore.NoStream, events(1, "Waiting")...)
+		}()
+	}
+	for i := range groupMin - 1 {
+		appendTo(i)
+	}
+	// Each of them was queued with a group running and fewer than groupMin waiting: none started a
+	// group (the old rule started one for the first, beside the stuck one).
+	waitUntil(t, "the first appends queued behind the stuck group", func() bool { return st.QueuedAppends() == groupMin-1 })
+	if n := st.GroupsRunning(); n != 1 {
+		t.Fatalf("%d groups running with %d appends waiting, want 1", n, groupMin-1)
+	}
+	groupsBefore := st.GroupsCommitted()
+	appendTo(groupMin - 1)
+	wg.Wait() // while the first group is still stuck
+	if got := st.GroupsCommitted() - groupsBefore; got != 1 {
+		t.Fatalf("%d shared transactions committed, want 1", got)
+	}
+	for i := range groupMin {
+		if errs[i] != nil || results[i].NextExpectedRevision != 0 || results[i].Position.Commit != results[0].Position.Commit {
+			t.Fatalf("append %d: %+v, %v; want revision 0 in the others' transaction (%+v)", i, results[i], errs[i], results[0])
+		}
+	}
+	select {
+	case err := <-blocked:
+		t.Fatalf("the stuck append returned (%v) before its lock was released", err)
+	default:
+	}
+	if err := held.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestGroupCommitMixedOutcomes forces one group holding every outcome an append can have, and
 // checks each append gets its own: success at an exact revision, with Any and on a new stream
 // (NoStream), wrong expected revisions of each kind (exact, NoStream on an existing stream,

@@ -116,6 +116,12 @@ type Options struct {
 	GroupCommitters int
 	// GroupMax is the most appends one shared transaction takes. Zero means 256.
 	GroupMax int
+	// GroupMin is how many appends must be waiting for a group to start while another one
+	// runs (up to GroupCommitters); with no group running one starts at once, whatever waits.
+	// Under load appends thus share few, large transactions (each commit also wakes every
+	// subscription), and a group stuck on a stream lock holds up only the few appends queued
+	// behind it until GroupMin more arrive. Zero means 64.
+	GroupMin int
 }
 
 func (o *Options) setDefaults() {
@@ -142,6 +148,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.GroupMax <= 0 {
 		o.GroupMax = 256
+	}
+	if o.GroupMin <= 0 {
+		o.GroupMin = 64
 	}
 }
 
