@@ -37,8 +37,9 @@ import (
 // Options.GroupCommitters in all) only once Options.GroupMin appends wait: a stuck group (a
 // stream lock held by another transaction) holds up only the appends queued behind it until
 // that many wait. Starting a group for every append while fewer than GroupCommitters ran made
-// most commits lone appends under load (bench api, 64 clients: about 0.17 append transactions
-// per request instead of 0.05, each commit also waking every subscription of the node).
+// most commits lone appends under load (bench api, 64 clients: 1,191 append transactions for
+// 6,400 requests, 878 of them alone, against 655 with GroupMin 16; each commit also wakes
+// every subscription of the node).
 
 // sqlLockAll takes the advisory locks of the streams $1, in the order of their hashes.
 const sqlLockAll = `SELECT count(pg_advisory_xact_lock(h)) FROM
