@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/google/uuid"
@@ -27,6 +29,9 @@ type DispatchConfig struct {
 	SetupWorkers int
 	// GroupCommit is server.Options.GroupCommit of the node measured (0: the server's default).
 	GroupCommit int
+	// CPUProfile, when set, is a file to write a CPU profile of the timed window to (the
+	// first figure measured; a --cpuprofile of the whole run must not be running).
+	CPUProfile string
 }
 
 // effectiveWriters is the most appends the dispatcher can have in flight: one loop per
@@ -39,8 +44,15 @@ func effectiveWriters(conns int) int { return min(conns, postgres.DefaultMaxConn
 // appends per message, against single-row INSERT commits at the dispatcher's effective
 // concurrency in the same database. It prints
 //
-//	BENCH dispatch/<engine>/conns=<n> msgs_per_s=… events_per_msg=… baseline=insert baseline_per_s=… ratio=… rss_mib=…
+//	BENCH dispatch/<engine>/conns=<n> msgs_per_s=… events_per_msg=… settled_s=… cpu_us_per_msg=… db_cpu_us_per_msg=…
+//	      db_xacts_per_msg=… cpu_us_per_insert=… db_cpu_us_per_insert=… baseline=insert baseline_per_s=… ratio=… rss_mib=…
 //
+// settled_s is when every read model had applied the last event appended (from the start, as
+// msgs_per_s's clock). cpu_us_per_msg is the process's CPU per message from the start until
+// then (the dispatcher, the simulator, the read models), db_cpu_us_per_msg the PostgreSQL
+// server's (0 on SQLite), db_xacts_per_msg its committed transactions per message. The
+// baseline runs after that, on a database no longer busy with the read models;
+// cpu_us_per_insert and db_cpu_us_per_insert are its costs per INSERT.
 // The connections are registered, held, filled and connected before the clock starts; the
 // clock runs from the first QueueResumed command to the last MessageSent recorded.
 func Dispatch(ctx context.Context, env *Env, cfg DispatchConfig, w io.Writer) error {
@@ -135,6 +147,30 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 	}
 	sentBefore := node.Dispatcher.Stats().Sent
 	total := uint64(conns * per)
+	stats, err := openStats(node)
+	if err != nil {
+		return err
+	}
+	if stats != nil {
+		defer stats.Close()
+	}
+	pid := serverPID(ctx, env, stats)
+	stopProfile := func() {}
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("window CPU profile: %w", err)
+		}
+		cfg.CPUProfile = "" // the first figure only
+		stopProfile = func() { pprof.StopCPUProfile(); f.Close(); stopProfile = func() {} }
+		defer stopProfile()
+	}
+	x0, _ := pgStats(ctx, stats)
+	cpu0, db0 := processCPU(), postgresCPU(pid)
 
 	start := time.Now()
 	err = parallel(ctx, cfg.SetupWorkers, conns, func(ctx context.Context, i int) error {
@@ -155,6 +191,7 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		}
 	}
 	elapsed := time.Since(start)
+	stopProfile()
 	st := node.Dispatcher.Stats()
 	if st.Failed+st.Unknown+st.Expired > 0 {
 		return fmt.Errorf("dispatcher recorded %d failed, %d unknown, %d expired with a perfect transport", st.Failed, st.Unknown, st.Expired)
@@ -165,15 +202,33 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 	if err != nil {
 		return err
 	}
-	writers := effectiveWriters(conns)
-	basePerS, err := insertBaseline(ctx, node, writers, min(int(total), 8000))
+	// The read models' share finishes after the window when they lag: wait for it, so the
+	// baseline does not share the database with it.
+	last, err := lastPosition(ctx, node.Events, before)
 	if err != nil {
 		return err
 	}
+	if err := node.Runner.WaitReached(ctx, projectionNames(node), last); err != nil {
+		return fmt.Errorf("read models settling: %w", err)
+	}
+	settled := time.Since(start)
+	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
+	x1, _ := pgStats(ctx, stats)
+	writers := effectiveWriters(conns)
+	inserts := min(int(total), 8000)
+	bcpu0, bdb0 := processCPU(), postgresCPU(pid)
+	basePerS, err := insertBaseline(ctx, node, writers, inserts)
+	if err != nil {
+		return err
+	}
+	bcpu, bdbCPU := processCPU()-bcpu0, postgresCPU(pid)-bdb0
 	rate := perSecond(int(total), elapsed)
 	return emit(w, fmt.Sprintf("dispatch/%s/conns=%d", engine, conns),
 		"msgs_per_s", rate, "msgs", total, "events_per_msg", float64(events)/float64(total), "writers", writers,
-		"group_commit", engineGroupCommit(engine, cfg.GroupCommit),
+		"group_commit", engineGroupCommit(engine, cfg.GroupCommit), "settled_s", settled.Seconds(),
+		"cpu_us_per_msg", perReq(cpu, int(total)), "db_cpu_us_per_msg", perReq(dbCPU, int(total)),
+		"db_xacts_per_msg", float64(x1-x0)/float64(total),
+		"cpu_us_per_insert", perReq(bcpu, inserts), "db_cpu_us_per_insert", perReq(bdbCPU, inserts),
 		"baseline", "insert", "baseline_per_s", basePerS, "ratio", ratio(rate, basePerS))
 }
 
