@@ -78,6 +78,10 @@ type runsHistory struct {
 	statusRuns, statusRows *projections.MessageStatus
 	statusPos              eventstore.Position
 	broadcasts             []uuid.UUID
+	// handed holds per stream messages acknowledged sent, unknown or delivered (receipts may
+	// follow, late and in any order).
+	handed    [][]connection.InFlightMessage
+	receipted map[uuid.UUID]map[connection.MessageStatus]bool
 }
 
 func (h *runsHistory) now() time.Time { h.minute++; return at(h.minute) }
@@ -174,19 +178,51 @@ func (h *runsHistory) step() {
 				})
 			}
 		}
-	case op < 65: // an outcome for a message in flight
+	case op < 65: // an outcome for a message in flight, or a late receipt (in any order, refused or not)
 		fl := c.InFlight()
+		if h.status && len(h.handed[i]) > 0 && (len(fl) == 0 || h.rng.IntN(3) == 0) {
+			f := h.handed[i][h.rng.IntN(len(h.handed[i]))]
+			kinds := []connection.MessageStatus{connection.MessageStatusDelivered, connection.MessageStatusRead}
+			if h.rng.IntN(2) == 0 {
+				kinds[0], kinds[1] = kinds[1], kinds[0] // read first, then a late delivered
+			}
+			for _, kind := range kinds[:1+h.rng.IntN(2)] {
+				if h.receipted[f.MessageID] == nil {
+					h.receipted[f.MessageID] = map[connection.MessageStatus]bool{}
+				}
+				if h.receipted[f.MessageID][kind] {
+					continue // a receipt is recorded once (its event id is the message's and the kind's)
+				}
+				if h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+					return c.RecordOutcome(connection.Outcome{MessageID: f.MessageID, Seq: f.Seq, Kind: kind}, h.now())
+				}) {
+					h.receipted[f.MessageID][kind] = true
+				}
+			}
+			break
+		}
 		if len(fl) == 0 {
 			break
 		}
 		f := fl[h.rng.IntN(len(fl))]
 		kind := connection.MessageStatusSent
-		if h.rng.IntN(4) == 0 {
+		switch h.rng.IntN(8) {
+		case 0, 1:
 			kind = connection.MessageStatusFailed
+		case 2:
+			kind = connection.MessageStatusUnknown
+		case 3:
+			kind = connection.MessageStatusDelivered // a receipt acknowledges it
 		}
-		h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
-			return c.RecordOutcome(connection.Outcome{MessageID: f.MessageID, Seq: f.Seq, Kind: kind, Code: "131026"}, h.now())
-		})
+		if h.do(i, func(c *connection.Connection) ([]connection.Event, error) {
+			return c.RecordOutcome(connection.Outcome{MessageID: f.MessageID, Seq: f.Seq, Kind: kind, Code: "131026",
+				Detail: fmt.Sprintf("d%d", h.minute), ServerID: fmt.Sprintf("wa-%d", h.minute)}, h.now())
+		}) && h.status && kind != connection.MessageStatusFailed {
+			h.handed[i] = append(h.handed[i], f)
+			if kind == connection.MessageStatusDelivered {
+				h.receipted[f.MessageID] = map[connection.MessageStatus]bool{kind: true}
+			}
+		}
 	case op < 77: // cancel a message anywhere in the queue
 		head, ok := c.Head()
 		if !ok {
@@ -537,6 +573,10 @@ func TestQueueRunsAnswerAsRows(t *testing.T) {
 					t.Fatal(err)
 				}
 				h.streams, h.ids, h.msgs = append(h.streams, s), append(h.ids, id), append(h.msgs, map[uint64]queueMsg{})
+				h.handed = append(h.handed, nil)
+				if h.receipted == nil {
+					h.receipted = map[uuid.UUID]map[connection.MessageStatus]bool{}
+				}
 			}
 			for n := range steps {
 				if n%20 == 0 {
@@ -621,6 +661,10 @@ func TestStatusRunsAnswerAsRows(t *testing.T) {
 					t.Fatal(err)
 				}
 				h.streams, h.ids, h.msgs = append(h.streams, s), append(h.ids, id), append(h.msgs, map[uint64]queueMsg{})
+				h.handed = append(h.handed, nil)
+				if h.receipted == nil {
+					h.receipted = map[uuid.UUID]map[connection.MessageStatus]bool{}
+				}
 			}
 			for n := range steps {
 				if n%20 == 0 {

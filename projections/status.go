@@ -41,6 +41,9 @@ type MessageStatus struct {
 	// api). Guarded by mu; emptied by Reset.
 	mu      sync.Mutex
 	tenants map[string]string
+	// perEvent moves a message's status in one statement per event on PostgreSQL as well (as
+	// before issue 12's flushMoves; the randomized tests compare with it).
+	perEvent bool
 }
 
 // NewMessageStatus returns the message-status projection.
@@ -78,6 +81,17 @@ type statusBatch struct {
 	runs    []statusRun
 	// bcast holds per broadcast the deltas of its status counts.
 	bcast map[string]map[string]int64
+	// moves are the batch's message status changes not yet written (PostgreSQL: flushMoves).
+	moves    []statusMove
+	perEvent bool
+}
+
+// statusMove is one message event's change of its status_messages row.
+type statusMove struct {
+	me connection.MessageEvent
+	at int64
+	// set holds the event's other columns (fail_code, detail, server_id) it sets.
+	set map[string]string
 }
 
 type statusRow struct {
@@ -138,7 +152,7 @@ type statusRun struct {
 
 // Apply implements Projection.
 func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedEvent) error {
-	b := &statusBatch{s: s, tx: tx, tenants: map[string]string{}, bcast: map[string]map[string]int64{}}
+	b := &statusBatch{s: s, tx: tx, tenants: map[string]string{}, bcast: map[string]map[string]int64{}, perEvent: s.perEvent}
 	decoded := make([]statusEvent, 0, len(events))
 	for _, e := range events {
 		connID, ev, ok, err := decodeConn(e)
@@ -210,6 +224,9 @@ func (s *MessageStatus) Apply(ctx context.Context, tx *Tx, events []eventstore.R
 	if err := b.flushRows(ctx); err != nil {
 		return err
 	}
+	if err := b.flushMoves(ctx); err != nil {
+		return err
+	}
 	return b.flushCounts(ctx)
 }
 
@@ -247,6 +264,178 @@ func (s *MessageStatus) remember(connID, tenant string) {
 	s.tenants[connID] = tenant
 }
 
+// moveColumns returns the columns other than the status and its time that ev sets.
+func moveColumns(ev connection.Event) map[string]string {
+	switch ev := ev.(type) {
+	case connection.MessageFailed:
+		return map[string]string{"fail_code": ev.Code, "detail": ev.Detail}
+	case connection.MessageOutcomeUnknown:
+		return map[string]string{"detail": ev.Cause}
+	case connection.MessageSent:
+		return map[string]string{"server_id": ev.ServerID}
+	case connection.MessageCancelled:
+		return map[string]string{"detail": ev.Reason}
+	}
+	return nil
+}
+
+// statusRowState is what flushMoves reads, changes and writes back of a status_messages row.
+type statusRowState struct {
+	status, bid string
+	at          map[string]int64 // per status column: its _at_us
+	text        map[string]string
+	changed     bool
+}
+
+// moveTextColumns are the columns a move may set besides the status and its time.
+var moveTextColumns = []string{"fail_code", "detail", "server_id"}
+
+// flushMoves writes the batch's message status changes on PostgreSQL in two statements: the
+// rows they move, read and locked (FOR UPDATE), then changed in order in memory exactly as one
+// UPDATE per event would (a status moves only along connection.MessageStatus.CanBecome, a
+// status's time is its first, the other columns the last event's), and written back in one
+// UPDATE … FROM unnest. A message of a run without its row yet gets it first (as apply does).
+// Issue 12: two statements per batch instead of one per event (two per dispatched message).
+func (b *statusBatch) flushMoves(ctx context.Context) error {
+	if len(b.moves) == 0 {
+		return nil
+	}
+	moves := b.moves
+	b.moves = b.moves[:0]
+	ids := make([]string, 0, len(moves))
+	for _, m := range moves {
+		ids = append(ids, m.me.MessageID.String())
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	rows, err := b.readMoved(ctx, ids)
+	if err != nil {
+		return err
+	}
+	if len(rows) < len(ids) {
+		// Messages of runs changing state for the first time (materializeRuns missed them).
+		for _, m := range moves {
+			id := m.me.MessageID.String()
+			if _, ok := rows[id]; ok {
+				continue
+			}
+			n, err := materializeRunMessage(ctx, b.tx, m.me.MessageID)
+			if err != nil {
+				return err
+			}
+			if n != 1 {
+				return fmt.Errorf("message %s (seq %d) was never queued", m.me.MessageID, m.me.Seq)
+			}
+			more, err := b.readMoved(ctx, []string{id})
+			if err != nil {
+				return err
+			}
+			rows[id] = more[id]
+		}
+	}
+	for _, m := range moves {
+		r := rows[m.me.MessageID.String()]
+		next := m.me.Status.String()
+		var old connection.MessageStatus
+		if err := old.UnmarshalText([]byte(r.status)); err != nil {
+			return err
+		}
+		if old.CanBecome(m.me.Status) {
+			if r.bid != "" {
+				b.count(r.bid, r.status, -1)
+				b.count(r.bid, next, +1)
+			}
+			r.status = next
+		}
+		if r.at[next] == 0 {
+			r.at[next] = m.at
+		}
+		for k, v := range m.set {
+			r.text[k] = v
+		}
+		r.changed = true
+	}
+	// One array per column: message_id, status, the times in statusColumns' order, the texts.
+	n := len(ids)
+	args := make([]any, 0, 2+len(statusColumns)+len(moveTextColumns))
+	idArr, stArr := make([]string, 0, n), make([]string, 0, n)
+	atArr := make([][]int64, len(statusColumns))
+	txtArr := make([][]string, len(moveTextColumns))
+	for _, id := range ids {
+		r := rows[id]
+		idArr, stArr = append(idArr, id), append(stArr, r.status)
+		for i, c := range statusColumns {
+			atArr[i] = append(atArr[i], r.at[c])
+		}
+		for i, c := range moveTextColumns {
+			txtArr[i] = append(txtArr[i], r.text[c])
+		}
+	}
+	args = append(args, idArr, stArr)
+	var types, names, sets []string
+	types = append(types, "$1::text[]", "$2::text[]")
+	names = append(names, "message_id", "status")
+	sets = append(sets, "status = u.status")
+	for i, c := range statusColumns {
+		args = append(args, atArr[i])
+		types = append(types, fmt.Sprintf("$%d::bigint[]", len(args)))
+		names = append(names, c)
+		sets = append(sets, fmt.Sprintf("%s_at_us = u.%s", c, c))
+	}
+	for i, c := range moveTextColumns {
+		args = append(args, txtArr[i])
+		types = append(types, fmt.Sprintf("$%d::text[]", len(args)))
+		names = append(names, c)
+		sets = append(sets, fmt.Sprintf("%s = u.%s", c, c))
+	}
+	if _, err := b.tx.ExecContext(ctx, `UPDATE status_messages AS m SET `+strings.Join(sets, ", ")+`
+FROM unnest(`+strings.Join(types, ", ")+`) AS u(`+strings.Join(names, ", ")+`)
+WHERE m.message_id = u.message_id`, args...); err != nil {
+		return fmt.Errorf("move %d message statuses: %w", n, err)
+	}
+	return nil
+}
+
+// readMoved reads and locks the status_messages rows of ids (PostgreSQL).
+func (b *statusBatch) readMoved(ctx context.Context, ids []string) (map[string]*statusRowState, error) {
+	cols := make([]string, 0, len(statusColumns)+len(moveTextColumns))
+	for _, c := range statusColumns {
+		cols = append(cols, c+"_at_us")
+	}
+	cols = append(cols, moveTextColumns...)
+	rs, err := b.tx.QueryContext(ctx, `SELECT message_id, status, broadcast_id, `+strings.Join(cols, ", ")+`
+FROM status_messages WHERE message_id = ANY($1::text[]) FOR UPDATE`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read %d message statuses: %w", len(ids), err)
+	}
+	defer rs.Close()
+	out := make(map[string]*statusRowState, len(ids))
+	for rs.Next() {
+		var id string
+		r := &statusRowState{at: make(map[string]int64, len(statusColumns)), text: make(map[string]string, len(moveTextColumns))}
+		ats := make([]int64, len(statusColumns))
+		txts := make([]string, len(moveTextColumns))
+		dest := []any{&id, &r.status, &r.bid}
+		for i := range ats {
+			dest = append(dest, &ats[i])
+		}
+		for i := range txts {
+			dest = append(dest, &txts[i])
+		}
+		if err := rs.Scan(dest...); err != nil {
+			return nil, err
+		}
+		for i, c := range statusColumns {
+			r.at[c] = ats[i]
+		}
+		for i, c := range moveTextColumns {
+			r.text[c] = txts[i]
+		}
+		out[id] = r
+	}
+	return out, rs.Err()
+}
+
 func (b *statusBatch) count(bid, status string, d int64) {
 	m := b.bcast[bid]
 	if m == nil {
@@ -275,16 +464,24 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (broadcast_id) DO NOTHING`,
 			ev.BroadcastID.String(), tenant, connID, int64(ev.Count), int64(ev.FirstSeq), us(ev.StartedAt))
 		return err
 	case connection.ClearQueueRequested:
+		if err := b.flushMoves(ctx); err != nil {
+			return err
+		}
 		return b.clearRequested(ctx, connID, ev)
 	}
 	me, ok := connection.MessageEventOf(ev)
 	if !ok {
 		return nil
 	}
-	// On PostgreSQL one statement reads the status the message had and moves it if the
-	// transition is allowed (the broadcast counts need the old status).
-	next := me.Status.String()
 	at := us(eventTime(ev, e.RecordedAt))
+	if tx.Dialect == Postgres && !b.perEvent {
+		// Written with the batch's other moves in two statements (flushMoves).
+		b.moves = append(b.moves, statusMove{me: me, at: at, set: moveColumns(ev)})
+		return nil
+	}
+	// One statement reads the status the message had and moves it if the transition is
+	// allowed (the broadcast counts need the old status).
+	next := me.Status.String()
 	set := `status = CASE WHEN o.old_status IN (` + predecessors(me.Status) + `) THEN $2 ELSE status END,
 ` + next + `_at_us = CASE WHEN ` + next + `_at_us = 0 THEN $3 ELSE ` + next + `_at_us END`
 	args := []any{me.MessageID.String(), next, at}
@@ -522,6 +719,33 @@ func (b *statusBatch) flushRuns(ctx context.Context) error {
 var statusColumns = []string{"queued", "dispatched", "sent", "delivered", "read", "failed", "purged", "expired", "unknown", "cancelled"}
 
 func (b *statusBatch) flushCounts(ctx context.Context) error {
+	if b.tx.Dialect == Postgres && len(b.bcast) > 1 {
+		// One statement for the batch's broadcasts (issue 12: a dispatch of many connections'
+		// broadcasts moved one row each per batch).
+		bids := make([]string, 0, len(b.bcast))
+		for bid := range b.bcast {
+			bids = append(bids, bid)
+		}
+		slices.Sort(bids) // a stable lock order
+		args := []any{bids}
+		types, names, sets := []string{"$1::text[]"}, []string{"broadcast_id"}, make([]string, 0, len(statusColumns))
+		for _, c := range statusColumns {
+			ds := make([]int64, len(bids))
+			for i, bid := range bids {
+				ds[i] = b.bcast[bid][c]
+			}
+			args = append(args, ds)
+			types = append(types, fmt.Sprintf("$%d::bigint[]", len(args)))
+			names = append(names, c)
+			sets = append(sets, fmt.Sprintf("%s = s.%s + d.%s", c, c, c))
+		}
+		if _, err := b.tx.ExecContext(ctx, `UPDATE status_broadcasts AS s SET `+strings.Join(sets, ", ")+`
+FROM unnest(`+strings.Join(types, ", ")+`) AS d(`+strings.Join(names, ", ")+`)
+WHERE s.broadcast_id = d.broadcast_id`, args...); err != nil {
+			return fmt.Errorf("update progress of %d broadcasts: %w", len(bids), err)
+		}
+		return nil
+	}
 	for bid, m := range b.bcast {
 		var sets []string
 		args := []any{bid}
