@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -88,6 +89,22 @@ type Repository struct {
 	lru   *list.List // of *entry, most recently used first
 	byID  map[string]*list.Element
 	fence bool // false only in tests that show what breaks without the G1 fence
+	// appended is the OnAppended callback (nil: none).
+	appended atomic.Pointer[func(connID string, events []connection.Event)]
+}
+
+// OnAppended sets fn (nil: none) to be called after each append an Update makes, with the
+// connection id and the events appended, in order, once they are durable; it runs on the
+// appending goroutine while the connection is locked in this Repository, so it must return at
+// once and must not call the Repository. It is a hint for in-process listeners (the
+// dispatcher starts a connection's loop on it without waiting for the event log to show the
+// event): what an event means is still read from the store.
+func (r *Repository) OnAppended(fn func(connID string, events []connection.Event)) {
+	if fn == nil {
+		r.appended.Store(nil)
+		return
+	}
+	r.appended.Store(&fn)
 }
 
 // entry is one cached connection. lock (a 1-slot channel, so waiting honours ctx) guards state.
@@ -203,6 +220,9 @@ func (r *Repository) update(ctx context.Context, connID string, actor string, de
 			first := uint64(c.Version() + 1)
 			r.applyAppended(e, events, res)
 			r.maybeSnapshot(ctx, e, first, res.NextExpectedRevision)
+			if fn := r.appended.Load(); fn != nil {
+				(*fn)(connID, events)
+			}
 			return Appended{Events: events, FirstRevision: first, Version: int64(res.NextExpectedRevision), Position: res.Position}, nil
 		case errors.Is(err, eventstore.ErrWrongExpectedRevision):
 			lastConflict = err

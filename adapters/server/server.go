@@ -371,6 +371,9 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 		}); err != nil {
 			return nil, err
 		}
+		// A resume (or a lifted ban, a completed clear) through this node starts the
+		// connection's loop at once, not when the event log shows it.
+		n.Repo.OnAppended(n.Dispatcher.Appended)
 	}
 	// One QR pairing manager serves the API and the console; its state is shared with the other
 	// nodes through the read-model database.
