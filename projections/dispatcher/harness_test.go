@@ -220,6 +220,7 @@ func (h *harness) start(mod func(*dispatcher.Config)) *running {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.repo.OnAppended(d.Appended) // as the server wires it: resumes wake the loop in process
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{Dispatcher: d, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- d.Run(ctx) }()
