@@ -197,10 +197,20 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		return fmt.Errorf("dispatcher recorded %d failed, %d unknown, %d expired with a perfect transport", st.Failed, st.Unknown, st.Expired)
 	}
 	// Events appended while dispatching, per message (QueueResumed included: it is the
-	// operator's, one per connection).
-	events, err := countAfter(ctx, node.Events, before)
-	if err != nil {
-		return err
+	// operator's, one per connection). The log shows an event once every older transaction has
+	// ended (a read model's batch may still run): wait until it shows at least a QueueResumed
+	// per connection and a MessageDispatched and a MessageSent per message.
+	var events int
+	for {
+		if events, err = countAfter(ctx, node.Events, before); err != nil {
+			return err
+		}
+		if events >= 2*int(total)+conns {
+			break
+		}
+		if err := sleep(ctx, 10*time.Millisecond); err != nil {
+			return fmt.Errorf("%d events of at least %d shown: %w", events, 2*int(total)+conns, err)
+		}
 	}
 	// The read models' share finishes after the window when they lag: wait for it, so the
 	// baseline does not share the database with it.
