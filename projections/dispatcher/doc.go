@@ -8,7 +8,9 @@
 // Wake-ups come from the event log: the Dispatcher subscribes to the store's global log,
 // filtered to connection streams and to the event types that can make a queue dispatchable
 // (WakeEventTypes: MessageQueued, BroadcastStarted, QueueResumed, BanLifted, SessionPaired,
-// QueueCleared, ConnectionRegistered). A wake for a connection whose loop is running only marks
+// QueueCleared, ConnectionRegistered); a resume, a lifted ban or a completed clear appended
+// through this process's Repository also wakes its loop at once (Appended, wired to
+// commands.Repository.OnAppended). A wake for a connection whose loop is running only marks
 // it dirty; a loop exits when DispatchNext finds nothing dispatchable (empty queue, held,
 // clearing, link not active) and no wake arrived meanwhile.
 //
