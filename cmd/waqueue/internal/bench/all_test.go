@@ -37,7 +37,7 @@ var figureFormats = []struct {
 		regexp.MustCompile(`^events_per_s=[\d.]+ baseline=subscribe baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"events_per_s", "baseline_per_s"}},
 	{regexp.MustCompile(`^dispatch/(postgres|sqlite)/conns=\d+$`),
-		regexp.MustCompile(`^msgs_per_s=[\d.]+ msgs=\d+ events_per_msg=[\d.]+ writers=\d+ group_commit=\d+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
+		regexp.MustCompile(`^msgs_per_s=[\d.]+ msgs=\d+ events_per_msg=[\d.]+ writers=\d+ group_commit=\d+ settled_s=[\d.]+ cpu_us_per_msg=[\d.]+ db_cpu_us_per_msg=[\d.]+ db_xacts_per_msg=[\d.]+ cpu_us_per_insert=[\d.]+ db_cpu_us_per_insert=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"msgs_per_s", "events_per_msg", "baseline_per_s"}},
 	{regexp.MustCompile(`^scale/(postgres|sqlite)/conns=\d+/active=\d+/sessions=(all|lazy)$`),
 		regexp.MustCompile(`^transport=simulator msgs_per_s=[\d.]+ startup_s=[\d.]+ first_send_s=[\d.]+ rss_now_mib=[\d.]+ goroutines=\d+ cpu_per_1k_active=[\d.]+ db_cpu_per_1k_active=[\d.]+ events_per_s=[\d.]+ db_commits_per_s=[\d.]+ db_rows_per_s=[\d.]+ pace_delay_ms=[\d.]+ drained=\d+ leases_held=\d+ seed_s=[\d.]+ baseline=paced baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
