@@ -140,8 +140,11 @@ type conn struct {
 	id     string
 	sendMu sync.Mutex // serializes Send
 
-	mu           sync.Mutex
-	script       Script
+	mu sync.Mutex
+	// script is the connection's own Script (SetScript); nil: Options.Default. The rng is made
+	// at the first send. A simulator holds one conn per connection it ever saw (100,000 in
+	// bench scale): what most of them never use is not allocated.
+	script       *Script
 	rng          *rand.Rand
 	state        transport.LinkState
 	jid, phone   string
@@ -191,17 +194,29 @@ func (s *Simulator) conn(id string, create bool) *conn {
 	defer s.mu.Unlock()
 	c := s.conns[id]
 	if c == nil && create {
-		h := fnv.New64a()
-		h.Write([]byte(id))
-		c = &conn{
-			id:     id,
-			script: s.opts.Default,
-			rng:    rand.New(rand.NewPCG(s.opts.Seed, h.Sum64())),
-			state:  transport.StateUnpaired,
-		}
+		c = &conn{id: id, state: transport.StateUnpaired}
 		s.conns[id] = c
 	}
 	return c
+}
+
+// scriptLocked returns c's Script (its own, or Options.Default). Callers hold c.mu.
+func (s *Simulator) scriptLocked(c *conn) *Script {
+	if c.script != nil {
+		return c.script
+	}
+	return &s.opts.Default
+}
+
+// drawLocked returns the next of c's random draws, from a generator seeded by Options.Seed and
+// the connection's id (made at the first draw). Callers hold c.mu.
+func (s *Simulator) drawLocked(c *conn) float64 {
+	if c.rng == nil {
+		h := fnv.New64a()
+		h.Write([]byte(c.id))
+		c.rng = rand.New(rand.NewPCG(s.opts.Seed, h.Sum64()))
+	}
+	return c.rng.Float64()
 }
 
 // SetScript sets connID's script (creating the connection, unpaired, if needed). A BanAt in the
@@ -210,7 +225,7 @@ func (s *Simulator) SetScript(connID string, sc Script) {
 	c := s.conn(connID, true)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.script = sc
+	c.script = &sc
 	if c.banAtTimer != nil {
 		c.banAtTimer.Stop()
 		c.banAtTimer = nil
@@ -220,7 +235,7 @@ func (s *Simulator) SetScript(connID string, sc Script) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			if c.state == transport.StateConnected {
-				s.banLocked(c, c.script.Ban)
+				s.banLocked(c, s.scriptLocked(c).Ban)
 			}
 		})
 	}
@@ -256,8 +271,8 @@ func (s *Simulator) Send(ctx context.Context, req transport.SendRequest) (transp
 	defer c.sendMu.Unlock()
 
 	c.mu.Lock()
-	if bt := c.script.BanAt; !bt.IsZero() && c.state == transport.StateConnected && !s.clock.Now().Before(bt) {
-		s.banLocked(c, c.script.Ban)
+	if sc := s.scriptLocked(c); !sc.BanAt.IsZero() && c.state == transport.StateConnected && !s.clock.Now().Before(sc.BanAt) {
+		s.banLocked(c, sc.Ban)
 	}
 	if c.state != transport.StateConnected {
 		state := c.state
@@ -268,8 +283,8 @@ func (s *Simulator) Send(ctx context.Context, req transport.SendRequest) (transp
 		c.mu.Unlock()
 		return fail(transport.ErrNotConnected, "context ended before the message was handed over", 0, err)
 	}
-	sc := c.script
-	draw := c.rng.Float64()
+	sc := *s.scriptLocked(c)
+	draw := s.drawLocked(c)
 	var kind error
 	switch {
 	case draw < sc.RateLimitRate:
@@ -330,7 +345,7 @@ func (s *Simulator) record(r SendRecord) {
 }
 
 func (s *Simulator) scheduleReceiptsLocked(c *conn, msgID uuid.UUID, to string) {
-	r := c.script.Receipts
+	r := s.scriptLocked(c).Receipts
 	emit := func(kind transport.ReceiptKind) func() {
 		return func() {
 			h := s.header(c.id)
@@ -462,6 +477,17 @@ func (s *Simulator) Sends() []SendRecord {
 	s.recMu.Lock()
 	defer s.recMu.Unlock()
 	return append([]SendRecord(nil), s.records...)
+}
+
+// SendsFrom returns the records of the hand-overs from the i-th on (0-based), in order: a caller
+// that polls keeps its count instead of copying every record each time (Sends).
+func (s *Simulator) SendsFrom(i int) []SendRecord {
+	s.recMu.Lock()
+	defer s.recMu.Unlock()
+	if i >= len(s.records) {
+		return nil
+	}
+	return append([]SendRecord(nil), s.records[max(i, 0):]...)
 }
 
 // SendCount returns how many times the message was handed over (at most once is 0 or 1).

@@ -111,6 +111,12 @@ func TestScriptedOutcomesAreSeededAndRecorded(t *testing.T) {
 	if len(recs) != counts["ok"]+counts["unknown"] {
 		t.Fatalf("recorded %d sends, want ok %d + unknown %d", len(recs), counts["ok"], counts["unknown"])
 	}
+	if got := s.SendsFrom(3); fmt.Sprint(got) != fmt.Sprint(recs[3:]) {
+		t.Fatalf("SendsFrom(3) = %d records, not the records from the fourth on", len(got))
+	}
+	if got := s.SendsFrom(len(recs)); got != nil {
+		t.Fatalf("SendsFrom(all) = %v, want none", got)
+	}
 	unknown := 0
 	for _, r := range recs {
 		if s.SendCount(r.MessageID) != 1 || !r.Simulated || r.WAMessageID != transport.WAMessageID(r.MessageID) || !r.At.Equal(t0) {
