@@ -143,7 +143,7 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, typ, result stri
 // jitter: within [interval, interval+jitter], and a changed policy applies to it at once.
 func TestNextAt(t *testing.T) {
 	d := &Dispatcher{cfg: Config{Clock: transporttest.NewManualClock(time.Date(2030, 1, 2, 0, 0, 0, 0, time.UTC))}, rng: newRand(1)}
-	st := &connState{}
+	st := &connState{paceState: &paceState{}}
 	p := pacing{policy: connection.SendingPolicy{MinInterval: time.Second, Jitter: 500 * time.Millisecond}}
 	if !st.nextAt(p).IsZero() {
 		t.Fatal("nextAt before any hand-over is not zero")

@@ -16,7 +16,6 @@ import (
 // loop works one connection's queue until nothing is dispatchable and no wake arrived.
 func (d *Dispatcher) loop(ctx context.Context, connID string, st *connState) {
 	defer d.wg.Done()
-	st.inRun = false
 	for {
 		more := ctx.Err() == nil && d.turn(ctx, connID, st)
 		if more {
@@ -29,7 +28,7 @@ func (d *Dispatcher) loop(ctx context.Context, connID string, st *connState) {
 			continue
 		}
 		st.running = false
-		st.window = window{} // only connections being worked hold messages read ahead
+		st.run = nil // only connections being worked hold messages read ahead
 		d.loops--
 		d.m.activeLoops.Dec()
 		d.notifyLocked()
@@ -83,7 +82,7 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	// When the pacing interval allowed this dispatch, if the loop has been working a backlog
 	// since its last one (zero otherwise: unpaced, or the loop found its queue empty meanwhile).
 	var allowed time.Time
-	if st.inRun {
+	if st.run.inRun {
 		allowed = st.nextAt(pol)
 	}
 	pctx, err := d.asSystem(ctx, connID)
@@ -93,8 +92,9 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	d.mu.Lock()
 	st.dirty = false // a wake from here on is seen by the next turn
 	d.mu.Unlock()
-	res, err := d.dispatch.Handle(withWindow(pctx, &st.window), commands.DispatchNext{ConnectionID: connID, Epoch: epoch, Head: st.head})
-	st.head = commands.QueuedMessage{}
+	run := st.run
+	res, err := d.dispatch.Handle(withWindow(pctx, &run.window), commands.DispatchNext{ConnectionID: connID, Epoch: epoch, Head: run.head})
+	run.head = commands.QueuedMessage{}
 	var nd *commands.NotDispatchableError
 	switch {
 	case errors.Is(err, connection.ErrStaleEpoch):
@@ -118,7 +118,7 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 		return d.lag(ctx, connID, st, "dispatch", err)
 	}
 	st.lagBackoff = 0
-	st.lastSeq, st.inRun = res.Message.Seq, true
+	st.lastSeq, run.inRun = res.Message.Seq, true
 	if res.Outcome == commands.DispatchExpired {
 		d.stats.expired.Add(1)
 		d.m.sends.WithLabelValues(OutcomeExpired).Inc()

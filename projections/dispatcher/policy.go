@@ -178,7 +178,7 @@ func (d *Dispatcher) waitPace(ctx context.Context, st *connState, dur time.Durat
 	select {
 	case <-ch:
 		return true
-	case <-st.poke:
+	case <-st.run.poke:
 		t.Stop()
 		return ctx.Err() == nil
 	case <-ctx.Done():
@@ -193,9 +193,13 @@ func (d *Dispatcher) policyChanged(connID string) {
 	d.mu.Lock()
 	st := d.stateLocked(connID)
 	st.forgetPolicyLocked()
+	run := st.run
 	d.mu.Unlock()
+	if run == nil {
+		return // no loop waits
+	}
 	select {
-	case st.poke <- struct{}{}:
+	case run.poke <- struct{}{}:
 	default:
 	}
 }
@@ -218,7 +222,8 @@ func (d *Dispatcher) paceAfter(st *connState, at time.Time) {
 // on two busy cores that read, queued on the connection pool, lengthened every interval. A
 // failure or a miss costs nothing: DispatchNext reads the head it finds.
 func (d *Dispatcher) prefetchHead(ctx context.Context, connID string, st *connState) {
-	if st.lastSeq == 0 || st.head.Seq == st.lastSeq+1 {
+	run := st.run
+	if st.lastSeq == 0 || run.head.Seq == st.lastSeq+1 {
 		return
 	}
 	d.mu.Lock()
@@ -228,9 +233,9 @@ func (d *Dispatcher) prefetchHead(ctx context.Context, connID string, st *connSt
 		return
 	}
 	// Through the loop's window: one read for windowSize paced messages.
-	m, err := windowed{inner: d.cfg.Messages}.QueuedMessage(withWindow(ctx, &st.window), connection.Key(tenant, connID), st.lastSeq+1)
+	m, err := windowed{inner: d.cfg.Messages}.QueuedMessage(withWindow(ctx, &run.window), connection.Key(tenant, connID), st.lastSeq+1)
 	if err != nil || m.Seq != st.lastSeq+1 {
 		return
 	}
-	st.head = m
+	run.head = m
 }
