@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/server"
+	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections/dispatcher"
@@ -90,11 +92,13 @@ func (c *ScaleConfig) setDefaults() {
 // ConnectionRegistered and SessionPaired; SetupWorkers goroutines), starts one broadcast on
 // each active connection through the StartBroadcast handler, then starts its projections,
 // lets them catch up (batches of 4,096 events) and closes. Then the measured node opens the same database with the
-// dispatcher on and the given pacing, as a restart would. startup_s runs from opening the
+// dispatcher on, the given pacing and the server's default projection batch, as a restart would. startup_s runs from opening the
 // node to the first hand-over of the last active connection (first_send_s: of the first).
 // For Window after that, msgs_per_s counts MessageSent; the baseline is the sum of the
 // allowed paced rates, Active / (MinInterval + Jitter/2). rss_mib is the peak RSS since the
-// measured node opened (the peak is reset after seeding), rss_now_mib the RSS at the end;
+// measured node opened (the peak is reset after seeding), rss_now_mib the RSS at the end (stderr
+// says when the highest RSS sampled came and what the Go runtime held then: heap objects, heap
+// freed but not yet returned, stacks);
 // goroutines the most seen; cpu_per_1k_active the process's CPU (cores) per 1,000 active
 // connections over the window, db_cpu_per_1k_active the same for the throwaway PostgreSQL's
 // processes (0 on SQLite or with --db); events_per_s the events the dispatcher appended
@@ -180,9 +184,19 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	resetPeakRSS()
 	opts := m.opts
 	opts.NoDispatcher, opts.GroupCommit, opts.Pacing, opts.NoPacing = false, 0, dispatcher.Pacing{}, false
+	// The server's default projection batch, as `waqueue serve` runs: the seed's larger one
+	// (its catch-up, untimed) bounds the projections' read-ahead at 8× it (32,768 events per
+	// group), which the measured node's RSS then counted (2026-12-02: ~100 MiB of its peak).
+	opts.ProjectionBatch = 0
 	opts.LazySessions = lazy
 	opts.BootstrapOut = io.Discard
 	start := time.Now()
+	watch := watchRSS(start)
+	defer func() {
+		if w := watch; w != nil {
+			w.end()
+		}
+	}()
 	node, err := server.New(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("measured node: %w", err)
@@ -204,7 +218,17 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	goroutines := runtime.NumGoroutine()
 	started := map[string]bool{}
 	var firstSend time.Duration
+	// The simulator's records are read as they come (each once, not copied whole at every poll),
+	// counting the hand-overs per connection for drained.
 	seen := 0
+	newSends := func() []simulator.SendRecord {
+		r := node.Simulator.SendsFrom(seen)
+		seen += len(r)
+		for _, s := range r {
+			m.sent[s.ConnectionID]++
+		}
+		return r
+	}
 	limit := time.Now().Add(cfg.StartupLimit)
 	for len(started) < cfg.Active && time.Now().Before(limit) {
 		select {
@@ -216,8 +240,7 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 			return err
 		}
 		goroutines = max(goroutines, runtime.NumGoroutine())
-		sends := node.Simulator.Sends()
-		for _, s := range sends[seen:] {
+		for _, s := range newSends() {
 			if active[s.ConnectionID] && !started[s.ConnectionID] {
 				if len(started) == 0 {
 					firstSend = time.Since(start)
@@ -225,9 +248,9 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 				started[s.ConnectionID] = true
 			}
 		}
-		seen = len(sends)
 	}
 	startup := time.Since(start)
+	startupEnd := startup
 	progress("%d of %d active connections dispatching %s after the start (first after %s; load %s)", len(started), cfg.Active,
 		startup.Round(time.Millisecond), firstSend.Round(time.Millisecond), loadAvg())
 	if len(started) < cfg.Active {
@@ -249,7 +272,7 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	commits0, rows0 := pgStats(ctx, stats)
 	st0 := node.Dispatcher.Stats()
 	sent0 := st0.Sent
-	sends0 := len(node.Simulator.Sends())
+	newSends() // the window's sends are those after this
 	w0 := time.Now()
 	for time.Since(w0) < cfg.Window {
 		select {
@@ -269,9 +292,8 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	commits1, rows1 := pgStats(ctx, stats)
 	sent := st1.Sent - sent0
 	held := len(node.Dispatcher.Held())
-	sends := node.Simulator.Sends()
 	inWindow := map[string]bool{}
-	for _, s := range sends[sends0:] {
+	for _, s := range newSends() {
 		inWindow[s.ConnectionID] = true
 	}
 	silent := 0
@@ -289,11 +311,10 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 		}
 	}
 	rssNow := currentRSSMiB()
+	progress("%s; the start-up ended at %s", watch.end(), startupEnd.Round(100*time.Millisecond))
+	watch = nil
 	events := int(appended(st1) - appended(st0))
 	// Active connections whose broadcast ran out before the end (the rate then understates).
-	for _, s := range sends {
-		m.sent[s.ConnectionID]++
-	}
 	drained := 0
 	for k := range active {
 		if m.sent[k] >= m.per {
@@ -570,4 +591,70 @@ func writeHeapProfile(path string, lazy bool) error {
 		return err
 	}
 	return f.Close()
+}
+
+// rssWatch samples the process's RSS every 250 ms and keeps the Go runtime's memory classes at
+// the highest sample: where the peak (rss_mib) comes from, and when.
+type rssWatch struct {
+	start time.Time
+	stop  chan struct{}
+	done  chan struct{}
+	peak  rssSample
+}
+
+// rssSample is one sample: the RSS (MiB), when (since the node opened) and the runtime's view.
+type rssSample struct {
+	rss                             float64
+	at                              time.Duration
+	heapObjects, heapFree, heapLive float64 // MiB: in heap objects (live or not yet swept), free but held, live at the last GC
+	stacks, other                   float64 // MiB: goroutine stacks; everything else the runtime maps
+}
+
+var rssMetrics = []string{"/memory/classes/heap/objects:bytes", "/memory/classes/heap/free:bytes",
+	"/gc/heap/live:bytes", "/memory/classes/heap/stacks:bytes", "/memory/classes/total:bytes",
+	"/memory/classes/heap/released:bytes"}
+
+// watchRSS starts sampling from start on; stop ends it and returns the peak.
+func watchRSS(start time.Time) *rssWatch {
+	w := &rssWatch{start: start, stop: make(chan struct{}), done: make(chan struct{})}
+	samples := make([]metrics.Sample, len(rssMetrics))
+	for i, n := range rssMetrics {
+		samples[i].Name = n
+	}
+	mib := func(i int) float64 {
+		if samples[i].Value.Kind() != metrics.KindUint64 {
+			return 0
+		}
+		return float64(samples[i].Value.Uint64()) / (1 << 20)
+	}
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if rss := currentRSSMiB(); rss > w.peak.rss {
+				metrics.Read(samples)
+				w.peak = rssSample{rss: rss, at: time.Since(start), heapObjects: mib(0), heapFree: mib(1), heapLive: mib(2),
+					stacks: mib(3), other: mib(4) - mib(0) - mib(1) - mib(3) - mib(5)}
+			}
+			select {
+			case <-w.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return w
+}
+
+// end stops the sampling and returns the highest sample.
+func (w *rssWatch) end() rssSample {
+	close(w.stop)
+	<-w.done
+	return w.peak
+}
+
+func (s rssSample) String() string {
+	return fmt.Sprintf("highest RSS sampled %.0f MiB at %s after the start: heap objects %.0f MiB (live at the last GC %.0f), heap free and held %.0f, stacks %.0f, other runtime %.0f",
+		s.rss, s.at.Round(100*time.Millisecond), s.heapObjects, s.heapLive, s.heapFree, s.stacks, s.other)
 }
