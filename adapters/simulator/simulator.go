@@ -88,6 +88,12 @@ type Options struct {
 	// AssumePaired makes Connect pair a never-paired connection silently (Paired, then Connected),
 	// so `make run` and benchmarks need no pairing step.
 	AssumePaired bool
+	// StoredSessions, with AssumePaired, makes Connect treat a connection this simulator never
+	// saw as one with a stored session (a node restarted after its connections were paired): it
+	// logs it in with Connected only, as a real adapter does for a stored device, where
+	// AssumePaired alone reports a pairing (Paired) first. Shared Devices, when set, decide
+	// instead.
+	StoredSessions bool
 	// Devices, when set, is the WhatsApp side shared with the simulators of other nodes in this
 	// process: paired devices and the one stream each may have (see Devices). Nil: this
 	// simulator is the only node, and a pairing's client stays connected as its session.
@@ -499,8 +505,10 @@ func (s *Simulator) SendCount(msgID uuid.UUID) int {
 
 // Connect logs a paired connection in (Connected). During an unexpired temporary ban it is refused
 // again with TemporaryBan. A never-paired connection returns ErrNotPaired, unless
-// Options.AssumePaired, which pairs it first.
+// Options.AssumePaired, which pairs it first (or, with Options.StoredSessions, logs in one it
+// never saw as a stored session).
 func (s *Simulator) Connect(ctx context.Context, connID string) error {
+	stored := s.opts.StoredSessions && s.opts.AssumePaired && s.opts.Devices == nil && s.conn(connID, false) == nil
 	c := s.conn(connID, s.opts.AssumePaired || (s.opts.Devices != nil && s.opts.Devices.Paired(connID)))
 	if c == nil {
 		return fmt.Errorf("simulator: connect %s: %w", connID, transport.ErrNotPaired)
@@ -520,6 +528,12 @@ func (s *Simulator) Connect(ctx context.Context, connID string) error {
 	case transport.StateUnpaired, transport.StatePairing:
 		if !s.opts.AssumePaired || c.state == transport.StatePairing {
 			return fmt.Errorf("simulator: connect %s: %w", connID, transport.ErrNotPaired)
+		}
+		if stored {
+			// A stored session: logged in, no pairing reported.
+			c.state = transport.StateConnected
+			s.events.Emit(transport.Connected{EventHeader: s.header(c.id)})
+			return nil
 		}
 		s.pairLocked(c, simulatedPhone(connID))
 		replaced = s.onlineLocked(c)

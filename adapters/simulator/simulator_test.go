@@ -495,3 +495,35 @@ func TestSharedDevicesModelOneStreamPerDevice(t *testing.T) {
 		t.Fatalf("Connect after the unpair = %v", err)
 	}
 }
+
+// TestStoredSessionsLogInWithoutAPairing: with StoredSessions a connection the simulator never
+// saw connects as a stored session does at a restart (Connected, no Paired) and sends; one it
+// saw logged out is paired again as AssumePaired does (Paired, then Connected).
+func TestStoredSessionsLogInWithoutAPairing(t *testing.T) {
+	ctx := context.Background()
+	s := simulator.New(simulator.Options{Seed: 1, Clock: transporttest.NewManualClock(t0), AssumePaired: true, StoredSessions: true})
+	defer s.Close()
+	rec := transporttest.NewRecorder()
+	s.SetHandler(rec.Handle)
+	if err := s.Connect(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	_, i := rec.Wait(t, 0, "connected", func(e transport.Event) bool { _, ok := e.(transport.Connected); return ok })
+	if i != 0 {
+		t.Fatalf("events before Connected: %s", transporttest.Describe(rec.Events()[:i]))
+	}
+	if st := s.Status("c1"); st.State != transport.StateConnected {
+		t.Fatalf("Status = %+v, want connected", st)
+	}
+	if got := outcomes(t, s, "c1", 3); fmt.Sprint(got) != "[ok ok ok]" {
+		t.Fatalf("sends of a stored session: %v", got)
+	}
+	if _, err := s.Unpair(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Connect(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	_, j := rec.Wait(t, i+1, "paired", func(e transport.Event) bool { _, ok := e.(transport.Paired); return ok })
+	rec.Wait(t, j+1, "connected", func(e transport.Event) bool { _, ok := e.(transport.Connected); return ok })
+}

@@ -188,6 +188,11 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	// (its catch-up, untimed) bounds the projections' read-ahead at 8× it (32,768 events per
 	// group), which the measured node's RSS then counted (2026-12-02: ~100 MiB of its peak).
 	opts.ProjectionBatch = 0
+	// The seeded connections are paired: their sessions log in as stored ones do at a restart
+	// (Connected), not as new pairings (Paired, then Connected), which the dispatcher would
+	// record (refused: already paired), loading 100,000 aggregates on the transport's event
+	// goroutine during the start-up.
+	opts.Simulator.StoredSessions = true
 	opts.LazySessions = lazy
 	opts.BootstrapOut = io.Discard
 	start := time.Now()
