@@ -296,7 +296,7 @@ func scaleFlags(c *cobra.Command, f *benchFlags) {
 	fl.IntVar(&f.scale.Conns, "registered", 0, "scale: registered connections (default 100,000; --quick 2,000)")
 	fl.IntVar(&f.scale.Active, "active", 0, "scale: connections sending at the default pacing (default 10,000; --quick 200)")
 	fl.DurationVar(&f.scale.Window, "window", 0, "scale: how long the paced rate is measured (default 60s; --quick 20s)")
-	fl.StringVar(&f.scale.HeapProfile, "heap-profile", "", "scale: write a heap profile of the measured node at the end of the window to this file (go tool pprof)")
+	fl.StringVar(&f.scale.HeapProfile, "heap-profile", "", "scale: write a heap profile of the measured node at the end of the window to this file, and one as of the last GC at the end of the start-up to FILE.startup (go tool pprof)")
 	fl.BoolVar(&f.scale.LazySessions, "lazy-sessions", false, "scale: idle connections get neither lease nor session until they have work (server.Options.LazySessions)")
 	fl.BoolVar(&f.scale.BothSessions, "both-sessions", false, "scale: measure two restarts on one seed, without and with --lazy-sessions")
 	fl.IntVar(&f.scale.Messages, "broadcast", 0, "scale: messages per active connection (default enough for 1 min of start-up and the window)")

@@ -54,7 +54,9 @@ type ScaleConfig struct {
 	// start-up limit and the window at the fastest pace ((StartupLimit+Window)/MinInterval + 2).
 	Messages int
 	// HeapProfile, when set, names the file that receives a heap profile of the measured node
-	// at the end of the window (go tool pprof; one per measured variant, suffixed by it).
+	// at the end of the window (go tool pprof; one per measured variant, suffixed by it), and
+	// HeapProfile+".startup" one as of the last GC at the end of the start-up (the peak RSS
+	// can come there).
 	HeapProfile string
 }
 
@@ -260,6 +262,12 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 		startup.Round(time.Millisecond), firstSend.Round(time.Millisecond), loadAvg())
 	if len(started) < cfg.Active {
 		startup = -1 // not all dispatching within StartupLimit
+	}
+	if cfg.HeapProfile != "" {
+		// As of the last GC (none forced: that would lower the peak measured).
+		if err := writeHeapProfileAs(cfg.HeapProfile+".startup", lazy, false); err != nil {
+			return err
+		}
 	}
 
 	// The window.
@@ -582,7 +590,10 @@ func pgStats(ctx context.Context, db *sql.DB) (commits, rows int64) {
 }
 
 // writeHeapProfile writes the heap profile of the process to path (lazy sessions: path.lazy).
-func writeHeapProfile(path string, lazy bool) error {
+func writeHeapProfile(path string, lazy bool) error { return writeHeapProfileAs(path, lazy, true) }
+
+// writeHeapProfileAs is writeHeapProfile, with a GC first when gc is set.
+func writeHeapProfileAs(path string, lazy, gc bool) error {
 	if lazy {
 		path += ".lazy"
 	}
@@ -590,7 +601,9 @@ func writeHeapProfile(path string, lazy bool) error {
 	if err != nil {
 		return err
 	}
-	runtime.GC() // the profile's in-use figures as of the last GC
+	if gc {
+		runtime.GC() // the profile's in-use figures as of the last GC
+	}
 	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
 		f.Close()
 		return err
