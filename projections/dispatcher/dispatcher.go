@@ -120,10 +120,12 @@ type Dispatcher struct {
 	rng     *rand.Rand
 	zones   map[string]*time.Location // loaded time zones of sending policies
 	live    []string                  // live nodes (Membership), refreshed by the renewals
-	recent  map[uuid.UUID]recentRef   // messages dispatched here, for their receipts
-	ring    []uuid.UUID
-	ringAt  int
-	wg      sync.WaitGroup
+	// renewals counts the lease renewals that returned leases (see leaseState.renewal).
+	renewals uint64
+	recent   map[uuid.UUID]recentRef // messages dispatched here, for their receipts
+	ring     []uuid.UUID
+	ringAt   int
+	wg       sync.WaitGroup
 	// sends is the context of the transport sends: it outlives Run's context by at most
 	// Config.DrainTimeout, so a graceful stop lets the sends in progress finish.
 	sends context.Context

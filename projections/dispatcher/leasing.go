@@ -17,20 +17,24 @@ import (
 // not a schedule, and the injected Clock may be a test's fake.
 type leaseState struct {
 	held  bool
-	epoch uint64
-	known bool      // a lease was granted once in this process (epoch is meaningful)
-	at    time.Time // when the claim or renewal that granted it started
-	until time.Time // at + TTL: the lease is not trusted past this instant
-	// recorded is when the grant or renewal was recorded here: a renewal that started before
-	// it may not include the lease (the claim committed after the renewal read), which does
-	// not mean it was lost.
-	recorded time.Time
+	known bool // a lease was granted once in this process (epoch is meaningful)
 	// foreign: not held, and to be claimed by the renewals: the last claim was refused (another
 	// node holds it), or the connection was found idle at start (connState.idle).
 	foreign bool
 	// claiming is true while the loop's Claim is in flight: a renewal must not take the lease
 	// it may be granting for a stray one.
 	claiming bool
+	epoch    uint64
+	// renewal is the number of the last renewal (Dispatcher.renewals) that returned this lease
+	// with its epoch (see renewOnce).
+	renewal uint64
+	// until is the start of the claim or renewal that granted it plus the TTL: the lease is not
+	// trusted past this instant.
+	until time.Time
+	// recorded is when the grant or renewal was recorded here: a renewal that started before
+	// it may not include the lease (the claim committed after the renewal read), which does
+	// not mean it was lost.
+	recorded time.Time
 }
 
 // validLocked reports whether the lease is held and not past its local expiry.
@@ -107,7 +111,7 @@ func (d *Dispatcher) lease(ctx context.Context, connID string, st *connState) (e
 	takeover = !l.known || l.epoch != got[0].Epoch || st.takeover
 	st.takeover = false
 	gained := !l.held
-	l.held, l.known, l.foreign, l.epoch, l.at, l.until = true, true, false, got[0].Epoch, start, start.Add(d.cfg.Leases.TTL())
+	l.held, l.known, l.foreign, l.epoch, l.until = true, true, false, got[0].Epoch, start.Add(d.cfg.Leases.TTL())
 	l.recorded = time.Now()
 	d.mu.Unlock()
 	if gained {
@@ -211,26 +215,29 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 			d.log.Warn("reading the live nodes failed; keeping the last set", "err", err)
 		}
 	}
-	renewed := make(map[string]uint64, len(got))
-	for _, l := range got {
-		renewed[l.key()] = l.Epoch
-	}
 	var lost, handOver []string
 	var retry, release []LeaseKey
 	d.mu.Lock()
+	// The leases renewed are marked on their states (no map of 100,000 keys per renewal).
+	d.renewals++
+	renewal := d.renewals
 	for _, l := range got {
+		k := l.key()
+		st := d.conns[k]
+		if st != nil && st.lease.held && st.lease.epoch == l.Epoch {
+			st.lease.renewal = renewal
+		}
 		// A lease the engine renewed for this node but the Dispatcher does not hold (it stopped
 		// trusting it, or never claimed it in this process) and another live node ranks first
 		// for: release it, or it would be renewed here forever and that node never get it.
-		st := d.conns[l.key()]
-		if (st == nil || (!st.lease.held && !st.lease.claiming)) && !d.preferredLocked(l.key()) {
+		if (st == nil || (!st.lease.held && !st.lease.claiming)) && !d.preferredLocked(k) {
 			release = append(release, l.LeaseKey)
 		}
 	}
 	for id, st := range d.conns {
 		l := &st.lease
-		if e, ok := renewed[id]; ok && l.held && e == l.epoch {
-			l.at, l.until, l.recorded = start, start.Add(ttl), start
+		if l.held && l.renewal == renewal {
+			l.until, l.recorded = start.Add(ttl), start
 			if !st.running && !d.preferredLocked(id) {
 				// Balance: another live node ranks first; hand the idle connection over.
 				l.held, l.foreign = false, true
@@ -311,7 +318,7 @@ func (d *Dispatcher) renewOnce(ctx context.Context, ttl time.Duration) {
 func (d *Dispatcher) grantLocked(st *connState, g Lease, start time.Time, ttl time.Duration) {
 	l := &st.lease
 	takeover := !l.known || l.epoch != g.Epoch
-	l.held, l.foreign, l.at, l.until, l.recorded = true, false, start, start.Add(ttl), time.Now()
+	l.held, l.foreign, l.until, l.recorded = true, false, start.Add(ttl), time.Now()
 	if takeover {
 		l.known, l.epoch = true, g.Epoch
 		st.takeover = true
