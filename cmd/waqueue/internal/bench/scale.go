@@ -188,7 +188,7 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	opts.NoDispatcher, opts.GroupCommit, opts.Pacing, opts.NoPacing = false, 0, dispatcher.Pacing{}, false
 	// The server's default projection batch, as `waqueue serve` runs: the seed's larger one
 	// (its catch-up, untimed) bounds the projections' read-ahead at 8× it (32,768 events per
-	// group), which the measured node's RSS then counted (2026-12-02: ~100 MiB of its peak).
+	// group), which the measured node's RSS then counted (benchmarks-history.md, 2026-12-02).
 	opts.ProjectionBatch = 0
 	// The seeded connections are paired: their sessions log in as stored ones do at a restart
 	// (Connected), not as new pairings (Paired, then Connected), which the dispatcher would
