@@ -64,6 +64,29 @@ type Store interface {
 	Close() error
 }
 
+// PageSubscriber is an optional interface of a Store: Subscribe, with the events handed over a
+// page at a time as the store reads them, so that a consumer that works in batches (the
+// projections' log subscriber) neither pays a call and a copy per event nor collects the
+// events again into slices of its own. Use SubscribePages, which falls back on Subscribe.
+type PageSubscriber interface {
+	// SubscribePages delivers what Subscribe delivers, in the same order, in non-empty slices:
+	// handle is called from one goroutine, one page at a time, and the page is the handler's
+	// (the store neither reuses nor modifies it afterwards). The Position of a page's last
+	// event is what a consumer that handled the page checkpoints. It returns like Subscribe.
+	SubscribePages(ctx context.Context, after Position, filter Filter, handle func([]RecordedEvent) error) error
+}
+
+// SubscribePages subscribes to st's log with handle taking pages: st's own SubscribePages when
+// it implements PageSubscriber, else Subscribe with a page of one event per call.
+func SubscribePages(ctx context.Context, st Store, after Position, filter Filter, handle func([]RecordedEvent) error) error {
+	if ps, ok := st.(PageSubscriber); ok {
+		return ps.SubscribePages(ctx, after, filter, handle)
+	}
+	return st.Subscribe(ctx, after, filter, func(e RecordedEvent) error {
+		return handle([]RecordedEvent{e})
+	})
+}
+
 // EventData is an event to append.
 type EventData struct {
 	// ID is the caller-given event id. It must not be uuid.Nil. Deterministic ids make retries

@@ -205,10 +205,11 @@ func scanEvents(rows pgx.Rows, n int) ([]eventstore.RecordedEvent, error) {
 }
 
 // scanEventsIf scans rows of eventColumns followed by a boolean and keeps the events for which
-// keep, called with every event and its boolean, returns true.
-func scanEventsIf(rows pgx.Rows, n int, keep func(e eventstore.RecordedEvent, flag bool) bool) ([]eventstore.RecordedEvent, error) {
+// keep, called with every event and its boolean, returns true. The result has room for
+// max(room, preallocEvents) events before it grows.
+func scanEventsIf(rows pgx.Rows, room int, keep func(e eventstore.RecordedEvent, flag bool) bool) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
-	evs := make([]eventstore.RecordedEvent, 0, min(n, preallocEvents))
+	evs := make([]eventstore.RecordedEvent, 0, max(room, preallocEvents))
 	var r eventRow
 	for rows.Next() {
 		if err := r.scan(rows, true); err != nil {
@@ -282,7 +283,10 @@ type page struct {
 // read every event past the cursor into a bitmap and sorted them, and the "anything held back"
 // check scanned the whole table, once per page, so catching up on N events cost O(N²) (issue
 // 12's catch-up profile: 50–400 ms per page of 5,000 on a table of 100,000 events).
-func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter) (page, error) {
+//
+// room is how many events the page's slice has room for before it grows (at most
+// preallocEvents below it): the prefetch of a catch-up passes the previous page's count.
+func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter eventstore.Filter, room int) (page, error) {
 	n := s.opts.PageSize
 	query, args := pageQuery(cursor, filter, n)
 	// One round trip: the transaction, its planner settings, the page and the log's last event
@@ -295,7 +299,7 @@ func (s *Store) scanPage(ctx context.Context, cursor eventstore.Position, filter
 	b.Queue(lastEvent)
 	b.Queue(`COMMIT`)
 	br := s.pool.SendBatch(ctx, b)
-	pg, err := readPage(br, cursor, n)
+	pg, err := readPage(br, cursor, n, room)
 	if cerr := br.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
@@ -320,7 +324,7 @@ ORDER BY tx_id, seq LIMIT $3`, args
 }
 
 // readPage reads the results of scanPage's batch.
-func readPage(br pgx.BatchResults, cursor eventstore.Position, n int) (page, error) {
+func readPage(br pgx.BatchResults, cursor eventstore.Position, n, room int) (page, error) {
 	for range 2 { // BEGIN, pagePlan
 		if _, err := br.Exec(); err != nil {
 			return page{}, err
@@ -332,7 +336,7 @@ func readPage(br pgx.BatchResults, cursor eventstore.Position, n int) (page, err
 	}
 	pg := page{cursor: cursor}
 	scanned := 0
-	pg.events, err = scanEventsIf(rows, n, func(e eventstore.RecordedEvent, matched bool) bool {
+	pg.events, err = scanEventsIf(rows, room, func(e eventstore.RecordedEvent, matched bool) bool {
 		scanned++
 		pg.cursor = e.Position
 		return matched
@@ -369,6 +373,30 @@ const lastEvent = `SELECT e.tx_id, e.seq FROM (SELECT 1) one LEFT JOIN LATERAL (
 // live delivery waits for a notification, polling with backoff only while committed events
 // are held back by an older open transaction (see the package doc).
 func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter eventstore.Filter, handle func(eventstore.RecordedEvent) error) error {
+	return s.subscribe(ctx, after, filter, func(evs []eventstore.RecordedEvent) error {
+		for _, e := range evs {
+			if err := handle(e); err != nil {
+				return fmt.Errorf("postgres: subscription handler at %s: %w", e.Position, err)
+			}
+		}
+		return nil
+	})
+}
+
+// SubscribePages implements eventstore.PageSubscriber: Subscribe, handing over each page read
+// (the events of it the filter selects) in one call.
+func (s *Store) SubscribePages(ctx context.Context, after eventstore.Position, filter eventstore.Filter, handle func([]eventstore.RecordedEvent) error) error {
+	return s.subscribe(ctx, after, filter, func(evs []eventstore.RecordedEvent) error {
+		if err := handle(evs); err != nil {
+			return fmt.Errorf("postgres: subscription handler at %s: %w", evs[len(evs)-1].Position, err)
+		}
+		return nil
+	})
+}
+
+// subscribe is Subscribe and SubscribePages: handle is called with every non-empty page, and
+// its error is returned as it is.
+func (s *Store) subscribe(ctx context.Context, after eventstore.Position, filter eventstore.Filter, handle func([]eventstore.RecordedEvent) error) error {
 	if err := s.ensureListener(); err != nil {
 		return err
 	}
@@ -399,7 +427,7 @@ func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter
 		} else {
 			// Take the wake-up channel before reading, so a commit during the read is not missed.
 			f.wake = s.wake.wait()
-			f.pg, f.err = s.scanPage(ctx, cursor, filter)
+			f.pg, f.err = s.scanPage(ctx, cursor, filter, 0)
 		}
 		pg, err, wake := f.pg, f.err, f.wake
 		if err != nil {
@@ -413,15 +441,17 @@ func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter
 		}
 		if pg.more {
 			prefetch = make(chan fetched, 1)
-			go func(from eventstore.Position, out chan<- fetched) {
+			// The page after a full one is likely as full: room for as many events as this one
+			// kept (a live wake-up, which reads no further page, reserves little).
+			go func(from eventstore.Position, room int, out chan<- fetched) {
 				wake := s.wake.wait()
-				pg, err := s.scanPage(ctx, from, filter)
+				pg, err := s.scanPage(ctx, from, filter, room)
 				out <- fetched{pg: pg, err: err, wake: wake}
-			}(pg.cursor, prefetch)
+			}(pg.cursor, len(pg.events), prefetch)
 		}
-		for _, e := range pg.events {
-			if err := handle(e); err != nil {
-				return fmt.Errorf("postgres: subscription handler at %s: %w", e.Position, err)
+		if len(pg.events) > 0 {
+			if err := handle(pg.events); err != nil {
+				return err
 			}
 		}
 		cursor = pg.cursor

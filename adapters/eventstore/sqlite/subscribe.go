@@ -18,6 +18,33 @@ import (
 // With a filter, Subscribe remembers how far it has scanned, not only the last event handled,
 // so a sparse filter does not rescan the unmatched tail of the log on every commit.
 func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter eventstore.Filter, handle func(eventstore.RecordedEvent) error) error {
+	return s.subscribe(ctx, after, filter, func(evs []eventstore.RecordedEvent) error {
+		for _, e := range evs {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := handle(e); err != nil {
+				return fmt.Errorf("sqlite: subscribe: handle event %s at %s: %w", e.ID, e.Position, err)
+			}
+		}
+		return nil
+	})
+}
+
+// SubscribePages implements eventstore.PageSubscriber: Subscribe, handing over each page read
+// in one call.
+func (s *Store) SubscribePages(ctx context.Context, after eventstore.Position, filter eventstore.Filter, handle func([]eventstore.RecordedEvent) error) error {
+	return s.subscribe(ctx, after, filter, func(evs []eventstore.RecordedEvent) error {
+		if err := handle(evs); err != nil {
+			return fmt.Errorf("sqlite: subscribe: handle the events up to %s: %w", evs[len(evs)-1].Position, err)
+		}
+		return nil
+	})
+}
+
+// subscribe is Subscribe and SubscribePages: handle is called with every non-empty page, and
+// its error is returned as it is.
+func (s *Store) subscribe(ctx context.Context, after eventstore.Position, filter eventstore.Filter, handle func([]eventstore.RecordedEvent) error) error {
 	var poll *time.Timer
 	defer func() {
 		if poll != nil {
@@ -43,12 +70,9 @@ func (s *Store) Subscribe(ctx context.Context, after eventstore.Position, filter
 			}
 			return fmt.Errorf("sqlite: subscribe after %s: %w", scanned, err)
 		}
-		for _, e := range evs {
-			if err := ctx.Err(); err != nil {
+		if len(evs) > 0 {
+			if err := handle(evs); err != nil {
 				return err
-			}
-			if err := handle(e); err != nil {
-				return fmt.Errorf("sqlite: subscribe: handle event %s at %s: %w", e.ID, e.Position, err)
 			}
 		}
 		scanned = upTo

@@ -348,14 +348,37 @@ type subscription struct {
 	err    error         // Subscribe's result, set before done is closed
 }
 
-// subscribe runs Subscribe in a goroutine; it is cancelled and awaited when the test ends.
-func subscribe(t *testing.T, st eventstore.Store, after eventstore.Position, f eventstore.Filter, handle func(eventstore.RecordedEvent) error) *subscription {
+// subscribeFunc returns st.Subscribe, or for the suite's page variants (Options-independent:
+// every store runs them) eventstore.SubscribePages with each page handed to handle one event at
+// a time (an empty page is an error).
+func (s *suite) subscribeFunc(st eventstore.Store) func(ctx context.Context, after eventstore.Position, f eventstore.Filter, handle func(eventstore.RecordedEvent) error) error {
+	if !s.pages {
+		return st.Subscribe
+	}
+	return func(ctx context.Context, after eventstore.Position, f eventstore.Filter, handle func(eventstore.RecordedEvent) error) error {
+		return eventstore.SubscribePages(ctx, st, after, f, func(page []eventstore.RecordedEvent) error {
+			if len(page) == 0 {
+				return errors.New("storetest: SubscribePages handed over an empty page")
+			}
+			for _, e := range page {
+				if err := handle(e); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+}
+
+// subscribe runs Subscribe (subscribeFunc) in a goroutine; it is cancelled and awaited when
+// the test ends.
+func (s *suite) subscribe(t *testing.T, st eventstore.Store, after eventstore.Position, f eventstore.Filter, handle func(eventstore.RecordedEvent) error) *subscription {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	sub := &subscription{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(sub.done)
-		sub.err = st.Subscribe(ctx, after, f, handle)
+		sub.err = s.subscribeFunc(st)(ctx, after, f, handle)
 	}()
 	t.Cleanup(func() {
 		cancel()

@@ -22,7 +22,7 @@ func (s *suite) testGlobalOrderConcurrent(t *testing.T) {
 	const nWriters, appendsPerWriter, nStreams = 8, 30, 5
 
 	sub := newCollector()
-	subscription := subscribe(t, st, eventstore.Start, filter, sub.handle)
+	subscription := s.subscribe(t, st, eventstore.Start, filter, sub.handle)
 
 	type appended struct {
 		res eventstore.AppendResult

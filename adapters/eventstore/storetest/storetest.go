@@ -58,6 +58,8 @@ func (o *Options) setDefaults() {
 //   - a stream that was never written reads as ErrStreamNotFound, also after empty appends;
 //   - positions strictly increase in ReadAll and Subscribe, agree with revision order and with
 //     happens-before, also across two stores from the factory;
+//   - eventstore.SubscribePages (a PageSubscriber's, or the fallback on Subscribe) passes the
+//     Subscribe tests too, hands over no empty page and never changes a page once handed over;
 //   - Subscribe delivers what a later ReadAll returns, in the same order, exactly once across
 //     stops and resumes from the last handled Position, while writers append concurrently.
 //
@@ -97,6 +99,26 @@ func Run(t *testing.T, f Factory, opts Options) {
 		{"SubscribeResumeExactlyOnce", s.testSubscribeResumeExactlyOnce},
 		{"SubscribeHandleError", s.testSubscribeHandleError},
 		{"SubscribeCancel", s.testSubscribeCancel},
+		{"SubscribePagesAreTheHandlers", s.testSubscribePagesAreTheHandlers},
+	}
+	// The Subscribe tests again through eventstore.SubscribePages (the store's PageSubscriber,
+	// or the fallback on Subscribe), each page handed on one event at a time.
+	pages := &suite{factory: f, opts: opts, pages: true}
+	for _, tc := range []struct {
+		name string
+		fn   func(t *testing.T)
+	}{
+		{"SubscribeCatchUpThenLive", pages.testSubscribeCatchUpThenLive},
+		{"SubscribeFromPosition", pages.testSubscribeFromPosition},
+		{"SubscribeFilter", pages.testSubscribeFilter},
+		{"SubscribeResumeExactlyOnce", pages.testSubscribeResumeExactlyOnce},
+		{"SubscribeHandleError", pages.testSubscribeHandleError},
+		{"SubscribeCancel", pages.testSubscribeCancel},
+	} {
+		tests = append(tests, struct {
+			name string
+			fn   func(t *testing.T)
+		}{"Pages" + tc.name, tc.fn})
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,4 +131,5 @@ func Run(t *testing.T, f Factory, opts Options) {
 type suite struct {
 	factory Factory
 	opts    Options
+	pages   bool // Subscribe through eventstore.SubscribePages (subscribeFunc)
 }

@@ -22,7 +22,7 @@ func (s *suite) testSubscribeCatchUpThenLive(t *testing.T) {
 	mustAppend(t, st, prefix+"a", eventstore.NoStream, history...)
 
 	c := newCollector()
-	sub := subscribe(t, st, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, c.handle)
+	sub := s.subscribe(t, st, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, c.handle)
 	wantIDs(t, "catch-up", c.waitFor(t, 3, s.opts.Timeout, sub), ids(history))
 
 	live := newEvents(2, "Live")
@@ -43,13 +43,13 @@ func (s *suite) testSubscribeFromPosition(t *testing.T) {
 	mustAppend(t, st, prefix+"a", eventstore.NoStream, evs[:2]...)
 	mid := mustAppend(t, st, prefix+"a", eventstore.Exact(1), evs[2:4]...)
 	c := newCollector()
-	sub := subscribe(t, st, mid.Position, eventstore.Filter{StreamPrefixes: []string{prefix}}, c.handle)
+	sub := s.subscribe(t, st, mid.Position, eventstore.Filter{StreamPrefixes: []string{prefix}}, c.handle)
 	mustAppend(t, st, prefix+"a", eventstore.Exact(3), evs[4])
 	wantIDs(t, "subscribe after the 4th event's position", c.waitFor(t, 1, s.opts.Timeout, sub), ids(evs[4:]))
 
 	c2 := newCollector()
 	all := readOwn(t, st, prefix, 0)
-	sub2 := subscribe(t, st, all[1].Position, eventstore.Filter{StreamPrefixes: []string{prefix}}, c2.handle)
+	sub2 := s.subscribe(t, st, all[1].Position, eventstore.Filter{StreamPrefixes: []string{prefix}}, c2.handle)
 	wantIDs(t, "subscribe after the 2nd event's position", c2.waitFor(t, 3, s.opts.Timeout, sub2), ids(evs[2:]))
 }
 
@@ -67,7 +67,7 @@ func (s *suite) testSubscribeFilter(t *testing.T) {
 
 	f := eventstore.Filter{StreamPrefixes: []string{prefix + "a"}, EventTypes: []string{"Keep"}}
 	c := newCollector()
-	sub := subscribe(t, st, eventstore.Start, f, c.handle)
+	sub := s.subscribe(t, st, eventstore.Start, f, c.handle)
 	wantIDs(t, "filtered catch-up", c.waitFor(t, 1, s.opts.Timeout, sub), ids(a[1:2]))
 	mustAppend(t, st, prefix+"b", eventstore.Exact(0), b[1])
 	mustAppend(t, st, prefix+"a", eventstore.Exact(1), a[2:]...)
@@ -112,7 +112,7 @@ func (s *suite) testSubscribeResumeExactlyOnce(t *testing.T) {
 		ctx, cancel := context.WithCancel(ctxT(t))
 		handled := 0
 		byCancel := session%2 == 1
-		err := st.Subscribe(ctx, checkpoint, filter, func(e eventstore.RecordedEvent) error {
+		err := s.subscribeFunc(st)(ctx, checkpoint, filter, func(e eventstore.RecordedEvent) error {
 			seen = append(seen, e)
 			checkpoint = e.Position
 			handled++
@@ -156,7 +156,7 @@ func (s *suite) testSubscribeHandleError(t *testing.T) {
 	mustAppend(t, st, prefix+"a", eventstore.NoStream, evs...)
 	boom := errors.New("storetest: handler failed")
 	var calls []uuid.UUID
-	err := st.Subscribe(ctxT(t), eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, func(e eventstore.RecordedEvent) error {
+	err := s.subscribeFunc(st)(ctxT(t), eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, func(e eventstore.RecordedEvent) error {
 		calls = append(calls, e.ID)
 		if len(calls) == 2 {
 			return boom
@@ -172,7 +172,7 @@ func (s *suite) testSubscribeHandleError(t *testing.T) {
 
 	// A handler failing on a live event stops the subscription too.
 	c := newCollector()
-	sub := subscribe(t, st, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix + "live"}}, func(e eventstore.RecordedEvent) error {
+	sub := s.subscribe(t, st, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix + "live"}}, func(e eventstore.RecordedEvent) error {
 		_ = c.handle(e)
 		return boom
 	})
@@ -192,7 +192,7 @@ func (s *suite) testSubscribeCancel(t *testing.T) {
 	prefix := TestID()
 	mustAppend(t, st, prefix+"a", eventstore.NoStream, newEvents(1, "C")...)
 	c := newCollector()
-	sub := subscribe(t, st, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, c.handle)
+	sub := s.subscribe(t, st, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, c.handle)
 	c.waitFor(t, 1, s.opts.Timeout, sub) // caught up, now live
 	sub.cancel()
 	if err := sub.wait(t, s.opts.Timeout); !errors.Is(err, context.Canceled) {
@@ -202,7 +202,7 @@ func (s *suite) testSubscribeCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctxT(t))
 	cancel()
 	calls := 0
-	err := st.Subscribe(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, func(eventstore.RecordedEvent) error {
+	err := s.subscribeFunc(st)(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, func(eventstore.RecordedEvent) error {
 		calls++
 		return nil
 	})
@@ -212,8 +212,53 @@ func (s *suite) testSubscribeCancel(t *testing.T) {
 
 	ctx, cancel = context.WithTimeout(ctxT(t), 50*time.Millisecond)
 	defer cancel()
-	err = st.Subscribe(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix + "none"}}, func(eventstore.RecordedEvent) error { return nil })
+	err = s.subscribeFunc(st)(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix + "none"}}, func(eventstore.RecordedEvent) error { return nil })
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Subscribe whose context times out: got error %v, want context.DeadlineExceeded", err)
 	}
+}
+
+// testSubscribePagesAreTheHandlers reads a log of several pages through
+// eventstore.SubscribePages, keeping every page handed over: none is empty, and once all are in,
+// they still hold what ReadAll returns (a store that reused or changed a page after its handler
+// returned would show here).
+func (s *suite) testSubscribePagesAreTheHandlers(t *testing.T) {
+	st, _ := s.newStore(t)
+	prefix := TestID()
+	const n = 250
+	for i := 0; i < n; i += 50 {
+		mustAppend(t, st, prefix+"a", eventstore.Any, newEvents(50, "Page")...)
+	}
+	var mu sync.Mutex
+	var pages [][]eventstore.RecordedEvent
+	total := 0
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	err := eventstore.SubscribePages(ctx, st, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}}, func(page []eventstore.RecordedEvent) error {
+		if len(page) == 0 {
+			return errors.New("storetest: an empty page")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		pages = append(pages, page)
+		if total += len(page); total >= n {
+			cancel()
+		}
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("SubscribePages: got error %v after %d events, want context.Canceled once all %d were handed over", err, total, n)
+	}
+	var got []eventstore.RecordedEvent
+	for _, p := range pages {
+		got = append(got, p...)
+	}
+	want := readOwn(t, st, prefix, 0)
+	wantIDs(t, "pages kept vs ReadAll", got, recIDs(want))
+	for i := range got {
+		if !jsonEqual(got[i].Data, want[i].Data) || got[i].Position != want[i].Position {
+			t.Fatalf("event %d of the pages kept: %s at %s, ReadAll: %s at %s", i, got[i].Data, got[i].Position, want[i].Data, want[i].Position)
+		}
+	}
+	checkGlobalOrder(t, "pages", got)
 }
