@@ -43,7 +43,9 @@ type LogSubscriberConfig struct {
 	// and not yet delivered, up to this many, and the events read while the consumer handles a
 	// message are collected into the next one. Catching up, batches grow to what the log
 	// yields while one is applied; live, they stay as small as what arrives. It is also how
-	// many events the subscriber reads ahead. Default (or below BatchSize): BatchSize.
+	// many events the subscriber reads ahead (or one page of the store's, when a page is
+	// larger); nothing is reserved for them before they are read. Default (or below
+	// BatchSize): BatchSize.
 	MaxBatchSize int
 	// RedeliveryDelay is the first pause before a nacked batch is delivered again; it doubles up
 	// to MaxRedeliveryDelay. Defaults 100ms and 30s.
@@ -193,27 +195,20 @@ func (s *LogSubscriber) run(ctx context.Context, topic string, after eventstore.
 	backoff := s.cfg.RedeliveryDelay
 	for ctx.Err() == nil {
 		subCtx, stop := context.WithCancel(ctx)
-		events := make(chan eventstore.RecordedEvent, s.cfg.MaxBatchSize)
+		ahead := newReadAhead(s.cfg.MaxBatchSize)
 		subErr := make(chan error, 1)
 		go func() {
-			defer close(events)
-			subErr <- s.cfg.Store.Subscribe(subCtx, after, filter, func(e eventstore.RecordedEvent) error {
-				select {
-				case events <- e:
-					return nil
-				case <-subCtx.Done():
-					return subCtx.Err()
-				}
+			defer ahead.end()
+			subErr <- eventstore.SubscribePages(subCtx, s.cfg.Store, after, filter, func(page []eventstore.RecordedEvent) error {
+				return ahead.put(subCtx, page)
 			})
 		}()
-		next, ok := s.deliver(subCtx, topic, events, out)
+		next, ok := s.deliver(subCtx, topic, ahead, out)
 		if ok {
 			after = next
 			backoff = s.cfg.RedeliveryDelay
 		}
 		stop()
-		for range events { // drain so the store goroutine can finish
-		}
 		err := <-subErr
 		if ctx.Err() != nil {
 			return
@@ -228,111 +223,161 @@ func (s *LogSubscriber) run(ctx context.Context, topic string, after eventstore.
 	}
 }
 
-// deliver batches events into messages until the event channel closes or ctx is done. It returns
-// the position of the last acked event and whether any was acked. While a message waits for
-// its ack, the events read meanwhile are collected into the next one (up to MaxBatchSize), so
-// the log is read while the consumer applies the previous batch.
-func (s *LogSubscriber) deliver(ctx context.Context, topic string, events <-chan eventstore.RecordedEvent, out chan<- *message.Message) (eventstore.Position, bool) {
+// deliver hands the events read ahead over in messages until the store subscription has ended
+// and everything it read is delivered, or ctx is done. It returns the position of the last
+// acked event and whether any was acked. A message takes every event read and not yet
+// delivered, up to MaxBatchSize: the log is read while the consumer applies the previous
+// message, and what was read meanwhile makes the next one.
+func (s *LogSubscriber) deliver(ctx context.Context, topic string, ahead *readAhead, out chan<- *message.Message) (eventstore.Position, bool) {
 	var last eventstore.Position
 	acked := false
-	// A fresh slice per message: the consumer may keep the events after the ack (for example
-	// for AfterCommit); the buffer is never reused.
-	var next []eventstore.RecordedEvent
 	for {
-		if len(next) == 0 {
-			select {
-			case e, ok := <-events:
-				if !ok {
-					return last, acked
-				}
-				next = append(make([]eventstore.RecordedEvent, 0, s.cfg.BatchSize), e)
-			case <-ctx.Done():
-				return last, acked
-			}
-		}
-	fill:
-		for len(next) < s.cfg.MaxBatchSize {
-			select {
-			case e, ok := <-events:
-				if !ok {
-					break fill
-				}
-				next = append(next, e)
-			default:
-				break fill
-			}
+		batch, ok := ahead.take(ctx)
+		if !ok {
+			return last, acked
 		}
 		if ctx.Err() != nil {
 			// Ended (a gate closed by the consumer's last handler, say): deliver nothing more.
 			return last, acked
 		}
-		batch := next
-		next = nil
-		msg := newBatchMessage(batch)
-		if !s.sendUntilAcked(ctx, msg, out, events, &next) {
+		if !s.sendUntilAcked(ctx, newBatchMessage(batch), out) {
 			return last, acked
 		}
 		last, acked = batch[len(batch)-1].Position, true
 	}
 }
 
-// sendUntilAcked delivers msg and redelivers copies of it after nacks, collecting the events
-// that arrive meanwhile into *next (up to MaxBatchSize; none after the channel closed). It
-// reports whether msg was acked before ctx ended.
-func (s *LogSubscriber) sendUntilAcked(ctx context.Context, msg *message.Message, out chan<- *message.Message, events <-chan eventstore.RecordedEvent, next *[]eventstore.RecordedEvent) bool {
+// sendUntilAcked delivers msg and redelivers copies of it after nacks. It reports whether msg
+// was acked before ctx ended.
+func (s *LogSubscriber) sendUntilAcked(ctx context.Context, msg *message.Message, out chan<- *message.Message) bool {
 	delay := s.cfg.RedeliveryDelay
-	collect := func() <-chan eventstore.RecordedEvent {
-		if len(*next) >= s.cfg.MaxBatchSize {
-			return nil
-		}
-		return events
-	}
-	add := func(e eventstore.RecordedEvent, ok bool) {
-		if !ok {
-			events = nil // closed: the caller delivers what it has, then sees the close
-			return
-		}
-		*next = append(*next, e)
-	}
 	for {
 		m := msg.Copy()
 		m.SetContext(context.WithValue(ctx, batchKey{}, msg.Context().Value(batchKey{})))
-	send:
-		for {
-			select {
-			case out <- m:
-				break send
-			case e, ok := <-collect():
-				add(e, ok)
-			case <-ctx.Done():
-				return false
-			}
+		select {
+		case out <- m:
+		case <-ctx.Done():
+			return false
 		}
-		var redeliver <-chan time.Time
-		for redeliver == nil {
-			select {
-			case <-m.Acked():
-				return true
-			case <-m.Nacked():
-				redeliver = time.After(delay)
-				delay = min(delay*2, s.cfg.MaxRedeliveryDelay)
-			case e, ok := <-collect():
-				add(e, ok)
-			case <-ctx.Done():
-				return false
-			}
+		select {
+		case <-m.Acked():
+			return true
+		case <-m.Nacked():
+		case <-ctx.Done():
+			return false
 		}
-		for waiting := true; waiting; {
-			select {
-			case <-redeliver:
-				waiting = false
-			case e, ok := <-collect():
-				add(e, ok)
-			case <-ctx.Done():
-				return false
-			}
+		if !sleep(ctx, delay) {
+			return false
+		}
+		delay = min(delay*2, s.cfg.MaxRedeliveryDelay)
+	}
+}
+
+// readAhead holds the pages a store subscription has read and deliver has not taken yet: at
+// most max events, or one page when a page alone is larger. The pages are the store's
+// (eventstore.PageSubscriber): a message whose events all come from one page shares its
+// array, and one made of several is copied once, at its exact size. Nothing is reserved
+// before it is read: a live subscription holds what arrives, a few events.
+type readAhead struct {
+	mu    sync.Mutex
+	pages [][]eventstore.RecordedEvent
+	n     int // events in pages
+	max   int
+	ended bool
+	ready chan struct{} // signalled when a page is added or the subscription ends
+	room  chan struct{} // signalled when events are taken
+}
+
+func newReadAhead(limit int) *readAhead {
+	return &readAhead{max: limit, ready: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// put adds page once there is room for it (or ctx is done: its error).
+func (q *readAhead) put(ctx context.Context, page []eventstore.RecordedEvent) error {
+	for {
+		q.mu.Lock()
+		if q.n == 0 || q.n+len(page) <= q.max {
+			q.pages = append(q.pages, page)
+			q.n += len(page)
+			q.mu.Unlock()
+			signal(q.ready)
+			return nil
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.room:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
+}
+
+// end records that the subscription put its last page.
+func (q *readAhead) end() {
+	q.mu.Lock()
+	q.ended = true
+	q.mu.Unlock()
+	signal(q.ready)
+}
+
+// take waits for events and removes up to max of them, in order. It returns false when the
+// subscription ended and everything was taken, or ctx is done.
+func (q *readAhead) take(ctx context.Context) ([]eventstore.RecordedEvent, bool) {
+	for {
+		q.mu.Lock()
+		if q.n > 0 {
+			batch := q.takeLocked()
+			q.mu.Unlock()
+			signal(q.room)
+			return batch, true
+		}
+		ended := q.ended
+		q.mu.Unlock()
+		if ended {
+			return nil, false
+		}
+		select {
+		case <-q.ready:
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
+func (q *readAhead) takeLocked() []eventstore.RecordedEvent {
+	want := min(q.n, q.max)
+	q.n -= want
+	if first := q.pages[0]; len(first) >= want {
+		// The message is (the start of) one page: handed over without a copy, its capacity
+		// cut so that nothing can write into the rest.
+		q.dropFront(want)
+		return first[:want:want]
+	}
+	batch := make([]eventstore.RecordedEvent, 0, want)
+	for len(batch) < want {
+		p := q.pages[0]
+		k := min(len(p), want-len(batch))
+		batch = append(batch, p[:k]...)
+		q.dropFront(k)
+	}
+	return batch
+}
+
+// dropFront removes the first k events of the first page.
+func (q *readAhead) dropFront(k int) {
+	if k < len(q.pages[0]) {
+		q.pages[0] = q.pages[0][k:]
+		return
+	}
+	q.pages[0] = nil
+	q.pages = q.pages[1:]
 }
 
 // Close stops every subscription and waits for them to end.

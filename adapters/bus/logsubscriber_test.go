@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,9 +172,9 @@ func TestBatchGrowsWhileHandled(t *testing.T) {
 		t.Fatalf("first batch of %d events, MaxBatchSize %d", len(batch), maxBatch)
 	}
 	got := batch
-	// While the first is held, the subscriber collects maxBatch events and the channel between
-	// the store and it fills (maxBatch more): wait until the store has handed all those over.
-	for range len(batch) + 2*maxBatch {
+	// While the first is held, the subscriber reads maxBatch events ahead: wait until the store
+	// has handed all those over.
+	for range len(batch) + maxBatch {
 		select {
 		case <-st.handled:
 		case <-ctx.Done():
@@ -202,5 +203,87 @@ func TestBatchGrowsWhileHandled(t *testing.T) {
 		if string(e.Data) != fmt.Sprintf(`{"i":%d}`, i) {
 			t.Fatalf("event %d: %s", i, e.Data)
 		}
+	}
+}
+
+// pagesStore is the SQLite store (an eventstore.PageSubscriber) counting the events its page
+// subscriptions have handed over, and checking at every page that the subscriber holds no more
+// than bound events it has not had acked.
+type pagesStore struct {
+	*sqlite.Store
+	t             *testing.T
+	bound         int64
+	handed, acked atomic.Int64
+	pages         atomic.Int64
+}
+
+func (s *pagesStore) SubscribePages(ctx context.Context, after eventstore.Position, f eventstore.Filter, handle func([]eventstore.RecordedEvent) error) error {
+	return s.Store.SubscribePages(ctx, after, f, func(page []eventstore.RecordedEvent) error {
+		if err := handle(page); err != nil {
+			return err
+		}
+		s.pages.Add(1)
+		if held := s.handed.Add(int64(len(page))) - s.acked.Load(); held > s.bound {
+			s.t.Errorf("the subscriber holds %d events not acked, want at most %d", held, s.bound)
+		}
+		return nil
+	})
+}
+
+// TestPagesSplitAndReadAheadBounded reads a log in store pages larger than MaxBatchSize: every
+// message holds at most MaxBatchSize events, every event comes exactly once and in order, and
+// the subscriber never holds more events than one message and its read-ahead (MaxBatchSize, or
+// one page when a page is larger) while messages are held unacked.
+func TestPagesSplitAndReadAheadBounded(t *testing.T) {
+	const total, pageSize, maxBatch = 95, 10, 7
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "events.db"), sqlite.Options{PollInterval: 20 * time.Millisecond, PageSize: pageSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	ps := &pagesStore{Store: st, t: t, bound: maxBatch + max(maxBatch, pageSize)}
+	appendN(t, ps, "s-1", total)
+	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
+		Store:        ps,
+		Checkpoint:   func(context.Context, string) (eventstore.Position, error) { return eventstore.Start, nil },
+		BatchSize:    maxBatch,
+		MaxBatchSize: maxBatch,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	msgs, err := sub.Subscribe(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []eventstore.RecordedEvent
+	for len(got) < total {
+		var m *message.Message
+		select {
+		case m = <-msgs:
+		case <-ctx.Done():
+			t.Fatalf("got %d of %d events", len(got), total)
+		}
+		batch, err := bus.DecodeBatch(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(batch) == 0 || len(batch) > maxBatch {
+			t.Fatalf("batch of %d events, MaxBatchSize %d", len(batch), maxBatch)
+		}
+		got = append(got, batch...)
+		ps.acked.Add(int64(len(batch))) // before the ack: the store may read on at once
+		m.Ack()
+	}
+	for i, e := range got {
+		if string(e.Data) != fmt.Sprintf(`{"i":%d}`, i) {
+			t.Fatalf("event %d: %s", i, e.Data)
+		}
+	}
+	if n := ps.pages.Load(); n < total/pageSize {
+		t.Fatalf("%d pages handed over: the subscriber did not read through SubscribePages", n)
 	}
 }
