@@ -43,7 +43,11 @@ func decodeConn(e eventstore.RecordedEvent) (connID string, ev connection.Event,
 // decodedEvent is an event of a batch as decodeEvents read it.
 type decodedEvent struct {
 	connID string
+	// ev is the event, unless it is a MessageQueued (queued): that is in mq, by value (a
+	// catch-up decodes them by the hundred thousand; an Event interface would allocate each).
 	ev     connection.Event
+	mq     connection.MessageQueued
+	queued bool
 	ok     bool // a connection event (decodeConn)
 	// runnable: a MessageQueued a queue run can hold (runnable), when asked for.
 	runnable bool
@@ -60,15 +64,29 @@ func decodeEvents(events []eventstore.RecordedEvent, runs bool) ([]decodedEvent,
 	out := make([]decodedEvent, len(events))
 	decodePart := func(lo, hi int) error {
 		var ids *connection.BroadcastMessageIDs
+		var qd connection.QueuedDecoder // the messages of a broadcast share their times
 		for i := lo; i < hi; i++ {
-			connID, ev, ok, err := decodeConn(events[i])
+			e := events[i]
+			if e.Type == connection.TypeMessageQueued {
+				connID, isConn := connection.IDFromStream(e.Stream)
+				if !isConn {
+					continue
+				}
+				mq, err := qd.Decode(e.Data)
+				if err != nil {
+					return fmt.Errorf("event %s (%s at %s): %w", e.ID, e.Type, e.Position, err)
+				}
+				out[i] = decodedEvent{connID: connID, mq: mq, queued: true, ok: true}
+				if runs {
+					out[i].runnable = runnable(mq, &ids)
+				}
+				continue
+			}
+			connID, ev, ok, err := decodeConn(e)
 			if err != nil {
 				return err
 			}
 			out[i] = decodedEvent{connID: connID, ev: ev, ok: ok}
-			if mq, isQueued := ev.(connection.MessageQueued); isQueued && runs {
-				out[i].runnable = runnable(mq, &ids)
-			}
 		}
 		return nil
 	}

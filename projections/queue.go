@@ -147,7 +147,7 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 		return err
 	}
 	for i, e := range events {
-		d := decoded[i]
+		d := &decoded[i]
 		if !d.ok {
 			continue
 		}
@@ -168,7 +168,8 @@ func (q *Queue) Apply(ctx context.Context, tx *Tx, events []eventstore.RecordedE
 			}
 			continue
 		}
-		if mq, isQueued := ev.(connection.MessageQueued); isQueued {
+		if d.queued {
+			mq := d.mq
 			if d.runnable {
 				if err := b.queuedInRun(ctx, connID, mq); err != nil {
 					return err

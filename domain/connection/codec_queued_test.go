@@ -2,6 +2,7 @@ package connection
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -38,7 +39,7 @@ func checkLikeJSON(t *testing.T, data []byte) {
 	if err == nil && !sameQueued(got.(MessageQueued), want) {
 		t.Fatalf("%s:\n got %+v\nwant %+v", data, got, want)
 	}
-	if fast, ok := queuedFast(data); ok && (wantErr != nil || !sameQueued(fast, want)) {
+	if fast, ok := queuedFast(data, nil); ok && (wantErr != nil || !sameQueued(fast, want)) {
 		t.Fatalf("%s: fast path accepted %+v; encoding/json: %+v, %v", data, fast, want, wantErr)
 	}
 }
@@ -89,7 +90,7 @@ func TestDecodeMessageQueuedLikeJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkLikeJSON(t, data)
-		if _, ok := queuedFast(data); ok {
+		if _, ok := queuedFast(data, nil); ok {
 			accepted++
 		} else if !strings.Contains(string(data), `\`) {
 			t.Fatalf("fast path declined an escape-free body Encode wrote: %s", data)
@@ -120,6 +121,52 @@ func TestDecodeMessageQueuedLikeJSON(t *testing.T) {
 	}
 }
 
+// TestQueuedDecoderLikeJSON decodes a stream of bodies through one QueuedDecoder, as a
+// projection decodes a batch: bodies repeating the times and queued_by of the one before (which
+// it reuses), bodies changing one of them, bodies without them, and bodies the fast path
+// declines or encoding/json refuses in between. Every result must be json.Unmarshal's, and
+// every refusal a *DecodeError.
+func TestQueuedDecoderLikeJSON(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 2026))
+	times := []time.Time{{}, time.Date(2026, 12, 2, 3, 4, 5, 123456000, time.UTC),
+		time.Date(2026, 12, 2, 3, 4, 5, 123457000, time.UTC), time.Date(2026, 12, 2, 4, 4, 5, 0, time.FixedZone("", 3600))}
+	bys := []string{"", "clearkit", "clearkiu", "api-key:1"}
+	var d QueuedDecoder
+	for i := range 5000 {
+		mq := randomQueued(rng)
+		mq.QueuedAt, mq.ExpiresAt, mq.QueuedBy = times[rng.IntN(len(times))], times[rng.IntN(len(times))], bys[rng.IntN(len(bys))]
+		_, data, err := Encode(mq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(data)
+		switch rng.IntN(6) {
+		case 0:
+			s = strings.Replace(s, `"queued_at":"`, `"queued_at":"x`, 1)
+		case 1:
+			s = strings.Replace(s, `"queued_at":"2026-12-02T03:04:05.123456Z"`, `"queued_at":"2026-12-02T03:04:05.123456+00:00"`, 1)
+		case 2:
+			s = strings.Replace(s, `{`, `{ `, 1) // declined by the fast path
+		}
+		var want MessageQueued
+		wantErr := json.Unmarshal([]byte(s), &want)
+		got, err := d.Decode([]byte(s))
+		if (err != nil) != (wantErr != nil) {
+			t.Fatalf("body %d %s: error %v, encoding/json's %v", i, s, err, wantErr)
+		}
+		if err != nil {
+			var de *DecodeError
+			if !errors.As(err, &de) || de.Type != TypeMessageQueued {
+				t.Fatalf("body %d: error %v, want a *DecodeError of %s", i, err, TypeMessageQueued)
+			}
+			continue
+		}
+		if !sameQueued(got, want) {
+			t.Fatalf("body %d %s:\n got %+v\nwant %+v", i, s, got, want)
+		}
+	}
+}
+
 // FuzzQueuedFast checks that whatever the fast path accepts, encoding/json reads the same way.
 func FuzzQueuedFast(f *testing.F) {
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -139,6 +186,14 @@ func BenchmarkDecodeMessageQueued(b *testing.B) {
 	b.Run("fast", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := decodeMessageQueued(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("QueuedDecoder", func(b *testing.B) {
+		var d QueuedDecoder
+		for b.Loop() {
+			if _, err := d.Decode(data); err != nil {
 				b.Fatal(err)
 			}
 		}
