@@ -73,7 +73,7 @@ func queuedFast(data []byte, c *queuedCache) (mq MessageQueued, ok bool) {
 		return mq, r.end()
 	}
 	for {
-		key, ok := r.plainString()
+		key, ok := r.key()
 		if !ok || !r.byte(':') {
 			return mq, false
 		}
@@ -200,10 +200,65 @@ func (r *fastReader) uint() (uint64, bool) {
 	return n, true // a fraction or an exponent would follow: the caller then finds no ',' or '}'
 }
 
-// uuid consumes a string and parses it as encoding/json does (uuid.UUID.UnmarshalText).
+// key consumes a string and returns its bytes, unchecked: only the keys of MessageQueued are
+// read on, and a string that is one of them as it stands holds no escape or control character
+// (a key written with an escape is then unknown, and the caller leaves the body to
+// encoding/json).
+func (r *fastReader) key() ([]byte, bool) {
+	if !r.byte('"') {
+		return nil, false
+	}
+	n := bytes.IndexByte(r.b[r.i:], '"')
+	if n < 0 {
+		return nil, false
+	}
+	k := r.b[r.i : r.i+n]
+	r.i += n + 1
+	return k, true
+}
+
+// uuid consumes a string and parses it as encoding/json does (uuid.UUID.UnmarshalText). The
+// canonical form (36 characters, hex digits and four dashes: what Encode writes) is read in
+// place; any other string goes to UnmarshalText.
 func (r *fastReader) uuid(id *uuid.UUID) bool {
+	if b := r.b[r.i:]; len(b) >= 38 && b[0] == '"' && b[37] == '"' && canonicalUUID(b[1:37], id) {
+		r.i += 38
+		return true
+	}
 	s, ok := r.plainString()
 	return ok && id.UnmarshalText(s) == nil
+}
+
+// canonicalUUID parses s as xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx (hex digits of either case)
+// into id, as uuid.ParseBytes does; false (id unspecified) for anything else.
+func canonicalUUID(s []byte, id *uuid.UUID) bool {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return false
+	}
+	for j, i := range uuidDigitPairs {
+		hi, lo := unhex(s[i]), unhex(s[i+1])
+		if hi > 15 || lo > 15 {
+			return false
+		}
+		id[j] = hi<<4 | lo
+	}
+	return true
+}
+
+// uuidDigitPairs are where the 16 bytes' digit pairs start in a canonical uuid.
+var uuidDigitPairs = [16]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// unhex is the value of hex digit c, or 255.
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10
+	}
+	return 255
 }
 
 // time consumes a string and parses it as encoding/json does (time.Time.UnmarshalJSON, which

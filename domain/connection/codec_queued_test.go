@@ -167,6 +167,30 @@ func TestQueuedDecoderLikeJSON(t *testing.T) {
 	}
 }
 
+// TestCanonicalUUIDLikeParseBytes checks the fast path's uuid reader against uuid.ParseBytes on
+// 36-byte strings: canonical ones in either case, and each with one byte replaced by every
+// other byte value (a digit changed, a non-digit, a dash moved or lost).
+func TestCanonicalUUIDLikeParseBytes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 2026))
+	for range 50 {
+		id := uuid.New()
+		for _, s := range []string{id.String(), strings.ToUpper(id.String())} {
+			for pos := range len(s) {
+				for _, c := range []byte{s[pos], '-', '0', '9', 'a', 'f', 'g', 'A', 'F', 'G', '"', '\\', 0, 0xff, byte(rng.IntN(256))} {
+					b := []byte(s)
+					b[pos] = c
+					want, wantErr := uuid.ParseBytes(b)
+					var got uuid.UUID
+					ok := canonicalUUID(b, &got)
+					if ok != (wantErr == nil) || (ok && got != want) {
+						t.Fatalf("%q: canonicalUUID %s, %v; uuid.ParseBytes %s, %v", b, got, ok, want, wantErr)
+					}
+				}
+			}
+		}
+	}
+}
+
 // FuzzQueuedFast checks that whatever the fast path accepts, encoding/json reads the same way.
 func FuzzQueuedFast(f *testing.F) {
 	rng := rand.New(rand.NewPCG(1, 2))
