@@ -39,6 +39,11 @@ type MeasureConfig struct {
 	Tenant, ConnectionID string
 	// Logger for the runner; default discards.
 	Logger *slog.Logger
+	// BeforeCatchUp, if set, is called after the seeded log was read once and right before the
+	// catch-up is timed, with the Queue projection's checkpoint and the last event it catches
+	// up to (`waqueue bench clear` times a raw read of those events there, and again after
+	// the clear). Optional.
+	BeforeCatchUp func(ctx context.Context, from, last eventstore.Position) error
 }
 
 // ClearTiming is what MeasureClear measured.
@@ -107,6 +112,11 @@ func MeasureClear(ctx context.Context, cfg MeasureConfig) (ClearTiming, error) {
 	// first read of rows just written costs PostgreSQL more CPU (it sets their hint bits).
 	if err := readThrough(ctx, cfg.Store, from, last[0].Position); err != nil {
 		return tm, err
+	}
+	if cfg.BeforeCatchUp != nil {
+		if err := cfg.BeforeCatchUp(ctx, from, last[0].Position); err != nil {
+			return tm, err
+		}
 	}
 	completer := &Completer{Store: cfg.Store}
 	completer.Adopt(s)
