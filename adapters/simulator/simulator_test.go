@@ -399,6 +399,9 @@ func TestUnpairAndCheckNumbers(t *testing.T) {
 	if _, err := s.PairQR(ctx, "c1"); err != nil {
 		t.Fatal(err)
 	}
+	// The pairing's events are delivered asynchronously: count from after its last (Connected),
+	// or a late one is taken for Unpair's below.
+	transporttest.WaitType[transport.Connected](t, rec, 0, "c1")
 	s.SetOnWhatsApp(false, "+4915100000002")
 	got, err := s.CheckNumbers(ctx, "c1", []string{"+4915100000001", "+4915100000002", "+4915100000001"})
 	if err != nil || len(got) != 2 || !got[0].OnWhatsApp || got[1].OnWhatsApp || got[0].JID == "" {
