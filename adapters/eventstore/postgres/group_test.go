@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/eventstore/storetest"
@@ -21,7 +23,8 @@ import (
 // The one at a wrong expected revision fails alone; the others succeed at their revisions, and
 // the global order agrees with every stream's order.
 func TestGroupCommitSharesOneTransaction(t *testing.T) {
-	st := openStore(t, pgtest.URL(t), postgres.Options{GroupCommitters: 1})
+	url := pgtest.URL(t)
+	st := openStore(t, url, postgres.Options{GroupCommitters: 1})
 	ctx := context.Background()
 	prefix := storetest.TestID() + "group-"
 	const n, conflict = 12, 5
@@ -39,7 +42,7 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 		_, err := st.Append(ctx, blocker, eventstore.Any, events(1, "Blocked")...)
 		blocked <- err
 	}()
-	waitUntil(t, "the committer takes the blocked append", func() bool { return st.QueuedAppends() == 0 && st.GroupsRunning() == 1 })
+	waitBlocked(t, url, st)
 
 	results := make([]eventstore.AppendResult, n)
 	errs := make([]error, n)
@@ -108,7 +111,8 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 // appends them all in one transaction while the first is still stuck.
 func TestGroupCommitStartsAnotherGroupOnlyWhenManyWait(t *testing.T) {
 	const groupMin = 4
-	st := openStore(t, pgtest.URL(t), postgres.Options{GroupCommitters: 2, GroupMin: groupMin})
+	url := pgtest.URL(t)
+	st := openStore(t, url, postgres.Options{GroupCommitters: 2, GroupMin: groupMin})
 	ctx := context.Background()
 	prefix := storetest.TestID() + "groupmin-"
 	blocker := prefix + "blocker"
@@ -119,7 +123,7 @@ func TestGroupCommitStartsAnotherGroupOnlyWhenManyWait(t *testing.T) {
 		_, err := st.Append(ctx, blocker, eventstore.Any, events(1, "Blocked")...)
 		blocked <- err
 	}()
-	waitUntil(t, "a committer takes the blocked append", func() bool { return st.QueuedAppends() == 0 && st.GroupsRunning() == 1 })
+	waitBlocked(t, url, st)
 
 	results := make([]eventstore.AppendResult, groupMin)
 	errs := make([]error, groupMin)
@@ -172,7 +176,8 @@ func TestGroupCommitStartsAnotherGroupOnlyWhenManyWait(t *testing.T) {
 // two streams of the group (one stores it, the other is a duplicate), and an event without
 // data. The successes share one transaction; nothing else is stored.
 func TestGroupCommitMixedOutcomes(t *testing.T) {
-	st := openStore(t, pgtest.URL(t), postgres.Options{GroupCommitters: 1})
+	url := pgtest.URL(t)
+	st := openStore(t, url, postgres.Options{GroupCommitters: 1})
 	ctx := context.Background()
 	prefix := storetest.TestID() + "mixed-"
 	stream := func(i int) string { return fmt.Sprintf("%s%02d", prefix, i) }
@@ -213,7 +218,7 @@ func TestGroupCommitMixedOutcomes(t *testing.T) {
 		_, err := st.Append(ctx, blocker, eventstore.Any, events(1, "Blocked")...)
 		blocked <- err
 	}()
-	waitUntil(t, "the committer takes the blocked append", func() bool { return st.QueuedAppends() == 0 && st.GroupsRunning() == 1 })
+	waitBlocked(t, url, st)
 	results := make([]eventstore.AppendResult, len(cases))
 	errs := make([]error, len(cases))
 	var wg sync.WaitGroup
@@ -314,6 +319,29 @@ func TestGroupCommitMixedOutcomes(t *testing.T) {
 }
 
 // waitUntil waits for cond (a condition, not a duration: the overall limit is a safety net).
+// waitBlocked waits until a committer of st runs the blocked append: it waits for its stream's
+// lock in the database of url (an advisory lock not granted), nothing else is queued and one
+// group runs. The store's counters alone are not enough: the group that ran the append before
+// it may still count as running for a moment after its caller returned, and the blocked
+// append's goroutine may not have queued yet.
+func waitBlocked(t *testing.T, url string, st *postgres.Store) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	waitUntil(t, "a committer runs the blocked append, waiting for its lock", func() bool {
+		var waiting int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		return waiting == 1 && st.QueuedAppends() == 0 && st.GroupsRunning() == 1
+	})
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
