@@ -85,7 +85,7 @@ func (c *ScaleConfig) setDefaults() {
 // simulator transport (nothing reaches WhatsApp; sends are acknowledged at once, no
 // receipts). Per engine it prints
 //
-//	BENCH scale/<engine>/conns=<n>/active=<m>/sessions=all|lazy transport=simulator msgs_per_s=… startup_s=… first_send_s=…
+//	BENCH scale/<engine>/conns=<n>/active=<m>/sessions=all|lazy transport=simulator msgs_per_s=… startup_s=… first_send_s=… dispatching=…
 //	      rss_now_mib=… goroutines=… cpu_per_1k_active=… db_cpu_per_1k_active=… events_per_s=…
 //	      db_commits_per_s=… db_rows_per_s=… pace_delay_ms=… drained=… leases_held=… seed_s=… baseline=paced baseline_per_s=… ratio=… rss_mib=…
 //
@@ -95,7 +95,9 @@ func (c *ScaleConfig) setDefaults() {
 // each active connection through the StartBroadcast handler, then starts its projections,
 // lets them catch up (batches of 4,096 events) and closes. Then the measured node opens the same database with the
 // dispatcher on, the given pacing and the server's default projection batch, as a restart would. startup_s runs from opening the
-// node to the first hand-over of the last active connection (first_send_s: of the first).
+// node to the first hand-over of the last active connection (first_send_s: of the first); it is
+// -1 when not every active connection dispatched within StartupLimit, and dispatching says how
+// many did.
 // For Window after that, msgs_per_s counts MessageSent; the baseline is the sum of the
 // allowed paced rates, Active / (MinInterval + Jitter/2). rss_mib is the peak RSS since the
 // measured node opened (the peak is reset after seeding), rss_now_mib the RSS at the end (stderr
@@ -260,9 +262,6 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 	startupEnd := startup
 	progress("%d of %d active connections dispatching %s after the start (first after %s; load %s)", len(started), cfg.Active,
 		startup.Round(time.Millisecond), firstSend.Round(time.Millisecond), loadAvg())
-	if len(started) < cfg.Active {
-		startup = -1 // not all dispatching within StartupLimit
-	}
 	if cfg.HeapProfile != "" {
 		// As of the last GC (none forced: that would lower the peak measured).
 		if err := writeHeapProfileAs(cfg.HeapProfile+".startup", lazy, false); err != nil {
@@ -346,7 +345,8 @@ func (m *scaleRun) measure(ctx context.Context, lazy bool, w io.Writer) (err err
 		sessions = "lazy"
 	}
 	return emit(w, fmt.Sprintf("scale/%s/conns=%d/active=%d/sessions=%s", m.engine, cfg.Conns, cfg.Active, sessions),
-		"transport", "simulator", "msgs_per_s", rate, "startup_s", startup.Seconds(), "first_send_s", firstSend.Seconds(),
+		"transport", "simulator", "msgs_per_s", rate, "startup_s", startupSeconds(startup, len(started), cfg.Active), "first_send_s", firstSend.Seconds(),
+		"dispatching", len(started),
 		"rss_now_mib", rssNow, "goroutines", goroutines,
 		"cpu_per_1k_active", cpu.Seconds()/window.Seconds()/k, "db_cpu_per_1k_active", dbCPU.Seconds()/window.Seconds()/k,
 		"events_per_s", perSecond(events, window),
@@ -675,4 +675,13 @@ func (w *rssWatch) end() rssSample {
 func (s rssSample) String() string {
 	return fmt.Sprintf("highest RSS sampled %.0f MiB at %s after the start: heap objects %.0f MiB (live at the last GC %.0f), heap free and held %.0f, stacks %.0f, other runtime %.0f",
 		s.rss, s.at.Round(100*time.Millisecond), s.heapObjects, s.heapLive, s.heapFree, s.stacks, s.other)
+}
+
+// startupSeconds is the start-up figure: the seconds until the last of active connections
+// first dispatched, or -1 when only started of them did within the limit.
+func startupSeconds(d time.Duration, started, active int) float64 {
+	if started < active {
+		return -1
+	}
+	return d.Seconds()
 }

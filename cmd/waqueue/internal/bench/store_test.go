@@ -91,3 +91,23 @@ func TestPeakRSS(t *testing.T) {
 		t.Fatalf("peakRSSMiB() = %v, want > 0 on Linux", got)
 	}
 }
+
+// TestStartupSecondsSaysWhenNotAllStarted: a start-up that ran out of StartupLimit before every
+// active connection dispatched prints -1, not the limit's elapsed time (make bench printed
+// startup_s=-0.00 for scale/sqlite: a -1 ns duration in seconds).
+func TestStartupSecondsSaysWhenNotAllStarted(t *testing.T) {
+	for _, c := range []struct {
+		d               time.Duration
+		started, active int
+		want            float64
+	}{
+		{60 * time.Second, 4309, 10000, -1},
+		{0, 0, 1, -1},
+		{9500 * time.Millisecond, 10000, 10000, 9.5},
+		{0, 0, 0, 0},
+	} {
+		if got := startupSeconds(c.d, c.started, c.active); got != c.want {
+			t.Errorf("startupSeconds(%s, %d, %d) = %v, want %v", c.d, c.started, c.active, got, c.want)
+		}
+	}
+}
