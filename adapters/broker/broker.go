@@ -49,8 +49,10 @@
 // That is enough in one process: a command published there is handled by the processor of the
 // same process, and it is at most as durable as the process itself (a bus command is
 // asynchronous; callers that need durability before an answer — HTTP — call the handler
-// synchronously, G6). Integration events published with no subscriber are dropped; webhooks do
-// not depend on them (adapters/webhooks reads the event log itself).
+// synchronously, G6). Integration events published with no subscriber are dropped, and are not
+// even built while nothing in the process ever subscribed to integration.Topic (the publisher
+// asks integration.Subscribed); webhooks do not depend on them (adapters/webhooks reads the
+// event log itself).
 package broker
 
 import (
@@ -183,7 +185,7 @@ func Open(ctx context.Context, url string, logger watermill.LoggerAdapter) (mess
 func OpenConfig(ctx context.Context, cfg Config) (message.Publisher, message.Subscriber, io.Closer, error) {
 	cfg.setDefaults()
 	if cfg.URL == "" {
-		gc := commands.NewInProcessPubSub(cfg.Logger)
+		gc := newInProcess(commands.NewInProcessPubSub(cfg.Logger))
 		return gc, gc, gc, nil
 	}
 	u, err := url.Parse(strings.Split(cfg.URL, ",")[0])

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -380,5 +381,84 @@ func TestInProcessWhenURLEmpty(t *testing.T) {
 	}
 	if _, _, _, err := broker.Open(ctx, "kafka://x:9092", nil); !errors.Is(err, broker.ErrUnsupportedURL) {
 		t.Fatalf("kafka url: %v, want ErrUnsupportedURL", err)
+	}
+}
+
+// countingPub counts the messages published through it, and tells what subscribed tells.
+type countingPub struct {
+	message.Publisher
+	subscribed integration.Subscribed
+	n          int
+}
+
+func (c *countingPub) Subscribed(topic string) bool { return c.subscribed.Subscribed(topic) }
+
+func (c *countingPub) Publish(topic string, msgs ...*message.Message) error {
+	c.n += len(msgs)
+	return c.Publisher.Publish(topic, msgs...)
+}
+
+// TestInProcessIntegrationEventsOnlyOnceSubscribed: the in-process pub/sub tells the integration
+// publisher whether anyone ever subscribed to integration.Topic; before that the publisher
+// builds nothing (what it published would be dropped), after it every event arrives.
+func TestInProcessIntegrationEventsOnlyOnceSubscribed(t *testing.T) {
+	ctx := testCtx(t)
+	pub, sub, closer, err := broker.Open(ctx, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	s, ok := pub.(integration.Subscribed)
+	if !ok {
+		t.Fatalf("the in-process publisher %T does not implement integration.Subscribed", pub)
+	}
+	ip, err := integration.NewPublisher(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := func(seq uint64) eventstore.RecordedEvent {
+		typ, data, err := connection.Encode(connection.MessageQueued{MessageID: uuid.New(), Seq: seq, Recipient: "+491701111111", QueuedAt: time.Now().UTC()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return eventstore.RecordedEvent{ID: uuid.New(), Stream: connection.StreamName(connection.Key(tenant, "c1")), Type: typ, Data: data,
+			Metadata: eventstore.Metadata{TenantID: tenant}, Position: eventstore.Position{Commit: seq, Prepare: seq}}
+	}
+	if s.Subscribed(integration.Topic) {
+		t.Fatal("subscribed before any subscription")
+	}
+	// Without a subscriber nothing is built: a publisher that counts sees no message.
+	counted := &countingPub{Publisher: pub, subscribed: s}
+	cp, err := integration.NewPublisher(counted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Apply(ctx, nil, []eventstore.RecordedEvent{queued(1)}); err != nil || counted.n != 0 {
+		t.Fatalf("before a subscription: %d published, %v", counted.n, err)
+	}
+	ch, err := sub.Subscribe(ctx, integration.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Subscribed(integration.Topic) || s.Subscribed("other") {
+		t.Fatal("Subscribed does not follow the subscriptions")
+	}
+	if err := cp.Apply(ctx, nil, []eventstore.RecordedEvent{queued(2)}); err != nil || counted.n != 1 {
+		t.Fatalf("after a subscription: %d published, %v", counted.n, err)
+	}
+	if m := <-ch; m != nil {
+		m.Ack()
+	}
+	if err := ip.Apply(ctx, nil, []eventstore.RecordedEvent{queued(3)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-ch:
+		m.Ack()
+		if !strings.Contains(string(m.Payload), `"seq":3`) {
+			t.Fatalf("got %s", m.Payload)
+		}
+	case <-ctx.Done():
+		t.Fatal("the integration event published after the subscription did not arrive")
 	}
 }

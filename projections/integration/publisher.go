@@ -47,9 +47,21 @@ func (p *Publisher) Name() string { return PublisherName }
 // Filter implements projections.Projection.
 func (p *Publisher) Filter() eventstore.Filter { return Filter() }
 
+// Subscribed is an optional interface of the publisher: a publisher that drops what is
+// published on a topic nobody subscribed to (the in-process GoChannel without persistence)
+// reports whether topic was ever subscribed to, and while it was not, Apply builds and
+// publishes nothing (what it would publish would be dropped unseen).
+type Subscribed interface {
+	Subscribed(topic string) bool
+}
+
 // Apply publishes the integration events of events, in order, one message each; the messages
-// of one domain event (a broadcast chunk's thousands) in one Publish call.
+// of one domain event (a broadcast chunk's thousands) in one Publish call. On a publisher that
+// tells nobody subscribed to Topic (Subscribed) it does nothing.
 func (p *Publisher) Apply(ctx context.Context, _ *projections.Tx, events []eventstore.RecordedEvent) error {
+	if s, ok := p.pub.(Subscribed); ok && !s.Subscribed(Topic) {
+		return nil
+	}
 	var msgs []*message.Message
 	for _, e := range events {
 		ies, err := TranslateAll(e)
