@@ -156,7 +156,7 @@ ON CONFLICT (conn_id) DO UPDATE SET tenant_id = excluded.tenant_id`, connID, reg
 	for range analyticsColumns {
 		kinds = append(kinds, int64(0))
 	}
-	rs := newRowSet(kinds...)
+	rs := newRowSet(kinds...).grow(len(order))
 	for _, k := range order {
 		row := []any{k.tenant, k.conn, k.day}
 		for _, c := range analyticsColumns {

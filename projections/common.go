@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -220,6 +221,20 @@ func newRowSet(kinds ...any) *rowSet {
 		}
 	}
 	return &rowSet{cols: cols}
+}
+
+// grow makes room for n more rows (one allocation per column instead of a doubling series
+// while a batch's rows are added) and returns r.
+func (r *rowSet) grow(n int) *rowSet {
+	for i, c := range r.cols {
+		switch c := c.(type) {
+		case []string:
+			r.cols[i] = slices.Grow(c, n)
+		case []int64:
+			r.cols[i] = slices.Grow(c, n)
+		}
+	}
+	return r
 }
 
 // add appends one row; its values follow the column kinds given to newRowSet.

@@ -457,7 +457,7 @@ func (b *queueBatch) flushRows(ctx context.Context) error {
 	if len(b.rows) == 0 {
 		return nil
 	}
-	rs := newRowSet("", int64(0), "", "", "", "", int64(0), int64(0))
+	rs := newRowSet("", int64(0), "", "", "", "", int64(0), int64(0)).grow(len(b.rows))
 	for i, m := range b.rows {
 		connID := b.rowConn[i]
 		rs.add(connID, int64(m.Seq), m.MessageID.String(), idText(m.BroadcastID), m.Recipient, m.Text, us(m.ExpiresAt), us(m.QueuedAt))

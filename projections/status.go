@@ -665,7 +665,7 @@ func (b *statusBatch) flushRows(ctx context.Context) error {
 	if len(b.rows) == 0 {
 		return nil
 	}
-	rs := newRowSet("", "", "", int64(0), "", "", int64(0), "")
+	rs := newRowSet("", "", "", int64(0), "", "", int64(0), "").grow(len(b.rows))
 	for _, r := range b.rows {
 		rs.add(r.m.MessageID.String(), r.tenant, r.conn, int64(r.m.Seq), idText(r.m.BroadcastID), r.m.Recipient, us(r.m.QueuedAt), "queued")
 		if r.m.BroadcastID != uuid.Nil {

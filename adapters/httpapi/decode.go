@@ -543,7 +543,17 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64, accept ...strin
 	if !ok {
 		return mt, nil, unsupportedMedia(mt, accept...)
 	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	body := http.MaxBytesReader(w, r.Body, max)
+	var b []byte
+	var err error
+	if n := r.ContentLength; n > 0 && n <= max {
+		// The declared length, read into a buffer of that size (io.ReadAll grows one from 512
+		// bytes); net/http's body ends there.
+		b = make([]byte, n)
+		_, err = io.ReadFull(body, b)
+	} else {
+		b, err = io.ReadAll(body)
+	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {

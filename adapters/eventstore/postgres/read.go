@@ -188,8 +188,10 @@ func (s *Store) queryN(ctx context.Context, n int, q string, args ...any) ([]eve
 
 // preallocEvents is the most events a scan allocates room for before it sees them: a live
 // subscription's page of up to thousands mostly returns a handful (a page of 5,000 reserved
-// ~1 MB per wake-up: GBs a minute at 10,000 sending connections, and the node's RSS).
-const preallocEvents = 64
+// ~1 MB per wake-up: GBs a minute at 10,000 sending connections, and the node's RSS). 16, not
+// 64: bench api's live pages held 6–7 events, and the 12 kB reserved per wake-up were 6 % of
+// the bytes allocated per enqueue (issue 12); a catch-up passes the previous page's size.
+const preallocEvents = 16
 
 func scanEvents(rows pgx.Rows, n int) ([]eventstore.RecordedEvent, error) {
 	defer rows.Close()
