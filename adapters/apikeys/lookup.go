@@ -31,7 +31,7 @@ const (
 	// query runs waits for it and goes with everything queued meanwhile, so under load there
 	// is about one query per query time, each carrying every key asked since (with two, twice
 	// the queries for the same requests: bench api, 64 clients, 0.16–0.25 key queries per
-	// request against 0.13 with one, for a wait of at most one lone query more).
+	// request against 0.13–0.16 with one, for a wait of at most one lone query more).
 	maxLookupQueries = 1
 	// maxLookupBatch bounds the distinct key hashes of one query.
 	maxLookupBatch = 256
