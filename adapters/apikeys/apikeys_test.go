@@ -20,7 +20,22 @@ import (
 
 var fixed = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
+// open returns a registry on a fresh SQLite database whose clock stands at fixed, its event
+// store and its read-model database.
 func open(t testing.TB) (*apikeys.Keys, eventstore.Store, *projections.DB) {
+	t.Helper()
+	store, db := openSQLite(t)
+	k, err := apikeys.New(store, db, func() time.Time { return fixed })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, store, db
+}
+
+// openSQLite opens a fresh SQLite database holding the event store and the read models, with
+// the registry's tables (migrated twice: the migration must be idempotent); both close when t
+// ends.
+func openSQLite(t testing.TB) (*sqlite.Store, *projections.DB) {
 	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "waqueue.db")
@@ -41,11 +56,7 @@ func open(t testing.TB) (*apikeys.Keys, eventstore.Store, *projections.DB) {
 	if err := apikeys.Migrate(ctx, db); err != nil {
 		t.Fatalf("second migrate: %v", err)
 	}
-	k, err := apikeys.New(store, db, func() time.Time { return fixed })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k, store, db
+	return store, db
 }
 
 func TestCreateAuthenticate(t *testing.T) {

@@ -8,17 +8,11 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
-	"github.com/waqueue/waqueue/adapters/eventstore"
-	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
-	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
-	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
-	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/projections"
 )
@@ -27,49 +21,12 @@ import (
 // read-model database handle.
 func openOn(t *testing.T, engine string) (*apikeys.Keys, *sql.DB) {
 	t.Helper()
-	ctx := context.Background()
-	var (
-		store eventstore.Store
-		sdb   *sql.DB
-		db    *projections.DB
-		err   error
-	)
-	switch engine {
-	case "postgres":
-		url := pgtest.URL(t)
-		pg, err := postgres.Open(ctx, url, postgres.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = pg.Close() })
-		if err := pg.Migrate(ctx); err != nil {
-			t.Fatal(err)
-		}
-		store = pg
-		if sdb, err = sql.Open("pgx", url); err != nil {
-			t.Fatal(err)
-		}
-		db = &projections.DB{SQL: sdb, Dialect: projections.Postgres}
-	default:
-		path := filepath.Join(t.TempDir(), "waqueue.db")
-		if store, err = sqlite.Open(ctx, path, sqlite.Options{}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = store.Close() })
-		if sdb, err = sqlitedb.Open(path); err != nil {
-			t.Fatal(err)
-		}
-		db = &projections.DB{SQL: sdb, Dialect: projections.SQLite}
+	if engine == "postgres" {
+		pg := openPG(t)
+		return newNode(t, pg.Store, pg.DB), pg.DB.SQL
 	}
-	t.Cleanup(func() { _ = sdb.Close() })
-	if err := apikeys.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	k, err := apikeys.New(store, db, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k, sdb
+	store, db := openSQLite(t)
+	return newNode(t, store, db), db.SQL
 }
 
 // wantIdentity is what Identify must answer for a credential: a principal, or an error.

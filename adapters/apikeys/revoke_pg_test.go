@@ -2,22 +2,16 @@ package apikeys_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
-	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
-	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/internal/testwait"
-	"github.com/waqueue/waqueue/projections"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -44,46 +38,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestRevokeWhileOlderTransactionOpen(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
 	defer cancel()
-	url := pgtest.URL(t)
-	store, err := postgres.Open(ctx, url, postgres.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	if err := store.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	sdb, err := sql.Open("pgx", url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sdb.Close() })
-	db := &projections.DB{SQL: sdb, Dialect: projections.Postgres}
-	if err := apikeys.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	k1, err := apikeys.New(store, db, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k2, err := apikeys.New(store, db, nil) // a second node on the same database
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg := openPG(t)
+	store, url := pg.Store, pg.URL
+	k1 := newNode(t, store, pg.DB)
+	k2 := newNode(t, store, pg.DB) // a second node on the same database
 	// A third node whose read models live in a database of its own.
-	odb, err := sqlitedb.Open(filepath.Join(t.TempDir(), "other.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = odb.Close() })
-	other := &projections.DB{SQL: odb, Dialect: projections.SQLite}
-	if err := apikeys.Migrate(ctx, other); err != nil {
-		t.Fatal(err)
-	}
-	k3, err := apikeys.New(store, other, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k3 := newNode(t, store, openOwnReadModels(t))
 
 	victim, err := k1.Create(ctx, "t1", auth.RoleSender, "to be revoked", "admin")
 	if err != nil {

@@ -2,21 +2,15 @@ package apikeys_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/eventstore"
-	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
-	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
-	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/internal/testwait"
-	"github.com/waqueue/waqueue/projections"
 )
 
 // TestConcurrentRoleChangesKeepTheChain races role changes of one key on three instances —
@@ -27,38 +21,10 @@ import (
 func TestConcurrentRoleChangesKeepTheChain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
 	defer cancel()
-	url := pgtest.URL(t)
-	store, err := postgres.Open(ctx, url, postgres.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	if err := store.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	sdb, err := sql.Open("pgx", url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sdb.Close() })
-	shared := &projections.DB{SQL: sdb, Dialect: projections.Postgres}
-	odb, err := sqlitedb.Open(filepath.Join(t.TempDir(), "other.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = odb.Close() })
-	own := &projections.DB{SQL: odb, Dialect: projections.SQLite}
-	var nodes []*apikeys.Keys
-	for _, db := range []*projections.DB{shared, shared, own} {
-		if err := apikeys.Migrate(ctx, db); err != nil {
-			t.Fatal(err)
-		}
-		k, err := apikeys.New(store, db, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, k)
-	}
+	pg := openPG(t)
+	store := pg.Store
+	// Two nodes sharing a read-model database, one with its own.
+	nodes := []*apikeys.Keys{newNode(t, store, pg.DB), newNode(t, store, pg.DB), newNode(t, store, openOwnReadModels(t))}
 	key, err := nodes[0].Create(ctx, "t1", auth.RoleSender, "contended", "admin")
 	if err != nil {
 		t.Fatal(err)
