@@ -3,8 +3,6 @@ package server_test
 import (
 	"context"
 	"database/sql"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -42,16 +40,8 @@ func pairThroughNonOwner(t *testing.T, apiOnly bool) {
 	url := pgtest.URL(t)
 	devs := simulator.NewDevices()
 	start := func(name string) (*server.Node, *httptest.Server) {
-		n, err := server.New(ctx, server.Options{DataDir: t.TempDir(), DB: url, NodeID: name, LeaseTTL: 2 * time.Second,
-			NoPacing: true, Simulator: simulator.Options{Seed: 1, Devices: devs}, NoDispatcher: apiOnly && name == "b",
-			Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		if err := n.Start(ctx); err != nil {
-			t.Fatal(err)
-		}
+		n := startNode(ctx, t, server.Options{DB: url, NodeID: name, LeaseTTL: 2 * time.Second, NoPacing: true,
+			Simulator: simulator.Options{Seed: 1, Devices: devs}, NoDispatcher: apiOnly && name == "b"})
 		srv := httptest.NewServer(contract(t, n.Handler))
 		t.Cleanup(srv.Close)
 		return n, srv
@@ -141,12 +131,7 @@ func pairThroughNonOwner(t *testing.T, apiOnly bool) {
 func TestLeaseRenewalDoesNotQueueBehindTheMainPool(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
-	n, err := server.New(ctx, server.Options{DataDir: t.TempDir(), DB: pgtest.URL(t), NodeID: "busy", NoPacing: true,
-		Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
+	n := newNode(ctx, t, server.Options{DB: pgtest.URL(t), NodeID: "busy", NoPacing: true})
 	if n.Leases == nil {
 		t.Fatal("no PostgreSQL leases on a PostgreSQL node")
 	}
@@ -167,7 +152,7 @@ func TestLeaseRenewalDoesNotQueueBehindTheMainPool(t *testing.T) {
 	}()
 	// The main pool is exhausted: a query on it waits (bounded here by a short context).
 	short, stop := context.WithTimeout(ctx, 200*time.Millisecond)
-	err = n.SQL.PingContext(short)
+	err := n.SQL.PingContext(short)
 	stop()
 	if err == nil {
 		t.Fatal("the main pool still had a free connection: the test does not exhaust it")

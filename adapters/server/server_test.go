@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -31,22 +30,13 @@ func TestStory(t *testing.T) {
 	for _, engine := range []string{"sqlite", "postgres"} {
 		t.Run(engine, func(t *testing.T) {
 			t.Parallel()
-			dir := t.TempDir()
-			o := server.Options{DataDir: dir, SimulatorRoutes: true, NoPacing: true,
-				Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard}
+			o := server.Options{SimulatorRoutes: true, NoPacing: true}
 			if engine == "postgres" {
 				o.DB = pgtest.URL(t)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(3*time.Minute))
 			defer cancel()
-			node, err := server.New(ctx, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer node.Close()
-			if err := node.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
+			node := startNode(ctx, t, o)
 			srv := httptest.NewServer(contract(t, node.Handler))
 			defer srv.Close()
 			msrv := httptest.NewServer(node.MetricsHandler) // the private metrics listener

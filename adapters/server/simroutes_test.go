@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -22,12 +20,7 @@ import (
 func TestSimulatorRoutesOnlyWithSimulator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
-	node, err := server.New(ctx, server.Options{DataDir: t.TempDir(), Transport: server.TransportWhatsmeow,
-		SimulatorRoutes: true, NoDispatcher: true, Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	node := newNode(ctx, t, server.Options{Transport: server.TransportWhatsmeow, SimulatorRoutes: true, NoDispatcher: true})
 	srv := httptest.NewServer(node.Handler)
 	defer srv.Close()
 	c := &client{t: t, base: srv.URL, key: node.AdminKey}
@@ -43,15 +36,7 @@ func TestSimulatorRoutesOnlyWithSimulator(t *testing.T) {
 func TestSimulatorRoutesActThroughTheSimulator(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
-	node, err := server.New(ctx, server.Options{DataDir: t.TempDir(), SimulatorRoutes: true, NoPacing: true,
-		Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	if err := node.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	node := startNode(ctx, t, server.Options{SimulatorRoutes: true, NoPacing: true})
 	srv := httptest.NewServer(node.Handler)
 	defer srv.Close()
 	c := &client{t: t, base: srv.URL, key: node.AdminKey}

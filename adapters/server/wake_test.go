@@ -3,8 +3,6 @@ package server_test
 import (
 	"context"
 	"database/sql"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -28,15 +26,7 @@ func TestResumeWakesTheDispatcherWithoutTheLog(t *testing.T) {
 	url := pgtest.URL(t)
 	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
 	defer cancel()
-	node, err := server.New(ctx, server.Options{DataDir: t.TempDir(), DB: url, NoPacing: true,
-		Logger: slog.New(slog.DiscardHandler), BootstrapOut: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	if err := node.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	node := startNode(ctx, t, server.Options{DB: url, NoPacing: true})
 	op := commands.WithPrincipal(ctx, auth.Principal{TenantID: node.Tenant, ID: "test", Role: auth.RoleAdmin})
 	h := node.Handlers
 	const id = "shop-1"

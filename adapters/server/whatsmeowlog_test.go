@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -35,12 +34,7 @@ func TestWhatsmeowLogsReachTheNodeLogger(t *testing.T) {
 	defer cancel()
 	var buf syncBuffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	node, err := server.New(ctx, server.Options{DataDir: t.TempDir(), Transport: server.TransportWhatsmeow,
-		NoDispatcher: true, Logger: log, BootstrapOut: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
+	node := newNode(ctx, t, server.Options{Transport: server.TransportWhatsmeow, NoDispatcher: true, Logger: log})
 	m, ok := node.Transport.(*wmtransport.Manager)
 	if !ok {
 		t.Fatalf("transport is %T, want the whatsmeow manager", node.Transport)
