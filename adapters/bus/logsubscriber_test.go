@@ -16,9 +16,11 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 )
 
-func openStore(t *testing.T) eventstore.Store {
+// openStore opens an SQLite event store of pageSize events a page (0: the store's default)
+// that closes when t ends.
+func openStore(t *testing.T, pageSize int) *sqlite.Store {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "events.db"), sqlite.Options{PollInterval: 20 * time.Millisecond})
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "events.db"), sqlite.Options{PollInterval: 20 * time.Millisecond, PageSize: pageSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,55 +39,88 @@ func appendN(t *testing.T, st eventstore.Store, stream string, n int) {
 	}
 }
 
-// TestBatchesInProcess checks that the subscriber hands every event over exactly once and in
-// order, in process (no payload), that a nacked batch comes back unchanged, and that
-// DecodeBatch refuses a message carrying no batch instead of answering an empty one.
-func TestBatchesInProcess(t *testing.T) {
-	st := openStore(t)
-	appendN(t, st, "s-1", 50)
-	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
-		Store:           st,
-		Checkpoint:      func(context.Context, string) (eventstore.Position, error) { return eventstore.Start, nil },
-		BatchSize:       7,
-		RedeliveryDelay: time.Millisecond,
-	})
+// subscription is a LogSubscriber's subscription from the start of the log, for at most two
+// minutes (a safety net).
+type subscription struct {
+	t    *testing.T
+	ctx  context.Context
+	msgs <-chan *message.Message
+	max  int // the most events a message may hold
+}
+
+// subscribe starts a LogSubscriber with cfg, reading from the start of the log, and
+// subscribes to it; both end when t ends.
+func subscribe(t *testing.T, cfg bus.LogSubscriberConfig) *subscription {
+	t.Helper()
+	cfg.Checkpoint = func(context.Context, string) (eventstore.Position, error) { return eventstore.Start, nil }
+	sub, err := bus.NewLogSubscriber(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Close()
+	t.Cleanup(func() { _ = sub.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	msgs, err := sub.Subscribe(ctx, "t")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &subscription{t: t, ctx: ctx, msgs: msgs, max: max(cfg.BatchSize, cfg.MaxBatchSize)}
+}
+
+// next returns the next message and its batch, having had got events so far. It fails the
+// test when no message comes, when a message carries no batch, or an empty batch, or more
+// events than the subscriber's MaxBatchSize (BatchSize when that is larger).
+func (s *subscription) next(got int) (*message.Message, []eventstore.RecordedEvent) {
+	s.t.Helper()
+	var m *message.Message
+	select {
+	case m = <-s.msgs:
+	case <-s.ctx.Done():
+		s.t.Fatalf("got %d events, then no message: %v", got, s.ctx.Err())
+	}
+	batch, err := bus.DecodeBatch(m)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if len(batch) == 0 || len(batch) > s.max {
+		s.t.Fatalf("batch of %d events, at most %d", len(batch), s.max)
+	}
+	return m, batch
+}
+
+// checkAllInOrder checks that got holds the total events appendN appended, each once and in
+// order.
+func checkAllInOrder(t *testing.T, got []eventstore.RecordedEvent, total int) {
+	t.Helper()
+	if len(got) != total {
+		t.Fatalf("%d events delivered, want %d", len(got), total)
+	}
+	for i, e := range got {
+		if string(e.Data) != fmt.Sprintf(`{"i":%d}`, i) {
+			t.Fatalf("event %d: %s", i, e.Data)
+		}
+	}
+}
+
+// TestBatchesInProcess checks that the subscriber hands every event over exactly once and in
+// order, in process (no payload), that a nacked batch comes back unchanged, and that
+// DecodeBatch refuses a message carrying no batch instead of answering an empty one.
+func TestBatchesInProcess(t *testing.T) {
+	const total = 50
+	st := openStore(t, 0)
+	appendN(t, st, "s-1", total)
+	sub := subscribe(t, bus.LogSubscriberConfig{Store: st, BatchSize: 7, RedeliveryDelay: time.Millisecond})
 	var got []eventstore.RecordedEvent
 	nacked := false
-	for len(got) < 50 {
-		var m *message.Message
-		select {
-		case m = <-msgs:
-		case <-ctx.Done():
-			t.Fatalf("got %d of 50 events", len(got))
-		}
+	for len(got) < total {
+		m, batch := sub.next(len(got))
 		if len(m.Payload) != 0 {
 			t.Fatalf("payload of %d bytes: batches should travel in process", len(m.Payload))
-		}
-		batch, err := bus.DecodeBatch(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(batch) == 0 || len(batch) > 7 {
-			t.Fatalf("batch of %d events", len(batch))
 		}
 		if !nacked && len(got) > 0 {
 			nacked = true
 			m.Nack()
-			again := <-msgs
-			b2, err := bus.DecodeBatch(again)
-			if err != nil {
-				t.Fatal(err)
-			}
+			again, b2 := sub.next(len(got))
 			if len(b2) != len(batch) || b2[0].ID != batch[0].ID {
 				t.Fatalf("redelivered batch differs: %d events from %s, was %d from %s", len(b2), b2[0].ID, len(batch), batch[0].ID)
 			}
@@ -94,11 +129,7 @@ func TestBatchesInProcess(t *testing.T) {
 		got = append(got, batch...)
 		m.Ack()
 	}
-	for i, e := range got {
-		if string(e.Data) != fmt.Sprintf(`{"i":%d}`, i) {
-			t.Fatalf("event %d: %s", i, e.Data)
-		}
-	}
+	checkAllInOrder(t, got, total)
 	if _, err := bus.DecodeBatch(message.NewMessage("x", nil)); err == nil {
 		t.Fatal("DecodeBatch of an empty message: no error")
 	}
@@ -135,75 +166,33 @@ func (s countingStore) Subscribe(ctx context.Context, after eventstore.Position,
 // more, and that every event still comes exactly once and in order.
 func TestBatchGrowsWhileHandled(t *testing.T) {
 	const total, batchSize, maxBatch = 70, 7, 20
-	st := countingStore{Store: openStore(t), handled: make(chan struct{}, total)}
+	st := countingStore{Store: openStore(t, 0), handled: make(chan struct{}, total)}
 	appendN(t, st, "s-1", total)
-	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
-		Store:        st,
-		Checkpoint:   func(context.Context, string) (eventstore.Position, error) { return eventstore.Start, nil },
-		BatchSize:    batchSize,
-		MaxBatchSize: maxBatch,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	msgs, err := sub.Subscribe(ctx, "t")
-	if err != nil {
-		t.Fatal(err)
-	}
-	next := func() (*message.Message, []eventstore.RecordedEvent) {
-		t.Helper()
-		select {
-		case m := <-msgs:
-			batch, err := bus.DecodeBatch(m)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return m, batch
-		case <-ctx.Done():
-			t.Fatal("no message")
-		}
-		return nil, nil
-	}
-	first, batch := next()
-	if len(batch) > maxBatch {
-		t.Fatalf("first batch of %d events, MaxBatchSize %d", len(batch), maxBatch)
-	}
+	sub := subscribe(t, bus.LogSubscriberConfig{Store: st, BatchSize: batchSize, MaxBatchSize: maxBatch})
+	first, batch := sub.next(0)
 	got := batch
 	// While the first is held, the subscriber reads maxBatch events ahead: wait until the store
 	// has handed all those over.
 	for range len(batch) + maxBatch {
 		select {
 		case <-st.handled:
-		case <-ctx.Done():
+		case <-sub.ctx.Done():
 			t.Fatal("the subscriber stopped reading while a message was held")
 		}
 	}
 	first.Ack()
-	m, batch := next()
+	m, batch := sub.next(len(got))
 	if len(batch) != maxBatch {
 		t.Fatalf("batch after a held one: %d events, want MaxBatchSize %d", len(batch), maxBatch)
 	}
 	got = append(got, batch...)
 	m.Ack()
 	for len(got) < total {
-		m, batch := next()
-		if len(batch) > maxBatch {
-			t.Fatalf("batch of %d events, MaxBatchSize %d", len(batch), maxBatch)
-		}
+		m, batch := sub.next(len(got))
 		got = append(got, batch...)
 		m.Ack()
 	}
-	if len(got) != total {
-		t.Fatalf("%d events delivered, want %d", len(got), total)
-	}
-	for i, e := range got {
-		if string(e.Data) != fmt.Sprintf(`{"i":%d}`, i) {
-			t.Fatalf("event %d: %s", i, e.Data)
-		}
-	}
+	checkAllInOrder(t, got, total)
 }
 
 // pagesStore is the SQLite store (an eventstore.PageSubscriber) counting the events its page
@@ -236,53 +225,17 @@ func (s *pagesStore) SubscribePages(ctx context.Context, after eventstore.Positi
 // one page when a page is larger) while messages are held unacked.
 func TestPagesSplitAndReadAheadBounded(t *testing.T) {
 	const total, pageSize, maxBatch = 95, 10, 7
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "events.db"), sqlite.Options{PollInterval: 20 * time.Millisecond, PageSize: pageSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	ps := &pagesStore{Store: st, t: t, bound: maxBatch + max(maxBatch, pageSize)}
+	ps := &pagesStore{Store: openStore(t, pageSize), t: t, bound: maxBatch + max(maxBatch, pageSize)}
 	appendN(t, ps, "s-1", total)
-	sub, err := bus.NewLogSubscriber(bus.LogSubscriberConfig{
-		Store:        ps,
-		Checkpoint:   func(context.Context, string) (eventstore.Position, error) { return eventstore.Start, nil },
-		BatchSize:    maxBatch,
-		MaxBatchSize: maxBatch,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	msgs, err := sub.Subscribe(ctx, "t")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := subscribe(t, bus.LogSubscriberConfig{Store: ps, BatchSize: maxBatch, MaxBatchSize: maxBatch})
 	var got []eventstore.RecordedEvent
 	for len(got) < total {
-		var m *message.Message
-		select {
-		case m = <-msgs:
-		case <-ctx.Done():
-			t.Fatalf("got %d of %d events", len(got), total)
-		}
-		batch, err := bus.DecodeBatch(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(batch) == 0 || len(batch) > maxBatch {
-			t.Fatalf("batch of %d events, MaxBatchSize %d", len(batch), maxBatch)
-		}
+		m, batch := sub.next(len(got))
 		got = append(got, batch...)
 		ps.acked.Add(int64(len(batch))) // before the ack: the store may read on at once
 		m.Ack()
 	}
-	for i, e := range got {
-		if string(e.Data) != fmt.Sprintf(`{"i":%d}`, i) {
-			t.Fatalf("event %d: %s", i, e.Data)
-		}
-	}
+	checkAllInOrder(t, got, total)
 	if n := ps.pages.Load(); n < total/pageSize {
 		t.Fatalf("%d pages handed over: the subscriber did not read through SubscribePages", n)
 	}
