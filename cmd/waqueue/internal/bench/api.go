@@ -137,8 +137,8 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	if err != nil {
 		return err
 	}
-	cpu0, db0 := processCPU(), postgresCPU(pid)
-	x0, _ := pgStats(ctx, stats)
+	defer stopProfile() // on the way out early; after the window's stop it does nothing
+	meter := startCost(ctx, pid, stats)
 	n, elapsed, err := concurrently(ctx, cfg.Clients, cfg.Requests, func(ctx context.Context, c, i int) error {
 		t := time.Now()
 		if err := enqueue(ctx, c, i); err != nil {
@@ -153,8 +153,7 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	if err != nil {
 		return err
 	}
-	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
-	x1, _ := pgStats(ctx, stats)
+	perReqCost := meter.stop(ctx, n)
 	if err := stopProfile(); err != nil {
 		return err
 	}
@@ -165,12 +164,12 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	// Baseline (issue 12): plain single-row INSERT commits by as many clients, through the
 	// node's own pool, in the same database. The store's own single-event appends by as many
 	// writers are printed beside it (append_single_per_s) for reference.
-	bcpu0, bdb0 := processCPU(), postgresCPU(pid)
+	meter = startCost(ctx, pid, nil) // its transactions are not printed
 	baseRate, err := insertBaseline(ctx, node, cfg.Clients, cfg.Requests)
 	if err != nil {
 		return err
 	}
-	bcpu, bdbCPU := processCPU()-bcpu0, postgresCPU(pid)-bdb0
+	perInsert := meter.stop(ctx, cfg.Requests)
 	bn, bd, err := singleAppends(node.Events, newWorkload(), Config{Writers: cfg.Clients, SingleEvents: cfg.Requests})(ctx, 0)
 	if err != nil {
 		return fmt.Errorf("append-single reference: %w", err)
@@ -184,12 +183,13 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 		"req_per_s", rate, "p50_ms", ms(percentile(all, 50)), "p99_ms", ms(percentile(all, 99)), "clients", cfg.Clients,
 		"group_commit", engineGroupCommit(engine, cfg.GroupCommit), "append_single_per_s", perSecond(bn, bd),
 		"baseline", "insert", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate),
-		"cpu_us_per_req", perReq(cpu, n), "db_cpu_us_per_req", perReq(dbCPU, n), "db_xacts_per_req", float64(x1-x0)/float64(max(n, 1)),
-		"cpu_us_per_insert", perReq(bcpu, cfg.Requests), "db_cpu_us_per_insert", perReq(bdbCPU, cfg.Requests))
+		"cpu_us_per_req", perReqCost.CPUus, "db_cpu_us_per_req", perReqCost.DBCPUus, "db_xacts_per_req", perReqCost.DBXacts,
+		"cpu_us_per_insert", perInsert.CPUus, "db_cpu_us_per_insert", perInsert.DBCPUus)
 }
 
 // startWindowProfile starts a CPU profile into path (nothing when path is empty) and returns
-// the function that stops it and closes the file.
+// the function that stops it and closes the file; calls after the first return os.ErrClosed
+// and do nothing.
 func startWindowProfile(path string) (stop func() error, err error) {
 	if path == "" {
 		return func() error { return nil }, nil
@@ -202,15 +202,15 @@ func startWindowProfile(path string) (stop func() error, err error) {
 		f.Close()
 		return nil, fmt.Errorf("window profile: %w", err)
 	}
+	var once sync.Once
 	return func() error {
-		pprof.StopCPUProfile()
-		return f.Close()
+		err := os.ErrClosed // a second call does nothing
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			err = f.Close()
+		})
+		return err
 	}, nil
-}
-
-// perReq is d per one of n, in microseconds.
-func perReq(d time.Duration, n int) float64 {
-	return float64(d.Microseconds()) / float64(max(n, 1))
 }
 
 // serverPID returns the pid of the PostgreSQL server the node uses, when it runs on this

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"runtime/pprof"
 	"time"
 
 	"github.com/google/uuid"
@@ -155,22 +153,12 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		defer stats.Close()
 	}
 	pid := serverPID(ctx, env, stats)
-	stopProfile := func() {}
-	if cfg.CPUProfile != "" {
-		f, err := os.Create(cfg.CPUProfile)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			f.Close()
-			return fmt.Errorf("window CPU profile: %w", err)
-		}
-		cfg.CPUProfile = "" // the first figure only
-		stopProfile = func() { pprof.StopCPUProfile(); f.Close(); stopProfile = func() {} }
-		defer stopProfile()
+	stopProfile, err := startWindowProfile(cfg.CPUProfile)
+	if err != nil {
+		return err
 	}
-	x0, _ := pgStats(ctx, stats)
-	cpu0, db0 := processCPU(), postgresCPU(pid)
+	defer stopProfile() // on the way out early; after the window's stop it does nothing
+	meter := startCost(ctx, pid, stats)
 
 	start := time.Now()
 	err = parallel(ctx, cfg.SetupWorkers, conns, func(ctx context.Context, i int) error {
@@ -191,7 +179,9 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		}
 	}
 	elapsed := time.Since(start)
-	stopProfile()
+	if err := stopProfile(); err != nil {
+		return err
+	}
 	st := node.Dispatcher.Stats()
 	if st.Failed+st.Unknown+st.Expired > 0 {
 		return fmt.Errorf("dispatcher recorded %d failed, %d unknown, %d expired with a perfect transport", st.Failed, st.Unknown, st.Expired)
@@ -222,23 +212,21 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		return fmt.Errorf("read models settling: %w", err)
 	}
 	settled := time.Since(start)
-	cpu, dbCPU := processCPU()-cpu0, postgresCPU(pid)-db0
-	x1, _ := pgStats(ctx, stats)
+	perMsg := meter.stop(ctx, int(total))
 	writers := effectiveWriters(conns)
 	inserts := min(int(total), 8000)
-	bcpu0, bdb0 := processCPU(), postgresCPU(pid)
+	meter = startCost(ctx, pid, nil) // its transactions are not printed
 	basePerS, err := insertBaseline(ctx, node, writers, inserts)
 	if err != nil {
 		return err
 	}
-	bcpu, bdbCPU := processCPU()-bcpu0, postgresCPU(pid)-bdb0
+	perInsert := meter.stop(ctx, inserts)
 	rate := perSecond(int(total), elapsed)
 	return emit(w, fmt.Sprintf("dispatch/%s/conns=%d", engine, conns),
 		"msgs_per_s", rate, "msgs", total, "events_per_msg", float64(events)/float64(total), "writers", writers,
 		"group_commit", engineGroupCommit(engine, cfg.GroupCommit), "settled_s", settled.Seconds(),
-		"cpu_us_per_msg", perReq(cpu, int(total)), "db_cpu_us_per_msg", perReq(dbCPU, int(total)),
-		"db_xacts_per_msg", float64(x1-x0)/float64(total),
-		"cpu_us_per_insert", perReq(bcpu, inserts), "db_cpu_us_per_insert", perReq(bdbCPU, inserts),
+		"cpu_us_per_msg", perMsg.CPUus, "db_cpu_us_per_msg", perMsg.DBCPUus, "db_xacts_per_msg", perMsg.DBXacts,
+		"cpu_us_per_insert", perInsert.CPUus, "db_cpu_us_per_insert", perInsert.DBCPUus,
 		"baseline", "insert", "baseline_per_s", basePerS, "ratio", ratio(rate, basePerS))
 }
 
