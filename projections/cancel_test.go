@@ -6,7 +6,6 @@ import (
 
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
-	"github.com/waqueue/waqueue/projections/clearkit"
 )
 
 // TestCancelledMessageReadModels cancels one message of a broadcast and one 1:1 message, then
@@ -15,16 +14,7 @@ import (
 func TestCancelledMessageReadModels(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		s, err := clearkit.Register(ctx, e.store, tenantA, connA, "+491701234567", at(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		do := func(decide func(c *connection.Connection) ([]connection.Event, error)) {
-			t.Helper()
-			if _, err := s.Do(ctx, "alice", decide); err != nil {
-				t.Fatal(err)
-			}
-		}
+		do := registerA(t, e, "alice")
 		bc := connection.BroadcastIDFor(tenantA, connA, "cx")
 		do(func(c *connection.Connection) ([]connection.Event, error) {
 			return c.StartBroadcast(connection.StartBroadcast{BroadcastID: bc, Text: "t", Actor: "alice",

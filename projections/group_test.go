@@ -187,16 +187,7 @@ func startGroup(t *testing.T, e *env, mw []message.HandlerMiddleware, ps ...proj
 
 func startGroups(t *testing.T, e *env, mw []message.HandlerMiddleware, groups [][]string, ps ...projections.Projection) *running {
 	t.Helper()
-	r, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store, Projections: ps, BatchSize: 16,
-		Logger: silentLogger, Middleware: mw, Groups: groups})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	run := &running{runner: r, cancel: cancel, done: make(chan error, 1)}
-	go func() { run.done <- r.Run(ctx) }()
-	t.Cleanup(run.stop)
-	return run
+	return startRunnerConfig(t, e, projections.RunnerConfig{Projections: ps, BatchSize: 16, Logger: silentLogger, Middleware: mw, Groups: groups})
 }
 
 // TestGroupMemberFailsWhileOthersAdvance: one projection of the group fails on one event; the

@@ -21,8 +21,10 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
+	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
+	"github.com/waqueue/waqueue/projections/clearkit"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -41,49 +43,81 @@ type env struct {
 func eachEngine(t *testing.T, body func(t *testing.T, e *env)) {
 	t.Run("sqlite", func(t *testing.T) {
 		t.Parallel()
-		ctx := context.Background()
-		path := filepath.Join(t.TempDir(), "waqueue.db")
-		store, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 50 * time.Millisecond, Clock: storeClock})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = store.Close() })
-		sdb, err := sqlitedb.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = sdb.Close() })
-		db := &projections.DB{SQL: sdb, Dialect: projections.SQLite}
-		if err := projections.Migrate(ctx, db); err != nil {
-			t.Fatal(err)
-		}
-		body(t, &env{store: store, db: db})
+		body(t, sqliteEnv(t))
 	})
 	t.Run("postgres", func(t *testing.T) {
 		t.Parallel()
-		ctx := context.Background()
-		url := pgtest.URL(t)
-		pool, err := pgxpool.New(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
-		if err := postgres.Migrate(ctx, pool); err != nil {
-			t.Fatal(err)
-		}
-		store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: storeClock})
-		t.Cleanup(func() { _ = store.Close() })
-		sdb, err := sql.Open("pgx", url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = sdb.Close() })
-		db := &projections.DB{SQL: sdb, Dialect: projections.Postgres}
-		if err := projections.Migrate(ctx, db); err != nil {
-			t.Fatal(err)
-		}
-		body(t, &env{store: store, db: db})
+		e, _ := postgresEnv(t)
+		body(t, e)
 	})
+}
+
+// sqliteEnv is one SQLite file holding both the events and the read models.
+func sqliteEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "waqueue.db")
+	store, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 50 * time.Millisecond, Clock: storeClock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	sdb, err := sqlitedb.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sdb.Close() })
+	db := &projections.DB{SQL: sdb, Dialect: projections.SQLite}
+	if err := projections.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	return &env{store: store, db: db}
+}
+
+// postgresEnv is one fresh PostgreSQL database holding both the events and the read models.
+func postgresEnv(t *testing.T) (*env, *sql.DB) {
+	t.Helper()
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if err := postgres.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: storeClock})
+	t.Cleanup(func() { _ = store.Close() })
+	sdb, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sdb.Close() })
+	db := &projections.DB{SQL: sdb, Dialect: projections.Postgres}
+	if err := projections.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	return &env{store: store, db: db}, sdb
+}
+
+// registerA registers tenantA's connA (phone +491701234567, at(0)) in e's store and returns
+// do, which appends what decide decides on the connection as actor; an error fails the test.
+func registerA(t *testing.T, e *env, actor string) (do func(decide func(c *connection.Connection) ([]connection.Event, error)) eventstore.AppendResult) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := clearkit.Register(ctx, e.store, tenantA, connA, "+491701234567", at(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(decide func(c *connection.Connection) ([]connection.Event, error)) eventstore.AppendResult {
+		t.Helper()
+		res, err := s.Do(ctx, actor, decide)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
 }
 
 // running is a Runner started in the background.
@@ -103,8 +137,15 @@ var silentLogger = slog.New(slog.DiscardHandler)
 
 func startRunnerLogged(t *testing.T, e *env, logger *slog.Logger, ps ...projections.Projection) *running {
 	t.Helper()
-	r, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store, Projections: ps, BatchSize: 64,
-		Logger: logger})
+	return startRunnerConfig(t, e, projections.RunnerConfig{Projections: ps, BatchSize: 64, Logger: logger})
+}
+
+// startRunnerConfig starts a Runner of cfg on e's store and database in the background; it
+// stops when t ends.
+func startRunnerConfig(t *testing.T, e *env, cfg projections.RunnerConfig) *running {
+	t.Helper()
+	cfg.DB, cfg.Store = e.db, e.store
+	r, err := projections.NewRunner(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
-	"github.com/waqueue/waqueue/projections/clearkit"
 )
 
 // TestMessageLifecycles follows every terminal status but purged (see the end-to-end test):
@@ -16,16 +15,7 @@ import (
 func TestMessageLifecycles(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		s, err := clearkit.Register(ctx, e.store, tenantA, connA, "+491701234567", at(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		do := func(decide func(c *connection.Connection) ([]connection.Event, error)) {
-			t.Helper()
-			if _, err := s.Do(ctx, "alice", decide); err != nil {
-				t.Fatal(err)
-			}
-		}
+		do := registerA(t, e, "alice")
 		bc := connection.BroadcastIDFor(tenantA, connA, "lc")
 		do(func(c *connection.Connection) ([]connection.Event, error) {
 			return c.Pair(connection.PairSession{Actor: "alice"}, at(0))

@@ -6,7 +6,6 @@ import (
 
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
-	"github.com/waqueue/waqueue/projections/clearkit"
 )
 
 // TestCardExplainsBanAndLogout: the card says why a connection is banned or logged out, as a
@@ -14,16 +13,7 @@ import (
 func TestCardExplainsBanAndLogout(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		s, err := clearkit.Register(ctx, e.store, tenantA, connA, "+491701234567", at(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		do := func(decide func(c *connection.Connection) ([]connection.Event, error)) {
-			t.Helper()
-			if _, err := s.Do(ctx, "system", decide); err != nil {
-				t.Fatal(err)
-			}
-		}
+		do := registerA(t, e, "system")
 		cards := projections.NewCards()
 		r := startRunner(t, e, cards)
 		card := func() projections.Card {

@@ -11,42 +11,12 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/waqueue/waqueue/adapters/bus"
 	"github.com/waqueue/waqueue/adapters/eventstore"
-	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
-	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 )
-
-// postgresEnv is one fresh PostgreSQL database holding both the events and the read models.
-func postgresEnv(t *testing.T) (*env, *sql.DB) {
-	t.Helper()
-	ctx := context.Background()
-	url := pgtest.URL(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := postgres.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: storeClock})
-	t.Cleanup(func() { _ = store.Close() })
-	sdb, err := sql.Open("pgx", url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sdb.Close() })
-	db := &projections.DB{SQL: sdb, Dialect: projections.Postgres}
-	if err := projections.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	return &env{store: store, db: db}, sdb
-}
 
 // firstBatchGate holds the first Apply of any runner until a second runner is either inside
 // Apply too (the checkpoint did not serialise them) or waiting on a lock in this database (it

@@ -17,16 +17,7 @@ import (
 func TestCardSendingPolicyAndSentToday(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		s, err := clearkit.Register(ctx, e.store, tenantA, connA, "+491701234567", at(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		do := func(decide func(c *connection.Connection) ([]connection.Event, error)) {
-			t.Helper()
-			if _, err := s.Do(ctx, "alice", decide); err != nil {
-				t.Fatal(err)
-			}
-		}
+		do := registerA(t, e, "alice")
 		tokyo, cap := "Asia/Tokyo", 5
 		do(func(c *connection.Connection) ([]connection.Event, error) {
 			return c.ChangeSendingPolicy(connection.SetSendingPolicy{Actor: "alice",

@@ -8,7 +8,6 @@ import (
 
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
-	"github.com/waqueue/waqueue/projections/clearkit"
 )
 
 // TestTransportProblemsOnTheCard records transport problems in every link status and checks
@@ -17,16 +16,7 @@ import (
 func TestTransportProblemsOnTheCard(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		s, err := clearkit.Register(ctx, e.store, tenantA, connA, "+491701234567", at(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		do := func(decide func(c *connection.Connection) ([]connection.Event, error)) {
-			t.Helper()
-			if _, err := s.Do(ctx, "system", decide); err != nil {
-				t.Fatal(err)
-			}
-		}
+		do := registerA(t, e, "system")
 		observe := func(kind connection.TransportProblemKind, reason string, min int) {
 			t.Helper()
 			do(func(c *connection.Connection) ([]connection.Event, error) {
