@@ -309,38 +309,7 @@ func dedupe(s []string) []string {
 // cut at random places (so a broadcast's MessageQueued events are split across batches).
 func (h *runsHistory) sync() {
 	h.t.Helper()
-	ctx := context.Background()
-	evs, err := h.e.store.ReadAll(ctx, h.pos, 0, h.runs.Filter())
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if len(evs) == 0 {
-		return
-	}
-	h.pos = evs[len(evs)-1].Position
-	for _, x := range []struct {
-		q  *projections.Queue
-		db *projections.DB
-	}{{h.runs, h.e.db}, {h.perRow, h.rows}} {
-		for rest := evs; len(rest) > 0; {
-			n := min(len(rest), 1+h.rng.IntN(30))
-			if h.rng.IntN(3) == 0 {
-				n = len(rest)
-			}
-			tx, err := x.db.Begin(ctx)
-			if err != nil {
-				h.t.Fatal(err)
-			}
-			if err := x.q.Apply(ctx, tx, rest[:n]); err != nil {
-				_ = tx.Rollback()
-				h.t.Fatal(err)
-			}
-			if err := tx.Commit(); err != nil {
-				h.t.Fatal(err)
-			}
-			rest = rest[n:]
-		}
-	}
+	h.applyNew(&h.pos, applyTo{h.runs, h.e.db}, applyTo{h.perRow, h.rows})
 	if h.status {
 		h.syncStatus()
 	}
@@ -350,19 +319,29 @@ func (h *runsHistory) sync() {
 // projections, in batches cut at random places.
 func (h *runsHistory) syncStatus() {
 	h.t.Helper()
+	h.applyNew(&h.statusPos, applyTo{h.statusRuns, h.e.db}, applyTo{h.statusRows, h.rows})
+}
+
+// applyTo is a projection and the read-model database it writes to.
+type applyTo struct {
+	p  projections.Projection
+	db *projections.DB
+}
+
+// applyNew applies the events of to's filter (to[0]'s: they share it) appended after *pos to
+// each of to, in batches cut at random places, and moves *pos on to the last of them.
+func (h *runsHistory) applyNew(pos *eventstore.Position, to ...applyTo) {
+	h.t.Helper()
 	ctx := context.Background()
-	evs, err := h.e.store.ReadAll(ctx, h.statusPos, 0, h.statusRuns.Filter())
+	evs, err := h.e.store.ReadAll(ctx, *pos, 0, to[0].p.Filter())
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	if len(evs) == 0 {
 		return
 	}
-	h.statusPos = evs[len(evs)-1].Position
-	for _, x := range []struct {
-		s  *projections.MessageStatus
-		db *projections.DB
-	}{{h.statusRuns, h.e.db}, {h.statusRows, h.rows}} {
+	*pos = evs[len(evs)-1].Position
+	for _, x := range to {
 		for rest := evs; len(rest) > 0; {
 			n := min(len(rest), 1+h.rng.IntN(30))
 			if h.rng.IntN(3) == 0 {
@@ -372,7 +351,7 @@ func (h *runsHistory) syncStatus() {
 			if err != nil {
 				h.t.Fatal(err)
 			}
-			if err := x.s.Apply(ctx, tx, rest[:n]); err != nil {
+			if err := x.p.Apply(ctx, tx, rest[:n]); err != nil {
 				_ = tx.Rollback()
 				h.t.Fatal(err)
 			}
@@ -380,6 +359,59 @@ func (h *runsHistory) syncStatus() {
 				h.t.Fatal(err)
 			}
 			rest = rest[n:]
+		}
+	}
+}
+
+// collectAll runs collect on db, in chunks of random size, until it collects nothing more.
+func (h *runsHistory) collectAll(collect func(context.Context, *projections.DB, int) (int, error), db *projections.DB) {
+	h.t.Helper()
+	for {
+		n, err := collect(context.Background(), db, 1+h.rng.IntN(50))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+	}
+}
+
+// start skips the events earlier histories on the same store appended (their read models
+// applied them already), then registers and pairs two connections named prefix-0 and
+// prefix-1 for this history.
+func (h *runsHistory) start(prefix string) {
+	h.t.Helper()
+	ctx := context.Background()
+	skip := []applyTo{{h.runs, h.e.db}}
+	positions := []*eventstore.Position{&h.pos}
+	if h.status {
+		skip, positions = append(skip, applyTo{h.statusRuns, h.e.db}), append(positions, &h.statusPos)
+	}
+	for i, x := range skip {
+		evs, err := h.e.store.ReadAll(ctx, eventstore.Start, 0, x.p.Filter())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if len(evs) > 0 {
+			*positions[i] = evs[len(evs)-1].Position
+		}
+	}
+	for j := range 2 {
+		id := fmt.Sprintf("%s-%d", prefix, j)
+		s, err := clearkit.Register(ctx, h.e.store, tenantA, id, "+491701234567", at(0))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if _, err := s.Do(ctx, "alice", func(c *connection.Connection) ([]connection.Event, error) {
+			return c.Pair(connection.PairSession{Actor: "alice"}, at(0))
+		}); err != nil {
+			h.t.Fatal(err)
+		}
+		h.streams, h.ids, h.msgs = append(h.streams, s), append(h.ids, id), append(h.msgs, map[uint64]queueMsg{})
+		h.handed = append(h.handed, nil)
+		if h.receipted == nil {
+			h.receipted = map[uuid.UUID]map[connection.MessageStatus]bool{}
 		}
 	}
 }
@@ -553,31 +585,7 @@ func TestQueueRunsAnswerAsRows(t *testing.T) {
 		for seed := range seeds {
 			h := &runsHistory{t: t, e: e, rng: rand.New(rand.NewPCG(uint64(seed), 12)), rows: rows,
 				runs: projections.NewQueue(), perRow: projections.NewRowQueue(), pos: eventstore.Start}
-			// Apply only this seed's connections' events: earlier seeds' are applied already.
-			evs, err := e.store.ReadAll(ctx, eventstore.Start, 0, h.runs.Filter())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(evs) > 0 {
-				h.pos = evs[len(evs)-1].Position
-			}
-			for j := range 2 {
-				id := fmt.Sprintf("runs-%d-%d", seed, j)
-				s, err := clearkit.Register(ctx, e.store, tenantA, id, "+491701234567", at(0))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := s.Do(ctx, "alice", func(c *connection.Connection) ([]connection.Event, error) {
-					return c.Pair(connection.PairSession{Actor: "alice"}, at(0))
-				}); err != nil {
-					t.Fatal(err)
-				}
-				h.streams, h.ids, h.msgs = append(h.streams, s), append(h.ids, id), append(h.msgs, map[uint64]queueMsg{})
-				h.handed = append(h.handed, nil)
-				if h.receipted == nil {
-					h.receipted = map[uuid.UUID]map[connection.MessageStatus]bool{}
-				}
-			}
+			h.start(fmt.Sprintf("runs-%d", seed)) // this seed's connections; earlier seeds' events are applied already
 			for n := range steps {
 				if n%20 == 0 {
 					h.draining = h.rng.IntN(2) == 0
@@ -589,20 +597,8 @@ func TestQueueRunsAnswerAsRows(t *testing.T) {
 				}
 			}
 			// Everything purged is collected from both; a run wholly purged is gone.
-			for _, x := range []struct {
-				q  *projections.Queue
-				db *projections.DB
-			}{{h.runs, e.db}, {h.perRow, rows}} {
-				for {
-					n, err := x.q.Collect(ctx, x.db, 1+h.rng.IntN(50))
-					if err != nil {
-						t.Fatal(err)
-					}
-					if n == 0 {
-						break
-					}
-				}
-			}
+			h.collectAll(h.runs.Collect, e.db)
+			h.collectAll(h.perRow.Collect, rows)
 			h.compare(fmt.Sprintf("seed %d collected", seed))
 			maxRuns, maxGone = max(maxRuns, h.maxRuns), max(maxGone, h.maxGone)
 			var purged int
@@ -637,35 +633,7 @@ func TestStatusRunsAnswerAsRows(t *testing.T) {
 			h := &runsHistory{t: t, e: e, rng: rand.New(rand.NewPCG(uint64(seed), 14)), rows: rows,
 				runs: projections.NewQueue(), perRow: projections.NewRowQueue(), pos: eventstore.Start,
 				status: true, statusRuns: projections.NewMessageStatus(), statusRows: projections.NewRowMessageStatus(), statusPos: eventstore.Start}
-			for _, f := range []struct {
-				filter eventstore.Filter
-				pos    *eventstore.Position
-			}{{h.runs.Filter(), &h.pos}, {h.statusRuns.Filter(), &h.statusPos}} {
-				evs, err := e.store.ReadAll(ctx, eventstore.Start, 0, f.filter)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(evs) > 0 {
-					*f.pos = evs[len(evs)-1].Position
-				}
-			}
-			for j := range 2 {
-				id := fmt.Sprintf("status-%d-%d", seed, j)
-				s, err := clearkit.Register(ctx, e.store, tenantA, id, "+491701234567", at(0))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := s.Do(ctx, "alice", func(c *connection.Connection) ([]connection.Event, error) {
-					return c.Pair(connection.PairSession{Actor: "alice"}, at(0))
-				}); err != nil {
-					t.Fatal(err)
-				}
-				h.streams, h.ids, h.msgs = append(h.streams, s), append(h.ids, id), append(h.msgs, map[uint64]queueMsg{})
-				h.handed = append(h.handed, nil)
-				if h.receipted == nil {
-					h.receipted = map[uuid.UUID]map[connection.MessageStatus]bool{}
-				}
-			}
+			h.start(fmt.Sprintf("status-%d", seed))
 			for n := range steps {
 				if n%20 == 0 {
 					h.draining = h.rng.IntN(2) == 0
@@ -683,20 +651,8 @@ func TestStatusRunsAnswerAsRows(t *testing.T) {
 					sawRuns, sawMaterialized, sawKept = max(sawRuns, nRuns), max(sawMaterialized, nMat), max(sawKept, nKept)
 				}
 			}
-			for _, x := range []struct {
-				s  *projections.MessageStatus
-				db *projections.DB
-			}{{h.statusRuns, e.db}, {h.statusRows, rows}} {
-				for {
-					n, err := x.s.Collect(ctx, x.db, 1+h.rng.IntN(50))
-					if err != nil {
-						t.Fatal(err)
-					}
-					if n == 0 {
-						break
-					}
-				}
-			}
+			h.collectAll(h.statusRuns.Collect, e.db)
+			h.collectAll(h.statusRows.Collect, rows)
 			h.compare(fmt.Sprintf("seed %d collected", seed))
 		}
 		if !covered() {
