@@ -6,25 +6,23 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
-	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/clearkit"
+	"github.com/waqueue/waqueue/projections/projtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -55,50 +53,16 @@ func eachEngine(t *testing.T, body func(t *testing.T, e *env)) {
 // sqliteEnv is one SQLite file holding both the events and the read models.
 func sqliteEnv(t *testing.T) *env {
 	t.Helper()
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "waqueue.db")
-	store, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 50 * time.Millisecond, Clock: storeClock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	sdb, err := sqlitedb.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sdb.Close() })
-	db := &projections.DB{SQL: sdb, Dialect: projections.SQLite}
-	if err := projections.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	return &env{store: store, db: db}
+	e := projtest.SQLite(t, sqlite.Options{PollInterval: 50 * time.Millisecond, Clock: storeClock})
+	return &env{store: e.Store, db: e.DB}
 }
 
-// postgresEnv is one fresh PostgreSQL database holding both the events and the read models.
+// postgresEnv is one fresh PostgreSQL database holding both the events and the read models,
+// and its handle.
 func postgresEnv(t *testing.T) (*env, *sql.DB) {
 	t.Helper()
-	ctx := context.Background()
-	url := pgtest.URL(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := postgres.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: storeClock})
-	t.Cleanup(func() { _ = store.Close() })
-	sdb, err := sql.Open("pgx", url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sdb.Close() })
-	db := &projections.DB{SQL: sdb, Dialect: projections.Postgres}
-	if err := projections.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	return &env{store: store, db: db}, sdb
+	e := projtest.Postgres(t, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: storeClock})
+	return &env{store: e.Store, db: e.DB}, e.DB.SQL
 }
 
 // registerA registers tenantA's connA (phone +491701234567, at(0)) in e's store and returns

@@ -2,17 +2,14 @@ package dispatcher_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -21,7 +18,6 @@ import (
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/simulator"
-	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/adapters/transport/transporttest"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
@@ -30,6 +26,7 @@ import (
 	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections"
 	"github.com/waqueue/waqueue/projections/dispatcher"
+	"github.com/waqueue/waqueue/projections/projtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -51,50 +48,15 @@ type env struct {
 
 func openSQLite(t *testing.T, clock eventstore.Clock) *env {
 	t.Helper()
-	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "waqueue.db")
-	store, err := sqlite.Open(ctx, path, sqlite.Options{PollInterval: 50 * time.Millisecond, Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	sdb, err := sqlitedb.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sdb.Close() })
-	db := &projections.DB{SQL: sdb, Dialect: projections.SQLite}
-	if err := projections.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	return &env{store: store, db: db}
+	e := projtest.SQLite(t, sqlite.Options{PollInterval: 50 * time.Millisecond, Clock: clock})
+	return &env{store: e.Store, db: e.DB}
 }
 
 func openPostgres(t *testing.T, clock eventstore.Clock) *env {
 	t.Helper()
-	ctx := context.Background()
-	url := pgtest.URL(t)
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if err := postgres.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
 	// Group commit on, as the server runs it: G1 and G5 are proven on the grouped append path.
-	store := postgres.New(pool, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: clock, GroupCommitters: postgres.DefaultGroupCommitters})
-	t.Cleanup(func() { _ = store.Close() })
-	sdb, err := sql.Open("pgx", url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sdb.Close() })
-	db := &projections.DB{SQL: sdb, Dialect: projections.Postgres}
-	if err := projections.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	return &env{store: store, db: db, url: url}
+	e := projtest.Postgres(t, postgres.Options{IdlePoll: 200 * time.Millisecond, Clock: clock, GroupCommitters: postgres.DefaultGroupCommitters})
+	return &env{store: e.Store, db: e.DB, url: e.URL}
 }
 
 // harness is one "process": an event store, the real projections and clearing process, the
