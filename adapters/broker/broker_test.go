@@ -30,10 +30,14 @@ import (
 const tenant = "tenant-a"
 
 // startNATS runs a real NATS server with JetStream in process, on a random port.
-func startNATS(t *testing.T) string {
+func startNATS(t *testing.T) string { return startNATSUsers(t, nil) }
+
+// startNATSUsers is startNATS with these users (none: no authentication); it stops when t
+// ends.
+func startNATSUsers(t *testing.T, users []*server.User) string {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
+		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, Users: users,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -44,6 +48,22 @@ func startNATS(t *testing.T) string {
 	}
 	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
 	return s.ClientURL()
+}
+
+// connectJS connects to the NATS server at url with opts, as a client would, and returns the
+// connection and its JetStream; the caller closes the connection.
+func connectJS(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		t.Fatal(err)
+	}
+	return nc, js
 }
 
 // keys is a real Authenticator over a map of credentials.
@@ -263,15 +283,8 @@ func TestCommandsOverNATS(t *testing.T) {
 
 	// Every command was acknowledged, refusals included: the work-queue stream is empty and
 	// nothing is pending or redelivered.
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := connectJS(t, url)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	waitFor(t, "commands stream drained", func() bool {
 		s, err := js.Stream(ctx, broker.CommandsStream)
 		if err != nil {

@@ -40,23 +40,11 @@ func tenantPermissions(tenant string) *server.Permissions {
 // where the waqueue nodes' fetches are answered.
 func TestTenantNATSPermissions(t *testing.T) {
 	ctx := testCtx(t)
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
-		Users: []*server.User{
-			{Username: "waqueue", Password: "node-pw"},
-			{Username: "acme", Password: "acme-pw", Permissions: tenantPermissions("acme")},
-			{Username: "globex", Password: "globex-pw", Permissions: tenantPermissions("globex")},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	addr := strings.TrimPrefix(s.ClientURL(), "nats://")
+	addr := strings.TrimPrefix(startNATSUsers(t, []*server.User{
+		{Username: "waqueue", Password: "node-pw"},
+		{Username: "acme", Password: "acme-pw", Permissions: tenantPermissions("acme")},
+		{Username: "globex", Password: "globex-pw", Permissions: tenantPermissions("globex")},
+	}), "nats://")
 	pub, _ := openNATS(t, "nats://waqueue:node-pw@"+addr)
 	for _, tn := range []string{"acme", "globex"} {
 		m, err := integration.NewMessage(integration.Event{ID: uuid.New(), Type: integration.TypeMessageStatusChanged,
@@ -70,16 +58,9 @@ func TestTenantNATSPermissions(t *testing.T) {
 	}
 
 	denied := make(chan error, 16)
-	nc, err := nats.Connect("nats://acme:acme-pw@"+addr, nats.CustomInboxPrefix("_INBOX_acme"),
+	nc, js := connectJS(t, "nats://acme:acme-pw@"+addr, nats.CustomInboxPrefix("_INBOX_acme"),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied <- err }))
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Its own commands: stored.
 	if _, err := js.Publish(ctx, broker.CommandsPrefix("acme")+"EnqueueMessage", []byte(`{}`)); err != nil {
 		t.Fatalf("acme publishing its command: %v", err)

@@ -32,15 +32,8 @@ func messageOf(m *jetstream.RawStreamMsg) *message.Message { return message.NewM
 func storedMessages(t *testing.T, url, stream string) []*jetstream.RawStreamMsg {
 	t.Helper()
 	ctx := testCtx(t)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := connectJS(t, url)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
@@ -190,15 +183,8 @@ func (e *tenancyEnv) runProcessor(t *testing.T) {
 // publishRaw publishes a command the way a client library would, with headers of its choosing.
 func (e *tenancyEnv) publishRaw(t *testing.T, subject string, cmd commands.Command, headers map[string]string) {
 	t.Helper()
-	nc, err := nats.Connect(e.url)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := connectJS(t, e.url)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	body, err := json.Marshal(cmd)
 	if err != nil {
 		t.Fatal(err)
@@ -290,15 +276,8 @@ func TestBrokerCommandsAreTenantScoped(t *testing.T) {
 	if err := bus.Send(ctx, "tenant-a", adminTok.Token, commands.LiftBan{ConnectionID: "a-1"}); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(e.url)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := connectJS(t, e.url)
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	stream, err := js.Stream(ctx, broker.CommandsStream)
 	if err != nil {
 		t.Fatal(err)
