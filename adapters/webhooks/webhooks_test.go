@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -229,19 +228,7 @@ func TestDeliveriesSurviveFailuresAndDowntime(t *testing.T) {
 		}
 
 		// The outbox projection, run by the real runner.
-		runner, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store,
-			Projections: []projections.Projection{webhooks.NewOutbox(nil)}, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- runner.Run(rctx) }()
-		if err := runner.WaitFor(ctx, []string{webhooks.OutboxName}, res.Position); err != nil {
-			t.Fatal(err)
-		}
-		stop()
-		<-done
+		runOutbox(t, ctx, e, nil, res.Position)() // the outbox filled, then stopped
 
 		newWorker := func() *webhooks.Worker {
 			w, err := webhooks.NewWorker(webhooks.WorkerConfig{DB: e.db, Egress: loopbackEgress, Now: clk.Now, Backoff: time.Second, MaxBackoff: 8 * time.Second, Timeout: 5 * time.Second})
@@ -425,19 +412,7 @@ func TestOutboxBroadcastChunk(t *testing.T) {
 		if len(want) != 3 {
 			t.Fatalf("%d queued integration events of tenant-a, want 3", len(want))
 		}
-		runner, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store,
-			Projections: []projections.Projection{webhooks.NewOutbox(nil)}, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- runner.Run(rctx) }()
-		if err := runner.WaitFor(ctx, []string{webhooks.OutboxName}, last); err != nil {
-			t.Fatal(err)
-		}
-		stop()
-		<-done
+		runOutbox(t, ctx, e, nil, last)() // the outbox filled, then stopped
 		rows, err := e.db.QueryContext(ctx, `SELECT tenant_id, event_id FROM webhook_deliveries ORDER BY event_id`)
 		if err != nil {
 			t.Fatal(err)
