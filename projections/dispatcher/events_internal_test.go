@@ -27,32 +27,8 @@ import (
 // not know is refused; none of them is an error.
 func TestEventsWithoutLinkChange(t *testing.T) {
 	ctx := context.Background()
-	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "w.db"), sqlite.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	repo, err := commands.NewRepository(store, commands.RepositoryOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, err := commands.NewRegisterConnectionHandler(repo, commands.SystemClock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	op := commands.WithPrincipal(ctx, auth.Principal{TenantID: "t1", ID: "op", Role: auth.RoleAdmin})
-	if _, err := reg.Handle(op, commands.RegisterConnection{ConnectionID: "c1", Phone: "+4915112345678"}); err != nil {
-		t.Fatal(err)
-	}
-	sim := simulator.New(simulator.Options{})
-	t.Cleanup(sim.Close)
-	promReg := prometheus.NewRegistry()
-	d, err := New(Config{Store: store, Repository: repo, Messages: QueueMessages{Queue: projections.NewQueue()},
-		Transport: sim, Registerer: promReg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.ctx = ctx
+	x := newInternal(t)
+	store, d, promReg := x.store, x.d, x.reg
 	h := transport.EventHeader{ConnectionID: connection.Key("t1", "c1"), At: time.Now()}
 	lastPing := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, e := range []transport.Event{
@@ -113,6 +89,49 @@ func TestEventsWithoutLinkChange(t *testing.T) {
 	if got := counterValue(t, promReg, "waqueue_dispatcher_transport_events_total", "ban_lifted", eventError); got != 0 {
 		t.Errorf("a refused lift counted as an error")
 	}
+}
+
+// internal is a dispatcher (not running: the test hands it events) on a fresh SQLite store
+// with tenant t1's connection c1 registered, the simulator as transport and a metrics
+// registry of its own.
+type internal struct {
+	op    context.Context // t1's admin
+	store eventstore.Store
+	repo  *commands.Repository
+	d     *Dispatcher
+	reg   *prometheus.Registry
+}
+
+func newInternal(t *testing.T) internal {
+	t.Helper()
+	ctx := context.Background()
+	store, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "w.db"), sqlite.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	repo, err := commands.NewRepository(store, commands.RepositoryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := commands.NewRegisterConnectionHandler(repo, commands.SystemClock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := commands.WithPrincipal(ctx, auth.Principal{TenantID: "t1", ID: "op", Role: auth.RoleAdmin})
+	if _, err := reg.Handle(op, commands.RegisterConnection{ConnectionID: "c1", Phone: "+4915112345678"}); err != nil {
+		t.Fatal(err)
+	}
+	sim := simulator.New(simulator.Options{})
+	t.Cleanup(sim.Close)
+	promReg := prometheus.NewRegistry()
+	d, err := New(Config{Store: store, Repository: repo, Messages: QueueMessages{Queue: projections.NewQueue()},
+		Transport: sim, Registerer: promReg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ctx = ctx
+	return internal{op: op, store: store, repo: repo, d: d, reg: promReg}
 }
 
 // counterValue returns the value of the counter name{type, result} gathered from reg (0 if absent).
