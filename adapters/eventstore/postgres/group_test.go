@@ -35,14 +35,7 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	blocker := prefix + "blocker"
-	held := hold(t, st, blocker, eventstore.NoStream, events(1, "Held")...)
-	blocked := make(chan error, 1)
-	go func() {
-		_, err := st.Append(ctx, blocker, eventstore.Any, events(1, "Blocked")...)
-		blocked <- err
-	}()
-	waitBlocked(t, url, st)
+	held, blocked := blockCommitter(t, url, st, prefix+"blocker")
 
 	results := make([]eventstore.AppendResult, n)
 	errs := make([]error, n)
@@ -115,15 +108,8 @@ func TestGroupCommitStartsAnotherGroupOnlyWhenManyWait(t *testing.T) {
 	st := openStore(t, url, postgres.Options{GroupCommitters: 2, GroupMin: groupMin})
 	ctx := context.Background()
 	prefix := storetest.TestID() + "groupmin-"
-	blocker := prefix + "blocker"
-	held := hold(t, st, blocker, eventstore.NoStream, events(1, "Held")...)
+	held, blocked := blockCommitter(t, url, st, prefix+"blocker")
 	defer func() { _ = held.Rollback(ctx) }()
-	blocked := make(chan error, 1)
-	go func() {
-		_, err := st.Append(ctx, blocker, eventstore.Any, events(1, "Blocked")...)
-		blocked <- err
-	}()
-	waitBlocked(t, url, st)
 
 	results := make([]eventstore.AppendResult, groupMin)
 	errs := make([]error, groupMin)
@@ -211,14 +197,7 @@ func TestGroupCommitMixedOutcomes(t *testing.T) {
 		{10, eventstore.NoStream, eventstore.EventData{ID: events(1, "")[0].ID, Type: "NoData"}},
 	}
 
-	blocker := prefix + "blocker"
-	held := hold(t, st, blocker, eventstore.NoStream, events(1, "Held")...)
-	blocked := make(chan error, 1)
-	go func() {
-		_, err := st.Append(ctx, blocker, eventstore.Any, events(1, "Blocked")...)
-		blocked <- err
-	}()
-	waitBlocked(t, url, st)
+	held, blocked := blockCommitter(t, url, st, prefix+"blocker")
 	results := make([]eventstore.AppendResult, len(cases))
 	errs := make([]error, len(cases))
 	var wg sync.WaitGroup
@@ -318,7 +297,22 @@ func TestGroupCommitMixedOutcomes(t *testing.T) {
 	}
 }
 
-// waitUntil waits for cond (a condition, not a duration: the overall limit is a safety net).
+// blockCommitter holds an append to stream open (held: one event, "Held") and starts another
+// to it ("Blocked", its error sent on blocked when it returns), then waits until a committer
+// of st runs that one, waiting for the stream's lock (waitBlocked): with one committer, the
+// appends made until held ends queue behind it.
+func blockCommitter(t *testing.T, url string, st *postgres.Store, stream string) (held *postgres.HeldAppend, blocked <-chan error) {
+	t.Helper()
+	held = hold(t, st, stream, eventstore.NoStream, events(1, "Held")...)
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.Append(context.Background(), stream, eventstore.Any, events(1, "Blocked")...)
+		done <- err
+	}()
+	waitBlocked(t, url, st)
+	return held, done
+}
+
 // waitBlocked waits until a committer of st runs the blocked append: it waits for its stream's
 // lock in the database of url (an advisory lock not granted), nothing else is queued and one
 // group runs. The store's counters alone are not enough: the group that ran the append before
@@ -342,6 +336,7 @@ func waitBlocked(t *testing.T, url string, st *postgres.Store) {
 	})
 }
 
+// waitUntil waits for cond (a condition, not a duration: the overall limit is a safety net).
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
