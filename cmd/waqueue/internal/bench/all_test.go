@@ -44,8 +44,8 @@ var figureFormats = []struct {
 		[]string{"startup_s", "first_send_s", "rss_now_mib", "goroutines", "baseline_per_s"}},
 	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue(-no-ryw)?$`),
 		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ group_commit=\d+ append_single_per_s=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ ` +
-			`cpu_us_per_req=[\d.]+ db_cpu_us_per_req=[\d.]+ db_xacts_per_req=[\d.]+ cpu_us_per_insert=[\d.]+ db_cpu_us_per_insert=[\d.]+ rss_mib=[\d.]+$`),
-		[]string{"req_per_s", "p99_ms", "baseline_per_s", "rss_mib"}},
+			`cpu_us_per_req=[\d.]+ db_cpu_us_per_req=[\d.]+ db_xacts_per_req=[\d.]+ cpu_us_per_insert=[\d.]+ db_cpu_us_per_insert=[\d.]+ http_noop_per_s=[\d.]+ http_noop_cpu_us_per_req=[\d.]+ rss_mib=[\d.]+$`),
+		[]string{"req_per_s", "p99_ms", "baseline_per_s", "http_noop_per_s", "http_noop_cpu_us_per_req", "rss_mib"}},
 	{regexp.MustCompile(`^import/(postgres|sqlite)/recipients=\d+$`),
 		regexp.MustCompile(`^msgs_per_s=[\d.]+ answered_s=[\d.]+ pending_s=[\d.]+ settled_s=[\d.]+ baseline=copy baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		// Not pending_s: printed in seconds with two decimals, a tiny import pending within

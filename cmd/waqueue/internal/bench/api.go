@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"runtime/pprof"
@@ -47,12 +48,15 @@ type APIConfig struct {
 // the same run. It prints
 //
 //	BENCH api/<engine>/enqueue req_per_s=… p99_ms=… group_commit=… append_single_per_s=… baseline=insert baseline_per_s=… ratio=…
-//	      cpu_us_per_req=… db_cpu_us_per_req=… db_xacts_per_req=… cpu_us_per_insert=… db_cpu_us_per_insert=… rss_mib=…
+//	      cpu_us_per_req=… db_cpu_us_per_req=… db_xacts_per_req=… cpu_us_per_insert=… db_cpu_us_per_insert=…
+//	      http_noop_per_s=… http_noop_cpu_us_per_req=… rss_mib=…
 //
 // cpu_us_per_req is the process's CPU (the API and its HTTP clients) per measured request,
 // db_cpu_us_per_req the PostgreSQL server's (0 on SQLite, or when the server is not on this
 // machine), db_xacts_per_req its committed transactions per request (projections included, as
 // far as they kept up); the _per_insert figures are the same for the baseline's INSERTs.
+// http_noop_* is the HTTP floor (httpFloor): the same clients' requests to a handler that does
+// nothing, the rate and the process's CPU per request of the exchange alone.
 func API(ctx context.Context, env *Env, cfg APIConfig, w io.Writer) error {
 	if cfg.Clients <= 0 {
 		cfg.Clients = 64
@@ -98,24 +102,7 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 		return fmt.Errorf("register: %w", err)
 	}
 	enqueue := func(ctx context.Context, c, i int) error {
-		body := fmt.Sprintf(`{"recipient":"+49151%08d","text":"Hello, this is message %d of the API benchmark."}`, i, i)
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/connections/"+conn(c)+"/messages", bytes.NewBufferString(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+key.Secret)
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", fmt.Sprintf("bench-%d-%d", c, i))
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			return fmt.Errorf("enqueue answered %d: %s", resp.StatusCode, b)
-		}
-		return nil
+		return postEnqueue(ctx, client, base+"/v1/connections/"+conn(c)+"/messages", key.Secret, c, i)
 	}
 	// Warm up the connections and caches (untimed).
 	if err := parallel(ctx, cfg.Clients, cfg.Clients, func(ctx context.Context, c int) error { return enqueue(ctx, c, 9_000_000+c) }); err != nil {
@@ -174,6 +161,12 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	if err != nil {
 		return fmt.Errorf("append-single reference: %w", err)
 	}
+	// The HTTP floor: the same requests by the same clients to a handler that only reads the
+	// body and answers 202 (no key, no command, no store): what the exchange alone costs.
+	noopRate, perNoop, err := httpFloor(ctx, client, cfg.Clients, cfg.Requests, key.Secret)
+	if err != nil {
+		return fmt.Errorf("http floor: %w", err)
+	}
 	rate := perSecond(n, elapsed)
 	name := fmt.Sprintf("api/%s/enqueue", engine)
 	if cfg.ReadYourWrites < 0 {
@@ -184,7 +177,70 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 		"group_commit", engineGroupCommit(engine, cfg.GroupCommit), "append_single_per_s", perSecond(bn, bd),
 		"baseline", "insert", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate),
 		"cpu_us_per_req", perReqCost.CPUus, "db_cpu_us_per_req", perReqCost.DBCPUus, "db_xacts_per_req", perReqCost.DBXacts,
-		"cpu_us_per_insert", perInsert.CPUus, "db_cpu_us_per_insert", perInsert.DBCPUus)
+		"cpu_us_per_insert", perInsert.CPUus, "db_cpu_us_per_insert", perInsert.DBCPUus,
+		"http_noop_per_s", noopRate, "http_noop_cpu_us_per_req", perNoop.CPUus)
+}
+
+// postEnqueue posts message i of client c to url (an enqueue route, or the HTTP floor's
+// handler) with the headers a backend sends, and wants 202 Accepted.
+func postEnqueue(ctx context.Context, client *http.Client, url, secret string, c, i int) error {
+	body := fmt.Sprintf(`{"recipient":"+49151%08d","text":"Hello, this is message %d of the API benchmark."}`, i, i)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewBufferString(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", fmt.Sprintf("bench-%d-%d", c, i))
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("enqueue answered %d: %s", resp.StatusCode, b)
+	}
+	return nil
+}
+
+// floorAnswer is the body of the HTTP floor's answer: an enqueue answer's size and shape.
+const floorAnswer = `{"message_id":"0b6f2d7e-3c1a-4a8e-9a55-2b7d7c2c9f10","connection_id":"api-00000000-0"}` + "\n"
+
+// httpFloor measures n requests by clients net/http clients (client's transport) to a
+// listener of this process whose handler reads the body and answers 202 with an enqueue
+// answer's bytes: the requests per second and the process's CPU per request of the HTTP
+// exchange alone, server and clients, on the same machine in the same run as the enqueue. It
+// is no ratio's baseline; it says how much of an enqueue's CPU no handler can save.
+func httpFloor(ctx context.Context, client *http.Client, clients, n int, secret string) (float64, opCost, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, opCost{}, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, floorAnswer)
+	}), ReadHeaderTimeout: time.Minute}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	url := "http://" + ln.Addr().String() + "/v1/connections/floor/messages"
+	// Warm up the clients' connections to this listener (untimed).
+	if err := parallel(ctx, clients, clients, func(ctx context.Context, c int) error { return postEnqueue(ctx, client, url, secret, c, c) }); err != nil {
+		return 0, opCost{}, err
+	}
+	meter := startCost(ctx, 0, nil)
+	done, elapsed, err := concurrently(ctx, clients, n, func(ctx context.Context, c, i int) error {
+		return postEnqueue(ctx, client, url, secret, c, i)
+	})
+	if err != nil {
+		return 0, opCost{}, err
+	}
+	return perSecond(done, elapsed), meter.stop(ctx, done), nil
 }
 
 // startWindowProfile starts a CPU profile into path (nothing when path is empty) and returns
