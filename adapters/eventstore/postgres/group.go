@@ -39,7 +39,9 @@ import (
 // that many wait. Starting a group for every append while fewer than GroupCommitters ran made
 // most commits lone appends under load (bench api, 64 clients: 1,191 append transactions for
 // 6,400 requests, 878 of them alone, against 655 with GroupMin 16; each commit also wakes
-// every subscription of the node).
+// every subscription of the node). Nor does a stuck group hold the others up for long: once the
+// running groups have taken no new group for Options.GroupStall, a waiting append starts
+// another beside them (a timer sees to it when no append arrives meanwhile).
 
 // sqlLockAll takes the advisory locks of the streams $1, in the order of their hashes.
 const sqlLockAll = `SELECT count(pg_advisory_xact_lock(h)) FROM
@@ -85,6 +87,10 @@ type grouper struct {
 	mu      sync.Mutex
 	queue   []*pendingAppend
 	running int
+	// taken is when the last group was taken from the queue: the running groups' progress.
+	taken time.Time
+	// stallTimer is armed while appends wait behind running groups that may stall.
+	stallTimer *time.Timer
 	// groups counts the shared transactions committed with more than one append (tests).
 	groups int
 }
@@ -95,9 +101,12 @@ func (s *Store) appendGrouped(ctx context.Context, stream string, expected event
 	g := &s.group
 	g.mu.Lock()
 	g.queue = append(g.queue, p)
-	lead := g.running == 0 || g.running < s.opts.GroupCommitters && len(g.queue) >= s.opts.GroupMin
+	now := time.Now()
+	lead := g.running == 0 || g.running < s.opts.GroupCommitters && (len(g.queue) >= s.opts.GroupMin || s.stalledLocked(now))
 	if lead {
 		g.running++
+	} else {
+		s.armStallLocked(now)
 	}
 	g.mu.Unlock()
 	if lead {
@@ -113,6 +122,46 @@ func (s *Store) appendGrouped(ctx context.Context, stream string, expected event
 	}
 }
 
+// stalledLocked reports whether the running groups have taken no group for GroupStall.
+// Called with g.mu.
+func (s *Store) stalledLocked(now time.Time) bool {
+	return s.opts.GroupStall > 0 && now.Sub(s.group.taken) >= s.opts.GroupStall
+}
+
+// armStallLocked makes sure a group starts for the appends waiting now if the running groups
+// stall (take no group for GroupStall) and no other append comes to start it. Called with g.mu,
+// after an append queued without starting a group.
+func (s *Store) armStallLocked(now time.Time) {
+	g := &s.group
+	if s.opts.GroupStall <= 0 || g.stallTimer != nil || g.running >= s.opts.GroupCommitters {
+		return
+	}
+	g.stallTimer = time.AfterFunc(max(s.opts.GroupStall-now.Sub(g.taken), 0), s.stallCheck)
+}
+
+// stallCheck runs when the stall timer fires: it starts a group beside stalled ones for what
+// waits, or re-arms itself while the running groups make progress.
+func (s *Store) stallCheck() {
+	g := &s.group
+	g.mu.Lock()
+	g.stallTimer = nil
+	if len(g.queue) == 0 || g.running >= s.opts.GroupCommitters {
+		g.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	lead := g.running == 0 || s.stalledLocked(now)
+	if lead {
+		g.running++
+	} else {
+		s.armStallLocked(now)
+	}
+	g.mu.Unlock()
+	if lead {
+		go s.runGroups()
+	}
+}
+
 // runGroups runs groups until the queue is empty.
 func (s *Store) runGroups() {
 	g := &s.group
@@ -124,6 +173,7 @@ func (s *Store) runGroups() {
 			g.mu.Unlock()
 			return
 		}
+		g.taken = time.Now()
 		g.mu.Unlock()
 		s.runGroup(group)
 	}

@@ -105,7 +105,7 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 func TestGroupCommitStartsAnotherGroupOnlyWhenManyWait(t *testing.T) {
 	const groupMin = 4
 	url := pgtest.URL(t)
-	st := openStore(t, url, postgres.Options{GroupCommitters: 2, GroupMin: groupMin})
+	st := openStore(t, url, postgres.Options{GroupCommitters: 2, GroupMin: groupMin, GroupStall: -1})
 	ctx := context.Background()
 	prefix := storetest.TestID() + "groupmin-"
 	held, blocked := blockCommitter(t, url, st, prefix+"blocker")
@@ -151,6 +151,74 @@ func TestGroupCommitStartsAnotherGroupOnlyWhenManyWait(t *testing.T) {
 	}
 	if err := <-blocked; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestGroupCommitStalledGroupGetsCompany: while a group is stuck on a stream lock (a held
+// transaction keeps it, as a broadcast's large append would), a few appends to other streams
+// (far fewer than GroupMin) do not wait for the lock: once the stuck group has taken nothing for
+// GroupStall, another group starts beside it and commits them. Before GroupStall they waited
+// until GroupMin of them queued: at low load, as long as the lock was held.
+func TestGroupCommitStalledGroupGetsCompany(t *testing.T) {
+	url := pgtest.URL(t)
+	st := openStore(t, url, postgres.Options{GroupCommitters: 2, GroupMin: 64, GroupStall: 5 * time.Millisecond})
+	ctx := context.Background()
+	prefix := storetest.TestID() + "stall-"
+	held, blocked := blockCommitter(t, url, st, prefix+"blocker")
+	defer func() { _ = held.Rollback(ctx) }()
+
+	const n = 3
+	results := make([]eventstore.AppendResult, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = st.Append(ctx, fmt.Sprintf("%s%02d", prefix, i), eventstore.NoStream, events(1, "Waiting")...)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	waitUntil(t, "the appends behind the stuck group committed while it is stuck", func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
+	for i := range n {
+		if errs[i] != nil || results[i].NextExpectedRevision != 0 {
+			t.Fatalf("append %d: %+v, %v; want revision 0", i, results[i], errs[i])
+		}
+	}
+	select {
+	case err := <-blocked:
+		t.Fatalf("the stuck append returned (%v) before its lock was released", err)
+	default:
+	}
+	if err := held.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	// The log's order holds across the groups: the held append's event, then the blocked one,
+	// each stream's revisions in order.
+	all, err := st.ReadAll(ctx, eventstore.Start, 0, eventstore.Filter{StreamPrefixes: []string{prefix}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := map[string]uint64{}
+	for i, e := range all {
+		if i > 0 && !all[i-1].Position.Less(e.Position) || e.Revision != next[e.Stream] {
+			t.Fatalf("global log out of order at %d: %+v", i, e)
+		}
+		next[e.Stream] = e.Revision + 1
+	}
+	if len(all) != n+2 {
+		t.Fatalf("%d events of this test stored, want %d", len(all), n+2)
 	}
 }
 

@@ -123,6 +123,12 @@ type Options struct {
 	// behind it until GroupMin more arrive. Zero means 16 (64 saved the API a little more but
 	// serialized the dispatcher, whose at most 32 writers rarely leave 64 waiting).
 	GroupMin int
+	// GroupStall is how long the running groups may go without taking a new group before an
+	// append waiting for them starts one beside them (up to GroupCommitters), however few wait:
+	// a group stuck on a stream lock (a broadcast's large append to one connection holds it for
+	// as long as its COPY) then delays the appends of other streams by at most about this much,
+	// not until GroupMin of them queue. Zero means 20ms; negative, never (GroupMin alone).
+	GroupStall time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -152,6 +158,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.GroupMin <= 0 {
 		o.GroupMin = 16
+	}
+	if o.GroupStall == 0 {
+		o.GroupStall = 20 * time.Millisecond
 	}
 }
 
