@@ -122,10 +122,17 @@ type Dispatcher struct {
 	live    []string                  // live nodes (Membership), refreshed by the renewals
 	// renewals counts the lease renewals that returned leases (see leaseState.renewal).
 	renewals uint64
-	recent   map[uuid.UUID]recentRef // messages dispatched here, for their receipts
-	ring     []uuid.UUID
-	ringAt   int
-	wg       sync.WaitGroup
+	// renewing: the renewals run (exclusive leases, during Run). renewStarts and renewEnds count
+	// the renewals started and ended, successful or not; a loop whose held lease is past its
+	// local expiry waits for one started after it looked (see lease) and asks for it early
+	// through renewNow.
+	renewing               bool
+	renewStarts, renewEnds uint64
+	renewNow               chan struct{}
+	recent                 map[uuid.UUID]recentRef // messages dispatched here, for their receipts
+	ring                   []uuid.UUID
+	ringAt                 int
+	wg                     sync.WaitGroup
 	// sends is the context of the transport sends: it outlives Run's context by at most
 	// Config.DrainTimeout, so a graceful stop lets the sends in progress finish.
 	sends context.Context
@@ -221,7 +228,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger.With("component", "dispatcher"), m: m,
 		conns: map[string]*connState{}, changed: make(chan struct{}), zones: map[string]*time.Location{},
-		rng:    newRand(seed),
+		rng: newRand(seed), renewNow: make(chan struct{}, 1),
 		recent: make(map[uuid.UUID]recentRef), ring: make([]uuid.UUID, recentSize)}
 	now := func() time.Time { return cfg.Clock.Now().UTC() }
 	repo := cfg.Repository

@@ -48,6 +48,8 @@ func (d *Dispatcher) turn(ctx context.Context, connID string, st *connState) boo
 	switch {
 	case errors.Is(err, errLeaseHeldElsewhere), errors.Is(err, commands.ErrNotFound):
 		return false
+	case err != nil && ctx.Err() != nil: // stopping while it waited for a renewal
+		return false
 	case err != nil:
 		return d.lag(ctx, connID, st, "lease", err)
 	}
