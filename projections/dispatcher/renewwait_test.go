@@ -1,0 +1,105 @@
+package dispatcher_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/waqueue/waqueue/projections/dispatcher"
+)
+
+// gatedLeases is a node's real PostgreSQL leases seen through a shorter TTL (the dispatcher stops
+// trusting a lease after ttl while the database keeps it for the adapter's own, longer TTL), with
+// the renewals held at a gate and the claims counted.
+type gatedLeases struct {
+	dispatcher.Leases
+	ttl    time.Duration
+	claims atomic.Int64
+
+	mu   sync.Mutex
+	gate chan struct{} // nil: open; Renew waits until it is closed
+}
+
+func (g *gatedLeases) TTL() time.Duration { return g.ttl }
+
+func (g *gatedLeases) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatcher.Lease, error) {
+	g.claims.Add(1)
+	return g.Leases.Claim(ctx, keys)
+}
+
+func (g *gatedLeases) Renew(ctx context.Context) ([]dispatcher.Lease, error) {
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return g.Leases.Renew(ctx)
+}
+
+func (g *gatedLeases) hold() {
+	g.mu.Lock()
+	g.gate = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gatedLeases) open() {
+	g.mu.Lock()
+	close(g.gate)
+	g.gate = nil
+	g.mu.Unlock()
+}
+
+// A late lease renewal makes the loops wait for the next renewal, not claim their leases one by
+// one (issue 12). When the renewal came late (a busy database, or queued behind other claims),
+// every loop found its lease past its local expiry and claimed it alone — two statements each,
+// one claim at a time per node; at 10,000 connections that kept the renewal itself waiting past
+// the TTL, no lease was valid again, and every turn of every loop claimed (bench dispatch: 10
+// database transactions per message). Here the renewals are held until every lease of the node
+// is past its local expiry (the database still holds them all), then each connection gets a
+// message; the renewals are let go once every loop runs (or, before the fix, once all were sent
+// through claims of their own). The loops must get their leases from the next renewal: claims
+// are counted, not times.
+func TestLateRenewalIsAwaitedNotClaimedPerConnection(t *testing.T) {
+	const conns = 16
+	h := newHarness(t, openPostgres)
+	h.autoAdvance(100 * time.Millisecond)
+	// The dispatcher trusts a lease 3 s; the database keeps it a minute, so none is lost while the
+	// renewals are held.
+	leases := &gatedLeases{Leases: pgLeases(t, h, "n1", time.Minute), ttl: 3 * time.Second}
+	ids := make([]string, conns)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("c%d", i)
+		h.registerOnly(ids[i])
+	}
+	d := h.node(h.sim, leases)
+	for _, id := range ids {
+		h.startBroadcast(id, 1)
+	}
+	h.eventually("the first messages sent", func() bool { return d.Stats().Sent >= conns })
+
+	leases.hold()
+	h.eventually("every lease past its local expiry", func() bool { return len(d.Held()) == 0 })
+	claims := leases.claims.Load()
+	for _, id := range ids {
+		h.enqueueOne(id, "late-"+id, 0)
+	}
+	h.eventually("every loop running, or every message sent", func() bool {
+		return d.ActiveLoops() == conns || d.Stats().Sent >= 2*conns
+	})
+	leases.open()
+	h.eventually("the second messages sent", func() bool { return d.Stats().Sent >= 2*conns })
+	if n := leases.claims.Load() - claims; n > conns/4 {
+		t.Errorf("%d lease claims for %d connections whose leases the database still held (a late renewal), want at most %d: the loops must wait for the next renewal", n, conns, conns/4)
+	}
+	for _, id := range ids {
+		h.checkInvariants(id)
+	}
+}
