@@ -56,7 +56,9 @@
 // LeaseRenewInterval, stops trusting those not renewed (their loops
 // stop before the next hand-over; their sessions are disconnected) and claims, in one call, the
 // connections whose claim was refused, waking those granted (a crashed node's connections
-// resume after its leases expire). Sessions follow the leases: Connect on gain, Disconnect on
+// resume after its leases expire). A loop whose held lease is past its local expiry (a late
+// renewal) asks for a renewal at once and waits for it rather than claiming its lease alone;
+// only a lease that renewal does not extend is claimed. Sessions follow the leases: Connect on gain, Disconnect on
 // loss (ManagesSessions). When the adapter implements Membership (live nodes from the
 // renewals' heartbeats), a node claims only the connections Rendezvous ranks it first for among
 // the live nodes, and the renewal hands over (releases) the idle connections another live node
