@@ -129,10 +129,14 @@ type Dispatcher struct {
 	renewing               bool
 	renewStarts, renewEnds uint64
 	renewNow               chan struct{}
-	recent                 map[uuid.UUID]recentRef // messages dispatched here, for their receipts
-	ring                   []uuid.UUID
-	ringAt                 int
-	wg                     sync.WaitGroup
+	// claimQueue holds the loops\' lease claims waiting for their Claim call (see claimShared);
+	// claimRunning: the goroutine making the calls runs.
+	claimQueue   []*claimBatch
+	claimRunning bool
+	recent       map[uuid.UUID]recentRef // messages dispatched here, for their receipts
+	ring         []uuid.UUID
+	ringAt       int
+	wg           sync.WaitGroup
 	// sends is the context of the transport sends: it outlives Run's context by at most
 	// Config.DrainTimeout, so a graceful stop lets the sends in progress finish.
 	sends context.Context

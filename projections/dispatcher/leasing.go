@@ -111,8 +111,7 @@ func (d *Dispatcher) lease(ctx context.Context, connID string, st *connState) (e
 	}
 	st.lease.claiming = true
 	d.mu.Unlock()
-	start := time.Now()
-	got, err := d.cfg.Leases.Claim(ctx, []LeaseKey{leaseKey(connID)})
+	start, got, err := d.claimShared(ctx, leaseKey(connID))
 	d.mu.Lock()
 	st.lease.claiming = false // in the critical section that records the outcome
 	if err != nil {
@@ -139,6 +138,73 @@ func (d *Dispatcher) lease(ctx context.Context, connID string, st *connState) (e
 		d.gained(ctx, connID)
 	}
 	return got[0].Epoch, takeover, nil
+}
+
+// claimBatch is one Claim call shared by the loops that need a claim at the same time.
+type claimBatch struct {
+	keys  []LeaseKey
+	start time.Time // when the Claim call started
+	got   []Lease
+	err   error
+	done  chan struct{} // closed when got and err are set
+}
+
+// claimShared claims k's lease in the next Claim call, with every other key whose loop needs a
+// claim meanwhile (at most claimChunk a call), and returns that call's start and k's lease
+// (none when refused). One goroutine makes the calls, one after the other. The PostgreSQL
+// adapter takes two statements per call, one call at a time per node: 10,000 loops claiming
+// alone (the connections registered in a burst, bench dispatch) queued for tens of seconds,
+// with the node's renewal behind them, so the leases claimed first lapsed before it came.
+func (d *Dispatcher) claimShared(ctx context.Context, k LeaseKey) (time.Time, []Lease, error) {
+	d.mu.Lock()
+	var b *claimBatch
+	if n := len(d.claimQueue); n > 0 && len(d.claimQueue[n-1].keys) < claimChunk {
+		b = d.claimQueue[n-1]
+	} else {
+		b = &claimBatch{done: make(chan struct{})}
+		d.claimQueue = append(d.claimQueue, b)
+	}
+	b.keys = append(b.keys, k)
+	if !d.claimRunning {
+		d.claimRunning = true
+		d.wg.Add(1)
+		go d.runClaims(ctx)
+	}
+	d.mu.Unlock()
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		return time.Time{}, nil, ctx.Err()
+	}
+	if b.err != nil {
+		return time.Time{}, nil, b.err
+	}
+	for _, l := range b.got {
+		if l.LeaseKey == k {
+			return b.start, []Lease{l}, nil
+		}
+	}
+	return b.start, nil, nil
+}
+
+// runClaims makes the queued batches' Claim calls until none is queued.
+func (d *Dispatcher) runClaims(ctx context.Context) {
+	defer d.wg.Done()
+	for {
+		d.mu.Lock()
+		if len(d.claimQueue) == 0 {
+			d.claimRunning = false
+			d.mu.Unlock()
+			return
+		}
+		b := d.claimQueue[0]
+		d.claimQueue[0] = nil
+		d.claimQueue = d.claimQueue[1:]
+		d.mu.Unlock()
+		b.start = time.Now()
+		b.got, b.err = d.cfg.Leases.Claim(ctx, b.keys)
+		close(b.done)
+	}
 }
 
 // awaitRenewalLocked asks the renewals for a renewal now and waits until one started after the

@@ -19,14 +19,25 @@ type gatedLeases struct {
 	ttl    time.Duration
 	claims atomic.Int64
 
-	mu   sync.Mutex
-	gate chan struct{} // nil: open; Renew waits until it is closed
+	mu        sync.Mutex
+	gate      chan struct{} // nil: open; Renew waits until it is closed
+	claimGate chan struct{} // nil: open; Claim waits until it is closed
 }
 
 func (g *gatedLeases) TTL() time.Duration { return g.ttl }
 
 func (g *gatedLeases) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatcher.Lease, error) {
 	g.claims.Add(1)
+	g.mu.Lock()
+	gate := g.claimGate
+	g.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	return g.Leases.Claim(ctx, keys)
 }
 
@@ -98,6 +109,44 @@ func TestLateRenewalIsAwaitedNotClaimedPerConnection(t *testing.T) {
 	h.eventually("the second messages sent", func() bool { return d.Stats().Sent >= 2*conns })
 	if n := leases.claims.Load() - claims; n > conns/4 {
 		t.Errorf("%d lease claims for %d connections whose leases the database still held (a late renewal), want at most %d: the loops must wait for the next renewal", n, conns, conns/4)
+	}
+	for _, id := range ids {
+		h.checkInvariants(id)
+	}
+}
+
+// Loops that need their leases at the same time share a claim (issue 12): bench dispatch
+// registers 10,000 connections in a burst, each loop claimed its lease alone, and on PostgreSQL
+// a node's claims run one at a time (two statements each): they queued for tens of seconds, the
+// node's renewal behind them, so the leases claimed first lapsed before it came and were claimed
+// again. Here the first claim is held until every connection's loop runs (or, before the fix,
+// until every loop called Claim), then let go: the claims are counted, not timed.
+func TestLoopsClaimingAtOnceShareAClaim(t *testing.T) {
+	const conns = 16
+	h := newHarness(t, openPostgres)
+	h.autoAdvance(100 * time.Millisecond)
+	leases := &gatedLeases{Leases: pgLeases(t, h, "n1", time.Minute), ttl: 30 * time.Second}
+	d := h.node(h.sim, leases)
+	h.eventually("the first renewal", func() bool { return leases.Leases.(interface{ Session() int64 }).Session() != 0 })
+	leases.mu.Lock()
+	leases.claimGate = make(chan struct{})
+	leases.mu.Unlock()
+	ids := make([]string, conns)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("c%d", i)
+		h.registerOnly(ids[i])
+		h.startBroadcast(ids[i], 1)
+	}
+	h.eventually("every loop running, or every loop claiming", func() bool {
+		return leases.claims.Load() >= conns || (leases.claims.Load() >= 1 && d.ActiveLoops() == conns)
+	})
+	leases.mu.Lock()
+	close(leases.claimGate)
+	leases.claimGate = nil
+	leases.mu.Unlock()
+	h.eventually("every message sent", func() bool { return d.Stats().Sent >= conns })
+	if n := leases.claims.Load(); n > conns/4 {
+		t.Errorf("%d lease claims for %d connections whose loops claimed at the same time, want at most %d", n, conns, conns/4)
 	}
 	for _, id := range ids {
 		h.checkInvariants(id)
