@@ -58,7 +58,8 @@
 // connections whose claim was refused, waking those granted (a crashed node's connections
 // resume after its leases expire). A loop whose held lease is past its local expiry (a late
 // renewal) asks for a renewal at once and waits for it rather than claiming its lease alone;
-// only a lease that renewal does not extend is claimed. Sessions follow the leases: Connect on gain, Disconnect on
+// only a lease that renewal does not extend is claimed, in one Claim call shared with the other
+// loops claiming meanwhile. Sessions follow the leases: Connect on gain, Disconnect on
 // loss (ManagesSessions). When the adapter implements Membership (live nodes from the
 // renewals' heartbeats), a node claims only the connections Rendezvous ranks it first for among
 // the live nodes, and the renewal hands over (releases) the idle connections another live node
