@@ -30,6 +30,12 @@ type DispatchConfig struct {
 	// CPUProfile, when set, is a file to write a CPU profile of the timed window to (the
 	// first figure measured; a --cpuprofile of the whole run must not be running).
 	CPUProfile string
+	// HeapProfile, when set, is a file to write a heap profile of the process to (go tool
+	// pprof): at the highest RSS sampled from the node's start to the read models' settling
+	// (its in-use figures as of the last GC before it), or at the end when none was sampled.
+	// Stderr says when the peak came and what the runtime held then (heap, stacks, goroutines).
+	// With several figures each gets its own file, suffixed .<engine>.<conns>.
+	HeapProfile string
 }
 
 // effectiveWriters is the most appends the dispatcher can have in flight: one loop per
@@ -63,10 +69,15 @@ func Dispatch(ctx context.Context, env *Env, cfg DispatchConfig, w io.Writer) er
 	if cfg.SetupWorkers <= 0 {
 		cfg.SetupWorkers = 16
 	}
+	several := len(env.Adapters)*len(cfg.Conns) > 1
+	heap := cfg.HeapProfile
 	for _, engine := range env.Adapters {
 		for _, conns := range cfg.Conns {
 			if conns <= 0 {
 				return fmt.Errorf("bench: dispatch conns %d is not positive", conns)
+			}
+			if heap != "" && several {
+				cfg.HeapProfile = fmt.Sprintf("%s.%s.%d", heap, engine, conns)
 			}
 			if err := dispatchOnce(ctx, env, engine, conns, cfg, w); err != nil {
 				return fmt.Errorf("bench: dispatch/%s/conns=%d: %w", engine, conns, err)
@@ -77,6 +88,16 @@ func Dispatch(ctx context.Context, env *Env, cfg DispatchConfig, w io.Writer) er
 }
 
 func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg DispatchConfig, w io.Writer) (err error) {
+	var watch *rssWatch
+	opened := time.Now()
+	if cfg.HeapProfile != "" {
+		watch = watchRSSProfile(opened, cfg.HeapProfile)
+		defer func() {
+			if w := watch; w != nil {
+				w.end()
+			}
+		}()
+	}
 	node, err := env.node(ctx, engine, func(o *server.Options) { o.NoPacing = true; o.GroupCommit = cfg.GroupCommit })
 	if err != nil {
 		return err
@@ -212,6 +233,15 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		return fmt.Errorf("read models settling: %w", err)
 	}
 	settled := time.Since(start)
+	if watch != nil {
+		peak, err := watch.endProfile()
+		watch = nil
+		if err != nil {
+			return fmt.Errorf("heap profile: %w", err)
+		}
+		progress("%s; the clock started at %s, the read models settled %s after it", peak,
+			start.Sub(opened).Round(100*time.Millisecond), settled.Round(100*time.Millisecond))
+	}
 	perMsg := meter.stop(ctx, int(total))
 	writers := effectiveWriters(conns)
 	inserts := min(int(total), 8000)

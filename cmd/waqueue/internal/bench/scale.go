@@ -597,7 +597,15 @@ func writeHeapProfileAs(path string, lazy, gc bool) error {
 	if lazy {
 		path += ".lazy"
 	}
-	f, err := os.Create(path)
+	return writeHeapProfileFile(path, gc)
+}
+
+// writeHeapProfileFile writes the heap profile of the process to path (through a temporary
+// file renamed over it: a profile written again replaces the last whole), with a GC first when
+// gc is set.
+func writeHeapProfileFile(path string, gc bool) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
 	if err != nil {
 		return err
 	}
@@ -608,7 +616,10 @@ func writeHeapProfileAs(path string, lazy, gc bool) error {
 		f.Close()
 		return err
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // rssWatch samples the process's RSS every 250 ms and keeps the Go runtime's memory classes at
@@ -618,7 +629,17 @@ type rssWatch struct {
 	stop  chan struct{}
 	done  chan struct{}
 	peak  rssSample
+	// profile, when set, is the file that receives a heap profile (as of the last GC, none
+	// forced) at every new highest sample at least profileStep above the last one written.
+	profile string
+	// profiled is the RSS (MiB) of the last profile written; profileErr the first write's error.
+	profiled   float64
+	profileErr error
 }
+
+// profileStep is how far (MiB) a new highest sample must exceed the last one profiled for
+// watchRSSProfile to write the profile again (a rising RSS is not profiled every 250 ms).
+const profileStep = 4
 
 // rssSample is one sample: the RSS (MiB), when (since the node opened) and the runtime's view.
 type rssSample struct {
@@ -626,6 +647,7 @@ type rssSample struct {
 	at                              time.Duration
 	heapObjects, heapFree, heapLive float64 // MiB: in heap objects (live or not yet swept), free but held, live at the last GC
 	stacks, other                   float64 // MiB: goroutine stacks; everything else the runtime maps
+	goroutines                      int
 }
 
 var rssMetrics = []string{"/memory/classes/heap/objects:bytes", "/memory/classes/heap/free:bytes",
@@ -633,8 +655,12 @@ var rssMetrics = []string{"/memory/classes/heap/objects:bytes", "/memory/classes
 	"/memory/classes/heap/released:bytes"}
 
 // watchRSS starts sampling from start on; stop ends it and returns the peak.
-func watchRSS(start time.Time) *rssWatch {
-	w := &rssWatch{start: start, stop: make(chan struct{}), done: make(chan struct{})}
+func watchRSS(start time.Time) *rssWatch { return watchRSSProfile(start, "") }
+
+// watchRSSProfile is watchRSS that also writes a heap profile to profile (when not empty) at
+// the highest sample: the profile's in-use figures are as of the last GC before it.
+func watchRSSProfile(start time.Time, profile string) *rssWatch {
+	w := &rssWatch{start: start, stop: make(chan struct{}), done: make(chan struct{}), profile: profile}
 	samples := make([]metrics.Sample, len(rssMetrics))
 	for i, n := range rssMetrics {
 		samples[i].Name = n
@@ -653,7 +679,13 @@ func watchRSS(start time.Time) *rssWatch {
 			if rss := currentRSSMiB(); rss > w.peak.rss {
 				metrics.Read(samples)
 				w.peak = rssSample{rss: rss, at: time.Since(start), heapObjects: mib(0), heapFree: mib(1), heapLive: mib(2),
-					stacks: mib(3), other: mib(4) - mib(0) - mib(1) - mib(3) - mib(5)}
+					stacks: mib(3), other: mib(4) - mib(0) - mib(1) - mib(3) - mib(5), goroutines: runtime.NumGoroutine()}
+				if w.profile != "" && rss >= w.profiled+profileStep {
+					if err := writeHeapProfileFile(w.profile, false); err != nil && w.profileErr == nil {
+						w.profileErr = err
+					}
+					w.profiled = rss
+				}
 			}
 			select {
 			case <-w.stop:
@@ -672,9 +704,19 @@ func (w *rssWatch) end() rssSample {
 	return w.peak
 }
 
+// endProfile stops the sampling and returns the highest sample, and the error of writing its
+// profile; when none was written (no sample), it writes one now, after a GC.
+func (w *rssWatch) endProfile() (rssSample, error) {
+	s := w.end()
+	if w.profile != "" && w.profileErr == nil && w.profiled == 0 {
+		w.profileErr = writeHeapProfileFile(w.profile, true)
+	}
+	return s, w.profileErr
+}
+
 func (s rssSample) String() string {
-	return fmt.Sprintf("highest RSS sampled %.0f MiB at %s after the start: heap objects %.0f MiB (live at the last GC %.0f), heap free and held %.0f, stacks %.0f, other runtime %.0f",
-		s.rss, s.at.Round(100*time.Millisecond), s.heapObjects, s.heapLive, s.heapFree, s.stacks, s.other)
+	return fmt.Sprintf("highest RSS sampled %.0f MiB at %s after the start: heap objects %.0f MiB (live at the last GC %.0f), heap free and held %.0f, stacks %.0f, other runtime %.0f; %d goroutines",
+		s.rss, s.at.Round(100*time.Millisecond), s.heapObjects, s.heapLive, s.heapFree, s.stacks, s.other, s.goroutines)
 }
 
 // startupSeconds is the start-up figure: the seconds until the last of active connections
