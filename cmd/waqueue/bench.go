@@ -154,6 +154,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 		},
 	}
 	dispatchFlags(dispatch, &f)
+	dispatchHeapProfileFlag(dispatch, &f)
 
 	api := &cobra.Command{
 		Use:   "api",
@@ -277,7 +278,11 @@ func dispatchFlags(c *cobra.Command, f *benchFlags) {
 	fl.IntSliceVar(&f.dispatch.Conns, "conns", nil, "connection counts (default 100,1000,10000; --quick 100,1000)")
 	fl.IntVar(&f.dispatch.Messages, "messages", 0, "messages per dispatch figure, spread over the connections (default 20,000)")
 	fl.StringVar(&f.dispatch.CPUProfile, "window-cpuprofile", "", "dispatch: write a CPU profile of the first figure's timed window to this file (go tool pprof; not with --cpuprofile)")
-	fl.StringVar(&f.dispatch.HeapProfile, "heap-profile", "", "dispatch: write a heap profile at the highest RSS sampled (or at the end) to this file, suffixed .<engine>.<conns> when several figures run (go tool pprof)")
+}
+
+// dispatchHeapProfileFlag is bench dispatch's own --heap-profile (bench all's is scale's).
+func dispatchHeapProfileFlag(c *cobra.Command, f *benchFlags) {
+	c.Flags().StringVar(&f.dispatch.HeapProfile, "heap-profile", "", "write a heap profile at the highest RSS sampled (or at the end) to this file, suffixed .<engine>.<conns> when several figures run (go tool pprof)")
 }
 
 func apiFlags(c *cobra.Command, f *benchFlags) {
