@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,7 +34,9 @@ type DispatchConfig struct {
 	// HeapProfile, when set, is a file to write a heap profile of the process to (go tool
 	// pprof): at the highest RSS sampled from the node's start to the read models' settling
 	// (its in-use figures as of the last GC before it), or at the end when none was sampled.
-	// Stderr says when the peak came and what the runtime held then (heap, stacks, goroutines).
+	// FILE.setup and FILE.window hold the highest of the untimed setup and of the timed window
+	// (to the settling); stderr says when each came and what the runtime held then (heap,
+	// stacks, goroutines).
 	// With several figures each gets its own file, suffixed .<engine>.<conns>.
 	HeapProfile string
 }
@@ -88,10 +91,13 @@ func Dispatch(ctx context.Context, env *Env, cfg DispatchConfig, w io.Writer) er
 }
 
 func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg DispatchConfig, w io.Writer) (err error) {
+	// With HeapProfile: one RSS watch over the setup (profile FILE.setup), one from the clock's
+	// start to the read models' settling (FILE.window); FILE gets the higher one's.
 	var watch *rssWatch
+	var setupPeak rssSample
 	opened := time.Now()
 	if cfg.HeapProfile != "" {
-		watch = watchRSSProfile(opened, cfg.HeapProfile)
+		watch = watchRSSProfile(opened, cfg.HeapProfile+".setup")
 		defer func() {
 			if w := watch; w != nil {
 				w.end()
@@ -181,6 +187,13 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 	defer stopProfile() // on the way out early; after the window's stop it does nothing
 	meter := startCost(ctx, pid, stats)
 
+	if watch != nil {
+		if setupPeak, err = watch.endProfile(); err != nil {
+			watch = nil
+			return fmt.Errorf("heap profile: %w", err)
+		}
+		watch = watchRSSProfile(opened, cfg.HeapProfile+".window")
+	}
 	start := time.Now()
 	err = parallel(ctx, cfg.SetupWorkers, conns, func(ctx context.Context, i int) error {
 		_, err := node.Handlers.ResumeQueue.Handle(op, commands.ResumeQueue{ConnectionID: id(i), Note: "bench"})
@@ -239,8 +252,16 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		if err != nil {
 			return fmt.Errorf("heap profile: %w", err)
 		}
-		progress("%s; the clock started at %s, the read models settled %s after it", peak,
-			start.Sub(opened).Round(100*time.Millisecond), settled.Round(100*time.Millisecond))
+		progress("setup: %s", setupPeak)
+		progress("window (the clock started at %s, the read models settled %s after it): %s",
+			start.Sub(opened).Round(100*time.Millisecond), settled.Round(100*time.Millisecond), peak)
+		from := cfg.HeapProfile + ".window"
+		if setupPeak.rss > peak.rss {
+			from = cfg.HeapProfile + ".setup"
+		}
+		if err := copyFile(from, cfg.HeapProfile); err != nil {
+			return fmt.Errorf("heap profile: %w", err)
+		}
 	}
 	perMsg := meter.stop(ctx, int(total))
 	writers := effectiveWriters(conns)
@@ -258,6 +279,15 @@ func dispatchOnce(ctx context.Context, env *Env, engine string, conns int, cfg D
 		"cpu_us_per_msg", perMsg.CPUus, "db_cpu_us_per_msg", perMsg.DBCPUus, "db_xacts_per_msg", perMsg.DBXacts,
 		"cpu_us_per_insert", perInsert.CPUus, "db_cpu_us_per_insert", perInsert.DBCPUus,
 		"baseline", "insert", "baseline_per_s", basePerS, "ratio", ratio(rate, basePerS))
+}
+
+// copyFile copies the file from to the file to.
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o644)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
