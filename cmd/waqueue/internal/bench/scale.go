@@ -604,15 +604,21 @@ func writeHeapProfileAs(path string, lazy, gc bool) error {
 // file renamed over it: a profile written again replaces the last whole), with a GC first when
 // gc is set.
 func writeHeapProfileFile(path string, gc bool) error {
+	if gc {
+		runtime.GC() // the profile's in-use figures as of the last GC
+	}
+	return writeProfileFile("heap", path)
+}
+
+// writeProfileFile writes the named runtime/pprof profile to path (through a temporary file
+// renamed over it).
+func writeProfileFile(name, path string) error {
 	tmp := path + ".tmp"
 	f, err := os.Create(tmp)
 	if err != nil {
 		return err
 	}
-	if gc {
-		runtime.GC() // the profile's in-use figures as of the last GC
-	}
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
 		f.Close()
 		return err
 	}
@@ -658,7 +664,8 @@ var rssMetrics = []string{"/memory/classes/heap/objects:bytes", "/memory/classes
 func watchRSS(start time.Time) *rssWatch { return watchRSSProfile(start, "") }
 
 // watchRSSProfile is watchRSS that also writes a heap profile to profile (when not empty) at
-// the highest sample: the profile's in-use figures are as of the last GC before it.
+// the highest sample (the profile's in-use figures are as of the last GC before it), and a
+// goroutine profile to profile+".goroutine".
 func watchRSSProfile(start time.Time, profile string) *rssWatch {
 	w := &rssWatch{start: start, stop: make(chan struct{}), done: make(chan struct{}), profile: profile}
 	samples := make([]metrics.Sample, len(rssMetrics))
@@ -682,6 +689,9 @@ func watchRSSProfile(start time.Time, profile string) *rssWatch {
 					stacks: mib(3), other: mib(4) - mib(0) - mib(1) - mib(3) - mib(5), goroutines: runtime.NumGoroutine()}
 				if w.profile != "" && rss >= w.profiled+profileStep {
 					if err := writeHeapProfileFile(w.profile, false); err != nil && w.profileErr == nil {
+						w.profileErr = err
+					}
+					if err := writeProfileFile("goroutine", w.profile+".goroutine"); err != nil && w.profileErr == nil {
 						w.profileErr = err
 					}
 					w.profiled = rss
