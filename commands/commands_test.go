@@ -660,3 +660,34 @@ func TestDispatchNextTakesTheHeadGiven(t *testing.T) {
 		t.Fatalf("dispatched %v, want %v", got, ids[:2])
 	}
 }
+
+// A DispatchNext the domain refuses whatever the head (a held queue, a link not active, a
+// stale epoch) reads no message: at 10,000 connections, held loops woken by their broadcasts
+// each read their window through the 32-connection pool only to be refused (bench dispatch's
+// RSS peak, benchmarks-history.md 2026-12-02). A queue resumed reads and dispatches again.
+func TestDispatchNextRefusedReadsNoMessage(t *testing.T) {
+	ctx := testCtx(t)
+	store := openSQLite(t)
+	h := newHandlers(t, store, RepositoryOptions{}, SystemClock)
+	h.registerActive(t, ctx, "c-1")
+	if _, err := h.enqueue.Handle(as(ctx, sender), EnqueueMessage{ConnectionID: "c-1", IdempotencyKey: "k", Recipient: "+491709999999", Text: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.hold.Handle(as(ctx, operator), HoldQueue{ConnectionID: "c-1"}); err != nil {
+		t.Fatal(err)
+	}
+	port := &countingMessages{QueuedMessages: must(h.dispatch.messages, nil)}
+	dispatch := must(NewDispatchNextHandler(h.repo, port, SystemClock))
+	var nd *NotDispatchableError
+	_, err := dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"})
+	if !errors.As(err, &nd) || nd.Code != connection.CodeQueueHeld || !errors.Is(err, connection.ErrQueueHeld) || port.reads.Load() != 0 {
+		t.Fatalf("dispatch on a held queue: err = %v after %d reads; want queue_held, no read", err, port.reads.Load())
+	}
+	if _, err := h.resume.Handle(as(ctx, operator), ResumeQueue{ConnectionID: "c-1"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := dispatch.Handle(as(ctx, system), DispatchNext{ConnectionID: "c-1"})
+	if err != nil || d.Message.Seq != 1 || port.reads.Load() != 1 {
+		t.Fatalf("dispatch after the resume = %+v, %v after %d reads; want seq 1 read once", d.Message, err, port.reads.Load())
+	}
+}

@@ -148,6 +148,12 @@ func (h *DispatchNextHandler) Handle(ctx context.Context, cmd DispatchNext) (Dis
 			return nil, &NotDispatchableError{ConnectionID: cmd.ConnectionID, Code: CodeNothingToDispatch, Err: ErrNothingToDispatch}
 		}
 		if msg.Seq != seq {
+			// Refusals that hold whatever the head is come before its read (a held queue's
+			// loop, woken, reads nothing through the pool it would wait for).
+			if err := c.DispatchRefused(cmd.Epoch); err != nil {
+				code, _ := connection.ErrorCode(err)
+				return nil, &NotDispatchableError{ConnectionID: cmd.ConnectionID, Code: code, Err: err}
+			}
 			m, err := h.messages.QueuedMessage(ctx, connection.Key(p.TenantID, cmd.ConnectionID), seq)
 			if err != nil {
 				return nil, fmt.Errorf("commands: dispatch %q: message at seq %d: %w", cmd.ConnectionID, seq, err)

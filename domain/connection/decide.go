@@ -569,17 +569,8 @@ func (c *Connection) Dispatch(cmd DispatchMessage, now time.Time) ([]Event, erro
 	if cmd.MessageID == uuid.Nil || cmd.Seq == 0 {
 		return nil, invalid(CodeMissingMessage, "message", "message id and seq are required")
 	}
-	if err := c.checkEpoch(op, cmd.Epoch); err != nil {
+	if err := c.DispatchRefused(cmd.Epoch); err != nil {
 		return nil, err
-	}
-	if err := c.notClearing(op); err != nil {
-		return nil, err
-	}
-	if c.hold != nil {
-		return nil, &QueueHeldError{ConnectionID: c.id, Reason: c.hold.Reason, Since: c.hold.Since}
-	}
-	if c.link != LinkStatusActive {
-		return nil, &LinkStatusError{ConnectionID: c.id, Op: op, Status: c.link}
 	}
 	if err := c.checkHead(op, cmd.MessageID, cmd.Seq); err != nil {
 		return nil, err
@@ -591,6 +582,31 @@ func (c *Connection) Dispatch(cmd DispatchMessage, now time.Time) ([]Event, erro
 		return nil, &ExpiredError{ConnectionID: c.id, MessageID: cmd.MessageID, ExpiresAt: cmd.ExpiresAt, Now: now, Expired: true}
 	}
 	return []Event{MessageDispatched{MessageID: cmd.MessageID, Seq: cmd.Seq, DispatchedAt: now.UTC(), Epoch: cmd.Epoch}}, nil
+}
+
+// DispatchRefused returns the error Dispatch refuses any message with under epoch, whatever the
+// message: an unregistered or retired connection, a stale epoch, a clear running, a held
+// queue, a link not active (in Dispatch's order); nil when a dispatch could be decided. A
+// caller may ask before reading the head message (DispatchNext does: a held queue's loop then
+// reads nothing); Dispatch itself asks again, so the answer only saves work.
+func (c *Connection) DispatchRefused(epoch uint64) error {
+	const op = "dispatch"
+	if err := c.live(op); err != nil {
+		return err
+	}
+	if err := c.checkEpoch(op, epoch); err != nil {
+		return err
+	}
+	if err := c.notClearing(op); err != nil {
+		return err
+	}
+	if c.hold != nil {
+		return &QueueHeldError{ConnectionID: c.id, Reason: c.hold.Reason, Since: c.hold.Since}
+	}
+	if c.link != LinkStatusActive {
+		return &LinkStatusError{ConnectionID: c.id, Op: op, Status: c.link}
+	}
+	return nil
 }
 
 // checkEpoch refuses a lease epoch below the highest recorded on the stream.
