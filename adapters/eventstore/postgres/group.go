@@ -102,12 +102,7 @@ func (s *Store) appendGrouped(ctx context.Context, stream string, expected event
 	g.mu.Lock()
 	g.queue = append(g.queue, p)
 	now := time.Now()
-	lead := g.running == 0 || g.running < s.opts.GroupCommitters && (len(g.queue) >= s.opts.GroupMin || s.stalledLocked(now))
-	if lead {
-		g.running++
-	} else {
-		s.armStallLocked(now)
-	}
+	lead := s.leadLocked(now, g.running == 0 || g.running < s.opts.GroupCommitters && (len(g.queue) >= s.opts.GroupMin || s.stalledLocked(now)))
 	g.mu.Unlock()
 	if lead {
 		go s.runGroups()
@@ -120,6 +115,17 @@ func (s *Store) appendGrouped(ctx context.Context, stream string, expected event
 		// during its commit, a retry with the same event id tells.
 		return eventstore.AppendResult{}, ctx.Err()
 	}
+}
+
+// leadLocked counts a group runner to start (the caller starts runGroups) when lead is true,
+// and otherwise arms the stall timer for what waits; it returns lead. Called with g.mu.
+func (s *Store) leadLocked(now time.Time, lead bool) bool {
+	if lead {
+		s.group.running++
+	} else {
+		s.armStallLocked(now)
+	}
+	return lead
 }
 
 // stalledLocked reports whether the running groups have taken no group for GroupStall.
@@ -150,12 +156,7 @@ func (s *Store) stallCheck() {
 		return
 	}
 	now := time.Now()
-	lead := g.running == 0 || s.stalledLocked(now)
-	if lead {
-		g.running++
-	} else {
-		s.armStallLocked(now)
-	}
+	lead := s.leadLocked(now, g.running == 0 || s.stalledLocked(now))
 	g.mu.Unlock()
 	if lead {
 		go s.runGroups()

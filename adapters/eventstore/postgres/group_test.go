@@ -82,20 +82,7 @@ func TestGroupCommitSharesOneTransaction(t *testing.T) {
 			t.Fatalf("append to %s committed in tx %d, the others in %d: not one shared transaction", streams[i], results[i].Position.Commit, commit)
 		}
 	}
-	all, err := st.ReadAll(ctx, eventstore.Start, 0, eventstore.Filter{StreamPrefixes: []string{prefix}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	next := map[string]uint64{}
-	for i, e := range all {
-		if i > 0 && !all[i-1].Position.Less(e.Position) || e.Revision != next[e.Stream] {
-			t.Fatalf("global log out of order at %d: %+v", i, e)
-		}
-		next[e.Stream] = e.Revision + 1
-	}
-	if len(all) != 2*n-1+2 {
-		t.Fatalf("%d events of this test stored, want %d", len(all), 2*n-1+2)
-	}
+	checkLogOrder(t, st, prefix, 2*n-1+2)
 }
 
 // TestGroupCommitStartsAnotherGroupOnlyWhenManyWait: while a group runs (here stuck on a stream
@@ -141,17 +128,7 @@ func TestGroupCommitStartsAnotherGroupOnlyWhenManyWait(t *testing.T) {
 			t.Fatalf("append %d: %+v, %v; want revision 0 in the others' transaction (%+v)", i, results[i], errs[i], results[0])
 		}
 	}
-	select {
-	case err := <-blocked:
-		t.Fatalf("the stuck append returned (%v) before its lock was released", err)
-	default:
-	}
-	if err := held.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-blocked; err != nil {
-		t.Fatal(err)
-	}
+	releaseBlocked(t, held, blocked)
 }
 
 // TestGroupCommitStalledGroupGetsCompany: while a group is stuck on a stream lock (a held
@@ -193,33 +170,10 @@ func TestGroupCommitStalledGroupGetsCompany(t *testing.T) {
 			t.Fatalf("append %d: %+v, %v; want revision 0", i, results[i], errs[i])
 		}
 	}
-	select {
-	case err := <-blocked:
-		t.Fatalf("the stuck append returned (%v) before its lock was released", err)
-	default:
-	}
-	if err := held.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-blocked; err != nil {
-		t.Fatal(err)
-	}
+	releaseBlocked(t, held, blocked)
 	// The log's order holds across the groups: the held append's event, then the blocked one,
 	// each stream's revisions in order.
-	all, err := st.ReadAll(ctx, eventstore.Start, 0, eventstore.Filter{StreamPrefixes: []string{prefix}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	next := map[string]uint64{}
-	for i, e := range all {
-		if i > 0 && !all[i-1].Position.Less(e.Position) || e.Revision != next[e.Stream] {
-			t.Fatalf("global log out of order at %d: %+v", i, e)
-		}
-		next[e.Stream] = e.Revision + 1
-	}
-	if len(all) != n+2 {
-		t.Fatalf("%d events of this test stored, want %d", len(all), n+2)
-	}
+	checkLogOrder(t, st, prefix, n+2)
 }
 
 // TestGroupCommitMixedOutcomes forces one group holding every outcome an append can have, and
@@ -379,6 +333,44 @@ func blockCommitter(t *testing.T, url string, st *postgres.Store, stream string)
 	}()
 	waitBlocked(t, url, st)
 	return held, done
+}
+
+// releaseBlocked checks that the append blockCommitter blocked has not returned, commits the
+// held transaction and waits for the blocked append, which must succeed.
+func releaseBlocked(t *testing.T, held *postgres.HeldAppend, blocked <-chan error) {
+	t.Helper()
+	select {
+	case err := <-blocked:
+		t.Fatalf("the stuck append returned (%v) before its lock was released", err)
+	default:
+	}
+	if err := held.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkLogOrder reads the events of the streams named prefix… from the global log and fails t
+// unless there are want of them, each after the one before and each stream's revisions in
+// order from 0.
+func checkLogOrder(t *testing.T, st *postgres.Store, prefix string, want int) {
+	t.Helper()
+	all, err := st.ReadAll(context.Background(), eventstore.Start, 0, eventstore.Filter{StreamPrefixes: []string{prefix}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := map[string]uint64{}
+	for i, e := range all {
+		if i > 0 && !all[i-1].Position.Less(e.Position) || e.Revision != next[e.Stream] {
+			t.Fatalf("global log out of order at %d: %+v", i, e)
+		}
+		next[e.Stream] = e.Revision + 1
+	}
+	if len(all) != want {
+		t.Fatalf("%d events of this test stored, want %d", len(all), want)
+	}
 }
 
 // waitBlocked waits until a committer of st runs the blocked append: it waits for its stream's
