@@ -26,31 +26,33 @@ type gatedLeases struct {
 
 func (g *gatedLeases) TTL() time.Duration { return g.ttl }
 
+// pass waits until the gate *gate (read under g.mu) is open: nil or closed.
+func (g *gatedLeases) pass(ctx context.Context, gate *chan struct{}) error {
+	g.mu.Lock()
+	ch := *gate
+	g.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (g *gatedLeases) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatcher.Lease, error) {
 	g.claims.Add(1)
-	g.mu.Lock()
-	gate := g.claimGate
-	g.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+	if err := g.pass(ctx, &g.claimGate); err != nil {
+		return nil, err
 	}
 	return g.Leases.Claim(ctx, keys)
 }
 
 func (g *gatedLeases) Renew(ctx context.Context) ([]dispatcher.Lease, error) {
-	g.mu.Lock()
-	gate := g.gate
-	g.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+	if err := g.pass(ctx, &g.gate); err != nil {
+		return nil, err
 	}
 	return g.Leases.Renew(ctx)
 }
