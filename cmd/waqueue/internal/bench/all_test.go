@@ -43,9 +43,9 @@ var figureFormats = []struct {
 		regexp.MustCompile(`^transport=simulator msgs_per_s=[\d.]+ startup_s=[\d.]+ first_send_s=[\d.]+ dispatching=\d+ rss_now_mib=[\d.]+ goroutines=\d+ cpu_per_1k_active=[\d.]+ db_cpu_per_1k_active=[\d.]+ events_per_s=[\d.]+ db_commits_per_s=[\d.]+ db_rows_per_s=[\d.]+ pace_delay_ms=[\d.]+ drained=\d+ leases_held=\d+ seed_s=[\d.]+ baseline=paced baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		[]string{"startup_s", "first_send_s", "rss_now_mib", "goroutines", "baseline_per_s"}},
 	{regexp.MustCompile(`^api/(postgres|sqlite)/enqueue(-no-ryw)?$`),
-		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ group_commit=\d+ append_single_per_s=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ ` +
+		regexp.MustCompile(`^req_per_s=[\d.]+ p50_ms=[\d.]+ p99_ms=[\d.]+ clients=\d+ settled_s=[\d.]+ group_commit=\d+ append_single_per_s=[\d.]+ baseline=insert baseline_per_s=[\d.]+ ratio=[\d.]+ ` +
 			`cpu_us_per_req=[\d.]+ db_cpu_us_per_req=[\d.]+ db_xacts_per_req=[\d.]+ cpu_us_per_insert=[\d.]+ db_cpu_us_per_insert=[\d.]+ http_noop_per_s=[\d.]+ http_noop_cpu_us_per_req=[\d.]+ rss_mib=[\d.]+$`),
-		[]string{"req_per_s", "p99_ms", "baseline_per_s", "http_noop_per_s", "http_noop_cpu_us_per_req", "rss_mib"}},
+		[]string{"req_per_s", "p99_ms", "settled_s", "baseline_per_s", "http_noop_per_s", "http_noop_cpu_us_per_req", "rss_mib"}},
 	{regexp.MustCompile(`^import/(postgres|sqlite)/recipients=\d+$`),
 		regexp.MustCompile(`^msgs_per_s=[\d.]+ answered_s=[\d.]+ pending_s=[\d.]+ settled_s=[\d.]+ baseline=copy baseline_per_s=[\d.]+ ratio=[\d.]+ rss_mib=[\d.]+$`),
 		// Not pending_s: printed in seconds with two decimals, a tiny import pending within

@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/server"
 	"github.com/waqueue/waqueue/commands"
 )
@@ -47,14 +48,16 @@ type APIConfig struct {
 // the messages stay queued), and the store's single-event append at the same concurrency in
 // the same run. It prints
 //
-//	BENCH api/<engine>/enqueue req_per_s=… p99_ms=… group_commit=… append_single_per_s=… baseline=insert baseline_per_s=… ratio=…
+//	BENCH api/<engine>/enqueue req_per_s=… p99_ms=… settled_s=… group_commit=… append_single_per_s=… baseline=insert baseline_per_s=… ratio=…
 //	      cpu_us_per_req=… db_cpu_us_per_req=… db_xacts_per_req=… cpu_us_per_insert=… db_cpu_us_per_insert=…
 //	      http_noop_per_s=… http_noop_cpu_us_per_req=… rss_mib=…
 //
 // cpu_us_per_req is the process's CPU (the API and its HTTP clients) per measured request,
 // db_cpu_us_per_req the PostgreSQL server's (0 on SQLite, or when the server is not on this
-// machine), db_xacts_per_req its committed transactions per request (projections included, as
-// far as they kept up); the _per_insert figures are the same for the baseline's INSERTs.
+// machine), db_xacts_per_req its committed transactions per request; all three run until
+// settled_s, when every read model has applied the last request's event (from the first
+// request), so the projections' whole share counts, and the baselines then run on a database
+// no longer busy with it. The _per_insert figures are the same for the baseline's INSERTs.
 // http_noop_* is the HTTP floor (httpFloor): the same clients' requests to a handler that does
 // nothing, the rate and the process's CPU per request of the exchange alone.
 func API(ctx context.Context, env *Env, cfg APIConfig, w io.Writer) error {
@@ -126,6 +129,7 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	}
 	defer stopProfile() // on the way out early; after the window's stop it does nothing
 	meter := startCost(ctx, pid, stats)
+	windowStart := time.Now()
 	n, elapsed, err := concurrently(ctx, cfg.Clients, cfg.Requests, func(ctx context.Context, c, i int) error {
 		t := time.Now()
 		if err := enqueue(ctx, c, i); err != nil {
@@ -140,6 +144,16 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	if err != nil {
 		return err
 	}
+	// The read models' share finishes after the last answer when they lag: it is part of what
+	// the requests cost, and the baseline must not share the database with it.
+	last, err := lastPosition(ctx, node.Events, eventstore.Start)
+	if err != nil {
+		return err
+	}
+	if err := node.Runner.WaitReached(ctx, projectionNames(node), last); err != nil {
+		return fmt.Errorf("read models settling: %w", err)
+	}
+	settled := time.Since(windowStart)
 	perReqCost := meter.stop(ctx, n)
 	if err := stopProfile(); err != nil {
 		return err
@@ -174,6 +188,7 @@ func apiOnce(ctx context.Context, env *Env, engine string, cfg APIConfig, w io.W
 	}
 	return emit(w, name,
 		"req_per_s", rate, "p50_ms", ms(percentile(all, 50)), "p99_ms", ms(percentile(all, 99)), "clients", cfg.Clients,
+		"settled_s", settled.Seconds(),
 		"group_commit", engineGroupCommit(engine, cfg.GroupCommit), "append_single_per_s", perSecond(bn, bd),
 		"baseline", "insert", "baseline_per_s", baseRate, "ratio", ratio(rate, baseRate),
 		"cpu_us_per_req", perReqCost.CPUus, "db_cpu_us_per_req", perReqCost.DBCPUus, "db_xacts_per_req", perReqCost.DBXacts,
