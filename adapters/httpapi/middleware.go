@@ -136,6 +136,9 @@ func (s *server) edge(next http.Handler) http.Handler {
 			if status >= 500 {
 				level = slog.LevelError
 			}
+			if !s.log.Enabled(r.Context(), level) {
+				return // the line would be discarded: build nothing for it
+			}
 			attrs := []slog.Attr{
 				slog.String("request_id", id), slog.String("method", r.Method), slog.String("path", r.URL.Path),
 				slog.String("route", route), slog.Int("status", status), slog.Int64("bytes", sw.bytes),

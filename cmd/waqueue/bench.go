@@ -277,7 +277,7 @@ func dispatchFlags(c *cobra.Command, f *benchFlags) {
 	fl := c.Flags()
 	fl.IntSliceVar(&f.dispatch.Conns, "conns", nil, "connection counts (default 100,1000,10000; --quick 100,1000)")
 	fl.IntVar(&f.dispatch.Messages, "messages", 0, "messages per dispatch figure, spread over the connections (default 20,000)")
-	fl.StringVar(&f.dispatch.CPUProfile, "window-cpuprofile", "", "dispatch: write a CPU profile of the first figure's timed window to this file (go tool pprof; not with --cpuprofile)")
+	fl.StringVar(&f.dispatch.CPUProfile, "window-cpuprofile", "", "dispatch: write a CPU profile of the timed window to this file, FILE.<engine>.<conns> when several figures (go tool pprof; not with --cpuprofile)")
 }
 
 // dispatchHeapProfileFlag is bench dispatch's own --heap-profile (bench all's is scale's).
@@ -289,7 +289,7 @@ func apiFlags(c *cobra.Command, f *benchFlags) {
 	fl := c.Flags()
 	fl.IntVar(&f.api.Clients, "clients", 0, "concurrent HTTP clients (default 64)")
 	fl.IntVar(&f.api.Requests, "requests", 0, "enqueue requests measured (default 6,400)")
-	fl.StringVar(&f.api.WindowProfile, "window-profile", "", "api: write a CPU profile of the measured requests only to this file (go tool pprof; not with --cpuprofile)")
+	fl.StringVar(&f.api.WindowProfile, "window-profile", "", "api: write a CPU profile of the measured requests only to this file, FILE.<engine> when several engines (go tool pprof; not with --cpuprofile)")
 	fl.DurationVar(&f.api.ReadYourWrites, "read-your-writes", 0, "API read-your-writes wait (default the server's; negative disables it: figure api/<engine>/enqueue-no-ryw)")
 }
 

@@ -393,3 +393,35 @@ func TestReadLinesRendersEveryFigure(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowProfilesOnePerFigure: with several figures, each window's CPU profile gets a file
+// of its own instead of overwriting the one before (the dispatch flag wrote only the last one).
+func TestWindowProfilesOnePerFigure(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.AtLeast(2*time.Minute))
+	defer cancel()
+	env, err := NewEnv(EnvConfig{Dir: t.TempDir(), Adapters: []string{AdapterSQLite}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	prof := filepath.Join(t.TempDir(), "d.cpu")
+	var out bytes.Buffer
+	if err := Dispatch(ctx, env, DispatchConfig{Conns: []int{2, 3}, Messages: 12, SetupWorkers: 2, CPUProfile: prof}, &out); err != nil {
+		t.Fatalf("Dispatch: %v\n%s", err, out.String())
+	}
+	for _, name := range []string{prof + ".sqlite.2", prof + ".sqlite.3"} {
+		if fi, err := os.Stat(name); err != nil || fi.Size() == 0 {
+			t.Errorf("profile %s: %v (size %d)", filepath.Base(name), err, sizeOf(fi))
+		}
+	}
+	if _, err := os.Stat(prof); err == nil {
+		t.Errorf("a profile was written to %s itself as well", filepath.Base(prof))
+	}
+}
+
+func sizeOf(fi os.FileInfo) int64 {
+	if fi == nil {
+		return -1
+	}
+	return fi.Size()
+}

@@ -38,8 +38,9 @@ type APIConfig struct {
 	// shows what the wait costs).
 	ReadYourWrites time.Duration
 	// WindowProfile, when set, names the file that receives a CPU profile of the measured
-	// requests only (the baselines and the set-up left out; one engine: the last one's). It
-	// cannot be combined with bench's --cpuprofile, which profiles the whole run.
+	// requests only (the baselines and the set-up left out); with several engines each gets its
+	// own, FILE.<engine>. It cannot be combined with bench's --cpuprofile, which profiles the
+	// whole run.
 	WindowProfile string
 }
 
@@ -67,7 +68,11 @@ func API(ctx context.Context, env *Env, cfg APIConfig, w io.Writer) error {
 	if cfg.Requests <= 0 {
 		cfg.Requests = 6400
 	}
+	profile := cfg.WindowProfile
 	for _, engine := range env.Adapters {
+		if profile != "" && len(env.Adapters) > 1 {
+			cfg.WindowProfile = profile + "." + engine
+		}
 		if err := apiOnce(ctx, env, engine, cfg, w); err != nil {
 			return fmt.Errorf("bench: api/%s: %w", engine, err)
 		}

@@ -28,8 +28,9 @@ type DispatchConfig struct {
 	SetupWorkers int
 	// GroupCommit is server.Options.GroupCommit of the node measured (0: the server's default).
 	GroupCommit int
-	// CPUProfile, when set, is a file to write a CPU profile of the timed window to (the
-	// first figure measured; a --cpuprofile of the whole run must not be running).
+	// CPUProfile, when set, is a file to write a CPU profile of the timed window to; with
+	// several figures each gets its own, FILE.<engine>.<conns> (a --cpuprofile of the whole run
+	// must not be running).
 	CPUProfile string
 	// HeapProfile, when set, is a file to write a heap profile of the process to (go tool
 	// pprof): at the highest RSS sampled from the node's start to the read models' settling
@@ -73,7 +74,7 @@ func Dispatch(ctx context.Context, env *Env, cfg DispatchConfig, w io.Writer) er
 		cfg.SetupWorkers = 16
 	}
 	several := len(env.Adapters)*len(cfg.Conns) > 1
-	heap := cfg.HeapProfile
+	heap, cpu := cfg.HeapProfile, cfg.CPUProfile
 	for _, engine := range env.Adapters {
 		for _, conns := range cfg.Conns {
 			if conns <= 0 {
@@ -81,6 +82,9 @@ func Dispatch(ctx context.Context, env *Env, cfg DispatchConfig, w io.Writer) er
 			}
 			if heap != "" && several {
 				cfg.HeapProfile = fmt.Sprintf("%s.%s.%d", heap, engine, conns)
+			}
+			if cpu != "" && several {
+				cfg.CPUProfile = fmt.Sprintf("%s.%s.%d", cpu, engine, conns)
 			}
 			if err := dispatchOnce(ctx, env, engine, conns, cfg, w); err != nil {
 				return fmt.Errorf("bench: dispatch/%s/conns=%d: %w", engine, conns, err)
