@@ -57,6 +57,7 @@ func (c ClearConfig) clears(size int) int {
 //
 // cold_ms is the node's first clear (of at most 1,000 pending), which runs before the measured
 // ones and is not in p50 or p99.
+//
 //	BENCH catchup/<engine>/events=<n> events_per_s=… baseline=subscribe baseline_per_s=… ratio=… rss_mib=…
 func Clear(ctx context.Context, env *Env, cfg ClearConfig, w io.Writer) error {
 	if len(cfg.Sizes) == 0 {
