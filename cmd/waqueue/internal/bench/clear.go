@@ -54,11 +54,10 @@ func (c ClearConfig) clears(size int) int {
 // these reads find the log read once before, see clearkit.MeasureClear). It prints
 //
 //	BENCH clear/<engine>/pending=<n> p50_ms=… p99_ms=… dropped_p99_ms=… cold_ms=… clears=… baseline=delete baseline_ms=… ratio=<p99/baseline> rss_mib=…
+//	BENCH catchup/<engine>/events=<n> events_per_s=… baseline=subscribe baseline_per_s=… ratio=… rss_mib=…
 //
 // cold_ms is the node's first clear (of at most 1,000 pending), which runs before the measured
 // ones and is not in p50 or p99.
-//
-//	BENCH catchup/<engine>/events=<n> events_per_s=… baseline=subscribe baseline_per_s=… ratio=… rss_mib=…
 func Clear(ctx context.Context, env *Env, cfg ClearConfig, w io.Writer) error {
 	if len(cfg.Sizes) == 0 {
 		cfg.Sizes = []int{1000, 100_000, 1_000_000}
