@@ -112,6 +112,15 @@ var (
 // Class returns the refused class of a, or "" when a is a public unicast address. IPv4-mapped
 // IPv6 addresses (::ffff:127.0.0.1) are classified as their IPv4 address.
 func Class(a netip.Addr) string {
+	if a.Zone() != "" {
+		// A zone scopes an address to one of this host's interfaces, so it is never a public
+		// destination; and netip's predicates and prefixes do not see through it ("::%x" is
+		// not unspecified, no prefix contains a zoned address): classify the bare address.
+		if c := Class(a.WithZone("")); c != "" {
+			return c
+		}
+		return ClassReserved
+	}
 	a = a.Unmap()
 	switch {
 	case !a.IsValid():
@@ -169,6 +178,10 @@ func (e *Egress) CheckURL(ctx context.Context, raw string) (*url.URL, error) {
 	}
 	if u.User != nil {
 		return nil, &InvalidError{Field: "url", Value: raw, Reason: "must not carry credentials"}
+	}
+	// What is stored and later dialled is the URL's normal form: it must parse to the same host.
+	if again, err := url.Parse(u.String()); err != nil || again.Hostname() != u.Hostname() {
+		return nil, &InvalidError{Field: "url", Value: raw, Reason: "must be an absolute http or https URL"}
 	}
 	if _, err := e.resolve(ctx, u.Hostname()); err != nil {
 		return nil, err

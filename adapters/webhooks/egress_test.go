@@ -94,6 +94,11 @@ func TestRegistrationRefusesNonPublicAddresses(t *testing.T) {
 		{"http://[fe80::1%25eth0]/", webhooks.ClassLinkLocal},
 		{"http://0.0.0.0/", webhooks.ClassUnspecified},
 		{"http://[::]/", webhooks.ClassUnspecified},
+		// A zone hid the address from netip's predicates and prefixes (the fuzzer's find).
+		{"http://[::%25eth0]/", webhooks.ClassUnspecified},
+		{"http://[::ffff:127.0.0.1%25lo]/", webhooks.ClassLoopback},
+		{"http://[64:ff9b::a00:1%25eth0]/", webhooks.ClassReserved},
+		{"http://[2606:4700::1111%25eth0]/", webhooks.ClassReserved},
 		{"http://224.0.0.1/", webhooks.ClassMulticast},
 		{"http://[ff02::1]/", webhooks.ClassMulticast},
 		{"http://100.64.0.1/", webhooks.ClassCGNAT},
