@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/domain/invariants"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections/dispatcher"
 )
 
@@ -29,6 +29,38 @@ func pgLeases(t *testing.T, h *harness, node string, ttl time.Duration) *lease.P
 		t.Fatal(err)
 	}
 	return l
+}
+
+// stableTTL is the lease TTL of the tests in which no lease may lapse or move but by what the
+// test does: no stall of a loaded machine comes near it. With a TTL of 2 s renewed every 500 ms, a
+// renewal stalled for 1.5 s (a load of 30 on 2 cores) let a session lapse, its leases moved to the
+// other node, and instant checks of Held() or of the sends through each owner failed. A test
+// that needs a node gone ends its session (crash); none waits for a TTL.
+var stableTTL = testwait.Limit
+
+// renewEvery is the renewal interval of the nodes with stableTTL: short, so the live set, the
+// balancing hand-overs and the retried claims follow a change within a fraction of a second.
+const renewEvery = 250 * time.Millisecond
+
+// stableNode starts a dispatcher with its own simulator and node's leases with stableTTL,
+// renewed every renewEvery.
+func (h *harness) stableNode(sim *simulator.Simulator, node string) (*running, *lease.Postgres) {
+	h.t.Helper()
+	l := pgLeases(h.t, h, node, stableTTL)
+	return h.start(func(c *dispatcher.Config) {
+		c.Transport, c.Leases, c.LeaseRenewInterval = sim, l, renewEvery
+	}), l
+}
+
+// crash ends node's session as the database ends one that expired, through a handle of its own
+// (the node's dispatcher is stopped first, without releasing its leases): every lease of it is
+// free at once, with its owner and epoch kept, and the node leaves the live set. The takeover
+// then follows at once, whatever the TTL; the expiry itself is the leasetest suite's subject.
+func crash(t *testing.T, h *harness, node string) {
+	t.Helper()
+	if err := pgLeases(t, h, node, stableTTL).Release(context.Background(), nil); err != nil {
+		t.Fatalf("ending %s's session: %v", node, err)
+	}
 }
 
 // nodeSim is one node's transport: a simulator of its own, so a session runs only on the node
@@ -87,8 +119,9 @@ func epochs(hist []invariants.Recorded) []uint64 {
 // once, through the session of the node holding the connection's lease; once settled, every
 // connection is held by exactly one node, the one rendezvous hashing ranks first among the live
 // nodes, and its messages go through that node only. When a node crashes (its context ends
-// without releasing its leases) its connections resume on the other once the leases expire,
-// with a higher epoch, and nothing is handed over twice.
+// without releasing its leases, then its session ends as an expired one does) its connections
+// resume on the other, with a higher epoch, and nothing is handed over twice. The leases outlive
+// any stall (stableTTL), so none moves before the crash.
 func TestTwoNodesShareDispatchAndTakeOverAfterACrash(t *testing.T) {
 	h := newHarness(t, openPostgres)
 	h.autoAdvance(100 * time.Millisecond)
@@ -96,7 +129,6 @@ func TestTwoNodesShareDispatchAndTakeOverAfterACrash(t *testing.T) {
 	if testing.Short() {
 		conns, per = 6, 8
 	}
-	ttl := 2 * time.Second
 	simA, simB := nodeSim(t, h, 1), nodeSim(t, h, 2)
 	sims := map[string]*simulator.Simulator{"a": simA, "b": simB}
 	ids := make([]string, conns)
@@ -104,7 +136,9 @@ func TestTwoNodesShareDispatchAndTakeOverAfterACrash(t *testing.T) {
 		ids[i] = fmt.Sprintf("c%d", i)
 		h.registerOnly(ids[i])
 	}
-	nodes := map[string]*running{"a": h.node(simA, pgLeases(t, h, "a", ttl)), "b": h.node(simB, pgLeases(t, h, "b", ttl))}
+	nodes := map[string]*running{}
+	nodes["a"], _ = h.stableNode(simA, "a")
+	nodes["b"], _ = h.stableNode(simB, "b")
 	for _, id := range ids {
 		h.startBroadcast(id, per)
 	}
@@ -171,7 +205,8 @@ func TestTwoNodesShareDispatchAndTakeOverAfterACrash(t *testing.T) {
 		check(id, per+1)
 	}
 
-	// Crash the node with the most connections: its context ends, its leases are not released.
+	// Crash the node with the most connections: its context ends, its leases are not released,
+	// its session ends.
 	victim, survivor := "a", "b"
 	if onA*2 < conns {
 		victim, survivor = "b", "a"
@@ -183,6 +218,7 @@ func TestTwoNodesShareDispatchAndTakeOverAfterACrash(t *testing.T) {
 		before[id] = countOn(id, sims[survivor])
 	}
 	nodes[victim].stop()
+	crash(t, h, victim)
 	for i, id := range ids {
 		for j := range per {
 			h.enqueueOne(id, fmt.Sprintf("after-%d-%d", i, j), 0)
@@ -206,12 +242,13 @@ func TestTwoNodesShareDispatchAndTakeOverAfterACrash(t *testing.T) {
 
 // Start-up recovery touches only the connections this node holds (issue 15.3): a second node
 // starting while another holds a connection with a message in flight does not record it
-// unknown; once the holder is gone (its lease expires), the new owner does.
+// unknown; once the holder is gone (its session ended), the new owner does. a's lease outlives
+// any stall (stableTTL): a ticker renewing a 2 s lease stalled past it under load, and b took
+// the connection over before the check.
 func TestRecoveryOnlyOnHeldConnections(t *testing.T) {
 	h := newHarness(t, openPostgres)
 	h.autoAdvance(100 * time.Millisecond)
 	ctx := context.Background()
-	ttl := 2 * time.Second
 	h.registerOnly("c1")
 	if _, err := h.pair.Handle(commands.WithPrincipal(ctx, commands.SystemPrincipal(tenant)),
 		commands.PairingSucceeded{ConnectionID: "c1", JID: "4915112345678:1@s.whatsapp.net"}); err != nil {
@@ -222,7 +259,7 @@ func TestRecoveryOnlyOnHeldConnections(t *testing.T) {
 	h.waitProjections(h.lastPosition("c1", connection.TypeMessageQueued), "queue")
 
 	// Node a holds the lease and dispatched the first message; it is mid-send (in flight).
-	la := pgLeases(t, h, "a", ttl)
+	la := pgLeases(t, h, "a", stableTTL)
 	got, err := la.Claim(ctx, []dispatcher.LeaseKey{{Tenant: tenant, ConnectionID: "c1"}})
 	if err != nil || len(got) != 1 {
 		t.Fatalf("a's claim: %v %v", got, err)
@@ -237,30 +274,9 @@ func TestRecoveryOnlyOnHeldConnections(t *testing.T) {
 	}
 
 	// Node b starts: it sees the connection (its wake events from the start of the log) but may
-	// not touch it while a's lease stands. Renew a's lease until b has seen everything, so the
-	// check below does not depend on timing.
+	// not touch it while a's lease stands.
 	simB := nodeSim(t, h, 2)
-	b := h.node(simB, pgLeases(t, h, "b", ttl))
-	stopRenew := make(chan struct{})
-	renewed := make(chan struct{})
-	var stopOnce sync.Once
-	stop := func() { stopOnce.Do(func() { close(stopRenew) }); <-renewed }
-	t.Cleanup(stop) // before the database closes, also when the test fails early
-	go func() {
-		defer close(renewed)
-		tick := time.NewTicker(ttl / 8)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stopRenew:
-				return
-			case <-tick.C:
-				if _, err := la.Renew(ctx); err != nil {
-					t.Error(err)
-				}
-			}
-		}
-	}()
+	b, _ := h.stableNode(simB, "b")
 	h.idle(b, h.lastPosition("c1", connection.TypeMessageQueued))
 	hist := h.history("c1")
 	if n := count[connection.MessageOutcomeUnknown](hist); n != 0 {
@@ -273,9 +289,9 @@ func TestRecoveryOnlyOnHeldConnections(t *testing.T) {
 		t.Fatalf("node b holds %v and sent %d", b.Held(), len(simB.Sends()))
 	}
 
-	// Node a crashes: b takes over after the expiry, records a's message unknown (never resent)
-	// and sends the second.
-	stop()
+	// Node a crashes (its session ends): b takes over, records a's message unknown (never
+	// resent) and sends the second.
+	crash(t, h, "a")
 	h.eventually("second sent by b", func() bool { return count[connection.MessageSent](h.history("c1")) == 1 })
 	hist = h.history("c1")
 	if n := count[connection.MessageOutcomeUnknown](hist); n != 1 {
@@ -386,14 +402,13 @@ func TestGracefulShutdownReleasesLeases(t *testing.T) {
 func TestJoiningNodeTakesItsShare(t *testing.T) {
 	h := newHarness(t, openPostgres)
 	h.autoAdvance(100 * time.Millisecond)
-	ttl := 2 * time.Second
 	simA, simB := nodeSim(t, h, 1), nodeSim(t, h, 2)
 	ids := make([]string, 8)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("c%d", i)
 		h.registerOnly(ids[i])
 	}
-	a := h.node(simA, pgLeases(t, h, "a", ttl))
+	a, _ := h.stableNode(simA, "a")
 	for i, id := range ids {
 		h.enqueueOne(id, fmt.Sprint("first-", i), 0)
 	}
@@ -403,7 +418,7 @@ func TestJoiningNodeTakesItsShare(t *testing.T) {
 	if n := len(a.Held()); n != len(ids) {
 		t.Fatalf("a alone holds %d of %d", n, len(ids))
 	}
-	b := h.node(simB, pgLeases(t, h, "b", ttl))
+	b, _ := h.stableNode(simB, "b")
 	want := map[string]string{}
 	toB := 0
 	for _, id := range ids {
@@ -442,7 +457,6 @@ func TestJoiningNodeTakesItsShare(t *testing.T) {
 func TestStrayLeaseIsReleased(t *testing.T) {
 	h := newHarness(t, openPostgres)
 	h.autoAdvance(100 * time.Millisecond)
-	ttl := 2 * time.Second
 	simA, simB := nodeSim(t, h, 1), nodeSim(t, h, 2)
 	ids := make([]string, 8)
 	toB := 0
@@ -462,15 +476,14 @@ func TestStrayLeaseIsReleased(t *testing.T) {
 	if toB == 0 || toB == len(ids) {
 		t.Fatalf("rendezvous puts %d of %d on b; pick other ids", toB, len(ids))
 	}
-	la := pgLeases(t, h, "a", ttl)
-	h.node(simA, la)
+	_, la := h.stableNode(simA, "a")
 	for i, id := range ids {
 		h.enqueueOne(id, fmt.Sprint("first-", i), 0)
 	}
 	for _, id := range ids {
 		h.eventually(id+" sent", func() bool { return count[connection.MessageSent](h.history(id)) == 1 })
 	}
-	b := h.node(simB, pgLeases(t, h, "b", ttl))
+	b, _ := h.stableNode(simB, "b")
 	h.eventually("b holds its share (a knows b is live)", func() bool { return len(b.Held()) == toB })
 
 	if got, err := la.Claim(context.Background(), []dispatcher.LeaseKey{{Tenant: tenant, ConnectionID: stray}}); err != nil || len(got) != 1 {
