@@ -39,8 +39,11 @@ func pairThroughNonOwner(t *testing.T, apiOnly bool) {
 	defer cancel()
 	url := pgtest.URL(t)
 	devs := simulator.NewDevices()
+	// The lease stays on a whatever the load: its TTL outlives any stall (with 2 s, a stalled
+	// renewal moved it to b and the session or the send went through b); the renewals are
+	// frequent, so each node learns the other is live within a fraction of a second.
 	start := func(name string) (*server.Node, *httptest.Server) {
-		n := startNode(ctx, t, server.Options{DB: url, NodeID: name, LeaseTTL: 2 * time.Second, NoPacing: true,
+		n := startNode(ctx, t, server.Options{DB: url, NodeID: name, LeaseTTL: testwait.Limit, LeaseRenewInterval: 250 * time.Millisecond, NoPacing: true,
 			Simulator: simulator.Options{Seed: 1, Devices: devs}, NoDispatcher: apiOnly && name == "b"})
 		srv := httptest.NewServer(contract(t, n.Handler))
 		t.Cleanup(srv.Close)

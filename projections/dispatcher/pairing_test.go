@@ -51,7 +51,6 @@ func holds(r *running, id string) bool {
 func TestPairLogoutAndRetireThroughTheNonOwner(t *testing.T) {
 	h := newHarness(t, openPostgres)
 	h.autoAdvance(100 * time.Millisecond)
-	ttl := 2 * time.Second
 	simA, simB, devs := sharedWhatsApp(t, h)
 	nodes := []string{"a", "b"}
 	ids := rankedFirst("p", "a", nodes, 2)
@@ -59,15 +58,17 @@ func TestPairLogoutAndRetireThroughTheNonOwner(t *testing.T) {
 	for _, c := range ids {
 		h.registerOnly(c)
 	}
-	// Each node with its own Repository (its own aggregate cache), as separate processes.
+	// Each node with its own Repository (its own aggregate cache), as separate processes. The
+	// lease stays on a whatever the load (stableTTL): with a 2 s TTL a stalled renewal moved it to
+	// b, and the pairing's or the send's node was b's.
 	node := func(sim *simulator.Simulator, name string) *running {
 		repo, err := commands.NewRepository(h.env.store, commands.RepositoryOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return h.start(func(c *dispatcher.Config) {
-			c.Transport, c.Leases, c.Repository = sim, pgLeases(t, h, name, ttl), repo
-			c.LeaseRenewInterval = ttl / 4
+			c.Transport, c.Leases, c.Repository = sim, pgLeases(t, h, name, stableTTL), repo
+			c.LeaseRenewInterval = renewEvery
 		})
 	}
 	na, nb := node(simA, "a"), node(simB, "b")

@@ -79,7 +79,9 @@ func TestIdleConnectionsGetNoLoopAtStart(t *testing.T) {
 
 			var l dispatcher.Leases
 			if tc.leases {
-				l = pgLeases(t, h, "n1", 2*time.Second) // sessions follow the leases
+				// Sessions follow the leases. They outlive any stall (stableTTL): with a 2 s
+				// TTL a stalled renewal lost them, and the counts of held leases fell short.
+				l = pgLeases(t, h, "n1", stableTTL)
 			} else {
 				for i := range idle + busy { // what the server's connector does without leases
 					if err := h.sim.Connect(context.Background(), key(id(i))); err != nil {
