@@ -22,6 +22,20 @@ type gatedLeases struct {
 	mu        sync.Mutex
 	gate      chan struct{} // nil: open; Renew waits until it is closed
 	claimGate chan struct{} // nil: open; Claim waits until it is closed
+	claimed   []time.Time   // when each Claim was called
+}
+
+// claimsBefore returns the number of Claim calls made in [from, to).
+func (g *gatedLeases) claimsBefore(from, to time.Time) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, at := range g.claimed {
+		if !at.Before(from) && at.Before(to) {
+			n++
+		}
+	}
+	return n
 }
 
 func (g *gatedLeases) TTL() time.Duration { return g.ttl }
@@ -44,6 +58,9 @@ func (g *gatedLeases) pass(ctx context.Context, gate *chan struct{}) error {
 
 func (g *gatedLeases) Claim(ctx context.Context, keys []dispatcher.LeaseKey) ([]dispatcher.Lease, error) {
 	g.claims.Add(1)
+	g.mu.Lock()
+	g.claimed = append(g.claimed, time.Now())
+	g.mu.Unlock()
 	if err := g.pass(ctx, &g.claimGate); err != nil {
 		return nil, err
 	}
@@ -80,6 +97,13 @@ func (g *gatedLeases) open() {
 // message; the renewals are let go once every loop runs (or, before the fix, once all were sent
 // through claims of their own). The loops must get their leases from the next renewal: claims
 // are counted, not times.
+//
+// Only the claims made within the local TTL of the new messages count: a loop of the fixed code
+// claims only after a renewal that started after it found its lease past its local expiry (so
+// after the messages came) left the lease invalid, that is at least the TTL after the messages.
+// On a loaded machine a renewal or a loop's wake-up can stall that long (3 s): the claims that
+// follow are right and were counted as failures. The claims of a loop that does not wait for the
+// renewal come at once, well inside the window.
 func TestLateRenewalIsAwaitedNotClaimedPerConnection(t *testing.T) {
 	const conns = 16
 	h := newHarness(t, openPostgres)
@@ -100,7 +124,7 @@ func TestLateRenewalIsAwaitedNotClaimedPerConnection(t *testing.T) {
 
 	leases.hold()
 	h.eventually("every lease past its local expiry", func() bool { return len(d.Held()) == 0 })
-	claims := leases.claims.Load()
+	claims, from := leases.claims.Load(), time.Now()
 	for _, id := range ids {
 		h.enqueueOne(id, "late-"+id, 0)
 	}
@@ -109,10 +133,11 @@ func TestLateRenewalIsAwaitedNotClaimedPerConnection(t *testing.T) {
 	})
 	leases.open()
 	h.eventually("the second messages sent", func() bool { return d.Stats().Sent >= 2*conns })
-	n := leases.claims.Load() - claims
-	t.Logf("%d lease claims for %d connections after a late renewal", n, conns)
+	all := leases.claims.Load() - claims
+	n := leases.claimsBefore(from, from.Add(leases.ttl))
+	t.Logf("%d lease claims for %d connections after a late renewal, %d of them within the TTL (%s) of the messages", all, conns, n, leases.ttl)
 	if n > conns/4 {
-		t.Errorf("%d lease claims for %d connections whose leases the database still held (a late renewal), want at most %d: the loops must wait for the next renewal", n, conns, conns/4)
+		t.Errorf("%d lease claims within the TTL for %d connections whose leases the database still held (a late renewal), want at most %d: the loops must wait for the next renewal", n, conns, conns/4)
 	}
 	for _, id := range ids {
 		h.checkInvariants(id)
