@@ -321,9 +321,18 @@ func TestCommandsOverNATS(t *testing.T) {
 	}
 }
 
+// A message nacked on every delivery is delivered MaxDeliver times (3 in openNATS), then
+// terminated: the consumer holds nothing pending and its ack floor has passed the message. The
+// deliveries are counted until there are 3 (bounded only by the hang guard), the termination is
+// read from the consumer, and only the absence of a 4th delivery is judged by a quiet window,
+// which a stall can make miss a 4th delivery but never fail a good run. (The test took 1 s
+// without a delivery as the end and then required 3: on a loaded machine a redelivery came
+// later than that, and the count ended at 2.)
 func TestPoisonMessageIsTerminated(t *testing.T) {
+	const maxDeliver = 3 // openNATS's Config.MaxDeliver
 	ctx := testCtx(t)
-	pub, sub := openNATS(t, startNATS(t))
+	url := startNATS(t)
+	pub, sub := openNATS(t, url)
 	msgs, err := sub.Subscribe(ctx, "poison")
 	if err != nil {
 		t.Fatal(err)
@@ -331,22 +340,35 @@ func TestPoisonMessageIsTerminated(t *testing.T) {
 	if err := pub.Publish("poison", message.NewMessage(watermill.NewUUID(), []byte("x"))); err != nil {
 		t.Fatal(err)
 	}
-	deliveries := 0
-	quiet := time.NewTimer(time.Hour)
-	for {
+	for deliveries := 0; deliveries < maxDeliver; deliveries++ {
 		select {
 		case m := <-msgs:
-			deliveries++
 			m.Nack()
-			quiet.Reset(time.Second) // MaxNakDelay is 50ms: a further delivery would come well within
-		case <-quiet.C:
-			if deliveries != 3 {
-				t.Fatalf("deliveries = %d, want MaxDeliver = 3", deliveries)
-			}
-			return
 		case <-ctx.Done():
-			t.Fatalf("deliveries = %d: %v", deliveries, ctx.Err())
+			t.Fatalf("deliveries = %d, want MaxDeliver = %d: %v", deliveries, maxDeliver, ctx.Err())
 		}
+	}
+	nc, js := connectJS(t, url)
+	defer nc.Close()
+	c, err := js.Consumer(ctx, broker.EventsStream, "waqueue_poison")
+	if err != nil {
+		t.Fatalf("the poison topic's consumer: %v", err)
+	}
+	var info *jetstream.ConsumerInfo
+	waitFor(t, "the message terminated (nothing pending, the ack floor past it)", func() bool {
+		if info, err = c.Info(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return info.NumAckPending == 0 && info.AckFloor.Stream == info.Delivered.Stream
+	})
+	if info.Delivered.Consumer != maxDeliver || info.NumRedelivered != 0 || info.NumPending != 0 {
+		t.Fatalf("consumer after termination: delivered %d, redelivered %d, pending %d; want %d, 0, 0",
+			info.Delivered.Consumer, info.NumRedelivered, info.NumPending, maxDeliver)
+	}
+	select {
+	case <-msgs:
+		t.Fatalf("a delivery after MaxDeliver = %d", maxDeliver)
+	case <-time.After(200 * time.Millisecond): // MaxNakDelay is 50ms: a further delivery would come well within
 	}
 }
 
