@@ -520,17 +520,35 @@ func TestIdleConnectionsRunNoLoops(t *testing.T) {
 func itoa(i int) string { return strconv.Itoa(i) }
 
 // The daily cap counts the day's dispatches of an earlier process from the history: a restarted
-// dispatcher does not start the day's count again from zero.
+// dispatcher does not start the day's count again from zero. The clock moves only while the
+// dispatcher waits on it (its pacing interval), in steps, as in TestPacingAndDailyCap: it moved
+// 500 ms every 2 ms of real time, so a run longer than 216 s (a loaded machine, the race
+// detector) passed midnight and the cap began a new day.
 func TestDailyCapSurvivesRestart(t *testing.T) {
 	h := newHarness(t, openSQLite)
-	h.autoAdvance(500 * time.Millisecond)
 	pacing := paced
+	const step = 100 * time.Millisecond
+	// drive advances the clock by step whenever a timer is pending, until cond holds (a loop
+	// may finish without one: cond is polled, not waited for behind a timer). Reaching the next
+	// day would take hours of this at 100 ms of the clock per poll.
+	drive := func(what string, cond func() bool) {
+		t.Helper()
+		h.eventually(what, func() bool {
+			if cond() {
+				return true
+			}
+			if h.clock.Pending() > 0 {
+				h.clock.Advance(step)
+			}
+			return false
+		})
+	}
 	d1 := h.start(pacing)
 	h.registerPaired("c1", d1)
 	h.setPolicy("c1", connection.SendingPolicyPatch{MinInterval: ptr(time.Second), Jitter: ptr(time.Duration(0)), DailyCap: ptr(3)})
 	h.enqueueOne("c1", "a", 0)
 	h.enqueueOne("c1", "bb", 0)
-	h.eventually("two sent", func() bool { return len(h.sends("c1")) == 2 })
+	drive("two sent, the loop gone", func() bool { return len(h.sends("c1")) == 2 && d1.ActiveLoops() == 0 })
 	h.idle(d1, h.lastPosition("c1", connection.TypeMessageQueued))
 	d1.stop()
 
@@ -538,7 +556,10 @@ func TestDailyCapSurvivesRestart(t *testing.T) {
 	for _, k := range []string{"ccc", "dddd", "eeeee"} {
 		h.enqueueOne("c1", k, 0)
 	}
-	h.eventually("cap reached", func() bool { return len(h.sends("c1")) == 3 })
+	drive("cap reached", func() bool { return len(h.sends("c1")) == 3 })
+	// The fourth waits out the pacing interval, then for the cap: the loop exits, leaving a timer
+	// at midnight.
+	drive("the loop gone after the cap", func() bool { return d2.ActiveLoops() == 0 })
 	h.idle(d2, h.lastPosition("c1", connection.TypeMessageQueued))
 	if got := len(h.sends("c1")); got != 3 {
 		t.Fatalf("sent %d today across the restart, want the cap 3", got)
