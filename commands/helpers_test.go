@@ -16,14 +16,14 @@ import (
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/domain/invariants"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 const (
-	tenant  = "tenant-a"
-	phone   = "+491701234567"
-	timeout = 2 * time.Minute
+	tenant = "tenant-a"
+	phone  = "+491701234567"
 )
 
 var (
@@ -35,7 +35,7 @@ var (
 func as(ctx context.Context, p auth.Principal) context.Context { return WithPrincipal(ctx, p) }
 
 func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	t.Cleanup(cancel)
 	return ctx
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // transportCalls are the commands only the node's own transport, dispatcher and processes may
@@ -104,7 +105,7 @@ func TestTransportCommandsAreNotOnTheBus(t *testing.T) {
 		}
 	}
 	// The policy change is the marker that the processor got this far.
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(testwait.Limit)
 	for countTypes(first(history(t, ctx, store, "c-1")))[connection.TypeOnBanPolicyChanged] == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the bus command was not applied")

@@ -43,7 +43,7 @@ func startNATSUsers(t *testing.T, users []*server.User) string {
 		t.Fatal(err)
 	}
 	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
+	if !s.ReadyForConnections(testwait.Limit) {
 		t.Fatal("nats server not ready")
 	}
 	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })

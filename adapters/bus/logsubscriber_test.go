@@ -14,6 +14,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/bus"
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/sqlite"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // openStore opens an SQLite event store of pageSize events a page (0: the store's default)
@@ -58,7 +59,7 @@ func subscribe(t *testing.T, cfg bus.LogSubscriberConfig) *subscription {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sub.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	t.Cleanup(cancel)
 	msgs, err := sub.Subscribe(ctx, "t")
 	if err != nil {

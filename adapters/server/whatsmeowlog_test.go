@@ -8,10 +8,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/waqueue/waqueue/adapters/server"
 	wmtransport "github.com/waqueue/waqueue/adapters/whatsmeow"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -30,7 +30,7 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 // TestWhatsmeowLogsReachTheNodeLogger: the composition root gives the whatsmeow transport the
 // node's logger (issue 11.10; before, the manager got none and whatsmeow's logs were dropped).
 func TestWhatsmeowLogsReachTheNodeLogger(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
 	var buf syncBuffer
 	log := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))

@@ -23,7 +23,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // openStore opens a migrated store on a fresh database. Options may tune it.
 func openStore(t *testing.T, url string, opts postgres.Options) *postgres.Store {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
 	st, err := postgres.Open(ctx, url, opts)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
+	"github.com/waqueue/waqueue/internal/testwait"
 )
 
 // Factory builds a store for one test. clock is the store's clock; the store must stamp every
@@ -34,7 +35,8 @@ type Options struct {
 	// testing.Short().
 	Short bool
 	// Timeout bounds every wait of the suite for an event to arrive through Subscribe. It is a
-	// generous upper bound for a failure to show, never an assertion of speed. Zero means 30s.
+	// generous upper bound for a failure to show, never an assertion of speed. Zero means
+	// testwait.Limit (it was 30 s, shorter than the project's hang guard).
 	Timeout time.Duration
 	// ReportsExisting is set for adapters that mark an idempotent retry with
 	// AppendResult.Existing (sqlite, postgres); the suite then requires it.
@@ -43,7 +45,7 @@ type Options struct {
 
 func (o *Options) setDefaults() {
 	if o.Timeout <= 0 {
-		o.Timeout = 30 * time.Second
+		o.Timeout = testwait.Limit
 	}
 }
 

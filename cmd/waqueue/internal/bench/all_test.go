@@ -354,7 +354,7 @@ func TestParseLineAndPercentile(t *testing.T) {
 
 // TestAPIWithoutReadYourWrites runs the diagnostic API figure (no read-your-writes wait).
 func TestAPIWithoutReadYourWrites(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
 	env, err := NewEnv(EnvConfig{Dir: t.TempDir(), Adapters: []string{AdapterSQLite}})
 	if err != nil {
