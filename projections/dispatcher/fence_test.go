@@ -19,6 +19,7 @@ import (
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/domain/invariants"
+	"github.com/waqueue/waqueue/internal/testwait"
 	"github.com/waqueue/waqueue/projections/dispatcher"
 )
 
@@ -98,7 +99,7 @@ func TestRetryAfterDisruptionDuringBackoffNotHandedOver(t *testing.T) {
 			h.eventually("first hand-over refused", func() bool {
 				return counter(t, reg, "waqueue_dispatcher_sends_total", "outcome", dispatcher.OutcomeNotConnected) >= 1
 			})
-			if !h.clock.WaitForTimers(1, time.Minute) {
+			if !h.clock.WaitForTimers(1, testwait.Limit) {
 				t.Fatal("the dispatcher does not wait for its backoff")
 			}
 			tc.disrupt(h)
