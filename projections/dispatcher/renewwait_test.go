@@ -96,7 +96,7 @@ func (g *gatedLeases) open() {
 // is past its local expiry (the database still holds them all), then each connection gets a
 // message; the renewals are let go once every loop runs (or, before the fix, once all were sent
 // through claims of their own). The loops must get their leases from the next renewal: claims
-// are counted, not times.
+// are counted; no duration is asserted.
 //
 // Only the claims made within the local TTL of the new messages count: a loop of the fixed code
 // claims only after a renewal that started after it found its lease past its local expiry (so
