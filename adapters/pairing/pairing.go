@@ -34,6 +34,9 @@ var ErrNoCode = errors.New("pairing: no QR code: the pairing ended without one")
 // ErrNoTransport is returned by Start on a node without a transport when no pairing runs.
 var ErrNoTransport = errors.New("pairing: this node has no WhatsApp transport")
 
+// ErrClosed is Start's error once Close was called.
+var ErrClosed = errors.New("pairing: the manager is closed")
+
 // QR is the latest code of a QR pairing.
 type QR struct {
 	Code string
@@ -74,7 +77,12 @@ type Manager struct {
 
 	mu   sync.Mutex
 	runs map[string]*run // connection.Key -> the pairing running on this node
-	wg   sync.WaitGroup
+	// claiming holds a channel per connection.Key whose row a Start is claiming, closed when
+	// the claim is done: the claim runs outside mu, so a slow claim (a row lock, a busy
+	// database) holds up only the Starts of its own connection, not every tenant's.
+	claiming map[string]chan struct{}
+	closed   bool // Close was called: no pairing starts
+	wg       sync.WaitGroup
 }
 
 // run is a pairing running on this node.
@@ -123,7 +131,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Manager{cfg: cfg, runs: map[string]*run{}}, nil
+	return &Manager{cfg: cfg, runs: map[string]*run{}, claiming: map[string]chan struct{}{}}, nil
 }
 
 // NodeID returns the node's id as the rows name it.
@@ -163,18 +171,49 @@ const (
 func (m *Manager) Start(ctx context.Context, tenantID, connID string) (QR, error) {
 	key := connection.Key(tenantID, connID)
 	m.mu.Lock()
-	if r, ok := m.runs[key]; ok {
+	for {
+		if m.closed {
+			m.mu.Unlock()
+			return QR{}, ErrClosed
+		}
+		if r, ok := m.runs[key]; ok {
+			m.mu.Unlock()
+			return m.wait(ctx, r)
+		}
+		busy, ok := m.claiming[key]
+		if !ok {
+			break
+		}
+		// Another Start of this connection is claiming its row: take what it gets.
 		m.mu.Unlock()
-		return m.wait(ctx, r)
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return QR{}, ctx.Err()
+		}
+		m.mu.Lock()
 	}
 	if m.cfg.Transport == nil {
 		m.mu.Unlock()
 		return m.join(ctx, tenantID, connID)
 	}
+	done := make(chan struct{})
+	m.claiming[key] = done
+	m.mu.Unlock()
 	now := m.cfg.Now()
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
 	r := &run{id: rand.Text(), expires: now.Add(m.cfg.Timeout), cancel: cancel, first: make(chan struct{}), running: true, updated: now}
 	claimed, err := m.claim(ctx, tenantID, connID, r, now)
+	m.mu.Lock()
+	delete(m.claiming, key)
+	close(done)
+	if claimed && m.closed {
+		// Closed during the claim: Close has cancelled the runs it saw, not this one.
+		m.mu.Unlock()
+		cancel()
+		m.end(tenantID, connID, key, r, ErrClosed)
+		return QR{}, ErrClosed
+	}
 	if err != nil || !claimed {
 		m.mu.Unlock()
 		cancel()
@@ -375,9 +414,11 @@ func (m *Manager) Latest(ctx context.Context, tenantID, connID string) (_ QR, ok
 	return q, true, nil
 }
 
-// Close ends the pairings running on this node (their rows are marked ended) and waits for them.
+// Close ends the pairings running on this node (their rows are marked ended) and waits for
+// them. A Start after it, or one whose claim it interrupts, fails with ErrClosed.
 func (m *Manager) Close() {
 	m.mu.Lock()
+	m.closed = true
 	for _, r := range m.runs {
 		r.cancel()
 	}

@@ -295,3 +295,78 @@ func TestTimedOutPairingEnds(t *testing.T) {
 		}
 	})
 }
+
+// TestSlowClaimHoldsUpOnlyItsConnection: a Start whose claim of its row waits (here on a row
+// lock another transaction holds; in production a busy database) does not hold up another
+// tenant's Start on the same node. The claim used to run under the manager's mutex, so every
+// Start of the node waited for the slowest claim. Then the held Start completes once the lock
+// is gone, and a Start after Close fails with ErrClosed.
+func TestSlowClaimHoldsUpOnlyItsConnection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
+	defer cancel()
+	pdb, err := sql.Open("pgx", pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pdb.Close() })
+	db := &projections.DB{SQL: pdb, Dialect: projections.Postgres}
+	if err := pairing.Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	a := newNode(t, db, simulator.NewDevices(), "a", nil)
+
+	// Hold the row of t1/slow: an uncommitted insert of the same key makes the claim's upsert wait.
+	blocker, err := pdb.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = blocker.Rollback() }()
+	if _, err := blocker.ExecContext(ctx, `INSERT INTO qr_pairings (tenant_id, connection_id, run_id, node_id, state,
+		started_at_us, updated_at_us, expires_at_us) VALUES ('t1', 'slow', 'x', 'gone', 'ended', 0, 0, 0)`); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		q   pairing.QR
+		err error
+	}
+	slow := make(chan result, 1)
+	go func() {
+		q, err := a.Start(ctx, "t1", "slow")
+		slow <- result{q, err}
+	}()
+	waitFor(t, ctx, "the slow Start's claim waiting on the row lock", func() bool {
+		var n int
+		if err := pdb.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO qr_pairings%'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	})
+
+	q, err := a.Start(ctx, "t2", "fast")
+	if err != nil || q.Code == "" {
+		t.Fatalf("another tenant's Start while a claim waits: %+v, %v", q, err)
+	}
+	select {
+	case r := <-slow:
+		t.Fatalf("the held Start returned before its row was released: %+v, %v", r.q, r.err)
+	default:
+	}
+
+	if err := blocker.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-slow:
+		if r.err != nil || r.q.Code == "" {
+			t.Fatalf("the held Start after the row was released: %+v, %v", r.q, r.err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the held Start never returned")
+	}
+
+	a.Close()
+	if _, err := a.Start(ctx, "t3", "late"); !errors.Is(err, pairing.ErrClosed) {
+		t.Fatalf("Start after Close: %v, want ErrClosed", err)
+	}
+}
