@@ -35,11 +35,12 @@ var (
 	_ AfterCommitter = (*Cards)(nil)
 )
 
-// OnCommit adds f to the functions called after every committed batch with the ids of the
-// connections whose cards it changed (each once, in no particular order). f runs on the
-// projection's goroutine and must return quickly (wake a worker; no I/O): the operator
-// console uses it to push changed cards to browsers. Call it before the runner starts.
-func (c *Cards) OnCommit(f func(connIDs []string)) {
+// OnCommit adds f to the functions called after every committed batch with the keys
+// (connection.Key, tenant-qualified: every tenant's) of the connections whose cards it changed
+// (each once, in no particular order). f runs on the projection's goroutine and must return
+// quickly (wake a worker; no I/O): the operator console uses it to push changed cards to
+// browsers. Call it before the runner starts.
+func (c *Cards) OnCommit(f func(connKeys []string)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.notify = append(c.notify, f)

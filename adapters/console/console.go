@@ -167,9 +167,9 @@ func New(d Deps) (*Console, error) {
 	return c, nil
 }
 
-// Notify tells the console that the cards of connIDs changed (projections.Cards.OnCommit). It
-// never blocks.
-func (c *Console) Notify(connIDs []string) { c.hub.publish(connIDs) }
+// Notify tells the console that the cards of the connections with keys connKeys
+// (connection.Key, of any tenant) changed (projections.Cards.OnCommit). It never blocks.
+func (c *Console) Notify(connKeys []string) { c.hub.publish(connKeys) }
 
 // Close ends every live-update stream (call it when the HTTP server shuts down, so that
 // Shutdown need not wait for them). It is idempotent.

@@ -509,25 +509,19 @@ func TestAuditAndAnalyticsPages(t *testing.T) {
 	}
 }
 
-// TestRevocationEndsLiveStream: an open live-update stream ends with a "signedout" event once
-// its key is revoked (checked again when the stream next has something to push, at most once
-// a second, and at every heartbeat).
-func TestRevocationEndsLiveStream(t *testing.T) {
-	srv, ctx := startServer(t, nil)
-	register(t, ctx, srv, "shop-1", "+491701234567")
-	created, err := srv.Keys.Create(ctx, srv.Tenant, auth.RoleOperator, "streamer", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := newBrowser(t, srv.URL)
-	b.signIn(created.Secret)
-	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/console/events", nil)
+// liveStream opens the console's live-update stream (GET /console/events) as b's session. It
+// returns the channel of its events ("event: …\ndata: …", closed when the stream ends) and a
+// next that waits for one (failing the test when ctx ends first).
+func (b *browser) liveStream(ctx context.Context) (<-chan string, func() (string, bool)) {
+	t := b.t
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", b.base+"/console/events", nil)
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := b.c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	t.Cleanup(func() { resp.Body.Close() })
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("events: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
@@ -561,6 +555,22 @@ func TestRevocationEndsLiveStream(t *testing.T) {
 			return "", false
 		}
 	}
+	return events, next
+}
+
+// TestRevocationEndsLiveStream: an open live-update stream ends with a "signedout" event once
+// its key is revoked (checked again when the stream next has something to push, at most once
+// a second, and at every heartbeat).
+func TestRevocationEndsLiveStream(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	created, err := srv.Keys.Create(ctx, srv.Tenant, auth.RoleOperator, "streamer", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, srv.URL)
+	b.signIn(created.Secret)
+	events, next := b.liveStream(ctx)
 	for e, ok := next(); !strings.HasPrefix(e, "event: ready"); e, ok = next() {
 		if !ok {
 			t.Fatal("the stream ended before it was ready")
@@ -595,6 +605,69 @@ func TestRevocationEndsLiveStream(t *testing.T) {
 		case <-time.After(200 * time.Millisecond):
 		case <-ctx.Done():
 			t.Fatal("the revoked key's stream never ended")
+		}
+	}
+}
+
+// TestLiveStreamShowsNoOtherTenantsChanges: a change of another tenant's connection pushes
+// nothing on a tenant's live stream, also when the tenant has a connection of the same id (ids
+// are the tenant's own) and the other tenant is the bootstrap one, whose connection keys are the
+// bare ids. Before, such a change re-pushed the tenant's own card of that id: the stream told
+// when another tenant's connection of a guessed id existed and changed (G9).
+func TestLiveStreamShowsNoOtherTenantsChanges(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567") // the bootstrap tenant's
+	key, err := srv.Key(ctx, "other-tenant", auth.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, phone := range map[string]string{"shop-1": "+491709999991", "shop-2": "+491709999992"} {
+		if res, err := srv.Do(ctx, key, "POST", "/v1/connections", map[string]any{"id": id, "phone": phone}, nil); err != nil || res.Status != http.StatusCreated {
+			t.Fatalf("other tenant's %s: %v %s", id, err, res.Body)
+		}
+	}
+	if err := srv.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, srv.URL)
+	b.signIn(key)
+	_, next := b.liveStream(ctx)
+	for e, ok := next(); !strings.HasPrefix(e, "event: ready"); e, ok = next() {
+		if !ok {
+			t.Fatal("the stream ended before it was ready")
+		}
+	}
+	do := func(k, path string) {
+		t.Helper()
+		if res, err := srv.Do(ctx, k, "POST", path, map[string]any{}, nil); err != nil || res.Status != http.StatusOK {
+			t.Fatalf("POST %s: %v %s", path, err, res.Body)
+		}
+	}
+	// The bootstrap tenant's shop-1 changes; then the watching tenant's own shop-2, twice. The
+	// stream pushes the cards of one wake-up before it takes the next, so once shop-2's second
+	// change is shown, whatever the first change made it push has been shown before.
+	do(srv.AdminKey, "/v1/connections/shop-1/queue/hold")
+	do(key, "/v1/connections/shop-2/queue/hold")
+	var seen []string
+	wait := func(queue string) {
+		t.Helper()
+		for {
+			e, ok := next()
+			if !ok {
+				t.Fatalf("the stream ended; events: %q", seen)
+			}
+			seen = append(seen, e)
+			if strings.Contains(e, `"id":"shop-2"`) && strings.Contains(e, `"queue":"`+queue+`"`) {
+				return
+			}
+		}
+	}
+	wait("held")
+	do(key, "/v1/connections/shop-2/queue/resume")
+	wait("open")
+	for _, e := range seen {
+		if strings.Contains(e, `"id":"shop-1"`) {
+			t.Errorf("the other tenant's change of its shop-1 pushed this tenant's shop-1: %q", e)
 		}
 	}
 }

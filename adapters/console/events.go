@@ -10,12 +10,14 @@ import (
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/commands"
+	"github.com/waqueue/waqueue/domain/connection"
 	"github.com/waqueue/waqueue/projections"
 )
 
 // hub fans the cards projection's commits out to the open live-update streams. A slow stream
-// never holds the projection up: each subscriber keeps the set of changed connection ids until
-// it takes them (coalescing bursts), and is woken through a channel of one.
+// never holds the projection up: each subscriber keeps the set of changed connection keys
+// (connection.Key: every tenant's, each stream keeps its own tenant's) until it takes them
+// (coalescing bursts), and is woken through a channel of one.
 type hub struct {
 	mu   sync.Mutex
 	subs map[*subscriber]struct{}
@@ -174,15 +176,22 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) error {
 				return nil
 			}
 		case <-sub.wake:
-			ids := sub.take()
+			keys := sub.take()
 			if !recheck() {
 				return nil
 			}
 			var cards []projections.Card
-			for _, id := range ids {
-				card, err := c.d.Cards.Card(r.Context(), c.d.DB, u.principal.TenantID, id)
+			for _, key := range keys {
+				tenant, id := connection.SplitKey(key)
+				if tenant != u.principal.TenantID {
+					// Another tenant's connection: nothing to say. (Cards.Card would not tell:
+					// the default tenant's keys are bare ids, which it reads as this tenant's
+					// connection of that id, pushed then whenever the other one changes.)
+					continue
+				}
+				card, err := c.d.Cards.Card(r.Context(), c.d.DB, tenant, id)
 				if errors.Is(err, projections.ErrNotFound) {
-					continue // another tenant's connection: nothing to say
+					continue // not in the read model (yet)
 				}
 				if err != nil {
 					c.log.WarnContext(r.Context(), "console: live card", "connection", id, "error", err)
