@@ -325,6 +325,46 @@ func TestTenantIsolation(t *testing.T) {
 	}
 }
 
+// TestActionsOnAnotherTenantsConnection: every console page and form naming another tenant's
+// connection answers 404, exactly as for a connection that exists nowhere, and changes nothing
+// (G9). Before, hold and resume answered 500 (and logged an error) for both.
+func TestActionsOnAnotherTenantsConnection(t *testing.T) {
+	srv, ctx := startServer(t, nil)
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	key, err := srv.Key(ctx, "other-tenant", auth.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, srv.URL)
+	csrf := b.signIn(key)
+	for _, rq := range []struct {
+		method, path string
+		form         url.Values
+	}{
+		{"GET", "/console/connections/%s", nil},
+		{"GET", "/console/connections/%s/clear", nil},
+		{"GET", "/console/connections/%s/pairing", nil},
+		{"GET", "/console/connections/%s/clears/6f1c7d1e-4a5b-4c3d-8e9f-0a1b2c3d4e5f", nil},
+		{"POST", "/console/connections/%s/hold", url.Values{"csrf": {csrf}, "note": {"forged"}}},
+		{"POST", "/console/connections/%s/resume", url.Values{"csrf": {csrf}, "note": {"forged"}}},
+		{"POST", "/console/connections/%s/clear", url.Values{"csrf": {csrf}, "reason": {"forged"}, "confirm": {"+491701234567"},
+			"scope": {"queue"}, "idempotency_key": {"forged-clear-1"}}},
+		{"POST", "/console/connections/%s/pairing/phone", url.Values{"csrf": {csrf}, "phone": {"+491701234567"}}},
+	} {
+		got := b.do(rq.method, strings.ReplaceAll(rq.path, "%s", "shop-1"), rq.form, nil)
+		ghost := b.do(rq.method, strings.ReplaceAll(rq.path, "%s", "ghost-1"), rq.form, nil)
+		if got.status != http.StatusNotFound || ghost.status != http.StatusNotFound ||
+			got.body != strings.ReplaceAll(ghost.body, "ghost-1", "shop-1") {
+			t.Errorf("%s %s: another tenant's connection %d, one that exists nowhere %d; want 404 alike: %.300s",
+				rq.method, rq.path, got.status, ghost.status, got.body)
+		}
+	}
+	res, err := srv.Do(ctx, srv.AdminKey, "GET", "/v1/connections/shop-1", nil, nil)
+	if err != nil || res.Map()["queue_status"] != "open" || res.Map()["link_status"] != "unpaired" {
+		t.Fatalf("the other tenant changed shop-1: %v %s", err, res.Body)
+	}
+}
+
 // TestClearChecksOnServer: without the page's script the server still refuses a wrong phone
 // number or a missing reason (422, the form again with the error, nothing recorded); the right
 // number records the clear and leads to its report; the same form sent twice (its idempotency

@@ -322,7 +322,8 @@ func (c *Console) errorPage(w http.ResponseWriter, r *http.Request, status int, 
 func (c *Console) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var denied *auth.DeniedError
 	switch {
-	case errors.Is(err, projections.ErrNotFound), errors.Is(err, auth.ErrWrongTenant), errors.Is(err, connection.ErrNotRegistered):
+	case errors.Is(err, projections.ErrNotFound), errors.Is(err, commands.ErrNotFound), errors.Is(err, auth.ErrWrongTenant),
+		errors.Is(err, connection.ErrNotRegistered):
 		c.errorPage(w, r, http.StatusNotFound, "Not found", "There is no such connection or record in your organisation.")
 	case errors.As(err, &denied), errors.Is(err, auth.ErrForbidden):
 		c.errorPage(w, r, http.StatusForbidden, "Not allowed", "Your role does not allow this.")
