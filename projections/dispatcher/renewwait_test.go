@@ -179,7 +179,7 @@ func TestLoopsClaimingAtOnceShareAClaim(t *testing.T) {
 	h.eventually("every message sent", func() bool { return d.Stats().Sent >= conns })
 	n := leases.claims.Load()
 	t.Logf("%d lease claims for %d connections claiming at once", n, conns)
-	if n > 0 {
+	if n > conns/4 {
 		t.Errorf("%d lease claims for %d connections whose loops claimed at the same time, want at most %d", n, conns, conns/4)
 	}
 	for _, id := range ids {
