@@ -99,6 +99,18 @@ func startServer(t *testing.T, now func() time.Time) (*apitest.Server, context.C
 	return srv, ctx
 }
 
+// bootstrapShopAndOtherTenant registers the bootstrap tenant's shop-1 (+491701234567) and
+// returns an admin key of the tenant "other-tenant", which has no connection yet.
+func bootstrapShopAndOtherTenant(t *testing.T, ctx context.Context, srv *apitest.Server) string {
+	t.Helper()
+	register(t, ctx, srv, "shop-1", "+491701234567")
+	key, err := srv.Key(ctx, "other-tenant", auth.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
 func register(t *testing.T, ctx context.Context, srv *apitest.Server, id, phone string) {
 	t.Helper()
 	res, err := srv.Do(ctx, srv.AdminKey, "POST", "/v1/connections", map[string]any{"id": id, "phone": phone}, nil)
@@ -294,11 +306,7 @@ func TestSessionExpiresAndSignOut(t *testing.T) {
 // TestTenantIsolation: another tenant's connection is not found in the console either.
 func TestTenantIsolation(t *testing.T) {
 	srv, ctx := startServer(t, nil)
-	register(t, ctx, srv, "shop-1", "+491701234567")
-	key, err := srv.Key(ctx, "other-tenant", auth.RoleAdmin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := bootstrapShopAndOtherTenant(t, ctx, srv)
 	b := newBrowser(t, srv.URL)
 	b.signIn(key)
 	if p := b.do("GET", "/console/connections", nil, nil); strings.Contains(p.body, "shop-1") {
@@ -330,11 +338,7 @@ func TestTenantIsolation(t *testing.T) {
 // (G9). Before, hold and resume answered 500 (and logged an error) for both.
 func TestActionsOnAnotherTenantsConnection(t *testing.T) {
 	srv, ctx := startServer(t, nil)
-	register(t, ctx, srv, "shop-1", "+491701234567")
-	key, err := srv.Key(ctx, "other-tenant", auth.RoleAdmin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := bootstrapShopAndOtherTenant(t, ctx, srv)
 	b := newBrowser(t, srv.URL)
 	csrf := b.signIn(key)
 	for _, rq := range []struct {
@@ -656,11 +660,7 @@ func TestRevocationEndsLiveStream(t *testing.T) {
 // when another tenant's connection of a guessed id existed and changed (G9).
 func TestLiveStreamShowsNoOtherTenantsChanges(t *testing.T) {
 	srv, ctx := startServer(t, nil)
-	register(t, ctx, srv, "shop-1", "+491701234567") // the bootstrap tenant's
-	key, err := srv.Key(ctx, "other-tenant", auth.RoleAdmin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := bootstrapShopAndOtherTenant(t, ctx, srv)
 	for id, phone := range map[string]string{"shop-1": "+491709999991", "shop-2": "+491709999992"} {
 		if res, err := srv.Do(ctx, key, "POST", "/v1/connections", map[string]any{"id": id, "phone": phone}, nil); err != nil || res.Status != http.StatusCreated {
 			t.Fatalf("other tenant's %s: %v %s", id, err, res.Body)

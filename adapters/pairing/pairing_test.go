@@ -38,12 +38,7 @@ func engines(t *testing.T, body func(t *testing.T, ctx context.Context, db *proj
 				t.Cleanup(func() { _ = sdb.Close() })
 				db = &projections.DB{SQL: sdb, Dialect: projections.SQLite}
 			} else {
-				pdb, err := sql.Open("pgx", pgtest.URL(t))
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { _ = pdb.Close() })
-				db = &projections.DB{SQL: pdb, Dialect: projections.Postgres}
+				db = openPostgres(t)
 			}
 			for range 2 { // safe at every start
 				if err := pairing.Migrate(ctx, db); err != nil {
@@ -53,6 +48,17 @@ func engines(t *testing.T, body func(t *testing.T, ctx context.Context, db *proj
 			body(t, ctx, db)
 		})
 	}
+}
+
+// openPostgres opens a fresh PostgreSQL database (not migrated), closed when the test ends.
+func openPostgres(t *testing.T) *projections.DB {
+	t.Helper()
+	pdb, err := sql.Open("pgx", pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pdb.Close() })
+	return &projections.DB{SQL: pdb, Dialect: projections.Postgres}
 }
 
 // node is one node's pairing manager with its own simulator; the simulators share one
@@ -304,12 +310,8 @@ func TestTimedOutPairingEnds(t *testing.T) {
 func TestSlowClaimHoldsUpOnlyItsConnection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
 	defer cancel()
-	pdb, err := sql.Open("pgx", pgtest.URL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pdb.Close() })
-	db := &projections.DB{SQL: pdb, Dialect: projections.Postgres}
+	db := openPostgres(t)
+	pdb := db.SQL
 	if err := pairing.Migrate(ctx, db); err != nil {
 		t.Fatal(err)
 	}
