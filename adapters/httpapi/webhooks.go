@@ -33,6 +33,9 @@ type attemptJSON struct {
 	Error      string `json:"error,omitempty"`
 }
 
+// deliveryJSON is a delivery as the log shows it. ID is its number within its webhook
+// (webhooks.Delivery.Seq: 1, 2, 3…), never the table's key, which counts every tenant's
+// deliveries (G9).
 type deliveryJSON struct {
 	ID         int64         `json:"id"`
 	EventID    string        `json:"event_id"`
@@ -52,7 +55,7 @@ func toWebhookJSON(w webhooks.Webhook) webhookJSON {
 
 func toDeliveryJSON(d webhooks.Delivery) deliveryJSON {
 	out := deliveryJSON{
-		ID: d.ID, EventID: d.EventID, EventType: d.EventType, CreatedAt: d.CreatedAt,
+		ID: d.Seq, EventID: d.EventID, EventType: d.EventType, CreatedAt: d.CreatedAt,
 		Attempts: make([]attemptJSON, 0, len(d.Attempts)), LastStatus: d.LastStatus, LastError: d.LastError,
 	}
 	for _, a := range d.Attempts {
@@ -128,7 +131,8 @@ func (s *server) deleteWebhook(w http.ResponseWriter, r *http.Request) error {
 }
 
 // webhookDeliveries answers GET /v1/webhooks/{id}/deliveries?cursor=: one page of the delivery
-// log, newest first, and the cursor of the next page ("" on the last).
+// log, newest first, and the cursor of the next page ("" on the last; the id of the page's last
+// delivery otherwise). A malformed cursor is 400 invalid_request.
 func (s *server) webhookDeliveries(w http.ResponseWriter, r *http.Request) error {
 	page, next, err := s.d.Webhooks.Deliveries(r.Context(), principal(r).TenantID, r.PathValue("id"), r.URL.Query().Get("cursor"))
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -21,6 +23,14 @@ const OutboxName = "webhooks_outbox"
 // and was registered at or before the event was recorded. Rows are written in the runner's
 // transaction, with its checkpoint; a redelivered batch inserts nothing twice (unique
 // webhook_id, event_id).
+//
+// Each row gets its number within its webhook (seq: 1, 2, 3… in event order), the only number
+// the delivery log shows (G9: the table's id counts every tenant's deliveries). A batch reserves
+// a webhook's numbers by bumping webhooks.last_delivery_seq in its own transaction, which locks
+// that row until the commit, and gives back those of rows it did not insert (already there), so
+// a webhook's numbers have no gaps; the unique (webhook_id, seq) index refuses a number handed
+// out twice. Several nodes' outboxes on one PostgreSQL database are serialized anyway by the
+// runner's lock on the projection's checkpoint row.
 type Outbox struct {
 	wake func()
 	// wrote is set by an Apply that inserted rows and taken by the AfterCommit that follows
@@ -50,16 +60,30 @@ type hook struct {
 	created int64
 }
 
+// outboxRow is a delivery to insert, not yet numbered.
+type outboxRow struct {
+	tenant, eventID, eventType, payload string
+	createdUS                           int64
+}
+
+// outboxBatch is what one Apply collects: the live webhooks of each tenant seen (read once per
+// batch), and the rows to insert per webhook, in event order.
+type outboxBatch struct {
+	tx    *projections.Tx
+	hooks map[string][]hook
+	rows  map[string][]outboxRow
+}
+
 // Apply implements projections.Projection.
 func (o *Outbox) Apply(ctx context.Context, tx *projections.Tx, events []eventstore.RecordedEvent) error {
-	hooks := map[string][]hook{}
+	b := &outboxBatch{tx: tx, hooks: map[string][]hook{}, rows: map[string][]outboxRow{}}
 	for _, e := range events {
 		if strings.HasPrefix(e.Stream, connection.StreamPrefix) {
 			// A connection event's integration events carry the recorded event's tenant:
 			// for a tenant without a live webhook there is nothing to write, so nothing to
 			// translate (most tenants; translating every message was half of this
 			// projection's CPU in bench api).
-			hs, err := o.hooksOf(ctx, tx, hooks, e.Metadata.TenantID)
+			hs, err := b.hooksOf(ctx, e.Metadata.TenantID)
 			if err != nil {
 				return err
 			}
@@ -70,7 +94,7 @@ func (o *Outbox) Apply(ctx context.Context, tx *projections.Tx, events []eventst
 		if e.Type == connection.TypeBroadcastQueued {
 			// Up to connection.BroadcastChunk integration events: build them only for a
 			// tenant with a webhook that takes them.
-			wanted, err := o.wants(ctx, tx, hooks, e.Metadata.TenantID, integration.TypeMessageStatusChanged)
+			wanted, err := b.wants(ctx, e.Metadata.TenantID, integration.TypeMessageStatusChanged)
 			if err != nil {
 				return err
 			}
@@ -83,17 +107,21 @@ func (o *Outbox) Apply(ctx context.Context, tx *projections.Tx, events []eventst
 			return err
 		}
 		for _, ie := range ies {
-			if err := o.add(ctx, tx, hooks, e, ie); err != nil {
+			if err := b.add(ctx, e, ie); err != nil {
 				return err
 			}
 		}
 	}
-	return nil
+	wrote, err := b.insert(ctx)
+	if wrote {
+		o.wrote.Store(true)
+	}
+	return err
 }
 
 // wants reports whether a webhook of tenant subscribes to integration events of type typ.
-func (o *Outbox) wants(ctx context.Context, tx *projections.Tx, hooks map[string][]hook, tenant, typ string) (bool, error) {
-	hs, err := o.hooksOf(ctx, tx, hooks, tenant)
+func (b *outboxBatch) wants(ctx context.Context, tenant, typ string) (bool, error) {
+	hs, err := b.hooksOf(ctx, tenant)
 	if err != nil {
 		return false, err
 	}
@@ -105,13 +133,13 @@ func (o *Outbox) wants(ctx context.Context, tx *projections.Tx, hooks map[string
 	return false, nil
 }
 
-// add writes the outbox rows of integration event ie (of recorded event e) for the tenant's
-// webhooks subscribed to its type; hooks caches the webhooks per tenant.
-func (o *Outbox) add(ctx context.Context, tx *projections.Tx, hooks map[string][]hook, e eventstore.RecordedEvent, ie integration.Event) error {
+// add collects the outbox rows of integration event ie (of recorded event e) for the tenant's
+// webhooks subscribed to its type.
+func (b *outboxBatch) add(ctx context.Context, e eventstore.RecordedEvent, ie integration.Event) error {
 	if ie.TenantID == "" {
 		return nil
 	}
-	hs, err := o.hooksOf(ctx, tx, hooks, ie.TenantID)
+	hs, err := b.hooksOf(ctx, ie.TenantID)
 	if err != nil {
 		return err
 	}
@@ -125,30 +153,64 @@ func (o *Outbox) add(ctx context.Context, tx *projections.Tx, hooks map[string][
 				return fmt.Errorf("webhooks: encode %s: %w", ie.ID, err)
 			}
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO webhook_deliveries
-(webhook_id, tenant_id, event_id, event_type, payload, created_at_us, next_attempt_at_us)
-VALUES ($1, $2, $3, $4, $5, $6, 0) ON CONFLICT (webhook_id, event_id) DO NOTHING`,
-			h.id, ie.TenantID, ie.ID.String(), ie.Type, string(payload), e.RecordedAt.UnixMicro()); err != nil {
-			return fmt.Errorf("webhooks: outbox row for %s: %w", h.id, err)
-		}
-		o.wrote.Store(true)
+		b.rows[h.id] = append(b.rows[h.id], outboxRow{tenant: ie.TenantID, eventID: ie.ID.String(), eventType: ie.Type,
+			payload: string(payload), createdUS: e.RecordedAt.UnixMicro()})
 	}
 	return nil
 }
 
-// hooksOf returns the live webhooks of tenant (none for ""), read once per batch (hooks caches
-// them per tenant).
-func (o *Outbox) hooksOf(ctx context.Context, tx *projections.Tx, hooks map[string][]hook, tenant string) ([]hook, error) {
+// insert writes the collected rows, webhook by webhook in id order (the order in which
+// concurrent transactions lock webhooks rows, so they cannot deadlock), each numbered after its
+// webhook's last delivery, and reports whether it inserted any. Numbers reserved for rows that
+// were already there are given back before the transaction ends.
+func (b *outboxBatch) insert(ctx context.Context) (bool, error) {
+	wrote := false
+	for _, id := range slices.Sorted(maps.Keys(b.rows)) {
+		rows := b.rows[id]
+		var last int64
+		if err := b.tx.QueryRowContext(ctx, `UPDATE webhooks SET last_delivery_seq = last_delivery_seq + $1 WHERE id = $2 RETURNING last_delivery_seq`,
+			len(rows), id).Scan(&last); err != nil {
+			return wrote, fmt.Errorf("webhooks: number %d deliveries of %s: %w", len(rows), id, err)
+		}
+		seq := last - int64(len(rows)) + 1
+		for _, r := range rows {
+			res, err := b.tx.ExecContext(ctx, `INSERT INTO webhook_deliveries
+(webhook_id, seq, tenant_id, event_id, event_type, payload, created_at_us, next_attempt_at_us)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 0) ON CONFLICT (webhook_id, event_id) DO NOTHING`,
+				id, seq, r.tenant, r.eventID, r.eventType, r.payload, r.createdUS)
+			if err != nil {
+				return wrote, fmt.Errorf("webhooks: outbox row %s/%d (event %s): %w", id, seq, r.eventID, err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return wrote, fmt.Errorf("webhooks: outbox row %s/%d (event %s): %w", id, seq, r.eventID, err)
+			}
+			if n == 1 {
+				seq++
+				wrote = true
+			}
+		}
+		if unused := last + 1 - seq; unused > 0 {
+			if _, err := b.tx.ExecContext(ctx, `UPDATE webhooks SET last_delivery_seq = last_delivery_seq - $1 WHERE id = $2`, unused, id); err != nil {
+				return wrote, fmt.Errorf("webhooks: give back %d numbers of %s: %w", unused, id, err)
+			}
+		}
+	}
+	return wrote, nil
+}
+
+// hooksOf returns the live webhooks of tenant (none for ""), read once per batch.
+func (b *outboxBatch) hooksOf(ctx context.Context, tenant string) ([]hook, error) {
 	if tenant == "" {
 		return nil, nil
 	}
-	hs, cached := hooks[tenant]
+	hs, cached := b.hooks[tenant]
 	if !cached {
 		var err error
-		if hs, err = tenantHooks(ctx, tx, tenant); err != nil {
+		if hs, err = tenantHooks(ctx, b.tx, tenant); err != nil {
 			return nil, err
 		}
-		hooks[tenant] = hs
+		b.hooks[tenant] = hs
 	}
 	return hs, nil
 }

@@ -112,7 +112,10 @@ type Attempt struct {
 
 // Delivery is one event to deliver to one webhook, with its log.
 type Delivery struct {
-	ID        int64
+	// Seq is the delivery's number within its webhook: 1 for its first delivery, then 2, 3…
+	// in the order of the events, without gaps. It says nothing about other webhooks or
+	// tenants (G9); the API shows it as the delivery's id.
+	Seq       int64
 	WebhookID string
 	EventID   string
 	EventType string
@@ -243,8 +246,9 @@ func (s *Service) Delete(ctx context.Context, tenant, id string) error {
 }
 
 // Deliveries returns a page of the delivery log of tenant's webhook (deleted ones included),
-// newest first, starting after cursor ("" for the first page), and the cursor of the next page
-// ("" when there is none). A malformed cursor is ErrInvalid.
+// newest first (by Seq), starting after cursor ("" for the first page), and the cursor of the
+// next page ("" when there is none). A cursor is the Seq of the previous page's last delivery,
+// in decimal, so pages are stable while new deliveries arrive; a malformed one is ErrInvalid.
 func (s *Service) Deliveries(ctx context.Context, tenant, webhookID, cursor string) ([]Delivery, string, error) {
 	var owner string
 	err := s.db.QueryRowContext(ctx, `SELECT tenant_id FROM webhooks WHERE id = $1`, webhookID).Scan(&owner)
@@ -260,18 +264,21 @@ func (s *Service) Deliveries(ctx context.Context, tenant, webhookID, cursor stri
 			return nil, "", &InvalidError{Field: "cursor", Value: cursor, Reason: "not a cursor of this API"}
 		}
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, event_id, event_type, created_at_us, attempts, next_attempt_at_us, last_status, last_error, delivered_at_us
-FROM webhook_deliveries WHERE webhook_id = $1 AND tenant_id = $2 AND id < $3 ORDER BY id DESC LIMIT $4`,
+	rows, err := s.db.QueryContext(ctx, `SELECT id, seq, event_id, event_type, created_at_us, attempts, next_attempt_at_us, last_status, last_error, delivered_at_us
+FROM webhook_deliveries WHERE webhook_id = $1 AND tenant_id = $2 AND seq < $3 ORDER BY seq DESC LIMIT $4`,
 		webhookID, tenant, before, DefaultPageSize+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("webhooks: deliveries of %s: %w", webhookID, err)
 	}
-	var out []Delivery
+	var (
+		out    []Delivery
+		rowIDs []int64 // the table's ids, which key the attempts and are never shown
+	)
 	for rows.Next() {
 		d := Delivery{WebhookID: webhookID}
-		var created, next, delivered int64
+		var rowID, created, next, delivered int64
 		var attempts int
-		if err := rows.Scan(&d.ID, &d.EventID, &d.EventType, &created, &attempts, &next, &d.LastStatus, &d.LastError, &delivered); err != nil {
+		if err := rows.Scan(&rowID, &d.Seq, &d.EventID, &d.EventType, &created, &attempts, &next, &d.LastStatus, &d.LastError, &delivered); err != nil {
 			rows.Close()
 			return nil, "", fmt.Errorf("webhooks: deliveries of %s: %w", webhookID, err)
 		}
@@ -281,7 +288,7 @@ FROM webhook_deliveries WHERE webhook_id = $1 AND tenant_id = $2 AND id < $3 ORD
 		} else {
 			d.NextAttemptAt = fromUS(next)
 		}
-		out = append(out, d)
+		out, rowIDs = append(out, d), append(rowIDs, rowID)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -290,20 +297,21 @@ FROM webhook_deliveries WHERE webhook_id = $1 AND tenant_id = $2 AND id < $3 ORD
 	next := ""
 	if len(out) > DefaultPageSize {
 		out = out[:DefaultPageSize]
-		next = strconv.FormatInt(out[len(out)-1].ID, 10)
+		next = strconv.FormatInt(out[len(out)-1].Seq, 10)
 	}
 	for i := range out {
-		if out[i].Attempts, err = s.attempts(ctx, out[i].ID); err != nil {
-			return nil, "", err
+		if out[i].Attempts, err = s.attempts(ctx, rowIDs[i]); err != nil {
+			return nil, "", fmt.Errorf("webhooks: delivery %s/%d: %w", webhookID, out[i].Seq, err)
 		}
 	}
 	return out, next, nil
 }
 
-func (s *Service) attempts(ctx context.Context, deliveryID int64) ([]Attempt, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT attempt, at_us, status_code, error FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt`, deliveryID)
+// attempts returns the attempts of the delivery whose table id is rowID, oldest first.
+func (s *Service) attempts(ctx context.Context, rowID int64) ([]Attempt, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT attempt, at_us, status_code, error FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt`, rowID)
 	if err != nil {
-		return nil, fmt.Errorf("webhooks: attempts of delivery %d: %w", deliveryID, err)
+		return nil, fmt.Errorf("attempts: %w", err)
 	}
 	defer rows.Close()
 	var out []Attempt
@@ -311,7 +319,7 @@ func (s *Service) attempts(ctx context.Context, deliveryID int64) ([]Attempt, er
 		var a Attempt
 		var at int64
 		if err := rows.Scan(&a.N, &at, &a.StatusCode, &a.Error); err != nil {
-			return nil, fmt.Errorf("webhooks: attempts of delivery %d: %w", deliveryID, err)
+			return nil, fmt.Errorf("attempts: %w", err)
 		}
 		a.At = fromUS(at)
 		out = append(out, a)

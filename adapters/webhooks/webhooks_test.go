@@ -297,13 +297,13 @@ func TestDeliveriesSurviveFailuresAndDowntime(t *testing.T) {
 		var five, one int
 		for _, d := range ds {
 			if d.DeliveredAt.IsZero() || !d.NextAttemptAt.IsZero() || d.LastStatus != http.StatusOK {
-				t.Errorf("delivery %d not delivered: %+v", d.ID, d)
+				t.Errorf("delivery %d not delivered: %+v", d.Seq, d)
 			}
 			switch len(d.Attempts) {
 			case 5:
 				five++
 				if d.Attempts[0].StatusCode != http.StatusServiceUnavailable || d.Attempts[1].StatusCode != 0 || d.Attempts[1].Error == "" {
-					t.Errorf("attempt log of %d: %+v", d.ID, d.Attempts)
+					t.Errorf("attempt log of %d: %+v", d.Seq, d.Attempts)
 				}
 				if !d.Attempts[1].At.After(d.Attempts[0].At) {
 					t.Errorf("attempt times not increasing: %+v", d.Attempts)
@@ -311,7 +311,7 @@ func TestDeliveriesSurviveFailuresAndDowntime(t *testing.T) {
 			case 1:
 				one++
 			default:
-				t.Errorf("delivery %d: %d attempts: %+v", d.ID, len(d.Attempts), d.Attempts)
+				t.Errorf("delivery %d: %d attempts: %+v", d.Seq, len(d.Attempts), d.Attempts)
 			}
 		}
 		if five != 2 || one != 2 {

@@ -131,8 +131,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
+// due is a delivery to send: id is the table's key (never shown to tenants), webhookID and
+// seq name it as the tenant's delivery log does.
 type due struct {
-	id                           int64
+	id, seq                      int64
+	webhookID                    string
 	attempts                     int
 	eventID, eventType, url, sec string
 	payload                      string
@@ -143,7 +146,7 @@ type due struct {
 // first database error.
 func (w *Worker) RunOnce(ctx context.Context) (int, error) {
 	now := w.cfg.Now()
-	rows, err := w.cfg.DB.QueryContext(ctx, `SELECT d.id, d.attempts, d.event_id, d.event_type, d.payload, h.url, h.secret
+	rows, err := w.cfg.DB.QueryContext(ctx, `SELECT d.id, d.webhook_id, d.seq, d.attempts, d.event_id, d.event_type, d.payload, h.url, h.secret
 FROM webhook_deliveries d JOIN webhooks h ON h.id = d.webhook_id
 WHERE d.delivered_at_us = 0 AND h.deleted_at_us = 0 AND d.next_attempt_at_us <= $1 AND d.claimed_until_us <= $1
 ORDER BY d.next_attempt_at_us, d.id LIMIT $2`, now.UnixMicro(), w.cfg.Batch)
@@ -153,7 +156,7 @@ ORDER BY d.next_attempt_at_us, d.id LIMIT $2`, now.UnixMicro(), w.cfg.Batch)
 	var list []due
 	for rows.Next() {
 		var d due
-		if err := rows.Scan(&d.id, &d.attempts, &d.eventID, &d.eventType, &d.payload, &d.url, &d.sec); err != nil {
+		if err := rows.Scan(&d.id, &d.webhookID, &d.seq, &d.attempts, &d.eventID, &d.eventType, &d.payload, &d.url, &d.sec); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("webhooks: due deliveries: %w", err)
 		}
@@ -178,7 +181,7 @@ ORDER BY d.next_attempt_at_us, d.id LIMIT $2`, now.UnixMicro(), w.cfg.Batch)
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			ok, err := w.claim(ctx, d.id, now)
+			ok, err := w.claim(ctx, d, now)
 			if err == nil && ok {
 				mu.Lock()
 				n++
@@ -197,11 +200,11 @@ ORDER BY d.next_attempt_at_us, d.id LIMIT $2`, now.UnixMicro(), w.cfg.Batch)
 }
 
 // claim reserves a row for one request's worth of time (twice the timeout).
-func (w *Worker) claim(ctx context.Context, id int64, now time.Time) (bool, error) {
+func (w *Worker) claim(ctx context.Context, d due, now time.Time) (bool, error) {
 	res, err := w.cfg.DB.ExecContext(ctx, `UPDATE webhook_deliveries SET claimed_until_us = $1
-WHERE id = $2 AND delivered_at_us = 0 AND claimed_until_us <= $3`, now.Add(2*w.cfg.Timeout).UnixMicro(), id, now.UnixMicro())
+WHERE id = $2 AND delivered_at_us = 0 AND claimed_until_us <= $3`, now.Add(2*w.cfg.Timeout).UnixMicro(), d.id, now.UnixMicro())
 	if err != nil {
-		return false, fmt.Errorf("webhooks: claim delivery %d: %w", id, err)
+		return false, fmt.Errorf("webhooks: claim delivery %s/%d: %w", d.webhookID, d.seq, err)
 	}
 	k, err := res.RowsAffected()
 	return k == 1, err
@@ -220,7 +223,7 @@ func (w *Worker) deliver(ctx context.Context, d due) error {
 		w.metrics.failures.WithLabelValues(errText).Inc()
 		w.metrics.attempts.WithLabelValues("failed").Inc()
 		// The full error stays in the operator's log; the tenant's delivery log gets the class.
-		w.cfg.Logger.Debug("webhooks: delivery attempt failed", "delivery", d.id, "event", d.eventID,
+		w.cfg.Logger.Debug("webhooks: delivery attempt failed", "webhook", d.webhookID, "seq", d.seq, "event", d.eventID,
 			"attempt", attempt, "status", status, "class", errText, "err", sendErr)
 	} else {
 		w.metrics.attempts.WithLabelValues("delivered").Inc()
@@ -232,7 +235,7 @@ func (w *Worker) deliver(ctx context.Context, d due) error {
 	defer func() { _ = tx.Rollback() }()
 	if _, err := tx.ExecContext(ctx, `INSERT INTO webhook_attempts (delivery_id, attempt, at_us, status_code, error) VALUES ($1, $2, $3, $4, $5)`,
 		d.id, attempt, at.UnixMicro(), status, errText); err != nil {
-		return fmt.Errorf("webhooks: log attempt %d of delivery %d: %w", attempt, d.id, err)
+		return fmt.Errorf("webhooks: log attempt %d of delivery %s/%d: %w", attempt, d.webhookID, d.seq, err)
 	}
 	delivered, next := int64(0), at.Add(w.backoff(attempt)).UnixMicro()
 	if sendErr == nil {
@@ -241,10 +244,10 @@ func (w *Worker) deliver(ctx context.Context, d due) error {
 	if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET attempts = $1, last_status = $2, last_error = $3,
 delivered_at_us = $4, next_attempt_at_us = $5, claimed_until_us = 0 WHERE id = $6`,
 		attempt, status, errText, delivered, next, d.id); err != nil {
-		return fmt.Errorf("webhooks: update delivery %d: %w", d.id, err)
+		return fmt.Errorf("webhooks: update delivery %s/%d: %w", d.webhookID, d.seq, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("webhooks: commit delivery %d: %w", d.id, err)
+		return fmt.Errorf("webhooks: commit delivery %s/%d: %w", d.webhookID, d.seq, err)
 	}
 	return nil
 }

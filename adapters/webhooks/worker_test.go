@@ -168,10 +168,10 @@ func TestRunLoopAndPaging(t *testing.T) {
 		seen := map[int64]bool{}
 		retried := 0
 		for _, d := range append(page1, page2...) {
-			if seen[d.ID] {
-				t.Errorf("delivery %d on two pages", d.ID)
+			if seen[d.Seq] {
+				t.Errorf("delivery %d on two pages", d.Seq)
 			}
-			seen[d.ID] = true
+			seen[d.Seq] = true
 			if len(d.Attempts) > 1 {
 				retried++
 			}
