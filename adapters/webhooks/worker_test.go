@@ -21,6 +21,12 @@ import (
 // appendQueued appends n MessageQueued events of tenant-a's connection connID and returns the
 // position of the last one.
 func appendQueued(t *testing.T, st eventstore.Store, connID string, n int) eventstore.Position {
+	return appendQueuedOf(t, st, "tenant-a", connID, n)
+}
+
+// appendQueuedOf appends n MessageQueued events of tenant's connection connID and returns the
+// position of the last one.
+func appendQueuedOf(t *testing.T, st eventstore.Store, tenant, connID string, n int) eventstore.Position {
 	t.Helper()
 	var pos eventstore.Position
 	for i := 1; i <= n; i++ {
@@ -29,7 +35,7 @@ func appendQueued(t *testing.T, st eventstore.Store, connID string, n int) event
 			t.Fatal(err)
 		}
 		res, err := st.Append(context.Background(), connection.StreamName(connID), eventstore.Any,
-			eventstore.EventData{ID: uuid.New(), Type: typ, Data: data, Metadata: eventstore.Metadata{TenantID: "tenant-a"}})
+			eventstore.EventData{ID: uuid.New(), Type: typ, Data: data, Metadata: eventstore.Metadata{TenantID: tenant}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -38,7 +44,21 @@ func appendQueued(t *testing.T, st eventstore.Store, connID string, n int) event
 	return pos
 }
 
+// runOutbox runs the outbox projection, on a runner of its own, until stop; with a non-zero
+// until it first waits for the outbox to reach it.
 func runOutbox(t *testing.T, ctx context.Context, e env, wake func(), until eventstore.Position) (stop func()) {
+	t.Helper()
+	runner, stop := startOutbox(t, ctx, e, wake)
+	if !until.IsZero() {
+		if err := runner.WaitFor(ctx, []string{webhooks.OutboxName}, until); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return stop
+}
+
+// startOutbox runs the outbox projection on a runner of its own (a node's) until stop.
+func startOutbox(t *testing.T, ctx context.Context, e env, wake func()) (*projections.Runner, func()) {
 	t.Helper()
 	runner, err := projections.NewRunner(projections.RunnerConfig{DB: e.db, Store: e.store,
 		Projections: []projections.Projection{webhooks.NewOutbox(wake)}, Logger: slog.New(slog.DiscardHandler)})
@@ -48,12 +68,7 @@ func runOutbox(t *testing.T, ctx context.Context, e env, wake func(), until even
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- runner.Run(rctx) }()
-	if !until.IsZero() {
-		if err := runner.WaitFor(ctx, []string{webhooks.OutboxName}, until); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return func() { cancel(); <-done }
+	return runner, func() { cancel(); <-done }
 }
 
 func newReceiver(t *testing.T, clk *clock, failFirst int) *receiver {
