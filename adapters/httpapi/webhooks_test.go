@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -304,4 +305,86 @@ func TestWebhookRegistrationRefusesInternalAddresses(t *testing.T) {
 	if n := len(list.Map()["webhooks"].([]any)); n != 0 {
 		t.Fatalf("refused registrations left %d webhooks: %s", n, list.Body)
 	}
+}
+
+// TestWebhookDeliveryIDsAreTheTenants (G9): a delivery's id and the log's cursor are numbers
+// within the webhook — tenant-a's deliveries, interleaved with another tenant's, are 1..n with
+// no gap for the other's — never the table's id, which counts every tenant's deliveries. The
+// log pages newest first by them; a malformed cursor is 400 invalid_request.
+func TestWebhookDeliveryIDsAreTheTenants(t *testing.T) {
+	eachEngine(t, apitestOptions(), func(t *testing.T, e *env) {
+		rc := newReceiver(t)
+		hooks := map[string]string{}
+		for _, tenant := range []string{e.Tenant, otherTenant} {
+			r := e.do(e.key(tenant, auth.RoleAdmin), "POST", "/v1/webhooks",
+				map[string]any{"url": rc.URL, "event_types": []string{integration.TypeMessageStatusChanged}}, nil)
+			wantStatus(t, r, 201)
+			hooks[tenant] = str(r.Map(), "id")
+		}
+		// Unpaired connections: each message stays queued, one delivery per message.
+		opA, opB := e.key(e.Tenant, auth.RoleOperator), e.key(otherTenant, auth.RoleOperator)
+		connA, _ := e.register(opA)
+		connB, _ := e.register(opB)
+		send := func(key, conn string) string {
+			m := e.do(key, "POST", "/v1/connections/"+conn+"/messages", map[string]any{"recipient": newPhone(), "text": "count me"}, nil)
+			wantStatus(t, m, 202)
+			return m.Header.Get(httpapi.HeaderPosition)
+		}
+		const n = webhooks.DefaultPageSize + 5
+		others, last := 0, ""
+		for i := range n {
+			send(opA, connA)
+			for range i%2 + 1 {
+				last = send(opB, connB)
+				others++
+			}
+		}
+		pos, ok := httpapi.ParsePosition(last)
+		if !ok {
+			t.Fatalf("position %q", last)
+		}
+		if err := e.Runner.WaitFor(e.ctx, []string{webhooks.OutboxName}, pos); err != nil {
+			t.Fatal(err)
+		}
+
+		for tenant, want := range map[string]int{e.Tenant: n, otherTenant: others} {
+			var ids []int64
+			var cursors []string
+			for cursor := ""; ; {
+				r := e.do(e.key(tenant, auth.RoleAdmin), "GET", "/v1/webhooks/"+hooks[tenant]+"/deliveries?cursor="+cursor, nil, nil)
+				wantStatus(t, r, 200)
+				var p struct {
+					Deliveries []struct {
+						ID int64 `json:"id"`
+					} `json:"deliveries"`
+					NextCursor string `json:"next_cursor"`
+				}
+				if err := r.JSON(&p); err != nil {
+					t.Fatal(err)
+				}
+				for _, d := range p.Deliveries {
+					ids = append(ids, d.ID)
+				}
+				if p.NextCursor == "" {
+					break
+				}
+				cursor = p.NextCursor
+				cursors = append(cursors, cursor)
+			}
+			if len(ids) != want || ids[0] != int64(want) || ids[len(ids)-1] != 1 {
+				t.Fatalf("%s's delivery ids %v, want %d down to 1", tenant, ids, want)
+			}
+			for i := range ids {
+				if ids[i] != int64(want-i) {
+					t.Fatalf("%s's delivery ids %v, want %d down to 1", tenant, ids, want)
+				}
+			}
+			if wantCursor := strconv.Itoa(want - webhooks.DefaultPageSize + 1); len(cursors) != 1 || cursors[0] != wantCursor {
+				t.Fatalf("%s's cursors %v, want [%s] (the first page's last id)", tenant, cursors, wantCursor)
+			}
+		}
+		for _, bad := range []string{"x", "0", "-1", "1e3"} {
+			wantProblem(t, e.do(e.admin(), "GET", "/v1/webhooks/"+hooks[e.Tenant]+"/deliveries?cursor="+bad, nil, nil), 400, httpapi.CodeInvalidRequest)
+		}
+	})
 }
