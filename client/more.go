@@ -345,6 +345,7 @@ func (c *Client) DeleteWebhook(ctx context.Context, id string) error {
 
 // WebhookDelivery is one event's delivery to a webhook, with its attempts.
 type WebhookDelivery struct {
+	// ID is the delivery's number within its webhook: 1, 2, 3… in the order of the events.
 	ID        int64     `json:"id"`
 	EventID   string    `json:"event_id"`
 	EventType string    `json:"event_type"`
