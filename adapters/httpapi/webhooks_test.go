@@ -70,6 +70,7 @@ func (rc *receiver) received() []received {
 
 type deliveryPage struct {
 	Deliveries []struct {
+		ID        int64  `json:"id"`
 		EventID   string `json:"event_id"`
 		EventType string `json:"event_type"`
 		Attempts  []struct {
@@ -353,22 +354,17 @@ func TestWebhookDeliveryIDsAreTheTenants(t *testing.T) {
 			for cursor := ""; ; {
 				r := e.do(e.key(tenant, auth.RoleAdmin), "GET", "/v1/webhooks/"+hooks[tenant]+"/deliveries?cursor="+cursor, nil, nil)
 				wantStatus(t, r, 200)
-				var p struct {
-					Deliveries []struct {
-						ID int64 `json:"id"`
-					} `json:"deliveries"`
-					NextCursor string `json:"next_cursor"`
-				}
-				if err := r.JSON(&p); err != nil {
-					t.Fatal(err)
+				var p deliveryPage
+				if err := r.JSON(&p); err != nil || p.NextCursor == nil {
+					t.Fatalf("page %s (%v)", r.Body, err)
 				}
 				for _, d := range p.Deliveries {
 					ids = append(ids, d.ID)
 				}
-				if p.NextCursor == "" {
+				if *p.NextCursor == "" {
 					break
 				}
-				cursor = p.NextCursor
+				cursor = *p.NextCursor
 				cursors = append(cursors, cursor)
 			}
 			if len(ids) != want || ids[0] != int64(want) || ids[len(ids)-1] != 1 {

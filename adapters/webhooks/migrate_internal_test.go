@@ -22,14 +22,7 @@ func TestMigrationTrimsStoredErrors(t *testing.T) {
 		t.Run(engine, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			db := openEngine(t, engine)
-			p, err := migrationProvider(db)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := p.UpTo(ctx, 1); err != nil {
-				t.Fatal(err)
-			}
+			db := openAt(t, engine, 1)
 			for _, q := range []string{
 				`INSERT INTO webhooks (id, tenant_id, url, event_types, secret, created_at_us) VALUES ('h', 't', 'http://x', 'a', 's', 1)`,
 				`INSERT INTO webhook_deliveries (id, webhook_id, tenant_id, event_id, event_type, payload, created_at_us, next_attempt_at_us, last_status, last_error)
@@ -73,23 +66,34 @@ func TestMigrationTrimsStoredErrors(t *testing.T) {
 	}
 }
 
-// openEngine opens an empty read-model database of engine ("sqlite" or "postgres").
-func openEngine(t *testing.T, engine string) *projections.DB {
+// openAt opens a new read-model database of engine ("sqlite" or "postgres") with the webhook
+// schema at version.
+func openAt(t *testing.T, engine string, version int64) *projections.DB {
 	t.Helper()
+	var db *projections.DB
 	if engine == "sqlite" {
 		sdb, err := sqlitedb.Open(filepath.Join(t.TempDir(), "w.db"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = sdb.Close() })
-		return &projections.DB{SQL: sdb, Dialect: projections.SQLite}
+		db = &projections.DB{SQL: sdb, Dialect: projections.SQLite}
+	} else {
+		pdb, err := sql.Open("pgx", pgtest.URL(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = pdb.Close() })
+		db = &projections.DB{SQL: pdb, Dialect: projections.Postgres}
 	}
-	pdb, err := sql.Open("pgx", pgtest.URL(t))
+	p, err := migrationProvider(db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = pdb.Close() })
-	return &projections.DB{SQL: pdb, Dialect: projections.Postgres}
+	if _, err := p.UpTo(context.Background(), version); err != nil {
+		t.Fatal(err)
+	}
+	return db
 }
 
 // TestMigrationNumbersDeliveriesPerWebhook: deliveries made under migration 2 carry only the
@@ -101,14 +105,7 @@ func TestMigrationNumbersDeliveriesPerWebhook(t *testing.T) {
 		t.Run(engine, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			db := openEngine(t, engine)
-			p, err := migrationProvider(db)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := p.UpTo(ctx, 2); err != nil {
-				t.Fatal(err)
-			}
+			db := openAt(t, engine, 2)
 			// In id order, tenant a's webhook ha got e1, e3, e4, e7; tenant b's hb e2, e5, e6;
 			// hc (tenant a's too) none.
 			if _, err := db.ExecContext(ctx, `INSERT INTO webhooks (id, tenant_id, url, event_types, secret, created_at_us) VALUES

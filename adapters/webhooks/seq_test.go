@@ -14,19 +14,26 @@ import (
 	"github.com/waqueue/waqueue/projections/integration"
 )
 
-// registerPast registers a webhook of tenant for queued messages, an hour before now (so that
-// it receives every event the test appends), at a URL nothing listens on.
-func registerPast(t *testing.T, ctx context.Context, e env, tenant string) (*webhooks.Service, string) {
+// twoTenants registers a webhook of tenant-a and one of tenant-b for queued messages, an hour
+// before now (so that they receive every event the test appends), at a URL nothing listens on.
+// It returns a context bounded by testwait.Limit, the service and the two webhooks' ids.
+func twoTenants(t *testing.T, e env) (ctx context.Context, svc *webhooks.Service, hookA, hookB string) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
+	t.Cleanup(cancel)
 	svc, err := webhooks.NewService(e.db, func() time.Time { return time.Now().UTC().Add(-time.Hour) }, loopbackEgress)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, _, err := svc.Register(ctx, tenant, "http://127.0.0.1:9/hook", []string{integration.TypeMessageStatusChanged})
-	if err != nil {
-		t.Fatal(err)
+	var ids []string
+	for _, tenant := range []string{"tenant-a", "tenant-b"} {
+		id, _, err := svc.Register(ctx, tenant, "http://127.0.0.1:9/hook", []string{integration.TypeMessageStatusChanged})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
 	}
-	return svc, id
+	return ctx, svc, ids[0], ids[1]
 }
 
 // logSeqs reads the whole delivery log of tenant's webhook id, page by page, and returns the
@@ -66,10 +73,7 @@ func descending(n int) []int64 {
 // ids, counting both tenants' deliveries.
 func TestDeliveryNumbersArePerWebhook(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e env) {
-		ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
-		defer cancel()
-		svc, hookA := registerPast(t, ctx, e, "tenant-a")
-		_, hookB := registerPast(t, ctx, e, "tenant-b")
+		ctx, svc, hookA, hookB := twoTenants(t, e)
 		const n = webhooks.DefaultPageSize + 7
 		var last eventstore.Position
 		bs := 0
@@ -121,10 +125,7 @@ func TestDeliveryNumbersArePerWebhook(t *testing.T) {
 // numbered 1..n, one per event.
 func TestTwoNodesOutboxesNumberOnce(t *testing.T) {
 	eachEngine(t, func(t *testing.T, e env) {
-		ctx, cancel := context.WithTimeout(context.Background(), testwait.Limit)
-		defer cancel()
-		svc, hookA := registerPast(t, ctx, e, "tenant-a")
-		_, hookB := registerPast(t, ctx, e, "tenant-b")
+		ctx, svc, hookA, hookB := twoTenants(t, e)
 		r1, stop1 := startOutbox(t, ctx, e, nil)
 		defer stop1()
 		r2, stop2 := startOutbox(t, ctx, e, nil)

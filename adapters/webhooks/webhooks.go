@@ -25,6 +25,13 @@
 // (claimed_until) before it is sent, so several workers do not send it at once; a crash between the send and the bookkeeping resends it (at least once: receivers dedupe on
 // Waqueue-Event-Id, the integration event id).
 //
+// # Delivery log
+//
+// A webhook's deliveries are numbered 1, 2, 3… in the order of its events (Delivery.Seq, the
+// API's delivery id and the log's cursor). The numbers are the webhook's own: the table's key,
+// shared by every tenant's deliveries, would show a tenant how many deliveries the others got
+// between two of its own (G9), so it never leaves the package.
+//
 // # Egress
 //
 // Webhook URLs are chosen by tenants, so the node must not become their way into the operator's
