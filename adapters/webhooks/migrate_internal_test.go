@@ -197,6 +197,19 @@ func TestMigrationNumbersDeliveriesPerWebhook(t *testing.T) {
 				VALUES ('ha', 5, 'a', 'e9', 't', '{}', 9, 0)`); err == nil {
 				t.Fatal("a second delivery numbered 5 was accepted")
 			}
+
+			// Down to 2 (before rolling the binary back) keeps the deliveries.
+			p, err := migrationProvider(db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.DownTo(ctx, 2); err != nil {
+				t.Fatal(err)
+			}
+			var left int
+			if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM webhook_deliveries`).Scan(&left); err != nil || left != 8 {
+				t.Fatalf("%d deliveries after migrating down (%v), want 8", left, err)
+			}
 		})
 	}
 }
