@@ -60,7 +60,10 @@ SELECT cur.rev, (SELECT tx_id FROM ins LIMIT 1), (SELECT max(seq) FROM ins) FROM
 	// sqlPosition returns the position of the last event this transaction inserted.
 	sqlPosition = `SELECT pg_current_xact_id(), currval('waqueue_events_seq_seq')`
 
-	sqlNotify = `SELECT pg_notify($1, '')`
+	// sqlNotify announces a commit to the stores of other processes: $1 is NotifyChannel, $2
+	// the announcing store's origin, by which its own listener ignores the echo (the store
+	// wakes its own subscriptions directly).
+	sqlNotify = `SELECT pg_notify($1, $2)`
 
 	sqlLookupIDs = `SELECT id, stream, revision, tx_id, seq FROM waqueue_events WHERE id = ANY($1::uuid[])`
 
@@ -97,6 +100,9 @@ func (s *Store) appendAlone(ctx context.Context, stream string, expected eventst
 	res, err := s.write(ctx, c.Conn(), stream, expected, events, true)
 	if err != nil {
 		rollback(c.Conn())
+		// An error after COMMIT leaves the events committed: wake the subscriptions anyway
+		// (this store's listener ignores its own NOTIFY, if that went out).
+		s.wake.notify()
 		return s.resolve(ctx, stream, expected, events, err)
 	}
 	s.wake.notify()
@@ -162,7 +168,7 @@ func (s *Store) write(ctx context.Context, conn *pgx.Conn, stream string, expect
 	if commit {
 		b.Queue("COMMIT")
 		// Outside the appending transaction: see the package doc.
-		b.Queue(sqlNotify, NotifyChannel)
+		b.Queue(sqlNotify, NotifyChannel, s.origin)
 	}
 	br := conn.SendBatch(ctx, b)
 	defer br.Close()
@@ -234,7 +240,7 @@ func (s *Store) writeCopy(ctx context.Context, conn *pgx.Conn, stream string, ex
 	b.Queue(sqlPosition)
 	if commit {
 		b.Queue("COMMIT")
-		b.Queue(sqlNotify, NotifyChannel)
+		b.Queue(sqlNotify, NotifyChannel, s.origin)
 	}
 	// Last round trip: read the position, commit, notify.
 	br = conn.SendBatch(ctx, b)

@@ -53,7 +53,8 @@ func (s *Store) AppendHeld(ctx context.Context, stream string, expected eventsto
 		if _, err := c.Exec(ctx, "COMMIT"); err != nil {
 			return err
 		}
-		if _, err := c.Exec(ctx, sqlNotify, NotifyChannel); err != nil {
+		s.wake.notify()
+		if _, err := c.Exec(ctx, sqlNotify, NotifyChannel, s.origin); err != nil {
 			return err
 		}
 		return nil
@@ -117,4 +118,12 @@ func (s *Store) ExplainPage(ctx context.Context, cursor eventstore.Position, fil
 		}
 	}
 	return plan.String(), nil
+}
+
+// TailReads returns how many shared tail reads began and how many times one served another
+// subscription.
+func (s *Store) TailReads() (started, joined int) {
+	s.tail.mu.Lock()
+	defer s.tail.mu.Unlock()
+	return s.tail.started, s.tail.joined
 }

@@ -273,7 +273,7 @@ func (s *Store) writeGroup(ctx context.Context, group []*pendingAppend) error {
 	b.Queue(sqlLockAll, streams)
 	b.Queue(sqlInsertGroup, streams, kinds, revs, ids, types, data, tenants, actors, corrs, causes, now)
 	b.Queue("COMMIT")
-	b.Queue(sqlNotify, NotifyChannel)
+	b.Queue(sqlNotify, NotifyChannel, s.origin)
 	err = func() error {
 		br := conn.SendBatch(ctx, b)
 		defer br.Close()

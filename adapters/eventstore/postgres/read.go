@@ -415,6 +415,10 @@ func (s *Store) subscribe(ctx context.Context, after eventstore.Position, filter
 		wake <-chan struct{}
 	}
 	var prefetch chan fetched
+	// atTail is set once the subscription has read a page that was not full and waited: its
+	// next read is of the tail. since is when its timer woke it (zero: a notification did).
+	atTail := false
+	var since time.Time
 	defer func() {
 		if prefetch != nil {
 			cancel()
@@ -426,6 +430,9 @@ func (s *Store) subscribe(ctx context.Context, after eventstore.Position, filter
 		if prefetch != nil {
 			f = <-prefetch
 			prefetch = nil
+		} else if atTail {
+			// Woken at the tail: share the read with the store's other subscriptions (tail.go).
+			f.pg, f.wake, f.err = s.tailPage(ctx, cursor, filter, since)
 		} else {
 			// Take the wake-up channel before reading, so a commit during the read is not missed.
 			f.wake = s.wake.wait()
@@ -471,6 +478,7 @@ func (s *Store) subscribe(ctx context.Context, after eventstore.Position, filter
 			backoff = s.opts.PendingPoll
 		}
 		timer.Reset(wait)
+		atTail, since = true, time.Time{}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -479,6 +487,7 @@ func (s *Store) subscribe(ctx context.Context, after eventstore.Position, filter
 				return eventstore.ErrClosed
 			}
 		case <-timer.C:
+			since = time.Now()
 		}
 		if !timer.Stop() {
 			select {

@@ -50,10 +50,12 @@
 //
 // Subscribe catches up in pages of Options.PageSize events, then waits. It wakes on a
 // notification: appends through this Store wake its subscribers directly, and a dedicated
-// connection LISTENs for appends of other processes. When visible rows are known to be
+// connection LISTENs for appends of other processes (a NOTIFY carries the store's origin, so
+// the listener ignores the echo of the store's own). When visible rows are known to be
 // held back by an older open transaction, it polls with a short backoff (Options.PendingPoll,
 // doubling up to Options.MaxPendingPoll) until they are released; otherwise it only checks
-// every Options.IdlePoll, to survive a lost notification.
+// every Options.IdlePoll, to survive a lost notification. Subscriptions at the tail share
+// their page reads (tail.go): one read per commit serves every subscription of the store.
 package postgres
 
 import (
@@ -66,6 +68,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -170,11 +173,14 @@ type Store struct {
 	ownsPool bool
 	opts     Options
 	wake     *broadcaster
+	// origin tells this store's notifications from those of other stores (see sqlNotify).
+	origin string
 
 	mu       sync.Mutex
 	closed   bool
 	listener *listener // started by the first Subscribe
 	group    grouper   // single-event appends waiting for a shared transaction
+	tail     tailReads // page reads shared by the subscriptions at the tail
 }
 
 // DefaultMaxConns is the pool size Open uses when the URL sets no pool_max_conns. An append
@@ -217,7 +223,7 @@ func PoolConfig(url string) (*pgxpool.Config, error) {
 // New returns a Store on a pool owned by the caller (Close leaves it open).
 func New(pool *pgxpool.Pool, opts Options) *Store {
 	opts.setDefaults()
-	return &Store{pool: pool, opts: opts, wake: newBroadcaster()}
+	return &Store{pool: pool, opts: opts, wake: newBroadcaster(), origin: uuid.NewString()}
 }
 
 // Pool returns the store's connection pool.
@@ -297,7 +303,7 @@ func (s *Store) ensureListener() error {
 		return eventstore.ErrClosed
 	}
 	if s.listener == nil {
-		s.listener = startListener(s.pool.Config().ConnConfig.Copy(), s.wake)
+		s.listener = startListener(s.pool.Config().ConnConfig.Copy(), s.wake, s.origin)
 	}
 	return nil
 }
@@ -346,14 +352,14 @@ type listener struct {
 	done   chan struct{}
 }
 
-func startListener(cfg *pgx.ConnConfig, wake *broadcaster) *listener {
+func startListener(cfg *pgx.ConnConfig, wake *broadcaster, origin string) *listener {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &listener{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
 		backoff := 100 * time.Millisecond
 		for ctx.Err() == nil {
-			err := listen(ctx, cfg, wake)
+			err := listen(ctx, cfg, wake, origin)
 			if ctx.Err() != nil {
 				return
 			}
@@ -369,7 +375,9 @@ func startListener(cfg *pgx.ConnConfig, wake *broadcaster) *listener {
 	return l
 }
 
-func listen(ctx context.Context, cfg *pgx.ConnConfig, wake *broadcaster) error {
+// listen wakes subscribers on every notification but the store's own (origin): those it
+// announced to its subscribers directly, before the echo could arrive.
+func listen(ctx context.Context, cfg *pgx.ConnConfig, wake *broadcaster, origin string) error {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return err
@@ -380,10 +388,13 @@ func listen(ctx context.Context, cfg *pgx.ConnConfig, wake *broadcaster) error {
 	}
 	wake.notify() // anything committed while we were not listening
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return err
 		}
-		wake.notify()
+		if n.Payload != origin {
+			wake.notify()
+		}
 	}
 }
 
