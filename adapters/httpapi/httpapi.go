@@ -16,6 +16,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"math"
@@ -24,11 +25,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 
 	"github.com/waqueue/waqueue/adapters/apikeys"
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/pairing"
+	"github.com/waqueue/waqueue/adapters/ratelimit"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/transport"
 	"github.com/waqueue/waqueue/adapters/webhooks"
@@ -80,6 +81,10 @@ type Deps struct {
 	// platform operator's (the tenant routes, GET /v1/admin/health). Default
 	// apikeys.DefaultTenant (the bootstrap key's tenant).
 	PlatformTenant string
+	// RateLimiter keeps the tenants' API rate-limit buckets. Nil: ratelimit.NewLocal(), a
+	// bucket per tenant on this node; nodes sharing a PostgreSQL read-model database share
+	// their buckets with a ratelimit.Shared (what server.New sets up).
+	RateLimiter RateLimiter
 	// Logger logs one line per request. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
@@ -111,7 +116,8 @@ type Limits struct {
 	NumberChecksPerMinute int
 	NumberCheckBurst      int
 	// RatePerSecond and RateBurst are a tenant's API rate limit (429 rate_limited) when the
-	// platform operator set none for it: a token bucket per tenant and node. Zero (or negative)
+	// platform operator set none for it: a token bucket per tenant (Deps.RateLimiter). Every
+	// node sharing a bucket should have the same default. Zero (or negative)
 	// RatePerSecond: no default limit (a limit set for a tenant still applies); `waqueue serve`
 	// sets 500/s, burst 1000 (--rate-limit, --rate-burst). RateBurst defaults to one second's
 	// worth of requests.
@@ -188,9 +194,21 @@ type server struct {
 	log     *slog.Logger
 	metrics *metrics
 	checks  *checkBucket // number checks, per connection key
-	// limiters are the tenants' token buckets on this node (tenants.go).
-	limiters *rateLimiters
+	// defRate is the tenants' default rate limit (Limits.RatePerSecond, RateBurst).
+	defRate ratelimit.Limit
 }
+
+// RateLimiter keeps a token bucket per tenant: ratelimit.Local or ratelimit.Shared.
+type RateLimiter interface {
+	// Allow takes one token of tenant's bucket under lim at now. When there is none it
+	// returns ok false and how long until there is one.
+	Allow(ctx context.Context, tenant string, lim ratelimit.Limit, now time.Time) (wait time.Duration, ok bool)
+}
+
+var (
+	_ RateLimiter = (*ratelimit.Local)(nil)
+	_ RateLimiter = (*ratelimit.Shared)(nil)
+)
 
 // New returns the API handler, or an error naming every missing dependency. The handler is
 // safe for concurrent use. It registers its metrics on d.Registry (reusing them when another
@@ -209,6 +227,9 @@ func New(d Deps) (http.Handler, error) {
 		d.PlatformTenant = apikeys.DefaultTenant
 	}
 	d.Limits.setDefaults()
+	if d.RateLimiter == nil {
+		d.RateLimiter = ratelimit.NewLocal()
+	}
 	if d.Pairing == nil {
 		p, err := pairing.New(pairing.Config{DB: d.DB, Transport: d.Transport, Timeout: d.Limits.PairingTimeout, Logger: d.Logger})
 		if err != nil {
@@ -217,8 +238,8 @@ func New(d Deps) (http.Handler, error) {
 		d.Pairing = p
 	}
 	s := &server{d: d, log: d.Logger,
-		checks:   newCheckBucket(d.Limits.NumberChecksPerMinute, d.Limits.NumberCheckBurst),
-		limiters: &rateLimiters{def: apikeys.RateLimit{PerSecond: d.Limits.RatePerSecond, Burst: d.Limits.RateBurst}, m: map[string]*rate.Limiter{}}}
+		checks:  newCheckBucket(d.Limits.NumberChecksPerMinute, d.Limits.NumberCheckBurst),
+		defRate: ratelimit.Limit{PerSecond: d.Limits.RatePerSecond, Burst: d.Limits.RateBurst}}
 	m, err := newMetrics(d.Registry)
 	if err != nil {
 		return nil, err

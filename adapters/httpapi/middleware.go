@@ -173,7 +173,7 @@ func (s *server) endpoint(rt Route) http.Handler {
 			}
 			p := s.platformOperator(id.Principal)
 			st.principal = p
-			if wait, ok := s.limiters.allow(p.TenantID, id.RateLimit, s.d.Now()); !ok {
+			if wait, ok := s.allowRate(r.Context(), p.TenantID, id.RateLimit); !ok {
 				fail(rateLimited(w, wait))
 				return
 			}

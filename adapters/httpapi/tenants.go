@@ -7,12 +7,10 @@ import (
 	"math"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/waqueue/waqueue/adapters/apikeys"
+	"github.com/waqueue/waqueue/adapters/ratelimit"
 	"github.com/waqueue/waqueue/commands"
 	"github.com/waqueue/waqueue/domain/auth"
 	"github.com/waqueue/waqueue/domain/connection"
@@ -314,41 +312,14 @@ func (s *server) createTenantKey(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusCreated, created)
 }
 
-// rateLimiters keeps one token bucket per tenant on this node. A tenant's limit is read with
-// its key on every request (apikeys.Identity), so a limit set on any node applies on every node
-// at the next request; the buckets themselves are per node, so N nodes behind a balancer let a
-// tenant through up to N times its limit.
-type rateLimiters struct {
-	mu  sync.Mutex
-	def apikeys.RateLimit
-	m   map[string]*rate.Limiter
-}
-
-// allow takes a token of tenant's bucket at now, or returns how long until one is there.
-func (l *rateLimiters) allow(tenant string, lim apikeys.RateLimit, now time.Time) (time.Duration, bool) {
-	if lim.IsZero() {
-		lim = l.def
+// allowRate takes a token of the tenant's bucket under its limit (lim; the zero limit is the
+// default), or returns how long until one is there.
+func (s *server) allowRate(ctx context.Context, tenant string, lim apikeys.RateLimit) (time.Duration, bool) {
+	l := s.defRate
+	if !lim.IsZero() {
+		l = ratelimit.Limit{PerSecond: lim.PerSecond, Burst: lim.Burst}
 	}
-	if lim.PerSecond <= 0 {
-		return 0, true // unlimited
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	// A new limit starts with a full bucket.
-	b := l.m[tenant]
-	if b == nil || b.Limit() != rate.Limit(lim.PerSecond) || b.Burst() != lim.Burst {
-		b = rate.NewLimiter(rate.Limit(lim.PerSecond), lim.Burst)
-		l.m[tenant] = b
-	}
-	res := b.ReserveN(now, 1)
-	if !res.OK() {
-		return time.Second, false
-	}
-	if d := res.DelayFrom(now); d > 0 {
-		res.CancelAt(now)
-		return d, false
-	}
-	return 0, true
+	return s.d.RateLimiter.Allow(ctx, tenant, l, s.d.Now())
 }
 
 // rateLimited is the 429 answer, with Retry-After in whole seconds (at least 1).

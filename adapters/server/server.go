@@ -40,6 +40,7 @@ import (
 	"github.com/waqueue/waqueue/adapters/httpapi"
 	"github.com/waqueue/waqueue/adapters/lease"
 	"github.com/waqueue/waqueue/adapters/pairing"
+	"github.com/waqueue/waqueue/adapters/ratelimit"
 	"github.com/waqueue/waqueue/adapters/simulator"
 	"github.com/waqueue/waqueue/adapters/sqlitedb"
 	"github.com/waqueue/waqueue/adapters/transport"
@@ -391,6 +392,13 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	if n.Simulator != nil && o.SimulatorRoutes {
 		deps.Simulator = n.Simulator
 	}
+	// On PostgreSQL every node sharing the read-model database draws from one bucket per
+	// tenant; on SQLite (one node) the buckets stay in memory.
+	if n.DB.Dialect == projections.Postgres {
+		if deps.RateLimiter, err = ratelimit.NewShared(ratelimit.Config{DB: n.SQL, Logger: o.Logger, Registerer: n.Registry}); err != nil {
+			return nil, err
+		}
+	}
 	if n.API, err = httpapi.New(deps); err != nil {
 		return nil, err
 	}
@@ -568,11 +576,14 @@ func (n *Node) openStores(ctx context.Context) error {
 	if err := pairing.Migrate(ctx, n.DB); err != nil {
 		return err
 	}
+	if err := ratelimit.Migrate(ctx, n.DB); err != nil {
+		return err
+	}
 	return webhooks.Migrate(ctx, n.DB)
 }
 
 // Migrate opens the stores of o, brings every schema (event store, read models, API keys,
-// webhooks, console sessions, QR pairings) up to date, and closes them. It creates no key and starts nothing.
+// webhooks, console sessions, QR pairings, shared rate-limit buckets) up to date, and closes them. It creates no key and starts nothing.
 func Migrate(ctx context.Context, o Options) error {
 	if err := o.setDefaults(); err != nil {
 		return err
