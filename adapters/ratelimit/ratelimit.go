@@ -25,9 +25,11 @@
 // One lease per tenant is in flight on a node at a time: a request finding the node's chunk
 // spent while a lease is running waits for it (bounded by Config.Timeout) and then takes from
 // what it brought, or leases the next chunk. When a lease finds the shared bucket empty, the
-// request is refused with the time until the bucket holds a token, and the node refuses the
-// tenant's requests locally until then, without asking the database again: a tenant flooding
-// the API costs the database a lease per chunk of its limit, not a query per request.
+// request is refused with the time until the bucket holds a chunk again, and the node refuses
+// the tenant's requests locally until then, without asking the database: a tenant flooding the
+// API costs the database about two leases per node per chunk interval (1/20 s), whatever its
+// rate and its flood, not a query per request. (Retry-After is in whole seconds: the wait of
+// at most a chunk interval, rather than a token's, changes nothing a client sees there.)
 //
 // # Isolation (G9)
 //

@@ -215,8 +215,8 @@ func chunk(lim Limit) int {
 	return min(lim.burst(), max(1, int(math.Ceil(lim.PerSecond/LeaseChunk))))
 }
 
-// lease takes a chunk of tenant's shared bucket at now: got tokens, or none and the wait until
-// the bucket holds one.
+// lease takes a chunk of tenant's shared bucket at now: got tokens (up to a chunk), or none and
+// the wait until the bucket holds a chunk.
 func (s *Shared) lease(ctx context.Context, tenant string, lim Limit, now time.Time) (got int, wait time.Duration, err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
 	defer cancel()
@@ -232,9 +232,11 @@ func (s *Shared) lease(ctx context.Context, tenant string, lim Limit, now time.T
 		return int(leased), 0, nil
 	}
 	s.m.leases.WithLabelValues("empty").Inc()
-	// The bucket's time may be ahead of ours (another node's clock): the token is due after it.
-	due := time.Duration((1-tokens)/lim.PerSecond*float64(time.Second)) + time.Duration(max(0, atUS-now.UnixMicro()))*time.Microsecond
-	return 0, max(due, time.Microsecond), nil
+	// The node asks again when the bucket holds a chunk (not a token: at a chunk a lease, not
+	// a lease a token, whatever the demand), in whole microseconds, never earlier (less the
+	// float noise); after the bucket's time, which may be ahead of ours (another node's clock).
+	us := math.Ceil((float64(chunk(lim))-tokens)/lim.PerSecond*1e6-1e-6) + float64(max(0, atUS-now.UnixMicro()))
+	return 0, time.Duration(max(1, us)) * time.Microsecond, nil
 }
 
 // fallback decides by the node's own bucket (the database cannot be reached).
