@@ -120,6 +120,10 @@ type Options struct {
 	NoClearing bool
 	// Limits of the HTTP API.
 	Limits httpapi.Limits
+	// RateLimitTimeout bounds a lease of the tenants' shared API rate-limit buckets (PostgreSQL
+	// read models; ratelimit.Config.Timeout): past it, the node applies the limits alone until
+	// the database answers again. Default ratelimit.DefaultTimeout.
+	RateLimitTimeout time.Duration
 	// Logger defaults to a JSON logger on stderr.
 	Logger *slog.Logger
 	// Now is the clock of commands, keys and events. Default time.Now in UTC.
@@ -395,7 +399,8 @@ func New(ctx context.Context, o Options) (_ *Node, err error) {
 	// On PostgreSQL every node sharing the read-model database draws from one bucket per
 	// tenant; on SQLite (one node) the buckets stay in memory.
 	if n.DB.Dialect == projections.Postgres {
-		if deps.RateLimiter, err = ratelimit.NewShared(ratelimit.Config{DB: n.SQL, Logger: o.Logger, Registerer: n.Registry}); err != nil {
+		if deps.RateLimiter, err = ratelimit.NewShared(ratelimit.Config{DB: n.SQL, Timeout: o.RateLimitTimeout,
+			Logger: o.Logger, Registerer: n.Registry}); err != nil {
 			return nil, err
 		}
 	}
