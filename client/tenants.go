@@ -7,7 +7,8 @@ import (
 	"time"
 )
 
-// RateLimit is a tenant's API rate limit (a token bucket per tenant and node).
+// RateLimit is a tenant's API rate limit: a token bucket per tenant, shared by the nodes of a
+// PostgreSQL deployment.
 type RateLimit struct {
 	PerSecond float64 `json:"per_second"`
 	Burst     int     `json:"burst"`

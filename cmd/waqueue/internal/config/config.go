@@ -57,10 +57,11 @@ type Config struct {
 	// tenants with the most pending messages, the rest summed (--metrics-tenant-top,
 	// WAQUEUE_METRICS_TENANT_TOP). Default 0: no tenant label. At most 100.
 	MetricsTenantTop int
-	// RateLimit and RateBurst are a tenant's default API rate limit on this node (--rate-limit,
+	// RateLimit and RateBurst are a tenant's default API rate limit (--rate-limit,
 	// WAQUEUE_RATE_LIMIT, requests a second; --rate-burst, WAQUEUE_RATE_BURST), for tenants
 	// whose limit the platform operator did not set. Defaults 500 and 1000; a rate of 0 turns
-	// the default limit off.
+	// the default limit off. With PostgreSQL read models the nodes share each tenant's bucket
+	// (give them the same default); with SQLite the bucket is the node's.
 	RateLimit float64
 	RateBurst int
 	// SimulatorSeed seeds the simulator transport (--sim-seed, WAQUEUE_SIM_SEED). Default 1.
@@ -176,8 +177,8 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "127.0.0.1:9090", "Prometheus metrics listen address, apart from the API; empty turns it off ($WAQUEUE_METRICS_LISTEN)")
 	fs.StringVar(&c.MetricsToken, "metrics-token", "", "bearer token the metrics listener requires (prefer $WAQUEUE_METRICS_TOKEN)")
 	fs.IntVar(&c.MetricsTenantTop, "metrics-tenant-top", 0, "break queue depths down by tenant for this many tenants, 0 for none, at most 100 ($WAQUEUE_METRICS_TENANT_TOP)")
-	fs.Float64Var(&c.RateLimit, "rate-limit", 500, "a tenant's default API rate limit per node, requests a second; 0 for none ($WAQUEUE_RATE_LIMIT)")
-	fs.IntVar(&c.RateBurst, "rate-burst", 1000, "a tenant's default API burst per node ($WAQUEUE_RATE_BURST)")
+	fs.Float64Var(&c.RateLimit, "rate-limit", 500, "a tenant's default API rate limit, requests a second, shared by the nodes of a PostgreSQL database; 0 for none ($WAQUEUE_RATE_LIMIT)")
+	fs.IntVar(&c.RateBurst, "rate-burst", 1000, "a tenant's default API burst ($WAQUEUE_RATE_BURST)")
 	fs.Int64Var(&c.SimulatorSeed, "sim-seed", 1, "seed of the simulator transport ($WAQUEUE_SIM_SEED)")
 	fs.DurationVar(&c.SimulatorLatency, "sim-latency", 0, "simulator transport: time between a hand-over and its acknowledgement ($WAQUEUE_SIM_LATENCY)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
