@@ -177,7 +177,10 @@ func (s *Shared) Allow(ctx context.Context, tenant string, lim Limit, now time.T
 		}
 		s.recovered()
 		if h.lim != lim {
-			continue // the limit changed meanwhile: these tokens are not for it
+			// A request under another limit came meanwhile: this one takes a token of what it
+			// leased, if any, and the rest is dropped.
+			s.mu.Unlock()
+			return wait, got > 0
 		}
 		h.tokens, h.expires = got, now.Add(s.cfg.LeaseTTL)
 		if got == 0 {

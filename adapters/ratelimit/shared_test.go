@@ -217,6 +217,25 @@ func TestSharedOneLeaseInFlight(t *testing.T) {
 	}
 }
 
+// TestSharedUnlimitedAsksNothing: a tenant without a limit (as every tenant of `bench api`,
+// which sets no default) costs no lease: the database is never asked.
+func TestSharedUnlimitedAsksNothing(t *testing.T) {
+	db, err := sql.Open("pgx", "postgres://nobody@127.0.0.1:1/none") // never reached
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	n := newNode(t, ratelimit.Config{DB: db})
+	for range 1000 {
+		if _, ok := n.Allow(context.Background(), "acme", ratelimit.Limit{}, t0); !ok {
+			t.Fatal("refused without a limit")
+		}
+	}
+	if l, f := n.count(t, "leases_total", ""), n.count(t, "fallbacks_total", ""); l+f != 0 {
+		t.Fatalf("%d leases, %d fallbacks without a limit", l, f)
+	}
+}
+
 // TestSharedTenantsApart (G9): a tenant's answers — allowed or not, and the wait — are the
 // same whether another tenant floods its own bucket on the same nodes or is idle.
 func TestSharedTenantsApart(t *testing.T) {
