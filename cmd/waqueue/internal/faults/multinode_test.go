@@ -217,7 +217,9 @@ func (c *cluster) start(ctx context.Context, id string) *proc {
 	t.Helper()
 	addr := freeAddr(t)
 	dir := t.TempDir()
-	args := append([]string{"serve", "--data-dir", dir, "--listen", addr, "--metrics-listen=", "--log-level", "warn",
+	// --rate-limit 0: the nodes share the tenant's rate-limit bucket, and the test's bursts of
+	// requests (a thousand registrations, a broadcast per connection) are not what is tested.
+	args := append([]string{"serve", "--data-dir", dir, "--listen", addr, "--metrics-listen=", "--log-level", "warn", "--rate-limit", "0",
 		"--node-id", id, "--sim-latency", "1s", "--broker-token-key", filepath.Join(c.shared, "broker.key"),
 		"--audit-key", filepath.Join(c.shared, "audit-key.pem")}, c.args...)
 	p := &proc{cmd: exec.Command(c.bin, args...), logs: &logBuffer{}, done: make(chan struct{})}
