@@ -6,55 +6,35 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/waqueue/waqueue/adapters/pgcluster/pgtest"
 	"github.com/waqueue/waqueue/adapters/server"
+	"github.com/waqueue/waqueue/adapters/transport/transporttest"
 	"github.com/waqueue/waqueue/internal/testwait"
 )
-
-// fakeClock is the nodes' clock (Options.Now); the tests move it by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
 
 // limitedNodes are two API nodes on one PostgreSQL database with one clock, and the
 // platform operator's key (unlimited: no default limit).
 type limitedNodes struct {
 	t     *testing.T
 	a, b  *server.Node
-	clock *fakeClock
-	t0    time.Time
+	clock *transporttest.ManualClock
 	op    string
 }
 
 func newLimitedNodes(t *testing.T) *limitedNodes {
 	ctx := context.Background()
 	url := pgtest.URL(t)
-	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	clock := &fakeClock{t: t0}
+	clock := transporttest.NewManualClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	// A lease may take as long as the machine needs: a slow one must not count as an outage.
 	o := func(id string) server.Options {
 		return server.Options{DB: url, NodeID: id, NoDispatcher: true, Now: clock.Now, RateLimitTimeout: testwait.Limit}
 	}
 	a := newNode(ctx, t, o("a"))
 	b := newNode(ctx, t, o("b"))
-	return &limitedNodes{t: t, a: a, b: b, clock: clock, t0: t0, op: a.AdminKey}
+	return &limitedNodes{t: t, a: a, b: b, clock: clock, op: a.AdminKey}
 }
 
 // call serves one request on n's handler.
@@ -155,13 +135,13 @@ func TestRateLimitHoldsAcrossNodes(t *testing.T) {
 	busy := l.tenant("busy", 100, 50)
 	calm := l.tenant("calm", 100, 50)
 	allowed := 0
-	for i := range 200 {
-		l.clock.Set(l.t0.Add(time.Duration(i) * 10 * time.Millisecond))
+	for range 200 {
 		for _, n := range []*server.Node{l.a, l.b, l.a, l.b} {
 			if l.get(n, busy) {
 				allowed++
 			}
 		}
+		l.clock.Advance(10 * time.Millisecond)
 	}
 	if allowed > 250 || allowed < 230 {
 		t.Errorf("the two nodes let %d requests through in 2 s, want at most 250 (50 + 100/s × 2 s) and at least 230", allowed)
@@ -193,13 +173,13 @@ func TestRateLimitChangeAppliesAcrossNodes(t *testing.T) {
 	}
 	l.limit("acme", 1, 2)
 	allowed := 0
-	for i := range 30 {
-		l.clock.Set(l.t0.Add(time.Duration(i) * 100 * time.Millisecond))
+	for range 30 {
 		for _, n := range []*server.Node{l.a, l.b} {
 			if l.get(n, key) {
 				allowed++
 			}
 		}
+		l.clock.Advance(100 * time.Millisecond)
 	}
 	if allowed > 5 || allowed < 4 {
 		t.Errorf("%d requests let through in 3 s after the limit became 1/s burst 2, want 4 or 5", allowed)
