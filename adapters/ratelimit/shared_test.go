@@ -350,14 +350,13 @@ func TestSharedFallsBackWhenTheDatabaseIsDown(t *testing.T) {
 // proxy forwards TCP to a PostgreSQL server until cut: then it closes every connection and
 // refuses new ones, until restore.
 type proxy struct {
-	t        *testing.T
-	target   string
-	url      string
-	addr     string
-	mu       sync.Mutex
-	ln       net.Listener
-	conns    []net.Conn
-	shutdown bool
+	t      *testing.T
+	target string
+	url    string
+	addr   string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  []net.Conn
 }
 
 func newProxy(t *testing.T, dsn string) *proxy {
@@ -369,12 +368,7 @@ func newProxy(t *testing.T, dsn string) *proxy {
 	p.listen("127.0.0.1:0")
 	u.Host = p.addr
 	p.url = u.String()
-	t.Cleanup(func() {
-		p.mu.Lock()
-		p.shutdown = true
-		p.mu.Unlock()
-		p.cut()
-	})
+	t.Cleanup(p.cut)
 	return p
 }
 
