@@ -123,10 +123,11 @@ func NewShared(cfg Config) (*Shared, error) {
 }
 
 // Allow takes one token of tenant's bucket under lim at now, or returns ok false and how long
-// until the bucket holds one (more than zero). It spends a token this node holds for tenant under lim; without
-// one it leases a chunk from the shared bucket (or waits for the lease in flight), at most one
-// round trip per chunk. ctx is the request's: its end does not cancel a lease other requests
-// wait for. When the database cannot be reached, tenant's bucket on this node decides.
+// until this node will let a request through again (more than zero). It spends a token this
+// node holds for tenant under lim; without one it leases a chunk from the shared bucket (or
+// waits for the lease in flight), at most one round trip per chunk. ctx is the request's: its
+// end does not cancel a lease other requests wait for. When the database cannot be reached,
+// tenant's bucket on this node decides.
 func (s *Shared) Allow(ctx context.Context, tenant string, lim Limit, now time.Time) (time.Duration, bool) {
 	if lim.unlimited() {
 		return 0, true
@@ -197,7 +198,8 @@ func (s *Shared) Allow(ctx context.Context, tenant string, lim Limit, now time.T
 // leasing node's limit ($2, $3): a limit change applies at the next lease of any node, the
 // bucket keeping its tokens up to the new burst. The time ($5, unix µs) never goes back, so a
 // node whose clock is behind refills nothing until it catches up. The epsilon absorbs the
-// rounding of the float sum (a token is never missed for 1e-12 of one).
+// rounding of the float sums (a token is not missed for a rounding error; at most a millionth
+// of one is given away).
 const leaseSQL = `
 INSERT INTO rate_buckets AS b (tenant_id, per_second, burst, tokens, at_us, leased)
 VALUES ($1, $2::float8, $3::bigint, ($3::bigint - LEAST($4::bigint, $3::bigint))::float8, $5::bigint, LEAST($4::bigint, $3::bigint))
