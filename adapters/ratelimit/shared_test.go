@@ -318,7 +318,7 @@ func TestSharedFallsBackWhenTheDatabaseIsDown(t *testing.T) {
 	// The node's own bucket: full (3), then empty for 100ms.
 	for i := range 3 {
 		if _, ok := n.Allow(ctx, "acme", lim, t0); !ok {
-			t.Fatalf("request %d refused with the database down: want the node's own bucket", i+1)
+			t.Fatalf("request %d refused with the database down: want the node's own bucket (fallbacks %d, leases %d failed %d)", i+1, n.count(t, "fallbacks_total", ""), n.count(t, "leases_total", ""), n.count(t, "leases_total", "failed"))
 		}
 	}
 	if wait, ok := n.Allow(ctx, "acme", lim, t0); ok || wait <= 0 || wait > 100*time.Millisecond {
@@ -350,21 +350,30 @@ func TestSharedFallsBackWhenTheDatabaseIsDown(t *testing.T) {
 // proxy forwards TCP to a PostgreSQL server until cut: then it closes every connection and
 // refuses new ones, until restore.
 type proxy struct {
-	t      *testing.T
-	target string
-	url    string
-	addr   string
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  []net.Conn
+	t               *testing.T
+	network, target string // the server's address: unix socket or TCP
+	url             string // the database's URL through the proxy
+	addr            string
+	mu              sync.Mutex
+	ln              net.Listener
+	conns           []net.Conn
 }
 
+// newProxy starts a proxy to the server of dsn: TCP host:port, or a unix socket as pgtest's
+// clusters give (?host=DIR&port=N).
 func newProxy(t *testing.T, dsn string) *proxy {
 	u, err := url.Parse(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{t: t, target: u.Host}
+	p := &proxy{t: t, network: "tcp", target: u.Host}
+	q := u.Query()
+	if dir := q.Get("host"); strings.HasPrefix(dir, "/") {
+		p.network, p.target = "unix", dir+"/.s.PGSQL."+q.Get("port")
+		q.Del("host")
+		q.Del("port")
+		u.RawQuery = q.Encode()
+	}
 	p.listen("127.0.0.1:0")
 	u.Host = p.addr
 	p.url = u.String()
@@ -386,7 +395,7 @@ func (p *proxy) listen(addr string) {
 			if err != nil {
 				return
 			}
-			s, err := net.Dial("tcp", p.target)
+			s, err := net.Dial(p.network, p.target)
 			if err != nil {
 				c.Close()
 				continue
