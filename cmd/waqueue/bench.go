@@ -100,7 +100,7 @@ baseline measured in the same run and the ratio between them, plus the peak RSS 
 	pf.StringVar(&f.env.Dir, "dir", "", "directory for temporary files")
 	pf.StringSliceVar(&f.env.Adapters, "adapter", nil, "engines to measure: postgres, sqlite (default both)")
 	pf.BoolVar(&f.quick, "quick", false, "small sizes (a few minutes in all)")
-	pf.IntVar(&f.groupCommit, "group-commit", 0, "PostgreSQL event store: group concurrent single-event appends in at most N shared transactions at once (store, api and dispatch figures); 0: the server's default (4), -1: off")
+	pf.IntVar(&f.groupCommit, "group-commit", 0, "PostgreSQL event store: group concurrent single-event appends in at most N shared transactions at once (store, api and dispatch figures); 0: the server's default (2), -1: off")
 	var cpuProfile string
 	pf.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	var profile *os.File

@@ -80,7 +80,7 @@ type Config struct {
 	NoDispatcher bool
 	// GroupCommit is how many shared transactions the PostgreSQL event store runs at once to
 	// group concurrent single-event appends (--group-commit, WAQUEUE_GROUP_COMMIT). Default
-	// 4; 0 turns group commit off. Ignored on SQLite and EventStoreDB.
+	// server.DefaultGroupCommit (2); 0 turns group commit off. Ignored on SQLite and EventStoreDB.
 	GroupCommit int
 	// NodeID names this process in the dispatch leases (--node-id, WAQUEUE_NODE_ID); it must be
 	// unique among the running processes. Default empty: hostname-pid-random, fixed for the
@@ -183,7 +183,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.SimulatorLatency, "sim-latency", 0, "simulator transport: time between a hand-over and its acknowledgement ($WAQUEUE_SIM_LATENCY)")
 	fs.BoolVar(&c.NoPacing, "no-pacing", false, "send without pacing (simulator and benchmarks only) ($WAQUEUE_NO_PACING)")
 	fs.BoolVar(&c.NoDispatcher, "no-dispatcher", false, "serve the API without dispatching (extra API-only instances) ($WAQUEUE_NO_DISPATCHER)")
-	fs.IntVar(&c.GroupCommit, "group-commit", 4, "PostgreSQL event store: group concurrent single-event appends in up to N shared transactions; 0 turns it off ($WAQUEUE_GROUP_COMMIT)")
+	fs.IntVar(&c.GroupCommit, "group-commit", 2, "PostgreSQL event store: group concurrent single-event appends in up to N shared transactions; 0 turns it off ($WAQUEUE_GROUP_COMMIT)")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's id in the dispatch leases, unique among the running nodes (default hostname-pid-random) ($WAQUEUE_NODE_ID)")
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 6*time.Second, "dispatch lease TTL: a crashed node's connections resume elsewhere within TTL + renew interval ($WAQUEUE_LEASE_TTL)")
 	fs.BoolVar(&c.LazySessions, "lazy-sessions", false, "connect an idle connection's session (and claim its lease) only once its queue gets work ($WAQUEUE_LAZY_SESSIONS)")

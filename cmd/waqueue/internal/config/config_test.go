@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/waqueue/waqueue/adapters/eventstore/postgres"
 )
 
 func parse(t *testing.T, args []string, env map[string]string) (*Config, error) {
@@ -37,6 +39,9 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.AuditKey != ".data/audit-key.pem" || c.AuditCheckpointEvery != 100 || c.AuditCheckpointInterval != 5*time.Minute {
 		t.Errorf("audit defaults: key %q, every %d, interval %s", c.AuditKey, c.AuditCheckpointEvery, c.AuditCheckpointInterval)
+	}
+	if c.GroupCommit != postgres.DefaultGroupCommitters {
+		t.Errorf("--group-commit defaults to %d, the store's measured default is %d", c.GroupCommit, postgres.DefaultGroupCommitters)
 	}
 }
 
