@@ -30,8 +30,10 @@
 //     stay blocked forever inside that client, on a send that no context can interrupt: every
 //     call that may wait for a connection therefore runs on its own goroutine, and the caller
 //     stops waiting for it when its context ends or when the client is replaced (then it
-//     retries or resubscribes on the new client). The dead client is not closed: closing it
-//     would make those blocked sends panic.
+//     retries or resubscribes on the new client). A read's draining counts: a read that fails
+//     with Unavailable reports it to the same channel from ReadStream.Recv, so reads are also
+//     drained on that goroutine (see read). The dead client is not closed: closing it would
+//     make those blocked sends panic.
 //   - Every client call sends on the client's internal channel, which Client.Close closes, so
 //     a call racing with Close panics with "send on closed channel". Close therefore cancels
 //     every running call and waits for them before closing the client, and every call into the
@@ -462,13 +464,9 @@ func (s *Store) ReadStream(ctx context.Context, stream string, dir eventstore.Di
 		return nil, err
 	}
 	defer end()
-	var out []eventstore.RecordedEvent
-	rs, err := open(cctx, gen, "read stream", func() (*esdb.ReadStream, error) {
+	out, err := read(cctx, gen, "read stream", func() (*esdb.ReadStream, error) {
 		return gen.client.ReadStream(cctx, stream, opts, count)
 	})
-	if err == nil {
-		err = drain("read stream", rs, func(e eventstore.RecordedEvent) { out = append(out, e) })
-	}
 	if err != nil {
 		s.renew(gen, err)
 		var ee *esdb.Error
@@ -523,13 +521,34 @@ func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, limit in
 
 // readAllPage reads one page of $all forwards from (inclusive) and hands each event to fn.
 func (s *Store) readAllPage(ctx context.Context, gen *generation, from esdb.AllPosition, fn func(eventstore.RecordedEvent)) error {
-	rs, err := open(ctx, gen, "read $all", func() (*esdb.ReadStream, error) {
+	page, err := read(ctx, gen, "read $all", func() (*esdb.ReadStream, error) {
 		return gen.client.ReadAll(ctx, esdb.ReadAllOptions{Direction: esdb.Forwards, From: from}, uint64(s.opts.PageSize)+1)
 	})
 	if err != nil {
 		return err
 	}
-	return drain("read $all", rs, fn)
+	for _, e := range page {
+		fn(e)
+	}
+	return nil
+}
+
+// read starts a read with start and drains it, both on open's goroutine, and returns its
+// events. The draining must not run on the caller's goroutine: when a read fails with
+// Unavailable, ReadStream.Recv reports it to the client's connection state machine over an
+// unbuffered channel, and a v4.2.0 client whose discovery has failed in the meantime has no
+// state machine left to receive it, so Recv never returns. Under open the caller is released by
+// its context or by renew replacing the client.
+func read(ctx context.Context, gen *generation, op string, start func() (*esdb.ReadStream, error)) ([]eventstore.RecordedEvent, error) {
+	return open(ctx, gen, op, func() ([]eventstore.RecordedEvent, error) {
+		rs, err := start()
+		if err != nil {
+			return nil, err
+		}
+		var out []eventstore.RecordedEvent
+		err = drain(op, rs, func(e eventstore.RecordedEvent) { out = append(out, e) })
+		return out, err
+	})
 }
 
 // drain hands every event of rs to fn until the end of the read, then closes rs.

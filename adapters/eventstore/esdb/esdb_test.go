@@ -13,6 +13,8 @@ import (
 
 	client "github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/waqueue/waqueue/adapters/eventstore"
 	"github.com/waqueue/waqueue/adapters/eventstore/esdb"
@@ -459,5 +461,94 @@ func TestCancelledSubscriptionLogsNoError(t *testing.T) {
 	defer rec.mu.Unlock()
 	if len(rec.errors) > 0 {
 		t.Fatalf("cancelled subscriptions logged %d errors: %q", len(rec.errors), rec.errors)
+	}
+}
+
+// TestReadFailingAfterDiscoveryFailedReturns: a read already in flight on the old connection
+// fails with Unavailable after another call's discovery has failed. The v4.2.0 client then
+// reports the failure to a connection state machine that has exited, a send that never
+// completes; the read must still return (an error) instead of hanging its caller and the
+// store's Close. Deterministic form of the hang TestReconnectAfterServerRestart met on a
+// loaded CI machine (a ReadStream blocked in ReadStream.Recv for 37 minutes).
+func TestReadFailingAfterDiscoveryFailedReturns(t *testing.T) {
+	held, poison := "held-"+uuid.NewString(), "poison-"+uuid.NewString()
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	srv := esdbtest.StartServer(t, esdbtest.Options{ReadHook: func(ctx context.Context, stream string) error {
+		switch stream {
+		case held:
+			once.Do(func() { close(entered) })
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return status.Error(codes.Unavailable, "esdbtest: the held read ends")
+		case poison:
+			return status.Error(codes.Unavailable, "esdbtest: the poisoned read fails")
+		}
+		return nil
+	}})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	conn := "esdb://" + srv.Addr() + "?tls=false&maxDiscoverAttempts=1&discoveryInterval=10&gossipTimeout=1"
+	st := newStore(t, conn, esdb.Options{})
+	other := "other-" + uuid.NewString()
+	if _, err := st.Append(ctxT(t), other, eventstore.NoStream, events(2, "Warm")...); err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+
+	heldErr := make(chan error, 1)
+	go func() {
+		_, err := st.ReadStream(context.Background(), held, eventstore.Forwards, 0, 0)
+		heldErr <- err
+	}()
+	select {
+	case <-entered:
+	case <-time.After(testwait.Limit):
+		t.Fatal("the held read never reached the server")
+	}
+
+	srv.RefuseDiscovery(true)
+	// The poisoned read fails with Unavailable: the client forgets its connection, so the
+	// next call starts a discovery, which the server refuses: the client closes itself.
+	if _, err := st.ReadStream(ctxT(t), poison, eventstore.Forwards, 0, 0); err == nil {
+		t.Fatal("ReadStream of the poisoned stream: got no error")
+	}
+	if _, err := st.ReadStream(ctxT(t), other, eventstore.Forwards, 0, 0); err == nil {
+		t.Fatal("ReadStream while discovery is refused: got no error")
+	}
+	// The held read now fails on the old connection, reporting to the exited state machine.
+	close(release)
+	select {
+	case err := <-heldErr:
+		if err == nil {
+			t.Fatal("the held read: got no error after its read failed")
+		}
+	case <-time.After(testwait.Limit):
+		t.Fatal("the held read did not return after its read failed (blocked inside the dead client)")
+	}
+
+	// The store recovers once discovery works again: a new client serves the reads.
+	srv.RefuseDiscovery(false)
+	var got []eventstore.RecordedEvent
+	deadline := time.Now().Add(testwait.Limit)
+	for {
+		evs, err := st.ReadStream(ctxT(t), other, eventstore.Forwards, 0, 0)
+		if err == nil {
+			got = evs
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ReadStream after discovery works again: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(got) != 2 {
+		t.Fatalf("read %d events of %s after recovery, want 2", len(got), other)
 	}
 }

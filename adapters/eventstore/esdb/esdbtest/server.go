@@ -76,6 +76,10 @@ type Options struct {
 	Clock eventstore.Clock
 	// Addr is the TCP address to listen on. Empty means 127.0.0.1 on a free port.
 	Addr string
+	// ReadHook, if set, runs before the server serves a read of one stream (not $all), with
+	// the call's context and the stream's name; a non-nil error ends the read with it (a gRPC
+	// status error keeps its code). Tests use it to hold a read in flight or to fail it.
+	ReadHook func(ctx context.Context, stream string) error
 }
 
 // Server is an in-process EventStoreDB gRPC endpoint. Methods are safe for concurrent use.
@@ -84,10 +88,13 @@ type Server struct {
 	lis   net.Listener
 	grpc  *grpc.Server
 
-	mu     sync.Mutex
-	wake   chan struct{} // closed and replaced after every successful append
-	subs   map[*struct{}]context.CancelFunc
-	closed bool
+	readHook func(ctx context.Context, stream string) error
+
+	mu             sync.Mutex
+	refuseFeatures bool          // see RefuseDiscovery
+	wake           chan struct{} // closed and replaced after every successful append
+	subs           map[*struct{}]context.CancelFunc
+	closed         bool
 }
 
 // Start starts a server backed by a fresh SQLite store, stops it when t ends, and returns its
@@ -148,11 +155,12 @@ func NewServer(opts Options) (*Server, error) {
 			MinTime:             time.Second,
 			PermitWithoutStream: true,
 		})),
-		wake: make(chan struct{}),
-		subs: make(map[*struct{}]context.CancelFunc),
+		readHook: opts.ReadHook,
+		wake:     make(chan struct{}),
+		subs:     make(map[*struct{}]context.CancelFunc),
 	}
 	api.RegisterStreamsServer(s.grpc, &streamsService{s: s})
-	serverfeatures.RegisterServerFeaturesServer(s.grpc, featuresService{})
+	serverfeatures.RegisterServerFeaturesServer(s.grpc, featuresService{s: s})
 	go func() { _ = s.grpc.Serve(lis) }()
 	return s, nil
 }
@@ -175,6 +183,16 @@ func (s *Server) DropSubscriptions() int {
 		delete(s.subs, k)
 	}
 	return n
+}
+
+// RefuseDiscovery makes the server answer the server-features call, the last step of a
+// client's node discovery, with codes.Unavailable while on is true, so that a client's
+// discovery fails while the server and the connections it has keep serving. Calls on
+// connections the client already has are served as before.
+func (s *Server) RefuseDiscovery(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refuseFeatures = on
 }
 
 // Close stops the server at once, ending open calls. It does not close the backing store.
@@ -218,9 +236,16 @@ func (s *Server) register(cancel context.CancelFunc) (unregister func()) {
 
 type featuresService struct {
 	serverfeatures.UnimplementedServerFeaturesServer
+	s *Server
 }
 
-func (featuresService) GetSupportedMethods(context.Context, *shared.Empty) (*serverfeatures.SupportedMethods, error) {
+func (f featuresService) GetSupportedMethods(context.Context, *shared.Empty) (*serverfeatures.SupportedMethods, error) {
+	f.s.mu.Lock()
+	refuse := f.s.refuseFeatures
+	f.s.mu.Unlock()
+	if refuse {
+		return nil, status.Error(codes.Unavailable, "esdbtest: discovery refused (RefuseDiscovery)")
+	}
 	const svc = "event_store.client.streams.streams"
 	return &serverfeatures.SupportedMethods{
 		EventStoreServerVersion: ServerVersion,
@@ -384,6 +409,11 @@ func (svc *streamsService) Read(req *api.ReadReq, srv api.Streams_ReadServer) er
 func (svc *streamsService) readStream(srv api.Streams_ReadServer, so *api.ReadReq_Options_StreamOptions, dir api.ReadReq_Options_ReadDirection, count uint64, structured bool) error {
 	ctx := srv.Context()
 	stream := string(so.GetStreamIdentifier().GetStreamName())
+	if h := svc.s.readHook; h != nil {
+		if err := h(ctx, stream); err != nil {
+			return err
+		}
+	}
 	d := eventstore.Forwards
 	if dir == api.ReadReq_Options_Backwards {
 		d = eventstore.Backwards
