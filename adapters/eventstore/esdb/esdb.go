@@ -545,16 +545,14 @@ func read(ctx context.Context, gen *generation, op string, start func() (*esdb.R
 		if err != nil {
 			return nil, err
 		}
-		var out []eventstore.RecordedEvent
-		err = drain(op, rs, func(e eventstore.RecordedEvent) { out = append(out, e) })
-		return out, err
+		return drain(op, rs)
 	})
 }
 
-// drain hands every event of rs to fn until the end of the read, then closes rs.
-func drain(op string, rs *esdb.ReadStream, fn func(eventstore.RecordedEvent)) error {
+// drain returns every event of rs until the end of the read, then closes rs.
+func drain(op string, rs *esdb.ReadStream) (out []eventstore.RecordedEvent, err error) {
 	defer rs.Close()
-	return guard(op, func() error {
+	err = guard(op, func() error {
 		for {
 			ev, err := rs.Recv()
 			if errors.Is(err, io.EOF) {
@@ -564,10 +562,11 @@ func drain(op string, rs *esdb.ReadStream, fn func(eventstore.RecordedEvent)) er
 				return err
 			}
 			if ev.Event != nil {
-				fn(toRecorded(ev.Event))
+				out = append(out, toRecorded(ev.Event))
 			}
 		}
 	})
+	return out, err
 }
 
 func isSystem(eventType string) bool { return strings.HasPrefix(eventType, "$") }
